@@ -1,0 +1,221 @@
+"""Typed configuration for every stage, with YAML in and out.
+
+One ``RunConfig`` holds a section per stage. ``from_dict`` rejects unknown keys with a message
+that names them, so a typo in a YAML file is caught before hours of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from tskd.errors import TskdInputError
+
+T = TypeVar("T")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the one training engine, shared by every training stage."""
+
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU
+    grad_clip: float = 1.0
+    max_steps: int | None = None  # stop early after this many optimiser steps (budgets, tests)
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is shaped for the models."""
+
+    labelled: str | None = None  # folder with images/+labels/ or the nnU-Net raw layout
+    unlabelled: str | None = None  # folder of images without labels (transfer set)
+    test: str | None = None  # optional held-out labelled folder for `tskd evaluate`
+    image_size: int = 256  # student input size (square)
+    val_fraction: float = 0.2  # share of labelled images kept for validation (0 for none)
+    augment: bool = True
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on SAM's attention projections (peft)."""
+
+    rank: int = 4
+    alpha: float = 4.0
+    dropout: float = 0.0
+    # regexes over module names: the encoder's fused qkv and the decoder's attention projections
+    targets: list[str] = field(
+        default_factory=lambda: [
+            r"image_encoder\.blocks\.\d+\.attn\.qkv",
+            r"mask_decoder\.transformer\..*(q_proj|v_proj)",
+        ]
+    )
+
+
+@dataclass
+class TeacherConfig:
+    """Stage 1: adapt SAM to the task with LoRA, prompt-free, one mask per class."""
+
+    model_type: str = "mini"  # mini | vit_b | vit_l | vit_h
+    checkpoint: str | None = None  # official .pth/.safetensors; None with mini = built-in weights
+    input_size: int = 256  # SAM runs at this size; the encoder's embeddings are interpolated
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, lr=3e-3))
+    dice_weight: float = 0.8  # loss = dice_weight * Dice + (1 - dice_weight) * CE, as SAMed
+
+
+@dataclass
+class SynthConfig:
+    """Stage 2: a small unconditional DDPM trained on the task's images, sampled with DDIM."""
+
+    enabled: bool = True
+    n_images: int = 32
+    resolution: int = 64
+    base_channels: int = 32
+    train_steps: int = 300
+    batch_size: int = 16
+    lr: float = 2e-4
+    sample_steps: int = 25  # DDIM steps
+    ema_decay: float = 0.995
+    # drop a sample whose nearest training image is closer than this (normalised L2 in [0, 2])
+    near_copy_threshold: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class DistillConfig:
+    """Stage 3: the student learns the teacher's hidden representations and outputs."""
+
+    task_agnostic: bool = False  # match the un-adapted SAM encoder's features only (baseline)
+    teacher_layers: list[str] = field(default_factory=lambda: ["neck"])
+    student_layers: list[str] = field(default_factory=lambda: ["neck"])
+    feature_loss: Literal["mse", "smooth_l1"] = "mse"
+    feature_weight: float = 1.0
+    output_weight: float = 1.0
+    temperature: float = 2.0
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-3))
+
+
+@dataclass
+class StudentConfig:
+    """Stage 4: the ViT-Tiny student and its fine-tuning on the labelled images."""
+
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    patch_size: int = 16
+    decoder_channels: int = 64
+    from_scratch: bool = False  # baseline: ignore the distilled weights
+    dice_weight: float = 0.5
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, lr=5e-4))
+
+
+@dataclass
+class PredictConfig:
+    """Stage 5: inference on images, stacks and large images."""
+
+    tile_size: int = 1024  # images larger than this (either side) are segmented in tiles
+    tile_overlap: int = 64
+    batch_size: int = 8
+    device: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    """The whole pipeline in one file: `tskd run --config FILE`."""
+
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, recursing into dataclasses and lists."""
+    origin = typing.get_origin(tp)
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TskdInputError(f"config: '{where}' must be a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise TskdInputError(f"config: '{where}' must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise TskdInputError(f"config: '{where}' must be one of {allowed}, got {value!r}")
+        return value
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        raise TskdInputError(f"config: '{where}' must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build a config dataclass from a nested dict; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise TskdInputError(
+            f"config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    kwargs = {
+        k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()
+    }
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict (YAML-safe) of a config dataclass."""
+    return asdict(cfg)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a ``RunConfig`` from YAML; missing sections take their defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise TskdInputError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise TskdInputError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise TskdInputError(f"config file {path} must hold a mapping at the top level")
+    return from_dict(RunConfig, data)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a config dataclass as YAML (keys in declaration order)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """A copy of a config dataclass with some fields changed."""
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
