@@ -6,6 +6,6 @@ are imported by the submodules that need them, so ``import tskd`` stays cheap.
 
 __version__ = "0.1.0"
 
-from tskd.errors import TskdError, TskdInputError  # noqa: E402
+from tskd.errors import TskdError, TskdInputError, TskdWarning  # noqa: E402
 
-__all__ = ["TskdError", "TskdInputError", "__version__"]
+__all__ = ["TskdError", "TskdInputError", "TskdWarning", "__version__"]

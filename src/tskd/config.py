@@ -45,6 +45,7 @@ class DataConfig:
     test: str | None = None  # optional held-out labelled folder for `tskd evaluate`
     image_size: int = 256  # student input size (square)
     val_fraction: float = 0.2  # share of labelled images kept for validation (0 for none)
+    split_seed: int = 0  # the train/validation split depends on this seed only
     augment: bool = True
 
 

@@ -184,7 +184,9 @@ class _Checkpoint:
             extra = torch.load(self.optim, map_location="cpu", weights_only=True)
             state = json.loads(self.state.read_text())
         except Exception as exc:  # a damaged checkpoint is a user-level problem
-            raise TskdError(f"cannot resume: checkpoint in {self.folder} is damaged ({exc})") from None
+            raise TskdError(
+                f"cannot resume: checkpoint in {self.folder} is damaged ({exc})"
+            ) from None
         params = _trainable(model)
         if set(tensors) != set(params):
             raise TskdError(

@@ -23,3 +23,7 @@ class RunFolderError(TskdError):
 
 class Cancelled(TskdError):
     """Training was cancelled by the user; a resumable checkpoint was kept."""
+
+
+class TskdWarning(UserWarning):
+    """Something the user should know (e.g. images converted to another channel count)."""

@@ -1,0 +1,433 @@
+"""The TS-KD stages composed over one run folder.
+
+Every stage is a function ``stage_x(cfg, progress=None, cancel=None, resume=False)`` that reads
+its inputs from ``cfg`` and the run folder, writes its artefact into the run folder, and returns
+a small JSON-able result. A stage whose artefact exists with the same fingerprint is skipped.
+The CLI and the napari widgets call these functions and nothing deeper.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tskd.config import RunConfig, TrainConfig, to_dict
+from tskd.engine import CancelToken, ProgressCallback
+from tskd.errors import TskdError, TskdInputError
+from tskd.run_folder import (
+    RunPaths,
+    files_fingerprint,
+    fingerprint,
+    mark_done,
+    prepare_run_dir,
+    read_result,
+    stage_done,
+    write_json,
+)
+
+__all__ = [
+    "prepare_run_dir",
+    "export_dataset",
+    "stage_teacher",
+    "stage_synthesize",
+    "stage_distill",
+    "stage_finetune_student",
+    "stage_evaluate",
+    "run_pipeline",
+]
+
+
+@dataclass
+class LabelledData:
+    """The labelled set, split, with what the models need to know about it."""
+
+    train: list[Any]
+    val: list[Any]
+    num_classes: int
+    class_names: list[str]
+    fingerprint: str
+
+
+def _train_fp(train: TrainConfig) -> dict[str, Any]:
+    """Training settings that change the result (not the device)."""
+    d = to_dict(train)
+    d.pop("device", None)
+    return d
+
+
+def _image_files(folder: str | Path | None) -> list[Path]:
+    from tskd import io
+
+    if not folder:
+        return []
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TskdInputError(f"folder not found: {folder}")
+    return [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in io.IMAGE_SUFFIXES]
+
+
+def load_labelled_data(cfg: RunConfig) -> LabelledData:
+    """Read and split the labelled set named in ``cfg.data.labelled``."""
+    from tskd import data, io
+
+    if not cfg.data.labelled:
+        raise TskdInputError("no labelled data given (data.labelled / --data)")
+    samples = io.load_labelled(cfg.data.labelled)
+    train, val = data.split_train_val(samples, cfg.data.val_fraction, cfg.data.split_seed)
+    n = data.num_classes(samples)
+    names = io.class_names(cfg.data.labelled) or ["background"] + [
+        f"class {i}" for i in range(1, n)
+    ]
+    fp = fingerprint(
+        files_fingerprint(_image_files(cfg.data.labelled)),
+        cfg.data.val_fraction,
+        cfg.data.split_seed,
+    )
+    return LabelledData(train, val, n, names, fp)
+
+
+def export_dataset(
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    folder: str | Path,
+    names: list[str] | None = None,
+) -> Path:
+    """Write images and label maps as ``folder/images`` + ``folder/labels`` (tif).
+
+    This is how data that lives in napari layers becomes a labelled set the stages can read.
+    """
+    from tskd import io
+
+    if len(images) != len(labels):
+        raise TskdInputError(f"{len(images)} images but {len(labels)} label maps")
+    if not images:
+        raise TskdInputError("no labelled image to export")
+    folder = Path(folder)
+    names = names or [f"image_{i:04d}" for i in range(len(images))]
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    for name, image, label in zip(names, images, labels, strict=True):
+        io.write_image(folder / "images" / f"{name}.tif", image)
+        io.write_label(folder / "labels" / f"{name}.tif", label)
+    return folder
+
+
+def _teacher_fp(cfg: RunConfig, data_fp: str) -> str:
+    return fingerprint("teacher", to_dict(cfg.teacher) | {"train": _train_fp(cfg.teacher.train)},
+                       data_fp)
+
+
+def stage_teacher(
+    cfg: RunConfig,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Stage 1: adapt SAM to the task with LoRA; writes ``run/teacher``."""
+    from tskd import teacher
+
+    paths = RunPaths(Path(cfg.run_dir))
+    data = load_labelled_data(cfg)
+    fp = _teacher_fp(cfg, data.fingerprint)
+    if stage_done(paths.teacher, fp):
+        return read_result(paths.teacher) | {"skipped": True}
+    t0 = time.perf_counter()
+    metrics = teacher.finetune_teacher(
+        cfg.teacher,
+        data.train,
+        data.val,
+        data.num_classes,
+        paths.teacher,
+        progress=progress,
+        cancel=cancel,
+        resume=resume,
+        checkpoint_dir=paths.checkpoints("teacher"),
+        class_names=data.class_names,
+    )
+    result = dict(metrics) | {"seconds": time.perf_counter() - t0}
+    mark_done(paths.teacher, fp, result)
+    return result
+
+
+def _synth_fp(cfg: RunConfig, data_fp: str) -> str:
+    synth = to_dict(cfg.synth)
+    synth.pop("device", None)
+    unl = files_fingerprint(_image_files(cfg.data.unlabelled))
+    return fingerprint("synth", synth, data_fp, unl, cfg.data.image_size)
+
+
+def stage_synthesize(
+    cfg: RunConfig,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Stage 2: train a small DDPM on the task's images and sample synthetic transfer images."""
+    paths = RunPaths(Path(cfg.run_dir))
+    data = load_labelled_data(cfg)
+    fp = _synth_fp(cfg, data.fingerprint)
+    if stage_done(paths.transfer, fp):
+        return read_result(paths.transfer) | {"skipped": True}
+    real = _unlabelled_images(cfg)
+    images = [s.image for s in data.train] + real
+    if cfg.synth.enabled and cfg.synth.n_images > 0:
+        from tskd import synth
+
+        report = synth.synthesize(
+            images,
+            cfg.synth,
+            paths.synthetic,
+            progress=progress,
+            cancel=cancel,
+            resume=resume,
+            checkpoint_dir=paths.checkpoints("synthesize"),
+            model_dir=paths.diffusion,
+            out_size=cfg.data.image_size,
+        )
+        result = report.to_dict()
+    else:
+        result = {"n_generated": 0, "n_kept": 0, "n_dropped": 0, "share_dropped": 0.0, "paths": []}
+    write_json(
+        paths.transfer / "manifest.json",
+        {
+            "labelled_without_labels": [s.name for s in data.train],
+            "unlabelled": [str(p) for p in _image_files(cfg.data.unlabelled)],
+            "synthetic": [str(p) for p in result.get("paths", [])],
+        },
+    )
+    mark_done(paths.transfer, fp, result)
+    return result
+
+
+def _unlabelled_images(cfg: RunConfig) -> list[np.ndarray]:
+    from tskd import io
+
+    if not cfg.data.unlabelled:
+        return []
+    return [s.image for s in io.load_unlabelled(cfg.data.unlabelled)]
+
+
+def _transfer_images(cfg: RunConfig, data: LabelledData) -> list[np.ndarray]:
+    """Unlabelled real images + labelled images without labels + synthetic images."""
+    from tskd import io
+
+    paths = RunPaths(Path(cfg.run_dir))
+    images = _unlabelled_images(cfg) + [s.image for s in data.train]
+    if paths.synthetic.is_dir() and any(paths.synthetic.iterdir()):
+        images += [s.image for s in io.load_unlabelled(paths.synthetic)]
+    return images
+
+
+def _base_teacher(cfg: RunConfig, num_classes: int) -> tuple[Any, str]:
+    """The un-adapted SAM (task-agnostic baseline) and a cache id for it."""
+    from tskd import sam_checkpoint, teacher
+
+    sam = teacher.build_sam(cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size)
+    model = teacher.SemanticSam(sam, num_classes).eval()
+    ckpt = cfg.teacher.checkpoint
+    ckpt_id = sam_checkpoint.sha256_of(ckpt) if ckpt else "builtin"
+    return model, fingerprint("base", cfg.teacher.model_type, ckpt_id, cfg.teacher.input_size)
+
+
+def _distill_fp(cfg: RunConfig, data: LabelledData) -> str:
+    student_arch = to_dict(cfg.student)
+    student_arch.pop("train")
+    teacher_part = (
+        fingerprint("base", cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size)
+        if cfg.distill.task_agnostic
+        else _teacher_fp(cfg, data.fingerprint)
+    )
+    return fingerprint(
+        "distill",
+        to_dict(cfg.distill) | {"train": _train_fp(cfg.distill.train)},
+        student_arch,
+        teacher_part,
+        _synth_fp(cfg, data.fingerprint),
+        cfg.data.image_size,
+    )
+
+
+def stage_distill(
+    cfg: RunConfig,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Stage 3: distil the teacher into the student on the transfer set (``run/distilled``)."""
+    from tskd import bundle, distill, teacher
+    from tskd.student import Student
+
+    paths = RunPaths(Path(cfg.run_dir))
+    data = load_labelled_data(cfg)
+    fp = _distill_fp(cfg, data)
+    if stage_done(paths.distilled, fp):
+        return read_result(paths.distilled) | {"skipped": True}
+    if cfg.distill.task_agnostic:
+        model, teacher_id = _base_teacher(cfg, data.num_classes)
+    else:
+        if not (paths.teacher / "meta.json").is_file():
+            raise TskdError(f"no adapted teacher in {paths.teacher}; run finetune-teacher first")
+        model = teacher.load_teacher(paths.teacher)
+        teacher_id = teacher.teacher_id(paths.teacher)
+    images = _transfer_images(cfg, data)
+    student = Student(cfg.student, data.num_classes, cfg.data.image_size)
+    t0 = time.perf_counter()
+    result = distill.distill(
+        model,
+        images,
+        cfg.distill,
+        student,
+        teacher_input_size=cfg.teacher.input_size,
+        teacher_id=teacher_id,
+        cache_dir=paths.cache,
+        progress=progress,
+        cancel=cancel,
+        resume=resume,
+        checkpoint_dir=paths.checkpoints("distill"),
+    )
+    summary = {
+        "n_transfer_images": len(images),
+        "final_losses": result.history[-1] if result.history else {},
+        "seconds": time.perf_counter() - t0,
+        "task_agnostic": cfg.distill.task_agnostic,
+    }
+    bundle.save_student(student, paths.distilled, _student_meta(cfg, data, summary))
+    write_json(paths.reports / "distill_history.json", result.history)
+    mark_done(paths.distilled, fp, summary)
+    return summary
+
+
+def _student_meta(cfg: RunConfig, data: LabelledData, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "student": to_dict(cfg.student),
+        "num_classes": data.num_classes,
+        "class_names": data.class_names,
+        "image_size": cfg.data.image_size,
+        **extra,
+    }
+
+
+def stage_finetune_student(
+    cfg: RunConfig,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    continue_from_last: bool = False,
+) -> dict[str, Any]:
+    """Stage 4: fine-tune the student on the labelled images; writes ``run/student``.
+
+    ``continue_from_last`` starts from the last fine-tuned student (the annotate-train loop);
+    otherwise from the distilled student, or from scratch when ``student.from_scratch``.
+    """
+    from tskd import bundle, finetune
+    from tskd.student import Student
+
+    paths = RunPaths(Path(cfg.run_dir))
+    data = load_labelled_data(cfg)
+    init = "scratch" if cfg.student.from_scratch else _distill_fp(cfg, data)
+    fp = fingerprint("student", to_dict(cfg.student) | {"train": _train_fp(cfg.student.train)},
+                     init, data.fingerprint, cfg.data.image_size)
+    if not continue_from_last and stage_done(paths.student, fp):
+        return read_result(paths.student) | {"skipped": True}
+    if continue_from_last:
+        if not (paths.student / "meta.json").is_file():
+            raise TskdError(f"no student in {paths.student} to continue from; train one first")
+        student, _ = bundle.load_student(paths.student)
+    elif cfg.student.from_scratch:
+        student = Student(cfg.student, data.num_classes, cfg.data.image_size)
+    else:
+        if not (paths.distilled / "meta.json").is_file():
+            raise TskdError(
+                f"no distilled student in {paths.distilled}; run distill first or set "
+                "student.from_scratch"
+            )
+        student, _ = bundle.load_student(paths.distilled)
+    t0 = time.perf_counter()
+    result, metrics = finetune.finetune_student(
+        student,
+        data.train,
+        data.val,
+        cfg.student,
+        cfg.data.image_size,
+        progress=progress,
+        cancel=cancel,
+        resume=resume,
+        checkpoint_dir=paths.checkpoints("student"),
+    )
+    summary = {
+        "init": "last" if continue_from_last else ("scratch" if cfg.student.from_scratch else
+                                                   "distilled"),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "val": metrics,
+        "seconds": time.perf_counter() - t0,
+    }
+    bundle.save_student(student, paths.student, _student_meta(cfg, data, summary))
+    write_json(paths.reports / "student_history.json", result.history)
+    mark_done(paths.student, fp, summary)
+    return summary
+
+
+def stage_evaluate(
+    cfg: RunConfig, model: str = "student", test_folder: str | Path | None = None
+) -> dict[str, Any]:
+    """Segment the held-out test set with the run's student (or teacher) and score it."""
+    from tskd import bundle, io, metrics
+    from tskd.predict import Segmenter
+
+    paths = RunPaths(Path(cfg.run_dir))
+    folder = test_folder or cfg.data.test
+    if not folder:
+        raise TskdInputError("no test set given (data.test / --test)")
+    source = {"student": paths.student, "teacher": paths.teacher, "distilled": paths.distilled}
+    if model not in source:
+        raise TskdInputError(f"unknown model '{model}'; choose student, teacher or distilled")
+    net, meta = bundle.load_model(source[model])
+    size = int(meta.get("image_size") or meta.get("input_size"))
+    segmenter = Segmenter(net, size, int(meta["num_classes"]), device=cfg.predict.device)
+    samples = io.load_labelled(folder)
+    t0 = time.perf_counter()
+    preds = [segmenter.segment(s.image) for s in samples]
+    ms = 1000 * (time.perf_counter() - t0) / max(1, len(samples))
+    report = metrics.evaluate(
+        preds, [s.label for s in samples], [s.name for s in samples], int(meta["num_classes"])
+    )
+    out = paths.reports / f"eval_{model}"
+    metrics.write_report(report, out)
+    return report.summary | {"ms_per_image": ms}
+
+
+def _stages_for(cfg: RunConfig) -> list[str]:
+    if cfg.student.from_scratch:
+        return ["student"]
+    if cfg.distill.task_agnostic:
+        return ["synthesize", "distill", "student"]
+    return ["teacher", "synthesize", "distill", "student"]
+
+
+def run_pipeline(
+    cfg: RunConfig,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Every stage the config asks for, in order, skipping those already done."""
+    prepare_run_dir(cfg, overwrite=overwrite)
+    funcs = {
+        "teacher": stage_teacher,
+        "synthesize": stage_synthesize,
+        "distill": stage_distill,
+        "student": stage_finetune_student,
+    }
+    results: dict[str, Any] = {}
+    for name in _stages_for(cfg):
+        results[name] = funcs[name](cfg, progress=progress, cancel=cancel, resume=resume)
+    if cfg.data.test:
+        results["evaluate"] = stage_evaluate(cfg)
+    write_json(RunPaths(Path(cfg.run_dir)).reports / "pipeline.json", results)
+    return results
