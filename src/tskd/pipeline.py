@@ -147,6 +147,7 @@ def stage_teacher(
         resume=resume,
         checkpoint_dir=paths.checkpoints("teacher"),
         class_names=data.class_names,
+        augment=cfg.data.augment,
     )
     result = dict(metrics) | {"seconds": time.perf_counter() - t0}
     mark_done(paths.teacher, fp, result)

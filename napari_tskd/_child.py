@@ -1,0 +1,100 @@
+"""What runs inside the training process the GUI starts (spawn context): no Qt, no napari.
+
+The parent sends a job (stage names, the run configuration as a plain dict, options) and two
+channels: a queue for messages back and an Event that cancels. Every message is a plain dict,
+so the GUI can read it without importing torch. Kinds:
+``progress`` (the fields of ``tskd.engine.Progress``), ``warning``, ``stage_done``, and exactly
+one final ``done`` / ``cancelled`` / ``error``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+STAGE_FUNCTIONS = {
+    "teacher": "tskd.pipeline:stage_teacher",
+    "synthesize": "tskd.pipeline:stage_synthesize",
+    "distill": "tskd.pipeline:stage_distill",
+    "student": "tskd.pipeline:stage_finetune_student",
+    "pipeline": "tskd.pipeline:run_pipeline",
+}
+PROGRESS_INTERVAL_S = 0.05  # at most ~20 reports a second reach the GUI (the last always does)
+
+
+def resolve(target: str) -> Callable[..., Any]:
+    """A stage name from ``STAGE_FUNCTIONS`` or ``"module:function"``."""
+    spec = STAGE_FUNCTIONS.get(target, target)
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"unknown job target {target!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+class _Reporter:
+    """Progress callback that forwards plain dicts, throttled, to the parent."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+        self.last = 0.0
+        self.stage = ""
+
+    def __call__(self, p: Any) -> None:
+        now = time.monotonic()
+        final = p.step >= p.total
+        if p.stage == self.stage and not final and now - self.last < PROGRESS_INTERVAL_S:
+            return
+        self.last, self.stage = now, p.stage
+        data = dataclasses.asdict(p) if dataclasses.is_dataclass(p) else dict(vars(p))
+        self.queue.put({"kind": "progress", **data})
+
+
+def run_job(job: dict[str, Any], queue: Any, cancel_event: Any) -> None:
+    """Entry point of the child process: run each step of ``job`` and report back."""
+    for key, value in job.get("env", {}).items():
+        os.environ[key] = value
+    try:
+        from tskd.config import RunConfig, from_dict
+        from tskd.engine import CancelToken
+        from tskd.errors import Cancelled, TskdError, TskdWarning
+    except Exception as exc:  # broken installation: still tell the GUI
+        queue.put({"kind": "error", "message": f"cannot import the tskd backend: {exc}",
+                   "user": False, "traceback": traceback.format_exc()})
+        return
+
+    def show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, TskdWarning):
+            queue.put({"kind": "warning", "message": str(message)})
+
+    warnings.showwarning = show_warning
+    reporter = _Reporter(queue)
+    cancel = CancelToken(cancel_event)
+    results: dict[str, Any] = {}
+    try:
+        cfg = from_dict(RunConfig, job["config"])
+        for step in job["steps"]:
+            fn = resolve(step["target"])
+            result = fn(cfg, progress=reporter, cancel=cancel, **step.get("kwargs", {}))
+            result = _plain(result)
+            results[step["target"]] = result
+            queue.put({"kind": "stage_done", "stage": step["target"], "result": result})
+        queue.put({"kind": "done", "results": results})
+    except Cancelled as exc:
+        queue.put({"kind": "cancelled", "message": str(exc)})
+    except TskdError as exc:
+        queue.put({"kind": "error", "message": str(exc), "user": True})
+    except BaseException as exc:  # a bug: keep the traceback for the terminal
+        queue.put({"kind": "error", "message": f"{type(exc).__name__}: {exc}", "user": False,
+                   "traceback": traceback.format_exc()})
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able copy (anything odd becomes a string), so the message always unpickles."""
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,124 @@
+"""What the widgets docked in one viewer share: the run folder, its config and one job runner.
+
+Not a global singleton: there is one ``RunContext`` per viewer (a weak mapping, so a closed viewer
+takes its context with it). The run's truth stays on disk (``run/config.yaml``, the stage
+artefacts), so the CLI and the widgets always agree; the context only remembers which run folder
+is open and keeps one training process at a time.
+"""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import QObject, Signal
+
+from napari_tskd._jobs import Job, JobRunner
+from napari_tskd._models import ModelCache
+from napari_tskd._settings import Settings, load_settings, save_settings
+
+if TYPE_CHECKING:
+    from tskd.config import RunConfig
+
+_CONTEXTS: weakref.WeakKeyDictionary[Any, RunContext] = weakref.WeakKeyDictionary()
+
+
+class RunContext(QObject):
+    """The open run folder, the settings and the job runner of one viewer."""
+
+    run_dir_changed = Signal(str)
+    settings_changed = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.settings: Settings = load_settings()
+        self.runner = JobRunner(self)
+        self.models = ModelCache()  # Segment and Loop share the loaded model
+        self._widgets = 0
+
+    # -- run folder and config ------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.settings.run_dir).expanduser()
+
+    def set_run_dir(self, path: str | Path) -> None:
+        """Open another run folder (remembered across restarts)."""
+        path = str(Path(path).expanduser())
+        if path == self.settings.run_dir:
+            return
+        self.settings.run_dir = path
+        save_settings(self.settings)
+        self.run_dir_changed.emit(path)
+
+    def update_settings(self, **changes: str) -> None:
+        """Change settings fields, write them to disk and tell the widgets."""
+        run_dir = self.settings.run_dir
+        for key, value in changes.items():
+            setattr(self.settings, key, value)
+        save_settings(self.settings)
+        self.settings_changed.emit()
+        if self.settings.run_dir != run_dir:
+            self.run_dir_changed.emit(self.settings.run_dir)
+
+    def config(self) -> RunConfig:
+        """The run's ``config.yaml`` (a fresh default config when the folder holds no run)."""
+        from tskd.config import RunConfig, load_config
+
+        path = self.run_dir / "config.yaml"
+        cfg = load_config(path) if path.is_file() else RunConfig()
+        cfg.run_dir = str(self.run_dir)
+        if not path.is_file():
+            for train in (cfg.teacher.train, cfg.distill.train, cfg.student.train):
+                train.device = self.settings.device
+            cfg.synth.device = cfg.predict.device = self.settings.device
+        return cfg
+
+    def paths(self) -> Any:
+        """``tskd.run_folder.RunPaths`` of the open run folder."""
+        from tskd.run_folder import RunPaths
+
+        return RunPaths(self.run_dir)
+
+    # -- jobs -----------------------------------------------------------------------------
+    def start_job(
+        self, label: str, steps: list[dict[str, Any]], cfg: RunConfig, owner: Any,
+        prepare: bool = True,
+    ) -> Job:
+        """Write ``config.yaml`` (refusing another run's folder) and start the job's process.
+
+        Raises ``TskdError`` (the caller shows it) before any process starts.
+        """
+        from tskd.config import to_dict
+        from tskd.run_folder import prepare_run_dir
+
+        if self.runner.running:
+            from tskd.errors import TskdError
+
+            raise TskdError(f"'{self.runner.job.label}' is still running; cancel it or wait")
+        if prepare:
+            prepare_run_dir(cfg)
+        env = {"TSKD_CACHE_DIR": self.settings.cache_dir}
+        return self.runner.start(Job(label, steps, to_dict(cfg), owner=owner, env=env))
+
+    # -- lifetime -------------------------------------------------------------------------
+    def attach(self, widget: QObject) -> None:
+        """Count a widget; when the last one is destroyed, a running job is stopped."""
+        self._widgets += 1
+        widget.destroyed.connect(self._detach)
+
+    def _detach(self, *_: Any) -> None:
+        self._widgets -= 1
+        if self._widgets <= 0:
+            self.runner.shutdown()
+
+
+def context_for(viewer: Any) -> RunContext:
+    """The context of ``viewer`` (created on first use); a new one when viewer is None."""
+    if viewer is None:
+        return RunContext()
+    viewer = getattr(viewer, "__wrapped__", viewer)  # napari hands widgets a proxy
+    ctx = _CONTEXTS.get(viewer)
+    if ctx is None:
+        ctx = _CONTEXTS[viewer] = RunContext()
+    return ctx

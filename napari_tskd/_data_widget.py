@@ -1,0 +1,217 @@
+"""Data widget: the labelled set (Image + Labels layers, or a folder), the unlabelled images
+(more Image layers and/or a folder) and the run folder; shows counts, classes and the split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    RadioButtons,
+    Select,
+    SpinBox,
+)
+
+from napari_tskd import _layers, _notify
+from napari_tskd._base import StageWidget
+
+UNLABELLED_DIR = "unlabelled"  # run/unlabelled: images exported from Image layers
+
+
+class DataWidget(StageWidget):
+    """Choose the data and the run folder; "Use this data" writes them into the run folder."""
+
+    def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
+        super().__init__(napari_viewer, context)
+        viewer = lambda: self.viewer  # noqa: E731 (choices are re-read on every reset)
+        self.run_dir = FileEdit(label="Run folder", mode="d", value=str(self.context.run_dir))
+        self.source = RadioButtons(label="Labelled from", choices=["layers", "folder"],
+                                   value="layers", orientation="horizontal")
+        self.image = ComboBox(label="Image layer", choices=_layers.choices(viewer, "image"))
+        self.labels = ComboBox(label="Labels layer", choices=_layers.choices(viewer, "labels"))
+        self.labelled_folder = FileEdit(label="Labelled folder", mode="d", nullable=True,
+                                        tooltip="images/+labels/ or nnU-Net imagesTr/labelsTr")
+        self.unlabelled_layers = Select(label="Unlabelled layers",
+                                        choices=_layers.choices(viewer, "image"), value=[])
+        self.unlabelled_folder = FileEdit(label="Unlabelled folder", mode="d", nullable=True)
+        self.image_size = SpinBox(label="Student input size", min=64, max=2048, step=32,
+                                  value=256)
+        self.val_fraction = FloatSpinBox(label="Validation share", min=0.0, max=0.9, step=0.05,
+                                         value=0.2)
+        self.overwrite = CheckBox(text="replace a different run in this folder", value=False)
+        self.summary = Label(value="")
+        self.use_button = PushButton(text="Use this data")
+        self.run_all_button = PushButton(text="Run all stages")
+        self.form.extend([
+            self.run_dir, self.source, self.image, self.labels, self.labelled_folder,
+            self.unlabelled_layers, self.unlabelled_folder, self.image_size, self.val_fraction,
+            self.overwrite, self.summary, self.use_button, self.run_all_button,
+        ])
+        for w in (self.source, self.image, self.labels, self.labelled_folder,
+                  self.unlabelled_layers, self.unlabelled_folder, self.val_fraction):
+            w.changed.connect(self.update_summary)
+        self.source.changed.connect(self._show_source)
+        self.run_dir.changed.connect(self._open_run)
+        self.use_button.changed.connect(self.use_data)
+        self.run_all_button.changed.connect(self.run_all)
+        self._load_from_run()
+        self._show_source()
+        self.reset_choices()
+
+    def job_buttons(self) -> list[Any]:
+        return [self.use_button, self.run_all_button]
+
+    def reset_choices(self, *_: Any) -> None:
+        super().reset_choices()
+        if self.image.value is None and self.image.choices:
+            self.image.value = self.image.choices[0]
+        if self.labels.value is None and self.labels.choices:
+            self.labels.value = self.labels.choices[0]
+        self.update_summary()
+
+    def on_run_dir_changed(self) -> None:
+        if hasattr(self, "run_dir") and Path(self.run_dir.value) != self.context.run_dir:
+            self.run_dir.value = str(self.context.run_dir)
+            self._load_from_run()
+
+    def _open_run(self, *_: Any) -> None:
+        """Another run folder typed or picked: every widget shows that run."""
+        if self.run_dir.value and Path(self.run_dir.value) != self.context.run_dir:
+            self.context.set_run_dir(self.run_dir.value)
+
+    def _load_from_run(self) -> None:
+        try:
+            cfg = self.context.config()
+        except Exception:
+            return
+        self.image_size.value = cfg.data.image_size
+        self.val_fraction.value = cfg.data.val_fraction
+
+    def _show_source(self, *_: Any) -> None:
+        layers = self.source.value == "layers"
+        self.image.visible = self.labels.visible = layers
+        self.labelled_folder.visible = not layers
+
+    # -- summary ----------------------------------------------------------------------------
+    def update_summary(self, *_: Any) -> None:
+        """Counts, classes and split of what is chosen, without writing anything."""
+        try:
+            self.summary.value = self._summary_text()
+        except Exception as exc:  # the summary is informative only; "Use" reports errors
+            self.summary.value = f"cannot read the data: {exc}"
+
+    def _summary_text(self) -> str:
+        if self.source.value == "layers":
+            if self.image.value is None or self.labels.value is None:
+                return "choose an Image and a Labels layer (File > Open Sample > napari-tskd)"
+            if _layers.spatial_shape(self.image.value) != _layers.spatial_shape(
+                self.labels.value
+            ):
+                return "the Image and Labels layers differ in shape"
+            n, classes = _layers.labelled_summary(self.image.value, self.labels.value)
+        else:
+            folder = self.labelled_folder.value
+            if not folder:
+                return "choose a labelled folder"
+            from tskd import io
+
+            n = len(io.list_images(Path(folder) / "images")) if (
+                Path(folder) / "images").is_dir() else len(io.list_images(folder))
+            classes = []
+        n_unl = sum(_layers.n_slices(layer) for layer in self.unlabelled_layers.value or [])
+        if self.unlabelled_folder.value:
+            from tskd import io
+
+            n_unl += len(io.list_images(self.unlabelled_folder.value))
+        n_val = _n_val(n, float(self.val_fraction.value))
+        text = f"{n} labelled image(s): train {n - n_val} / validation {n_val}"
+        if classes:
+            text += f"; classes {', '.join(map(str, classes))}"
+        return text + f"; {n_unl} unlabelled image(s)"
+
+    # -- actions ----------------------------------------------------------------------------
+    def use_data(self, *_: Any) -> bool:
+        """Write the chosen data into the run folder and record it in ``config.yaml``."""
+        from tskd.errors import TskdError
+
+        try:
+            self._use_data()
+        except TskdError as exc:
+            _notify.user_error(exc)
+            return False
+        except OSError as exc:
+            _notify.error(f"cannot write the data: {exc}")
+            return False
+        return True
+
+    def _use_data(self) -> None:
+        from napari_tskd._export import export_labelled, export_unlabelled
+        from tskd.errors import TskdInputError
+        from tskd.run_folder import prepare_run_dir
+
+        # read everything first, so a bad input changes nothing on disk
+        if self.source.value == "layers":
+            images, labels, names = _layers.labelled_slices(self.image.value, self.labels.value)
+        else:
+            from tskd import io
+
+            if not self.labelled_folder.value:
+                raise TskdInputError("no labelled folder chosen")
+            samples = io.load_labelled(self.labelled_folder.value)
+            if not samples:
+                raise TskdInputError(f"no labelled images in {self.labelled_folder.value}")
+            images = [s.image for s in samples]
+            labels = [s.label for s in samples]
+            names = [_layers.safe_name(s.name) for s in samples]
+        unl_layers = list(self.unlabelled_layers.value or [])
+        unl_images, unl_names = _layers.unlabelled_slices(unl_layers)
+        unl_folder = self.unlabelled_folder.value
+        if unl_folder and not Path(unl_folder).is_dir():
+            raise TskdInputError(f"unlabelled folder not found: {unl_folder}")
+
+        self.context.set_run_dir(self.run_dir.value)
+        run_dir = self.context.run_dir
+        cfg = self.context.config()
+        cfg.data.labelled = str(run_dir / "data")
+        cfg.data.image_size = int(self.image_size.value)
+        cfg.data.val_fraction = float(self.val_fraction.value)
+        if unl_images:
+            cfg.data.unlabelled = str(run_dir / UNLABELLED_DIR)
+        else:
+            cfg.data.unlabelled = str(unl_folder) if unl_folder else None
+        prepare_run_dir(cfg, overwrite=bool(self.overwrite.value))
+        export_labelled(images, labels, names, run_dir)
+        if unl_images:
+            from tskd import io
+
+            extra = io.list_images(unl_folder) if unl_folder else []
+            export_unlabelled(unl_images, unl_names, run_dir / UNLABELLED_DIR, extra)
+        n_val = _n_val(len(images), cfg.data.val_fraction)
+        self.summary.value = (
+            f"wrote {len(images)} labelled image(s) (train {len(images) - n_val} / validation "
+            f"{n_val}) and {len(unl_images)} unlabelled layer slice(s) to {run_dir}"
+        )
+        _notify.info(f"data of run {run_dir.name} ready: {len(images)} labelled image(s)")
+
+    def run_all(self, *_: Any) -> None:
+        """Use the data, then every stage the config asks for, in one training process."""
+        if not self.use_data():
+            return
+        cfg = self.context.config()
+        self.start("all stages", [{"target": "pipeline"}], cfg)
+
+
+def _n_val(n: int, fraction: float) -> int:
+    """Validation images the backend keeps out (mirrors tskd.data.split_train_val)."""
+    try:
+        from tskd.data import split_train_val
+    except ImportError:
+        return min(max(0, round(n * fraction)), max(0, n - 1))
+    _train, val = split_train_val(list(range(n)), fraction, 0)
+    return len(val)

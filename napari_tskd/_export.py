@@ -1,0 +1,101 @@
+"""Writing the labelled and unlabelled sets of a run from layers or folders.
+
+The run folder keeps its own copy of the labelled set (``run/data``): users' folders are only
+read, corrections from the annotate-train loop go next to that copy, and ``data.labelled`` never
+changes path (the run folder's identity). Files are rewritten only when their content changed, so
+the stages' input fingerprints stay stable and finished stages are not redone for nothing.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+CORRECTED_PREFIX = "corrected_"  # files added by the loop; kept when the data is exported again
+
+
+def sync_folder(src: Path, dst: Path, keep_prefix: str | None = CORRECTED_PREFIX) -> int:
+    """Make ``dst`` hold ``src``'s files (changed ones replaced, stale ones removed).
+
+    Files starting with ``keep_prefix`` in ``dst`` are kept. Returns the number of files written.
+    """
+    dst.mkdir(parents=True, exist_ok=True)
+    written = 0
+    names = set()
+    for f in sorted(src.iterdir()):
+        if not f.is_file():
+            continue
+        names.add(f.name)
+        target = dst / f.name
+        if not (target.is_file() and filecmp.cmp(f, target, shallow=False)):
+            shutil.copyfile(f, target)
+            written += 1
+    for f in dst.iterdir():
+        if f.is_file() and f.name not in names and not (keep_prefix and
+                                                         f.name.startswith(keep_prefix)):
+            f.unlink()
+    return written
+
+
+def export_labelled(
+    images: list[np.ndarray], labels: list[np.ndarray], names: list[str], run_dir: Path
+) -> Path:
+    """Write a labelled set into ``run_dir/data`` through the backend's ``export_dataset``."""
+    from tskd.pipeline import export_dataset
+
+    data = run_dir / "data"
+    tmp = run_dir / ".export_tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        export_dataset(images, labels, tmp, names)
+        for sub in ("images", "labels"):
+            sync_folder(tmp / sub, data / sub)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return data
+
+
+def export_unlabelled(
+    images: list[np.ndarray], names: list[str], folder: Path, extra_files: list[Path] = ()
+) -> Path:
+    """Write unlabelled images (from Image layers) as tif files, plus copies of ``extra_files``,
+    into ``folder`` (which then holds exactly these)."""
+    from tskd import io
+
+    tmp = folder.parent / (folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name, image in zip(names, images, strict=True):
+            io.write_image(tmp / f"{name}.tif", image)
+        for i, path in enumerate(extra_files):
+            shutil.copyfile(path, tmp / f"folder_{i:05d}_{path.name}")
+        sync_folder(tmp, folder, keep_prefix=None)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def add_corrected(image: np.ndarray, label: np.ndarray, name: str, run_dir: Path) -> Path:
+    """Add one corrected (image, label map) to the run's labelled set; returns the label path."""
+    from tskd import io
+
+    data = run_dir / "data"
+    (data / "images").mkdir(parents=True, exist_ok=True)
+    (data / "labels").mkdir(parents=True, exist_ok=True)
+    stem = CORRECTED_PREFIX + name
+    io.write_image(data / "images" / f"{stem}.tif", image)
+    io.write_label(data / "labels" / f"{stem}.tif", label.astype(np.int64))
+    return data / "labels" / f"{stem}.tif"
+
+
+def corrected_names(run_dir: Path) -> set[str]:
+    """Names (without prefix and suffix) of the corrections already in the run's labelled set."""
+    folder = run_dir / "data" / "labels"
+    if not folder.is_dir():
+        return set()
+    return {p.stem[len(CORRECTED_PREFIX):] for p in folder.iterdir()
+            if p.name.startswith(CORRECTED_PREFIX)}

@@ -1,0 +1,170 @@
+"""Turning napari layers into training images and back: slices, stacks, contrast, choices.
+
+Conventions: an Image layer is 2D (H, W), RGB (H, W, 3|4) or a stack (Z, H, W[, 3|4]); a Labels
+layer has the image's spatial shape. A stack slice with any label > 0 is one training image.
+Images that are not 8-bit are mapped to 8-bit with the layer's contrast limits, so the model trains
+on what the user sees (16-bit microscopy and CT included).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tskd.errors import TskdInputError
+
+
+def unwrap(viewer: Any) -> Any:
+    """The real viewer behind napari's ``PublicOnlyProxy`` (None stays None)."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def layers_of(viewer: Any, kind: str) -> list[Any]:
+    """Layers of one kind ('image' or 'labels'), in the layer list's order."""
+    if viewer is None:
+        return []
+    import napari.layers
+
+    cls = napari.layers.Image if kind == "image" else napari.layers.Labels
+    return [layer for layer in viewer.layers if isinstance(layer, cls)]
+
+
+def choices(viewer_getter: Any, kind: str) -> Any:
+    """A magicgui choices callable listing (name, layer) of one kind."""
+
+    def _choices(_widget: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in layers_of(viewer_getter(), kind)]
+
+    return _choices
+
+
+def is_rgb(layer: Any) -> bool:
+    return bool(getattr(layer, "rgb", False))
+
+
+def spatial_shape(layer: Any) -> tuple[int, ...]:
+    """Shape without the colour axis."""
+    shape = tuple(int(s) for s in layer.data.shape)
+    return shape[:-1] if is_rgb(layer) else shape
+
+
+def is_stack(layer: Any) -> bool:
+    return len(spatial_shape(layer)) == 3
+
+
+def check_layer(layer: Any, what: str = "image") -> None:
+    """Refuse what the plugin cannot train on, with one sentence."""
+    if layer is None:
+        raise TskdInputError(f"no {what} layer chosen; add or open one first")
+    if getattr(layer, "multiscale", False):
+        raise TskdInputError(f"layer '{layer.name}' is multiscale; only single-scale is supported")
+    n = len(spatial_shape(layer))
+    if n not in (2, 3):
+        raise TskdInputError(
+            f"layer '{layer.name}' has {n} spatial dimensions; expected 2D images or a 3D stack"
+        )
+
+
+def n_slices(layer: Any) -> int:
+    return spatial_shape(layer)[0] if is_stack(layer) else 1
+
+
+def get_slice(layer: Any, index: int = 0) -> np.ndarray:
+    """One 2D image (or label map) of a layer: slice ``index`` of a stack, or the whole 2D."""
+    return np.asarray(layer.data[index] if is_stack(layer) else layer.data)
+
+
+def to_uint8(image: np.ndarray, contrast_limits: Any = None) -> np.ndarray:
+    """8-bit copy of an image as displayed: non-uint8 data mapped by the contrast limits."""
+    if image.dtype == np.uint8:
+        return image
+    img = image.astype(np.float32)
+    if contrast_limits is None:
+        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+    else:
+        lo, hi = (float(v) for v in contrast_limits)
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return np.clip((img - lo) * scale, 0, 255).round().astype(np.uint8)
+
+
+def training_image(layer: Any, index: int = 0) -> np.ndarray:
+    """Slice ``index`` of an Image layer as a training image (8-bit, channels kept)."""
+    img = get_slice(layer, index)
+    if is_rgb(layer) and img.shape[-1] == 4:
+        img = img[..., :3]
+    return to_uint8(img, getattr(layer, "contrast_limits", None))
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a layer name."""
+    keep = "".join(c if c.isalnum() or c in "-_" else "_" for c in text.strip())
+    return keep.strip("_") or "layer"
+
+
+def labelled_slices(
+    image_layer: Any, labels_layer: Any
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Training pairs from an Image + Labels layer: every (slice) with any label > 0."""
+    check_layer(image_layer, "image")
+    check_layer(labels_layer, "labels")
+    if spatial_shape(image_layer) != spatial_shape(labels_layer):
+        raise TskdInputError(
+            f"image layer '{image_layer.name}' {spatial_shape(image_layer)} and labels layer "
+            f"'{labels_layer.name}' {spatial_shape(labels_layer)} differ in shape"
+        )
+    images, labels, names = [], [], []
+    base = safe_name(image_layer.name)
+    for z in range(n_slices(labels_layer)):
+        label = get_slice(labels_layer, z)
+        if not label.any():
+            continue
+        if label.min() < 0:
+            raise TskdInputError(f"labels layer '{labels_layer.name}' holds negative labels")
+        images.append(training_image(image_layer, z))
+        labels.append(label.astype(np.int64))
+        names.append(f"{base}_z{z:04d}" if is_stack(image_layer) else base)
+    if not images:
+        raise TskdInputError(f"labels layer '{labels_layer.name}' holds no labels (all zero)")
+    return images, labels, names
+
+
+def labelled_summary(image_layer: Any, labels_layer: Any) -> tuple[int, list[int]]:
+    """(number of labelled slices, classes found) without converting any image."""
+    data = np.asarray(labels_layer.data)
+    if is_stack(labels_layer):
+        flat = data.reshape(data.shape[0], -1)
+        n = int(np.count_nonzero(flat.any(axis=1)))
+    else:
+        n = int(data.any())
+    classes = [int(c) for c in np.unique(data) if c > 0]
+    return n, classes
+
+
+def unlabelled_slices(layers: list[Any]) -> tuple[list[np.ndarray], list[str]]:
+    """Every slice of the given Image layers as 8-bit images, with names."""
+    images, names = [], []
+    for layer in layers:
+        check_layer(layer, "image")
+        base = safe_name(layer.name)
+        for z in range(n_slices(layer)):
+            images.append(training_image(layer, z))
+            names.append(f"{base}_z{z:04d}" if is_stack(layer) else base)
+    return images, names
+
+
+def current_index(viewer: Any, layer: Any) -> int:
+    """The stack slice of ``layer`` the viewer displays (0 for a 2D layer)."""
+    if not is_stack(layer):
+        return 0
+    z = layer.world_to_data(viewer.dims.point)[0]
+    return int(np.clip(round(float(z)), 0, n_slices(layer) - 1))
+
+
+def jump_to(viewer: Any, layer: Any, index: int) -> None:
+    """Move the viewer to slice ``index`` of a stack layer."""
+    if not is_stack(layer):
+        return
+    axis = viewer.dims.ndim - layer.ndim
+    world = layer.data_to_world([index] + [0] * (layer.ndim - 1))[0]
+    viewer.dims.set_point(axis, world)

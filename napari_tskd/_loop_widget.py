@@ -1,0 +1,195 @@
+"""Loop widget: the annotate-train loop. Add a corrected slice to the run's labelled set,
+retrain the student from where it stopped, and jump to the slice the student is least sure of."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from magicgui.widgets import ComboBox, Label, PushButton, SpinBox
+
+from napari_tskd import _layers, _notify
+from napari_tskd._base import DEVICES, StageWidget, budget
+
+
+class LoopWidget(StageWidget):
+    """Segment (Segment widget) -> correct -> Add -> Retrain -> Suggest next -> ..."""
+
+    def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
+        super().__init__(napari_viewer, context)
+        viewer = lambda: self.viewer  # noqa: E731
+        self.image = ComboBox(label="Image layer", choices=_layers.choices(viewer, "image"))
+        self.labels = ComboBox(label="Corrected labels", choices=_layers.choices(viewer, "labels"),
+                             tooltip="usually the prediction layer you edited")
+        self.add_button = PushButton(text="Add displayed slice to training set")
+        self.epochs = SpinBox(label="Retrain epochs", min=1, max=10000, value=10)
+        self.max_steps = SpinBox(label="Retrain max steps (0: all)", min=0, max=10_000_000)
+        self.retrain_button = PushButton(text="Retrain student")
+        self.device = ComboBox(label="Device", choices=DEVICES, value=self.context.settings.device)
+        self.suggest_button = PushButton(text="Suggest next slice")
+        self.status = Label(value="")
+        self.form.extend([self.image, self.labels, self.add_button, self.epochs, self.max_steps,
+                          self.retrain_button, self.device, self.suggest_button, self.status])
+        self.add_button.changed.connect(self.add_slice)
+        self.retrain_button.changed.connect(self.retrain)
+        self.suggest_button.changed.connect(self.suggest)
+        self._worker: Any = None
+        self.suggestion: tuple[Any, int, float] | None = None  # (layer, slice, score)
+        self.reset_choices()
+
+    def job_buttons(self) -> list[Any]:
+        return [self.retrain_button]
+
+    def reset_choices(self, *_: Any) -> None:
+        super().reset_choices()
+        if self.image.value is None and self.image.choices:
+            self.image.value = self.image.choices[0]
+        predictions = [layer for layer in _layers.layers_of(self.viewer, "labels")
+                       if layer.metadata.get("tskd") == "prediction"]
+        if predictions and self.labels.value not in predictions:
+            self.labels.value = predictions[-1]  # the latest prediction is what one corrects
+        elif self.labels.value is None and self.labels.choices:
+            self.labels.value = self.labels.choices[0]
+
+    # -- add --------------------------------------------------------------------------------
+    def add_slice(self, *_: Any) -> Any:
+        """Copy the displayed (image, corrected labels) slice into the run's labelled set."""
+        from tskd.errors import TskdError
+
+        try:
+            return self._add_slice()
+        except TskdError as exc:
+            _notify.user_error(exc)
+        except OSError as exc:
+            _notify.error(f"cannot add the slice: {exc}")
+        return None
+
+    def _add_slice(self) -> Any:
+        from napari_tskd._export import add_corrected, corrected_names
+        from tskd.errors import TskdInputError
+
+        image, labels = self.image.value, self.labels.value
+        _layers.check_layer(image, "image")
+        _layers.check_layer(labels, "labels")
+        if _layers.spatial_shape(image) != _layers.spatial_shape(labels):
+            raise TskdInputError(
+                f"image layer '{image.name}' and labels layer '{labels.name}' differ in shape"
+            )
+        cfg = self.context.config()
+        run_dir = self.context.run_dir
+        if cfg.data.labelled != str(run_dir / "data"):
+            raise TskdInputError(
+                f"run folder {run_dir} has no labelled set of its own; press 'Use this data' in "
+                "the Data widget first"
+            )
+        z = _layers.current_index(self.viewer, image)
+        name = f"{_layers.safe_name(image.name)}_z{z:04d}"
+        replaced = name in corrected_names(run_dir)
+        label = _layers.get_slice(labels, z)
+        path = add_corrected(_layers.training_image(image, z), label, name, run_dir)
+        n = len(corrected_names(run_dir))
+        verb = "replaced" if replaced else "added"
+        self.status.value = f"{verb} slice {z} of '{image.name}'; {n} correction(s) in the run"
+        if not label.any():
+            _notify.info(f"slice {z} was added with no labels: it teaches 'nothing here'")
+        return path
+
+    # -- retrain ----------------------------------------------------------------------------
+    def retrain(self, *_: Any) -> None:
+        """Fine-tune the run's student further on the labelled set (corrections included)."""
+        cfg = self.context.config()
+        cfg.student.train.epochs = int(self.epochs.value)
+        cfg.student.train.max_steps = budget(self.max_steps.value)
+        cfg.student.train.device = self.device.value
+        self.start("retrain", [{"target": "student", "kwargs": {"continue_from_last": True}}],
+                   cfg)
+
+    def on_job_finished(self, job: Any) -> None:
+        if job.status == "done":
+            self.status.value = "student retrained; Segment again or ask for the next slice"
+
+    # -- suggest ----------------------------------------------------------------------------
+    def suggest(self, *_: Any) -> None:
+        """Rank the not-yet-corrected slices (or 2D image layers) and jump to the first."""
+        from tskd.errors import TskdError
+
+        try:
+            self._suggest()
+        except TskdError as exc:
+            _notify.user_error(exc)
+
+    def _candidates(self) -> list[tuple[Any, int]]:
+        from napari_tskd._export import corrected_names
+
+        done = corrected_names(self.context.run_dir)
+        image = self.image.value
+        _layers.check_layer(image, "image")
+        if _layers.is_stack(image):
+            base = _layers.safe_name(image.name)
+            return [(image, z) for z in range(_layers.n_slices(image))
+                    if f"{base}_z{z:04d}" not in done]
+        return [(layer, 0) for layer in _layers.layers_of(self.viewer, "image")
+                if not _layers.is_stack(layer) and _layers.safe_name(layer.name) + "_z0000"
+                not in done]
+
+    def _suggest(self) -> None:
+        from napari.qt.threading import thread_worker
+
+        from tskd.errors import TskdInputError
+        from tskd.predict import rank_for_annotation
+
+        if self._worker is not None:
+            return
+        model = self.context.models.get(self.context.paths().student, self.device.value)
+        candidates = self._candidates()
+        if not candidates:
+            raise TskdInputError("every slice is already in the training set")
+        images = [_layers.training_image(layer, z) for layer, z in candidates]
+        self.status.value = f"ranking {len(images)} image(s) ..."
+        t0 = time.perf_counter()
+
+        @thread_worker
+        def rank() -> list[tuple[int, float]]:
+            return rank_for_annotation(model.segmenter, images)
+
+        worker = rank()
+        self._worker = worker
+
+        def on_returned(ranking: list[tuple[int, float]]) -> None:
+            index, score = ranking[0]
+            layer, z = candidates[int(index)]
+            self.suggestion = (layer, z, float(score))
+            self._jump(layer, z)
+            where = f"slice {z} of '{layer.name}'" if _layers.is_stack(layer) else (
+                f"'{layer.name}'")
+            self.status.value = (f"next: {where} (score {float(score):.3g}, ranked in "
+                                 f"{time.perf_counter() - t0:.1f} s)")
+
+        def on_error(exc: Exception) -> None:
+            _notify.error(f"ranking failed: {type(exc).__name__}: {exc}")
+
+        def on_finished() -> None:
+            self._worker = None
+
+        worker.returned.connect(on_returned)
+        worker.errored.connect(on_error)
+        worker.finished.connect(on_finished)
+        worker.start()
+
+    def _jump(self, layer: Any, z: int) -> None:
+        if _layers.is_stack(layer):
+            _layers.jump_to(self.viewer, layer, z)
+        else:
+            self.viewer.layers.selection.active = layer
+            layer.visible = True
+            self.image.value = layer
+
+    def wait(self, timeout: float = 30.0) -> bool:
+        """Process events until a running ranking finished (scripts and tests)."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while self._worker is not None and time.monotonic() < end:
+            QApplication.processEvents()
+            time.sleep(0.005)
+        return self._worker is None

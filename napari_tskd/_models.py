@@ -1,0 +1,59 @@
+"""Loading a model bundle (student or teacher folder) into a ``tskd.predict.Segmenter``.
+
+Called in the GUI thread: it imports torch and timm there, before any worker thread segments
+(a first import of timm inside a worker thread crashed napari; see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LoadedModel:
+    segmenter: Any  # tskd.predict.Segmenter
+    meta: dict[str, Any]
+    name: str  # e.g. "run1/student": names the prediction layer
+    folder: Path
+    stamp: tuple[float, ...]  # modification times of the bundle's files when loaded
+
+
+def bundle_stamp(folder: Path) -> tuple[float, ...]:
+    """Modification times of a bundle's files: a retrained model is noticed and reloaded."""
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(p.stat().st_mtime for p in folder.iterdir() if p.is_file()))
+
+
+def load(folder: str | Path, device: str = "auto") -> LoadedModel:
+    """Load a bundle folder (``meta.json`` + safetensors); raises ``TskdError`` if unusable."""
+    from tskd import bundle
+    from tskd.errors import TskdInputError
+    from tskd.predict import Segmenter
+
+    folder = Path(folder)
+    if not (folder / "meta.json").is_file():
+        raise TskdInputError(f"no model in {folder} (meta.json missing); train it first")
+    model, meta = bundle.load_model(folder)
+    size = int(meta.get("image_size") or meta.get("input_size"))
+    segmenter = Segmenter(model, size, int(meta["num_classes"]), device=device)
+    name = f"{folder.parent.name}/{folder.name}"
+    return LoadedModel(segmenter, meta, name, folder, bundle_stamp(folder))
+
+
+class ModelCache:
+    """The last loaded model per (folder, device), reloaded when its files change."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str], LoadedModel] = {}
+
+    def get(self, folder: str | Path, device: str = "auto") -> LoadedModel:
+        key = (str(Path(folder).resolve()), device)
+        cached = self._models.get(key)
+        if cached is not None and cached.stamp == bundle_stamp(Path(folder)):
+            return cached
+        loaded = load(folder, device)
+        self._models = {key: loaded}  # keep one model in memory
+        return loaded

@@ -1,0 +1,28 @@
+"""Messages to the user through napari's notifications (never only in the terminal)."""
+
+from __future__ import annotations
+
+
+def error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+def info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+def user_error(exc: BaseException) -> None:
+    """Show a backend error: a ``TskdError`` is already one sentence; others get their type."""
+    from tskd.errors import TskdError
+
+    error(str(exc) if isinstance(exc, TskdError) else f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,143 @@
+"""Student widget: distil the teacher into the ViT-Tiny student (stage 3) and fine-tune it on
+the labelled images (stage 4); task-specific or task-agnostic (baseline) distillation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
+
+from napari_tskd import _notify
+from napari_tskd._base import DEVICES, StageWidget, budget, parse_float
+
+MODES = ["task-specific", "task-agnostic"]
+
+
+class StudentWidget(StageWidget):
+    """Budgets and loss weights of distillation and fine-tuning."""
+
+    def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
+        super().__init__(napari_viewer, context)
+        from tskd.config import DistillConfig, StudentConfig
+
+        dd, ds = DistillConfig(), StudentConfig()
+        self.mode = RadioButtons(label="Distillation", choices=MODES, value=MODES[0],
+                                 orientation="horizontal",
+                                 tooltip="task-agnostic: match the un-adapted SAM (baseline)")
+        self.feature_weight = FloatSpinBox(label="Feature loss weight", min=0.0, max=100.0,
+                                           step=0.1, value=dd.feature_weight)
+        self.output_weight = FloatSpinBox(label="Output loss weight", min=0.0, max=100.0,
+                                          step=0.1, value=dd.output_weight)
+        self.temperature = FloatSpinBox(label="Temperature", min=0.1, max=20.0, step=0.5,
+                                        value=dd.temperature)
+        self.distill_epochs = SpinBox(label="Distil epochs", min=1, max=10000,
+                                      value=dd.train.epochs)
+        self.distill_steps = SpinBox(label="Distil max steps (0: all)", min=0, max=10_000_000)
+        self.distill_lr = LineEdit(label="Distil learning rate", value=f"{dd.train.lr:g}")
+        self.finetune_epochs = SpinBox(label="Fine-tune epochs", min=1, max=10000,
+                                       value=ds.train.epochs)
+        self.finetune_steps = SpinBox(label="Fine-tune max steps (0: all)", min=0,
+                                      max=10_000_000)
+        self.finetune_lr = LineEdit(label="Fine-tune learning rate", value=f"{ds.train.lr:g}")
+        self.dice_weight = FloatSpinBox(label="Dice weight", min=0.0, max=1.0, step=0.05,
+                                        value=ds.dice_weight)
+        self.from_scratch = CheckBox(text="from scratch (baseline: no distillation)", value=False)
+        self.device = ComboBox(label="Device", choices=DEVICES, value=self.context.settings.device)
+        self.distill_button = PushButton(text="Distil")
+        self.finetune_button = PushButton(text="Fine-tune")
+        self.both_button = PushButton(text="Distil + fine-tune")
+        self.result = Label(value="")
+        self.form.extend([
+            self.mode, self.feature_weight, self.output_weight, self.temperature,
+            self.distill_epochs, self.distill_steps, self.distill_lr, self.finetune_epochs,
+            self.finetune_steps, self.finetune_lr, self.dice_weight, self.from_scratch,
+            self.device, self.distill_button, self.finetune_button, self.both_button, self.result,
+        ])
+        self.distill_button.changed.connect(lambda *_: self.run(["distill"]))
+        self.finetune_button.changed.connect(lambda *_: self.run(["student"]))
+        self.both_button.changed.connect(lambda *_: self.run(["distill", "student"]))
+        self.load_from_run()
+
+    def job_buttons(self) -> list[Any]:
+        return [self.distill_button, self.finetune_button, self.both_button]
+
+    def on_run_dir_changed(self) -> None:
+        if hasattr(self, "both_button"):
+            self.load_from_run()
+
+    def load_from_run(self) -> None:
+        try:
+            cfg = self.context.config()
+        except Exception:
+            return
+        d, s = cfg.distill, cfg.student
+        self.mode.value = MODES[1] if d.task_agnostic else MODES[0]
+        self.feature_weight.value = d.feature_weight
+        self.output_weight.value = d.output_weight
+        self.temperature.value = d.temperature
+        self.distill_epochs.value = d.train.epochs
+        self.distill_steps.value = d.train.max_steps or 0
+        self.distill_lr.value = f"{d.train.lr:g}"
+        self.finetune_epochs.value = s.train.epochs
+        self.finetune_steps.value = s.train.max_steps or 0
+        self.finetune_lr.value = f"{s.train.lr:g}"
+        self.dice_weight.value = s.dice_weight
+        self.from_scratch.value = s.from_scratch
+
+    def build_config(self) -> Any:
+        cfg = self.context.config()
+        d, s = cfg.distill, cfg.student
+        d.task_agnostic = self.mode.value == MODES[1]
+        d.feature_weight = float(self.feature_weight.value)
+        d.output_weight = float(self.output_weight.value)
+        d.temperature = float(self.temperature.value)
+        d.train.epochs = int(self.distill_epochs.value)
+        d.train.max_steps = budget(self.distill_steps.value)
+        d.train.lr = parse_float(self.distill_lr.value, "distil learning rate", 0.0, 1.0)
+        s.train.epochs = int(self.finetune_epochs.value)
+        s.train.max_steps = budget(self.finetune_steps.value)
+        s.train.lr = parse_float(self.finetune_lr.value, "fine-tune learning rate", 0.0, 1.0)
+        s.dice_weight = float(self.dice_weight.value)
+        s.from_scratch = bool(self.from_scratch.value)
+        d.train.device = s.train.device = self.device.value
+        return cfg
+
+    def run(self, stages: list[str]) -> None:
+        from tskd.errors import TskdError
+
+        try:
+            cfg = self.build_config()
+        except TskdError as exc:
+            _notify.user_error(exc)
+            return
+        if cfg.student.from_scratch and "distill" in stages:
+            stages = [s for s in stages if s != "distill"]
+            if not stages:
+                _notify.info("from scratch: there is nothing to distil; press Fine-tune")
+                return
+        self.result.value = ""
+        label = " + ".join("distil" if s == "distill" else "fine-tune" for s in stages)
+        self.start(label, [{"target": s} for s in stages], cfg)
+
+    def on_job_finished(self, job: Any) -> None:
+        if job.status != "done":
+            return
+        parts = []
+        student = job.results.get("student")
+        if student:
+            val = student.get("val") or {}
+            dice = val.get("dice") if isinstance(val, dict) else None
+            parts.append(f"student ready (validation Dice {dice:.3f})" if isinstance(
+                dice, int | float) else "student ready")
+        if job.results.get("distill"):
+            parts.append("distilled")
+        self.result.value = "; ".join(parts)

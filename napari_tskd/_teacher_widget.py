@@ -1,0 +1,129 @@
+"""Teacher widget: adapt SAM to the task with LoRA (stage 1), in a separate process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from magicgui.widgets import ComboBox, FileEdit, Label, LineEdit, PushButton, SpinBox
+
+from napari_tskd import _notify
+from napari_tskd._base import DEVICES, StageWidget, budget, parse_float
+
+MODEL_TYPES = ["mini", "vit_b", "vit_l", "vit_h"]
+
+
+class TeacherWidget(StageWidget):
+    """Checkpoint, model type, input size, LoRA, budget, device; a preset from free memory."""
+
+    def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
+        super().__init__(napari_viewer, context)
+        from tskd.config import LoraSettings, TeacherConfig
+
+        d = TeacherConfig()
+        self.model_type = ComboBox(label="SAM model", choices=MODEL_TYPES, value=d.model_type)
+        self.checkpoint = FileEdit(
+            label="Checkpoint", mode="r", filter="*.pth *.safetensors", nullable=True,
+            tooltip="official SAM .pth/.safetensors; empty: built-in mini SAM or a download",
+        )
+        self.input_size = SpinBox(label="Input size", min=64, max=1024, step=16,
+                                  value=d.input_size)
+        self.lora_rank = SpinBox(label="LoRA rank", min=1, max=256, value=d.lora.rank)
+        self.lora_targets = LineEdit(
+            label="LoRA targets", value="; ".join(LoraSettings().targets),
+            tooltip="regexes over module names, separated by ';'",
+        )
+        self.epochs = SpinBox(label="Epochs", min=1, max=10000, value=d.train.epochs)
+        self.max_steps = SpinBox(label="Max steps (0: all)", min=0, max=10_000_000, value=0)
+        self.batch_size = SpinBox(label="Batch size", min=1, max=256, value=d.train.batch_size)
+        self.lr = LineEdit(label="Learning rate", value=f"{d.train.lr:g}")
+        self.device = ComboBox(label="Device", choices=DEVICES, value=self.context.settings.device)
+        self.preset_button = PushButton(text="Pick for this machine")
+        self.preset_info = Label(value="")
+        self.train_button = PushButton(text="Train teacher")
+        self.result = Label(value="")
+        self.form.extend([
+            self.model_type, self.checkpoint, self.input_size, self.lora_rank, self.lora_targets,
+            self.epochs, self.max_steps, self.batch_size, self.lr, self.device,
+            self.preset_button, self.preset_info, self.train_button, self.result,
+        ])
+        self.preset_button.changed.connect(self.apply_preset)
+        self.train_button.changed.connect(self.run)
+        self.load_from_run()
+
+    def job_buttons(self) -> list[Any]:
+        return [self.train_button]
+
+    def on_run_dir_changed(self) -> None:
+        if hasattr(self, "train_button"):
+            self.load_from_run()
+
+    def load_from_run(self) -> None:
+        """Show the teacher settings of the open run (its config.yaml), if any."""
+        try:
+            t = self.context.config().teacher
+        except Exception:  # an unreadable config is reported when a stage starts
+            return
+        self.model_type.value = t.model_type if t.model_type in MODEL_TYPES else "mini"
+        self.checkpoint.value = t.checkpoint
+        self.input_size.value = t.input_size
+        self.lora_rank.value = t.lora.rank
+        self.lora_targets.value = "; ".join(t.lora.targets)
+        self.epochs.value = t.train.epochs
+        self.max_steps.value = t.train.max_steps or 0
+        self.batch_size.value = t.train.batch_size
+        self.lr.value = f"{t.train.lr:g}"
+        if t.train.device in DEVICES:
+            self.device.value = t.train.device
+
+    def apply_preset(self, *_: Any) -> None:
+        """Choose model type, input size and batch size from the free memory of the device."""
+        from napari_tskd._presets import free_memory, pick
+
+        kind, free_gb = free_memory(self.device.value)
+        preset = pick(kind, free_gb)
+        self.model_type.value = preset.model_type
+        self.input_size.value = preset.input_size
+        self.batch_size.value = preset.batch_size
+        self.preset_info.value = f"{kind}, {free_gb:.1f} GB free: {preset.name}"
+
+    def build_config(self) -> Any:
+        """The open run's config with this form's teacher settings (may raise TskdError)."""
+        from tskd.errors import TskdInputError
+
+        cfg = self.context.config()
+        t = cfg.teacher
+        t.model_type = self.model_type.value
+        t.checkpoint = str(self.checkpoint.value) if self.checkpoint.value else None
+        if t.checkpoint and not self.checkpoint.value.is_file():
+            raise TskdInputError(f"teacher checkpoint not found: {t.checkpoint}")
+        t.input_size = int(self.input_size.value)
+        ratio = t.lora.alpha / t.lora.rank if t.lora.rank else 1.0
+        t.lora.rank = int(self.lora_rank.value)
+        t.lora.alpha = ratio * t.lora.rank  # keep the run's alpha/rank scaling
+        targets = [s.strip() for s in self.lora_targets.value.split(";") if s.strip()]
+        if not targets:
+            raise TskdInputError("LoRA targets are empty; give at least one module-name regex")
+        t.lora.targets = targets
+        t.train.epochs = int(self.epochs.value)
+        t.train.max_steps = budget(self.max_steps.value)
+        t.train.batch_size = int(self.batch_size.value)
+        t.train.lr = parse_float(self.lr.value, "learning rate", 0.0, 1.0)
+        t.train.device = self.device.value
+        return cfg
+
+    def run(self, *_: Any) -> None:
+        from tskd.errors import TskdError
+
+        try:
+            cfg = self.build_config()
+        except TskdError as exc:
+            _notify.user_error(exc)
+            return
+        self.result.value = ""
+        self.start("teacher", [{"target": "teacher"}], cfg)
+
+    def on_job_finished(self, job: Any) -> None:
+        result = job.results.get("teacher")
+        if job.status == "done" and result:
+            shown = {k: v for k, v in result.items() if isinstance(v, int | float)}
+            self.result.value = ", ".join(f"{k} {v:.3g}" for k, v in list(shown.items())[:4])

@@ -1,0 +1,123 @@
+"""Transfer-set widget: train the small diffusion model and sample synthetic images (stage 2);
+shows them as an image-stack layer and the share of near-copies dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, PushButton, SpinBox
+
+from napari_tskd import _notify
+from napari_tskd._base import DEVICES, StageWidget
+
+LAYER_NAME = "TS-KD synthetic images"
+
+
+class TransferWidget(StageWidget):
+    """Number of synthetic images and the diffusion budget; the result as a layer."""
+
+    def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
+        super().__init__(napari_viewer, context)
+        from tskd.config import SynthConfig
+
+        d = SynthConfig()
+        self.enabled = CheckBox(text="synthesise images (else: real images only)", value=True)
+        self.n_images = SpinBox(label="Synthetic images", min=0, max=100_000, value=d.n_images)
+        self.train_steps = SpinBox(label="Diffusion budget (steps)", min=1, max=10_000_000,
+                                   value=d.train_steps)
+        self.resolution = ComboBox(label="Diffusion resolution", choices=[32, 64, 128, 256],
+                                   value=d.resolution)
+        self.sample_steps = SpinBox(label="Sampling steps (DDIM)", min=1, max=1000,
+                                    value=d.sample_steps)
+        self.near_copy = FloatSpinBox(label="Near-copy threshold", min=0.0, max=2.0, step=0.01,
+                                      value=d.near_copy_threshold)
+        self.device = ComboBox(label="Device", choices=DEVICES, value=self.context.settings.device)
+        self.run_button = PushButton(text="Build transfer set")
+        self.show_button = PushButton(text="Show synthetic images")
+        self.result = Label(value="")
+        self.form.extend([
+            self.enabled, self.n_images, self.train_steps, self.resolution, self.sample_steps,
+            self.near_copy, self.device, self.run_button, self.show_button, self.result,
+        ])
+        self.run_button.changed.connect(self.run)
+        self.show_button.changed.connect(self.show_images)
+        self.load_from_run()
+
+    def job_buttons(self) -> list[Any]:
+        return [self.run_button]
+
+    def on_run_dir_changed(self) -> None:
+        if hasattr(self, "run_button"):
+            self.load_from_run()
+
+    def load_from_run(self) -> None:
+        try:
+            s = self.context.config().synth
+        except Exception:
+            return
+        self.enabled.value = s.enabled
+        self.n_images.value = s.n_images
+        self.train_steps.value = s.train_steps
+        if s.resolution in self.resolution.choices:
+            self.resolution.value = s.resolution
+        self.sample_steps.value = s.sample_steps
+        self.near_copy.value = s.near_copy_threshold
+
+    def build_config(self) -> Any:
+        cfg = self.context.config()
+        s = cfg.synth
+        s.enabled = bool(self.enabled.value)
+        s.n_images = int(self.n_images.value)
+        s.train_steps = int(self.train_steps.value)
+        s.resolution = int(self.resolution.value)
+        s.sample_steps = int(self.sample_steps.value)
+        s.near_copy_threshold = float(self.near_copy.value)
+        s.device = self.device.value
+        return cfg
+
+    def run(self, *_: Any) -> None:
+        self.result.value = ""
+        self.start("transfer set", [{"target": "synthesize"}], self.build_config())
+
+    def on_job_finished(self, job: Any) -> None:
+        result = job.results.get("synthesize")
+        if job.status != "done" or result is None:
+            return
+        self.result.value = describe(result)
+        if result.get("paths"):
+            self.show_images(paths=[Path(p) for p in result["paths"]])
+
+    def show_images(self, *_: Any, paths: list[Path] | None = None) -> Any:
+        """Put the synthetic images into one image-stack layer (replacing our own earlier one)."""
+        from tskd import io
+
+        if paths is None:
+            folder = self.context.paths().synthetic
+            paths = io.list_images(folder) if folder.is_dir() else []
+        if not paths:
+            _notify.info("no synthetic images in this run yet; build the transfer set first")
+            return None
+        images = [io.read_image(p) for p in paths]
+        shapes = {im.shape for im in images}
+        if len(shapes) > 1:  # the backend writes one size; be tolerant of mixed folders
+            images = [im for im in images if im.shape == images[0].shape]
+        stack = np.stack(images)
+        rgb = stack.ndim == 4 and stack.shape[-1] in (3, 4)
+        if self.viewer is None:
+            return None
+        for layer in list(self.viewer.layers):
+            if layer.name == LAYER_NAME and layer.metadata.get("tskd") == "synthetic":
+                layer.data = stack
+                return layer
+        return self.viewer.add_image(stack, name=LAYER_NAME, rgb=rgb,
+                                     metadata={"tskd": "synthetic"})
+
+
+def describe(result: dict[str, Any]) -> str:
+    """'kept 28 of 32 synthetic images; 12.5% dropped as near-copies of training images'."""
+    n_gen, n_kept = int(result.get("n_generated", 0)), int(result.get("n_kept", 0))
+    share = float(result.get("share_dropped", 0.0))
+    text = f"kept {n_kept} of {n_gen} synthetic images; {100 * share:.1f}% dropped as near-copies"
+    return text + (" (skipped: already built)" if result.get("skipped") else "")

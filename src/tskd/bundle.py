@@ -1,0 +1,192 @@
+"""Model bundles: a folder with weights (safetensors) and ``meta.json``, and ONNX export.
+
+A student bundle holds ``model.safetensors`` and ``meta.json`` with kind "student", the
+``StudentConfig`` (under "student"), num_classes, class_names, image_size, the tskd version and
+metrics. A teacher folder (kind "teacher") holds a LoRA adapter and is loaded by
+``tskd.teacher.load_teacher``; ``load_model`` opens either, so prediction does not care which.
+Files are written to a temporary name and renamed, so an interrupted save never leaves a
+half-written bundle under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tskd.errors import CheckpointError, TskdError
+
+WEIGHTS = "model.safetensors"
+META = "meta.json"
+TEACHER_WEIGHTS = "adapter.safetensors"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_student(student: nn.Module, folder: str | Path, meta: dict[str, Any]) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/meta.json``; returns the folder.
+
+    The student's own config, class count and image size override any given in ``meta``;
+    other keys of ``meta`` (class_names, metrics, stage results) are kept.
+    """
+    from safetensors.torch import save_file
+
+    import tskd
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = getattr(student, "cfg", None)
+    info = dict(meta)
+    info.update(
+        kind="student",
+        student=asdict(cfg) if is_dataclass(cfg) else info.get("student"),
+        num_classes=int(getattr(student, "num_classes", info.get("num_classes", 0))),
+        image_size=int(getattr(student, "image_size", info.get("image_size", 0))),
+        tskd_version=tskd.__version__,
+    )
+    info.setdefault("class_names", None)
+    info.setdefault("metrics", {})
+    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    tmp = folder / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "kind": "student"})
+    os.replace(tmp, folder / WEIGHTS)
+    _atomic_write_text(folder / META, json.dumps(info, indent=1, default=str))
+    return folder
+
+
+def _bundle_dir(folder: str | Path) -> Path:
+    """Accept the folder or a file inside it (meta.json, the weights)."""
+    path = Path(folder)
+    if path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise CheckpointError(f"model folder not found: {folder}")
+    return path
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """A bundle's ``meta.json``, with a clear error when it is missing or not a tskd bundle."""
+    path = _bundle_dir(folder) / META
+    if not path.is_file():
+        raise CheckpointError(f"no {META} in {path.parent}: not a tskd model folder")
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"model metadata {path} is not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("kind") not in ("student", "teacher"):
+        raise CheckpointError(f"{path} is not a tskd model description (kind student/teacher)")
+    return meta
+
+
+def load_student(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a student from its bundle: ``(Student in eval mode, meta)``."""
+    from safetensors.torch import load_file
+
+    from tskd.config import StudentConfig, from_dict
+    from tskd.errors import TskdInputError
+    from tskd.student import Student
+
+    folder = _bundle_dir(folder)
+    meta = read_meta(folder)
+    if meta["kind"] != "student":
+        raise CheckpointError(f"{folder} holds a {meta['kind']}, not a student")
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"student weights {weights} are missing")
+    try:
+        cfg = from_dict(StudentConfig, dict(meta["student"]))
+        student = Student(cfg, int(meta["num_classes"]), int(meta["image_size"]))
+    except (KeyError, TypeError, ValueError, TskdInputError) as exc:
+        raise CheckpointError(f"student description {folder / META} is incomplete: {exc}") from None
+    try:
+        state = load_file(str(weights))
+    except Exception:  # safetensors raises its own error type for truncated/foreign files
+        raise CheckpointError(
+            f"student weights {weights} are truncated or not a safetensors file"
+        ) from None
+    try:
+        student.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise CheckpointError(
+            f"student weights {weights} do not fit the architecture described in {META}"
+        ) from None
+    return student.eval(), meta
+
+
+def load_model(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Open a student bundle or an adapted-teacher folder: ``(model in eval mode, meta)``.
+
+    Student meta has "num_classes" and "image_size"; teacher meta "num_classes" and
+    "input_size". Both models map (B, 3, S, S) in [0, 1] to logits (B, C, S, S).
+    """
+    folder = _bundle_dir(folder)
+    meta = read_meta(folder)
+    if meta["kind"] == "student":
+        return load_student(folder)
+    from tskd import teacher
+
+    return teacher.load_teacher(folder).eval(), meta
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int = 17) -> float:
+    """Export ``model`` to ONNX with a dynamic batch axis and check it with onnxruntime.
+
+    Returns the largest absolute difference between onnxruntime's and PyTorch's logits on a
+    random batch (of another size than the traced one, which also checks the dynamic batch);
+    raises ``TskdError`` when it exceeds 1e-3. Uses the TorchScript exporter, which needs no
+    extra packages (the dynamo exporter needs onnxscript).
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    was_training = model.training
+    model = model.eval().cpu()
+    gen = torch.Generator().manual_seed(0)
+    dummy = torch.rand(2, 3, input_size, input_size, generator=gen)
+    check = torch.rand(3, 3, input_size, input_size, generator=gen)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer warnings
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(tmp),
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+        os.replace(tmp, path)
+        with torch.inference_mode():
+            expected = model(check).numpy()
+    finally:
+        tmp.unlink(missing_ok=True)
+        model.to(device).train(was_training)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["logits"], {"image": check.numpy()})
+    if got.shape != expected.shape:
+        raise TskdError(
+            f"ONNX model {path} returns shape {got.shape}, PyTorch {expected.shape}"
+        )
+    diff = float(np.max(np.abs(got - expected)))
+    if not diff <= 1e-3:
+        raise TskdError(
+            f"ONNX model {path} differs from PyTorch by {diff:.2e} (> 1e-3); do not use it"
+        )
+    return diff

@@ -1,0 +1,338 @@
+"""Promptable pretraining of the built-in miniature SAM teacher, the way SAM itself was trained.
+
+A SAM assembled from ``segment_anything``'s modules (``tskd.mini_sam``) learns to segment one
+object from a prompt -- a noisy box, 1-3 positive/negative points, or both -- on procedural
+scenes from ``tskd.phantoms.pretraining_sample`` (none of the target tasks). The loss is BCE +
+Dice on the predicted mask plus SAM's IoU-prediction MSE. Like SAM, the decoder predicts all of
+its mask tokens: token 0 (the single-mask output) is always supervised and the best of the
+three multimask outputs too, so every mask token (which ``SemanticSam`` later turns into class
+tokens) is trained. Training runs through ``tskd.engine.train`` (seeds, progress, cancel,
+checkpoints, resume); the result is ``mini_sam.safetensors`` (fp16) + ``mini_sam.json``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from tskd.config import TrainConfig
+from tskd.engine import CancelToken, ProgressCallback, TrainResult, seed_everything, train
+from tskd.errors import TskdInputError
+from tskd.mini_sam import ASSETS, MiniSamConfig, build_mini_sam, count_parameters, save_mini_sam
+
+WEIGHTS_NAME = "mini_sam.safetensors"
+MAX_POINTS = 3  # point prompts per object (unused slots are SAM's "not a point", label -1)
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of ``tskd pretrain-mini``; ``model`` is the architecture (default: built-in)."""
+
+    steps: int = 1200
+    batch_size: int = 8  # images per step
+    masks_per_image: int = 4  # objects (each with its own prompt) decoded per image
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    image_size: int = 256
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "auto"
+    steps_per_checkpoint: int = 100  # the engine checkpoints once per "epoch" of this many steps
+    iou_weight: float = 1.0
+    model: MiniSamConfig = field(default_factory=MiniSamConfig)
+
+    def train_config(self) -> TrainConfig:
+        """The engine's settings: epochs of ``steps_per_checkpoint`` steps, capped at ``steps``."""
+        per_epoch = max(1, min(self.steps_per_checkpoint, self.steps))
+        return TrainConfig(
+            epochs=-(-self.steps // per_epoch),
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_fraction=self.warmup_fraction,
+            seed=self.seed,
+            device=self.device,
+            mixed_precision=self.mixed_precision,  # type: ignore[arg-type]
+            max_steps=self.steps,
+        )
+
+
+def default_output_dir() -> Path:
+    """Where the built-in weights live (``build_sam("mini")`` reads them from there)."""
+    return ASSETS
+
+
+# ----------------------------------------------------------------------------- prompts and data
+def sample_prompts(
+    rng: np.random.Generator, mask: np.ndarray, n_points: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A noisy box (4,) as x0, y0, x1, y1 and (MAX_POINTS, 2) x/y points with labels.
+
+    The first point is positive (inside the object), the others positive or negative (outside,
+    near the object); unused slots have label -1. Box corners move by N(0, 10 % of the side),
+    at most 20 px, as in SAM's training.
+    """
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    side = np.array([x1 - x0 + 1, y1 - y0 + 1, x1 - x0 + 1, y1 - y0 + 1], np.float64)
+    jitter = np.clip(rng.normal(0, 0.1 * side), -20, 20)
+    box = np.array([x0, y0, x1, y1], np.float64) + jitter
+    box[[0, 2]] = np.clip(np.sort(box[[0, 2]]), 0, w - 1)
+    box[[1, 3]] = np.clip(np.sort(box[[1, 3]]), 0, h - 1)
+
+    points = np.zeros((MAX_POINTS, 2), np.float32)
+    labels = -np.ones(MAX_POINTS, np.int64)
+    margin = max(2, int(0.25 * max(side[0], side[1])))
+    near = np.zeros_like(mask)
+    near[max(0, y0 - margin) : y1 + margin + 1, max(0, x0 - margin) : x1 + margin + 1] = True
+    outside = np.argwhere(near & ~mask)
+    if len(outside) == 0:
+        outside = np.argwhere(~mask)
+    for k in range(n_points):
+        negative = k > 0 and len(outside) > 0 and rng.random() < 0.5
+        if negative:
+            py, px = outside[rng.integers(len(outside))]
+        else:
+            i = rng.integers(len(xs))
+            py, px = ys[i], xs[i]
+        points[k] = (px, py)
+        labels[k] = 0 if negative else 1
+    return box.astype(np.float32), points, labels
+
+
+class PromptDataset(Dataset):
+    """Procedural scenes with K objects each and a prompt per object (one item = one image).
+
+    The scene of an item comes from (seed, a key drawn from torch's global generator, index):
+    the engine re-seeds that generator every epoch, so epochs see new scenes, the same run
+    repeats exactly, and a resumed run draws what an unbroken one would.
+    """
+
+    def __init__(self, length: int, size: int, masks_per_image: int, seed: int) -> None:
+        self.length, self.size, self.k, self.seed = length, size, masks_per_image, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        from tskd.phantoms import pretraining_sample
+
+        key = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        rng = np.random.default_rng([self.seed, key, index])
+        image, masks = pretraining_sample(rng, self.size)
+        chosen = rng.choice(len(masks), self.k, replace=len(masks) < self.k)
+        mode = int(rng.choice(3, p=[0.4, 0.35, 0.25]))  # 0 box, 1 points, 2 box + points
+        boxes, points, labels = [], [], []
+        for j in chosen:
+            box, pts, lab = sample_prompts(rng, masks[j], int(rng.integers(1, MAX_POINTS + 1)))
+            boxes.append(box)
+            points.append(pts)
+            labels.append(lab)
+        return {
+            "image": torch.from_numpy(image).permute(2, 0, 1).float() / 255.0,
+            "masks": torch.from_numpy(np.stack([masks[j] for j in chosen])).float(),
+            "boxes": torch.from_numpy(np.stack(boxes)),
+            "points": torch.from_numpy(np.stack(points)),
+            "labels": torch.from_numpy(np.stack(labels)),
+            "mode": torch.tensor(mode),
+        }
+
+
+# ----------------------------------------------------------------------------- model and loss
+def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice loss per mask: (N, M, H, W) logits and (N, 1, H, W) target -> (N, M)."""
+    p = torch.sigmoid(logits)
+    inter = (p * target).flatten(2).sum(-1)
+    total = p.flatten(2).sum(-1) + target.flatten(2).sum(-1)
+    return 1 - (2 * inter + 1) / (total + 1)
+
+
+def _iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pred = (logits > 0).float()
+    inter = (pred * target).flatten(2).sum(-1)
+    union = ((pred + target) > 0).float().flatten(2).sum(-1)
+    return inter / union.clamp(min=1)
+
+
+class PromptableSam(nn.Module):
+    """A ``Sam`` trained with prompts: ``forward(batch)`` returns the losses of one batch."""
+
+    def __init__(self, sam: nn.Module, iou_weight: float = 1.0) -> None:
+        super().__init__()
+        self.sam = sam
+        self.iou_weight = iou_weight
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        sam = self.sam
+        x = batch["image"] * 255.0
+        emb = sam.image_encoder((x - sam.pixel_mean) / sam.pixel_std)
+        image_pe = sam.prompt_encoder.get_dense_pe()
+        size = x.shape[-2:]
+        bce_all, dice_all, iou_all = [], [], []
+        for b in range(x.shape[0]):  # the decoder repeats an image's embedding per prompt
+            mode = int(batch["mode"][b])
+            points = (batch["points"][b], batch["labels"][b]) if mode != 0 else None
+            boxes = batch["boxes"][b] if mode != 1 else None
+            sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+            low, iou_pred = sam.mask_decoder.predict_masks(
+                image_embeddings=emb[b : b + 1],
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+            )  # all mask tokens: (K, 1 + 3, h, w) and (K, 1 + 3)
+            logits = F.interpolate(low.float(), size=size, mode="bilinear", align_corners=False)
+            target = batch["masks"][b].unsqueeze(1)
+            bce = F.binary_cross_entropy_with_logits(
+                logits, target.expand_as(logits), reduction="none"
+            ).flatten(2).mean(-1)
+            dice = _dice_loss(logits, target)
+            per_mask = bce + dice  # (K, 4)
+            best = per_mask[:, 1:].argmin(dim=1, keepdim=True) + 1  # best multimask output
+            pick = torch.cat([torch.zeros_like(best), best], dim=1)
+            bce_all.append(bce.gather(1, pick))
+            dice_all.append(dice.gather(1, pick))
+            with torch.no_grad():
+                true_iou = _iou(logits, target)
+            iou_all.append(F.mse_loss(iou_pred.float(), true_iou, reduction="none").mean(1))
+        bce_t, dice_t = torch.cat(bce_all).mean(), torch.cat(dice_all).mean()
+        iou_t = torch.cat(iou_all).mean()
+        return {"loss": bce_t + dice_t + self.iou_weight * iou_t, "bce": bce_t, "dice": dice_t,
+                "iou_mse": iou_t}
+
+
+class _PretrainTask:
+    """The engine's view of promptable pretraining."""
+
+    name = "pretrain-mini"
+
+    def __init__(self, model: PromptableSam, cfg: PretrainConfig, train_cfg: TrainConfig) -> None:
+        self.model = model
+        per_epoch = -(-cfg.steps // train_cfg.epochs)
+        self._data = PromptDataset(per_epoch * cfg.batch_size, cfg.image_size,
+                                   cfg.masks_per_image, cfg.seed)
+
+    def dataset(self) -> Dataset:
+        return self._data
+
+    def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        return model(batch)
+
+
+# ----------------------------------------------------------------------------- entry points
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+            text=True, timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _check(cfg: PretrainConfig) -> None:
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.masks_per_image < 1:
+        raise TskdInputError("pretraining needs steps, batch size and masks per image >= 1")
+    if cfg.image_size % cfg.model.patch_size:
+        raise TskdInputError(
+            f"pretraining image size {cfg.image_size} must be a multiple of the patch size "
+            f"{cfg.model.patch_size}"
+        )
+
+
+def build_model(cfg: PretrainConfig) -> PromptableSam:
+    """A randomly initialised promptable SAM of ``cfg.model`` at ``cfg.image_size`` (seeded)."""
+    seed_everything(cfg.seed)
+    sam = build_mini_sam(cfg.model, cfg.image_size)
+    return PromptableSam(sam, cfg.iou_weight)
+
+
+def pretrain_mini(
+    cfg: PretrainConfig,
+    out_dir: str | Path,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Pretrain the mini SAM and write ``out_dir/mini_sam.safetensors`` + ``mini_sam.json``.
+
+    Returns the run's record (also stored under "info" in the JSON). Raises
+    ``tskd.errors.Cancelled`` when cancelled (a checkpoint in ``checkpoint_dir`` lets
+    ``resume=True`` continue).
+    """
+    import tskd
+
+    _check(cfg)
+    model = build_model(cfg)
+    train_cfg = cfg.train_config()
+    task = _PretrainTask(model, cfg, train_cfg)
+    t0 = time.perf_counter()
+    result: TrainResult = train(
+        task, train_cfg, checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel,
+        resume=resume,
+    )
+    wall = time.perf_counter() - t0
+    sam = task.model.sam
+    final = result.history[-1] if result.history else {}
+    info = {
+        "pretrain_config": asdict(cfg) | {"model": cfg.model.to_dict()},
+        "command": command,
+        "seed": cfg.seed,
+        "tskd_version": tskd.__version__,
+        "git_commit": _git_commit(),
+        "steps": result.steps,
+        "final_loss": final.get("loss"),
+        "final_logs": final,
+        "history": result.history,
+        "wall_time_s": round(wall, 1),
+        "train_seconds": round(result.seconds, 1),
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "parameters": count_parameters(sam),
+        "data": "tskd.phantoms.pretraining_sample (shapes, textured regions, curves, rings, "
+                "clusters); no target task",
+    }
+    path = save_mini_sam(sam.cpu(), cfg.model, Path(out_dir) / WEIGHTS_NAME, half=True,
+                         extra=info)
+    return info | {"weights": str(path), "json": str(path.with_suffix(".json"))}
+
+
+def measure_speed(cfg: PretrainConfig, steps: int = 30, warmup: int = 3) -> dict[str, float]:
+    """Training steps per second at ``cfg`` (model, batch, size, device), timed over ``steps``.
+
+    Runs the same engine loop as ``pretrain_mini`` without writing anything; the first
+    ``warmup`` steps are not timed. Use it to pick ``steps`` for a time budget.
+    """
+    from dataclasses import replace
+
+    _check(cfg)
+    run = replace(cfg, steps=warmup + steps, steps_per_checkpoint=warmup + steps)
+    model = build_model(run)
+    task = _PretrainTask(model, run, run.train_config())
+    marks: list[float] = []
+
+    def tick(_p: Any) -> None:
+        marks.append(time.perf_counter())
+
+    train(task, run.train_config(), progress=tick)
+    timed = marks[warmup:]
+    rate = (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else float("nan")
+    data_t0 = time.perf_counter()
+    ds = PromptDataset(run.batch_size, run.image_size, run.masks_per_image, run.seed)
+    for i in range(len(ds)):
+        _ = ds[i]
+    data_s = time.perf_counter() - data_t0
+    return {"steps_per_s": rate, "s_per_step": 1 / rate, "data_s_per_step": data_s,
+            "parameters": float(count_parameters(model.sam))}

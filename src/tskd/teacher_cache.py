@@ -1,0 +1,134 @@
+"""Teacher outputs on the transfer set, computed once and kept on disk (fp16 safetensors).
+
+The teacher (SAM) costs 20-100x the student per image, and distillation shows it every transfer
+image once per epoch. Its outputs do not change while the teacher and the image do not, so they
+are stored one file per image under a key that hashes exactly those: the image as the teacher
+sees it (after resizing to the teacher's input size), the teacher's id and the names of the stored
+outputs. A new teacher, another input size or other layers give other keys, so stale outputs are
+never read; the same run resumed, or another run with the same teacher, reuses them.
+
+Values are stored in fp16 (half the disk and I/O of fp32; the features are normalised before the
+loss, so fp16's 3 significant digits are ample), and every read returns the stored fp16 values,
+so a freshly computed entry and a cached one give bit-identical training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from tskd.errors import TskdError
+
+_FORMAT = b"tskd-teacher-cache-v1"
+_FP16_MAX = 65504.0
+
+ComputeFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+class TeacherCache:
+    """One safetensors file per (image, teacher, outputs); counts ``hits`` and ``misses``.
+
+    ``layers`` names what is stored (e.g. ``["neck", "logits"]``) and is part of every key; the
+    entries a ``compute_fn`` returns must include all of them.
+    """
+
+    def __init__(
+        self, cache_dir: str | Path, teacher_id: str, layers: Sequence[str] = ()
+    ) -> None:
+        self.dir = Path(cache_dir)
+        self.teacher_id = str(teacher_id)
+        self.layers = list(layers)
+        self.hits = 0  # images served from disk
+        self.misses = 0  # images the teacher had to compute
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TskdError(f"cannot create the teacher cache folder {self.dir}: {exc}") from None
+
+    def key(self, image: torch.Tensor) -> str:
+        """sha256 of one teacher-input image (C, H, W), uint8 or float, with the teacher id and
+        the stored layer names."""
+        arr = image.detach().cpu().contiguous()
+        if arr.is_floating_point():
+            arr = arr.float()
+        h = hashlib.sha256(_FORMAT)
+        parts = (self.teacher_id, "\0".join(self.layers), str(arr.dtype), str(tuple(arr.shape)))
+        for part in parts:
+            h.update(part.encode())
+            h.update(b"\0")
+        h.update(arr.numpy().tobytes())
+        return h.hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.safetensors"
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The stored outputs for ``key`` (fp16, CPU), or None if absent or unreadable."""
+        from safetensors.torch import load_file
+
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            tensors = load_file(str(path))
+        except Exception:  # truncated or damaged file: treat as absent, it will be rewritten
+            return None
+        if any(name not in tensors for name in self.layers):
+            return None
+        self.hits += 1
+        return tensors
+
+    def put(self, key: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Store one image's outputs atomically (temp file + rename); returns what was stored."""
+        from safetensors.torch import save_file
+
+        missing = [name for name in self.layers if name not in tensors]
+        if missing:
+            raise TskdError(f"the teacher did not return the outputs {missing} for the cache")
+        stored = {
+            name: t.detach().float().clamp(-_FP16_MAX, _FP16_MAX).half().cpu().contiguous()
+            for name, t in tensors.items()
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}-", suffix=".tmp", dir=self.dir)
+        os.close(fd)
+        try:
+            save_file(stored, tmp, metadata={"teacher_id": self.teacher_id})
+            os.replace(tmp, self.path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return stored
+
+    def get_or_compute(
+        self,
+        images: torch.Tensor,
+        compute_fn: ComputeFn,
+        keys: Sequence[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Outputs for a batch of teacher-input images (B, C, H, W), each stacked on dim 0.
+
+        Images found on disk are read; the others go to ``compute_fn`` in one batch (it returns
+        a dict of tensors with the batch on dim 0) and are stored. ``keys`` skips re-hashing.
+        """
+        if keys is None:
+            keys = [self.key(img) for img in images]
+        if not keys:
+            return {}
+        found: dict[int, dict[str, torch.Tensor]] = {}
+        for i, k in enumerate(keys):
+            entry = self.get(k)
+            if entry is not None:
+                found[i] = entry
+        todo = [i for i in range(len(keys)) if i not in found]
+        if todo:
+            out = compute_fn(images[todo])
+            for j, i in enumerate(todo):
+                found[i] = self.put(keys[i], {name: t[j] for name, t in out.items()})
+            self.misses += len(todo)
+        names = list(found[0])
+        return {name: torch.stack([found[i][name] for i in range(len(keys))]) for name in names}

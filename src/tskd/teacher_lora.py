@@ -1,0 +1,189 @@
+"""LoRA on the teacher (peft), merging, and the small adapter files a trained teacher is kept as.
+
+Only LoRA matrices and the class heads are trained and saved (``adapter.safetensors``); the
+base SAM is rebuilt from its checkpoint, whose sha256 must match the one recorded in
+``meta.json``, so an adapter is never silently applied to other base weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tskd.config import LoraSettings, from_dict
+from tskd.errors import CheckpointError, TskdError
+from tskd.mini_sam import BUILTIN_WEIGHTS
+from tskd.sam_checkpoint import sha256_of
+from tskd.teacher_model import SemanticSam, build_sam
+
+ADAPTER = "adapter.safetensors"
+META = "meta.json"
+
+
+def is_lora(model: SemanticSam) -> bool:
+    """Whether LoRA layers are applied (and not yet merged)."""
+    return hasattr(model.sam, "merge_and_unload")
+
+
+def head_parameters(model: SemanticSam) -> list[nn.Parameter]:
+    """The class heads trained in full: class tokens, hypernetwork MLPs, output upscaling."""
+    return [
+        model.class_tokens,
+        *model.class_mlps.parameters(),
+        *model.base.mask_decoder.output_upscaling.parameters(),
+    ]
+
+
+def lora_pattern(settings: LoraSettings) -> str:
+    """One regex (peft full-matches it against module names inside ``Sam``) for all targets."""
+    return "|".join(f"(?:{t})" for t in settings.targets)
+
+
+def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
+    """Add LoRA (peft) to the target projections and freeze all but LoRA and the class heads."""
+    from peft import LoraConfig, get_peft_model
+
+    if is_lora(model):
+        raise TskdError("LoRA is already applied to this teacher")
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=lora_pattern(settings),
+        bias="none",
+    )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        model.sam = get_peft_model(model.sam, config)
+    except ValueError as exc:
+        raise TskdError(
+            f"LoRA targets {settings.targets} match no layer of SAM ({str(exc)[:120]})"
+        ) from None
+    for p in head_parameters(model):
+        p.requires_grad_(True)
+    return model
+
+
+def merge_lora(model: SemanticSam) -> SemanticSam:
+    """Fold the LoRA weights into the base layers (peft ``merge_and_unload``): a plain Sam."""
+    if is_lora(model):
+        model.sam = model.sam.merge_and_unload()
+    return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable tensors by parameter name (LoRA + heads while LoRA is applied)."""
+    return {
+        n: p.detach().float().cpu().contiguous()
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def _base_sha(checkpoint: str) -> str:
+    return sha256_of(BUILTIN_WEIGHTS if checkpoint == "builtin" else checkpoint)
+
+
+def save_teacher(model: SemanticSam, folder: str | Path, meta: dict[str, Any]) -> Path:
+    """Write ``adapter.safetensors`` (LoRA + heads) and ``meta.json`` into ``folder``.
+
+    ``meta`` needs "lora" (LoraSettings or dict); "model_type" and "checkpoint" default to where
+    ``build_sam`` loaded the base from; num_classes, input_size and the base sha256 are added.
+    """
+    from safetensors.torch import save_file
+
+    if not is_lora(model):
+        raise TskdError("save_teacher needs the unmerged LoRA teacher (call it before merge_lora)")
+    source = getattr(model.base, "tskd_source", {})
+    meta = dict(meta)
+    meta.setdefault("model_type", source.get("model_type"))
+    meta.setdefault("checkpoint", source.get("checkpoint"))
+    if meta["model_type"] is None or meta["checkpoint"] is None:
+        raise TskdError("save_teacher: the base model's type and checkpoint are unknown")
+    lora = meta.get("lora")
+    if lora is None:
+        raise TskdError("save_teacher: meta needs the LoRA settings under 'lora'")
+    meta["lora"] = asdict(lora) if isinstance(lora, LoraSettings) else dict(lora)
+    meta["checkpoint"] = str(meta["checkpoint"])
+    meta.setdefault("checkpoint_sha256", _base_sha(meta["checkpoint"]))
+    meta |= {"kind": "teacher", "num_classes": model.num_classes, "input_size": model.input_size}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(trainable_state(model), str(folder / ADAPTER))
+    (folder / META).write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The teacher's ``meta.json``, with a clear error when the folder holds no teacher."""
+    path = Path(folder) / META
+    if not path.is_file() or not (Path(folder) / ADAPTER).is_file():
+        raise CheckpointError(f"no adapted teacher in {folder} (need {ADAPTER} and {META})")
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise CheckpointError(f"teacher metadata {path} is not valid JSON") from None
+
+
+def load_teacher(folder: str | Path, checkpoint: str | Path | None = None) -> SemanticSam:
+    """Rebuild the base SAM, check its sha256, apply the adapter, merge: an eval-mode teacher.
+
+    ``checkpoint`` replaces the recorded base path (e.g. when the file was moved).
+    """
+    from safetensors.torch import load_file
+
+    meta = read_meta(folder)
+    ckpt = str(checkpoint) if checkpoint is not None else meta["checkpoint"]
+    path = BUILTIN_WEIGHTS if ckpt == "builtin" else Path(ckpt)
+    if not path.is_file():
+        raise CheckpointError(
+            f"base checkpoint {path} of the teacher in {folder} was not found; pass its new path"
+        )
+    sha = sha256_of(path)
+    if sha != meta.get("checkpoint_sha256"):
+        raise CheckpointError(
+            f"base checkpoint {path} (sha256 {sha[:12]}) is not the one the teacher in {folder} "
+            f"was trained on (sha256 {str(meta.get('checkpoint_sha256'))[:12]})"
+        )
+    sam = build_sam(meta["model_type"], path, int(meta["input_size"]))
+    if ckpt == "builtin":
+        sam.tskd_source = {"model_type": meta["model_type"], "checkpoint": "builtin"}
+    model = apply_lora(SemanticSam(sam, int(meta["num_classes"])), _lora(meta["lora"]))
+    try:
+        tensors = load_file(str(Path(folder) / ADAPTER))
+    except Exception:
+        raise CheckpointError(f"teacher adapter {Path(folder) / ADAPTER} is corrupt") from None
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(tensors) != expected:
+        raise CheckpointError(
+            f"teacher adapter in {folder} does not fit its base model and LoRA settings"
+        )
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t)
+    model = merge_lora(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def _lora(data: dict[str, Any]) -> LoraSettings:
+    return from_dict(LoraSettings, data)
+
+
+def teacher_id(folder: str | Path) -> str:
+    """A stable id of an adapted teacher (adapter bytes + base sha + input size): a cache key."""
+    meta = read_meta(folder)
+    h = hashlib.sha256()
+    h.update(sha256_of(Path(folder) / ADAPTER).encode())
+    h.update(str(meta.get("checkpoint_sha256")).encode())
+    h.update(str(meta.get("input_size")).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,125 @@
+"""Stage 1: adapt SAM to the task with LoRA, prompt-free, one mask per class.
+
+The loss is MONAI's ``DiceCELoss`` weighted as SAMed (0.8 Dice + 0.2 CE by default); training
+runs through ``tskd.engine.train``; validation Dice (MONAI, foreground classes, at the teacher's
+input size) is measured on the validation samples when there are any.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from tskd.config import TeacherConfig
+from tskd.engine import CancelToken, ProgressCallback
+from tskd.engine import train as engine_train
+from tskd.teacher_lora import apply_lora, save_teacher
+from tskd.teacher_model import SemanticSam, build_sam
+
+
+def _dataset(samples: list[Any], size: int, augment: bool) -> Dataset:
+    from tskd.data import LabelledDataset
+
+    return LabelledDataset(samples, size, augment=augment)
+
+
+class TeacherTask:
+    """The engine's view of teacher fine-tuning: model, data and the Dice + CE loss."""
+
+    name = "teacher"
+
+    def __init__(
+        self, model: nn.Module, samples: list[Any], size: int, dice_weight: float, augment: bool
+    ) -> None:
+        from monai.losses import DiceCELoss
+
+        self.model = model
+        self.samples = samples
+        self.size = size
+        self.augment = augment
+        self.loss = DiceCELoss(
+            to_onehot_y=True, softmax=True, lambda_dice=dice_weight, lambda_ce=1.0 - dice_weight
+        )
+
+    def dataset(self) -> Dataset:
+        return _dataset(self.samples, self.size, self.augment)
+
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = model(batch["image"]).float()
+        return {"loss": self.loss(logits, batch["label"][:, None].long())}
+
+
+@torch.no_grad()
+def validation_dice(
+    model: nn.Module, samples: list[Any], size: int, num_classes: int, batch_size: int = 4
+) -> list[float]:
+    """Mean Dice per foreground class over ``samples`` (MONAI; empty truth and prediction = 1)."""
+    from monai.metrics import DiceMetric
+
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(_dataset(samples, size, False), batch_size=batch_size)
+    for batch in loader:
+        pred = model(batch["image"].to(device)).float().argmax(1)
+        onehot = torch.nn.functional.one_hot(pred, num_classes).permute(0, 3, 1, 2)
+        truth = torch.nn.functional.one_hot(batch["label"].to(device).long(), num_classes)
+        metric(onehot, truth.permute(0, 3, 1, 2))
+    model.train(was_training)
+    return [float(v) for v in metric.aggregate().cpu()]
+
+
+def finetune_teacher(
+    cfg: TeacherConfig,
+    train: list[Any],
+    val: list[Any],
+    num_classes: int,
+    out_dir: str | Path,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    class_names: list[str] | None = None,
+    augment: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune SAM with LoRA on labelled samples; write ``out_dir``; return the metrics."""
+    sam = build_sam(cfg.model_type, cfg.checkpoint, cfg.input_size)
+    model = apply_lora(SemanticSam(sam, num_classes), cfg.lora)
+    task = TeacherTask(model, train, cfg.input_size, cfg.dice_weight, augment)
+    result = engine_train(
+        task,
+        cfg.train,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+        cancel=cancel,
+        resume=resume,
+    )
+    model = task.model
+    metrics: dict[str, Any] = {
+        "train_loss": result.history[-1]["loss"] if result.history else None,
+        "steps": result.steps,
+        "train_seconds": result.seconds,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "val_dice": None,
+    }
+    if val:
+        per_class = validation_dice(model, val, cfg.input_size, num_classes)
+        metrics["val_dice_per_class"] = per_class
+        metrics["val_dice"] = sum(per_class) / len(per_class)
+    meta = {
+        "lora": cfg.lora,
+        "class_names": class_names,
+        "metrics": metrics,
+        "dice_weight": cfg.dice_weight,
+        "train": asdict(cfg.train),
+        "history": result.history,
+    }
+    save_teacher(model, out_dir, meta)
+    return metrics

@@ -1,0 +1,95 @@
+"""The one training engine: progress, cancel, checkpoint, exact resume, seeds."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tskd.config import TrainConfig
+from tskd.engine import CancelToken, Progress, train
+from tskd.errors import Cancelled, TskdError
+
+
+class _Data(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x = torch.randn(4, generator=torch.Generator().manual_seed(i))
+        x = x + 0.1 * torch.randn(4)  # draws from the global RNG, as augmentation does
+        return {"x": x, "y": x.sum(0, keepdim=True)}
+
+
+class _Task:
+    name = "toy"
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.model = nn.Linear(4, 1)
+
+    def dataset(self) -> torch.utils.data.Dataset:
+        return _Data()
+
+    def step(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss": ((model(batch["x"]) - batch["y"]) ** 2).mean()}
+
+
+CFG = TrainConfig(epochs=3, batch_size=4, lr=0.05, device="cpu")
+
+
+def test_loss_falls_and_progress_is_reported() -> None:
+    reports: list[Progress] = []
+    result = train(_Task(), CFG, progress=reports.append)
+    assert result.steps == 24 and len(reports) == 24
+    assert reports[-1].step == reports[-1].total == 24
+    assert reports[-1].eta_s == pytest.approx(0.0, abs=1e-6)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_same_seed_same_weights() -> None:
+    a, b = _Task(), _Task()
+    train(a, CFG)
+    train(b, CFG)
+    assert torch.equal(a.model.weight, b.model.weight)
+
+
+def test_cancel_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    ref = _Task()
+    train(ref, CFG)
+    task, token = _Task(), CancelToken()
+
+    def stop_at_13(p: Progress) -> None:
+        if p.step == 13:
+            token.cancel()
+
+    with pytest.raises(Cancelled, match="13/24"):
+        train(task, CFG, checkpoint_dir=tmp_path, progress=stop_at_13, cancel=token)
+    assert (tmp_path / "trainable.safetensors").is_file()
+    resumed = _Task()
+    result = train(resumed, CFG, checkpoint_dir=tmp_path, resume=True)
+    assert result.resumed_from_epoch == 1
+    assert torch.equal(resumed.model.weight, ref.model.weight)
+    assert not (tmp_path / "trainable.safetensors").exists()  # finished: nothing to resume
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        train(_Task(), CFG, checkpoint_dir=tmp_path, cancel=token)
+    other = TrainConfig(epochs=3, batch_size=4, lr=0.01, device="cpu")
+    with pytest.raises(TskdError, match="other training settings"):
+        train(_Task(), other, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_max_steps_caps_training() -> None:
+    cfg = TrainConfig(epochs=10, batch_size=4, lr=0.05, device="cpu", max_steps=5)
+    assert train(_Task(), cfg).steps == 5
+
+
+def test_unavailable_device_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(TskdError, match="no CUDA GPU"):
+        train(_Task(), TrainConfig(device="cuda"))

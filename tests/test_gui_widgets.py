@@ -1,0 +1,352 @@
+"""Widgets on tiny data: docking through napari's plugin machinery, the data from layers, bad input
+as notifications, settings across restarts, and the Segment/Loop logic with a stand-in model
+(the real models run in test_gui_pipeline.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.usefixtures("tskd_gui_env")
+
+WIDGETS = ["TS-KD", "1 Data", "2 Teacher", "3 Transfer set", "4 Distil and fine-tune student",
+           "5 Segment", "6 Annotate-train loop", "Settings"]
+
+
+def _stack(z: int = 4, size: int = 32, dtype=np.uint16) -> tuple[np.ndarray, np.ndarray]:
+    """A stack with a bright square per slice; labels only on slices 1 and 3."""
+    rng = np.random.default_rng(0)
+    img = (rng.random((z, size, size)) * 200).astype(dtype)
+    lab = np.zeros((z, size, size), np.uint8)
+    for k in range(z):
+        img[k, 8:20, 8 + k:20 + k] += 1000
+    lab[1, 8:20, 9:21] = 1
+    lab[3, 8:20, 11:23] = 2
+    return img, lab
+
+
+class FakeSegmenter:
+    """Thresholds the image; records which thread ran each call."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[str] = []
+        self.delay = delay
+
+    def segment(self, image, is_stack=None, contrast_limits=None):
+        self.calls.append(threading.current_thread().name)
+        time.sleep(self.delay)
+        image = np.asarray(image)
+        if image.ndim == 3:  # RGB: brightest channel
+            image = image.max(axis=-1)
+        lo = contrast_limits[0] if contrast_limits else 0
+        thresh = lo + 500 if image.dtype != np.uint8 else 127
+        return (image > thresh).astype(np.int64)
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    from napari_tskd._models import LoadedModel
+
+    model = LoadedModel(FakeSegmenter(0.02), {"num_classes": 3}, "run1/student",
+                        Path("/nonexistent/student"), ())
+
+    def install(widget):
+        monkeypatch.setattr(widget.context.models, "get", lambda folder, device="auto": model)
+        return model
+
+    return install
+
+
+@pytest.mark.parametrize("name", WIDGETS)
+def test_each_manifest_widget_docks(make_napari_viewer, name) -> None:
+    viewer = make_napari_viewer()
+    from napari_tskd._context import RunContext
+
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-tskd", name)
+    assert isinstance(widget.context, RunContext)
+    assert widget.viewer is viewer  # unwrapped from napari's proxy
+    widget.reset_choices()
+
+
+def test_main_widget_tabs_share_one_run_context(make_napari_viewer, tmp_path) -> None:
+    viewer = make_napari_viewer()
+    _dock, main = viewer.window.add_plugin_dock_widget("napari-tskd", "TS-KD")
+    _dock2, teacher = viewer.window.add_plugin_dock_widget("napari-tskd", "2 Teacher")
+    assert main.tabs.count() == 7
+    contexts = {id(w.context) for w in main.stages.values()} | {id(teacher.context)}
+    assert len(contexts) == 1  # one viewer, one run folder, one training process at a time
+    main.stages["Settings"].context.set_run_dir(tmp_path / "other")
+    assert str(tmp_path / "other") in teacher.run_label.text()
+
+
+def test_data_from_layers_writes_run_folder(make_napari_viewer, tskd_gui_env, notes) -> None:
+    pytest.importorskip("tskd.io")
+    from tskd import io
+    from tskd.config import load_config
+
+    viewer = make_napari_viewer()
+    img, lab = _stack()
+    image = viewer.add_image(img, name="scan", contrast_limits=(0, 1200))
+    viewer.add_labels(lab, name="scan labels")
+    unl = viewer.add_image(img[:2], name="more")
+    from napari_tskd._data_widget import DataWidget
+
+    w = DataWidget(viewer)
+    w.image.value = image
+    w.unlabelled_layers.value = [unl]
+    assert "2 labelled image(s)" in w.summary.value and "classes 1, 2" in w.summary.value
+    assert "2 unlabelled" in w.summary.value
+    assert w.use_data()
+    run = tskd_gui_env
+    cfg = load_config(run / "config.yaml")
+    assert Path(cfg.data.labelled) == run / "data"
+    assert Path(cfg.data.unlabelled) == run / "unlabelled"
+    names = sorted(p.stem for p in (run / "data" / "images").iterdir())
+    assert names == ["scan_z0001", "scan_z0003"]  # only slices that have labels
+    saved = io.read_image(run / "data" / "images" / "scan_z0003.tif")
+    assert saved.dtype == np.uint8  # 16-bit mapped through the layer's contrast limits
+    np.testing.assert_array_equal(io.read_label(run / "data" / "labels" / "scan_z0003.tif"),
+                                  lab[3])
+    assert len(list((run / "unlabelled").iterdir())) == 2
+    # exporting again without changes rewrites nothing (stage fingerprints stay valid)
+    before = {p: p.stat().st_mtime_ns for p in (run / "data" / "images").iterdir()}
+    time.sleep(0.01)
+    assert w.use_data()
+    assert {p: p.stat().st_mtime_ns for p in (run / "data" / "images").iterdir()} == before
+    assert not notes.errors()
+
+
+def test_bad_inputs_show_notifications(make_napari_viewer, notes) -> None:
+    from napari_tskd._data_widget import DataWidget
+    from napari_tskd._teacher_widget import TeacherWidget
+
+    viewer = make_napari_viewer()
+    img, lab = _stack()
+    viewer.add_image(img, name="scan")
+    viewer.add_labels(np.zeros_like(lab), name="empty")
+    w = DataWidget(viewer)
+    assert not w.use_data()
+    assert notes.errors()[-1] == "labels layer 'empty' holds no labels (all zero)"
+    viewer.add_labels(lab[:, :16], name="cropped")
+    w.reset_choices()  # what napari does for a docked widget when layers change
+    w.labels.value = viewer.layers["cropped"]
+    assert not w.use_data()
+    assert "differ in shape" in notes.errors()[-1]
+    t = TeacherWidget(viewer)
+    t.lr.value = "fast"
+    t.run()
+    assert notes.errors()[-1] == "learning rate must be a number, got 'fast'"
+    t.lr.value = "1e-3"
+    t.checkpoint.value = "/no/such/sam.pth"
+    t.run()
+    assert "teacher checkpoint not found" in notes.errors()[-1]
+    assert not t.context.runner.running
+
+
+def test_training_image_uses_contrast_limits() -> None:
+    import napari.layers
+    from napari_tskd._layers import training_image
+
+    data = np.array([[[100, 600], [1100, 5000]]], dtype=np.uint16)
+    layer = napari.layers.Image(data, contrast_limits=(100, 1100))
+    np.testing.assert_array_equal(training_image(layer, 0), [[0, 128], [255, 255]])
+    rgb = napari.layers.Image(np.full((4, 4, 4), 7, np.uint8), rgb=True)
+    assert training_image(rgb).shape == (4, 4, 3)  # alpha dropped, 8-bit kept as is
+
+
+def test_settings_survive_a_restart(make_napari_viewer, tmp_path) -> None:
+    from napari_tskd._context import RunContext
+    from napari_tskd._settings import settings_path
+    from napari_tskd._settings_widget import SettingsWidget
+
+    viewer = make_napari_viewer()
+    w = SettingsWidget(viewer)
+    w.output_dir.value = tmp_path / "out"
+    w.cache_dir.value = tmp_path / "cache2"
+    w.device.value = "cpu"
+    w.save()
+    w.new_run()
+    stored = json.loads(settings_path().read_text())
+    assert stored["output_dir"] == str(tmp_path / "out")
+    assert stored["run_dir"] == str(tmp_path / "out" / "run1")
+    fresh = RunContext()  # what the next napari session reads
+    assert fresh.settings.cache_dir == str(tmp_path / "cache2")
+    assert fresh.run_dir == tmp_path / "out" / "run1"
+
+
+def test_teacher_form_and_preset(make_napari_viewer) -> None:
+    from napari_tskd._presets import PRESETS, pick
+    from napari_tskd._teacher_widget import TeacherWidget
+
+    viewer = make_napari_viewer()
+    t = TeacherWidget(viewer)
+    t.model_type.value = "vit_b"
+    t.input_size.value = 512
+    t.lora_rank.value = 8
+    t.lora_targets.value = r"image_encoder\.blocks\.\d+\.attn\.qkv"
+    t.max_steps.value = 5
+    cfg = t.build_config()
+    assert (cfg.teacher.model_type, cfg.teacher.input_size, cfg.teacher.lora.rank) == (
+        "vit_b", 512, 8)
+    assert cfg.teacher.lora.targets == [r"image_encoder\.blocks\.\d+\.attn\.qkv"]
+    assert cfg.teacher.train.max_steps == 5
+    assert pick("cuda", 12.0).model_type == "vit_b" and pick("cuda", 12.0).input_size == 1024
+    assert pick("cuda", 2.0).input_size == 256
+    assert pick("cpu", 64.0).model_type == "mini"
+    assert len({p.name for p in PRESETS}) == len(PRESETS)
+    t.device.value = "cpu"
+    t.apply_preset()
+    assert t.model_type.value == "mini" and "GB free" in t.preset_info.value
+
+
+def test_segment_stack_displayed_slice_first_rest_in_background(make_napari_viewer,
+                                                                fake_model) -> None:
+    from napari_tskd._segment_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    img, lab = _stack(z=6)
+    viewer.add_image(img, name="scan", contrast_limits=(0, 1200))
+    user_labels = viewer.add_labels(lab.copy(), name="my labels")
+    w = SegmentWidget(viewer)
+    model = fake_model(w)
+    viewer.dims.set_point(0, 4)
+    layer = w.segment()
+    assert layer is not None and layer is not user_labels
+    assert layer.name == "run1/student segmentation" and layer.metadata["tskd"] == "prediction"
+    assert model.segmenter.calls[0] == threading.current_thread().name  # slice 4 at once
+    assert layer.data[4].any() and 4 in w.session.done
+    assert w.wait(30)
+    assert w.session.done == set(range(6))
+    assert any(c != threading.current_thread().name for c in model.segmenter.calls[1:])
+    np.testing.assert_array_equal(user_labels.data, lab)  # the user's layer is untouched
+    np.testing.assert_array_equal(layer.data[2], img[2] > 500)
+
+
+def test_segment_follow_mode_and_edits_are_kept(make_napari_viewer, fake_model, qtbot) -> None:
+    from napari_tskd._segment_widget import STACK_MODES, SegmentWidget
+
+    viewer = make_napari_viewer()
+    img, _ = _stack(z=6)
+    image = viewer.add_image(img, name="scan", contrast_limits=(0, 1200))
+    w = SegmentWidget(viewer)
+    fake_model(w)
+    w.stack_mode.value = STACK_MODES[1]
+    viewer.dims.set_point(0, 0)
+    layer = w.segment()
+    assert w.session.done == {0}
+    viewer.dims.set_point(0, 3)
+    qtbot.waitUntil(lambda: 3 in w.session.done, timeout=10000)
+    assert w.session.done == {0, 3}  # only what the user visited
+    # the user corrects slice 3; pressing Segment again must not overwrite it
+    layer.data[3] = 2
+    w.session.edited.add(3)
+    w.segment()
+    assert w.wait(10)
+    assert (layer.data[3] == 2).all()
+    # live: the image changes -> an edited prediction layer gets a successor, never a rewrite
+    w.live.value = True
+    image.data = img[:, :, ::-1].copy()
+    qtbot.waitUntil(lambda: len([ly for ly in viewer.layers
+                                 if ly.metadata.get("tskd") == "prediction"]) == 2,
+                    timeout=10000)
+    assert (layer.data[3] == 2).all()
+
+
+def test_segment_2d_rgb(make_napari_viewer, fake_model) -> None:
+    from napari_tskd._segment_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[5:10, 5:10] = 255
+    viewer.add_image(rgb, name="photo", rgb=True)
+    w = SegmentWidget(viewer)
+    fake_model(w)
+    layer = w.segment()
+    assert layer.data.shape == (20, 30)
+    assert layer.data[7, 7] == 1 and layer.data[0, 0] == 0
+
+
+def test_segment_without_model_notifies(make_napari_viewer, notes) -> None:
+    from napari_tskd._segment_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 8), np.uint8), name="x")
+    w = SegmentWidget(viewer)
+    assert w.segment() is None
+    assert "meta.json missing" in notes.errors()[-1]
+
+
+def test_loop_add_and_suggest(make_napari_viewer, fake_model, tskd_gui_env, monkeypatch,
+                              notes) -> None:
+    pytest.importorskip("tskd.io")
+    from napari_tskd._data_widget import DataWidget
+    from napari_tskd._loop_widget import LoopWidget
+
+    import tskd.predict
+
+    viewer = make_napari_viewer()
+    img, lab = _stack(z=5)
+    image = viewer.add_image(img, name="scan", contrast_limits=(0, 1200))
+    viewer.add_labels(lab, name="scan labels")
+    data = DataWidget(viewer)
+    assert data.use_data()
+    loop = LoopWidget(viewer)
+    fake_model(loop)
+    correction = viewer.add_labels(np.zeros_like(lab), name="fixed",
+                                   metadata={"tskd": "prediction"})
+    correction.data[2, 1:5, 1:5] = 1
+    loop.reset_choices()
+    assert loop.labels.value is correction
+    viewer.dims.set_point(0, 2)
+    path = loop.add_slice()
+    assert path.name == "corrected_scan_z0002.tif"
+    assert (tskd_gui_env / "data" / "images" / "corrected_scan_z0002.tif").is_file()
+    assert "1 correction(s)" in loop.status.value
+    # the data re-exported from layers keeps the corrections
+    assert data.use_data()
+    assert (tskd_gui_env / "data" / "images" / "corrected_scan_z0002.tif").is_file()
+
+    seen = {}
+
+    def fake_rank(segmenter, images, teacher_segmenter=None, contrast_limits=None):
+        seen["n"] = len(images)
+        return [(3, 0.9), (0, 0.1)]
+
+    monkeypatch.setattr(tskd.predict, "rank_for_annotation", fake_rank)
+    loop.suggest()
+    assert loop.wait(30)
+    assert seen["n"] == 4  # slice 2 is already corrected
+    layer, z, score = loop.suggestion
+    assert layer is image and z == 4 and score == pytest.approx(0.9)  # candidates 0,1,3,4
+    assert viewer.dims.current_step[0] == 4
+    assert not notes.errors()
+
+
+def test_sample_data_opens(make_napari_viewer) -> None:
+    pytest.importorskip("tskd.phantoms")
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-tskd", "kidney_us")
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["kidney_us", "kidney_us labels", "kidney_us unlabelled"]
+    assert viewer.layers["kidney_us"].data.shape[0] == 8
+    assert viewer.layers["kidney_us labels"].data.max() >= 1
+
+
+@pytest.mark.parametrize("task", ["skin_lesion", "ct_abdomen"])
+def test_sample_layers_per_task(task) -> None:
+    pytest.importorskip("tskd.phantoms")
+    from napari_tskd._sample_data import make_sample
+
+    (img, img_kw, kind), (lab, lab_kw, lkind), (_rest, rest_kw, _) = make_sample(
+        task, n_labelled=2, n_unlabelled=1, size=32)
+    assert (kind, lkind) == ("image", "labels")
+    assert img.shape[:3] == (2, 32, 32) and lab.shape == (2, 32, 32)
+    assert img_kw["rgb"] == (task == "skin_lesion")
+    if task == "ct_abdomen":
+        assert img_kw["contrast_limits"] == rest_kw["contrast_limits"] == (864, 1264)
+        assert lab_kw["metadata"]["class_names"][0] == "background"

@@ -1,0 +1,124 @@
+"""Promptable pretraining of the mini SAM on a tiny config: prompts, data, loss, files, resume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tskd import pretrain
+from tskd.engine import CancelToken
+from tskd.errors import Cancelled, TskdInputError
+from tskd.mini_sam import MiniSamConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run far faster on one thread when the two cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cfg(**kw: object) -> pretrain.PretrainConfig:
+    base = dict(steps=30, batch_size=4, masks_per_image=2, lr=2e-3, image_size=64,
+                model=MiniSamConfig.tiny(), device="cpu", steps_per_checkpoint=10)
+    return pretrain.PretrainConfig(**(base | kw))  # type: ignore[arg-type]
+
+
+def test_sample_prompts() -> None:
+    mask = np.zeros((64, 64), bool)
+    mask[20:40, 10:30] = True
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(1, 4))
+        box, points, labels = pretrain.sample_prompts(rng, mask, n)
+        assert box.shape == (4,) and box[0] <= box[2] and box[1] <= box[3]
+        assert np.all(np.abs(box - [10, 20, 29, 39]) <= 20) and box.min() >= 0 and box.max() <= 63
+        assert labels[0] == 1 and (labels[n:] == -1).all() and set(labels[:n]) <= {0, 1}
+        for (x, y), lab in zip(points[:n], labels[:n]):
+            assert mask[int(y), int(x)] == bool(lab), "positives inside, negatives outside"
+
+
+def test_dataset_items_are_reproducible() -> None:
+    ds = pretrain.PromptDataset(length=3, size=64, masks_per_image=2, seed=1)
+    torch.manual_seed(0)
+    a = ds[1]
+    torch.manual_seed(0)
+    b = ds[1]
+    assert a["image"].shape == (3, 64, 64) and a["masks"].shape == (2, 64, 64)
+    assert a["boxes"].shape == (2, 4) and a["points"].shape == (2, 3, 2)
+    assert a["labels"].shape == (2, 3) and int(a["mode"]) in (0, 1, 2)
+    assert float(a["image"].min()) >= 0 and float(a["image"].max()) <= 1
+    assert (a["masks"].flatten(1).sum(1) > 0).all()
+    for k in a:
+        assert torch.equal(a[k], b[k])
+
+
+def test_bad_config() -> None:
+    with pytest.raises(TskdInputError, match="multiple of the patch size"):
+        pretrain.pretrain_mini(_cfg(image_size=60), "unused")
+    with pytest.raises(TskdInputError):
+        pretrain.pretrain_mini(_cfg(steps=0), "unused")
+
+
+def test_pretrain_tiny_writes_loadable_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from tskd import teacher
+
+    losses: list[float] = []
+    info = pretrain.pretrain_mini(_cfg(), tmp_path, progress=lambda p: losses.append(p.loss),
+                                  command="tskd pretrain-mini --steps 30")
+    assert len(losses) == 30 and info["steps"] == 30
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1, "the loss falls"
+    weights = tmp_path / "mini_sam.safetensors"
+    assert info["weights"] == str(weights) and weights.is_file()
+    sd = load_file(str(weights))
+    assert all(v.dtype == torch.float16 for v in sd.values())
+    meta = json.loads((tmp_path / "mini_sam.json").read_text())
+    assert meta["model_type"] == "mini" and meta["config"]["img_size"] == 64
+    rec = meta["info"]
+    assert rec["command"] == "tskd pretrain-mini --steps 30" and rec["seed"] == 0
+    assert rec["steps"] == 30 and rec["final_loss"] > 0 and rec["wall_time_s"] > 0
+    assert rec["tskd_version"] and "git_commit" in rec
+    assert rec["pretrain_config"]["model"]["embed_dim"] == 32
+
+    sam = teacher.build_sam("mini", checkpoint=weights, input_size=64)
+    for k, v in sam.state_dict().items():
+        assert torch.equal(v, sd[k].to(v.dtype)), k
+    fresh = pretrain.build_model(_cfg()).sam.state_dict()
+    key = "mask_decoder.mask_tokens.weight"
+    assert not torch.allclose(fresh[key], sam.state_dict()[key]), "weights were trained"
+    with torch.no_grad():
+        out = teacher.SemanticSam(sam, 3)(torch.rand(1, 3, 64, 64))
+    assert out.shape == (1, 3, 64, 64)
+
+
+def test_cancel_and_resume_match_an_unbroken_run(tmp_path: Path) -> None:
+    cfg = _cfg(steps=8, steps_per_checkpoint=4)
+    pretrain.pretrain_mini(cfg, tmp_path / "full")
+    token = CancelToken()
+
+    def stop_at_6(p: object) -> None:
+        if p.step == 6:  # type: ignore[attr-defined]
+            token.cancel()
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Cancelled):
+        pretrain.pretrain_mini(cfg, tmp_path / "cut", progress=stop_at_6, cancel=token,
+                               checkpoint_dir=ckpt)
+    assert not (tmp_path / "cut" / "mini_sam.safetensors").exists()
+    info = pretrain.pretrain_mini(cfg, tmp_path / "cut", checkpoint_dir=ckpt, resume=True)
+    assert info["resumed_from_epoch"] == 1 and info["steps"] == 8
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "full" / "mini_sam.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "mini_sam.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-3)
