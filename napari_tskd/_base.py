@@ -14,6 +14,7 @@ from napari_tskd._context import RunContext, context_for
 from napari_tskd._job_panel import JobPanel
 from napari_tskd._jobs import Job
 from napari_tskd._layers import unwrap
+from napari_tskd._torch_guard import prepare_torch_import
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -31,6 +32,7 @@ class StageWidget(QWidget):
         self, napari_viewer: napari.viewer.Viewer | None = None, context: RunContext | None = None
     ) -> None:
         super().__init__()
+        prepare_torch_import()  # before any torch import in this (OpenGL) process
         self.viewer = unwrap(napari_viewer)
         self.context = context or context_for(self.viewer)
         self.context.attach(self)

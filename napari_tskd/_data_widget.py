@@ -158,6 +158,7 @@ class DataWidget(StageWidget):
         # read everything first, so a bad input changes nothing on disk
         if self.source.value == "layers":
             images, labels, names = _layers.labelled_slices(self.image.value, self.labels.value)
+            class_names = self.labels.value.metadata.get("class_names")
         else:
             from tskd import io
 
@@ -169,6 +170,7 @@ class DataWidget(StageWidget):
             images = [s.image for s in samples]
             labels = [s.label for s in samples]
             names = [_layers.safe_name(s.name) for s in samples]
+            class_names = io.class_names(self.labelled_folder.value)
         unl_layers = list(self.unlabelled_layers.value or [])
         unl_images, unl_names = _layers.unlabelled_slices(unl_layers)
         unl_folder = self.unlabelled_folder.value
@@ -186,7 +188,7 @@ class DataWidget(StageWidget):
         else:
             cfg.data.unlabelled = str(unl_folder) if unl_folder else None
         prepare_run_dir(cfg, overwrite=bool(self.overwrite.value))
-        export_labelled(images, labels, names, run_dir)
+        export_labelled(images, labels, names, run_dir, class_names)
         if unl_images:
             from tskd import io
 
@@ -208,10 +210,6 @@ class DataWidget(StageWidget):
 
 
 def _n_val(n: int, fraction: float) -> int:
-    """Validation images the backend keeps out (mirrors tskd.data.split_train_val)."""
-    try:
-        from tskd.data import split_train_val
-    except ImportError:
-        return min(max(0, round(n * fraction)), max(0, n - 1))
-    _train, val = split_train_val(list(range(n)), fraction, 0)
-    return len(val)
+    """Validation images the backend keeps out: ``tskd.data.split_train_val``'s rule, restated
+    here so the summary needs no torch import (a test checks that the two agree)."""
+    return 0 if n < 4 or fraction <= 0 else max(1, round(n * fraction))

@@ -9,6 +9,7 @@ the stages' input fingerprints stay stable and finished stages are not redone fo
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
 from pathlib import Path
 
@@ -41,12 +42,24 @@ def sync_folder(src: Path, dst: Path, keep_prefix: str | None = CORRECTED_PREFIX
 
 
 def export_labelled(
-    images: list[np.ndarray], labels: list[np.ndarray], names: list[str], run_dir: Path
+    images: list[np.ndarray], labels: list[np.ndarray], names: list[str], run_dir: Path,
+    class_names: list[str] | None = None,
 ) -> Path:
-    """Write a labelled set into ``run_dir/data`` through the backend's ``export_dataset``."""
+    """Write a labelled set into ``run_dir/data`` through the backend's ``export_dataset``.
+
+    ``class_names`` (background first) go into ``data/dataset.json`` in nnU-Net's form, where
+    ``tskd.io.class_names`` finds them for the model's metadata.
+    """
     from tskd.pipeline import export_dataset
 
     data = run_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    meta = data / "dataset.json"
+    if class_names:
+        meta.write_text(json.dumps({"labels": {n: i for i, n in enumerate(class_names)}},
+                                   indent=1))
+    else:
+        meta.unlink(missing_ok=True)
     tmp = run_dir / ".export_tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -1,7 +1,8 @@
 """Loading a model bundle (student or teacher folder) into a ``tskd.predict.Segmenter``.
 
-Called in the GUI thread: it imports torch and timm there, before any worker thread segments
-(a first import of timm inside a worker thread crashed napari; see docs/architecture.md).
+Called in the GUI thread: torch and timm are imported there, before any worker thread segments,
+and after ``_torch_guard.prepare_torch_import`` (importing Triton after napari's OpenGL context
+exists crashes on Mesa; see that module).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def bundle_stamp(folder: Path) -> tuple[float, ...]:
 
 def load(folder: str | Path, device: str = "auto") -> LoadedModel:
     """Load a bundle folder (``meta.json`` + safetensors); raises ``TskdError`` if unusable."""
+    from napari_tskd._torch_guard import prepare_torch_import
+
+    prepare_torch_import()
     from tskd import bundle
     from tskd.errors import TskdInputError
     from tskd.predict import Segmenter

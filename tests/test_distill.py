@@ -224,7 +224,7 @@ def test_flips_keep_teacher_maps_aligned(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_resume_gives_the_same_student(tmp_path: Path) -> None:
-    cfg = _cfg(epochs=3)
+    cfg = _cfg(epochs=2)
     _, straight = _run(tmp_path / "a", FakeTeacher(), cfg)
 
     token = CancelToken()

@@ -59,8 +59,12 @@ def _tiny_config(main, tiny_ckpt: Path) -> None:
 
 
 def _run(widget, press, timeout=240):
+    import time
+
+    t0 = time.perf_counter()
     press()
     job = widget.context.runner.wait(timeout)
+    print(f"{job.label if job else '?'}: {time.perf_counter() - t0:.1f} s")
     assert job is not None, "no job started (see the notifications)"
     assert job.status == "done", job.message
     return job
@@ -161,8 +165,9 @@ def test_cancel_real_stage_within_two_seconds_then_resume(make_napari_viewer, ti
 
 
 def test_background_segmentation_in_fresh_interpreter(tmp_path) -> None:
-    """The timm-import trap: a fresh napari process whose first timm import must happen in the
-    main thread before the worker thread segments (it segfaulted when done in the worker)."""
+    """The import trap, in a fresh napari process: the first timm import (-> torchvision ->
+    torch._dynamo -> triton) after napari's OpenGL context exists segfaulted on Mesa llvmpipe
+    (two LLVMs in one process), whatever the thread; then the stack is segmented in a worker."""
     from tskd import bundle
     from tskd.config import StudentConfig
     from tskd.student import Student
@@ -185,6 +190,8 @@ def test_background_segmentation_in_fresh_interpreter(tmp_path) -> None:
         layer = w.segment()
         assert layer is not None, "segment failed"
         assert "timm" in sys.modules  # imported here, in the main thread
+        from napari_tskd._torch_guard import llvm_loaded
+        assert (sys.modules.get("triton", "absent") is None) == llvm_loaded()
         assert w.wait(60) and w.session.done == set(range(5)), w.session.done
         viewer.close()
         print("OK")

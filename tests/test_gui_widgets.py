@@ -350,3 +350,28 @@ def test_sample_layers_per_task(task) -> None:
     if task == "ct_abdomen":
         assert img_kw["contrast_limits"] == rest_kw["contrast_limits"] == (864, 1264)
         assert lab_kw["metadata"]["class_names"][0] == "background"
+
+
+def test_split_summary_agrees_with_backend() -> None:
+    pytest.importorskip("tskd.data")
+    from napari_tskd._data_widget import _n_val
+
+    from tskd.data import split_train_val
+
+    for n in range(0, 30):
+        for fraction in (0.0, 0.1, 0.2, 0.25, 0.5):
+            assert _n_val(n, fraction) == len(split_train_val(list(range(n)), fraction, 0)[1])
+
+
+def test_triton_guard_blocks_only_with_mesa_llvm(monkeypatch) -> None:
+    import sys
+
+    from napari_tskd import _torch_guard
+
+    monkeypatch.delitem(sys.modules, "triton", raising=False)
+    monkeypatch.setattr(_torch_guard, "llvm_loaded", lambda: False)
+    assert _torch_guard.prepare_torch_import() is False and "triton" not in sys.modules
+    monkeypatch.setattr(_torch_guard, "llvm_loaded", lambda: True)
+    assert _torch_guard.prepare_torch_import() is True and sys.modules["triton"] is None
+    with pytest.raises(ImportError):
+        import triton  # noqa: F401

@@ -250,15 +250,7 @@ def _label_files(folder: Path) -> dict[str, Path]:
             if (folder / sub).is_dir():
                 files = io.list_images(folder / sub)
                 break
-    return {_stem(f): f for f in files}
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in sorted({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy"}, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    return {io.stem(f): f for f in files}
 
 
 def evaluate_folders(
@@ -289,6 +281,6 @@ def evaluate_folders(
     names = sorted(gt_files)
     preds = [io.read_label(pred_files[n]) for n in names]
     gts = [io.read_label(gt_files[n]) for n in names]
-    if class_names is None:
-        class_names = io.class_names(Path(gt_dir))
+    if class_names is None:  # nnU-Net dataset.json beside labelsTr/ or in the given folder
+        class_names = io.class_names(gt_dir) or io.class_names(Path(gt_dir).parent)
     return evaluate(preds, gts, names, num_classes, spacing, class_names)

@@ -109,8 +109,9 @@ class Segmenter:
         h, w = x.shape[-2:]
         s = self.input_size
         if (h, w) != (s, s):
+            # as tskd.data.image_to_tensor does for training, so both see the same pixels
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False,
-                              antialias=h > s or w > s)
+                              antialias=True)
         outs = [self.model(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
         logits = outs[0] if len(outs) == 1 else torch.cat(outs)
         if logits.dim() != 4 or logits.shape[1] != self.num_classes:
@@ -297,7 +298,7 @@ def predict_paths(
 
     out = Path(out_dir)
     paths = [Path(p) for p in inputs]
-    stems = [_stem(p) for p in paths]
+    stems = [io.stem(p) for p in paths]
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise TskdInputError(f"several inputs share the name {dup[0]!r}; outputs would collide")
@@ -312,10 +313,3 @@ def predict_paths(
             progress(i + 1, len(paths))
     return written
 
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".npy"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem

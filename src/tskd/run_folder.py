@@ -147,7 +147,7 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
             raise RunFolderError(
                 f"{paths.config} cannot be read; choose another run folder or pass --overwrite"
             ) from None
-        if _comparable(old) != _comparable(cfg):
+        if _comparable(old) != _comparable(cfg) and _has_results(paths):
             raise RunFolderError(
                 f"{root} holds a different run (other data or teacher); choose another run "
                 "folder or pass --overwrite"
@@ -159,6 +159,11 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, paths.config)
     return root
+
+
+def _has_results(paths: RunPaths) -> bool:
+    """Whether any stage finished or left a checkpoint (a bare config.yaml is no result)."""
+    return any(paths.root.glob("*/stage.json")) or any(paths.root.glob("checkpoints/*/*"))
 
 
 def _readable(path: Path) -> bool:

@@ -1,0 +1,94 @@
+"""`tskd run` end to end on a tiny task, stage skipping, and the run-folder guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiny_setup import tiny_config, write_config, write_tiny_sam, write_tiny_task
+from tskd import io
+from tskd.cli import main
+from tskd.config import RunConfig, from_dict
+from tskd.errors import RunFolderError
+from tskd.run_folder import prepare_run_dir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("tiny")
+    data = write_tiny_task(root / "data")
+    sam = write_tiny_sam(root / "sam" / "tiny_sam.safetensors")
+    cfg = tiny_config(data, sam, root / "run")
+    config = write_config(root / "run.yaml", cfg)
+    return {"root": root, "data": data, "sam": sam, "cfg": cfg, "config": config}
+
+
+def test_run_end_to_end_then_skips_done_stages(tiny: dict, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "--config", str(tiny["config"])]) == 0
+    run = Path(tiny["cfg"]["run_dir"])
+    for f in ("config.yaml", "teacher/adapter.safetensors", "teacher/meta.json",
+              "transfer/manifest.json", "distilled/model.safetensors", "student/model.safetensors",
+              "student/meta.json", "reports/pipeline.json"):
+        assert (run / f).is_file(), f
+    assert list(run.glob("cache/**/*.safetensors")), "teacher outputs were cached"
+    capsys.readouterr()
+
+    # a second run with the same inputs skips every stage
+    assert main(["run", "--config", str(tiny["config"])]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert all(result[s].get("skipped") for s in ("teacher", "synthesize", "distill", "student"))
+
+    # the student's predictions have the input's shape, also for a larger gray image
+    out = tiny["root"] / "pred"
+    image = io.read_image(next((tiny["data"] / "test" / "images").iterdir()))
+    big = np.pad(image, ((0, 37), (0, 11)))
+    io.write_image(tiny["root"] / "big" / "big.png", big)
+    assert main(["predict", "--model", str(run / "student"), str(tiny["data"] / "test" / "images"),
+                 str(tiny["root"] / "big" / "big.png"), "-o", str(out)]) == 0
+    pred = io.read_label(next(out.glob("big.*")))
+    assert pred.shape == big.shape
+    assert main(["evaluate", "--pred", str(out), "--gt", str(tiny["data"] / "test" / "labels"),
+                 "-o", str(tiny["root"] / "metrics")]) == 0
+    assert (tiny["root"] / "metrics" / "metrics.csv").is_file()
+
+
+def test_changed_student_budget_reruns_only_the_student(tiny: dict,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    cfg = json.loads(json.dumps(tiny["cfg"]))
+    cfg["run_dir"] = str(tiny["root"] / "run2")
+    config = write_config(tiny["root"] / "run2.yaml", cfg)
+    assert main(["run", "--config", str(config)]) == 0
+    cfg["student"]["train"]["lr"] = 2e-3
+    write_config(config, cfg)
+    capsys.readouterr()
+    assert main(["run", "--config", str(config)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["teacher"].get("skipped") and result["distill"].get("skipped")
+    assert not result["student"].get("skipped")
+
+
+def test_config_of_a_run_without_results_may_change(tmp_path: Path) -> None:
+    a = from_dict(RunConfig, {"run_dir": str(tmp_path / "r"), "data": {"labelled": "x"}})
+    prepare_run_dir(a)  # e.g. a first attempt that failed on a wrong path
+    b = from_dict(RunConfig, {"run_dir": str(tmp_path / "r"), "data": {"labelled": "y"}})
+    prepare_run_dir(b)
+
+
+def test_run_folder_of_another_run_is_refused(tmp_path: Path) -> None:
+    a = from_dict(RunConfig, {"run_dir": str(tmp_path / "r"), "data": {"labelled": "x"}})
+    prepare_run_dir(a)
+    (tmp_path / "r" / "teacher").mkdir()
+    (tmp_path / "r" / "teacher" / "stage.json").write_text("{}")
+    b = from_dict(RunConfig, {"run_dir": str(tmp_path / "r"), "data": {"labelled": "y"}})
+    with pytest.raises(RunFolderError, match="different run"):
+        prepare_run_dir(b)
+    prepare_run_dir(b, overwrite=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    c = from_dict(RunConfig, {"run_dir": str(tmp_path / "other")})
+    with pytest.raises(RunFolderError, match="holds no run"):
+        prepare_run_dir(c)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"

@@ -1,0 +1,55 @@
+"""Tiny task data, a tiny mini-SAM checkpoint and a tiny run config for pipeline and CLI tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+TINY_SIZE = 64
+
+
+def write_tiny_task(root: Path, n_train: int = 4, n_unlabelled: int = 3, n_test: int = 3) -> Path:
+    from tskd import phantoms
+
+    return phantoms.write_task_folders("kidney_us", root, n_train, n_unlabelled, n_test,
+                                       size=TINY_SIZE, seed=0)
+
+
+def write_tiny_sam(path: Path) -> Path:
+    """A randomly initialised tiny SAM saved like the built-in mini teacher."""
+    import torch
+
+    from tskd.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
+
+    torch.manual_seed(0)
+    cfg = MiniSamConfig.tiny()
+    return save_mini_sam(build_mini_sam(cfg), cfg, path, half=False)
+
+
+def tiny_config(data: Path, sam: Path, run_dir: Path) -> dict:
+    """Every stage at a size that runs in seconds on two CPU cores."""
+    train = {"epochs": 1, "batch_size": 2, "lr": 1e-3, "device": "cpu"}
+    return {
+        "run_dir": str(run_dir),
+        "data": {
+            "labelled": str(data / "train"),
+            "unlabelled": str(data / "unlabelled"),
+            "test": str(data / "test"),
+            "image_size": TINY_SIZE,
+            "val_fraction": 0.0,
+        },
+        "teacher": {"model_type": "mini", "checkpoint": str(sam), "input_size": TINY_SIZE,
+                    "train": train},
+        "synth": {"n_images": 2, "resolution": 16, "base_channels": 8, "train_steps": 2,
+                  "batch_size": 2, "sample_steps": 2, "device": "cpu"},
+        "distill": {"train": train, "teacher_layers": ["neck"], "student_layers": ["neck"]},
+        "student": {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_channels": 16,
+                    "train": train},
+        "predict": {"device": "cpu"},
+    }
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
