@@ -93,3 +93,28 @@ def test_unavailable_device_is_a_clear_error() -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(TskdError, match="no CUDA GPU"):
         train(_Task(), TrainConfig(device="cuda"))
+
+
+class _BNTask(_Task):
+    name = "toy-bn"
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+
+
+def test_resume_restores_running_statistics(tmp_path: Path) -> None:
+    ref = _BNTask()
+    train(ref, CFG)
+    task, token = _BNTask(), CancelToken()
+
+    def stop_at_10(p: Progress) -> None:
+        if p.step == 10:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train(task, CFG, checkpoint_dir=tmp_path, progress=stop_at_10, cancel=token)
+    resumed = _BNTask()
+    train(resumed, CFG, checkpoint_dir=tmp_path, resume=True)
+    assert torch.equal(resumed.model[1].running_mean, ref.model[1].running_mean)
+    assert torch.equal(resumed.model[2].weight, ref.model[2].weight)

@@ -118,6 +118,7 @@ class StudentConfig:
     depth: int = 12
     num_heads: int = 3
     patch_size: int = 16
+    neck_dim: int = 256  # SAM's embedding width: the natural target for feature distillation
     decoder_channels: int = 64
     from_scratch: bool = False  # baseline: ignore the distilled weights
     dice_weight: float = 0.5

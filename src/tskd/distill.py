@@ -121,11 +121,12 @@ class _TransferSet(Dataset):
         teacher = self.cache.get(self.keys[i])
         if teacher is None:
             teacher = self.recompute(i)
-        # Random flips of the image and of every teacher map alike. For ViT features this is an
+        # Random horizontal flips of the image and of every teacher map alike (no vertical
+        # flips: upside-down ultrasound fans or anatomy never occur). For ViT features this is an
         # approximation: a flipped image's tokens are not exactly the flipped tokens (positional
         # embeddings and patch contents are not mirror-symmetric), but the teacher's maps stay
         # spatially aligned with the student's input, which is what the losses need.
-        dims = [d for d, flip in ((-1, torch.rand(()) < 0.5), (-2, torch.rand(()) < 0.5)) if flip]
+        dims = [-1] if torch.rand(()) < 0.5 else []
         if dims:
             x = torch.flip(x, dims)
             teacher = {k: torch.flip(v, dims) for k, v in teacher.items()}

@@ -147,6 +147,14 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+_BUFFER = "buffer::"
+
+
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Floating-point and counter buffers that training may update (BatchNorm statistics)."""
+    return {n: b for n, b in model.named_buffers() if "running_" in n or "num_batches" in n}
+
+
 class _Checkpoint:
     """Files of the resumable state in ``checkpoint_dir``."""
 
@@ -164,6 +172,8 @@ class _Checkpoint:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().float().cpu().contiguous() for n, p in _trainable(model).items()}
+        # running statistics (e.g. BatchNorm) change during training too: keep them for resume
+        tensors |= {_BUFFER + n: b.detach().cpu().contiguous() for n, b in _buffers(model).items()}
         tmp = self.folder / "tmp"
         tmp.mkdir(exist_ok=True)
         save_file(tensors, str(tmp / self.params.name))
@@ -188,6 +198,8 @@ class _Checkpoint:
                 f"cannot resume: checkpoint in {self.folder} is damaged ({exc})"
             ) from None
         params = _trainable(model)
+        buffers = {n[len(_BUFFER):]: t for n, t in tensors.items() if n.startswith(_BUFFER)}
+        tensors = {n: t for n, t in tensors.items() if not n.startswith(_BUFFER)}
         if set(tensors) != set(params):
             raise TskdError(
                 f"cannot resume: checkpoint in {self.folder} belongs to a different model or "
@@ -196,6 +208,9 @@ class _Checkpoint:
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(tensors[n].to(p.dtype))
+            for n, b in _buffers(model).items():
+                if n in buffers:
+                    b.copy_(buffers[n].to(b.dtype))
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         return state

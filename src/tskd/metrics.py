@@ -101,7 +101,9 @@ def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return oh.movedim(-1, 0).unsqueeze(0).float()
 
 
-def _spacing_for(spacing: float | Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+def _spacing_for(
+    spacing: float | Sequence[float] | None, ndim: int, name: str = "the label maps"
+) -> tuple[float, ...]:
     if spacing is None:
         return (1.0,) * ndim
     if isinstance(spacing, int | float):
@@ -111,7 +113,7 @@ def _spacing_for(spacing: float | Sequence[float] | None, ndim: int) -> tuple[fl
         return sp * ndim
     if len(sp) != ndim:
         raise TskdInputError(
-            f"spacing {sp} has {len(sp)} values but the label maps have {ndim} dimensions"
+            f"spacing {sp} has {len(sp)} values but {name} has {ndim} dimensions"
         )
     if any(s <= 0 for s in sp):
         raise TskdInputError(f"spacing values must be positive, got {sp}")
@@ -183,7 +185,7 @@ def evaluate(
     for name, p, g in zip(names, preds, gts):
         pt = _as_labels(p, name, num_classes, "prediction")
         gt = _as_labels(g, name, num_classes, "ground truth")
-        sp = _spacing_for(spacing, gt.ndim)
+        sp = _spacing_for(spacing, gt.ndim, f"label map '{name}'")
         diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(gt.shape, sp)))
         p_oh, g_oh = _one_hot(pt, num_classes), _one_hot(gt, num_classes)
         p_any = p_oh[0, 1:].flatten(1).any(dim=1)
