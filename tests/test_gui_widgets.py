@@ -62,15 +62,24 @@ def fake_model(monkeypatch):
     return install
 
 
-@pytest.mark.parametrize("name", WIDGETS)
-def test_each_manifest_widget_docks(make_napari_viewer, name) -> None:
-    viewer = make_napari_viewer()
+def test_every_manifest_widget_docks(make_napari_viewer) -> None:
+    """Each widget of the manifest, opened through napari's plugin machinery, in one viewer."""
     from napari_tskd._context import RunContext
 
-    _dock, widget = viewer.window.add_plugin_dock_widget("napari-tskd", name)
-    assert isinstance(widget.context, RunContext)
-    assert widget.viewer is viewer  # unwrapped from napari's proxy
-    widget.reset_choices()
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 16, 16), np.uint8), name="img")
+    viewer.add_labels(np.zeros((3, 16, 16), np.uint8), name="lab")
+    contexts, widgets = set(), {}
+    for name in WIDGETS:
+        _dock, widget = viewer.window.add_plugin_dock_widget("napari-tskd", name)
+        widgets[name] = widget
+        assert isinstance(widget.context, RunContext)
+        assert widget.viewer is viewer  # unwrapped from napari's proxy
+        widget.reset_choices()
+        contexts.add(id(widget.context))
+    assert len(contexts) == 1
+    data = widgets["1 Data"]
+    assert data.image.value is viewer.layers["img"] and data.labels.value is viewer.layers["lab"]
 
 
 def test_main_widget_tabs_share_one_run_context(make_napari_viewer, tmp_path) -> None:

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain-mini", help="pretrain the built-in miniature SAM teacher")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int, default=128,
+                   help="pretraining resolution (the teacher adapts to others by interpolation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="output folder (default: the package's assets)")
     p.add_argument("--resume", action="store_true")
@@ -286,8 +288,10 @@ def _cmd_export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     from tskd import pretrain
+    from tskd.mini_sam import MiniSamConfig
 
-    cfg = pretrain.PretrainConfig()
+    cfg = pretrain.PretrainConfig(image_size=args.image_size,
+                                  model=MiniSamConfig(img_size=args.image_size))
     _set_if(cfg, "steps", args.steps)
     _set_if(cfg, "batch_size", args.batch_size)
     cfg.seed = args.seed

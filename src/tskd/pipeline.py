@@ -392,7 +392,7 @@ def stage_evaluate(
     segmenter = Segmenter(net, size, int(meta["num_classes"]), device=cfg.predict.device)
     samples = io.load_labelled(folder)
     t0 = time.perf_counter()
-    preds = [segmenter.segment(s.image) for s in samples]
+    preds = [segmenter.segment(s.image, is_stack=False) for s in samples]
     ms = 1000 * (time.perf_counter() - t0) / max(1, len(samples))
     report = metrics.evaluate(
         preds, [s.label for s in samples], [s.name for s in samples], int(meta["num_classes"])

@@ -190,9 +190,11 @@ class Segmenter:
     ) -> np.ndarray:
         image = np.asarray(image)
         reduce = torch.inference_mode()(reduce)
+        if image.size == 0:
+            raise TskdInputError(f"cannot segment an empty array of shape {image.shape}")
         if is_stack_guess(image, is_stack):
             parts = [reduce(lg).cpu().numpy() for _, lg in self.iter_logits(image, contrast_limits)]
-            return np.concatenate(parts) if parts else np.zeros((0,), np.int64)
+            return np.concatenate(parts)
         ((_, lg),) = list(self.iter_logits([image], contrast_limits))
         return reduce(lg)[0].cpu().numpy()
 
