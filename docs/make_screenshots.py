@@ -31,7 +31,7 @@ def _settle(app, seconds: float = 0.3) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "images")
-    parser.add_argument("--steps", type=int, default=80, help="student training steps")
+    parser.add_argument("--steps", type=int, default=250, help="student training steps")
     parser.add_argument("--size", type=int, default=128, help="student input size")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="tskd-screens-"))
@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     (tmp / "config" / "settings.json").write_text(json.dumps(settings))
     args.out.mkdir(parents=True, exist_ok=True)
 
+    import warnings
+
+    # napari's own start-up warnings would cover the canvas as notifications
+    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*System theme detection.*")
     import napari
     from qtpy.QtWidgets import QApplication
 

@@ -140,7 +140,10 @@ class LoopWidget(StageWidget):
 
         if self._worker is not None:
             return
+        from napari_tskd._models import set_inference_threads
+
         model = self.context.models.get(self.context.paths().student, self.device.value)
+        set_inference_threads(self.context.runner.running)
         candidates = self._candidates()
         if not candidates:
             raise TskdInputError("every slice is already in the training set")

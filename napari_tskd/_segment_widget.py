@@ -139,9 +139,14 @@ class SegmentWidget(StageWidget):
         return None
 
     def _segment(self, new_layer: bool = False) -> Any:
+        from napari_tskd._models import set_inference_threads
+
         image = self.image.value
         _layers.check_layer(image, "image")
+        t_load = time.perf_counter()
         model = self.context.models.get(self.model_folder(), self.device.value)
+        load_ms = 1000 * (time.perf_counter() - t_load)
+        set_inference_threads(self.context.runner.running)
         session = self.session
         if (new_layer or session is None or session.image is not image
                 or session.model.folder != model.folder or session.labels not in
@@ -162,6 +167,8 @@ class SegmentWidget(StageWidget):
         self.last_ms = 1000 * (time.perf_counter() - t0)
         text = f"{model.name}: slice {z} in {self.last_ms:.0f} ms" if _layers.is_stack(
             image) else f"{model.name}: {self.last_ms:.0f} ms"
+        if load_ms > 100:
+            text += f" (model loaded in {load_ms / 1000:.1f} s)"
         if _layers.is_stack(image) and self.stack_mode.value == STACK_MODES[0]:
             with session.lock:
                 session.pending = set(range(_layers.n_slices(image))) - session.done

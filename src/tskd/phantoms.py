@@ -135,8 +135,9 @@ def write_task_folders(
     """Write a task as train/{images,labels}, unlabelled/images and test/{images,labels} in root.
 
     Images as PNG (uint8) or TIF (uint16), labels as uint8 PNG with the same stem; each split
-    comes from its own range of sample indices (``INDEX_OFFSETS``). ``root/task.json`` records
-    the task, its class names, seed and sizes. Returns ``root``.
+    comes from its own range of sample indices (``INDEX_OFFSETS``). train/ and test/ get a
+    ``dataset.json`` with nnU-Net style ``labels`` (name -> value) that ``io.class_names``
+    reads; ``root/task.json`` records the task, seed and sizes. Returns ``root``.
     """
     import imageio.v3 as iio
     import tifffile
@@ -165,6 +166,12 @@ def write_task_folders(
                 iio.imwrite(img_dir / f"{stem}{suffix}", image)
             if split != "unlabelled":
                 iio.imwrite(lab_dir / f"{stem}.png", label.astype(np.uint8))
+        if split != "unlabelled":
+            labels = {name: i for i, name in enumerate(info.class_names)}
+            channels = {"0": "gray"} if info.channels == 1 else {"0": "R", "1": "G", "2": "B"}
+            dataset = {"name": task, "description": info.description, "labels": labels,
+                       "channel_names": channels, "numTraining": n, "file_ending": suffix}
+            (root / split / "dataset.json").write_text(json.dumps(dataset, indent=1))
     meta = asdict(info) | {"seed": seed, "size": size, "counts": counts,
                            "index_offsets": INDEX_OFFSETS}
     (root / "task.json").write_text(json.dumps(meta, indent=1))

@@ -38,7 +38,9 @@ def _field(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray
         return (fine - fine.mean()) / (fine.std() + 1e-6)
     gh, gw = int(np.ceil(h / scale)) + 3, int(np.ceil(w / scale)) + 3
     coarse = rng.standard_normal((gh, gw)).astype(np.float32)
-    fine = _blend_matrix(h, gh, scale) @ coarse @ _blend_matrix(w, gw, scale).T
+    # einsum without BLAS: threaded BLAS on tiny products is very slow on a busy machine
+    fine = np.einsum("ij,jk->ik", _blend_matrix(h, gh, scale), coarse, optimize=False)
+    fine = np.einsum("ik,lk->il", fine, _blend_matrix(w, gw, scale), optimize=False)
     return (fine - fine.mean()) / (fine.std() + 1e-6)
 
 
@@ -233,7 +235,9 @@ def _imaging(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     if rng.random() < 0.2:
         img = 1 - img
     if rng.random() < 0.4:
-        img = np.repeat(img @ rng.dirichlet(np.ones(3)).astype(np.float32)[:, None], 3, axis=-1)
+        mix = rng.dirichlet(np.ones(3))
+        gray = img[..., 0] * mix[0] + img[..., 1] * mix[1] + img[..., 2] * mix[2]
+        img = np.repeat(gray[..., None].astype(np.float32), 3, axis=-1)
     return img
 
 

@@ -51,11 +51,14 @@ class PretrainConfig:
     iou_weight: float = 1.0
     model: MiniSamConfig = field(default_factory=MiniSamConfig)
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, min(self.steps_per_checkpoint, self.steps))
+
     def train_config(self) -> TrainConfig:
         """The engine's settings: epochs of ``steps_per_checkpoint`` steps, capped at ``steps``."""
-        per_epoch = max(1, min(self.steps_per_checkpoint, self.steps))
         return TrainConfig(
-            epochs=-(-self.steps // per_epoch),
+            epochs=-(-self.steps // self.steps_per_epoch),
             batch_size=self.batch_size,
             lr=self.lr,
             weight_decay=self.weight_decay,
@@ -139,9 +142,10 @@ class PromptDataset(Dataset):
             boxes.append(box)
             points.append(pts)
             labels.append(lab)
+        # convert in numpy: tiny torch ops pay threading overhead on a busy machine
         return {
-            "image": torch.from_numpy(image).permute(2, 0, 1).float() / 255.0,
-            "masks": torch.from_numpy(np.stack([masks[j] for j in chosen])).float(),
+            "image": torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32) / 255.0),
+            "masks": torch.from_numpy(np.stack([masks[j] for j in chosen]).astype(np.float32)),
             "boxes": torch.from_numpy(np.stack(boxes)),
             "points": torch.from_numpy(np.stack(points)),
             "labels": torch.from_numpy(np.stack(labels)),
@@ -216,10 +220,9 @@ class _PretrainTask:
 
     name = "pretrain-mini"
 
-    def __init__(self, model: PromptableSam, cfg: PretrainConfig, train_cfg: TrainConfig) -> None:
+    def __init__(self, model: PromptableSam, cfg: PretrainConfig) -> None:
         self.model = model
-        per_epoch = -(-cfg.steps // train_cfg.epochs)
-        self._data = PromptDataset(per_epoch * cfg.batch_size, cfg.image_size,
+        self._data = PromptDataset(cfg.steps_per_epoch * cfg.batch_size, cfg.image_size,
                                    cfg.masks_per_image, cfg.seed)
 
     def dataset(self) -> Dataset:
@@ -278,7 +281,7 @@ def pretrain_mini(
     _check(cfg)
     model = build_model(cfg)
     train_cfg = cfg.train_config()
-    task = _PretrainTask(model, cfg, train_cfg)
+    task = _PretrainTask(model, cfg)
     t0 = time.perf_counter()
     result: TrainResult = train(
         task, train_cfg, checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel,
@@ -321,7 +324,7 @@ def measure_speed(cfg: PretrainConfig, steps: int = 30, warmup: int = 3) -> dict
     _check(cfg)
     run = replace(cfg, steps=warmup + steps, steps_per_checkpoint=warmup + steps)
     model = build_model(run)
-    task = _PretrainTask(model, run, run.train_config())
+    task = _PretrainTask(model, run)
     marks: list[tuple[float, float]] = []
 
     def tick(_p: Any) -> None:
