@@ -112,3 +112,11 @@ def corrected_names(run_dir: Path) -> set[str]:
         return set()
     return {p.stem[len(CORRECTED_PREFIX):] for p in folder.iterdir()
             if p.name.startswith(CORRECTED_PREFIX)}
+
+
+def labelled_names(run_dir: Path) -> set[str]:
+    """Names of every image in the run's labelled set, corrections without their prefix."""
+    folder = run_dir / "data" / "labels"
+    if not folder.is_dir():
+        return set()
+    return {p.stem.removeprefix(CORRECTED_PREFIX) for p in folder.iterdir() if p.is_file()}

@@ -83,7 +83,8 @@ class LoopWidget(StageWidget):
                 "the Data widget first"
             )
         z = _layers.current_index(self.viewer, image)
-        name = f"{_layers.safe_name(image.name)}_z{z:04d}"
+        base = _layers.safe_name(image.name)
+        name = f"{base}_z{z:04d}" if _layers.is_stack(image) else base
         replaced = name in corrected_names(run_dir)
         label = _layers.get_slice(labels, z)
         path = add_corrected(_layers.training_image(image, z), label, name, run_dir)
@@ -110,7 +111,7 @@ class LoopWidget(StageWidget):
 
     # -- suggest ----------------------------------------------------------------------------
     def suggest(self, *_: Any) -> None:
-        """Rank the not-yet-corrected slices (or 2D image layers) and jump to the first."""
+        """Rank the slices (or 2D image layers) not yet labelled and jump to the most useful."""
         from tskd.errors import TskdError
 
         try:
@@ -119,9 +120,10 @@ class LoopWidget(StageWidget):
             _notify.user_error(exc)
 
     def _candidates(self) -> list[tuple[Any, int]]:
-        from napari_tskd._export import corrected_names
+        """Slices (or 2D layers) not yet in the run's labelled set, from layers or corrections."""
+        from napari_tskd._export import labelled_names
 
-        done = corrected_names(self.context.run_dir)
+        done = labelled_names(self.context.run_dir)
         image = self.image.value
         _layers.check_layer(image, "image")
         if _layers.is_stack(image):
@@ -129,8 +131,7 @@ class LoopWidget(StageWidget):
             return [(image, z) for z in range(_layers.n_slices(image))
                     if f"{base}_z{z:04d}" not in done]
         return [(layer, 0) for layer in _layers.layers_of(self.viewer, "image")
-                if not _layers.is_stack(layer) and _layers.safe_name(layer.name) + "_z0000"
-                not in done]
+                if not _layers.is_stack(layer) and _layers.safe_name(layer.name) not in done]
 
     def _suggest(self) -> None:
         from napari.qt.threading import thread_worker

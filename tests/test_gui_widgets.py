@@ -324,14 +324,14 @@ def test_loop_add_and_suggest(make_napari_viewer, fake_model, tskd_gui_env, monk
 
     def fake_rank(segmenter, images, teacher_segmenter=None, contrast_limits=None):
         seen["n"] = len(images)
-        return [(3, 0.9), (0, 0.1)]
+        return [(1, 0.9), (0, 0.1)]
 
     monkeypatch.setattr(tskd.predict, "rank_for_annotation", fake_rank)
     loop.suggest()
     assert loop.wait(30)
-    assert seen["n"] == 4  # slice 2 is already corrected
+    assert seen["n"] == 2  # slices 1 and 3 are labelled, slice 2 corrected
     layer, z, score = loop.suggestion
-    assert layer is image and z == 4 and score == pytest.approx(0.9)  # candidates 0,1,3,4
+    assert layer is image and z == 4 and score == pytest.approx(0.9)  # candidates 0 and 4
     assert viewer.dims.current_step[0] == 4
     assert not notes.errors()
 

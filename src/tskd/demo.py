@@ -49,7 +49,7 @@ class Budget:
 
 BUDGETS = {
     "tiny": Budget(8, 8, 2, 4, 4, 1, 2),
-    "small": Budget(40, 30, 30, 24, 150, 12, 40),
+    "small": Budget(40, 30, 30, 24, 120, 12, 40),
     "full": Budget(200, 60, 60, 200, 2000, 40, 80),
 }
 
@@ -70,7 +70,8 @@ def demo_config(
     cfg.data.val_fraction = 0.0  # 10 labels are too few to hold some out; nothing is tuned on test
     cfg.teacher.model_type = teacher
     cfg.teacher.checkpoint = checkpoint
-    cfg.teacher.input_size = 256 if teacher == "mini" else 512
+    # the mini teacher was pretrained at 128 px; official SAMs run at 512 as SAMed does
+    cfg.teacher.input_size = 128 if teacher == "mini" else 512
     cfg.teacher.train = TrainConfig(epochs=budget.teacher_epochs, batch_size=4, lr=3e-3,
                                     seed=seed, device=device)
     cfg.synth.n_images = budget.synth_images

@@ -134,7 +134,11 @@ class PromptDataset(Dataset):
         key = int(torch.randint(0, 2**31 - 1, (1,)).item())
         rng = np.random.default_rng([self.seed, key, index])
         image, masks = pretraining_sample(rng, self.size)
-        chosen = rng.choice(len(masks), self.k, replace=len(masks) < self.k)
+        # larger objects more often (p ~ sqrt(area)): clusters would otherwise flood the
+        # prompts with dots, while the target tasks are mostly organ-sized objects
+        area = np.array([m.sum() for m in masks], np.float64)
+        chosen = rng.choice(len(masks), self.k, replace=len(masks) < self.k,
+                            p=np.sqrt(area) / np.sqrt(area).sum())
         mode = int(rng.choice(3, p=[0.4, 0.35, 0.25]))  # 0 box, 1 points, 2 box + points
         boxes, points, labels = [], [], []
         for j in chosen:

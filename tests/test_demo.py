@@ -1,0 +1,43 @@
+"""`tskd demo` end to end with tiny models: four methods scored, report.json shape, report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tiny_setup import tiny_config, write_tiny_sam
+from tskd import demo
+from tskd.config import RunConfig, from_dict
+
+
+def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    sam = write_tiny_sam(tmp_path / "sam" / "tiny.safetensors")
+
+    def tiny_demo_config(data_root: Path, run_dir: Path, budget: demo.Budget, seed: int,
+                         teacher: str = "mini", checkpoint: str | None = None,
+                         device: str = "auto") -> RunConfig:
+        cfg = from_dict(RunConfig, tiny_config(data_root, sam, run_dir))
+        cfg.data.test = None
+        cfg.synth.seed = seed
+        return cfg
+
+    monkeypatch.setattr(demo, "demo_config", tiny_demo_config)
+    report = demo.run_demo(task="kidney_us", n_labels=3, seed=1, budget="tiny",
+                           out=tmp_path / "demo", device="cpu")
+    saved = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert {"task", "n_labels", "seed", "methods"} <= set(saved)
+    assert saved["task"] == "kidney_us" and saved["n_labels"] == 3 and saved["seed"] == 1
+    assert set(saved["methods"]) == {"scratch", "task_agnostic_kd", "ts_kd", "teacher"}
+    for m in saved["methods"].values():
+        assert set(m) == {"dice_mean", "dice_std", "hd95_mean", "hd95_std", "params",
+                          "ms_per_image"}
+        assert 0.0 <= m["dice_mean"] <= 1.0 and m["params"] > 0 and m["ms_per_image"] > 0
+    # the teacher is bigger than the students, and the three students share one architecture
+    students = {saved["methods"][k]["params"] for k in ("scratch", "task_agnostic_kd", "ts_kd")}
+    assert len(students) == 1
+    assert "| student, TS-KD |" in report["table"]
+    md = (tmp_path / "demo" / "report.md").read_text()
+    assert "examples.png" in md and (tmp_path / "demo" / "examples.png").is_file()
