@@ -216,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results["startup"], indent=1), flush=True)
 
     import napari
+    from napari_tskd._torch_guard import prepare_torch_import
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(show=True)
+    prepare_torch_import()  # as the widgets do, before this process imports torch
     app = QApplication.instance()
     viewer.window.add_plugin_dock_widget("napari-tskd", "TS-KD")
     _measure(app, 2.0)  # let the first paints and deferred start-up work pass

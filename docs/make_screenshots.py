@@ -31,7 +31,7 @@ def _settle(app, seconds: float = 0.3) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "images")
-    parser.add_argument("--steps", type=int, default=250, help="student training steps")
+    parser.add_argument("--steps", type=int, default=200, help="student training steps")
     parser.add_argument("--size", type=int, default=128, help="student input size")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="tskd-screens-"))

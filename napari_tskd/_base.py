@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import Container
+from magicgui.widgets import Container, Label
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from napari_tskd import _notify
@@ -102,6 +102,13 @@ class StageWidget(QWidget):
         except (OSError, RuntimeError) as exc:
             _notify.error(f"{label}: {exc}")
         return None
+
+
+def wrapped_label(value: str = "") -> Label:
+    """A read-only text line that wraps instead of widening the dock."""
+    label = Label(value=value)
+    label.native.setWordWrap(True)
+    return label
 
 
 def _disconnect_all(connections: list[tuple[Any, Any]]) -> None:

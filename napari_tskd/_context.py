@@ -98,7 +98,7 @@ class RunContext(QObject):
             raise TskdError(f"'{self.runner.job.label}' is still running; cancel it or wait")
         if prepare:
             prepare_run_dir(cfg)
-        env = {"TSKD_CACHE_DIR": self.settings.cache_dir}
+        env = {"TSKD_CACHE_DIR": self.settings.cache_dir, **child_env()}
         return self.runner.start(Job(label, steps, to_dict(cfg), owner=owner, env=env))
 
     # -- lifetime -------------------------------------------------------------------------
@@ -111,6 +111,15 @@ class RunContext(QObject):
         self._widgets -= 1
         if self._widgets <= 0:
             self.runner.shutdown()
+
+
+def child_env() -> dict[str, str]:
+    """Environment of a training process: OpenMP threads sleep instead of spinning while they
+    wait (unless the user chose otherwise). The child shares the CPU with napari; measured on two
+    busy cores, spinning made fine-tuning 2-20x slower (0.16 against 3.2 steps/s at worst)."""
+    import os
+
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 def context_for(viewer: Any) -> RunContext:

@@ -11,7 +11,6 @@ from magicgui.widgets import (
     ComboBox,
     FileEdit,
     FloatSpinBox,
-    Label,
     PushButton,
     RadioButtons,
     Select,
@@ -19,7 +18,7 @@ from magicgui.widgets import (
 )
 
 from napari_tskd import _layers, _notify
-from napari_tskd._base import StageWidget
+from napari_tskd._base import StageWidget, wrapped_label
 
 UNLABELLED_DIR = "unlabelled"  # run/unlabelled: images exported from Image layers
 
@@ -45,7 +44,7 @@ class DataWidget(StageWidget):
         self.val_fraction = FloatSpinBox(label="Validation share", min=0.0, max=0.9, step=0.05,
                                          value=0.2)
         self.overwrite = CheckBox(text="replace a different run in this folder", value=False)
-        self.summary = Label(value="")
+        self.summary = wrapped_label("")
         self.use_button = PushButton(text="Use this data")
         self.run_all_button = PushButton(text="Run all stages")
         self.form.extend([

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from magicgui.widgets import ComboBox, Label, PushButton, SpinBox
+from magicgui.widgets import ComboBox, PushButton, SpinBox
 
 from napari_tskd import _layers, _notify
-from napari_tskd._base import DEVICES, StageWidget, budget
+from napari_tskd._base import DEVICES, StageWidget, budget, wrapped_label
 
 
 class LoopWidget(StageWidget):
@@ -27,7 +27,7 @@ class LoopWidget(StageWidget):
         self.retrain_button = PushButton(text="Retrain student")
         self.device = ComboBox(label="Device", choices=DEVICES, value=self.context.settings.device)
         self.suggest_button = PushButton(text="Suggest next slice")
-        self.status = Label(value="")
+        self.status = wrapped_label("")
         self.form.extend([self.image, self.labels, self.add_button, self.epochs, self.max_steps,
                           self.retrain_button, self.device, self.suggest_button, self.status])
         self.add_button.changed.connect(self.add_slice)

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, PushButton
 from qtpy.QtCore import QTimer
 
 from napari_tskd import _layers, _notify
-from napari_tskd._base import DEVICES, StageWidget
+from napari_tskd._base import DEVICES, StageWidget, wrapped_label
 
+PALETTE = ("orange", "cyan", "magenta", "yellow", "lime", "red", "dodgerblue", "violet",
+           "springgreen", "white")  # bright on gray images; cycles for more classes
 SOURCES = ["run student", "run distilled", "run teacher", "folder"]
 STACK_MODES = ["whole stack", "follow my slice", "displayed slice only"]
 
@@ -89,7 +91,7 @@ class SegmentWidget(StageWidget):
         self.live = CheckBox(text="live: re-segment when the image changes", value=False)
         self.device = ComboBox(label="Device", choices=DEVICES, value=self.context.settings.device)
         self.segment_button = PushButton(text="Segment")
-        self.status = Label(value="")
+        self.status = wrapped_label("")
         self.form.extend([self.source, self.folder, self.image, self.stack_mode, self.live,
                           self.device, self.segment_button, self.status])
         self.session: Session | None = None
@@ -178,11 +180,17 @@ class SegmentWidget(StageWidget):
         return session.labels
 
     def _new_layer(self, image: Any, model: Any) -> Any:
+        from napari.utils.colormaps import DirectLabelColormap
+
         shape = _layers.spatial_shape(image)
-        dtype = np.uint8 if int(model.meta["num_classes"]) <= 255 else np.int32
+        n = int(model.meta["num_classes"])
+        dtype = np.uint8 if n <= 255 else np.int32
+        colors = {None: "white", 0: "transparent"} | {
+            c: PALETTE[(c - 1) % len(PALETTE)] for c in range(1, max(n, 11))}
         return self.viewer.add_labels(
             np.zeros(shape, dtype=dtype),
             name=f"{model.name} segmentation",
+            colormap=DirectLabelColormap(color_dict=colors),
             scale=image.scale,
             translate=image.translate,
             metadata={"tskd": "prediction", "model": str(model.folder), "image": image.name},

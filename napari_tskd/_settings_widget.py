@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import ComboBox, FileEdit, Label, PushButton
+from magicgui.widgets import ComboBox, FileEdit, PushButton
 
 from napari_tskd import _notify
-from napari_tskd._base import DEVICES, StageWidget
+from napari_tskd._base import DEVICES, StageWidget, wrapped_label
 from napari_tskd._settings import settings_path
 
 
@@ -27,7 +27,7 @@ class SettingsWidget(StageWidget):
                                value=s.device if s.device in DEVICES else "auto")
         self.new_run_button = PushButton(text="New run folder")
         self.save_button = PushButton(text="Save")
-        self.where = Label(value=f"stored in {settings_path()}")
+        self.where = wrapped_label(f"stored in {settings_path()}")
         self.form.extend([self.output_dir, self.cache_dir, self.device, self.new_run_button,
                           self.save_button, self.where])
         self.save_button.changed.connect(self.save)

@@ -9,7 +9,6 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     FloatSpinBox,
-    Label,
     LineEdit,
     PushButton,
     RadioButtons,
@@ -17,7 +16,7 @@ from magicgui.widgets import (
 )
 
 from napari_tskd import _notify
-from napari_tskd._base import DEVICES, StageWidget, budget, parse_float
+from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, wrapped_label
 
 MODES = ["task-specific", "task-agnostic"]
 
@@ -55,7 +54,7 @@ class StudentWidget(StageWidget):
         self.distill_button = PushButton(text="Distil")
         self.finetune_button = PushButton(text="Fine-tune")
         self.both_button = PushButton(text="Distil + fine-tune")
-        self.result = Label(value="")
+        self.result = wrapped_label("")
         self.form.extend([
             self.mode, self.feature_weight, self.output_weight, self.temperature,
             self.distill_epochs, self.distill_steps, self.distill_lr, self.finetune_epochs,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import ComboBox, FileEdit, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, FileEdit, LineEdit, PushButton, SpinBox
 
 from napari_tskd import _notify
-from napari_tskd._base import DEVICES, StageWidget, budget, parse_float
+from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, wrapped_label
 
 MODEL_TYPES = ["mini", "vit_b", "vit_l", "vit_h"]
 
@@ -38,9 +38,9 @@ class TeacherWidget(StageWidget):
         self.lr = LineEdit(label="Learning rate", value=f"{d.train.lr:g}")
         self.device = ComboBox(label="Device", choices=DEVICES, value=self.context.settings.device)
         self.preset_button = PushButton(text="Pick for this machine")
-        self.preset_info = Label(value="")
+        self.preset_info = wrapped_label("")
         self.train_button = PushButton(text="Train teacher")
-        self.result = Label(value="")
+        self.result = wrapped_label("")
         self.form.extend([
             self.model_type, self.checkpoint, self.input_size, self.lora_rank, self.lora_targets,
             self.epochs, self.max_steps, self.batch_size, self.lr, self.device,

@@ -13,6 +13,7 @@ machines whose OpenGL does not load libLLVM, or when Triton is already imported.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,14 @@ def llvm_loaded() -> bool:
 
 
 def prepare_torch_import() -> bool:
-    """Call in the GUI process before importing torch-using modules; True if triton was blocked."""
+    """Call in the GUI process before importing torch-using modules; True if triton was blocked.
+
+    Also lets OpenMP threads of this process sleep rather than spin while waiting (when torch is
+    not loaded yet and the user did not choose): the viewer's process must not burn the cores a
+    training process or the rendering needs.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if "triton" in sys.modules:
         return sys.modules["triton"] is None
     if not llvm_loaded():

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinBox
 
 from napari_tskd import _notify
-from napari_tskd._base import DEVICES, StageWidget
+from napari_tskd._base import DEVICES, StageWidget, wrapped_label
 
 LAYER_NAME = "TS-KD synthetic images"
 
@@ -36,7 +36,7 @@ class TransferWidget(StageWidget):
         self.device = ComboBox(label="Device", choices=DEVICES, value=self.context.settings.device)
         self.run_button = PushButton(text="Build transfer set")
         self.show_button = PushButton(text="Show synthetic images")
-        self.result = Label(value="")
+        self.result = wrapped_label("")
         self.form.extend([
             self.enabled, self.n_images, self.train_steps, self.resolution, self.sample_steps,
             self.near_copy, self.device, self.run_button, self.show_button, self.result,

@@ -26,7 +26,7 @@ def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
 
     monkeypatch.setattr(demo, "demo_config", tiny_demo_config)
     report = demo.run_demo(task="kidney_us", n_labels=3, seed=1, budget="tiny",
-                           out=tmp_path / "demo", device="cpu")
+                           out=tmp_path / "demo", device="cpu", check_pretraining=True)
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert {"task", "n_labels", "seed", "methods"} <= set(saved)
     assert saved["task"] == "kidney_us" and saved["n_labels"] == 3 and saved["seed"] == 1
@@ -39,5 +39,8 @@ def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
     students = {saved["methods"][k]["params"] for k in ("scratch", "task_agnostic_kd", "ts_kd")}
     assert len(students) == 1
     assert "| student, TS-KD |" in report["table"]
+    check = saved["pretraining_check"]["random_init_all_trained"]
+    assert 0.0 <= check["dice_mean"] <= 1.0 and check["trainable_params"] > 0
     md = (tmp_path / "demo" / "report.md").read_text()
+    assert "Pretraining check" in md
     assert "examples.png" in md and (tmp_path / "demo" / "examples.png").is_file()

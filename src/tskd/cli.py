@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="SAM checkpoint for --teacher vit_*")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--device", default="auto")
+    p.add_argument("--check-pretraining", action="store_true",
+                   help="also train the teacher's architecture from random initialisation")
     return parser
 
 
@@ -326,10 +328,11 @@ def _cmd_demo(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     result = demo.run_demo(
         task=args.task, n_labels=args.labels, seed=args.seed, budget=args.budget,
         teacher=args.teacher, checkpoint=args.checkpoint, out=args.out, device=args.device,
-        progress=progress, cancel=cancel,
+        progress=progress, cancel=cancel, check_pretraining=args.check_pretraining,
     )
     progress.close()
     print(result["table"])
+    print(f"report: {args.out / 'report.md'}")
     return 0
 
 

@@ -166,6 +166,19 @@ def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * inter + 1) / (total + 1)
 
 
+def _bce(logits: torch.Tensor, target: torch.Tensor, balanced: bool) -> torch.Tensor:
+    """BCE per mask (N, M); ``balanced`` weighs object and background pixels half each, so
+    small objects are not learnt as "nothing" (the plain mean favours all-background)."""
+    t = target.expand_as(logits)
+    pix = F.binary_cross_entropy_with_logits(logits, t, reduction="none").flatten(2)
+    if not balanced:
+        return pix.mean(-1)
+    t = t.flatten(2)
+    pos = (pix * t).sum(-1) / t.sum(-1).clamp(min=1)
+    neg = (pix * (1 - t)).sum(-1) / (1 - t).sum(-1).clamp(min=1)
+    return 0.5 * (pos + neg)
+
+
 def _iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     pred = (logits > 0).float()
     inter = (pred * target).flatten(2).sum(-1)
@@ -176,10 +189,11 @@ def _iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class PromptableSam(nn.Module):
     """A ``Sam`` trained with prompts: ``forward(batch)`` returns the losses of one batch."""
 
-    def __init__(self, sam: nn.Module, iou_weight: float = 1.0) -> None:
+    def __init__(self, sam: nn.Module, iou_weight: float = 1.0, balanced: bool = True) -> None:
         super().__init__()
         self.sam = sam
         self.iou_weight = iou_weight
+        self.balanced = balanced
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         sam = self.sam
@@ -201,9 +215,7 @@ class PromptableSam(nn.Module):
             )  # all mask tokens: (K, 1 + 3, h, w) and (K, 1 + 3)
             logits = F.interpolate(low.float(), size=size, mode="bilinear", align_corners=False)
             target = batch["masks"][b].unsqueeze(1)
-            bce = F.binary_cross_entropy_with_logits(
-                logits, target.expand_as(logits), reduction="none"
-            ).flatten(2).mean(-1)
+            bce = _bce(logits, target, self.balanced)
             dice = _dice_loss(logits, target)
             per_mask = bce + dice  # (K, 4)
             best = per_mask[:, 1:].argmin(dim=1, keepdim=True) + 1  # best multimask output
