@@ -57,8 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     _dock, main_widget = viewer.window.add_plugin_dock_widget("napari-tskd", "TS-KD")
     _settle(app, 1.0)
 
-    def shot(name: str) -> None:
+    def shot(name: str, keep_toasts: bool = False) -> None:
         _settle(app)
+        if not keep_toasts:  # napari's own start-up notices would cover the canvas
+            from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+            for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+                toast.close()
+            _settle(app, 0.2)
         viewer.window.screenshot(str(args.out / f"{name}.png"), canvas_only=False)
         print("wrote", args.out / f"{name}.png", flush=True)
 
@@ -94,10 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"student training failed: {job.message if job else 'not started'}")
     shot("stage_4_student")
 
+    # the student segments the images it has not seen (the hidden unlabelled stack)
     segment = stages["Segment"]
     show_tab("Segment")
-    segment.image.value = viewer.layers["kidney_us"]
+    unlabelled = viewer.layers["kidney_us unlabelled"]
+    unlabelled.visible = True
+    viewer.layers["kidney_us"].visible = False
     viewer.layers["kidney_us labels"].visible = False
+    segment.image.value = unlabelled
     viewer.dims.set_point(0, 3)
     layer = segment.segment()
     if layer is None:
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = stages["Loop"]
     show_tab("Loop")
     loop.reset_choices()
-    loop.image.value = viewer.layers["kidney_us"]
+    loop.image.value = unlabelled
     loop.suggest()
     loop.wait(120)
     shot("stage_6_loop")

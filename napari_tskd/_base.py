@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import Container, Label
+from magicgui.widgets import Container, Label, SpinBox
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from napari_tskd import _notify
@@ -129,6 +129,11 @@ def parse_float(text: str, name: str, low: float = 0.0, high: float = float("inf
     if not low < value <= high:
         raise TskdInputError(f"{name} must be in ({low:g}, {high:g}], got {value:g}")
     return value
+
+
+def steps_box(label: str) -> SpinBox:
+    """A 'max steps' field: a stage's optimiser-step budget, 0 for no limit."""
+    return SpinBox(label=label, tooltip="0: no limit (all epochs)", min=0, max=10_000_000, value=0)
 
 
 def budget(value: int) -> int | None:

@@ -60,6 +60,9 @@ def run_job(job: dict[str, Any], queue: Any, cancel_event: Any) -> None:
     """Entry point of the child process: run each step of ``job`` and report back."""
     for key, value in job.get("env", {}).items():
         os.environ[key] = value
+    if job.get("nice") and hasattr(os, "nice"):
+        # the viewer's thread wins a contended core: training loses little, the GUI stays smooth
+        os.nice(int(job["nice"]))
     try:
         from tskd.config import RunConfig, from_dict
         from tskd.engine import CancelToken

@@ -38,6 +38,7 @@ class DataWidget(StageWidget):
                                         tooltip="images/+labels/ or nnU-Net imagesTr/labelsTr")
         self.unlabelled_layers = Select(label="Unlabelled layers",
                                         choices=_layers.choices(viewer, "image"), value=[])
+        self.unlabelled_layers.native.setMaximumHeight(90)
         self.unlabelled_folder = FileEdit(label="Unlabelled folder", mode="d", nullable=True)
         self.image_size = SpinBox(label="Student input size", min=64, max=2048, step=32,
                                   value=256)

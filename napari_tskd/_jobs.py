@@ -33,6 +33,7 @@ class Job:
     config: dict[str, Any]  # RunConfig as a plain dict (tskd.config.to_dict)
     owner: Any = None  # the widget that started it (panels show only their own jobs)
     env: dict[str, str] = field(default_factory=dict)
+    nice: int = 10  # lower CPU priority of the training process (Unix), so napari stays smooth
     status: str = "pending"  # running | done | cancelled | error | crashed
     message: str = ""
     results: dict[str, Any] = field(default_factory=dict)
@@ -83,7 +84,7 @@ class JobRunner(QObject):
             raise RuntimeError(f"'{self._job.label}' is still running; cancel it or wait")
         self._queue = self._ctx.Queue()
         self._event = self._ctx.Event()
-        payload = {"steps": job.steps, "config": job.config, "env": job.env}
+        payload = {"steps": job.steps, "config": job.config, "env": job.env, "nice": job.nice}
         self._proc = self._ctx.Process(
             target=run_job, args=(payload, self._queue, self._event), daemon=True,
             name=f"tskd-{job.label}",

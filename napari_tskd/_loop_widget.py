@@ -9,7 +9,7 @@ from typing import Any
 from magicgui.widgets import ComboBox, PushButton, SpinBox
 
 from napari_tskd import _layers, _notify
-from napari_tskd._base import DEVICES, StageWidget, budget, wrapped_label
+from napari_tskd._base import DEVICES, StageWidget, budget, steps_box, wrapped_label
 
 
 class LoopWidget(StageWidget):
@@ -23,7 +23,7 @@ class LoopWidget(StageWidget):
                              tooltip="usually the prediction layer you edited")
         self.add_button = PushButton(text="Add displayed slice to training set")
         self.epochs = SpinBox(label="Retrain epochs", min=1, max=10000, value=10)
-        self.max_steps = SpinBox(label="Retrain max steps (0: all)", min=0, max=10_000_000)
+        self.max_steps = steps_box("Retrain max steps")
         self.retrain_button = PushButton(text="Retrain student")
         self.device = ComboBox(label="Device", choices=DEVICES, value=self.context.settings.device)
         self.suggest_button = PushButton(text="Suggest next slice")

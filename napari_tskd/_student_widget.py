@@ -16,7 +16,7 @@ from magicgui.widgets import (
 )
 
 from napari_tskd import _notify
-from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, wrapped_label
+from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, steps_box, wrapped_label
 
 MODES = ["task-specific", "task-agnostic"]
 
@@ -40,12 +40,11 @@ class StudentWidget(StageWidget):
                                         value=dd.temperature)
         self.distill_epochs = SpinBox(label="Distil epochs", min=1, max=10000,
                                       value=dd.train.epochs)
-        self.distill_steps = SpinBox(label="Distil max steps (0: all)", min=0, max=10_000_000)
+        self.distill_steps = steps_box("Distil max steps")
         self.distill_lr = LineEdit(label="Distil learning rate", value=f"{dd.train.lr:g}")
         self.finetune_epochs = SpinBox(label="Fine-tune epochs", min=1, max=10000,
                                        value=ds.train.epochs)
-        self.finetune_steps = SpinBox(label="Fine-tune max steps (0: all)", min=0,
-                                      max=10_000_000)
+        self.finetune_steps = steps_box("Fine-tune max steps")
         self.finetune_lr = LineEdit(label="Fine-tune learning rate", value=f"{ds.train.lr:g}")
         self.dice_weight = FloatSpinBox(label="Dice weight", min=0.0, max=1.0, step=0.05,
                                         value=ds.dice_weight)

@@ -7,7 +7,7 @@ from typing import Any
 from magicgui.widgets import ComboBox, FileEdit, LineEdit, PushButton, SpinBox
 
 from napari_tskd import _notify
-from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, wrapped_label
+from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, steps_box, wrapped_label
 
 MODEL_TYPES = ["mini", "vit_b", "vit_l", "vit_h"]
 
@@ -33,7 +33,7 @@ class TeacherWidget(StageWidget):
             tooltip="regexes over module names, separated by ';'",
         )
         self.epochs = SpinBox(label="Epochs", min=1, max=10000, value=d.train.epochs)
-        self.max_steps = SpinBox(label="Max steps (0: all)", min=0, max=10_000_000, value=0)
+        self.max_steps = steps_box("Max steps")
         self.batch_size = SpinBox(label="Batch size", min=1, max=256, value=d.train.batch_size)
         self.lr = LineEdit(label="Learning rate", value=f"{d.train.lr:g}")
         self.device = ComboBox(label="Device", choices=DEVICES, value=self.context.settings.device)

@@ -2,8 +2,9 @@
 
 A SAM assembled from ``segment_anything``'s modules (``tskd.mini_sam``) learns to segment one
 object from a prompt -- a noisy box, 1-3 positive/negative points, or both -- on procedural
-scenes from ``tskd.phantoms.pretraining_sample`` (none of the target tasks). The loss is BCE +
-Dice on the predicted mask plus SAM's IoU-prediction MSE. Like SAM, the decoder predicts all of
+scenes from ``tskd.phantoms.pretraining_sample`` (none of the target tasks). The loss is BCE
+(object and background pixels weighted half each) + Dice on the predicted mask plus SAM's
+IoU-prediction MSE. Like SAM, the decoder predicts all of
 its mask tokens: token 0 (the single-mask output) is always supervised and the best of the
 three multimask outputs too, so every mask token (which ``SemanticSam`` later turns into class
 tokens) is trained. Training runs through ``tskd.engine.train`` (seeds, progress, cancel,
@@ -49,6 +50,8 @@ class PretrainConfig:
     mixed_precision: str = "auto"
     steps_per_checkpoint: int = 100  # the engine checkpoints once per "epoch" of this many steps
     iou_weight: float = 1.0
+    balanced_bce: bool = True  # object and background pixels weigh half each in the BCE
+    prompt_modes: tuple[float, float, float] = (0.4, 0.35, 0.25)  # box / points / box + points
     model: MiniSamConfig = field(default_factory=MiniSamConfig)
 
     @property
@@ -122,8 +125,16 @@ class PromptDataset(Dataset):
     repeats exactly, and a resumed run draws what an unbroken one would.
     """
 
-    def __init__(self, length: int, size: int, masks_per_image: int, seed: int) -> None:
+    def __init__(
+        self, length: int, size: int, masks_per_image: int, seed: int,
+        prompt_modes: tuple[float, float, float] = (0.4, 0.35, 0.25),
+    ) -> None:
         self.length, self.size, self.k, self.seed = length, size, masks_per_image, seed
+        modes = np.asarray(prompt_modes, np.float64)
+        if modes.shape != (3,) or modes.min() < 0 or modes.sum() <= 0:
+            raise TskdInputError("prompt modes must be three non-negative chances (box, "
+                                 "points, box + points)")
+        self.modes = modes / modes.sum()
 
     def __len__(self) -> int:
         return self.length
@@ -139,7 +150,7 @@ class PromptDataset(Dataset):
         area = np.array([m.sum() for m in masks], np.float64)
         chosen = rng.choice(len(masks), self.k, replace=len(masks) < self.k,
                             p=np.sqrt(area) / np.sqrt(area).sum())
-        mode = int(rng.choice(3, p=[0.4, 0.35, 0.25]))  # 0 box, 1 points, 2 box + points
+        mode = int(rng.choice(3, p=self.modes))  # 0 box, 1 points, 2 box + points
         boxes, points, labels = [], [], []
         for j in chosen:
             box, pts, lab = sample_prompts(rng, masks[j], int(rng.integers(1, MAX_POINTS + 1)))
@@ -239,7 +250,7 @@ class _PretrainTask:
     def __init__(self, model: PromptableSam, cfg: PretrainConfig) -> None:
         self.model = model
         self._data = PromptDataset(cfg.steps_per_epoch * cfg.batch_size, cfg.image_size,
-                                   cfg.masks_per_image, cfg.seed)
+                                   cfg.masks_per_image, cfg.seed, cfg.prompt_modes)
 
     def dataset(self) -> Dataset:
         return self._data
@@ -274,7 +285,7 @@ def build_model(cfg: PretrainConfig) -> PromptableSam:
     """A randomly initialised promptable SAM of ``cfg.model`` at ``cfg.image_size`` (seeded)."""
     seed_everything(cfg.seed)
     sam = build_mini_sam(cfg.model, cfg.image_size)
-    return PromptableSam(sam, cfg.iou_weight)
+    return PromptableSam(sam, cfg.iou_weight, cfg.balanced_bce)
 
 
 def pretrain_mini(
@@ -352,7 +363,8 @@ def measure_speed(cfg: PretrainConfig, steps: int = 30, warmup: int = 3) -> dict
     wall = (timed[-1][0] - timed[0][0]) / n if n > 0 else float("nan")
     cpu = (timed[-1][1] - timed[0][1]) / n if n > 0 else float("nan")
     data_t0 = time.perf_counter()
-    ds = PromptDataset(run.batch_size, run.image_size, run.masks_per_image, run.seed)
+    ds = PromptDataset(run.batch_size, run.image_size, run.masks_per_image, run.seed,
+                       run.prompt_modes)
     for i in range(len(ds)):
         _ = ds[i]
     data_s = time.perf_counter() - data_t0

@@ -254,7 +254,12 @@ def load_sam_checkpoint(path: str | Path, model_type: str, input_size: int) -> n
 
 
 def download_checkpoint(model_type: str, cache_dir: str | Path | None = None) -> Path:
-    """Download an official SAM checkpoint (checked against its sha256) with pooch; the path."""
+    """Download an official SAM checkpoint (checked against its sha256) with pooch; the path.
+
+    The folder is ``cache_dir``, else ``$TSKD_CACHE_DIR``, else the user cache dir.
+    """
+    import os
+
     if model_type not in OFFICIAL_CHECKPOINTS:
         raise CheckpointError(
             f"no download for model type '{model_type}'; choose one of "
@@ -263,6 +268,7 @@ def download_checkpoint(model_type: str, cache_dir: str | Path | None = None) ->
     import pooch
 
     fname, url, sha = OFFICIAL_CHECKPOINTS[model_type]
+    cache_dir = cache_dir or os.environ.get("TSKD_CACHE_DIR")
     folder = Path(cache_dir) if cache_dir else Path(pooch.os_cache("tskd"))
     return Path(
         pooch.retrieve(url, known_hash=f"sha256:{sha}", fname=fname, path=folder, progressbar=True)
