@@ -43,14 +43,15 @@ class Budget:
     teacher_epochs: int
     synth_images: int
     synth_steps: int
+    synth_resolution: int
     distill_epochs: int
     student_epochs: int
 
 
 BUDGETS = {
-    "tiny": Budget(8, 8, 2, 4, 4, 1, 2),
-    "small": Budget(40, 30, 30, 24, 120, 12, 40),
-    "full": Budget(200, 60, 60, 200, 2000, 40, 80),
+    "tiny": Budget(8, 8, 2, 4, 4, 16, 1, 2),
+    "small": Budget(40, 30, 30, 24, 120, 32, 8, 40),
+    "full": Budget(200, 60, 60, 200, 2000, 64, 40, 80),
 }
 
 
@@ -76,6 +77,7 @@ def demo_config(
                                     seed=seed, device=device)
     cfg.synth.n_images = budget.synth_images
     cfg.synth.train_steps = budget.synth_steps
+    cfg.synth.resolution = budget.synth_resolution
     cfg.synth.enabled = budget.synth_images > 0
     cfg.synth.seed = seed
     cfg.synth.device = device

@@ -3,12 +3,12 @@
 A SAM assembled from ``segment_anything``'s modules (``tskd.mini_sam``) learns to segment one
 object from a prompt -- a noisy box, 1-3 positive/negative points, or both -- on procedural
 scenes from ``tskd.phantoms.pretraining_sample`` (none of the target tasks). The loss is BCE
-(object and background pixels weighted half each) + Dice on the predicted mask plus SAM's
-IoU-prediction MSE. Like SAM, the decoder predicts all of
-its mask tokens: token 0 (the single-mask output) is always supervised and the best of the
-three multimask outputs too, so every mask token (which ``SemanticSam`` later turns into class
-tokens) is trained. Training runs through ``tskd.engine.train`` (seeds, progress, cancel,
-checkpoints, resume); the result is ``mini_sam.safetensors`` (fp16) + ``mini_sam.json``.
+(optionally class-balanced) + Dice on the predicted mask plus SAM's IoU-prediction MSE. Like
+SAM, the decoder predicts all of its mask tokens: token 0 (the single-mask output) is always
+supervised and the best of the three multimask outputs too, so every mask token (which
+``SemanticSam`` later turns into class tokens) is trained. Training runs through
+``tskd.engine.train`` (seeds, progress, cancel, checkpoints, resume); the result is
+``mini_sam.safetensors`` (fp16) + ``mini_sam.json``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ class PretrainConfig:
     mixed_precision: str = "auto"
     steps_per_checkpoint: int = 100  # the engine checkpoints once per "epoch" of this many steps
     iou_weight: float = 1.0
-    balanced_bce: bool = True  # object and background pixels weigh half each in the BCE
+    # True: object and background pixels weigh half each in the BCE (left off by default: the
+    # plain mean is what the first full pretraining run used)
+    balanced_bce: bool = False
     prompt_modes: tuple[float, float, float] = (0.4, 0.35, 0.25)  # box / points / box + points
     model: MiniSamConfig = field(default_factory=MiniSamConfig)
 
@@ -200,7 +202,7 @@ def _iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class PromptableSam(nn.Module):
     """A ``Sam`` trained with prompts: ``forward(batch)`` returns the losses of one batch."""
 
-    def __init__(self, sam: nn.Module, iou_weight: float = 1.0, balanced: bool = True) -> None:
+    def __init__(self, sam: nn.Module, iou_weight: float = 1.0, balanced: bool = False) -> None:
         super().__init__()
         self.sam = sam
         self.iou_weight = iou_weight
@@ -306,6 +308,7 @@ def pretrain_mini(
     import tskd
 
     _check(cfg)
+    commit = _git_commit()  # the code that runs, not what is checked out when it ends
     model = build_model(cfg)
     train_cfg = cfg.train_config()
     task = _PretrainTask(model, cfg)
@@ -322,7 +325,7 @@ def pretrain_mini(
         "command": command,
         "seed": cfg.seed,
         "tskd_version": tskd.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "steps": result.steps,
         "final_loss": final.get("loss"),
         "final_logs": final,
