@@ -186,41 +186,31 @@ def run_demo(
 
 def _score(cfg: RunConfig, model: str, test: Path) -> dict[str, float]:
     """Dice/HD95 mean and spread over test images, parameter count and CPU speed."""
-    from tskd import pipeline
+    from tskd import bundle, pipeline
+    from tskd.run_folder import RunPaths
 
     summary = pipeline.stage_evaluate(cfg, model=model, test_folder=test)
+    paths = RunPaths(Path(cfg.run_dir))
+    net, meta = bundle.load_model(paths.student if model == "student" else paths.teacher)
     return {
         "dice_mean": summary["dice_mean"],
         "dice_std": summary["dice_std"],
         "hd95_mean": summary["hd95_mean"],
         "hd95_std": summary["hd95_std"],
-        "params": _param_count(cfg, model),
-        "ms_per_image": _ms_per_image(cfg, model),
+        "params": int(sum(p.numel() for p in net.parameters())),
+        "ms_per_image": _ms_per_image(net, meta, cfg.predict.device),
     }
 
 
-def _param_count(cfg: RunConfig, model: str) -> int:
-    from tskd import bundle
-    from tskd.run_folder import RunPaths
-
-    paths = RunPaths(Path(cfg.run_dir))
-    net, _ = bundle.load_model(paths.student if model == "student" else paths.teacher)
-    return int(sum(p.numel() for p in net.parameters()))
-
-
-def _ms_per_image(cfg: RunConfig, model: str, repeats: int = 10) -> float:
+def _ms_per_image(net: Any, meta: dict[str, Any], device: str, repeats: int = 10) -> float:
     """Median wall time of one 256x256 image through the model (forward + pre/post)."""
     import numpy as np
     import torch
 
-    from tskd import bundle
     from tskd.predict import Segmenter
-    from tskd.run_folder import RunPaths
 
-    paths = RunPaths(Path(cfg.run_dir))
-    net, meta = bundle.load_model(paths.student if model == "student" else paths.teacher)
     size = int(meta.get("image_size") or meta.get("input_size"))
-    seg = Segmenter(net, size, int(meta["num_classes"]), device=cfg.predict.device)
+    seg = Segmenter(net, size, int(meta["num_classes"]), device=device)
     image = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
     seg.segment(image)  # warm-up
     times = []
