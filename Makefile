@@ -32,11 +32,11 @@ demo: $(STAMP)
 	$(VENV)/bin/tskd demo $(DEMO_ARGS)
 
 test: $(STAMP) sysdeps
-	$(VENV)/bin/ruff check src napari_tskd tests benchmarks
+	$(VENV)/bin/ruff check src napari_tskd tests benchmarks docs
 	xvfb-run -a -s "-screen 0 1280x1024x24" $(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src napari_tskd tests benchmarks
+	$(VENV)/bin/ruff check src napari_tskd tests benchmarks docs
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_benchmark.py

@@ -29,7 +29,7 @@ PRESETS: tuple[Preset, ...] = (
     Preset("Apple MPS >= 16 GB: vit_b at 512", "mps", 16.0, "vit_b", 512, 2),
     Preset("Apple MPS: vit_b at 256", "mps", 0.0, "vit_b", 256, 2),
     Preset("CPU >= 16 GB: vit_b at 256", "cpu", 16.0, "vit_b", 256, 2),
-    Preset("CPU: built-in mini SAM at 256", "cpu", 0.0, "mini", 256, 4),
+    Preset("CPU: built-in mini SAM at 128 (its native size)", "cpu", 0.0, "mini", 128, 4),
 )
 
 

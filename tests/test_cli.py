@@ -142,3 +142,19 @@ def test_bad_config_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cfg.write_text("teacher:\n  lora:\n    rnak: 4\n")
     assert main(["run", "--config", str(cfg)]) == 2
     _one_error_line(capsys, "teacher.lora.rnak")
+
+
+def test_progress_bar_restarts_for_each_model_of_one_stage(capsys) -> None:
+    """The demo fine-tunes three students in a row: each gets its own bar (and its own rate)."""
+    from tskd.cli import _TqdmProgress
+    from tskd.engine import Progress
+
+    bars = _TqdmProgress()
+    seen = []
+    for step in (1, 2, 3, 1, 2):
+        bars(Progress("finetune-student", step, 3, 0, 1, 0.5, None))
+        seen.append(bars._bar)
+    bars.close()
+    assert seen[0] is seen[1] is seen[2]
+    assert seen[3] is not seen[2] and seen[3] is seen[4]
+    assert capsys.readouterr().err.count("finetune-student") >= 2

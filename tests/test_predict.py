@@ -1,8 +1,9 @@
-"""Inference on every input kind, tiles without seams, stacks in batches, ranking, overhead."""
+"""Inference on every input kind, tiles without seams, stacks in batches, ranking.
+
+Speed is measured by benchmarks/inference_speed.py, not here."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -206,34 +207,3 @@ def test_predict_paths_writes_png_and_tif(tmp_path: Path):
     io.write_image(src / "slice.tif", img)
     with pytest.raises(TskdInputError, match="slice"):
         predict_paths(seg, [src / "slice.png", src / "slice.tif"], tmp_path / "out2")
-
-
-def test_pre_and_post_processing_overhead_is_small():
-    """segment() on 256x256 adds < 5 ms to the model's forward (best of interleaved runs).
-
-    Measured on one thread: on a machine shared by several jobs, two-thread runs mostly measure
-    how long the OS keeps the second thread waiting, not the work pre- and post-processing do.
-    """
-    model = conv_model()
-    seg = Segmenter(model, 256, 3, device="cpu")
-    image = RNG.integers(0, 256, (256, 256), dtype=np.uint8)
-    x = torch.rand(1, 3, 256, 256)
-
-    def forward() -> None:
-        with torch.inference_mode():
-            model(x)
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        t_fwd, t_seg = [], []
-        for i in range(33):
-            for fn, times in ((forward, t_fwd), (lambda: seg.segment(image), t_seg)):
-                t0 = time.perf_counter()
-                fn()
-                if i >= 3:  # warm-up
-                    times.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(threads)
-    overhead_ms = 1000 * (min(t_seg) - min(t_fwd))
-    assert overhead_ms < 5.0, f"overhead {overhead_ms:.2f} ms"

@@ -29,7 +29,8 @@ class _TqdmProgress:
     def __call__(self, p: Any) -> None:
         from tqdm import tqdm
 
-        if self._bar is None or p.stage != self._stage:
+        restarted = self._bar is not None and p.step < self._bar.n  # same stage, next model
+        if self._bar is None or p.stage != self._stage or restarted:
             self.close()
             self._stage = p.stage
             self._bar = tqdm(total=p.total, desc=p.stage, unit="step", dynamic_ncols=True)
