@@ -11,6 +11,8 @@ from magicgui.widgets import ComboBox, PushButton, SpinBox
 from napari_tskd import _layers, _notify
 from napari_tskd._base import DEVICES, StageWidget, budget, steps_box, wrapped_label
 
+RANKINGS = ["student uncertainty", "teacher-student disagreement"]
+
 
 class LoopWidget(StageWidget):
     """Segment (Segment widget) -> correct -> Add -> Retrain -> Suggest next -> ..."""
@@ -26,10 +28,14 @@ class LoopWidget(StageWidget):
         self.max_steps = steps_box("Retrain max steps")
         self.retrain_button = PushButton(text="Retrain student")
         self.device = ComboBox(label="Device", choices=DEVICES, value=self.context.settings.device)
+        self.rank_by = ComboBox(label="Rank by", choices=RANKINGS, value=RANKINGS[0],
+                                tooltip="uncertainty: the student alone; disagreement: "
+                                "1 - Dice between the run's teacher and student")
         self.suggest_button = PushButton(text="Suggest next slice")
         self.status = wrapped_label("")
         self.form.extend([self.image, self.labels, self.add_button, self.epochs, self.max_steps,
-                          self.retrain_button, self.device, self.suggest_button, self.status])
+                          self.retrain_button, self.device, self.rank_by, self.suggest_button,
+                          self.status])
         self.add_button.changed.connect(self.add_slice)
         self.retrain_button.changed.connect(self.retrain)
         self.suggest_button.changed.connect(self.suggest)
@@ -144,6 +150,9 @@ class LoopWidget(StageWidget):
         from napari_tskd._models import set_inference_threads
 
         model = self.context.models.get(self.context.paths().student, self.device.value)
+        teacher = None
+        if self.rank_by.value == RANKINGS[1]:
+            teacher = self.context.models.get(self.context.paths().teacher, self.device.value)
         set_inference_threads(self.context.runner.running)
         candidates = self._candidates()
         if not candidates:
@@ -154,7 +163,8 @@ class LoopWidget(StageWidget):
 
         @thread_worker
         def rank() -> list[tuple[int, float]]:
-            return rank_for_annotation(model.segmenter, images)
+            return rank_for_annotation(model.segmenter, images,
+                                       teacher.segmenter if teacher is not None else None)
 
         worker = rank()
         self._worker = worker

@@ -80,16 +80,22 @@ _DEFAULT_THREADS: int | None = None
 
 
 class ModelCache:
-    """The last loaded model per (folder, device), reloaded when its files change."""
+    """The last ``size`` models used, per (folder, device), reloaded when their files change.
 
-    def __init__(self) -> None:
+    Two by default: the student and the teacher, which "suggest next" by disagreement needs
+    together; older models are dropped so that memory stays bounded.
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
         self._models: dict[tuple[str, str], LoadedModel] = {}
 
     def get(self, folder: str | Path, device: str = "auto") -> LoadedModel:
         key = (str(Path(folder).resolve()), device)
-        cached = self._models.get(key)
-        if cached is not None and cached.stamp == bundle_stamp(Path(folder)):
-            return cached
-        loaded = load(folder, device)
-        self._models = {key: loaded}  # keep one model in memory
-        return loaded
+        cached = self._models.pop(key, None)
+        if cached is None or cached.stamp != bundle_stamp(Path(folder)):
+            cached = load(folder, device)
+        self._models[key] = cached  # most recently used last
+        while len(self._models) > self.size:
+            del self._models[next(iter(self._models))]
+        return cached

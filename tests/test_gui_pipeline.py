@@ -147,6 +147,11 @@ def test_full_loop_through_the_widgets(make_napari_viewer, tiny_ckpt, tskd_gui_e
     assert loop.wait(60) and loop.suggestion is not None
     layer, z, _score = loop.suggestion
     assert z == 5 and viewer.dims.current_step[0] == z  # slices 0-3 labelled, 4 corrected
+    loop.rank_by.value = "teacher-student disagreement"
+    loop.suggestion = None
+    loop.suggest()
+    assert loop.wait(60) and loop.suggestion is not None
+    assert loop.suggestion[1] == 5 and 0.0 <= loop.suggestion[2] <= 1.0
     assert not notes.errors()
 
 

@@ -5,6 +5,7 @@ as notifications, settings across restarts, and the Segment/Loop logic with a st
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -384,3 +385,33 @@ def test_triton_guard_blocks_only_with_mesa_llvm(monkeypatch) -> None:
     assert _torch_guard.prepare_torch_import() is True and sys.modules["triton"] is None
     with pytest.raises(ImportError):
         import triton  # noqa: F401
+
+
+def test_model_cache_keeps_student_and_teacher_and_reloads_changed_files(monkeypatch,
+                                                                         tmp_path) -> None:
+    from napari_tskd import _models
+
+    loads = []
+
+    def fake_load(folder, device="auto"):
+        loads.append(Path(folder).name)
+        return _models.LoadedModel(None, {}, Path(folder).name, Path(folder),
+                                   _models.bundle_stamp(Path(folder)))
+
+    monkeypatch.setattr(_models, "load", fake_load)
+    folders = {}
+    for name in ("student", "teacher", "other"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "meta.json").write_text("{}")
+    cache = _models.ModelCache()
+    student = cache.get(folders["student"])
+    assert cache.get(folders["teacher"]) is not student
+    assert cache.get(folders["student"]) is student  # both kept: suggest-by-disagreement
+    assert loads == ["student", "teacher"]
+    cache.get(folders["other"])  # a third evicts the least recently used (the teacher)
+    cache.get(folders["teacher"])
+    assert loads == ["student", "teacher", "other", "teacher"]
+    stat = (folders["student"] / "meta.json").stat()
+    os.utime(folders["student"] / "meta.json", (stat.st_atime, stat.st_mtime + 5))
+    assert cache.get(folders["student"]) is not student  # retrained: files changed
