@@ -44,3 +44,24 @@ def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
     md = (tmp_path / "demo" / "report.md").read_text()
     assert "Pretraining check" in md
     assert "examples.png" in md and (tmp_path / "demo" / "examples.png").is_file()
+
+
+def test_random_init_baseline_is_drawn_from_the_run_seed(tmp_path: Path) -> None:
+    """Re-runs of the pretraining check start from the same weights, whatever came before."""
+    import torch
+
+    from tskd.pretraining_check import random_init_model
+
+    cfg = from_dict(RunConfig, tiny_config(tmp_path, write_tiny_sam(tmp_path / "sam.safetensors"),
+                                           tmp_path / "run"))
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = random_init_model(cfg, 2).state_dict()
+    assert torch.rand(1) == before  # drawn from a forked generator
+    torch.manual_seed(999)
+    second = random_init_model(cfg, 2).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    cfg.teacher.train.seed += 1
+    third = random_init_model(cfg, 2).state_dict()
+    assert not all(torch.equal(first[k], third[k]) for k in first)

@@ -19,19 +19,29 @@ from tskd.config import RunConfig
 SCRATCH_LR = 3e-4
 
 
+def random_init_model(cfg: RunConfig, num_classes: int) -> Any:
+    """The teacher's architecture, randomly initialised from the run's seed (re-runs agree)."""
+    import torch
+
+    from tskd.teacher import SemanticSam, build_sam
+
+    with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+        torch.manual_seed(cfg.teacher.train.seed)
+        sam = build_sam(cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size,
+                        pretrained=False)
+        return SemanticSam(sam, num_classes)
+
+
 def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, Any]:
     """Train the teacher's architecture from scratch and score it on ``test_folder``."""
     from tskd import io, metrics
     from tskd.engine import train
     from tskd.pipeline import load_labelled_data
     from tskd.predict import Segmenter
-    from tskd.teacher import SemanticSam, build_sam
     from tskd.teacher_train import TeacherTask
 
     data = load_labelled_data(cfg)
-    sam = build_sam(cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size,
-                    pretrained=False)
-    model = SemanticSam(sam, data.num_classes)
+    model = random_init_model(cfg, data.num_classes)
     train_cfg = copy.deepcopy(cfg.teacher.train)
     train_cfg.lr = SCRATCH_LR
     task = TeacherTask(model, data.train, cfg.teacher.input_size, cfg.teacher.dice_weight,
