@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_setup import tiny_config, write_tiny_sam
+from tiny_setup import TINY_SIZE, tiny_config, write_tiny_sam
 from tskd import demo
 from tskd.config import RunConfig, from_dict
 
@@ -18,8 +18,9 @@ def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
 
     def tiny_demo_config(data_root: Path, run_dir: Path, budget: demo.Budget, seed: int,
                          teacher: str = "mini", checkpoint: str | None = None,
-                         device: str = "auto") -> RunConfig:
+                         device: str = "auto", teacher_size: int | None = None) -> RunConfig:
         cfg = from_dict(RunConfig, tiny_config(data_root, sam, run_dir))
+        assert teacher_size is None  # run_demo passes the default through
         cfg.data.test = None
         cfg.synth.seed = seed
         return cfg
@@ -41,9 +42,17 @@ def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
     assert "| student, TS-KD |" in report["table"]
     check = saved["pretraining_check"]["random_init_all_trained"]
     assert 0.0 <= check["dice_mean"] <= 1.0 and check["trainable_params"] > 0
+    assert saved["teacher_input_size"] == TINY_SIZE
     md = (tmp_path / "demo" / "report.md").read_text()
     assert "Pretraining check" in md
     assert "examples.png" in md and (tmp_path / "demo" / "examples.png").is_file()
+
+
+def test_demo_config_teacher_size() -> None:
+    b = demo.BUDGETS["tiny"]
+    assert demo.demo_config(Path("d"), Path("r"), b, 0).teacher.input_size == 128  # mini native
+    assert demo.demo_config(Path("d"), Path("r"), b, 0, "vit_b").teacher.input_size == 512
+    assert demo.demo_config(Path("d"), Path("r"), b, 0, teacher_size=256).teacher.input_size == 256
 
 
 def test_random_init_baseline_is_drawn_from_the_run_seed(tmp_path: Path) -> None:

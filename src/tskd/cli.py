@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", choices=["tiny", "small", "full"], default="small")
     p.add_argument("--teacher", default="mini", help="mini, vit_b, vit_l or vit_h")
     p.add_argument("--checkpoint", help="SAM checkpoint for --teacher vit_*")
+    p.add_argument("--teacher-size", type=int,
+                   help="teacher input size (default: 128 for mini, 512 for vit_*)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--device", default="auto")
     p.add_argument("--check-pretraining", action="store_true",
@@ -330,6 +332,7 @@ def _cmd_demo(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
         task=args.task, n_labels=args.labels, seed=args.seed, budget=args.budget,
         teacher=args.teacher, checkpoint=args.checkpoint, out=args.out, device=args.device,
         progress=progress, cancel=cancel, check_pretraining=args.check_pretraining,
+        teacher_size=args.teacher_size,
     )
     progress.close()
     print(result["table"])

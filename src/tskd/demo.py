@@ -63,6 +63,7 @@ def demo_config(
     teacher: str = "mini",
     checkpoint: str | None = None,
     device: str = "auto",
+    teacher_size: int | None = None,
 ) -> RunConfig:
     """The TS-KD configuration the demo uses; baselines are variants of it."""
     cfg = RunConfig(run_dir=str(run_dir))
@@ -72,7 +73,7 @@ def demo_config(
     cfg.teacher.model_type = teacher
     cfg.teacher.checkpoint = checkpoint
     # the mini teacher was pretrained at 128 px; official SAMs run at 512 as SAMed does
-    cfg.teacher.input_size = 128 if teacher == "mini" else 512
+    cfg.teacher.input_size = teacher_size or (128 if teacher == "mini" else 512)
     cfg.teacher.train = TrainConfig(epochs=budget.teacher_epochs, batch_size=4, lr=3e-3,
                                     seed=seed, device=device)
     cfg.synth.n_images = budget.synth_images
@@ -117,11 +118,13 @@ def run_demo(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     check_pretraining: bool = False,
+    teacher_size: int | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the report dict (also written as report.json and report.md).
 
     ``check_pretraining`` also trains the teacher's architecture from random initialisation
-    with the same budget (``report["pretraining_check"]``).
+    with the same budget (``report["pretraining_check"]``). ``teacher_size`` overrides the
+    teacher's input size (128 for the mini SAM, its native size; 512 for official SAMs).
     """
     from tskd import phantoms, pipeline
     from tskd.run_folder import RunPaths
@@ -141,7 +144,8 @@ def run_demo(
     # the task's images depend on the seed too: every seed is a fresh draw of data
     phantoms.write_task_folders(task, data_root, n_labels, b.n_unlabelled, b.n_test, 256, seed)
 
-    base = demo_config(data_root, out / "ts_kd", b, seed, teacher, checkpoint, device)
+    base = demo_config(data_root, out / "ts_kd", b, seed, teacher, checkpoint, device,
+                       teacher_size)
     runs = {
         "ts_kd": base,
         "task_agnostic_kd": _variant(base, out / "task_agnostic_kd", task_agnostic=True),
@@ -166,6 +170,7 @@ def run_demo(
         "seed": seed,
         "budget": budget,
         "teacher_model": teacher,
+        "teacher_input_size": base.teacher.input_size,
         "n_test": b.n_test,
         "methods": methods,
         "seconds": time.perf_counter() - t_start,
@@ -245,7 +250,8 @@ def _write_markdown(out: Path, report: dict[str, Any], runs: dict[str, RunConfig
     lines = [
         f"# TS-KD demo: {report['task']}, {report['n_labels']} labels, seed {report['seed']}",
         "",
-        f"Budget `{report['budget']}`, teacher `{report['teacher_model']}`, "
+        f"Budget `{report['budget']}`, teacher `{report['teacher_model']}` at "
+        f"{report['teacher_input_size']} px, "
         f"{report['n_test']} held-out test images, {report['seconds'] / 60:.1f} min in all. "
         "Dice and HD95 over foreground classes, mean ± standard deviation over test images "
         "(MONAI; HD95 is the larger of the two directed 95th percentiles, in pixels).",
