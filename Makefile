@@ -42,7 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_benchmark.py
 
 screenshots: $(STAMP) sysdeps
-	xvfb-run -a -s "-screen 0 1280x1024x24" $(PY) docs/make_screenshots.py
+	xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) docs/make_screenshots.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -116,9 +117,12 @@ class JobPanel(QWidget):
         if total:
             self.bar.setRange(0, total)
             self.bar.setValue(min(step, total))
-        if self.plot.title != p.get("stage"):
-            self.plot.clear(str(p.get("stage", "")))
-        self.plot.add(step, float(p.get("loss", float("nan"))))
+        stage, loss = str(p.get("stage", "")), float(p.get("loss", float("nan")))
+        # a stage without a loss (sampling, caching) leaves the last curve on show
+        if self.plot.title != stage and (math.isfinite(loss) or not self.plot.points):
+            self.plot.clear(stage)
+        if self.plot.title == stage:
+            self.plot.add(step, loss)
         self.status.setText(describe_progress(p))
 
     def _on_finished(self, job: Job) -> None:

@@ -147,3 +147,25 @@ def test_panel_shows_progress_cancel_and_resume(qtbot, notes) -> None:
     panel.resume_button.click()
     assert runner.running and runner.job.steps[0]["kwargs"]["resume"] is True
     runner.shutdown()
+
+
+def test_loss_plot_keeps_the_last_curve_through_stages_without_a_loss(qtbot) -> None:
+    """Sampling after diffusion training reports no loss: the training curve stays on show."""
+    from napari_tskd._job_panel import JobPanel
+    from napari_tskd._jobs import JobRunner
+    from qtpy.QtWidgets import QWidget
+
+    owner = QWidget()
+    qtbot.addWidget(owner)
+    panel = JobPanel(JobRunner(), owner)
+    qtbot.addWidget(panel)
+    job = _job("fake_train")
+    job.owner = owner
+    nan = float("nan")
+    for stage, step, loss in (("train", 1, 0.9), ("train", 2, 0.7), ("sample", 1, nan),
+                              ("sample", 2, nan)):
+        panel._on_progress(job, {"stage": stage, "step": step, "total": 2, "loss": loss})
+    assert panel.plot.title == "train" and len(panel.plot.points) == 2
+    assert panel.status.text().startswith("sample: step 2/2")
+    panel._on_progress(job, {"stage": "distill", "step": 1, "total": 5, "loss": 0.3})
+    assert panel.plot.title == "distill" and panel.plot.points == [(1.0, 0.3)]
