@@ -61,6 +61,27 @@ def paint_correction(layer: Any, z: int, truth: np.ndarray) -> int:
     return changed  # each data_setitem is one undo step and emits the layer's paint event
 
 
+def rankings_after(context: Any, stack: Any, truth: np.ndarray) -> dict[str, Any]:
+    """Teacher and student Dice per slice, and both rankings of all slices (final models)."""
+    from tskd.predict import rank_for_annotation
+
+    images = list(np.asarray(stack.data))
+    student = context.models.get(context.paths().student, "cpu").segmenter
+    teacher = context.models.get(context.paths().teacher, "cpu").segmenter
+
+    def scores(seg: Any) -> list[float]:
+        return dice_per_slice(np.stack([seg.segment(im, is_stack=False) for im in images]),
+                              truth)
+
+    return {
+        "final_teacher_dice": scores(teacher),
+        "final_student_dice": scores(student),
+        "final_rank_by_uncertainty": [i for i, _ in rank_for_annotation(student, images)],
+        "final_rank_by_disagreement": [i for i, _ in rank_for_annotation(student, images,
+                                                                         teacher)],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "images")
@@ -195,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     report["dice_unseen_before"] = before
     shot("stage_5_segment")
     viewer.layers.selection.active = layer
+    viewer.dims.set_point(0, 5)  # another slice of the stack, segmented in the background
     shot("segment_stack")
+    viewer.dims.set_point(0, 3)
 
     # 6 Loop: suggest -> correct -> add -> retrain -> segment again -> suggest
     loop = stages["Loop"]
@@ -226,10 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         "after": float(np.mean([after[i] for i in others])),
     }
     show_tab("Loop")
+    loop.rank_by.value = "teacher-student disagreement"
     loop.suggest()
     if not loop.wait(300) or loop.suggestion is None:
         raise SystemExit("Second suggest failed")
-    report["suggested_next"] = {"slice": loop.suggestion[1], "score": loop.suggestion[2]}
+    report["suggested_next_by_disagreement"] = {"slice": loop.suggestion[1],
+                                                "score": loop.suggestion[2]}
+    report |= rankings_after(stages["Loop"].context, unseen, truth)
     shot("stage_6_loop")
     show_tab("Settings")
     shot("settings")
