@@ -43,6 +43,12 @@ def aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
             entry[m]["ms_per_image"] = statistics.median(
                 r["methods"][m]["ms_per_image"] for r in runs
             )
+        checks = [r.get("pretraining_check", {}).get("random_init_all_trained") for r in runs]
+        if all(checks):
+            entry["pretraining_check"] = {
+                "pretrained_lora": [r["methods"]["teacher"]["dice_mean"] for r in runs],
+                "random_init": [c["dice_mean"] for c in checks],
+            }
         out[task] = entry
     return out
 
@@ -62,6 +68,14 @@ def to_markdown(summary: dict[str, Any]) -> str:
                 f"| {LABELS[m]} | {d['mean']:.3f} ± {d['std']:.3f} | {h['mean']:.1f} ± "
                 f"{h['std']:.1f} | {e[m]['params'] / 1e6:.2f} M | {e[m]['ms_per_image']:.1f} |"
             )
+        check = e.get("pretraining_check")
+        if check:
+            pairs = list(zip(check["pretrained_lora"], check["random_init"], strict=True))
+            wins = sum(a > b for a, b in pairs)
+            lines += ["", "Pretraining check, teacher test Dice per seed (pretrained + LoRA vs "
+                      "same architecture from random init): "
+                      + ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in pairs)
+                      + f"; pretrained ahead on {wins} of {len(pairs)}."]
         lines.append("")
     return "\n".join(lines)
 
