@@ -4,7 +4,8 @@
 
 Each (task, seed) is one `run_demo` call: a fresh draw of the task's data (the seed also seeds
 the data), the four methods trained the same way, scored on held-out test images that no stage
-looks at. Writes benchmarks/results/<task>_seed<k>/report.json per run, and
+looks at. Writes benchmarks/results/<task>_seed<k>/ per run (its report.json is also copied to
+benchmarks/results/<task>_seed<k>.json, which is kept in git), and
 benchmarks/results/summary.json + summary.md with the mean and standard deviation over seeds of
 each method's mean test Dice and HD95. Nothing is chosen on the test split.
 """
@@ -102,6 +103,9 @@ def main() -> None:
                               out=folder, device=args.device, check_pretraining=True)
             print(report["table"], flush=True)
             reports.append(report)
+        for report in reports[-len(args.seeds):]:  # run folders stay out of git; these copies not
+            copy = args.out / f"{task}_seed{report['seed']}.json"
+            copy.write_text(json.dumps(report, indent=1) + "\n")
     summary = aggregate(reports)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
