@@ -58,8 +58,9 @@ def free_memory(device: str = "auto") -> tuple[str, float]:
 def pick(device_kind: str, free_gb: float, prefer_builtin_on_cpu: bool = True) -> Preset:
     """The first preset for ``device_kind`` whose memory need fits ``free_gb``.
 
-    On CPU the built-in mini SAM is preferred even with plenty of RAM: vit_b trains at about
-    1.5 s per 256x256 image there, which makes a teacher take hours.
+    On CPU the built-in mini SAM is preferred even with plenty of RAM: one vit_b forward pass of
+    a 256x256 image takes 0.57 s on two threads (benchmarks/inference_speed.py), and training
+    costs several of those per image and step, so a teacher would take hours.
     """
     candidates = [p for p in PRESETS if p.device_kind == device_kind]
     if device_kind == "cpu" and prefer_builtin_on_cpu:
