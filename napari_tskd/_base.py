@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
+PREVIEW_IMAGE = "TS-KD preview image"
+PREVIEW_LABELS = "TS-KD preview"
+
+
 class StageWidget(QWidget):
     """Base class: ``self.form`` holds the fields, ``self.panel`` the job display (optional)."""
 
@@ -46,7 +50,7 @@ class StageWidget(QWidget):
         if self.has_jobs:
             self.panel = JobPanel(
                 self.context.runner, self, on_finished=self.on_job_finished,
-                on_busy=self.set_busy,
+                on_busy=self.set_busy, on_preview=self.show_preview,
             )
             self._layout.addWidget(self.panel)
         self._layout.addStretch(1)
@@ -84,6 +88,34 @@ class StageWidget(QWidget):
 
     def on_run_dir_changed(self) -> None:
         """Called when another run folder is opened."""
+
+    def show_preview(self, preview: dict[str, Any], stage: str) -> None:
+        """The training model's current prediction on its first training image, as two layers.
+
+        'TS-KD preview image' and 'TS-KD preview' are this plugin's own layers (updated in
+        place while a job runs); the user's layers are never touched.
+        """
+        if self.viewer is None:
+            return
+        image, labels = preview["image"], preview["labels"]
+        shown = {layer.name: layer for layer in self.viewer.layers
+                 if layer.metadata.get("tskd") == "preview"}
+        img_layer, lab_layer = shown.get(PREVIEW_IMAGE), shown.get(PREVIEW_LABELS)
+        if img_layer is None or img_layer.data.shape != image.shape:
+            if img_layer is not None:
+                self.viewer.layers.remove(img_layer)
+            img_layer = self.viewer.add_image(image, name=PREVIEW_IMAGE, rgb=True,
+                                              metadata={"tskd": "preview"})
+        else:
+            img_layer.data = image
+        if lab_layer is None or lab_layer.data.shape != labels.shape:
+            if lab_layer is not None:
+                self.viewer.layers.remove(lab_layer)
+            lab_layer = self.viewer.add_labels(labels, name=PREVIEW_LABELS,
+                                               metadata={"tskd": "preview"})
+        else:
+            lab_layer.data = labels
+        lab_layer.metadata["stage"] = stage
 
     def start(self, label: str, steps: list[dict[str, Any]], cfg: Any) -> Job | None:
         """Start a training job; user-fixable problems become a notification, never a raise."""

@@ -49,7 +49,9 @@ class _Reporter:
     def __call__(self, p: Any) -> None:
         now = time.monotonic()
         final = p.step >= p.total
-        if p.stage == self.stage and not final and now - self.last < PROGRESS_INTERVAL_S:
+        has_preview = getattr(p, "preview", None) is not None  # rare (seconds apart): always sent
+        if (p.stage == self.stage and not final and not has_preview
+                and now - self.last < PROGRESS_INTERVAL_S):
             return
         self.last, self.stage = now, p.stage
         data = dataclasses.asdict(p) if dataclasses.is_dataclass(p) else dict(vars(p))

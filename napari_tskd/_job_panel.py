@@ -55,12 +55,14 @@ class JobPanel(QWidget):
         on_finished: Callable[[Job], None] | None = None,
         on_busy: Callable[[bool], None] | None = None,
         parent: QWidget | None = None,
+        on_preview: Callable[[dict[str, Any], str], None] | None = None,
     ) -> None:
         super().__init__(parent)
         self.runner = runner
         self.owner = owner
         self.on_finished = on_finished
         self.on_busy = on_busy
+        self.on_preview = on_preview
         self.last_job: Job | None = None
 
         self.status = QLabel("idle")
@@ -121,6 +123,10 @@ class JobPanel(QWidget):
         # a stage without a loss (sampling, caching) leaves the last curve on show
         if self.plot.title != stage and (math.isfinite(loss) or not self.plot.points):
             self.plot.clear(stage)
+        if p.get("preview") is not None:
+            if self.on_preview is not None:
+                self.on_preview(p["preview"], stage)
+            return  # the preview repeats the step's last report; the plot has it already
         if self.plot.title == stage:
             self.plot.add(step, loss)
         self.status.setText(describe_progress(p))

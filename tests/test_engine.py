@@ -118,3 +118,55 @@ def test_resume_restores_running_statistics(tmp_path: Path) -> None:
     train(resumed, CFG, checkpoint_dir=tmp_path, resume=True)
     assert torch.equal(resumed.model[1].running_mean, ref.model[1].running_mean)
     assert torch.equal(resumed.model[2].weight, ref.model[2].weight)
+
+
+class _SegTask:
+    """A 1x1-conv segmenter on a prepared LabelledDataset (augmented, as the stages train)."""
+
+    name = "seg"
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        from tskd.data import LabelledDataset
+        from tskd.io import Sample
+
+        rng = np.random.default_rng(0)
+        samples = []
+        for i in range(4):
+            image = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+            samples.append(Sample(f"s{i}", image, (image > 127).astype(np.uint8)))
+        self.data = LabelledDataset(samples, 32, augment=True)
+        torch.manual_seed(0)
+        self.model = nn.Conv2d(3, 2, 1)
+
+    def dataset(self) -> torch.utils.data.Dataset:
+        return self.data
+
+    def step(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss": nn.functional.cross_entropy(model(batch["image"]), batch["label"])}
+
+
+def test_previews_show_the_first_image_and_change_nothing() -> None:
+    import numpy as np
+
+    reports: list[Progress] = []
+    cfg = TrainConfig(epochs=3, batch_size=2, lr=0.1, device="cpu")
+    with_preview, without = _SegTask(), _SegTask()
+    train(with_preview, cfg, progress=reports.append)
+    train(without, cfg)
+    previews = [r.preview for r in reports if r.preview is not None]
+    assert previews, "the last epoch always sends a preview"
+    last = previews[-1]
+    assert last["image"].shape == (32, 32, 3) and last["image"].dtype == np.uint8
+    assert last["labels"].shape == (32, 32) and last["labels"].dtype == np.uint8
+    expected = (with_preview.data.images[0][0] * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(last["image"][..., 0], expected)  # the un-augmented first image
+    assert torch.equal(with_preview.model.weight, without.model.weight)  # no random draw
+    assert with_preview.model.training is False  # train() leaves the model in eval mode
+
+
+def test_no_preview_without_prepared_images() -> None:
+    reports: list[Progress] = []
+    train(_Task(), CFG, progress=reports.append)
+    assert all(r.preview is None for r in reports)

@@ -121,6 +121,8 @@ def test_full_loop_through_the_widgets(make_napari_viewer, tiny_ckpt, tskd_gui_e
     student.device.value = "cpu"
     job = _run(student, student.both_button.native.click)  # the button's wiring included
     assert set(job.results) == {"distill", "student"}
+    preview = viewer.layers["TS-KD preview"]  # sent by the training process, live
+    assert preview.metadata["stage"] == "finetune-student" and preview.data.shape == (SIZE, SIZE)
     assert (run / "student" / "meta.json").is_file()
 
     segment = main.stages["Segment"]

@@ -415,3 +415,36 @@ def test_model_cache_keeps_student_and_teacher_and_reloads_changed_files(monkeyp
     stat = (folders["student"] / "meta.json").stat()
     os.utime(folders["student"] / "meta.json", (stat.st_atime, stat.st_mtime + 5))
     assert cache.get(folders["student"]) is not student  # retrained: files changed
+
+
+def test_training_previews_become_the_plugins_own_layers(make_napari_viewer) -> None:
+    from napari_tskd._base import PREVIEW_IMAGE, PREVIEW_LABELS
+    from napari_tskd._student_widget import StudentWidget
+
+    viewer = make_napari_viewer()
+    mine = viewer.add_labels(np.ones((8, 8), np.uint8), name="my labels")
+    widget = StudentWidget(viewer)
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    first = np.zeros((8, 8), np.uint8)
+    widget.panel._on_progress(_own_job(widget), {"stage": "finetune-student", "step": 1,
+                                                 "total": 2, "loss": 0.5,
+                                                 "preview": {"image": rgb, "labels": first}})
+    assert viewer.layers[PREVIEW_LABELS].data.max() == 0
+    assert widget.panel.plot.points == []  # a preview is not another loss point
+    second = first.copy()
+    second[2:5, 2:5] = 1
+    widget.show_preview({"image": rgb, "labels": second}, "finetune-student")
+    names = [layer.name for layer in viewer.layers]
+    assert names.count(PREVIEW_LABELS) == 1 and names.count(PREVIEW_IMAGE) == 1  # updated
+    assert viewer.layers[PREVIEW_LABELS].data.sum() == 9
+    assert mine.data.min() == 1 and "my labels" in names  # the user's layer is untouched
+
+
+def _own_job(widget):
+    from napari_tskd._jobs import Job
+
+    from tskd.config import RunConfig, to_dict
+
+    job = Job("fake", [], to_dict(RunConfig(run_dir="somewhere")))
+    job.owner = widget
+    return job

@@ -251,7 +251,8 @@ def test_finetune_teacher_end_to_end(tiny_ckpt: Path, tmp_path, monkeypatch) -> 
         cfg, _samples(4), _samples(2), 3, tmp_path / "out", progress=seen.append,
         checkpoint_dir=tmp_path / "ckpt", class_names=["bg", "disc", "square"],
     )
-    assert metrics["steps"] == 2 and [p.step for p in seen] == [1, 2]
+    assert metrics["steps"] == 2 and [p.step for p in seen if p.preview is None] == [1, 2]
+    assert seen[-1].preview["labels"].shape == (32, 32)  # the last epoch's preview
     assert 0.0 <= metrics["val_dice"] <= 1.0 and len(metrics["val_dice_per_class"]) == 2
     assert 0 < metrics["trainable_params"] < metrics["total_params"]
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())

@@ -41,6 +41,9 @@ class Progress:
     eta_s: float | None
     logs: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    # {"image": (S, S, 3) uint8, "labels": (S, S) uint8}: the model's current prediction on the
+    # first training image, at most every PREVIEW_INTERVAL_S and after the last epoch
+    preview: dict[str, Any] | None = None
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -224,6 +227,37 @@ def _collate_default(batch: list[Any]) -> Any:
     return torch.utils.data.default_collate(batch)
 
 
+PREVIEW_INTERVAL_S = 5.0
+
+
+def preview_prediction(model: nn.Module, dataset: Dataset, device: torch.device
+                       ) -> dict[str, Any] | None:
+    """The model's label map for the dataset's first prepared image, or None if it has none.
+
+    Uses ``dataset.images`` (the prepared, un-augmented tensors of ``LabelledDataset``), so no
+    random number is drawn and a run with previews trains exactly like one without. Models
+    whose output is not a (1, C, S, S) logit map (distillation) give no preview.
+    """
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    if not isinstance(images, list | tuple) or not images or labels is None:
+        return None  # not a segmentation set (diffusion, distillation)
+    image = images[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(image[None].to(device))
+    except (TypeError, ValueError, RuntimeError):  # a preview must never stop training
+        return None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != 1:
+        return None
+    labels = out[0].argmax(0).to("cpu", torch.uint8).numpy()
+    rgb = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return {"image": rgb, "labels": labels}
+
+
 def train(
     task: TrainingTask,
     cfg: TrainConfig,
@@ -299,6 +333,7 @@ def train(
         ckpt.save(accelerator.unwrap_model(model), optimizer, scheduler, state)
 
     t0 = time.perf_counter()
+    last_preview = t0
     steps_this_run = 0
     model.train()
     for epoch in range(start_epoch, epochs):
@@ -345,6 +380,14 @@ def train(
         if count:
             history.append({k: v / count for k, v in sums.items()} | {"epoch": epoch})
         save(epoch + 1, 0)
+        last = step >= total or epoch == epochs - 1
+        if progress is not None and count and (
+                last or time.perf_counter() - last_preview >= PREVIEW_INTERVAL_S):
+            preview = preview_prediction(model, dataset, accelerator.device)
+            if preview is not None:
+                last_preview = time.perf_counter()
+                progress(Progress(task.name, step, total, epoch, epochs, logs["loss"], 0.0,
+                                  logs, preview=preview))
         if step >= total:
             break
     model.eval()
