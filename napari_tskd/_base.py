@@ -101,17 +101,21 @@ class StageWidget(QWidget):
         shown = {layer.name: layer for layer in self.viewer.layers
                  if layer.metadata.get("tskd") == "preview"}
         img_layer, lab_layer = shown.get(PREVIEW_IMAGE), shown.get(PREVIEW_LABELS)
+        # beside the user's data, not over it: the preview is another image at another size
+        others = [layer for layer in self.viewer.layers if layer.metadata.get("tskd") != "preview"]
+        right = max((float(layer.extent.world[1][-1]) for layer in others), default=0.0)
+        translate = (0.0, right + 16.0)
         if img_layer is None or img_layer.data.shape != image.shape:
             if img_layer is not None:
                 self.viewer.layers.remove(img_layer)
             img_layer = self.viewer.add_image(image, name=PREVIEW_IMAGE, rgb=True,
-                                              metadata={"tskd": "preview"})
+                                              translate=translate, metadata={"tskd": "preview"})
         else:
             img_layer.data = image
         if lab_layer is None or lab_layer.data.shape != labels.shape:
             if lab_layer is not None:
                 self.viewer.layers.remove(lab_layer)
-            lab_layer = self.viewer.add_labels(labels, name=PREVIEW_LABELS,
+            lab_layer = self.viewer.add_labels(labels, name=PREVIEW_LABELS, translate=translate,
                                                metadata={"tskd": "preview"})
         else:
             lab_layer.data = labels

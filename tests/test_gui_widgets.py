@@ -438,6 +438,7 @@ def test_training_previews_become_the_plugins_own_layers(make_napari_viewer) -> 
     assert names.count(PREVIEW_LABELS) == 1 and names.count(PREVIEW_IMAGE) == 1  # updated
     assert viewer.layers[PREVIEW_LABELS].data.sum() == 9
     assert mine.data.min() == 1 and "my labels" in names  # the user's layer is untouched
+    assert viewer.layers[PREVIEW_LABELS].translate[-1] > 8  # beside the data, not over it
 
 
 def _own_job(widget):
