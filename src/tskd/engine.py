@@ -238,8 +238,8 @@ def preview_prediction(model: nn.Module, dataset: Dataset, device: torch.device
     random number is drawn and a run with previews trains exactly like one without. Models
     whose output is not a (1, C, S, S) logit map (distillation) give no preview.
     """
-    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
-    if not isinstance(images, list | tuple) or not images or labels is None:
+    images, targets = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    if not isinstance(images, list | tuple) or not images or targets is None:
         return None  # not a segmentation set (diffusion, distillation)
     image = images[0]
     was_training = model.training
