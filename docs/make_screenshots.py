@@ -42,12 +42,12 @@ def _settle(app: Any, seconds: float = 0.3) -> None:
 
 
 def dice_per_slice(pred: np.ndarray, truth: np.ndarray) -> list[float]:
-    """Foreground Dice of each slice (1.0 where both are empty)."""
-    out = []
-    for p, t in zip(pred > 0, truth > 0, strict=True):
-        denom = p.sum() + t.sum()
-        out.append(1.0 if denom == 0 else float(2 * (p & t).sum() / denom))
-    return out
+    """Foreground Dice of each slice, as the benchmark scores it (``tskd.metrics``)."""
+    from tskd.metrics import evaluate
+
+    names = [f"z{z}" for z in range(len(truth))]
+    records = evaluate(list(pred), list(truth), names, num_classes=2).records
+    return [float(r["dice"]) for r in records]  # one foreground class: one record per slice
 
 
 def paint_correction(layer: Any, z: int, truth: np.ndarray) -> int:
