@@ -155,6 +155,23 @@ def test_lora_trains_only_adapters_and_heads_and_merges_exactly(tiny_ckpt: Path)
     assert torch.allclose(unmerged, merged, atol=1e-5)
 
 
+def test_train_decoder_trains_the_whole_decoder_and_round_trips(tiny_ckpt: Path, tmp_path) -> None:
+    settings = LoraSettings(rank=2, alpha=4.0, train_decoder=True)
+    model = teacher.apply_lora(_semantic(tiny_ckpt), settings)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    plain = {n for n in trainable if "lora_" not in n}  # trained in full
+    assert any(".mask_decoder.transformer." in n for n in plain)  # not only its LoRA matrices
+    assert not any(".image_encoder." in n for n in plain)
+    _train_steps(model, 2)
+    with torch.no_grad():
+        expected = model(_x())
+    folder = tmp_path / "teacher"
+    teacher.save_teacher(model, folder, {"lora": settings})
+    assert json.loads((folder / "meta.json").read_text())["lora"]["train_decoder"] is True
+    with torch.no_grad():
+        assert torch.allclose(teacher.load_teacher(folder)(_x()), expected, atol=1e-5)
+
+
 def test_save_load_teacher_and_id(tiny_ckpt: Path, tmp_path) -> None:
     model = teacher.apply_lora(_semantic(tiny_ckpt), LORA)
     _train_steps(model, 2)
@@ -261,6 +278,23 @@ def test_finetune_teacher_end_to_end(tiny_ckpt: Path, tmp_path, monkeypatch) -> 
     loaded = teacher.load_teacher(tmp_path / "out")
     with torch.no_grad():
         assert loaded(_x(32)).shape == (2, 3, 32, 32)
+
+
+def test_teacher_dice_ignores_background_unless_asked() -> None:
+    """An all-background answer to a thin target costs the full Dice term by default."""
+    label = torch.zeros(2, 32, 32, dtype=torch.long)
+    label[:, :, 15] = 1  # a one-pixel line: 3% of the pixels
+    all_background = torch.zeros(2, 2, 32, 32)
+    all_background[:, 0] = 10.0
+    batch = {"image": torch.zeros(2, 3, 32, 32), "label": label}
+
+    def dice_term(include_background: bool) -> float:
+        cfg = TeacherConfig(dice_weight=1.0, dice_include_background=include_background)
+        task = teacher.TeacherTask(lambda _x: all_background, [], cfg, augment=False)
+        return float(task.step(task.model, batch)["loss"])
+
+    assert dice_term(False) == pytest.approx(1.0, abs=1e-3)
+    assert dice_term(True) == pytest.approx(0.5, abs=0.02)  # background Dice ~1 halves it
 
 
 def test_builtin_mini_weights_round_trip(tiny_ckpt: Path, tmp_path, monkeypatch) -> None:

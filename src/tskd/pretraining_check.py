@@ -44,8 +44,7 @@ def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, An
     model = random_init_model(cfg, data.num_classes)
     train_cfg = copy.deepcopy(cfg.teacher.train)
     train_cfg.lr = SCRATCH_LR
-    task = TeacherTask(model, data.train, cfg.teacher.input_size, cfg.teacher.dice_weight,
-                       cfg.data.augment)
+    task = TeacherTask(model, data.train, cfg.teacher, cfg.data.augment)
     t0 = time.perf_counter()
     result = train(task, train_cfg)
     model = task.model.eval()

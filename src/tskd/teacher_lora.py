@@ -46,7 +46,10 @@ def lora_pattern(settings: LoraSettings) -> str:
 
 
 def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
-    """Add LoRA (peft) to the target projections and freeze all but LoRA and the class heads."""
+    """Add LoRA (peft) to the target projections; freeze all but LoRA and the class heads.
+
+    ``settings.train_decoder`` also leaves the whole mask decoder trainable.
+    """
     from peft import LoraConfig, get_peft_model
 
     if is_lora(model):
@@ -66,7 +69,8 @@ def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
         raise TskdError(
             f"LoRA targets {settings.targets} match no layer of SAM ({str(exc)[:120]})"
         ) from None
-    for p in head_parameters(model):
+    trained = model.base.mask_decoder.parameters() if settings.train_decoder else []
+    for p in [*head_parameters(model), *trained]:
         p.requires_grad_(True)
     return model
 
