@@ -69,6 +69,15 @@ def to_markdown(summary: dict[str, Any]) -> str:
                 f"| {LABELS[m]} | {d['mean']:.3f} ± {d['std']:.3f} | {h['mean']:.1f} ± "
                 f"{h['std']:.1f} | {e[m]['params'] / 1e6:.2f} M | {e[m]['ms_per_image']:.1f} |"
             )
+        ts = e["ts_kd"]["dice"]["values"]
+        ahead = {m: sum(a > b for a, b in zip(ts, e[m]["dice"]["values"], strict=True))
+                 for m in ("scratch", "task_agnostic_kd")}
+        lines += ["", "Student test Dice per seed, TS-KD / scratch / task-agnostic KD: "
+                  + ", ".join(f"{a:.3f} / {b:.3f} / {c:.3f}" for a, b, c in zip(
+                      ts, e["scratch"]["dice"]["values"],
+                      e["task_agnostic_kd"]["dice"]["values"], strict=True))
+                  + f"; TS-KD ahead of scratch on {ahead['scratch']} of {len(ts)}, of "
+                  f"task-agnostic KD on {ahead['task_agnostic_kd']} of {len(ts)}."]
         check = e.get("pretraining_check")
         if check:
             pairs = list(zip(check["pretrained_lora"], check["random_init"], strict=True))
