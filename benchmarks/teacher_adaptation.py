@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tskd import io, metrics, phantoms
+from tskd import phantoms
 from tskd.config import RunConfig
 from tskd.demo import BUDGETS, demo_config
-from tskd.predict import Segmenter
+from tskd.predict import Segmenter, evaluate_folder
 from tskd.pretraining_check import random_init_teacher
 from tskd.teacher_lora import load_teacher
 from tskd.teacher_train import finetune_teacher
@@ -54,10 +54,7 @@ def parse_recipe(spec: str) -> tuple[str, dict[str, float]]:
 
 
 def _dev_dice(model: Any, input_size: int, num_classes: int, dev: Path) -> float:
-    seg = Segmenter(model, input_size, num_classes, device="cpu")
-    samples = io.load_labelled(dev)
-    preds = [seg.segment(s.image, is_stack=False) for s in samples]
-    report = metrics.evaluate(preds, [s.label for s in samples], num_classes=num_classes)
+    report, _ = evaluate_folder(Segmenter(model, input_size, num_classes, device="cpu"), dev)
     return float(report.summary["dice_mean"])
 
 

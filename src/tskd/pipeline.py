@@ -377,8 +377,8 @@ def stage_evaluate(
     cfg: RunConfig, model: str = "student", test_folder: str | Path | None = None
 ) -> dict[str, Any]:
     """Segment the held-out test set with the run's student (or teacher) and score it."""
-    from tskd import bundle, io, metrics
-    from tskd.predict import Segmenter
+    from tskd import bundle, metrics
+    from tskd.predict import Segmenter, evaluate_folder
 
     paths = RunPaths(Path(cfg.run_dir))
     folder = test_folder or cfg.data.test
@@ -390,13 +390,7 @@ def stage_evaluate(
     net, meta = bundle.load_model(source[model])
     size = int(meta.get("image_size") or meta.get("input_size"))
     segmenter = Segmenter(net, size, int(meta["num_classes"]), device=cfg.predict.device)
-    samples = io.load_labelled(folder)
-    t0 = time.perf_counter()
-    preds = [segmenter.segment(s.image, is_stack=False) for s in samples]
-    ms = 1000 * (time.perf_counter() - t0) / max(1, len(samples))
-    report = metrics.evaluate(
-        preds, [s.label for s in samples], [s.name for s in samples], int(meta["num_classes"])
-    )
+    report, ms = evaluate_folder(segmenter, folder)
     out = paths.reports / f"eval_{model}"
     metrics.write_report(report, out)
     return report.summary | {"ms_per_image": ms}

@@ -34,10 +34,9 @@ def random_init_model(cfg: RunConfig, num_classes: int) -> Any:
 
 def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, Any]:
     """Train the teacher's architecture from scratch and score it on ``test_folder``."""
-    from tskd import io, metrics
     from tskd.engine import train
     from tskd.pipeline import load_labelled_data
-    from tskd.predict import Segmenter
+    from tskd.predict import Segmenter, evaluate_folder
     from tskd.teacher_train import TeacherTask
 
     data = load_labelled_data(cfg)
@@ -49,10 +48,7 @@ def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, An
     result = train(task, train_cfg)
     model = task.model.eval()
     seg = Segmenter(model, cfg.teacher.input_size, data.num_classes, device=cfg.predict.device)
-    test = io.load_labelled(test_folder)
-    preds = [seg.segment(s.image, is_stack=False) for s in test]
-    report = metrics.evaluate(preds, [s.label for s in test], [s.name for s in test],
-                              data.num_classes)
+    report, _ = evaluate_folder(seg, test_folder)
     return {
         "dice_mean": report.summary["dice_mean"],
         "dice_std": report.summary["dice_std"],
