@@ -55,7 +55,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="epochs of the training stage")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--overwrite", action="store_true",
-                   help="allow replacing a different run in the run folder")
+                   help="replace a different run in the run folder (only the files that run "
+                        "wrote are removed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--tile-size", type=int, default=1024)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace label maps already in the output folder (they are named)")
 
     p = sub.add_parser("evaluate", help="Dice, IoU and HD95 per image and class")
     p.add_argument("--pred", type=Path, help="folder of predicted label maps")
@@ -104,17 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="folder for metrics.json and metrics.csv")
     p.add_argument("--num-classes", type=int, help="classes incl. background (default: from data)")
     p.add_argument("--spacing", type=float, nargs="+", help="pixel spacing for HD95 (e.g. 0.5 0.5)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace metrics.json/metrics.csv already in the output folder")
 
     p = sub.add_parser("run", help="the whole pipeline from one YAML file")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--run-dir")
     p.add_argument("--device")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a different run in the run folder (only the files that run "
+                        "wrote are removed)")
 
     p = sub.add_parser("export-onnx", help="export a student to ONNX (checked against PyTorch)")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     p = sub.add_parser("pretrain-mini", help="pretrain the built-in miniature SAM teacher")
     p.add_argument("--steps", type=int)
@@ -122,7 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128,
                    help="pretraining resolution (the teacher adapts to others by interpolation)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="output folder (default: the package's assets)")
+    p.add_argument("--out", type=Path,
+                   help="output folder (default: $TSKD_DATA_DIR/pretrain-mini, else the user "
+                        "data folder's tskd/pretrain-mini)")
+    p.add_argument("--replace-packaged-weights", action="store_true",
+                   help="maintainers: write into the package's built-in teacher weights")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace mini_sam.safetensors/.json already in --out")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default="auto")
 
@@ -134,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=20)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace sample files already in OUTPUT (other files are never touched)")
 
     p = sub.add_parser("demo", help="the whole method on a procedural task, with baselines")
     p.add_argument("--task", default="kidney_us")
@@ -209,22 +225,24 @@ def _print(result: Any) -> None:
 
 def _cmd_stage(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     from tskd import pipeline
+    from tskd.run_folder import run_lock
 
     cfg = _config_from_args(args)
-    pipeline.prepare_run_dir(cfg, overwrite=args.overwrite)
     kwargs: dict[str, Any] = {"progress": progress, "cancel": cancel, "resume": args.resume}
-    if args.command == "finetune-teacher":
-        result = pipeline.stage_teacher(cfg, **kwargs)
-    elif args.command == "synthesize":
-        result = pipeline.stage_synthesize(cfg, **kwargs)
-    elif args.command == "distill":
-        result = pipeline.stage_distill(cfg, **kwargs)
-    else:
-        result = pipeline.stage_finetune_student(
-            cfg, continue_from_last=args.continue_from_last, **kwargs
-        )
-        if cfg.data.test:
-            result["evaluate"] = pipeline.stage_evaluate(cfg)
+    with run_lock(cfg.run_dir, args.command):  # one writer from the config to the result
+        pipeline.prepare_run_dir(cfg, overwrite=args.overwrite)
+        if args.command == "finetune-teacher":
+            result = pipeline.stage_teacher(cfg, **kwargs)
+        elif args.command == "synthesize":
+            result = pipeline.stage_synthesize(cfg, **kwargs)
+        elif args.command == "distill":
+            result = pipeline.stage_distill(cfg, **kwargs)
+        else:
+            result = pipeline.stage_finetune_student(
+                cfg, continue_from_last=args.continue_from_last, **kwargs
+            )
+            if cfg.data.test:
+                result["evaluate"] = pipeline.stage_evaluate(cfg)
     progress.close()
     _print(result)
     return 0
@@ -243,10 +261,12 @@ def _cmd_run(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd import bundle, io
+    from tskd import bundle, io, outputs
     from tskd.errors import TskdInputError
     from tskd.predict import Segmenter, predict_paths
 
+    outputs.check_not_input(outputs.check_output_folder(args.output),
+                            [p for p in args.inputs if p.exists()])
     files: list[Path] = []
     for path in args.inputs:
         if path.is_dir():
@@ -261,17 +281,22 @@ def _cmd_predict(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     size = int(meta.get("image_size") or meta.get("input_size"))
     segmenter = Segmenter(model, size, int(meta["num_classes"]), device=args.device,
                           tile_size=args.tile_size)
-    written = predict_paths(segmenter, files, args.output)
+    written = predict_paths(segmenter, files, args.output, overwrite=args.overwrite,
+                            input_folders=[p for p in args.inputs if p.is_dir()])
     print(f"wrote {len(written)} label map(s) to {args.output}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd import metrics
+    from tskd import metrics, outputs
     from tskd.errors import TskdInputError
 
     if not (args.pred and args.gt and args.output):
         raise TskdInputError("evaluate needs --pred, --gt and -o/--output")
+    out = outputs.check_output_folder(args.output)
+    outputs.check_not_input(out, [p for p in (args.pred, args.gt) if p.exists()],
+                            allow_parent=True)
+    outputs.check_replace([out / "metrics.json", out / "metrics.csv"], args.overwrite, out)
     report = metrics.evaluate_folders(
         args.pred, args.gt, num_classes=args.num_classes,
         spacing=tuple(args.spacing) if args.spacing else None,
@@ -282,8 +307,11 @@ def _cmd_evaluate(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def _cmd_export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd import bundle
+    from tskd import bundle, outputs
 
+    outputs.check_not_input(args.output.parent, [args.model] if args.model.exists() else [],
+                            what="output file's folder", allow_parent=True)
+    outputs.check_replace([args.output], args.overwrite, args.output.parent)
     model, meta = bundle.load_model(args.model)
     diff = bundle.export_onnx(model, args.output, int(meta.get("image_size") or
                                                       meta.get("input_size")))
@@ -293,7 +321,11 @@ def _cmd_export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     from tskd import pretrain
+    from tskd.errors import TskdInputError
     from tskd.mini_sam import MiniSamConfig
+
+    if args.out and args.replace_packaged_weights:
+        raise TskdInputError("give either --out or --replace-packaged-weights, not both")
 
     cfg = pretrain.PretrainConfig(image_size=args.image_size,
                                   model=MiniSamConfig(img_size=args.image_size))
@@ -301,10 +333,14 @@ def _cmd_pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     _set_if(cfg, "batch_size", args.batch_size)
     cfg.seed = args.seed
     cfg.device = args.device
-    out = args.out or pretrain.default_output_dir()
+    packaged = bool(args.replace_packaged_weights)
+    out = pretrain.packaged_weights_dir() if packaged else (
+        args.out or pretrain.default_output_dir())
     result = pretrain.pretrain_mini(
         cfg, out, progress=progress, cancel=cancel, resume=args.resume,
-        checkpoint_dir=Path(out) / "checkpoints", command=" ".join(["tskd", *sys.argv[1:]]),
+        checkpoint_dir=pretrain.checkpoint_dir_for(out, packaged),
+        command=" ".join(["tskd", *sys.argv[1:]]),
+        overwrite=args.overwrite, replace_packaged=packaged,
     )
     progress.close()
     _print(result)
@@ -312,13 +348,15 @@ def _cmd_pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def _cmd_sample_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd import phantoms
+    from tskd import outputs, phantoms
     from tskd.errors import TskdInputError
 
     if args.task not in phantoms.TASKS:
         raise TskdInputError(
             f"unknown task '{args.task}'; choose one of {', '.join(sorted(phantoms.TASKS))}"
         )
+    outputs.check_task_folder(args.task, args.output, args.train, args.unlabelled, args.test,
+                              overwrite=args.overwrite)
     phantoms.write_task_folders(args.task, args.output, args.train, args.unlabelled, args.test,
                                 args.size, args.seed)
     print(f"wrote {args.task} to {args.output}/train, unlabelled, test")

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tskd.config import RunConfig, TrainConfig
 from tskd.engine import CancelToken, ProgressCallback
-from tskd.errors import TskdInputError
+from tskd.errors import CheckpointError, TskdInputError
 from tskd.run_folder import write_json
+
+DEMO_FILES = ("report.json", "report.md", "examples.png")  # written directly into --out
 
 METHODS = ("scratch", "task_agnostic_kd", "ts_kd", "teacher")
 LABELS = {
@@ -106,6 +110,63 @@ def _share(src: Path, dst: Path) -> None:
         shutil.copytree(src, dst)
 
 
+def _check_teacher(teacher: str, checkpoint: str | None) -> None:
+    """Refuse a teacher that cannot load before anything is written (``CheckpointError``)."""
+    from tskd.mini_sam import BUILTIN_JSON, BUILTIN_WEIGHTS, OFFICIAL_TYPES
+
+    if teacher not in ("mini", *OFFICIAL_TYPES):
+        raise CheckpointError(
+            f"unknown teacher '{teacher}'; choose mini, {', '.join(OFFICIAL_TYPES)}"
+        )
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise CheckpointError(
+            f"SAM checkpoint not found: {checkpoint}; give the path of an existing .pth or "
+            ".safetensors file."
+        )
+    if checkpoint is None and teacher != "mini":
+        raise CheckpointError(
+            f"the {teacher} teacher needs its checkpoint file; pass --checkpoint PATH (official "
+            f"weights: tskd.sam_checkpoint.download_checkpoint('{teacher}'))."
+        )
+    if checkpoint is None and not (BUILTIN_WEIGHTS.is_file() and BUILTIN_JSON.is_file()):
+        raise CheckpointError(
+            f"the built-in mini SAM weights {BUILTIN_WEIGHTS} are missing; reinstall the "
+            "package or pass --checkpoint PATH."
+        )
+
+
+@contextmanager
+def _demo_folder(out: Path, task: str, n_labels: int, b: Budget) -> Iterator[None]:
+    """Hold ``out``'s lock and record what the demo writes directly in it (its data and
+    reports) in ``out/.tskd-manifest.json``; the three run folders keep their own manifests.
+
+    ``out`` may hold other files: they are never removed or replaced. Data and reports of an
+    earlier demo are removed only where the manifest lists them; any other file where the demo
+    would write (a report, or an image in ``data/<split>/images|labels``, which would join the
+    task) stops the demo before it writes anything (``TskdInputError``).
+    """
+    from tskd import outputs, run_folder
+
+    outputs.check_output_folder(out)
+    with run_folder.run_lock(out, "demo", allow_foreign=True):
+        owned = run_folder.owned_files(out)
+        for name in DEMO_FILES:
+            if (out / name).exists() and name not in owned:
+                raise TskdInputError(
+                    f"{out / name} was not written by tskd demo, so it is not replaced; move it "
+                    "or choose another --out."
+                )
+        data_root = out / "data"
+        if data_root.exists():
+            # check first, so a refused demo removes nothing; then an earlier demo's data goes,
+            # as far as the manifest lists it
+            outputs.check_task_folder(task, data_root, n_labels, b.n_unlabelled, b.n_test,
+                                      flag=None, owned=[out / f for f in owned])
+            run_folder.remove_owned(out, under="data")
+        with run_folder.tracked(out, "demo", [data_root, *(out / n for n in DEMO_FILES)]):
+            yield
+
+
 def run_demo(
     task: str = "kidney_us",
     n_labels: int = 10,
@@ -125,9 +186,13 @@ def run_demo(
     ``check_pretraining`` also trains the teacher's architecture from random initialisation
     with the same budget (``report["pretraining_check"]``). ``teacher_size`` overrides the
     teacher's input size (128 for the mini SAM, its native size; 512 for official SAMs).
+
+    ``out`` may hold other files; the demo never removes or replaces them (``_demo_folder``).
+    Raises ``TskdInputError`` / ``CheckpointError`` before writing anything for a bad task,
+    budget, label count or teacher checkpoint, and ``RunFolderError`` when another process
+    holds ``out`` or one of its run folders.
     """
-    from tskd import phantoms, pipeline
-    from tskd.run_folder import RunPaths
+    from tskd import phantoms
 
     if task not in phantoms.TASKS:
         raise TskdInputError(f"unknown task '{task}'; choose one of {', '.join(phantoms.TASKS)}")
@@ -135,12 +200,24 @@ def run_demo(
         raise TskdInputError(f"unknown budget '{budget}'; choose one of {', '.join(BUDGETS)}")
     if n_labels < 1:
         raise TskdInputError("the demo needs at least one labelled image (--labels)")
+    _check_teacher(teacher, checkpoint)
     b = BUDGETS[budget]
     out = Path(out)
+    with _demo_folder(out, task, n_labels, b):
+        return _run_demo(task, n_labels, seed, budget, b, teacher, checkpoint, out, device,
+                         progress, cancel, check_pretraining, teacher_size)
+
+
+def _run_demo(
+    task: str, n_labels: int, seed: int, budget: str, b: Budget, teacher: str,
+    checkpoint: str | None, out: Path, device: str, progress: ProgressCallback | None,
+    cancel: CancelToken | None, check_pretraining: bool, teacher_size: int | None,
+) -> dict[str, Any]:
+    from tskd import phantoms, pipeline, run_folder
+    from tskd.run_folder import RunPaths
+
     t_start = time.perf_counter()
     data_root = out / "data"
-    if data_root.exists():
-        shutil.rmtree(data_root)
     # the task's images depend on the seed too: every seed is a fresh draw of data
     phantoms.write_task_folders(task, data_root, n_labels, b.n_unlabelled, b.n_test, 256, seed)
 
@@ -155,7 +232,9 @@ def run_demo(
     for name in ("ts_kd", "task_agnostic_kd", "scratch"):
         cfg = runs[name]
         if name == "task_agnostic_kd":  # same transfer set and teacher cache folder
-            _share(RunPaths(out / "ts_kd").transfer, RunPaths(out / name).transfer)
+            target = RunPaths(out / name).transfer
+            with run_folder.writing(out / name, "share", [target]):
+                _share(RunPaths(out / "ts_kd").transfer, target)
         results[name] = pipeline.run_pipeline(
             cfg, progress=progress, cancel=cancel, overwrite=True
         )

@@ -123,6 +123,24 @@ def generate(
     return [sample(task, start + i, size, seed) for i in range(n)]
 
 
+def task_files(task: str, root: str | Path, n_train: int, n_unlabelled: int,
+               n_test: int) -> list[Path]:
+    """Every file ``write_task_folders`` writes for these counts (to check before writing)."""
+    _check_task(task)
+    root = Path(root)
+    suffix = ".tif" if TASKS[task].dtype == "uint16" else ".png"
+    files = [root / "task.json"]
+    for split, n in (("train", n_train), ("unlabelled", n_unlabelled), ("test", n_test)):
+        if split != "unlabelled":
+            files.append(root / split / "dataset.json")
+        for k in range(max(0, n)):
+            stem = f"{task}_{split}_{k:04d}"
+            files.append(root / split / "images" / f"{stem}{suffix}")
+            if split != "unlabelled":
+                files.append(root / split / "labels" / f"{stem}.png")
+    return files
+
+
 def write_task_folders(
     task: str,
     root: str | Path,

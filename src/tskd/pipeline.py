@@ -8,7 +8,9 @@ The CLI and the napari widgets call these functions and nothing deeper.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from tskd.run_folder import (
     read_result,
     stage_done,
     write_json,
+    writing,
 )
 
 __all__ = [
@@ -50,6 +53,22 @@ class LabelledData:
     num_classes: int
     class_names: list[str]
     fingerprint: str
+
+
+def _writes(key: str, outputs: Callable[[RunPaths], list[Path]]) -> Callable[[Any], Any]:
+    """Run a stage holding its run folder's lock, recording what it writes under ``outputs``
+    in the folder's manifest (``tskd.run_folder.writing``)."""
+
+    def decorate(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        @functools.wraps(fn)
+        def wrapper(cfg: RunConfig, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            paths = RunPaths(Path(cfg.run_dir))
+            with writing(paths.root, key, outputs(paths), what=f"stage {key}"):
+                return fn(cfg, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def _train_fp(train: TrainConfig) -> dict[str, Any]:
@@ -121,6 +140,7 @@ def _teacher_fp(cfg: RunConfig, data_fp: str) -> str:
                        data_fp)
 
 
+@_writes("teacher", lambda p: [p.teacher, p.checkpoints("teacher")])
 def stage_teacher(
     cfg: RunConfig,
     progress: ProgressCallback | None = None,
@@ -161,6 +181,7 @@ def _synth_fp(cfg: RunConfig, data_fp: str) -> str:
     return fingerprint("synth", synth, data_fp, unl, cfg.data.image_size)
 
 
+@_writes("synthesize", lambda p: [p.transfer, p.checkpoints("synthesize")])
 def stage_synthesize(
     cfg: RunConfig,
     progress: ProgressCallback | None = None,
@@ -252,6 +273,8 @@ def _distill_fp(cfg: RunConfig, data: LabelledData) -> str:
     )
 
 
+@_writes("distill", lambda p: [p.distilled, p.cache, p.checkpoints("distill"),
+                                p.reports / "distill_history.json"])
 def stage_distill(
     cfg: RunConfig,
     progress: ProgressCallback | None = None,
@@ -312,6 +335,8 @@ def _student_meta(cfg: RunConfig, data: LabelledData, extra: dict[str, Any]) -> 
     }
 
 
+@_writes("student", lambda p: [p.student, p.checkpoints("student"),
+                                p.reports / "student_history.json"])
 def stage_finetune_student(
     cfg: RunConfig,
     progress: ProgressCallback | None = None,
@@ -373,6 +398,8 @@ def stage_finetune_student(
     return summary
 
 
+@_writes("evaluate", lambda p: [p.reports / f"eval_{m}" for m in ("student", "teacher",
+                                                                  "distilled")])
 def stage_evaluate(
     cfg: RunConfig, model: str = "student", test_folder: str | Path | None = None
 ) -> dict[str, Any]:
@@ -404,6 +431,7 @@ def _stages_for(cfg: RunConfig) -> list[str]:
     return ["teacher", "synthesize", "distill", "student"]
 
 
+@_writes("pipeline", lambda p: [p.reports / "pipeline.json"])
 def run_pipeline(
     cfg: RunConfig,
     progress: ProgressCallback | None = None,
@@ -411,7 +439,11 @@ def run_pipeline(
     resume: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Every stage the config asks for, in order, skipping those already done."""
+    """Every stage the config asks for, in order, skipping those already done.
+
+    Holds the run folder's lock throughout (a second writer gets ``RunFolderError`` naming this
+    process); ``overwrite`` as in ``prepare_run_dir``.
+    """
     prepare_run_dir(cfg, overwrite=overwrite)
     funcs = {
         "teacher": stage_teacher,

@@ -295,31 +295,50 @@ def predict_paths(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+    input_folders: Sequence[str | Path] = (),
 ) -> list[Path]:
     """Segment image files and write their label maps to ``out_dir``, named by the input stem.
 
     2D label maps that fit in 8 bits are written as PNG, stacks and larger labels as TIFF.
-    ``progress(done, total)`` is called after each file.
+    ``progress(done, total)`` is called after each file. Before anything is segmented,
+    ``TskdInputError`` refuses an ``out_dir`` that is, contains or is inside the folder of an
+    input file or one of ``input_folders`` (the folders the user named), and, unless
+    ``overwrite``, an ``out_dir`` that already holds ``<stem>.png`` or ``<stem>.tif`` for an
+    input; with ``overwrite`` the files replaced are named in a ``TskdWarning``.
     """
-    from tskd import io
+    import warnings
 
-    out = Path(out_dir)
+    from tskd import io, outputs
+    from tskd.errors import TskdWarning
+
     paths = [Path(p) for p in inputs]
     stems = [io.stem(p) for p in paths]
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise TskdInputError(f"several inputs share the name {dup[0]!r}; outputs would collide")
+    out = outputs.check_output_folder(out_dir)
+    outputs.check_not_input(out, [*input_folders, *paths])
+    candidates = [out / f"{stem}{suffix}" for stem in stems for suffix in (".png", ".tif")]
+    if not overwrite:
+        outputs.check_replace(candidates, False, out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    replaced: list[Path] = []
     for i, (path, stem) in enumerate(zip(paths, stems)):
         labels = segmenter.segment(io.read_image(path))
         target = _output_path(out, stem, labels)
+        if target.exists():
+            replaced.append(target)
         io.write_label(target, labels)
         written.append(target)
         if progress is not None:
             progress(i + 1, len(paths))
+    if replaced:
+        names = ", ".join(p.name for p in replaced[:10]) + (" ..." if len(replaced) > 10 else "")
+        warnings.warn(TskdWarning(f"replaced {len(replaced)} existing file(s) in {out}: {names}"),
+                      stacklevel=2)
     return written
-
 
 
 def evaluate_folder(segmenter: Segmenter, folder: str | Path) -> tuple[EvalReport, float]:

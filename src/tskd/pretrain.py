@@ -75,9 +75,61 @@ class PretrainConfig:
         )
 
 
+DATA_DIR_ENV = "TSKD_DATA_DIR"
+
+
 def default_output_dir() -> Path:
-    """Where the built-in weights live (``build_sam("mini")`` reads them from there)."""
+    """Where ``tskd pretrain-mini`` writes by default: ``$TSKD_DATA_DIR/pretrain-mini``, else
+    ``<user data folder>/tskd/pretrain-mini`` (``platformdirs.user_data_dir``), never the
+    package's built-in weights (those take ``packaged_weights_dir`` and an explicit flag).
+    Use the result as a teacher with ``--model-type mini --checkpoint <dir>/mini_sam.safetensors``.
+    """
+    import os
+
+    base = os.environ.get(DATA_DIR_ENV)
+    if not base:
+        from platformdirs import user_data_dir
+
+        base = user_data_dir("tskd", appauthor=False)
+    return Path(base).expanduser() / "pretrain-mini"
+
+
+def packaged_weights_dir() -> Path:
+    """The package's built-in teacher weights (``build_sam("mini")`` reads them from there);
+    written only with ``replace_packaged=True`` (``--replace-packaged-weights``)."""
     return ASSETS
+
+
+def checkpoint_dir_for(out_dir: str | Path, packaged: bool = False) -> Path:
+    """Resumable checkpoints of a pretraining into ``out_dir``: ``out_dir/checkpoints``, or, for
+    the packaged weights, the default output folder's ``checkpoints-packaged`` (never inside the
+    installed package)."""
+    if packaged:
+        return default_output_dir() / "checkpoints-packaged"
+    return Path(out_dir) / "checkpoints"
+
+
+def _is_packaged(out_dir: Path) -> bool:
+    return out_dir.expanduser().resolve() == ASSETS.resolve()
+
+
+def check_output(out_dir: str | Path, overwrite: bool = False,
+                 replace_packaged: bool = False) -> list[Path]:
+    """Refuse (``TskdInputError``) to write into the package's assets without
+    ``replace_packaged``, or over an existing ``mini_sam.safetensors``/``.json`` without
+    ``overwrite`` (or ``replace_packaged``); returns the files that will be replaced."""
+    from tskd import outputs
+
+    out = outputs.check_output_folder(out_dir)
+    packaged = _is_packaged(out)
+    if packaged and not replace_packaged:
+        raise TskdInputError(
+            f"{out} holds the package's built-in teacher weights, which every existing teacher "
+            "needs; write elsewhere with --out, or pass --replace-packaged-weights if you "
+            "maintain the package."
+        )
+    targets = [out / WEIGHTS_NAME, out / Path(WEIGHTS_NAME).with_suffix(".json")]
+    return outputs.check_replace(targets, overwrite or (packaged and replace_packaged), out)
 
 
 # ----------------------------------------------------------------------------- prompts and data
@@ -298,16 +350,21 @@ def pretrain_mini(
     resume: bool = False,
     checkpoint_dir: str | Path | None = None,
     command: str | None = None,
+    overwrite: bool = False,
+    replace_packaged: bool = False,
 ) -> dict[str, Any]:
     """Pretrain the mini SAM and write ``out_dir/mini_sam.safetensors`` + ``mini_sam.json``.
 
     Returns the run's record (also stored under "info" in the JSON). Raises
     ``tskd.errors.Cancelled`` when cancelled (a checkpoint in ``checkpoint_dir`` lets
-    ``resume=True`` continue).
+    ``resume=True`` continue), and ``TskdInputError`` before any training when ``out_dir`` is
+    the package's built-in weights without ``replace_packaged`` or already holds the two files
+    without ``overwrite`` (``check_output``).
     """
     import tskd
 
     _check(cfg)
+    check_output(out_dir, overwrite, replace_packaged)
     commit = _git_commit()  # the code that runs, not what is checked out when it ends
     model = build_model(cfg)
     train_cfg = cfg.train_config()

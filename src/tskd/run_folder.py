@@ -3,21 +3,32 @@
 Each stage writes its artefact into a sub-folder together with ``stage.json``, a fingerprint of
 everything the artefact depends on (its config section, the upstream fingerprints, the input
 files). A stage whose fingerprint matches is skipped; one whose inputs changed runs again.
+
+Every writer holds the folder's operating-system lock (``run_lock``: one writer at a time, freed
+when its process dies) and records what it writes in ``.tskd-manifest.json`` (``tracked``); only
+the files listed there are ever removed (``remove_owned``), and a folder of other files is never
+written into (``claim_run_folder``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 import yaml
 
 from tskd.config import RunConfig, load_config, save_config, to_dict
-from tskd.errors import RunFolderError
+from tskd.errors import RunFolderError, TskdWarning
 
 
 @dataclass(frozen=True)
@@ -125,63 +136,387 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
-    """Create (or reuse) ``cfg.run_dir`` and write ``config.yaml``.
+# -- what a run owns: the manifest -------------------------------------------------------------
+#
+# ``<run>/.tskd-manifest.json`` lists every file the run wrote (path relative to the run folder
+# -> size in bytes). Only listed files are ever removed (``--overwrite``); anything else in a run
+# folder (the user's notes, a copied dataset, files of earlier versions) is kept. Writers wrap
+# their work in ``tracked``: before it starts, the files already present in the outputs it names
+# are noted ("pending"); when it ends (or, after a kill, when the next writer takes the folder),
+# every file there that is new or changed is recorded. The manifest is replaced atomically.
 
-    Refuses a folder that holds a different run (other data or teacher), or files that are not a
-    run at all, unless ``overwrite``: nothing of another run is lost by accident.
-    """
-    root = Path(cfg.run_dir)
-    paths = RunPaths(root)
-    if root.exists() and not root.is_dir():
-        raise RunFolderError(f"run folder {root} is a file")
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
-        if not paths.config.is_file():
-            raise RunFolderError(
-                f"{root} is not empty and holds no run (no config.yaml); choose another run "
-                "folder or pass --overwrite"
-            )
-        try:
-            old = load_config(paths.config)
-        except Exception:
-            raise RunFolderError(
-                f"{paths.config} cannot be read; choose another run folder or pass --overwrite"
-            ) from None
-        if _comparable(old) != _comparable(cfg) and _has_results(paths):
-            raise RunFolderError(
-                f"{root} holds a different run (other data or teacher); choose another run "
-                "folder or pass --overwrite"
-            )
-    if overwrite and root.is_dir() and paths.config.is_file():
-        old_cfg = load_config(paths.config) if _readable(paths.config) else None
-        if old_cfg is None or _comparable(old_cfg) != _comparable(cfg):
-            _remove_stage_outputs(paths)
-    root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, paths.config)
-    return root
+MANIFEST_NAME = ".tskd-manifest.json"
+LOCK_NAME = ".tskd.lock"
+LOCK_INFO_NAME = ".tskd.lock.json"
+_MANIFEST_FORMAT = "tskd-run-manifest"
+_INTERNAL = frozenset({MANIFEST_NAME, MANIFEST_NAME + ".tmp", LOCK_NAME, LOCK_INFO_NAME})
+
+FolderKind = Literal["new", "run", "legacy", "foreign"]
 
 
-def _has_results(paths: RunPaths) -> bool:
-    """Whether any stage finished or left a checkpoint (a bare config.yaml is no result)."""
-    return any(paths.root.glob("*/stage.json")) or any(paths.root.glob("checkpoints/*/*"))
+def _empty_manifest() -> dict[str, Any]:
+    return {"format": _MANIFEST_FORMAT, "version": 1, "files": {}, "pending": {}}
 
 
-def _readable(path: Path) -> bool:
+def read_manifest(root: str | Path) -> dict[str, Any] | None:
+    """The manifest of ``root`` as a dict (``files``: relative path -> bytes, ``pending``), or
+    None when there is none or it cannot be read (then the folder is judged without it)."""
+    path = Path(root) / MANIFEST_NAME
     try:
-        load_config(path)
-        return True
-    except Exception:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if (not isinstance(data, dict) or data.get("format") != _MANIFEST_FORMAT
+            or not isinstance(data.get("files"), dict)):
+        return None
+    if not isinstance(data.get("pending"), dict):
+        data["pending"] = {}
+    data["files"] = {r: s for r, s in data["files"].items() if _safe_rel(r)}
+    return data
+
+
+def _write_manifest(root: Path, data: dict[str, Any]) -> None:
+    tmp = root / (MANIFEST_NAME + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, root / MANIFEST_NAME)
+
+
+def _safe_rel(rel: Any) -> bool:
+    """A manifest entry names a path inside the run folder (no absolute path, no '..')."""
+    if not isinstance(rel, str) or not rel:
+        return False
+    p = PurePosixPath(rel)
+    return not p.is_absolute() and ".." not in p.parts and p.parts[0] not in _INTERNAL
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except OSError:
         return False
 
 
-def _remove_stage_outputs(paths: RunPaths) -> None:
-    """Delete what stages wrote (only the folders a run owns, never other files)."""
-    import shutil
+def _files_under(root: Path, rels: Iterable[str]) -> Iterator[Path]:
+    """Files at or below the given relative paths (files or folders) of ``root``."""
+    for rel in rels:
+        p = root / rel
+        if p.is_file():
+            yield p
+        elif p.is_dir():
+            yield from (f for f in sorted(p.rglob("*")) if f.is_file())
 
-    for folder in (paths.teacher, paths.transfer, paths.cache, paths.distilled, paths.student,
-                   paths.reports, paths.root / "checkpoints"):
-        if folder.is_dir():
-            shutil.rmtree(folder)
+
+def _rel_of(root: Path, path: str | Path) -> str:
+    """``path`` (joined to ``root``, or relative to it) as a manifest entry."""
+    path = Path(path)
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        pass
+    if not path.is_absolute():
+        return path.as_posix()
+    return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _user_files(root: Path) -> Iterator[Path]:
+    """Files of ``root`` (recursively) except the run folder's own bookkeeping files."""
+    for p in sorted(root.iterdir()):
+        if p.name in _INTERNAL:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            yield from (f for f in sorted(p.rglob("*")) if not f.is_dir())
+        else:
+            yield p
+
+
+def _legacy_stage_folders(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and (d / "stage.json").is_file())
+
+
+def folder_kind(root: str | Path) -> FolderKind:
+    """What ``root`` is: ``new`` (absent or without files), ``run`` (has a manifest),
+    ``legacy`` (a run of an earlier version: no manifest, but ``*/stage.json``) or ``foreign``
+    (files that are not a run). Raises ``RunFolderError`` when ``root`` is a file."""
+    root = Path(root)
+    if not root.exists():
+        return "new"
+    if not root.is_dir():
+        raise RunFolderError(f"run folder {root} is a file; choose a folder")
+    if read_manifest(root) is not None:
+        return "run"
+    if _legacy_stage_folders(root):
+        return "legacy"
+    if next(_user_files(root), None) is None:
+        return "new"
+    return "foreign"
+
+
+def _foreign_error(root: Path) -> RunFolderError:
+    example = next(_user_files(root), root)
+    hint = ""
+    if (root / "config.yaml").is_file():
+        hint = " (its config.yaml was not written by tskd: keep your own configuration outside " \
+               "the run folder)"
+    return RunFolderError(
+        f"{root} is not empty and is not a tskd run folder (no {MANIFEST_NAME} or stage.json; it "
+        f"holds e.g. {example.relative_to(root) if example != root else root}){hint}, and tskd "
+        "never writes into or deletes from a folder of other files, so choose a new or empty "
+        "run folder."
+    )
+
+
+def claim_run_folder(root: str | Path) -> dict[str, Any]:
+    """Make ``root`` a run folder tskd may write into and return its manifest.
+
+    A new folder gets an empty manifest. A run of an earlier version (``legacy``: no manifest,
+    ``*/stage.json``) is adopted: the manifest lists ``config.yaml`` and the files of the stage
+    folders that hold a ``stage.json``, and nothing else in it is ever removed (its checkpoints,
+    cache and reports are kept). Work a killed writer left "pending" is recorded. Raises
+    ``RunFolderError`` for a folder of other files. Call it while holding ``run_lock``.
+    """
+    root = Path(root)
+    kind = folder_kind(root)
+    if kind == "foreign":
+        raise _foreign_error(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if kind == "new":
+        manifest = _empty_manifest()
+        _write_manifest(root, manifest)
+        return manifest
+    if kind == "legacy":
+        manifest = _empty_manifest() | {"adopted_legacy_run": True}
+        owned = [p for d in _legacy_stage_folders(root) for p in sorted(d.rglob("*"))
+                 if p.is_file()]
+        if (root / "config.yaml").is_file():
+            owned.append(root / "config.yaml")
+        manifest["files"] = {p.relative_to(root).as_posix(): p.stat().st_size for p in owned}
+        _write_manifest(root, manifest)
+        return manifest
+    for key in list((read_manifest(root) or {}).get("pending", {})):
+        _commit(root, key)  # a writer that was killed: what it wrote is the run's
+    return read_manifest(root) or _empty_manifest()
+
+
+def record_files(root: str | Path, paths: Iterable[str | Path]) -> None:
+    """Add files (or every file under folders) inside ``root`` to its manifest, with sizes."""
+    root = Path(root)
+    manifest = read_manifest(root) or _empty_manifest()
+    rels = [_rel_of(root, p) for p in paths]
+    for f in _files_under(root, rels):
+        manifest["files"][f.relative_to(root).as_posix()] = f.stat().st_size
+    _write_manifest(root, manifest)
+
+
+def owned_files(root: str | Path) -> set[str]:
+    """Relative paths of the files the manifest of ``root`` lists (empty without a manifest)."""
+    return set((read_manifest(root) or {}).get("files", {}))
+
+
+@contextmanager
+def tracked(root: str | Path, key: str, outputs: Iterable[str | Path]) -> Iterator[None]:
+    """Record in the manifest every file the body writes under ``outputs`` (files or folders
+    inside ``root``): new files, and files that existed but changed. Files already there and
+    left unchanged stay unlisted (they are not the run's). Runs even when the body raises."""
+    root = Path(root)
+    manifest = read_manifest(root) or _empty_manifest()
+    rels = sorted({_rel_of(root, p) for p in outputs})
+    before = {f.relative_to(root).as_posix(): _stat(f) for f in _files_under(root, rels)
+              if f.relative_to(root).as_posix() not in manifest["files"]}
+    manifest["pending"][key] = {"outputs": rels, "unowned_before": before}
+    _write_manifest(root, manifest)
+    try:
+        yield
+    finally:
+        _commit(root, key)
+
+
+def _commit(root: Path, key: str) -> None:
+    manifest = read_manifest(root) or _empty_manifest()
+    entry = manifest["pending"].pop(key, None)
+    if isinstance(entry, dict):
+        before = entry.get("unowned_before") or {}
+        rels = [r for r in entry.get("outputs", []) if _safe_rel(r)]
+        for f in _files_under(root, rels):
+            rel = f.relative_to(root).as_posix()
+            if rel in manifest["files"] or rel not in before or before[rel] != _stat(f):
+                manifest["files"][rel] = f.stat().st_size
+    manifest["files"] = {r: s for r, s in manifest["files"].items() if (root / r).is_file()}
+    _write_manifest(root, manifest)
+
+
+def remove_owned(root: str | Path, under: str | None = None,
+                 keep: Iterable[str] = ()) -> tuple[list[Path], list[Path]]:
+    """Delete the files the manifest of ``root`` lists (only those ``under`` a relative folder,
+    when given; never those in ``keep``), then the folders that this left empty.
+
+    A listed file whose size differs from the recorded one was changed by someone else and is
+    kept. Returns ``(removed, kept_changed)``. Nothing outside ``root`` is ever touched.
+    """
+    root = Path(root)
+    manifest = read_manifest(root)
+    if manifest is None:
+        return [], []
+    keep = set(keep)
+    removed: list[Path] = []
+    changed: list[Path] = []
+    parents: set[Path] = set()
+    for rel, size in sorted(manifest["files"].items()):
+        if rel in keep or (under and rel != under and not rel.startswith(under.rstrip("/") + "/")):
+            continue
+        path = root / rel
+        if not path.is_file() or not _inside(root, path.parent):
+            del manifest["files"][rel]
+            continue
+        if path.stat().st_size != size:
+            changed.append(path)
+            continue
+        path.unlink()
+        del manifest["files"][rel]
+        removed.append(path)
+        parents.add(path.parent)
+    for folder in sorted(parents, key=lambda d: len(d.parts), reverse=True):
+        while folder != root and _inside(root, folder) and folder.is_dir() and not any(
+                folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    _write_manifest(root, manifest)
+    return removed, changed
+
+
+# -- one writer at a time: the lock -----------------------------------------------------------
+
+_HELD: dict[str, list[Any]] = {}  # resolved run folder -> [FileLock, depth] held by this process
+
+
+def _holder(root: Path) -> str:
+    try:
+        info = json.loads((root / LOCK_INFO_NAME).read_text())
+        return (f"process {info['pid']} on {info['host']}, started {info['started']}: "
+                f"{info['command']}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not said which yet"
+
+
+@contextmanager
+def run_lock(root: str | Path, what: str = "", allow_foreign: bool = False) -> Iterator[Path]:
+    """Hold the operating-system lock of run folder ``root`` (``root/.tskd.lock``) for the body.
+
+    The lock (``filelock``, an ``flock`` on Unix) is released when the body ends or when the
+    process dies, however it dies. Re-entrant within one process. ``root/.tskd.lock.json`` names
+    the holder (pid, host, command, start time) while it is held. Raises ``RunFolderError``
+    naming the holder when another process holds it, and for a folder of other files (nothing is
+    created in it then) unless ``allow_foreign`` (the demo's output folder, which may hold other
+    files next to its runs).
+    """
+    from filelock import FileLock, Timeout
+
+    root = Path(root)
+    key = str(root.resolve())
+    held = _HELD.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield root
+        finally:
+            held[1] -= 1
+        return
+    if not allow_foreign and folder_kind(root) == "foreign":
+        raise _foreign_error(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunFolderError(
+            f"run folder {root} is in use by another tskd process ({_holder(root)}); wait for "
+            "it to finish or stop it, then try again."
+        ) from None
+    _HELD[key] = [lock, 1]
+    info = root / LOCK_INFO_NAME
+    try:
+        info.write_text(json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv
+            else "python",
+            "what": what, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }))
+        yield root
+    finally:
+        _HELD.pop(key, None)
+        info.unlink(missing_ok=True)
+        lock.release()
+
+
+@contextmanager
+def writing(root: str | Path, key: str, outputs: Iterable[str | Path],
+            what: str = "") -> Iterator[Path]:
+    """Lock ``root``, make it a run folder (``claim_run_folder``) and record what the body
+    writes under ``outputs`` (``tracked``): what every writer of a run folder goes through."""
+    with run_lock(root, what or key):
+        claim_run_folder(root)
+        with tracked(root, key, outputs):
+            yield Path(root)
+
+
+def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
+    """Create (or reuse) ``cfg.run_dir`` and write ``config.yaml``, holding the folder's lock.
+
+    Reuses a folder holding the same run (same data and teacher); refuses one holding a
+    different run unless ``overwrite``, which then removes only the files that run's manifest
+    lists (``remove_owned``; a run of an earlier version: only its stage folders with a
+    ``stage.json`` and its ``config.yaml``) and warns (``TskdWarning``) how many it removed and
+    which changed files it kept. A folder of other files, or a ``config.yaml`` tskd did not
+    write, is refused even with ``overwrite``. Raises ``RunFolderError``.
+    """
+    root = Path(cfg.run_dir)
+    paths = RunPaths(root)
+    with run_lock(root, "prepare run folder"):
+        manifest = claim_run_folder(root)
+        if paths.config.is_file():
+            if "config.yaml" not in manifest["files"]:
+                raise RunFolderError(
+                    f"{paths.config} was not written by tskd, so it is not replaced; move it out "
+                    "of the run folder (keep your own configuration elsewhere) or choose another "
+                    "run folder."
+                )
+            old = _try_load(paths.config)
+            if old is None or (_comparable(old) != _comparable(cfg) and _has_results(root)):
+                if not overwrite:
+                    what = "cannot be read" if old is None else "belongs to a different run " \
+                        "(other data or teacher)"
+                    raise RunFolderError(
+                        f"{paths.config} {what}; choose another run folder, or pass --overwrite "
+                        "to remove the files that run wrote (files tskd did not write are kept)."
+                    )
+                removed, changed = remove_owned(root, keep=("config.yaml",))
+                note = f"replacing the run in {root}: removed {len(removed)} file(s) it wrote"
+                if changed:
+                    note += (f"; kept {len(changed)} changed since tskd wrote them: "
+                             + ", ".join(str(p.relative_to(root)) for p in changed[:5]))
+                warnings.warn(TskdWarning(note), stacklevel=2)
+        save_config(cfg, paths.config)
+        record_files(root, [paths.config])
+    return root
+
+
+def _has_results(root: Path) -> bool:
+    """Whether the run holds results ``--overwrite`` could remove (a bare config.yaml is none)."""
+    return bool(owned_files(root) - {"config.yaml"})
+
+
+def _try_load(path: Path) -> RunConfig | None:
+    try:
+        return load_config(path)
+    except Exception:
+        return None
 
 
 def write_json(path: Path, data: Any) -> None:
