@@ -169,10 +169,12 @@ class DataWidget(StageWidget):
                 raise TskdInputError(f"no labelled images in {self.labelled_folder.value}")
             images = [s.image for s in samples]
             labels = [s.label for s in samples]
-            names = [_layers.safe_name(s.name) for s in samples]
+            names = [s.name for s in samples]
             class_names = io.class_names(self.labelled_folder.value)
+        names, note = _layers.unique_names(names)  # one file per pair, never one for two
         unl_layers = list(self.unlabelled_layers.value or [])
         unl_images, unl_names = _layers.unlabelled_slices(unl_layers)
+        unl_names, unl_note = _layers.unique_names(unl_names)
         unl_folder = self.unlabelled_folder.value
         if unl_folder and not Path(unl_folder).is_dir():
             raise TskdInputError(f"unlabelled folder not found: {unl_folder}")
@@ -187,13 +189,19 @@ class DataWidget(StageWidget):
             cfg.data.unlabelled = str(run_dir / UNLABELLED_DIR)
         else:
             cfg.data.unlabelled = str(unl_folder) if unl_folder else None
-        prepare_run_dir(cfg, overwrite=bool(self.overwrite.value))
-        export_labelled(images, labels, names, run_dir, class_names)
-        if unl_images:
-            from tskd import io
+        from tskd.run_folder import run_lock
 
-            extra = io.list_images(unl_folder) if unl_folder else []
-            export_unlabelled(unl_images, unl_names, run_dir / UNLABELLED_DIR, extra)
+        with run_lock(run_dir, "napari data widget"):  # no training process writes meanwhile
+            prepare_run_dir(cfg, overwrite=bool(self.overwrite.value))
+            export_labelled(images, labels, names, run_dir, class_names)
+            if unl_images:
+                from tskd import io
+
+                extra = io.list_images(unl_folder) if unl_folder else []
+                export_unlabelled(unl_images, unl_names, run_dir / UNLABELLED_DIR, extra)
+        for text, where in ((note, run_dir / "data"), (unl_note, run_dir / UNLABELLED_DIR)):
+            if text:
+                _notify.warning(f"{text[0].upper()}{text[1:]} (in {where}).")
         n_val = _n_val(len(images), cfg.data.val_fraction)
         self.summary.value = (
             f"wrote {len(images)} labelled image(s) (train {len(images) - n_val} / validation "

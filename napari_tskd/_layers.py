@@ -8,6 +8,7 @@ on what the user sees (16-bit microscopy and CT included).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,35 @@ def safe_name(text: str) -> str:
     """A file-name-safe version of a layer name."""
     keep = "".join(c if c.isalnum() or c in "-_" else "_" for c in text.strip())
     return keep.strip("_") or "layer"
+
+
+def unique_names(texts: Sequence[str]) -> tuple[list[str], str]:
+    """File-name-safe names for ``texts`` (``safe_name``), kept unique, in order.
+
+    Names that meet after sanitising (``case 1``, ``case.1`` and ``case_1`` are all ``case_1``),
+    also when they differ only in case (one file on macOS and Windows), get ``_2``, ``_3``, ...
+    in order of appearance. Returns ``(names, note)``: ``note`` is "" or one sentence naming
+    every name involved in a collision and the file name it got.
+    """
+    safe = [safe_name(t) for t in texts]
+    counts: dict[str, int] = {}
+    for name in safe:
+        counts[name.lower()] = counts.get(name.lower(), 0) + 1
+    taken: set[str] = set()
+    names: list[str] = []
+    for name in safe:
+        chosen, k = name, 2
+        while chosen.lower() in taken:
+            chosen, k = f"{name}_{k}", k + 1
+        taken.add(chosen.lower())
+        names.append(chosen)
+    involved = [i for i, (a, b) in enumerate(zip(safe, names))
+                if a != b or counts[a.lower()] > 1]
+    note = ""
+    if involved:
+        pairs = ", ".join(f"{texts[i]!r} -> {names[i]}" for i in involved)
+        note = f"some names become the same file name, so they were kept apart: {pairs}"
+    return names, note
 
 
 def labelled_slices(

@@ -13,7 +13,7 @@ from tskd import io
 from tskd.cli import main
 from tskd.config import RunConfig, from_dict
 from tskd.errors import RunFolderError
-from tskd.run_folder import prepare_run_dir
+from tskd.run_folder import prepare_run_dir, record_files
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,7 @@ def test_run_folder_of_another_run_is_refused(tmp_path: Path) -> None:
     prepare_run_dir(a)
     (tmp_path / "r" / "teacher").mkdir()
     (tmp_path / "r" / "teacher" / "stage.json").write_text("{}")
+    record_files(tmp_path / "r", [tmp_path / "r" / "teacher"])  # as a finished stage does
     b = from_dict(RunConfig, {"run_dir": str(tmp_path / "r"), "data": {"labelled": "y"}})
     with pytest.raises(RunFolderError, match="different run"):
         prepare_run_dir(b)
@@ -89,6 +90,6 @@ def test_run_folder_of_another_run_is_refused(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     c = from_dict(RunConfig, {"run_dir": str(tmp_path / "other")})
-    with pytest.raises(RunFolderError, match="holds no run"):
+    with pytest.raises(RunFolderError, match="not a tskd run folder"):
         prepare_run_dir(c)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
