@@ -524,3 +524,30 @@ def test_timing_of_lock_refusal_is_immediate(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_data_widget_keeps_pairs_whose_names_collide(make_napari_viewer, tskd_gui_env,
+                                                     notes) -> None:
+    pytest.importorskip("napari")
+    from napari_tskd._data_widget import DataWidget
+
+    folder = tskd_gui_env.parent / "user_data"
+    for k, name in enumerate(["case 1", "case.1", "case_1"]):
+        image = np.full((16, 16), 40 * (k + 1), np.uint8)
+        label = np.zeros((16, 16), np.uint8)
+        label[2:2 + 3 * (k + 1), 2:8] = 1
+        io.write_image(folder / "images" / f"{name}.png", image)
+        io.write_label(folder / "labels" / f"{name}.png", label)
+    viewer = make_napari_viewer()
+    w = DataWidget(viewer)
+    w.source.value = "folder"
+    w.labelled_folder.value = str(folder)
+    assert w.use_data()
+    labels = tskd_gui_env / "data" / "labels"
+    assert sorted(p.stem for p in labels.iterdir()) == ["case_1", "case_1_2", "case_1_3"]
+    sums = sorted(int(io.read_label(p).sum()) for p in labels.iterdir())
+    assert sums == [18, 36, 54]  # three distinct pairs, none lost
+    warned = [m for s, m in notes.all() if s.lower() == "warning"]
+    assert len(warned) == 1 and "kept apart" in warned[0]
+    assert "'case 1' -> case_1, 'case.1' -> case_1_2, 'case_1' -> case_1_3" in warned[0]
+    assert not notes.errors()
