@@ -327,6 +327,7 @@ def test_a_killed_writer_leaves_files_the_next_one_records(tmp_path: Path) -> No
     (root / "checkpoints" / "teacher").mkdir(parents=True)
     (root / "checkpoints" / "teacher" / "epoch_1").write_bytes(b"ckpt")
     assert "teacher" in run_folder.read_manifest(root)["pending"]
+    run_folder._ACTIVE.clear()  # what the kill does: no live writer in any process
     run_folder.claim_run_folder(root)  # the next writer
     manifest = run_folder.read_manifest(root)
     assert manifest["pending"] == {}
@@ -551,3 +552,17 @@ def test_data_widget_keeps_pairs_whose_names_collide(make_napari_viewer, tskd_gu
     assert len(warned) == 1 and "kept apart" in warned[0]
     assert "'case 1' -> case_1, 'case.1' -> case_1_2, 'case_1' -> case_1_3" in warned[0]
     assert not notes.errors()
+
+
+def test_a_whole_run_records_every_file_it_writes(tmp_path: Path, sam: Path) -> None:
+    from tskd import pipeline
+
+    data = write_tiny_task(tmp_path / "d", 2, 1, 1)
+    cfg = from_dict(RunConfig, tiny_config(data, sam, tmp_path / "run"))
+    pipeline.run_pipeline(cfg)
+    root = tmp_path / "run"
+    written = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    internal = {run_folder.MANIFEST_NAME, run_folder.LOCK_NAME}
+    assert run_folder.owned_files(root) == written - internal
+    assert "reports/pipeline.json" in written and "student/model.safetensors" in written
+    assert run_folder.read_manifest(root)["pending"] == {}

@@ -301,7 +301,8 @@ def claim_run_folder(root: str | Path) -> dict[str, Any]:
         _write_manifest(root, manifest)
         return manifest
     for key in list((read_manifest(root) or {}).get("pending", {})):
-        _commit(root, key)  # a writer that was killed: what it wrote is the run's
+        if (str(root.resolve()), key) not in _ACTIVE:  # not one of this process's writers
+            _commit(root, key)  # a writer that was killed: what it wrote is the run's
     return read_manifest(root) or _empty_manifest()
 
 
@@ -320,6 +321,9 @@ def owned_files(root: str | Path) -> set[str]:
     return set((read_manifest(root) or {}).get("files", {}))
 
 
+_ACTIVE: set[tuple[str, str]] = set()  # (resolved run folder, key) tracked by this process
+
+
 @contextmanager
 def tracked(root: str | Path, key: str, outputs: Iterable[str | Path]) -> Iterator[None]:
     """Record in the manifest every file the body writes under ``outputs`` (files or folders
@@ -332,9 +336,12 @@ def tracked(root: str | Path, key: str, outputs: Iterable[str | Path]) -> Iterat
               if f.relative_to(root).as_posix() not in manifest["files"]}
     manifest["pending"][key] = {"outputs": rels, "unowned_before": before}
     _write_manifest(root, manifest)
+    active = (str(root.resolve()), key)
+    _ACTIVE.add(active)
     try:
         yield
     finally:
+        _ACTIVE.discard(active)
         _commit(root, key)
 
 
