@@ -111,6 +111,18 @@ def test_predict_output_that_is_contains_or_is_inside_an_input_is_refused(
     assert _unchanged(scans) and sorted(images.iterdir()) == sorted(scans)
 
 
+def test_predict_a_file_into_a_new_folder_beside_it_is_allowed(tmp_path: Path,
+                                                             student: Path) -> None:
+    """An input *file* forbids only its own folder: `predict scan.png -o pred` beside it works."""
+    images = tmp_path / "data" / "images"
+    scans = _scans(images)
+    out = images / "pred"
+    assert main(["predict", str(images / "case_0.png"), "--model", str(student),
+                 "-o", str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ["case_0.png"]
+    assert _unchanged(scans)
+
+
 def test_predict_into_a_ground_truth_folder_needs_overwrite(tmp_path: Path, student: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     images = tmp_path / "data" / "images"

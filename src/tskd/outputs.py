@@ -42,22 +42,28 @@ def check_not_input(
 ) -> None:
     """Refuse ``output`` when it is, contains or is inside a folder of ``inputs``.
 
-    ``inputs`` are files or folders the command reads; a file stands for its folder. With
+    ``inputs`` are files or folders the command reads. For a folder, all three relations are
+    refused; for a file, only an output folder that is the file's own folder (where an output
+    of the same name would replace a sibling input), so ``tskd predict scan.tif -o pred`` beside
+    the scan is allowed. With
     ``allow_parent`` an output folder that merely contains an input folder is allowed (for
     outputs whose file names cannot meet the inputs, e.g. ``metrics.json``). Raises
     ``TskdInputError``.
     """
     out = _real(output)
     for given, folder in _input_folders(inputs):
+        is_folder = _real(given).is_dir()
         if out == folder:
             relation = "is"
+        elif not is_folder:
+            continue
         elif out.is_relative_to(folder):
             relation = "is inside"
         elif not allow_parent and folder.is_relative_to(out):
             relation = "contains"
         else:
             continue
-        source = f"the input folder {given}" if _real(given).is_dir() else \
+        source = f"the input folder {given}" if is_folder else \
             f"the folder of the input {given} ({folder})"
         raise TskdInputError(
             f"the {what} {output} {relation} {source}; tskd never writes where it reads its "
