@@ -529,6 +529,7 @@ def test_a_tiled_copy_of_the_training_image_gives_the_tiled_labels(
 ) -> None:
     small = RNG.integers(0, 255, (64, 64), np.uint8)
     large = np.tile(small, (4, 4))  # 256 x 256: four training images on each side
+    assert segmenter_from_bundle(student_dir, device="cpu")[0].tile_overlap == 16  # 64 / 4
     seg, _ = segmenter_from_bundle(student_dir, device="cpu", tile_overlap=0)
     expected = np.tile(seg.segment(small), (4, 4))
     np.testing.assert_array_equal(seg.segment(large), expected)
@@ -540,3 +541,25 @@ def test_a_tiled_copy_of_the_training_image_gives_the_tiled_labels(
     assert ("tskd: large.png: 256x256 is segmented in 64x64 tiles (the size of the model's "
             "training images, 64x64), each resized to 32x32") in capsys.readouterr().err
     assert io.read_label(tmp_path / "out" / "large.png").shape == (256, 256)
+
+
+def test_teacher_bundles_record_the_training_image_size_too(tmp_path: Path) -> None:
+    from tiny_setup import tiny_config, write_tiny_sam
+    from tskd import pipeline, teacher
+    from tskd.config import RunConfig, from_dict
+
+    for i, (h, w) in enumerate([(32, 40), (48, 40)]):  # median 40 x 40
+        io.write_image(tmp_path / "d/images" / f"c{i}.png", RNG.integers(0, 255, (h, w), np.uint8))
+        label = np.zeros((h, w), np.uint8)
+        label[4:20, 4:20] = 1
+        io.write_label(tmp_path / "d/labels" / f"c{i}.png", label)
+    sam = write_tiny_sam(tmp_path / "sam.safetensors")
+    raw = tiny_config(tmp_path / "unused", sam, tmp_path / "run")
+    raw["data"] = {"labelled": str(tmp_path / "d"), "image_size": 32, "val_fraction": 0.0}
+    raw["teacher"]["train"] |= {"max_steps": 1}
+    cfg = from_dict(RunConfig, raw)
+    pipeline.prepare_run_dir(cfg)
+    pipeline.stage_teacher(cfg)
+    assert teacher.read_meta(tmp_path / "run" / "teacher")["train_image_shape"] == [40, 40]
+    seg, _ = segmenter_from_bundle(tmp_path / "run" / "teacher", device="cpu")
+    assert seg.tile_shape == (40, 40) and seg.tile_overlap == 10
