@@ -890,7 +890,10 @@ def load_labelled(folder: str | Path) -> list[Sample]:
     """All labelled 2D samples of a folder: images/+labels/ or the nnU-Net raw layout.
 
     Images without a label file are left out with one warning; stacks give their labelled
-    slices (``name_z007``); mixed channel counts are converted to the most common one.
+    slices (``name_z007``); mixed channel counts are converted to the most common one. Image
+    axes are read by ``image_axes`` (metadata, else the reading that fits the label map, else
+    the shape), readings that were guesses said in one warning; files are held to the pixel
+    budget (``pixel_budget`` / ``default_max_pixels()``).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -938,7 +941,8 @@ def load_unlabelled(folder: str | Path) -> list[Sample]:
     """Every image of a folder (or of its images/, imagesTr/ or imagesTs/), stacks as slices.
 
     In nnU-Net image folders, a case's channel files (``CASE_0000``, ``CASE_0001``) are merged.
-    An empty folder gives an empty list.
+    Axes are read by ``image_axes`` exactly as ``tskd predict`` reads them (guesses said in one
+    warning); files are held to the pixel budget. An empty folder gives an empty list.
     """
     folder = Path(folder)
     if not folder.is_dir():
