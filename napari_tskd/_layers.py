@@ -50,8 +50,22 @@ def spatial_shape(layer: Any) -> tuple[int, ...]:
     return shape[:-1] if is_rgb(layer) else shape
 
 
+def layer_axes(layer: Any) -> Any:
+    """How the layer's axes are read (``tskd.io.image_axes`` with napari's ``rgb`` flag as the
+    metadata: the colour axis is last, every other axis spatial, as napari displays it)."""
+    from tskd import io
+
+    return io.image_axes(layer.data.shape, rgb=is_rgb(layer), where=f"layer '{layer.name}'")
+
+
 def is_stack(layer: Any) -> bool:
-    return len(spatial_shape(layer)) == 3
+    """A stack of 2D slices (three spatial axes), read as in training and ``tskd predict``."""
+    from tskd.errors import TskdInputError
+
+    try:
+        return bool(layer_axes(layer).is_stack)
+    except TskdInputError:  # not 2D or 3D: check_layer says so where it matters
+        return False
 
 
 def check_layer(layer: Any, what: str = "image") -> None:

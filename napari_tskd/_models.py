@@ -35,16 +35,14 @@ def load(folder: str | Path, device: str = "auto") -> LoadedModel:
     from napari_tskd._torch_guard import prepare_torch_import
 
     prepare_torch_import()
-    from tskd import bundle
     from tskd.errors import TskdInputError
-    from tskd.predict import Segmenter
+    from tskd.predict import segmenter_from_bundle
 
     folder = Path(folder)
     if not (folder / "meta.json").is_file():
         raise TskdInputError(f"no model in {folder} (meta.json missing); train it first")
-    model, meta = bundle.load_model(folder)
-    size = int(meta.get("image_size") or meta.get("input_size"))
-    segmenter = Segmenter(model, size, int(meta["num_classes"]), device=device)
+    segmenter, meta = segmenter_from_bundle(folder, device=device)  # tiles at training scale
+    size = segmenter.input_size
     segmenter.segment(np.zeros((size, size), np.uint8), is_stack=False)  # warm-up, off the clock
     name = f"{folder.parent.name}/{folder.name}"
     return LoadedModel(segmenter, meta, name, folder, bundle_stamp(folder))

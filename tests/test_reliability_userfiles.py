@@ -149,9 +149,14 @@ def test_predict_into_a_ground_truth_folder_needs_overwrite(tmp_path: Path, stud
 
 
 class _Ones:
-    """Stands in for a Segmenter: every pixel class 1."""
+    """Stands in for a Segmenter: every pixel class 1, never tiles."""
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
+    max_pixels = None
+
+    def tiling_note(self, height: int, width: int) -> str | None:
+        return None
+
+    def segment(self, image: np.ndarray, is_stack: bool | None = None) -> np.ndarray:
         return np.ones(image.shape[:2], np.int64)
 
 

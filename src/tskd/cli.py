@@ -57,6 +57,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different run in the run folder (only the files that run "
                         "wrote are removed)")
+    p.add_argument("--max-pixels", type=int,
+                   help="most pixels one image file may decode to (data.max_pixels; 2^28)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, type=Path, help="student or teacher folder")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tile-size", type=int, default=1024)
+    p.add_argument("--tile-size", type=int,
+                   help="tile side in pixels (default: the size of the model's training "
+                   "images, so tiles keep the training scale; 1024 for older models)")
+    p.add_argument("--max-pixels", type=int,
+                   help="most pixels one image may decode to (default: $TSKD_MAX_PIXELS or "
+                   "2^28); larger files are refused before they are read")
     p.add_argument("--overwrite", action="store_true",
                    help="replace label maps already in the output folder (they are named)")
 
@@ -118,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different run in the run folder (only the files that run "
                         "wrote are removed)")
+    p.add_argument("--max-pixels", type=int,
+                   help="most pixels one image file may decode to (data.max_pixels; 2^28)")
 
     p = sub.add_parser("export-onnx", help="export a student to ONNX (checked against PyTorch)")
     p.add_argument("--model", required=True, type=Path)
@@ -176,6 +185,8 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     for opt, attr in (("data", "labelled"), ("unlabelled", "unlabelled"), ("test", "test")):
         if getattr(args, opt, None):
             setattr(cfg.data, attr, getattr(args, opt))
+    if getattr(args, "max_pixels", None) is not None:
+        cfg.data.max_pixels = args.max_pixels
     trains = {
         "finetune-teacher": [cfg.teacher.train],
         "distill": [cfg.distill.train],
@@ -261,9 +272,9 @@ def _cmd_run(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd import bundle, io, outputs
+    from tskd import io, outputs
     from tskd.errors import TskdInputError
-    from tskd.predict import Segmenter, predict_paths
+    from tskd.predict import predict_paths, segmenter_from_bundle
 
     outputs.check_not_input(outputs.check_output_folder(args.output),
                             [p for p in args.inputs if p.exists()])
@@ -277,12 +288,11 @@ def _cmd_predict(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
             raise TskdInputError(f"input not found: {path}")
     if not files:
         raise TskdInputError("no images found in the given inputs")
-    model, meta = bundle.load_model(args.model)
-    size = int(meta.get("image_size") or meta.get("input_size"))
-    segmenter = Segmenter(model, size, int(meta["num_classes"]), device=args.device,
-                          tile_size=args.tile_size)
+    segmenter, _ = segmenter_from_bundle(args.model, device=args.device,
+                                         tile_size=args.tile_size, max_pixels=args.max_pixels)
     written = predict_paths(segmenter, files, args.output, overwrite=args.overwrite,
-                            input_folders=[p for p in args.inputs if p.is_dir()])
+                            input_folders=[p for p in args.inputs if p.is_dir()],
+                            log=lambda line: print(f"tskd: {line}", file=sys.stderr))
     print(f"wrote {len(written)} label map(s) to {args.output}")
     return 0
 

@@ -47,6 +47,9 @@ class DataConfig:
     val_fraction: float = 0.2  # share of labelled images kept for validation (0 for none)
     split_seed: int = 0  # the train/validation split depends on this seed only
     augment: bool = True
+    # the most pixels (Z x H x W, channels not counted) one image file may decode to; checked
+    # from the file's header before decoding (2^28 = 268 M; a decompression bomb is refused)
+    max_pixels: int = 2**28
 
 
 @dataclass
@@ -136,8 +139,10 @@ class StudentConfig:
 class PredictConfig:
     """Stage 5: inference on images, stacks and large images."""
 
-    tile_size: int = 1024  # images larger than this (either side) are segmented in tiles
-    tile_overlap: int = 64
+    # tile side in pixels; None: the size of the images the model was trained on (its
+    # meta.json's train_image_shape), so tiles keep the training scale; 1024 for older models
+    tile_size: int | None = None
+    tile_overlap: int | None = None  # None: 64 px, at most a quarter of the tile
     batch_size: int = 8
     device: str = "auto"
 

@@ -4,14 +4,30 @@ Layouts: ``folder/images`` + ``folder/labels`` matched by file stem, or the nnU-
 (``imagesTr/CASE_0000.ext`` channel files, ``labelsTr/CASE.ext``, ``dataset.json``). Stacks are
 split into 2D slices; in a labelled stack only slices with labelled pixels become samples.
 Every problem a user can fix raises ``TskdInputError`` with one sentence naming the file.
+
+Axes: ``image_axes`` is the one place that decides how an array's axes are read (a 2D image,
+channels, or a stack of slices), for training, ``tskd predict`` and the napari widgets alike. It
+uses the file's axes metadata (TIFF/OME/ImageJ axes, PNG/JPEG modes, a napari layer's ``rgb``
+flag) and guesses from the shape only where there is none, saying so in one ``TskdWarning``.
+Every reader returns the standard layout: (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C).
+
+Pixel budget: a file's decoded size is checked against a budget (``DEFAULT_MAX_PIXELS`` = 2^28
+pixels; ``data.max_pixels``, ``--max-pixels`` or ``$TSKD_MAX_PIXELS`` raise it) from its header,
+before anything is decoded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
+import math
+import os
 import re
+import threading
 import warnings
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,39 +85,433 @@ def _checked_suffix(path: Path) -> str:
     return suffix
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    """A tif as channels-last: channel ('C') or sample ('S') axes are moved to the end."""
-    import tifffile
+# ------------------------------------------------------------------ pixel budget
 
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        arr, axes = series.asarray(), series.axes
-    if len(axes) == arr.ndim:
-        for ax in ("S", "C"):
+DEFAULT_MAX_PIXELS = 2**28  # 268 M pixels: a 16384 x 16384 image; float RGB of it is 3 GiB
+MAX_PIXELS_ENV = "TSKD_MAX_PIXELS"
+_MAX_PIXELS: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "tskd_max_pixels", default=None
+)
+
+
+def _positive_budget(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise TskdInputError(
+            f"the pixel budget ({what}) must be a positive whole number of pixels, not {value!r}"
+        )
+    return int(value)
+
+
+def default_max_pixels() -> int:
+    """The pixel budget when none is passed: ``pixel_budget``'s, else ``$TSKD_MAX_PIXELS``,
+    else ``DEFAULT_MAX_PIXELS`` (2^28). Raises ``TskdInputError`` for a malformed variable."""
+    ctx = _MAX_PIXELS.get()
+    if ctx is not None:
+        return ctx
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value: Any = int(raw.replace("_", ""))
+    except ValueError:
+        value = raw
+    return _positive_budget(value, f"environment variable {MAX_PIXELS_ENV}")
+
+
+@contextlib.contextmanager
+def pixel_budget(max_pixels: int | None) -> Iterator[int]:
+    """Within the block, readers that get no explicit budget use ``max_pixels`` (None: keep
+    the current default). This is how ``data.max_pixels`` reaches label maps and loaders."""
+    value = default_max_pixels() if max_pixels is None else _positive_budget(
+        max_pixels, "max_pixels")
+    token = _MAX_PIXELS.set(value)
+    try:
+        yield value
+    finally:
+        _MAX_PIXELS.reset(token)
+
+
+def _count(n: int) -> str:
+    """900 M, 2.5 M, 4,096: pixel counts as a person reads them."""
+    if n >= 10**7:
+        return f"{n / 1e6:,.0f} M"
+    if n >= 10**6:
+        return f"{n / 1e6:.1f} M"
+    return f"{n:,}"
+
+
+def check_pixel_budget(
+    dims: Sequence[int], max_pixels: int | None = None, path: str | Path | None = None
+) -> None:
+    """Raise ``TskdInputError`` when an image of ``dims`` (pixels along each non-channel axis,
+    e.g. (Z, H, W)) is over the budget (``max_pixels``, or ``default_max_pixels()`` when None).
+
+    Called from file headers before decoding, and by ``tskd.predict.Segmenter`` before the
+    float conversion of an array, so a decompression bomb never reaches memory.
+    """
+    budget = default_max_pixels() if max_pixels is None else _positive_budget(
+        max_pixels, "max_pixels")
+    pixels = math.prod(int(d) for d in dims)
+    if pixels <= budget:
+        return
+    size = "x".join(str(int(d)) for d in dims)
+    power = f" (2^{budget.bit_length() - 1})" if budget & (budget - 1) == 0 else ""
+    what = (f"{path}: decodes to {size} = {_count(pixels)} pixels, over"
+            if path is not None else f"an image of {size} = {_count(pixels)} pixels is over")
+    raise TskdInputError(
+        f"{what} the pixel budget of {_count(budget)}{power}; raise it with --max-pixels / "
+        f"data.max_pixels (or {MAX_PIXELS_ENV}) or crop the image"
+    )
+
+
+# -------------------------------------------------------------------------- axes
+
+_CHANNEL_LETTERS = "CS"  # TIFF/OME/ImageJ: channel, sample (RGB)
+_UNKNOWN_LETTERS = "QI"  # tifffile: unknown, generic page sequence
+
+
+@dataclass(frozen=True)
+class ImageAxes:
+    """How the axes of an array are read; ``standard(array)`` lays it out as (Z,) H, W (, C).
+
+    ``shape`` is the array as stored or given; ``channel_axis`` indexes it (None: one channel);
+    ``order`` is the transpose to the standard layout. ``source`` says how it was decided:
+    "metadata" (file axes, PNG/JPEG mode, napari layer), "shape" (2D: nothing to decide),
+    "caller" (``is_stack`` given), "label" (the reading that fits the label map's shape) or
+    "guess" (from the shape alone); ``reason`` says it in words.
+    """
+
+    shape: tuple[int, ...]
+    is_stack: bool
+    channel_axis: int | None
+    order: tuple[int, ...]
+    source: str
+    reason: str
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.channel_axis is None else self.shape[self.channel_axis]
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """(H, W) or (Z, H, W): the standard shape without channels."""
+        return tuple(self.shape[i] for i in self.order if i != self.channel_axis)
+
+    @property
+    def ambiguous(self) -> bool:
+        """A guess that put channels elsewhere than last: a short stack fits it as well.
+
+        (A guessed stack has no axis of 4 or fewer entries, so reading one as channels would
+        keep only three of them; channels-last with <= 4 is numpy's and napari's layout.)
+        """
+        return (self.source == "guess" and self.channel_axis is not None
+                and self.channel_axis != len(self.shape) - 1)
+
+    def describe(self) -> str:
+        """'one 2-channel image (channels first)', 'a stack of 5 slices', ..."""
+        c = self.channels
+        if self.is_stack:
+            return f"a stack of {self.spatial_shape[0]} slices" + (
+                f" with {c} channels" if self.channel_axis is not None else "")
+        if self.channel_axis is None:
+            return "one single-channel image"
+        first = " (channels first)" if self.channel_axis == 0 else ""
+        return f"one {c}-channel image{first}"
+
+    def standard(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (of ``shape``) as (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C)."""
+        if tuple(array.shape) != self.shape:
+            raise ValueError(f"array of shape {array.shape}, axes read for {self.shape}")
+        return array if self.order == tuple(range(len(self.shape))) else array.transpose(
+            self.order)
+
+
+def _reading(shape: tuple[int, ...], stack: int | None, channel: int | None, source: str,
+             reason: str) -> ImageAxes:
+    rest = [i for i in range(len(shape)) if i not in (stack, channel)]
+    order = tuple(([] if stack is None else [stack]) + rest
+                  + ([] if channel is None else [channel]))
+    return ImageAxes(shape, stack is not None, channel, order, source, reason)
+
+
+def _from_metadata(shape: tuple[int, ...], axes: str, where: str) -> ImageAxes | None:
+    """The reading named by axes letters (tifffile's), or None when they name nothing."""
+    axes = axes.upper()
+    if len(axes) != len(shape) or "Y" not in axes or "X" not in axes:
+        return None
+    unknown = [i for i, a in enumerate(axes) if a in _UNKNOWN_LETTERS]
+    chans = [i for i, a in enumerate(axes) if a in _CHANNEL_LETTERS]
+    # an unknown page axis is a stack only when the samples are named (e.g. 'QYXS');
+    # otherwise (e.g. 'QYX' of a (H, W, C) array saved as gray pages) even Y and X may be wrong
+    if unknown and not (chans and len(unknown) == 1):
+        return None
+    if len(chans) > 1:
+        raise TskdInputError(
+            f"{where}: the axes {axes} of shape {shape} name channels twice; save one channel "
+            "axis (C) with the image"
+        )
+    y, x = axes.index("Y"), axes.index("X")
+    if y > x:
+        return None  # transposed (X before Y): not tifffile's order; read by the shape instead
+    stacks = [i for i in range(len(shape)) if i not in (y, x, *chans)]
+    if len(stacks) > 1:
+        letters = "".join(axes[i] for i in stacks)
+        raise TskdInputError(
+            f"{where}: shape {shape} with axes {axes} has {len(stacks)} stack axes ({letters}); "
+            "tskd reads 2D images or stacks along one axis, so save one "
+            f"{axes[stacks[0]]} at a time"
+        )
+    stack = stacks[0] if stacks else None
+    return _reading(shape, stack, chans[0] if chans else None, "metadata",
+                    f"axes {axes} from the file's metadata")
+
+
+def _shape_error(shape: tuple[int, ...], is_stack: bool | None, where: str) -> TskdInputError:
+    if len(shape) > 4:
+        return TskdInputError(f"{where}: an image of shape {shape} is not supported (use "
+                              "(H, W[, C]) or a stack (Z, H, W[, C]))")
+    kind = {None: "an image or a stack", True: "a stack", False: "a 2D image"}[is_stack]
+    return TskdInputError(
+        f"{where}: cannot read an array of shape {shape} as {kind}; expected (H, W[, C]) or "
+        "(Z, H, W[, C])"
+    )
+
+
+def _candidates(shape: tuple[int, ...]) -> list[ImageAxes]:
+    """Every reading of a shape without metadata, the preferred guess first."""
+    nd, g = len(shape), "guess"
+    if nd == 3:
+        last = _reading(shape, None, 2, g, "the last axis is small, so it holds channels")
+        first = _reading(shape, None, 0, g, "the first axis is small, so it holds channels")
+        stack = _reading(shape, 0, None, g, "no axis is small enough to hold channels")
+        if min(shape[0], shape[2]) <= 4:
+            return [last, first, stack] if shape[2] <= shape[0] else [first, last, stack]
+        return [stack, last, first]
+    if nd == 4:
+        zhwc = _reading(shape, 0, 3, g, "the last axis is small, so it holds channels")
+        zchw = _reading(shape, 0, 1, g, "the second axis is small, so it holds channels "
+                        "(ImageJ order Z, C, Y, X)")
+        czhw = _reading(shape, 1, 0, g, "the first axis is small, so it holds channels")
+        if shape[3] <= 4:
+            return [zhwc, zchw, czhw]
+        if shape[1] <= 4:
+            return [zchw, czhw, zhwc]
+        if shape[0] <= 4:
+            return [czhw, zchw, zhwc]
+        return []
+    return []
+
+
+def image_axes(
+    shape: Sequence[int],
+    axes: str | None = None,
+    *,
+    rgb: bool | None = None,
+    is_stack: bool | None = None,
+    label_shape: Sequence[int] | None = None,
+    where: str = "image",
+) -> ImageAxes:
+    """Decide how the axes of an array of ``shape`` are read: the one rule for training,
+    ``tskd predict`` and the widgets.
+
+    In order of precedence:
+    - ``rgb`` (a napari layer: the last axis is colour when True; every other axis is spatial,
+      so three spatial axes are a stack, as napari shows them);
+    - ``axes`` metadata letters (tifffile's ``series.axes``: 'YX', 'YXS', 'CYX', 'ZYX',
+      'ZCYX', ...; 'Q'/'I' axes count as unknown), C or S being channels and any one other
+      letter (Z, T, ...) the stack axis;
+    - ``is_stack`` from a caller that knows: the array is then in the standard layout
+      (H, W[, C]) or (Z, H, W[, C]), channels last;
+    - otherwise a guess from the shape: 2D is an image; 3D whose first or last axis has <= 4
+      entries is one image with channels on the smaller of the two (ties: last), else a stack;
+      4D is a stack with channels on the last, second or first axis, the first of these <= 4.
+      With ``label_shape`` the reading whose spatial shape equals the label's is taken.
+
+    Raises ``TskdInputError`` (naming ``where``) for shapes no reading fits (1D, 5D, a 4D
+    array with no small axis, two stack axes in the metadata).
+    """
+    shape = tuple(int(n) for n in shape)
+    nd = len(shape)
+    if nd < 2 or (rgb and nd < 3):
+        raise _shape_error(shape, is_stack, where)
+    if rgb is not None:
+        spatial = nd - (1 if rgb else 0)
+        if spatial not in (2, 3):
+            raise TskdInputError(
+                f"{where} has {spatial} spatial dimensions (shape {shape}); expected a 2D "
+                "image or a 3D stack"
+            )
+        return _reading(shape, 0 if spatial == 3 else None, nd - 1 if rgb else None,
+                        "metadata", f"napari layer with rgb={bool(rgb)}")
+    if axes:
+        found = _from_metadata(shape, axes, where)
+        if found is not None:
+            return found
+    if nd == 2:
+        return _reading(shape, None, None, "shape", "two dimensions")
+    if is_stack is not None:
+        if is_stack and nd in (3, 4):
+            return _reading(shape, 0, 3 if nd == 4 else None, "caller", "the caller says "
+                            "it is a stack")
+        if not is_stack and nd == 3:
+            return _reading(shape, None, 2, "caller", "the caller says it is one image")
+        raise _shape_error(shape, is_stack, where)
+    candidates = _candidates(shape)
+    if not candidates:
+        if nd == 4:
+            raise TskdInputError(
+                f"{where}: cannot tell which axis of shape {shape} holds the channels (none "
+                "has 4 or fewer entries); save it as a TIFF with axes metadata (e.g. "
+                "tifffile.imwrite(path, image, metadata={'axes': 'ZCYX'}))"
+            )
+        raise _shape_error(shape, is_stack, where)
+    if label_shape is not None:
+        label_shape = tuple(int(n) for n in label_shape)
+        fits = [c for c in candidates if c.spatial_shape == label_shape]
+        if len(fits) == 1:
+            c = fits[0]
+            return ImageAxes(c.shape, c.is_stack, c.channel_axis, c.order, "label",
+                             f"the only reading that fits its label map {label_shape}")
+        if fits:
+            return fits[0]
+    return candidates[0]
+
+
+_AXES_HINT = ("save it as a TIFF with axes metadata (e.g. tifffile.imwrite(path, image, "
+              "metadata={'axes': 'CYX'}), or 'ZYX' for a stack) to choose")
+
+
+def _axes_fragment(path: str | Path, ax: ImageAxes, plain: ImageAxes | None = None) -> str:
+    """'a.tif (2, 64, 64) as one 2-channel image (channels first)' (+ what predict reads)."""
+    text = f"{Path(path).name} {ax.shape} as {ax.describe()}"
+    if plain is not None and plain.order != ax.order:
+        text += (" to fit its label map, though without a label map (tskd predict) it reads "
+                 f"as {plain.describe()}")
+    return text
+
+
+def axes_note(path: str | Path, ax: ImageAxes, plain: ImageAxes | None = None) -> str:
+    """One sentence on a reading that was a guess (or that a label chose against the guess)."""
+    return (f"{path}: no axes metadata; read {_axes_fragment(path, ax, plain)} ({ax.reason}); "
+            + _AXES_HINT)
+
+
+class _AxesNotes:
+    """Readings of a folder that were guesses, said once in one warning."""
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+        self.notes: list[str] = []
+
+    def add(self, path: Path, ax: ImageAxes, plain: ImageAxes | None = None) -> None:
+        if ax.ambiguous or (plain is not None and plain.order != ax.order):
+            self.notes.append(_axes_fragment(path, ax, plain))
+
+    def warn(self) -> None:
+        if not self.notes:
+            return
+        more = f" and {len(self.notes) - 3} more" if len(self.notes) > 3 else ""
+        warnings.warn(
+            f"{self.where}: {len(self.notes)} image(s) have no axes metadata and were read by "
+            f"their shape: {'; '.join(self.notes[:3])}{more}; " + _AXES_HINT.replace(
+                "save it", "save them").replace("image, ", "images, "),
+            TskdWarning, stacklevel=3,
+        )
+
+
+# ------------------------------------------------------------------ decoding
+
+_PIL_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pil_unbounded() -> Iterator[None]:
+    """Pillow's own decompression-bomb limit off: the pixel budget was checked first."""
+    from PIL import Image
+
+    with _PIL_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape in a .npy header (nothing else is read)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, _ = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, _ = np.lib.format.read_array_header_2_0(f)
+        else:  # 3.0 (utf-8 field names): a memory map reads only the header
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    return tuple(int(n) for n in shape)
+
+
+def _budget_dims(shape: tuple[int, ...], axes: str | None) -> tuple[int, ...]:
+    """Pixels per non-channel axis, as ``image_axes`` reads the shape (all axes if it can't)."""
+    try:
+        return image_axes(shape, axes).spatial_shape
+    except TskdInputError:
+        return shape
+
+
+def _decode(path: Path, palette_indices: bool = False,
+            max_pixels: int | None = None) -> tuple[np.ndarray, str | None]:
+    """Decode a file as stored, with its axes letters (None: the file names none).
+
+    The decoded size is checked against the pixel budget from the header first; ``palette_
+    indices`` keeps a palette PNG's indices instead of its colours.
+    """
+    suffix = _checked_suffix(path)
+    budget = default_max_pixels() if max_pixels is None else _positive_budget(
+        max_pixels, "max_pixels")
+    try:
+        if suffix in _TIFF:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                axes = series.axes
+                check_pixel_budget(_budget_dims(tuple(series.shape), axes), budget, path)
+                return series.asarray(), axes
+        if suffix == ".npy":
+            shape = _npy_shape(path)
+            check_pixel_budget(_budget_dims(shape, None), budget, path)
+            return np.load(path, allow_pickle=False), None
+        import imageio.v3 as iio
+        from PIL import Image
+
+        with _pil_unbounded():
+            with Image.open(path) as im:
+                width, height = im.size
+                palette = im.mode == "P"
+            check_pixel_budget((height, width), budget, path)
+            mode = {"mode": "P"} if palette_indices and palette else {}
+            arr = iio.imread(path, **mode)
+        return arr, "YX" if np.ndim(arr) == 2 else "YXS" if np.ndim(arr) == 3 else None
+    except TskdInputError:
+        raise
+    except Exception:
+        raise TskdInputError(
+            f"cannot read {path}: the file is corrupt or not a valid {suffix} image"
+        ) from None
+
+
+def _read_raw(path: Path, palette_indices: bool = False,
+              max_pixels: int | None = None) -> np.ndarray:
+    """Decode a file; channel ('C') or sample ('S') axes the metadata names are moved last."""
+    arr, axes = _decode(path, palette_indices, max_pixels)
+    if axes and len(axes) == arr.ndim:
+        for ax in _CHANNEL_LETTERS[::-1]:  # S, then C
             i = axes.find(ax)
             if 0 <= i < arr.ndim - 1:
                 arr = np.moveaxis(arr, i, -1)
                 axes = axes[:i] + axes[i + 1 :] + ax
     return arr
-
-
-def _read_raw(path: Path, palette_indices: bool = False) -> np.ndarray:
-    """Decode a file; ``palette_indices`` keeps a palette PNG's indices instead of its colours."""
-    suffix = _checked_suffix(path)
-    try:
-        if suffix in _TIFF:
-            return _read_tiff(path)
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        import imageio.v3 as iio
-
-        if palette_indices and iio.immeta(path).get("mode") == "P":
-            return iio.imread(path, mode="P")
-        return iio.imread(path)
-    except Exception:
-        raise TskdInputError(
-            f"cannot read {path}: the file is corrupt or not a valid {suffix} image"
-        ) from None
 
 
 def _validated(arr: Any, path: Path) -> np.ndarray:
@@ -116,10 +526,38 @@ def _validated(arr: Any, path: Path) -> np.ndarray:
     return arr
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image (tif, png, jpg, npy) channels-last: (H, W), (H, W, C) or a stack."""
+def read_image_axes(
+    path: str | Path,
+    max_pixels: int | None = None,
+    label_shape: Sequence[int] | None = None,
+    warn: bool = True,
+) -> tuple[np.ndarray, ImageAxes]:
+    """Read an image (tif, png, jpg, npy) in the standard layout, with how its axes were read.
+
+    Returns ``(array, axes)``: the array is (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C) in the
+    file's dtype; ``axes`` (``ImageAxes``) describes the stored array and how it was read
+    (``image_axes``: metadata first, ``label_shape`` next, else a guess). A guess another
+    reading fits as well gives one ``TskdWarning`` naming the file and its shape (``warn``).
+    Raises ``TskdInputError`` for a missing, unsupported or corrupt file, a shape no reading
+    fits, or a decoded size over ``max_pixels`` (default ``default_max_pixels()``, 2^28),
+    checked from the header before decoding.
+    """
     path = Path(path)
-    return _validated(_read_raw(path), path)
+    arr, axes = _decode(path, max_pixels=max_pixels)
+    arr = _validated(arr, path)
+    ax = image_axes(arr.shape, axes, label_shape=label_shape, where=str(path))
+    if warn and ax.ambiguous:
+        warnings.warn(axes_note(path, ax), TskdWarning, stacklevel=2)
+    return ax.standard(arr), ax
+
+
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image in the standard layout (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C).
+
+    Same reading, warnings and errors as ``read_image_axes``.
+    """
+    arr, _ = read_image_axes(path, max_pixels)
+    return arr
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -148,8 +586,13 @@ def read_label(path: str | Path) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def write_image(path: str | Path, image: np.ndarray) -> Path:
-    """Write an image; tif/npy keep any dtype and stacks, png/jpg need uint8 (png also uint16)."""
+def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = None) -> Path:
+    """Write an image in the standard layout (H, W[, C]) or (Z, H, W[, C]), channels last.
+
+    tif/npy keep any dtype and stacks, png/jpg need uint8 (png also uint16). A tif records its
+    axes ('YX', 'YXS', 'ZYX', 'ZYXS'), so it is read back the same way; ``is_stack`` None takes
+    4D and 3D with more than 4 entries on the last axis as stacks.
+    """
     path, image = Path(path), np.asarray(image)
     if image.dtype == bool:
         image = image.astype(np.uint8)
@@ -163,9 +606,15 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     if suffix in _TIFF:
         import tifffile
 
-        # Say what the last axis is, so a (3, H, W) stack is not stored as planar RGB.
-        rgb = image.ndim in (3, 4) and image.shape[-1] in (3, 4)
-        tifffile.imwrite(path, image, photometric="rgb" if rgb else "minisblack")
+        if is_stack is None:
+            is_stack = image.ndim == 4 or (image.ndim == 3 and image.shape[-1] > 4)
+        ax = image_axes(image.shape, is_stack=is_stack, where=str(path))
+        rgb = ax.channels in (3, 4) and ax.channel_axis is not None
+        kwargs: dict[str, Any] = {"photometric": "rgb" if rgb else "minisblack"}
+        if ax.channel_axis is not None:
+            kwargs["planarconfig"] = "contig"
+        axes = ("Z" if ax.is_stack else "") + "YX" + ("S" if ax.channel_axis is not None else "")
+        tifffile.imwrite(path, image, metadata={"axes": axes}, **kwargs)
     elif suffix == ".npy":
         np.save(path, image, allow_pickle=False)
     else:
@@ -281,28 +730,43 @@ def _nnunet_cases(folder: Path, n_channels: int | None = None) -> dict[str, list
     return {case: [files[i] for i in sorted(files)] for case, files in channels.items()}
 
 
-def _read_case(paths: list[Path]) -> np.ndarray:
-    """One image from its channel files (nnU-Net), merged channels-last."""
-    arrays = [read_image(p) for p in paths]
-    if len(arrays) == 1:
-        return arrays[0]
+def _read_case(
+    paths: list[Path], label_shape: Sequence[int] | None = None, notes: _AxesNotes | None = None
+) -> tuple[np.ndarray, ImageAxes]:
+    """One image from its file, or from its channel files (nnU-Net) merged channels-last.
+
+    Returns the standard layout and how it was read; readings that were guesses go to
+    ``notes`` (one warning per folder) instead of one warning per file.
+    """
+    read = []
+    for p in paths:
+        plain = None
+        arr, ax = read_image_axes(p, label_shape=label_shape, warn=notes is None)
+        if ax.source == "label":
+            plain = image_axes(ax.shape, where=str(p))
+        if notes is not None:
+            notes.add(p, ax, plain)
+        read.append((arr, ax))
+    if len(read) == 1:
+        return read[0]
+    arrays = [a for a, _ in read]
+    for p, (_, ax) in zip(paths, read, strict=True):
+        if ax.channel_axis is not None:
+            raise TskdInputError(
+                f"{p}: an nnU-Net channel file must hold one channel, not {ax.channels}"
+            )
     if len({a.shape for a in arrays}) != 1:
         shapes = ", ".join(f"{p.name} {a.shape}" for p, a in zip(paths, arrays, strict=True))
         raise TskdInputError(f"channel files of one case differ in size: {shapes}")
-    return np.stack(arrays, axis=-1)
+    merged = np.stack(arrays, axis=-1)
+    stack = 0 if read[0][1].is_stack else None
+    return merged, _reading(merged.shape, stack, merged.ndim - 1, "metadata",
+                            "nnU-Net channel files")
 
 
-def _is_stack(image: np.ndarray) -> bool:
-    """(Z, H, W[, C]) rather than (H, W, C): 4D, or 3D with more than 4 on the last axis."""
-    return image.ndim == 4 or (image.ndim == 3 and image.shape[-1] > 4)
-
-
-def _slices(name: str, image: np.ndarray, path: Path) -> list[Sample]:
-    """An unlabelled image as 2D samples (a stack gives one per slice)."""
-    if image.ndim > 4:
-        raise TskdInputError(f"{path}: an image of shape {image.shape} is not supported "
-                             "(use (H, W[, C]) or a stack (Z, H, W[, C]))")
-    if _is_stack(image):
+def _slices(name: str, image: np.ndarray, ax: ImageAxes) -> list[Sample]:
+    """An unlabelled image (standard layout) as 2D samples (a stack gives one per slice)."""
+    if ax.is_stack:
         return [Sample(f"{name}_z{z:03d}", image[z]) for z in range(image.shape[0])]
     return [Sample(name, image)]
 
@@ -310,20 +774,20 @@ def _slices(name: str, image: np.ndarray, path: Path) -> list[Sample]:
 # ------------------------------------------------------------- labelled pairs
 
 
-def _fit_to_label(image: np.ndarray, label: np.ndarray, ipath: Path, lpath: Path) -> np.ndarray:
-    """The image laid out like its label: channels-first (C, H, W) moved last; sizes checked."""
+def _fit_to_label(image: np.ndarray, label: np.ndarray, ipath: Path, lpath: Path,
+                  ax: ImageAxes | None = None) -> np.ndarray:
+    """The image (standard layout, read by ``ax``) checked against its label's size."""
     if label.ndim not in (2, 3):
         raise TskdInputError(f"{lpath}: label map must be (H, W) or a stack (Z, H, W), "
                              f"not {label.shape}")
-    if (label.ndim == 2 and image.ndim == 3 and image.shape[:2] != label.shape
-            and image.shape[1:] == label.shape and image.shape[0] <= 4):
-        image = np.moveaxis(image, 0, -1)
     spatial = image.shape[: label.ndim]
     extra = image.ndim - label.ndim
     if spatial != label.shape or extra not in (0, 1):
+        read = (f" read as {ax.describe()} ({ax.reason})"
+                if ax is not None and len(ax.shape) > 2 else "")
         raise TskdInputError(
-            f"{ipath.name} and its label {lpath.name} differ in size: image {image.shape}, "
-            f"label {label.shape} (height and width must match)"
+            f"{ipath.name} and its label {lpath.name} differ in size: image {image.shape}"
+            f"{read}, label {label.shape} (height and width must match)"
         )
     return image
 
@@ -426,7 +890,10 @@ def load_labelled(folder: str | Path) -> list[Sample]:
     """All labelled 2D samples of a folder: images/+labels/ or the nnU-Net raw layout.
 
     Images without a label file are left out with one warning; stacks give their labelled
-    slices (``name_z007``); mixed channel counts are converted to the most common one.
+    slices (``name_z007``); mixed channel counts are converted to the most common one. Image
+    axes are read by ``image_axes`` (metadata, else the reading that fits the label map, else
+    the shape), readings that were guesses said in one warning; files are held to the pixel
+    budget (``pixel_budget`` / ``default_max_pixels()``).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -440,13 +907,15 @@ def load_labelled(folder: str | Path) -> list[Sample]:
         raise _no_images_error(image_dir)
     labels = _by_stem(list_images(label_dir))
     pairs, unlabelled = [], []
+    notes = _AxesNotes(image_dir)
     for name, paths in sorted(cases.items()):
         if name not in labels:
             unlabelled.append(name)
             continue
         label = read_label(labels[name])
-        pairs.append((name, _fit_to_label(_read_case(paths), label, paths[0], labels[name]),
-                      label))
+        image, ax = _read_case(paths, label.shape, notes)
+        pairs.append((name, _fit_to_label(image, label, paths[0], labels[name], ax), label))
+    notes.warn()
     if unlabelled:
         warnings.warn(
             f"{len(unlabelled)} image(s) in {image_dir} have no label file in {label_dir.name}/ "
@@ -472,7 +941,8 @@ def load_unlabelled(folder: str | Path) -> list[Sample]:
     """Every image of a folder (or of its images/, imagesTr/ or imagesTs/), stacks as slices.
 
     In nnU-Net image folders, a case's channel files (``CASE_0000``, ``CASE_0001``) are merged.
-    An empty folder gives an empty list.
+    Axes are read by ``image_axes`` exactly as ``tskd predict`` reads them (guesses said in one
+    warning); files are held to the pixel budget. An empty folder gives an empty list.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -487,6 +957,8 @@ def load_unlabelled(folder: str | Path) -> list[Sample]:
     else:
         cases = {name: [p] for name, p in _by_stem(list_images(folder)).items()}
     samples: list[Sample] = []
+    notes = _AxesNotes(folder)
     for name, paths in sorted(cases.items()):
-        samples += _slices(name, _read_case(paths), paths[0])
+        samples += _slices(name, *_read_case(paths, notes=notes))
+    notes.warn()
     return _conform(samples, folder)

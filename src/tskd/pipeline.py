@@ -53,6 +53,18 @@ class LabelledData:
     num_classes: int
     class_names: list[str]
     fingerprint: str
+    # median (height, width) of the labelled 2D images before resizing: the scale the models
+    # learn at, recorded in the bundles as "train_image_shape" so prediction tiles at it
+    image_shape: tuple[int, int] = (0, 0)
+
+
+def median_image_shape(samples: list[Any]) -> tuple[int, int]:
+    """Median (height, width) in pixels of the samples' images (rounded to whole pixels)."""
+    if not samples:
+        raise TskdInputError("no labelled image: cannot tell the training image size")
+    hw = np.array([s.image.shape[:2] for s in samples], dtype=np.float64)
+    h, w = np.median(hw, axis=0)
+    return int(round(h)), int(round(w))
 
 
 def _writes(key: str, outputs: Callable[[RunPaths], list[Path]]) -> Callable[[Any], Any]:
@@ -95,7 +107,8 @@ def load_labelled_data(cfg: RunConfig) -> LabelledData:
 
     if not cfg.data.labelled:
         raise TskdInputError("no labelled data given (data.labelled / --data)")
-    samples = io.load_labelled(cfg.data.labelled)
+    with io.pixel_budget(cfg.data.max_pixels):
+        samples = io.load_labelled(cfg.data.labelled)
     train, val = data.split_train_val(samples, cfg.data.val_fraction, cfg.data.split_seed)
     n = data.num_classes(samples)
     names = io.class_names(cfg.data.labelled) or ["background"] + [
@@ -106,7 +119,7 @@ def load_labelled_data(cfg: RunConfig) -> LabelledData:
         cfg.data.val_fraction,
         cfg.data.split_seed,
     )
-    return LabelledData(train, val, n, names, fp)
+    return LabelledData(train, val, n, names, fp, median_image_shape(samples))
 
 
 def export_dataset(
@@ -168,6 +181,7 @@ def stage_teacher(
         checkpoint_dir=paths.checkpoints("teacher"),
         class_names=data.class_names,
         augment=cfg.data.augment,
+        train_image_shape=list(data.image_shape),
     )
     result = dict(metrics) | {"seconds": time.perf_counter() - t0}
     mark_done(paths.teacher, fp, result)
@@ -230,7 +244,8 @@ def _unlabelled_images(cfg: RunConfig) -> list[np.ndarray]:
 
     if not cfg.data.unlabelled:
         return []
-    return [s.image for s in io.load_unlabelled(cfg.data.unlabelled)]
+    with io.pixel_budget(cfg.data.max_pixels):
+        return [s.image for s in io.load_unlabelled(cfg.data.unlabelled)]
 
 
 def _transfer_images(cfg: RunConfig, data: LabelledData) -> list[np.ndarray]:
@@ -331,6 +346,7 @@ def _student_meta(cfg: RunConfig, data: LabelledData, extra: dict[str, Any]) -> 
         "num_classes": data.num_classes,
         "class_names": data.class_names,
         "image_size": cfg.data.image_size,
+        "train_image_shape": list(data.image_shape),
         **extra,
     }
 
@@ -404,8 +420,8 @@ def stage_evaluate(
     cfg: RunConfig, model: str = "student", test_folder: str | Path | None = None
 ) -> dict[str, Any]:
     """Segment the held-out test set with the run's student (or teacher) and score it."""
-    from tskd import bundle, metrics
-    from tskd.predict import Segmenter, evaluate_folder
+    from tskd import metrics
+    from tskd.predict import evaluate_folder, segmenter_from_bundle
 
     paths = RunPaths(Path(cfg.run_dir))
     folder = test_folder or cfg.data.test
@@ -414,9 +430,11 @@ def stage_evaluate(
     source = {"student": paths.student, "teacher": paths.teacher, "distilled": paths.distilled}
     if model not in source:
         raise TskdInputError(f"unknown model '{model}'; choose student, teacher or distilled")
-    net, meta = bundle.load_model(source[model])
-    size = int(meta.get("image_size") or meta.get("input_size"))
-    segmenter = Segmenter(net, size, int(meta["num_classes"]), device=cfg.predict.device)
+    segmenter, _ = segmenter_from_bundle(
+        source[model], device=cfg.predict.device, tile_size=cfg.predict.tile_size,
+        tile_overlap=cfg.predict.tile_overlap, batch_size=cfg.predict.batch_size,
+        max_pixels=cfg.data.max_pixels,
+    )
     report, ms = evaluate_folder(segmenter, folder)
     out = paths.reports / f"eval_{model}"
     metrics.write_report(report, out)

@@ -3,10 +3,14 @@
 Every input goes the same way: ``tskd.data.to_float_rgb`` (gray, RGB, 16-bit, multi-channel ->
 float RGB in [0, 1]), bilinear resize to the model's square input, forward, bilinear resize of
 the *logits* back to the input's height and width, then argmax (or softmax). Stacks (Z, H, W[, C])
-run slice by slice in batches. Images larger than ``tile_size`` on either side run in
-overlapping tiles; each tile's logits are weighted by a window that is flat in the middle and
-falls smoothly (sin^2) across the overlap on sides shared with another tile, and the weighted sum
-is normalised, so no seams appear where tiles meet.
+run slice by slice in batches. How an array's axes are read (image, channels, stack) is
+``tskd.io.image_axes``'s decision, the same as in training.
+
+Large images run in overlapping tiles; each tile's logits are weighted by a window that is flat
+in the middle and falls smoothly (sin^2) across the overlap on sides shared with another tile,
+and the weighted sum is normalised, so no seams appear where tiles meet. ``segmenter_from_bundle``
+cuts tiles at the size of the images the model was trained on (``train_image_shape`` in the
+bundle's ``meta.json``), so each tile is resized by the same factor as the training images were.
 
 All the work after the image is read stays in torch on the model's device, so on a 256x256 image
 pre- and post-processing cost about a millisecond next to the model's forward
@@ -16,42 +20,47 @@ pre- and post-processing cost about a millisecond next to the model's forward
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tskd.errors import TskdInputError
+from tskd.errors import CheckpointError, TskdInputError, TskdWarning
 
 if TYPE_CHECKING:
+    from tskd.io import ImageAxes
     from tskd.metrics import EvalReport
 
 ContrastLimits = tuple[float, float] | None
+DEFAULT_TILE_SIZE = 1024  # tile side for models that do not record their training image size
+# With tiles at the training size, an image up to this factor larger on each side is resized
+# whole, as training resized every image whatever its size; only larger ones are tiled.
+TILE_ABOVE = 1.5
+
+
+def array_axes(image: np.ndarray, is_stack: bool | None = None) -> ImageAxes:
+    """How ``Segmenter`` reads an array: ``tskd.io.image_axes`` of its shape, ``is_stack`` as
+    given. A guess another reading fits as well gives one ``TskdWarning`` naming the shape."""
+    from tskd import io
+
+    ax = io.image_axes(np.shape(image), is_stack=is_stack, where="array")
+    if ax.ambiguous:
+        warnings.warn(
+            f"an array of shape {ax.shape} was read as {ax.describe()} ({ax.reason}); pass "
+            "is_stack=True or False to choose", TskdWarning, stacklevel=3,
+        )
+    return ax
 
 
 def is_stack_guess(image: np.ndarray, is_stack: bool | None = None) -> bool:
-    """Whether ``image`` is a stack: 4D always, 3D unless its last axis (<= 4) is channels."""
-    nd = np.ndim(image)
-    if is_stack is None:
-        if nd == 2:
-            return False
-        if nd == 4:
-            return True
-        if nd == 3:
-            return np.shape(image)[-1] > 4
-    elif is_stack and nd in (3, 4):
-        return True
-    elif not is_stack and nd in (2, 3):
-        return False
-    kind = {None: "an image or a stack", True: "a stack", False: "a 2D image"}[is_stack]
-    raise TskdInputError(
-        f"cannot read an array of shape {np.shape(image)} as {kind}; expected (H, W[, C]) "
-        "or (Z, H, W[, C])"
-    )
+    """Whether ``image`` is read as a stack (``array_axes``; raises ``TskdInputError`` for a
+    shape that is neither (H, W[, C]) nor (Z, H, W[, C]) in any order)."""
+    return array_axes(image, is_stack).is_stack
 
 
 def _tile_starts(n: int, tile: int, stride: int) -> list[int]:
@@ -75,7 +84,14 @@ def _ramp(length: int, overlap: int, taper_start: bool, taper_end: bool) -> torc
 
 
 class Segmenter:
-    """Runs a segmentation model (float (B, 3, S, S) in [0, 1] -> logits (B, C, S, S)) on arrays."""
+    """Runs a segmentation model (float (B, 3, S, S) in [0, 1] -> logits (B, C, S, S)) on arrays.
+
+    ``tile_size`` is the tile's side in pixels, or its (height, width); an image is tiled when
+    a side exceeds ``tile_above`` times the tile's. ``tile_origin`` says where the tile size
+    came from, for the one line ``tiling_note`` writes. ``max_pixels`` (default
+    ``tskd.io.default_max_pixels()``, 2^28) bounds the pixels of one 2D image before its float
+    conversion. Invalid sizes raise ``TskdInputError``.
+    """
 
     def __init__(
         self,
@@ -84,9 +100,13 @@ class Segmenter:
         num_classes: int,
         device: str = "auto",
         batch_size: int = 8,
-        tile_size: int = 1024,
+        tile_size: int | tuple[int, int] = DEFAULT_TILE_SIZE,
         tile_overlap: int = 64,
+        tile_above: float = 1.0,
+        tile_origin: str = "tile_size",
+        max_pixels: int | None = None,
     ) -> None:
+        from tskd import io
         from tskd.engine import resolve_device
 
         if input_size < 1 or num_classes < 1 or batch_size < 1:
@@ -94,17 +114,25 @@ class Segmenter:
                 f"input_size, num_classes and batch_size must be positive, got {input_size}, "
                 f"{num_classes}, {batch_size}"
             )
-        if tile_size < 2 or not 0 <= tile_overlap < tile_size:
+        th, tw = (tile_size, tile_size) if isinstance(tile_size, int | np.integer) else tile_size
+        if min(th, tw) < 2 or not 0 <= tile_overlap < min(th, tw):
             raise TskdInputError(
                 f"tile_overlap ({tile_overlap}) must be in [0, tile_size) (tile_size {tile_size})"
             )
+        if not tile_above >= 1.0:
+            raise TskdInputError(f"tile_above must be at least 1, got {tile_above}")
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.input_size = int(input_size)
         self.num_classes = int(num_classes)
         self.batch_size = int(batch_size)
-        self.tile_size = int(tile_size)
+        self.tile_shape = (int(th), int(tw))
+        self.tile_size = max(self.tile_shape)
         self.tile_overlap = int(tile_overlap)
+        self.tile_above = float(tile_above)
+        self.tile_origin = tile_origin
+        self.max_pixels = io.default_max_pixels() if max_pixels is None else int(max_pixels)
+        io.check_pixel_budget((1,), self.max_pixels)  # a bad budget fails here, not later
 
     # -- low level -------------------------------------------------------------------------
 
@@ -132,7 +160,9 @@ class Segmenter:
     def _to_tensor(self, image: np.ndarray, contrast_limits: ContrastLimits) -> torch.Tensor:
         """One 2D image (H, W[, C]) -> float (3, H, W) in [0, 1] on the device."""
         from tskd.data import to_float_rgb
+        from tskd.io import check_pixel_budget
 
+        check_pixel_budget(np.shape(image)[:2], self.max_pixels)
         rgb = np.asarray(to_float_rgb(image, contrast_limits), dtype=np.float32)
         return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)
 
@@ -140,9 +170,9 @@ class Segmenter:
     def _tiled(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (1, C, H, W) of a large image (3, H, W) from overlapping, blended tiles."""
         _, H, W = x.shape
-        th, tw = min(self.tile_size, H), min(self.tile_size, W)
-        stride = self.tile_size - self.tile_overlap
-        ys, xs = _tile_starts(H, th, stride), _tile_starts(W, tw, stride)
+        th, tw = min(self.tile_shape[0], H), min(self.tile_shape[1], W)
+        ys = _tile_starts(H, th, self.tile_shape[0] - self.tile_overlap)
+        xs = _tile_starts(W, tw, self.tile_shape[1] - self.tile_overlap)
         boxes = [(y, x0) for y in ys for x0 in xs]
         acc = torch.zeros(self.num_classes, H, W, device=x.device)
         wsum = torch.zeros(1, H, W, device=x.device)
@@ -159,7 +189,17 @@ class Segmenter:
         return (acc / wsum).unsqueeze(0)
 
     def _is_large(self, h: int, w: int) -> bool:
-        return max(h, w) > self.tile_size
+        th, tw = self.tile_shape
+        return h > self.tile_above * th or w > self.tile_above * tw
+
+    def tiling_note(self, height: int, width: int) -> str | None:
+        """One line saying how an image of this size is tiled, or None when it is not."""
+        if not self._is_large(height, width):
+            return None
+        th, tw = min(self.tile_shape[0], height), min(self.tile_shape[1], width)
+        s = self.input_size
+        return (f"{height}x{width} is segmented in {th}x{tw} tiles ({self.tile_origin}), "
+                f"each resized to {s}x{s}")
 
     def iter_logits(
         self, images: Sequence[np.ndarray], contrast_limits: ContrastLimits = None
@@ -197,7 +237,9 @@ class Segmenter:
         reduce = torch.inference_mode()(reduce)
         if image.size == 0:
             raise TskdInputError(f"cannot segment an empty array of shape {image.shape}")
-        if is_stack_guess(image, is_stack):
+        ax = array_axes(image, is_stack)
+        image = ax.standard(image)
+        if ax.is_stack:
             parts = [reduce(lg).cpu().numpy() for _, lg in self.iter_logits(image, contrast_limits)]
             return np.concatenate(parts)
         ((_, lg),) = list(self.iter_logits([image], contrast_limits))
@@ -211,8 +253,11 @@ class Segmenter:
     ) -> np.ndarray:
         """Label map int64: (H, W) for an image, (Z, H, W) for a stack; 0 is background.
 
-        ``is_stack`` None guesses (see ``is_stack_guess``); ``contrast_limits`` (low, high)
-        replaces the percentile normalisation of non-8-bit images (e.g. napari's limits).
+        ``is_stack`` None reads the axes by ``tskd.io.image_axes`` (a channels-first
+        (2, H, W) array is one 2-channel image); True or False takes the array as (Z, H, W[, C])
+        or (H, W[, C]), channels last. ``contrast_limits`` (low, high) replaces the percentile
+        normalisation of non-8-bit images (e.g. napari's limits). Raises ``TskdInputError``
+        for an unreadable shape or an image over ``max_pixels``.
         """
         return self._run(image, is_stack, contrast_limits, lambda lg: lg.max(dim=1).indices)
 
@@ -259,8 +304,9 @@ def rank_for_annotation(
     the teacher-student disagreement (1 - Dice of their label maps, mean over classes).
     Returns ``[(index, score), ...]`` sorted by score, highest first.
     """
-    if isinstance(images, np.ndarray) and not is_stack_guess(images):
-        images = [images]
+    if isinstance(images, np.ndarray):
+        ax = array_axes(images)
+        images = ax.standard(images) if ax.is_stack else [ax.standard(images)]
     images = list(images)
     scores: list[float] = [0.0] * len(images)
     if teacher_segmenter is None:
@@ -297,13 +343,16 @@ def predict_paths(
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
     input_folders: Sequence[str | Path] = (),
+    log: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Segment image files and write their label maps to ``out_dir``, named by the input stem.
 
-    2D label maps that fit in 8 bits are written as PNG, stacks and larger labels as TIFF.
-    ``progress(done, total)`` is called after each file. Before anything is segmented,
-    ``TskdInputError`` refuses an ``out_dir`` that is, contains or is inside the folder of an
-    input file or one of ``input_folders`` (the folders the user named), and, unless
+    Files are read by ``tskd.io.read_image_axes`` (axes metadata first, as training reads
+    them) within ``segmenter.max_pixels``. 2D label maps that fit in 8 bits are written as PNG,
+    stacks and larger labels as TIFF. ``progress(done, total)`` is called after each file;
+    ``log(line)`` gets one line for each file that is tiled. Before anything is segmented,
+    ``TskdInputError`` refuses an ``out_dir`` that is the folder of an input file or is,
+    contains or is inside one of ``input_folders`` (the folders the user named), and, unless
     ``overwrite``, an ``out_dir`` that already holds ``<stem>.png`` or ``<stem>.tif`` for an
     input; with ``overwrite`` the files replaced are named in a ``TskdWarning``.
     """
@@ -326,7 +375,11 @@ def predict_paths(
     written: list[Path] = []
     replaced: list[Path] = []
     for i, (path, stem) in enumerate(zip(paths, stems)):
-        labels = segmenter.segment(io.read_image(path))
+        image, ax = io.read_image_axes(path, max_pixels=segmenter.max_pixels)
+        note = segmenter.tiling_note(*ax.spatial_shape[-2:])
+        if note and log is not None:
+            log(f"{path.name}: {note}")
+        labels = segmenter.segment(image, is_stack=ax.is_stack)
         target = _output_path(out, stem, labels)
         if target.exists():
             replaced.append(target)
@@ -341,6 +394,70 @@ def predict_paths(
     return written
 
 
+def _train_image_shape(meta: dict[str, Any], folder: Path) -> tuple[int, int] | None:
+    """The bundle's ``train_image_shape`` [H, W], None when absent; CheckpointError if bad."""
+    value = meta.get("train_image_shape")
+    if value is None:
+        return None
+    ok = (isinstance(value, list | tuple) and len(value) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 2**20
+                  for v in value))
+    if not ok:
+        raise CheckpointError(
+            f"{folder / 'meta.json'}: train_image_shape must be [height, width] in pixels "
+            f"(2 to 2^20 each), not {value!r}"
+        )
+    return int(value[0]), int(value[1])
+
+
+def segmenter_from_bundle(
+    folder: str | Path,
+    device: str = "auto",
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+    batch_size: int = 8,
+    max_pixels: int | None = None,
+) -> tuple[Segmenter, dict[str, Any]]:
+    """Load a student or teacher folder into a ``Segmenter``: ``(segmenter, meta)``.
+
+    Tiles: ``tile_size`` None cuts them at the bundle's ``train_image_shape`` (the median size
+    of the labelled images it was trained on), so a tile is resized to the model input by the
+    same factor as a training image was; images up to ``TILE_ABOVE`` (1.5) times that size are
+    resized whole. A bundle without the key (an earlier version) tiles at 1024 px, with a
+    ``TskdWarning``. ``tile_overlap`` None is 64 px, at most a quarter of the tile's side.
+    Raises ``CheckpointError`` for an unusable bundle.
+    """
+    from tskd import bundle
+
+    folder = Path(folder)
+    model, meta = bundle.load_model(folder)
+    size = int(meta.get("image_size") or meta.get("input_size"))
+    trained = _train_image_shape(meta, folder if folder.is_dir() else folder.parent)
+    kwargs: dict[str, Any] = {}
+    if tile_size is not None:
+        tile: int | tuple[int, int] = int(tile_size)
+        kwargs["tile_origin"] = f"tile size {tile_size}"
+    elif trained is not None:
+        tile = trained
+        kwargs.update(tile_above=TILE_ABOVE, tile_origin=f"the size of the model's training "
+                      f"images, {trained[0]}x{trained[1]}")
+    else:
+        tile = DEFAULT_TILE_SIZE
+        kwargs["tile_origin"] = f"{DEFAULT_TILE_SIZE} px, the default"
+        warnings.warn(
+            f"{folder}: the model does not record the size of the images it was trained on "
+            f"(made by an earlier version), so large images are tiled at {DEFAULT_TILE_SIZE} px "
+            "as before, whatever the training scale; retrain it, or pass --tile-size",
+            TskdWarning, stacklevel=2,
+        )
+    side = min(tile) if isinstance(tile, tuple) else tile
+    overlap = min(64, side // 4) if tile_overlap is None else int(tile_overlap)
+    segmenter = Segmenter(model, size, int(meta["num_classes"]), device=device,
+                          batch_size=batch_size, tile_size=tile, tile_overlap=overlap,
+                          max_pixels=max_pixels, **kwargs)
+    return segmenter, meta
+
+
 def evaluate_folder(segmenter: Segmenter, folder: str | Path) -> tuple[EvalReport, float]:
     """Segment every image of a labelled folder and score it: (``EvalReport``, ms per image).
 
@@ -350,7 +467,8 @@ def evaluate_folder(segmenter: Segmenter, folder: str | Path) -> tuple[EvalRepor
 
     from tskd import io, metrics
 
-    samples = io.load_labelled(folder)
+    with io.pixel_budget(segmenter.max_pixels):
+        samples = io.load_labelled(folder)
     t0 = time.perf_counter()
     preds = [segmenter.segment(s.image, is_stack=False) for s in samples]
     ms = 1000 * (time.perf_counter() - t0) / max(1, len(samples))

@@ -95,8 +95,13 @@ def finetune_teacher(
     checkpoint_dir: str | Path | None = None,
     class_names: list[str] | None = None,
     augment: bool = True,
+    train_image_shape: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune SAM with LoRA on labelled samples; write ``out_dir``; return the metrics."""
+    """Fine-tune SAM with LoRA on labelled samples; write ``out_dir``; return the metrics.
+
+    ``train_image_shape`` [H, W] (median size of the labelled images) goes into the meta, so
+    prediction tiles large images at the training scale.
+    """
     sam = build_sam(cfg.model_type, cfg.checkpoint, cfg.input_size)
     model = apply_lora(SemanticSam(sam, num_classes), cfg.lora)
     task = TeacherTask(model, train, cfg, augment)
@@ -130,5 +135,7 @@ def finetune_teacher(
         "train": asdict(cfg.train),
         "history": result.history,
     }
+    if train_image_shape is not None:
+        meta["train_image_shape"] = [int(v) for v in train_image_shape]
     save_teacher(model, out_dir, meta)
     return metrics
