@@ -42,15 +42,17 @@ def megabytes(nbytes: int) -> int:
     return max(1, math.ceil(nbytes / 1e6))
 
 
-def user_error(exc: OSError, folder: str | Path, nbytes: int) -> TskdError | None:
+def user_error(exc: OSError, folder: str | Path, nbytes: int | None) -> TskdError | None:
     """The one-line ``TskdError`` for an OS error a user can fix, or None for any other error.
 
-    ``nbytes`` is the size of what was being written (for the "N MB needed" of a full disk).
+    ``nbytes`` is the size of what was being written (for the "N MB needed" of a full disk);
+    None when it is not known (the message then says no amount).
     """
     if exc.errno in _FULL:
+        needed = f", {megabytes(nbytes)} MB needed" if nbytes is not None else ""
         return DiskFullError(
-            f"no space left on {folder}, {megabytes(nbytes)} MB needed; free some space there "
-            "(or choose another folder) and run again, the previous files were kept"
+            f"no space left on {folder}{needed}; free some space there (or choose another "
+            "folder) and run again, the previous files were kept"
         )
     if exc.errno in _DENIED:
         reason = exc.strerror or "permission denied"
@@ -61,7 +63,7 @@ def user_error(exc: OSError, folder: str | Path, nbytes: int) -> TskdError | Non
 
 
 @contextmanager
-def disk_errors(folder: str | Path, nbytes: int = 0) -> Iterator[None]:
+def disk_errors(folder: str | Path, nbytes: int | None = None) -> Iterator[None]:
     """Turn a full disk or a refused write inside the block into a one-line ``TskdError``.
 
     For writers that cannot write through this module (e.g. a plotting library saving a figure).

@@ -159,19 +159,24 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     allowed = {".png": (np.uint8, np.uint16)}.get(suffix, (np.uint8,))
     if suffix not in _TIFF | {".npy"} and image.dtype not in allowed:
         raise TskdInputError(f"{path}: {suffix} cannot hold {image.dtype} data; use .tif")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from tskd import atomic
+
+    # encoded in memory, then written atomically: a full disk keeps an existing file as it was
     if suffix in _TIFF:
         import tifffile
 
         # Say what the last axis is, so a (3, H, W) stack is not stored as planar RGB.
         rgb = image.ndim in (3, 4) and image.shape[-1] in (3, 4)
-        tifffile.imwrite(path, image, photometric="rgb" if rgb else "minisblack")
+        data = atomic.encode(
+            lambda f: tifffile.imwrite(f, image, photometric="rgb" if rgb else "minisblack")
+        )
     elif suffix == ".npy":
-        np.save(path, image, allow_pickle=False)
+        data = atomic.encode(lambda f: np.save(f, image, allow_pickle=False))
     else:
         import imageio.v3 as iio
 
-        iio.imwrite(path, image)
+        data = iio.imwrite("<bytes>", image, extension=suffix)
+    atomic.write_bytes(path, data)
     return path
 
 
