@@ -4,10 +4,12 @@ A stage describes *what* to train as a ``TrainingTask`` (model, data, loss); the
 *how*: device and mixed precision, optimiser and schedule, seeds, a progress callback, a cancel
 flag checked every step, a checkpoint at every epoch (and on cancel) and resuming from it.
 
-Checkpoints hold only trainable parameters (safetensors), the optimiser and scheduler state
-(loaded back with ``weights_only=True``) and a JSON of where training stood. Randomness is
-re-seeded from ``seed + epoch`` at every epoch, so a resumed run takes the same data order and
-augmentations as an uninterrupted one.
+Checkpoints hold only trainable parameters (safetensors), the optimiser, scheduler and random
+stream states (loaded back with ``weights_only=True``) and a JSON of where training stood; each
+is one atomic, sha256-verified unit (``_Checkpoint``). Randomness is re-seeded from
+``seed + epoch`` at every epoch, and a mid-epoch checkpoint restores the random streams as they
+were before its batch, so a resumed run takes the same data order, augmentations and dropout
+draws as an uninterrupted one and ends with the same weights, bit for bit on the CPU.
 """
 
 from __future__ import annotations
@@ -616,8 +618,8 @@ def train(
     if ckpt is not None:
         from tskd.atomic import write_json
 
+        write_json(ckpt.folder / "history.json", history)  # first: a full disk keeps the ckpt
         ckpt.clear()  # finished: the stage writes its own artefact; nothing left to resume
-        write_json(ckpt.folder / "history.json", history)
     task.model = accelerator.unwrap_model(model)
     return TrainResult(history, step, time.perf_counter() - t0, resumed_from)
 
