@@ -65,12 +65,14 @@ def test_cancel_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
 
     with pytest.raises(Cancelled, match="13/24"):
         train(task, CFG, checkpoint_dir=tmp_path, progress=stop_at_13, cancel=token)
-    assert (tmp_path / "trainable.safetensors").is_file()
+    assert (tmp_path / "ckpt" / "trainable.safetensors").is_file()
+    assert (tmp_path / "ckpt" / "manifest.json").is_file()
     resumed = _Task()
     result = train(resumed, CFG, checkpoint_dir=tmp_path, resume=True)
     assert result.resumed_from_epoch == 1
     assert torch.equal(resumed.model.weight, ref.model.weight)
-    assert not (tmp_path / "trainable.safetensors").exists()  # finished: nothing to resume
+    assert not (tmp_path / "ckpt").exists()  # finished: nothing to resume
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]
 
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:

@@ -157,7 +157,7 @@ def test_resume_via_checkpoint_dir(tmp_path: Path) -> None:
     result, _ = finetune_student(resumed, train, val, cfg, S, resume=True, checkpoint_dir=tmp_path)
     assert result.resumed_from_epoch == 1
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-5)
+        assert torch.equal(a, b)  # bit for bit
 
 
 def test_user_errors() -> None:

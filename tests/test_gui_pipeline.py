@@ -96,7 +96,7 @@ def test_full_loop_through_the_widgets(make_napari_viewer, tiny_ckpt, tskd_gui_e
     teacher.panel.cancel_button.click()
     runner.wait(30)
     assert job.status == "cancelled" and job.stop_seconds < 2.0, (job.status, job.stop_seconds)
-    assert (run / "checkpoints" / "teacher" / "state.json").is_file()
+    assert (run / "checkpoints" / "teacher" / "ckpt" / "state.json").is_file()
     assert not (run / "teacher" / "meta.json").is_file()
     stopped_at = job.last_progress["step"]
     seen = []

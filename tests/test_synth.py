@@ -145,27 +145,33 @@ def test_resume_after_cancel_matches_an_unbroken_run(
     with pytest.raises(Cancelled):
         synth.synthesize(images, cfg, tmp_path / "cut" / "syn", checkpoint_dir=tmp_path / "ck",
                          cancel=token, progress=_cancel_at(cancel_step, token))
-    assert (tmp_path / "ck" / synth_train.EMA_FILE).is_file()
+    assert (tmp_path / "ck" / "ckpt" / "extra.safetensors").is_file()  # the EMA, in the unit
     resumed = synth.synthesize(images, cfg, tmp_path / "cut" / "syn", resume=True,
                                checkpoint_dir=tmp_path / "ck")
     assert resumed.train_steps == 8
     a = load_file(str(tmp_path / "full" / "diffusion" / "unet.safetensors"))
     b = load_file(str(tmp_path / "cut" / "diffusion" / "unet.safetensors"))
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # EMA weights included
-    assert resumed.distances == pytest.approx(full.distances, abs=1e-5)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # EMA weights included, bit for bit
+    assert resumed.distances == full.distances
 
 
-def test_resume_without_ema_state_warns_and_finishes(tmp_path: Path) -> None:
+def test_damaged_ema_in_checkpoint_is_discarded_and_training_restarts(tmp_path: Path) -> None:
     cfg = SynthConfig(**TINY, near_copy_threshold=0.0)
+    full = synth.synthesize(_gray_images(), cfg, tmp_path / "full" / "syn")
     token = CancelToken()
     with pytest.raises(Cancelled):
         synth.synthesize(_gray_images(), cfg, tmp_path / "syn", checkpoint_dir=tmp_path / "ck",
                          cancel=token, progress=_cancel_at(2, token))
-    (tmp_path / "ck" / synth_train.EMA_FILE).unlink()
-    with pytest.warns(TskdWarning, match="EMA"):
+    ema = tmp_path / "ck" / "ckpt" / "extra.safetensors"
+    data = bytearray(ema.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit of the EMA weights: the manifest no longer matches
+    ema.write_bytes(bytes(data))
+    with pytest.warns(TskdWarning, match="extra.safetensors does not match its sha256"):
         report = synth.synthesize(_gray_images(), cfg, tmp_path / "syn", resume=True,
                                   checkpoint_dir=tmp_path / "ck")
-    assert report.n_kept == 6
+    assert report.train_steps == 6  # started over: never a mix of a damaged and a good state
+    assert report.distances == full.distances
 
 
 def test_cancel_while_sampling_then_resume_skips_training(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tskd import atomic
 from tskd.errors import CheckpointError, TskdError
 
 WEIGHTS = "model.safetensors"
@@ -29,23 +30,20 @@ TEACHER_WEIGHTS = "adapter.safetensors"
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def save_student(student: nn.Module, folder: str | Path, meta: dict[str, Any]) -> Path:
     """Write ``folder/model.safetensors`` and ``folder/meta.json``; returns the folder.
 
     The student's own config, class count and image size override any given in ``meta``;
-    other keys of ``meta`` (class_names, metrics, stage results) are kept.
+    other keys of ``meta`` (class_names, metrics, stage results) are kept. Both files are
+    written in full before either replaces its old version (``tskd.atomic.write_files``); a
+    full disk raises ``DiskFullError`` and leaves the previous bundle as it was.
     """
-    from safetensors.torch import save_file
-
     import tskd
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     cfg = getattr(student, "cfg", None)
     info = dict(meta)
     info.update(
@@ -58,11 +56,17 @@ def save_student(student: nn.Module, folder: str | Path, meta: dict[str, Any]) -
     info.setdefault("class_names", None)
     info.setdefault("metrics", {})
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    tmp = folder / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "kind": "student"})
-    os.replace(tmp, folder / WEIGHTS)
-    _atomic_write_text(folder / META, json.dumps(info, indent=1, default=str))
+    atomic.write_files({
+        folder / WEIGHTS: atomic.safetensors_bytes(state, {"format": "pt", "kind": "student"}),
+        folder / META: atomic.json_bytes(info),
+    })
     return folder
+
+
+def _param_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (what an exported file roughly needs)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _bundle_dir(folder: str | Path) -> Path:
@@ -150,7 +154,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int 
     import onnxruntime as ort
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.mkdir(path.parent)
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     was_training = model.training
@@ -158,9 +162,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int 
     gen = torch.Generator().manual_seed(0)
     dummy = torch.rand(2, 3, input_size, input_size, generator=gen)
     check = torch.rand(3, 3, input_size, input_size, generator=gen)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = atomic.temp_name(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), atomic.disk_errors(path.parent, _param_bytes(model)):
             warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer warnings
             torch.onnx.export(
                 model,

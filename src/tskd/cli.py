@@ -431,6 +431,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.close()
         print(f"tskd: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a writer outside tskd.atomic: still one line for a full disk
+        from tskd.atomic import user_error
+
+        where = Path(exc.filename).parent if exc.filename else "the output folder"
+        err = user_error(exc, where, None)
+        if err is None:
+            raise
+        progress.close()
+        print(f"tskd: error: {err}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -227,7 +227,9 @@ def load_config(path: str | Path) -> RunConfig:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a config dataclass as YAML (keys in declaration order)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from tskd import atomic
+
+    atomic.write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def replace(cfg: T, **changes: Any) -> T:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tskd import atomic
 from tskd.config import RunConfig, TrainConfig
 from tskd.engine import CancelToken, ProgressCallback
 from tskd.errors import CheckpointError, TskdInputError
@@ -350,4 +351,4 @@ def _write_markdown(out: Path, report: dict[str, Any], runs: dict[str, RunConfig
             f"{b['dice_std']:.3f}.",
             "",
         ]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic.write_text(out / "report.md", "\n".join(lines))

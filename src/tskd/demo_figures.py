@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from tskd import atomic
+
 
 def _overlay(ax: Any, image: np.ndarray, label: np.ndarray | None, title: str) -> None:
     from tskd.data import to_float_rgb
@@ -70,6 +72,7 @@ def write_figures(out: Path, runs: dict[str, Any], n_examples: int = 4) -> Path 
     curves.legend(fontsize=6, ncol=3)
     fig.tight_layout()
     path = out / "examples.png"
-    fig.savefig(path, dpi=90)
+    with atomic.disk_errors(out):
+        fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -31,6 +31,7 @@ from tskd.engine import (
     ProgressCallback,
     TrainResult,
     resolve_device,
+    seed_everything,
     train,
 )
 from tskd.errors import Cancelled, TskdInputError
@@ -321,6 +322,7 @@ def distill(
     frozen = [] if with_logits else [p for p in student.decoder_parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
+    seed_everything(cfg.train.seed)  # the projections' random initialisation repeats
     model = DistillModel(student, pairs, teacher.feature_dims, with_logits)
     data = _TransferSet(images, keys, cache, student.image_size, recompute)
     task = _DistillTask(model, data, cfg)

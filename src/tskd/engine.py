@@ -4,16 +4,21 @@ A stage describes *what* to train as a ``TrainingTask`` (model, data, loss); the
 *how*: device and mixed precision, optimiser and schedule, seeds, a progress callback, a cancel
 flag checked every step, a checkpoint at every epoch (and on cancel) and resuming from it.
 
-Checkpoints hold only trainable parameters (safetensors), the optimiser and scheduler state
-(loaded back with ``weights_only=True``) and a JSON of where training stood. Randomness is
-re-seeded from ``seed + epoch`` at every epoch, so a resumed run takes the same data order and
-augmentations as an uninterrupted one.
+Checkpoints hold only trainable parameters (safetensors), the optimiser, scheduler and random
+stream states (loaded back with ``weights_only=True``) and a JSON of where training stood; each
+is one atomic, sha256-verified unit (``_Checkpoint``). Randomness is re-seeded from
+``seed + epoch`` at every epoch, and a mid-epoch checkpoint restores the random streams as they
+were before its batch, so a resumed run takes the same data order, augmentations and dropout
+draws as an uninterrupted one and ends with the same weights, bit for bit on the CPU.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -158,47 +163,240 @@ def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: b for n, b in model.named_buffers() if "running_" in n or "num_batches" in n}
 
 
+def _rng_state() -> dict[str, Any]:
+    """Every global random stream a training step may draw from (torch, CUDA, NumPy, Python)."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                  float(gauss)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class _Checkpoint:
-    """Files of the resumable state in ``checkpoint_dir``."""
+    """The resumable state of a stage in ``folder``, written and read as one unit.
+
+    Layout: ``folder/ckpt/`` holds ``trainable.safetensors`` (trainable parameters and running
+    statistics), ``optimizer.pt`` (optimiser, scheduler and random-stream states; read back with
+    ``weights_only=True``), ``state.json`` (where training stood), ``extra.safetensors`` (state a
+    task keeps beside the model, e.g. an EMA; optional) and ``manifest.json`` (sha256 and size of
+    each of those files), written last. A save writes a new ``ckpt.tmp-<pid>-<random>/`` in full
+    (fsync'ed), renames the current ``ckpt`` to ``ckpt.old``, the new one to ``ckpt``, and only
+    then removes ``ckpt.old``; so at any instant ``ckpt`` or ``ckpt.old`` is complete, and a
+    reader never sees files of two saves. ``read`` verifies the manifest and falls back from
+    ``ckpt`` to ``ckpt.old``; a checkpoint that does not verify is discarded with a warning.
+    Leftovers of a killed save (``ckpt.tmp-*`` of a process that no longer runs, and the ``tmp/``
+    folder and loose files of the earlier layout) are removed by the next save, read or clear.
+    """
+
+    CURRENT = "ckpt"
+    OLD = "ckpt.old"
+    TMP_PREFIX = "ckpt.tmp-"
+    MANIFEST = "manifest.json"
+    PARAMS = "trainable.safetensors"
+    OPTIM = "optimizer.pt"
+    STATE = "state.json"
+    EXTRA = "extra.safetensors"
+    _REQUIRED = (PARAMS, OPTIM, STATE)
+    _LEGACY = (PARAMS, OPTIM, STATE)  # the earlier layout: loose files + a "tmp" folder
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.params = folder / "trainable.safetensors"
-        self.optim = folder / "optimizer.pt"
-        self.state = folder / "state.json"
+        self.current = folder / self.CURRENT
+        self.old = folder / self.OLD
 
-    def exists(self) -> bool:
-        return self.params.is_file() and self.optim.is_file() and self.state.is_file()
+    # -- housekeeping
+    def _remove_leftovers(self) -> None:
+        """Remove what killed saves left (only the project's own names, never other files)."""
+        import shutil
 
-    def save(self, model: nn.Module, optimizer: Any, scheduler: Any, state: dict) -> None:
-        from safetensors.torch import save_file
+        from tskd.atomic import owner_pid, pid_alive
 
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.folder.is_dir():
+            return
+        for entry in self.folder.iterdir():
+            pid = owner_pid(entry.name, self.TMP_PREFIX)
+            if pid is not None and entry.is_dir() and (pid == os.getpid() or not pid_alive(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+        legacy_tmp = self.folder / "tmp"
+        if legacy_tmp.is_dir() and all(p.name in self._LEGACY for p in legacy_tmp.iterdir()):
+            shutil.rmtree(legacy_tmp, ignore_errors=True)
+
+    def _remove_legacy_files(self) -> None:
+        for name in self._LEGACY:
+            (self.folder / name).unlink(missing_ok=True)
+
+    # -- writing
+    def save(self, model: nn.Module, optimizer: Any, scheduler: Any, state: dict,
+             rng: dict[str, Any] | None = None,
+             extra: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None) -> None:
+        """Write a new checkpoint as one unit (see the class docstring).
+
+        Raises ``DiskFullError`` ("no space left on <folder>, N MB needed") or ``TskdError``
+        (folder not writable) and then leaves the previous checkpoint as it was.
+        """
+        import shutil
+
+        from tskd.atomic import (
+            _write_file,
+            fsync_dir,
+            json_bytes,
+            safetensors_bytes,
+            torch_bytes,
+            user_error,
+        )
+
         tensors = {n: p.detach().float().cpu().contiguous() for n, p in _trainable(model).items()}
         # running statistics (e.g. BatchNorm) change during training too: keep them for resume
         tensors |= {_BUFFER + n: b.detach().cpu().contiguous() for n, b in _buffers(model).items()}
-        tmp = self.folder / "tmp"
-        tmp.mkdir(exist_ok=True)
-        save_file(tensors, str(tmp / self.params.name))
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            tmp / self.optim.name,
-        )
-        (tmp / self.state.name).write_text(json.dumps(state, indent=1))
-        for f in (self.params, self.optim, self.state):  # replace only once all are written
-            (tmp / f.name).replace(f)
-        tmp.rmdir()
+        optim = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        if rng is not None:
+            optim["rng"] = rng
+        files = {
+            self.PARAMS: safetensors_bytes(tensors),
+            self.OPTIM: torch_bytes(optim),
+            self.STATE: json_bytes(state),
+        }
+        if extra is not None:
+            ex_tensors, ex_meta = extra
+            files[self.EXTRA] = safetensors_bytes(
+                {k: v.detach().cpu().contiguous() for k, v in ex_tensors.items()}, ex_meta
+            )
+        manifest = {
+            "format": 1,
+            "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
+                      for n, d in files.items()},
+        }
+        files[self.MANIFEST] = json_bytes(manifest)  # written last: its presence seals the rest
+        total = sum(len(d) for d in files.values())
+        tmp = self.folder / f"{self.TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._remove_leftovers()
+            tmp.mkdir()
+            for name, data in files.items():
+                _write_file(tmp / name, data)
+            fsync_dir(tmp)
+            if self.current.is_dir():
+                if self.old.is_dir():  # left by a save killed after its swap: outdated
+                    shutil.rmtree(self.old)
+                os.replace(self.current, self.old)
+            os.replace(tmp, self.current)
+            fsync_dir(self.folder)
+        except OSError as exc:
+            err = user_error(exc, self.folder, total)
+            if err is None:
+                raise
+            raise err from None
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(self.old, ignore_errors=True)
+        self._remove_legacy_files()
 
-    def load(self, model: nn.Module, optimizer: Any, scheduler: Any) -> dict:
-        from safetensors.torch import load_file
+    # -- reading
+    def _verified(self, folder: Path) -> tuple[dict[str, bytes] | None, str]:
+        """The files of the checkpoint in ``folder`` if its manifest verifies, else a reason."""
+        try:
+            manifest = json.loads((folder / self.MANIFEST).read_bytes())
+            listed = manifest["files"]
+            if not isinstance(listed, dict):
+                raise TypeError
+        except FileNotFoundError:
+            return None, "it has no manifest (the save was interrupted)"
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, "its manifest is unreadable"
+        missing = [n for n in self._REQUIRED if n not in listed]
+        if missing:
+            return None, f"its manifest lacks {', '.join(missing)}"
+        files: dict[str, bytes] = {}
+        for name, entry in listed.items():
+            if "/" in name or "\\" in name or name.startswith("."):
+                return None, f"its manifest names an unexpected file {name!r}"
+            try:
+                data = (folder / name).read_bytes()
+            except OSError:
+                return None, f"{name} is missing"
+            if not isinstance(entry, dict) or hashlib.sha256(data).hexdigest() != entry.get(
+                    "sha256"):
+                return None, f"{name} does not match its sha256 in the manifest"
+            files[name] = data
+        return files, ""
+
+    def read(self) -> dict[str, bytes] | None:
+        """The newest checkpoint that verifies (file name -> bytes), or None.
+
+        A checkpoint that does not verify is skipped with a ``TskdWarning`` naming why; files
+        of the earlier layout (no manifest) cannot be verified and are skipped the same way.
+        """
+        import warnings
+
+        from tskd.errors import TskdWarning
+
+        self._remove_leftovers()
+        for folder in (self.current, self.old):
+            if not folder.is_dir():
+                continue
+            files, why = self._verified(folder)
+            if files is not None:
+                return files
+            warnings.warn(
+                f"discarding the checkpoint in {folder}: {why}; resuming from an older one or "
+                "from the start", TskdWarning, stacklevel=3,
+            )
+        if any((self.folder / n).is_file() for n in self._LEGACY):
+            warnings.warn(
+                f"the checkpoint in {self.folder} was written by an earlier version without a "
+                "manifest and cannot be verified; training starts from the beginning",
+                TskdWarning, stacklevel=3,
+            )
+        return None
+
+    def load(self, files: dict[str, bytes], model: nn.Module, optimizer: Any, scheduler: Any
+             ) -> tuple[dict, dict[str, Any] | None,
+                        tuple[dict[str, torch.Tensor], dict[str, str]] | None]:
+        """Restore a verified checkpoint: ``(state, rng state or None, extra or None)``."""
+        import io
+
+        from safetensors.torch import load as load_safetensors
 
         try:
-            tensors = load_file(str(self.params))
-            extra = torch.load(self.optim, map_location="cpu", weights_only=True)
-            state = json.loads(self.state.read_text())
-        except Exception as exc:  # a damaged checkpoint is a user-level problem
+            tensors = load_safetensors(files[self.PARAMS])
+            extra_state = torch.load(io.BytesIO(files[self.OPTIM]), map_location="cpu",
+                                     weights_only=True)
+            state = json.loads(files[self.STATE])
+            extra = None
+            if self.EXTRA in files:
+                data = files[self.EXTRA]
+                # safetensors layout: 8-byte little-endian header length, JSON header
+                header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+                extra = (load_safetensors(data), dict(header.get("__metadata__") or {}))
+        except Exception as exc:  # verified bytes that still do not parse: a foreign writer
             raise TskdError(
-                f"cannot resume: checkpoint in {self.folder} is damaged ({exc})"
+                f"cannot resume: checkpoint in {self.current} is damaged ({exc}); start again "
+                "without resume"
             ) from None
         params = _trainable(model)
         buffers = {n[len(_BUFFER):]: t for n, t in tensors.items() if n.startswith(_BUFFER)}
@@ -214,13 +412,18 @@ class _Checkpoint:
             for n, b in _buffers(model).items():
                 if n in buffers:
                     b.copy_(buffers[n].to(b.dtype))
-        optimizer.load_state_dict(extra["optimizer"])
-        scheduler.load_state_dict(extra["scheduler"])
-        return state
+        optimizer.load_state_dict(extra_state["optimizer"])
+        scheduler.load_state_dict(extra_state["scheduler"])
+        return state, extra_state.get("rng"), extra
 
     def clear(self) -> None:
-        for f in (self.params, self.optim, self.state):
-            f.unlink(missing_ok=True)
+        """Remove every checkpoint file (training finished); other files stay."""
+        import shutil
+
+        for folder in (self.current, self.old):
+            shutil.rmtree(folder, ignore_errors=True)
+        self._remove_leftovers()
+        self._remove_legacy_files()
 
 
 def _collate_default(batch: list[Any]) -> Any:
@@ -271,7 +474,15 @@ def train(
 ) -> TrainResult:
     """Train ``task.model``'s trainable parameters; see the module docstring for guarantees.
 
-    Raises ``Cancelled`` (after writing a checkpoint) when ``cancel`` is set.
+    With ``checkpoint_dir``, a checkpoint (one atomic unit, see ``_Checkpoint``) is written at
+    the end of every epoch and on cancel; ``resume`` continues from the newest one that verifies
+    (one that does not is discarded with a ``TskdWarning``). A task may keep state beside the
+    model in the checkpoint: ``task.checkpoint_state() -> (tensors, str metadata)`` is saved
+    with it, and ``task.restore_checkpoint_state(extra_or_None, step)`` is called on resume.
+
+    Raises ``Cancelled`` (after writing a checkpoint) when ``cancel`` is set, ``DiskFullError``
+    when the checkpoint folder's disk is full (the previous checkpoint is kept), and
+    ``TskdError`` for a checkpoint of other settings or another model.
     """
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg)
@@ -308,8 +519,11 @@ def train(
     history: list[dict[str, float]] = []
     start_epoch, skip_batches, step = 0, 0, 0
     resumed_from: int | None = None
-    if resume and ckpt and ckpt.exists():
-        state = ckpt.load(accelerator.unwrap_model(model), optimizer, scheduler)
+    resume_rng: dict[str, Any] | None = None
+    files = ckpt.read() if resume and ckpt else None
+    if ckpt is not None and files is not None:
+        state, resume_rng, extra = ckpt.load(files, accelerator.unwrap_model(model), optimizer,
+                                             scheduler)
         if state.get("config") != asdict(cfg):
             raise TskdError(
                 f"cannot resume: the checkpoint in {ckpt.folder} was made with other training "
@@ -318,8 +532,12 @@ def train(
         start_epoch, skip_batches = state["epoch"], state["batch_in_epoch"]
         step, history = state["step"], state["history"]
         resumed_from = start_epoch
+        restore = getattr(task, "restore_checkpoint_state", None)
+        if restore is not None:
+            restore(extra, step)
+    extra_state = getattr(task, "checkpoint_state", None)
 
-    def save(epoch: int, batch_in_epoch: int) -> None:
+    def save(epoch: int, batch_in_epoch: int, rng: dict[str, Any] | None = None) -> None:
         if ckpt is None:
             return
         state = {
@@ -330,7 +548,8 @@ def train(
             "history": history,
             "config": asdict(cfg),
         }
-        ckpt.save(accelerator.unwrap_model(model), optimizer, scheduler, state)
+        ckpt.save(accelerator.unwrap_model(model), optimizer, scheduler, state, rng=rng,
+                  extra=extra_state() if extra_state is not None else None)
 
     t0 = time.perf_counter()
     last_preview = t0
@@ -341,13 +560,18 @@ def train(
         generator.manual_seed(cfg.seed * 100_003 + epoch)
         sums: dict[str, float] = {}
         count = 0
-        for i, batch in enumerate(loader):
+        batches = iter(loader)
+        for i in range(steps_per_epoch):
+            if epoch == start_epoch and i == skip_batches and resume_rng is not None:
+                _set_rng_state(resume_rng)  # the streams as they were before this batch
+            rng = _rng_state() if ckpt is not None else None
+            batch = next(batches)
             if epoch == start_epoch and i < skip_batches:
-                continue  # data is still drawn, so the random streams match an unbroken run
+                continue  # drawn only to reach the batch where the cancelled run stopped
             if step >= total:
                 break
             if cancel is not None and cancel.cancelled:
-                save(epoch, i)
+                save(epoch, i, rng)
                 raise Cancelled(f"{task.name}: cancelled at step {step}/{total}; resume to go on")
             batch = _to_device(batch, accelerator.device)
             with accelerator.autocast():
@@ -392,8 +616,10 @@ def train(
             break
     model.eval()
     if ckpt is not None:
+        from tskd.atomic import write_json
+
+        write_json(ckpt.folder / "history.json", history)  # first: a full disk keeps the ckpt
         ckpt.clear()  # finished: the stage writes its own artefact; nothing left to resume
-        (ckpt.folder / "history.json").write_text(json.dumps(history, indent=1))
     task.model = accelerator.unwrap_model(model)
     return TrainResult(history, step, time.perf_counter() - t0, resumed_from)
 

@@ -21,6 +21,10 @@ class RunFolderError(TskdError):
     """An output folder that would overwrite a different run."""
 
 
+class DiskFullError(TskdError):
+    """The disk (or quota) holding an output folder is full; the previous files were kept."""
+
+
 class Cancelled(TskdError):
     """Training was cancelled by the user; a resumable checkpoint was kept."""
 

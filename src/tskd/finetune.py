@@ -132,6 +132,7 @@ def finetune_student(
             f"not {image_size}"
         )
     needed = num_classes(list(train) + list(val))
+    engine.seed_everything(cfg.train.seed)  # a new head's random initialisation repeats
     if student.num_classes < needed:
         student.reset_head(needed)
     for p in student.parameters():

@@ -602,7 +602,9 @@ def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = Non
     allowed = {".png": (np.uint8, np.uint16)}.get(suffix, (np.uint8,))
     if suffix not in _TIFF | {".npy"} and image.dtype not in allowed:
         raise TskdInputError(f"{path}: {suffix} cannot hold {image.dtype} data; use .tif")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from tskd import atomic
+
+    # encoded in memory, then written atomically: a full disk keeps an existing file as it was
     if suffix in _TIFF:
         import tifffile
 
@@ -614,13 +616,16 @@ def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = Non
         if ax.channel_axis is not None:
             kwargs["planarconfig"] = "contig"
         axes = ("Z" if ax.is_stack else "") + "YX" + ("S" if ax.channel_axis is not None else "")
-        tifffile.imwrite(path, image, metadata={"axes": axes}, **kwargs)
+        data = atomic.encode(
+            lambda f: tifffile.imwrite(f, image, metadata={"axes": axes}, **kwargs)
+        )
     elif suffix == ".npy":
-        np.save(path, image, allow_pickle=False)
+        data = atomic.encode(lambda f: np.save(f, image, allow_pickle=False))
     else:
         import imageio.v3 as iio
 
-        iio.imwrite(path, image)
+        data = iio.imwrite("<bytes>", image, extension=suffix)
+    atomic.write_bytes(path, data)
     return path
 
 

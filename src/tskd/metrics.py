@@ -229,15 +229,24 @@ def evaluate(
 
 
 def write_report(report: EvalReport, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``metrics.json`` (definitions, summary, records) and ``metrics.csv`` (records)."""
+    """Write ``metrics.json`` (definitions, summary, records) and ``metrics.csv`` (records).
+
+    Both are written in full before either replaces an old one (``tskd.atomic``).
+    """
+    import io
+
+    from tskd import atomic
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     js, cs = out / "metrics.json", out / "metrics.csv"
-    js.write_text(json.dumps(report.to_dict(), indent=1))
-    with cs.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["image", "class", *METRIC_KEYS, "case"])
-        writer.writeheader()
-        writer.writerows(report.records)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=["image", "class", *METRIC_KEYS, "case"])
+    writer.writeheader()
+    writer.writerows(report.records)
+    atomic.write_files({
+        js: json.dumps(report.to_dict(), indent=1).encode("utf-8"),
+        cs: text.getvalue().encode("utf-8"),
+    })
     return js, cs
 
 

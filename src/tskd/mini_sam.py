@@ -194,9 +194,11 @@ def save_mini_sam(
     """Write ``sam``'s weights to ``path`` (.safetensors, fp16 by default) and its config JSON.
 
     The weights keep SAM's official key names, at the resolution the model was built at;
-    ``extra`` (e.g. pretraining settings) goes into the JSON under "info".
+    ``extra`` (e.g. pretraining settings) goes into the JSON under "info". Both files are
+    written in full before either replaces its old version; a full disk raises
+    ``DiskFullError`` and keeps the previous weights.
     """
-    from safetensors.torch import save_file
+    from tskd import atomic
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -205,10 +207,11 @@ def save_mini_sam(
     cfg = MiniSamConfig.from_dict(cfg.to_dict() | {"img_size": grid * cfg.patch_size})
     dtype = torch.float16 if half else torch.float32
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sam.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
     meta = {"model_type": "mini", "config": cfg.to_dict(), "info": extra or {}}
-    json_path(path).write_text(json.dumps(meta, indent=1))
+    atomic.write_files({
+        path: atomic.safetensors_bytes(tensors),
+        json_path(path): atomic.json_bytes(meta),
+    })
     return path
 
 

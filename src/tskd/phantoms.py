@@ -13,7 +13,6 @@ the target generators, so a teacher pretrained on them has never seen a target t
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -160,6 +159,8 @@ def write_task_folders(
     import imageio.v3 as iio
     import tifffile
 
+    from tskd import atomic
+
     _check_task(task)
     info = TASKS[task]
     counts = {"train": n_train, "unlabelled": n_unlabelled, "test": n_test}
@@ -170,29 +171,32 @@ def write_task_folders(
     suffix = ".tif" if info.dtype == "uint16" else ".png"
     for split, n in counts.items():
         img_dir = root / split / "images"
-        img_dir.mkdir(parents=True, exist_ok=True)
+        atomic.mkdir(img_dir)
         lab_dir = root / split / "labels"
         if split != "unlabelled":
-            lab_dir.mkdir(parents=True, exist_ok=True)
+            atomic.mkdir(lab_dir)
         for k, (image, label) in enumerate(
             generate(task, n, size, seed, start=INDEX_OFFSETS[split])
         ):
             stem = f"{task}_{split}_{k:04d}"
             if suffix == ".tif":
-                tifffile.imwrite(img_dir / f"{stem}{suffix}", image)
+                data = atomic.encode(lambda f, im=image: tifffile.imwrite(f, im))
             else:
-                iio.imwrite(img_dir / f"{stem}{suffix}", image)
+                data = iio.imwrite("<bytes>", image, extension=suffix)
+            files = {img_dir / f"{stem}{suffix}": data}
             if split != "unlabelled":
-                iio.imwrite(lab_dir / f"{stem}.png", label.astype(np.uint8))
+                files[lab_dir / f"{stem}.png"] = iio.imwrite(
+                    "<bytes>", label.astype(np.uint8), extension=".png")
+            atomic.write_files(files)
         if split != "unlabelled":
             labels = {name: i for i, name in enumerate(info.class_names)}
             channels = {"0": "gray"} if info.channels == 1 else {"0": "R", "1": "G", "2": "B"}
             dataset = {"name": task, "description": info.description, "labels": labels,
                        "channel_names": channels, "numTraining": n, "file_ending": suffix}
-            (root / split / "dataset.json").write_text(json.dumps(dataset, indent=1))
+            atomic.write_json(root / split / "dataset.json", dataset)
     meta = asdict(info) | {"seed": seed, "size": size, "counts": counts,
                            "index_offsets": INDEX_OFFSETS}
-    (root / "task.json").write_text(json.dumps(meta, indent=1))
+    atomic.write_json(root / "task.json", meta)
     return root
 
 
@@ -234,7 +238,10 @@ def contact_sheet(
     names = ", ".join(TASKS[task].class_names[1:])
     fig.suptitle(f"{task} ({names})", fontsize=10)
     fig.tight_layout()
+    from tskd import atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    atomic.mkdir(path.parent)
+    with atomic.disk_errors(path.parent):
+        fig.savefig(path, dpi=80)
     return path

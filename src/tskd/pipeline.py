@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tskd.config import RunConfig, TrainConfig, to_dict
-from tskd.engine import CancelToken, ProgressCallback
+from tskd.engine import CancelToken, ProgressCallback, seed_everything
 from tskd.errors import TskdError, TskdInputError
 from tskd.run_folder import (
     RunPaths,
@@ -168,6 +168,7 @@ def stage_teacher(
     fp = _teacher_fp(cfg, data.fingerprint)
     if stage_done(paths.teacher, fp):
         return read_result(paths.teacher) | {"skipped": True}
+    seed_everything(cfg.teacher.train.seed)  # before any model is built: repeatable runs
     t0 = time.perf_counter()
     metrics = teacher.finetune_teacher(
         cfg.teacher,
@@ -213,6 +214,7 @@ def stage_synthesize(
     if cfg.synth.enabled and cfg.synth.n_images > 0:
         from tskd import synth
 
+        seed_everything(cfg.synth.seed)  # before any model is built: repeatable runs
         report = synth.synthesize(
             images,
             cfg.synth,
@@ -305,6 +307,7 @@ def stage_distill(
     fp = _distill_fp(cfg, data)
     if stage_done(paths.distilled, fp):
         return read_result(paths.distilled) | {"skipped": True}
+    seed_everything(cfg.distill.train.seed)  # before any model is built: repeatable runs
     if cfg.distill.task_agnostic:
         model, teacher_id = _base_teacher(cfg, data.num_classes)
     else:
@@ -313,6 +316,7 @@ def stage_distill(
         model = teacher.load_teacher(paths.teacher)
         teacher_id = teacher.teacher_id(paths.teacher)
     images = _transfer_images(cfg, data)
+    seed_everything(cfg.distill.train.seed)  # the student's initialisation, whatever came before
     student = Student(cfg.student, data.num_classes, cfg.data.image_size)
     t0 = time.perf_counter()
     result = distill.distill(
@@ -375,6 +379,7 @@ def stage_finetune_student(
                      init, data.fingerprint, cfg.data.image_size)
     if not continue_from_last and stage_done(paths.student, fp):
         return read_result(paths.student) | {"skipped": True}
+    seed_everything(cfg.student.train.seed)  # before any model is built: repeatable runs
     if continue_from_last:
         if not (paths.student / "meta.json").is_file():
             raise TskdError(f"no student in {paths.student} to continue from; train one first")

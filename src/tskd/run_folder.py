@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tskd import atomic
 from tskd.config import RunConfig, load_config, save_config, to_dict
 from tskd.errors import RunFolderError, TskdWarning
 
@@ -109,10 +110,7 @@ def stage_done(folder: Path, fp: str) -> bool:
 
 def mark_done(folder: Path, fp: str, result: dict[str, Any]) -> None:
     """Record that the stage in ``folder`` finished, with its fingerprint and result."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "stage.json").write_text(
-        json.dumps({"fingerprint": fp, "result": result}, indent=1, default=str)
-    )
+    atomic.write_json(folder / "stage.json", {"fingerprint": fp, "result": result})
 
 
 def read_result(folder: Path) -> dict[str, Any]:
@@ -527,9 +525,8 @@ def _try_load(path: Path) -> RunConfig | None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON (pretty) creating parent folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str))
+    """Write JSON (pretty) creating parent folders; atomic (``tskd.atomic``)."""
+    atomic.write_json(path, data)
 
 
 def dump_yaml(data: Any) -> str:

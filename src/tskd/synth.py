@@ -9,7 +9,6 @@ near-copies are dropped; the share dropped is reported. Outputs in ``out_dir``:
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tskd import atomic
 from tskd.config import SynthConfig
 from tskd.engine import CancelToken, ProgressCallback, resolve_device
 from tskd.synth_model import (
@@ -132,9 +132,7 @@ def _model_fingerprint(cfg: SynthConfig, data_fp: str) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    atomic.write_json(path, obj)
 
 
 def synthesize(
@@ -189,19 +187,23 @@ def synthesize(
     sample_seconds = time.perf_counter() - t0
 
     keep, idx, dist = screen_near_copies(samples, train_images, cfg.near_copy_threshold)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.iterdir():  # a previous run's samples would break count == kept
-        if _PNG.fullmatch(old.name):
-            old.unlink()
     arrays = to_uint8(samples[torch.from_numpy(keep)], out_size)
     kept_ids = np.flatnonzero(keep)
     paths, files = [], []
+    encoded: dict[Path, bytes] = {}
     for k, arr in zip(kept_ids, arrays):
         path = out_dir / f"synthetic_{k:04d}.png"
-        imwrite(path, arr)
+        encoded[path] = imwrite("<bytes>", arr, extension=".png")
         paths.append(str(path))
         files.append({"file": path.name, "source": "synthetic", "sample": int(k),
                       "nearest_train_index": int(idx[k]), "nearest_distance": float(dist[k])})
+    # every new image is written in full before any old one is replaced or removed: a full disk
+    # keeps the previous transfer set as it was
+    atomic.mkdir(out_dir)
+    atomic.write_files(encoded)
+    for old in out_dir.iterdir():  # a previous run's samples would break count == kept
+        if _PNG.fullmatch(old.name) and old not in encoded:
+            old.unlink()
     dropped = [{"sample": int(k), "nearest_train_index": int(idx[k]),
                 "nearest_distance": float(dist[k])} for k in np.flatnonzero(~keep)]
     n = int(cfg.n_images)

@@ -162,19 +162,20 @@ def _plain_config(config: Any) -> dict[str, Any]:
 
 
 def save_model(unet: Any, scheduler: Any, model_dir: Path, meta: dict[str, Any]) -> None:
-    """Write the (EMA) UNet and its schedule as safetensors + JSON; files replaced atomically."""
-    from safetensors.torch import save_file
+    """Write the (EMA) UNet and its schedule as safetensors + JSON.
 
-    model_dir.mkdir(parents=True, exist_ok=True)
+    All four files are written in full before any replaces its old version (``meta.json``, which
+    ``read_meta`` looks for, last); a full disk raises ``DiskFullError`` and keeps the old model.
+    """
+    from tskd import atomic
+
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in unet.state_dict().items()}
-    tmp = model_dir / "unet.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(model_dir / "unet.safetensors")
-    (model_dir / "unet_config.json").write_text(json.dumps(_plain_config(unet.config), indent=1))
-    (model_dir / "scheduler_config.json").write_text(
-        json.dumps(_plain_config(scheduler.config), indent=1)
-    )
-    (model_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    atomic.write_files({
+        model_dir / "unet.safetensors": atomic.safetensors_bytes(tensors),
+        model_dir / "unet_config.json": atomic.json_bytes(_plain_config(unet.config)),
+        model_dir / "scheduler_config.json": atomic.json_bytes(_plain_config(scheduler.config)),
+        model_dir / "meta.json": atomic.json_bytes(meta),
+    })
 
 
 def read_meta(model_dir: Path) -> dict[str, Any] | None:

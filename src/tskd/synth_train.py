@@ -8,7 +8,6 @@ noise as an unbroken one and ends with the same weights.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -21,12 +20,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tskd.config import SynthConfig, TrainConfig
-from tskd.engine import CancelToken, ProgressCallback, TrainResult, train
-from tskd.errors import Cancelled, TskdError, TskdWarning
+from tskd.engine import CancelToken, ProgressCallback, TrainResult, seed_everything, train
+from tskd.errors import TskdError, TskdWarning
 from tskd.synth_model import NUM_TRAIN_TIMESTEPS, build_train_scheduler, build_unet
 
 TRAIN_STAGE = "synthesize-train"
-EMA_FILE = "ema.safetensors"
+EMA_FILE = "ema.safetensors"  # beside the checkpoint in the earlier layout; now inside it
 _STEPS_PER_EPOCH = 50  # the engine checkpoints once per epoch: every 50 steps at most
 
 
@@ -120,14 +119,12 @@ class DdpmTask:
         the start of call k are those after k optimiser steps: the EMA absorbs them here, one
         call late, and once more after training (``finish``). At an engine checkpoint (every
         epoch, and on cancel) the EMA has absorbed every step but the last, and ``calls`` equals
-        the engine's step; both are saved, so a resumed run folds the same weights in the same
-        order as an unbroken one.
+        the engine's step; both are saved in the checkpoint (``checkpoint_state``), so a resumed
+        run folds the same weights in the same order as an unbroken one.
         """
         params = list(model.parameters())
         if self.ema.shadow_params and self.ema.shadow_params[0].device != params[0].device:
             self.ema.to(device=params[0].device)
-        if self.calls and self.calls % self.spe == 0:
-            self.save_ema()  # the engine has just written its end-of-epoch checkpoint
         if self.calls > self.ema.optimization_step:
             self.ema.step(params)
 
@@ -135,52 +132,35 @@ class DdpmTask:
         """Fold in the weights after the last optimiser step."""
         self.ema_catch_up(self.model)
 
-    # -- persistence beside the engine's checkpoint
+    # -- persistence inside the engine's checkpoint (one atomic unit with the weights)
 
-    def save_ema(self) -> None:
-        from safetensors.torch import save_file
-
-        if self.checkpoint_dir is None:
-            return
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The EMA's shadow weights (by parameter name) and its counters, for the checkpoint."""
         names = [n for n, _ in self.model.named_parameters()]
         tensors = {n: s.detach().float().cpu().contiguous()
                    for n, s in zip(names, self.ema.shadow_params)}
         meta = {"calls": str(self.calls), "optimization_step": str(self.ema.optimization_step),
                 "data": self.data_fp}
-        tmp = self.checkpoint_dir / (EMA_FILE + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(self.checkpoint_dir / EMA_FILE)
+        return tensors, meta
 
-    def restore_ema(self) -> None:
-        """Before the engine resumes: load the EMA saved with its checkpoint, or restart it."""
-        from safetensors import safe_open
+    def restore_checkpoint_state(
+        self, extra: tuple[dict[str, torch.Tensor], dict[str, str]] | None, step: int
+    ) -> None:
+        """On resume: load the EMA saved with the engine's checkpoint, or restart it (warning).
 
-        assert self.checkpoint_dir is not None
-        try:
-            engine_step = json.loads((self.checkpoint_dir / "state.json").read_text())["step"]
-        except (OSError, ValueError, KeyError):
-            return  # no engine checkpoint: the engine starts from scratch, and so does the EMA
-        path = self.checkpoint_dir / EMA_FILE
-        tensors: dict[str, torch.Tensor] = {}
-        meta: dict[str, str] = {}
-        if path.is_file():
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    meta = f.metadata() or {}
-                    tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-            except Exception:  # a damaged EMA file costs the average, not the run
-                meta, tensors = {}, {}
+        Raises ``TskdError`` when the checkpoint was trained on other images.
+        """
+        tensors, meta = extra if extra is not None else ({}, {})
         if meta.get("data") and meta["data"] != self.data_fp:
             raise TskdError(
                 f"cannot resume: the checkpoint in {self.checkpoint_dir} was trained on other "
                 "images; start again without resume"
             )
         names = [n for n, _ in self.model.named_parameters()]
-        if meta.get("calls") == str(engine_step) and set(tensors) == set(names):
+        if meta.get("calls") == str(step) and set(tensors) == set(names):
             with torch.no_grad():
                 for s, n in zip(self.ema.shadow_params, names):
-                    s.copy_(tensors[n].to(s.dtype))
+                    s.copy_(tensors[n].to(s.device, s.dtype))
             self.ema.optimization_step = int(meta["optimization_step"])
         else:
             warnings.warn(
@@ -190,7 +170,7 @@ class DdpmTask:
                 stacklevel=3,
             )
             self.ema.optimization_step = 0  # the next fold copies the weights (decay 0)
-        self.calls = engine_step
+        self.calls = step
 
 
 def train_ddpm(
@@ -206,23 +186,17 @@ def train_ddpm(
     from diffusers.training_utils import EMAModel
 
     train_cfg = train_config(cfg)
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)  # before the UNet's random initialisation: repeatable runs
     unet = build_unet(cfg.resolution, images.shape[1], cfg.base_channels)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=True)
     task = DdpmTask(unet, images, cfg, ema, checkpoint_dir=checkpoint_dir,
                     data_fp=data_fingerprint(images))
-    if resume and checkpoint_dir is not None:
-        task.restore_ema()
-    try:
-        result = train(task, train_cfg, checkpoint_dir=checkpoint_dir, progress=progress,
-                       cancel=cancel, resume=resume)
-    except Cancelled:
-        task.save_ema()  # the engine saved its checkpoint before raising
-        raise
+    result = train(task, train_cfg, checkpoint_dir=checkpoint_dir, progress=progress,
+                   cancel=cancel, resume=resume)
     task.finish()
     unet = task.model.cpu()
     ema.to(device="cpu")
     ema.copy_to(unet.parameters())
     if checkpoint_dir is not None:
-        (checkpoint_dir / EMA_FILE).unlink(missing_ok=True)  # finished, like the engine's files
+        (checkpoint_dir / EMA_FILE).unlink(missing_ok=True)  # of the earlier checkpoint layout
     return unet.eval(), task.noise_scheduler, result

@@ -15,8 +15,6 @@ so a freshly computed entry and a cached one give bit-identical training.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -84,8 +82,11 @@ class TeacherCache:
         return tensors
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Store one image's outputs atomically (temp file + rename); returns what was stored."""
-        from safetensors.torch import save_file
+        """Store one image's outputs atomically (temp file + rename); returns what was stored.
+
+        A full disk raises ``DiskFullError`` naming the cache folder.
+        """
+        from tskd import atomic
 
         missing = [name for name in self.layers if name not in tensors]
         if missing:
@@ -94,14 +95,7 @@ class TeacherCache:
             name: t.detach().float().clamp(-_FP16_MAX, _FP16_MAX).half().cpu().contiguous()
             for name, t in tensors.items()
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}-", suffix=".tmp", dir=self.dir)
-        os.close(fd)
-        try:
-            save_file(stored, tmp, metadata={"teacher_id": self.teacher_id})
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic.save_safetensors(self.path(key), stored, {"teacher_id": self.teacher_id})
         return stored
 
     def get_or_compute(

@@ -100,8 +100,10 @@ def save_teacher(model: SemanticSam, folder: str | Path, meta: dict[str, Any]) -
 
     ``meta`` needs "lora" (LoraSettings or dict); "model_type" and "checkpoint" default to where
     ``build_sam`` loaded the base from; num_classes, input_size and the base sha256 are added.
+    Both files are written in full before either replaces its old version; a full disk raises
+    ``DiskFullError`` and leaves the previous teacher as it was.
     """
-    from safetensors.torch import save_file
+    from tskd import atomic
 
     if not is_lora(model):
         raise TskdError("save_teacher needs the unmerged LoRA teacher (call it before merge_lora)")
@@ -119,9 +121,10 @@ def save_teacher(model: SemanticSam, folder: str | Path, meta: dict[str, Any]) -
     meta.setdefault("checkpoint_sha256", _base_sha(meta["checkpoint"]))
     meta |= {"kind": "teacher", "num_classes": model.num_classes, "input_size": model.input_size}
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state(model), str(folder / ADAPTER))
-    (folder / META).write_text(json.dumps(meta, indent=1))
+    atomic.write_files({
+        folder / ADAPTER: atomic.safetensors_bytes(trainable_state(model)),
+        folder / META: atomic.json_bytes(meta),
+    })
     return folder
 
 

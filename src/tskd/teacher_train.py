@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tskd.config import TeacherConfig
-from tskd.engine import CancelToken, ProgressCallback
+from tskd.engine import CancelToken, ProgressCallback, seed_everything
 from tskd.engine import train as engine_train
 from tskd.teacher_lora import apply_lora, save_teacher
 from tskd.teacher_model import SemanticSam, build_sam
@@ -100,8 +100,11 @@ def finetune_teacher(
     """Fine-tune SAM with LoRA on labelled samples; write ``out_dir``; return the metrics.
 
     ``train_image_shape`` [H, W] (median size of the labelled images) goes into the meta, so
-    prediction tiles large images at the training scale.
+    prediction tiles large images at the training scale. Randomness is seeded from
+    ``cfg.train.seed`` before the class heads and LoRA matrices are initialised, so two runs
+    with the same seed give the same adapter (on the CPU, bit for bit).
     """
+    seed_everything(cfg.train.seed)
     sam = build_sam(cfg.model_type, cfg.checkpoint, cfg.input_size)
     model = apply_lora(SemanticSam(sam, num_classes), cfg.lora)
     task = TeacherTask(model, train, cfg, augment)

@@ -1,0 +1,250 @@
+"""Writing files so that a crash, a kill or a full disk never leaves a half-written artefact.
+
+Every file the project writes goes through this module. Content is first written in full to a
+temporary file beside the target (``.<name>.tmp-<pid>-<random>``), flushed to disk (fsync), and
+only then renamed over the target in one step (``os.replace``), so the target holds either its
+old bytes or the new ones, never a mix. ``write_files`` writes a whole set of files (a model's
+weights and its ``meta.json``) the same way: every temporary file is complete before the first
+rename, so a full disk leaves all previous files as they were.
+
+Operating-system errors a user can fix become one-line ``TskdError``s naming the folder:
+
+- ``ENOSPC``/``EDQUOT`` (disk or quota full): ``DiskFullError`` "no space left on <folder>, N MB
+  needed; ..." where N is the size of what was being written (rounded up to whole MB);
+- ``EACCES``/``EPERM``/``EROFS``: "cannot write to <folder> (...)".
+
+Leftover temporary files of a killed writer (same target name, process no longer running) are
+removed the next time that target is written.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import math
+import os
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from tskd.errors import DiskFullError, TskdError
+
+_FULL = {errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+_TMP_MARK = ".tmp-"
+
+
+def megabytes(nbytes: int) -> int:
+    """``nbytes`` in whole MB (10**6 bytes), rounded up, at least 1."""
+    return max(1, math.ceil(nbytes / 1e6))
+
+
+def user_error(exc: OSError, folder: str | Path, nbytes: int | None) -> TskdError | None:
+    """The one-line ``TskdError`` for an OS error a user can fix, or None for any other error.
+
+    ``nbytes`` is the size of what was being written (for the "N MB needed" of a full disk);
+    None when it is not known (the message then says no amount).
+    """
+    if exc.errno in _FULL:
+        needed = f", {megabytes(nbytes)} MB needed" if nbytes is not None else ""
+        return DiskFullError(
+            f"no space left on {folder}{needed}; free some space there (or choose another "
+            "folder) and run again, the previous files were kept"
+        )
+    if exc.errno in _DENIED:
+        reason = exc.strerror or "permission denied"
+        return TskdError(
+            f"cannot write to {folder} ({reason.lower()}); choose a folder you can write to"
+        )
+    return None
+
+
+@contextmanager
+def disk_errors(folder: str | Path, nbytes: int | None = None) -> Iterator[None]:
+    """Turn a full disk or a refused write inside the block into a one-line ``TskdError``.
+
+    For writers that cannot write through this module (e.g. a plotting library saving a figure).
+    """
+    try:
+        yield
+    except OSError as exc:
+        err = user_error(exc, folder, nbytes)
+        if err is None:
+            raise
+        raise err from None
+
+
+def mkdir(folder: str | Path) -> Path:
+    """``folder.mkdir(parents=True, exist_ok=True)`` with the errors of ``disk_errors``."""
+    folder = Path(folder)
+    with disk_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# ------------------------------------------------------------------------------ low level
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` to ``fd`` (the one place bytes reach the disk)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _write_file(path: Path, data: bytes | memoryview) -> None:
+    """Create ``path`` (must not exist), write ``data`` and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames inside ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    """A fresh temporary name beside ``path``: ``.<name>.tmp-<pid>-<random>``."""
+    return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (on this machine)."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there: assume it runs
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but belongs to someone else (or cannot tell): leave its files
+    return True
+
+
+def owner_pid(name: str, prefix: str) -> int | None:
+    """The process id in a temporary name ``<prefix><pid>-<random>``, or None if not one."""
+    if not name.startswith(prefix):
+        return None
+    pid, _, rand = name[len(prefix):].partition("-")
+    return int(pid) if pid.isdigit() and rand else None
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove temporary files of ``path`` left by writers that no longer run."""
+    prefix = f".{path.name}{_TMP_MARK}"
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        pid = owner_pid(entry.name, prefix)
+        if pid is not None and pid != os.getpid() and not pid_alive(pid) and entry.is_file():
+            entry.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------ writers
+def write_files(files: Mapping[str | Path, bytes]) -> list[Path]:
+    """Write several files as one unit: all temporary files in full, then all renames.
+
+    A full disk or refused write raises (``DiskFullError``/``TskdError``) before any target is
+    touched, so every target keeps its old bytes. Returns the target paths.
+    """
+    targets = {Path(p): data for p, data in files.items()}
+    if not targets:
+        return []
+    total = sum(len(d) for d in targets.values())
+    folder = next(iter(targets)).parent
+    temps: dict[Path, Path] = {}
+    try:
+        for path, data in targets.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(path)
+            tmp = temp_name(path)
+            temps[path] = tmp
+            _write_file(tmp, data)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+        for parent in {p.parent for p in targets}:
+            fsync_dir(parent)
+    except OSError as exc:
+        err = user_error(exc, folder, total)
+        if err is None:
+            raise
+        raise err from None
+    finally:
+        for tmp in temps.values():
+            if tmp.exists():
+                tmp.unlink(missing_ok=True)
+    return list(targets)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically (see the module docstring)."""
+    return write_files({Path(path): data})[0]
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Replace ``path`` with UTF-8 ``text`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def json_bytes(obj: Any, indent: int | None = 1) -> bytes:
+    """``obj`` as JSON (UTF-8); objects JSON does not know are written as ``str(obj)``."""
+    return json.dumps(obj, indent=indent, default=str).encode("utf-8")
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
+    """Replace ``path`` with ``obj`` as JSON atomically."""
+    return write_bytes(path, json_bytes(obj, indent))
+
+
+def encode(writer: Callable[[BinaryIO], Any]) -> bytes:
+    """The bytes ``writer`` writes into a file object (e.g. ``lambda f: np.save(f, a)``)."""
+    buf = io.BytesIO()
+    writer(buf)
+    return buf.getvalue()
+
+
+def safetensors_bytes(
+    tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """A safetensors file's bytes (tensors must be contiguous CPU tensors)."""
+    from safetensors.torch import save
+
+    return save(dict(tensors), metadata=dict(metadata) if metadata else None)
+
+
+def save_safetensors(
+    path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Replace ``path`` with a safetensors file of ``tensors`` atomically."""
+    return write_bytes(path, safetensors_bytes(tensors, metadata))
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save(obj)`` as bytes."""
+    import torch
+
+    return encode(lambda f: torch.save(obj, f))
+
+
+def torch_save(path: str | Path, obj: Any) -> Path:
+    """Replace ``path`` with ``torch.save(obj)`` atomically."""
+    return write_bytes(path, torch_bytes(obj))
