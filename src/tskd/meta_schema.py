@@ -99,10 +99,22 @@ class TeacherMeta:
 
 
 def _error(path: Path, bad: _Bad) -> ModelMetaError:
+    what = f"'{bad.key}' {bad.problem}" if bad.key else bad.problem
     return ModelMetaError(
-        f"model description {path} is invalid: '{bad.key}' {bad.problem}; restore the folder's "
-        "original meta.json or train the model again"
+        f"model description {path} is invalid: {what}; restore the folder's original meta.json "
+        "or train the model again"
     )
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (object, list, string, number, boolean, null)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
 
 
 def read_meta_file(path: str | Path) -> dict[str, Any]:
@@ -113,13 +125,15 @@ def read_meta_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelMetaError(f"no {path.name} in {path.parent}: not a tskd model folder")
     size = path.stat().st_size
+    if size == 0:
+        raise ModelMetaError(f"model metadata {path} is empty; restore the folder's meta.json")
     if size > MAX_META_BYTES:
         raise ModelMetaError(
             f"model description {path} is {size / 2**20:.1f} MB, larger than the "
             f"{MAX_META_BYTES // 2**20} MB a tskd meta.json can be; it was not read"
         )
     try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
+        meta = json.loads(path.read_bytes().decode("utf-8-sig"))  # a BOM is harmless
     except RecursionError:
         raise ModelMetaError(
             f"model metadata {path} is nested too deeply to be valid JSON"
@@ -131,7 +145,7 @@ def read_meta_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ModelMetaError(
             f"{path} is not a tskd model description (kind student/teacher): it holds a JSON "
-            f"{type(meta).__name__}, not an object"
+            f"{_json_type(meta)}, not an object"
         )
     return meta
 
@@ -184,7 +198,7 @@ def _mapping(data: dict[str, Any], key: str) -> dict[str, Any]:
         raise _Bad(key, "is missing")
     value = data[key]
     if not isinstance(value, dict):
-        raise _Bad(key, f"must be a mapping, got {type(value).__name__}")
+        raise _Bad(key, f"must be a mapping, got a JSON {_json_type(value)}")
     return value
 
 
@@ -263,8 +277,7 @@ def _student_config(data: dict[str, Any]) -> StudentConfig:
     try:
         cfg = from_dict(StudentConfig, dict(data), "student")
     except TskdInputError as exc:
-        message = str(exc).removeprefix("config: ")
-        raise _Bad("student", f"is not a student description ({message})") from None
+        raise _Bad("", str(exc).removeprefix("config: ")) from None
     p = cfg.patch_size
     if p & (p - 1):
         raise _Bad("student.patch_size", f"must be a power of two, got {p}")
@@ -342,8 +355,7 @@ def validate_teacher_meta(meta: Any, path: str | Path = "meta.json") -> TeacherM
         try:
             lora = from_dict(LoraSettings, dict(lora_data), "lora")
         except (TskdInputError, CheckpointError) as exc:
-            message = str(exc).removeprefix("config: ")
-            raise _Bad("lora", f"is not valid ({message})") from None
+            raise _Bad("", str(exc).removeprefix("config: ")) from None
         extra = _optional(meta, num_classes)
     except _Bad as bad:
         raise _error(path, bad) from None
