@@ -67,8 +67,6 @@ def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
     the exact names of the matched layers, never a user's regular expression. Raises
     ``TskdInputError`` for bad settings and ``TskdError`` when the targets match no layer.
     """
-    from peft import LoraConfig, get_peft_model
-
     if is_lora(model):
         raise TskdError("LoRA is already applied to this teacher")
     settings.validate("teacher.lora")
@@ -79,6 +77,8 @@ def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
             "use module names such as 'attn.qkv' or patterns such as "
             "'image_encoder\\.blocks\\.\\d+\\.attn\\.qkv'"
         )
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
