@@ -192,10 +192,15 @@ class _Checkpoint:
     def load(self, model: nn.Module, optimizer: Any, scheduler: Any) -> dict:
         from safetensors.torch import load_file
 
+        from tskd.errors import CheckpointError
+        from tskd.sam_checkpoint import load_weights_only
+
         try:
             tensors = load_file(str(self.params))
-            extra = torch.load(self.optim, map_location="cpu", weights_only=True)
+            extra = load_weights_only(self.optim, "training checkpoint")
             state = json.loads(self.state.read_text())
+        except CheckpointError:  # already one sentence naming the file
+            raise
         except Exception as exc:  # a damaged checkpoint is a user-level problem
             raise TskdError(
                 f"cannot resume: checkpoint in {self.folder} is damaged ({exc})"
