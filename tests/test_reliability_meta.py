@@ -470,3 +470,38 @@ def test_teacher_sha_mismatch_is_checked_after_the_schema(teacher_dir: Path, tmp
     with pytest.raises(CheckpointError, match="is not the one the teacher"):
         teacher.load_teacher(t)
     assert _meta(teacher_dir)["checkpoint_sha256"] == sha256_of(base_ckpt)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "dangling-link"])
+def test_meta_that_is_not_a_regular_file_is_refused_without_blocking(
+    kind: str, student_dir: Path, tmp_path: Path
+) -> None:
+    import os
+
+    folder = _copy(student_dir, tmp_path / "s")
+    meta = folder / "meta.json"
+    meta.unlink()
+    if kind == "fifo":
+        os.mkfifo(meta)  # reading it would wait forever for a writer
+    elif kind == "directory":
+        meta.mkdir()
+    else:
+        meta.symlink_to(tmp_path / "nowhere.json")
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError) as info:
+        bundle.load_model(folder)
+    assert time.perf_counter() - t0 < SECONDS
+    assert str(info.value) == f"no meta.json in {folder}: not a tskd model folder"
+
+
+def test_mini_sam_json_above_one_megabyte_is_refused_unread(base_ckpt: Path,
+                                                            tmp_path: Path) -> None:
+    weights = tmp_path / "base.safetensors"
+    weights.write_bytes(base_ckpt.read_bytes())
+    with json_path(weights).open("wb") as f:
+        f.truncate(3 * 2**30)
+    with pytest.raises(CheckpointError) as info:
+        teacher.build_sam("mini", weights, TEACHER_SIZE)
+    assert str(info.value) == (
+        f"mini SAM config {json_path(weights)} is larger than 1024 KB; it is not a tskd file"
+    )
