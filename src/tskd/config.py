@@ -71,7 +71,7 @@ class LoraSettings:
         ]
     )
 
-    def validate(self, where: str = "LoRA settings") -> None:
+    def check(self, where: str = "LoRA settings") -> None:
         """Raise ``TskdInputError`` unless rank is 1..1024, alpha finite and > 0, dropout in
         [0, 1) and every target a name or safe pattern (``tskd.lora_targets``)."""
         from tskd.lora_targets import check_targets
@@ -210,7 +210,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build a config dataclass from a nested dict; unknown keys are an error."""
+    """Build a config dataclass from a nested dict; unknown keys are an error.
+
+    A dataclass with a ``check(where)`` method (``LoraSettings``) is checked after it is built;
+    every problem raises ``TskdInputError`` naming the key.
+    """
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
@@ -224,9 +228,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()
     }
     obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate(where or cls.__name__)
+    check = getattr(obj, "check", None)  # settings with bounds beyond their types
+    if callable(check):
+        check(where or cls.__name__)
     return obj
 
 

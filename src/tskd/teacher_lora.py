@@ -63,13 +63,13 @@ def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
     """Add LoRA (peft) to the target projections; freeze all but LoRA and the class heads.
 
     ``settings.train_decoder`` also leaves the whole mask decoder trainable. The settings are
-    checked first (``LoraSettings.validate``: rank, alpha, dropout, target grammar); peft gets
+    checked first (``LoraSettings.check``: rank, alpha, dropout, target grammar); peft gets
     the exact names of the matched layers, never a user's regular expression. Raises
     ``TskdInputError`` for bad settings and ``TskdError`` when the targets match no layer.
     """
     if is_lora(model):
         raise TskdError("LoRA is already applied to this teacher")
-    settings.validate("teacher.lora")
+    settings.check("teacher.lora")
     names = lora_modules(model.sam, settings)
     if not names:
         raise TskdError(
