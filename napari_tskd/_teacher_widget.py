@@ -89,6 +89,7 @@ class TeacherWidget(StageWidget):
     def build_config(self) -> Any:
         """The open run's config with this form's teacher settings (may raise TskdError)."""
         from tskd.errors import TskdInputError
+        from tskd.lora_targets import check_targets
 
         cfg = self.context.config()
         t = cfg.teacher
@@ -102,7 +103,8 @@ class TeacherWidget(StageWidget):
         t.lora.alpha = ratio * t.lora.rank  # keep the run's alpha/rank scaling
         targets = [s.strip() for s in self.lora_targets.value.split(";") if s.strip()]
         if not targets:
-            raise TskdInputError("LoRA targets are empty; give at least one module-name regex")
+            raise TskdInputError("LoRA targets are empty; give at least one module name or pattern")
+        check_targets(targets, "LoRA targets")  # names or safe patterns, refused in one line
         t.lora.targets = targets
         t.train.epochs = int(self.epochs.value)
         t.train.max_steps = budget(self.max_steps.value)

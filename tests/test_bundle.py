@@ -118,8 +118,10 @@ def test_load_model_delegates_teachers(tmp_path: Path, monkeypatch: pytest.Monke
         return sentinel
 
     monkeypatch.setattr(teacher, "load_teacher", fake_load_teacher)
-    (tmp_path / "meta.json").write_text(json.dumps({"kind": "teacher", "num_classes": 2,
-                                                    "input_size": 64}))
+    (tmp_path / "meta.json").write_text(json.dumps({
+        "kind": "teacher", "num_classes": 2, "input_size": 64, "model_type": "mini",
+        "checkpoint": "builtin", "checkpoint_sha256": "0" * 64, "lora": {"rank": 2},
+    }))
     model, meta = bundle.load_model(tmp_path)
     assert model is sentinel and calls == [tmp_path]
     assert meta["input_size"] == 64 and meta["num_classes"] == 2

@@ -10,7 +10,6 @@ half-written bundle under the real name.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import asdict, is_dataclass
@@ -80,39 +79,41 @@ def _bundle_dir(folder: str | Path) -> Path:
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
-    """A bundle's ``meta.json``, with a clear error when it is missing or not a tskd bundle."""
+    """A bundle's ``meta.json`` as a dict, checked against its kind's schema.
+
+    Raises ``ModelMetaError`` (a ``CheckpointError`` and a ``TskdInputError``) naming the file
+    and the key when it is missing, larger than 1 MB, not JSON, not of kind student/teacher or
+    outside the schema of ``tskd.meta_schema``; nothing is built before that check.
+    """
+    from tskd.meta_schema import read_meta_file, validate_meta
+
     path = _bundle_dir(folder) / META
-    if not path.is_file():
-        raise CheckpointError(f"no {META} in {path.parent}: not a tskd model folder")
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"model metadata {path} is not valid JSON") from None
-    if not isinstance(meta, dict) or meta.get("kind") not in ("student", "teacher"):
-        raise CheckpointError(f"{path} is not a tskd model description (kind student/teacher)")
+    meta = read_meta_file(path)
+    validate_meta(meta, path)
     return meta
 
 
 def load_student(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a student from its bundle: ``(Student in eval mode, meta)``."""
+    """Rebuild a student from its bundle: ``(Student in eval mode, meta)``.
+
+    ``meta.json`` is checked first (``tskd.meta_schema.validate_student_meta``: types, bounds,
+    parameter count); raises ``CheckpointError`` (``ModelMetaError`` for the description) when
+    the folder holds no usable student.
+    """
     from safetensors.torch import load_file
 
-    from tskd.config import StudentConfig, from_dict
-    from tskd.errors import TskdInputError
+    from tskd.meta_schema import read_meta_file, validate_student_meta
     from tskd.student import Student
 
     folder = _bundle_dir(folder)
-    meta = read_meta(folder)
-    if meta["kind"] != "student":
-        raise CheckpointError(f"{folder} holds a {meta['kind']}, not a student")
+    meta = read_meta_file(folder / META)
+    if meta.get("kind") == "teacher":
+        raise CheckpointError(f"{folder} holds a teacher, not a student")
+    info = validate_student_meta(meta, folder / META)
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"student weights {weights} are missing")
-    try:
-        cfg = from_dict(StudentConfig, dict(meta["student"]))
-        student = Student(cfg, int(meta["num_classes"]), int(meta["image_size"]))
-    except (KeyError, TypeError, ValueError, TskdInputError) as exc:
-        raise CheckpointError(f"student description {folder / META} is incomplete: {exc}") from None
+    student = Student(info.student, info.num_classes, info.image_size)
     try:
         state = load_file(str(weights))
     except Exception:  # safetensors raises its own error type for truncated/foreign files

@@ -7,6 +7,7 @@ that names them, so a typo in a YAML file is caught before hours of training.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -65,12 +66,36 @@ class LoraSettings:
     # differ from anything SAM segments; the adapter then holds the decoder too (~4 M values)
     train_decoder: bool = False
     # regexes over module names: the encoder's fused qkv and the decoder's attention projections
+    # Names or patterns of the safe grammar in ``tskd.lora_targets`` (no nested quantifiers)
     targets: list[str] = field(
         default_factory=lambda: [
             r"image_encoder\.blocks\.\d+\.attn\.qkv",
             r"mask_decoder\.transformer\..*(q_proj|v_proj)",
         ]
     )
+
+    def check(self, where: str = "LoRA settings") -> None:
+        """Raise ``TskdInputError`` unless rank is 1..1024, alpha finite and > 0, dropout in
+        [0, 1) and every target a name or safe pattern (``tskd.lora_targets``)."""
+        from tskd.lora_targets import check_targets
+
+        rank = self.rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= 1024:
+            raise TskdInputError(f"config: '{where}.rank' must be an integer from 1 to 1024, "
+                                 f"got {rank!r}")
+        for name, value, ok in (
+            ("alpha", self.alpha, lambda v: 0 < v < 1e6),
+            ("dropout", self.dropout, lambda v: 0 <= v < 1),
+        ):
+            good = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (good and math.isfinite(value) and ok(value)):
+                bound = "greater than 0 and below 1e6" if name == "alpha" else "from 0 to below 1"
+                raise TskdInputError(f"config: '{where}.{name}' must be a number {bound}, "
+                                     f"got {value!r}")
+        if not isinstance(self.train_decoder, bool):
+            raise TskdInputError(f"config: '{where}.train_decoder' must be true or false, "
+                                 f"got {self.train_decoder!r}")
+        check_targets(self.targets, f"config: {where}.targets")
 
 
 @dataclass
@@ -190,7 +215,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build a config dataclass from a nested dict; unknown keys are an error."""
+    """Build a config dataclass from a nested dict; unknown keys are an error.
+
+    A dataclass with a ``check(where)`` method (``LoraSettings``) is checked after it is built;
+    every problem raises ``TskdInputError`` naming the key.
+    """
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
@@ -203,7 +232,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     kwargs = {
         k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()
     }
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)  # settings with bounds beyond their types
+    if callable(check):
+        check(where or cls.__name__)
+    return obj
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -378,14 +378,16 @@ class _Checkpoint:
              ) -> tuple[dict, dict[str, Any] | None,
                         tuple[dict[str, torch.Tensor], dict[str, str]] | None]:
         """Restore a verified checkpoint: ``(state, rng state or None, extra or None)``."""
-        import io
 
         from safetensors.torch import load as load_safetensors
 
+        from tskd.errors import CheckpointError
+        from tskd.sam_checkpoint import load_weights_only
+
         try:
             tensors = load_safetensors(files[self.PARAMS])
-            extra_state = torch.load(io.BytesIO(files[self.OPTIM]), map_location="cpu",
-                                     weights_only=True)
+            extra_state = load_weights_only(self.current / self.OPTIM, "training checkpoint",
+                                            data=files[self.OPTIM])
             state = json.loads(files[self.STATE])
             extra = None
             if self.EXTRA in files:
@@ -393,6 +395,8 @@ class _Checkpoint:
                 # safetensors layout: 8-byte little-endian header length, JSON header
                 header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
                 extra = (load_safetensors(data), dict(header.get("__metadata__") or {}))
+        except CheckpointError:  # already one sentence naming the file
+            raise
         except Exception as exc:  # verified bytes that still do not parse: a foreign writer
             raise TskdError(
                 f"cannot resume: checkpoint in {self.current} is damaged ({exc}); start again "

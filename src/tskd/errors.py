@@ -17,6 +17,10 @@ class CheckpointError(TskdError):
     """A model file that is not what it should be (not SAM, truncated, wrong model type)."""
 
 
+class ModelMetaError(CheckpointError, TskdInputError):
+    """A model folder's ``meta.json`` that is unreadable or outside its documented schema."""
+
+
 class RunFolderError(TskdError):
     """An output folder that would overwrite a different run."""
 

@@ -11,6 +11,8 @@ size does not change. The prompt encoder's sizes follow from building the model 
 from __future__ import annotations
 
 import hashlib
+import io
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -77,23 +79,58 @@ def sha256_of(path: str | Path) -> str:
     return _sha_cache[key]
 
 
+def load_weights_only(path: str | Path, what: str = "checkpoint",
+                      data: bytes | None = None) -> object:
+    """``torch.load(path, weights_only=True)`` on CPU, with errors a user can act on.
+
+    ``data``, when given, holds the file's bytes already read (and verified) by the caller;
+    ``path`` then only names the file in messages.
+
+    Nothing in the file is executed: torch's restricted unpickler refuses any Python object
+    other than tensors and plain containers. Raises ``CheckpointError`` with one full sentence
+    naming ``what`` and ``path``: for a file that holds other objects (a pickle that would run
+    code, or a whole pickled model), and for a truncated or corrupt file.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols
+            source = path if data is None else io.BytesIO(data)
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]{1,80})", str(exc))
+        named = f" (it refers to {found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{what} {path} holds Python objects other than tensors{named}, and such a file is "
+            "not loaded because unpickling it could run code; use a file that holds only "
+            "weights, such as an official SAM checkpoint or a .safetensors file"
+        ) from None
+    except Exception:  # zip/pickle framing errors, EOF: the bytes are not a complete file
+        raise CheckpointError(
+            f"cannot read {what} {path}: it is truncated, corrupt or not a PyTorch weights file"
+        ) from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a SAM checkpoint (.pth/.pt via weights_only torch.load, or .safetensors)."""
+    """Tensors of a SAM checkpoint (.pth/.pt via ``load_weights_only``, or .safetensors).
+
+    Raises ``CheckpointError`` (one sentence) for a missing, unreadable or foreign file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             sd = load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt or not a weights file
-        msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: it is truncated, corrupt or not a weights file ({msg})"
-        ) from None
+        except Exception:  # truncated, corrupt or another format under this name
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: it is truncated, corrupt or not a safetensors "
+                "file"
+            ) from None
+    else:
+        sd = load_weights_only(path)
     if isinstance(sd, dict):  # some fine-tuned SAMs wrap the state dict
         for wrapper in ("model", "state_dict"):
             if wrapper in sd and isinstance(sd[wrapper], dict):
@@ -212,13 +249,26 @@ def load_sam(
 ) -> nn.Module:
     """Build ``cfg``'s SAM at ``input_size`` and load the adapted ``sd`` into it (strict)."""
     sam = build_mini_sam(cfg, input_size)
-    try:
-        sam.load_state_dict(adapt_state_dict(sd, cfg, input_size), strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+    adapted = adapt_state_dict(sd, cfg, input_size)
+    own = sam.state_dict()
+    missing = [k for k in own if k not in adapted]
+    unexpected = [k for k in adapted if k not in own]
+    wrong = [k for k in own if k in adapted and adapted[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        problems = [
+            f"{len(keys)} {label} (first {keys[0]})"
+            for keys, label in (
+                (missing, "missing tensor(s)"),
+                (unexpected, "unexpected tensor(s)"),
+                (wrong, "tensor(s) of another shape"),
+            )
+            if keys
+        ]
         raise CheckpointError(
-            f"checkpoint {source} does not fit the expected SAM architecture ({first[:160]})"
-        ) from None
+            f"checkpoint {source} does not fit the expected SAM architecture: "
+            f"{', '.join(problems)}"
+        )
+    sam.load_state_dict(adapted, strict=True)
     return sam.eval()
 
 

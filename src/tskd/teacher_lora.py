@@ -8,7 +8,6 @@ base SAM is rebuilt from its checkpoint, whose sha256 must match the one recorde
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tskd.config import LoraSettings, from_dict
+from tskd.config import LoraSettings
 from tskd.errors import CheckpointError, TskdError
+from tskd.meta_schema import TeacherMeta, read_meta_file, validate_teacher_meta
 from tskd.mini_sam import BUILTIN_WEIGHTS
 from tskd.sam_checkpoint import sha256_of
 from tskd.teacher_model import SemanticSam, build_sam
@@ -40,35 +40,54 @@ def head_parameters(model: SemanticSam) -> list[nn.Parameter]:
     ]
 
 
-def lora_pattern(settings: LoraSettings) -> str:
-    """One regex (peft full-matches it against module names inside ``Sam``) for all targets."""
-    return "|".join(f"(?:{t})" for t in settings.targets)
+def lora_modules(sam: nn.Module, settings: LoraSettings) -> list[str]:
+    """Names of the layers of ``sam`` that ``settings.targets`` select and LoRA can adapt.
+
+    Targets are module names or safe patterns (``tskd.lora_targets``; a bad one raises
+    ``TskdInputError``), matched in linear time against every module's full name; only linear,
+    convolution and embedding layers are kept, the kinds peft's LoRA supports.
+    """
+    from tskd.lora_targets import check_targets
+
+    targets = check_targets(settings.targets, "LoRA targets")
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+    return [
+        name
+        for name, module in sam.named_modules()
+        if name and isinstance(module, kinds) and any(t.matches(name) for t in targets)
+    ]
 
 
 def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
     """Add LoRA (peft) to the target projections; freeze all but LoRA and the class heads.
 
-    ``settings.train_decoder`` also leaves the whole mask decoder trainable.
+    ``settings.train_decoder`` also leaves the whole mask decoder trainable. The settings are
+    checked first (``LoraSettings.check``: rank, alpha, dropout, target grammar); peft gets
+    the exact names of the matched layers, never a user's regular expression. Raises
+    ``TskdInputError`` for bad settings and ``TskdError`` when the targets match no layer.
     """
-    from peft import LoraConfig, get_peft_model
-
     if is_lora(model):
         raise TskdError("LoRA is already applied to this teacher")
+    settings.check("teacher.lora")
+    names = lora_modules(model.sam, settings)
+    if not names:
+        raise TskdError(
+            f"LoRA targets {settings.targets} match no linear or convolution layer of SAM; "
+            "use module names such as 'attn.qkv' or patterns such as "
+            "'image_encoder\\.blocks\\.\\d+\\.attn\\.qkv'"
+        )
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=lora_pattern(settings),
+        target_modules=names,
         bias="none",
     )
     for p in model.parameters():
         p.requires_grad_(False)
-    try:
-        model.sam = get_peft_model(model.sam, config)
-    except ValueError as exc:
-        raise TskdError(
-            f"LoRA targets {settings.targets} match no layer of SAM ({str(exc)[:120]})"
-        ) from None
+    model.sam = get_peft_model(model.sam, config)
     trained = model.base.mask_decoder.parameters() if settings.train_decoder else []
     for p in [*head_parameters(model), *trained]:
         p.requires_grad_(True)
@@ -129,40 +148,47 @@ def save_teacher(model: SemanticSam, folder: str | Path, meta: dict[str, Any]) -
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
-    """The teacher's ``meta.json``, with a clear error when the folder holds no teacher."""
+    """The teacher's ``meta.json`` as a dict, checked against the teacher schema.
+
+    Raises ``CheckpointError`` when the folder lacks the adapter or ``meta.json``, and
+    ``ModelMetaError`` (``tskd.meta_schema.validate_teacher_meta``) naming the file and key when
+    the description is unreadable or outside the schema.
+    """
+    return _checked_meta(folder).raw
+
+
+def _checked_meta(folder: str | Path) -> TeacherMeta:
     path = Path(folder) / META
     if not path.is_file() or not (Path(folder) / ADAPTER).is_file():
         raise CheckpointError(f"no adapted teacher in {folder} (need {ADAPTER} and {META})")
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise CheckpointError(f"teacher metadata {path} is not valid JSON") from None
+    return validate_teacher_meta(read_meta_file(path), path)
 
 
 def load_teacher(folder: str | Path, checkpoint: str | Path | None = None) -> SemanticSam:
     """Rebuild the base SAM, check its sha256, apply the adapter, merge: an eval-mode teacher.
 
-    ``checkpoint`` replaces the recorded base path (e.g. when the file was moved).
+    ``checkpoint`` replaces the recorded base path (e.g. when the file was moved). The
+    description is checked before anything is read or built (see ``read_meta``).
     """
     from safetensors.torch import load_file
 
-    meta = read_meta(folder)
-    ckpt = str(checkpoint) if checkpoint is not None else meta["checkpoint"]
+    info = _checked_meta(folder)
+    ckpt = str(checkpoint) if checkpoint is not None else info.checkpoint
     path = BUILTIN_WEIGHTS if ckpt == "builtin" else Path(ckpt)
     if not path.is_file():
         raise CheckpointError(
             f"base checkpoint {path} of the teacher in {folder} was not found; pass its new path"
         )
     sha = sha256_of(path)
-    if sha != meta.get("checkpoint_sha256"):
+    if sha != info.checkpoint_sha256:
         raise CheckpointError(
             f"base checkpoint {path} (sha256 {sha[:12]}) is not the one the teacher in {folder} "
-            f"was trained on (sha256 {str(meta.get('checkpoint_sha256'))[:12]})"
+            f"was trained on (sha256 {info.checkpoint_sha256[:12]})"
         )
-    sam = build_sam(meta["model_type"], path, int(meta["input_size"]))
+    sam = build_sam(info.model_type, path, info.input_size)
     if ckpt == "builtin":
-        sam.tskd_source = {"model_type": meta["model_type"], "checkpoint": "builtin"}
-    model = apply_lora(SemanticSam(sam, int(meta["num_classes"])), _lora(meta["lora"]))
+        sam.tskd_source = {"model_type": info.model_type, "checkpoint": "builtin"}
+    model = apply_lora(SemanticSam(sam, info.num_classes), info.lora)
     try:
         tensors = load_file(str(Path(folder) / ADAPTER))
     except Exception:
@@ -180,10 +206,6 @@ def load_teacher(folder: str | Path, checkpoint: str | Path | None = None) -> Se
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
-
-
-def _lora(data: dict[str, Any]) -> LoraSettings:
-    return from_dict(LoraSettings, data)
 
 
 def teacher_id(folder: str | Path) -> str:
