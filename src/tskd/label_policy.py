@@ -540,7 +540,7 @@ def infer_map(
             dec.how[name] = "values remapped to classes " + lm.describe()
     if lm.values == (0, 255):
         dec.notes.append(f"{where}: label maps hold only 0 and 255; reading them as "
-                         "background/foreground (predictions are written as 0/255)")
+                         "background/foreground")
     elif not lm.is_identity:
         dec.warnings.append(
             f"{where}: class ids {_fmt_values(list(lm.values), 16)} have gaps; they are read "
