@@ -565,3 +565,47 @@ def test_gap_ids_train_store_the_map_and_predict_original_ids(
         indices = seg.segment(io.read_image(data / "images" / f"c{i}.png"))
         np.testing.assert_array_equal(written, np.array([0, 1, 5])[indices])
         assert set(np.unique(written).tolist()) <= {0, 1, 5}
+
+
+def test_teacher_loss_ignores_ignored_pixels() -> None:
+    from tskd.config import TeacherConfig
+    from tskd.teacher_train import TeacherTask
+
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+
+    class Fixed(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return logits
+
+    task = TeacherTask(Fixed(), [], TeacherConfig(), augment=False)
+    label = torch.zeros(2, 8, 8, dtype=torch.long)
+    label[:, :3] = 2
+    label[:, 5:] = IGNORE_INDEX
+    out = task.step(task.model, {"image": torch.zeros(2, 3, 8, 8), "label": label})
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert float(logits.grad[:, :, 5:].abs().max()) == 0.0
+    assert float(logits.grad[:, :, :5].abs().max()) > 0.0
+
+
+def test_evaluate_folder_scores_every_class_of_the_model(tmp_path: Path) -> None:
+    """A model of values 0, 1, 5 on a test set that only shows 5: classes 1 and 5 are scored
+    (the model's classes), reported by value; a value the model lacks is one clear error."""
+    from tskd.predict import Segmenter, evaluate_folder
+
+    image = np.zeros((16, 16), np.uint8)
+    image[:, 11:] = 255  # the constant model predicts class 2 (value 5) there
+    label = np.zeros((16, 16), np.uint8)
+    label[:, 11:] = 5
+    io.write_image(tmp_path / "images" / "a.png", image)
+    io.write_label(tmp_path / "labels" / "a.png", label)
+    seg = Segmenter(_ConstantModel(3), 16, 3, device="cpu")
+    lmap = LabelMap.from_values([1, 5], {1: "kidney", 5: "cyst"})
+    report, _ = evaluate_folder(seg, tmp_path, lmap)
+    dice = {r["class"]: r["dice"] for r in report.records}
+    assert report.summary["classes"] == [1, 5] and dice[5] == 1.0
+    assert report.summary["per_class"]["5"]["name"] == "cyst"
+    io.write_label(tmp_path / "labels" / "a.png", label // 5 * 7)  # value 7: not a class
+    with pytest.raises(TskdInputError, match=r"a\.png: label value\(s\) 7 are not among the "
+                                             r"declared classes 0, 1, 5"):
+        evaluate_folder(seg, tmp_path, lmap)
