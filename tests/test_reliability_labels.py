@@ -260,6 +260,35 @@ def test_rgb_tif_label_gets_the_colours_message(tmp_path: Path) -> None:
     np.testing.assert_array_equal(io.read_label(tmp_path / "g.tif"), _square(2))
 
 
+def test_rgb_npy_label_gets_the_colours_message(tmp_path: Path) -> None:
+    colour = np.zeros((16, 16, 3), np.uint8)
+    colour[2:6, 2:6] = (255, 0, 0)
+    _write_pair(tmp_path, "a", colour, ".npy")
+    with pytest.raises(TskdInputError, match=r"a\.npy: .*colours are not classes"):
+        io.load_labelled(tmp_path)
+    stack = np.zeros((3, 16, 16), np.uint8)  # a (Z, H, W) stack stays a stack
+    stack[1, 2:6, 2:6] = 1
+    np.save(tmp_path / "s.npy", stack)
+    assert io.read_label(tmp_path / "s.npy").shape == (3, 16, 16)
+
+
+def test_evaluate_cli_num_classes_out_of_range_is_one_line(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    io.write_label(tmp_path / "gt" / "a.png", _square(1))
+    io.write_label(tmp_path / "pred" / "a.png", _square(1))
+    for n in ("1", str(2**40)):
+        assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                     "-o", str(tmp_path / "m"), "--num-classes", n]) == 2
+        assert f"num_classes must be in 2..256 (background + classes), got {n}" in \
+            capsys.readouterr().err
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                 "-o", str(tmp_path / "m"), "--num-classes", "3"]) == 0
+    summary = json.loads((tmp_path / "m" / "metrics.json").read_text())["summary"]
+    assert summary["classes"] == [1, 2] and summary["per_class"]["2"]["both_empty"] == 1
+
+
 def test_write_label_refuses_values_a_file_cannot_hold(tmp_path: Path) -> None:
     with pytest.raises(TskdInputError, match="label value 4294967296 is above 4294967295"):
         io.write_label(tmp_path / "a.tif", _square(2**32))

@@ -151,7 +151,8 @@ def label_from_raw(raw: Any, path: Path) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     colour = arr.ndim == 3 and arr.shape[-1] in (3, 4) and (
-        suffix not in _TIFF | {".npy"} or (suffix in _TIFF and label_policy.tiff_is_colour(path)))
+        suffix not in _TIFF | {".npy"} or (suffix in _TIFF and label_policy.tiff_is_colour(path))
+        or (suffix == ".npy" and arr.shape[0] > 4 and arr.shape[1] > 4))  # (H, W, 3), not Z
     if colour:
         if not np.array_equal(arr[..., :3], np.repeat(arr[..., :1], 3, axis=-1)):
             raise TskdInputError(

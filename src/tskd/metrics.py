@@ -383,6 +383,9 @@ def evaluate_folders(
     gts_raw = [io.read_label(gt_files[n]) for n in names]
     preds_raw = [io.read_label(pred_files[n]) for n in names]
 
+    if num_classes is not None and not 2 <= num_classes <= label_policy.MAX_CLASSES:
+        raise TskdInputError(f"num_classes must be in 2..{label_policy.MAX_CLASSES} (background "
+                             f"+ classes), got {num_classes}")
     declared = label_policy.declared_from_config(classes, ignore_label)
     if declared is None and num_classes is not None:
         declared = label_policy.LabelMap.identity(num_classes, class_names, ignore_label)
