@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -115,6 +117,7 @@ class DataWidget(StageWidget):
             ):
                 return "the Image and Labels layers differ in shape"
             n, classes = _layers.labelled_summary(self.image.value, self.labels.value)
+            classes_text = layer_classes_text(self.labels.value.data) if classes else ""
         else:
             folder = self.labelled_folder.value
             if not folder:
@@ -123,7 +126,7 @@ class DataWidget(StageWidget):
 
             n = len(io.list_images(Path(folder) / "images")) if (
                 Path(folder) / "images").is_dir() else len(io.list_images(folder))
-            classes = []
+            classes_text = ""
         n_unl = sum(_layers.n_slices(layer) for layer in self.unlabelled_layers.value or [])
         if self.unlabelled_folder.value:
             from tskd import io
@@ -131,8 +134,8 @@ class DataWidget(StageWidget):
             n_unl += len(io.list_images(self.unlabelled_folder.value))
         n_val = _n_val(n, float(self.val_fraction.value))
         text = f"{n} labelled image(s): train {n - n_val} / validation {n_val}"
-        if classes:
-            text += f"; classes {', '.join(map(str, classes))}"
+        if classes_text:
+            text += f"; {classes_text}"
         return text + f"; {n_unl} unlabelled image(s)"
 
     # -- actions ----------------------------------------------------------------------------
@@ -153,24 +156,33 @@ class DataWidget(StageWidget):
     def _use_data(self) -> None:
         from napari_tskd._export import export_labelled, export_unlabelled
         from tskd.errors import TskdInputError
-        from tskd.run_folder import prepare_run_dir
+        from tskd.run_folder import prepare_run_dir, run_lock
 
-        # read everything first, so a bad input changes nothing on disk
+        # read everything first, so a bad input changes nothing on disk; labels go through the
+        # backend's one label policy (tskd.label_policy), its notes shown as warnings
+        ignore_label = None
         if self.source.value == "layers":
             images, labels, names = _layers.labelled_slices(self.image.value, self.labels.value)
             class_names = self.labels.value.metadata.get("class_names")
+            _check_layer_labels(labels, class_names, self.labels.value.name)
         else:
             from tskd import io
 
             if not self.labelled_folder.value:
                 raise TskdInputError("no labelled folder chosen")
-            samples = io.load_labelled(self.labelled_folder.value)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                samples, label_map = io.read_labelled_set(self.labelled_folder.value)
+            for w in caught:
+                _notify.warning(str(w.message))
             if not samples:
                 raise TskdInputError(f"no labelled images in {self.labelled_folder.value}")
             images = [s.image for s in samples]
-            labels = [s.label for s in samples]
+            labels = [label_map.decode(s.label) for s in samples]  # the user's label values
             names = [s.name for s in samples]
-            class_names = io.class_names(self.labelled_folder.value)
+            class_names = (dict(zip(label_map.values, label_map.names))
+                           if label_map.declared else None)
+            ignore_label = label_map.ignore_label if label_map.declared else None
         names, note = _layers.unique_names(names)  # one file per pair, never one for two
         unl_layers = list(self.unlabelled_layers.value or [])
         unl_images, unl_names = _layers.unlabelled_slices(unl_layers)
@@ -189,11 +201,10 @@ class DataWidget(StageWidget):
             cfg.data.unlabelled = str(run_dir / UNLABELLED_DIR)
         else:
             cfg.data.unlabelled = str(unl_folder) if unl_folder else None
-        from tskd.run_folder import run_lock
 
         with run_lock(run_dir, "napari data widget"):  # no training process writes meanwhile
             prepare_run_dir(cfg, overwrite=bool(self.overwrite.value))
-            export_labelled(images, labels, names, run_dir, class_names)
+            export_labelled(images, labels, names, run_dir, class_names, ignore_label)
             if unl_images:
                 from tskd import io
 
@@ -215,6 +226,48 @@ class DataWidget(StageWidget):
             return
         cfg = self.context.config()
         self.start("all stages", [{"target": "pipeline"}], cfg)
+
+
+def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> None:
+    """Apply the label policy to a Labels layer's slices: refuse what training would refuse
+    (too many values, huge ids, values outside declared classes) before anything is written,
+    and show its notes (e.g. the map of ids with gaps) as warnings."""
+    from tskd import label_policy
+
+    values = [label_policy.distinct_values(lab) for lab in labels]
+    for v in values:
+        label_policy.check_values(v, f"labels layer '{layer}'")
+    declared = None
+    if isinstance(class_names, list | dict) and class_names:
+        declared = label_policy.declared_from_config(
+            class_names, where=f"class names of labels layer '{layer}'")
+    decision = label_policy.infer_map(
+        [(f"labels layer '{layer}'", np.unique(np.concatenate(values)))], declared,
+        where=f"labels layer '{layer}'")
+    decision.raise_first()
+    for text in [*decision.warnings, *decision.notes]:
+        _notify.warning(text)
+
+
+def layer_classes_text(data: Any) -> str:
+    """The classes of a Labels layer as the label policy reads them (for the summary)."""
+    from tskd import label_policy
+    from tskd.errors import TskdError
+
+    values = label_policy.distinct_values(np.asarray(data))
+    try:
+        label_policy.check_values(values, "the labels")
+        decision = label_policy.infer_map([("the labels", values)])
+    except TskdError as exc:
+        return f"labels cannot be used: {exc}"
+    if decision.errors:
+        return f"labels cannot be used: {decision.errors[0]}"
+    lm = decision.label_map
+    assert lm is not None
+    shown = ", ".join(map(str, lm.values[1:]))
+    if lm.is_identity:
+        return f"classes {shown}"
+    return f"classes {shown}, read as {lm.num_classes} classes {lm.describe()}"
 
 
 def _n_val(n: int, fraction: float) -> int:

@@ -43,12 +43,14 @@ def sync_folder(src: Path, dst: Path, keep_prefix: str | None = CORRECTED_PREFIX
 
 def export_labelled(
     images: list[np.ndarray], labels: list[np.ndarray], names: list[str], run_dir: Path,
-    class_names: list[str] | None = None,
+    class_names: list[str] | dict[int, str] | None = None,
+    ignore_label: int | None = None,
 ) -> Path:
     """Write a labelled set into ``run_dir/data`` through the backend's ``export_dataset``.
 
-    ``class_names`` (background first) go into ``data/dataset.json`` in nnU-Net's form, where
-    ``tskd.io.class_names`` finds them for the model's metadata.
+    ``class_names`` (a list, background first, index = label value; or ``{value: name}``)
+    and ``ignore_label`` go into ``data/dataset.json`` in nnU-Net's form, where
+    ``tskd.label_policy`` reads them as the declared class map (used as given).
     """
     from tskd.pipeline import export_dataset
 
@@ -56,8 +58,12 @@ def export_labelled(
     data.mkdir(parents=True, exist_ok=True)
     meta = data / "dataset.json"
     if class_names:
-        meta.write_text(json.dumps({"labels": {n: i for i, n in enumerate(class_names)}},
-                                   indent=1))
+        by_value = (dict(class_names) if isinstance(class_names, dict)
+                    else dict(enumerate(class_names)))
+        labels: dict[str, str | int] = {str(v): str(n) for v, n in sorted(by_value.items())}
+        if ignore_label is not None:
+            labels["ignore"] = int(ignore_label)
+        meta.write_text(json.dumps({"labels": labels}, indent=1))
     else:
         meta.unlink(missing_ok=True)
     tmp = run_dir / ".export_tmp"

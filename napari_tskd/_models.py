@@ -41,11 +41,40 @@ def load(folder: str | Path, device: str = "auto") -> LoadedModel:
     folder = Path(folder)
     if not (folder / "meta.json").is_file():
         raise TskdInputError(f"no model in {folder} (meta.json missing); train it first")
+    from tskd.label_policy import LabelMap
+
+    segmenter: Any
     segmenter, meta = segmenter_from_bundle(folder, device=device)  # tiles at training scale
     size = segmenter.input_size
+    label_map = LabelMap.from_meta(meta)
+    if not label_map.is_identity:  # label layers show (and corrections keep) the user's ids
+        segmenter = ValueSegmenter(segmenter, label_map.values)
     segmenter.segment(np.zeros((size, size), np.uint8), is_stack=False)  # warm-up, off the clock
     name = f"{folder.parent.name}/{folder.name}"
     return LoadedModel(segmenter, meta, name, folder, bundle_stamp(folder))
+
+
+class ValueSegmenter:
+    """A ``Segmenter`` whose label maps carry the model's label values (meta ``label_values``)
+    instead of class indices; everything else (logits, ranking) is the wrapped segmenter's."""
+
+    def __init__(self, segmenter: Any, values: tuple[int, ...]) -> None:
+        self._segmenter = segmenter
+        self._table = np.asarray(values, dtype=np.int64)
+
+    def segment(self, image: Any, is_stack: bool | None = None,
+                contrast_limits: Any = None) -> np.ndarray:
+        return self._table[self._segmenter.segment(image, is_stack, contrast_limits)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._segmenter, name)
+
+
+def label_values(meta: dict[str, Any]) -> tuple[int, ...]:
+    """The label value of each class of a model (class indices for bundles without a map)."""
+    from tskd.label_policy import LabelMap
+
+    return LabelMap.from_meta(meta).values
 
 
 def set_inference_threads(training: bool) -> int:

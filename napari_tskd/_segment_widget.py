@@ -182,11 +182,15 @@ class SegmentWidget(StageWidget):
     def _new_layer(self, image: Any, model: Any) -> Any:
         from napari.utils.colormaps import DirectLabelColormap
 
+        from napari_tskd._models import label_values
+
         shape = _layers.spatial_shape(image)
-        n = int(model.meta["num_classes"])
-        dtype = np.uint8 if n <= 255 else np.int32
+        values = label_values(model.meta)  # the layer holds the user's label values
+        top = max(values)
+        dtype = np.uint8 if top <= 255 else np.int32 if top < 2**31 else np.int64
         colors = {None: "white", 0: "transparent"} | {
-            c: PALETTE[(c - 1) % len(PALETTE)] for c in range(1, max(n, 11))}
+            c: PALETTE[(c - 1) % len(PALETTE)] for c in range(1, 11)} | {
+            v: PALETTE[(k - 1) % len(PALETTE)] for k, v in enumerate(values) if k > 0}
         return self.viewer.add_labels(
             np.zeros(shape, dtype=dtype),
             name=f"{model.name} segmentation",

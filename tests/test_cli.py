@@ -15,7 +15,8 @@ from tskd import io
 from tskd.cli import main
 
 SUBCOMMANDS = ("finetune-teacher", "synthesize", "distill", "finetune-student", "predict",
-               "evaluate", "run", "export-onnx", "pretrain-mini", "make-sample-data", "demo")
+               "evaluate", "check-data", "run", "export-onnx", "pretrain-mini", "make-sample-data",
+               "demo")
 
 
 @pytest.fixture(scope="module")

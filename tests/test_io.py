@@ -254,20 +254,20 @@ def test_binary_masks_saved_as_255_become_class_1(tmp_path: Path) -> None:
     for i in range(2):
         io.write_image(tmp_path / "images" / f"c{i}.png", _gray())
         io.write_label(tmp_path / "labels" / f"c{i}.png", _mask(value=255))
-    with pytest.warns(TskdWarning, match="only 0 and 255; reading 255 as class 1"):
-        samples = io.load_labelled(tmp_path)
+    with pytest.warns(TskdWarning, match="only 0 and 255; reading them as background/foreground"):
+        samples, label_map = io.read_labelled_set(tmp_path)
     assert {int(v) for s in samples for v in np.unique(s.label)} == {0, 1}
+    assert label_map.values == (0, 255)
 
 
-def test_multiclass_255_is_kept(tmp_path: Path) -> None:
+def test_multiclass_255_is_its_own_class_with_a_printed_map(tmp_path: Path) -> None:
     io.write_image(tmp_path / "images" / "a.png", _gray())
     label = _mask(value=255)
     label[10, 10] = 3
     io.write_label(tmp_path / "labels" / "a.png", label)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", TskdWarning)
-        (sample,) = io.load_labelled(tmp_path)
-    assert sample.label.max() == 255
+    with pytest.warns(TskdWarning, match=r"\{0: 0, 3: 1, 255: 2\}"):
+        (sample,), label_map = io.read_labelled_set(tmp_path)
+    assert sample.label.max() == 2 and label_map.values == (0, 3, 255)
 
 
 # --------------------------------------------------------------------- stacks

@@ -102,7 +102,9 @@ def test_num_classes_inferred_and_class_names():
     g = np.zeros((8, 8), np.int64)
     g[1:3, 1:3] = 2
     rep = evaluate([g], [g], ["a"], class_names=["bg", "x", "y"])
-    assert rep.summary["num_classes"] == 3
+    # only the class seen in the ground truth is scored: never the empty id 1
+    assert rep.summary["num_classes"] == 2 and rep.summary["classes"] == [2]
+    assert list(rep.summary["per_class"]) == ["2"]
     assert rep.summary["per_class"]["2"]["name"] == "y"
     assert _rec(rep, "a", 2)["dice"] == 1.0 and _rec(rep, "a", 2)["hd95"] == 0.0
 

@@ -112,10 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", type=Path, help="folder of predicted label maps")
     p.add_argument("--gt", type=Path, help="folder of ground-truth label maps")
     p.add_argument("-o", "--output", type=Path, help="folder for metrics.json and metrics.csv")
-    p.add_argument("--num-classes", type=int, help="classes incl. background (default: from data)")
+    p.add_argument("--num-classes", type=int,
+                   help="classes incl. background, label values 0..N-1 (default: dataset.json "
+                        "beside the ground truth, else the values in the ground truth)")
     p.add_argument("--spacing", type=float, nargs="+", help="pixel spacing for HD95 (e.g. 0.5 0.5)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace metrics.json/metrics.csv already in the output folder")
+    p.add_argument("--ignore-label", type=int,
+                   help="ground-truth label value to leave out of the scores (e.g. 255)")
+
+    p = sub.add_parser("check-data",
+                       help="check every image and label map of a labelled folder before training")
+    p.add_argument("folder", type=Path, help="images/+labels/ or nnU-Net raw layout")
+    p.add_argument("--config", type=Path,
+                   help="YAML run configuration (its data.classes and data.ignore_label)")
+    p.add_argument("--ignore-label", type=int, help="label value to ignore (e.g. 255)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("run", help="the whole pipeline from one YAML file")
     p.add_argument("--config", type=Path, required=True)
@@ -288,11 +300,15 @@ def _cmd_predict(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
             raise TskdInputError(f"input not found: {path}")
     if not files:
         raise TskdInputError("no images found in the given inputs")
-    segmenter, _ = segmenter_from_bundle(args.model, device=args.device,
-                                         tile_size=args.tile_size, max_pixels=args.max_pixels)
+    from tskd.label_policy import LabelMap
+
+    segmenter, meta = segmenter_from_bundle(args.model, device=args.device,
+                                            tile_size=args.tile_size, max_pixels=args.max_pixels)
+    label_map = LabelMap.from_meta(meta)  # predictions carry the training labels' values
     written = predict_paths(segmenter, files, args.output, overwrite=args.overwrite,
                             input_folders=[p for p in args.inputs if p.is_dir()],
-                            log=lambda line: print(f"tskd: {line}", file=sys.stderr))
+                            log=lambda line: print(f"tskd: {line}", file=sys.stderr),
+                            label_values=label_map.values)
     print(f"wrote {len(written)} label map(s) to {args.output}")
     return 0
 
@@ -309,11 +325,26 @@ def _cmd_evaluate(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     outputs.check_replace([out / "metrics.json", out / "metrics.csv"], args.overwrite, out)
     report = metrics.evaluate_folders(
         args.pred, args.gt, num_classes=args.num_classes,
-        spacing=tuple(args.spacing) if args.spacing else None,
+        spacing=tuple(args.spacing) if args.spacing else None, ignore_label=args.ignore_label,
     )
     metrics.write_report(report, args.output)
     _print(report.summary)
     return 0
+
+
+def _cmd_check_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd import check_data
+    from tskd.config import load_config
+
+    classes, ignore = None, args.ignore_label
+    if args.config:
+        cfg = load_config(args.config)
+        classes = cfg.data.classes
+        if ignore is None:
+            ignore = cfg.data.ignore_label
+    report = check_data.check_folder(args.folder, classes=classes, ignore_label=ignore)
+    print(check_data.report_json(report) if args.json else check_data.format_report(report))
+    return 2 if report.n_errors else 0
 
 
 def _cmd_export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
@@ -393,6 +424,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any, Any], int]] = {
     "run": _cmd_run,
     "predict": _cmd_predict,
     "evaluate": _cmd_evaluate,
+    "check-data": _cmd_check_data,
     "export-onnx": _cmd_export,
     "pretrain-mini": _cmd_pretrain,
     "make-sample-data": _cmd_sample_data,

@@ -51,6 +51,12 @@ class DataConfig:
     # the most pixels (Z x H x W, channels not counted) one image file may decode to; checked
     # from the file's header before decoding (2^28 = 268 M; a decompression bomb is refused)
     max_pixels: int = 2**28
+    # the class map, used as given: names (value = position, background first) or
+    # {value: name}; None: dataset.json 'labels', else the values seen (see tskd.label_policy)
+    classes: list[str] | dict[int, str] | None = None
+    # a label value whose pixels are left out of training and scoring (e.g. 255 borders);
+    # None: no value is ignored (unless dataset.json names an 'ignore' label)
+    ignore_label: int | None = None
 
 
 @dataclass
@@ -196,7 +202,20 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(args[0], value, where)
+        # the member whose container kind matches the value (list or mapping), else the first
+        kind = dict if isinstance(value, dict) else list if isinstance(value, list) else None
+        match = [a for a in args if typing.get_origin(a) is kind] if kind else []
+        return _convert((match or args)[0], value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TskdInputError(f"config: '{where}' must be a mapping, got {value!r}")
+        key_tp, val_tp = typing.get_args(tp)
+        out = {}
+        for k, v in value.items():
+            if key_tp is int and isinstance(k, str) and k.strip().isdigit():
+                k = int(k)
+            out[_convert(key_tp, k, f"{where} key")] = _convert(val_tp, v, f"{where}[{k!r}]")
+        return out
     if origin is list:
         if not isinstance(value, list):
             raise TskdInputError(f"config: '{where}' must be a list, got {value!r}")

@@ -138,11 +138,24 @@ def label_to_tensor(label: np.ndarray, size: int) -> torch.Tensor:
 
 
 def num_classes(samples: Sequence[Sample]) -> int:
-    """Classes including background: the largest label value + 1 (at least 2)."""
+    """Classes including background: the largest class index + 1 (at least 2).
+
+    Sample labels hold class indices (``tskd.io.read_labelled_set`` maps label values to
+    them). Raises ``TskdInputError`` when there is no label, or when the count would exceed
+    ``tskd.label_policy.MAX_CLASSES`` (checked before anything is allocated per class).
+    """
+    from tskd.label_policy import MAX_CLASSES
+
     labels = [s.label for s in samples if s.label is not None]
     if not labels:
         raise TskdInputError("no labelled image: cannot count classes")
-    return max(2, max(int(lab.max()) for lab in labels) + 1)
+    n = max(2, max(int(lab.max()) for lab in labels) + 1)
+    if n > MAX_CLASSES:
+        raise TskdInputError(
+            f"labels go up to {n - 1}, more than {MAX_CLASSES} classes; read them with "
+            "tskd.io.read_labelled_set, which maps label values to consecutive classes"
+        )
+    return n
 
 
 def split_train_val(

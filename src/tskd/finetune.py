@@ -5,6 +5,8 @@ foreground classes and pooled over the batch ("batch Dice", as nnU-Net does for 
 without foreground does not produce a noisy 0-or-1 term of its own. Validation: mean Dice over
 foreground classes with MONAI's ``DiceMetric`` at the student's input size; an image where
 ground truth and prediction are both empty for a class scores 1 for it (the project's policy).
+Pixels labelled ``tskd.label_policy.IGNORE_INDEX`` (a configured ``data.ignore_label``) are
+left out of both loss terms and of validation.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tskd import engine
 from tskd.config import StudentConfig
 from tskd.engine import CancelToken, ProgressCallback, TrainResult
 from tskd.errors import TskdInputError
+from tskd.label_policy import IGNORE_INDEX
 from tskd.student import Student
 
 
@@ -55,6 +58,9 @@ class _SegTask:
             lambda_dice=dice_weight,
             lambda_ce=1.0 - dice_weight,
         )
+        # ignored pixels (label IGNORE_INDEX = -100) count in neither term: CrossEntropyLoss
+        # skips -100 by default, MONAI's Dice masks them when told
+        self.loss.dice.ignore_index = IGNORE_INDEX
 
     def dataset(self) -> Dataset:
         return self._dataset
@@ -90,6 +96,8 @@ def validate(
     for batch in loader:
         pred = student(batch["image"].to(device)).argmax(1, keepdim=True)
         label = batch["label"].to(device)[:, None]
+        valid = label != IGNORE_INDEX  # ignored pixels: background in both, so never counted
+        pred, label = pred.where(valid, 0), label.where(valid, 0)
         metric(y_pred=one_hot(pred, c), y=one_hot(label.clamp(0, c - 1), c))
     scores = metric.aggregate().float().cpu()  # (images, classes - 1)
     metric.reset()

@@ -30,11 +30,14 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tskd.errors import TskdInputError, TskdWarning
+
+if TYPE_CHECKING:
+    from tskd.label_policy import LabelMap
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy"}
 _TIFF = {".tif", ".tiff"}
@@ -561,28 +564,42 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
 
 
 def read_label(path: str | Path) -> np.ndarray:
-    """Read a label map as int64; values must be non-negative integers.
+    """Read a label map's values as int64: (H, W) or a stack (Z, H, W), the user's ids unchanged.
 
-    Palette PNGs give their indices; an RGB(A) label whose colour channels agree (a gray map
-    saved in colour) gives one channel.
+    Palette PNGs give their indices; an RGB(A) label (PNG or TIFF) whose colour channels agree
+    (a gray map saved in colour) gives one channel. Raises ``TskdInputError`` (checked before
+    any cast or allocation per value, see ``tskd.label_policy``) for lossy files (JPEG, or TIFF
+    with JPEG/WebP compression), colour label maps, non-integer, negative or too large values
+    (above ``label_policy.MAX_LABEL_VALUE``). What the values mean (classes, binary 0/255,
+    gaps) is decided for the whole set by ``tskd.label_policy``.
     """
+    from tskd import label_policy
+
     path = Path(path)
-    arr = _validated(_read_raw(path, palette_indices=True), path)
+    label_policy.check_label_file_format(path)
+    return label_from_raw(_read_raw(path, palette_indices=True), path)
+
+
+def label_from_raw(raw: Any, path: Path) -> np.ndarray:
+    """``read_label`` after decoding: ``raw`` is the decoded file (palette indices kept)."""
+    from tskd import label_policy
+
+    arr = _validated(raw, path)
+    suffix = path.suffix.lower()
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and path.suffix.lower() not in _TIFF | {".npy"}:
+    colour = arr.ndim == 3 and arr.shape[-1] in (3, 4) and (
+        suffix not in _TIFF | {".npy"} or (suffix in _TIFF and label_policy.tiff_is_colour(path))
+        or (suffix == ".npy" and arr.shape[0] > 4 and arr.shape[1] > 4))  # (H, W, 3), not Z
+    if colour:
         if not np.array_equal(arr[..., :3], np.repeat(arr[..., :1], 3, axis=-1)):
             raise TskdInputError(
-                f"{path}: a label map must have one channel (gray or palette), not colours"
+                f"{path}: a label map must have one channel (gray or palette), not colours - "
+                "colours are not classes; save the classes as values 0, 1, 2, ... in a gray or "
+                "palette image"
             )
         arr = arr[..., 0]
-    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and np.array_equal(arr, arr.round())):
-        raise TskdInputError(
-            f"{path}: label map has non-integer values; labels must be integers "
-            "0 (background), 1, 2, ..."
-        )
-    if arr.min() < 0:
-        raise TskdInputError(f"{path}: label map has negative values (lowest {arr.min()})")
+    label_policy.check_values(arr, str(path))
     return arr.astype(np.int64)
 
 
@@ -631,10 +648,15 @@ def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = Non
 
 def write_label(path: str | Path, label: np.ndarray) -> Path:
     """Write a label map with the smallest unsigned integer type that holds it."""
+    from tskd.label_policy import MAX_LABEL_VALUE
+
     label = np.asarray(label)
     if label.size and label.min() < 0:
         raise TskdInputError(f"{path}: label map has negative values")
     top = int(label.max(initial=0))
+    if top > MAX_LABEL_VALUE:
+        raise TskdInputError(f"{path}: label value {top} is above {MAX_LABEL_VALUE}, the largest "
+                             "a label file can hold; use class ids 0, 1, 2, ...")
     dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32
     return write_image(path, label.astype(dtype))
 
@@ -656,37 +678,22 @@ def _dataset_json(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def _label_value(value: Any) -> int | None:
-    """An nnU-Net label value: an int, a numeric string, or a region list (its first value)."""
-    if isinstance(value, list):
-        value = value[0] if value else None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
 def class_names(folder: str | Path) -> list[str] | None:
     """Class names (index = label value) from an nnU-Net ``dataset.json``, if there is one.
 
     Reads nnU-Net v2 (``"labels": {"background": 0, "liver": 1}``) and v1
     (``"labels": {"0": "background", "1": "liver"}``); missing values get ``"class N"``.
+    The class map itself (values with gaps kept as given) is ``label_policy.declared_map``.
     """
-    labels = _dataset_json(Path(folder)).get("labels")
-    if not isinstance(labels, dict) or not labels:
-        return None
-    by_value: dict[int, str] = {}
-    for key, value in labels.items():
-        v2, v1 = _label_value(value), _label_value(key)
-        if v2 is not None:
-            by_value.setdefault(v2, str(key))
-        elif v1 is not None:
-            by_value.setdefault(v1, str(value))
+    from tskd.label_policy import MAX_CLASSES, declared_from_dataset_labels
+
+    folder = Path(folder)
+    by_value, _ = declared_from_dataset_labels(_dataset_json(folder).get("labels"),
+                                               str(folder / "dataset.json"))
     if not by_value:
         return None
+    if max(by_value) >= MAX_CLASSES:  # large ids: names in value order, nothing per value
+        return [by_value[v] for v in sorted(by_value)]
     return [by_value.get(i, f"class {i}") for i in range(max(by_value) + 1)]
 
 
@@ -797,28 +804,13 @@ def _fit_to_label(image: np.ndarray, label: np.ndarray, ipath: Path, lpath: Path
     return image
 
 
-def _binary_255_to_1(pairs: list[tuple[str, np.ndarray, np.ndarray]], where: Path) -> None:
-    """Masks saved as 0/255 (a common export) become classes 0/1, with a warning."""
-    labels = [lab for _, _, lab in pairs]
-    if not labels or max(int(lab.max()) for lab in labels) != 255:
-        return
-    if any(np.any((lab != 0) & (lab != 255)) for lab in labels):
-        return
-    for i, (name, image, lab) in enumerate(pairs):
-        pairs[i] = (name, image, lab // 255)
-    warnings.warn(
-        f"{where}: label maps hold only 0 and 255; reading 255 as class 1", TskdWarning,
-        stacklevel=3,
-    )
-
-
 def _pairs_to_samples(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> list[Sample]:
     """2D samples from (name, image, label); a stack gives its slices that have labels."""
     samples: list[Sample] = []
     for name, image, label in pairs:
         if label.ndim == 3:
             samples += [Sample(f"{name}_z{z:03d}", image[z], label[z])
-                        for z in range(label.shape[0]) if label[z].any()]
+                        for z in range(label.shape[0]) if (label[z] > 0).any()]
         else:
             samples.append(Sample(name, image, label))
     return samples
@@ -891,15 +883,29 @@ def _no_images_error(folder: Path) -> TskdInputError:
     return TskdInputError(f"no image found in {folder}")
 
 
-def load_labelled(folder: str | Path) -> list[Sample]:
-    """All labelled 2D samples of a folder: images/+labels/ or the nnU-Net raw layout.
+def read_labelled_set(
+    folder: str | Path,
+    classes: Any = None,
+    ignore_label: int | None = None,
+    label_map: LabelMap | None = None,
+) -> tuple[list[Sample], LabelMap]:
+    """All labelled 2D samples of a folder and the class map they were read with.
 
-    Images without a label file are left out with one warning; stacks give their labelled
-    slices (``name_z007``); mixed channel counts are converted to the most common one. Image
-    axes are read by ``image_axes`` (metadata, else the reading that fits the label map, else
-    the shape), readings that were guesses said in one warning; files are held to the pixel
-    budget (``pixel_budget`` / ``default_max_pixels()``).
+    Layouts: images/+labels/ or the nnU-Net raw layout. Each sample's ``label`` holds class
+    *indices* 0..C-1 (int64), ignored pixels ``label_policy.IGNORE_INDEX``; the returned
+    ``LabelMap`` turns them back into the user's label values. The map is ``label_map`` when
+    given (a model's), else declared by ``classes`` (config ``data.classes``) or the folder's
+    dataset.json, else inferred from the values seen (``tskd.label_policy``; notes and
+    warnings are issued as ``TskdWarning``). Images without a label file are left out with one
+    warning; stacks give their slices with foreground (``name_z007``); mixed channel counts
+    are converted to the most common one. Image axes are read by ``image_axes`` (metadata,
+    else the reading that fits the label map, else the shape), readings that were guesses said
+    in one warning; files are held to the pixel budget (``pixel_budget`` /
+    ``default_max_pixels()``). Raises ``TskdInputError`` for every problem a user can fix (the
+    first one found).
     """
+    from tskd import label_policy
+
     folder = Path(folder)
     if not folder.is_dir():
         raise TskdInputError(f"labelled data folder not found: {folder}")
@@ -911,7 +917,8 @@ def load_labelled(folder: str | Path) -> list[Sample]:
     if not cases:
         raise _no_images_error(image_dir)
     labels = _by_stem(list_images(label_dir))
-    pairs, unlabelled = [], []
+    raw: list[tuple[str, np.ndarray, np.ndarray, Path]] = []
+    unlabelled = []
     notes = _AxesNotes(image_dir)
     for name, paths in sorted(cases.items()):
         if name not in labels:
@@ -919,7 +926,8 @@ def load_labelled(folder: str | Path) -> list[Sample]:
             continue
         label = read_label(labels[name])
         image, ax = _read_case(paths, label.shape, notes)
-        pairs.append((name, _fit_to_label(image, label, paths[0], labels[name], ax), label))
+        raw.append((name, _fit_to_label(image, label, paths[0], labels[name], ax), label,
+                    labels[name]))
     notes.warn()
     if unlabelled:
         warnings.warn(
@@ -928,18 +936,36 @@ def load_labelled(folder: str | Path) -> list[Sample]:
             TskdWarning,
             stacklevel=2,
         )
-    _binary_255_to_1(pairs, folder)
-    samples = _pairs_to_samples(pairs)
-    if not pairs:
+    if not raw:
         raise TskdInputError(
             f"no labelled image found in {folder}: no image has a label file of the same name "
             f"(e.g. image {sorted(cases)[0]}, label {next(iter(sorted(labels)), 'none')})"
         )
-    if not any(s.label is not None and s.label.any() for s in samples):
+    decision = label_policy.resolve_map(
+        [(str(lp), label_policy.distinct_values(lab)) for _, _, lab, lp in raw],
+        folder, classes, ignore_label, label_map, where=str(label_dir),
+    )
+    decision.raise_first()
+    decision.emit(stacklevel=3)
+    pairs = [(name, image, label_policy.encode_file(lab, str(lp), decision))
+             for name, image, lab, lp in raw]
+    samples = _pairs_to_samples(pairs)
+    if not any(s.label is not None and (s.label > 0).any() for s in samples):
         raise TskdInputError(
             f"no labelled image found in {folder}: all label maps are empty (background only)"
         )
-    return _conform(samples, folder)
+    assert decision.label_map is not None
+    return _conform(samples, folder), decision.label_map
+
+
+def load_labelled(
+    folder: str | Path,
+    classes: Any = None,
+    ignore_label: int | None = None,
+    label_map: LabelMap | None = None,
+) -> list[Sample]:
+    """The samples of ``read_labelled_set`` (labels as class indices), without the map."""
+    return read_labelled_set(folder, classes, ignore_label, label_map)[0]
 
 
 def load_unlabelled(folder: str | Path) -> list[Sample]:

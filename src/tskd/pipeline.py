@@ -56,6 +56,7 @@ class LabelledData:
     # median (height, width) of the labelled 2D images before resizing: the scale the models
     # learn at, recorded in the bundles as "train_image_shape" so prediction tiles at it
     image_shape: tuple[int, int] = (0, 0)
+    label_map: Any = None  # tskd.label_policy.LabelMap: label values <-> class indices
 
 
 def median_image_shape(samples: list[Any]) -> tuple[int, int]:
@@ -102,24 +103,30 @@ def _image_files(folder: str | Path | None) -> list[Path]:
 
 
 def load_labelled_data(cfg: RunConfig) -> LabelledData:
-    """Read and split the labelled set named in ``cfg.data.labelled``."""
+    """Read and split the labelled set named in ``cfg.data.labelled``.
+
+    Labels go through the one label policy (``tskd.label_policy``): ``data.classes`` or the
+    dataset.json declare the classes, else the values seen do; ``data.ignore_label`` pixels are
+    left out. Samples hold class indices; ``label_map`` turns them back into label values.
+    """
     from tskd import data, io
 
     if not cfg.data.labelled:
         raise TskdInputError("no labelled data given (data.labelled / --data)")
     with io.pixel_budget(cfg.data.max_pixels):
-        samples = io.load_labelled(cfg.data.labelled)
+        samples, label_map = io.read_labelled_set(
+            cfg.data.labelled, classes=cfg.data.classes, ignore_label=cfg.data.ignore_label
+        )
     train, val = data.split_train_val(samples, cfg.data.val_fraction, cfg.data.split_seed)
-    n = data.num_classes(samples)
-    names = io.class_names(cfg.data.labelled) or ["background"] + [
-        f"class {i}" for i in range(1, n)
-    ]
-    fp = fingerprint(
+    parts: list[Any] = [
         files_fingerprint(_image_files(cfg.data.labelled)),
         cfg.data.val_fraction,
         cfg.data.split_seed,
-    )
-    return LabelledData(train, val, n, names, fp, median_image_shape(samples))
+    ]
+    if label_map.fingerprint() is not None:  # identity maps keep the fingerprints they had
+        parts.append(label_map.fingerprint())
+    return LabelledData(train, val, label_map.num_classes, list(label_map.names),
+                        fingerprint(*parts), median_image_shape(samples), label_map)
 
 
 def export_dataset(
@@ -183,6 +190,7 @@ def stage_teacher(
         class_names=data.class_names,
         augment=cfg.data.augment,
         train_image_shape=list(data.image_shape),
+        label_meta=data.label_map.to_meta() if data.label_map is not None else None,
     )
     result = dict(metrics) | {"seconds": time.perf_counter() - t0}
     mark_done(paths.teacher, fp, result)
@@ -345,10 +353,12 @@ def stage_distill(
 
 
 def _student_meta(cfg: RunConfig, data: LabelledData, extra: dict[str, Any]) -> dict[str, Any]:
+    label_meta = data.label_map.to_meta() if data.label_map is not None else {}
     return {
         "student": to_dict(cfg.student),
         "num_classes": data.num_classes,
         "class_names": data.class_names,
+        **label_meta,
         "image_size": cfg.data.image_size,
         "train_image_shape": list(data.image_shape),
         **extra,
@@ -435,12 +445,18 @@ def stage_evaluate(
     source = {"student": paths.student, "teacher": paths.teacher, "distilled": paths.distilled}
     if model not in source:
         raise TskdInputError(f"unknown model '{model}'; choose student, teacher or distilled")
-    segmenter, _ = segmenter_from_bundle(
+    from tskd.label_policy import LabelMap
+
+    segmenter, meta = segmenter_from_bundle(
         source[model], device=cfg.predict.device, tile_size=cfg.predict.tile_size,
         tile_overlap=cfg.predict.tile_overlap, batch_size=cfg.predict.batch_size,
         max_pixels=cfg.data.max_pixels,
     )
-    report, ms = evaluate_folder(segmenter, folder)
+    label_map = LabelMap.from_meta(meta)
+    if cfg.data.ignore_label is not None and label_map.ignore_label != cfg.data.ignore_label:
+        label_map = LabelMap(label_map.values, label_map.names, label_map.declared,
+                             cfg.data.ignore_label)
+    report, ms = evaluate_folder(segmenter, folder, label_map)
     out = paths.reports / f"eval_{model}"
     metrics.write_report(report, out)
     return report.summary | {"ms_per_image": ms}

@@ -34,6 +34,7 @@ from tskd.errors import CheckpointError, TskdInputError, TskdWarning
 
 if TYPE_CHECKING:
     from tskd.io import ImageAxes
+    from tskd.label_policy import LabelMap
     from tskd.metrics import EvalReport
 
 ContrastLimits = tuple[float, float] | None
@@ -344,17 +345,21 @@ def predict_paths(
     overwrite: bool = False,
     input_folders: Sequence[str | Path] = (),
     log: Callable[[str], None] | None = None,
+    label_values: Sequence[int] | None = None,
 ) -> list[Path]:
     """Segment image files and write their label maps to ``out_dir``, named by the input stem.
 
     Files are read by ``tskd.io.read_image_axes`` (axes metadata first, as training reads
-    them) within ``segmenter.max_pixels``. 2D label maps that fit in 8 bits are written as PNG,
-    stacks and larger labels as TIFF. ``progress(done, total)`` is called after each file;
-    ``log(line)`` gets one line for each file that is tiled. Before anything is segmented,
-    ``TskdInputError`` refuses an ``out_dir`` that is the folder of an input file or is,
-    contains or is inside one of ``input_folders`` (the folders the user named), and, unless
-    ``overwrite``, an ``out_dir`` that already holds ``<stem>.png`` or ``<stem>.tif`` for an
-    input; with ``overwrite`` the files replaced are named in a ``TskdWarning``.
+    them) within ``segmenter.max_pixels``. ``label_values[k]`` is the label value written for
+    class ``k`` (a model's ``label_values``, see ``tskd.label_policy.LabelMap.from_meta``), so
+    predictions carry the user's original ids (0, 1, 5 or 0/255); None writes class indices.
+    2D label maps whose values fit in 8 bits are written as PNG, stacks and larger values as
+    TIFF. ``progress(done, total)`` is called after each file; ``log(line)`` gets one line for
+    each file that is tiled. Before anything is segmented, ``TskdInputError`` refuses an
+    ``out_dir`` that is the folder of an input file or is, contains or is inside one of
+    ``input_folders`` (the folders the user named), and, unless ``overwrite``, an ``out_dir``
+    that already holds ``<stem>.png`` or ``<stem>.tif`` for an input; with ``overwrite`` the
+    files replaced are named in a ``TskdWarning``.
     """
     import warnings
 
@@ -366,6 +371,14 @@ def predict_paths(
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise TskdInputError(f"several inputs share the name {dup[0]!r}; outputs would collide")
+    table = None
+    if label_values is not None:
+        table = np.asarray(label_values, dtype=np.int64)
+        if table.shape != (segmenter.num_classes,):
+            raise TskdInputError(
+                f"{len(table)} label values for a model of {segmenter.num_classes} classes; "
+                "the model's meta.json label_values do not fit it"
+            )
     out = outputs.check_output_folder(out_dir)
     outputs.check_not_input(out, [*input_folders, *paths])
     candidates = [out / f"{stem}{suffix}" for stem in stems for suffix in (".png", ".tif")]
@@ -380,6 +393,8 @@ def predict_paths(
         if note and log is not None:
             log(f"{path.name}: {note}")
         labels = segmenter.segment(image, is_stack=ax.is_stack)
+        if table is not None:
+            labels = table[labels]
         target = _output_path(out, stem, labels)
         if target.exists():
             replaced.append(target)
@@ -458,21 +473,39 @@ def segmenter_from_bundle(
     return segmenter, meta
 
 
-def evaluate_folder(segmenter: Segmenter, folder: str | Path) -> tuple[EvalReport, float]:
+def evaluate_folder(
+    segmenter: Segmenter, folder: str | Path, label_map: LabelMap | None = None
+) -> tuple[EvalReport, float]:
     """Segment every image of a labelled folder and score it: (``EvalReport``, ms per image).
 
     The one path by which the pipeline, the pretraining check and the benchmarks score a model.
+    ``label_map`` is the model's class map (``LabelMap.from_meta(meta)``): the folder's labels
+    are read with it (a value the model has no class for raises ``TskdInputError``) and every
+    class of the model is scored, reported by label value. Without it, the folder's own map is
+    used and must match the model's classes (as for models trained on classes 0..C-1).
     """
     import time
 
     from tskd import io, metrics
+    from tskd.label_policy import LabelMap
 
     with io.pixel_budget(segmenter.max_pixels):
-        samples = io.load_labelled(folder)
+        samples, lmap = io.read_labelled_set(folder, label_map=label_map)
+    if label_map is None and lmap.is_identity and lmap.num_classes < segmenter.num_classes:
+        # a model of classes 0..C-1 on a folder that shows only some of them
+        lmap = LabelMap.identity(segmenter.num_classes, None, lmap.ignore_label)
+    if lmap.num_classes != segmenter.num_classes:
+        raise TskdInputError(
+            f"the labels in {folder} are read as {lmap.num_classes} classes "
+            f"{lmap.describe()} but the model predicts {segmenter.num_classes}; evaluate with "
+            "the model's class map (its meta.json label_values)"
+        )
     t0 = time.perf_counter()
     preds = [segmenter.segment(s.image, is_stack=False) for s in samples]
     ms = 1000 * (time.perf_counter() - t0) / max(1, len(samples))
     report = metrics.evaluate(
-        preds, [s.label for s in samples], [s.name for s in samples], segmenter.num_classes
+        [lmap.decode(p) for p in preds], [lmap.decode(s.label) for s in samples],
+        [s.name for s in samples], classes=list(lmap.values[1:]),
+        class_names=dict(zip(lmap.values, lmap.names)), ignore_label=lmap.ignore_label,
     )
     return report, ms

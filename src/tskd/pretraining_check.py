@@ -48,7 +48,7 @@ def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, An
     result = train(task, train_cfg)
     model = task.model.eval()
     seg = Segmenter(model, cfg.teacher.input_size, data.num_classes, device=cfg.predict.device)
-    report, _ = evaluate_folder(seg, test_folder)
+    report, _ = evaluate_folder(seg, test_folder, data.label_map)
     return {
         "dice_mean": report.summary["dice_mean"],
         "dice_std": report.summary["dice_std"],

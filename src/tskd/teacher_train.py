@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from tskd.config import TeacherConfig
 from tskd.engine import CancelToken, ProgressCallback, seed_everything
 from tskd.engine import train as engine_train
+from tskd.label_policy import IGNORE_INDEX
 from tskd.teacher_lora import apply_lora, save_teacher
 from tskd.teacher_model import SemanticSam, build_sam
 
@@ -53,6 +54,9 @@ class TeacherTask:
             lambda_dice=cfg.dice_weight,
             lambda_ce=1.0 - cfg.dice_weight,
         )
+        # ignored pixels (label IGNORE_INDEX = -100): CrossEntropyLoss skips -100 by default,
+        # MONAI's Dice masks them when told
+        self.loss.dice.ignore_index = IGNORE_INDEX
 
     def dataset(self) -> Dataset:
         return _dataset(self.samples, self.size, self.augment)
@@ -76,8 +80,11 @@ def validation_dice(
     loader = torch.utils.data.DataLoader(_dataset(samples, size, False), batch_size=batch_size)
     for batch in loader:
         pred = model(batch["image"].to(device)).float().argmax(1)
+        label = batch["label"].to(device).long()
+        valid = label != IGNORE_INDEX  # ignored pixels: background in both, never counted
+        pred, label = pred.where(valid, 0), label.where(valid, 0)
         onehot = torch.nn.functional.one_hot(pred, num_classes).permute(0, 3, 1, 2)
-        truth = torch.nn.functional.one_hot(batch["label"].to(device).long(), num_classes)
+        truth = torch.nn.functional.one_hot(label, num_classes)
         metric(onehot, truth.permute(0, 3, 1, 2))
     model.train(was_training)
     return [float(v) for v in metric.aggregate().cpu()]
@@ -96,13 +103,17 @@ def finetune_teacher(
     class_names: list[str] | None = None,
     augment: bool = True,
     train_image_shape: list[int] | None = None,
+    label_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune SAM with LoRA on labelled samples; write ``out_dir``; return the metrics.
 
-    ``train_image_shape`` [H, W] (median size of the labelled images) goes into the meta, so
-    prediction tiles large images at the training scale. Randomness is seeded from
-    ``cfg.train.seed`` before the class heads and LoRA matrices are initialised, so two runs
-    with the same seed give the same adapter (on the CPU, bit for bit).
+    Sample labels are class indices (``tskd.label_policy.IGNORE_INDEX`` pixels are left out of
+    the loss and validation); ``label_meta`` (``LabelMap.to_meta()``: label_values,
+    class_names, ignore_label) is stored in the teacher's meta.json. ``train_image_shape``
+    [H, W] (median size of the labelled images) goes into the meta too, so prediction tiles
+    large images at the training scale. Randomness is seeded from ``cfg.train.seed`` before
+    the class heads and LoRA matrices are initialised, so two runs with the same seed give the
+    same adapter (on the CPU, bit for bit).
     """
     seed_everything(cfg.train.seed)
     sam = build_sam(cfg.model_type, cfg.checkpoint, cfg.input_size)
@@ -132,6 +143,7 @@ def finetune_teacher(
     meta = {
         "lora": cfg.lora,
         "class_names": class_names,
+        **(label_meta or {}),
         "metrics": metrics,
         "dice_weight": cfg.dice_weight,
         "dice_include_background": cfg.dice_include_background,
