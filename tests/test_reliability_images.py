@@ -520,7 +520,7 @@ def test_bad_train_image_shape_is_a_checkpoint_error(tmp_path: Path) -> None:
     from tskd.errors import CheckpointError
 
     folder = _student_bundle(tmp_path / "bad", image_size=32, train_image_shape=[0, "x"])
-    with pytest.raises(CheckpointError, match=r"train_image_shape must be \[height, width\]"):
+    with pytest.raises(CheckpointError, match=r"'train_image_shape' must be \[height, width\]"):
         segmenter_from_bundle(folder, device="cpu")
 
 

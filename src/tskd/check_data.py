@@ -8,6 +8,7 @@ their shapes and dtypes, the label's distinct values, how the label policy reads
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,11 +111,19 @@ def check_folder(
         fc = FileCheck(name)
         report.files.append(fc)
         paths = cases.get(name)
-        image = None
+        label = None
+        if name in labels:
+            fc.label = str(labels[name].relative_to(folder))
+            label = _read_label(labels[name], fc)
+        image, axes = None, None
         if paths:
             fc.image = ", ".join(str(p.relative_to(folder)) for p in paths)
-            try:
-                image = io._read_case(paths)
+            try:  # axes read as training reads them: metadata, else what fits the label
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    image, axes = io._read_case(
+                        paths, label.shape if label is not None else None)
+                fc.warnings += [str(w.message) for w in caught]
                 fc.image_shape, fc.image_dtype = list(image.shape), str(image.dtype)
             except TskdError as exc:
                 fc.errors.append(str(exc))
@@ -125,13 +134,11 @@ def check_folder(
             fc.warnings.append(f"no label file for {name} in {label_dir.name}/ (the image is "
                                "not used for training)")
             continue
-        fc.label = str(labels[name].relative_to(folder))
-        label = _read_label(labels[name], fc)
         if label is None:
             continue
         if image is not None and paths:
             try:
-                io._fit_to_label(image, label, paths[0], labels[name])
+                io._fit_to_label(image, label, paths[0], labels[name], axes)
             except TskdError as exc:
                 fc.errors.append(str(exc))
         values = label_policy.distinct_values(label)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tskd.errors import CheckpointError, TskdInputError, TskdWarning
+from tskd.errors import TskdInputError, TskdWarning
 
 if TYPE_CHECKING:
     from tskd.io import ImageAxes
@@ -409,22 +409,6 @@ def predict_paths(
     return written
 
 
-def _train_image_shape(meta: dict[str, Any], folder: Path) -> tuple[int, int] | None:
-    """The bundle's ``train_image_shape`` [H, W], None when absent; CheckpointError if bad."""
-    value = meta.get("train_image_shape")
-    if value is None:
-        return None
-    ok = (isinstance(value, list | tuple) and len(value) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 2**20
-                  for v in value))
-    if not ok:
-        raise CheckpointError(
-            f"{folder / 'meta.json'}: train_image_shape must be [height, width] in pixels "
-            f"(2 to 2^20 each), not {value!r}"
-        )
-    return int(value[0]), int(value[1])
-
-
 def segmenter_from_bundle(
     folder: str | Path,
     device: str = "auto",
@@ -447,7 +431,9 @@ def segmenter_from_bundle(
     folder = Path(folder)
     model, meta = bundle.load_model(folder)
     size = int(meta.get("image_size") or meta.get("input_size"))
-    trained = _train_image_shape(meta, folder if folder.is_dir() else folder.parent)
+    # checked by the bundle's schema (tskd.meta_schema) when it was loaded
+    shape = meta.get("train_image_shape")
+    trained = (int(shape[0]), int(shape[1])) if shape is not None else None
     kwargs: dict[str, Any] = {}
     if tile_size is not None:
         tile: int | tuple[int, int] = int(tile_size)
