@@ -93,3 +93,68 @@ def test_run_folder_of_another_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunFolderError, match="not a tskd run folder"):
         prepare_run_dir(c)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_a_stage_killed_after_writing_its_weights_is_not_taken_as_done(
+        tiny: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between its new weights and its stage.json, a stage must run again even when the
+    user goes back to the inputs the old stage.json was made from."""
+    from tskd import pipeline, teacher
+
+    raw = json.loads(json.dumps(tiny["cfg"])) | {"run_dir": str(tiny["root"] / "killed")}
+    cfg = from_dict(RunConfig, raw)
+    prepare_run_dir(cfg)
+    assert not pipeline.stage_teacher(cfg).get("skipped")
+    adapter = Path(cfg.run_dir) / "teacher" / "adapter.safetensors"
+    first = adapter.read_bytes()
+
+    raw2 = json.loads(json.dumps(raw))
+    raw2["teacher"]["train"]["seed"] = 7  # other inputs: other weights
+    real = teacher.finetune_teacher
+
+    def killed_after_writing(*args: object, **kwargs: object) -> dict:
+        real(*args, **kwargs)
+        raise RuntimeError("killed before stage.json")
+
+    monkeypatch.setattr(teacher, "finetune_teacher", killed_after_writing)
+    with pytest.raises(RuntimeError, match="killed before stage.json"):
+        pipeline.stage_teacher(from_dict(RunConfig, raw2))
+    assert adapter.read_bytes() != first  # the new weights are on disk ...
+    assert not (adapter.parent / "stage.json").exists()  # ... and no marker vouches for them
+    monkeypatch.undo()
+    again = pipeline.stage_teacher(cfg)  # back to the first inputs: trained again, not skipped
+    assert not again.get("skipped")
+    assert adapter.read_bytes() == first  # same seed, same weights (bit for bit on the CPU)
+
+
+def test_resume_refuses_a_checkpoint_made_from_other_inputs(
+        tiny: dict, tmp_path: Path) -> None:
+    """A teacher cancelled on one labelled set must not be resumed on another one."""
+    from tskd import pipeline
+    from tskd.engine import CancelToken
+    from tskd.errors import Cancelled
+    from tskd.phantoms import write_task_folders
+
+    raw = json.loads(json.dumps(tiny["cfg"])) | {"run_dir": str(tmp_path / "run")}
+    raw["teacher"]["train"] = raw["teacher"]["train"] | {"epochs": 3}
+    cfg = from_dict(RunConfig, raw)
+    prepare_run_dir(cfg)
+    token = CancelToken()
+
+    def stop(p: object) -> None:
+        if p.step >= 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        pipeline.stage_teacher(cfg, progress=stop, cancel=token)
+    ckpts = Path(cfg.run_dir) / "checkpoints" / "teacher"
+    assert (ckpts / "ckpt" / "manifest.json").is_file()
+
+    other = write_task_folders("skin_lesion", tmp_path / "other", 4, 1, 1, size=64, seed=3)
+    raw_other = json.loads(json.dumps(raw))
+    raw_other["data"]["labelled"] = str(other / "train")
+    with pytest.raises(RunFolderError, match="made from other inputs"):
+        pipeline.stage_teacher(from_dict(RunConfig, raw_other), resume=True)
+    assert (ckpts / "ckpt" / "manifest.json").is_file()  # the refusal keeps the checkpoint
+    result = pipeline.stage_teacher(cfg, resume=True)  # the same inputs resume
+    assert not result.get("skipped")

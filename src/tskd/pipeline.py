@@ -22,9 +22,11 @@ from tskd.engine import CancelToken, ProgressCallback, seed_everything
 from tskd.errors import TskdError, TskdInputError
 from tskd.run_folder import (
     RunPaths,
+    checkpoint_inputs,
     files_fingerprint,
     fingerprint,
     mark_done,
+    mark_started,
     prepare_run_dir,
     read_result,
     stage_done,
@@ -175,6 +177,7 @@ def stage_teacher(
     fp = _teacher_fp(cfg, data.fingerprint)
     if stage_done(paths.teacher, fp):
         return read_result(paths.teacher) | {"skipped": True}
+    mark_started(paths.teacher)
     seed_everything(cfg.teacher.train.seed)  # before any model is built: repeatable runs
     t0 = time.perf_counter()
     metrics = teacher.finetune_teacher(
@@ -186,7 +189,7 @@ def stage_teacher(
         progress=progress,
         cancel=cancel,
         resume=resume,
-        checkpoint_dir=paths.checkpoints("teacher"),
+        checkpoint_dir=checkpoint_inputs(paths.checkpoints("teacher"), fp, resume),
         class_names=data.class_names,
         augment=cfg.data.augment,
         train_image_shape=list(data.image_shape),
@@ -217,6 +220,7 @@ def stage_synthesize(
     fp = _synth_fp(cfg, data.fingerprint)
     if stage_done(paths.transfer, fp):
         return read_result(paths.transfer) | {"skipped": True}
+    mark_started(paths.transfer)
     real = _unlabelled_images(cfg)
     images = [s.image for s in data.train] + real
     if cfg.synth.enabled and cfg.synth.n_images > 0:
@@ -230,7 +234,8 @@ def stage_synthesize(
             progress=progress,
             cancel=cancel,
             resume=resume,
-            checkpoint_dir=paths.checkpoints("synthesize"),
+            checkpoint_dir=checkpoint_inputs(paths.checkpoints("synthesize"), fp,
+                                             resume),
             model_dir=paths.diffusion,
             out_size=cfg.data.image_size,
         )
@@ -315,6 +320,7 @@ def stage_distill(
     fp = _distill_fp(cfg, data)
     if stage_done(paths.distilled, fp):
         return read_result(paths.distilled) | {"skipped": True}
+    mark_started(paths.distilled)
     seed_everything(cfg.distill.train.seed)  # before any model is built: repeatable runs
     if cfg.distill.task_agnostic:
         model, teacher_id = _base_teacher(cfg, data.num_classes)
@@ -338,7 +344,7 @@ def stage_distill(
         progress=progress,
         cancel=cancel,
         resume=resume,
-        checkpoint_dir=paths.checkpoints("distill"),
+        checkpoint_dir=checkpoint_inputs(paths.checkpoints("distill"), fp, resume),
     )
     summary = {
         "n_transfer_images": len(images),
@@ -389,6 +395,7 @@ def stage_finetune_student(
                      init, data.fingerprint, cfg.data.image_size)
     if not continue_from_last and stage_done(paths.student, fp):
         return read_result(paths.student) | {"skipped": True}
+    mark_started(paths.student)
     seed_everything(cfg.student.train.seed)  # before any model is built: repeatable runs
     if continue_from_last:
         if not (paths.student / "meta.json").is_file():
@@ -413,7 +420,7 @@ def stage_finetune_student(
         progress=progress,
         cancel=cancel,
         resume=resume,
-        checkpoint_dir=paths.checkpoints("student"),
+        checkpoint_dir=checkpoint_inputs(paths.checkpoints("student"), fp, resume),
     )
     summary = {
         "init": "last" if continue_from_last else ("scratch" if cfg.student.from_scratch else

@@ -108,6 +108,39 @@ def stage_done(folder: Path, fp: str) -> bool:
         return False
 
 
+def mark_started(folder: Path) -> None:
+    """Withdraw the stage's ``stage.json`` before it rewrites its artefact.
+
+    A stage killed after writing new weights but before ``mark_done`` must not leave the old
+    marker beside them: going back to the old inputs would then skip the stage and keep the
+    new weights. With the marker gone the stage simply runs again.
+    """
+    (folder / "stage.json").unlink(missing_ok=True)
+
+
+def checkpoint_inputs(folder: Path, fp: str, resume: bool) -> Path:
+    """The checkpoint folder of a stage whose inputs have fingerprint ``fp``.
+
+    The fingerprint is recorded beside the checkpoint (``inputs.json``); ``resume`` refuses
+    (``RunFolderError``) a checkpoint recorded for other inputs (other labelled data, another
+    teacher or other settings), which would otherwise continue training on what the user no
+    longer asks for. Returns ``folder``.
+    """
+    record = folder / "inputs.json"
+    if resume and any(folder.glob("ckpt*")) and record.is_file():
+        try:
+            recorded = json.loads(record.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded != fp:
+            raise RunFolderError(
+                f"cannot resume: the checkpoint in {folder} was made from other inputs (data, "
+                "teacher or settings changed since); run again without --resume to start over"
+            )
+    atomic.write_json(record, {"fingerprint": fp})
+    return folder
+
+
 def mark_done(folder: Path, fp: str, result: dict[str, Any]) -> None:
     """Record that the stage in ``folder`` finished, with its fingerprint and result."""
     atomic.write_json(folder / "stage.json", {"fingerprint": fp, "result": result})
