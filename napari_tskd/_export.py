@@ -98,9 +98,46 @@ def export_unlabelled(
     return folder
 
 
-def add_corrected(image: np.ndarray, label: np.ndarray, name: str, run_dir: Path) -> Path:
-    """Add one corrected (image, label map) to the run's labelled set; returns the label path."""
-    from tskd import io
+CORRECTIONS_FILE = "corrections.json"  # in run/data: which layer and slice each correction is
+
+
+def _correction_sources(data: Path) -> dict[str, str]:
+    """{correction name: source layer and slice}, as ``add_corrected`` recorded them."""
+    try:
+        sources = json.loads((data / CORRECTIONS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return sources if isinstance(sources, dict) else {}
+
+
+def correction_name(name: str, source: str, run_dir: Path) -> tuple[str, bool]:
+    """The file name (without prefix) for a correction of ``source`` (layer name and slice),
+    and whether it replaces an earlier correction of that same source.
+
+    ``name`` is the file-name-safe form of the layer name; two layers whose names sanitise
+    alike (``case 1``, ``case.1``) get distinct names (``case_1``, ``case_1_2``) instead of
+    one correction silently replacing the other's.
+    """
+    data = run_dir / "data"
+    sources = _correction_sources(data)
+    taken = corrected_names(run_dir)
+    candidate, k = name, 1
+    while candidate in taken:
+        if sources.get(candidate, source) == source:  # the same slice of the same layer
+            return candidate, True
+        k += 1
+        candidate = f"{name}_{k}"
+    return candidate, False
+
+
+def add_corrected(image: np.ndarray, label: np.ndarray, name: str, run_dir: Path,
+                  source: str | None = None) -> Path:
+    """Add one corrected (image, label map) to the run's labelled set; returns the label path.
+
+    ``source`` (layer name and slice) is recorded in ``data/corrections.json`` so a later
+    correction of another layer never takes this one's name (see ``correction_name``).
+    """
+    from tskd import atomic, io
 
     data = run_dir / "data"
     (data / "images").mkdir(parents=True, exist_ok=True)
@@ -108,6 +145,9 @@ def add_corrected(image: np.ndarray, label: np.ndarray, name: str, run_dir: Path
     stem = CORRECTED_PREFIX + name
     io.write_image(data / "images" / f"{stem}.tif", image)
     io.write_label(data / "labels" / f"{stem}.tif", label.astype(np.int64))
+    if source is not None:
+        sources = _correction_sources(data) | {name: source}
+        atomic.write_json(data / CORRECTIONS_FILE, sources)
     return data / "labels" / f"{stem}.tif"
 
 
@@ -118,6 +158,11 @@ def corrected_names(run_dir: Path) -> set[str]:
         return set()
     return {p.stem[len(CORRECTED_PREFIX):] for p in folder.iterdir()
             if p.name.startswith(CORRECTED_PREFIX)}
+
+
+def correction_sources(run_dir: Path) -> dict[str, str]:
+    """{correction name (no prefix): source layer name and slice} of the run's corrections."""
+    return _correction_sources(run_dir / "data")
 
 
 def labelled_names(run_dir: Path) -> set[str]:

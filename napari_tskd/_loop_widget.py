@@ -71,7 +71,7 @@ class LoopWidget(StageWidget):
         return None
 
     def _add_slice(self) -> Any:
-        from napari_tskd._export import add_corrected, corrected_names
+        from napari_tskd._export import add_corrected, corrected_names, correction_name
         from tskd.errors import TskdInputError
 
         image, labels = self.image.value, self.labels.value
@@ -90,13 +90,21 @@ class LoopWidget(StageWidget):
             )
         z = _layers.current_index(self.viewer, image)
         base = _layers.safe_name(image.name)
-        name = f"{base}_z{z:04d}" if _layers.is_stack(image) else base
-        replaced = name in corrected_names(run_dir)
+        stack = _layers.is_stack(image)
+        name = f"{base}_z{z:04d}" if stack else base
+        source = f"{image.name}#z{z}" if stack else image.name
+        wanted = name
+        name, replaced = correction_name(name, source, run_dir)
         label = _layers.get_slice(labels, z)
-        path = add_corrected(_layers.training_image(image, z), label, name, run_dir)
+        path = add_corrected(_layers.training_image(image, z), label, name, run_dir, source)
         n = len(corrected_names(run_dir))
         verb = "replaced" if replaced else "added"
         self.status.value = f"{verb} slice {z} of '{image.name}'; {n} correction(s) in the run"
+        if name != wanted:
+            _notify.warning(
+                f"a correction of another layer is already named '{wanted}'; this one of "
+                f"'{image.name}' is saved as '{name}' so neither is lost"
+            )
         if not label.any():
             _notify.info(f"slice {z} was added with no labels: it teaches 'nothing here'")
         return path
@@ -127,17 +135,24 @@ class LoopWidget(StageWidget):
 
     def _candidates(self) -> list[tuple[Any, int]]:
         """Slices (or 2D layers) not yet in the run's labelled set, from layers or corrections."""
-        from napari_tskd._export import labelled_names
+        from napari_tskd._export import correction_sources, labelled_names
 
         done = labelled_names(self.context.run_dir)
+        sources = correction_sources(self.context.run_dir)
+        corrected = set(sources.values())
+
+        def is_done(name: str, source: str) -> bool:  # by provenance where it is recorded
+            return source in corrected or (name in done and name not in sources)
+
         image = self.image.value
         _layers.check_layer(image, "image")
         if _layers.is_stack(image):
             base = _layers.safe_name(image.name)
             return [(image, z) for z in range(_layers.n_slices(image))
-                    if f"{base}_z{z:04d}" not in done]
+                    if not is_done(f"{base}_z{z:04d}", f"{image.name}#z{z}")]
         return [(layer, 0) for layer in _layers.layers_of(self.viewer, "image")
-                if not _layers.is_stack(layer) and _layers.safe_name(layer.name) not in done]
+                if not _layers.is_stack(layer)
+                and not is_done(_layers.safe_name(layer.name), layer.name)]
 
     def _suggest(self) -> None:
         from napari.qt.threading import thread_worker

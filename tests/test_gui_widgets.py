@@ -449,3 +449,38 @@ def _own_job(widget):
     job = Job("fake", [], to_dict(RunConfig(run_dir="somewhere")))
     job.owner = widget
     return job
+
+
+def test_loop_corrections_of_layers_whose_names_collide_are_both_kept(
+        make_napari_viewer, tskd_gui_env, notes) -> None:
+    """`case 1` and `case.1` sanitise alike: their corrections get two files, not one."""
+    pytest.importorskip("tskd.io")
+    from napari_tskd._data_widget import DataWidget
+    from napari_tskd._loop_widget import LoopWidget
+
+    viewer = make_napari_viewer()
+    img, lab = _stack(z=4)
+    viewer.add_image(img, name="scan")
+    viewer.add_labels(lab, name="scan labels")
+    assert DataWidget(viewer).use_data()
+    loop = LoopWidget(viewer)
+    for name in ("case 1", "case.1"):
+        layer = viewer.add_image(img[0], name=name)
+        fix = viewer.add_labels(np.zeros((32, 32), np.uint8), name=f"{name} fix")
+        fix.data[4:9, 4:9] = 1 if name == "case 1" else 2
+        loop.reset_choices()
+        loop.image.value, loop.labels.value = layer, fix
+        loop.add_slice()
+    labels = tskd_gui_env / "data" / "labels"
+    assert sorted(p.name for p in labels.glob("corrected_*")) == [
+        "corrected_case_1.tif", "corrected_case_1_2.tif"]
+    from tskd import io
+
+    assert io.read_label(labels / "corrected_case_1.tif").max() == 1
+    assert io.read_label(labels / "corrected_case_1_2.tif").max() == 2
+    assert any("saved as 'case_1_2'" in m for _, m in notes.all())
+    # correcting `case 1` again replaces its own file, not the other layer's
+    loop.image.value, loop.labels.value = viewer.layers["case 1"], viewer.layers["case 1 fix"]
+    loop.add_slice()
+    assert loop.status.value.startswith("replaced")
+    assert len(list(labels.glob("corrected_*"))) == 2
