@@ -265,4 +265,4 @@ def test_student_stage_killed_mid_epoch_resumes_to_identical_weights(tiny: dict)
     a = load_file(str(tiny["root"] / "full" / "student" / "model.safetensors"))
     b = load_file(str(tiny["root"] / "cut" / "student" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert sorted(p.name for p in ck.iterdir()) == ["history.json"]
+    assert sorted(p.name for p in ck.iterdir()) == ["history.json", "inputs.json"]
