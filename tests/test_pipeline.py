@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tiny_setup import tiny_config, write_config, write_tiny_sam, write_tiny_task
 from tskd import io
@@ -158,3 +159,43 @@ def test_resume_refuses_a_checkpoint_made_from_other_inputs(
     assert (ckpts / "ckpt" / "manifest.json").is_file()  # the refusal keeps the checkpoint
     result = pipeline.stage_teacher(cfg, resume=True)  # the same inputs resume
     assert not result.get("skipped")
+
+
+def test_full_disk_at_the_final_write_keeps_the_training(
+        tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills when the student is written: its finished training is kept, and
+    --resume writes the same student without training again."""
+    from tskd import bundle, pipeline
+    from tskd.errors import DiskFullError
+
+    raw = json.loads(json.dumps(tiny["cfg"])) | {"run_dir": str(tmp_path / "run")}
+    raw["student"]["from_scratch"] = True
+    cfg = from_dict(RunConfig, raw)
+    prepare_run_dir(cfg)
+    real = bundle.save_student
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise DiskFullError("no space left on student, 1 MB needed")
+
+    monkeypatch.setattr(bundle, "save_student", full)
+    with pytest.raises(DiskFullError):
+        pipeline.stage_finetune_student(cfg)
+    ckpt = Path(cfg.run_dir) / "checkpoints" / "student" / "ckpt"
+    assert (ckpt / "manifest.json").is_file()  # the finished training survives
+    monkeypatch.setattr(bundle, "save_student", real)
+    steps: list[int] = []
+    result = pipeline.stage_finetune_student(cfg, resume=True,
+                                             progress=lambda p: steps.append(p.step))
+    assert not result.get("skipped") and steps == []  # written, not trained again
+    assert not ckpt.exists()  # cleared once the student is on disk
+    from safetensors.torch import load_file
+
+    resumed = load_file(Path(cfg.run_dir) / "student" / "model.safetensors")
+
+    raw2 = json.loads(json.dumps(raw)) | {"run_dir": str(tmp_path / "straight")}
+    cfg2 = from_dict(RunConfig, raw2)
+    prepare_run_dir(cfg2)
+    pipeline.stage_finetune_student(cfg2)
+    straight = load_file(Path(cfg2.run_dir) / "student" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)  # bit for bit

@@ -240,6 +240,7 @@ def distill(
     cancel: CancelToken | None = None,
     resume: bool = False,
     checkpoint_dir: str | Path | None = None,
+    keep_checkpoint: bool = False,
 ) -> TrainResult:
     """Train ``student`` (in place) to match ``teacher`` on ``images``; returns the history.
 
@@ -334,6 +335,7 @@ def distill(
             progress=progress,
             cancel=cancel,
             resume=resume,
+            keep_checkpoint=keep_checkpoint,
         )
     finally:
         for p in frozen:

@@ -430,6 +430,14 @@ class _Checkpoint:
         self._remove_legacy_files()
 
 
+def clear_checkpoint(checkpoint_dir: str | Path) -> None:
+    """Remove a stage's checkpoint once its artefact is written (see ``train``'s
+    ``keep_checkpoint``); other files in the folder stay."""
+    folder = Path(checkpoint_dir)
+    if folder.is_dir():
+        _Checkpoint(folder).clear()
+
+
 def _collate_default(batch: list[Any]) -> Any:
     return torch.utils.data.default_collate(batch)
 
@@ -475,6 +483,7 @@ def train(
     resume: bool = False,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     extra_parameters: Iterable[nn.Parameter] = (),
+    keep_checkpoint: bool = False,
 ) -> TrainResult:
     """Train ``task.model``'s trainable parameters; see the module docstring for guarantees.
 
@@ -483,6 +492,10 @@ def train(
     (one that does not is discarded with a ``TskdWarning``). A task may keep state beside the
     model in the checkpoint: ``task.checkpoint_state() -> (tensors, str metadata)`` is saved
     with it, and ``task.restore_checkpoint_state(extra_or_None, step)`` is called on resume.
+
+    The checkpoint is removed when training ends, unless ``keep_checkpoint``: then the caller
+    removes it (``clear_checkpoint``) once it has written its artefact, so a full disk at that
+    write loses no training (``resume`` then finds the finished state and runs no step).
 
     Raises ``Cancelled`` (after writing a checkpoint) when ``cancel`` is set, ``DiskFullError``
     when the checkpoint folder's disk is full (the previous checkpoint is kept), and
@@ -623,7 +636,8 @@ def train(
         from tskd.atomic import write_json
 
         write_json(ckpt.folder / "history.json", history)  # first: a full disk keeps the ckpt
-        ckpt.clear()  # finished: the stage writes its own artefact; nothing left to resume
+        if not keep_checkpoint:
+            ckpt.clear()  # finished: the stage writes its own artefact; nothing left to resume
     task.model = accelerator.unwrap_model(model)
     return TrainResult(history, step, time.perf_counter() - t0, resumed_from)
 

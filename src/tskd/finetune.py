@@ -120,6 +120,7 @@ def finetune_student(
     cancel: CancelToken | None = None,
     resume: bool = False,
     checkpoint_dir: str | Path | None = None,
+    keep_checkpoint: bool = False,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Fine-tune ``student`` in place on ``train`` (``tskd.io.Sample`` with labels).
 
@@ -156,6 +157,7 @@ def finetune_student(
             progress=progress,
             cancel=cancel,
             resume=resume,
+            keep_checkpoint=keep_checkpoint,
         )
         metrics = validate(student, val, image_size, cfg.train.batch_size)
     finally:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tskd.config import RunConfig, TrainConfig, to_dict
-from tskd.engine import CancelToken, ProgressCallback, seed_everything
+from tskd.engine import CancelToken, ProgressCallback, clear_checkpoint, seed_everything
 from tskd.errors import TskdError, TskdInputError
 from tskd.run_folder import (
     RunPaths,
@@ -190,6 +190,7 @@ def stage_teacher(
         cancel=cancel,
         resume=resume,
         checkpoint_dir=checkpoint_inputs(paths.checkpoints("teacher"), fp, resume),
+        keep_checkpoint=True,  # cleared once the artefact is written
         class_names=data.class_names,
         augment=cfg.data.augment,
         train_image_shape=list(data.image_shape),
@@ -197,6 +198,7 @@ def stage_teacher(
     )
     result = dict(metrics) | {"seconds": time.perf_counter() - t0}
     mark_done(paths.teacher, fp, result)
+    clear_checkpoint(paths.checkpoints("teacher"))
     return result
 
 
@@ -345,6 +347,7 @@ def stage_distill(
         cancel=cancel,
         resume=resume,
         checkpoint_dir=checkpoint_inputs(paths.checkpoints("distill"), fp, resume),
+        keep_checkpoint=True,  # cleared once the artefact is written
     )
     summary = {
         "n_transfer_images": len(images),
@@ -355,6 +358,7 @@ def stage_distill(
     bundle.save_student(student, paths.distilled, _student_meta(cfg, data, summary))
     write_json(paths.reports / "distill_history.json", result.history)
     mark_done(paths.distilled, fp, summary)
+    clear_checkpoint(paths.checkpoints("distill"))
     return summary
 
 
@@ -421,6 +425,7 @@ def stage_finetune_student(
         cancel=cancel,
         resume=resume,
         checkpoint_dir=checkpoint_inputs(paths.checkpoints("student"), fp, resume),
+        keep_checkpoint=True,  # cleared once the artefact is written
     )
     summary = {
         "init": "last" if continue_from_last else ("scratch" if cfg.student.from_scratch else
@@ -433,6 +438,7 @@ def stage_finetune_student(
     bundle.save_student(student, paths.student, _student_meta(cfg, data, summary))
     write_json(paths.reports / "student_history.json", result.history)
     mark_done(paths.student, fp, summary)
+    clear_checkpoint(paths.checkpoints("student"))
     return summary
 
 

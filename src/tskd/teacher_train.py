@@ -100,6 +100,7 @@ def finetune_teacher(
     cancel: CancelToken | None = None,
     resume: bool = False,
     checkpoint_dir: str | Path | None = None,
+    keep_checkpoint: bool = False,
     class_names: list[str] | None = None,
     augment: bool = True,
     train_image_shape: list[int] | None = None,
@@ -126,6 +127,7 @@ def finetune_teacher(
         progress=progress,
         cancel=cancel,
         resume=resume,
+        keep_checkpoint=keep_checkpoint,
     )
     model = task.model
     metrics: dict[str, Any] = {
