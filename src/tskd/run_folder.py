@@ -546,8 +546,11 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
 
 
 def _has_results(root: Path) -> bool:
-    """Whether the run holds results ``--overwrite`` could remove (a bare config.yaml is none)."""
-    return bool(owned_files(root) - {"config.yaml"})
+    """Whether the run holds results ``--overwrite`` could remove (a bare config.yaml, or the
+    inputs record a stage writes before its first checkpoint, is none)."""
+    return any(f != "config.yaml" and not (f.startswith("checkpoints/")
+                                           and f.endswith("/inputs.json"))
+               for f in owned_files(root))
 
 
 def _try_load(path: Path) -> RunConfig | None:
