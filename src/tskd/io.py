@@ -782,8 +782,8 @@ def _nnunet_cases(
             found[case] = problem
     if found and problems is None:
         first = next(iter(found.values()))
-        more = (f" ({len(found) - 1} more case(s) have missing or extra channel files; "
-                "tskd check-data lists them)") if len(found) > 1 else ""
+        more = (f"; {len(found) - 1} more case(s) have missing or extra channel files "
+                "(tskd check-data lists them)") if len(found) > 1 else ""
         raise TskdInputError(first + more)
     if problems is not None:
         problems.update(found)
