@@ -372,7 +372,9 @@ def test_class_names_from_dataset_json(tmp_path: Path) -> None:
     path.write_text(json.dumps({"labels": {"background": 0, "vessel": 2}}))  # a gap
     assert io.class_names(tmp_path) == ["background", "class 1", "vessel"]
     path.write_text(json.dumps({"labels": {"background": 0, "whole": [1, 2], "core": 2}}))
-    assert io.class_names(tmp_path) == ["background", "whole", "core"]  # regions
+    with pytest.raises(TskdInputError, match=r"label 'whole' is the region \[1, 2\] \(nnU-Net "
+                                             r"region-based training\), which is not supported"):
+        io.class_names(tmp_path)  # regions
     path.write_text(json.dumps({"name": "no labels"}))
     assert io.class_names(tmp_path) is None
     path.write_text("{not json")

@@ -3,6 +3,7 @@ at the scale the model was trained at (issue 9)."""
 
 from __future__ import annotations
 
+import json
 import struct
 import tracemalloc
 import warnings
@@ -563,3 +564,157 @@ def test_teacher_bundles_record_the_training_image_size_too(tmp_path: Path) -> N
     assert teacher.read_meta(tmp_path / "run" / "teacher")["train_image_shape"] == [40, 40]
     seg, _ = segmenter_from_bundle(tmp_path / "run" / "teacher", device="cpu")
     assert seg.tile_shape == (40, 40) and seg.tile_overlap == 10
+
+
+# ------------------------------------------------------------------ nnU-Net channel files
+
+
+def _nnunet_set(root: Path, channels: dict[str, int], declared: int = 2) -> Path:
+    """Cases with the given number of channel files each; dataset.json names ``declared``."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for case, n in channels.items():
+        for ch in range(n):
+            tifffile.imwrite(root / "imagesTr" / f"{case}_{ch:04d}.tif",
+                             np.full((16, 16), 100 * (ch + 1), np.uint16))
+        label = np.zeros((16, 16), np.uint8)
+        label[2:8, 2:8] = 1
+        io.write_label(root / "labelsTr" / f"{case}.png", label)
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {str(i): f"MR{i}" for i in range(declared)},
+        "labels": {"background": 0, "tumour": 1}, "file_ending": ".tif"}))
+    return root / "imagesTr"
+
+
+def _missing(images: Path, case: str) -> str:
+    return (f"{images}: case {case} has 1 channel file but dataset.json names 2 channels: "
+            f"{case}_0001.tif is missing (each case needs {case}_0000 to {case}_0001)")
+
+
+def test_nnunet_case_without_its_second_channel_is_an_error_for_training(tmp_path: Path) -> None:
+    images = _nnunet_set(tmp_path, {"a": 2, "b": 1})
+    with pytest.raises(TskdInputError) as info:
+        io.read_labelled_set(tmp_path)
+    assert str(info.value) == _missing(images, "b")
+    images = _nnunet_set(tmp_path / "two", {"a": 2, "b": 1, "c": 1})
+    with pytest.raises(TskdInputError) as info:
+        io.read_labelled_set(tmp_path / "two")
+    assert str(info.value) == _missing(images, "b") + (
+        "; 1 more case(s) have missing or extra channel files (tskd check-data lists them)")
+
+
+def test_check_data_names_each_case_missing_a_channel_file(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    images = _nnunet_set(tmp_path, {"a": 2, "b": 1, "c": 1})
+    assert main(["check-data", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "ok    a:" in out and "ERROR b:" in out and "ERROR c:" in out
+    assert f"error: {_missing(images, 'b')}" in out and f"error: {_missing(images, 'c')}" in out
+    assert "3 case(s), 2 error(s), 0 warning(s)" in out
+
+
+def test_nnunet_extra_channel_file_and_unlabelled_cases(tmp_path: Path) -> None:
+    images = _nnunet_set(tmp_path, {"a": 3})
+    with pytest.raises(TskdInputError) as info:
+        io.read_labelled_set(tmp_path)
+    assert str(info.value) == (f"{images}: case a has 3 channel files but dataset.json names 2 "
+                               "channels: a_0002.tif is beyond them")
+    _nnunet_set(tmp_path / "ts", {"a": 2})
+    (tmp_path / "ts" / "imagesTs").mkdir()
+    tifffile.imwrite(tmp_path / "ts" / "imagesTs" / "t_0000.tif", np.zeros((16, 16), np.uint16))
+    with pytest.raises(TskdInputError, match=r"case t has 1 channel file but dataset\.json names "
+                                             r"2 channels: t_0001\.tif is missing"):
+        io.load_unlabelled(tmp_path / "ts" / "imagesTs")
+
+
+# ------------------------------------------------------------------ tiles too small
+
+
+TINY_TILE = ("are too small to segment: a tile must be at least 16 px on each side; give a "
+             "larger tile size (--tile-size, e.g. 1024)")
+
+
+def test_tiles_under_16_px_are_refused_in_plain_words(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    for side in (1, 15):
+        with pytest.raises(TskdInputError) as info:
+            Segmenter(Threshold(), 32, 2, device="cpu", tile_size=side, tile_overlap=0)
+        assert str(info.value) == f"tiles of {side}x{side} px (tile_size) {TINY_TILE}"
+    assert Segmenter(Threshold(), 32, 2, device="cpu", tile_size=16, tile_overlap=0).tile_size == 16
+    folder = _student_bundle(tmp_path / "tiny", train_image_shape=[1, 1])
+    with pytest.raises(TskdInputError) as info:
+        segmenter_from_bundle(folder, device="cpu")
+    assert str(info.value) == (f"tiles of 1x1 px (the size of the model's training images, 1x1) "
+                               f"{TINY_TILE}")
+    io.write_image(tmp_path / "in" / "a.png", RNG.integers(0, 255, (64, 64), np.uint8))
+    code = main(["predict", str(tmp_path / "in"), "--model", str(folder), "-o",
+                 str(tmp_path / "out"), "--device", "cpu", "--tile-size", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].endswith(f"tiles of 1x1 px (tile size 1) {TINY_TILE}")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ non-finite pixels
+
+ALL_NAN = ("all 4096 pixel values are not finite (4096 NaN); the image holds no data and is "
+           "read as a blank black image - re-export it with finite values")
+SOME_NAN = ("3 of 4096 pixel values are not finite (2 NaN, 1 +inf); NaN and -inf are read as "
+            "the lowest intensity (black), +inf as the highest (white)")
+
+
+def _nan_set(root: Path) -> tuple[Path, Path]:
+    """a: all NaN; b: 2 NaN and 1 +inf in a float ramp; c: finite."""
+    label = np.zeros((64, 64), np.uint8)
+    label[8:24, 8:24] = 1
+    ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    some = ramp.copy()
+    some[0, 0] = some[0, 1] = np.nan
+    some[0, 2] = np.inf
+    paths = []
+    for name, image in (("a", np.full((64, 64), np.nan, np.float32)), ("b", some), ("c", ramp)):
+        io.write_image(root / "images" / f"{name}.tif", image)
+        io.write_label(root / "labels" / f"{name}.png", label)
+        paths.append(root / "images" / f"{name}.tif")
+    return paths[0], paths[1]
+
+
+def test_check_data_reports_non_finite_pixels_per_file(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    a, b = _nan_set(tmp_path)
+    assert main(["check-data", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "ERROR a:" in out and "warn  b:" in out and "ok    c:" in out
+    assert f"error: {a}: {ALL_NAN}" in out and f"warning: {b}: {SOME_NAN}" in out
+    assert "3 case(s), 1 error(s), 1 warning(s)" in out
+
+
+def test_training_and_predict_warn_once_per_file_about_non_finite_pixels(tmp_path: Path) -> None:
+    from tskd.data import to_float_rgb
+
+    a, b = _nan_set(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples, _ = io.read_labelled_set(tmp_path)
+    assert [m for m in _tskd_warnings(caught) if "finite" in m] == [f"{a}: {ALL_NAN}",
+                                                                    f"{b}: {SOME_NAN}"]
+    rgb = {s.name: to_float_rgb(s.image) for s in samples}  # what the message promises
+    assert float(rgb["a"].max()) == 0.0
+    assert rgb["b"][0, :3, 0].tolist() == [0.0, 0.0, 1.0]
+    seg = Segmenter(Threshold(), 32, 2, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        written = predict_paths(seg, [a, b], tmp_path / "pred")
+    assert [m for m in _tskd_warnings(caught) if "finite" in m] == [f"{a}: {ALL_NAN}",
+                                                                    f"{b}: {SOME_NAN}"]
+    assert [p.name for p in written] == ["a.png", "b.png"]
+
+
+def test_check_data_names_the_non_finite_nnunet_channel_file(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    images = _nnunet_set(tmp_path, {"a": 2})
+    tifffile.imwrite(images / "a_0001.tif", np.full((16, 16), np.nan, np.float32))
+    assert main(["check-data", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert (f"error: {images / 'a_0001.tif'}: all 256 pixel values are not finite (256 NaN)"
+            in out)
+    assert "1 case(s), 1 error(s), 0 warning(s)" in out

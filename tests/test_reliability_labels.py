@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -638,3 +639,228 @@ def test_evaluate_folder_scores_every_class_of_the_model(tmp_path: Path) -> None
     with pytest.raises(TskdInputError, match=r"a\.png: label value\(s\) 7 are not among the "
                                              r"declared classes 0, 1, 5"):
         evaluate_folder(seg, tmp_path, lmap)
+
+
+# ------------------------------------------------------- one file never changes another's values
+
+CONFLICT_TAIL = ("declare the classes (data.classes or dataset.json 'labels') or set "
+                 "data.ignore_label: 255")
+
+
+def _conflict_set(root: Path, other: int = 1) -> None:
+    """a: 0/1, b: 0/255 (255 its only foreground), c: 0, ``other`` and 255 in one file."""
+    _write_pair(root, "a", _square(1))
+    _write_pair(root, "b", _square(255))
+    _write_pair(root, "c", _square(other) + _square(255, rows=slice(10, 14)))
+
+
+@pytest.mark.parametrize("other", [1, 2])
+def test_255_as_one_files_foreground_and_another_files_third_value_is_refused(
+        tmp_path: Path, other: int) -> None:
+    _conflict_set(tmp_path, other)
+    with pytest.raises(TskdInputError) as info:
+        io.read_labelled_set(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'labels'}: 255 is the foreground of b.png (saved 0/255) but a value "
+        f"beside {other} in c.png; {CONFLICT_TAIL}")
+
+
+def test_255_conflict_without_0_1_files_is_refused_too(tmp_path: Path) -> None:
+    _write_pair(tmp_path, "b", _square(255))
+    _write_pair(tmp_path, "d", _square(255, cols=slice(4, 12)))
+    _write_pair(tmp_path, "c", _square(1) + _square(255, rows=slice(10, 14)))
+    _write_pair(tmp_path, "e", _square(2) + _square(255, rows=slice(10, 14)))
+    with pytest.raises(TskdInputError) as info:
+        io.read_labelled_set(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'labels'}: 255 is the foreground of b.png, d.png (saved 0/255) but a value "
+        f"beside 1 in c.png; beside 2 in e.png; {CONFLICT_TAIL}")
+
+
+def test_check_data_reports_the_255_conflict_per_file(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    _conflict_set(tmp_path)
+    assert main(["check-data", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    b, c = tmp_path / "labels" / "b.png", tmp_path / "labels" / "c.png"
+    assert "ok    a:" in out and "ERROR b:" in out and "ERROR c:" in out
+    assert (f"error: {b}: 255 is this file's only foreground value (saved 0/255), but c.png "
+            f"hold(s) 255 beside other values; {CONFLICT_TAIL}") in out
+    assert (f"error: {c}: 255 is a value beside 1 here, but the only foreground of b.png "
+            f"(saved 0/255); {CONFLICT_TAIL}") in out
+    assert "3 case(s), 2 error(s), 0 warning(s)" in out
+
+
+def test_255_conflict_with_ignore_label_ignores_255_everywhere(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture
+                                                               ) -> None:
+    _conflict_set(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples, lmap = io.read_labelled_set(tmp_path, ignore_label=255)
+    assert lmap.values == (0, 1) and lmap.ignore_label == 255
+    by_name = {s.name: s.label for s in samples}
+    assert set(np.unique(by_name["b"]).tolist()) == {0, IGNORE_INDEX}  # no foreground left
+    assert int((by_name["b"] == IGNORE_INDEX).sum()) == 36
+    assert set(np.unique(by_name["c"]).tolist()) == {0, 1, IGNORE_INDEX}
+    assert _messages(caught) == [
+        f"{tmp_path / 'labels'}: 1 label map(s) (b.png) hold only background 0 and the ignore "
+        "value 255, so they are read as background + ignored pixels and teach no class (a mask "
+        "saved 0/255 loses its foreground when 255 is the ignore value)"]
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  ignore_label: 255\n")
+    assert main(["check-data", str(tmp_path), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "warn  b:" in out and "ok    a:" in out and "ok    c:" in out
+    assert (f"warning: {tmp_path / 'labels' / 'b.png'}: only background 0 and the ignore value "
+            "255; read as background + ignored pixels, it teaches no class") in out
+    assert "3 case(s), 0 error(s), 1 warning(s)" in out
+
+
+def test_255_conflict_with_declared_classes_reads_them_as_declared(tmp_path: Path) -> None:
+    _conflict_set(tmp_path)
+    samples, lmap = io.read_labelled_set(tmp_path, classes={0: "bg", 1: "cell", 255: "edge"})
+    assert lmap.values == (0, 1, 255) and lmap.num_classes == 3
+    by_name = {s.name: s.label for s in samples}
+    assert set(np.unique(by_name["b"]).tolist()) == {0, 2}  # 255 is class 2, as declared
+
+
+# ------------------------------------------------------------------ nnU-Net dataset.json labels
+
+
+def test_nnunet_region_labels_are_refused_in_one_line(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    _write_pair(tmp_path, "a", _square(1) + _square(3, rows=slice(10, 14)))
+    (tmp_path / "dataset.json").write_text(json.dumps(
+        {"labels": {"background": 0, "kidney": [1, 3]}}))
+    expected = (f"{tmp_path / 'dataset.json'}: label 'kidney' is the region [1, 3] (nnU-Net "
+                "region-based training), which is not supported; declare plain classes, one "
+                'label value per name (e.g. {"kidney": 1})')
+    with pytest.raises(TskdInputError) as info:
+        io.read_labelled_set(tmp_path)
+    assert str(info.value) == expected
+    assert main(["check-data", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert f"error: {expected}" in out and "1 case(s), 1 error(s)" in out
+
+
+@pytest.mark.parametrize("labels", [
+    {"0": "background", "1": "liver", "3": "ignore"},  # nnU-Net v1
+    {"background": 0, "liver": 1, "ignore": 3},  # nnU-Net v2
+], ids=["v1", "v2"])
+def test_nnunet_ignore_label_in_both_forms(tmp_path: Path, labels: dict[str, Any]) -> None:
+    label = _square(1)
+    label[12:16, :] = 3  # the ignore band
+    _write_pair(tmp_path, "a", label)
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": labels}))
+    samples, lmap = io.read_labelled_set(tmp_path)
+    assert lmap.values == (0, 1) and lmap.names == ("background", "liver")
+    assert lmap.ignore_label == 3 and lmap.num_classes == 2
+    assert int((samples[0].label == IGNORE_INDEX).sum()) == 64
+    assert int((samples[0].label == 1).sum()) == 36
+
+
+# ------------------------------------------------------------- evaluate: the ground truth decides
+
+
+def _eval_pair(root: Path, gt_value: int, pred_value: int) -> None:
+    """a: the same 6x6 square; b: the square 3 rows lower (18 of 36 px overlap, Dice 0.5)."""
+    (root / "gt").mkdir()
+    (root / "pred").mkdir()
+    for name, rows in (("a", slice(2, 8)), ("b", slice(5, 11))):
+        io.write_label(root / "gt" / f"{name}.png", _square(gt_value))
+        io.write_label(root / "pred" / f"{name}.png", _square(pred_value, rows=rows))
+
+
+@pytest.mark.parametrize(("gt_value", "pred_value"), [(2, 1), (2, 255), (255, 1), (1, 255)])
+def test_evaluate_binary_prediction_for_binary_ground_truth_is_read_with_a_note(
+        tmp_path: Path, gt_value: int, pred_value: int) -> None:
+    _eval_pair(tmp_path, gt_value, pred_value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+    assert {r["image"]: r["dice"] for r in rep.records} == {"a": 1.0, "b": 0.5}
+    assert rep.summary["classes"] == [gt_value] and rep.summary["dice_mean"] == 0.75
+    notes = [m for m in _messages(caught) if "prediction(s)" in m]
+    assert notes == [
+        f"2 prediction(s) in {tmp_path / 'pred'} (a.png, b.png) are binary masks saved "
+        f"0/{pred_value}; their foreground is read as the ground truth's one class, label "
+        f"value {gt_value}"]
+
+
+def test_evaluate_prediction_0_2_against_ground_truth_0_1_scores_0_with_a_warning(
+        tmp_path: Path) -> None:
+    _eval_pair(tmp_path, 1, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+    assert {r["image"]: r["dice"] for r in rep.records} == {"a": 0.0, "b": 0.0}
+    assert rep.summary["classes"] == [1]
+    assert _messages(caught) == [
+        f"2 prediction(s) hold values that are not classes of the ground truth (e.g. "
+        f"{tmp_path / 'pred' / 'a.png'}: 2); they count as wrong for every class"]
+
+
+def test_evaluate_binary_prediction_against_multi_class_ground_truth_is_wrong(
+        tmp_path: Path) -> None:
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    io.write_label(tmp_path / "gt" / "a.png", _square(1) + _square(2, rows=slice(10, 14)))
+    io.write_label(tmp_path / "pred" / "a.png", _square(255))  # 255 is no class here
+    with pytest.warns(TskdWarning, match=r"not classes of the ground truth \(e\.g\. .*: 255\)"):
+        rep = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+    assert {r["class"]: r["dice"] for r in rep.records} == {1: 0.0, 2: 0.0}
+
+
+# ------------------------------------------------------ label maps with channels or extra slices
+
+
+def test_la_png_label_says_it_has_2_channels(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    io.write_image(tmp_path / "images" / "a.png", _gray())
+    (tmp_path / "labels").mkdir()
+    la = np.stack([_square(1).astype(np.uint8), np.full((16, 16), 255, np.uint8)], axis=-1)
+    Image.fromarray(la, mode="LA").save(tmp_path / "labels" / "a.png")
+    expected = (f"{tmp_path / 'labels' / 'a.png'}: the label map has 2 channels (gray and alpha); "
+                "a label map must have one - save it as a gray or palette image without alpha")
+    with pytest.raises(TskdInputError) as info:
+        io.read_labelled_set(tmp_path)
+    assert str(info.value) == expected
+    assert main(["check-data", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert f"error: {expected}" in out and "differ in size" not in out
+
+
+def test_tiff_label_stack_for_a_2d_image_says_so(tmp_path: Path) -> None:
+    io.write_image(tmp_path / "images" / "a.png", _gray(64))
+    (tmp_path / "labels").mkdir()
+    label = np.zeros((2, 64, 64), np.uint8)
+    label[:, 2:8, 2:8] = 1
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", label)
+    with pytest.raises(TskdInputError) as info:
+        io.read_labelled_set(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'labels' / 'a.tif'}: the label map is a stack of 2 slices (2, 64, 64) but "
+        "its image a.png is 2D (64, 64); a 2D image needs one label map (H, W)")
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".npy"])
+def test_label_with_channels_last_for_a_2d_image_says_channels(tmp_path: Path,
+                                                              suffix: str) -> None:
+    io.write_image(tmp_path / "images" / "a.png", _gray(64))
+    (tmp_path / "labels").mkdir()
+    label = np.zeros((64, 64, 2), np.uint8)
+    label[2:8, 2:8] = 1
+    path = tmp_path / "labels" / f"a{suffix}"
+    if suffix == ".npy":
+        np.save(path, label)
+    else:
+        tifffile.imwrite(path, label, photometric="minisblack", planarconfig="contig",
+                         metadata={"axes": "YXS"})
+    with pytest.raises(TskdInputError) as info:
+        io.read_labelled_set(tmp_path)
+    assert str(info.value) == (
+        f"{path}: the label map has 2 channels (shape (64, 64, 2)); a label map must have one - "
+        "save the class ids of a.png as one gray or palette image (H, W)")

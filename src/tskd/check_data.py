@@ -79,6 +79,15 @@ def _read_label(path: Path, fc: FileCheck) -> np.ndarray | None:
     return label
 
 
+def _check_finite(path: Path, image: np.ndarray, fc: FileCheck) -> None:
+    """NaN/inf pixels of one image file: an error when none is finite, else a warning."""
+    from tskd import io
+
+    problem = io.nonfinite_problem(path, image)
+    if problem is not None:
+        (fc.errors if problem[1] else fc.warnings).append(problem[0])
+
+
 def check_folder(
     folder: str | Path, classes: Any = None, ignore_label: int | None = None
 ) -> CheckReport:
@@ -95,9 +104,10 @@ def check_folder(
         raise TskdInputError(f"labelled data folder not found: {folder}")
     image_dir, label_dir, nnunet = io._labelled_dirs(folder)
     report = CheckReport(str(folder), [])
+    case_problems: dict[str, str] = {}
     try:
         if nnunet:
-            cases = io._nnunet_cases(image_dir, io._declared_channels(folder))
+            cases = io._nnunet_cases(image_dir, io._declared_channels(folder), case_problems)
         else:
             cases = {n: [p] for n, p in io._by_stem(io.list_images(image_dir)).items()}
         labels = io._by_stem(io.list_images(label_dir))
@@ -116,17 +126,23 @@ def check_folder(
             fc.label = str(labels[name].relative_to(folder))
             label = _read_label(labels[name], fc)
         image, axes = None, None
+        if name in case_problems:
+            fc.errors.append(case_problems[name])
         if paths:
             fc.image = ", ".join(str(p.relative_to(folder)) for p in paths)
             try:  # axes read as training reads them: metadata, else what fits the label
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     image, axes = io._read_case(
-                        paths, label.shape if label is not None else None)
+                        paths, label.shape if label is not None else None, check_finite=False)
                 fc.warnings += [str(w.message) for w in caught]
                 fc.image_shape, fc.image_dtype = list(image.shape), str(image.dtype)
             except TskdError as exc:
                 fc.errors.append(str(exc))
+            if image is not None:  # nnU-Net channel files are the merged image's channels
+                parts = [image] if len(paths) == 1 else [image[..., i] for i in range(len(paths))]
+                for p, part in zip(paths, parts, strict=True):
+                    _check_finite(p, part, fc)
         else:
             fc.warnings.append(f"{labels[name]}: a label without an image of the same name "
                                f"in {image_dir.name}/ (not used)")
@@ -155,17 +171,21 @@ def check_folder(
         where=str(label_dir),
     )
     by_path = {str(labels[fc.case]): fc for fc, _ in read}
-    for err in decision.errors:
+    for err in [e for e in decision.errors if e not in decision.summarised]:
         target = next((fc for p, fc in by_path.items()
                        if err.startswith((p + ":", p + " "))), None)
         (target.errors if target is not None else report.errors).append(err)
     for path, how in decision.how.items():
         by_path[path].how = how
+    for path, errs in decision.file_errors.items():
+        by_path[path].errors += errs
+    for path, warns in decision.file_warnings.items():
+        by_path[path].warnings += warns
     for fc, values in read:
         if fc.how and not fc.errors and values.size == 1 and int(values[0]) == 0:
             fc.warnings.append(f"{labels[fc.case]}: background only (no class)")
     report.notes += decision.notes
-    report.warnings += decision.warnings
+    report.warnings += [w for w in decision.warnings if w not in decision.summarised]
     lm = decision.label_map
     if lm is not None:
         report.label_values = [int(v) for v in lm.values]

@@ -529,11 +529,38 @@ def _validated(arr: Any, path: Path) -> np.ndarray:
     return arr
 
 
+def nonfinite_problem(path: str | Path, image: np.ndarray) -> tuple[str, bool] | None:
+    """``(sentence, all_bad)`` when a float image holds NaN or infinite values, else None.
+
+    The sentence counts them and says what they become: ``tskd.data.to_float_rgb`` reads NaN
+    and -inf as the lowest intensity (black) and +inf as the highest (white); ``all_bad`` is
+    True when no value is finite (the image is then blank black).
+    """
+    arr = np.asarray(image)
+    if arr.dtype.kind != "f":
+        return None
+    finite = np.isfinite(arr)
+    bad = arr.size - int(np.count_nonzero(finite))
+    if bad == 0:
+        return None
+    nan = int(np.count_nonzero(np.isnan(arr)))
+    pos = int(np.count_nonzero(np.isposinf(arr)))
+    kinds = ", ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (pos, "+inf"),
+                                                    (bad - nan - pos, "-inf")) if n)
+    if bad == arr.size:
+        return (f"{path}: all {arr.size} pixel values are not finite ({kinds}); the image holds "
+                "no data and is read as a blank black image - re-export it with finite values",
+                True)
+    return (f"{path}: {bad} of {arr.size} pixel values are not finite ({kinds}); NaN and -inf "
+            "are read as the lowest intensity (black), +inf as the highest (white)", False)
+
+
 def read_image_axes(
     path: str | Path,
     max_pixels: int | None = None,
     label_shape: Sequence[int] | None = None,
     warn: bool = True,
+    check_finite: bool = True,
 ) -> tuple[np.ndarray, ImageAxes]:
     """Read an image (tif, png, jpg, npy) in the standard layout, with how its axes were read.
 
@@ -541,9 +568,11 @@ def read_image_axes(
     file's dtype; ``axes`` (``ImageAxes``) describes the stored array and how it was read
     (``image_axes``: metadata first, ``label_shape`` next, else a guess). A guess another
     reading fits as well gives one ``TskdWarning`` naming the file and its shape (``warn``).
-    Raises ``TskdInputError`` for a missing, unsupported or corrupt file, a shape no reading
-    fits, or a decoded size over ``max_pixels`` (default ``default_max_pixels()``, 2^28),
-    checked from the header before decoding.
+    A float image with NaN or infinite values gives one ``TskdWarning`` counting them and
+    saying what they become (``nonfinite_problem``; ``check_finite``). Raises
+    ``TskdInputError`` for a missing, unsupported or corrupt file, a shape no reading fits, or
+    a decoded size over ``max_pixels`` (default ``default_max_pixels()``, 2^28), checked
+    from the header before decoding.
     """
     path = Path(path)
     arr, axes = _decode(path, max_pixels=max_pixels)
@@ -551,6 +580,9 @@ def read_image_axes(
     ax = image_axes(arr.shape, axes, label_shape=label_shape, where=str(path))
     if warn and ax.ambiguous:
         warnings.warn(axes_note(path, ax), TskdWarning, stacklevel=2)
+    problem = nonfinite_problem(path, arr) if check_finite else None
+    if problem is not None:
+        warnings.warn(problem[0], TskdWarning, stacklevel=2)
     return ax.standard(arr), ax
 
 
@@ -588,6 +620,11 @@ def label_from_raw(raw: Any, path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 2 and suffix not in _TIFF | {".npy"}:
+        raise TskdInputError(  # an LA-mode (gray + alpha) PNG: a stack is not possible here
+            f"{path}: the label map has 2 channels (gray and alpha); a label map must have one "
+            "- save it as a gray or palette image without alpha"
+        )
     colour = arr.ndim == 3 and arr.shape[-1] in (3, 4) and (
         suffix not in _TIFF | {".npy"} or (suffix in _TIFF and label_policy.tiff_is_colour(path))
         or (suffix == ".npy" and arr.shape[0] > 4 and arr.shape[1] > 4))  # (H, W, 3), not Z
@@ -719,8 +756,18 @@ def _by_stem(paths: list[Path]) -> dict[str, Path]:
     return out
 
 
-def _nnunet_cases(folder: Path, n_channels: int | None = None) -> dict[str, list[Path]]:
-    """nnU-Net image files grouped by case, each case's channel files in channel order."""
+def _nnunet_cases(
+    folder: Path, n_channels: int | None = None, problems: dict[str, str] | None = None
+) -> dict[str, list[Path]]:
+    """nnU-Net image files grouped by case, each case's channel files in channel order.
+
+    Every case needs the channel files ``CASE_0000`` to ``CASE_{n-1}``: ``n`` is the channel
+    count ``dataset.json`` names (``n_channels``), else the case's own files must run from
+    ``_0000`` without gaps. A case that breaks this raises ``TskdInputError`` naming the first
+    such case and its missing files (and how many other cases fail); when ``problems`` is a
+    dict, each failing case's sentence is put there instead (``tskd check-data``) and the case
+    is still returned with the files it has.
+    """
     channels: dict[str, dict[int, Path]] = {}
     for name, p in _by_stem(list_images(folder)).items():
         m = _NNUNET_CHANNEL.match(name)
@@ -728,32 +775,67 @@ def _nnunet_cases(folder: Path, n_channels: int | None = None) -> dict[str, list
         if ch in channels.setdefault(case, {}):
             raise TskdInputError(f"{folder}: case {case} has two files for channel {ch:04d}")
         channels[case][ch] = p
-    for case, files in channels.items():
-        if sorted(files) != list(range(len(files))):
-            raise TskdInputError(
-                f"{folder}: case {case} has channel files {sorted(files)}; expected 0 to "
-                f"{len(files) - 1} without gaps"
-            )
-        if n_channels and len(files) > 1 and len(files) != n_channels:
-            raise TskdInputError(
-                f"{folder}: case {case} has {len(files)} channel files but dataset.json names "
-                f"{n_channels} channels"
-            )
+    found: dict[str, str] = {}
+    for case, files in sorted(channels.items()):
+        problem = _nnunet_case_problem(folder, case, files, n_channels)
+        if problem is not None:
+            found[case] = problem
+    if found and problems is None:
+        first = next(iter(found.values()))
+        more = (f"; {len(found) - 1} more case(s) have missing or extra channel files "
+                "(tskd check-data lists them)") if len(found) > 1 else ""
+        raise TskdInputError(first + more)
+    if problems is not None:
+        problems.update(found)
     return {case: [files[i] for i in sorted(files)] for case, files in channels.items()}
 
 
+def _nnunet_case_problem(folder: Path, case: str, files: dict[int, Path],
+                         n_channels: int | None) -> str | None:
+    """One sentence on a case's missing or extra channel files, or None when they are right."""
+    have = sorted(files)
+    any_file = files[have[0]]
+    ending = any_file.name[len(stem(any_file)):]
+
+    def named(chs: list[int]) -> str:
+        return ", ".join(f"{case}_{c:04d}{ending}" for c in chs)
+
+    def count(n: int) -> str:
+        return f"{n} channel file" + ("" if n == 1 else "s")
+
+    if n_channels:
+        missing = [c for c in range(n_channels) if c not in files]
+        extra = [c for c in have if c >= n_channels]
+        if missing:
+            return (f"{folder}: case {case} has {count(len(files))} but dataset.json names "
+                    f"{n_channels} channels: {named(missing)} is missing (each case needs "
+                    f"{case}_0000 to {case}_{n_channels - 1:04d})")
+        if extra:
+            return (f"{folder}: case {case} has {count(len(files))} but dataset.json names "
+                    f"{n_channels} channels: {named(extra)} is beyond them")
+        return None
+    if have != list(range(len(have))):
+        missing = [c for c in range(have[-1]) if c not in files]
+        return (f"{folder}: case {case} has channel files {have}; expected 0 to "
+                f"{len(have) - 1} without gaps ({named(missing)} is missing)")
+    return None
+
+
 def _read_case(
-    paths: list[Path], label_shape: Sequence[int] | None = None, notes: _AxesNotes | None = None
+    paths: list[Path], label_shape: Sequence[int] | None = None, notes: _AxesNotes | None = None,
+    check_finite: bool = True,
 ) -> tuple[np.ndarray, ImageAxes]:
     """One image from its file, or from its channel files (nnU-Net) merged channels-last.
 
     Returns the standard layout and how it was read; readings that were guesses go to
-    ``notes`` (one warning per folder) instead of one warning per file.
+    ``notes`` (one warning per folder) instead of one warning per file. Non-finite values are
+    warned about once per file (``check_finite``).
     """
     read = []
     for p in paths:
         plain = None
-        arr, ax = read_image_axes(p, label_shape=label_shape, warn=notes is None)
+        arr, ax = read_image_axes(p, label_shape=label_shape, warn=notes is None,
+                                  check_finite=check_finite)
         if ax.source == "label":
             plain = image_axes(ax.shape, where=str(p))
         if notes is not None:
@@ -794,6 +876,20 @@ def _fit_to_label(image: np.ndarray, label: np.ndarray, ipath: Path, lpath: Path
                              f"not {label.shape}")
     spatial = image.shape[: label.ndim]
     extra = image.ndim - label.ndim
+    image_2d = not ax.is_stack if ax is not None else image.ndim == 2
+    if label.ndim == 3 and image_2d:  # a 2D image has one label map (H, W)
+        if label.shape[:2] == image.shape[:2]:
+            raise TskdInputError(
+                f"{lpath}: the label map has {label.shape[2]} channels (shape {label.shape}); "
+                f"a label map must have one - save the class ids of {ipath.name} as one "
+                "gray or palette image (H, W)"
+            )
+        if label.shape[1:] == image.shape[:2]:
+            raise TskdInputError(
+                f"{lpath}: the label map is a stack of {label.shape[0]} slices "
+                f"{label.shape} but its image {ipath.name} is 2D {image.shape}; a 2D image "
+                "needs one label map (H, W)"
+            )
     if spatial != label.shape or extra not in (0, 1):
         read = (f" read as {ax.describe()} ({ax.reason})"
                 if ax is not None and len(ax.shape) > 2 else "")

@@ -17,8 +17,19 @@ How a set of label maps becomes a ``LabelMap`` (``infer_map``):
   0/1, a file holding only 0 and 255 reads 255 as 1 (with a note); a set of 0/255 files only is
   the binary map (0, 255). A single foreground value 1 or 255 in a file of a binary declared map
   is read as its foreground class the same way.
+- One file never changes what another file's values mean. Without a declared map or ignore
+  value, a set where 255 is the only foreground of some files (saved 0/255) *and* appears beside
+  other foreground values in others (0, 1 and 255 in one file) is refused in one line naming
+  both groups of files: 255 cannot be the foreground of one file and a third value (a class, or
+  an ignore border) of another. Declare the classes (``data.classes`` or dataset.json
+  ``labels``) or set ``data.ignore_label: 255``. ``tskd check-data`` gives each file its error.
 - An ignore value is used only when configured (``data.ignore_label`` or the dataset.json
-  ``"ignore"`` label); its pixels become ``IGNORE_INDEX`` and are left out of losses and metrics.
+  ``"ignore"`` label, v2 ``"ignore": 255`` or v1 ``"255": "ignore"``); its pixels become
+  ``IGNORE_INDEX`` and are left out of losses and metrics. It is ignored in every file: a file
+  that holds only background and the ignore value (a 0/255 mask with ``ignore_label: 255``)
+  is read as background + ignore, teaches no class, and gets a warning naming it.
+- nnU-Net region-based labels (``"kidney": [1, 3]``) are refused: declare plain classes, one
+  value per name.
 - Refused, with what to do instead: lossy files (JPEG), more than ``MAX_UNDECLARED_VALUES``
   distinct values without a declared map, values above ``MAX_LABEL_VALUE`` and declared maps of
   more than ``MAX_CLASSES`` classes (bounds checked before anything is allocated per class).
@@ -26,6 +37,7 @@ How a set of label maps becomes a ``LabelMap`` (``infer_map``):
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -325,34 +337,33 @@ def _int_like(value: Any) -> int | None:
 def declared_from_dataset_labels(labels: Any, where: str) -> tuple[dict[int, str], int | None]:
     """``{value: name}`` and the ignore value from nnU-Net ``labels`` (v1 or v2 form).
 
-    v2 ``{"background": 0, "liver": 1}`` (region lists ``[1, 2]`` declare each value), v1
-    ``{"0": "background", "1": "liver"}``; a v2 label named ``"ignore"`` is the ignore value.
-    Raises ``TskdInputError`` for values that are not label ids.
+    v2 ``{"background": 0, "liver": 1}``, v1 ``{"0": "background", "1": "liver"}``; a label
+    named ``"ignore"`` (v2 ``"ignore": 4``, v1 ``"4": "ignore"``) is the ignore value, not a
+    class. Raises ``TskdInputError`` for values that are not label ids and for nnU-Net region
+    lists (``"kidney": [1, 3]``), which are not supported.
     """
     if not isinstance(labels, dict) or not labels:
         return {}, None
     by_value: dict[int, str] = {}
     ignore: int | None = None
-    regions: list[tuple[str, list[int]]] = []
     for key, value in labels.items():
-        if isinstance(value, list):
-            ints = [_int_like(v) for v in value]
-            if ints and all(i is not None for i in ints):
-                regions.append((str(key), [int(i) for i in ints if i is not None]))
-                continue
+        if isinstance(value, list | tuple):
+            raise TskdInputError(
+                f"{where}: label {str(key)!r} is the region {list(value)} (nnU-Net region-based "
+                "training), which is not supported; declare plain classes, one label value per "
+                f"name (e.g. {json.dumps({str(key): 1})})"
+            )
         v2, v1 = _int_like(value), _int_like(key)
         if v2 is not None:
-            if str(key).lower() == "ignore":
+            if str(key).strip().lower() == "ignore":
                 ignore = v2
             else:
                 by_value.setdefault(v2, str(key))
         elif v1 is not None:
-            by_value.setdefault(v1, str(value))
-    for name, ints in regions:  # a region is named after its first value
-        by_value.setdefault(ints[0], name)
-    for _, ints in regions:
-        for v in ints[1:]:
-            by_value.setdefault(v, f"class {v}")
+            if str(value).strip().lower() == "ignore":  # nnU-Net v1: {"255": "ignore"}
+                ignore = v1
+            else:
+                by_value.setdefault(v1, str(value))
     bad = [v for v in by_value if v < 0 or v > MAX_LABEL_VALUE]
     if bad:
         raise TskdInputError(f"{where}: label value {bad[0]} is not a label id (0 to "
@@ -433,6 +444,9 @@ class MapDecision:
     ``label_map``: the map (None when ``errors``); ``how``: per file, how it is read;
     ``binary_files``: files whose foreground value is read as the binary map's foreground;
     ``notes``/``warnings``: sentences for the user; ``errors``: one sentence per problem.
+    ``file_errors``/``file_warnings``: per file, the share of a set-wide error or warning that
+    concerns it, for ``tskd check-data``'s per-file report; the set-wide sentences, in
+    ``errors``/``warnings`` for training, are also listed in ``summarised``.
     """
 
     label_map: LabelMap | None
@@ -441,6 +455,9 @@ class MapDecision:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    file_errors: dict[str, list[str]] = field(default_factory=dict)
+    file_warnings: dict[str, list[str]] = field(default_factory=dict)
+    summarised: list[str] = field(default_factory=list)
 
     def raise_first(self) -> None:
         if self.errors:
@@ -483,6 +500,8 @@ def infer_map(
         declared = LabelMap(declared.values, declared.names, True, ignore)
     dec = MapDecision(None)
     sets = {name: {int(v) for v in vals.tolist()} for name, vals in files}
+    if ignore is not None:
+        _ignore_only_files(dec, sets, ignore, where)
     if declared is not None:
         allowed = set(declared.values) | ({ignore} if ignore is not None else set())
         for name, vals in sets.items():
@@ -514,6 +533,11 @@ def infer_map(
         if n > MAX_UNDECLARED_VALUES:
             dec.errors.append(_too_many(name, n))
     b255 = [n for n, v in sets.items() if (v - ign) - {0} == {255}]
+    beside = {n: sorted((v - ign) - {0, 255}) for n, v in sets.items()
+              if 255 in v - ign and (v - ign) - {0, 255}}
+    if b255 and beside:  # 255: the foreground of some files, a third value of others
+        _conflict_255(dec, b255, beside, where)
+        return dec
     others: set[int] = set()
     for name, vals in sets.items():
         if name not in b255:
@@ -550,6 +574,62 @@ def infer_map(
         )
     dec.label_map = lm
     return dec
+
+
+def _short(names: Sequence[str], limit: int = 3) -> str:
+    """File names (not paths), the first ``limit`` of them, for one line."""
+    shown = [Path(n).name for n in sorted(names)[:limit]]
+    return ", ".join(shown) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+_DECLARE_255 = ("declare the classes (data.classes or dataset.json 'labels') or set "
+                "data.ignore_label: 255")
+
+
+def _conflict_255(dec: MapDecision, b255: Sequence[str], beside: Mapping[str, list[int]],
+                  where: str) -> None:
+    """255 is the only foreground of ``b255`` (saved 0/255) and a value beside others in
+    ``beside``: refused, one set-wide line and one line per file."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name, vals in beside.items():
+        groups.setdefault(tuple(vals), []).append(name)
+    besides = "; ".join(f"beside {_fmt_values(vals)} in {_short(names)}"
+                        for vals, names in sorted(groups.items()))
+    dec.errors.append(
+        f"{where}: 255 is the foreground of {_short(b255)} (saved 0/255) but a value "
+        f"{besides}; {_DECLARE_255}"
+    )
+    dec.summarised.append(dec.errors[-1])
+    for name in b255:
+        dec.file_errors.setdefault(name, []).append(
+            f"{name}: 255 is this file's only foreground value (saved 0/255), but "
+            f"{_short(list(beside))} hold(s) 255 beside other values; {_DECLARE_255}"
+        )
+    for name, vals in beside.items():
+        dec.file_errors.setdefault(name, []).append(
+            f"{name}: 255 is a value beside {_fmt_values(vals)} here, but the only foreground "
+            f"of {_short(b255)} (saved 0/255); {_DECLARE_255}"
+        )
+
+
+def _ignore_only_files(dec: MapDecision, sets: Mapping[str, set[int]], ignore: int,
+                       where: str) -> None:
+    """Warn about files that hold only background and the ignore value: they teach no class."""
+    names = [n for n, v in sets.items() if ignore in v and not v - {0, ignore}]
+    if not names:
+        return
+    dec.warnings.append(
+        f"{where}: {len(names)} label map(s) ({_short(names)}) hold only background 0 and the "
+        f"ignore value {ignore}, so they are read as background + ignored pixels and teach no "
+        f"class (a mask saved 0/{ignore} loses its foreground when {ignore} is the ignore "
+        "value)"
+    )
+    dec.summarised.append(dec.warnings[-1])
+    for name in names:
+        dec.file_warnings.setdefault(name, []).append(
+            f"{name}: only background 0 and the ignore value {ignore}; read as background + "
+            "ignored pixels, it teaches no class"
+        )
 
 
 def _binary_note(where: str, files: Mapping[str, int], target: int) -> str:

@@ -21,7 +21,14 @@ values seen in the ground truth. Label maps are compared by their label values (
 ``max value + 1``): a predicted value that is not a scored class counts as background, i.e.
 wrong for every class. Pixels whose ground truth is the configured ignore value are left out.
 ``evaluate_folders`` reads ground truth and predictions through the one label policy
-(``tskd.label_policy``): a 0/255 file is a binary mask, whatever the other side uses.
+(``tskd.label_policy``). The ground truth fixes the classes; each prediction file is read with
+the same map: a predicted value that is not a class counts as wrong for every class, and a
+``TskdWarning`` names it. One exception, always stated in a one-line note: for a binary ground
+truth (one foreground class), a prediction saved as a binary mask 0/1 or 0/255 whose foreground
+is not that class is read as its foreground (a 0/1 prediction against 0/2 or 0/255 ground
+truth, a 0/255 prediction against 0/1 ground truth). So a 0/1 prediction scores against 0/2
+ground truth as its foreground (with the note), while a 0/2 prediction against 0/1 ground truth
+scores 0 (2 is not a class, with the warning).
 
 Summary statistics: per class and overall (over all image-class records) mean and population
 standard deviation (ddof=0).
@@ -370,9 +377,11 @@ def evaluate_folders(
     read through ``tskd.label_policy``, as training reads labels: the class map is declared by
     ``classes`` (as ``data.classes``), ``num_classes`` (classes 0..n-1) or a dataset.json
     beside the ground truth (in ``gt_dir`` or its parent), else taken from the ground truth's
-    values; a binary 0/255 file scores as 0/1 against 0/1 files and the other way round.
-    Prediction values outside the map count as background (a ``TskdWarning`` names them).
-    Scores cover the map's foreground classes and are reported by label value.
+    values. Predictions are read with that map: values outside it count as background (wrong
+    for every class; a ``TskdWarning`` names them), except that for a binary ground truth a
+    prediction saved 0/1 or 0/255 is read as its foreground class, with one ``TskdWarning``
+    note naming the files (see the module docstring). Scores cover the map's foreground
+    classes and are reported by label value.
     """
     from tskd import io, label_policy
 
@@ -413,18 +422,30 @@ def evaluate_folders(
     assert lmap is not None
     gts = [lmap.decode(label_policy.encode_file(g, str(gt_files[n]), gt_dec))
            for n, g in zip(names, gts_raw)]
-    preds, strays = [], {}
+    preds, strays, binary = [], {}, {}
     for n, p in zip(names, preds_raw):
         vals = label_policy.distinct_values(p)
         v = label_policy.binary_foreground_value({int(x) for x in vals}, lmap.values, None) \
             if lmap.num_classes == 2 else None
         if v is not None:  # a binary prediction saved with the other foreground value
+            binary[str(pred_files[n])] = v
             p = np.where(p == v, lmap.values[1], p)
             vals = label_policy.distinct_values(p)
         extra = sorted(set(vals.tolist()) - set(lmap.values))
         if extra:
             strays[str(pred_files[n])] = extra
         preds.append(lmap.decode(lmap.encode(p, str(pred_files[n]), unknown="background")))
+    if binary:
+        shown = ", ".join(Path(f).name for f in list(binary)[:3]) + (
+            f" and {len(binary) - 3} more" if len(binary) > 3 else "")
+        saved = ", ".join(f"0/{v}" for v in sorted(set(binary.values())))
+        fg = lmap.values[1]
+        named = "" if lmap.names[1] == f"class {fg}" else f" ({lmap.names[1]})"
+        warnings.warn(
+            f"{len(binary)} prediction(s) in {pred_dir} ({shown}) are binary masks saved {saved}; "
+            f"their foreground is read as the ground truth's one class, label value {fg}{named}",
+            TskdWarning, stacklevel=2,
+        )
     if strays:
         first = next(iter(strays))
         warnings.warn(

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 ContrastLimits = tuple[float, float] | None
 DEFAULT_TILE_SIZE = 1024  # tile side for models that do not record their training image size
+MIN_TILE_SIZE = 16  # the smallest tile side: a smaller tile holds too little to segment
 # With tiles at the training size, an image up to this factor larger on each side is resized
 # whole, as training resized every image whatever its size; only larger ones are tiled.
 TILE_ABOVE = 1.5
@@ -91,7 +92,8 @@ class Segmenter:
     a side exceeds ``tile_above`` times the tile's. ``tile_origin`` says where the tile size
     came from, for the one line ``tiling_note`` writes. ``max_pixels`` (default
     ``tskd.io.default_max_pixels()``, 2^28) bounds the pixels of one 2D image before its float
-    conversion. Invalid sizes raise ``TskdInputError``.
+    conversion. Invalid sizes raise ``TskdInputError``, among them tiles under
+    ``MIN_TILE_SIZE`` (16) px on a side.
     """
 
     def __init__(
@@ -116,7 +118,13 @@ class Segmenter:
                 f"{num_classes}, {batch_size}"
             )
         th, tw = (tile_size, tile_size) if isinstance(tile_size, int | np.integer) else tile_size
-        if min(th, tw) < 2 or not 0 <= tile_overlap < min(th, tw):
+        if min(th, tw) < MIN_TILE_SIZE:
+            raise TskdInputError(
+                f"tiles of {th}x{tw} px ({tile_origin}) are too small to segment: a tile must be "
+                f"at least {MIN_TILE_SIZE} px on each side; give a larger tile size "
+                f"(--tile-size, e.g. {DEFAULT_TILE_SIZE})"
+            )
+        if not 0 <= tile_overlap < min(th, tw):
             raise TskdInputError(
                 f"tile_overlap ({tile_overlap}) must be in [0, tile_size) (tile_size {tile_size})"
             )
@@ -424,7 +432,8 @@ def segmenter_from_bundle(
     same factor as a training image was; images up to ``TILE_ABOVE`` (1.5) times that size are
     resized whole. A bundle without the key (an earlier version) tiles at 1024 px, with a
     ``TskdWarning``. ``tile_overlap`` None is 64 px, at most a quarter of the tile's side.
-    Raises ``CheckpointError`` for an unusable bundle.
+    Raises ``CheckpointError`` for an unusable bundle, ``TskdInputError`` for tiles under
+    ``MIN_TILE_SIZE`` px (a given ``tile_size`` or a tiny ``train_image_shape``).
     """
     from tskd import bundle
 
