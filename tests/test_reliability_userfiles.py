@@ -583,3 +583,107 @@ def test_a_whole_run_records_every_file_it_writes(tmp_path: Path, sam: Path) -> 
     assert run_folder.owned_files(root) == written - internal
     assert "reports/pipeline.json" in written and "student/model.safetensors" in written
     assert run_folder.read_manifest(root)["pending"] == {}
+
+
+# -- data folders: one way to list them; a run folder never lies in one ------------------------
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_a_dataset_folder_as_unlabelled_gives_its_images_not_its_labels(
+        tmp_path: Path, sam: Path) -> None:
+    """`data.unlabelled` = a labelled set (images/ + labels/): the transfer set lists its
+    images and never a label map as an image; the fingerprint lists what the loader reads."""
+    from tskd import pipeline
+
+    data = write_tiny_task(tmp_path / "d", 2, 0, 3)
+    raw = tiny_config(data, sam, tmp_path / "run")
+    raw["data"]["unlabelled"] = str(data / "test")
+    raw["synth"]["enabled"] = False
+    cfg = from_dict(RunConfig, raw)
+    pipeline.stage_synthesize(cfg)
+    manifest = json.loads((tmp_path / "run" / "transfer" / "manifest.json").read_text())
+    images = [str(data / "test" / "images" / f"kidney_us_test_{k:04d}.png") for k in range(3)]
+    assert manifest["unlabelled"] == images
+    assert [str(p) for p in io.data_files(data / "test", "unlabelled")] == images
+    assert len(io.load_unlabelled(data / "test")) == 3  # the loader reads the same three
+    before = pipeline._synth_fp(cfg, "x")
+    (data / "test" / "labels" / "kidney_us_test_0000.png").write_bytes(b"edited label")
+    assert pipeline._synth_fp(cfg, "x") == before  # a label file is not a transfer image
+
+
+def test_data_folders_are_never_read_recursively(tmp_path: Path, sam: Path) -> None:
+    """Images in other sub-folders (an old run, notes) are not data of any role; a changed
+    label file still changes the labelled fingerprint (it is read)."""
+    from tskd import pipeline
+
+    data = write_tiny_task(tmp_path / "d", 2, 2, 0)
+    unl = data / "unlabelled" / "images"
+    stray = [unl / "old_run" / "transfer" / "synthetic" / "s_0000.png",
+             data / "train" / "notes" / "sketch.png", data / "train" / "images" / "x" / "y.png"]
+    for p in stray:
+        io.write_image(p, np.zeros((8, 8), np.uint8))
+    unl_files = io.data_files(data / "unlabelled", "unlabelled")
+    assert [p.name for p in unl_files] == ["kidney_us_unlabelled_0000.png",
+                                           "kidney_us_unlabelled_0001.png"]
+    lab_files = io.data_files(data / "train", "labelled")
+    assert [p.relative_to(data / "train").as_posix() for p in lab_files] == [
+        "images/kidney_us_train_0000.png", "images/kidney_us_train_0001.png",
+        "labels/kidney_us_train_0000.png", "labels/kidney_us_train_0001.png"]
+    assert io.data_files(data / "train", "test") == lab_files
+    cfg = from_dict(RunConfig, tiny_config(data, sam, tmp_path / "run"))
+    fp = pipeline.load_labelled_data(cfg).fingerprint
+    io.write_image(data / "train" / "notes" / "sketch2.png", np.ones((8, 8), np.uint8))
+    assert pipeline.load_labelled_data(cfg).fingerprint == fp
+    label = data / "train" / "labels" / "kidney_us_train_0001.png"
+    lab = io.read_label(label)
+    lab[0, 0] = 1
+    io.write_label(label, lab)
+    assert pipeline.load_labelled_data(cfg).fingerprint != fp
+
+
+@pytest.mark.parametrize("where", ["inside_unlabelled", "is_labelled", "contains_test"])
+@pytest.mark.parametrize("command", ["run", "synthesize"])
+def test_a_run_folder_in_a_data_folder_is_refused(
+        tmp_path: Path, sam: Path, capsys: pytest.CaptureFixture, where: str,
+        command: str) -> None:
+    import shutil
+
+    data = write_tiny_task(tmp_path / "d", 2, 2, 1)
+    held_out = tmp_path / "project" / "held_out"  # a test set kept in the project folder
+    shutil.copytree(data / "test", held_out)
+    run, data_folder, relation, role = {
+        "inside_unlabelled": (data / "unlabelled" / "run", data / "unlabelled", "is inside",
+                              "unlabelled"),
+        "is_labelled": (data / "train", data / "train", "is", "labelled"),
+        "contains_test": (tmp_path / "project", held_out, "contains", "test"),
+    }[where]
+    before = _tree(tmp_path)
+    cfg = tiny_config(data, sam, run)
+    cfg["data"]["test"] = str(held_out)
+    config = tmp_path.parent / f"{tmp_path.name}.yaml"
+    config.write_text(__import__("yaml").safe_dump(cfg))
+    assert main([command, "--config", str(config)]) == 2
+    line = _error_line(capsys)
+    assert f"the run folder {run} {relation} the {role} data folder (data.{role}) " \
+           f"{data_folder};" in line, line
+    assert "choose a run folder outside them" in line
+    assert _tree(tmp_path) == before  # nothing written inside the data: not even a lock file
+    from tskd import pipeline
+
+    with pytest.raises(RunFolderError, match=f"{relation} the {role} data folder"):
+        pipeline.stage_synthesize(from_dict(RunConfig, cfg))  # the widgets' training process
+    with pytest.raises(RunFolderError, match=f"{relation} the {role} data folder"):
+        run_folder.prepare_run_dir(from_dict(RunConfig, cfg))
+    assert _tree(tmp_path) == before
+
+
+def test_data_kept_in_the_run_folders_own_data_folders_is_allowed(tmp_path: Path) -> None:
+    """The widgets export a run's data to run/data and run/unlabelled: that is allowed."""
+    run = tmp_path / "run"
+    write_tiny_task(tmp_path / "d", 2, 1, 0)
+    cfg = from_dict(RunConfig, {"run_dir": str(run), "data": {
+        "labelled": str(run / "data"), "unlabelled": str(run / "unlabelled")}})
+    assert run_folder.prepare_run_dir(cfg) == run
+    assert (run / "config.yaml").is_file()

@@ -504,6 +504,41 @@ def writing(root: str | Path, key: str, outputs: Iterable[str | Path],
             yield Path(root)
 
 
+# data folders a run folder may hold: the widgets export a run's labelled set to ``data/`` and
+# its unlabelled layers to ``unlabelled/``; tskd's stages never write there
+RUN_DATA_DIRS = ("data", "unlabelled")
+
+
+def check_run_dir_inputs(cfg: RunConfig) -> None:
+    """Refuse a run folder that is, contains or lies inside a data folder of ``cfg``.
+
+    The data folders are ``data.labelled``, ``data.unlabelled`` and ``data.test`` (existing or
+    not). A run folder inside an input folder would have its own outputs (the transfer set's
+    synthetic images) read as data by the next run; one that is or contains it would mix the
+    run's files with the user's. Data kept in the run folder's own ``data/`` or
+    ``unlabelled/`` (as the widgets export it) is allowed. Call it before anything is created
+    in the run folder. Raises ``RunFolderError`` naming both folders.
+    """
+    from tskd import outputs
+    from tskd.errors import TskdInputError
+
+    root = Path(cfg.run_dir)
+    real = root.expanduser().resolve()
+    own = [real / d for d in RUN_DATA_DIRS]
+    for role, folder in (("labelled", cfg.data.labelled), ("unlabelled", cfg.data.unlabelled),
+                         ("test", cfg.data.test)):
+        if not folder:
+            continue
+        data = Path(folder).expanduser().resolve()
+        if any(data == d or data.is_relative_to(d) for d in own):
+            continue
+        try:
+            outputs.check_not_input(root, [folder], what="run folder", as_folders=True,
+                                    input_what=f"{role} data folder (data.{role})")
+        except TskdInputError as exc:
+            raise RunFolderError(str(exc)) from None
+
+
 def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     """Create (or reuse) ``cfg.run_dir`` and write ``config.yaml``, holding the folder's lock.
 
@@ -514,6 +549,7 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     which changed files it kept. A folder of other files, or a ``config.yaml`` tskd did not
     write, is refused even with ``overwrite``. Raises ``RunFolderError``.
     """
+    check_run_dir_inputs(cfg)
     root = Path(cfg.run_dir)
     paths = RunPaths(root)
     with run_lock(root, "prepare run folder"):
