@@ -90,6 +90,18 @@ def _names(paths: Sequence[Path], n: int = 5) -> str:
     return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
 
 
+def check_no_folders(targets: Iterable[str | Path]) -> None:
+    """Refuse (``TskdInputError``) when a folder (or a link to one) stands where tskd would
+    write one of the files ``targets``: no flag replaces a folder. Call it before anything is
+    written, with or without ``--overwrite``."""
+    folders = [Path(t) for t in targets if Path(t).is_dir()]
+    if folders:
+        raise TskdInputError(
+            f"{folders[0]} is a folder where tskd would write a file; move it or choose another "
+            "output (--overwrite replaces files, never folders)."
+        )
+
+
 def check_replace(targets: Iterable[str | Path], overwrite: bool, where: str | Path,
                   flag: str | None = "--overwrite") -> list[Path]:
     """The targets that already exist; refuses to replace them unless ``overwrite``.
@@ -97,15 +109,10 @@ def check_replace(targets: Iterable[str | Path], overwrite: bool, where: str | P
     Without ``overwrite`` and with any existing target, raises ``TskdInputError`` naming them
     (and ``flag`` as the way to allow it; None when the caller has no such flag); with it, warns
     (``TskdWarning``) which files will be replaced. A target that is a folder is refused in any
-    case. Returns the existing targets.
+    case (``check_no_folders``). Returns the existing targets.
     """
     existing = [Path(t) for t in targets if Path(t).exists() or Path(t).is_symlink()]
-    folders = [t for t in existing if t.is_dir()]
-    if folders:
-        raise TskdInputError(
-            f"{folders[0]} is a folder where tskd would write a file; move it or choose another "
-            "output."
-        )
+    check_no_folders(existing)
     if existing and not overwrite:
         how = f", or pass {flag} to replace them" if flag else \
             " (tskd did not write them, so it does not replace them)"
