@@ -814,3 +814,24 @@ def test_a_folder_where_an_output_file_goes_is_refused_even_with_overwrite(
     assert f"{blocked} is a folder where tskd would write a file" in line, line
     assert mine.read_bytes() == USER_BYTES
     assert _tree(out) == [blocked.name, f"{blocked.name}/inside.txt"]  # nothing written
+
+
+def test_an_edited_config_that_is_the_new_config_is_not_copied(tmp_path: Path,
+                                                                sam: Path) -> None:
+    """`tskd run --config run/config.yaml` after editing a value there: the file already reads
+    as the configuration the run writes, so nothing is lost and no copy is made."""
+    from tskd.config import load_config, save_config
+
+    raw, _ = _tiny_run_config(tmp_path, sam)
+    run = tmp_path / "run"
+    run_folder.prepare_run_dir(from_dict(RunConfig, raw))
+    cfg = load_config(run / "config.yaml")
+    cfg.student.train.lr = 0.002
+    save_config(cfg, run / "config.yaml")  # the user's edit, in tskd's own format
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_folder.prepare_run_dir(load_config(run / "config.yaml"))
+    assert list(run.glob("config.edited-*")) == []
+    assert load_config(run / "config.yaml").student.train.lr == 0.002
+    assert not run_folder._content_changed(
+        run / "config.yaml", run_folder.read_manifest(run)["files"]["config.yaml"])

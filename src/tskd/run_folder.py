@@ -28,7 +28,7 @@ from typing import Any, Literal
 import yaml
 
 from tskd import atomic
-from tskd.config import RunConfig, load_config, save_config, to_dict
+from tskd.config import RunConfig, config_text, load_config, save_config, to_dict
 from tskd.errors import RunFolderError, TskdWarning
 
 
@@ -595,7 +595,8 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     lists (``remove_owned``; a run of an earlier version: only its stage folders with a
     ``stage.json`` and its ``config.yaml``) and warns (``TskdWarning``) how many it removed and
     which changed files it kept. A ``config.yaml`` edited since tskd wrote it (its sha256
-    differs from the manifest's) is kept as ``config.edited-<YYYYmmdd-HHMMSS>.yaml``, no longer
+    differs from the manifest's), unless it already reads exactly as ``cfg`` would be written,
+    is kept as ``config.edited-<YYYYmmdd-HHMMSS>.yaml``, no longer
     tskd's, with a one-line ``TskdWarning`` naming it, before the new one is written. A folder
     of other files, or a ``config.yaml`` tskd did not write, is refused even with
     ``overwrite``; so is a run folder that is, contains or lies inside a data folder of ``cfg``
@@ -613,7 +614,8 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
                     "of the run folder (keep your own configuration elsewhere) or choose another "
                     "run folder."
                 )
-            edited = _content_changed(paths.config, manifest["files"]["config.yaml"])
+            edited = _content_changed(paths.config, manifest["files"]["config.yaml"]) and \
+                paths.config.read_bytes() != config_text(cfg).encode()  # else nothing is lost
             old = _try_load(paths.config)
             if old is None or (_comparable(old) != _comparable(cfg) and _has_results(root)):
                 if not overwrite:
