@@ -131,7 +131,7 @@ class DataWidget(StageWidget):
         if self.unlabelled_folder.value:
             from tskd import io
 
-            n_unl += len(io.list_images(self.unlabelled_folder.value))
+            n_unl += len(io.unlabelled_files(self.unlabelled_folder.value))
         n_val = _n_val(n, float(self.val_fraction.value))
         text = f"{n} labelled image(s): train {n - n_val} / validation {n_val}"
         if classes_text:
@@ -156,7 +156,7 @@ class DataWidget(StageWidget):
     def _use_data(self) -> None:
         from napari_tskd._export import export_labelled, export_unlabelled
         from tskd.errors import TskdInputError
-        from tskd.run_folder import prepare_run_dir, run_lock
+        from tskd.run_folder import check_run_dir_inputs, prepare_run_dir, run_lock
 
         # read everything first, so a bad input changes nothing on disk; labels go through the
         # backend's one label policy (tskd.label_policy), its notes shown as warnings
@@ -202,13 +202,14 @@ class DataWidget(StageWidget):
         else:
             cfg.data.unlabelled = str(unl_folder) if unl_folder else None
 
+        check_run_dir_inputs(cfg)  # a run folder inside a data folder: refused, nothing made
         with run_lock(run_dir, "napari data widget"):  # no training process writes meanwhile
             prepare_run_dir(cfg, overwrite=bool(self.overwrite.value))
             export_labelled(images, labels, names, run_dir, class_names, ignore_label)
             if unl_images:
                 from tskd import io
 
-                extra = io.list_images(unl_folder) if unl_folder else []
+                extra = io.unlabelled_files(unl_folder) if unl_folder else []
                 export_unlabelled(unl_images, unl_names, run_dir / UNLABELLED_DIR, extra)
         for text, where in ((note, run_dir / "data"), (unl_note, run_dir / UNLABELLED_DIR)):
             if text:

@@ -583,3 +583,255 @@ def test_a_whole_run_records_every_file_it_writes(tmp_path: Path, sam: Path) -> 
     assert run_folder.owned_files(root) == written - internal
     assert "reports/pipeline.json" in written and "student/model.safetensors" in written
     assert run_folder.read_manifest(root)["pending"] == {}
+
+
+# -- data folders: one way to list them; a run folder never lies in one ------------------------
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_a_dataset_folder_as_unlabelled_gives_its_images_not_its_labels(
+        tmp_path: Path, sam: Path) -> None:
+    """`data.unlabelled` = a labelled set (images/ + labels/): the transfer set lists its
+    images and never a label map as an image; the fingerprint lists what the loader reads."""
+    from tskd import pipeline
+
+    data = write_tiny_task(tmp_path / "d", 2, 0, 3)
+    raw = tiny_config(data, sam, tmp_path / "run")
+    raw["data"]["unlabelled"] = str(data / "test")
+    raw["synth"]["enabled"] = False
+    cfg = from_dict(RunConfig, raw)
+    pipeline.stage_synthesize(cfg)
+    manifest = json.loads((tmp_path / "run" / "transfer" / "manifest.json").read_text())
+    images = [str(data / "test" / "images" / f"kidney_us_test_{k:04d}.png") for k in range(3)]
+    assert manifest["unlabelled"] == images
+    assert [str(p) for p in io.data_files(data / "test", "unlabelled")] == images
+    assert len(io.load_unlabelled(data / "test")) == 3  # the loader reads the same three
+    before = pipeline._synth_fp(cfg, "x")
+    (data / "test" / "labels" / "kidney_us_test_0000.png").write_bytes(b"edited label")
+    assert pipeline._synth_fp(cfg, "x") == before  # a label file is not a transfer image
+
+
+def test_data_folders_are_never_read_recursively(tmp_path: Path, sam: Path) -> None:
+    """Images in other sub-folders (an old run, notes) are not data of any role; a changed
+    label file still changes the labelled fingerprint (it is read)."""
+    from tskd import pipeline
+
+    data = write_tiny_task(tmp_path / "d", 2, 2, 0)
+    unl = data / "unlabelled" / "images"
+    stray = [unl / "old_run" / "transfer" / "synthetic" / "s_0000.png",
+             data / "train" / "notes" / "sketch.png", data / "train" / "images" / "x" / "y.png"]
+    for p in stray:
+        io.write_image(p, np.zeros((8, 8), np.uint8))
+    unl_files = io.data_files(data / "unlabelled", "unlabelled")
+    assert [p.name for p in unl_files] == ["kidney_us_unlabelled_0000.png",
+                                           "kidney_us_unlabelled_0001.png"]
+    lab_files = io.data_files(data / "train", "labelled")
+    assert [p.relative_to(data / "train").as_posix() for p in lab_files] == [
+        "images/kidney_us_train_0000.png", "images/kidney_us_train_0001.png",
+        "labels/kidney_us_train_0000.png", "labels/kidney_us_train_0001.png"]
+    assert io.data_files(data / "train", "test") == lab_files
+    cfg = from_dict(RunConfig, tiny_config(data, sam, tmp_path / "run"))
+    fp = pipeline.load_labelled_data(cfg).fingerprint
+    io.write_image(data / "train" / "notes" / "sketch2.png", np.ones((8, 8), np.uint8))
+    assert pipeline.load_labelled_data(cfg).fingerprint == fp
+    label = data / "train" / "labels" / "kidney_us_train_0001.png"
+    lab = io.read_label(label)
+    lab[0, 0] = 1
+    io.write_label(label, lab)
+    assert pipeline.load_labelled_data(cfg).fingerprint != fp
+
+
+@pytest.mark.parametrize("where", ["inside_unlabelled", "is_labelled", "contains_test"])
+@pytest.mark.parametrize("command", ["run", "synthesize"])
+def test_a_run_folder_in_a_data_folder_is_refused(
+        tmp_path: Path, sam: Path, capsys: pytest.CaptureFixture, where: str,
+        command: str) -> None:
+    import shutil
+
+    data = write_tiny_task(tmp_path / "d", 2, 2, 1)
+    held_out = tmp_path / "project" / "held_out"  # a test set kept in the project folder
+    shutil.copytree(data / "test", held_out)
+    run, data_folder, relation, role = {
+        "inside_unlabelled": (data / "unlabelled" / "run", data / "unlabelled", "is inside",
+                              "unlabelled"),
+        "is_labelled": (data / "train", data / "train", "is", "labelled"),
+        "contains_test": (tmp_path / "project", held_out, "contains", "test"),
+    }[where]
+    before = _tree(tmp_path)
+    cfg = tiny_config(data, sam, run)
+    cfg["data"]["test"] = str(held_out)
+    config = tmp_path.parent / f"{tmp_path.name}.yaml"
+    config.write_text(__import__("yaml").safe_dump(cfg))
+    assert main([command, "--config", str(config)]) == 2
+    line = _error_line(capsys)
+    assert f"the run folder {run} {relation} the {role} data folder (data.{role}) " \
+           f"{data_folder};" in line, line
+    assert "choose a run folder outside them" in line
+    assert _tree(tmp_path) == before  # nothing written inside the data: not even a lock file
+    from tskd import pipeline
+
+    with pytest.raises(RunFolderError, match=f"{relation} the {role} data folder"):
+        pipeline.stage_synthesize(from_dict(RunConfig, cfg))  # the widgets' training process
+    with pytest.raises(RunFolderError, match=f"{relation} the {role} data folder"):
+        run_folder.prepare_run_dir(from_dict(RunConfig, cfg))
+    assert _tree(tmp_path) == before
+
+
+def test_data_kept_in_the_run_folders_own_data_folders_is_allowed(tmp_path: Path) -> None:
+    """The widgets export a run's data to run/data and run/unlabelled: that is allowed."""
+    run = tmp_path / "run"
+    write_tiny_task(tmp_path / "d", 2, 1, 0)
+    cfg = from_dict(RunConfig, {"run_dir": str(run), "data": {
+        "labelled": str(run / "data"), "unlabelled": str(run / "unlabelled")}})
+    assert run_folder.prepare_run_dir(cfg) == run
+    assert (run / "config.yaml").is_file()
+
+
+# -- a run folder's config.yaml the user edited; content, not size, decides ----------------------
+
+def _tiny_run_config(tmp_path: Path, sam: Path) -> tuple[dict, Path]:
+    data = write_tiny_task(tmp_path / "d", 2, 0, 0)
+    raw = tiny_config(data, sam, tmp_path / "run")
+    raw["data"]["unlabelled"] = raw["data"]["test"] = None
+    raw["student"]["from_scratch"] = True  # one short stage
+    config = tmp_path / "c.yaml"
+    config.write_text(__import__("yaml").safe_dump(raw))
+    return raw, config
+
+
+@pytest.mark.parametrize("edit", ["value", "comment"])
+def test_an_edited_run_config_is_kept_under_another_name(
+        tmp_path: Path, sam: Path, capsys: pytest.CaptureFixture, edit: str) -> None:
+    _, config = _tiny_run_config(tmp_path, sam)
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(config)]) == 0
+    written = (run / "config.yaml").read_text()
+    entry = run_folder.read_manifest(run)["files"]["config.yaml"]
+    assert entry == {"size": len(written.encode()),
+                     "sha256": hashlib.sha256(written.encode()).hexdigest()}
+    mine = written.replace("lr: 0.001", "lr: 0.002") if edit == "value" else \
+        "# my notes on this run\n" + written
+    assert mine != written
+    (run / "config.yaml").write_text(mine)
+    capsys.readouterr()
+    assert main(["run", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    kept = sorted(run.glob("config.edited-*.yaml"))
+    assert len(kept) == 1 and kept[0].read_text() == mine
+    assert len(kept[0].stem) == len("config.edited-20250101-120000")
+    warned = [line for line in err.splitlines() if "was edited since tskd wrote it" in line]
+    assert len(warned) == 1 and warned[0].startswith("tskd: warning:") and str(kept[0]) in warned[0]
+    assert (run / "config.yaml").read_text() == written  # the run's own configuration again
+    assert kept[0].name not in run_folder.owned_files(run)
+    removed, _ = run_folder.remove_owned(run)  # what --overwrite could remove: never the user's
+    assert kept[0].read_text() == mine and kept[0] not in removed
+
+
+def test_an_edited_config_of_a_different_run_is_refused_then_kept(
+        tmp_path: Path, sam: Path) -> None:
+    raw, _ = _tiny_run_config(tmp_path, sam)
+    cfg = from_dict(RunConfig, raw)
+    run = tmp_path / "run"
+    run_folder.prepare_run_dir(cfg)
+    with run_folder.writing(run, "student", [run / "student"]):
+        _user_file(run / "student" / "model.safetensors")  # a result of that run
+    mine = "# edited\n" + (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(mine)
+    other = from_dict(RunConfig, raw | {"data": raw["data"] | {"labelled": str(tmp_path / "b")}})
+    with pytest.raises(RunFolderError, match=r"different run .*\(it was edited since tskd"):
+        run_folder.prepare_run_dir(other)
+    assert (run / "config.yaml").read_text() == mine  # refused: nothing changed
+    with pytest.warns(TskdWarning) as record:
+        run_folder.prepare_run_dir(other, overwrite=True)
+    messages = [str(w.message) for w in record]
+    kept = sorted(run.glob("config.edited-*.yaml"))
+    assert len(kept) == 1 and kept[0].read_text() == mine
+    assert any(str(kept[0]) in m for m in messages)
+    assert not (run / "student" / "model.safetensors").exists()  # the old run's result went
+
+
+def test_overwrite_keeps_a_recorded_file_whose_content_changed_at_the_same_size(
+        tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    run_folder.claim_run_folder(root)
+    with run_folder.tracked(root, "x", [root / "reports"]):
+        (root / "reports").mkdir()
+        (root / "reports" / "r.md").write_text("tskd wrote this")
+        (root / "reports" / "s.md").write_text("tskd wrote that")
+    (root / "reports" / "r.md").write_text("user wrote this")  # same size, other bytes
+    with run_folder.tracked(root, "x", [root / "reports"]):
+        pass  # a writer that leaves the file alone does not claim the user's edit
+    removed, changed = run_folder.remove_owned(root)
+    assert removed == [root / "reports" / "s.md"] and changed == [root / "reports" / "r.md"]
+    assert (root / "reports" / "r.md").read_text() == "user wrote this"
+
+
+def test_a_manifest_of_sizes_only_still_works(tmp_path: Path) -> None:
+    """Manifests written by the previous version hold sizes only: still read, size compared."""
+    root = tmp_path / "run"
+    run_folder.claim_run_folder(root)
+    (root / "a.txt").write_text("aaa")
+    (root / "b.txt").write_text("bbbb")
+    manifest = run_folder.read_manifest(root)
+    manifest["files"] = {"a.txt": 3, "b.txt": 3}
+    run_folder._write_manifest(root, manifest)
+    assert run_folder.folder_kind(root) == "run"
+    removed, changed = run_folder.remove_owned(root)
+    assert removed == [root / "a.txt"] and changed == [root / "b.txt"]
+
+
+# -- a folder where a file would go: refused with or without --overwrite ----------------------
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export-onnx", "make-sample-data",
+                                     "pretrain-mini"])
+@pytest.mark.parametrize("flag", [[], ["--overwrite"]])
+def test_a_folder_where_an_output_file_goes_is_refused_even_with_overwrite(
+        tmp_path: Path, student: Path, capsys: pytest.CaptureFixture, command: str,
+        flag: list[str]) -> None:
+    out = tmp_path / "out"
+    images = tmp_path / "images"
+    _scans(images)
+    gt = tmp_path / "gt"
+    io.write_label(gt / "case_0.png", np.eye(8, dtype=np.uint8))
+    args, blocked = {
+        "predict": (["predict", "--model", str(student), str(images), "-o", str(out)],
+                    out / "case_0.png"),
+        "evaluate": (["evaluate", "--pred", str(gt), "--gt", str(gt), "-o", str(out)],
+                     out / "metrics.json"),
+        "export-onnx": (["export-onnx", "--model", str(student), "-o", str(out / "m.onnx")],
+                        out / "m.onnx"),
+        "make-sample-data": (["make-sample-data", "kidney_us", str(out), "--train", "1",
+                              "--unlabelled", "0", "--test", "0", "--size", "32"],
+                             out / "task.json"),
+        "pretrain-mini": (["pretrain-mini", "--out", str(out), "--steps", "1"],
+                          out / "mini_sam.safetensors"),
+    }[command]
+    mine = _user_file(blocked / "inside.txt")  # the user's folder, with a file in it
+    assert main([*args, *flag]) == 2
+    line = _error_line(capsys)
+    assert f"{blocked} is a folder where tskd would write a file" in line, line
+    assert mine.read_bytes() == USER_BYTES
+    assert _tree(out) == [blocked.name, f"{blocked.name}/inside.txt"]  # nothing written
+
+
+def test_an_edited_config_that_is_the_new_config_is_not_copied(tmp_path: Path,
+                                                                sam: Path) -> None:
+    """`tskd run --config run/config.yaml` after editing a value there: the file already reads
+    as the configuration the run writes, so nothing is lost and no copy is made."""
+    from tskd.config import load_config, save_config
+
+    raw, _ = _tiny_run_config(tmp_path, sam)
+    run = tmp_path / "run"
+    run_folder.prepare_run_dir(from_dict(RunConfig, raw))
+    cfg = load_config(run / "config.yaml")
+    cfg.student.train.lr = 0.002
+    save_config(cfg, run / "config.yaml")  # the user's edit, in tskd's own format
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_folder.prepare_run_dir(load_config(run / "config.yaml"))
+    assert list(run.glob("config.edited-*")) == []
+    assert load_config(run / "config.yaml").student.train.lr == 0.002
+    assert not run_folder._content_changed(
+        run / "config.yaml", run_folder.read_manifest(run)["files"]["config.yaml"])

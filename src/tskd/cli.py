@@ -248,10 +248,11 @@ def _print(result: Any) -> None:
 
 def _cmd_stage(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     from tskd import pipeline
-    from tskd.run_folder import run_lock
+    from tskd.run_folder import check_run_dir_inputs, run_lock
 
     cfg = _config_from_args(args)
     kwargs: dict[str, Any] = {"progress": progress, "cancel": cancel, "resume": args.resume}
+    check_run_dir_inputs(cfg)  # before the lock creates anything in the run folder
     with run_lock(cfg.run_dir, args.command):  # one writer from the config to the result
         pipeline.prepare_run_dir(cfg, overwrite=args.overwrite)
         if args.command == "finetune-teacher":

@@ -277,11 +277,16 @@ def load_config(path: str | Path) -> RunConfig:
     return from_dict(RunConfig, data)
 
 
+def config_text(cfg: Any) -> str:
+    """A config dataclass as the YAML text ``save_config`` writes (keys in declaration order)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a config dataclass as YAML (keys in declaration order)."""
     from tskd import atomic
 
-    atomic.write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic.write_text(path, config_text(cfg))
 
 
 def replace(cfg: T, **changes: Any) -> T:

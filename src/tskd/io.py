@@ -963,6 +963,86 @@ def _labelled_dirs(folder: Path) -> tuple[Path, Path, bool]:
     )
 
 
+# ------------------------------------------------------------- the files of a data folder
+#
+# One rule for which files a data folder contributes, used by the readers below and by
+# everything that lists a data folder's files (the run's fingerprints, the transfer manifest,
+# the widgets): never recursive, never a label folder.
+
+
+def _unlabelled_cases(folder: str | Path) -> tuple[Path, dict[str, list[Path]]]:
+    """(image folder, {case: channel files}) of an unlabelled folder: the images directly in
+    ``folder``, else those of its ``images/``, ``imagesTr/`` or ``imagesTs/`` sub-folder (the
+    first that exists). Never recursive; label folders are never read."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TskdInputError(f"unlabelled data folder not found: {folder}")
+    if not list_images(folder):
+        for sub in ("images", *_NNUNET_IMAGE_DIRS):
+            if (folder / sub).is_dir():
+                folder = folder / sub
+                break
+    if folder.name in _NNUNET_IMAGE_DIRS:
+        cases = _nnunet_cases(folder, _declared_channels(folder.parent))
+    else:
+        cases = {name: [p] for name, p in _by_stem(list_images(folder)).items()}
+    return folder, cases
+
+
+def _labelled_cases(
+    folder: Path,
+) -> tuple[Path, Path, dict[str, list[Path]], dict[str, Path]]:
+    """(image folder, label folder, {case: channel files}, {case: label file}) of a labelled
+    folder (images/+labels/ or nnU-Net imagesTr/+labelsTr/). Never recursive."""
+    if not folder.is_dir():
+        raise TskdInputError(f"labelled data folder not found: {folder}")
+    image_dir, label_dir, nnunet = _labelled_dirs(folder)
+    if nnunet:
+        cases = _nnunet_cases(image_dir, _declared_channels(folder))
+    else:
+        cases = {name: [p] for name, p in _by_stem(list_images(image_dir)).items()}
+    return image_dir, label_dir, cases, _by_stem(list_images(label_dir))
+
+
+def unlabelled_files(folder: str | Path) -> list[Path]:
+    """The image files ``load_unlabelled`` reads from ``folder``, sorted by path.
+
+    The images directly in ``folder``, else those of its ``images/``, ``imagesTr/`` or
+    ``imagesTs/`` sub-folder; never files in other sub-folders (a dataset's ``labels/``, a run
+    folder's outputs). Raises ``TskdInputError`` for a missing folder.
+    """
+    _, cases = _unlabelled_cases(folder)
+    return sorted(p for paths in cases.values() for p in paths)
+
+
+def labelled_files(folder: str | Path) -> list[Path]:
+    """The files ``read_labelled_set`` reads from ``folder``, sorted by path: every image (all
+    channel files of a case) that has a label file, and those label files. Images without a
+    label and labels without an image are not read, so they are not listed. Raises
+    ``TskdInputError`` for a folder that is not a labelled set."""
+    _, _, cases, labels = _labelled_cases(Path(folder))
+    files = [p for name, paths in cases.items() if name in labels for p in paths]
+    files += [labels[name] for name in cases if name in labels]
+    return sorted(files)
+
+
+DATA_ROLES = ("labelled", "unlabelled", "test")
+
+
+def data_files(folder: str | Path | None, role: str) -> list[Path]:
+    """The files a data folder of ``role`` contributes, as its reader reads them.
+
+    ``role``: ``labelled`` and ``test`` (read by ``read_labelled_set``: ``labelled_files``)
+    or ``unlabelled`` (read by ``load_unlabelled``: ``unlabelled_files``). No folder (None or
+    empty) gives an empty list. Raises ``TskdInputError`` for a missing or malformed folder.
+    """
+    if role not in DATA_ROLES:
+        raise ValueError(f"unknown data role {role!r}; one of {DATA_ROLES}")
+    if not folder:
+        return []
+    return unlabelled_files(folder) if role == "unlabelled" else labelled_files(folder)
+
+
 def _no_images_error(folder: Path) -> TskdInputError:
     """The error for a folder without usable images, naming unsupported files if any."""
     def kind(p: Path) -> str:  # .bmp, or .nii.gz for compressed files
@@ -1003,16 +1083,9 @@ def read_labelled_set(
     from tskd import label_policy
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise TskdInputError(f"labelled data folder not found: {folder}")
-    image_dir, label_dir, nnunet = _labelled_dirs(folder)
-    if nnunet:
-        cases = _nnunet_cases(image_dir, _declared_channels(folder))
-    else:
-        cases = {name: [p] for name, p in _by_stem(list_images(image_dir)).items()}
+    image_dir, label_dir, cases, labels = _labelled_cases(folder)
     if not cases:
         raise _no_images_error(image_dir)
-    labels = _by_stem(list_images(label_dir))
     raw: list[tuple[str, np.ndarray, np.ndarray, Path]] = []
     unlabelled = []
     notes = _AxesNotes(image_dir)
@@ -1071,18 +1144,7 @@ def load_unlabelled(folder: str | Path) -> list[Sample]:
     Axes are read by ``image_axes`` exactly as ``tskd predict`` reads them (guesses said in one
     warning); files are held to the pixel budget. An empty folder gives an empty list.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise TskdInputError(f"unlabelled data folder not found: {folder}")
-    if not list_images(folder):
-        for sub in ("images", *_NNUNET_IMAGE_DIRS):
-            if (folder / sub).is_dir():
-                folder = folder / sub
-                break
-    if folder.name in _NNUNET_IMAGE_DIRS:
-        cases = _nnunet_cases(folder, _declared_channels(folder.parent))
-    else:
-        cases = {name: [p] for name, p in _by_stem(list_images(folder)).items()}
+    folder, cases = _unlabelled_cases(folder)
     samples: list[Sample] = []
     notes = _AxesNotes(folder)
     for name, paths in sorted(cases.items()):

@@ -25,12 +25,13 @@ def _real(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _input_folders(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
+def _input_folders(inputs: Iterable[str | Path],
+                   as_folders: bool = False) -> list[tuple[Path, Path]]:
     """(given path, resolved folder): a folder itself, or the folder of a file."""
     out = []
     for p in inputs:
         real = _real(p)
-        out.append((Path(p), real if real.is_dir() else real.parent))
+        out.append((Path(p), real if as_folders or real.is_dir() else real.parent))
     return out
 
 
@@ -39,6 +40,8 @@ def check_not_input(
     inputs: Iterable[str | Path],
     what: str = "output folder",
     allow_parent: bool = False,
+    as_folders: bool = False,
+    input_what: str = "input folder",
 ) -> None:
     """Refuse ``output`` when it is, contains or is inside a folder of ``inputs``.
 
@@ -47,12 +50,14 @@ def check_not_input(
     of the same name would replace a sibling input), so ``tskd predict scan.tif -o pred`` beside
     the scan is allowed. With
     ``allow_parent`` an output folder that merely contains an input folder is allowed (for
-    outputs whose file names cannot meet the inputs, e.g. ``metrics.json``). Raises
-    ``TskdInputError``.
+    outputs whose file names cannot meet the inputs, e.g. ``metrics.json``). With
+    ``as_folders`` every input is taken as a folder, whether it exists yet or not (a config's
+    data folders). ``input_what`` names an input folder in the message (e.g. "unlabelled data
+    folder"). Raises ``TskdInputError`` naming both folders.
     """
     out = _real(output)
-    for given, folder in _input_folders(inputs):
-        is_folder = _real(given).is_dir()
+    for given, folder in _input_folders(inputs, as_folders):
+        is_folder = as_folders or _real(given).is_dir()
         if out == folder:
             relation = "is"
         elif not is_folder:
@@ -63,11 +68,12 @@ def check_not_input(
             relation = "contains"
         else:
             continue
-        source = f"the input folder {given}" if is_folder else \
+        source = f"the {input_what} {given}" if is_folder else \
             f"the folder of the input {given} ({folder})"
+        article = "an" if what[:1].lower() in "aeiou" else "a"
         raise TskdInputError(
             f"the {what} {output} {relation} {source}; tskd never writes where it reads its "
-            "inputs, so choose an output folder outside them."
+            f"inputs, so choose {article} {what} outside them."
         )
 
 
@@ -84,6 +90,18 @@ def _names(paths: Sequence[Path], n: int = 5) -> str:
     return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
 
 
+def check_no_folders(targets: Iterable[str | Path]) -> None:
+    """Refuse (``TskdInputError``) when a folder (or a link to one) stands where tskd would
+    write one of the files ``targets``: no flag replaces a folder. Call it before anything is
+    written, with or without ``--overwrite``."""
+    folders = [Path(t) for t in targets if Path(t).is_dir()]
+    if folders:
+        raise TskdInputError(
+            f"{folders[0]} is a folder where tskd would write a file; move it or choose another "
+            "output (--overwrite replaces files, never folders)."
+        )
+
+
 def check_replace(targets: Iterable[str | Path], overwrite: bool, where: str | Path,
                   flag: str | None = "--overwrite") -> list[Path]:
     """The targets that already exist; refuses to replace them unless ``overwrite``.
@@ -91,15 +109,10 @@ def check_replace(targets: Iterable[str | Path], overwrite: bool, where: str | P
     Without ``overwrite`` and with any existing target, raises ``TskdInputError`` naming them
     (and ``flag`` as the way to allow it; None when the caller has no such flag); with it, warns
     (``TskdWarning``) which files will be replaced. A target that is a folder is refused in any
-    case. Returns the existing targets.
+    case (``check_no_folders``). Returns the existing targets.
     """
     existing = [Path(t) for t in targets if Path(t).exists() or Path(t).is_symlink()]
-    folders = [t for t in existing if t.is_dir()]
-    if folders:
-        raise TskdInputError(
-            f"{folders[0]} is a folder where tskd would write a file; move it or choose another "
-            "output."
-        )
+    check_no_folders(existing)
     if existing and not overwrite:
         how = f", or pass {flag} to replace them" if flag else \
             " (tskd did not write them, so it does not replace them)"

@@ -22,6 +22,7 @@ from tskd.engine import CancelToken, ProgressCallback, clear_checkpoint, seed_ev
 from tskd.errors import TskdError, TskdInputError
 from tskd.run_folder import (
     RunPaths,
+    check_run_dir_inputs,
     checkpoint_inputs,
     files_fingerprint,
     fingerprint,
@@ -72,11 +73,13 @@ def median_image_shape(samples: list[Any]) -> tuple[int, int]:
 
 def _writes(key: str, outputs: Callable[[RunPaths], list[Path]]) -> Callable[[Any], Any]:
     """Run a stage holding its run folder's lock, recording what it writes under ``outputs``
-    in the folder's manifest (``tskd.run_folder.writing``)."""
+    in the folder's manifest (``tskd.run_folder.writing``). A run folder that is, contains or
+    lies inside a data folder of the config is refused first (``check_run_dir_inputs``)."""
 
     def decorate(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         @functools.wraps(fn)
         def wrapper(cfg: RunConfig, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            check_run_dir_inputs(cfg)  # before anything is created in the run folder
             paths = RunPaths(Path(cfg.run_dir))
             with writing(paths.root, key, outputs(paths), what=f"stage {key}"):
                 return fn(cfg, *args, **kwargs)
@@ -93,15 +96,13 @@ def _train_fp(train: TrainConfig) -> dict[str, Any]:
     return d
 
 
-def _image_files(folder: str | Path | None) -> list[Path]:
+def _data_files(folder: str | Path | None, role: str) -> list[Path]:
+    """The files a data folder of ``role`` (labelled, unlabelled, test) contributes, exactly
+    as its reader reads them (``tskd.io.data_files``: never recursive, never label files as
+    images)."""
     from tskd import io
 
-    if not folder:
-        return []
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise TskdInputError(f"folder not found: {folder}")
-    return [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in io.IMAGE_SUFFIXES]
+    return io.data_files(folder, role)
 
 
 def load_labelled_data(cfg: RunConfig) -> LabelledData:
@@ -121,7 +122,7 @@ def load_labelled_data(cfg: RunConfig) -> LabelledData:
         )
     train, val = data.split_train_val(samples, cfg.data.val_fraction, cfg.data.split_seed)
     parts: list[Any] = [
-        files_fingerprint(_image_files(cfg.data.labelled)),
+        files_fingerprint(_data_files(cfg.data.labelled, "labelled")),
         cfg.data.val_fraction,
         cfg.data.split_seed,
     ]
@@ -205,7 +206,7 @@ def stage_teacher(
 def _synth_fp(cfg: RunConfig, data_fp: str) -> str:
     synth = to_dict(cfg.synth)
     synth.pop("device", None)
-    unl = files_fingerprint(_image_files(cfg.data.unlabelled))
+    unl = files_fingerprint(_data_files(cfg.data.unlabelled, "unlabelled"))
     return fingerprint("synth", synth, data_fp, unl, cfg.data.image_size)
 
 
@@ -248,7 +249,7 @@ def stage_synthesize(
         paths.transfer / "manifest.json",
         {
             "labelled_without_labels": [s.name for s in data.train],
-            "unlabelled": [str(p) for p in _image_files(cfg.data.unlabelled)],
+            "unlabelled": [str(p) for p in _data_files(cfg.data.unlabelled, "unlabelled")],
             "synthetic": [str(p) for p in result.get("paths", [])],
         },
     )

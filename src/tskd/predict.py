@@ -367,7 +367,9 @@ def predict_paths(
     ``out_dir`` that is the folder of an input file or is, contains or is inside one of
     ``input_folders`` (the folders the user named), and, unless ``overwrite``, an ``out_dir``
     that already holds ``<stem>.png`` or ``<stem>.tif`` for an input; with ``overwrite`` the
-    files replaced are named in a ``TskdWarning``.
+    files replaced are named in a ``TskdWarning``. A folder named ``<stem>.png`` or
+    ``<stem>.tif`` in ``out_dir`` is refused even with ``overwrite``, before anything is
+    written.
     """
     import warnings
 
@@ -390,6 +392,7 @@ def predict_paths(
     out = outputs.check_output_folder(out_dir)
     outputs.check_not_input(out, [*input_folders, *paths])
     candidates = [out / f"{stem}{suffix}" for stem in stems for suffix in (".png", ".tif")]
+    outputs.check_no_folders(candidates)  # a folder where a file goes: refused in every case
     if not overwrite:
         outputs.check_replace(candidates, False, out)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import yaml
 
 from tskd import atomic
-from tskd.config import RunConfig, load_config, save_config, to_dict
+from tskd.config import RunConfig, config_text, load_config, save_config, to_dict
 from tskd.errors import RunFolderError, TskdWarning
 
 
@@ -170,8 +170,10 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
 # -- what a run owns: the manifest -------------------------------------------------------------
 #
 # ``<run>/.tskd-manifest.json`` lists every file the run wrote (path relative to the run folder
-# -> size in bytes). Only listed files are ever removed (``--overwrite``); anything else in a run
-# folder (the user's notes, a copied dataset, files of earlier versions) is kept. Writers wrap
+# -> {"size": bytes, "sha256": hex digest}; manifests of earlier versions hold
+# the size alone). Only listed files whose content is still what tskd wrote are ever removed
+# (``--overwrite``); anything else in a run folder (the user's notes, a copied dataset, files of
+# earlier versions, a listed file the user edited) is kept. Writers wrap
 # their work in ``tracked``: before it starts, the files already present in the outputs it names
 # are noted ("pending"); when it ends (or, after a kill, when the next writer takes the folder),
 # every file there that is new or changed is recorded. The manifest is replaced atomically.
@@ -186,12 +188,36 @@ FolderKind = Literal["new", "run", "legacy", "foreign"]
 
 
 def _empty_manifest() -> dict[str, Any]:
-    return {"format": _MANIFEST_FORMAT, "version": 1, "files": {}, "pending": {}}
+    return {"format": _MANIFEST_FORMAT, "version": 2, "files": {}, "pending": {}}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _entry(path: Path) -> dict[str, Any]:
+    """The manifest entry of a file tskd wrote: its size in bytes and its sha256."""
+    return {"size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _content_changed(path: Path, entry: Any) -> bool:
+    """Whether ``path`` no longer holds what tskd wrote: another size, or (when the entry has
+    one; earlier versions recorded the size alone) another sha256."""
+    size = entry.get("size") if isinstance(entry, dict) else entry
+    if not isinstance(size, int) or path.stat().st_size != size:
+        return True
+    sha = entry.get("sha256") if isinstance(entry, dict) else None
+    return isinstance(sha, str) and _sha256(path) != sha
 
 
 def read_manifest(root: str | Path) -> dict[str, Any] | None:
-    """The manifest of ``root`` as a dict (``files``: relative path -> bytes, ``pending``), or
-    None when there is none or it cannot be read (then the folder is judged without it)."""
+    """The manifest of ``root`` as a dict (``files``: relative path -> entry, ``{"size",
+    "sha256"}`` or, from earlier versions, the size in bytes; ``pending``), or None
+    when there is none or it cannot be read (then the folder is judged without it)."""
     path = Path(root) / MANIFEST_NAME
     try:
         data = json.loads(path.read_text())
@@ -253,8 +279,15 @@ def _rel_of(root: Path, path: str | Path) -> str:
 
 
 def _stat(path: Path) -> list[int]:
+    """Size, mtime and inode: an atomic rewrite (a new file renamed over) changes the inode
+    even within one tick of the clock."""
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _same_stat(a: Any, b: list[int]) -> bool:
+    """``a`` (a ``_stat`` recorded earlier, by this or an earlier version) equals ``b``."""
+    return isinstance(a, list) and len(a) >= 2 and a == b[:len(a)]
 
 
 def _user_files(root: Path) -> Iterator[Path]:
@@ -328,7 +361,7 @@ def claim_run_folder(root: str | Path) -> dict[str, Any]:
                  if p.is_file()]
         if (root / "config.yaml").is_file():
             owned.append(root / "config.yaml")
-        manifest["files"] = {p.relative_to(root).as_posix(): p.stat().st_size for p in owned}
+        manifest["files"] = {p.relative_to(root).as_posix(): _entry(p) for p in owned}
         _write_manifest(root, manifest)
         return manifest
     for key in list((read_manifest(root) or {}).get("pending", {})):
@@ -338,12 +371,14 @@ def claim_run_folder(root: str | Path) -> dict[str, Any]:
 
 
 def record_files(root: str | Path, paths: Iterable[str | Path]) -> None:
-    """Add files (or every file under folders) inside ``root`` to its manifest, with sizes."""
+    """Add files (or every file under folders) inside ``root`` to its manifest, with size and
+    sha256."""
     root = Path(root)
     manifest = read_manifest(root) or _empty_manifest()
     rels = [_rel_of(root, p) for p in paths]
     for f in _files_under(root, rels):
-        manifest["files"][f.relative_to(root).as_posix()] = f.stat().st_size
+        rel = f.relative_to(root).as_posix()
+        manifest["files"][rel] = _entry(f)
     _write_manifest(root, manifest)
 
 
@@ -359,13 +394,19 @@ _ACTIVE: set[tuple[str, str]] = set()  # (resolved run folder, key) tracked by t
 def tracked(root: str | Path, key: str, outputs: Iterable[str | Path]) -> Iterator[None]:
     """Record in the manifest every file the body writes under ``outputs`` (files or folders
     inside ``root``): new files, and files that existed but changed. Files already there and
-    left unchanged stay unlisted (they are not the run's). Runs even when the body raises."""
+    left unchanged stay unlisted (they are not the run's); listed files the body leaves
+    unchanged keep their entries (a file the user edited is not claimed again). Runs even when
+    the body raises."""
     root = Path(root)
     manifest = read_manifest(root) or _empty_manifest()
     rels = sorted({_rel_of(root, p) for p in outputs})
-    before = {f.relative_to(root).as_posix(): _stat(f) for f in _files_under(root, rels)
-              if f.relative_to(root).as_posix() not in manifest["files"]}
-    manifest["pending"][key] = {"outputs": rels, "unowned_before": before}
+    before: dict[str, list[int]] = {}
+    owned_before: dict[str, list[int]] = {}
+    for f in _files_under(root, rels):
+        rel = f.relative_to(root).as_posix()
+        (owned_before if rel in manifest["files"] else before)[rel] = _stat(f)
+    manifest["pending"][key] = {"outputs": rels, "unowned_before": before,
+                                "owned_before": owned_before}
     _write_manifest(root, manifest)
     active = (str(root.resolve()), key)
     _ACTIVE.add(active)
@@ -381,11 +422,17 @@ def _commit(root: Path, key: str) -> None:
     entry = manifest["pending"].pop(key, None)
     if isinstance(entry, dict):
         before = entry.get("unowned_before") or {}
+        owned_before = entry.get("owned_before")
         rels = [r for r in entry.get("outputs", []) if _safe_rel(r)]
         for f in _files_under(root, rels):
             rel = f.relative_to(root).as_posix()
-            if rel in manifest["files"] or rel not in before or before[rel] != _stat(f):
-                manifest["files"][rel] = f.stat().st_size
+            if rel in manifest["files"]:
+                untouched = (isinstance(owned_before, dict) and rel in owned_before
+                             and _same_stat(owned_before[rel], _stat(f)))
+                if not untouched:  # rewritten by the writer
+                    manifest["files"][rel] = _entry(f)
+            elif rel not in before or not _same_stat(before[rel], _stat(f)):
+                manifest["files"][rel] = _entry(f)
     manifest["files"] = {r: s for r, s in manifest["files"].items() if (root / r).is_file()}
     _write_manifest(root, manifest)
 
@@ -395,8 +442,9 @@ def remove_owned(root: str | Path, under: str | None = None,
     """Delete the files the manifest of ``root`` lists (only those ``under`` a relative folder,
     when given; never those in ``keep``), then the folders that this left empty.
 
-    A listed file whose size differs from the recorded one was changed by someone else and is
-    kept. Returns ``(removed, kept_changed)``. Nothing outside ``root`` is ever touched.
+    A listed file whose content differs from what tskd recorded (its size or, where recorded,
+    its sha256) was changed by someone else and is kept. Returns ``(removed, kept_changed)``.
+    Nothing outside ``root`` is ever touched.
     """
     root = Path(root)
     manifest = read_manifest(root)
@@ -406,14 +454,14 @@ def remove_owned(root: str | Path, under: str | None = None,
     removed: list[Path] = []
     changed: list[Path] = []
     parents: set[Path] = set()
-    for rel, size in sorted(manifest["files"].items()):
+    for rel, recorded in sorted(manifest["files"].items()):
         if rel in keep or (under and rel != under and not rel.startswith(under.rstrip("/") + "/")):
             continue
         path = root / rel
         if not path.is_file() or not _inside(root, path.parent):
             del manifest["files"][rel]
             continue
-        if path.stat().st_size != size:
+        if _content_changed(path, recorded):
             changed.append(path)
             continue
         path.unlink()
@@ -504,6 +552,41 @@ def writing(root: str | Path, key: str, outputs: Iterable[str | Path],
             yield Path(root)
 
 
+# data folders a run folder may hold: the widgets export a run's labelled set to ``data/`` and
+# its unlabelled layers to ``unlabelled/``; tskd's stages never write there
+RUN_DATA_DIRS = ("data", "unlabelled")
+
+
+def check_run_dir_inputs(cfg: RunConfig) -> None:
+    """Refuse a run folder that is, contains or lies inside a data folder of ``cfg``.
+
+    The data folders are ``data.labelled``, ``data.unlabelled`` and ``data.test`` (existing or
+    not). A run folder inside an input folder would have its own outputs (the transfer set's
+    synthetic images) read as data by the next run; one that is or contains it would mix the
+    run's files with the user's. Data kept in the run folder's own ``data/`` or
+    ``unlabelled/`` (as the widgets export it) is allowed. Call it before anything is created
+    in the run folder. Raises ``RunFolderError`` naming both folders.
+    """
+    from tskd import outputs
+    from tskd.errors import TskdInputError
+
+    root = Path(cfg.run_dir)
+    real = root.expanduser().resolve()
+    own = [real / d for d in RUN_DATA_DIRS]
+    for role, folder in (("labelled", cfg.data.labelled), ("unlabelled", cfg.data.unlabelled),
+                         ("test", cfg.data.test)):
+        if not folder:
+            continue
+        data = Path(folder).expanduser().resolve()
+        if any(data == d or data.is_relative_to(d) for d in own):
+            continue
+        try:
+            outputs.check_not_input(root, [folder], what="run folder", as_folders=True,
+                                    input_what=f"{role} data folder (data.{role})")
+        except TskdInputError as exc:
+            raise RunFolderError(str(exc)) from None
+
+
 def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     """Create (or reuse) ``cfg.run_dir`` and write ``config.yaml``, holding the folder's lock.
 
@@ -511,9 +594,15 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     different run unless ``overwrite``, which then removes only the files that run's manifest
     lists (``remove_owned``; a run of an earlier version: only its stage folders with a
     ``stage.json`` and its ``config.yaml``) and warns (``TskdWarning``) how many it removed and
-    which changed files it kept. A folder of other files, or a ``config.yaml`` tskd did not
-    write, is refused even with ``overwrite``. Raises ``RunFolderError``.
+    which changed files it kept. A ``config.yaml`` edited since tskd wrote it (its sha256
+    differs from the manifest's), unless it already reads exactly as ``cfg`` would be written,
+    is kept as ``config.edited-<YYYYmmdd-HHMMSS>.yaml``, no longer
+    tskd's, with a one-line ``TskdWarning`` naming it, before the new one is written. A folder
+    of other files, or a ``config.yaml`` tskd did not write, is refused even with
+    ``overwrite``; so is a run folder that is, contains or lies inside a data folder of ``cfg``
+    (``check_run_dir_inputs``). Raises ``RunFolderError``.
     """
+    check_run_dir_inputs(cfg)
     root = Path(cfg.run_dir)
     paths = RunPaths(root)
     with run_lock(root, "prepare run folder"):
@@ -525,11 +614,15 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
                     "of the run folder (keep your own configuration elsewhere) or choose another "
                     "run folder."
                 )
+            edited = _content_changed(paths.config, manifest["files"]["config.yaml"]) and \
+                paths.config.read_bytes() != config_text(cfg).encode()  # else nothing is lost
             old = _try_load(paths.config)
             if old is None or (_comparable(old) != _comparable(cfg) and _has_results(root)):
                 if not overwrite:
                     what = "cannot be read" if old is None else "belongs to a different run " \
                         "(other data or teacher)"
+                    if edited:
+                        what += " (it was edited since tskd wrote it)"
                     raise RunFolderError(
                         f"{paths.config} {what}; choose another run folder, or pass --overwrite "
                         "to remove the files that run wrote (files tskd did not write are kept)."
@@ -540,9 +633,37 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
                     note += (f"; kept {len(changed)} changed since tskd wrote them: "
                              + ", ".join(str(p.relative_to(root)) for p in changed[:5]))
                 warnings.warn(TskdWarning(note), stacklevel=2)
+            if edited:
+                kept = _keep_edited_config(root)
+                warnings.warn(TskdWarning(
+                    f"{paths.config} was edited since tskd wrote it: kept your version as {kept} "
+                    "and wrote the run's configuration to config.yaml"), stacklevel=2)
         save_config(cfg, paths.config)
         record_files(root, [paths.config])
     return root
+
+
+def _keep_edited_config(root: Path) -> Path:
+    """Rename the user's edited ``root/config.yaml`` to ``config.edited-<YYYYmmdd-HHMMSS>.yaml``
+    (``-2``, ``-3``... when that name is taken; never replacing a file) and drop it from the
+    manifest, so no ``--overwrite`` ever removes it. Returns the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = root / f"config.edited-{stamp}.yaml"
+    k = 1
+    while target.exists() or target.is_symlink():
+        k += 1
+        target = root / f"config.edited-{stamp}-{k}.yaml"
+    try:
+        os.link(root / "config.yaml", target)  # fails rather than replace a file
+        (root / "config.yaml").unlink()
+    except OSError:  # a file system without hard links: the name was checked to be free
+        if target.exists():
+            raise
+        os.rename(root / "config.yaml", target)
+    manifest = read_manifest(root) or _empty_manifest()
+    manifest["files"].pop("config.yaml", None)
+    _write_manifest(root, manifest)
+    return target
 
 
 def _has_results(root: Path) -> bool:
