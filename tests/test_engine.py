@@ -6,19 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from ckpt_kill import _Data
 from tskd.config import TrainConfig
 from tskd.engine import CancelToken, Progress, train
 from tskd.errors import Cancelled, TskdError
-
-
-class _Data(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 32
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        x = torch.randn(4, generator=torch.Generator().manual_seed(i))
-        x = x + 0.1 * torch.randn(4)  # draws from the global RNG, as augmentation does
-        return {"x": x, "y": x.sum(0, keepdim=True)}
 
 
 class _Task:
