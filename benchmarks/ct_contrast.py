@@ -2,7 +2,7 @@
 
     python benchmarks/ct_contrast.py
 
-Ten generated slices (seed 5, not the benchmark's draws) go through `tskd.data.to_float_rgb`
+Ten generated slices (seed 5, not the benchmark's draws) go through `tskd.data.dataset.to_float_rgb`
 twice: with the default per-image percentile window (what the pipeline uses when no contrast
 limits are given) and with the soft-tissue window the napari sample uses. Prints the mean input
 intensity of each class; writes benchmarks/results/ct_contrast.json.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tskd import phantoms
-from tskd.data import to_float_rgb
+from tskd.data import phantoms
+from tskd.data.dataset import to_float_rgb
 
 RESULTS = Path(__file__).parent / "results"
 WINDOWS = {"percentile (default)": None, "soft-tissue window": (1024 - 160, 1024 + 240)}

@@ -6,7 +6,7 @@ comparison, in a napari thread worker; and napari's start-up time with the plugi
 enabled, and enabled with the TS-KD dock widget opened.
 
 The training load is the student's fine-tuning from scratch (ViT-Tiny at 256x256, batch 4) on
-procedural kidney-ultrasound images through ``tskd.pipeline.stage_finetune_student``.
+procedural kidney-ultrasound images through ``tskd.pipeline.stages.stage_finetune_student``.
 
     xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python benchmarks/gui_event_loop.py \
         --seconds 30 --json benchmarks/results/gui_event_loop.json
@@ -33,10 +33,10 @@ TICK_MS = 10
 
 def _make_run(root: Path, size: int, n: int, batch: int) -> Any:
     """A run folder with procedural labelled images and a from-scratch student config."""
-    from tskd import phantoms
     from tskd.config import RunConfig
-    from tskd.pipeline import export_dataset
-    from tskd.run_folder import prepare_run_dir
+    from tskd.data import phantoms
+    from tskd.pipeline.run_folder import prepare_run_dir
+    from tskd.pipeline.stages import export_dataset
 
     cfg = RunConfig(run_dir=str(root / "run"))
     cfg.data.labelled = str(root / "run" / "data")
@@ -117,11 +117,11 @@ def bench_thread(app: Any, viewer: Any, cfg: Any, seconds: float) -> dict[str, A
     """The same stage in a napari thread worker (heavy imports done in the main thread first)."""
     from napari.qt.threading import thread_worker
 
-    import tskd.finetune  # noqa: F401  (main thread: the timm-import trap)
-    import tskd.student  # noqa: F401
-    from tskd import pipeline
+    import tskd.models.student  # noqa: F401
+    import tskd.training.finetune  # noqa: F401  (main thread: the timm-import trap)
     from tskd.engine import CancelToken
     from tskd.errors import Cancelled
+    from tskd.pipeline import stages
 
     state: dict[str, Any] = {"step": None}
     cancel = CancelToken()
@@ -132,7 +132,7 @@ def bench_thread(app: Any, viewer: Any, cfg: Any, seconds: float) -> dict[str, A
     @thread_worker
     def train() -> None:
         with contextlib.suppress(Cancelled):
-            pipeline.stage_finetune_student(cfg, progress=progress, cancel=cancel)
+            stages.stage_finetune_student(cfg, progress=progress, cancel=cancel)
 
     worker = train()
     done = {"flag": False}

@@ -3,11 +3,12 @@
     OMP_NUM_THREADS=1 python benchmarks/inference_speed.py --threads 1
     python benchmarks/inference_speed.py --threads 2 --vit-b
 
-Every model segments one 256x256 grayscale image through `tskd.predict.Segmenter` (resize to the
-model's input size, normalise, forward, resize back, argmax): the median over `--repeats` runs
-after a warm-up. Weights do not change the time, so the teachers are random initialisations of
-the real architectures (no checkpoint is needed). "overhead" is the best segment() time minus
-the best bare forward of the student, interleaved so that both see the same machine load.
+Every model segments one 256x256 grayscale image through
+`tskd.inference.predict.Segmenter` (resize to the model's input size, normalise, forward,
+resize back, argmax): the median over `--repeats` runs after a warm-up. Weights do not change
+the time, so the teachers are random initialisations of the real architectures (no checkpoint
+is needed). "overhead" is the best segment() time minus the best bare forward of the student,
+interleaved so that both see the same machine load.
 Writes benchmarks/results/inference_speed_<threads>t.json.
 """
 
@@ -25,9 +26,9 @@ import numpy as np
 import torch
 
 from tskd.config import StudentConfig
-from tskd.predict import Segmenter
-from tskd.student import Student
-from tskd.teacher_model import SemanticSam, build_sam
+from tskd.inference.predict import Segmenter
+from tskd.models.student import Student
+from tskd.models.teacher import SemanticSam, build_sam
 
 RESULTS = Path(__file__).parent / "results"
 IMAGE = np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tskd import phantoms
-from tskd.metrics import evaluate
+from tskd.data import phantoms
+from tskd.inference.metrics import evaluate
 
 RESULTS = Path(__file__).parent / "results"
 GRIDS = (32, 64, 128, 256)

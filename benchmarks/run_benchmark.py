@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tskd.demo import LABELS, METHODS, run_demo
+from tskd.apps.demo import LABELS, METHODS, run_demo
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -17,7 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from tskd.demo import BUDGETS, METHODS, run_demo
+from tskd.apps.demo import BUDGETS, METHODS, run_demo
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tskd import phantoms
+from tskd.apps.demo import BUDGETS, demo_config
+from tskd.apps.pretraining_check import random_init_teacher
 from tskd.config import RunConfig
-from tskd.demo import BUDGETS, demo_config
-from tskd.predict import Segmenter, evaluate_folder
-from tskd.pretraining_check import random_init_teacher
-from tskd.teacher_lora import load_teacher
-from tskd.teacher_train import finetune_teacher
+from tskd.data import phantoms
+from tskd.inference.predict import Segmenter, evaluate_folder
+from tskd.models.lora import load_teacher
+from tskd.training.teacher import finetune_teacher
 
 RESULTS = Path(__file__).parent / "results" / "teacher_adaptation.json"
 RECIPES = ("lora", "lora+decoder", "random")
@@ -60,7 +60,7 @@ def _dev_dice(model: Any, input_size: int, num_classes: int, dev: Path) -> float
 
 def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, Any]:
     """Train the teacher one way on ``cfg``'s labels; Dice on ``dev`` and seconds."""
-    from tskd.pipeline import load_labelled_data
+    from tskd.pipeline.stages import load_labelled_data
 
     t0 = time.perf_counter()
     recipe, opts = parse_recipe(recipe)

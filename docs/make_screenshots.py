@@ -42,8 +42,8 @@ def _settle(app: Any, seconds: float = 0.3) -> None:
 
 
 def dice_per_slice(pred: np.ndarray, truth: np.ndarray) -> list[float]:
-    """Foreground Dice of each slice, as the benchmark scores it (``tskd.metrics``)."""
-    from tskd.metrics import evaluate
+    """Foreground Dice of each slice, as the benchmark scores it (``tskd.inference.metrics``)."""
+    from tskd.inference.metrics import evaluate
 
     names = [f"z{z}" for z in range(len(truth))]
     records = evaluate(list(pred), list(truth), names, num_classes=2).records
@@ -63,7 +63,7 @@ def paint_correction(layer: Any, z: int, truth: np.ndarray) -> int:
 
 def rankings_after(context: Any, stack: Any, truth: np.ndarray) -> dict[str, Any]:
     """Teacher and student Dice per slice, and both rankings of all slices (final models)."""
-    from tskd.predict import rank_for_annotation
+    from tskd.inference.predict import rank_for_annotation
 
     images = list(np.asarray(stack.data))
     student = context.models.get(context.paths().student, "cpu").segmenter
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_tskd._sample_data import N_UNLABELLED, SIZE
     from qtpy.QtWidgets import QApplication
 
-    from tskd import phantoms
+    from tskd.data import phantoms
 
     viewer = napari.Viewer(show=True, title="napari-tskd")
     app = QApplication.instance()

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 STAGE_FUNCTIONS = {
-    "teacher": "tskd.pipeline:stage_teacher",
-    "synthesize": "tskd.pipeline:stage_synthesize",
-    "distill": "tskd.pipeline:stage_distill",
-    "student": "tskd.pipeline:stage_finetune_student",
-    "pipeline": "tskd.pipeline:run_pipeline",
+    "teacher": "tskd.pipeline.stages:stage_teacher",
+    "synthesize": "tskd.pipeline.stages:stage_synthesize",
+    "distill": "tskd.pipeline.stages:stage_distill",
+    "student": "tskd.pipeline.stages:stage_finetune_student",
+    "pipeline": "tskd.pipeline.stages:run_pipeline",
 }
 PROGRESS_INTERVAL_S = 0.05  # at most ~20 reports a second reach the GUI (the last always does)
 

@@ -75,8 +75,8 @@ class RunContext(QObject):
         return cfg
 
     def paths(self) -> Any:
-        """``tskd.run_folder.RunPaths`` of the open run folder."""
-        from tskd.run_folder import RunPaths
+        """``tskd.pipeline.run_folder.RunPaths`` of the open run folder."""
+        from tskd.pipeline.run_folder import RunPaths
 
         return RunPaths(self.run_dir)
 
@@ -90,7 +90,7 @@ class RunContext(QObject):
         Raises ``TskdError`` (the caller shows it) before any process starts.
         """
         from tskd.config import to_dict
-        from tskd.run_folder import prepare_run_dir
+        from tskd.pipeline.run_folder import prepare_run_dir
 
         if self.runner.running:
             from tskd.errors import TskdError

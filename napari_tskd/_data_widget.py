@@ -122,14 +122,14 @@ class DataWidget(StageWidget):
             folder = self.labelled_folder.value
             if not folder:
                 return "choose a labelled folder"
-            from tskd import io
+            from tskd.data import io
 
             n = len(io.list_images(Path(folder) / "images")) if (
                 Path(folder) / "images").is_dir() else len(io.list_images(folder))
             classes_text = ""
         n_unl = sum(_layers.n_slices(layer) for layer in self.unlabelled_layers.value or [])
         if self.unlabelled_folder.value:
-            from tskd import io
+            from tskd.data import io
 
             n_unl += len(io.unlabelled_files(self.unlabelled_folder.value))
         n_val = _n_val(n, float(self.val_fraction.value))
@@ -156,17 +156,17 @@ class DataWidget(StageWidget):
     def _use_data(self) -> None:
         from napari_tskd._export import export_labelled, export_unlabelled
         from tskd.errors import TskdInputError
-        from tskd.run_folder import check_run_dir_inputs, prepare_run_dir, run_lock
+        from tskd.pipeline.run_folder import check_run_dir_inputs, prepare_run_dir, run_lock
 
         # read everything first, so a bad input changes nothing on disk; labels go through the
-        # backend's one label policy (tskd.label_policy), its notes shown as warnings
+        # backend's one label policy (tskd.data.label_policy), its notes shown as warnings
         ignore_label = None
         if self.source.value == "layers":
             images, labels, names = _layers.labelled_slices(self.image.value, self.labels.value)
             class_names = self.labels.value.metadata.get("class_names")
             _check_layer_labels(labels, class_names, self.labels.value.name)
         else:
-            from tskd import io
+            from tskd.data import io
 
             if not self.labelled_folder.value:
                 raise TskdInputError("no labelled folder chosen")
@@ -207,7 +207,7 @@ class DataWidget(StageWidget):
             prepare_run_dir(cfg, overwrite=bool(self.overwrite.value))
             export_labelled(images, labels, names, run_dir, class_names, ignore_label)
             if unl_images:
-                from tskd import io
+                from tskd.data import io
 
                 extra = io.unlabelled_files(unl_folder) if unl_folder else []
                 export_unlabelled(unl_images, unl_names, run_dir / UNLABELLED_DIR, extra)
@@ -233,7 +233,7 @@ def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> None
     """Apply the label policy to a Labels layer's slices: refuse what training would refuse
     (too many values, huge ids, values outside declared classes) before anything is written,
     and show its notes (e.g. the map of ids with gaps) as warnings."""
-    from tskd import label_policy
+    from tskd.data import label_policy
 
     values = [label_policy.distinct_values(lab) for lab in labels]
     for v in values:
@@ -252,7 +252,7 @@ def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> None
 
 def layer_classes_text(data: Any) -> str:
     """The classes of a Labels layer as the label policy reads them (for the summary)."""
-    from tskd import label_policy
+    from tskd.data import label_policy
     from tskd.errors import TskdError
 
     values = label_policy.distinct_values(np.asarray(data))
@@ -272,6 +272,6 @@ def layer_classes_text(data: Any) -> str:
 
 
 def _n_val(n: int, fraction: float) -> int:
-    """Validation images the backend keeps out: ``tskd.data.split_train_val``'s rule, restated
-    here so the summary needs no torch import (a test checks that the two agree)."""
+    """Validation images the backend keeps out: ``tskd.data.dataset.split_train_val``'s rule,
+    restated here so the summary needs no torch import (a test checks that the two agree)."""
     return 0 if n < 4 or fraction <= 0 else max(1, round(n * fraction))

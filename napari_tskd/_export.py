@@ -50,9 +50,9 @@ def export_labelled(
 
     ``class_names`` (a list, background first, index = label value; or ``{value: name}``)
     and ``ignore_label`` go into ``data/dataset.json`` in nnU-Net's form, where
-    ``tskd.label_policy`` reads them as the declared class map (used as given).
+    ``tskd.data.label_policy`` reads them as the declared class map (used as given).
     """
-    from tskd.pipeline import export_dataset
+    from tskd.pipeline.stages import export_dataset
 
     data = run_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def export_unlabelled(
 ) -> Path:
     """Write unlabelled images (from Image layers) as tif files, plus copies of ``extra_files``,
     into ``folder`` (which then holds exactly these)."""
-    from tskd import io
+    from tskd.data import io
 
     tmp = folder.parent / (folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -137,7 +137,8 @@ def add_corrected(image: np.ndarray, label: np.ndarray, name: str, run_dir: Path
     ``source`` (layer name and slice) is recorded in ``data/corrections.json`` so a later
     correction of another layer never takes this one's name (see ``correction_name``).
     """
-    from tskd import atomic, io
+    from tskd import atomic
+    from tskd.data import io
 
     data = run_dir / "data"
     (data / "images").mkdir(parents=True, exist_ok=True)

@@ -51,9 +51,9 @@ def spatial_shape(layer: Any) -> tuple[int, ...]:
 
 
 def layer_axes(layer: Any) -> Any:
-    """How the layer's axes are read (``tskd.io.image_axes`` with napari's ``rgb`` flag as the
+    """How the layer's axes are read (``tskd.data.io.image_axes`` with napari's ``rgb`` flag as the
     metadata: the colour axis is last, every other axis spatial, as napari displays it)."""
-    from tskd import io
+    from tskd.data import io
 
     return io.image_axes(layer.data.shape, rgb=is_rgb(layer), where=f"layer '{layer.name}'")
 

@@ -158,7 +158,7 @@ class LoopWidget(StageWidget):
         from napari.qt.threading import thread_worker
 
         from tskd.errors import TskdInputError
-        from tskd.predict import rank_for_annotation
+        from tskd.inference.predict import rank_for_annotation
 
         if self._worker is not None:
             return

@@ -1,4 +1,4 @@
-"""Loading a model bundle (student or teacher folder) into a ``tskd.predict.Segmenter``.
+"""Loading a model bundle (student or teacher folder) into a ``tskd.inference.predict.Segmenter``.
 
 Called in the GUI thread: torch and timm are imported there, before any worker thread segments,
 and after ``_torch_guard.prepare_torch_import`` (importing Triton after napari's OpenGL context
@@ -16,7 +16,7 @@ import numpy as np
 
 @dataclass
 class LoadedModel:
-    segmenter: Any  # tskd.predict.Segmenter
+    segmenter: Any  # tskd.inference.predict.Segmenter
     meta: dict[str, Any]
     name: str  # e.g. "run1/student": names the prediction layer
     folder: Path
@@ -36,12 +36,12 @@ def load(folder: str | Path, device: str = "auto") -> LoadedModel:
 
     prepare_torch_import()
     from tskd.errors import TskdInputError
-    from tskd.predict import segmenter_from_bundle
+    from tskd.inference.predict import segmenter_from_bundle
 
     folder = Path(folder)
     if not (folder / "meta.json").is_file():
         raise TskdInputError(f"no model in {folder} (meta.json missing); train it first")
-    from tskd.label_policy import LabelMap
+    from tskd.data.label_policy import LabelMap
 
     segmenter: Any
     segmenter, meta = segmenter_from_bundle(folder, device=device)  # tiles at training scale
@@ -72,7 +72,7 @@ class ValueSegmenter:
 
 def label_values(meta: dict[str, Any]) -> tuple[int, ...]:
     """The label value of each class of a model (class indices for bundles without a map)."""
-    from tskd.label_policy import LabelMap
+    from tskd.data.label_policy import LabelMap
 
     return LabelMap.from_meta(meta).values
 

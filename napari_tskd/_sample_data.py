@@ -1,5 +1,5 @@
 """File > Open Sample: the procedural tasks as a labelled stack, its labels and an unlabelled
-stack (images from ``tskd.phantoms``; nothing is downloaded)."""
+stack (images from ``tskd.data.phantoms``; nothing is downloaded)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ SIZE = 256
 def make_sample(task: str, n_labelled: int = N_LABELLED, n_unlabelled: int = N_UNLABELLED,
                 size: int = SIZE) -> list[tuple[Any, dict[str, Any], str]]:
     """Layer data: '<task>' image stack + '<task> labels', and '<task> unlabelled' stack."""
-    from tskd import phantoms
+    from tskd.data import phantoms
 
     labelled = phantoms.generate(task, n_labelled, size=size, seed=0)
     unlabelled = phantoms.generate(task, n_unlabelled, size=size, seed=1)

@@ -91,7 +91,7 @@ class TransferWidget(StageWidget):
 
     def show_images(self, *_: Any, paths: list[Path] | None = None) -> Any:
         """Put the synthetic images into one image-stack layer (replacing our own earlier one)."""
-        from tskd import io
+        from tskd.data import io
 
         if paths is None:
             folder = self.context.paths().synthetic

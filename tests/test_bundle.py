@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import tskd
-from tskd import bundle
 from tskd.config import StudentConfig
 from tskd.errors import CheckpointError
-from tskd.student import Student
+from tskd.inference import bundle
+from tskd.models.student import Student
 
 SIZE = 32
 
@@ -108,7 +108,7 @@ def test_weights_of_another_architecture_raise(saved: tuple[Student, Path], tmp_
 
 
 def test_load_model_delegates_teachers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from tskd import teacher
+    from tskd.models import lora
 
     calls = []
     sentinel = torch.nn.Identity()
@@ -117,7 +117,7 @@ def test_load_model_delegates_teachers(tmp_path: Path, monkeypatch: pytest.Monke
         calls.append(Path(folder))
         return sentinel
 
-    monkeypatch.setattr(teacher, "load_teacher", fake_load_teacher)
+    monkeypatch.setattr(lora, "load_teacher", fake_load_teacher)
     (tmp_path / "meta.json").write_text(json.dumps({
         "kind": "teacher", "num_classes": 2, "input_size": 64, "model_type": "mini",
         "checkpoint": "builtin", "checkpoint_sha256": "0" * 64, "lora": {"rank": 2},

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tiny_setup import TINY_SIZE, write_tiny_sam, write_tiny_task
-from tskd import io
-from tskd.cli import main
+from tskd.apps.cli import main
+from tskd.data import io
 
 SUBCOMMANDS = ("finetune-teacher", "synthesize", "distill", "finetune-student", "predict",
                "evaluate", "check-data", "run", "export-onnx", "pretrain-mini", "make-sample-data",
@@ -39,7 +39,7 @@ def _one_error_line(capsys: pytest.CaptureFixture, *fragments: str) -> None:
 
 
 def test_help_lists_every_subcommand() -> None:
-    out = subprocess.run([sys.executable, "-m", "tskd.cli", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "tskd", "--help"], capture_output=True,
                          text=True, check=True).stdout
     for cmd in SUBCOMMANDS:
         assert cmd in out
@@ -147,7 +147,7 @@ def test_bad_config_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_progress_bar_restarts_for_each_model_of_one_stage(capsys) -> None:
     """The demo fine-tunes three students in a row: each gets its own bar (and its own rate)."""
-    from tskd.cli import _TqdmProgress
+    from tskd.apps.cli import _TqdmProgress
     from tskd.engine import Progress
 
     bars = _TqdmProgress()

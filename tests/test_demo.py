@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tiny_setup import TINY_SIZE, tiny_config, write_tiny_sam
-from tskd import demo
+from tskd.apps import demo
 from tskd.config import RunConfig, from_dict
 
 
@@ -59,7 +59,7 @@ def test_random_init_baseline_is_drawn_from_the_run_seed(tmp_path: Path) -> None
     """Re-runs of the pretraining check start from the same weights, whatever came before."""
     import torch
 
-    from tskd.pretraining_check import random_init_model
+    from tskd.apps.pretraining_check import random_init_model
 
     cfg = from_dict(RunConfig, tiny_config(tmp_path, write_tiny_sam(tmp_path / "sam.safetensors"),
                                            tmp_path / "run"))

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import tskd.distill as distill_mod
+import tskd.training.distill as distill_mod
 from tskd.config import DistillConfig, StudentConfig, TrainConfig
 from tskd.engine import CancelToken, TrainResult
 from tskd.errors import Cancelled, TskdInputError
-from tskd.student import Student
-from tskd.teacher_cache import TeacherCache
+from tskd.models.student import Student
+from tskd.training.teacher_cache import TeacherCache
 
 TINY = StudentConfig(embed_dim=32, depth=2, num_heads=2, patch_size=8, decoder_channels=16)
 S = 32  # student size
@@ -26,11 +26,12 @@ TS = 64  # teacher input size (another grid: 8x8 against the student's 4x4)
 
 @pytest.fixture(autouse=True)
 def _data_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until ``tskd.data`` exists, a minimal stand-in with the contract's ``image_to_tensor``."""
+    """Until ``tskd.data.dataset`` exists, a minimal stand-in with the contract's
+    ``image_to_tensor``."""
     try:
-        import tskd.data  # noqa: F401
+        import tskd.data.dataset  # noqa: F401
     except ImportError:
-        mod = types.ModuleType("tskd.data")
+        mod = types.ModuleType("tskd.data.dataset")
 
         def image_to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
             a = np.asarray(image, dtype=np.float32) / 255.0
@@ -39,7 +40,7 @@ def _data_module(monkeypatch: pytest.MonkeyPatch) -> None:
             return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0]
 
         mod.image_to_tensor = image_to_tensor
-        monkeypatch.setitem(sys.modules, "tskd.data", mod)
+        monkeypatch.setitem(sys.modules, "tskd.data.dataset", mod)
 
 
 class FakeTeacher(nn.Module):
@@ -209,7 +210,7 @@ def test_flips_keep_teacher_maps_aligned(tmp_path: Path, monkeypatch: pytest.Mon
     distill_mod.distill(PoolTeacher(), _images(), cfg, _student(), teacher_input_size=S,
                         teacher_id="pool", cache_dir=tmp_path)
     data = captured[0].dataset()
-    from tskd.data import image_to_tensor
+    from tskd.data.dataset import image_to_tensor
 
     flipped = 0
     torch.manual_seed(0)

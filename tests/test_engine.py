@@ -121,8 +121,8 @@ class _SegTask:
     def __init__(self) -> None:
         import numpy as np
 
-        from tskd.data import LabelledDataset
-        from tskd.io import Sample
+        from tskd.data.dataset import LabelledDataset
+        from tskd.data.io import Sample
 
         rng = np.random.default_rng(0)
         samples = []

@@ -16,8 +16,8 @@ from torch import nn
 from tskd.config import StudentConfig, TrainConfig
 from tskd.engine import CancelToken
 from tskd.errors import Cancelled, TskdInputError
-from tskd.finetune import finetune_student, validate
-from tskd.student import Student
+from tskd.models.student import Student
+from tskd.training.finetune import finetune_student, validate
 
 S = 32
 
@@ -30,7 +30,7 @@ def _tiny(epochs: int = 6, lr: float = 1e-2) -> StudentConfig:
 
 
 @dataclass
-class _Sample:  # the contract's tskd.io.Sample
+class _Sample:  # the contract's tskd.data.io.Sample
     name: str
     image: np.ndarray
     label: np.ndarray | None
@@ -38,11 +38,12 @@ class _Sample:  # the contract's tskd.io.Sample
 
 @pytest.fixture(autouse=True)
 def _data_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until ``tskd.data`` exists, a minimal stand-in (no augmentation) with the contract's API."""
+    """Until ``tskd.data.dataset`` exists, a minimal stand-in (no augmentation) with the
+    contract's API."""
     try:
-        import tskd.data  # noqa: F401
+        import tskd.data.dataset  # noqa: F401
     except ImportError:
-        mod = types.ModuleType("tskd.data")
+        mod = types.ModuleType("tskd.data.dataset")
 
         def image_to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
             a = np.asarray(image, dtype=np.float32) / 255.0
@@ -69,7 +70,7 @@ def _data_module(monkeypatch: pytest.MonkeyPatch) -> None:
         mod.image_to_tensor, mod.label_to_tensor = image_to_tensor, label_to_tensor
         mod.LabelledDataset = LabelledDataset
         mod.num_classes = lambda samples: max(2, max(int(s.label.max()) for s in samples) + 1)
-        monkeypatch.setitem(sys.modules, "tskd.data", mod)
+        monkeypatch.setitem(sys.modules, "tskd.data.dataset", mod)
 
 
 def _samples(n: int, seed: int = 0, classes: int = 2) -> list[_Sample]:

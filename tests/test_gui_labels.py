@@ -1,4 +1,4 @@
-"""The data widget reads labels through the one label policy (tskd.label_policy).
+"""The data widget reads labels through the one label policy (tskd.data.label_policy).
 
 The widget only lists the viewer's layers, so these tests give it napari layers in a stand-in
 viewer: they need Qt but no OpenGL canvas.
@@ -46,7 +46,7 @@ def _pair(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
 def test_layer_labels_with_gaps_show_the_map(make_viewer, tskd_gui_env, notes) -> None:
     from napari_tskd._data_widget import DataWidget
 
-    from tskd import io
+    from tskd.data import io
 
     img, lab = _pair()
     w = DataWidget(make_viewer(*_layers(img, lab)))
@@ -76,7 +76,7 @@ def test_folder_with_0_255_and_0_1_masks_exports_two_classes(make_viewer, tskd_g
                                                             tmp_path: Path, notes) -> None:
     from napari_tskd._data_widget import DataWidget
 
-    from tskd import io
+    from tskd.data import io
 
     src = tmp_path / "src"
     img, lab = _pair()
@@ -103,9 +103,9 @@ def test_loaded_model_segments_with_the_users_label_values(tmp_path: Path) -> No
     """The Segment and Loop widgets show (and corrections keep) label values 0, 1, 5."""
     from napari_tskd._models import ValueSegmenter, label_values, load
 
-    from tskd import bundle
     from tskd.config import StudentConfig
-    from tskd.student import Student
+    from tskd.inference import bundle
+    from tskd.models.student import Student
 
     student = Student(StudentConfig(embed_dim=16, depth=1, num_heads=2, decoder_channels=8), 3,
                       32)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.usefixtures("tskd_gui_env")
-for _module in ("tskd.io", "tskd.data", "tskd.phantoms", "tskd.finetune", "tskd.distill",
-                "tskd.synth", "tskd.teacher", "tskd.predict", "tskd.bundle"):
+for _module in ("tskd.data.io", "tskd.data.dataset", "tskd.data.phantoms",
+                "tskd.training.finetune", "tskd.training.distill", "tskd.training.synthesize",
+                "tskd.training.teacher", "tskd.inference.predict", "tskd.inference.bundle"):
     pytest.importorskip(_module)
 
 SIZE = 64
@@ -24,7 +25,7 @@ TINY_STUDENT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_channels":
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A random tiny SAM saved like the built-in mini weights (the pipeline takes its path)."""
-    from tskd.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
+    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
 
     path = tmp_path_factory.mktemp("sam") / "tiny.safetensors"
     return save_mini_sam(build_mini_sam(MiniSamConfig.tiny()), MiniSamConfig.tiny(), path,
@@ -32,7 +33,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 def _viewer_with_task(make_napari_viewer):
-    from tskd import phantoms
+    from tskd.data import phantoms
 
     viewer = make_napari_viewer()
     pairs = phantoms.generate("kidney_us", 6, size=SIZE, seed=0)
@@ -161,9 +162,9 @@ def test_background_segmentation_in_fresh_interpreter(tmp_path) -> None:
     """The import trap, in a fresh napari process: the first timm import (-> torchvision ->
     torch._dynamo -> triton) after napari's OpenGL context exists segfaulted on Mesa llvmpipe
     (two LLVMs in one process), whatever the thread; then the stack is segmented in a worker."""
-    from tskd import bundle
     from tskd.config import StudentConfig
-    from tskd.student import Student
+    from tskd.inference import bundle
+    from tskd.models.student import Student
 
     cfg = StudentConfig(**TINY_STUDENT)
     bundle.save_student(Student(cfg, 2, SIZE), tmp_path / "student",

@@ -95,9 +95,9 @@ def test_main_widget_tabs_share_one_run_context(make_napari_viewer, tmp_path) ->
 
 
 def test_data_from_layers_writes_run_folder(make_napari_viewer, tskd_gui_env, notes) -> None:
-    pytest.importorskip("tskd.io")
-    from tskd import io
+    pytest.importorskip("tskd.data.io")
     from tskd.config import load_config
+    from tskd.data import io
 
     viewer = make_napari_viewer()
     img, lab = _stack()
@@ -293,11 +293,11 @@ def test_segment_without_model_notifies(make_napari_viewer, notes) -> None:
 
 def test_loop_add_and_suggest(make_napari_viewer, fake_model, tskd_gui_env, monkeypatch,
                               notes) -> None:
-    pytest.importorskip("tskd.io")
+    pytest.importorskip("tskd.data.io")
     from napari_tskd._data_widget import DataWidget
     from napari_tskd._loop_widget import LoopWidget
 
-    import tskd.predict
+    import tskd.inference.predict
 
     viewer = make_napari_viewer()
     img, lab = _stack(z=5)
@@ -327,7 +327,7 @@ def test_loop_add_and_suggest(make_napari_viewer, fake_model, tskd_gui_env, monk
         seen["n"] = len(images)
         return [(1, 0.9), (0, 0.1)]
 
-    monkeypatch.setattr(tskd.predict, "rank_for_annotation", fake_rank)
+    monkeypatch.setattr(tskd.inference.predict, "rank_for_annotation", fake_rank)
     loop.suggest()
     assert loop.wait(30)
     assert seen["n"] == 2  # slices 1 and 3 are labelled, slice 2 corrected
@@ -338,7 +338,7 @@ def test_loop_add_and_suggest(make_napari_viewer, fake_model, tskd_gui_env, monk
 
 
 def test_sample_data_opens(make_napari_viewer) -> None:
-    pytest.importorskip("tskd.phantoms")
+    pytest.importorskip("tskd.data.phantoms")
     viewer = make_napari_viewer()
     viewer.open_sample("napari-tskd", "kidney_us")
     names = [layer.name for layer in viewer.layers]
@@ -349,7 +349,7 @@ def test_sample_data_opens(make_napari_viewer) -> None:
 
 @pytest.mark.parametrize("task", ["skin_lesion", "ct_abdomen"])
 def test_sample_layers_per_task(task) -> None:
-    pytest.importorskip("tskd.phantoms")
+    pytest.importorskip("tskd.data.phantoms")
     from napari_tskd._sample_data import make_sample
 
     (img, img_kw, kind), (lab, lab_kw, lkind), (_rest, rest_kw, _) = make_sample(
@@ -363,10 +363,10 @@ def test_sample_layers_per_task(task) -> None:
 
 
 def test_split_summary_agrees_with_backend() -> None:
-    pytest.importorskip("tskd.data")
+    pytest.importorskip("tskd.data.dataset")
     from napari_tskd._data_widget import _n_val
 
-    from tskd.data import split_train_val
+    from tskd.data.dataset import split_train_val
 
     for n in range(0, 30):
         for fraction in (0.0, 0.1, 0.2, 0.25, 0.5):
@@ -454,7 +454,7 @@ def _own_job(widget):
 def test_loop_corrections_of_layers_whose_names_collide_are_both_kept(
         make_napari_viewer, tskd_gui_env, notes) -> None:
     """`case 1` and `case.1` sanitise alike: their corrections get two files, not one."""
-    pytest.importorskip("tskd.io")
+    pytest.importorskip("tskd.data.io")
     from napari_tskd._data_widget import DataWidget
     from napari_tskd._loop_widget import LoopWidget
 
@@ -474,7 +474,7 @@ def test_loop_corrections_of_layers_whose_names_collide_are_both_kept(
     labels = tskd_gui_env / "data" / "labels"
     assert sorted(p.name for p in labels.glob("corrected_*")) == [
         "corrected_case_1.tif", "corrected_case_1_2.tif"]
-    from tskd import io
+    from tskd.data import io
 
     assert io.read_label(labels / "corrected_case_1.tif").max() == 1
     assert io.read_label(labels / "corrected_case_1_2.tif").max() == 2

@@ -1,4 +1,5 @@
-"""tskd.io: files, layouts (images/+labels/, nnU-Net raw), stacks, one clear error per bad input."""
+"""tskd.data.io: files, layouts (images/+labels/, nnU-Net raw), stacks, one clear error per bad
+input."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tskd import io
+from tskd.data import io
 from tskd.errors import TskdInputError, TskdWarning
 
 RNG = np.random.default_rng(0)

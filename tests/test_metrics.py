@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tskd.errors import TskdInputError
-from tskd.metrics import EMPTY_POLICY, evaluate, evaluate_folders, write_report
+from tskd.inference.metrics import EMPTY_POLICY, evaluate, evaluate_folders, write_report
 
 
 def _rec(report, image, cls=1):
@@ -145,7 +145,7 @@ def test_write_report_json_and_csv(tmp_path: Path):
 
 
 def test_evaluate_folders_matches_by_stem(tmp_path: Path):
-    from tskd import io
+    from tskd.data import io
 
     gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
     gt_dir.mkdir()

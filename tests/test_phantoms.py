@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tskd import phantoms
+from tskd.data import phantoms
 from tskd.errors import TskdInputError
 
 TASK_NAMES = ["kidney_us", "skin_lesion", "retina_vessels", "ct_abdomen"]
@@ -97,7 +97,7 @@ def test_write_task_folders(tmp_path: Path) -> None:
     # splits come from disjoint index ranges: no test image equals a training image
     tests = [tifffile.imread(p) for p in sorted((root / "test" / "images").iterdir())]
     assert all(not np.array_equal(t, tifffile.imread(p)) for t in tests for p in train)
-    from tskd import io
+    from tskd.data import io
 
     assert io.class_names(root / "train") == list(phantoms.TASKS["ct_abdomen"].class_names)
     assert io.class_names(root / "test")[2] == "kidney"
@@ -138,9 +138,9 @@ def test_pretraining_code_is_separate_from_targets() -> None:
     import ast
     import inspect
 
-    from tskd import phantoms_pretrain
+    from tskd.data.phantoms import pretraining
 
-    tree = ast.parse(inspect.getsource(phantoms_pretrain))
+    tree = ast.parse(inspect.getsource(pretraining))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not any(m and m.startswith("tskd") for m in imported), imported

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from tiny_setup import tiny_config, write_config, write_tiny_sam, write_tiny_task
-from tskd import io
-from tskd.cli import main
+from tskd.apps.cli import main
 from tskd.config import RunConfig, from_dict
+from tskd.data import io
 from tskd.errors import RunFolderError
-from tskd.run_folder import prepare_run_dir, record_files
+from tskd.pipeline.run_folder import prepare_run_dir, record_files
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +100,13 @@ def test_a_stage_killed_after_writing_its_weights_is_not_taken_as_done(
         tiny: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed between its new weights and its stage.json, a stage must run again even when the
     user goes back to the inputs the old stage.json was made from."""
-    from tskd import pipeline, teacher
+    from tskd.pipeline import stages
+    from tskd.training import teacher
 
     raw = json.loads(json.dumps(tiny["cfg"])) | {"run_dir": str(tiny["root"] / "killed")}
     cfg = from_dict(RunConfig, raw)
     prepare_run_dir(cfg)
-    assert not pipeline.stage_teacher(cfg).get("skipped")
+    assert not stages.stage_teacher(cfg).get("skipped")
     adapter = Path(cfg.run_dir) / "teacher" / "adapter.safetensors"
     first = adapter.read_bytes()
 
@@ -119,11 +120,11 @@ def test_a_stage_killed_after_writing_its_weights_is_not_taken_as_done(
 
     monkeypatch.setattr(teacher, "finetune_teacher", killed_after_writing)
     with pytest.raises(RuntimeError, match="killed before stage.json"):
-        pipeline.stage_teacher(from_dict(RunConfig, raw2))
+        stages.stage_teacher(from_dict(RunConfig, raw2))
     assert adapter.read_bytes() != first  # the new weights are on disk ...
     assert not (adapter.parent / "stage.json").exists()  # ... and no marker vouches for them
     monkeypatch.undo()
-    again = pipeline.stage_teacher(cfg)  # back to the first inputs: trained again, not skipped
+    again = stages.stage_teacher(cfg)  # back to the first inputs: trained again, not skipped
     assert not again.get("skipped")
     assert adapter.read_bytes() == first  # same seed, same weights (bit for bit on the CPU)
 
@@ -131,10 +132,10 @@ def test_a_stage_killed_after_writing_its_weights_is_not_taken_as_done(
 def test_resume_refuses_a_checkpoint_made_from_other_inputs(
         tiny: dict, tmp_path: Path) -> None:
     """A teacher cancelled on one labelled set must not be resumed on another one."""
-    from tskd import pipeline
+    from tskd.data.phantoms import write_task_folders
     from tskd.engine import CancelToken
     from tskd.errors import Cancelled
-    from tskd.phantoms import write_task_folders
+    from tskd.pipeline import stages
 
     raw = json.loads(json.dumps(tiny["cfg"])) | {"run_dir": str(tmp_path / "run")}
     raw["teacher"]["train"] = raw["teacher"]["train"] | {"epochs": 3}
@@ -147,7 +148,7 @@ def test_resume_refuses_a_checkpoint_made_from_other_inputs(
             token.cancel()
 
     with pytest.raises(Cancelled):
-        pipeline.stage_teacher(cfg, progress=stop, cancel=token)
+        stages.stage_teacher(cfg, progress=stop, cancel=token)
     ckpts = Path(cfg.run_dir) / "checkpoints" / "teacher"
     assert (ckpts / "ckpt" / "manifest.json").is_file()
 
@@ -155,9 +156,9 @@ def test_resume_refuses_a_checkpoint_made_from_other_inputs(
     raw_other = json.loads(json.dumps(raw))
     raw_other["data"]["labelled"] = str(other / "train")
     with pytest.raises(RunFolderError, match="made from other inputs"):
-        pipeline.stage_teacher(from_dict(RunConfig, raw_other), resume=True)
+        stages.stage_teacher(from_dict(RunConfig, raw_other), resume=True)
     assert (ckpts / "ckpt" / "manifest.json").is_file()  # the refusal keeps the checkpoint
-    result = pipeline.stage_teacher(cfg, resume=True)  # the same inputs resume
+    result = stages.stage_teacher(cfg, resume=True)  # the same inputs resume
     assert not result.get("skipped")
 
 
@@ -165,8 +166,9 @@ def test_full_disk_at_the_final_write_keeps_the_training(
         tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills when the student is written: its finished training is kept, and
     --resume writes the same student without training again."""
-    from tskd import bundle, pipeline
     from tskd.errors import DiskFullError
+    from tskd.inference import bundle
+    from tskd.pipeline import stages
 
     raw = json.loads(json.dumps(tiny["cfg"])) | {"run_dir": str(tmp_path / "run")}
     raw["student"]["from_scratch"] = True
@@ -179,12 +181,12 @@ def test_full_disk_at_the_final_write_keeps_the_training(
 
     monkeypatch.setattr(bundle, "save_student", full)
     with pytest.raises(DiskFullError):
-        pipeline.stage_finetune_student(cfg)
+        stages.stage_finetune_student(cfg)
     ckpt = Path(cfg.run_dir) / "checkpoints" / "student" / "ckpt"
     assert (ckpt / "manifest.json").is_file()  # the finished training survives
     monkeypatch.setattr(bundle, "save_student", real)
     steps: list[int] = []
-    result = pipeline.stage_finetune_student(cfg, resume=True,
+    result = stages.stage_finetune_student(cfg, resume=True,
                                              progress=lambda p: steps.append(p.step))
     assert not result.get("skipped") and steps == []  # written, not trained again
     assert not ckpt.exists()  # cleared once the student is on disk
@@ -195,7 +197,7 @@ def test_full_disk_at_the_final_write_keeps_the_training(
     raw2 = json.loads(json.dumps(raw)) | {"run_dir": str(tmp_path / "straight")}
     cfg2 = from_dict(RunConfig, raw2)
     prepare_run_dir(cfg2)
-    pipeline.stage_finetune_student(cfg2)
+    stages.stage_finetune_student(cfg2)
     straight = load_file(Path(cfg2.run_dir) / "student" / "model.safetensors")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)  # bit for bit

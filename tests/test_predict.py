@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tskd.errors import TskdInputError
-from tskd.predict import Segmenter, is_stack_guess, predict_paths, rank_for_annotation
+from tskd.inference.predict import Segmenter, is_stack_guess, predict_paths, rank_for_annotation
 
 
 class Counting(nn.Module):
@@ -49,7 +49,7 @@ class Threshold(nn.Module):
 
 
 def _float_rgb(image: np.ndarray) -> torch.Tensor:
-    from tskd.data import to_float_rgb
+    from tskd.data.dataset import to_float_rgb
 
     return torch.from_numpy(np.ascontiguousarray(to_float_rgb(image))).permute(2, 0, 1)[None]
 
@@ -188,7 +188,7 @@ def test_rank_by_teacher_student_disagreement():
 
 
 def test_predict_paths_writes_png_and_tif(tmp_path: Path):
-    from tskd import io
+    from tskd.data import io
 
     src = tmp_path / "in"
     src.mkdir()

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from tskd import pretrain
 from tskd.engine import CancelToken
 from tskd.errors import Cancelled, TskdInputError
-from tskd.mini_sam import MiniSamConfig
+from tskd.models.mini_sam import MiniSamConfig
+from tskd.training import pretrain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -62,7 +62,7 @@ def test_bad_config() -> None:
 def test_pretrain_tiny_writes_loadable_weights(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from tskd import teacher
+    from tskd.models.teacher import SemanticSam, build_sam
 
     cfg = _cfg(steps=40, lr=5e-3)
     ds = pretrain.PromptDataset(8, 64, 2, seed=99)  # a fixed batch the run never sees
@@ -86,7 +86,7 @@ def test_pretrain_tiny_writes_loadable_weights(tmp_path: Path) -> None:
     assert rec["tskd_version"] and "git_commit" in rec
     assert rec["pretrain_config"]["model"]["embed_dim"] == 32
 
-    sam = teacher.build_sam("mini", checkpoint=weights, input_size=64)
+    sam = build_sam("mini", checkpoint=weights, input_size=64)
     for k, v in sam.state_dict().items():
         assert torch.equal(v, sd[k].to(v.dtype)), k
     fresh = pretrain.build_model(_cfg()).sam.state_dict()
@@ -96,7 +96,7 @@ def test_pretrain_tiny_writes_loadable_weights(tmp_path: Path) -> None:
         after = float(pretrain.PromptableSam(sam)(batch)["loss"])
     assert after < before - 0.05, f"the loss on unseen scenes falls ({before:.3f} -> {after:.3f})"
     with torch.no_grad():
-        out = teacher.SemanticSam(sam, 3)(torch.rand(1, 3, 64, 64))
+        out = SemanticSam(sam, 3)(torch.rand(1, 3, 64, 64))
     assert out.shape == (1, 3, 64, 64)
 
 

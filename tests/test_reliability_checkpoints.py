@@ -228,7 +228,7 @@ def train(task, cfg, *, progress=None, **kw):
             progress(x)
     return orig(task, cfg, progress=p, **kw)
 engine.train = train
-from tskd.cli import main
+from tskd.apps.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -251,7 +251,7 @@ def _student_config(tiny: dict, run: str) -> Path:
 def test_student_stage_killed_mid_epoch_resumes_to_identical_weights(tiny: dict) -> None:
     from safetensors.torch import load_file
 
-    from tskd.cli import main
+    from tskd.apps.cli import main
 
     args = ["finetune-student", "--from-scratch", "--device", "cpu"]
     assert main([*args, "--config", str(_student_config(tiny, "full"))]) == 0

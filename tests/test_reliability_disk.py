@@ -124,41 +124,42 @@ def test_temp_files_of_a_killed_writer_are_removed_on_the_next_write(tmp_path: P
 # ------------------------------------------------------------------------ every writer
 def _student(version: int) -> torch.nn.Module:
     from tskd.config import StudentConfig
-    from tskd.student import Student
+    from tskd.models.student import Student
 
     torch.manual_seed(version)
     return Student(StudentConfig(embed_dim=32, depth=1, num_heads=2, decoder_channels=8), 2, 32)
 
 
 def _write_student(folder: Path, version: int) -> None:
-    from tskd import bundle
+    from tskd.inference import bundle
 
     bundle.save_student(_student(version), folder, {"version": version})
 
 
 def _write_teacher(folder: Path, version: int) -> None:
     from tiny_setup import write_tiny_sam
-    from tskd import teacher
     from tskd.config import LoraSettings
+    from tskd.models.lora import apply_lora, save_teacher
+    from tskd.models.teacher import SemanticSam, build_sam
 
     sam_path = folder.parent / "sam" / "tiny_sam.safetensors"
     if not sam_path.is_file():
         write_tiny_sam(sam_path)
     torch.manual_seed(version)
-    model = teacher.apply_lora(
-        teacher.SemanticSam(teacher.build_sam("mini", sam_path, 64), 2), LoraSettings(rank=2))
-    teacher.save_teacher(model, folder, {"lora": LoraSettings(rank=2), "version": version})
+    model = apply_lora(
+        SemanticSam(build_sam("mini", sam_path, 64), 2), LoraSettings(rank=2))
+    save_teacher(model, folder, {"lora": LoraSettings(rank=2), "version": version})
 
 
 def _write_diffusion(folder: Path, version: int) -> None:
-    from tskd.synth_model import build_train_scheduler, build_unet, save_model
+    from tskd.models.diffusion import build_train_scheduler, build_unet, save_model
 
     torch.manual_seed(version)
     save_model(build_unet(16, 1, 8), build_train_scheduler(), folder, {"version": version})
 
 
 def _write_mini_sam(folder: Path, version: int) -> None:
-    from tskd.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
+    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
 
     torch.manual_seed(version)
     cfg = MiniSamConfig.tiny()
@@ -167,7 +168,7 @@ def _write_mini_sam(folder: Path, version: int) -> None:
 
 
 def _write_metrics(folder: Path, version: int) -> None:
-    from tskd import metrics
+    from tskd.inference import metrics
 
     gt = np.zeros((8, 8), np.uint8)
     gt[2:5, 2:5] = 1
@@ -176,7 +177,7 @@ def _write_metrics(folder: Path, version: int) -> None:
 
 
 def _write_prediction(folder: Path, version: int) -> None:
-    from tskd import io
+    from tskd.data import io
 
     io.write_label(folder / "case.png", np.full((8, 8), version, np.uint8))
     io.write_label(folder / "stack.tif", np.full((2, 8, 8), version, np.uint8))
@@ -185,7 +186,7 @@ def _write_prediction(folder: Path, version: int) -> None:
 
 def _write_run_files(folder: Path, version: int) -> None:
     from tskd.config import RunConfig, save_config
-    from tskd.run_folder import mark_done, write_json
+    from tskd.pipeline.run_folder import mark_done, write_json
 
     save_config(RunConfig(run_dir=f"run{version}"), folder / "config.yaml")
     write_json(folder / "reports" / "pipeline.json", {"version": version})
@@ -193,7 +194,7 @@ def _write_run_files(folder: Path, version: int) -> None:
 
 
 def _write_cache(folder: Path, version: int) -> None:
-    from tskd.teacher_cache import TeacherCache
+    from tskd.training.teacher_cache import TeacherCache
 
     cache = TeacherCache(folder, "teacher", ["neck"])
     cache.put("k" * 64, {"neck": torch.full((4, 2, 2), float(version))})
@@ -228,20 +229,20 @@ def test_every_artefact_writer_keeps_the_previous_files_on_a_full_disk(
 def test_transfer_set_images_are_kept_when_the_disk_fills(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tskd import synth
     from tskd.config import SynthConfig
+    from tskd.training import synthesize
 
     images = [np.tile(np.linspace(0, 255, 16).astype(np.uint8), (16, 1)) for _ in range(3)]
     cfg = SynthConfig(resolution=16, base_channels=8, train_steps=2, batch_size=2,
                       sample_steps=2, n_images=3, near_copy_threshold=0.0, device="cpu")
     out = tmp_path / "transfer" / "synthetic"
-    synth.synthesize(images, cfg, out)
+    synthesize.synthesize(images, cfg, out)
     before = snapshot(out)
     assert len([n for n in before if n.endswith(".png")]) == 3
     cfg.seed = 1
     fill_disk(monkeypatch, under=out)
     with pytest.raises(DiskFullError, match=full_message(out)):
-        synth.synthesize(images, cfg, out)
+        synthesize.synthesize(images, cfg, out)
     assert snapshot(out) == before
 
 
@@ -271,7 +272,7 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(
 
 def test_onnx_export_on_a_full_disk_is_one_line(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from tskd import bundle
+    from tskd.inference import bundle
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(args[2]))
@@ -299,7 +300,7 @@ def test_cli_stage_on_a_full_disk_exits_2_with_one_line_and_keeps_the_student(
     tiny: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     from tiny_setup import tiny_config, write_config
-    from tskd.cli import main
+    from tskd.apps.cli import main
 
     cfg = tiny_config(tiny["data"], tiny["sam"], tiny["root"] / "run")
     cfg["data"]["test"] = None
@@ -324,8 +325,8 @@ def test_cli_stage_on_a_full_disk_exits_2_with_one_line_and_keeps_the_student(
 def test_cli_full_disk_outside_the_atomic_writer_is_one_line_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from tskd import phantoms
-    from tskd.cli import main
+    from tskd.apps.cli import main
+    from tskd.data import phantoms
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "d" / "x.png"))

@@ -18,10 +18,10 @@ import tifffile
 import torch
 from torch import nn
 
-from tskd import io
-from tskd.cli import main
+from tskd.apps.cli import main
+from tskd.data import io
 from tskd.errors import TskdInputError, TskdWarning
-from tskd.predict import Segmenter, predict_paths, segmenter_from_bundle
+from tskd.inference.predict import Segmenter, predict_paths, segmenter_from_bundle
 
 RNG = np.random.default_rng(0)
 BOMB_MESSAGE = (
@@ -48,9 +48,9 @@ class Threshold(nn.Module):
 
 
 def _student_bundle(folder: Path, image_size: int = 32, **meta: Any) -> Path:
-    from tskd import bundle
     from tskd.config import StudentConfig
-    from tskd.student import Student
+    from tskd.inference import bundle
+    from tskd.models.student import Student
 
     torch.manual_seed(0)
     cfg = StudentConfig(embed_dim=32, depth=1, num_heads=2, decoder_channels=8)
@@ -411,10 +411,10 @@ def test_stacks_count_every_slice(tmp_path: Path) -> None:
 
 def test_segmenter_checks_the_budget_before_float_conversion(monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
-    import tskd.data
+    import tskd.data.dataset
 
     seg = Segmenter(Threshold(), 32, 2, device="cpu", max_pixels=399)
-    monkeypatch.setattr(tskd.data, "to_float_rgb",
+    monkeypatch.setattr(tskd.data.dataset, "to_float_rgb",
                         lambda *a, **k: pytest.fail("converted before the budget check"))
     with pytest.raises(TskdInputError) as err:
         seg.segment(np.zeros((20, 20), np.uint8))
@@ -448,7 +448,7 @@ def test_cli_predict_refuses_a_bomb_in_one_line_and_max_pixels_raises_the_budget
 
 def test_data_max_pixels_reaches_training_reads(tmp_path: Path) -> None:
     from tskd.config import DataConfig, RunConfig
-    from tskd.pipeline import load_labelled_data
+    from tskd.pipeline.stages import load_labelled_data
 
     assert DataConfig().max_pixels == 2**28
     for i in range(2):
@@ -468,8 +468,9 @@ def test_data_max_pixels_reaches_training_reads(tmp_path: Path) -> None:
 
 def test_bundles_record_the_training_image_size(tmp_path: Path) -> None:
     from tiny_setup import tiny_config
-    from tskd import bundle, pipeline
     from tskd.config import RunConfig, from_dict
+    from tskd.inference import bundle
+    from tskd.pipeline import stages
 
     for i, (h, w) in enumerate([(40, 48), (56, 48), (64, 48)]):  # median 56 x 48
         io.write_image(tmp_path / "d/images" / f"c{i}.png", RNG.integers(0, 255, (h, w), np.uint8))
@@ -481,8 +482,8 @@ def test_bundles_record_the_training_image_size(tmp_path: Path) -> None:
     raw["student"] |= {"from_scratch": True}
     raw["student"]["train"] |= {"max_steps": 1}
     cfg = from_dict(RunConfig, raw)
-    pipeline.prepare_run_dir(cfg)
-    pipeline.stage_finetune_student(cfg)
+    stages.prepare_run_dir(cfg)
+    stages.stage_finetune_student(cfg)
     meta = bundle.read_meta(tmp_path / "run" / "student")
     assert meta["train_image_shape"] == [56, 48] and meta["image_size"] == 32
     seg, _ = segmenter_from_bundle(tmp_path / "run" / "student", device="cpu")
@@ -546,8 +547,9 @@ def test_a_tiled_copy_of_the_training_image_gives_the_tiled_labels(
 
 def test_teacher_bundles_record_the_training_image_size_too(tmp_path: Path) -> None:
     from tiny_setup import tiny_config, write_tiny_sam
-    from tskd import pipeline, teacher
     from tskd.config import RunConfig, from_dict
+    from tskd.models.lora import read_meta
+    from tskd.pipeline import stages
 
     for i, (h, w) in enumerate([(32, 40), (48, 40)]):  # median 40 x 40
         io.write_image(tmp_path / "d/images" / f"c{i}.png", RNG.integers(0, 255, (h, w), np.uint8))
@@ -559,9 +561,9 @@ def test_teacher_bundles_record_the_training_image_size_too(tmp_path: Path) -> N
     raw["data"] = {"labelled": str(tmp_path / "d"), "image_size": 32, "val_fraction": 0.0}
     raw["teacher"]["train"] |= {"max_steps": 1}
     cfg = from_dict(RunConfig, raw)
-    pipeline.prepare_run_dir(cfg)
-    pipeline.stage_teacher(cfg)
-    assert teacher.read_meta(tmp_path / "run" / "teacher")["train_image_shape"] == [40, 40]
+    stages.prepare_run_dir(cfg)
+    stages.stage_teacher(cfg)
+    assert read_meta(tmp_path / "run" / "teacher")["train_image_shape"] == [40, 40]
     seg, _ = segmenter_from_bundle(tmp_path / "run" / "teacher", device="cpu")
     assert seg.tile_shape == (40, 40) and seg.tile_overlap == 10
 
@@ -689,7 +691,7 @@ def test_check_data_reports_non_finite_pixels_per_file(tmp_path: Path,
 
 
 def test_training_and_predict_warn_once_per_file_about_non_finite_pixels(tmp_path: Path) -> None:
-    from tskd.data import to_float_rgb
+    from tskd.data.dataset import to_float_rgb
 
     a, b = _nan_set(tmp_path)
     with warnings.catch_warnings(record=True) as caught:

@@ -1,4 +1,4 @@
-"""One label policy (tskd.label_policy) for training, prediction, evaluate and check-data.
+"""One label policy (tskd.data.label_policy) for training, prediction, evaluate and check-data.
 
 Every case states its right value: the class count, the printed map, the Dice, the exit code
 and the message.
@@ -17,11 +17,11 @@ import tifffile
 import torch
 from torch import nn
 
-from tskd import io, label_policy
-from tskd.cli import main
+from tskd.apps.cli import main
+from tskd.data import io, label_policy
+from tskd.data.label_policy import IGNORE_INDEX, LabelMap
 from tskd.errors import TskdInputError, TskdWarning
-from tskd.label_policy import IGNORE_INDEX, LabelMap
-from tskd.metrics import evaluate, evaluate_folders
+from tskd.inference.metrics import evaluate, evaluate_folders
 
 RNG = np.random.default_rng(0)
 
@@ -297,8 +297,8 @@ def test_write_label_refuses_values_a_file_cannot_hold(tmp_path: Path) -> None:
 
 
 def test_class_count_is_bounded_before_allocation() -> None:
-    from tskd.data import num_classes
-    from tskd.io import Sample
+    from tskd.data.dataset import num_classes
+    from tskd.data.io import Sample
 
     s = Sample("a", np.zeros((4, 4)), _square(2**40, size=4))
     with pytest.raises(TskdInputError, match="more than 256 classes"):
@@ -434,7 +434,7 @@ class _ConstantModel(nn.Module):
 
 
 def test_predictions_are_written_with_the_original_ids(tmp_path: Path) -> None:
-    from tskd.predict import Segmenter, predict_paths
+    from tskd.inference.predict import Segmenter, predict_paths
 
     image = np.zeros((16, 16), np.uint8)
     image[:, 6:11] = 128
@@ -452,8 +452,8 @@ def test_predictions_are_written_with_the_original_ids(tmp_path: Path) -> None:
 
 def test_loss_ignores_ignored_pixels() -> None:
     from tskd.config import StudentConfig
-    from tskd.finetune import _SegTask
-    from tskd.student import Student
+    from tskd.models.student import Student
+    from tskd.training.finetune import _SegTask
 
     student = Student(StudentConfig(embed_dim=16, depth=1, num_heads=2, decoder_channels=8),
                       2, 32)
@@ -560,7 +560,7 @@ def test_gap_ids_train_store_the_map_and_predict_original_ids(
     writes only 0, 1 and 5 (never the empty ids 2-4)."""
     import yaml
 
-    from tskd import bundle
+    from tskd.inference import bundle
 
     data = tmp_path / "data"
     for i in range(3):
@@ -586,7 +586,7 @@ def test_gap_ids_train_store_the_map_and_predict_original_ids(
     assert meta["class_names"] == ["background", "class 1", "class 5"]
     assert main(["predict", "--model", str(tmp_path / "run" / "student"),
                  str(data / "images"), "-o", str(tmp_path / "pred"), "--device", "cpu"]) == 0
-    from tskd.predict import Segmenter
+    from tskd.inference.predict import Segmenter
 
     model, _ = bundle.load_model(tmp_path / "run" / "student")
     seg = Segmenter(model, 64, 3, device="cpu")
@@ -599,7 +599,7 @@ def test_gap_ids_train_store_the_map_and_predict_original_ids(
 
 def test_teacher_loss_ignores_ignored_pixels() -> None:
     from tskd.config import TeacherConfig
-    from tskd.teacher_train import TeacherTask
+    from tskd.training.teacher import TeacherTask
 
     logits = torch.randn(2, 3, 8, 8, requires_grad=True)
 
@@ -621,7 +621,7 @@ def test_teacher_loss_ignores_ignored_pixels() -> None:
 def test_evaluate_folder_scores_every_class_of_the_model(tmp_path: Path) -> None:
     """A model of values 0, 1, 5 on a test set that only shows 5: classes 1 and 5 are scored
     (the model's classes), reported by value; a value the model lacks is one clear error."""
-    from tskd.predict import Segmenter, evaluate_folder
+    from tskd.inference.predict import Segmenter, evaluate_folder
 
     image = np.zeros((16, 16), np.uint8)
     image[:, 11:] = 255  # the constant model predicts class 2 (value 5) there

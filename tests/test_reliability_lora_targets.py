@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tskd import teacher
 from tskd.config import LoraSettings, load_config
 from tskd.errors import TskdError, TskdInputError
 from tskd.lora_targets import MAX_TARGET_CHARS, check_targets, matching_modules, parse_target
-from tskd.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
-from tskd.teacher_lora import lora_modules
+from tskd.models.lora import apply_lora, is_lora, load_teacher, lora_modules, save_teacher
+from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
+from tskd.models.teacher import SemanticSam, build_sam
 
 REDOS = "([a-z_.0-9]+)+!"
 DEFAULTS = LoraSettings().targets
@@ -115,7 +115,7 @@ def test_redos_pattern_is_refused_fast_everywhere(tmp_path: Path, capsys) -> Non
         "position 0 is repeated by '+'"
     )
     # 3. the CLI: one line, exit code 2, before any data is read or model built
-    from tskd.cli import main
+    from tskd.apps.cli import main
 
     t0 = time.perf_counter()
     code = main(["finetune-teacher", "--config", str(cfg), "--run-dir", str(tmp_path / "run"),
@@ -125,12 +125,12 @@ def test_redos_pattern_is_refused_fast_everywhere(tmp_path: Path, capsys) -> Non
     assert code == 2 and len(err) == 1 and err[0].startswith("tskd: error: config: teacher.lora")
     assert not (tmp_path / "run").exists()
     # 4. settings built in code reach apply_lora unchecked: it checks them before peft
-    sam = teacher.SemanticSam(build_mini_sam(MiniSamConfig.tiny()), 2)
+    sam = SemanticSam(build_mini_sam(MiniSamConfig.tiny()), 2)
     t0 = time.perf_counter()
     with pytest.raises(TskdInputError, match=r"teacher\.lora\.targets\[0\] '\(\[a-z_"):
-        teacher.apply_lora(sam, LoraSettings(targets=[REDOS]))
+        apply_lora(sam, LoraSettings(targets=[REDOS]))
     assert time.perf_counter() - t0 < 1.0
-    assert not teacher.is_lora(sam)
+    assert not is_lora(sam)
 
 
 def test_other_lora_settings_are_checked_in_the_config(tmp_path: Path) -> None:
@@ -201,7 +201,7 @@ def test_default_targets_give_the_same_adapter_as_before(tmp_path: Path) -> None
     old = get_peft_model(build_mini_sam(MiniSamConfig.tiny()), LoraConfig(
         r=2, target_modules="|".join(f"(?:{t})" for t in DEFAULTS), bias="none"))
     settings = LoraSettings(rank=2, alpha=4.0)
-    new = teacher.apply_lora(teacher.SemanticSam(sam, 3), settings)
+    new = apply_lora(SemanticSam(sam, 3), settings)
     old_lora = sorted(n for n, _ in old.named_parameters() if "lora_" in n)
     new_lora = sorted(n.removeprefix("sam.") for n, p in new.named_parameters() if "lora_" in n)
     assert new_lora == old_lora and len(new_lora) == 2 * (2 + 8)  # 2 qkv, 8 decoder q/v_proj
@@ -215,7 +215,7 @@ def test_name_targets_train_save_and_reload(tmp_path: Path) -> None:
     base = save_mini_sam(build_mini_sam(MiniSamConfig.tiny()), MiniSamConfig.tiny(),
                          tmp_path / "base.safetensors", half=False)
     settings = LoraSettings(rank=2, alpha=4.0, targets=["attn.qkv", r".*\.out_proj"])
-    model = teacher.apply_lora(teacher.SemanticSam(teacher.build_sam("mini", base, 64), 2),
+    model = apply_lora(SemanticSam(build_sam("mini", base, 64), 2),
                                settings)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -224,19 +224,19 @@ def test_name_targets_train_save_and_reload(tmp_path: Path) -> None:
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model.eval()(x)
-    teacher.save_teacher(model, tmp_path / "t", {"lora": settings})
-    loaded = teacher.load_teacher(tmp_path / "t")
+    save_teacher(model, tmp_path / "t", {"lora": settings})
+    loaded = load_teacher(tmp_path / "t")
     with torch.no_grad():
         assert torch.allclose(loaded(x), expected, atol=1e-5)
 
 
 def test_targets_matching_no_layer_are_refused_in_one_line() -> None:
-    sam = teacher.SemanticSam(build_mini_sam(MiniSamConfig.tiny()), 2)
+    sam = SemanticSam(build_mini_sam(MiniSamConfig.tiny()), 2)
     # 'attn' names attention blocks, which hold layers but are not layers LoRA can adapt
     with pytest.raises(TskdError) as info:
-        teacher.apply_lora(sam, LoraSettings(targets=["attn", "no_such_layer"]))
+        apply_lora(sam, LoraSettings(targets=["attn", "no_such_layer"]))
     assert str(info.value).startswith(
         "LoRA targets ['attn', 'no_such_layer'] match no linear or convolution layer of SAM; "
     )
-    assert "\n" not in str(info.value) and not teacher.is_lora(sam)
+    assert "\n" not in str(info.value) and not is_lora(sam)
 

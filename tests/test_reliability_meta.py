@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 import torch
 
-from tskd import bundle, teacher
 from tskd.config import LoraSettings, StudentConfig
 from tskd.errors import CheckpointError, ModelMetaError, TskdInputError
-from tskd.meta_schema import student_param_count, validate_student_meta
-from tskd.mini_sam import (
+from tskd.inference import bundle
+from tskd.models.lora import apply_lora, load_teacher, save_teacher, teacher_id
+from tskd.models.meta_schema import student_param_count, validate_student_meta
+from tskd.models.mini_sam import (
     MAX_PARAMS,
     MiniSamConfig,
     build_mini_sam,
@@ -32,8 +33,9 @@ from tskd.mini_sam import (
     sam_param_count,
     save_mini_sam,
 )
-from tskd.sam_checkpoint import sha256_of
-from tskd.student import Student
+from tskd.models.sam_checkpoint import sha256_of
+from tskd.models.student import Student
+from tskd.models.teacher import SemanticSam, build_sam
 
 SIZE = 32
 TEACHER_SIZE = 64
@@ -65,11 +67,11 @@ def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory: pytest.TempPathFactory, base_ckpt: Path) -> Path:
     torch.manual_seed(0)
-    model = teacher.apply_lora(
-        teacher.SemanticSam(teacher.build_sam("mini", base_ckpt, TEACHER_SIZE), 3), LORA
+    model = apply_lora(
+        SemanticSam(build_sam("mini", base_ckpt, TEACHER_SIZE), 3), LORA
     )
     folder = tmp_path_factory.mktemp("teacher") / "teacher"
-    teacher.save_teacher(model, folder, {"lora": LORA, "class_names": ["bg", "a", "b"]})
+    save_teacher(model, folder, {"lora": LORA, "class_names": ["bg", "a", "b"]})
     return folder
 
 
@@ -274,7 +276,7 @@ def test_malformed_student_meta_is_refused_in_one_line(
     folder = _copy(student_dir, tmp_path / "s")
     _write_variant(folder, change)
     # nothing is built from a refused description
-    monkeypatch.setattr("tskd.student.Student.__init__", _never_built)
+    monkeypatch.setattr("tskd.models.student.Student.__init__", _never_built)
     message = _assert_refused(lambda: bundle.load_model(folder))
     assert isinstance(_raised(lambda: bundle.load_student(folder)), ModelMetaError)
     if name.endswith("-missing") and "kind" not in name:
@@ -288,10 +290,10 @@ def test_malformed_teacher_meta_is_refused_in_one_line(
 ) -> None:
     folder = _copy(teacher_dir, tmp_path / "t")
     _write_variant(folder, change)
-    monkeypatch.setattr("tskd.teacher_lora.build_sam", _never_built)
-    _assert_refused(lambda: teacher.load_teacher(folder))
+    monkeypatch.setattr("tskd.models.lora.build_sam", _never_built)
+    _assert_refused(lambda: load_teacher(folder))
     _assert_refused(lambda: bundle.load_model(folder))
-    _assert_refused(lambda: teacher.teacher_id(folder))
+    _assert_refused(lambda: teacher_id(folder))
 
 
 def _never_built(*args: Any, **kwargs: Any) -> None:
@@ -317,7 +319,7 @@ def test_the_key_and_the_file_are_named(student_dir: Path, teacher_dir: Path,
     )
     t = _copy(teacher_dir, tmp_path / "t")
     _write_variant(t, _set("lora.targets", ["([a-z_.0-9]+)+!"]))
-    message = _assert_refused(lambda: teacher.load_teacher(t), "nested quantifier",
+    message = _assert_refused(lambda: load_teacher(t), "nested quantifier",
                               "([a-z_.0-9]+)+!")
     assert message.startswith(
         f"model description {t / 'meta.json'} is invalid: lora.targets[0] '([a-z_.0-9]+)+!' is "
@@ -340,7 +342,7 @@ def test_meta_above_one_megabyte_is_refused_unread(student_dir: Path, tmp_path: 
 
 def test_cli_prints_one_line_and_exit_2(student_dir: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
-    from tskd.cli import main
+    from tskd.apps.cli import main
 
     folder = _copy(student_dir, tmp_path / "s")
     _write_variant(folder, _set("num_classes", "3"))
@@ -387,8 +389,8 @@ def test_valid_bundles_still_load_with_documented_optional_keys(
 
     t = _copy(teacher_dir, tmp_path / "t")
     _write_variant(t, lambda m: m | {"label_values": [0, 1, 2], "train_image_shape": [64, 64]})
-    model = teacher.load_teacher(t)
-    ref = teacher.load_teacher(teacher_dir)
+    model = load_teacher(t)
+    ref = load_teacher(teacher_dir)
     x = torch.rand(1, 3, TEACHER_SIZE, TEACHER_SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(x), ref(x))
@@ -412,7 +414,7 @@ def test_sam_parameter_count_is_computed_exactly_before_building() -> None:
         assert sam_param_count(cfg, size, classes) == count_parameters(build_mini_sam(cfg, size))
     sam = build_mini_sam(MiniSamConfig.tiny(), 64)
     assert sam_param_count(MiniSamConfig.tiny(), 64, 4) == count_parameters(
-        teacher.SemanticSam(sam, 4))
+        SemanticSam(sam, 4))
     # SAM ViT-H at 1024 px: 641 M parameters (the published 636 M plus nothing built twice)
     assert sam_param_count(official_config("vit_h"), 1024) == 641_090_608
     assert sam_param_count(official_config("vit_h"), 4096) < MAX_PARAMS
@@ -447,7 +449,7 @@ def test_malformed_mini_sam_json_beside_the_base_is_refused(
     json_path(weights).write_text(json.dumps(data))
     t0 = time.perf_counter()
     with pytest.raises(CheckpointError) as info:
-        teacher.build_sam("mini", weights, TEACHER_SIZE)
+        build_sam("mini", weights, TEACHER_SIZE)
     assert time.perf_counter() - t0 < SECONDS
     message = str(info.value)
     assert "\n" not in message and str(json_path(weights)) in message and fragment in message
@@ -460,7 +462,7 @@ def test_unreadable_mini_sam_json_is_refused(text: bytes, base_ckpt: Path, tmp_p
     weights.write_bytes(base_ckpt.read_bytes())
     json_path(weights).write_bytes(text)
     with pytest.raises(CheckpointError, match=r"mini SAM config .*base\.json is not valid"):
-        teacher.build_sam("mini", weights, TEACHER_SIZE)
+        build_sam("mini", weights, TEACHER_SIZE)
 
 
 def test_teacher_sha_mismatch_is_checked_after_the_schema(teacher_dir: Path, tmp_path: Path,
@@ -468,7 +470,7 @@ def test_teacher_sha_mismatch_is_checked_after_the_schema(teacher_dir: Path, tmp
     t = _copy(teacher_dir, tmp_path / "t")
     _write_variant(t, _set("checkpoint_sha256", "0" * 64))
     with pytest.raises(CheckpointError, match="is not the one the teacher"):
-        teacher.load_teacher(t)
+        load_teacher(t)
     assert _meta(teacher_dir)["checkpoint_sha256"] == sha256_of(base_ckpt)
 
 
@@ -501,7 +503,7 @@ def test_mini_sam_json_above_one_megabyte_is_refused_unread(base_ckpt: Path,
     with json_path(weights).open("wb") as f:
         f.truncate(3 * 2**30)
     with pytest.raises(CheckpointError) as info:
-        teacher.build_sam("mini", weights, TEACHER_SIZE)
+        build_sam("mini", weights, TEACHER_SIZE)
     assert str(info.value) == (
         f"mini SAM config {json_path(weights)} is larger than 1024 KB; it is not a tskd file"
     )

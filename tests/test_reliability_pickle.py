@@ -21,13 +21,17 @@ import pytest
 import torch
 
 from tiny_setup import TINY_SIZE, write_tiny_sam, write_tiny_task
-from tskd import bundle, io, teacher
-from tskd.cli import main
+from tskd.apps.cli import main
+from tskd.atomic import load_weights_only
 from tskd.config import LoraSettings, StudentConfig
+from tskd.data import io
 from tskd.errors import TskdError
-from tskd.mini_sam import MiniSamConfig, json_path
-from tskd.sam_checkpoint import load_weights_only, read_state_dict, sha256_of
-from tskd.student import Student
+from tskd.inference import bundle
+from tskd.models.lora import apply_lora, load_teacher, save_teacher
+from tskd.models.mini_sam import MiniSamConfig, json_path
+from tskd.models.sam_checkpoint import read_state_dict, sha256_of
+from tskd.models.student import Student
+from tskd.models.teacher import SemanticSam, build_sam
 
 GLOBAL = f"{os.mkdir.__module__}.mkdir"  # posix.mkdir on Linux and macOS
 
@@ -116,9 +120,9 @@ def base_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def teacher_dir(tmp_path_factory: pytest.TempPathFactory, base_sam: Path) -> Path:
     torch.manual_seed(0)
     lora = LoraSettings(rank=2)
-    model = teacher.apply_lora(
-        teacher.SemanticSam(teacher.build_sam("mini", base_sam, TINY_SIZE), 2), lora)
-    return teacher.save_teacher(model, tmp_path_factory.mktemp("t") / "teacher", {"lora": lora})
+    model = apply_lora(
+        SemanticSam(build_sam("mini", base_sam, TINY_SIZE), 2), lora)
+    return save_teacher(model, tmp_path_factory.mktemp("t") / "teacher", {"lora": lora})
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -175,7 +179,7 @@ def test_route_build_sam(model_type: str, tmp_path: Path, marker: Path) -> None:
     """Routes 7-8: the teacher's base checkpoint, official type and mini with its JSON."""
     path = _evil_pth(tmp_path / "sam.pth", marker)
     json_path(path).write_text(json.dumps({"config": MiniSamConfig.tiny().to_dict()}))
-    assert _refused(lambda: teacher.build_sam(model_type, path, TINY_SIZE)) == _refusal(path)
+    assert _refused(lambda: build_sam(model_type, path, TINY_SIZE)) == _refusal(path)
 
 
 def test_route_student_bundle(student_dir: Path, tmp_path: Path, marker: Path) -> None:
@@ -192,7 +196,7 @@ def test_route_teacher_adapter(teacher_dir: Path, tmp_path: Path, marker: Path) 
     """Route 11: a teacher folder whose adapter is a pickle."""
     folder = _copy(teacher_dir, tmp_path / "t")
     _evil_pth(folder / "adapter.safetensors", marker)
-    assert _refused(lambda: teacher.load_teacher(folder)) == (
+    assert _refused(lambda: load_teacher(folder)) == (
         f"teacher adapter {folder / 'adapter.safetensors'} is corrupt"
     )
 
@@ -205,7 +209,7 @@ def test_route_teacher_base_named_in_meta(teacher_dir: Path, tmp_path: Path,
     meta = json.loads((folder / "meta.json").read_text())
     meta |= {"checkpoint": str(evil), "checkpoint_sha256": sha256_of(evil)}
     (folder / "meta.json").write_text(json.dumps(meta))
-    assert _refused(lambda: teacher.load_teacher(folder)) == _refusal(evil)
+    assert _refused(lambda: load_teacher(folder)) == _refusal(evil)
 
 
 def test_route_npy_image(tmp_path: Path, marker: Path) -> None:
@@ -247,7 +251,7 @@ def test_route_resume_checkpoint(tmp_path: Path, marker: Path) -> None:
 
 def test_route_diffusion_model(tmp_path: Path, marker: Path) -> None:
     """Route 15: a diffusion-model folder whose UNet weights are a pickle."""
-    from tskd import synth_model
+    from tskd.models import diffusion
 
     folder = tmp_path / "synth"
     folder.mkdir()
@@ -257,13 +261,13 @@ def test_route_diffusion_model(tmp_path: Path, marker: Path) -> None:
         "block_out_channels": [8, 8], "norm_num_groups": 4,
         "down_block_types": ["DownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "UpBlock2D"]}))
-    message = _refused(lambda: synth_model.load_model(folder))
+    message = _refused(lambda: diffusion.load_model(folder))
     assert message.startswith(f"{folder / 'unet.safetensors'} is not a diffusion model saved")
 
 
 def test_route_teacher_cache_entry(tmp_path: Path, marker: Path) -> None:
     """Route 16: a teacher-cache entry replaced by a pickle is treated as absent (recomputed)."""
-    from tskd.teacher_cache import TeacherCache
+    from tskd.training.teacher_cache import TeacherCache
 
     cache = TeacherCache(tmp_path / "cache", "teacher-id", ["neck"])
     key = cache.key(torch.zeros(1, 3, 8, 8))

@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from tiny_setup import tiny_config, write_tiny_sam, write_tiny_task
-from tskd import pipeline, pretrain
 from tskd.config import RunConfig, from_dict
-from tskd.mini_sam import MiniSamConfig
+from tskd.models.mini_sam import MiniSamConfig
+from tskd.pipeline import stages
+from tskd.training import pretrain
 
 ARTEFACTS = {
     "teacher": "teacher/adapter.safetensors",
@@ -47,11 +48,11 @@ def _cfg(root: Path, run: str, seed: int = 0) -> RunConfig:
 
 
 def _run_all(cfg: RunConfig) -> None:
-    pipeline.prepare_run_dir(cfg)
-    pipeline.stage_teacher(cfg)
-    pipeline.stage_synthesize(cfg)
-    pipeline.stage_distill(cfg)
-    pipeline.stage_finetune_student(cfg)
+    stages.prepare_run_dir(cfg)
+    stages.stage_teacher(cfg)
+    stages.stage_synthesize(cfg)
+    stages.stage_distill(cfg)
+    stages.stage_finetune_student(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,8 @@ def test_another_seed_for_one_stage_changes_its_weights(runs: Path, stage: str,
     cfg = _cfg(runs, "a")
     cfg.run_dir = str(run)
     _seed_only(stage, cfg, 1)
-    stage_fn = {"teacher": pipeline.stage_teacher, "synthesize": pipeline.stage_synthesize,
-                "distill": pipeline.stage_distill, "student": pipeline.stage_finetune_student}
+    stage_fn = {"teacher": stages.stage_teacher, "synthesize": stages.stage_synthesize,
+                "distill": stages.stage_distill, "student": stages.stage_finetune_student}
     result = stage_fn[stage](cfg)
     assert not result.get("skipped")
     assert not _same(runs / "a" / ARTEFACTS[stage], run / ARTEFACTS[stage])

@@ -22,10 +22,11 @@ import pytest
 import torch
 
 from tiny_setup import TINY_SIZE, tiny_config, write_tiny_sam, write_tiny_task
-from tskd import io, outputs, run_folder
-from tskd.cli import main
+from tskd.apps.cli import main
 from tskd.config import RunConfig, from_dict
+from tskd.data import io, outputs
 from tskd.errors import CheckpointError, RunFolderError, TskdInputError, TskdWarning
+from tskd.pipeline import run_folder
 
 USER_BYTES = b"my irreplaceable scan notes\n"
 
@@ -45,9 +46,9 @@ def sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tskd import bundle
     from tskd.config import StudentConfig
-    from tskd.student import Student
+    from tskd.inference import bundle
+    from tskd.models.student import Student
 
     torch.manual_seed(0)
     cfg = StudentConfig(embed_dim=32, depth=2, num_heads=2, decoder_channels=16)
@@ -161,7 +162,7 @@ class _Ones:
 
 
 def test_predict_paths_backend_refuses_and_names_replacements(tmp_path: Path) -> None:
-    from tskd.predict import predict_paths
+    from tskd.inference.predict import predict_paths
 
     images = tmp_path / "images"
     scans = _scans(images)
@@ -277,9 +278,9 @@ def test_overwrite_on_a_folder_that_is_not_a_run_deletes_nothing(
     with pytest.raises(RunFolderError, match="not a tskd run folder"):
         run_folder.prepare_run_dir(cfg, overwrite=True)
     with pytest.raises(RunFolderError, match="not a tskd run folder"):
-        from tskd import pipeline
+        from tskd.pipeline import stages
 
-        pipeline.stage_teacher(cfg)  # the widgets' training process goes through here
+        stages.stage_teacher(cfg)  # the widgets' training process goes through here
     assert _unchanged(files)
 
 
@@ -383,7 +384,7 @@ def test_manifest_entries_outside_the_run_folder_are_ignored(tmp_path: Path) -> 
 def _hold_lock(root: Path) -> subprocess.Popen:
     script = textwrap.dedent(f"""
         import sys, time
-        from tskd.run_folder import run_lock
+        from tskd.pipeline.run_folder import run_lock
         with run_lock({str(root)!r}, "test holder"):
             print("held", flush=True)
             time.sleep(120)
@@ -407,10 +408,10 @@ def test_second_writer_is_refused_with_the_holder_then_proceeds(
         assert f"process {holder.pid} on " in line and "in use by another tskd process" in line
         assert main(["finetune-teacher", "--config", str(tmp_path / "run.yaml")]) == 2
         assert f"process {holder.pid}" in _error_line(capsys)
-        from tskd import pipeline
+        from tskd.pipeline import stages
 
         with pytest.raises(RunFolderError, match=f"process {holder.pid}"):
-            pipeline.stage_distill(from_dict(RunConfig, cfg))  # the widgets' job process
+            stages.stage_distill(from_dict(RunConfig, cfg))  # the widgets' job process
         assert not (tmp_path / "run" / "config.yaml").exists()
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -432,7 +433,7 @@ def test_lock_is_reentrant_in_one_process(tmp_path: Path) -> None:
 # -- demo ------------------------------------------------------------------------------------
 
 def test_demo_stopping_on_a_missing_checkpoint_deletes_nothing(tmp_path: Path) -> None:
-    from tskd import demo
+    from tskd.apps import demo
 
     out = tmp_path / "DIR"
     mine = _user_file(out / "data" / "my_folder" / "scan.tif")
@@ -447,7 +448,7 @@ def test_demo_stopping_on_a_missing_checkpoint_deletes_nothing(tmp_path: Path) -
 
 
 def test_demo_refuses_user_files_where_it_would_write(tmp_path: Path) -> None:
-    from tskd import demo
+    from tskd.apps import demo
 
     out = tmp_path / "DIR"
     scan = _user_file(out / "data" / "train" / "images" / "my_scan.png")
@@ -462,7 +463,7 @@ def test_demo_refuses_user_files_where_it_would_write(tmp_path: Path) -> None:
 
 def test_tiny_demo_keeps_the_users_files_also_when_run_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tskd import demo
+    from tskd.apps import demo
 
     sam = write_tiny_sam(tmp_path / "sam" / "tiny.safetensors")
 
@@ -490,8 +491,8 @@ def test_tiny_demo_keeps_the_users_files_also_when_run_again(
 
 def test_pretrain_mini_default_output_is_a_user_folder_not_the_package(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from tskd import pretrain
-    from tskd.mini_sam import ASSETS, MiniSamConfig
+    from tskd.models.mini_sam import ASSETS, MiniSamConfig
+    from tskd.training import pretrain
 
     before = _digest(ASSETS)
     monkeypatch.setenv(pretrain.DATA_DIR_ENV, str(tmp_path / "userdata"))
@@ -572,11 +573,11 @@ def test_data_widget_keeps_pairs_whose_names_collide(make_napari_viewer, tskd_gu
 
 
 def test_a_whole_run_records_every_file_it_writes(tmp_path: Path, sam: Path) -> None:
-    from tskd import pipeline
+    from tskd.pipeline import stages
 
     data = write_tiny_task(tmp_path / "d", 2, 1, 1)
     cfg = from_dict(RunConfig, tiny_config(data, sam, tmp_path / "run"))
-    pipeline.run_pipeline(cfg)
+    stages.run_pipeline(cfg)
     root = tmp_path / "run"
     written = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     internal = {run_folder.MANIFEST_NAME, run_folder.LOCK_NAME}
@@ -595,28 +596,28 @@ def test_a_dataset_folder_as_unlabelled_gives_its_images_not_its_labels(
         tmp_path: Path, sam: Path) -> None:
     """`data.unlabelled` = a labelled set (images/ + labels/): the transfer set lists its
     images and never a label map as an image; the fingerprint lists what the loader reads."""
-    from tskd import pipeline
+    from tskd.pipeline import stages
 
     data = write_tiny_task(tmp_path / "d", 2, 0, 3)
     raw = tiny_config(data, sam, tmp_path / "run")
     raw["data"]["unlabelled"] = str(data / "test")
     raw["synth"]["enabled"] = False
     cfg = from_dict(RunConfig, raw)
-    pipeline.stage_synthesize(cfg)
+    stages.stage_synthesize(cfg)
     manifest = json.loads((tmp_path / "run" / "transfer" / "manifest.json").read_text())
     images = [str(data / "test" / "images" / f"kidney_us_test_{k:04d}.png") for k in range(3)]
     assert manifest["unlabelled"] == images
     assert [str(p) for p in io.data_files(data / "test", "unlabelled")] == images
     assert len(io.load_unlabelled(data / "test")) == 3  # the loader reads the same three
-    before = pipeline._synth_fp(cfg, "x")
+    before = stages._synth_fp(cfg, "x")
     (data / "test" / "labels" / "kidney_us_test_0000.png").write_bytes(b"edited label")
-    assert pipeline._synth_fp(cfg, "x") == before  # a label file is not a transfer image
+    assert stages._synth_fp(cfg, "x") == before  # a label file is not a transfer image
 
 
 def test_data_folders_are_never_read_recursively(tmp_path: Path, sam: Path) -> None:
     """Images in other sub-folders (an old run, notes) are not data of any role; a changed
     label file still changes the labelled fingerprint (it is read)."""
-    from tskd import pipeline
+    from tskd.pipeline import stages
 
     data = write_tiny_task(tmp_path / "d", 2, 2, 0)
     unl = data / "unlabelled" / "images"
@@ -633,14 +634,14 @@ def test_data_folders_are_never_read_recursively(tmp_path: Path, sam: Path) -> N
         "labels/kidney_us_train_0000.png", "labels/kidney_us_train_0001.png"]
     assert io.data_files(data / "train", "test") == lab_files
     cfg = from_dict(RunConfig, tiny_config(data, sam, tmp_path / "run"))
-    fp = pipeline.load_labelled_data(cfg).fingerprint
+    fp = stages.load_labelled_data(cfg).fingerprint
     io.write_image(data / "train" / "notes" / "sketch2.png", np.ones((8, 8), np.uint8))
-    assert pipeline.load_labelled_data(cfg).fingerprint == fp
+    assert stages.load_labelled_data(cfg).fingerprint == fp
     label = data / "train" / "labels" / "kidney_us_train_0001.png"
     lab = io.read_label(label)
     lab[0, 0] = 1
     io.write_label(label, lab)
-    assert pipeline.load_labelled_data(cfg).fingerprint != fp
+    assert stages.load_labelled_data(cfg).fingerprint != fp
 
 
 @pytest.mark.parametrize("where", ["inside_unlabelled", "is_labelled", "contains_test"])
@@ -670,10 +671,10 @@ def test_a_run_folder_in_a_data_folder_is_refused(
            f"{data_folder};" in line, line
     assert "choose a run folder outside them" in line
     assert _tree(tmp_path) == before  # nothing written inside the data: not even a lock file
-    from tskd import pipeline
+    from tskd.pipeline import stages
 
     with pytest.raises(RunFolderError, match=f"{relation} the {role} data folder"):
-        pipeline.stage_synthesize(from_dict(RunConfig, cfg))  # the widgets' training process
+        stages.stage_synthesize(from_dict(RunConfig, cfg))  # the widgets' training process
     with pytest.raises(RunFolderError, match=f"{relation} the {role} data folder"):
         run_folder.prepare_run_dir(from_dict(RunConfig, cfg))
     assert _tree(tmp_path) == before

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from tskd import sam_checkpoint as sc
 from tskd.errors import CheckpointError
-from tskd.mini_sam import (
+from tskd.models import sam_checkpoint as sc
+from tskd.models.mini_sam import (
     MiniSamConfig,
     build_mini_sam,
     count_parameters,

@@ -7,7 +7,7 @@ import torch
 
 from tskd.config import StudentConfig
 from tskd.errors import TskdInputError
-from tskd.student import NECK_DIM, Student
+from tskd.models.student import NECK_DIM, Student
 
 TINY = StudentConfig(embed_dim=32, depth=2, num_heads=2, patch_size=8, decoder_channels=16)
 

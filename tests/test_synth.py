@@ -1,4 +1,5 @@
-"""tskd.synth: tiny DDPMs (16 px, 8 base channels, a few steps) so the file runs in seconds."""
+"""tskd.training.synthesize: tiny DDPMs (16 px, 8 base channels, a few steps) so the file runs
+in seconds."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import torch
 from imageio.v3 import imread
 from safetensors.torch import load_file
 
-from tskd import synth, synth_train
 from tskd.config import SynthConfig
 from tskd.engine import CancelToken
 from tskd.errors import Cancelled, CheckpointError, TskdInputError, TskdWarning
-from tskd.synth_model import prepare_images
+from tskd.models.diffusion import prepare_images
+from tskd.training import diffusion, synthesize
 
 TINY = dict(resolution=16, base_channels=8, train_steps=6, batch_size=4, sample_steps=3,
             n_images=6, lr=2e-3)
@@ -44,7 +45,7 @@ def _rgb_images(n: int = 4, seed: int = 1) -> list[np.ndarray]:
 def gray_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SynthConfig, object]:
     root = tmp_path_factory.mktemp("gray")
     cfg = SynthConfig(**TINY, near_copy_threshold=0.0)
-    report = synth.synthesize(_gray_images(), cfg, root / "synthetic", out_size=24,
+    report = synthesize.synthesize(_gray_images(), cfg, root / "synthetic", out_size=24,
                               checkpoint_dir=root / "ckpt")
     return root, cfg, report
 
@@ -69,13 +70,13 @@ def test_files_manifest_and_report_are_written(gray_run) -> None:
     model_dir = root / "diffusion"  # default: beside out_dir
     assert {p.name for p in model_dir.iterdir()} >= {
         "unet.safetensors", "unet_config.json", "scheduler_config.json", "meta.json"}
-    assert not (root / "ckpt" / synth_train.EMA_FILE).exists()  # finished: nothing to resume
+    assert not (root / "ckpt" / diffusion.EMA_FILE).exists()  # finished: nothing to resume
 
 
 def test_threshold_two_drops_everything_reusing_the_saved_model(gray_run) -> None:
     root, cfg, first = gray_run
     cfg2 = SynthConfig(**TINY, near_copy_threshold=2.0)
-    report = synth.synthesize(_gray_images(), cfg2, root / "synthetic", resume=True,
+    report = synthesize.synthesize(_gray_images(), cfg2, root / "synthetic", resume=True,
                               checkpoint_dir=root / "ckpt")
     assert report.train_steps == 0  # same images and settings: the saved model was reused
     assert report.distances == pytest.approx(first.distances)
@@ -89,7 +90,7 @@ def test_share_dropped_follows_the_threshold(gray_run) -> None:
     root, _, first = gray_run
     d = np.sort(np.array(first.distances))
     thr = float((d[1] + d[2]) / 2)  # exactly two samples are closer than this
-    report = synth.synthesize(_gray_images(), SynthConfig(**TINY, near_copy_threshold=thr),
+    report = synthesize.synthesize(_gray_images(), SynthConfig(**TINY, near_copy_threshold=thr),
                               root / "synthetic", resume=True, checkpoint_dir=root / "ckpt")
     assert report.n_dropped == 2 and report.share_dropped == pytest.approx(2 / 6)
     assert len(list((root / "synthetic").glob("synthetic_*.png"))) == report.n_kept == 4
@@ -105,12 +106,12 @@ def test_screen_catches_injected_training_images() -> None:
         train[4:5].flip(-1),  # a mirrored copy (training flips)
         train[0:1] * 0.5 + 0.1,  # a copy with other brightness and contrast
     ])
-    keep, idx, dist = synth.screen_near_copies(samples, train, threshold=0.1)
+    keep, idx, dist = synthesize.screen_near_copies(samples, train, threshold=0.1)
     assert keep.tolist() == [True, True, True, False, False, False]
     assert idx[3:].tolist() == [2, 4, 0]
     assert np.all(dist[3:] < 1e-5)
     assert np.all(np.abs(dist[:3] - np.sqrt(2)) < 0.25)  # unrelated images: about sqrt(2)
-    _, no_mirror = synth.nearest_training(samples, train, mirror=False)
+    _, no_mirror = synthesize.nearest_training(samples, train, mirror=False)
     assert no_mirror[4] > 0.1
 
 
@@ -118,7 +119,7 @@ def test_same_seed_same_result_other_seed_differs(tmp_path: Path) -> None:
     cfg = SynthConfig(**TINY, near_copy_threshold=0.0)
     runs = []
     for name, c in (("a", cfg), ("b", cfg), ("c", SynthConfig(**TINY | {"seed": 1}))):
-        rep = synth.synthesize(_rgb_images(), c, tmp_path / name / "syn",
+        rep = synthesize.synthesize(_rgb_images(), c, tmp_path / name / "syn",
                                model_dir=tmp_path / name / "model")
         runs.append([imread(p) for p in rep.paths])
     assert runs[0][0].shape == (16, 16, 3)  # RGB in, RGB out
@@ -128,7 +129,7 @@ def test_same_seed_same_result_other_seed_differs(tmp_path: Path) -> None:
 
 def _cancel_at(step: int, token: CancelToken):
     def progress(p) -> None:
-        if p.stage == synth.TRAIN_STAGE and p.step == step:
+        if p.stage == synthesize.TRAIN_STAGE and p.step == step:
             token.cancel()
     return progress
 
@@ -137,16 +138,16 @@ def _cancel_at(step: int, token: CancelToken):
 def test_resume_after_cancel_matches_an_unbroken_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cancel_step: int
 ) -> None:
-    monkeypatch.setattr(synth_train, "_STEPS_PER_EPOCH", 3)  # engine checkpoints every 3 steps
+    monkeypatch.setattr(diffusion, "_STEPS_PER_EPOCH", 3)  # engine checkpoints every 3 steps
     cfg = SynthConfig(**TINY | {"train_steps": 8}, near_copy_threshold=0.0)
     images = _gray_images()
-    full = synth.synthesize(images, cfg, tmp_path / "full" / "syn")
+    full = synthesize.synthesize(images, cfg, tmp_path / "full" / "syn")
     token = CancelToken()
     with pytest.raises(Cancelled):
-        synth.synthesize(images, cfg, tmp_path / "cut" / "syn", checkpoint_dir=tmp_path / "ck",
+        synthesize.synthesize(images, cfg, tmp_path / "cut" / "syn", checkpoint_dir=tmp_path / "ck",
                          cancel=token, progress=_cancel_at(cancel_step, token))
     assert (tmp_path / "ck" / "ckpt" / "extra.safetensors").is_file()  # the EMA, in the unit
-    resumed = synth.synthesize(images, cfg, tmp_path / "cut" / "syn", resume=True,
+    resumed = synthesize.synthesize(images, cfg, tmp_path / "cut" / "syn", resume=True,
                                checkpoint_dir=tmp_path / "ck")
     assert resumed.train_steps == 8
     a = load_file(str(tmp_path / "full" / "diffusion" / "unet.safetensors"))
@@ -158,17 +159,17 @@ def test_resume_after_cancel_matches_an_unbroken_run(
 
 def test_damaged_ema_in_checkpoint_is_discarded_and_training_restarts(tmp_path: Path) -> None:
     cfg = SynthConfig(**TINY, near_copy_threshold=0.0)
-    full = synth.synthesize(_gray_images(), cfg, tmp_path / "full" / "syn")
+    full = synthesize.synthesize(_gray_images(), cfg, tmp_path / "full" / "syn")
     token = CancelToken()
     with pytest.raises(Cancelled):
-        synth.synthesize(_gray_images(), cfg, tmp_path / "syn", checkpoint_dir=tmp_path / "ck",
+        synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn", checkpoint_dir=tmp_path / "ck",
                          cancel=token, progress=_cancel_at(2, token))
     ema = tmp_path / "ck" / "ckpt" / "extra.safetensors"
     data = bytearray(ema.read_bytes())
     data[-1] ^= 0xFF  # one flipped bit of the EMA weights: the manifest no longer matches
     ema.write_bytes(bytes(data))
     with pytest.warns(TskdWarning, match="extra.safetensors does not match its sha256"):
-        report = synth.synthesize(_gray_images(), cfg, tmp_path / "syn", resume=True,
+        report = synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn", resume=True,
                                   checkpoint_dir=tmp_path / "ck")
     assert report.train_steps == 6  # started over: never a mix of a damaged and a good state
     assert report.distances == full.distances
@@ -181,14 +182,15 @@ def test_cancel_while_sampling_then_resume_skips_training(tmp_path: Path) -> Non
 
     def progress(p) -> None:
         stages.append(p.stage)
-        if p.stage == synth.SAMPLE_STAGE:
+        if p.stage == synthesize.SAMPLE_STAGE:
             assert p.total == cfg.sample_steps and np.isnan(p.loss)
             token.cancel()
 
     with pytest.raises(Cancelled, match="sampling"):
-        synth.synthesize(_gray_images(), cfg, tmp_path / "syn", progress=progress, cancel=token)
-    assert stages.count(synth.TRAIN_STAGE) == 6 and synth.SAMPLE_STAGE in stages
-    report = synth.synthesize(_gray_images(), cfg, tmp_path / "syn", resume=True)
+        synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn", progress=progress,
+                              cancel=token)
+    assert stages.count(synthesize.TRAIN_STAGE) == 6 and synthesize.SAMPLE_STAGE in stages
+    report = synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn", resume=True)
     assert report.train_steps == 0 and report.n_kept == 6
 
 
@@ -198,25 +200,25 @@ def test_loss_decreases_on_a_trivial_dataset(tmp_path: Path) -> None:
     losses: list[float] = []
 
     def progress(p) -> None:
-        if p.stage == synth.TRAIN_STAGE:
+        if p.stage == synthesize.TRAIN_STAGE:
             losses.append(p.loss)
 
-    synth.synthesize([ramp] * 4, cfg, tmp_path / "syn", progress=progress)
+    synthesize.synthesize([ramp] * 4, cfg, tmp_path / "syn", progress=progress)
     assert len(losses) == 24
     assert np.mean(losses[-6:]) < 0.5 * np.mean(losses[:3])
 
 
 def test_sample_from_saved(gray_run) -> None:
     root, _, _ = gray_run
-    a = synth.sample_from_saved(root / "diffusion", n=3, steps=2, seed=5)
-    b = synth.sample_from_saved(root / "diffusion", n=3, steps=2, seed=5, out_size=32)
-    c = synth.sample_from_saved(root / "diffusion", n=3, steps=2, seed=6)
+    a = synthesize.sample_from_saved(root / "diffusion", n=3, steps=2, seed=5)
+    b = synthesize.sample_from_saved(root / "diffusion", n=3, steps=2, seed=5, out_size=32)
+    c = synthesize.sample_from_saved(root / "diffusion", n=3, steps=2, seed=6)
     assert len(a) == 3 and a[0].shape == (16, 16) and a[0].dtype == np.uint8
     assert b[0].shape == (32, 32)
-    assert np.array_equal(a[0], synth.sample_from_saved(root / "diffusion", 1, 2, 5)[0])
+    assert np.array_equal(a[0], synthesize.sample_from_saved(root / "diffusion", 1, 2, 5)[0])
     assert not np.array_equal(a[0], c[0])
     with pytest.raises(CheckpointError, match="no diffusion model"):
-        synth.sample_from_saved(root / "nowhere", n=1)
+        synthesize.sample_from_saved(root / "nowhere", n=1)
 
 
 def test_prepare_images_channels_and_ranges() -> None:
@@ -234,19 +236,19 @@ def test_prepare_images_channels_and_ranges() -> None:
 
 def test_bad_resolution_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TskdInputError, match="synth.resolution"):
-        synth.synthesize(_gray_images(), SynthConfig(**TINY | {"resolution": 20}), tmp_path)
+        synthesize.synthesize(_gray_images(), SynthConfig(**TINY | {"resolution": 20}), tmp_path)
 
 
 def test_ema_folds_every_optimiser_step_including_the_last(monkeypatch: pytest.MonkeyPatch) -> None:
     from diffusers.training_utils import EMAModel
 
-    from tskd.synth_model import build_unet
+    from tskd.models.diffusion import build_unet
 
     images = prepare_images(_gray_images(), 16)
 
     def trained(decay: float) -> dict[str, torch.Tensor]:
         cfg = SynthConfig(**TINY | {"train_steps": 4, "ema_decay": decay})
-        unet, _, _ = synth_train.train_ddpm(images, cfg, checkpoint_dir=None, progress=None,
+        unet, _, _ = diffusion.train_ddpm(images, cfg, checkpoint_dir=None, progress=None,
                                             cancel=None, resume=False)
         return {k: v.clone() for k, v in unet.state_dict().items()}
 

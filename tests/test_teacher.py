@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from tskd import teacher, teacher_model
 from tskd.config import LoraSettings, TeacherConfig, TrainConfig
 from tskd.errors import CheckpointError
-from tskd.mini_sam import MiniSamConfig, build_mini_sam, json_path, save_mini_sam
+from tskd.models import teacher as teacher_model
+from tskd.models.lora import apply_lora, is_lora, load_teacher, merge_lora, save_teacher, teacher_id
+from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, json_path, save_mini_sam
+from tskd.models.teacher import SemanticSam, build_sam
+from tskd.training.teacher import TeacherTask, finetune_teacher
 
 LORA = LoraSettings(rank=2, alpha=4.0)
 
@@ -34,8 +37,8 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return save_mini_sam(_tiny_sam(), MiniSamConfig.tiny(), path, half=False)
 
 
-def _semantic(ckpt: Path, size: int = 64, classes: int = 3) -> teacher.SemanticSam:
-    return teacher.SemanticSam(teacher.build_sam("mini", ckpt, size), classes)
+def _semantic(ckpt: Path, size: int = 64, classes: int = 3) -> SemanticSam:
+    return SemanticSam(build_sam("mini", ckpt, size), classes)
 
 
 def _x(size: int = 64, n: int = 2, seed: int = 1) -> torch.Tensor:
@@ -44,18 +47,18 @@ def _x(size: int = 64, n: int = 2, seed: int = 1) -> torch.Tensor:
 
 def test_build_sam_errors(tmp_path, monkeypatch) -> None:
     with pytest.raises(CheckpointError, match="vit_b needs a checkpoint.*download_checkpoint"):
-        teacher.build_sam("vit_b")
+        build_sam("vit_b")
     with pytest.raises(CheckpointError, match="unknown SAM model type 'vit_q'"):
-        teacher.build_sam("vit_q")
+        build_sam("vit_q")
     monkeypatch.setattr(teacher_model, "BUILTIN_WEIGHTS", tmp_path / "mini_sam.safetensors")
     with pytest.raises(CheckpointError, match="tskd pretrain-mini"):
-        teacher.build_sam("mini")
+        build_sam("mini")
     with pytest.raises(CheckpointError, match="multiple of the patch size"):
-        teacher.build_sam("mini", pretrained=False, input_size=100)
+        build_sam("mini", pretrained=False, input_size=100)
 
 
 def test_random_mini_for_pretraining() -> None:
-    sam = teacher.build_sam("mini", pretrained=False, input_size=64)
+    sam = build_sam("mini", pretrained=False, input_size=64)
     assert sam.image_encoder.img_size == 64
     assert sam.prompt_encoder.image_embedding_size == (4, 4)
     assert sam.tskd_source == {"model_type": "mini", "checkpoint": None}
@@ -67,15 +70,15 @@ def test_official_format_pth_loads_through_the_checkpoint_path(tmp_path) -> None
     path = tmp_path / "sam_tiny.pth"
     torch.save(sam.state_dict(), path)
     json_path(path).write_text(json.dumps({"config": MiniSamConfig.tiny().to_dict()}))
-    loaded = teacher.build_sam("mini", path, 64)
+    loaded = build_sam("mini", path, 64)
     assert loaded.tskd_source["checkpoint"] == str(path.resolve())
-    a, b = teacher.SemanticSam(sam, 3).eval(), teacher.SemanticSam(loaded, 3).eval()
+    a, b = SemanticSam(sam, 3).eval(), SemanticSam(loaded, 3).eval()
     with torch.no_grad():
         assert torch.equal(a(_x()), b(_x()))
     # without the JSON the architecture is inferred from shapes, with a warning
     json_path(path).unlink()
     with pytest.warns(UserWarning, match="inferred from its shapes"):
-        teacher.build_sam("mini", path, 64)
+        build_sam("mini", path, 64)
 
 
 @pytest.mark.parametrize(("size", "grid"), [(32, 4), (128, 16)])
@@ -113,7 +116,7 @@ def test_semantic_sam_head_and_features(tiny_ckpt: Path) -> None:
         model.forward_with_features(_x(), ["block9"])
 
 
-def _train_steps(model: teacher.SemanticSam, steps: int = 3) -> None:
+def _train_steps(model: SemanticSam, steps: int = 3) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
     target = torch.randint(0, 3, (2, 64, 64), generator=torch.Generator().manual_seed(0))
@@ -127,8 +130,8 @@ def _train_steps(model: teacher.SemanticSam, steps: int = 3) -> None:
 
 
 def test_lora_trains_only_adapters_and_heads_and_merges_exactly(tiny_ckpt: Path) -> None:
-    model = teacher.apply_lora(_semantic(tiny_ckpt), LORA)
-    assert teacher.is_lora(model)
+    model = apply_lora(_semantic(tiny_ckpt), LORA)
+    assert is_lora(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any(".attn.qkv.lora_A" in n for n in trainable)
@@ -148,16 +151,16 @@ def test_lora_trains_only_adapters_and_heads_and_merges_exactly(tiny_ckpt: Path)
     x = _x(seed=7)
     with torch.no_grad():
         unmerged = model(x)
-        merged_model = teacher.merge_lora(model)
+        merged_model = merge_lora(model)
         merged = merged_model(x)
-    assert type(merged_model.sam).__name__ == "Sam" and not teacher.is_lora(merged_model)
+    assert type(merged_model.sam).__name__ == "Sam" and not is_lora(merged_model)
     assert not any("lora" in n for n, _ in merged_model.named_parameters())
     assert torch.allclose(unmerged, merged, atol=1e-5)
 
 
 def test_train_decoder_trains_the_whole_decoder_and_round_trips(tiny_ckpt: Path, tmp_path) -> None:
     settings = LoraSettings(rank=2, alpha=4.0, train_decoder=True)
-    model = teacher.apply_lora(_semantic(tiny_ckpt), settings)
+    model = apply_lora(_semantic(tiny_ckpt), settings)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     plain = {n for n in trainable if "lora_" not in n}  # trained in full
     assert any(".mask_decoder.transformer." in n for n in plain)  # not only its LoRA matrices
@@ -166,19 +169,19 @@ def test_train_decoder_trains_the_whole_decoder_and_round_trips(tiny_ckpt: Path,
     with torch.no_grad():
         expected = model(_x())
     folder = tmp_path / "teacher"
-    teacher.save_teacher(model, folder, {"lora": settings})
+    save_teacher(model, folder, {"lora": settings})
     assert json.loads((folder / "meta.json").read_text())["lora"]["train_decoder"] is True
     with torch.no_grad():
-        assert torch.allclose(teacher.load_teacher(folder)(_x()), expected, atol=1e-5)
+        assert torch.allclose(load_teacher(folder)(_x()), expected, atol=1e-5)
 
 
 def test_save_load_teacher_and_id(tiny_ckpt: Path, tmp_path) -> None:
-    model = teacher.apply_lora(_semantic(tiny_ckpt), LORA)
+    model = apply_lora(_semantic(tiny_ckpt), LORA)
     _train_steps(model, 2)
     with torch.no_grad():
         expected = model(_x())
     folder = tmp_path / "teacher"
-    teacher.save_teacher(model, folder, {"lora": LORA, "class_names": ["bg", "a", "b"]})
+    save_teacher(model, folder, {"lora": LORA, "class_names": ["bg", "a", "b"]})
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["model_type"] == "mini" and meta["checkpoint"] == str(tiny_ckpt.resolve())
     assert meta["num_classes"] == 3 and meta["input_size"] == 64 and meta["lora"]["rank"] == 2
@@ -186,25 +189,25 @@ def test_save_load_teacher_and_id(tiny_ckpt: Path, tmp_path) -> None:
     adapter_bytes = (folder / "adapter.safetensors").stat().st_size
     assert adapter_bytes < 0.5 * tiny_ckpt.stat().st_size  # LoRA + heads only
 
-    loaded = teacher.load_teacher(folder)
-    assert not loaded.training and not teacher.is_lora(loaded)
+    loaded = load_teacher(folder)
+    assert not loaded.training and not is_lora(loaded)
     assert not any(p.requires_grad for p in loaded.parameters())
     with torch.no_grad():
         assert torch.allclose(loaded(_x()), expected, atol=1e-5)
 
-    tid = teacher.teacher_id(folder)
-    assert tid == teacher.teacher_id(folder) and len(tid) == 16
+    tid = teacher_id(folder)
+    assert tid == teacher_id(folder) and len(tid) == 16
     other = tmp_path / "other"
-    teacher.save_teacher(teacher.apply_lora(_semantic(tiny_ckpt), LORA), other, {"lora": LORA})
-    assert teacher.teacher_id(other) != tid
+    save_teacher(apply_lora(_semantic(tiny_ckpt), LORA), other, {"lora": LORA})
+    assert teacher_id(other) != tid
 
     # a different base file at the recorded path is refused
     changed = tmp_path / "changed.safetensors"
     save_mini_sam(_tiny_sam(seed=9), MiniSamConfig.tiny(), changed, half=False)
     with pytest.raises(CheckpointError, match="changed.safetensors .* is not the one"):
-        teacher.load_teacher(folder, checkpoint=changed)
+        load_teacher(folder, checkpoint=changed)
     with pytest.raises(CheckpointError, match="no adapted teacher"):
-        teacher.load_teacher(tmp_path / "empty")
+        load_teacher(tmp_path / "empty")
 
 
 def _samples(n: int, size: int = 40) -> list:
@@ -230,7 +233,7 @@ class _Sample:
 
 
 class _PrivateDataset(torch.utils.data.Dataset):
-    """Stand-in for tskd.data.LabelledDataset while it does not exist."""
+    """Stand-in for tskd.data.dataset.LabelledDataset while it does not exist."""
 
     def __init__(self, samples: list, size: int, augment: bool) -> None:
         self.samples, self.size = samples, size
@@ -251,9 +254,9 @@ class _PrivateDataset(torch.utils.data.Dataset):
 
 def test_finetune_teacher_end_to_end(tiny_ckpt: Path, tmp_path, monkeypatch) -> None:
     try:
-        from tskd.data import LabelledDataset  # noqa: F401
+        from tskd.data.dataset import LabelledDataset  # noqa: F401
     except ImportError:
-        from tskd import teacher_train
+        from tskd.training import teacher as teacher_train
 
         monkeypatch.setattr(teacher_train, "_dataset", _PrivateDataset)
     cfg = TeacherConfig(
@@ -264,7 +267,7 @@ def test_finetune_teacher_end_to_end(tiny_ckpt: Path, tmp_path, monkeypatch) -> 
         train=TrainConfig(epochs=1, batch_size=2, lr=1e-2, max_steps=2, device="cpu"),
     )
     seen = []
-    metrics = teacher.finetune_teacher(
+    metrics = finetune_teacher(
         cfg, _samples(4), _samples(2), 3, tmp_path / "out", progress=seen.append,
         checkpoint_dir=tmp_path / "ckpt", class_names=["bg", "disc", "square"],
     )
@@ -275,7 +278,7 @@ def test_finetune_teacher_end_to_end(tiny_ckpt: Path, tmp_path, monkeypatch) -> 
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["class_names"] == ["bg", "disc", "square"] and meta["input_size"] == 32
     assert meta["metrics"]["val_dice"] == metrics["val_dice"]
-    loaded = teacher.load_teacher(tmp_path / "out")
+    loaded = load_teacher(tmp_path / "out")
     with torch.no_grad():
         assert loaded(_x(32)).shape == (2, 3, 32, 32)
 
@@ -290,7 +293,7 @@ def test_teacher_dice_ignores_background_unless_asked() -> None:
 
     def dice_term(include_background: bool) -> float:
         cfg = TeacherConfig(dice_weight=1.0, dice_include_background=include_background)
-        task = teacher.TeacherTask(lambda _x: all_background, [], cfg, augment=False)
+        task = TeacherTask(lambda _x: all_background, [], cfg, augment=False)
         return float(task.step(task.model, batch)["loss"])
 
     assert dice_term(False) == pytest.approx(1.0, abs=1e-3)
@@ -298,15 +301,15 @@ def test_teacher_dice_ignores_background_unless_asked() -> None:
 
 
 def test_builtin_mini_weights_round_trip(tiny_ckpt: Path, tmp_path, monkeypatch) -> None:
-    from tskd import teacher_lora
+    from tskd.models import lora as teacher_lora
 
     monkeypatch.setattr(teacher_model, "BUILTIN_WEIGHTS", tiny_ckpt)
     monkeypatch.setattr(teacher_model, "BUILTIN_JSON", json_path(tiny_ckpt))
     monkeypatch.setattr(teacher_lora, "BUILTIN_WEIGHTS", tiny_ckpt)
-    sam = teacher.build_sam("mini", input_size=64)
+    sam = build_sam("mini", input_size=64)
     assert sam.tskd_source == {"model_type": "mini", "checkpoint": "builtin"}
-    model = teacher.apply_lora(teacher.SemanticSam(sam, 2), LORA)
-    teacher.save_teacher(model, tmp_path / "t", {"lora": LORA})
+    model = apply_lora(SemanticSam(sam, 2), LORA)
+    save_teacher(model, tmp_path / "t", {"lora": LORA})
     assert json.loads((tmp_path / "t" / "meta.json").read_text())["checkpoint"] == "builtin"
     with torch.no_grad():
-        assert torch.allclose(teacher.load_teacher(tmp_path / "t")(_x()), model(_x()), atol=1e-5)
+        assert torch.allclose(load_teacher(tmp_path / "t")(_x()), model(_x()), atol=1e-5)

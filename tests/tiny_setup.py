@@ -10,7 +10,7 @@ TINY_SIZE = 64
 
 
 def write_tiny_task(root: Path, n_train: int = 4, n_unlabelled: int = 3, n_test: int = 3) -> Path:
-    from tskd import phantoms
+    from tskd.data import phantoms
 
     return phantoms.write_task_folders("kidney_us", root, n_train, n_unlabelled, n_test,
                                        size=TINY_SIZE, seed=0)
@@ -20,7 +20,7 @@ def write_tiny_sam(path: Path) -> Path:
     """A randomly initialised tiny SAM saved like the built-in mini teacher."""
     import torch
 
-    from tskd.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
+    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
 
     torch.manual_seed(0)
     cfg = MiniSamConfig.tiny()

@@ -15,6 +15,9 @@ Operating-system errors a user can fix become one-line ``TskdError``s naming the
 
 Leftover temporary files of a killed writer (same target name, process no longer running) are
 removed the next time that target is written.
+
+``load_weights_only`` is the one way PyTorch files are read back (checkpoints of the engine and of
+SAM): ``torch.load(weights_only=True)``, so nothing in a file can run code.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ import io
 import json
 import math
 import os
+import pickle
+import re
 import secrets
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tskd.errors import DiskFullError, TskdError
+from tskd.errors import CheckpointError, DiskFullError, TskdError
 
 _FULL = {errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -248,3 +254,37 @@ def torch_bytes(obj: Any) -> bytes:
 def torch_save(path: str | Path, obj: Any) -> Path:
     """Replace ``path`` with ``torch.save(obj)`` atomically."""
     return write_bytes(path, torch_bytes(obj))
+
+
+def load_weights_only(path: str | Path, what: str = "checkpoint",
+                      data: bytes | None = None) -> object:
+    """``torch.load(path, weights_only=True)`` on CPU, with errors a user can act on.
+
+    ``data``, when given, holds the file's bytes already read (and verified) by the caller;
+    ``path`` then only names the file in messages.
+
+    Nothing in the file is executed: torch's restricted unpickler refuses any Python object
+    other than tensors and plain containers. Raises ``CheckpointError`` with one full sentence
+    naming ``what`` and ``path``: for a file that holds other objects (a pickle that would run
+    code, or a whole pickled model), and for a truncated or corrupt file.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols
+            source = path if data is None else io.BytesIO(data)
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]{1,80})", str(exc))
+        named = f" (it refers to {found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{what} {path} holds Python objects other than tensors{named}, and such a file is "
+            "not loaded because unpickling it could run code; use a file that holds only "
+            "weights, such as an official SAM checkpoint or a .safetensors file"
+        ) from None
+    except Exception:  # zip/pickle framing errors, EOF: the bytes are not a complete file
+        raise CheckpointError(
+            f"cannot read {what} {path}: it is truncated, corrupt or not a PyTorch weights file"
+        ) from None

@@ -52,7 +52,7 @@ class DataConfig:
     # from the file's header before decoding (2^28 = 268 M; a decompression bomb is refused)
     max_pixels: int = 2**28
     # the class map, used as given: names (value = position, background first) or
-    # {value: name}; None: dataset.json 'labels', else the values seen (see tskd.label_policy)
+    # {value: name}; None: dataset.json 'labels', else the values seen (see tskd.data.label_policy)
     classes: list[str] | dict[int, str] | None = None
     # a label value whose pixels are left out of training and scoring (e.g. 255 borders);
     # None: no value is ignored (unless dataset.json names an 'ignore' label)

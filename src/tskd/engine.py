@@ -381,8 +381,8 @@ class _Checkpoint:
 
         from safetensors.torch import load as load_safetensors
 
+        from tskd.atomic import load_weights_only
         from tskd.errors import CheckpointError
-        from tskd.sam_checkpoint import load_weights_only
 
         try:
             tensors = load_safetensors(files[self.PARAMS])

@@ -1,0 +1,484 @@
+"""The ``tskd`` command: every stage of the pipeline, for scripts and GPU servers.
+
+A user-fixable problem (``TskdError``) prints one line and exits with code 2; Ctrl-C stops a
+training stage at the next step, keeps a resumable checkpoint and exits with code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tskd.errors import Cancelled, TskdError
+
+STAGE_COMMANDS = ("finetune-teacher", "synthesize", "distill", "finetune-student")
+
+
+class _TqdmProgress:
+    """Turns engine ``Progress`` reports into one tqdm bar per stage."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._stage = ""
+
+    def __call__(self, p: Any) -> None:
+        from tqdm import tqdm
+
+        restarted = self._bar is not None and p.step < self._bar.n  # same stage, next model
+        if self._bar is None or p.stage != self._stage or restarted:
+            self.close()
+            self._stage = p.stage
+            self._bar = tqdm(total=p.total, desc=p.stage, unit="step", dynamic_ncols=True)
+        self._bar.n = p.step
+        self._bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML run configuration (see examples/)")
+    p.add_argument("--run-dir", help="run folder (default: from the config)")
+    p.add_argument("--data", help="labelled folder: images/+labels/ or nnU-Net raw layout")
+    p.add_argument("--unlabelled", help="folder of unlabelled images for the transfer set")
+    p.add_argument("--test", help="held-out labelled folder to evaluate on")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, help="seed of the training stage(s)")
+    p.add_argument("--epochs", type=int, help="epochs of the training stage")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a different run in the run folder (only the files that run "
+                        "wrote are removed)")
+    p.add_argument("--max-pixels", type=int,
+                   help="most pixels one image file may decode to (data.max_pixels; 2^28)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tskd",
+        description="Task-specific knowledge distillation from Segment Anything into a small, "
+        "fast segmentation model.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("finetune-teacher", help="stage 1: adapt SAM to the task with LoRA")
+    _add_run_options(p)
+    p.add_argument("--model-type", choices=["mini", "vit_b", "vit_l", "vit_h"])
+    p.add_argument("--checkpoint", help="official SAM checkpoint (.pth or .safetensors)")
+    p.add_argument("--input-size", type=int, help="SAM input size (1024 native)")
+    p.add_argument("--lora-rank", type=int)
+    p.add_argument("--lr", type=float)
+
+    p = sub.add_parser("synthesize", help="stage 2: synthesise transfer images with a DDPM")
+    _add_run_options(p)
+    p.add_argument("--n-images", type=int, help="number of images to sample")
+    p.add_argument("--steps", type=int, help="diffusion training steps")
+    p.add_argument("--resolution", type=int, help="diffusion resolution")
+
+    p = sub.add_parser("distill", help="stage 3: distil the teacher into the student")
+    _add_run_options(p)
+    p.add_argument("--task-agnostic", action="store_true",
+                   help="baseline: match the un-adapted SAM encoder's features only")
+
+    p = sub.add_parser("finetune-student", help="stage 4: fine-tune the student on the labels")
+    _add_run_options(p)
+    p.add_argument("--from-scratch", action="store_true", help="baseline: no distillation")
+    p.add_argument("--continue", dest="continue_from_last", action="store_true",
+                   help="start from the last fine-tuned student (annotate-train loop)")
+
+    p = sub.add_parser("predict", help="segment images, stacks or folders")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    p.add_argument("--model", required=True, type=Path, help="student or teacher folder")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tile-size", type=int,
+                   help="tile side in pixels (default: the size of the model's training "
+                   "images, so tiles keep the training scale; 1024 for older models)")
+    p.add_argument("--max-pixels", type=int,
+                   help="most pixels one image may decode to (default: $TSKD_MAX_PIXELS or "
+                   "2^28); larger files are refused before they are read")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace label maps already in the output folder (they are named)")
+
+    p = sub.add_parser("evaluate", help="Dice, IoU and HD95 per image and class")
+    p.add_argument("--pred", type=Path, help="folder of predicted label maps")
+    p.add_argument("--gt", type=Path, help="folder of ground-truth label maps")
+    p.add_argument("-o", "--output", type=Path, help="folder for metrics.json and metrics.csv")
+    p.add_argument("--num-classes", type=int,
+                   help="classes incl. background, label values 0..N-1 (default: dataset.json "
+                        "beside the ground truth, else the values in the ground truth)")
+    p.add_argument("--spacing", type=float, nargs="+", help="pixel spacing for HD95 (e.g. 0.5 0.5)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace metrics.json/metrics.csv already in the output folder")
+    p.add_argument("--ignore-label", type=int,
+                   help="ground-truth label value to leave out of the scores (e.g. 255)")
+
+    p = sub.add_parser("check-data",
+                       help="check every image and label map of a labelled folder before training")
+    p.add_argument("folder", type=Path, help="images/+labels/ or nnU-Net raw layout")
+    p.add_argument("--config", type=Path,
+                   help="YAML run configuration (its data.classes and data.ignore_label)")
+    p.add_argument("--ignore-label", type=int, help="label value to ignore (e.g. 255)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = sub.add_parser("run", help="the whole pipeline from one YAML file")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--run-dir")
+    p.add_argument("--device")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a different run in the run folder (only the files that run "
+                        "wrote are removed)")
+    p.add_argument("--max-pixels", type=int,
+                   help="most pixels one image file may decode to (data.max_pixels; 2^28)")
+
+    p = sub.add_parser("export-onnx", help="export a student to ONNX (checked against PyTorch)")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    p = sub.add_parser("pretrain-mini", help="pretrain the built-in miniature SAM teacher")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int, default=128,
+                   help="pretraining resolution (the teacher adapts to others by interpolation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path,
+                   help="output folder (default: $TSKD_DATA_DIR/pretrain-mini, else the user "
+                        "data folder's tskd/pretrain-mini)")
+    p.add_argument("--replace-packaged-weights", action="store_true",
+                   help="maintainers: write into the package's built-in teacher weights")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace mini_sam.safetensors/.json already in --out")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("make-sample-data", help="write a procedural sample task as folders")
+    p.add_argument("task", help="kidney_us, skin_lesion, retina_vessels or ct_abdomen")
+    p.add_argument("output", type=Path)
+    p.add_argument("--train", type=int, default=10, help="labelled training images")
+    p.add_argument("--unlabelled", type=int, default=40)
+    p.add_argument("--test", type=int, default=20)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace sample files already in OUTPUT (other files are never touched)")
+
+    p = sub.add_parser("demo", help="the whole method on a procedural task, with baselines")
+    p.add_argument("--task", default="kidney_us")
+    p.add_argument("--labels", type=int, default=10, help="labelled training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", choices=["tiny", "small", "full"], default="small")
+    p.add_argument("--teacher", default="mini", help="mini, vit_b, vit_l or vit_h")
+    p.add_argument("--checkpoint", help="SAM checkpoint for --teacher vit_*")
+    p.add_argument("--teacher-size", type=int,
+                   help="teacher input size (default: 128 for mini, 512 for vit_*)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--check-pretraining", action="store_true",
+                   help="also train the teacher's architecture from random initialisation")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from tskd.config import RunConfig, load_config
+
+    cfg = load_config(args.config) if getattr(args, "config", None) else RunConfig()
+    if getattr(args, "run_dir", None):
+        cfg.run_dir = args.run_dir
+    for opt, attr in (("data", "labelled"), ("unlabelled", "unlabelled"), ("test", "test")):
+        if getattr(args, opt, None):
+            setattr(cfg.data, attr, getattr(args, opt))
+    if getattr(args, "max_pixels", None) is not None:
+        cfg.data.max_pixels = args.max_pixels
+    trains = {
+        "finetune-teacher": [cfg.teacher.train],
+        "distill": [cfg.distill.train],
+        "finetune-student": [cfg.student.train],
+        "run": [cfg.teacher.train, cfg.distill.train, cfg.student.train],
+    }.get(args.command, [])
+    for train in trains:
+        if getattr(args, "device", None):
+            train.device = args.device
+        if getattr(args, "seed", None) is not None:
+            train.seed = args.seed
+        if getattr(args, "epochs", None):
+            train.epochs = args.epochs
+    if args.command in ("synthesize", "run"):
+        if getattr(args, "device", None):
+            cfg.synth.device = args.device
+            cfg.predict.device = args.device
+        if getattr(args, "seed", None) is not None:
+            cfg.synth.seed = args.seed
+    if args.command == "finetune-teacher":
+        _set_if(cfg.teacher, "model_type", args.model_type)
+        _set_if(cfg.teacher, "checkpoint", args.checkpoint)
+        _set_if(cfg.teacher, "input_size", args.input_size)
+        _set_if(cfg.teacher.lora, "rank", args.lora_rank)
+        _set_if(cfg.teacher.train, "lr", args.lr)
+    if args.command == "synthesize":
+        _set_if(cfg.synth, "n_images", args.n_images)
+        _set_if(cfg.synth, "train_steps", args.steps)
+        _set_if(cfg.synth, "resolution", args.resolution)
+    if args.command == "distill" and args.task_agnostic:
+        cfg.distill.task_agnostic = True
+    if args.command == "finetune-student" and args.from_scratch:
+        cfg.student.from_scratch = True
+    return cfg
+
+
+def _set_if(obj: Any, name: str, value: Any) -> None:
+    if value is not None:
+        setattr(obj, name, value)
+
+
+def _print(result: Any) -> None:
+    import json
+
+    print(json.dumps(result, indent=1, default=str))
+
+
+def _cmd_stage(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.pipeline import stages
+    from tskd.pipeline.run_folder import check_run_dir_inputs, run_lock
+
+    cfg = _config_from_args(args)
+    kwargs: dict[str, Any] = {"progress": progress, "cancel": cancel, "resume": args.resume}
+    check_run_dir_inputs(cfg)  # before the lock creates anything in the run folder
+    with run_lock(cfg.run_dir, args.command):  # one writer from the config to the result
+        stages.prepare_run_dir(cfg, overwrite=args.overwrite)
+        if args.command == "finetune-teacher":
+            result = stages.stage_teacher(cfg, **kwargs)
+        elif args.command == "synthesize":
+            result = stages.stage_synthesize(cfg, **kwargs)
+        elif args.command == "distill":
+            result = stages.stage_distill(cfg, **kwargs)
+        else:
+            result = stages.stage_finetune_student(
+                cfg, continue_from_last=args.continue_from_last, **kwargs
+            )
+            if cfg.data.test:
+                result["evaluate"] = stages.stage_evaluate(cfg)
+    progress.close()
+    _print(result)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.pipeline import stages
+
+    cfg = _config_from_args(args)
+    result = stages.run_pipeline(
+        cfg, progress=progress, cancel=cancel, resume=args.resume, overwrite=args.overwrite
+    )
+    progress.close()
+    _print(result)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.data import io, outputs
+    from tskd.errors import TskdInputError
+    from tskd.inference.predict import predict_paths, segmenter_from_bundle
+
+    outputs.check_not_input(outputs.check_output_folder(args.output),
+                            [p for p in args.inputs if p.exists()])
+    files: list[Path] = []
+    for path in args.inputs:
+        if path.is_dir():
+            files += io.list_images(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TskdInputError(f"input not found: {path}")
+    if not files:
+        raise TskdInputError("no images found in the given inputs")
+    from tskd.data.label_policy import LabelMap
+
+    segmenter, meta = segmenter_from_bundle(args.model, device=args.device,
+                                            tile_size=args.tile_size, max_pixels=args.max_pixels)
+    label_map = LabelMap.from_meta(meta)  # predictions carry the training labels' values
+    written = predict_paths(segmenter, files, args.output, overwrite=args.overwrite,
+                            input_folders=[p for p in args.inputs if p.is_dir()],
+                            log=lambda line: print(f"tskd: {line}", file=sys.stderr),
+                            label_values=label_map.values)
+    print(f"wrote {len(written)} label map(s) to {args.output}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.data import outputs
+    from tskd.errors import TskdInputError
+    from tskd.inference import metrics
+
+    if not (args.pred and args.gt and args.output):
+        raise TskdInputError("evaluate needs --pred, --gt and -o/--output")
+    out = outputs.check_output_folder(args.output)
+    outputs.check_not_input(out, [p for p in (args.pred, args.gt) if p.exists()],
+                            allow_parent=True)
+    outputs.check_replace([out / "metrics.json", out / "metrics.csv"], args.overwrite, out)
+    report = metrics.evaluate_folders(
+        args.pred, args.gt, num_classes=args.num_classes,
+        spacing=tuple(args.spacing) if args.spacing else None, ignore_label=args.ignore_label,
+    )
+    metrics.write_report(report, args.output)
+    _print(report.summary)
+    return 0
+
+
+def _cmd_check_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.config import load_config
+    from tskd.data import check
+
+    classes, ignore = None, args.ignore_label
+    if args.config:
+        cfg = load_config(args.config)
+        classes = cfg.data.classes
+        if ignore is None:
+            ignore = cfg.data.ignore_label
+    report = check.check_folder(args.folder, classes=classes, ignore_label=ignore)
+    print(check.report_json(report) if args.json else check.format_report(report))
+    return 2 if report.n_errors else 0
+
+
+def _cmd_export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.data import outputs
+    from tskd.inference import bundle
+
+    outputs.check_not_input(args.output.parent, [args.model] if args.model.exists() else [],
+                            what="output file's folder", allow_parent=True)
+    outputs.check_replace([args.output], args.overwrite, args.output.parent)
+    model, meta = bundle.load_model(args.model)
+    diff = bundle.export_onnx(model, args.output, int(meta.get("image_size") or
+                                                      meta.get("input_size")))
+    print(f"wrote {args.output} (max |onnx - torch| = {diff:.2e})")
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.errors import TskdInputError
+    from tskd.models.mini_sam import MiniSamConfig
+    from tskd.training import pretrain
+
+    if args.out and args.replace_packaged_weights:
+        raise TskdInputError("give either --out or --replace-packaged-weights, not both")
+
+    cfg = pretrain.PretrainConfig(image_size=args.image_size,
+                                  model=MiniSamConfig(img_size=args.image_size))
+    _set_if(cfg, "steps", args.steps)
+    _set_if(cfg, "batch_size", args.batch_size)
+    cfg.seed = args.seed
+    cfg.device = args.device
+    packaged = bool(args.replace_packaged_weights)
+    out = pretrain.packaged_weights_dir() if packaged else (
+        args.out or pretrain.default_output_dir())
+    result = pretrain.pretrain_mini(
+        cfg, out, progress=progress, cancel=cancel, resume=args.resume,
+        checkpoint_dir=pretrain.checkpoint_dir_for(out, packaged),
+        command=" ".join(["tskd", *sys.argv[1:]]),
+        overwrite=args.overwrite, replace_packaged=packaged,
+    )
+    progress.close()
+    _print(result)
+    return 0
+
+
+def _cmd_sample_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.data import outputs, phantoms
+    from tskd.errors import TskdInputError
+
+    if args.task not in phantoms.TASKS:
+        raise TskdInputError(
+            f"unknown task '{args.task}'; choose one of {', '.join(sorted(phantoms.TASKS))}"
+        )
+    outputs.check_task_folder(args.task, args.output, args.train, args.unlabelled, args.test,
+                              overwrite=args.overwrite)
+    phantoms.write_task_folders(args.task, args.output, args.train, args.unlabelled, args.test,
+                                args.size, args.seed)
+    print(f"wrote {args.task} to {args.output}/train, unlabelled, test")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.apps import demo
+
+    result = demo.run_demo(
+        task=args.task, n_labels=args.labels, seed=args.seed, budget=args.budget,
+        teacher=args.teacher, checkpoint=args.checkpoint, out=args.out, device=args.device,
+        progress=progress, cancel=cancel, check_pretraining=args.check_pretraining,
+        teacher_size=args.teacher_size,
+    )
+    progress.close()
+    print(result["table"])
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Any, Any], int]] = {
+    **{name: _cmd_stage for name in STAGE_COMMANDS},
+    "run": _cmd_run,
+    "predict": _cmd_predict,
+    "evaluate": _cmd_evaluate,
+    "check-data": _cmd_check_data,
+    "export-onnx": _cmd_export,
+    "pretrain-mini": _cmd_pretrain,
+    "make-sample-data": _cmd_sample_data,
+    "demo": _cmd_demo,
+}
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int,
+                  file: Any = None, line: Any = None) -> None:
+    print(f"tskd: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tskd`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from tskd.engine import CancelToken
+
+    cancel = CancelToken()
+    progress = _TqdmProgress()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if cancel.cancelled:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        print("\ntskd: stopping at the next step (Ctrl-C again to abort now)", file=sys.stderr)
+        cancel.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    warnings.showwarning = _show_warning
+    try:
+        return COMMANDS[args.command](args, progress, cancel)
+    except Cancelled as exc:
+        progress.close()
+        print(f"tskd: {exc}", file=sys.stderr)
+        return 130
+    except TskdError as exc:
+        progress.close()
+        print(f"tskd: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a writer outside tskd.atomic: still one line for a full disk
+        from tskd.atomic import user_error
+
+        where = Path(exc.filename).parent if exc.filename else "the output folder"
+        err = user_error(exc, where, None)
+        if err is None:
+            raise
+        progress.close()
+        print(f"tskd: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

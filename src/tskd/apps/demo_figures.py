@@ -1,0 +1,79 @@
+"""Figures of the demo report: test images with ground truth, teacher and student masks, and
+the loss curves of every training stage. Matplotlib with the Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tskd import atomic
+
+
+def _overlay(ax: Any, image: np.ndarray, label: np.ndarray | None, title: str) -> None:
+    from tskd.data.dataset import to_float_rgb
+
+    ax.imshow(to_float_rgb(image))
+    if label is not None and label.max() > 0:
+        masked = np.ma.masked_where(label == 0, label)
+        ax.imshow(masked, cmap="tab10", alpha=0.45, vmin=0, vmax=9, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def write_figures(out: Path, runs: dict[str, Any], n_examples: int = 4) -> Path | None:
+    """Write ``examples.png`` (image, truth, teacher, students) and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tskd.data import io
+    from tskd.inference import bundle
+    from tskd.inference.predict import Segmenter
+    from tskd.pipeline.run_folder import RunPaths
+
+    test = io.load_labelled(Path(runs["ts_kd"].data.labelled).parent / "test")[:n_examples]
+    if not test:
+        return None
+    models: dict[str, Any] = {}
+    for title, run, which in (
+        ("teacher (LoRA)", "ts_kd", "teacher"),
+        ("scratch", "scratch", "student"),
+        ("task-agnostic KD", "task_agnostic_kd", "student"),
+        ("TS-KD", "ts_kd", "student"),
+    ):
+        paths = RunPaths(Path(runs[run].run_dir))
+        net, meta = bundle.load_model(paths.teacher if which == "teacher" else paths.student)
+        size = int(meta.get("image_size") or meta.get("input_size"))
+        models[title] = Segmenter(net, size, int(meta["num_classes"]), device="cpu")
+
+    cols = 2 + len(models)
+    fig, axes = plt.subplots(len(test) + 1, cols, figsize=(2.1 * cols, 2.1 * (len(test) + 1)))
+    for r, sample in enumerate(test):
+        _overlay(axes[r, 0], sample.image, None, sample.name)
+        _overlay(axes[r, 1], sample.image, sample.label, "ground truth")
+        for c, (title, seg) in enumerate(models.items(), start=2):
+            _overlay(axes[r, c], sample.image, seg.segment(sample.image), title)
+    for ax in axes[-1]:
+        ax.axis("off")
+    curves = fig.add_subplot(len(test) + 1, 1, len(test) + 1)
+    for run, cfg in runs.items():
+        reports = RunPaths(Path(cfg.run_dir)).reports
+        for stage in ("distill", "student"):
+            f = reports / f"{stage}_history.json"
+            if f.is_file():
+                hist = json.loads(f.read_text())
+                curves.plot([h["loss"] for h in hist], label=f"{run}: {stage}")
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("loss")
+    curves.set_yscale("log")
+    curves.legend(fontsize=6, ncol=3)
+    fig.tight_layout()
+    path = out / "examples.png"
+    with atomic.disk_errors(out):
+        fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,154 @@
+"""Where tskd may write: never into the folders it reads, never over a file without a flag.
+
+The rules every command that writes user-chosen outputs follows (``predict``, ``evaluate``,
+``export-onnx``, ``make-sample-data``, the demo):
+
+- an output folder that is, contains or lies inside a folder the command reads (a folder given
+  as input, or the folder of an input file) is refused (``check_not_input``), symlinks resolved;
+- an existing file the command would write is replaced only when the caller passes
+  ``overwrite`` (the CLI's ``--overwrite``), and then the replaced files are named in a
+  ``TskdWarning`` (``check_replace``).
+
+Every refusal is a ``TskdInputError`` whose one sentence names the folder and what to do.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tskd.errors import TskdInputError, TskdWarning
+
+
+def _real(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _input_folders(inputs: Iterable[str | Path],
+                   as_folders: bool = False) -> list[tuple[Path, Path]]:
+    """(given path, resolved folder): a folder itself, or the folder of a file."""
+    out = []
+    for p in inputs:
+        real = _real(p)
+        out.append((Path(p), real if as_folders or real.is_dir() else real.parent))
+    return out
+
+
+def check_not_input(
+    output: str | Path,
+    inputs: Iterable[str | Path],
+    what: str = "output folder",
+    allow_parent: bool = False,
+    as_folders: bool = False,
+    input_what: str = "input folder",
+) -> None:
+    """Refuse ``output`` when it is, contains or is inside a folder of ``inputs``.
+
+    ``inputs`` are files or folders the command reads. For a folder, all three relations are
+    refused; for a file, only an output folder that is the file's own folder (where an output
+    of the same name would replace a sibling input), so ``tskd predict scan.tif -o pred`` beside
+    the scan is allowed. With
+    ``allow_parent`` an output folder that merely contains an input folder is allowed (for
+    outputs whose file names cannot meet the inputs, e.g. ``metrics.json``). With
+    ``as_folders`` every input is taken as a folder, whether it exists yet or not (a config's
+    data folders). ``input_what`` names an input folder in the message (e.g. "unlabelled data
+    folder"). Raises ``TskdInputError`` naming both folders.
+    """
+    out = _real(output)
+    for given, folder in _input_folders(inputs, as_folders):
+        is_folder = as_folders or _real(given).is_dir()
+        if out == folder:
+            relation = "is"
+        elif not is_folder:
+            continue
+        elif out.is_relative_to(folder):
+            relation = "is inside"
+        elif not allow_parent and folder.is_relative_to(out):
+            relation = "contains"
+        else:
+            continue
+        source = f"the {input_what} {given}" if is_folder else \
+            f"the folder of the input {given} ({folder})"
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise TskdInputError(
+            f"the {what} {output} {relation} {source}; tskd never writes where it reads its "
+            f"inputs, so choose {article} {what} outside them."
+        )
+
+
+def check_output_folder(output: str | Path) -> Path:
+    """``output`` as a Path; refuses (``TskdInputError``) one that exists and is not a folder."""
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise TskdInputError(f"the output folder {out} is a file; choose a folder.")
+    return out
+
+
+def _names(paths: Sequence[Path], n: int = 5) -> str:
+    shown = ", ".join(str(p) for p in paths[:n])
+    return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def check_no_folders(targets: Iterable[str | Path]) -> None:
+    """Refuse (``TskdInputError``) when a folder (or a link to one) stands where tskd would
+    write one of the files ``targets``: no flag replaces a folder. Call it before anything is
+    written, with or without ``--overwrite``."""
+    folders = [Path(t) for t in targets if Path(t).is_dir()]
+    if folders:
+        raise TskdInputError(
+            f"{folders[0]} is a folder where tskd would write a file; move it or choose another "
+            "output (--overwrite replaces files, never folders)."
+        )
+
+
+def check_replace(targets: Iterable[str | Path], overwrite: bool, where: str | Path,
+                  flag: str | None = "--overwrite") -> list[Path]:
+    """The targets that already exist; refuses to replace them unless ``overwrite``.
+
+    Without ``overwrite`` and with any existing target, raises ``TskdInputError`` naming them
+    (and ``flag`` as the way to allow it; None when the caller has no such flag); with it, warns
+    (``TskdWarning``) which files will be replaced. A target that is a folder is refused in any
+    case (``check_no_folders``). Returns the existing targets.
+    """
+    existing = [Path(t) for t in targets if Path(t).exists() or Path(t).is_symlink()]
+    check_no_folders(existing)
+    if existing and not overwrite:
+        how = f", or pass {flag} to replace them" if flag else \
+            " (tskd did not write them, so it does not replace them)"
+        raise TskdInputError(
+            f"{where} already holds {len(existing)} file(s) this would replace "
+            f"({_names(existing)}); choose a new or empty output{how}."
+        )
+    if existing:
+        warnings.warn(TskdWarning(f"replacing {len(existing)} existing file(s) in {where}: "
+                                  f"{_names(existing)}"), stacklevel=2)
+    return existing
+
+
+def check_task_folder(task: str, root: str | Path, n_train: int, n_unlabelled: int,
+                      n_test: int, overwrite: bool = False, flag: str | None = "--overwrite",
+                      owned: Iterable[str | Path] = ()) -> None:
+    """Before ``tskd.data.phantoms.write_task_folders``: refuse to replace files without
+    ``overwrite``, and refuse (even with it) image/label folders holding other files, which
+    would silently join the task's data. Files in ``owned`` (written earlier by the caller,
+    which removes them itself) count as neither. Raises ``TskdInputError``."""
+    from tskd.data import phantoms
+
+    root = check_output_folder(root)
+    mine = {_real(p) for p in owned}
+    targets = [t for t in phantoms.task_files(task, root, n_train, n_unlabelled, n_test)
+               if _real(t) not in mine]
+    wanted = {_real(t) for t in targets} | mine
+    for split in ("train", "unlabelled", "test"):
+        for sub in ("images", "labels"):
+            folder = root / split / sub
+            if not folder.is_dir():
+                continue
+            others = [p for p in sorted(folder.iterdir()) if _real(p) not in wanted]
+            if others:
+                raise TskdInputError(
+                    f"{folder} already holds files this task would not write ({_names(others, 3)}"
+                    "), which would be mixed into its data; choose a new or empty folder."
+                )
+    check_replace(targets, overwrite, root, flag)

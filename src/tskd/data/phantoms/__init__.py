@@ -1,0 +1,247 @@
+"""Procedural sample tasks shaped like medical data sets, and pretraining data for the mini SAM.
+
+Four target tasks (``TASKS``): kidney ultrasound, dermoscopy skin lesions, fundus retinal vessels
+and a multi-organ abdominal CT slice. Sample ``i`` of a task is a pure function of
+``(task, seed, i)``, so ``generate(task, n, seed=s, start=k)`` returns the same images whatever
+``n`` is, and disjoint index ranges never share a sample. ``write_task_folders`` lays a task out
+as train / unlabelled / test folders from fixed, disjoint index ranges.
+
+``pretraining_sample`` (from ``tskd.data.phantoms.pretraining``) draws generic instance-segmentation
+scenes (shapes, textured regions, curves, rings, clusters) with code that shares nothing with
+the target generators, so a teacher pretrained on them has never seen a target task.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tskd.data.phantoms.pretraining import pretraining_sample
+from tskd.data.phantoms.targets import GENERATORS
+from tskd.errors import TskdInputError
+
+__all__ = [
+    "INDEX_OFFSETS",
+    "TASKS",
+    "TaskInfo",
+    "contact_sheet",
+    "generate",
+    "pretraining_sample",
+    "sample",
+    "write_task_folders",
+]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a procedural task looks like on disk and in memory."""
+
+    name: str
+    description: str
+    class_names: tuple[str, ...]  # index = label value; background first
+    channels: int  # 1 (gray, (H, W)) or 3 (RGB, (H, W, 3))
+    dtype: str  # numpy dtype name of the image: uint8 or uint16
+
+    @property
+    def num_classes(self) -> int:
+        """Classes including the background."""
+        return len(self.class_names)
+
+
+TASKS: dict[str, TaskInfo] = {
+    "kidney_us": TaskInfo(
+        "kidney_us",
+        "B-mode kidney ultrasound: speckle, sector field of view, hypoechoic kidney with a bright "
+        "capsule and echogenic sinus, acoustic shadows, depth attenuation",
+        ("background", "kidney"), 1, "uint8",
+    ),
+    "skin_lesion": TaskInfo(
+        "skin_lesion",
+        "Dermoscopy: skin texture and tone, pigmented lesion with an irregular border and "
+        "colour variegation, hairs, vignetting",
+        ("background", "lesion"), 3, "uint8",
+    ),
+    "retina_vessels": TaskInfo(
+        "retina_vessels",
+        "Colour fundus photograph: circular field of view, illumination gradient, optic disc, "
+        "macula, branching vessel tree 1-4 px wide (thin structures: HD95 matters)",
+        ("background", "vessel"), 3, "uint8",
+    ),
+    "ct_abdomen": TaskInfo(
+        "ct_abdomen",
+        "Axial abdominal CT slice in HU + 1024 (uint16): body with fat and muscle layers, bowel, "
+        "liver, two kidneys, spleen, vertebra; contrast phase varies",
+        ("background", "liver", "kidney", "spleen", "vertebra"), 1, "uint16",
+    ),
+}
+
+# first sample index of each split in ``write_task_folders``: a split's images never depend on
+# the size of another split, so test sets stay the same when the number of labels changes
+INDEX_OFFSETS = {"train": 0, "unlabelled": 1_000_000, "test": 2_000_000}
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise TskdInputError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+
+
+def _shape(size: int | tuple[int, int]) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int | np.integer) else size
+    if h < 32 or w < 32:
+        raise TskdInputError(f"phantom images must be at least 32x32 pixels, not {h}x{w}")
+    return int(h), int(w)
+
+
+def _rng(task: str, seed: int, index: int) -> np.random.Generator:
+    """The generator of one sample: from (task, seed, index) only."""
+    return np.random.default_rng([zlib.crc32(task.encode()), int(seed), int(index)])
+
+
+def sample(
+    task: str, index: int, size: int | tuple[int, int] = 256, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``index`` of ``task``: (image, label int64 (H, W))."""
+    _check_task(task)
+    h, w = _shape(size)
+    image, label = GENERATORS[task](_rng(task, seed, index), h, w)
+    return image, label
+
+
+def generate(
+    task: str, n: int, size: int | tuple[int, int] = 256, seed: int = 0, start: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Samples ``start .. start + n - 1`` of ``task`` as (image, label) pairs.
+
+    Images are uint8 (H, W) / (H, W, 3) or uint16 (H, W) (see ``TASKS[task]``); labels int64.
+    """
+    if n < 0 or start < 0:
+        raise TskdInputError(f"n and start must be >= 0, got n={n}, start={start}")
+    return [sample(task, start + i, size, seed) for i in range(n)]
+
+
+def task_files(task: str, root: str | Path, n_train: int, n_unlabelled: int,
+               n_test: int) -> list[Path]:
+    """Every file ``write_task_folders`` writes for these counts (to check before writing)."""
+    _check_task(task)
+    root = Path(root)
+    suffix = ".tif" if TASKS[task].dtype == "uint16" else ".png"
+    files = [root / "task.json"]
+    for split, n in (("train", n_train), ("unlabelled", n_unlabelled), ("test", n_test)):
+        if split != "unlabelled":
+            files.append(root / split / "dataset.json")
+        for k in range(max(0, n)):
+            stem = f"{task}_{split}_{k:04d}"
+            files.append(root / split / "images" / f"{stem}{suffix}")
+            if split != "unlabelled":
+                files.append(root / split / "labels" / f"{stem}.png")
+    return files
+
+
+def write_task_folders(
+    task: str,
+    root: str | Path,
+    n_train: int,
+    n_unlabelled: int,
+    n_test: int,
+    size: int = 256,
+    seed: int = 0,
+) -> Path:
+    """Write a task as train/{images,labels}, unlabelled/images and test/{images,labels} in root.
+
+    Images as PNG (uint8) or TIF (uint16), labels as uint8 PNG with the same stem; each split
+    comes from its own range of sample indices (``INDEX_OFFSETS``). train/ and test/ get a
+    ``dataset.json`` with nnU-Net style ``labels`` (name -> value) that ``io.class_names``
+    reads; ``root/task.json`` records the task, seed and sizes. Returns ``root``.
+    """
+    import imageio.v3 as iio
+    import tifffile
+
+    from tskd import atomic
+
+    _check_task(task)
+    info = TASKS[task]
+    counts = {"train": n_train, "unlabelled": n_unlabelled, "test": n_test}
+    for split, n in counts.items():
+        if not 0 <= n < 1_000_000:
+            raise TskdInputError(f"number of {split} images must be in 0..999999, got {n}")
+    root = Path(root)
+    suffix = ".tif" if info.dtype == "uint16" else ".png"
+    for split, n in counts.items():
+        img_dir = root / split / "images"
+        atomic.mkdir(img_dir)
+        lab_dir = root / split / "labels"
+        if split != "unlabelled":
+            atomic.mkdir(lab_dir)
+        for k, (image, label) in enumerate(
+            generate(task, n, size, seed, start=INDEX_OFFSETS[split])
+        ):
+            stem = f"{task}_{split}_{k:04d}"
+            if suffix == ".tif":
+                data = atomic.encode(lambda f, im=image: tifffile.imwrite(f, im))
+            else:
+                data = iio.imwrite("<bytes>", image, extension=suffix)
+            files = {img_dir / f"{stem}{suffix}": data}
+            if split != "unlabelled":
+                files[lab_dir / f"{stem}.png"] = iio.imwrite(
+                    "<bytes>", label.astype(np.uint8), extension=".png")
+            atomic.write_files(files)
+        if split != "unlabelled":
+            labels = {name: i for i, name in enumerate(info.class_names)}
+            channels = {"0": "gray"} if info.channels == 1 else {"0": "R", "1": "G", "2": "B"}
+            dataset = {"name": task, "description": info.description, "labels": labels,
+                       "channel_names": channels, "numTraining": n, "file_ending": suffix}
+            atomic.write_json(root / split / "dataset.json", dataset)
+    meta = asdict(info) | {"seed": seed, "size": size, "counts": counts,
+                           "index_offsets": INDEX_OFFSETS}
+    atomic.write_json(root / "task.json", meta)
+    return root
+
+
+def _display(task: str, image: np.ndarray) -> np.ndarray:
+    """An image as float RGB in [0, 1] for figures (CT in a soft-tissue window)."""
+    if TASKS[task].dtype == "uint16":
+        hu = image.astype(np.float32) - 1024
+        img = np.clip((hu + 160) / 400, 0, 1)
+    else:
+        img = image.astype(np.float32) / 255
+    return np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img
+
+
+def contact_sheet(
+    task: str, n: int, path: str | Path, size: int = 256, seed: int = 0, cols: int = 4
+) -> Path:
+    """Save a PNG grid of ``n`` samples, each image beside its label overlay (for the docs)."""
+    from matplotlib.figure import Figure  # no pyplot: leaves the process's backend alone
+
+    _check_task(task)
+    colours = np.array([[0, 0, 0], [1, 0.2, 0.2], [0.2, 1, 0.2], [0.3, 0.5, 1], [1, 1, 0.2],
+                        [1, 0.3, 1], [0.2, 1, 1]], np.float32)
+    samples = generate(task, n, size, seed)
+    cols = max(1, min(cols, n))
+    rows = max(1, -(-n // cols))
+    fig = Figure(figsize=(4 * cols, 2.2 * rows + 0.5))
+    axes = fig.subplots(rows, 2 * cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (image, label) in enumerate(samples):
+        r, c = divmod(k, cols)
+        img = _display(task, image)
+        axes[r, 2 * c].imshow(img)
+        over = img.copy()
+        fg = label > 0
+        over[fg] = 0.45 * over[fg] + 0.55 * colours[label[fg] % len(colours)]
+        axes[r, 2 * c + 1].imshow(over)
+        axes[r, 2 * c].set_title(f"#{k}", fontsize=8)
+    names = ", ".join(TASKS[task].class_names[1:])
+    fig.suptitle(f"{task} ({names})", fontsize=10)
+    fig.tight_layout()
+    from tskd import atomic
+
+    path = Path(path)
+    atomic.mkdir(path.parent)
+    with atomic.disk_errors(path.parent):
+        fig.savefig(path, dpi=80)
+    return path

@@ -1,0 +1,139 @@
+"""Small numerical helpers for the procedural target tasks (``tskd.data.phantoms.targets``).
+
+Smooth random fields by spectral filtering (constant cost whatever the correlation length),
+star-shaped regions from a perturbed radius, and thin curves rasterised through one distance
+transform. Everything takes a ``numpy.random.Generator`` so a sample is a pure function of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (yy, xx) as float32 (H, W) arrays."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    return yy, xx
+
+
+def noise(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    sigma: float,
+    sigma_v: float | None = None,
+    angle: float = 0.0,
+) -> np.ndarray:
+    """Gaussian-correlated noise, zero mean and unit std, float32 (H, W).
+
+    ``sigma`` is the correlation length in pixels (along ``angle`` when ``sigma_v`` is given,
+    which makes the field anisotropic: ``sigma_v`` across). Filtering in Fourier space costs the
+    same for any sigma, which keeps large smooth fields cheap.
+    """
+    h, w = shape
+    white = rng.standard_normal((h, w)).astype(np.float32)
+    spec = np.fft.rfft2(white)
+    fy = np.fft.fftfreq(h).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(w).astype(np.float32)[None, :]
+    su = sigma
+    sv = sigma if sigma_v is None else sigma_v
+    c, s = float(np.cos(angle)), float(np.sin(angle))
+    fu = fx * c + fy * s
+    fv = -fx * s + fy * c
+    gain = np.exp(-2.0 * np.pi**2 * ((fu * su) ** 2 + (fv * sv) ** 2))
+    out = np.fft.irfft2(spec * gain, s=(h, w)).astype(np.float32)
+    out -= out.mean()
+    std = out.std()
+    return out / std if std > 0 else out
+
+
+def rotated(
+    xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, angle: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates (u, v) in a frame centred at (cx, cy) and rotated by ``angle``."""
+    dx, dy = xx - float(cx), yy - float(cy)
+    c, s = float(np.cos(angle)), float(np.sin(angle))
+    return dx * c + dy * s, -dx * s + dy * c
+
+
+def harmonics(rng: np.random.Generator, kmax: int, amp: float, decay: float = 1.5) -> np.ndarray:
+    """Fourier terms (k, amplitude, phase) of a radius perturbation, amplitude ~ k^-decay."""
+    k = np.arange(2, kmax + 1, dtype=np.float32)
+    mag = amp * k**-decay * rng.standard_normal(k.size)
+    phase = rng.uniform(0, 2 * np.pi, k.size)
+    return np.stack([k, mag, phase], axis=1).astype(np.float32)
+
+
+def star_rho(u: np.ndarray, v: np.ndarray, a: float, b: float, coeffs: np.ndarray) -> np.ndarray:
+    """Normalised radius of a star-shaped region: the boundary is where it equals 1.
+
+    An ellipse with semi-axes (a, b) whose radius is modulated by ``coeffs`` from ``harmonics``
+    (evaluated on a 1-D table of angles, so the cost does not grow with the number of terms).
+    """
+    un, vn = u / a, v / b
+    r = np.sqrt(un * un + vn * vn)
+    if len(coeffs) == 0:
+        return r
+    theta = np.arctan2(vn, un)
+    table_theta = np.linspace(-np.pi, np.pi, _TABLE + 1, dtype=np.float32)
+    k, mag, phase = coeffs[:, 0:1], coeffs[:, 1:2], coeffs[:, 2:3]
+    mod = 1.0 + (mag * np.cos(k * table_theta[None, :] + phase)).sum(axis=0)
+    idx = np.rint((theta + np.pi) * (_TABLE / (2 * np.pi))).astype(np.intp)
+    return r / np.maximum(mod, 0.2).astype(np.float32)[idx]
+
+
+_TABLE = 2048
+
+
+def signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance to the mask's border in pixels: negative inside, positive outside."""
+    if not mask.any():
+        return np.full(mask.shape, np.inf, np.float32)
+    outside = ndimage.distance_transform_edt(~mask)
+    inside = ndimage.distance_transform_edt(mask)
+    return (outside - inside).astype(np.float32)
+
+
+def smooth_walk(
+    rng: np.random.Generator, n: int, x0: float, y0: float, heading: float, step: float,
+    curvature: float, wiggle: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A smooth random curve of ``n`` points: x, y and heading arrays (vectorised).
+
+    ``curvature`` is a constant turn in radians per pixel; ``wiggle`` the standard deviation
+    (radians) of a slowly varying random deviation of the heading along the curve.
+    """
+    drift = np.cumsum(ndimage.gaussian_filter1d(rng.standard_normal(n), sigma=max(1.0, n / 8)))
+    drift = drift - drift[0]
+    drift *= wiggle / (drift.std() + 1e-8)
+    theta = heading + curvature * step * np.arange(n) + drift
+    x = x0 + np.cumsum(np.cos(theta)) * step
+    y = y0 + np.cumsum(np.sin(theta)) * step
+    return x, y, theta
+
+
+def rasterise_tubes(
+    shape: tuple[int, int], xs: np.ndarray, ys: np.ndarray, radii: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tubes around centre-line points: distance to the nearest centre pixel and its radius.
+
+    Returns (dist, radius_at_nearest), both float32 (H, W); a pixel is inside a tube where
+    ``dist <= radius_at_nearest``. One Euclidean distance transform with indices serves all
+    curves at once (where two tubes meet, the nearer centre line decides).
+    """
+    h, w = shape
+    rad = np.zeros((h, w), np.float32)
+    xi = np.rint(xs).astype(np.int64)
+    yi = np.rint(ys).astype(np.int64)
+    keep = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    if not keep.any():
+        return np.full((h, w), np.inf, np.float32), rad
+    np.maximum.at(rad, (yi[keep], xi[keep]), radii[keep].astype(np.float32))
+    centre = rad > 0
+    dist, (iy, ix) = ndimage.distance_transform_edt(~centre, return_indices=True)
+    return dist.astype(np.float32), rad[iy, ix]
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Clip float values in [0, 255] and round to uint8."""
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)

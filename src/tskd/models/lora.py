@@ -1,0 +1,218 @@
+"""LoRA on the teacher (peft), merging, and the small adapter files a trained teacher is kept as.
+
+Only LoRA matrices and the class heads are trained and saved (``adapter.safetensors``); the
+base SAM is rebuilt from its checkpoint, whose sha256 must match the one recorded in
+``meta.json``, so an adapter is never silently applied to other base weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tskd.config import LoraSettings
+from tskd.errors import CheckpointError, TskdError
+from tskd.models.meta_schema import TeacherMeta, read_meta_file, validate_teacher_meta
+from tskd.models.mini_sam import BUILTIN_WEIGHTS
+from tskd.models.sam_checkpoint import sha256_of
+from tskd.models.teacher import SemanticSam, build_sam
+
+ADAPTER = "adapter.safetensors"
+META = "meta.json"
+
+
+def is_lora(model: SemanticSam) -> bool:
+    """Whether LoRA layers are applied (and not yet merged)."""
+    return hasattr(model.sam, "merge_and_unload")
+
+
+def head_parameters(model: SemanticSam) -> list[nn.Parameter]:
+    """The class heads trained in full: class tokens, hypernetwork MLPs, output upscaling."""
+    return [
+        model.class_tokens,
+        *model.class_mlps.parameters(),
+        *model.base.mask_decoder.output_upscaling.parameters(),
+    ]
+
+
+def lora_modules(sam: nn.Module, settings: LoraSettings) -> list[str]:
+    """Names of the layers of ``sam`` that ``settings.targets`` select and LoRA can adapt.
+
+    Targets are module names or safe patterns (``tskd.lora_targets``; a bad one raises
+    ``TskdInputError``), matched in linear time against every module's full name; only linear,
+    convolution and embedding layers are kept, the kinds peft's LoRA supports.
+    """
+    from tskd.lora_targets import check_targets
+
+    targets = check_targets(settings.targets, "LoRA targets")
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+    return [
+        name
+        for name, module in sam.named_modules()
+        if name and isinstance(module, kinds) and any(t.matches(name) for t in targets)
+    ]
+
+
+def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
+    """Add LoRA (peft) to the target projections; freeze all but LoRA and the class heads.
+
+    ``settings.train_decoder`` also leaves the whole mask decoder trainable. The settings are
+    checked first (``LoraSettings.check``: rank, alpha, dropout, target grammar); peft gets
+    the exact names of the matched layers, never a user's regular expression. Raises
+    ``TskdInputError`` for bad settings and ``TskdError`` when the targets match no layer.
+    """
+    if is_lora(model):
+        raise TskdError("LoRA is already applied to this teacher")
+    settings.check("teacher.lora")
+    names = lora_modules(model.sam, settings)
+    if not names:
+        raise TskdError(
+            f"LoRA targets {settings.targets} match no linear or convolution layer of SAM; "
+            "use module names such as 'attn.qkv' or patterns such as "
+            "'image_encoder\\.blocks\\.\\d+\\.attn\\.qkv'"
+        )
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=names,
+        bias="none",
+    )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.sam = get_peft_model(model.sam, config)
+    trained = model.base.mask_decoder.parameters() if settings.train_decoder else []
+    for p in [*head_parameters(model), *trained]:
+        p.requires_grad_(True)
+    return model
+
+
+def merge_lora(model: SemanticSam) -> SemanticSam:
+    """Fold the LoRA weights into the base layers (peft ``merge_and_unload``): a plain Sam."""
+    if is_lora(model):
+        model.sam = model.sam.merge_and_unload()
+    return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable tensors by parameter name (LoRA + heads while LoRA is applied)."""
+    return {
+        n: p.detach().float().cpu().contiguous()
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def _base_sha(checkpoint: str) -> str:
+    return sha256_of(BUILTIN_WEIGHTS if checkpoint == "builtin" else checkpoint)
+
+
+def save_teacher(model: SemanticSam, folder: str | Path, meta: dict[str, Any]) -> Path:
+    """Write ``adapter.safetensors`` (LoRA + heads) and ``meta.json`` into ``folder``.
+
+    ``meta`` needs "lora" (LoraSettings or dict); "model_type" and "checkpoint" default to where
+    ``build_sam`` loaded the base from; num_classes, input_size and the base sha256 are added.
+    Both files are written in full before either replaces its old version; a full disk raises
+    ``DiskFullError`` and leaves the previous teacher as it was.
+    """
+    from tskd import atomic
+
+    if not is_lora(model):
+        raise TskdError("save_teacher needs the unmerged LoRA teacher (call it before merge_lora)")
+    source = getattr(model.base, "tskd_source", {})
+    meta = dict(meta)
+    meta.setdefault("model_type", source.get("model_type"))
+    meta.setdefault("checkpoint", source.get("checkpoint"))
+    if meta["model_type"] is None or meta["checkpoint"] is None:
+        raise TskdError("save_teacher: the base model's type and checkpoint are unknown")
+    lora = meta.get("lora")
+    if lora is None:
+        raise TskdError("save_teacher: meta needs the LoRA settings under 'lora'")
+    meta["lora"] = asdict(lora) if isinstance(lora, LoraSettings) else dict(lora)
+    meta["checkpoint"] = str(meta["checkpoint"])
+    meta.setdefault("checkpoint_sha256", _base_sha(meta["checkpoint"]))
+    meta |= {"kind": "teacher", "num_classes": model.num_classes, "input_size": model.input_size}
+    folder = Path(folder)
+    atomic.write_files({
+        folder / ADAPTER: atomic.safetensors_bytes(trainable_state(model)),
+        folder / META: atomic.json_bytes(meta),
+    })
+    return folder
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The teacher's ``meta.json`` as a dict, checked against the teacher schema.
+
+    Raises ``CheckpointError`` when the folder lacks the adapter or ``meta.json``, and
+    ``ModelMetaError`` (``tskd.models.meta_schema.validate_teacher_meta``) naming the file and key
+    when the description is unreadable or outside the schema.
+    """
+    return _checked_meta(folder).raw
+
+
+def _checked_meta(folder: str | Path) -> TeacherMeta:
+    path = Path(folder) / META
+    if not path.is_file() or not (Path(folder) / ADAPTER).is_file():
+        raise CheckpointError(f"no adapted teacher in {folder} (need {ADAPTER} and {META})")
+    return validate_teacher_meta(read_meta_file(path), path)
+
+
+def load_teacher(folder: str | Path, checkpoint: str | Path | None = None) -> SemanticSam:
+    """Rebuild the base SAM, check its sha256, apply the adapter, merge: an eval-mode teacher.
+
+    ``checkpoint`` replaces the recorded base path (e.g. when the file was moved). The
+    description is checked before anything is read or built (see ``read_meta``).
+    """
+    from safetensors.torch import load_file
+
+    info = _checked_meta(folder)
+    ckpt = str(checkpoint) if checkpoint is not None else info.checkpoint
+    path = BUILTIN_WEIGHTS if ckpt == "builtin" else Path(ckpt)
+    if not path.is_file():
+        raise CheckpointError(
+            f"base checkpoint {path} of the teacher in {folder} was not found; pass its new path"
+        )
+    sha = sha256_of(path)
+    if sha != info.checkpoint_sha256:
+        raise CheckpointError(
+            f"base checkpoint {path} (sha256 {sha[:12]}) is not the one the teacher in {folder} "
+            f"was trained on (sha256 {info.checkpoint_sha256[:12]})"
+        )
+    sam = build_sam(info.model_type, path, info.input_size)
+    if ckpt == "builtin":
+        sam.tskd_source = {"model_type": info.model_type, "checkpoint": "builtin"}
+    model = apply_lora(SemanticSam(sam, info.num_classes), info.lora)
+    try:
+        tensors = load_file(str(Path(folder) / ADAPTER))
+    except Exception:
+        raise CheckpointError(f"teacher adapter {Path(folder) / ADAPTER} is corrupt") from None
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(tensors) != expected:
+        raise CheckpointError(
+            f"teacher adapter in {folder} does not fit its base model and LoRA settings"
+        )
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t)
+    model = merge_lora(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def teacher_id(folder: str | Path) -> str:
+    """A stable id of an adapted teacher (adapter bytes + base sha + input size): a cache key."""
+    meta = read_meta(folder)
+    h = hashlib.sha256()
+    h.update(sha256_of(Path(folder) / ADAPTER).encode())
+    h.update(str(meta.get("checkpoint_sha256")).encode())
+    h.update(str(meta.get("input_size")).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,375 @@
+"""SAM architectures as plain settings, built only from ``segment_anything``'s own modules.
+
+``MiniSamConfig`` describes a SAM (image encoder, prompt encoder, two-way mask decoder). The
+official vit_b/l/h are presets of it (``official_config``), and the built-in miniature teacher is
+its default. One builder serves all of them, so official checkpoints and the mini teacher share
+one load/adapt path. A mini model is saved as safetensors plus a JSON beside it holding the
+config, so loading rebuilds the same architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tskd.errors import CheckpointError
+
+# where ``tskd pretrain-mini`` writes the built-in teacher and ``build_sam("mini")`` reads it
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # src/tskd/assets (package data)
+BUILTIN_WEIGHTS = ASSETS / "mini_sam.safetensors"
+BUILTIN_JSON = ASSETS / "mini_sam.json"
+MAX_JSON_BYTES = 1 << 20  # a mini SAM's JSON is a few KB; larger ones are refused unread
+
+OFFICIAL_TYPES = ("vit_b", "vit_l", "vit_h")
+# largest model built from a description (1e9 parameters = 4 GB in fp32; SAM vit_h has 0.64e9):
+# sizes in a JSON are untrusted, so the count is computed from the settings before building
+MAX_PARAMS = 1_000_000_000
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 4096
+
+# (key, smallest, largest) of the integer settings of ``MiniSamConfig``
+_INT_BOUNDS = (
+    ("img_size", MIN_INPUT_SIZE, MAX_INPUT_SIZE),
+    ("patch_size", 1, 64),
+    ("embed_dim", 1, 8192),
+    ("depth", 1, 128),
+    ("num_heads", 1, 128),
+    ("window_size", 0, 256),
+    ("prompt_dim", 8, 8192),
+    ("mask_in_chans", 4, 1024),
+    ("decoder_depth", 1, 64),
+    ("decoder_mlp_dim", 1, 65536),
+    ("decoder_heads", 1, 128),
+    ("iou_head_hidden_dim", 1, 8192),
+    ("num_multimask_outputs", 1, 16),
+)
+
+
+@dataclass
+class MiniSamConfig:
+    """Shape of a SAM; the defaults are the built-in mini teacher (about 19 M parameters)."""
+
+    img_size: int = 256  # input size the weights were made at (pos_embed grid = img/patch)
+    patch_size: int = 16
+    embed_dim: int = 384
+    depth: int = 8
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    window_size: int = 8
+    global_attn_indexes: tuple[int, ...] = (3, 7)
+    prompt_dim: int = 256  # neck output channels = prompt/decoder width
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    iou_head_hidden_dim: int = 256
+    num_multimask_outputs: int = 3
+    pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+
+    @classmethod
+    def tiny(cls) -> MiniSamConfig:
+        """A few-thousand-parameter SAM for unit tests (64 px input)."""
+        return cls(
+            img_size=64,
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            window_size=4,
+            global_attn_indexes=(1,),
+            prompt_dim=32,
+            mask_in_chans=4,
+            decoder_depth=1,
+            decoder_mlp_dim=64,
+            decoder_heads=2,
+            iou_head_hidden_dim=32,
+        )
+
+    @property
+    def grid(self) -> int:
+        """Token grid side at ``img_size``."""
+        return self.img_size // self.patch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["global_attn_indexes"] = list(self.global_attn_indexes)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MiniSamConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"unknown mini SAM config key(s): {', '.join(unknown)}")
+        data = dict(data)
+        glob = data.get("global_attn_indexes", ())
+        if not isinstance(glob, list | tuple) or not all(_is_int(i) for i in glob):
+            raise CheckpointError(
+                "mini SAM config 'global_attn_indexes' must be a list of integers, "
+                f"got {glob!r:.60}"
+            )
+        if "global_attn_indexes" in data:
+            data["global_attn_indexes"] = tuple(data["global_attn_indexes"])
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def validate(self, input_size: int | None = None) -> None:
+        """Raise ``CheckpointError`` (one sentence naming the key) unless every setting has its
+        type and bounds (``_INT_BOUNDS``), heads divide their widths, and the model built at
+        ``input_size`` (default ``img_size``) has at most ``MAX_PARAMS`` parameters."""
+        for key, lo, hi in _INT_BOUNDS:
+            value = getattr(self, key)
+            if not _is_int(value) or not lo <= value <= hi:
+                raise CheckpointError(
+                    f"mini SAM config '{key}' must be an integer from {lo} to {hi}, "
+                    f"got {value!r:.60}"
+                )
+        if self.img_size % self.patch_size:
+            raise CheckpointError(
+                f"mini SAM config 'img_size' {self.img_size} is not a multiple of its "
+                f"patch_size {self.patch_size}"
+            )
+        ratio = self.mlp_ratio
+        if not _is_number(ratio) or not 0 < ratio <= 16 or int(self.embed_dim * ratio) < 1:
+            raise CheckpointError(
+                f"mini SAM config 'mlp_ratio' must be a number above 0 and at most 16, "
+                f"got {ratio!r:.60}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise CheckpointError(
+                f"mini SAM config 'num_heads' {self.num_heads} does not divide embed_dim "
+                f"{self.embed_dim}"
+            )
+        if self.prompt_dim % 8 or (self.prompt_dim // 2) % self.decoder_heads:
+            raise CheckpointError(
+                f"mini SAM config 'prompt_dim' {self.prompt_dim} must be a multiple of 8 whose "
+                f"half the decoder_heads {self.decoder_heads} divide"
+            )
+        if self.mask_in_chans % 4:
+            raise CheckpointError(
+                f"mini SAM config 'mask_in_chans' must be a multiple of 4, got {self.mask_in_chans}"
+            )
+        glob = list(self.global_attn_indexes)
+        if len(glob) > 1024 or any(not _is_int(i) or not 0 <= i < 1024 for i in glob):
+            raise CheckpointError(
+                "mini SAM config 'global_attn_indexes' must be block numbers from 0 to 1023, "
+                f"got {glob!r:.60}"
+            )
+        for key in ("pixel_mean", "pixel_std"):
+            values = getattr(self, key)
+            ok = isinstance(values, list | tuple) and len(values) == 3
+            ok = ok and all(_is_number(v) and (v > 0 or key == "pixel_mean") for v in values)
+            if not ok:
+                raise CheckpointError(
+                    f"mini SAM config '{key}' must be three finite numbers"
+                    f"{' above 0' if key == 'pixel_std' else ''}, got {values!r:.60}"
+                )
+        size = self.img_size if input_size is None else input_size
+        n = sam_param_count(self, size)
+        if n > MAX_PARAMS:
+            raise CheckpointError(
+                f"mini SAM config describes a model of {n / 1e9:.1f} billion parameters at input "
+                f"size {size}, more than the {MAX_PARAMS / 1e9:.0f} billion allowed"
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+def sam_param_count(cfg: MiniSamConfig, input_size: int, num_classes: int = 0) -> int:
+    """Parameters of ``build_mini_sam(cfg, input_size)`` (plus ``SemanticSam``'s class tokens
+    and hypernetwork MLPs for ``num_classes``), computed from the settings without building."""
+    d, p, P, m = cfg.embed_dim, cfg.patch_size, cfg.prompt_dim, cfg.mask_in_chans
+    grid = input_size // p
+    head = d // max(cfg.num_heads, 1)
+    hidden = int(d * cfg.mlp_ratio)
+    glob = set(range(cfg.depth)) if cfg.window_size == 0 else set(cfg.global_attn_indexes)
+    block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (2 * d * hidden + hidden + d)
+    rel = sum(
+        2 * (2 * (grid if i in glob else cfg.window_size) - 1) * head for i in range(cfg.depth)
+    )
+    encoder = 3 * p * p * d + d + grid * grid * d + cfg.depth * block + rel
+    encoder += d * P + 9 * P * P + 4 * P  # neck
+    q = m // 4
+    prompt = 6 * P + (4 * q + q) + 2 * q + (q * m * 4 + m) + 2 * m + (m * P + P)
+    inner = P // 2
+    cross = 3 * (P * inner + inner) + inner * P + P
+    layer = 4 * (P * P + P) + 2 * cross + (2 * P * cfg.decoder_mlp_dim + cfg.decoder_mlp_dim + P)
+    layer += 8 * P  # four LayerNorms
+    transformer = cfg.decoder_depth * layer + cross + 2 * P
+    tokens = cfg.num_multimask_outputs + 1
+    hyper = 2 * (P * P + P) + P * (P // 8) + P // 8
+    h = cfg.iou_head_hidden_dim
+    iou = (P * h + h) + (h * h + h) + (h * tokens + tokens)
+    upscale = P * (P // 4) * 4 + P // 4 + 2 * (P // 4) + (P // 4) * (P // 8) * 4 + P // 8
+    decoder = P + tokens * P + upscale + tokens * hyper + iou + transformer
+    return encoder + prompt + decoder + num_classes * (P + hyper)
+
+
+def official_config(model_type: str) -> MiniSamConfig:
+    """The architecture of an official SAM checkpoint (as ``segment_anything.build_sam``)."""
+    shapes = {
+        "vit_b": (768, 12, 12, (2, 5, 8, 11)),
+        "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+        "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
+    }
+    if model_type not in shapes:
+        raise CheckpointError(
+            f"unknown SAM model type '{model_type}'; choose mini, {', '.join(OFFICIAL_TYPES)}"
+        )
+    dim, depth, heads, glob = shapes[model_type]
+    return MiniSamConfig(
+        img_size=1024,
+        patch_size=16,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        window_size=14,
+        global_attn_indexes=glob,
+    )
+
+
+def build_mini_sam(cfg: MiniSamConfig | None = None, input_size: int | None = None) -> nn.Module:
+    """A randomly initialised ``segment_anything.modeling.Sam`` of this shape.
+
+    ``input_size`` (default ``cfg.img_size``) sets the encoder's token grid and the prompt
+    encoder's image sizes; it must be a multiple of the patch size.
+    """
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    cfg = cfg or MiniSamConfig()
+    size = input_size or cfg.img_size
+    if not _is_int(size) or size <= 0 or size % cfg.patch_size:
+        raise CheckpointError(
+            f"SAM input size {size} must be a positive multiple of the patch size {cfg.patch_size}"
+        )
+    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        raise CheckpointError(
+            f"SAM input size {size} is outside {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}"
+        )
+    cfg.validate(size)
+    grid = size // cfg.patch_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            out_chans=cfg.prompt_dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=cfg.window_size,
+            global_attn_indexes=tuple(cfg.global_attn_indexes),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=cfg.prompt_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(size, size),
+            mask_in_chans=cfg.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=cfg.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=cfg.decoder_depth,
+                embedding_dim=cfg.prompt_dim,
+                mlp_dim=cfg.decoder_mlp_dim,
+                num_heads=cfg.decoder_heads,
+            ),
+            transformer_dim=cfg.prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(cfg.pixel_mean),
+        pixel_std=list(cfg.pixel_std),
+    )
+    return sam
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (all, trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def json_path(weights: str | Path) -> Path:
+    """The JSON that describes a weights file: same folder and stem, ``.json``."""
+    return Path(weights).with_suffix(".json")
+
+
+def save_mini_sam(
+    sam: nn.Module,
+    cfg: MiniSamConfig,
+    path: str | Path,
+    half: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``sam``'s weights to ``path`` (.safetensors, fp16 by default) and its config JSON.
+
+    The weights keep SAM's official key names, at the resolution the model was built at;
+    ``extra`` (e.g. pretraining settings) goes into the JSON under "info". Both files are
+    written in full before either replaces its old version; a full disk raises
+    ``DiskFullError`` and keeps the previous weights.
+    """
+    from tskd import atomic
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"mini SAM weights must be saved as .safetensors, not {path.name}")
+    grid = sam.image_encoder.pos_embed.shape[1]
+    cfg = MiniSamConfig.from_dict(cfg.to_dict() | {"img_size": grid * cfg.patch_size})
+    dtype = torch.float16 if half else torch.float32
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sam.state_dict().items()}
+    meta = {"model_type": "mini", "config": cfg.to_dict(), "info": extra or {}}
+    atomic.write_files({
+        path: atomic.safetensors_bytes(tensors),
+        json_path(path): atomic.json_bytes(meta),
+    })
+    return path
+
+
+def read_mini_config(weights: str | Path) -> MiniSamConfig | None:
+    """The config from the JSON beside a mini SAM weights file, or None when there is none."""
+    jp = json_path(weights)
+    if not jp.is_file():
+        return None
+    if jp.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointError(
+            f"mini SAM config {jp} is larger than {MAX_JSON_BYTES // 1024} KB; "
+            "it is not a tskd file"
+        )
+    try:
+        meta = json.loads(jp.read_bytes().decode("utf-8"))
+        config = meta["config"]
+        if not isinstance(config, dict):
+            raise TypeError("'config' is not a mapping")
+        return MiniSamConfig.from_dict(config)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{jp}: {exc}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        reason = f"missing {exc}" if isinstance(exc, KeyError) else type(exc).__name__
+        raise CheckpointError(
+            f"mini SAM config {jp} is not valid ({reason}); restore the file saved with the weights"
+        ) from None

@@ -1,0 +1,164 @@
+"""SAM as the teacher: build/load it at an input size, and use it prompt-free per class.
+
+``SemanticSam`` wraps a ``segment_anything`` ``Sam`` into a semantic segmenter with one mask per
+class (background included). It runs the image encoder once per image, the prompt encoder with
+no prompts, and the official decoder's submodules with C class tokens and C hypernetwork MLPs
+(initialised from the pretrained mask tokens and MLPs).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tskd.errors import CheckpointError
+from tskd.models.mini_sam import (
+    BUILTIN_JSON,
+    BUILTIN_WEIGHTS,
+    MiniSamConfig,
+    build_mini_sam,
+    official_config,
+)
+from tskd.models.sam_checkpoint import MODEL_TYPES, load_sam_checkpoint
+
+
+def build_sam(
+    model_type: str,
+    checkpoint: str | Path | None = None,
+    input_size: int = 1024,
+    pretrained: bool = True,
+) -> nn.Module:
+    """A ``segment_anything`` ``Sam`` of ``model_type`` running at ``input_size`` (eval mode).
+
+    Official types (vit_b/l/h) need ``checkpoint``; 'mini' without one uses the built-in
+    weights. ``pretrained=False`` gives a random initialisation (tests, pretraining).
+    """
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(
+            f"unknown SAM model type '{model_type}'; choose one of {', '.join(MODEL_TYPES)}"
+        )
+    if not pretrained:
+        cfg = MiniSamConfig() if model_type == "mini" else official_config(model_type)
+        sam = build_mini_sam(cfg, input_size).eval()
+        sam.tskd_source = {"model_type": model_type, "checkpoint": None}
+        return sam
+    source = "builtin" if checkpoint is None else str(Path(checkpoint).resolve())
+    if checkpoint is None:
+        if model_type != "mini":
+            raise CheckpointError(
+                f"SAM {model_type} needs a checkpoint file; pass its path, or get the official "
+                f"one with tskd.models.sam_checkpoint.download_checkpoint('{model_type}')"
+            )
+        if not (BUILTIN_WEIGHTS.is_file() and BUILTIN_JSON.is_file()):
+            raise CheckpointError(
+                f"the built-in mini SAM weights {BUILTIN_WEIGHTS} do not exist yet; "
+                "create them with `tskd pretrain-mini`"
+            )
+        checkpoint = BUILTIN_WEIGHTS
+    sam = load_sam_checkpoint(checkpoint, model_type, input_size)
+    # where the base came from, so an adapter saved later can name and hash it
+    sam.tskd_source = {"model_type": model_type, "checkpoint": source}
+    return sam
+
+
+class SemanticSam(nn.Module):
+    """Prompt-free SAM with one output mask per class: logits (B, C, S, S) from (B, 3, S, S).
+
+    Input is float RGB in [0, 1]; it is scaled to 0-255 and normalised with SAM's pixel
+    mean/std. Images of another size than ``input_size`` are resized in and the logits back.
+    """
+
+    def __init__(self, sam: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError("num_classes counts the background too and must be at least 2")
+        self.sam = sam
+        self.num_classes = num_classes
+        dec = sam.mask_decoder
+        n_pre = dec.mask_tokens.weight.shape[0]
+        self.class_tokens = nn.Parameter(
+            dec.mask_tokens.weight.detach()[[i % n_pre for i in range(num_classes)]].clone()
+        )
+        self.class_mlps = nn.ModuleList(
+            copy.deepcopy(dec.output_hypernetworks_mlps[i % n_pre]) for i in range(num_classes)
+        )
+        enc = sam.image_encoder
+        self.input_size = int(enc.img_size)
+        self.feature_dims: dict[str, int] = {
+            f"block{i}": int(enc.patch_embed.proj.out_channels) for i in range(len(enc.blocks))
+        }
+        self.feature_dims["neck"] = int(sam.prompt_encoder.embed_dim)
+
+    @property
+    def base(self) -> nn.Module:
+        """The plain ``Sam`` (inside a peft wrapper while LoRA is applied)."""
+        sam = self.sam
+        return sam.get_base_model() if hasattr(sam, "get_base_model") else sam
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        sam = self.base
+        x = x * 255.0
+        x = (x - sam.pixel_mean) / sam.pixel_std
+        return sam.image_encoder(x)
+
+    def predict_masks(self, emb: torch.Tensor) -> torch.Tensor:
+        """Low-resolution class logits (B, C, 4h, 4w) from image embeddings (B, D, h, w)."""
+        sam = self.base
+        dec, pe = sam.mask_decoder, sam.prompt_encoder
+        b, c, h, w = emb.shape
+        # no prompts: no sparse tokens, the no-mask dense embedding added to every position
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).to(emb.dtype)
+        src = emb + dense
+        pos = pe.pe_layer((h, w)).unsqueeze(0).to(emb.dtype).expand(b, -1, -1, -1)
+        tokens = torch.cat([dec.iou_token.weight, self.class_tokens], dim=0).to(emb.dtype)
+        tokens = tokens.unsqueeze(0).expand(b, -1, -1)
+        hs, src = dec.transformer(src, pos, tokens)
+        class_out = hs[:, 1 : 1 + self.num_classes, :]
+        up = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper = torch.stack(
+            [mlp(class_out[:, i, :]) for i, mlp in enumerate(self.class_mlps)], dim=1
+        )
+        bu, cu, hu, wu = up.shape
+        return (hyper @ up.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        size = x.shape[-2:]
+        if tuple(size) != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
+        emb = self._embed(x)
+        low = self.predict_masks(emb)
+        return F.interpolate(low, size=size, mode="bilinear", align_corners=False), emb
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x)[0]
+
+    def forward_with_features(
+        self, x: torch.Tensor, layers: list[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and the named features ("block{i}" as (B, D, h, w), "neck")."""
+        unknown = [name for name in layers if name not in self.feature_dims]
+        if unknown:
+            raise ValueError(f"unknown teacher feature(s) {unknown}; known: block0.., neck")
+        feats: dict[str, torch.Tensor] = {}
+        handles: list[Any] = []
+        blocks = self.base.image_encoder.blocks
+        for name in layers:
+            if name.startswith("block"):
+
+                def hook(_m: nn.Module, _i: Any, out: torch.Tensor, name: str = name) -> None:
+                    feats[name] = out.permute(0, 3, 1, 2)
+
+                handles.append(blocks[int(name[5:])].register_forward_hook(hook))
+        try:
+            logits, emb = self._run(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if "neck" in layers:
+            feats["neck"] = emb
+        return logits, {name: feats[name] for name in layers}

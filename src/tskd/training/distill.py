@@ -1,0 +1,345 @@
+"""Stage 3: distil a teacher (adapted or un-adapted SAM) into the student on the transfer set.
+
+The student learns the teacher's hidden representations (feature loss through 1x1 projections)
+and, in task-specific mode, its segmentation outputs (temperature-scaled KL divergence). The
+teacher runs once per transfer image, before training, and its outputs come from
+``tskd.training.teacher_cache`` afterwards; the loop itself is ``tskd.engine.train``.
+
+The teacher follows the model contract: ``forward_with_features(x, layers) -> (logits, feats)``
+on (B, 3, S, S) inputs in [0, 1], and ``feature_dims: dict[str, int]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from tskd.config import DistillConfig
+from tskd.engine import (
+    CancelToken,
+    Progress,
+    ProgressCallback,
+    TrainResult,
+    resolve_device,
+    seed_everything,
+    train,
+)
+from tskd.errors import Cancelled, TskdInputError
+from tskd.models.student import Student
+from tskd.training.teacher_cache import TeacherCache
+
+LOGITS = "logits"  # name of the teacher's segmentation output in the cache
+
+
+def channel_norm(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over channels at each position, no affine: makes layers' scales comparable."""
+    x = x.float().permute(0, 2, 3, 1)
+    return F.layer_norm(x, x.shape[-1:]).permute(0, 3, 1, 2)
+
+
+def kd_output_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) * T^2 per pixel, averaged; teacher resized to student."""
+    s = student_logits.float()
+    t = teacher_logits.float()
+    if t.shape[-2:] != s.shape[-2:]:
+        t = F.interpolate(t, size=s.shape[-2:], mode="bilinear", align_corners=False)
+    T = float(temperature)
+    kl = F.kl_div(
+        F.log_softmax(s / T, dim=1), F.log_softmax(t / T, dim=1), reduction="none", log_target=True
+    )
+    return kl.sum(dim=1).mean() * T * T
+
+
+class DistillModel(nn.Module):
+    """What the engine trains: the student plus one 1x1 projection per (student, teacher) pair."""
+
+    def __init__(
+        self,
+        student: Student,
+        pairs: Sequence[tuple[str, str]],
+        teacher_dims: dict[str, int],
+        with_logits: bool,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.pairs = list(pairs)
+        self.with_logits = with_logits
+        self.proj = nn.ModuleDict(
+            {
+                _proj_name(s, t): nn.Conv2d(student.feature_dims[s], teacher_dims[t], 1)
+                for s, t in self.pairs
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Projected student features keyed by ``_proj_name(pair)``, and logits (or None)."""
+        layers = sorted({s for s, _ in self.pairs})
+        if self.with_logits:
+            logits, feats = self.student.forward_with_features(x, layers)
+        else:  # features only: skip the decoder altogether
+            logits, feats = None, self.student.features(x, layers)
+        out = {_proj_name(s, t): self.proj[_proj_name(s, t)](feats[s]) for s, t in self.pairs}
+        return out, logits
+
+
+def _proj_name(student_layer: str, teacher_layer: str) -> str:
+    return f"{student_layer}_to_{teacher_layer}".replace(".", "_")
+
+
+class _TransferSet(Dataset):
+    """Student-size images with the teacher's cached outputs, flipped together at random."""
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        keys: Sequence[str],
+        cache: TeacherCache,
+        size: int,
+        recompute: Any,
+    ) -> None:
+        self.images, self.keys, self.cache, self.size = images, keys, cache, size
+        self.recompute = recompute  # i -> outputs, used only if a cache file vanished
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from tskd.data.dataset import image_to_tensor
+
+        x = image_to_tensor(self.images[i], self.size)
+        teacher = self.cache.get(self.keys[i])
+        if teacher is None:
+            teacher = self.recompute(i)
+        # Random horizontal flips of the image and of every teacher map alike (no vertical
+        # flips: upside-down ultrasound fans or anatomy never occur). For ViT features this is an
+        # approximation: a flipped image's tokens are not exactly the flipped tokens (positional
+        # embeddings and patch contents are not mirror-symmetric), but the teacher's maps stay
+        # spatially aligned with the student's input, which is what the losses need.
+        dims = [-1] if torch.rand(()) < 0.5 else []
+        if dims:
+            x = torch.flip(x, dims)
+            teacher = {k: torch.flip(v, dims) for k, v in teacher.items()}
+        return {"image": x, "teacher": teacher}
+
+
+class _DistillTask:
+    """The ``TrainingTask`` the engine runs: losses between student and cached teacher."""
+
+    name = "distill"
+
+    def __init__(self, model: DistillModel, dataset: _TransferSet, cfg: DistillConfig) -> None:
+        self.model = model
+        self._dataset = dataset
+        self.cfg = cfg
+        self.feature_fn = F.mse_loss if cfg.feature_loss == "mse" else F.smooth_l1_loss
+        self.pairs = list(model.pairs)
+        t_names = [t for _, t in self.pairs]
+        self._unique = len(set(t_names)) == len(t_names)
+
+    def _log_name(self, s_name: str, t_name: str) -> str:
+        return f"feature_{t_name}" if self._unique else f"feature_{_proj_name(s_name, t_name)}"
+
+    def dataset(self) -> Dataset:
+        return self._dataset
+
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        target = batch["teacher"]
+        feats, logits = model(batch["image"])
+        logs: dict[str, torch.Tensor] = {}
+        loss = torch.zeros((), device=batch["image"].device)
+        if feats:
+            per_layer = []
+            for s_name, t_name in self.pairs:
+                f, g = feats[_proj_name(s_name, t_name)], target[t_name]
+                if f.shape[-2:] != g.shape[-2:]:  # student grid -> teacher grid
+                    f = F.interpolate(f.float(), size=g.shape[-2:], mode="bilinear",
+                                      align_corners=False)
+                lf = self.feature_fn(channel_norm(f), channel_norm(g))
+                per_layer.append(lf)
+                if len(self.pairs) > 1:
+                    logs[self._log_name(s_name, t_name)] = lf
+            feature = torch.stack(per_layer).mean()
+            logs["feature"] = feature
+            loss = loss + cfg.feature_weight * feature
+        if logits is not None:
+            output = kd_output_loss(logits, target[LOGITS], cfg.temperature)
+            logs["output"] = output
+            loss = loss + cfg.output_weight * output
+        logs["loss"] = loss
+        return logs
+
+
+def _check(
+    teacher: nn.Module, images: Sequence[np.ndarray], cfg: DistillConfig, student: Student
+) -> tuple[list[tuple[str, str]], bool]:
+    if len(images) == 0:
+        raise TskdInputError("the transfer set is empty: give unlabelled or labelled images")
+    if len(cfg.teacher_layers) != len(cfg.student_layers):
+        raise TskdInputError(
+            f"distill.teacher_layers {cfg.teacher_layers} and distill.student_layers "
+            f"{cfg.student_layers} must list the same number of layers (one pair each)"
+        )
+    t_dims = getattr(teacher, "feature_dims", {})
+    bad_t = [n for n in cfg.teacher_layers if n not in t_dims]
+    if bad_t:
+        raise TskdInputError(
+            f"the teacher has no layer(s) {bad_t}; it offers {sorted(t_dims)}"
+        )
+    student.check_layers(cfg.student_layers)
+    if cfg.feature_loss not in ("mse", "smooth_l1"):
+        raise TskdInputError(
+            f"distill.feature_loss must be mse or smooth_l1, not {cfg.feature_loss!r}"
+        )
+    pairs = list(zip(cfg.student_layers, cfg.teacher_layers)) if cfg.feature_weight > 0 else []
+    with_logits = not cfg.task_agnostic and cfg.output_weight > 0
+    if not pairs and not with_logits:
+        raise TskdInputError(
+            "nothing to distil: set distill.feature_weight > 0 with layer pairs, or "
+            "distill.output_weight > 0 without task_agnostic"
+        )
+    return pairs, with_logits
+
+
+def _teacher_autocast(device: torch.device, mixed_precision: str) -> Any:
+    """Half precision for the teacher on a GPU unless the user turned mixed precision off."""
+    if device.type != "cuda" or mixed_precision == "no":
+        return contextlib.nullcontext()
+    bf16 = mixed_precision == "bf16" or (
+        mixed_precision == "auto" and torch.cuda.is_bf16_supported()
+    )
+    return torch.autocast("cuda", dtype=torch.bfloat16 if bf16 else torch.float16)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def distill(
+    teacher: nn.Module,
+    images: Sequence[np.ndarray],
+    cfg: DistillConfig,
+    student: Student,
+    teacher_input_size: int,
+    teacher_id: str,
+    cache_dir: str | Path,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    keep_checkpoint: bool = False,
+) -> TrainResult:
+    """Train ``student`` (in place) to match ``teacher`` on ``images``; returns the history.
+
+    History entries log each loss separately: ``feature`` (mean over layer pairs, plus
+    ``feature_<layer>`` when there are several), ``output`` (absent when task-agnostic) and the
+    weighted total ``loss``. ``task_agnostic`` distils features only (an un-adapted SAM has no
+    task head), and the student's decoder is then frozen, as nothing would train it.
+    """
+    from tskd.data.dataset import image_to_tensor
+
+    pairs, with_logits = _check(teacher, images, cfg, student)
+    t_layers = list(dict.fromkeys(t for _, t in pairs))
+    stored = t_layers + ([LOGITS] if with_logits else [])
+    cache = TeacherCache(cache_dir, teacher_id, stored)
+
+    device = resolve_device(cfg.train.device)
+    teacher_home = _device_of(teacher)
+    was_training = teacher.training
+    teacher.eval()
+
+    def compute(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        dev = _device_of(teacher)
+        with torch.inference_mode(), _teacher_autocast(dev, cfg.train.mixed_precision):
+            logits, feats = teacher.forward_with_features(batch.to(dev), t_layers)
+        out = {name: feats[name].float() for name in t_layers}
+        if with_logits:
+            out[LOGITS] = logits.float()
+        return out
+
+    def teacher_input(i: int) -> torch.Tensor:
+        return image_to_tensor(images[i], teacher_input_size)
+
+    # 1. fill the cache: the teacher sees every transfer image once, in batches
+    keys: list[str] = []
+    bs = max(1, cfg.train.batch_size)
+    n = len(images)
+    t0 = time.perf_counter()
+    try:
+        teacher.to(device)
+        for start in range(0, n, bs):
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled(
+                    f"distill: cancelled while caching teacher outputs ({start}/{n} images); "
+                    "resume to go on"
+                )
+            batch = torch.stack([teacher_input(i) for i in range(start, min(n, start + bs))])
+            batch_keys = [cache.key(img) for img in batch]
+            first = cache.get_or_compute(batch, compute, keys=batch_keys)
+            if start == 0 and with_logits and first[LOGITS].shape[1] != student.num_classes:
+                raise TskdInputError(
+                    f"the teacher predicts {first[LOGITS].shape[1]} classes but the student has "
+                    f"{student.num_classes}; build the student for the teacher's classes"
+                )
+            keys.extend(batch_keys)
+            if progress is not None:
+                done = len(keys)
+                elapsed = time.perf_counter() - t0
+                progress(
+                    Progress(
+                        "distill-cache", done, n, 0, 1, math.nan, elapsed / done * (n - done),
+                        {"cache_hits": float(cache.hits), "cache_misses": float(cache.misses)},
+                        f"teacher outputs: {cache.misses} computed, {cache.hits} from cache",
+                    )
+                )
+    finally:
+        teacher.to(teacher_home)
+        teacher.train(was_training)
+
+    def recompute(i: int) -> dict[str, torch.Tensor]:
+        x = teacher_input(i)[None]
+        teacher.eval()
+        try:
+            out = cache.get_or_compute(x, compute, keys=[keys[i]])
+        finally:
+            teacher.train(was_training)
+        return {k: v[0] for k, v in out.items()}
+
+    # 2. train student + projections through the engine
+    student_home = _device_of(student)
+    frozen = [] if with_logits else [p for p in student.decoder_parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    seed_everything(cfg.train.seed)  # the projections' random initialisation repeats
+    model = DistillModel(student, pairs, teacher.feature_dims, with_logits)
+    data = _TransferSet(images, keys, cache, student.image_size, recompute)
+    task = _DistillTask(model, data, cfg)
+    try:
+        result = train(
+            task,
+            cfg.train,
+            checkpoint_dir=checkpoint_dir,
+            progress=progress,
+            cancel=cancel,
+            resume=resume,
+            keep_checkpoint=keep_checkpoint,
+        )
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        student.to(student_home)
+        student.eval()
+    return result

@@ -1,0 +1,166 @@
+"""Stage 4: fine-tune the (distilled or fresh) student on the labelled images.
+
+Loss: MONAI ``DiceCELoss``, ``dice_weight * Dice + (1 - dice_weight) * CE``. Dice is over the
+foreground classes and pooled over the batch ("batch Dice", as nnU-Net does for 2D), so an image
+without foreground does not produce a noisy 0-or-1 term of its own. Validation: mean Dice over
+foreground classes with MONAI's ``DiceMetric`` at the student's input size; an image where
+ground truth and prediction are both empty for a class scores 1 for it (the project's policy).
+Pixels labelled ``tskd.data.label_policy.IGNORE_INDEX`` (a configured ``data.ignore_label``) are
+left out of both loss terms and of validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tskd import engine
+from tskd.config import StudentConfig
+from tskd.data.label_policy import IGNORE_INDEX
+from tskd.engine import CancelToken, ProgressCallback, TrainResult
+from tskd.errors import TskdInputError
+from tskd.models.student import Student
+
+
+class _Segmenter(nn.Module):
+    """Holds the student so the engine's wrappers (device, autocast) never patch the student."""
+
+    def __init__(self, student: Student) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+
+class _SegTask:
+    """The ``TrainingTask``: Dice + CE on labelled images."""
+
+    name = "finetune-student"
+
+    def __init__(self, student: Student, dataset: Dataset, dice_weight: float) -> None:
+        from monai.losses import DiceCELoss
+
+        if not 0.0 <= dice_weight <= 1.0:
+            raise TskdInputError(f"student.dice_weight must be in [0, 1], got {dice_weight}")
+        self.model = _Segmenter(student)
+        self._dataset = dataset
+        self.loss = DiceCELoss(
+            include_background=False,
+            to_onehot_y=True,
+            softmax=True,
+            batch=True,
+            lambda_dice=dice_weight,
+            lambda_ce=1.0 - dice_weight,
+        )
+        # ignored pixels (label IGNORE_INDEX = -100) count in neither term: CrossEntropyLoss
+        # skips -100 by default, MONAI's Dice masks them when told
+        self.loss.dice.ignore_index = IGNORE_INDEX
+
+    def dataset(self) -> Dataset:
+        return self._dataset
+
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logits = model(batch["image"]).float()
+        target = batch["label"][:, None]
+        dice = self.loss.dice(logits, target)
+        ce = self.loss.ce(logits, target)
+        loss = self.loss.lambda_dice * dice + self.loss.lambda_ce * ce
+        return {"loss": loss, "dice_loss": dice, "ce": ce}
+
+
+@torch.inference_mode()
+def validate(
+    student: Student, samples: Sequence[Any], image_size: int, batch_size: int = 8
+) -> dict[str, Any]:
+    """Mean validation Dice (foreground classes) of ``student`` on labelled ``samples``."""
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    from tskd.data.dataset import LabelledDataset
+
+    if not samples:
+        return {}
+    device = next(student.parameters()).device
+    was_training = student.training
+    student.eval()
+    c = student.num_classes
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
+    loader = DataLoader(LabelledDataset(list(samples), image_size, augment=False),
+                        batch_size=max(1, batch_size), shuffle=False)
+    for batch in loader:
+        pred = student(batch["image"].to(device)).argmax(1, keepdim=True)
+        label = batch["label"].to(device)[:, None]
+        valid = label != IGNORE_INDEX  # ignored pixels: background in both, so never counted
+        pred, label = pred.where(valid, 0), label.where(valid, 0)
+        metric(y_pred=one_hot(pred, c), y=one_hot(label.clamp(0, c - 1), c))
+    scores = metric.aggregate().float().cpu()  # (images, classes - 1)
+    metric.reset()
+    student.train(was_training)
+    per_class = scores.mean(0)
+    return {
+        "dice": float(per_class.mean()),
+        "dice_per_class": [float(v) for v in per_class],
+        "n_images": int(scores.shape[0]),
+    }
+
+
+def finetune_student(
+    student: Student,
+    train: Sequence[Any],
+    val: Sequence[Any],
+    cfg: StudentConfig,
+    image_size: int,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    keep_checkpoint: bool = False,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Fine-tune ``student`` in place on ``train`` (``tskd.data.io.Sample`` with labels).
+
+    Returns the engine's result (history logs ``loss``, ``dice_loss``, ``ce``) and validation
+    metrics (``dice``, ``dice_per_class``, ``n_images``), or ``{}`` without validation images.
+    A student with fewer outputs than the labels need (a task-agnostic student built for another
+    class count) gets a new head first.
+    """
+    from tskd.data.dataset import LabelledDataset, num_classes
+
+    if not train:
+        raise TskdInputError("no labelled images to fine-tune the student on")
+    if any(s.label is None for s in train) or any(s.label is None for s in val):
+        raise TskdInputError("every image used to fine-tune or validate the student needs a label")
+    if image_size != student.image_size:
+        raise TskdInputError(
+            f"the student was built for {student.image_size}x{student.image_size} images, "
+            f"not {image_size}"
+        )
+    needed = num_classes(list(train) + list(val))
+    engine.seed_everything(cfg.train.seed)  # a new head's random initialisation repeats
+    if student.num_classes < needed:
+        student.reset_head(needed)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    home = next(student.parameters()).device
+    task = _SegTask(student, LabelledDataset(list(train), image_size, augment=True),
+                    cfg.dice_weight)
+    try:
+        result = engine.train(
+            task,
+            cfg.train,
+            checkpoint_dir=checkpoint_dir,
+            progress=progress,
+            cancel=cancel,
+            resume=resume,
+            keep_checkpoint=keep_checkpoint,
+        )
+        metrics = validate(student, val, image_size, cfg.train.batch_size)
+    finally:
+        student.to(home)
+        student.eval()
+    return result, metrics

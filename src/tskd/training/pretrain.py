@@ -1,0 +1,439 @@
+"""Promptable pretraining of the built-in miniature SAM teacher, the way SAM itself was trained.
+
+A SAM assembled from ``segment_anything``'s modules (``tskd.models.mini_sam``) learns to segment one
+object from a prompt -- a noisy box, 1-3 positive/negative points, or both -- on procedural
+scenes from ``tskd.data.phantoms.pretraining_sample`` (none of the target tasks). The loss is BCE
+(optionally class-balanced) + Dice on the predicted mask plus SAM's IoU-prediction MSE. Like
+SAM, the decoder predicts all of its mask tokens: token 0 (the single-mask output) is always
+supervised and the best of the three multimask outputs too, so every mask token (which
+``SemanticSam`` later turns into class tokens) is trained. Training runs through
+``tskd.engine.train`` (seeds, progress, cancel, checkpoints, resume); the result is
+``mini_sam.safetensors`` (fp16) + ``mini_sam.json``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from tskd.config import TrainConfig
+from tskd.engine import CancelToken, ProgressCallback, TrainResult, seed_everything, train
+from tskd.errors import TskdInputError
+from tskd.models.mini_sam import (
+    ASSETS,
+    MiniSamConfig,
+    build_mini_sam,
+    count_parameters,
+    save_mini_sam,
+)
+
+WEIGHTS_NAME = "mini_sam.safetensors"
+MAX_POINTS = 3  # point prompts per object (unused slots are SAM's "not a point", label -1)
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of ``tskd pretrain-mini``; ``model`` is the architecture (default: built-in)."""
+
+    steps: int = 1200
+    batch_size: int = 8  # images per step
+    masks_per_image: int = 4  # objects (each with its own prompt) decoded per image
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    image_size: int = 256
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "auto"
+    steps_per_checkpoint: int = 100  # the engine checkpoints once per "epoch" of this many steps
+    iou_weight: float = 1.0
+    # True: object and background pixels weigh half each in the BCE (left off by default: the
+    # plain mean is what the first full pretraining run used)
+    balanced_bce: bool = False
+    prompt_modes: tuple[float, float, float] = (0.4, 0.35, 0.25)  # box / points / box + points
+    model: MiniSamConfig = field(default_factory=MiniSamConfig)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, min(self.steps_per_checkpoint, self.steps))
+
+    def train_config(self) -> TrainConfig:
+        """The engine's settings: epochs of ``steps_per_checkpoint`` steps, capped at ``steps``."""
+        return TrainConfig(
+            epochs=-(-self.steps // self.steps_per_epoch),
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_fraction=self.warmup_fraction,
+            seed=self.seed,
+            device=self.device,
+            mixed_precision=self.mixed_precision,  # type: ignore[arg-type]
+            max_steps=self.steps,
+        )
+
+
+DATA_DIR_ENV = "TSKD_DATA_DIR"
+
+
+def default_output_dir() -> Path:
+    """Where ``tskd pretrain-mini`` writes by default: ``$TSKD_DATA_DIR/pretrain-mini``, else
+    ``<user data folder>/tskd/pretrain-mini`` (``platformdirs.user_data_dir``), never the
+    package's built-in weights (those take ``packaged_weights_dir`` and an explicit flag).
+    Use the result as a teacher with ``--model-type mini --checkpoint <dir>/mini_sam.safetensors``.
+    """
+    import os
+
+    base = os.environ.get(DATA_DIR_ENV)
+    if not base:
+        from platformdirs import user_data_dir
+
+        base = user_data_dir("tskd", appauthor=False)
+    return Path(base).expanduser() / "pretrain-mini"
+
+
+def packaged_weights_dir() -> Path:
+    """The package's built-in teacher weights (``build_sam("mini")`` reads them from there);
+    written only with ``replace_packaged=True`` (``--replace-packaged-weights``)."""
+    return ASSETS
+
+
+def checkpoint_dir_for(out_dir: str | Path, packaged: bool = False) -> Path:
+    """Resumable checkpoints of a pretraining into ``out_dir``: ``out_dir/checkpoints``, or, for
+    the packaged weights, the default output folder's ``checkpoints-packaged`` (never inside the
+    installed package)."""
+    if packaged:
+        return default_output_dir() / "checkpoints-packaged"
+    return Path(out_dir) / "checkpoints"
+
+
+def _is_packaged(out_dir: Path) -> bool:
+    return out_dir.expanduser().resolve() == ASSETS.resolve()
+
+
+def check_output(out_dir: str | Path, overwrite: bool = False,
+                 replace_packaged: bool = False) -> list[Path]:
+    """Refuse (``TskdInputError``) to write into the package's assets without
+    ``replace_packaged``, or over an existing ``mini_sam.safetensors``/``.json`` without
+    ``overwrite`` (or ``replace_packaged``); returns the files that will be replaced."""
+    from tskd.data import outputs
+
+    out = outputs.check_output_folder(out_dir)
+    packaged = _is_packaged(out)
+    if packaged and not replace_packaged:
+        raise TskdInputError(
+            f"{out} holds the package's built-in teacher weights, which every existing teacher "
+            "needs; write elsewhere with --out, or pass --replace-packaged-weights if you "
+            "maintain the package."
+        )
+    targets = [out / WEIGHTS_NAME, out / Path(WEIGHTS_NAME).with_suffix(".json")]
+    return outputs.check_replace(targets, overwrite or (packaged and replace_packaged), out)
+
+
+# ----------------------------------------------------------------------------- prompts and data
+def sample_prompts(
+    rng: np.random.Generator, mask: np.ndarray, n_points: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A noisy box (4,) as x0, y0, x1, y1 and (MAX_POINTS, 2) x/y points with labels.
+
+    The first point is positive (inside the object), the others positive or negative (outside,
+    near the object); unused slots have label -1. Box corners move by N(0, 10 % of the side),
+    at most 20 px, as in SAM's training.
+    """
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    side = np.array([x1 - x0 + 1, y1 - y0 + 1, x1 - x0 + 1, y1 - y0 + 1], np.float64)
+    jitter = np.clip(rng.normal(0, 0.1 * side), -20, 20)
+    box = np.array([x0, y0, x1, y1], np.float64) + jitter
+    box[[0, 2]] = np.clip(np.sort(box[[0, 2]]), 0, w - 1)
+    box[[1, 3]] = np.clip(np.sort(box[[1, 3]]), 0, h - 1)
+
+    points = np.zeros((MAX_POINTS, 2), np.float32)
+    labels = -np.ones(MAX_POINTS, np.int64)
+    margin = max(2, int(0.25 * max(side[0], side[1])))
+    near = np.zeros_like(mask)
+    near[max(0, y0 - margin) : y1 + margin + 1, max(0, x0 - margin) : x1 + margin + 1] = True
+    outside = np.argwhere(near & ~mask)
+    if len(outside) == 0:
+        outside = np.argwhere(~mask)
+    for k in range(n_points):
+        negative = k > 0 and len(outside) > 0 and rng.random() < 0.5
+        if negative:
+            py, px = outside[rng.integers(len(outside))]
+        else:
+            i = rng.integers(len(xs))
+            py, px = ys[i], xs[i]
+        points[k] = (px, py)
+        labels[k] = 0 if negative else 1
+    return box.astype(np.float32), points, labels
+
+
+class PromptDataset(Dataset):
+    """Procedural scenes with K objects each and a prompt per object (one item = one image).
+
+    The scene of an item comes from (seed, a key drawn from torch's global generator, index):
+    the engine re-seeds that generator every epoch, so epochs see new scenes, the same run
+    repeats exactly, and a resumed run draws what an unbroken one would.
+    """
+
+    def __init__(
+        self, length: int, size: int, masks_per_image: int, seed: int,
+        prompt_modes: tuple[float, float, float] = (0.4, 0.35, 0.25),
+    ) -> None:
+        self.length, self.size, self.k, self.seed = length, size, masks_per_image, seed
+        modes = np.asarray(prompt_modes, np.float64)
+        if modes.shape != (3,) or modes.min() < 0 or modes.sum() <= 0:
+            raise TskdInputError("prompt modes must be three non-negative chances (box, "
+                                 "points, box + points)")
+        self.modes = modes / modes.sum()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        from tskd.data.phantoms import pretraining_sample
+
+        key = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        rng = np.random.default_rng([self.seed, key, index])
+        image, masks = pretraining_sample(rng, self.size)
+        # larger objects more often (p ~ sqrt(area)): clusters would otherwise flood the
+        # prompts with dots, while the target tasks are mostly organ-sized objects
+        area = np.array([m.sum() for m in masks], np.float64)
+        chosen = rng.choice(len(masks), self.k, replace=len(masks) < self.k,
+                            p=np.sqrt(area) / np.sqrt(area).sum())
+        mode = int(rng.choice(3, p=self.modes))  # 0 box, 1 points, 2 box + points
+        boxes, points, labels = [], [], []
+        for j in chosen:
+            box, pts, lab = sample_prompts(rng, masks[j], int(rng.integers(1, MAX_POINTS + 1)))
+            boxes.append(box)
+            points.append(pts)
+            labels.append(lab)
+        # convert in numpy: tiny torch ops pay threading overhead on a busy machine
+        return {
+            "image": torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32) / 255.0),
+            "masks": torch.from_numpy(np.stack([masks[j] for j in chosen]).astype(np.float32)),
+            "boxes": torch.from_numpy(np.stack(boxes)),
+            "points": torch.from_numpy(np.stack(points)),
+            "labels": torch.from_numpy(np.stack(labels)),
+            "mode": torch.tensor(mode),
+        }
+
+
+# ----------------------------------------------------------------------------- model and loss
+def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice loss per mask: (N, M, H, W) logits and (N, 1, H, W) target -> (N, M)."""
+    p = torch.sigmoid(logits)
+    inter = (p * target).flatten(2).sum(-1)
+    total = p.flatten(2).sum(-1) + target.flatten(2).sum(-1)
+    return 1 - (2 * inter + 1) / (total + 1)
+
+
+def _bce(logits: torch.Tensor, target: torch.Tensor, balanced: bool) -> torch.Tensor:
+    """BCE per mask (N, M); ``balanced`` weighs object and background pixels half each, so
+    small objects are not learnt as "nothing" (the plain mean favours all-background)."""
+    t = target.expand_as(logits)
+    pix = F.binary_cross_entropy_with_logits(logits, t, reduction="none").flatten(2)
+    if not balanced:
+        return pix.mean(-1)
+    t = t.flatten(2)
+    pos = (pix * t).sum(-1) / t.sum(-1).clamp(min=1)
+    neg = (pix * (1 - t)).sum(-1) / (1 - t).sum(-1).clamp(min=1)
+    return 0.5 * (pos + neg)
+
+
+def _iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pred = (logits > 0).float()
+    inter = (pred * target).flatten(2).sum(-1)
+    union = ((pred + target) > 0).float().flatten(2).sum(-1)
+    return inter / union.clamp(min=1)
+
+
+class PromptableSam(nn.Module):
+    """A ``Sam`` trained with prompts: ``forward(batch)`` returns the losses of one batch."""
+
+    def __init__(self, sam: nn.Module, iou_weight: float = 1.0, balanced: bool = False) -> None:
+        super().__init__()
+        self.sam = sam
+        self.iou_weight = iou_weight
+        self.balanced = balanced
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        sam = self.sam
+        x = batch["image"] * 255.0
+        emb = sam.image_encoder((x - sam.pixel_mean) / sam.pixel_std)
+        image_pe = sam.prompt_encoder.get_dense_pe()
+        size = x.shape[-2:]
+        bce_all, dice_all, iou_all = [], [], []
+        for b in range(x.shape[0]):  # the decoder repeats an image's embedding per prompt
+            mode = int(batch["mode"][b])
+            points = (batch["points"][b], batch["labels"][b]) if mode != 0 else None
+            boxes = batch["boxes"][b] if mode != 1 else None
+            sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+            low, iou_pred = sam.mask_decoder.predict_masks(
+                image_embeddings=emb[b : b + 1],
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+            )  # all mask tokens: (K, 1 + 3, h, w) and (K, 1 + 3)
+            logits = F.interpolate(low.float(), size=size, mode="bilinear", align_corners=False)
+            target = batch["masks"][b].unsqueeze(1)
+            bce = _bce(logits, target, self.balanced)
+            dice = _dice_loss(logits, target)
+            per_mask = bce + dice  # (K, 4)
+            best = per_mask[:, 1:].argmin(dim=1, keepdim=True) + 1  # best multimask output
+            pick = torch.cat([torch.zeros_like(best), best], dim=1)
+            bce_all.append(bce.gather(1, pick))
+            dice_all.append(dice.gather(1, pick))
+            with torch.no_grad():
+                true_iou = _iou(logits, target)
+            iou_all.append(F.mse_loss(iou_pred.float(), true_iou, reduction="none").mean(1))
+        bce_t, dice_t = torch.cat(bce_all).mean(), torch.cat(dice_all).mean()
+        iou_t = torch.cat(iou_all).mean()
+        return {"loss": bce_t + dice_t + self.iou_weight * iou_t, "bce": bce_t, "dice": dice_t,
+                "iou_mse": iou_t}
+
+
+class _PretrainTask:
+    """The engine's view of promptable pretraining."""
+
+    name = "pretrain-mini"
+
+    def __init__(self, model: PromptableSam, cfg: PretrainConfig) -> None:
+        self.model = model
+        self._data = PromptDataset(cfg.steps_per_epoch * cfg.batch_size, cfg.image_size,
+                                   cfg.masks_per_image, cfg.seed, cfg.prompt_modes)
+
+    def dataset(self) -> Dataset:
+        return self._data
+
+    def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        return model(batch)
+
+
+# ----------------------------------------------------------------------------- entry points
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+            text=True, timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _check(cfg: PretrainConfig) -> None:
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.masks_per_image < 1:
+        raise TskdInputError("pretraining needs steps, batch size and masks per image >= 1")
+    if cfg.image_size % cfg.model.patch_size:
+        raise TskdInputError(
+            f"pretraining image size {cfg.image_size} must be a multiple of the patch size "
+            f"{cfg.model.patch_size}"
+        )
+
+
+def build_model(cfg: PretrainConfig) -> PromptableSam:
+    """A randomly initialised promptable SAM of ``cfg.model`` at ``cfg.image_size`` (seeded)."""
+    seed_everything(cfg.seed)
+    sam = build_mini_sam(cfg.model, cfg.image_size)
+    return PromptableSam(sam, cfg.iou_weight, cfg.balanced_bce)
+
+
+def pretrain_mini(
+    cfg: PretrainConfig,
+    out_dir: str | Path,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    command: str | None = None,
+    overwrite: bool = False,
+    replace_packaged: bool = False,
+) -> dict[str, Any]:
+    """Pretrain the mini SAM and write ``out_dir/mini_sam.safetensors`` + ``mini_sam.json``.
+
+    Returns the run's record (also stored under "info" in the JSON). Raises
+    ``tskd.errors.Cancelled`` when cancelled (a checkpoint in ``checkpoint_dir`` lets
+    ``resume=True`` continue), and ``TskdInputError`` before any training when ``out_dir`` is
+    the package's built-in weights without ``replace_packaged`` or already holds the two files
+    without ``overwrite`` (``check_output``).
+    """
+    import tskd
+
+    _check(cfg)
+    check_output(out_dir, overwrite, replace_packaged)
+    commit = _git_commit()  # the code that runs, not what is checked out when it ends
+    model = build_model(cfg)
+    train_cfg = cfg.train_config()
+    task = _PretrainTask(model, cfg)
+    t0 = time.perf_counter()
+    result: TrainResult = train(
+        task, train_cfg, checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel,
+        resume=resume,
+    )
+    wall = time.perf_counter() - t0
+    sam = task.model.sam
+    final = result.history[-1] if result.history else {}
+    info = {
+        "pretrain_config": asdict(cfg) | {"model": cfg.model.to_dict()},
+        "command": command,
+        "seed": cfg.seed,
+        "tskd_version": tskd.__version__,
+        "git_commit": commit,
+        "steps": result.steps,
+        "final_loss": final.get("loss"),
+        "final_logs": final,
+        "history": result.history,
+        "wall_time_s": round(wall, 1),
+        "train_seconds": round(result.seconds, 1),
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "parameters": count_parameters(sam),
+        "data": "tskd.data.phantoms.pretraining_sample (shapes, textured regions, curves, rings, "
+                "clusters); no target task",
+    }
+    path = save_mini_sam(sam.cpu(), cfg.model, Path(out_dir) / WEIGHTS_NAME, half=True,
+                         extra=info)
+    return info | {"weights": str(path), "json": str(path.with_suffix(".json"))}
+
+
+def measure_speed(cfg: PretrainConfig, steps: int = 30, warmup: int = 3) -> dict[str, float]:
+    """Training steps per second at ``cfg`` (model, batch, size, device), timed over ``steps``.
+
+    Runs the same engine loop as ``pretrain_mini`` without writing anything; the first
+    ``warmup`` steps are not timed. Use it to pick ``steps`` for a time budget. On a shared
+    machine ``cpu_s_per_step`` (process CPU time, all threads) / threads estimates an idle one.
+    """
+    from dataclasses import replace
+
+    _check(cfg)
+    run = replace(cfg, steps=warmup + steps, steps_per_checkpoint=warmup + steps)
+    model = build_model(run)
+    task = _PretrainTask(model, run)
+    marks: list[tuple[float, float]] = []
+
+    def tick(_p: Any) -> None:
+        marks.append((time.perf_counter(), time.process_time()))
+
+    train(task, run.train_config(), progress=tick)
+    timed = marks[warmup:]
+    n = len(timed) - 1
+    wall = (timed[-1][0] - timed[0][0]) / n if n > 0 else float("nan")
+    cpu = (timed[-1][1] - timed[0][1]) / n if n > 0 else float("nan")
+    data_t0 = time.perf_counter()
+    ds = PromptDataset(run.batch_size, run.image_size, run.masks_per_image, run.seed,
+                       run.prompt_modes)
+    for i in range(len(ds)):
+        _ = ds[i]
+    data_s = time.perf_counter() - data_t0
+    return {"steps_per_s": 1 / wall, "s_per_step": wall, "cpu_s_per_step": cpu,
+            "threads": float(torch.get_num_threads()), "data_s_per_step": data_s,
+            "parameters": float(count_parameters(model.sam))}

@@ -1,0 +1,245 @@
+"""The transfer set's synthetic part: a small DDPM trained on the task's images, sampled by DDIM.
+
+Diffusion models trained on a few hundred images memorise many of them, so every sample is
+screened against its nearest training image (and that image's mirror, since training flips) and
+near-copies are dropped; the share dropped is reported. Outputs in ``out_dir``:
+``synthetic_NNNN.png`` (NNNN = sample index; gaps are dropped samples), ``manifest.json`` and
+``synth_report.json``; the EMA model goes to ``model_dir`` (default ``out_dir/../diffusion``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tskd import atomic
+from tskd.config import SynthConfig
+from tskd.engine import CancelToken, ProgressCallback, resolve_device
+from tskd.models.diffusion import (
+    SAMPLE_STAGE,
+    check_resolution,
+    ddim_sample,
+    load_model,
+    prepare_images,
+    read_meta,
+    save_model,
+    to_uint8,
+)
+from tskd.training.diffusion import TRAIN_STAGE, data_fingerprint, train_ddpm
+
+__all__ = [
+    "SAMPLE_STAGE",
+    "TRAIN_STAGE",
+    "SynthReport",
+    "nearest_training",
+    "sample_from_saved",
+    "screen_near_copies",
+    "synthesize",
+]
+
+_PNG = re.compile(r"synthetic_\d{4,}\.png")
+
+
+@dataclass
+class SynthReport:
+    """What ``synthesize`` produced; ``to_dict`` is JSON-able (written as synth_report.json)."""
+
+    n_generated: int
+    n_kept: int
+    n_dropped: int
+    share_dropped: float
+    paths: list[str]
+    train_seconds: float
+    sample_seconds: float
+    threshold: float
+    distances: list[float]  # per generated sample: distance to its nearest training image
+    distance_quantiles: dict[str, float]  # min, p05, p25, median, p75, p95, max
+    train_steps: int = 0  # optimiser steps done by this call (0 when a saved model was reused)
+    model_dir: str = ""
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Flattened rows with zero mean and unit norm (constant images become zero rows)."""
+    x = x.reshape(x.shape[0], -1).double()
+    x = x - x.mean(dim=1, keepdim=True)
+    norm = x.norm(dim=1, keepdim=True)
+    return torch.where(norm > 1e-12, x / norm.clamp_min(1e-12), torch.zeros_like(x))
+
+
+def nearest_training(
+    samples: torch.Tensor | np.ndarray, train: torch.Tensor | np.ndarray, mirror: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each sample, (index of its nearest training image, distance in [0, 2]).
+
+    Distance: L2 between zero-mean, unit-norm flattened images of one shape, (N, C, H, W) or
+    (N, H, W), so it is insensitive to brightness and contrast; 0 is a copy, about sqrt(2)
+    unrelated, 2 a negative. With ``mirror`` each training image's horizontal mirror (last
+    axis flipped) counts as that image.
+    """
+    s, t = torch.as_tensor(samples), torch.as_tensor(train)
+    if len(s) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    if s.shape[1:] != t.shape[1:]:
+        raise ValueError(f"samples {tuple(s.shape)} and training images {tuple(t.shape)} differ")
+    a = _unit_rows(s.float())
+    candidates = [_unit_rows(t.float())]
+    if mirror:
+        candidates.append(_unit_rows(t.float().flip(-1)))
+    best_d2 = None
+    best_idx = None
+    for b in candidates:
+        d2 = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None] - 2.0 * a @ b.T
+        d2_min, idx = d2.min(dim=1)
+        if best_d2 is None:
+            best_d2, best_idx = d2_min, idx
+        else:
+            better = d2_min < best_d2
+            best_d2 = torch.where(better, d2_min, best_d2)
+            best_idx = torch.where(better, idx, best_idx)
+    dist = best_d2.clamp(0.0, 4.0).sqrt()
+    return best_idx.numpy().astype(np.int64), dist.numpy().astype(np.float64)
+
+
+def screen_near_copies(
+    samples: torch.Tensor | np.ndarray, train: torch.Tensor | np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keep mask, nearest index, distance): a sample closer than ``threshold`` is a near-copy."""
+    idx, dist = nearest_training(samples, train)
+    return dist >= threshold, idx, dist
+
+
+def _quantiles(d: np.ndarray) -> dict[str, float]:
+    if d.size == 0:
+        return {}
+    qs = {"min": 0, "p05": 5, "p25": 25, "median": 50, "p75": 75, "p95": 95, "max": 100}
+    return {k: float(np.percentile(d, q)) for k, q in qs.items()}
+
+
+def _model_fingerprint(cfg: SynthConfig, data_fp: str) -> dict[str, Any]:
+    """What a saved model depends on (not the device, nor how many images are sampled)."""
+    keys = ("resolution", "base_channels", "train_steps", "batch_size", "lr", "ema_decay", "seed")
+    return {k: getattr(cfg, k) for k in keys} | {"data": data_fp}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic.write_json(path, obj)
+
+
+def synthesize(
+    images: list[np.ndarray],
+    cfg: SynthConfig,
+    out_dir: str | Path,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    *,
+    model_dir: str | Path | None = None,
+    out_size: int | None = None,
+) -> SynthReport:
+    """Train a DDPM on ``images``, sample ``cfg.n_images``, drop near-copies, write PNGs.
+
+    ``out_size`` upscales the kept samples (bicubic) from ``cfg.resolution`` to that size.
+    With ``resume``, training goes on from ``checkpoint_dir``, and a finished model already in
+    ``model_dir`` for the same images and settings is reused without training.
+    Raises ``Cancelled`` (resumable) when ``cancel`` is set.
+    """
+    from imageio.v3 import imwrite
+
+    out_dir = Path(out_dir)
+    model_dir = Path(model_dir) if model_dir is not None else out_dir.parent / "diffusion"
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    check_resolution(cfg.resolution)
+    train_images = prepare_images(images, cfg.resolution)
+    fp = _model_fingerprint(cfg, data_fingerprint(train_images))
+
+    meta = read_meta(model_dir)
+    history: list[dict[str, float]] = []
+    train_seconds, steps_done = 0.0, 0
+    if resume and meta is not None and meta.get("fingerprint") == fp:
+        unet, sched_config = load_model(model_dir)
+    else:
+        unet, scheduler, result = train_ddpm(
+            train_images, cfg, checkpoint_dir=ckpt, progress=progress, cancel=cancel,
+            resume=resume,
+        )
+        history, train_seconds, steps_done = result.history, result.seconds, result.steps
+        save_model(unet, scheduler, model_dir, {
+            "fingerprint": fp, "channels": int(train_images.shape[1]),
+            "resolution": cfg.resolution, "n_train_images": len(train_images),
+            "history": history, "train_seconds": train_seconds,
+        })
+        sched_config = dict(scheduler.config)
+
+    t0 = time.perf_counter()
+    samples = ddim_sample(unet, sched_config, cfg.n_images, cfg.sample_steps, cfg.seed,
+                          resolve_device(cfg.device), progress, cancel)
+    sample_seconds = time.perf_counter() - t0
+
+    keep, idx, dist = screen_near_copies(samples, train_images, cfg.near_copy_threshold)
+    arrays = to_uint8(samples[torch.from_numpy(keep)], out_size)
+    kept_ids = np.flatnonzero(keep)
+    paths, files = [], []
+    encoded: dict[Path, bytes] = {}
+    for k, arr in zip(kept_ids, arrays):
+        path = out_dir / f"synthetic_{k:04d}.png"
+        encoded[path] = imwrite("<bytes>", arr, extension=".png")
+        paths.append(str(path))
+        files.append({"file": path.name, "source": "synthetic", "sample": int(k),
+                      "nearest_train_index": int(idx[k]), "nearest_distance": float(dist[k])})
+    # every new image is written in full before any old one is replaced or removed: a full disk
+    # keeps the previous transfer set as it was
+    atomic.mkdir(out_dir)
+    atomic.write_files(encoded)
+    for old in out_dir.iterdir():  # a previous run's samples would break count == kept
+        if _PNG.fullmatch(old.name) and old not in encoded:
+            old.unlink()
+    dropped = [{"sample": int(k), "nearest_train_index": int(idx[k]),
+                "nearest_distance": float(dist[k])} for k in np.flatnonzero(~keep)]
+    n = int(cfg.n_images)
+    report = SynthReport(
+        n_generated=n, n_kept=len(paths), n_dropped=n - len(paths),
+        share_dropped=(n - len(paths)) / n if n else 0.0, paths=paths,
+        train_seconds=train_seconds, sample_seconds=sample_seconds,
+        threshold=cfg.near_copy_threshold, distances=[float(d) for d in dist],
+        distance_quantiles=_quantiles(dist), train_steps=steps_done,
+        model_dir=str(model_dir), history=history,
+    )
+    _write_json(out_dir / "manifest.json", {
+        "files": files, "dropped": dropped,
+        "screen": {"metric": "L2 of zero-mean unit-norm images, mirrors included, in [0, 2]",
+                   "resolution": cfg.resolution, "threshold": cfg.near_copy_threshold},
+        "model_dir": str(model_dir), "out_size": out_size or cfg.resolution, "seed": cfg.seed,
+    })
+    _write_json(out_dir / "synth_report.json", report.to_dict())
+    return report
+
+
+def sample_from_saved(
+    model_dir: str | Path,
+    n: int,
+    steps: int = 25,
+    seed: int = 0,
+    *,
+    device: str = "auto",
+    out_size: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> list[np.ndarray]:
+    """``n`` more uint8 images ((H, W) gray or (H, W, 3)) from a model ``synthesize`` saved.
+
+    Not screened: pass them with the training images to ``nearest_training`` to do so.
+    """
+    unet, sched_config = load_model(model_dir)
+    x = ddim_sample(unet, sched_config, n, steps, seed, resolve_device(device), progress, cancel)
+    return to_uint8(x, out_size)
