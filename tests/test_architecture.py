@@ -174,6 +174,15 @@ def test_the_checks_catch_an_upward_import_and_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+@pytest.mark.parametrize("package", [layer for layer in LAYERS if "." in layer
+                                     and (BACKEND / layer.split(".")[1] / "__init__.py").is_file()])
+def test_package_inits_hold_only_a_docstring(package: str) -> None:
+    """Importing ``tskd.pipeline.run_folder`` must not run ``pipeline.stages`` (torch) first."""
+    tree = ast.parse((BACKEND / package.split(".")[1] / "__init__.py").read_text())
+    assert ast.get_docstring(tree)
+    assert len(tree.body) == 1, f"{package}/__init__.py holds more than its docstring"
+
+
 def test_relative_imports_resolve() -> None:
     known = {"tskd.data.phantoms", "tskd.data.phantoms.util", "tskd.data.io"}
     assert imports_of("tskd.data.phantoms", "from .util import grid\nfrom ..io import x\n",
