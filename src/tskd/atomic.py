@@ -244,7 +244,3 @@ def torch_bytes(obj: Any) -> bytes:
 
     return encode(lambda f: torch.save(obj, f))
 
-
-def torch_save(path: str | Path, obj: Any) -> Path:
-    """Replace ``path`` with ``torch.save(obj)`` atomically."""
-    return write_bytes(path, torch_bytes(obj))

@@ -25,11 +25,6 @@ from tskd.errors import CheckpointError, TskdError
 
 WEIGHTS = "model.safetensors"
 META = "meta.json"
-TEACHER_WEIGHTS = "adapter.safetensors"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic.write_text(path, text)
 
 
 def save_student(student: nn.Module, folder: str | Path, meta: dict[str, Any]) -> Path:

@@ -6,7 +6,6 @@ that names them, so a typo in a YAML file is caught before hours of training.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
 import typing
@@ -288,7 +287,3 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
     atomic.write_text(path, config_text(cfg))
 
-
-def replace(cfg: T, **changes: Any) -> T:
-    """A copy of a config dataclass with some fields changed."""
-    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]

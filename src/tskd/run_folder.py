@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-import yaml
-
 from tskd import atomic
 from tskd.config import RunConfig, config_text, load_config, save_config, to_dict
 from tskd.errors import RunFolderError, TskdWarning
@@ -685,6 +683,3 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON (pretty) creating parent folders; atomic (``tskd.atomic``)."""
     atomic.write_json(path, data)
 
-
-def dump_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False)
