@@ -18,7 +18,7 @@ from tskd.teacher_lora import (
     teacher_id,
 )
 from tskd.teacher_model import SemanticSam, build_sam
-from tskd.teacher_train import TeacherTask, finetune_teacher, validation_dice
+from tskd.teacher_train import TeacherTask, finetune_teacher
 
 __all__ = [
     "SemanticSam",
@@ -33,5 +33,4 @@ __all__ = [
     "read_meta",
     "save_teacher",
     "teacher_id",
-    "validation_dice",
 ]

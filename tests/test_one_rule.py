@@ -1,0 +1,69 @@
+"""Each rule written once: Dice, stack detection, the validation split, slice names, run paths,
+a bundle's input size and the segmenter built from it. Every caller gives the same answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tskd import metrics
+from tskd.errors import TskdInputError
+from tskd.io import Sample
+from tskd.label_policy import IGNORE_INDEX
+
+# ------------------------------------------------------------------ Dice
+
+# One image, 4x4, classes 0..2: class 1 overlaps 2 of (3 predicted + 3 true) pixels -> 4/6;
+# class 2 is only predicted -> 0. A second image has no foreground anywhere -> 1 and 1.
+PRED = torch.tensor([[[1, 1, 1, 0], [0, 0, 0, 0], [2, 0, 0, 0], [0, 0, 0, 0]],
+                     [[0] * 4] * 4])
+TRUTH = torch.tensor([[[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+                      [[0] * 4] * 4])
+
+
+def test_dice_per_class_values() -> None:
+    d = metrics.dice_per_class(PRED, TRUTH, 3)
+    assert d.shape == (2, 2) and d.dtype == torch.float32
+    assert d.flatten().tolist() == pytest.approx([4 / 6, 0.0, 1.0, 1.0])
+    assert metrics.dice_per_class(PRED, TRUTH, 3, reduction="mean_batch").tolist() == \
+        pytest.approx([(4 / 6 + 1) / 2, 0.5])
+    # the truth pixel (1, 0) ignored: class 1 is 2 of (3 + 2) -> 0.8
+    truth = TRUTH.clone()
+    truth[0, 1, 0] = IGNORE_INDEX
+    assert metrics.dice_per_class(PRED, truth, 3, ignore_index=IGNORE_INDEX)[0, 0] == \
+        pytest.approx(0.8)
+    # a value outside the classes is background: class 2 predicted nowhere -> both empty -> 1
+    assert metrics.dice_per_class(PRED, TRUTH, 2)[0].tolist() == pytest.approx([4 / 6])
+    with pytest.raises(TskdInputError, match=r"differ in shape: \(2, 4, 4\) vs \(1, 4, 4\)"):
+        metrics.dice_per_class(PRED, TRUTH[:1], 3)
+
+
+def test_evaluate_disagreement_and_validation_share_the_dice() -> None:
+    from tskd.finetune import validate
+    from tskd.predict import _disagreement
+
+    report = metrics.evaluate([p.numpy() for p in PRED], [t.numpy() for t in TRUTH],
+                              num_classes=3)
+    assert [r["dice"] for r in report.records] == pytest.approx([4 / 6, 0.0, 1.0, 1.0])
+    assert _disagreement(PRED, TRUTH, 3).tolist() == pytest.approx([1 - 2 / 6, 0.0])
+
+    class Fixed(nn.Module):  # predicts PRED's first map whatever the image
+        num_classes = 3
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            onehot = nn.functional.one_hot(PRED[0], 3).permute(2, 0, 1).float()
+            return onehot[None].repeat(x.shape[0], 1, 1, 1) * 10 + self.w
+
+    samples = [Sample("a", np.zeros((4, 4), np.uint8), TRUTH[0].numpy()),
+               Sample("b", np.zeros((4, 4), np.uint8), TRUTH[0].numpy())]
+    out = validate(Fixed(), samples, 4)  # type: ignore[arg-type]
+    assert out["dice_per_class"] == pytest.approx([4 / 6, 0.0])
+    assert out["dice"] == pytest.approx(1 / 3) and out["n_images"] == 2
+    assert metrics.validation_dice(Fixed(), samples, 4, 3, batch_size=1).flatten().tolist() \
+        == pytest.approx([4 / 6, 0.0, 4 / 6, 0.0])
