@@ -21,6 +21,7 @@ from magicgui.widgets import (
 
 from napari_tskd import _layers, _notify
 from napari_tskd._base import StageWidget, wrapped_label
+from tskd.config import validation_count
 
 UNLABELLED_DIR = "unlabelled"  # run/unlabelled: images exported from Image layers
 
@@ -132,7 +133,7 @@ class DataWidget(StageWidget):
             from tskd import io
 
             n_unl += len(io.unlabelled_files(self.unlabelled_folder.value))
-        n_val = _n_val(n, float(self.val_fraction.value))
+        n_val = validation_count(n, float(self.val_fraction.value))
         text = f"{n} labelled image(s): train {n - n_val} / validation {n_val}"
         if classes_text:
             text += f"; {classes_text}"
@@ -214,7 +215,7 @@ class DataWidget(StageWidget):
         for text, where in ((note, run_dir / "data"), (unl_note, run_dir / UNLABELLED_DIR)):
             if text:
                 _notify.warning(f"{text[0].upper()}{text[1:]} (in {where}).")
-        n_val = _n_val(len(images), cfg.data.val_fraction)
+        n_val = validation_count(len(images), cfg.data.val_fraction)
         self.summary.value = (
             f"wrote {len(images)} labelled image(s) (train {len(images) - n_val} / validation "
             f"{n_val}) and {len(unl_images)} unlabelled layer slice(s) to {run_dir}"
@@ -270,8 +271,3 @@ def layer_classes_text(data: Any) -> str:
         return f"classes {shown}"
     return f"classes {shown}, read as {lm.num_classes} classes {lm.describe()}"
 
-
-def _n_val(n: int, fraction: float) -> int:
-    """Validation images the backend keeps out: ``tskd.data.split_train_val``'s rule, restated
-    here so the summary needs no torch import (a test checks that the two agree)."""
-    return 0 if n < 4 or fraction <= 0 else max(1, round(n * fraction))

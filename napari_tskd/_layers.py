@@ -58,6 +58,13 @@ def layer_axes(layer: Any) -> Any:
     return io.image_axes(layer.data.shape, rgb=is_rgb(layer), where=f"layer '{layer.name}'")
 
 
+def stack_is_rgb(stack: np.ndarray) -> bool:
+    """Whether a stack of images (Z, H, W[, C]) shows as colour (``tskd.io.ImageAxes.rgb``)."""
+    from tskd import io
+
+    return io.image_axes(np.shape(stack), is_stack=True, where="stack").rgb
+
+
 def is_stack(layer: Any) -> bool:
     """A stack of 2D slices (three spatial axes), read as in training and ``tskd predict``."""
     from tskd.errors import TskdInputError

@@ -67,3 +67,39 @@ def test_evaluate_disagreement_and_validation_share_the_dice() -> None:
     assert out["dice"] == pytest.approx(1 / 3) and out["n_images"] == 2
     assert metrics.validation_dice(Fixed(), samples, 4, 3, batch_size=1).flatten().tolist() \
         == pytest.approx([4 / 6, 0.0, 4 / 6, 0.0])
+
+
+# ------------------------------------------------------------------ colour stacks, split
+
+
+def test_stack_colour_is_read_by_the_axes_rule(tmp_path) -> None:
+    import tifffile
+
+    from napari_tskd._layers import stack_is_rgb
+    from tskd import io
+
+    assert stack_is_rgb(np.zeros((2, 8, 8, 3), np.uint8)) is True
+    assert stack_is_rgb(np.zeros((2, 8, 8, 4), np.uint8)) is True
+    assert stack_is_rgb(np.zeros((2, 8, 8), np.uint8)) is False
+    assert stack_is_rgb(np.zeros((2, 8, 8, 2), np.uint8)) is False  # two channels: not colour
+    assert io.image_axes((2, 8, 8, 3), is_stack=True).rgb is True
+    assert io.image_axes((8, 8, 2), is_stack=False).rgb is False
+    # a tif's photometric follows the same property
+    for shape, photometric in (((2, 8, 8, 3), "RGB"), ((2, 8, 8, 2), "MINISBLACK")):
+        path = io.write_image(tmp_path / f"s{shape[-1]}.tif", np.zeros(shape, np.uint8))
+        with tifffile.TiffFile(path) as tif:
+            assert tif.pages[0].photometric.name == photometric
+
+
+def test_validation_count_is_the_split_rule() -> None:
+    from tskd.config import validation_count
+    from tskd.data import split_train_val
+
+    assert [validation_count(n, 0.2) for n in (0, 3, 4, 10, 13)] == [0, 0, 1, 2, 3]
+    assert validation_count(5, 0.9) == 4  # training keeps one image
+    assert validation_count(100, 0.0) == 0
+    for bad in (1.0, -0.1):
+        with pytest.raises(TskdInputError, match=rf"val_fraction must be in \[0, 1\), got {bad}"):
+            validation_count(10, bad)
+        with pytest.raises(TskdInputError, match=r"val_fraction must be in \[0, 1\)"):
+            split_train_val(list(range(10)), bad, 0)

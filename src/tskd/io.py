@@ -196,6 +196,11 @@ class ImageAxes:
         return 1 if self.channel_axis is None else self.shape[self.channel_axis]
 
     @property
+    def rgb(self) -> bool:
+        """Colour channels (3 or 4: RGB, RGBA), as napari's ``rgb`` flag and tif's photometric."""
+        return self.channel_axis is not None and self.channels in (3, 4)
+
+    @property
     def spatial_shape(self) -> tuple[int, ...]:
         """(H, W) or (Z, H, W): the standard shape without channels."""
         return tuple(self.shape[i] for i in self.order if i != self.channel_axis)
@@ -665,8 +670,7 @@ def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = Non
         if is_stack is None:
             is_stack = image.ndim == 4 or (image.ndim == 3 and image.shape[-1] > 4)
         ax = image_axes(image.shape, is_stack=is_stack, where=str(path))
-        rgb = ax.channels in (3, 4) and ax.channel_axis is not None
-        kwargs: dict[str, Any] = {"photometric": "rgb" if rgb else "minisblack"}
+        kwargs: dict[str, Any] = {"photometric": "rgb" if ax.rgb else "minisblack"}
         if ax.channel_axis is not None:
             kwargs["planarconfig"] = "contig"
         axes = ("Z" if ax.is_stack else "") + "YX" + ("S" if ax.channel_axis is not None else "")
