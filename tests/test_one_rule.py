@@ -103,3 +103,27 @@ def test_validation_count_is_the_split_rule() -> None:
             validation_count(10, bad)
         with pytest.raises(TskdInputError, match=r"val_fraction must be in \[0, 1\)"):
             split_train_val(list(range(10)), bad, 0)
+
+
+# ------------------------------------------------------------------ slice names
+
+
+def test_slice_names_agree_between_files_and_layers(tmp_path) -> None:
+    from napari.layers import Image, Labels
+
+    from napari_tskd import _layers
+    from tskd import io
+
+    image = np.arange(3 * 8 * 8, dtype=np.uint8).reshape(3, 8, 8)
+    label = np.zeros((3, 8, 8), np.uint8)
+    label[1, 0, 0] = label[2, 1, 1] = 1
+    io.write_image(tmp_path / "images" / "scan.tif", image)
+    io.write_label(tmp_path / "labels" / "scan.tif", label)
+    from_files = [s.name for s in io.load_labelled(tmp_path)]
+    _, _, from_layers = _layers.labelled_slices(Image(image, name="scan"),
+                                                Labels(label, name="scan labels"))
+    assert from_files == from_layers == ["scan_z0001", "scan_z0002"]
+    _, unl_names = _layers.unlabelled_slices([Image(image, name="scan")])
+    assert unl_names == [s.name for s in io.load_unlabelled(tmp_path / "images")] == [
+        "scan_z0000", "scan_z0001", "scan_z0002"]
+    assert io.slice_name("scan", 12345) == "scan_z12345"  # more slices: longer, still unique

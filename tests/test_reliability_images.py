@@ -151,9 +151,9 @@ def test_stack_with_axes_metadata_is_slices_for_training_and_predict(
         unlabelled = io.load_unlabelled(tmp_path / "images")
         seg = Segmenter(Threshold(), 32, 2, device="cpu")
         (out,) = predict_paths(seg, [tmp_path / "images/v.tif"], tmp_path / "pred")
-    assert [(s.name, s.image.shape) for s in samples] == [("v_z000", (64, 64)),
-                                                         ("v_z001", (64, 64))]
-    assert [s.name for s in unlabelled] == ["v_z000", "v_z001"]
+    assert [(s.name, s.image.shape) for s in samples] == [("v_z0000", (64, 64)),
+                                                         ("v_z0001", (64, 64))]
+    assert [s.name for s in unlabelled] == ["v_z0000", "v_z0001"]
     pred = io.read_label(out)
     assert pred.shape == (2, 64, 64)
     np.testing.assert_array_equal(pred[1], seg.segment(stack[1]))
