@@ -23,8 +23,6 @@ from napari_tskd import _layers, _notify
 from napari_tskd._base import StageWidget, wrapped_label
 from tskd.config import validation_count
 
-UNLABELLED_DIR = "unlabelled"  # run/unlabelled: images exported from Image layers
-
 
 class DataWidget(StageWidget):
     """Choose the data and the run folder; "Use this data" writes them into the run folder."""
@@ -193,13 +191,13 @@ class DataWidget(StageWidget):
             raise TskdInputError(f"unlabelled folder not found: {unl_folder}")
 
         self.context.set_run_dir(self.run_dir.value)
-        run_dir = self.context.run_dir
+        run_dir, paths = self.context.run_dir, self.context.paths()
         cfg = self.context.config()
-        cfg.data.labelled = str(run_dir / "data")
+        cfg.data.labelled = str(paths.data)
         cfg.data.image_size = int(self.image_size.value)
         cfg.data.val_fraction = float(self.val_fraction.value)
         if unl_images:
-            cfg.data.unlabelled = str(run_dir / UNLABELLED_DIR)
+            cfg.data.unlabelled = str(paths.unlabelled)
         else:
             cfg.data.unlabelled = str(unl_folder) if unl_folder else None
 
@@ -211,8 +209,8 @@ class DataWidget(StageWidget):
                 from tskd import io
 
                 extra = io.unlabelled_files(unl_folder) if unl_folder else []
-                export_unlabelled(unl_images, unl_names, run_dir / UNLABELLED_DIR, extra)
-        for text, where in ((note, run_dir / "data"), (unl_note, run_dir / UNLABELLED_DIR)):
+                export_unlabelled(unl_images, unl_names, paths.unlabelled, extra)
+        for text, where in ((note, paths.data), (unl_note, paths.unlabelled)):
             if text:
                 _notify.warning(f"{text[0].upper()}{text[1:]} (in {where}).")
         n_val = validation_count(len(images), cfg.data.val_fraction)

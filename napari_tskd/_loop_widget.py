@@ -84,7 +84,7 @@ class LoopWidget(StageWidget):
             )
         cfg = self.context.config()
         run_dir = self.context.run_dir
-        if cfg.data.labelled != str(run_dir / "data"):
+        if cfg.data.labelled != str(self.context.paths().data):
             raise TskdInputError(
                 f"run folder {run_dir} has no labelled set of its own; press 'Use this data' in "
                 "the Data widget first"

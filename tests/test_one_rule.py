@@ -74,8 +74,8 @@ def test_evaluate_disagreement_and_validation_share_the_dice() -> None:
 
 def test_stack_colour_is_read_by_the_axes_rule(tmp_path) -> None:
     import tifffile
-
     from napari_tskd._layers import stack_is_rgb
+
     from tskd import io
 
     assert stack_is_rgb(np.zeros((2, 8, 8, 3), np.uint8)) is True
@@ -110,8 +110,8 @@ def test_validation_count_is_the_split_rule() -> None:
 
 def test_slice_names_agree_between_files_and_layers(tmp_path) -> None:
     from napari.layers import Image, Labels
-
     from napari_tskd import _layers
+
     from tskd import io
 
     image = np.arange(3 * 8 * 8, dtype=np.uint8).reshape(3, 8, 8)
@@ -127,3 +127,39 @@ def test_slice_names_agree_between_files_and_layers(tmp_path) -> None:
     assert unl_names == [s.name for s in io.load_unlabelled(tmp_path / "images")] == [
         "scan_z0000", "scan_z0001", "scan_z0002"]
     assert io.slice_name("scan", 12345) == "scan_z12345"  # more slices: longer, still unique
+
+
+# ------------------------------------------------------------------ run-folder paths
+
+
+def test_widget_files_live_where_run_paths_say(tmp_path) -> None:
+    import json
+
+    from napari_tskd._export import (
+        add_corrected,
+        corrected_names,
+        correction_name,
+        correction_sources,
+        labelled_names,
+    )
+
+    from tskd.run_folder import RunPaths
+
+    p = RunPaths(tmp_path)
+    assert p.unlabelled == tmp_path / "unlabelled"
+    assert p.data_images == tmp_path / "data" / "images"
+    assert p.data_labels == tmp_path / "data" / "labels"
+    assert p.corrections == tmp_path / "data" / "corrections.json"
+    # a correction as the previous version wrote it (slice 4 of layer 'scan')
+    out = add_corrected(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.int64), "scan_z0004",
+                        tmp_path, "scan#z4")
+    assert out == p.data_labels / "corrected_scan_z0004.tif"
+    assert (p.data_images / "corrected_scan_z0004.tif").is_file()
+    assert json.loads(p.corrections.read_text()) == {"scan_z0004": "scan#z4"}
+    assert correction_sources(tmp_path) == {"scan_z0004": "scan#z4"}
+    assert corrected_names(tmp_path) == labelled_names(tmp_path) == {"scan_z0004"}
+    # the same slice again replaces it; the name the loop makes today is the stored one
+    from tskd import io
+
+    assert correction_name(io.slice_name("scan", 4), "scan#z4", tmp_path) == ("scan_z0004", True)
+    assert correction_name("scan_z0004", "other#z4", tmp_path) == ("scan_z0004_2", False)
