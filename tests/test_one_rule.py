@@ -163,3 +163,30 @@ def test_widget_files_live_where_run_paths_say(tmp_path) -> None:
 
     assert correction_name(io.slice_name("scan", 4), "scan#z4", tmp_path) == ("scan_z0004", True)
     assert correction_name("scan_z0004", "other#z4", tmp_path) == ("scan_z0004_2", False)
+
+
+# ------------------------------------------------------------------ bundles
+
+
+def test_one_input_size_field_for_students_and_teachers() -> None:
+    from tskd import bundle
+    from tskd.errors import CheckpointError
+
+    assert bundle.input_size({"kind": "student", "image_size": 64}) == 64
+    assert bundle.input_size({"kind": "teacher", "input_size": 128}) == 128
+    with pytest.raises(CheckpointError, match="gives no input size"):
+        bundle.input_size({"kind": "student"})
+
+
+def test_segmenter_from_a_student_bundle(tmp_path) -> None:
+    from tskd import bundle
+    from tskd.config import StudentConfig
+    from tskd.predict import segmenter_from_bundle
+    from tskd.student import Student
+
+    cfg = StudentConfig(embed_dim=32, depth=1, num_heads=2, patch_size=8, decoder_channels=16)
+    bundle.save_student(Student(cfg, 3, 32), tmp_path / "s", {"train_image_shape": [40, 40]})
+    seg, meta = segmenter_from_bundle(tmp_path / "s", device="cpu")
+    assert (seg.input_size, seg.num_classes, seg.tile_shape) == (32, 3, (40, 40))
+    assert bundle.input_size(meta) == 32
+    assert seg.segment(np.zeros((40, 40), np.uint8)).shape == (40, 40)

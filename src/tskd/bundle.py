@@ -124,6 +124,20 @@ def load_student(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return student.eval(), meta
 
 
+def input_size(meta: dict[str, Any]) -> int:
+    """The side in pixels of the square images a bundle's model takes (S in (B, 3, S, S)).
+
+    The one reader of that field: a student's meta calls it ``image_size``, a teacher's
+    ``input_size`` (both as written by every version, so existing bundles open). Raises
+    ``CheckpointError`` when the meta has neither (``read_meta`` refuses such a bundle first).
+    """
+    size = meta.get("image_size") or meta.get("input_size")
+    if size is None:
+        raise CheckpointError("the model's meta.json gives no input size (image_size for a "
+                              "student, input_size for a teacher)")
+    return int(size)
+
+
 def load_model(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Open a student bundle or an adapted-teacher folder: ``(model in eval mode, meta)``.
 

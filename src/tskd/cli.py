@@ -355,8 +355,7 @@ def _cmd_export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
                             what="output file's folder", allow_parent=True)
     outputs.check_replace([args.output], args.overwrite, args.output.parent)
     model, meta = bundle.load_model(args.model)
-    diff = bundle.export_onnx(model, args.output, int(meta.get("image_size") or
-                                                      meta.get("input_size")))
+    diff = bundle.export_onnx(model, args.output, bundle.input_size(meta))
     print(f"wrote {args.output} (max |onnx - torch| = {diff:.2e})")
     return 0
 

@@ -438,7 +438,7 @@ def segmenter_from_bundle(
 
     folder = Path(folder)
     model, meta = bundle.load_model(folder)
-    size = int(meta.get("image_size") or meta.get("input_size"))
+    size = bundle.input_size(meta)
     # checked by the bundle's schema (tskd.meta_schema) when it was loaded
     shape = meta.get("train_image_shape")
     trained = (int(shape[0]), int(shape[1])) if shape is not None else None
