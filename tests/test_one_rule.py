@@ -190,3 +190,37 @@ def test_segmenter_from_a_student_bundle(tmp_path) -> None:
     assert (seg.input_size, seg.num_classes, seg.tile_shape) == (32, 3, (40, 40))
     assert bundle.input_size(meta) == 32
     assert seg.segment(np.zeros((40, 40), np.uint8)).shape == (40, 40)
+
+
+# ------------------------------------------------------------------ base teacher identity
+
+
+def test_base_teacher_identity_is_one_rule(tmp_path) -> None:
+    import shutil
+    from types import SimpleNamespace
+
+    from tskd import pipeline
+    from tskd.config import RunConfig
+    from tskd.errors import CheckpointError
+
+    a = tmp_path / "a.pt"
+    a.write_bytes(b"weights one")
+    b = tmp_path / "moved" / "b.pt"
+    b.parent.mkdir()
+    shutil.copyfile(a, b)
+    c = tmp_path / "c.pt"
+    c.write_bytes(b"weights two")
+    cfg = RunConfig()
+    cfg.distill.task_agnostic = True
+    ids, fps = [], []
+    for ckpt in (a, b, c):
+        cfg.teacher.checkpoint = str(ckpt)
+        ids.append(pipeline.base_teacher_id(cfg))
+        fps.append(pipeline._distill_fp(cfg, SimpleNamespace(fingerprint="data")))
+    assert ids[0] == ids[1] != ids[2] and len(ids[0]) == 16  # by content, not by path
+    assert fps[0] == fps[1] != fps[2]  # the distillation fingerprint follows the same id
+    cfg.teacher.checkpoint = None
+    assert pipeline.base_teacher_id(cfg) not in ids  # the packaged mini SAM
+    cfg.teacher.checkpoint = str(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="checkpoint file not found"):
+        pipeline.base_teacher_id(cfg)

@@ -277,25 +277,34 @@ def _transfer_images(cfg: RunConfig, data: LabelledData) -> list[np.ndarray]:
     return images
 
 
-def _base_teacher(cfg: RunConfig, num_classes: int) -> tuple[Any, str]:
-    """The un-adapted SAM (task-agnostic baseline) and a cache id for it."""
-    from tskd import sam_checkpoint, teacher
+def base_teacher_id(cfg: RunConfig) -> str:
+    """The identity of the un-adapted SAM: its teacher-cache key and its part of the
+    distillation fingerprint (16 hex digits).
 
-    sam = teacher.build_sam(cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size)
-    model = teacher.SemanticSam(sam, num_classes).eval()
+    From the model type, the checkpoint's content (sha256; "builtin" for the packaged mini
+    SAM, so a moved copy is the same teacher and a replaced file another) and the input size.
+    Raises ``CheckpointError`` when ``teacher.checkpoint`` names no file.
+    """
+    from tskd import sam_checkpoint
+
     ckpt = cfg.teacher.checkpoint
     ckpt_id = sam_checkpoint.sha256_of(ckpt) if ckpt else "builtin"
-    return model, fingerprint("base", cfg.teacher.model_type, ckpt_id, cfg.teacher.input_size)
+    return fingerprint("base", cfg.teacher.model_type, ckpt_id, cfg.teacher.input_size)
+
+
+def _base_teacher(cfg: RunConfig, num_classes: int) -> tuple[Any, str]:
+    """The un-adapted SAM (task-agnostic baseline) and its id (``base_teacher_id``)."""
+    from tskd import teacher
+
+    sam = teacher.build_sam(cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size)
+    return teacher.SemanticSam(sam, num_classes).eval(), base_teacher_id(cfg)
 
 
 def _distill_fp(cfg: RunConfig, data: LabelledData) -> str:
     student_arch = to_dict(cfg.student)
     student_arch.pop("train")
-    teacher_part = (
-        fingerprint("base", cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size)
-        if cfg.distill.task_agnostic
-        else _teacher_fp(cfg, data.fingerprint)
-    )
+    teacher_part = (base_teacher_id(cfg) if cfg.distill.task_agnostic
+                    else _teacher_fp(cfg, data.fingerprint))
     return fingerprint(
         "distill",
         to_dict(cfg.distill) | {"train": _train_fp(cfg.distill.train)},
