@@ -483,7 +483,7 @@ def test_bundles_record_the_training_image_size(tmp_path: Path) -> None:
     cfg = from_dict(RunConfig, raw)
     pipeline.prepare_run_dir(cfg)
     pipeline.stage_finetune_student(cfg)
-    meta = bundle.read_meta(tmp_path / "run" / "student")
+    meta = bundle.read_bundle_meta(tmp_path / "run" / "student")
     assert meta["train_image_shape"] == [56, 48] and meta["image_size"] == 32
     seg, _ = segmenter_from_bundle(tmp_path / "run" / "student", device="cpu")
     assert seg.tile_shape == (56, 48)
@@ -561,7 +561,7 @@ def test_teacher_bundles_record_the_training_image_size_too(tmp_path: Path) -> N
     cfg = from_dict(RunConfig, raw)
     pipeline.prepare_run_dir(cfg)
     pipeline.stage_teacher(cfg)
-    assert teacher.read_meta(tmp_path / "run" / "teacher")["train_image_shape"] == [40, 40]
+    assert teacher.read_adapter_meta(tmp_path / "run" / "teacher")["train_image_shape"] == [40, 40]
     seg, _ = segmenter_from_bundle(tmp_path / "run" / "teacher", device="cpu")
     assert seg.tile_shape == (40, 40) and seg.tile_overlap == 10
 

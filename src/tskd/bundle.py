@@ -3,7 +3,7 @@
 A student bundle holds ``model.safetensors`` and ``meta.json`` with kind "student", the
 ``StudentConfig`` (under "student"), num_classes, class_names, image_size, the tskd version and
 metrics. A teacher folder (kind "teacher") holds a LoRA adapter and is loaded by
-``tskd.teacher.load_teacher``; ``load_model`` opens either, so prediction does not care which.
+``tskd.teacher.load_teacher``; ``load_bundle`` opens either, so prediction does not care which.
 Files are written to a temporary name and renamed, so an interrupted save never leaves a
 half-written bundle under the real name.
 """
@@ -73,7 +73,7 @@ def _bundle_dir(folder: str | Path) -> Path:
     return path
 
 
-def read_meta(folder: str | Path) -> dict[str, Any]:
+def read_bundle_meta(folder: str | Path) -> dict[str, Any]:
     """A bundle's ``meta.json`` as a dict, checked against its kind's schema.
 
     Raises ``ModelMetaError`` (a ``CheckpointError`` and a ``TskdInputError``) naming the file
@@ -129,7 +129,8 @@ def input_size(meta: dict[str, Any]) -> int:
 
     The one reader of that field: a student's meta calls it ``image_size``, a teacher's
     ``input_size`` (both as written by every version, so existing bundles open). Raises
-    ``CheckpointError`` when the meta has neither (``read_meta`` refuses such a bundle first).
+    ``CheckpointError`` when the meta has neither (``read_bundle_meta`` refuses such a bundle
+    first).
     """
     size = meta.get("image_size") or meta.get("input_size")
     if size is None:
@@ -138,14 +139,14 @@ def input_size(meta: dict[str, Any]) -> int:
     return int(size)
 
 
-def load_model(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_bundle(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Open a student bundle or an adapted-teacher folder: ``(model in eval mode, meta)``.
 
     Student meta has "num_classes" and "image_size"; teacher meta "num_classes" and
     "input_size". Both models map (B, 3, S, S) in [0, 1] to logits (B, C, S, S).
     """
     folder = _bundle_dir(folder)
-    meta = read_meta(folder)
+    meta = read_bundle_meta(folder)
     if meta["kind"] == "student":
         return load_student(folder)
     from tskd import teacher

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from tskd import atomic
+from tskd.atomic import write_json
 from tskd.config import RunConfig, TrainConfig
 from tskd.engine import CancelToken, ProgressCallback
 from tskd.errors import CheckpointError, TskdInputError
-from tskd.run_folder import write_json
 
 DEMO_FILES = ("report.json", "report.md", "examples.png")  # written directly into --out
 

@@ -27,7 +27,7 @@ from tskd.label_policy import IGNORE_INDEX
 from tskd.student import Student
 
 
-class _Segmenter(nn.Module):
+class _StudentForEngine(nn.Module):
     """Holds the student so the engine's wrappers (device, autocast) never patch the student."""
 
     def __init__(self, student: Student) -> None:
@@ -48,7 +48,7 @@ class _SegTask:
 
         if not 0.0 <= dice_weight <= 1.0:
             raise TskdInputError(f"student.dice_weight must be in [0, 1], got {dice_weight}")
-        self.model = _Segmenter(student)
+        self.model = _StudentForEngine(student)
         self._dataset = dataset
         self.loss = DiceCELoss(
             include_background=False,

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tskd.atomic import write_json
 from tskd.config import RunConfig, TrainConfig, to_dict
 from tskd.engine import CancelToken, ProgressCallback, clear_checkpoint, seed_everything
 from tskd.errors import TskdError, TskdInputError
@@ -31,7 +32,6 @@ from tskd.run_folder import (
     prepare_run_dir,
     read_result,
     stage_done,
-    write_json,
     writing,
 )
 

@@ -437,7 +437,7 @@ def segmenter_from_bundle(
     from tskd import bundle
 
     folder = Path(folder)
-    model, meta = bundle.load_model(folder)
+    model, meta = bundle.load_bundle(folder)
     size = bundle.input_size(meta)
     # checked by the bundle's schema (tskd.meta_schema) when it was loaded
     shape = meta.get("train_image_shape")

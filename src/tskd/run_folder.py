@@ -695,8 +695,3 @@ def _try_load(path: Path) -> RunConfig | None:
     except Exception:
         return None
 
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON (pretty) creating parent folders; atomic (``tskd.atomic``)."""
-    atomic.write_json(path, data)
-

@@ -64,7 +64,7 @@ def prepare_images(images: list[np.ndarray], resolution: int) -> torch.Tensor:
     return torch.stack(out).clamp(0.0, 1.0) * 2.0 - 1.0
 
 
-def to_uint8(batch: torch.Tensor, out_size: int | None = None) -> list[np.ndarray]:
+def batch_to_uint8(batch: torch.Tensor, out_size: int | None = None) -> list[np.ndarray]:
     """(N, C, R, R) in [-1, 1] to uint8 images, (H, W) for gray, optionally upscaled (bicubic)."""
     x = batch.detach().float().cpu()
     if out_size is not None and x.shape[0] and out_size != x.shape[-1]:
@@ -128,7 +128,8 @@ def save_model(unet: Any, scheduler: Any, model_dir: Path, meta: dict[str, Any])
     """Write the (EMA) UNet and its schedule as safetensors + JSON.
 
     All four files are written in full before any replaces its old version (``meta.json``, which
-    ``read_meta`` looks for, last); a full disk raises ``DiskFullError`` and keeps the old model.
+    ``read_diffusion_meta`` looks for, last); a full disk raises ``DiskFullError`` and keeps the
+    old model.
     """
     from tskd import atomic
 
@@ -141,7 +142,7 @@ def save_model(unet: Any, scheduler: Any, model_dir: Path, meta: dict[str, Any])
     })
 
 
-def read_meta(model_dir: Path) -> dict[str, Any] | None:
+def read_diffusion_meta(model_dir: Path) -> dict[str, Any] | None:
     """``meta.json`` of a saved model, or None when there is no complete model there."""
     names = ("unet.safetensors", "unet_config.json", "scheduler_config.json", "meta.json")
     if not all((model_dir / n).is_file() for n in names):
@@ -152,7 +153,7 @@ def read_meta(model_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
+def load_diffusion_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """The saved UNet (eval mode, CPU) and its scheduler config; CheckpointError if unusable."""
     from diffusers import UNet2DModel
     from safetensors.torch import load_file

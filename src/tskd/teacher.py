@@ -13,7 +13,7 @@ from tskd.teacher_lora import (
     is_lora,
     load_teacher,
     merge_lora,
-    read_meta,
+    read_adapter_meta,
     save_teacher,
     teacher_id,
 )
@@ -30,7 +30,7 @@ __all__ = [
     "is_lora",
     "load_teacher",
     "merge_lora",
-    "read_meta",
+    "read_adapter_meta",
     "save_teacher",
     "teacher_id",
 ]
