@@ -158,6 +158,31 @@ def export_dataset(
     return folder
 
 
+def _start(folder: Path, fp: str, seed: int | None, redo: bool = False) -> dict[str, Any] | None:
+    """The common start of a stage that writes ``folder``.
+
+    Returns the recorded result (with ``"skipped": True``) when ``folder`` already holds a
+    finished stage of fingerprint ``fp`` and ``redo`` is False; otherwise marks the stage
+    started, seeds every generator with ``seed`` (before any model is built: repeatable
+    runs; None leaves them) and returns None.
+    """
+    if not redo and stage_done(folder, fp):
+        return read_result(folder) | {"skipped": True}
+    mark_started(folder)
+    if seed is not None:
+        seed_everything(seed)
+    return None
+
+
+def _finish(folder: Path, fp: str, result: dict[str, Any],
+            checkpoints: Path | None = None) -> dict[str, Any]:
+    """The common end: mark ``folder`` done with ``result``, drop the stage's checkpoint."""
+    mark_done(folder, fp, result)
+    if checkpoints is not None:
+        clear_checkpoint(checkpoints)
+    return result
+
+
 def _teacher_fp(cfg: RunConfig, data_fp: str) -> str:
     return fingerprint("teacher", to_dict(cfg.teacher) | {"train": _train_fp(cfg.teacher.train)},
                        data_fp)
@@ -176,10 +201,8 @@ def stage_teacher(
     paths = RunPaths(Path(cfg.run_dir))
     data = load_labelled_data(cfg)
     fp = _teacher_fp(cfg, data.fingerprint)
-    if stage_done(paths.teacher, fp):
-        return read_result(paths.teacher) | {"skipped": True}
-    mark_started(paths.teacher)
-    seed_everything(cfg.teacher.train.seed)  # before any model is built: repeatable runs
+    if (done := _start(paths.teacher, fp, cfg.teacher.train.seed)) is not None:
+        return done
     t0 = time.perf_counter()
     metrics = teacher.finetune_teacher(
         cfg.teacher,
@@ -198,9 +221,7 @@ def stage_teacher(
         label_meta=data.label_map.to_meta() if data.label_map is not None else None,
     )
     result = dict(metrics) | {"seconds": time.perf_counter() - t0}
-    mark_done(paths.teacher, fp, result)
-    clear_checkpoint(paths.checkpoints("teacher"))
-    return result
+    return _finish(paths.teacher, fp, result, paths.checkpoints("teacher"))
 
 
 def _synth_fp(cfg: RunConfig, data_fp: str) -> str:
@@ -221,9 +242,8 @@ def stage_synthesize(
     paths = RunPaths(Path(cfg.run_dir))
     data = load_labelled_data(cfg)
     fp = _synth_fp(cfg, data.fingerprint)
-    if stage_done(paths.transfer, fp):
-        return read_result(paths.transfer) | {"skipped": True}
-    mark_started(paths.transfer)
+    if (done := _start(paths.transfer, fp, None)) is not None:
+        return done
     real = _unlabelled_images(cfg)
     images = [s.image for s in data.train] + real
     if cfg.synth.enabled and cfg.synth.n_images > 0:
@@ -253,8 +273,7 @@ def stage_synthesize(
             "synthetic": [str(p) for p in result.get("paths", [])],
         },
     )
-    mark_done(paths.transfer, fp, result)
-    return result
+    return _finish(paths.transfer, fp, result)
 
 
 def _unlabelled_images(cfg: RunConfig) -> list[np.ndarray]:
@@ -330,10 +349,8 @@ def stage_distill(
     paths = RunPaths(Path(cfg.run_dir))
     data = load_labelled_data(cfg)
     fp = _distill_fp(cfg, data)
-    if stage_done(paths.distilled, fp):
-        return read_result(paths.distilled) | {"skipped": True}
-    mark_started(paths.distilled)
-    seed_everything(cfg.distill.train.seed)  # before any model is built: repeatable runs
+    if (done := _start(paths.distilled, fp, cfg.distill.train.seed)) is not None:
+        return done
     if cfg.distill.task_agnostic:
         model, teacher_id = _base_teacher(cfg, data.num_classes)
     else:
@@ -367,9 +384,7 @@ def stage_distill(
     }
     bundle.save_student(student, paths.distilled, _student_meta(cfg, data, summary))
     write_json(paths.reports / "distill_history.json", result.history)
-    mark_done(paths.distilled, fp, summary)
-    clear_checkpoint(paths.checkpoints("distill"))
-    return summary
+    return _finish(paths.distilled, fp, summary, paths.checkpoints("distill"))
 
 
 def _student_meta(cfg: RunConfig, data: LabelledData, extra: dict[str, Any]) -> dict[str, Any]:
@@ -407,10 +422,9 @@ def stage_finetune_student(
     init = "scratch" if cfg.student.from_scratch else _distill_fp(cfg, data)
     fp = fingerprint("student", to_dict(cfg.student) | {"train": _train_fp(cfg.student.train)},
                      init, data.fingerprint, cfg.data.image_size)
-    if not continue_from_last and stage_done(paths.student, fp):
-        return read_result(paths.student) | {"skipped": True}
-    mark_started(paths.student)
-    seed_everything(cfg.student.train.seed)  # before any model is built: repeatable runs
+    if (done := _start(paths.student, fp, cfg.student.train.seed,
+                       redo=continue_from_last)) is not None:
+        return done
     if continue_from_last:
         if not (paths.student / "meta.json").is_file():
             raise TskdError(f"no student in {paths.student} to continue from; train one first")
@@ -447,9 +461,7 @@ def stage_finetune_student(
     }
     bundle.save_student(student, paths.student, _student_meta(cfg, data, summary))
     write_json(paths.reports / "student_history.json", result.history)
-    mark_done(paths.student, fp, summary)
-    clear_checkpoint(paths.checkpoints("student"))
-    return summary
+    return _finish(paths.student, fp, summary, paths.checkpoints("student"))
 
 
 @_writes("evaluate", lambda p: [p.reports / f"eval_{m}" for m in ("student", "teacher",
