@@ -30,8 +30,7 @@ from tskd.apps.demo import BUDGETS, demo_config
 from tskd.apps.pretraining_check import random_init_teacher
 from tskd.config import RunConfig
 from tskd.data import phantoms
-from tskd.inference.predict import Segmenter, evaluate_folder
-from tskd.models.lora import load_teacher
+from tskd.inference.predict import evaluate_folder, segmenter_from_bundle
 from tskd.training.teacher import finetune_teacher
 
 RESULTS = Path(__file__).parent / "results" / "teacher_adaptation.json"
@@ -53,8 +52,10 @@ def parse_recipe(spec: str) -> tuple[str, dict[str, float]]:
     return name, {k: float(v) for k, v in values.items()}
 
 
-def _dev_dice(model: Any, input_size: int, num_classes: int, dev: Path) -> float:
-    report, _ = evaluate_folder(Segmenter(model, input_size, num_classes, device="cpu"), dev)
+def _dev_dice(folder: Path, dev: Path) -> float:
+    """Dice on ``dev`` of the teacher saved in ``folder`` (tiles of 1024 px, as always here)."""
+    segmenter, _ = segmenter_from_bundle(folder, device="cpu", tile_size=1024)
+    report, _ = evaluate_folder(segmenter, dev)
     return float(report.summary["dice_mean"])
 
 
@@ -82,8 +83,7 @@ def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, 
     data = load_labelled_data(cfg)
     folder = work / "teacher"
     finetune_teacher(tcfg, data.train, [], data.num_classes, folder)
-    model = load_teacher(folder)
-    dice = _dev_dice(model, tcfg.input_size, data.num_classes, dev)
+    dice = _dev_dice(folder, dev)
     return {"dice": dice, "seconds": time.perf_counter() - t0}
 
 

@@ -65,7 +65,7 @@ class RunContext(QObject):
         """The run's ``config.yaml`` (a fresh default config when the folder holds no run)."""
         from tskd.config import RunConfig, load_config
 
-        path = self.run_dir / "config.yaml"
+        path = self.paths().config
         cfg = load_config(path) if path.is_file() else RunConfig()
         cfg.run_dir = str(self.run_dir)
         if not path.is_file():

@@ -21,8 +21,7 @@ from magicgui.widgets import (
 
 from napari_tskd import _layers, _notify
 from napari_tskd._base import StageWidget, wrapped_label
-
-UNLABELLED_DIR = "unlabelled"  # run/unlabelled: images exported from Image layers
+from tskd.config import validation_count
 
 
 class DataWidget(StageWidget):
@@ -132,7 +131,7 @@ class DataWidget(StageWidget):
             from tskd.data import io
 
             n_unl += len(io.unlabelled_files(self.unlabelled_folder.value))
-        n_val = _n_val(n, float(self.val_fraction.value))
+        n_val = validation_count(n, float(self.val_fraction.value))
         text = f"{n} labelled image(s): train {n - n_val} / validation {n_val}"
         if classes_text:
             text += f"; {classes_text}"
@@ -192,13 +191,13 @@ class DataWidget(StageWidget):
             raise TskdInputError(f"unlabelled folder not found: {unl_folder}")
 
         self.context.set_run_dir(self.run_dir.value)
-        run_dir = self.context.run_dir
+        run_dir, paths = self.context.run_dir, self.context.paths()
         cfg = self.context.config()
-        cfg.data.labelled = str(run_dir / "data")
+        cfg.data.labelled = str(paths.data)
         cfg.data.image_size = int(self.image_size.value)
         cfg.data.val_fraction = float(self.val_fraction.value)
         if unl_images:
-            cfg.data.unlabelled = str(run_dir / UNLABELLED_DIR)
+            cfg.data.unlabelled = str(paths.unlabelled)
         else:
             cfg.data.unlabelled = str(unl_folder) if unl_folder else None
 
@@ -210,11 +209,11 @@ class DataWidget(StageWidget):
                 from tskd.data import io
 
                 extra = io.unlabelled_files(unl_folder) if unl_folder else []
-                export_unlabelled(unl_images, unl_names, run_dir / UNLABELLED_DIR, extra)
-        for text, where in ((note, run_dir / "data"), (unl_note, run_dir / UNLABELLED_DIR)):
+                export_unlabelled(unl_images, unl_names, paths.unlabelled, extra)
+        for text, where in ((note, paths.data), (unl_note, paths.unlabelled)):
             if text:
                 _notify.warning(f"{text[0].upper()}{text[1:]} (in {where}).")
-        n_val = _n_val(len(images), cfg.data.val_fraction)
+        n_val = validation_count(len(images), cfg.data.val_fraction)
         self.summary.value = (
             f"wrote {len(images)} labelled image(s) (train {len(images) - n_val} / validation "
             f"{n_val}) and {len(unl_images)} unlabelled layer slice(s) to {run_dir}"
@@ -270,8 +269,3 @@ def layer_classes_text(data: Any) -> str:
         return f"classes {shown}"
     return f"classes {shown}, read as {lm.num_classes} classes {lm.describe()}"
 
-
-def _n_val(n: int, fraction: float) -> int:
-    """Validation images the backend keeps out: ``tskd.data.dataset.split_train_val``'s rule,
-    restated here so the summary needs no torch import (a test checks that the two agree)."""
-    return 0 if n < 4 or fraction <= 0 else max(1, round(n * fraction))

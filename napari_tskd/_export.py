@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tskd.pipeline.run_folder import RunPaths
+
 CORRECTED_PREFIX = "corrected_"  # files added by the loop; kept when the data is exported again
 
 
@@ -53,8 +55,7 @@ def export_labelled(
     ``tskd.data.label_policy`` reads them as the declared class map (used as given).
     """
     from tskd.pipeline.stages import export_dataset
-
-    data = run_dir / "data"
+    data = RunPaths(run_dir).data
     data.mkdir(parents=True, exist_ok=True)
     meta = data / "dataset.json"
     if class_names:
@@ -98,13 +99,11 @@ def export_unlabelled(
     return folder
 
 
-CORRECTIONS_FILE = "corrections.json"  # in run/data: which layer and slice each correction is
-
-
-def _correction_sources(data: Path) -> dict[str, str]:
-    """{correction name: source layer and slice}, as ``add_corrected`` recorded them."""
+def correction_sources(run_dir: Path) -> dict[str, str]:
+    """{correction name (no prefix): source layer name and slice} of the run's corrections, as
+    ``add_corrected`` recorded them in ``RunPaths.corrections``."""
     try:
-        sources = json.loads((data / CORRECTIONS_FILE).read_text())
+        sources = json.loads(RunPaths(run_dir).corrections.read_text())
     except (OSError, ValueError):
         return {}
     return sources if isinstance(sources, dict) else {}
@@ -118,8 +117,7 @@ def correction_name(name: str, source: str, run_dir: Path) -> tuple[str, bool]:
     alike (``case 1``, ``case.1``) get distinct names (``case_1``, ``case_1_2``) instead of
     one correction silently replacing the other's.
     """
-    data = run_dir / "data"
-    sources = _correction_sources(data)
+    sources = correction_sources(run_dir)
     taken = corrected_names(run_dir)
     candidate, k = name, 1
     while candidate in taken:
@@ -134,41 +132,35 @@ def add_corrected(image: np.ndarray, label: np.ndarray, name: str, run_dir: Path
                   source: str | None = None) -> Path:
     """Add one corrected (image, label map) to the run's labelled set; returns the label path.
 
-    ``source`` (layer name and slice) is recorded in ``data/corrections.json`` so a later
+    ``source`` (layer name and slice) is recorded in ``RunPaths.corrections`` so a later
     correction of another layer never takes this one's name (see ``correction_name``).
     """
     from tskd import atomic
     from tskd.data import io
-
-    data = run_dir / "data"
-    (data / "images").mkdir(parents=True, exist_ok=True)
-    (data / "labels").mkdir(parents=True, exist_ok=True)
+    paths = RunPaths(run_dir)
+    paths.data_images.mkdir(parents=True, exist_ok=True)
+    paths.data_labels.mkdir(parents=True, exist_ok=True)
     stem = CORRECTED_PREFIX + name
-    io.write_image(data / "images" / f"{stem}.tif", image)
-    io.write_label(data / "labels" / f"{stem}.tif", label.astype(np.int64))
+    io.write_image(paths.data_images / f"{stem}.tif", image)
+    io.write_label(paths.data_labels / f"{stem}.tif", label.astype(np.int64))
     if source is not None:
-        sources = _correction_sources(data) | {name: source}
-        atomic.write_json(data / CORRECTIONS_FILE, sources)
-    return data / "labels" / f"{stem}.tif"
+        sources = correction_sources(run_dir) | {name: source}
+        atomic.write_json(paths.corrections, sources)
+    return paths.data_labels / f"{stem}.tif"
 
 
 def corrected_names(run_dir: Path) -> set[str]:
     """Names (without prefix and suffix) of the corrections already in the run's labelled set."""
-    folder = run_dir / "data" / "labels"
+    folder = RunPaths(run_dir).data_labels
     if not folder.is_dir():
         return set()
     return {p.stem[len(CORRECTED_PREFIX):] for p in folder.iterdir()
             if p.name.startswith(CORRECTED_PREFIX)}
 
 
-def correction_sources(run_dir: Path) -> dict[str, str]:
-    """{correction name (no prefix): source layer name and slice} of the run's corrections."""
-    return _correction_sources(run_dir / "data")
-
-
 def labelled_names(run_dir: Path) -> set[str]:
     """Names of every image in the run's labelled set, corrections without their prefix."""
-    folder = run_dir / "data" / "labels"
+    folder = RunPaths(run_dir).data_labels
     if not folder.is_dir():
         return set()
     return {p.stem.removeprefix(CORRECTED_PREFIX) for p in folder.iterdir() if p.is_file()}

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_tskd._layers import stack_is_rgb
+
 N_LABELLED = 8
 N_UNLABELLED = 8
 SIZE = 256
@@ -22,8 +24,7 @@ def make_sample(task: str, n_labelled: int = N_LABELLED, n_unlabelled: int = N_U
     images = np.stack([img for img, _ in labelled])
     labels = np.stack([lab for _, lab in labelled]).astype(np.uint8)
     rest = np.stack([img for img, _ in unlabelled])
-    rgb = images.ndim == 4 and images.shape[-1] in (3, 4)
-    shown: dict[str, Any] = {"rgb": rgb}
+    shown: dict[str, Any] = {"rgb": stack_is_rgb(images)}
     if images.dtype == np.uint16:  # CT stored as HU + 1024: a soft-tissue window
         shown["contrast_limits"] = (1024 - 160, 1024 + 240)
     names = list(phantoms.TASKS[task].class_names)

@@ -17,8 +17,6 @@ import os
 import sys
 from pathlib import Path
 
-BLOCKED = "napari-tskd blocked triton: Mesa's libLLVM is loaded (see napari_tskd._torch_guard)"
-
 
 def llvm_loaded() -> bool:
     """True when a libLLVM shared library is mapped into this process (Linux only)."""

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinBox
 
-from napari_tskd import _notify
+from napari_tskd import _layers, _notify
 from napari_tskd._base import DEVICES, StageWidget, wrapped_label
 
 LAYER_NAME = "TS-KD synthetic images"
@@ -104,7 +104,7 @@ class TransferWidget(StageWidget):
         if len(shapes) > 1:  # the backend writes one size; be tolerant of mixed folders
             images = [im for im in images if im.shape == images[0].shape]
         stack = np.stack(images)
-        rgb = stack.ndim == 4 and stack.shape[-1] in (3, 4)
+        rgb = _layers.stack_is_rgb(stack)
         if self.viewer is None:
             return None
         for layer in list(self.viewer.layers):

@@ -55,8 +55,8 @@ def test_round_trip_gives_identical_outputs(saved: tuple[Student, Path]):
     assert meta["class_names"] == ["background", "kidney", "cyst"]
     assert meta["metrics"] == {"dice": 0.8} and meta["seconds"] == 1.5
     assert meta["tskd_version"] == tskd.__version__
-    # load_model opens a student bundle too, also from a path to a file inside it
-    model, meta2 = bundle.load_model(folder / "meta.json")
+    # load_bundle opens a student bundle too, also from a path to a file inside it
+    model, meta2 = bundle.load_bundle(folder / "meta.json")
     assert isinstance(model, Student) and meta2 == meta
 
 
@@ -90,12 +90,12 @@ def test_foreign_and_missing_files_raise_checkpoint_error(
         bundle.load_student(folder)
     (folder / "meta.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(CheckpointError, match="not a tskd model"):
-        bundle.load_model(folder)
+        bundle.load_bundle(folder)
     (folder / "meta.json").unlink()
     with pytest.raises(CheckpointError, match="no meta.json"):
-        bundle.load_model(folder)
+        bundle.load_bundle(folder)
     with pytest.raises(CheckpointError, match="not found"):
-        bundle.load_model(tmp_path / "nowhere")
+        bundle.load_bundle(tmp_path / "nowhere")
 
 
 def test_weights_of_another_architecture_raise(saved: tuple[Student, Path], tmp_path: Path):
@@ -122,7 +122,7 @@ def test_load_model_delegates_teachers(tmp_path: Path, monkeypatch: pytest.Monke
         "kind": "teacher", "num_classes": 2, "input_size": 64, "model_type": "mini",
         "checkpoint": "builtin", "checkpoint_sha256": "0" * 64, "lora": {"rank": 2},
     }))
-    model, meta = bundle.load_model(tmp_path)
+    model, meta = bundle.load_bundle(tmp_path)
     assert model is sentinel and calls == [tmp_path]
     assert meta["input_size"] == 64 and meta["num_classes"] == 2
     with pytest.raises(CheckpointError, match="not a student"):

@@ -364,13 +364,13 @@ def test_sample_layers_per_task(task) -> None:
 
 def test_split_summary_agrees_with_backend() -> None:
     pytest.importorskip("tskd.data.dataset")
-    from napari_tskd._data_widget import _n_val
-
+    from tskd.config import validation_count
     from tskd.data.dataset import split_train_val
 
     for n in range(0, 30):
-        for fraction in (0.0, 0.1, 0.2, 0.25, 0.5):
-            assert _n_val(n, fraction) == len(split_train_val(list(range(n)), fraction, 0)[1])
+        for fraction in (0.0, 0.1, 0.2, 0.25, 0.5, 0.9):
+            assert validation_count(n, fraction) == len(
+                split_train_val(list(range(n)), fraction, 0)[1])
 
 
 def test_triton_guard_blocks_only_with_mesa_llvm(monkeypatch) -> None:

@@ -282,11 +282,11 @@ def test_stack_slices_with_labels_become_samples(tmp_path: Path) -> None:
     io.write_image(tmp_path / "images" / "vol.tif", image)
     io.write_label(tmp_path / "labels" / "vol.tif", label)
     samples = io.load_labelled(tmp_path)
-    assert [s.name for s in samples] == ["vol_z001", "vol_z003"]
+    assert [s.name for s in samples] == ["vol_z0001", "vol_z0003"]
     np.testing.assert_array_equal(samples[1].image, image[3])
     np.testing.assert_array_equal(samples[1].label, label[3])
     unl = io.load_unlabelled(tmp_path / "images")
-    assert [s.name for s in unl] == [f"vol_z{z:03d}" for z in range(5)]
+    assert [s.name for s in unl] == [f"vol_z{z:04d}" for z in range(5)]
     assert all(s.label is None and s.image.shape == (8, 8) for s in unl)
 
 
@@ -297,7 +297,7 @@ def test_multichannel_stack_with_3d_label(tmp_path: Path) -> None:
     io.write_image(tmp_path / "images" / "v.tif", image)
     io.write_label(tmp_path / "labels" / "v.tif", label)
     (sample,) = io.load_labelled(tmp_path)
-    assert sample.name == "v_z002" and sample.image.shape == (8, 8, 3)
+    assert sample.name == "v_z0002" and sample.image.shape == (8, 8, 3)
 
 
 def test_stack_with_label_of_other_depth(tmp_path: Path) -> None:

@@ -185,8 +185,9 @@ def _write_prediction(folder: Path, version: int) -> None:
 
 
 def _write_run_files(folder: Path, version: int) -> None:
+    from tskd.atomic import write_json
     from tskd.config import RunConfig, save_config
-    from tskd.pipeline.run_folder import mark_done, write_json
+    from tskd.pipeline.run_folder import mark_done
 
     save_config(RunConfig(run_dir=f"run{version}"), folder / "config.yaml")
     write_json(folder / "reports" / "pipeline.json", {"version": version})

@@ -151,9 +151,9 @@ def test_stack_with_axes_metadata_is_slices_for_training_and_predict(
         unlabelled = io.load_unlabelled(tmp_path / "images")
         seg = Segmenter(Threshold(), 32, 2, device="cpu")
         (out,) = predict_paths(seg, [tmp_path / "images/v.tif"], tmp_path / "pred")
-    assert [(s.name, s.image.shape) for s in samples] == [("v_z000", (64, 64)),
-                                                         ("v_z001", (64, 64))]
-    assert [s.name for s in unlabelled] == ["v_z000", "v_z001"]
+    assert [(s.name, s.image.shape) for s in samples] == [("v_z0000", (64, 64)),
+                                                         ("v_z0001", (64, 64))]
+    assert [s.name for s in unlabelled] == ["v_z0000", "v_z0001"]
     pred = io.read_label(out)
     assert pred.shape == (2, 64, 64)
     np.testing.assert_array_equal(pred[1], seg.segment(stack[1]))
@@ -484,7 +484,7 @@ def test_bundles_record_the_training_image_size(tmp_path: Path) -> None:
     cfg = from_dict(RunConfig, raw)
     stages.prepare_run_dir(cfg)
     stages.stage_finetune_student(cfg)
-    meta = bundle.read_meta(tmp_path / "run" / "student")
+    meta = bundle.read_bundle_meta(tmp_path / "run" / "student")
     assert meta["train_image_shape"] == [56, 48] and meta["image_size"] == 32
     seg, _ = segmenter_from_bundle(tmp_path / "run" / "student", device="cpu")
     assert seg.tile_shape == (56, 48)
@@ -548,7 +548,7 @@ def test_a_tiled_copy_of_the_training_image_gives_the_tiled_labels(
 def test_teacher_bundles_record_the_training_image_size_too(tmp_path: Path) -> None:
     from tiny_setup import tiny_config, write_tiny_sam
     from tskd.config import RunConfig, from_dict
-    from tskd.models.lora import read_meta
+    from tskd.models.lora import read_adapter_meta
     from tskd.pipeline import stages
 
     for i, (h, w) in enumerate([(32, 40), (48, 40)]):  # median 40 x 40
@@ -563,7 +563,7 @@ def test_teacher_bundles_record_the_training_image_size_too(tmp_path: Path) -> N
     cfg = from_dict(RunConfig, raw)
     stages.prepare_run_dir(cfg)
     stages.stage_teacher(cfg)
-    assert read_meta(tmp_path / "run" / "teacher")["train_image_shape"] == [40, 40]
+    assert read_adapter_meta(tmp_path / "run" / "teacher")["train_image_shape"] == [40, 40]
     seg, _ = segmenter_from_bundle(tmp_path / "run" / "teacher", device="cpu")
     assert seg.tile_shape == (40, 40) and seg.tile_overlap == 10
 

@@ -581,14 +581,14 @@ def test_gap_ids_train_store_the_map_and_predict_original_ids(
     assert main(["finetune-student", "--config", str(tmp_path / "c.yaml")]) == 0
     err = capsys.readouterr().err
     assert "class ids 0, 1, 5 have gaps" in err and "{0: 0, 1: 1, 5: 2}" in err
-    meta = bundle.read_meta(tmp_path / "run" / "student")
+    meta = bundle.read_bundle_meta(tmp_path / "run" / "student")
     assert meta["num_classes"] == 3 and meta["label_values"] == [0, 1, 5]
     assert meta["class_names"] == ["background", "class 1", "class 5"]
     assert main(["predict", "--model", str(tmp_path / "run" / "student"),
                  str(data / "images"), "-o", str(tmp_path / "pred"), "--device", "cpu"]) == 0
     from tskd.inference.predict import Segmenter
 
-    model, _ = bundle.load_model(tmp_path / "run" / "student")
+    model, _ = bundle.load_bundle(tmp_path / "run" / "student")
     seg = Segmenter(model, 64, 3, device="cpu")
     for i in range(3):
         written = io.read_label(tmp_path / "pred" / f"c{i}.png")

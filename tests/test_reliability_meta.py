@@ -277,7 +277,7 @@ def test_malformed_student_meta_is_refused_in_one_line(
     _write_variant(folder, change)
     # nothing is built from a refused description
     monkeypatch.setattr("tskd.models.student.Student.__init__", _never_built)
-    message = _assert_refused(lambda: bundle.load_model(folder))
+    message = _assert_refused(lambda: bundle.load_bundle(folder))
     assert isinstance(_raised(lambda: bundle.load_student(folder)), ModelMetaError)
     if name.endswith("-missing") and "kind" not in name:
         assert "is missing" in message
@@ -292,7 +292,7 @@ def test_malformed_teacher_meta_is_refused_in_one_line(
     _write_variant(folder, change)
     monkeypatch.setattr("tskd.models.lora.build_sam", _never_built)
     _assert_refused(lambda: load_teacher(folder))
-    _assert_refused(lambda: bundle.load_model(folder))
+    _assert_refused(lambda: bundle.load_bundle(folder))
     _assert_refused(lambda: teacher_id(folder))
 
 
@@ -312,7 +312,7 @@ def test_the_key_and_the_file_are_named(student_dir: Path, teacher_dir: Path,
                                         tmp_path: Path) -> None:
     folder = _copy(student_dir, tmp_path / "s")
     _write_variant(folder, _set("student.num_heads", 0))
-    message = _assert_refused(lambda: bundle.load_model(folder))
+    message = _assert_refused(lambda: bundle.load_bundle(folder))
     assert message == (
         f"model description {folder / 'meta.json'} is invalid: 'student.num_heads' must be "
         "from 1 to 64, got 0; restore the folder's original meta.json or train the model again"
@@ -334,9 +334,9 @@ def test_meta_above_one_megabyte_is_refused_unread(student_dir: Path, tmp_path: 
         f.truncate(5 * 2**30)  # a sparse 5 GB file: reading it used to end in MemoryError
     read = []
     monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or b"")
-    message = _assert_refused(lambda: bundle.load_model(folder), "5120.0 MB", "was not read")
+    message = _assert_refused(lambda: bundle.load_bundle(folder), "5120.0 MB", "was not read")
     assert read == []
-    assert isinstance(_raised(lambda: bundle.load_model(folder)), CheckpointError)
+    assert isinstance(_raised(lambda: bundle.load_bundle(folder)), CheckpointError)
     assert message.endswith("larger than the 1 MB a tskd meta.json can be; it was not read")
 
 
@@ -375,7 +375,7 @@ def test_valid_bundles_still_load_with_documented_optional_keys(
     extra = {"label_values": [0, 5, 255], "train_image_shape": [480, 640], "metrics": {
         "dice": float("nan")}, "something_new": {"nested": [1, 2]}}
     _write_variant(folder, lambda m: m | extra)
-    loaded, meta = bundle.load_model(folder)
+    loaded, meta = bundle.load_bundle(folder)
     x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(loaded(x), reference(x))
@@ -385,7 +385,7 @@ def test_valid_bundles_still_load_with_documented_optional_keys(
     # a byte-order mark (Windows editors add one) is accepted
     text = (folder / "meta.json").read_bytes()
     (folder / "meta.json").write_bytes(b"\xef\xbb\xbf" + text)
-    assert bundle.load_model(folder)[1]["num_classes"] == 3
+    assert bundle.load_bundle(folder)[1]["num_classes"] == 3
 
     t = _copy(teacher_dir, tmp_path / "t")
     _write_variant(t, lambda m: m | {"label_values": [0, 1, 2], "train_image_shape": [64, 64]})
@@ -394,7 +394,7 @@ def test_valid_bundles_still_load_with_documented_optional_keys(
     x = torch.rand(1, 3, TEACHER_SIZE, TEACHER_SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(x), ref(x))
-    assert bundle.load_model(t)[1]["label_values"] == [0, 1, 2]
+    assert bundle.load_bundle(t)[1]["label_values"] == [0, 1, 2]
 
 
 def test_student_parameter_count_is_computed_exactly_before_building() -> None:
@@ -491,7 +491,7 @@ def test_meta_that_is_not_a_regular_file_is_refused_without_blocking(
         meta.symlink_to(tmp_path / "nowhere.json")
     t0 = time.perf_counter()
     with pytest.raises(CheckpointError) as info:
-        bundle.load_model(folder)
+        bundle.load_bundle(folder)
     assert time.perf_counter() - t0 < SECONDS
     assert str(info.value) == f"no meta.json in {folder}: not a tskd model folder"
 

@@ -189,7 +189,7 @@ def test_route_student_bundle(student_dir: Path, tmp_path: Path, marker: Path) -
     expected = (f"student weights {folder / 'model.safetensors'} are truncated or not a "
                 "safetensors file")
     assert _refused(lambda: bundle.load_student(folder)) == expected
-    assert _refused(lambda: bundle.load_model(folder)) == expected
+    assert _refused(lambda: bundle.load_bundle(folder)) == expected
 
 
 def test_route_teacher_adapter(teacher_dir: Path, tmp_path: Path, marker: Path) -> None:
@@ -261,7 +261,7 @@ def test_route_diffusion_model(tmp_path: Path, marker: Path) -> None:
         "block_out_channels": [8, 8], "norm_num_groups": 4,
         "down_block_types": ["DownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "UpBlock2D"]}))
-    message = _refused(lambda: diffusion.load_model(folder))
+    message = _refused(lambda: diffusion.load_diffusion_model(folder))
     assert message.startswith(f"{folder / 'unet.safetensors'} is not a diffusion model saved")
 
 

@@ -48,7 +48,7 @@ def megabytes(nbytes: int) -> int:
     return max(1, math.ceil(nbytes / 1e6))
 
 
-def user_error(exc: OSError, folder: str | Path, nbytes: int | None) -> TskdError | None:
+def user_fixable_error(exc: OSError, folder: str | Path, nbytes: int | None) -> TskdError | None:
     """The one-line ``TskdError`` for an OS error a user can fix, or None for any other error.
 
     ``nbytes`` is the size of what was being written (for the "N MB needed" of a full disk);
@@ -77,7 +77,7 @@ def disk_errors(folder: str | Path, nbytes: int | None = None) -> Iterator[None]
     try:
         yield
     except OSError as exc:
-        err = user_error(exc, folder, nbytes)
+        err = user_fixable_error(exc, folder, nbytes)
         if err is None:
             raise
         raise err from None
@@ -190,7 +190,7 @@ def write_files(files: Mapping[str | Path, bytes]) -> list[Path]:
         for parent in {p.parent for p in targets}:
             fsync_dir(parent)
     except OSError as exc:
-        err = user_error(exc, folder, total)
+        err = user_fixable_error(exc, folder, total)
         if err is None:
             raise
         raise err from None
@@ -249,11 +249,6 @@ def torch_bytes(obj: Any) -> bytes:
     import torch
 
     return encode(lambda f: torch.save(obj, f))
-
-
-def torch_save(path: str | Path, obj: Any) -> Path:
-    """Replace ``path`` with ``torch.save(obj)`` atomically."""
-    return write_bytes(path, torch_bytes(obj))
 
 
 def load_weights_only(path: str | Path, what: str = "checkpoint",

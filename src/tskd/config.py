@@ -6,7 +6,6 @@ that names them, so a typo in a YAML file is caught before hours of training.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
 import typing
@@ -57,6 +56,23 @@ class DataConfig:
     # a label value whose pixels are left out of training and scoring (e.g. 255 borders);
     # None: no value is ignored (unless dataset.json names an 'ignore' label)
     ignore_label: int | None = None
+
+
+def validation_count(n: int, val_fraction: float) -> int:
+    """How many of ``n`` labelled images the train/validation split keeps for validation.
+
+    The one rule behind ``tskd.data.dataset.split_train_val`` and the data widget's summary
+    (here, in a module without torch, so the widget can show it at once). Args: ``n`` images,
+    ``val_fraction`` in [0, 1) (``DataConfig.val_fraction``). Returns ``round(n *
+    val_fraction)``, at least one and at most n - 1 (training is never empty); 0 with fewer
+    than 4 images or ``val_fraction == 0``. Raises ``TskdInputError`` for a fraction outside
+    [0, 1).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise TskdInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if n < 4 or val_fraction == 0:
+        return 0
+    return min(n - 1, max(1, round(n * val_fraction)))
 
 
 @dataclass
@@ -288,7 +304,3 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
     atomic.write_text(path, config_text(cfg))
 
-
-def replace(cfg: T, **changes: Any) -> T:
-    """A copy of a config dataclass with some fields changed."""
-    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]

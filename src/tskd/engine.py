@@ -265,7 +265,7 @@ class _Checkpoint:
             json_bytes,
             safetensors_bytes,
             torch_bytes,
-            user_error,
+            user_fixable_error,
         )
 
         tensors = {n: p.detach().float().cpu().contiguous() for n, p in _trainable(model).items()}
@@ -306,7 +306,7 @@ class _Checkpoint:
             os.replace(tmp, self.current)
             fsync_dir(self.folder)
         except OSError as exc:
-            err = user_error(exc, self.folder, total)
+            err = user_fixable_error(exc, self.folder, total)
             if err is None:
                 raise
             raise err from None

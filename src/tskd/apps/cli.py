@@ -356,9 +356,8 @@ def _cmd_export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     outputs.check_not_input(args.output.parent, [args.model] if args.model.exists() else [],
                             what="output file's folder", allow_parent=True)
     outputs.check_replace([args.output], args.overwrite, args.output.parent)
-    model, meta = bundle.load_model(args.model)
-    diff = bundle.export_onnx(model, args.output, int(meta.get("image_size") or
-                                                      meta.get("input_size")))
+    model, meta = bundle.load_bundle(args.model)
+    diff = bundle.export_onnx(model, args.output, bundle.input_size(meta))
     print(f"wrote {args.output} (max |onnx - torch| = {diff:.2e})")
     return 0
 
@@ -467,10 +466,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tskd: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a writer outside tskd.atomic: still one line for a full disk
-        from tskd.atomic import user_error
+        from tskd.atomic import user_fixable_error
 
         where = Path(exc.filename).parent if exc.filename else "the output folder"
-        err = user_error(exc, where, None)
+        err = user_fixable_error(exc, where, None)
         if err is None:
             raise
         progress.close()

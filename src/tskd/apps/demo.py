@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from tskd import atomic
+from tskd.atomic import write_json
 from tskd.config import RunConfig, TrainConfig
 from tskd.engine import CancelToken, ProgressCallback
 from tskd.errors import CheckpointError, TskdInputError
-from tskd.pipeline.run_folder import write_json
 
 DEMO_FILES = ("report.json", "report.md", "examples.png")  # written directly into --out
 
@@ -273,32 +273,30 @@ def _run_demo(
 
 def _score(cfg: RunConfig, model: str, test: Path) -> dict[str, float]:
     """Dice/HD95 mean and spread over test images, parameter count and CPU speed."""
-    from tskd.inference import bundle
+    from tskd.inference.predict import segmenter_from_bundle
     from tskd.pipeline import stages
     from tskd.pipeline.run_folder import RunPaths
 
     summary = stages.stage_evaluate(cfg, model=model, test_folder=test)
     paths = RunPaths(Path(cfg.run_dir))
-    net, meta = bundle.load_model(paths.student if model == "student" else paths.teacher)
+    seg, _ = segmenter_from_bundle(paths.student if model == "student" else paths.teacher,
+                                   device=cfg.predict.device)
     return {
         "dice_mean": summary["dice_mean"],
         "dice_std": summary["dice_std"],
         "hd95_mean": summary["hd95_mean"],
         "hd95_std": summary["hd95_std"],
-        "params": int(sum(p.numel() for p in net.parameters())),
-        "ms_per_image": _ms_per_image(net, meta, cfg.predict.device),
+        "params": int(sum(p.numel() for p in seg.model.parameters())),
+        "ms_per_image": _ms_per_image(seg),
     }
 
 
-def _ms_per_image(net: Any, meta: dict[str, Any], device: str, repeats: int = 10) -> float:
-    """Median wall time of one 256x256 image through the model (forward + pre/post)."""
+def _ms_per_image(seg: Any, repeats: int = 10) -> float:
+    """Median wall time of one 256x256 image through ``seg`` (a
+    ``tskd.inference.predict.Segmenter``: forward + pre/post)."""
     import numpy as np
     import torch
 
-    from tskd.inference.predict import Segmenter
-
-    size = int(meta.get("image_size") or meta.get("input_size"))
-    seg = Segmenter(net, size, int(meta["num_classes"]), device=device)
     image = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
     seg.segment(image)  # warm-up
     times = []

@@ -31,8 +31,7 @@ def write_figures(out: Path, runs: dict[str, Any], n_examples: int = 4) -> Path 
     import matplotlib.pyplot as plt
 
     from tskd.data import io
-    from tskd.inference import bundle
-    from tskd.inference.predict import Segmenter
+    from tskd.inference.predict import segmenter_from_bundle
     from tskd.pipeline.run_folder import RunPaths
 
     test = io.load_labelled(Path(runs["ts_kd"].data.labelled).parent / "test")[:n_examples]
@@ -46,9 +45,8 @@ def write_figures(out: Path, runs: dict[str, Any], n_examples: int = 4) -> Path 
         ("TS-KD", "ts_kd", "student"),
     ):
         paths = RunPaths(Path(runs[run].run_dir))
-        net, meta = bundle.load_model(paths.teacher if which == "teacher" else paths.student)
-        size = int(meta.get("image_size") or meta.get("input_size"))
-        models[title] = Segmenter(net, size, int(meta["num_classes"]), device="cpu")
+        models[title], _ = segmenter_from_bundle(
+            paths.teacher if which == "teacher" else paths.student, device="cpu")
 
     cols = 2 + len(models)
     fig, axes = plt.subplots(len(test) + 1, cols, figsize=(2.1 * cols, 2.1 * (len(test) + 1)))

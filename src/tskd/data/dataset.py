@@ -163,13 +163,14 @@ def split_train_val(
 ) -> tuple[list[Sample], list[Sample]]:
     """A deterministic split that keeps the samples' order within each part.
 
-    Validation gets ``round(n * val_fraction)`` samples, at least one, at most n - 1 (train is
-    never empty); with fewer than 4 samples, or ``val_fraction == 0``, it gets none.
+    Validation gets ``tskd.config.validation_count(n, val_fraction)`` samples, chosen by a
+    permutation seeded with ``seed``: ``round(n * val_fraction)``, at least one, at most n - 1
+    (train is never empty); with fewer than 4 samples, or ``val_fraction == 0``, none.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise TskdInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    from tskd.config import validation_count
+
     n = len(samples)
-    n_val = 0 if n < 4 or val_fraction == 0 else min(n - 1, max(1, round(n * val_fraction)))
+    n_val = validation_count(n, val_fraction)
     val_idx = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
     train = [s for i, s in enumerate(samples) if i not in val_idx]
     val = [s for i, s in enumerate(samples) if i in val_idx]

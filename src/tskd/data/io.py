@@ -54,6 +54,17 @@ class Sample:
     label: np.ndarray | None = None
 
 
+def slice_name(name: str, z: int) -> str:
+    """The name of slice ``z`` (0-based) of the stack called ``name``: ``name_z0007``.
+
+    The one naming rule for slices, in training samples and in the files the napari widgets
+    write into a run folder (``run/data``, corrections). Four digits: run folders written by
+    the widgets already hold such names (``scan_z0004``), and stacks up to 10 000 slices keep
+    their order when the names are sorted.
+    """
+    return f"{name}_z{z:04d}"
+
+
 # ---------------------------------------------------------------------------- files
 
 
@@ -194,6 +205,11 @@ class ImageAxes:
     @property
     def channels(self) -> int:
         return 1 if self.channel_axis is None else self.shape[self.channel_axis]
+
+    @property
+    def rgb(self) -> bool:
+        """Colour channels (3 or 4: RGB, RGBA), as napari's ``rgb`` flag and tif's photometric."""
+        return self.channel_axis is not None and self.channels in (3, 4)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -665,8 +681,7 @@ def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = Non
         if is_stack is None:
             is_stack = image.ndim == 4 or (image.ndim == 3 and image.shape[-1] > 4)
         ax = image_axes(image.shape, is_stack=is_stack, where=str(path))
-        rgb = ax.channels in (3, 4) and ax.channel_axis is not None
-        kwargs: dict[str, Any] = {"photometric": "rgb" if rgb else "minisblack"}
+        kwargs: dict[str, Any] = {"photometric": "rgb" if ax.rgb else "minisblack"}
         if ax.channel_axis is not None:
             kwargs["planarconfig"] = "contig"
         axes = ("Z" if ax.is_stack else "") + "YX" + ("S" if ax.channel_axis is not None else "")
@@ -847,7 +862,7 @@ def _read_case(
 def _slices(name: str, image: np.ndarray, ax: ImageAxes) -> list[Sample]:
     """An unlabelled image (standard layout) as 2D samples (a stack gives one per slice)."""
     if ax.is_stack:
-        return [Sample(f"{name}_z{z:03d}", image[z]) for z in range(image.shape[0])]
+        return [Sample(slice_name(name, z), image[z]) for z in range(image.shape[0])]
     return [Sample(name, image)]
 
 
@@ -891,7 +906,7 @@ def _pairs_to_samples(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> list[S
     samples: list[Sample] = []
     for name, image, label in pairs:
         if label.ndim == 3:
-            samples += [Sample(f"{name}_z{z:03d}", image[z], label[z])
+            samples += [Sample(slice_name(name, z), image[z], label[z])
                         for z in range(label.shape[0]) if (label[z] > 0).any()]
         else:
             samples.append(Sample(name, image, label))
@@ -1059,7 +1074,7 @@ def read_labelled_set(
     given (a model's), else declared by ``classes`` (config ``data.classes``) or the folder's
     dataset.json, else inferred from the values seen (``tskd.data.label_policy``; notes and
     warnings are issued as ``TskdWarning``). Images without a label file are left out with one
-    warning; stacks give their slices with foreground (``name_z007``); mixed channel counts
+    warning; stacks give their slices with foreground (``name_z0007``); mixed channel counts
     are converted to the most common one. Image axes are read by ``image_axes`` (metadata,
     else the reading that fits the label map, else the shape), readings that were guesses said
     in one warning; files are held to the pixel budget (``pixel_budget`` /

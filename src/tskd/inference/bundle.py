@@ -3,7 +3,7 @@
 A student bundle holds ``model.safetensors`` and ``meta.json`` with kind "student", the
 ``StudentConfig`` (under "student"), num_classes, class_names, image_size, the tskd version and
 metrics. A teacher folder (kind "teacher") holds a LoRA adapter and is loaded by
-``tskd.models.lora.load_teacher``; ``load_model`` opens either, so prediction does not care which.
+``tskd.models.lora.load_teacher``; ``load_bundle`` opens either, so prediction does not care which.
 Files are written to a temporary name and renamed, so an interrupted save never leaves a
 half-written bundle under the real name.
 """
@@ -25,11 +25,6 @@ from tskd.errors import CheckpointError, TskdError
 
 WEIGHTS = "model.safetensors"
 META = "meta.json"
-TEACHER_WEIGHTS = "adapter.safetensors"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic.write_text(path, text)
 
 
 def save_student(student: nn.Module, folder: str | Path, meta: dict[str, Any]) -> Path:
@@ -78,7 +73,7 @@ def _bundle_dir(folder: str | Path) -> Path:
     return path
 
 
-def read_meta(folder: str | Path) -> dict[str, Any]:
+def read_bundle_meta(folder: str | Path) -> dict[str, Any]:
     """A bundle's ``meta.json`` as a dict, checked against its kind's schema.
 
     Raises ``ModelMetaError`` (a ``CheckpointError`` and a ``TskdInputError``) naming the file
@@ -129,14 +124,29 @@ def load_student(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return student.eval(), meta
 
 
-def load_model(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def input_size(meta: dict[str, Any]) -> int:
+    """The side in pixels of the square images a bundle's model takes (S in (B, 3, S, S)).
+
+    The one reader of that field: a student's meta calls it ``image_size``, a teacher's
+    ``input_size`` (both as written by every version, so existing bundles open). Raises
+    ``CheckpointError`` when the meta has neither (``read_bundle_meta`` refuses such a bundle
+    first).
+    """
+    size = meta.get("image_size") or meta.get("input_size")
+    if size is None:
+        raise CheckpointError("the model's meta.json gives no input size (image_size for a "
+                              "student, input_size for a teacher)")
+    return int(size)
+
+
+def load_bundle(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Open a student bundle or an adapted-teacher folder: ``(model in eval mode, meta)``.
 
     Student meta has "num_classes" and "image_size"; teacher meta "num_classes" and
     "input_size". Both models map (B, 3, S, S) in [0, 1] to logits (B, C, S, S).
     """
     folder = _bundle_dir(folder)
-    meta = read_meta(folder)
+    meta = read_bundle_meta(folder)
     if meta["kind"] == "student":
         return load_student(folder)
     from tskd.models import lora

@@ -290,15 +290,11 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 def _disagreement(a: torch.Tensor, b: torch.Tensor, num_classes: int) -> torch.Tensor:
     """1 - Dice between label maps (B, H, W), averaged over foreground classes.
 
-    A class absent from both maps agrees fully (Dice 1), as in ``tskd.inference.metrics``.
+    A class absent from both maps agrees fully (Dice 1): ``tskd.inference.metrics.dice_per_class``.
     """
-    dices = []
-    for c in range(1, max(num_classes, 2)):
-        pa, pb = a == c, b == c
-        inter = (pa & pb).sum(dim=(1, 2)).float()
-        total = (pa.sum(dim=(1, 2)) + pb.sum(dim=(1, 2))).float()
-        dices.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
-    return 1 - torch.stack(dices).mean(dim=0)
+    from tskd.inference.metrics import dice_per_class
+
+    return 1 - dice_per_class(a, b, num_classes).mean(dim=1)
 
 
 def rank_for_annotation(
@@ -441,8 +437,8 @@ def segmenter_from_bundle(
     from tskd.inference import bundle
 
     folder = Path(folder)
-    model, meta = bundle.load_model(folder)
-    size = int(meta.get("image_size") or meta.get("input_size"))
+    model, meta = bundle.load_bundle(folder)
+    size = bundle.input_size(meta)
     # checked by the bundle's schema (tskd.models.meta_schema) when it was loaded
     shape = meta.get("train_image_shape")
     trained = (int(shape[0]), int(shape[1])) if shape is not None else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tskd.data.dataset import to_float_rgb
 from tskd.engine import CancelToken, Progress, ProgressCallback
-from tskd.errors import Cancelled, CheckpointError, TskdInputError, TskdWarning
+from tskd.errors import Cancelled, CheckpointError, TskdInputError
 
 NUM_TRAIN_TIMESTEPS = 1000
 SAMPLE_BATCH = 32  # images denoised at once; the result does not depend on it
@@ -43,44 +43,6 @@ def _is_gray(image: np.ndarray) -> bool:
     return False
 
 
-def _window(image: np.ndarray) -> np.ndarray:
-    """Float in [0, 1]: uint8 by /255, anything else by a robust 0.5-99.5 percentile window."""
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    if image.dtype == bool:
-        return image.astype(np.float32)
-    img = image.astype(np.float32)
-    finite = img[np.isfinite(img)]
-    if finite.size == 0:
-        return np.zeros_like(img)
-    lo, hi = np.percentile(finite, [0.5, 99.5])
-    if hi <= lo:
-        return np.zeros_like(img)
-    return np.clip((np.nan_to_num(img, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
-
-
-def _to_unit_rgb(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float32 in [0, 1]; ``tskd.data.dataset.to_float_rgb`` when engineer A's module
-    exists."""
-    try:
-        from tskd.data.dataset import to_float_rgb
-    except ImportError:  # tskd.data.dataset not there yet: same rules, done here
-        img = _window(image)
-        if img.ndim == 2:
-            img = img[..., None]
-        if img.shape[-1] == 1:
-            img = np.repeat(img, 3, axis=-1)
-        elif img.shape[-1] == 2:
-            img = np.concatenate([img, np.zeros_like(img[..., :1])], axis=-1)
-        elif img.shape[-1] > 4:
-            warnings.warn(
-                f"synthesize: an image with {img.shape[-1]} channels was reduced to its first 3",
-                TskdWarning, stacklevel=3,
-            )
-        return np.ascontiguousarray(img[..., :3], dtype=np.float32)
-    return to_float_rgb(image)
-
-
 def prepare_images(images: list[np.ndarray], resolution: int) -> torch.Tensor:
     """Training images as (N, C, R, R) float32 in [-1, 1], square-resized (antialiased)."""
     if not images:
@@ -94,7 +56,7 @@ def prepare_images(images: list[np.ndarray], resolution: int) -> torch.Tensor:
     channels = 1 if all(_is_gray(img) for img in images) else 3
     out = []
     for img in images:
-        rgb = torch.from_numpy(_to_unit_rgb(img)).permute(2, 0, 1)[None]
+        rgb = torch.from_numpy(to_float_rgb(img)).permute(2, 0, 1)[None]
         small = F.interpolate(
             rgb, size=(resolution, resolution), mode="bilinear", antialias=True,
             align_corners=False,
@@ -103,7 +65,7 @@ def prepare_images(images: list[np.ndarray], resolution: int) -> torch.Tensor:
     return torch.stack(out).clamp(0.0, 1.0) * 2.0 - 1.0
 
 
-def to_uint8(batch: torch.Tensor, out_size: int | None = None) -> list[np.ndarray]:
+def batch_to_uint8(batch: torch.Tensor, out_size: int | None = None) -> list[np.ndarray]:
     """(N, C, R, R) in [-1, 1] to uint8 images, (H, W) for gray, optionally upscaled (bicubic)."""
     x = batch.detach().float().cpu()
     if out_size is not None and x.shape[0] and out_size != x.shape[-1]:
@@ -167,7 +129,8 @@ def save_model(unet: Any, scheduler: Any, model_dir: Path, meta: dict[str, Any])
     """Write the (EMA) UNet and its schedule as safetensors + JSON.
 
     All four files are written in full before any replaces its old version (``meta.json``, which
-    ``read_meta`` looks for, last); a full disk raises ``DiskFullError`` and keeps the old model.
+    ``read_diffusion_meta`` looks for, last); a full disk raises ``DiskFullError`` and keeps the
+    old model.
     """
     from tskd import atomic
 
@@ -180,7 +143,7 @@ def save_model(unet: Any, scheduler: Any, model_dir: Path, meta: dict[str, Any])
     })
 
 
-def read_meta(model_dir: Path) -> dict[str, Any] | None:
+def read_diffusion_meta(model_dir: Path) -> dict[str, Any] | None:
     """``meta.json`` of a saved model, or None when there is no complete model there."""
     names = ("unet.safetensors", "unet_config.json", "scheduler_config.json", "meta.json")
     if not all((model_dir / n).is_file() for n in names):
@@ -191,7 +154,7 @@ def read_meta(model_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
+def load_diffusion_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """The saved UNet (eval mode, CPU) and its scheduler config; CheckpointError if unusable."""
     from diffusers import UNet2DModel
     from safetensors.torch import load_file

@@ -147,7 +147,7 @@ def save_teacher(model: SemanticSam, folder: str | Path, meta: dict[str, Any]) -
     return folder
 
 
-def read_meta(folder: str | Path) -> dict[str, Any]:
+def read_adapter_meta(folder: str | Path) -> dict[str, Any]:
     """The teacher's ``meta.json`` as a dict, checked against the teacher schema.
 
     Raises ``CheckpointError`` when the folder lacks the adapter or ``meta.json``, and
@@ -168,7 +168,7 @@ def load_teacher(folder: str | Path, checkpoint: str | Path | None = None) -> Se
     """Rebuild the base SAM, check its sha256, apply the adapter, merge: an eval-mode teacher.
 
     ``checkpoint`` replaces the recorded base path (e.g. when the file was moved). The
-    description is checked before anything is read or built (see ``read_meta``).
+    description is checked before anything is read or built (see ``read_adapter_meta``).
     """
     from safetensors.torch import load_file
 
@@ -210,7 +210,7 @@ def load_teacher(folder: str | Path, checkpoint: str | Path | None = None) -> Se
 
 def teacher_id(folder: str | Path) -> str:
     """A stable id of an adapted teacher (adapter bytes + base sha + input size): a cache key."""
-    meta = read_meta(folder)
+    meta = read_adapter_meta(folder)
     h = hashlib.sha256()
     h.update(sha256_of(Path(folder) / ADAPTER).encode())
     h.update(str(meta.get("checkpoint_sha256")).encode())

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-import yaml
-
 from tskd import atomic
 from tskd.config import RunConfig, config_text, load_config, save_config, to_dict
 from tskd.errors import RunFolderError, TskdWarning
@@ -45,6 +43,26 @@ class RunPaths:
     @property
     def data(self) -> Path:
         return self.root / "data"
+
+    @property
+    def data_images(self) -> Path:
+        """``data/images``: the images of the run's own labelled set (widget exports)."""
+        return self.data / "images"
+
+    @property
+    def data_labels(self) -> Path:
+        """``data/labels``: their label maps (file stems pair them with the images)."""
+        return self.data / "labels"
+
+    @property
+    def corrections(self) -> Path:
+        """``data/corrections.json``: {correction name: layer and slice it came from}."""
+        return self.data / "corrections.json"
+
+    @property
+    def unlabelled(self) -> Path:
+        """``unlabelled/``: unlabelled images the widgets export from Image layers."""
+        return self.root / "unlabelled"
 
     @property
     def teacher(self) -> Path:
@@ -552,11 +570,6 @@ def writing(root: str | Path, key: str, outputs: Iterable[str | Path],
             yield Path(root)
 
 
-# data folders a run folder may hold: the widgets export a run's labelled set to ``data/`` and
-# its unlabelled layers to ``unlabelled/``; tskd's stages never write there
-RUN_DATA_DIRS = ("data", "unlabelled")
-
-
 def check_run_dir_inputs(cfg: RunConfig) -> None:
     """Refuse a run folder that is, contains or lies inside a data folder of ``cfg``.
 
@@ -564,15 +577,17 @@ def check_run_dir_inputs(cfg: RunConfig) -> None:
     not). A run folder inside an input folder would have its own outputs (the transfer set's
     synthetic images) read as data by the next run; one that is or contains it would mix the
     run's files with the user's. Data kept in the run folder's own ``data/`` or
-    ``unlabelled/`` (as the widgets export it) is allowed. Call it before anything is created
-    in the run folder. Raises ``RunFolderError`` naming both folders.
+    ``unlabelled/`` (``RunPaths.data``, ``RunPaths.unlabelled``: the widgets export the
+    labelled set and the unlabelled layers there; tskd's stages never write there) is
+    allowed. Call it before anything is created in the run folder. Raises ``RunFolderError``
+    naming both folders.
     """
     from tskd.data import outputs
     from tskd.errors import TskdInputError
 
     root = Path(cfg.run_dir)
     real = root.expanduser().resolve()
-    own = [real / d for d in RUN_DATA_DIRS]
+    own = [RunPaths(real).data, RunPaths(real).unlabelled]  # the widgets' exports
     for role, folder in (("labelled", cfg.data.labelled), ("unlabelled", cfg.data.unlabelled),
                          ("test", cfg.data.test)):
         if not folder:
@@ -680,11 +695,3 @@ def _try_load(path: Path) -> RunConfig | None:
     except Exception:
         return None
 
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON (pretty) creating parent folders; atomic (``tskd.atomic``)."""
-    atomic.write_json(path, data)
-
-
-def dump_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tskd.atomic import write_json
 from tskd.config import RunConfig, TrainConfig, to_dict
 from tskd.engine import CancelToken, ProgressCallback, clear_checkpoint, seed_everything
 from tskd.errors import TskdError, TskdInputError
@@ -31,7 +32,6 @@ from tskd.pipeline.run_folder import (
     prepare_run_dir,
     read_result,
     stage_done,
-    write_json,
     writing,
 )
 
@@ -159,6 +159,31 @@ def export_dataset(
     return folder
 
 
+def _start(folder: Path, fp: str, seed: int | None, redo: bool = False) -> dict[str, Any] | None:
+    """The common start of a stage that writes ``folder``.
+
+    Returns the recorded result (with ``"skipped": True``) when ``folder`` already holds a
+    finished stage of fingerprint ``fp`` and ``redo`` is False; otherwise marks the stage
+    started, seeds every generator with ``seed`` (before any model is built: repeatable
+    runs; None leaves them) and returns None.
+    """
+    if not redo and stage_done(folder, fp):
+        return read_result(folder) | {"skipped": True}
+    mark_started(folder)
+    if seed is not None:
+        seed_everything(seed)
+    return None
+
+
+def _finish(folder: Path, fp: str, result: dict[str, Any],
+            checkpoints: Path | None = None) -> dict[str, Any]:
+    """The common end: mark ``folder`` done with ``result``, drop the stage's checkpoint."""
+    mark_done(folder, fp, result)
+    if checkpoints is not None:
+        clear_checkpoint(checkpoints)
+    return result
+
+
 def _teacher_fp(cfg: RunConfig, data_fp: str) -> str:
     return fingerprint("teacher", to_dict(cfg.teacher) | {"train": _train_fp(cfg.teacher.train)},
                        data_fp)
@@ -177,10 +202,8 @@ def stage_teacher(
     paths = RunPaths(Path(cfg.run_dir))
     data = load_labelled_data(cfg)
     fp = _teacher_fp(cfg, data.fingerprint)
-    if stage_done(paths.teacher, fp):
-        return read_result(paths.teacher) | {"skipped": True}
-    mark_started(paths.teacher)
-    seed_everything(cfg.teacher.train.seed)  # before any model is built: repeatable runs
+    if (done := _start(paths.teacher, fp, cfg.teacher.train.seed)) is not None:
+        return done
     t0 = time.perf_counter()
     metrics = teacher.finetune_teacher(
         cfg.teacher,
@@ -199,9 +222,7 @@ def stage_teacher(
         label_meta=data.label_map.to_meta() if data.label_map is not None else None,
     )
     result = dict(metrics) | {"seconds": time.perf_counter() - t0}
-    mark_done(paths.teacher, fp, result)
-    clear_checkpoint(paths.checkpoints("teacher"))
-    return result
+    return _finish(paths.teacher, fp, result, paths.checkpoints("teacher"))
 
 
 def _synth_fp(cfg: RunConfig, data_fp: str) -> str:
@@ -222,9 +243,8 @@ def stage_synthesize(
     paths = RunPaths(Path(cfg.run_dir))
     data = load_labelled_data(cfg)
     fp = _synth_fp(cfg, data.fingerprint)
-    if stage_done(paths.transfer, fp):
-        return read_result(paths.transfer) | {"skipped": True}
-    mark_started(paths.transfer)
+    if (done := _start(paths.transfer, fp, None)) is not None:
+        return done
     real = _unlabelled_images(cfg)
     images = [s.image for s in data.train] + real
     if cfg.synth.enabled and cfg.synth.n_images > 0:
@@ -254,8 +274,7 @@ def stage_synthesize(
             "synthetic": [str(p) for p in result.get("paths", [])],
         },
     )
-    mark_done(paths.transfer, fp, result)
-    return result
+    return _finish(paths.transfer, fp, result)
 
 
 def _unlabelled_images(cfg: RunConfig) -> list[np.ndarray]:
@@ -278,26 +297,34 @@ def _transfer_images(cfg: RunConfig, data: LabelledData) -> list[np.ndarray]:
     return images
 
 
-def _base_teacher(cfg: RunConfig, num_classes: int) -> tuple[Any, str]:
-    """The un-adapted SAM (task-agnostic baseline) and a cache id for it."""
+def base_teacher_id(cfg: RunConfig) -> str:
+    """The identity of the un-adapted SAM: its teacher-cache key and its part of the
+    distillation fingerprint (16 hex digits).
+
+    From the model type, the checkpoint's content (sha256; "builtin" for the packaged mini
+    SAM, so a moved copy is the same teacher and a replaced file another) and the input size.
+    Raises ``CheckpointError`` when ``teacher.checkpoint`` names no file.
+    """
     from tskd.models import sam_checkpoint
+
+    ckpt = cfg.teacher.checkpoint
+    ckpt_id = sam_checkpoint.sha256_of(ckpt) if ckpt else "builtin"
+    return fingerprint("base", cfg.teacher.model_type, ckpt_id, cfg.teacher.input_size)
+
+
+def _base_teacher(cfg: RunConfig, num_classes: int) -> tuple[Any, str]:
+    """The un-adapted SAM (task-agnostic baseline) and its id (``base_teacher_id``)."""
     from tskd.models.teacher import SemanticSam, build_sam
 
     sam = build_sam(cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size)
-    model = SemanticSam(sam, num_classes).eval()
-    ckpt = cfg.teacher.checkpoint
-    ckpt_id = sam_checkpoint.sha256_of(ckpt) if ckpt else "builtin"
-    return model, fingerprint("base", cfg.teacher.model_type, ckpt_id, cfg.teacher.input_size)
+    return SemanticSam(sam, num_classes).eval(), base_teacher_id(cfg)
 
 
 def _distill_fp(cfg: RunConfig, data: LabelledData) -> str:
     student_arch = to_dict(cfg.student)
     student_arch.pop("train")
-    teacher_part = (
-        fingerprint("base", cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size)
-        if cfg.distill.task_agnostic
-        else _teacher_fp(cfg, data.fingerprint)
-    )
+    teacher_part = (base_teacher_id(cfg) if cfg.distill.task_agnostic
+                    else _teacher_fp(cfg, data.fingerprint))
     return fingerprint(
         "distill",
         to_dict(cfg.distill) | {"train": _train_fp(cfg.distill.train)},
@@ -325,10 +352,8 @@ def stage_distill(
     paths = RunPaths(Path(cfg.run_dir))
     data = load_labelled_data(cfg)
     fp = _distill_fp(cfg, data)
-    if stage_done(paths.distilled, fp):
-        return read_result(paths.distilled) | {"skipped": True}
-    mark_started(paths.distilled)
-    seed_everything(cfg.distill.train.seed)  # before any model is built: repeatable runs
+    if (done := _start(paths.distilled, fp, cfg.distill.train.seed)) is not None:
+        return done
     if cfg.distill.task_agnostic:
         model, teacher_id = _base_teacher(cfg, data.num_classes)
     else:
@@ -362,9 +387,7 @@ def stage_distill(
     }
     bundle.save_student(student, paths.distilled, _student_meta(cfg, data, summary))
     write_json(paths.reports / "distill_history.json", result.history)
-    mark_done(paths.distilled, fp, summary)
-    clear_checkpoint(paths.checkpoints("distill"))
-    return summary
+    return _finish(paths.distilled, fp, summary, paths.checkpoints("distill"))
 
 
 def _student_meta(cfg: RunConfig, data: LabelledData, extra: dict[str, Any]) -> dict[str, Any]:
@@ -403,10 +426,9 @@ def stage_finetune_student(
     init = "scratch" if cfg.student.from_scratch else _distill_fp(cfg, data)
     fp = fingerprint("student", to_dict(cfg.student) | {"train": _train_fp(cfg.student.train)},
                      init, data.fingerprint, cfg.data.image_size)
-    if not continue_from_last and stage_done(paths.student, fp):
-        return read_result(paths.student) | {"skipped": True}
-    mark_started(paths.student)
-    seed_everything(cfg.student.train.seed)  # before any model is built: repeatable runs
+    if (done := _start(paths.student, fp, cfg.student.train.seed,
+                       redo=continue_from_last)) is not None:
+        return done
     if continue_from_last:
         if not (paths.student / "meta.json").is_file():
             raise TskdError(f"no student in {paths.student} to continue from; train one first")
@@ -443,9 +465,7 @@ def stage_finetune_student(
     }
     bundle.save_student(student, paths.student, _student_meta(cfg, data, summary))
     write_json(paths.reports / "student_history.json", result.history)
-    mark_done(paths.student, fp, summary)
-    clear_checkpoint(paths.checkpoints("student"))
-    return summary
+    return _finish(paths.student, fp, summary, paths.checkpoints("student"))
 
 
 @_writes("evaluate", lambda p: [p.reports / f"eval_{m}" for m in ("student", "teacher",

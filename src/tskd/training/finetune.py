@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tskd import engine
 from tskd.config import StudentConfig
@@ -27,7 +27,7 @@ from tskd.errors import TskdInputError
 from tskd.models.student import Student
 
 
-class _Segmenter(nn.Module):
+class _StudentForEngine(nn.Module):
     """Holds the student so the engine's wrappers (device, autocast) never patch the student."""
 
     def __init__(self, student: Student) -> None:
@@ -48,7 +48,7 @@ class _SegTask:
 
         if not 0.0 <= dice_weight <= 1.0:
             raise TskdInputError(f"student.dice_weight must be in [0, 1], got {dice_weight}")
-        self.model = _Segmenter(student)
+        self.model = _StudentForEngine(student)
         self._dataset = dataset
         self.loss = DiceCELoss(
             include_background=False,
@@ -74,34 +74,19 @@ class _SegTask:
         return {"loss": loss, "dice_loss": dice, "ce": ce}
 
 
-@torch.inference_mode()
 def validate(
     student: Student, samples: Sequence[Any], image_size: int, batch_size: int = 8
 ) -> dict[str, Any]:
-    """Mean validation Dice (foreground classes) of ``student`` on labelled ``samples``."""
-    from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
+    """Mean validation Dice (foreground classes) of ``student`` on labelled ``samples``.
 
-    from tskd.data.dataset import LabelledDataset
+    Returns ``{"dice": mean over classes, "dice_per_class": per class, mean over images,
+    "n_images": int}`` (``tskd.inference.metrics.validation_dice``), or ``{}`` without samples.
+    """
+    from tskd.inference.metrics import validation_dice
 
     if not samples:
         return {}
-    device = next(student.parameters()).device
-    was_training = student.training
-    student.eval()
-    c = student.num_classes
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
-    loader = DataLoader(LabelledDataset(list(samples), image_size, augment=False),
-                        batch_size=max(1, batch_size), shuffle=False)
-    for batch in loader:
-        pred = student(batch["image"].to(device)).argmax(1, keepdim=True)
-        label = batch["label"].to(device)[:, None]
-        valid = label != IGNORE_INDEX  # ignored pixels: background in both, so never counted
-        pred, label = pred.where(valid, 0), label.where(valid, 0)
-        metric(y_pred=one_hot(pred, c), y=one_hot(label.clamp(0, c - 1), c))
-    scores = metric.aggregate().float().cpu()  # (images, classes - 1)
-    metric.reset()
-    student.train(was_training)
+    scores = validation_dice(student, samples, image_size, student.num_classes, batch_size)
     per_class = scores.mean(0)
     return {
         "dice": float(per_class.mean()),

@@ -404,36 +404,3 @@ def pretrain_mini(
                          extra=info)
     return info | {"weights": str(path), "json": str(path.with_suffix(".json"))}
 
-
-def measure_speed(cfg: PretrainConfig, steps: int = 30, warmup: int = 3) -> dict[str, float]:
-    """Training steps per second at ``cfg`` (model, batch, size, device), timed over ``steps``.
-
-    Runs the same engine loop as ``pretrain_mini`` without writing anything; the first
-    ``warmup`` steps are not timed. Use it to pick ``steps`` for a time budget. On a shared
-    machine ``cpu_s_per_step`` (process CPU time, all threads) / threads estimates an idle one.
-    """
-    from dataclasses import replace
-
-    _check(cfg)
-    run = replace(cfg, steps=warmup + steps, steps_per_checkpoint=warmup + steps)
-    model = build_model(run)
-    task = _PretrainTask(model, run)
-    marks: list[tuple[float, float]] = []
-
-    def tick(_p: Any) -> None:
-        marks.append((time.perf_counter(), time.process_time()))
-
-    train(task, run.train_config(), progress=tick)
-    timed = marks[warmup:]
-    n = len(timed) - 1
-    wall = (timed[-1][0] - timed[0][0]) / n if n > 0 else float("nan")
-    cpu = (timed[-1][1] - timed[0][1]) / n if n > 0 else float("nan")
-    data_t0 = time.perf_counter()
-    ds = PromptDataset(run.batch_size, run.image_size, run.masks_per_image, run.seed,
-                       run.prompt_modes)
-    for i in range(len(ds)):
-        _ = ds[i]
-    data_s = time.perf_counter() - data_t0
-    return {"steps_per_s": 1 / wall, "s_per_step": wall, "cpu_s_per_step": cpu,
-            "threads": float(torch.get_num_threads()), "data_s_per_step": data_s,
-            "parameters": float(count_parameters(model.sam))}

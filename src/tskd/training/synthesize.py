@@ -23,13 +23,13 @@ from tskd.config import SynthConfig
 from tskd.engine import CancelToken, ProgressCallback, resolve_device
 from tskd.models.diffusion import (
     SAMPLE_STAGE,
+    batch_to_uint8,
     check_resolution,
     ddim_sample,
-    load_model,
+    load_diffusion_model,
     prepare_images,
-    read_meta,
+    read_diffusion_meta,
     save_model,
-    to_uint8,
 )
 from tskd.training.diffusion import TRAIN_STAGE, data_fingerprint, train_ddpm
 
@@ -131,10 +131,6 @@ def _model_fingerprint(cfg: SynthConfig, data_fp: str) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in keys} | {"data": data_fp}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    atomic.write_json(path, obj)
-
-
 def synthesize(
     images: list[np.ndarray],
     cfg: SynthConfig,
@@ -163,11 +159,11 @@ def synthesize(
     train_images = prepare_images(images, cfg.resolution)
     fp = _model_fingerprint(cfg, data_fingerprint(train_images))
 
-    meta = read_meta(model_dir)
+    meta = read_diffusion_meta(model_dir)
     history: list[dict[str, float]] = []
     train_seconds, steps_done = 0.0, 0
     if resume and meta is not None and meta.get("fingerprint") == fp:
-        unet, sched_config = load_model(model_dir)
+        unet, sched_config = load_diffusion_model(model_dir)
     else:
         unet, scheduler, result = train_ddpm(
             train_images, cfg, checkpoint_dir=ckpt, progress=progress, cancel=cancel,
@@ -187,7 +183,7 @@ def synthesize(
     sample_seconds = time.perf_counter() - t0
 
     keep, idx, dist = screen_near_copies(samples, train_images, cfg.near_copy_threshold)
-    arrays = to_uint8(samples[torch.from_numpy(keep)], out_size)
+    arrays = batch_to_uint8(samples[torch.from_numpy(keep)], out_size)
     kept_ids = np.flatnonzero(keep)
     paths, files = [], []
     encoded: dict[Path, bytes] = {}
@@ -215,13 +211,13 @@ def synthesize(
         distance_quantiles=_quantiles(dist), train_steps=steps_done,
         model_dir=str(model_dir), history=history,
     )
-    _write_json(out_dir / "manifest.json", {
+    atomic.write_json(out_dir / "manifest.json", {
         "files": files, "dropped": dropped,
         "screen": {"metric": "L2 of zero-mean unit-norm images, mirrors included, in [0, 2]",
                    "resolution": cfg.resolution, "threshold": cfg.near_copy_threshold},
         "model_dir": str(model_dir), "out_size": out_size or cfg.resolution, "seed": cfg.seed,
     })
-    _write_json(out_dir / "synth_report.json", report.to_dict())
+    atomic.write_json(out_dir / "synth_report.json", report.to_dict())
     return report
 
 
@@ -240,6 +236,6 @@ def sample_from_saved(
 
     Not screened: pass them with the training images to ``nearest_training`` to do so.
     """
-    unet, sched_config = load_model(model_dir)
+    unet, sched_config = load_diffusion_model(model_dir)
     x = ddim_sample(unet, sched_config, n, steps, seed, resolve_device(device), progress, cancel)
-    return to_uint8(x, out_size)
+    return batch_to_uint8(x, out_size)

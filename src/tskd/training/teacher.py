@@ -22,6 +22,7 @@ from tskd.config import TeacherConfig
 from tskd.data.label_policy import IGNORE_INDEX
 from tskd.engine import CancelToken, ProgressCallback, seed_everything
 from tskd.engine import train as engine_train
+from tskd.inference.metrics import validation_dice
 from tskd.models.lora import apply_lora, save_teacher
 from tskd.models.teacher import SemanticSam, build_sam
 
@@ -64,30 +65,6 @@ class TeacherTask:
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = model(batch["image"]).float()
         return {"loss": self.loss(logits, batch["label"][:, None].long())}
-
-
-@torch.no_grad()
-def validation_dice(
-    model: nn.Module, samples: list[Any], size: int, num_classes: int, batch_size: int = 4
-) -> list[float]:
-    """Mean Dice per foreground class over ``samples`` (MONAI; empty truth and prediction = 1)."""
-    from monai.metrics import DiceMetric
-
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    loader = torch.utils.data.DataLoader(_dataset(samples, size, False), batch_size=batch_size)
-    for batch in loader:
-        pred = model(batch["image"].to(device)).float().argmax(1)
-        label = batch["label"].to(device).long()
-        valid = label != IGNORE_INDEX  # ignored pixels: background in both, never counted
-        pred, label = pred.where(valid, 0), label.where(valid, 0)
-        onehot = torch.nn.functional.one_hot(pred, num_classes).permute(0, 3, 1, 2)
-        truth = torch.nn.functional.one_hot(label, num_classes)
-        metric(onehot, truth.permute(0, 3, 1, 2))
-    model.train(was_training)
-    return [float(v) for v in metric.aggregate().cpu()]
 
 
 def finetune_teacher(
@@ -139,7 +116,8 @@ def finetune_teacher(
         "val_dice": None,
     }
     if val:
-        per_class = validation_dice(model, val, cfg.input_size, num_classes)
+        scores = validation_dice(model, val, cfg.input_size, num_classes, batch_size=4)
+        per_class = [float(v) for v in scores.mean(0)]
         metrics["val_dice_per_class"] = per_class
         metrics["val_dice"] = sum(per_class) / len(per_class)
     meta = {

@@ -17,10 +17,10 @@ from tskd.data.phantoms.util import (
     noise,
     rasterise_tubes,
     rotated,
+    round_to_uint8,
     signed_distance,
     smooth_walk,
     star_rho,
-    to_uint8,
 )
 
 
@@ -97,7 +97,7 @@ def kidney_us(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.
     img = comp / (top + 1e-8) * rng.uniform(180, 235) + rng.normal(0, 3, (h, w))
     img = img * fan
     label = (kidney & fan).astype(np.int64)
-    return to_uint8(img), label
+    return round_to_uint8(img), label
 
 
 # --------------------------------------------------------------------------- skin lesion
@@ -175,7 +175,7 @@ def skin_lesion(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, n
         ring = np.clip((rr - rng.uniform(0.72, 0.9)) / 0.04, 0, 1)
         img = img * (1 - ring)[..., None]
     img = img + rng.normal(0, rng.uniform(1.5, 5), img.shape).astype(np.float32)
-    return to_uint8(img), lesion.astype(np.int64)
+    return round_to_uint8(img), lesion.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- retina vessels
@@ -266,7 +266,7 @@ def retina_vessels(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray
     img = img + rng.normal(0, rng.uniform(1.5, 4.0), img.shape)
     edge = np.clip((fr - rr) / (0.015 * s), 0, 1)
     img = img * edge[..., None]
-    return to_uint8(img), vessel.astype(np.int64)
+    return round_to_uint8(img), vessel.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- abdominal CT

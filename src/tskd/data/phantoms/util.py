@@ -134,6 +134,6 @@ def rasterise_tubes(
     return dist.astype(np.float32), rad[iy, ix]
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
+def round_to_uint8(img: np.ndarray) -> np.ndarray:
     """Clip float values in [0, 255] and round to uint8."""
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
