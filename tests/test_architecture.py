@@ -34,7 +34,7 @@ LAYERS = (
     "tskd.apps",
 )
 ROOT_INIT_IMPORTS = {"tskd.errors"}  # ``import tskd`` stays cheap: only the error classes
-MAX_LINES = 1200  # the target is 400; the largest module now is data/io.py (about 1140)
+MAX_LINES = 1200  # the target is 400; the largest module is data/io.py (1154 lines)
 
 
 def module_name(path: Path) -> str:
