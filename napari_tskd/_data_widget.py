@@ -121,16 +121,15 @@ class DataWidget(StageWidget):
             folder = self.labelled_folder.value
             if not folder:
                 return "choose a labelled folder"
-            from tskd.data import io
+            from tskd.data import files, folders
 
-            n = len(io.list_images(Path(folder) / "images")) if (
-                Path(folder) / "images").is_dir() else len(io.list_images(folder))
+            n = len(files.list_images(Path(folder) / "images")) if (
+                Path(folder) / "images").is_dir() else len(files.list_images(folder))
             classes_text = ""
         n_unl = sum(_layers.n_slices(layer) for layer in self.unlabelled_layers.value or [])
         if self.unlabelled_folder.value:
-            from tskd.data import io
 
-            n_unl += len(io.unlabelled_files(self.unlabelled_folder.value))
+            n_unl += len(folders.unlabelled_files(self.unlabelled_folder.value))
         n_val = validation_count(n, float(self.val_fraction.value))
         text = f"{n} labelled image(s): train {n - n_val} / validation {n_val}"
         if classes_text:
@@ -165,13 +164,14 @@ class DataWidget(StageWidget):
             class_names = self.labels.value.metadata.get("class_names")
             _check_layer_labels(labels, class_names, self.labels.value.name)
         else:
-            from tskd.data import io
+            from tskd.data import folders
+            from tskd.data.samples import read_labelled_set
 
             if not self.labelled_folder.value:
                 raise TskdInputError("no labelled folder chosen")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                samples, label_map = io.read_labelled_set(self.labelled_folder.value)
+                samples, label_map = read_labelled_set(self.labelled_folder.value)
             for w in caught:
                 _notify.warning(str(w.message))
             if not samples:
@@ -206,9 +206,8 @@ class DataWidget(StageWidget):
             prepare_run_dir(cfg, overwrite=bool(self.overwrite.value))
             export_labelled(images, labels, names, run_dir, class_names, ignore_label)
             if unl_images:
-                from tskd.data import io
 
-                extra = io.unlabelled_files(unl_folder) if unl_folder else []
+                extra = folders.unlabelled_files(unl_folder) if unl_folder else []
                 export_unlabelled(unl_images, unl_names, paths.unlabelled, extra)
         for text, where in ((note, paths.data), (unl_note, paths.unlabelled)):
             if text:
@@ -233,13 +232,14 @@ def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> None
     (too many values, huge ids, values outside declared classes) before anything is written,
     and show its notes (e.g. the map of ids with gaps) as warnings."""
     from tskd.data import label_policy
+    from tskd.data.label_map import check_values, declared_from_config
 
     values = [label_policy.distinct_values(lab) for lab in labels]
     for v in values:
-        label_policy.check_values(v, f"labels layer '{layer}'")
+        check_values(v, f"labels layer '{layer}'")
     declared = None
     if isinstance(class_names, list | dict) and class_names:
-        declared = label_policy.declared_from_config(
+        declared = declared_from_config(
             class_names, where=f"class names of labels layer '{layer}'")
     decision = label_policy.infer_map(
         [(f"labels layer '{layer}'", np.unique(np.concatenate(values)))], declared,
@@ -252,11 +252,12 @@ def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> None
 def layer_classes_text(data: Any) -> str:
     """The classes of a Labels layer as the label policy reads them (for the summary)."""
     from tskd.data import label_policy
+    from tskd.data.label_map import check_values
     from tskd.errors import TskdError
 
     values = label_policy.distinct_values(np.asarray(data))
     try:
-        label_policy.check_values(values, "the labels")
+        check_values(values, "the labels")
         decision = label_policy.infer_map([("the labels", values)])
     except TskdError as exc:
         return f"labels cannot be used: {exc}"

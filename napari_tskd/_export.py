@@ -83,14 +83,14 @@ def export_unlabelled(
 ) -> Path:
     """Write unlabelled images (from Image layers) as tif files, plus copies of ``extra_files``,
     into ``folder`` (which then holds exactly these)."""
-    from tskd.data import io
+    from tskd.data import files
 
     tmp = folder.parent / (folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         for name, image in zip(names, images, strict=True):
-            io.write_image(tmp / f"{name}.tif", image)
+            files.write_image(tmp / f"{name}.tif", image)
         for i, path in enumerate(extra_files):
             shutil.copyfile(path, tmp / f"folder_{i:05d}_{path.name}")
         sync_folder(tmp, folder, keep_prefix=None)
@@ -136,13 +136,13 @@ def add_corrected(image: np.ndarray, label: np.ndarray, name: str, run_dir: Path
     correction of another layer never takes this one's name (see ``correction_name``).
     """
     from tskd import atomic
-    from tskd.data import io
+    from tskd.data import files
     paths = RunPaths(run_dir)
     paths.data_images.mkdir(parents=True, exist_ok=True)
     paths.data_labels.mkdir(parents=True, exist_ok=True)
     stem = CORRECTED_PREFIX + name
-    io.write_image(paths.data_images / f"{stem}.tif", image)
-    io.write_label(paths.data_labels / f"{stem}.tif", label.astype(np.int64))
+    files.write_image(paths.data_images / f"{stem}.tif", image)
+    files.write_label(paths.data_labels / f"{stem}.tif", label.astype(np.int64))
     if source is not None:
         sources = correction_sources(run_dir) | {name: source}
         atomic.write_json(paths.corrections, sources)

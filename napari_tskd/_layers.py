@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tskd.data import io
+from tskd.data import axes, samples
 from tskd.errors import TskdInputError
 
 
@@ -52,14 +52,14 @@ def spatial_shape(layer: Any) -> tuple[int, ...]:
 
 
 def layer_axes(layer: Any) -> Any:
-    """How the layer's axes are read (``tskd.data.io.image_axes`` with napari's ``rgb`` flag as the
+    """How the layer's axes are read (``tskd.data.axes.image_axes``, napari's ``rgb`` flag as the
     metadata: the colour axis is last, every other axis spatial, as napari displays it)."""
-    return io.image_axes(layer.data.shape, rgb=is_rgb(layer), where=f"layer '{layer.name}'")
+    return axes.image_axes(layer.data.shape, rgb=is_rgb(layer), where=f"layer '{layer.name}'")
 
 
 def stack_is_rgb(stack: np.ndarray) -> bool:
-    """Whether a stack of images (Z, H, W[, C]) shows as colour (``tskd.data.io.ImageAxes.rgb``)."""
-    return io.image_axes(np.shape(stack), is_stack=True, where="stack").rgb
+    """Whether a stack (Z, H, W[, C]) shows as colour (``tskd.data.axes.ImageAxes.rgb``)."""
+    return axes.image_axes(np.shape(stack), is_stack=True, where="stack").rgb
 
 
 def is_stack(layer: Any) -> bool:
@@ -171,7 +171,7 @@ def labelled_slices(
             raise TskdInputError(f"labels layer '{labels_layer.name}' holds negative labels")
         images.append(training_image(image_layer, z))
         labels.append(label.astype(np.int64))
-        names.append(io.slice_name(base, z) if is_stack(image_layer) else base)
+        names.append(samples.slice_name(base, z) if is_stack(image_layer) else base)
     if not images:
         raise TskdInputError(f"labels layer '{labels_layer.name}' holds no labels (all zero)")
     return images, labels, names
@@ -197,7 +197,7 @@ def unlabelled_slices(layers: list[Any]) -> tuple[list[np.ndarray], list[str]]:
         base = safe_name(layer.name)
         for z in range(n_slices(layer)):
             images.append(training_image(layer, z))
-            names.append(io.slice_name(base, z) if is_stack(layer) else base)
+            names.append(samples.slice_name(base, z) if is_stack(layer) else base)
     return images, names
 
 

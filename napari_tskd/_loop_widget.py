@@ -10,7 +10,7 @@ from magicgui.widgets import ComboBox, PushButton, SpinBox
 
 from napari_tskd import _layers, _notify
 from napari_tskd._base import DEVICES, StageWidget, budget, steps_box, wrapped_label
-from tskd.data import io
+from tskd.data import samples
 
 RANKINGS = ["student uncertainty", "teacher-student disagreement"]
 
@@ -92,7 +92,7 @@ class LoopWidget(StageWidget):
         z = _layers.current_index(self.viewer, image)
         base = _layers.safe_name(image.name)
         stack = _layers.is_stack(image)
-        name = io.slice_name(base, z) if stack else base
+        name = samples.slice_name(base, z) if stack else base
         source = f"{image.name}#z{z}" if stack else image.name
         wanted = name
         name, replaced = correction_name(name, source, run_dir)
@@ -150,7 +150,7 @@ class LoopWidget(StageWidget):
         if _layers.is_stack(image):
             base = _layers.safe_name(image.name)
             return [(image, z) for z in range(_layers.n_slices(image))
-                    if not is_done(io.slice_name(base, z), f"{image.name}#z{z}")]
+                    if not is_done(samples.slice_name(base, z), f"{image.name}#z{z}")]
         return [(layer, 0) for layer in _layers.layers_of(self.viewer, "image")
                 if not _layers.is_stack(layer)
                 and not is_done(_layers.safe_name(layer.name), layer.name)]

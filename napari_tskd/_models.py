@@ -41,7 +41,7 @@ def load(folder: str | Path, device: str = "auto") -> LoadedModel:
     folder = Path(folder)
     if not (folder / "meta.json").is_file():
         raise TskdInputError(f"no model in {folder} (meta.json missing); train it first")
-    from tskd.data.label_policy import LabelMap
+    from tskd.data.label_map import LabelMap
 
     segmenter: Any
     segmenter, meta = segmenter_from_bundle(folder, device=device)  # tiles at training scale
@@ -72,7 +72,7 @@ class ValueSegmenter:
 
 def label_values(meta: dict[str, Any]) -> tuple[int, ...]:
     """The label value of each class of a model (class indices for bundles without a map)."""
-    from tskd.data.label_policy import LabelMap
+    from tskd.data.label_map import LabelMap
 
     return LabelMap.from_meta(meta).values
 

@@ -91,15 +91,15 @@ class TransferWidget(StageWidget):
 
     def show_images(self, *_: Any, paths: list[Path] | None = None) -> Any:
         """Put the synthetic images into one image-stack layer (replacing our own earlier one)."""
-        from tskd.data import io
+        from tskd.data import files
 
         if paths is None:
             folder = self.context.paths().synthetic
-            paths = io.list_images(folder) if folder.is_dir() else []
+            paths = files.list_images(folder) if folder.is_dir() else []
         if not paths:
             _notify.info("no synthetic images in this run yet; build the transfer set first")
             return None
-        images = [io.read_image(p) for p in paths]
+        images = [files.read_image(p) for p in paths]
         shapes = {im.shape for im in images}
         if len(shapes) > 1:  # the backend writes one size; be tolerant of mixed folders
             images = [im for im in images if im.shape == images[0].shape]

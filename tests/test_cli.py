@@ -12,7 +12,7 @@ import torch
 
 from tiny_setup import TINY_SIZE, write_tiny_sam, write_tiny_task
 from tskd.apps.cli import main
-from tskd.data import io
+from tskd.data import files
 
 SUBCOMMANDS = ("finetune-teacher", "synthesize", "distill", "finetune-student", "predict",
                "evaluate", "check-data", "run", "export-onnx", "pretrain-mini", "make-sample-data",
@@ -63,7 +63,7 @@ def test_image_and_label_of_different_sizes(tmp_path: Path, sam: Path,
                                             capsys: pytest.CaptureFixture) -> None:
     data = write_tiny_task(tmp_path / "d", 2, 0, 0)
     label = next((data / "train" / "labels").iterdir())
-    io.write_label(label, np.zeros((10, 12), np.uint8))
+    files.write_label(label, np.zeros((10, 12), np.uint8))
     assert main(_teacher(["--data", str(data / "train")], sam, tmp_path / "run")) == 2
     _one_error_line(capsys, "differ in size")
 
@@ -131,8 +131,8 @@ def test_mixed_channel_counts_warn_and_train(tmp_path: Path, sam: Path,
                                              capsys: pytest.CaptureFixture) -> None:
     data = write_tiny_task(tmp_path / "d", 3, 0, 0)
     first = sorted((data / "train" / "images").iterdir())[0]
-    gray = io.read_image(first)
-    io.write_image(first, np.repeat(gray[..., None], 3, axis=-1))
+    gray = files.read_image(first)
+    files.write_image(first, np.repeat(gray[..., None], 3, axis=-1))
     assert main(_teacher(["--data", str(data / "train")], sam, tmp_path / "run")) == 0
     err = capsys.readouterr().err
     assert "tskd: warning:" in err and "converted 1 image" in err

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tskd.data import dataset
-from tskd.data.io import Sample
+from tskd.data.samples import Sample
 from tskd.errors import TskdInputError, TskdWarning
 
 RNG = np.random.default_rng(0)

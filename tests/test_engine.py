@@ -122,7 +122,7 @@ class _SegTask:
         import numpy as np
 
         from tskd.data.dataset import LabelledDataset
-        from tskd.data.io import Sample
+        from tskd.data.samples import Sample
 
         rng = np.random.default_rng(0)
         samples = []

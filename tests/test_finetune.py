@@ -30,7 +30,7 @@ def _tiny(epochs: int = 6, lr: float = 1e-2) -> StudentConfig:
 
 
 @dataclass
-class _Sample:  # the contract's tskd.data.io.Sample
+class _Sample:  # the contract's tskd.data.samples.Sample
     name: str
     image: np.ndarray
     label: np.ndarray | None

@@ -46,7 +46,7 @@ def _pair(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
 def test_layer_labels_with_gaps_show_the_map(make_viewer, tskd_gui_env, notes) -> None:
     from napari_tskd._data_widget import DataWidget
 
-    from tskd.data import io
+    from tskd.data import files
 
     img, lab = _pair()
     w = DataWidget(make_viewer(*_layers(img, lab)))
@@ -54,7 +54,7 @@ def test_layer_labels_with_gaps_show_the_map(make_viewer, tskd_gui_env, notes) -
     assert w.use_data()
     warned = [m for s, m in notes.all() if s.lower() == "warning"]
     assert any("{0: 0, 1: 1, 5: 2}" in m for m in warned)
-    written = io.read_label(tskd_gui_env / "data" / "labels" / "scan.tif")
+    written = files.read_label(tskd_gui_env / "data" / "labels" / "scan.tif")
     np.testing.assert_array_equal(written, lab)  # the user's ids are kept on disk
     assert not notes.errors()
 
@@ -76,26 +76,26 @@ def test_folder_with_0_255_and_0_1_masks_exports_two_classes(make_viewer, tskd_g
                                                             tmp_path: Path, notes) -> None:
     from napari_tskd._data_widget import DataWidget
 
-    from tskd.data import io
+    from tskd.data import files, samples
 
     src = tmp_path / "src"
     img, lab = _pair()
     binary = (lab > 0).astype(np.uint8)
-    io.write_image(src / "images" / "a.png", img)
-    io.write_label(src / "labels" / "a.png", binary * 255)
-    io.write_image(src / "images" / "b.png", img)
-    io.write_label(src / "labels" / "b.png", binary)
+    files.write_image(src / "images" / "a.png", img)
+    files.write_label(src / "labels" / "a.png", binary * 255)
+    files.write_image(src / "images" / "b.png", img)
+    files.write_label(src / "labels" / "b.png", binary)
     before = (src / "labels" / "a.png").read_bytes()
     w = DataWidget(make_viewer())
     w.source.value = "folder"
     w.labelled_folder.value = str(src)
     assert w.use_data()
     for name in ("a", "b"):
-        written = io.read_label(tskd_gui_env / "data" / "labels" / f"{name}.tif")
+        written = files.read_label(tskd_gui_env / "data" / "labels" / f"{name}.tif")
         assert set(np.unique(written).tolist()) == {0, 1}
     assert any("binary label map" in m for s, m in notes.all() if s.lower() == "warning")
     assert (src / "labels" / "a.png").read_bytes() == before  # the user's folder is only read
-    _, lmap = io.read_labelled_set(tskd_gui_env / "data")
+    _, lmap = samples.read_labelled_set(tskd_gui_env / "data")
     assert lmap.values == (0, 1)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.usefixtures("tskd_gui_env")
-for _module in ("tskd.data.io", "tskd.data.dataset", "tskd.data.phantoms",
+for _module in ("tskd.data.samples", "tskd.data.dataset", "tskd.data.phantoms",
                 "tskd.training.finetune", "tskd.training.distill", "tskd.training.synthesize",
                 "tskd.training.teacher", "tskd.inference.predict", "tskd.inference.bundle"):
     pytest.importorskip(_module)

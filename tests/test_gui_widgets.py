@@ -95,9 +95,9 @@ def test_main_widget_tabs_share_one_run_context(make_napari_viewer, tmp_path) ->
 
 
 def test_data_from_layers_writes_run_folder(make_napari_viewer, tskd_gui_env, notes) -> None:
-    pytest.importorskip("tskd.data.io")
+    pytest.importorskip("tskd.data.files")
     from tskd.config import load_config
-    from tskd.data import io
+    from tskd.data import files
 
     viewer = make_napari_viewer()
     img, lab = _stack()
@@ -118,9 +118,9 @@ def test_data_from_layers_writes_run_folder(make_napari_viewer, tskd_gui_env, no
     assert Path(cfg.data.unlabelled) == run / "unlabelled"
     names = sorted(p.stem for p in (run / "data" / "images").iterdir())
     assert names == ["scan_z0001", "scan_z0003"]  # only slices that have labels
-    saved = io.read_image(run / "data" / "images" / "scan_z0003.tif")
+    saved = files.read_image(run / "data" / "images" / "scan_z0003.tif")
     assert saved.dtype == np.uint8  # 16-bit mapped through the layer's contrast limits
-    np.testing.assert_array_equal(io.read_label(run / "data" / "labels" / "scan_z0003.tif"),
+    np.testing.assert_array_equal(files.read_label(run / "data" / "labels" / "scan_z0003.tif"),
                                   lab[3])
     assert len(list((run / "unlabelled").iterdir())) == 2
     # exporting again without changes rewrites nothing (stage fingerprints stay valid)
@@ -293,7 +293,7 @@ def test_segment_without_model_notifies(make_napari_viewer, notes) -> None:
 
 def test_loop_add_and_suggest(make_napari_viewer, fake_model, tskd_gui_env, monkeypatch,
                               notes) -> None:
-    pytest.importorskip("tskd.data.io")
+    pytest.importorskip("tskd.data.files")
     from napari_tskd._data_widget import DataWidget
     from napari_tskd._loop_widget import LoopWidget
 
@@ -454,7 +454,7 @@ def _own_job(widget):
 def test_loop_corrections_of_layers_whose_names_collide_are_both_kept(
         make_napari_viewer, tskd_gui_env, notes) -> None:
     """`case 1` and `case.1` sanitise alike: their corrections get two files, not one."""
-    pytest.importorskip("tskd.data.io")
+    pytest.importorskip("tskd.data.files")
     from napari_tskd._data_widget import DataWidget
     from napari_tskd._loop_widget import LoopWidget
 
@@ -474,10 +474,10 @@ def test_loop_corrections_of_layers_whose_names_collide_are_both_kept(
     labels = tskd_gui_env / "data" / "labels"
     assert sorted(p.name for p in labels.glob("corrected_*")) == [
         "corrected_case_1.tif", "corrected_case_1_2.tif"]
-    from tskd.data import io
+    from tskd.data import files
 
-    assert io.read_label(labels / "corrected_case_1.tif").max() == 1
-    assert io.read_label(labels / "corrected_case_1_2.tif").max() == 2
+    assert files.read_label(labels / "corrected_case_1.tif").max() == 1
+    assert files.read_label(labels / "corrected_case_1_2.tif").max() == 2
     assert any("saved as 'case_1_2'" in m for _, m in notes.all())
     # correcting `case 1` again replaces its own file, not the other layer's
     loop.image.value, loop.labels.value = viewer.layers["case 1"], viewer.layers["case 1 fix"]

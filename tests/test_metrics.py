@@ -145,7 +145,7 @@ def test_write_report_json_and_csv(tmp_path: Path):
 
 
 def test_evaluate_folders_matches_by_stem(tmp_path: Path):
-    from tskd.data import io
+    from tskd.data import files
 
     gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
     gt_dir.mkdir()
@@ -154,10 +154,10 @@ def test_evaluate_folders_matches_by_stem(tmp_path: Path):
     a[2:8, 2:8] = 1
     b = np.zeros((16, 16), np.int64)
     b[2:8, 5:11] = 1
-    io.write_label(gt_dir / "case1.png", a)
-    io.write_label(gt_dir / "case2.png", a)
-    io.write_label(pred_dir / "case1.tif", a)
-    io.write_label(pred_dir / "case2_0000.png", b)  # named after an nnU-Net image
+    files.write_label(gt_dir / "case1.png", a)
+    files.write_label(gt_dir / "case2.png", a)
+    files.write_label(pred_dir / "case1.tif", a)
+    files.write_label(pred_dir / "case2_0000.png", b)  # named after an nnU-Net image
     rep = evaluate_folders(pred_dir, gt_dir)
     assert _rec(rep, "case1")["dice"] == 1.0
     assert _rec(rep, "case2")["dice"] == pytest.approx(0.5)

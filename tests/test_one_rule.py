@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from tskd.data.io import Sample
-from tskd.data.label_policy import IGNORE_INDEX
+from tskd.data.label_map import IGNORE_INDEX
+from tskd.data.samples import Sample
 from tskd.errors import TskdInputError
 from tskd.inference import metrics
 
@@ -76,17 +76,17 @@ def test_stack_colour_is_read_by_the_axes_rule(tmp_path) -> None:
     import tifffile
     from napari_tskd._layers import stack_is_rgb
 
-    from tskd.data import io
+    from tskd.data import axes, files
 
     assert stack_is_rgb(np.zeros((2, 8, 8, 3), np.uint8)) is True
     assert stack_is_rgb(np.zeros((2, 8, 8, 4), np.uint8)) is True
     assert stack_is_rgb(np.zeros((2, 8, 8), np.uint8)) is False
     assert stack_is_rgb(np.zeros((2, 8, 8, 2), np.uint8)) is False  # two channels: not colour
-    assert io.image_axes((2, 8, 8, 3), is_stack=True).rgb is True
-    assert io.image_axes((8, 8, 2), is_stack=False).rgb is False
+    assert axes.image_axes((2, 8, 8, 3), is_stack=True).rgb is True
+    assert axes.image_axes((8, 8, 2), is_stack=False).rgb is False
     # a tif's photometric follows the same property
     for shape, photometric in (((2, 8, 8, 3), "RGB"), ((2, 8, 8, 2), "MINISBLACK")):
-        path = io.write_image(tmp_path / f"s{shape[-1]}.tif", np.zeros(shape, np.uint8))
+        path = files.write_image(tmp_path / f"s{shape[-1]}.tif", np.zeros(shape, np.uint8))
         with tifffile.TiffFile(path) as tif:
             assert tif.pages[0].photometric.name == photometric
 
@@ -112,21 +112,22 @@ def test_slice_names_agree_between_files_and_layers(tmp_path) -> None:
     from napari.layers import Image, Labels
     from napari_tskd import _layers
 
-    from tskd.data import io
+    from tskd.data import files
+    from tskd.data.samples import load_labelled, load_unlabelled, slice_name
 
     image = np.arange(3 * 8 * 8, dtype=np.uint8).reshape(3, 8, 8)
     label = np.zeros((3, 8, 8), np.uint8)
     label[1, 0, 0] = label[2, 1, 1] = 1
-    io.write_image(tmp_path / "images" / "scan.tif", image)
-    io.write_label(tmp_path / "labels" / "scan.tif", label)
-    from_files = [s.name for s in io.load_labelled(tmp_path)]
+    files.write_image(tmp_path / "images" / "scan.tif", image)
+    files.write_label(tmp_path / "labels" / "scan.tif", label)
+    from_files = [s.name for s in load_labelled(tmp_path)]
     _, _, from_layers = _layers.labelled_slices(Image(image, name="scan"),
                                                 Labels(label, name="scan labels"))
     assert from_files == from_layers == ["scan_z0001", "scan_z0002"]
     _, unl_names = _layers.unlabelled_slices([Image(image, name="scan")])
-    assert unl_names == [s.name for s in io.load_unlabelled(tmp_path / "images")] == [
+    assert unl_names == [s.name for s in load_unlabelled(tmp_path / "images")] == [
         "scan_z0000", "scan_z0001", "scan_z0002"]
-    assert io.slice_name("scan", 12345) == "scan_z12345"  # more slices: longer, still unique
+    assert slice_name("scan", 12345) == "scan_z12345"  # more slices: longer, still unique
 
 
 # ------------------------------------------------------------------ run-folder paths
@@ -159,9 +160,9 @@ def test_widget_files_live_where_run_paths_say(tmp_path) -> None:
     assert correction_sources(tmp_path) == {"scan_z0004": "scan#z4"}
     assert corrected_names(tmp_path) == labelled_names(tmp_path) == {"scan_z0004"}
     # the same slice again replaces it; the name the loop makes today is the stored one
-    from tskd.data import io
+    from tskd.data.samples import slice_name
 
-    assert correction_name(io.slice_name("scan", 4), "scan#z4", tmp_path) == ("scan_z0004", True)
+    assert correction_name(slice_name("scan", 4), "scan#z4", tmp_path) == ("scan_z0004", True)
     assert correction_name("scan_z0004", "other#z4", tmp_path) == ("scan_z0004_2", False)
 
 

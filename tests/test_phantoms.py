@@ -97,11 +97,12 @@ def test_write_task_folders(tmp_path: Path) -> None:
     # splits come from disjoint index ranges: no test image equals a training image
     tests = [tifffile.imread(p) for p in sorted((root / "test" / "images").iterdir())]
     assert all(not np.array_equal(t, tifffile.imread(p)) for t in tests for p in train)
-    from tskd.data import io
+    from tskd.data import folders
+    from tskd.data.samples import load_labelled
 
-    assert io.class_names(root / "train") == list(phantoms.TASKS["ct_abdomen"].class_names)
-    assert io.class_names(root / "test")[2] == "kidney"
-    assert len(io.load_labelled(root / "train")) == 2
+    assert folders.class_names(root / "train") == list(phantoms.TASKS["ct_abdomen"].class_names)
+    assert folders.class_names(root / "test")[2] == "kidney"
+    assert len(load_labelled(root / "train")) == 2
     meta = json.loads((root / "task.json").read_text())
     assert meta["class_names"][1] == "liver" and meta["counts"]["unlabelled"] == 3
 

@@ -12,7 +12,7 @@ import torch
 from tiny_setup import tiny_config, write_config, write_tiny_sam, write_tiny_task
 from tskd.apps.cli import main
 from tskd.config import RunConfig, from_dict
-from tskd.data import io
+from tskd.data import files
 from tskd.errors import RunFolderError
 from tskd.pipeline.run_folder import prepare_run_dir, record_files
 
@@ -44,12 +44,12 @@ def test_run_end_to_end_then_skips_done_stages(tiny: dict, capsys: pytest.Captur
 
     # the student's predictions have the input's shape, also for a larger gray image
     out = tiny["root"] / "pred"
-    image = io.read_image(next((tiny["data"] / "test" / "images").iterdir()))
+    image = files.read_image(next((tiny["data"] / "test" / "images").iterdir()))
     big = np.pad(image, ((0, 37), (0, 11)))
-    io.write_image(tiny["root"] / "big" / "big.png", big)
+    files.write_image(tiny["root"] / "big" / "big.png", big)
     assert main(["predict", "--model", str(run / "student"), str(tiny["data"] / "test" / "images"),
                  str(tiny["root"] / "big" / "big.png"), "-o", str(out)]) == 0
-    pred = io.read_label(next(out.glob("big.*")))
+    pred = files.read_label(next(out.glob("big.*")))
     assert pred.shape == big.shape
     assert main(["evaluate", "--pred", str(out), "--gt", str(tiny["data"] / "test" / "labels"),
                  "-o", str(tiny["root"] / "metrics")]) == 0

@@ -188,23 +188,23 @@ def test_rank_by_teacher_student_disagreement():
 
 
 def test_predict_paths_writes_png_and_tif(tmp_path: Path):
-    from tskd.data import io
+    from tskd.data import files
 
     src = tmp_path / "in"
     src.mkdir()
     img = RNG.integers(0, 256, (40, 50), dtype=np.uint8)
     stack = RNG.integers(0, 256, (3, 30, 20), dtype=np.uint8)
-    io.write_image(src / "slice.png", img)
-    io.write_image(src / "vol.tif", stack)
+    files.write_image(src / "slice.png", img)
+    files.write_image(src / "vol.tif", stack)
     seg = Segmenter(conv_model(), 32, 3, device="cpu")
     seen = []
     out = predict_paths(seg, [src / "slice.png", src / "vol.tif"], tmp_path / "out",
                         progress=lambda d, t: seen.append((d, t)))
     assert [p.name for p in out] == ["slice.png", "vol.tif"]
-    assert np.array_equal(io.read_label(out[0]), seg.segment(img))
+    assert np.array_equal(files.read_label(out[0]), seg.segment(img))
     # the tif records its axes (ZYX), so the file is a stack; the bare array is ambiguous
-    assert np.array_equal(io.read_label(out[1]), seg.segment(stack, is_stack=True))
+    assert np.array_equal(files.read_label(out[1]), seg.segment(stack, is_stack=True))
     assert seen == [(1, 2), (2, 2)]
-    io.write_image(src / "slice.tif", img)
+    files.write_image(src / "slice.tif", img)
     with pytest.raises(TskdInputError, match="slice"):
         predict_paths(seg, [src / "slice.png", src / "slice.tif"], tmp_path / "out2")

@@ -177,11 +177,11 @@ def _write_metrics(folder: Path, version: int) -> None:
 
 
 def _write_prediction(folder: Path, version: int) -> None:
-    from tskd.data import io
+    from tskd.data import files
 
-    io.write_label(folder / "case.png", np.full((8, 8), version, np.uint8))
-    io.write_label(folder / "stack.tif", np.full((2, 8, 8), version, np.uint8))
-    io.write_image(folder / "image.npy", np.full((8, 8), version, np.float32))
+    files.write_label(folder / "case.png", np.full((8, 8), version, np.uint8))
+    files.write_label(folder / "stack.tif", np.full((2, 8, 8), version, np.uint8))
+    files.write_image(folder / "image.npy", np.full((8, 8), version, np.float32))
 
 
 def _write_run_files(folder: Path, version: int) -> None:

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from tskd.apps.cli import main
-from tskd.data import io
+from tskd.data import files
+from tskd.data.axes import MAX_PIXELS_ENV, image_axes, pixel_budget
+from tskd.data.samples import load_labelled, load_unlabelled, read_labelled_set
 from tskd.errors import TskdInputError, TskdWarning
 from tskd.inference.predict import Segmenter, predict_paths, segmenter_from_bundle
 
@@ -32,7 +34,7 @@ BOMB_MESSAGE = (
 
 @pytest.fixture(autouse=True)
 def _no_env_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(io.MAX_PIXELS_ENV, raising=False)
+    monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
 
 
 def _tskd_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -90,16 +92,16 @@ def test_channel_first_tiff_is_one_two_channel_image_for_training_and_predict(
     tifffile.imwrite(tmp_path / "unl/a.tif", TWO_CHANNEL, **kwargs)
     label = np.zeros((64, 64), np.uint8)
     label[10:20, 10:30] = 1
-    io.write_label(tmp_path / "train/labels/a.png", label)
+    files.write_label(tmp_path / "train/labels/a.png", label)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        (sample,) = io.load_labelled(tmp_path / "train")
-        unlabelled = io.load_unlabelled(tmp_path / "unl")
-        image, ax = io.read_image_axes(tmp_path / "unl/a.tif")
+        (sample,) = load_labelled(tmp_path / "train")
+        unlabelled = load_unlabelled(tmp_path / "unl")
+        image, ax = files.read_image_axes(tmp_path / "unl/a.tif")
         seg = Segmenter(Threshold(), 32, 2, device="cpu")
         (out,) = predict_paths(seg, [tmp_path / "unl/a.tif"], tmp_path / "pred")
-    assert io.read_label(out).shape == (64, 64)
+    assert files.read_label(out).shape == (64, 64)
     assert sample.image.shape == (64, 64, 2)
     np.testing.assert_array_equal(sample.image[..., 1], TWO_CHANNEL[1])
     assert [(s.name, s.image.shape) for s in unlabelled] == [("a", (64, 64, 2))]
@@ -122,7 +124,7 @@ def test_channel_first_tiff_is_one_two_channel_image_for_training_and_predict(
         code = main(["predict", str(tmp_path / "unl/a.tif"), "--model", str(student_dir),
                      "-o", str(tmp_path / "cli"), "--device", "cpu"])
     assert code == 0
-    assert io.read_label(tmp_path / "cli/a.png").shape == (64, 64)
+    assert files.read_label(tmp_path / "cli/a.png").shape == (64, 64)
     err = capsys.readouterr().err
     assert ("as one 2-channel image (channels first)" in err) == guessed
 
@@ -144,17 +146,17 @@ def test_stack_with_axes_metadata_is_slices_for_training_and_predict(
     label[:, 5:9, 5:9] = 1
     (tmp_path / "images").mkdir()
     tifffile.imwrite(tmp_path / "images/v.tif", stack, **STACK_WRITERS[writer])
-    io.write_label(tmp_path / "labels/v.tif", label)
+    files.write_label(tmp_path / "labels/v.tif", label)
     with warnings.catch_warnings():
         warnings.simplefilter("error", TskdWarning)  # metadata: nothing to guess, nothing said
-        samples = io.load_labelled(tmp_path)
-        unlabelled = io.load_unlabelled(tmp_path / "images")
+        samples = load_labelled(tmp_path)
+        unlabelled = load_unlabelled(tmp_path / "images")
         seg = Segmenter(Threshold(), 32, 2, device="cpu")
         (out,) = predict_paths(seg, [tmp_path / "images/v.tif"], tmp_path / "pred")
     assert [(s.name, s.image.shape) for s in samples] == [("v_z0000", (64, 64)),
                                                          ("v_z0001", (64, 64))]
     assert [s.name for s in unlabelled] == ["v_z0000", "v_z0001"]
-    pred = io.read_label(out)
+    pred = files.read_label(out)
     assert pred.shape == (2, 64, 64)
     np.testing.assert_array_equal(pred[1], seg.segment(stack[1]))
 
@@ -162,9 +164,9 @@ def test_stack_with_axes_metadata_is_slices_for_training_and_predict(
 def test_stack_metadata_against_a_2d_label_says_how_the_image_was_read(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     tifffile.imwrite(tmp_path / "images/v.tif", TWO_CHANNEL, metadata={"axes": "ZYX"})
-    io.write_label(tmp_path / "labels/v.png", np.ones((64, 64), np.uint8))
+    files.write_label(tmp_path / "labels/v.png", np.ones((64, 64), np.uint8))
     with pytest.raises(TskdInputError) as err:
-        io.load_labelled(tmp_path)
+        load_labelled(tmp_path)
     assert str(err.value) == (
         "v.tif and its label v.png differ in size: image (2, 64, 64) read as a stack of 2 "
         "slices (axes ZYX from the file's metadata), label (64, 64) (height and width must "
@@ -180,9 +182,9 @@ def test_a_label_that_contradicts_the_guess_is_followed_and_said(tmp_path: Path)
     np.save(tmp_path / "images/v.npy", stack)
     label = np.zeros((3, 32, 32), np.uint8)
     label[:, 1:4, 1:4] = 1
-    io.write_label(tmp_path / "labels/v.tif", label)
+    files.write_label(tmp_path / "labels/v.tif", label)
     with pytest.warns(TskdWarning) as caught:
-        samples = io.load_labelled(tmp_path)
+        samples = load_labelled(tmp_path)
     assert [s.image.shape for s in samples] == [(32, 32)] * 3
     (said,) = _tskd_warnings(caught.list)
     assert ("v.npy (3, 32, 32) as a stack of 3 slices to fit its label map, though without a "
@@ -192,12 +194,12 @@ def test_a_label_that_contradicts_the_guess_is_followed_and_said(tmp_path: Path)
 def test_multi_dimensional_metadata_and_shapes(tmp_path: Path) -> None:
     czyx = RNG.integers(0, 255, (2, 3, 16, 12), np.uint8)
     tifffile.imwrite(tmp_path / "czyx.tif", czyx, metadata={"axes": "CZYX"})
-    out = io.read_image(tmp_path / "czyx.tif")
+    out = files.read_image(tmp_path / "czyx.tif")
     assert out.shape == (3, 16, 12, 2)
     np.testing.assert_array_equal(out[2, ..., 1], czyx[1, 2])
     tifffile.imwrite(tmp_path / "tzyx.tif", czyx, metadata={"axes": "TZYX"})
     with pytest.raises(TskdInputError) as err:
-        io.read_image(tmp_path / "tzyx.tif")
+        files.read_image(tmp_path / "tzyx.tif")
     assert str(err.value) == (
         f"{tmp_path / 'tzyx.tif'}: shape (2, 3, 16, 12) with axes TZYX has 2 stack axes (TZ); "
         "tskd reads 2D images or stacks along one axis, so save one T at a time"
@@ -205,12 +207,12 @@ def test_multi_dimensional_metadata_and_shapes(tmp_path: Path) -> None:
     np.save(tmp_path / "big4d.npy", np.zeros((6, 7, 8, 9), np.uint8))
     with pytest.raises(TskdInputError, match=r"big4d\.npy: cannot tell which axis of shape "
                        r"\(6, 7, 8, 9\) holds the channels"):
-        io.read_image(tmp_path / "big4d.npy")
+        files.read_image(tmp_path / "big4d.npy")
     planar = RNG.integers(0, 255, (3, 8, 6), np.uint8)  # tifffile's default: planar RGB 'SYX'
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         tifffile.imwrite(tmp_path / "planar.tif", planar)
-    image, ax = io.read_image_axes(tmp_path / "planar.tif")
+    image, ax = files.read_image_axes(tmp_path / "planar.tif")
     assert image.shape == (8, 6, 3) and ax.source == "metadata"
 
 
@@ -240,21 +242,21 @@ def test_multi_dimensional_metadata_and_shapes(tmp_path: Path) -> None:
 def test_image_axes_readings(shape: tuple[int, ...], kwargs: dict[str, Any],
                              standard: tuple[int, ...], is_stack: bool, source: str,
                              ambiguous: bool) -> None:
-    ax = io.image_axes(shape, **kwargs)
+    ax = image_axes(shape, **kwargs)
     assert ax.standard(np.zeros(shape, np.uint8)).shape == standard
     assert (ax.is_stack, ax.source, ax.ambiguous) == (is_stack, source, ambiguous)
 
 
 def test_image_axes_refuses_what_no_reading_fits() -> None:
     with pytest.raises(TskdInputError, match=r"x\.npy: cannot read an array of shape \(10,\)"):
-        io.image_axes((10,), where="x.npy")
+        image_axes((10,), where="x.npy")
     with pytest.raises(TskdInputError, match=r"an image of shape \(2, 2, 3, 8, 8\) is not "
                        "supported"):
-        io.image_axes((2, 2, 3, 8, 8))
+        image_axes((2, 2, 3, 8, 8))
     with pytest.raises(TskdInputError, match="as a 2D image"):
-        io.image_axes((2, 8, 9, 3), is_stack=False)
+        image_axes((2, 8, 9, 3), is_stack=False)
     with pytest.raises(TskdInputError, match=r"layer 'x' has 4 spatial dimensions"):
-        io.image_axes((2, 3, 8, 9), rgb=False, where="layer 'x'")
+        image_axes((2, 3, 8, 9), rgb=False, where="layer 'x'")
 
 
 def test_segmenter_reads_arrays_as_files_are_read() -> None:
@@ -291,12 +293,12 @@ def test_written_tiffs_record_their_axes(tmp_path: Path) -> None:
              "stack_rgb.tif": ((2, 9, 7, 3), "ZYXS")}
     for name, (shape, axes) in cases.items():
         data = RNG.integers(0, 255, shape, np.uint8)
-        io.write_image(tmp_path / name, data)
+        files.write_image(tmp_path / name, data)
         with tifffile.TiffFile(tmp_path / name) as tif:
             assert tif.series[0].axes == axes, name
         with warnings.catch_warnings():
             warnings.simplefilter("error", TskdWarning)
-            np.testing.assert_array_equal(io.read_image(tmp_path / name), data)
+            np.testing.assert_array_equal(files.read_image(tmp_path / name), data)
 
 
 # ----------------------------------------------------------------------- pixel budget
@@ -353,18 +355,18 @@ def test_a_deflate_bomb_tiff_is_refused_from_its_header(tmp_path: Path, no_decod
     tracemalloc.start()
     try:
         with pytest.raises(TskdInputError) as err:
-            io.read_image(bomb)
+            files.read_image(bomb)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert str(err.value) == f"{bomb}: {BOMB_MESSAGE}"
     assert peak < 20_000_000  # the 900 MB were never allocated
     with pytest.raises(TskdInputError, match="bomb.tif: decodes to 30000x30000"):
-        io.load_unlabelled(tmp_path / "images")
+        load_unlabelled(tmp_path / "images")
     (tmp_path / "labels").mkdir()
     _bomb_tiff(tmp_path / "labels" / "bomb.tif")  # label maps are held to the same budget
     with pytest.raises(TskdInputError, match=r"labels/bomb\.tif: decodes to 30000x30000"):
-        io.load_labelled(tmp_path)
+        load_labelled(tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["png", "npy"])
@@ -375,38 +377,38 @@ def test_png_and_npy_bombs_are_refused_from_their_header(tmp_path: Path, kind: s
     else:
         path = _npy_header(tmp_path / "bomb.npy", (30000, 30000))
     with pytest.raises(TskdInputError) as err:
-        io.read_image(path)
+        files.read_image(path)
     assert str(err.value) == f"{path}: {BOMB_MESSAGE}"
 
 
 @pytest.mark.parametrize("name", ["a.png", "a.jpg", "a.npy", "a.tif"])
 def test_the_budget_is_exact_and_configurable(tmp_path: Path, name: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    path = io.write_image(tmp_path / name, RNG.integers(0, 255, (40, 50, 3), np.uint8))
+    path = files.write_image(tmp_path / name, RNG.integers(0, 255, (40, 50, 3), np.uint8))
     with pytest.raises(TskdInputError) as err:
-        io.read_image(path, max_pixels=1999)
+        files.read_image(path, max_pixels=1999)
     assert str(err.value) == (
         f"{path}: decodes to 40x50 = 2,000 pixels, over the pixel budget of 1,999; raise it "
         "with --max-pixels / data.max_pixels (or TSKD_MAX_PIXELS) or crop the image")
-    assert io.read_image(path, max_pixels=2000).shape == (40, 50, 3)
-    with io.pixel_budget(1024), pytest.raises(TskdInputError, match="budget of 1,024 \\(2\\^10"):
-        io.read_image(path)
-    monkeypatch.setenv(io.MAX_PIXELS_ENV, "1999")
+    assert files.read_image(path, max_pixels=2000).shape == (40, 50, 3)
+    with pixel_budget(1024), pytest.raises(TskdInputError, match="budget of 1,024 \\(2\\^10"):
+        files.read_image(path)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1999")
     with pytest.raises(TskdInputError, match="over the pixel budget of 1,999"):
-        io.read_image(path)
-    monkeypatch.setenv(io.MAX_PIXELS_ENV, "lots")
+        files.read_image(path)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
     with pytest.raises(TskdInputError) as err:
-        io.read_image(path)
+        files.read_image(path)
     assert str(err.value) == ("the pixel budget (environment variable TSKD_MAX_PIXELS) must be "
                               "a positive whole number of pixels, not 'lots'")
 
 
 def test_stacks_count_every_slice(tmp_path: Path) -> None:
-    path = io.write_image(tmp_path / "v.tif", np.zeros((4, 20, 10, 3), np.uint8))
+    path = files.write_image(tmp_path / "v.tif", np.zeros((4, 20, 10, 3), np.uint8))
     with pytest.raises(TskdInputError, match=r"decodes to 4x20x10 = 800 pixels, over the "
                        "pixel budget of 799"):
-        io.read_image(path, max_pixels=799)
-    assert io.read_image(path, max_pixels=800).shape == (4, 20, 10, 3)
+        files.read_image(path, max_pixels=799)
+    assert files.read_image(path, max_pixels=800).shape == (4, 20, 10, 3)
 
 
 def test_segmenter_checks_the_budget_before_float_conversion(monkeypatch: pytest.MonkeyPatch
@@ -434,7 +436,7 @@ def test_cli_predict_refuses_a_bomb_in_one_line_and_max_pixels_raises_the_budget
                  str(tmp_path / "out"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"tskd: error: {bomb}: {BOMB_MESSAGE}"]
-    small = io.write_image(tmp_path / "in" / "s.png", RNG.integers(0, 255, (64, 64), np.uint8))
+    small = files.write_image(tmp_path / "in" / "s.png", RNG.integers(0, 255, (64, 64), np.uint8))
     assert main(["predict", str(small), "--model", str(student_dir), "-o",
                  str(tmp_path / "out"), "--device", "cpu", "--max-pixels", "4095"]) == 2
     assert "s.png: decodes to 64x64 = 4,096 pixels" in capsys.readouterr().err
@@ -452,8 +454,9 @@ def test_data_max_pixels_reaches_training_reads(tmp_path: Path) -> None:
 
     assert DataConfig().max_pixels == 2**28
     for i in range(2):
-        io.write_image(tmp_path / "images" / f"c{i}.png", RNG.integers(0, 255, (16, 16), np.uint8))
-        io.write_label(tmp_path / "labels" / f"c{i}.png", np.eye(16, dtype=np.uint8))
+        files.write_image(tmp_path / "images" / f"c{i}.png",
+                          RNG.integers(0, 255, (16, 16), np.uint8))
+        files.write_label(tmp_path / "labels" / f"c{i}.png", np.eye(16, dtype=np.uint8))
     cfg = RunConfig()
     cfg.data.labelled = str(tmp_path)
     cfg.data.max_pixels = 255
@@ -473,10 +476,11 @@ def test_bundles_record_the_training_image_size(tmp_path: Path) -> None:
     from tskd.pipeline import stages
 
     for i, (h, w) in enumerate([(40, 48), (56, 48), (64, 48)]):  # median 56 x 48
-        io.write_image(tmp_path / "d/images" / f"c{i}.png", RNG.integers(0, 255, (h, w), np.uint8))
+        files.write_image(tmp_path / "d/images" / f"c{i}.png",
+                          RNG.integers(0, 255, (h, w), np.uint8))
         label = np.zeros((h, w), np.uint8)
         label[4:20, 4:20] = 1
-        io.write_label(tmp_path / "d/labels" / f"c{i}.png", label)
+        files.write_label(tmp_path / "d/labels" / f"c{i}.png", label)
     raw = tiny_config(tmp_path / "unused", tmp_path / "unused.safetensors", tmp_path / "run")
     raw["data"] = {"labelled": str(tmp_path / "d"), "image_size": 32, "val_fraction": 0.0}
     raw["student"] |= {"from_scratch": True}
@@ -536,13 +540,13 @@ def test_a_tiled_copy_of_the_training_image_gives_the_tiled_labels(
     expected = np.tile(seg.segment(small), (4, 4))
     np.testing.assert_array_equal(seg.segment(large), expected)
     # through the command: one line says how it tiles
-    io.write_image(tmp_path / "in" / "large.png", large)
+    files.write_image(tmp_path / "in" / "large.png", large)
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "in"), "--model", str(student_dir), "-o",
                  str(tmp_path / "out"), "--device", "cpu"]) == 0
     assert ("tskd: large.png: 256x256 is segmented in 64x64 tiles (the size of the model's "
             "training images, 64x64), each resized to 32x32") in capsys.readouterr().err
-    assert io.read_label(tmp_path / "out" / "large.png").shape == (256, 256)
+    assert files.read_label(tmp_path / "out" / "large.png").shape == (256, 256)
 
 
 def test_teacher_bundles_record_the_training_image_size_too(tmp_path: Path) -> None:
@@ -552,10 +556,11 @@ def test_teacher_bundles_record_the_training_image_size_too(tmp_path: Path) -> N
     from tskd.pipeline import stages
 
     for i, (h, w) in enumerate([(32, 40), (48, 40)]):  # median 40 x 40
-        io.write_image(tmp_path / "d/images" / f"c{i}.png", RNG.integers(0, 255, (h, w), np.uint8))
+        files.write_image(tmp_path / "d/images" / f"c{i}.png",
+                          RNG.integers(0, 255, (h, w), np.uint8))
         label = np.zeros((h, w), np.uint8)
         label[4:20, 4:20] = 1
-        io.write_label(tmp_path / "d/labels" / f"c{i}.png", label)
+        files.write_label(tmp_path / "d/labels" / f"c{i}.png", label)
     sam = write_tiny_sam(tmp_path / "sam.safetensors")
     raw = tiny_config(tmp_path / "unused", sam, tmp_path / "run")
     raw["data"] = {"labelled": str(tmp_path / "d"), "image_size": 32, "val_fraction": 0.0}
@@ -581,7 +586,7 @@ def _nnunet_set(root: Path, channels: dict[str, int], declared: int = 2) -> Path
                              np.full((16, 16), 100 * (ch + 1), np.uint16))
         label = np.zeros((16, 16), np.uint8)
         label[2:8, 2:8] = 1
-        io.write_label(root / "labelsTr" / f"{case}.png", label)
+        files.write_label(root / "labelsTr" / f"{case}.png", label)
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {str(i): f"MR{i}" for i in range(declared)},
         "labels": {"background": 0, "tumour": 1}, "file_ending": ".tif"}))
@@ -596,11 +601,11 @@ def _missing(images: Path, case: str) -> str:
 def test_nnunet_case_without_its_second_channel_is_an_error_for_training(tmp_path: Path) -> None:
     images = _nnunet_set(tmp_path, {"a": 2, "b": 1})
     with pytest.raises(TskdInputError) as info:
-        io.read_labelled_set(tmp_path)
+        read_labelled_set(tmp_path)
     assert str(info.value) == _missing(images, "b")
     images = _nnunet_set(tmp_path / "two", {"a": 2, "b": 1, "c": 1})
     with pytest.raises(TskdInputError) as info:
-        io.read_labelled_set(tmp_path / "two")
+        read_labelled_set(tmp_path / "two")
     assert str(info.value) == _missing(images, "b") + (
         "; 1 more case(s) have missing or extra channel files (tskd check-data lists them)")
 
@@ -618,7 +623,7 @@ def test_check_data_names_each_case_missing_a_channel_file(tmp_path: Path,
 def test_nnunet_extra_channel_file_and_unlabelled_cases(tmp_path: Path) -> None:
     images = _nnunet_set(tmp_path, {"a": 3})
     with pytest.raises(TskdInputError) as info:
-        io.read_labelled_set(tmp_path)
+        read_labelled_set(tmp_path)
     assert str(info.value) == (f"{images}: case a has 3 channel files but dataset.json names 2 "
                                "channels: a_0002.tif is beyond them")
     _nnunet_set(tmp_path / "ts", {"a": 2})
@@ -626,7 +631,7 @@ def test_nnunet_extra_channel_file_and_unlabelled_cases(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "ts" / "imagesTs" / "t_0000.tif", np.zeros((16, 16), np.uint16))
     with pytest.raises(TskdInputError, match=r"case t has 1 channel file but dataset\.json names "
                                              r"2 channels: t_0001\.tif is missing"):
-        io.load_unlabelled(tmp_path / "ts" / "imagesTs")
+        load_unlabelled(tmp_path / "ts" / "imagesTs")
 
 
 # ------------------------------------------------------------------ tiles too small
@@ -648,7 +653,7 @@ def test_tiles_under_16_px_are_refused_in_plain_words(tmp_path: Path,
         segmenter_from_bundle(folder, device="cpu")
     assert str(info.value) == (f"tiles of 1x1 px (the size of the model's training images, 1x1) "
                                f"{TINY_TILE}")
-    io.write_image(tmp_path / "in" / "a.png", RNG.integers(0, 255, (64, 64), np.uint8))
+    files.write_image(tmp_path / "in" / "a.png", RNG.integers(0, 255, (64, 64), np.uint8))
     code = main(["predict", str(tmp_path / "in"), "--model", str(folder), "-o",
                  str(tmp_path / "out"), "--device", "cpu", "--tile-size", "1"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -674,8 +679,8 @@ def _nan_set(root: Path) -> tuple[Path, Path]:
     some[0, 2] = np.inf
     paths = []
     for name, image in (("a", np.full((64, 64), np.nan, np.float32)), ("b", some), ("c", ramp)):
-        io.write_image(root / "images" / f"{name}.tif", image)
-        io.write_label(root / "labels" / f"{name}.png", label)
+        files.write_image(root / "images" / f"{name}.tif", image)
+        files.write_label(root / "labels" / f"{name}.png", label)
         paths.append(root / "images" / f"{name}.tif")
     return paths[0], paths[1]
 
@@ -696,7 +701,7 @@ def test_training_and_predict_warn_once_per_file_about_non_finite_pixels(tmp_pat
     a, b = _nan_set(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        samples, _ = io.read_labelled_set(tmp_path)
+        samples, _ = read_labelled_set(tmp_path)
     assert [m for m in _tskd_warnings(caught) if "finite" in m] == [f"{a}: {ALL_NAN}",
                                                                     f"{b}: {SOME_NAN}"]
     rgb = {s.name: to_float_rgb(s.image) for s in samples}  # what the message promises

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from tskd.apps.cli import main
-from tskd.data import io, label_policy
-from tskd.data.label_policy import IGNORE_INDEX, LabelMap
+from tskd.data import files, label_map, label_policy
+from tskd.data.label_map import IGNORE_INDEX, LabelMap
+from tskd.data.samples import load_labelled, read_labelled_set
 from tskd.errors import TskdInputError, TskdWarning
 from tskd.inference.metrics import evaluate, evaluate_folders
 
@@ -38,13 +39,13 @@ def _square(value: int, size: int = 16, rows: slice = slice(2, 8),
 
 
 def _write_pair(root: Path, name: str, label: np.ndarray, suffix: str = ".png") -> Path:
-    io.write_image(root / "images" / f"{name}.png", _gray(label.shape[-1]))
+    files.write_image(root / "images" / f"{name}.png", _gray(label.shape[-1]))
     path = root / "labels" / f"{name}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         np.save(path, label)
     else:
-        io.write_label(path, label)
+        files.write_label(path, label)
     return path
 
 
@@ -61,7 +62,7 @@ def test_masks_saved_0_255_and_0_1_give_two_classes(tmp_path: Path) -> None:
     _write_pair(tmp_path, "c", _square(255))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        samples, lmap = io.read_labelled_set(tmp_path)
+        samples, lmap = read_labelled_set(tmp_path)
     assert lmap.num_classes == 2 and lmap.values == (0, 1)
     assert all(set(np.unique(s.label).tolist()) == {0, 1} for s in samples)
     (note,) = _messages(caught)
@@ -72,22 +73,22 @@ def test_masks_all_0_255_are_binary_and_keep_their_values(tmp_path: Path) -> Non
     _write_pair(tmp_path, "a", _square(255))
     _write_pair(tmp_path, "b", _square(255, cols=slice(4, 12)))
     with pytest.warns(TskdWarning, match="only 0 and 255; reading them as background/foreground"):
-        samples, lmap = io.read_labelled_set(tmp_path)
+        samples, lmap = read_labelled_set(tmp_path)
     assert lmap.values == (0, 255) and lmap.num_classes == 2
     assert int(samples[0].label.max()) == 1
 
 
 def test_jpeg_label_is_refused_saying_png_or_tif(tmp_path: Path) -> None:
-    io.write_image(tmp_path / "images" / "a.png", _gray())
-    io.write_image(tmp_path / "labels" / "a.jpg", (_square(1) * 255).astype(np.uint8))
+    files.write_image(tmp_path / "images" / "a.png", _gray())
+    files.write_image(tmp_path / "labels" / "a.jpg", (_square(1) * 255).astype(np.uint8))
     with pytest.raises(TskdInputError, match=r"a\.jpg: JPEG is lossy .* save the labels as PNG "
                                              r"or TIF instead"):
-        io.load_labelled(tmp_path)
+        load_labelled(tmp_path)
     for suffix in (".jpeg", ".JPG"):
         path = tmp_path / f"x{suffix}"
         path.write_bytes((tmp_path / "labels" / "a.jpg").read_bytes())
         with pytest.raises(TskdInputError, match="JPEG is lossy"):
-            io.read_label(path)
+            files.read_label(path)
 
 
 def test_jpeg_compressed_tiff_label_is_refused(tmp_path: Path) -> None:
@@ -97,7 +98,7 @@ def test_jpeg_compressed_tiff_label_is_refused(tmp_path: Path) -> None:
         tif.pages[0].tags["Compression"].overwrite(7)
     with pytest.raises(TskdInputError, match=r"a\.tif: the TIFF is JPEG-compressed, which is "
                                              r"lossy .* save the labels as PNG or as TIF"):
-        io.read_label(path)
+        files.read_label(path)
 
 
 def test_jpeg_like_many_grey_values_are_refused_without_declared_classes(tmp_path: Path) -> None:
@@ -106,13 +107,13 @@ def test_jpeg_like_many_grey_values_are_refused_without_declared_classes(tmp_pat
     _write_pair(tmp_path, "a", label)
     with pytest.raises(TskdInputError, match=r"a\.png holds 100 distinct label values, more "
                                              r"than 64 without a declared class map"):
-        io.load_labelled(tmp_path)
+        load_labelled(tmp_path)
     # the sibling across files: 40 values in each of two files, 79 together
     other = tmp_path / "two"
     _write_pair(other, "a", np.arange(256).reshape(16, 16) % 40)
     _write_pair(other, "b", np.arange(256).reshape(16, 16) % 40 + 39)
     with pytest.raises(TskdInputError, match="holds 79 distinct label values"):
-        io.load_labelled(other)
+        load_labelled(other)
 
 
 def test_many_classes_are_read_when_declared(tmp_path: Path) -> None:
@@ -120,7 +121,7 @@ def test_many_classes_are_read_when_declared(tmp_path: Path) -> None:
     _write_pair(tmp_path, "a", label)
     (tmp_path / "dataset.json").write_text(json.dumps(
         {"labels": {"background": 0, **{f"c{i}": i for i in range(1, 100)}}}))
-    _, lmap = io.read_labelled_set(tmp_path)
+    _, lmap = read_labelled_set(tmp_path)
     assert lmap.num_classes == 100 and lmap.declared and lmap.names[7] == "c7"
 
 
@@ -129,7 +130,7 @@ def test_255_border_without_ignore_is_three_classes_with_the_printed_map(tmp_pat
     label[0, :] = label[-1, :] = 255  # an "ignore" border nobody configured
     _write_pair(tmp_path, "a", label)
     with pytest.warns(TskdWarning, match=r"\{0: 0, 1: 1, 255: 2\}"):
-        (sample,), lmap = io.read_labelled_set(tmp_path)
+        (sample,), lmap = read_labelled_set(tmp_path)
     assert lmap.num_classes == 3 and lmap.values == (0, 1, 255)
     assert set(np.unique(sample.label).tolist()) == {0, 1, 2}
 
@@ -140,7 +141,7 @@ def test_255_border_with_ignore_label_is_two_classes_and_ignored(tmp_path: Path)
     _write_pair(tmp_path, "a", label)
     with warnings.catch_warnings():
         warnings.simplefilter("error", TskdWarning)  # nothing to warn about
-        (sample,), lmap = io.read_labelled_set(tmp_path, ignore_label=255)
+        (sample,), lmap = read_labelled_set(tmp_path, ignore_label=255)
     assert lmap.num_classes == 2 and lmap.ignore_label == 255
     assert (sample.label[0] == IGNORE_INDEX).all()
     assert set(np.unique(sample.label[1:]).tolist()) == {0, 1}
@@ -153,7 +154,7 @@ def test_ignore_label_from_dataset_json(tmp_path: Path) -> None:
     _write_pair(tmp_path, "a", label)
     (tmp_path / "dataset.json").write_text(json.dumps(
         {"labels": {"background": 0, "liver": 1, "tumour": 2, "ignore": 4}}))
-    (sample,), lmap = io.read_labelled_set(tmp_path)
+    (sample,), lmap = read_labelled_set(tmp_path)
     assert lmap.values == (0, 1, 2) and lmap.ignore_label == 4
     assert (sample.label[0] == IGNORE_INDEX).all()
 
@@ -165,7 +166,7 @@ def test_huge_label_value_is_one_clean_error(tmp_path: Path, value: int) -> None
     _write_pair(tmp_path, "a", label, ".npy")
     with pytest.raises(TskdInputError, match=rf"a\.npy: label value {value} is above "
                                              r"4294967295, the largest supported label value"):
-        io.load_labelled(tmp_path)
+        load_labelled(tmp_path)
 
 
 def test_huge_float_label_value_is_one_clean_error(tmp_path: Path) -> None:
@@ -173,13 +174,13 @@ def test_huge_float_label_value_is_one_clean_error(tmp_path: Path) -> None:
     label[0, 0] = 1e20
     _write_pair(tmp_path, "a", label, ".npy")
     with pytest.raises(TskdInputError, match=r"label value 1e\+20 is above 4294967295"):
-        io.load_labelled(tmp_path)
+        load_labelled(tmp_path)
 
 
 def test_large_ids_that_fit_are_remapped_not_allocated(tmp_path: Path) -> None:
     _write_pair(tmp_path, "a", _square(4_000_000_000), ".npy")
     with pytest.warns(TskdWarning, match=r"\{0: 0, 4000000000: 1\}"):
-        (sample,), lmap = io.read_labelled_set(tmp_path)
+        (sample,), lmap = read_labelled_set(tmp_path)
     assert lmap.num_classes == 2 and int(sample.label.max()) == 1
 
 
@@ -188,7 +189,7 @@ def test_class_ids_with_gaps_become_consecutive_classes(tmp_path: Path) -> None:
     _write_pair(tmp_path, "b", _square(5))
     with pytest.warns(TskdWarning, match=r"class ids 0, 1, 5 have gaps; they are read as 3 "
                                          r"consecutive classes \{0: 0, 1: 1, 5: 2\}"):
-        samples, lmap = io.read_labelled_set(tmp_path)
+        samples, lmap = read_labelled_set(tmp_path)
     assert lmap.num_classes == 3 and lmap.values == (0, 1, 5)
     assert {int(v) for s in samples for v in np.unique(s.label)} == {0, 1, 2}
 
@@ -199,24 +200,24 @@ def test_declared_map_is_used_as_given(tmp_path: Path) -> None:
         {"labels": {"background": 0, "liver": 1, "tumour": 5}}))
     with warnings.catch_warnings():
         warnings.simplefilter("error", TskdWarning)  # declared: no gap warning
-        (sample,), lmap = io.read_labelled_set(tmp_path)
+        (sample,), lmap = read_labelled_set(tmp_path)
     assert lmap.values == (0, 1, 5) and lmap.names == ("background", "liver", "tumour")
     assert int(sample.label.max()) == 2
     _write_pair(tmp_path, "b", _square(3))
     with pytest.raises(TskdInputError, match=r"b\.png: label value\(s\) 3 are not among the "
                                              r"declared classes 0, 1, 5"):
-        io.load_labelled(tmp_path)
+        load_labelled(tmp_path)
 
 
 def test_config_classes_declare_the_map_and_win_over_dataset_json(tmp_path: Path) -> None:
     _write_pair(tmp_path, "a", _square(2))
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "x": 1}}))
-    _, lmap = io.read_labelled_set(tmp_path, classes=["bg", "kidney", "cyst"])
+    _, lmap = read_labelled_set(tmp_path, classes=["bg", "kidney", "cyst"])
     assert lmap.values == (0, 1, 2) and lmap.names == ("bg", "kidney", "cyst")
-    _, lmap = io.read_labelled_set(tmp_path, classes={2: "cyst"})
+    _, lmap = read_labelled_set(tmp_path, classes={2: "cyst"})
     assert lmap.values == (0, 2) and lmap.names == ("background", "cyst")
     with pytest.raises(TskdInputError, match="config data.classes: 'x' is not a label value"):
-        io.read_labelled_set(tmp_path, classes={"x": "cyst"})
+        read_labelled_set(tmp_path, classes={"x": "cyst"})
 
 
 def test_config_yaml_classes_forms(tmp_path: Path) -> None:
@@ -238,7 +239,7 @@ def test_binary_declared_map_reads_a_0_255_file_as_its_foreground(tmp_path: Path
     _write_pair(tmp_path, "b", _square(255))
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "cell": 1}}))
     with pytest.warns(TskdWarning, match="1 binary label map"):
-        samples, lmap = io.read_labelled_set(tmp_path)
+        samples, lmap = read_labelled_set(tmp_path)
     assert lmap.values == (0, 1) and [int(s.label.max()) for s in samples] == [1, 1]
 
 
@@ -246,19 +247,19 @@ def test_rgb_tif_label_gets_the_colours_message(tmp_path: Path) -> None:
     colour = np.zeros((16, 16, 3), np.uint8)
     colour[2:6, 2:6] = (255, 0, 0)
     colour[8:12, 8:12] = (0, 255, 0)
-    io.write_image(tmp_path / "images" / "a.png", _gray())
+    files.write_image(tmp_path / "images" / "a.png", _gray())
     (tmp_path / "labels").mkdir()
     tifffile.imwrite(tmp_path / "labels" / "a.tif", colour, photometric="rgb")
     with pytest.raises(TskdInputError, match=r"a\.tif: a label map must have one channel "
                                              r"\(gray or palette\), not colours - colours are "
                                              r"not classes"):
-        io.load_labelled(tmp_path)
-    io.write_image(tmp_path / "x.png", colour)  # the same message as a .png
+        load_labelled(tmp_path)
+    files.write_image(tmp_path / "x.png", colour)  # the same message as a .png
     with pytest.raises(TskdInputError, match="colours are not classes"):
-        io.read_label(tmp_path / "x.png")
+        files.read_label(tmp_path / "x.png")
     gray_rgb = np.repeat(_square(2).astype(np.uint8)[..., None], 3, axis=-1)
     tifffile.imwrite(tmp_path / "g.tif", gray_rgb, photometric="rgb")
-    np.testing.assert_array_equal(io.read_label(tmp_path / "g.tif"), _square(2))
+    np.testing.assert_array_equal(files.read_label(tmp_path / "g.tif"), _square(2))
 
 
 def test_rgb_npy_label_gets_the_colours_message(tmp_path: Path) -> None:
@@ -266,19 +267,19 @@ def test_rgb_npy_label_gets_the_colours_message(tmp_path: Path) -> None:
     colour[2:6, 2:6] = (255, 0, 0)
     _write_pair(tmp_path, "a", colour, ".npy")
     with pytest.raises(TskdInputError, match=r"a\.npy: .*colours are not classes"):
-        io.load_labelled(tmp_path)
+        load_labelled(tmp_path)
     stack = np.zeros((3, 16, 16), np.uint8)  # a (Z, H, W) stack stays a stack
     stack[1, 2:6, 2:6] = 1
     np.save(tmp_path / "s.npy", stack)
-    assert io.read_label(tmp_path / "s.npy").shape == (3, 16, 16)
+    assert files.read_label(tmp_path / "s.npy").shape == (3, 16, 16)
 
 
 def test_evaluate_cli_num_classes_out_of_range_is_one_line(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred").mkdir()
-    io.write_label(tmp_path / "gt" / "a.png", _square(1))
-    io.write_label(tmp_path / "pred" / "a.png", _square(1))
+    files.write_label(tmp_path / "gt" / "a.png", _square(1))
+    files.write_label(tmp_path / "pred" / "a.png", _square(1))
     for n in ("1", str(2**40)):
         assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
                      "-o", str(tmp_path / "m"), "--num-classes", n]) == 2
@@ -292,13 +293,13 @@ def test_evaluate_cli_num_classes_out_of_range_is_one_line(tmp_path: Path,
 
 def test_write_label_refuses_values_a_file_cannot_hold(tmp_path: Path) -> None:
     with pytest.raises(TskdInputError, match="label value 4294967296 is above 4294967295"):
-        io.write_label(tmp_path / "a.tif", _square(2**32))
+        files.write_label(tmp_path / "a.tif", _square(2**32))
     assert not (tmp_path / "a.tif").exists()
 
 
 def test_class_count_is_bounded_before_allocation() -> None:
     from tskd.data.dataset import num_classes
-    from tskd.data.io import Sample
+    from tskd.data.samples import Sample
 
     s = Sample("a", np.zeros((4, 4)), _square(2**40, size=4))
     with pytest.raises(TskdInputError, match="more than 256 classes"):
@@ -313,8 +314,8 @@ def test_class_count_is_bounded_before_allocation() -> None:
 def test_evaluate_0_255_ground_truth_and_empty_prediction_scores_dice_0(tmp_path: Path) -> None:
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred").mkdir()
-    io.write_label(tmp_path / "gt" / "a.png", _square(255))
-    io.write_label(tmp_path / "pred" / "a.png", np.zeros((16, 16), np.int64))
+    files.write_label(tmp_path / "gt" / "a.png", _square(255))
+    files.write_label(tmp_path / "pred" / "a.png", np.zeros((16, 16), np.int64))
     rep = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
     assert rep.summary["dice_mean"] == 0.0 and rep.summary["n_records"] == 1
     assert rep.summary["classes"] == [255]
@@ -329,10 +330,10 @@ def test_evaluate_binary_encodings_score_against_each_other(tmp_path: Path, gt_v
                                                             pred_value: int) -> None:
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred").mkdir()
-    io.write_label(tmp_path / "gt" / "a.png", _square(gt_value))
-    io.write_label(tmp_path / "pred" / "a.png", _square(pred_value))
-    io.write_label(tmp_path / "gt" / "b.png", _square(gt_value))
-    io.write_label(tmp_path / "pred" / "b.png", _square(pred_value, rows=slice(5, 11)))
+    files.write_label(tmp_path / "gt" / "a.png", _square(gt_value))
+    files.write_label(tmp_path / "pred" / "a.png", _square(pred_value))
+    files.write_label(tmp_path / "gt" / "b.png", _square(gt_value))
+    files.write_label(tmp_path / "pred" / "b.png", _square(pred_value, rows=slice(5, 11)))
     rep = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
     dice = {r["image"]: r["dice"] for r in rep.records}
     assert dice["a"] == 1.0 and dice["b"] == pytest.approx(0.5)  # 18 of 36 pixels overlap
@@ -357,8 +358,8 @@ def test_evaluate_with_gaps_averages_over_real_classes_only(tmp_path: Path) -> N
     assert rep.summary["dice_mean"] == pytest.approx(7 / 12)
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred").mkdir()
-    io.write_label(tmp_path / "gt" / "a.png", gt)
-    io.write_label(tmp_path / "pred" / "a.png", pred)
+    files.write_label(tmp_path / "gt" / "a.png", gt)
+    files.write_label(tmp_path / "pred" / "a.png", pred)
     with pytest.warns(TskdWarning, match=r"\{0: 0, 1: 1, 5: 2\}"):
         rep = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
     assert rep.summary["dice_mean"] == pytest.approx(7 / 12)
@@ -368,8 +369,8 @@ def test_evaluate_with_gaps_averages_over_real_classes_only(tmp_path: Path) -> N
 def test_evaluate_counts_a_predicted_non_class_as_wrong(tmp_path: Path) -> None:
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred").mkdir()
-    io.write_label(tmp_path / "gt" / "a.png", _square(1))
-    io.write_label(tmp_path / "pred" / "a.png", _square(3))  # right place, a value never seen
+    files.write_label(tmp_path / "gt" / "a.png", _square(1))
+    files.write_label(tmp_path / "pred" / "a.png", _square(3))  # right place, a value never seen
     with pytest.warns(TskdWarning, match=r"not classes of the ground truth \(e\.g\. .*a\.png: 3\)"):
         rep = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
     assert rep.summary["classes"] == [1] and rep.summary["dice_mean"] == 0.0
@@ -384,8 +385,8 @@ def test_evaluate_leaves_ignored_pixels_out(tmp_path: Path) -> None:
     assert rep.summary["classes"] == [1] and rep.records[0]["dice"] == 1.0
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred").mkdir()
-    io.write_label(tmp_path / "gt" / "a.png", gt)
-    io.write_label(tmp_path / "pred" / "a.png", pred)
+    files.write_label(tmp_path / "gt" / "a.png", gt)
+    files.write_label(tmp_path / "pred" / "a.png", pred)
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
                  "-o", str(tmp_path / "m"), "--ignore-label", "255"]) == 0
     summary = json.loads((tmp_path / "m" / "metrics.json").read_text())["summary"]
@@ -396,8 +397,8 @@ def test_evaluate_cli_refuses_a_jpeg_ground_truth_in_one_line(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred").mkdir()
-    io.write_image(tmp_path / "gt" / "a.jpg", (_square(1) * 255).astype(np.uint8))
-    io.write_label(tmp_path / "pred" / "a.png", _square(1))
+    files.write_image(tmp_path / "gt" / "a.jpg", (_square(1) * 255).astype(np.uint8))
+    files.write_label(tmp_path / "pred" / "a.png", _square(1))
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
                  "-o", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
@@ -439,11 +440,11 @@ def test_predictions_are_written_with_the_original_ids(tmp_path: Path) -> None:
     image = np.zeros((16, 16), np.uint8)
     image[:, 6:11] = 128
     image[:, 11:] = 255
-    io.write_image(tmp_path / "in" / "a.png", image)
+    files.write_image(tmp_path / "in" / "a.png", image)
     seg = Segmenter(_ConstantModel(3), 16, 3, device="cpu")
     (out,) = predict_paths(seg, [tmp_path / "in" / "a.png"], tmp_path / "out",
                            label_values=(0, 1, 5))
-    written = io.read_label(out)
+    written = files.read_label(out)
     assert set(np.unique(written).tolist()) == {0, 1, 5}
     assert (written[:, 11:] == 5).all() and (written[:, :6] == 0).all()
     with pytest.raises(TskdInputError, match="2 label values for a model of 3 classes"):
@@ -482,15 +483,15 @@ def test_check_data_reports_every_file_and_exits_2(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     _write_pair(tmp_path, "good", _square(1))
     _write_pair(tmp_path, "white", _square(255))
-    io.write_image(tmp_path / "images" / "lossy.png", _gray())
-    io.write_image(tmp_path / "labels" / "lossy.jpg", (_square(1) * 255).astype(np.uint8))
+    files.write_image(tmp_path / "images" / "lossy.png", _gray())
+    files.write_image(tmp_path / "labels" / "lossy.jpg", (_square(1) * 255).astype(np.uint8))
     colour = np.zeros((16, 16, 3), np.uint8)
     colour[2:6, 2:6] = (255, 0, 0)
-    io.write_image(tmp_path / "images" / "colour.png", _gray())
-    io.write_image(tmp_path / "labels" / "colour.png", colour)
-    io.write_image(tmp_path / "images" / "small.png", _gray(8))
-    io.write_label(tmp_path / "labels" / "small.png", _square(1))
-    io.write_image(tmp_path / "images" / "nolabel.png", _gray())
+    files.write_image(tmp_path / "images" / "colour.png", _gray())
+    files.write_image(tmp_path / "labels" / "colour.png", colour)
+    files.write_image(tmp_path / "images" / "small.png", _gray(8))
+    files.write_label(tmp_path / "labels" / "small.png", _square(1))
+    files.write_image(tmp_path / "images" / "nolabel.png", _gray())
     before = sorted(p.name for p in tmp_path.rglob("*"))
     assert main(["check-data", str(tmp_path)]) == 2
     out = capsys.readouterr().out
@@ -540,7 +541,7 @@ def test_check_data_on_a_folder_that_is_not_a_set(tmp_path: Path,
 
 def test_policy_helpers_state_their_bounds() -> None:
     assert label_policy.MAX_UNDECLARED_VALUES == 64
-    assert label_policy.MAX_LABEL_VALUE == 2**32 - 1
+    assert label_map.MAX_LABEL_VALUE == 2**32 - 1
     lmap = LabelMap.from_values([1, 5])
     np.testing.assert_array_equal(lmap.encode(np.array([0, 5, 1])), [0, 2, 1])
     np.testing.assert_array_equal(lmap.decode(np.array([0, 2, 1])), [0, 5, 1])
@@ -567,11 +568,11 @@ def test_gap_ids_train_store_the_map_and_predict_original_ids(
         image = np.zeros((64, 64), np.uint8)
         image[8:24, 8:24] = 120
         image[40:56, 40:56] = 250
-        io.write_image(data / "images" / f"c{i}.png", image)
+        files.write_image(data / "images" / f"c{i}.png", image)
         label = np.zeros((64, 64), np.uint8)
         label[8:24, 8:24] = 1
         label[40:56, 40:56] = 5
-        io.write_label(data / "labels" / f"c{i}.png", label)
+        files.write_label(data / "labels" / f"c{i}.png", label)
     train = {"epochs": 1, "batch_size": 2, "device": "cpu", "max_steps": 1}
     cfg = {"run_dir": str(tmp_path / "run"),
            "data": {"labelled": str(data), "image_size": 64, "val_fraction": 0.0},
@@ -591,8 +592,8 @@ def test_gap_ids_train_store_the_map_and_predict_original_ids(
     model, _ = bundle.load_bundle(tmp_path / "run" / "student")
     seg = Segmenter(model, 64, 3, device="cpu")
     for i in range(3):
-        written = io.read_label(tmp_path / "pred" / f"c{i}.png")
-        indices = seg.segment(io.read_image(data / "images" / f"c{i}.png"))
+        written = files.read_label(tmp_path / "pred" / f"c{i}.png")
+        indices = seg.segment(files.read_image(data / "images" / f"c{i}.png"))
         np.testing.assert_array_equal(written, np.array([0, 1, 5])[indices])
         assert set(np.unique(written).tolist()) <= {0, 1, 5}
 
@@ -627,15 +628,15 @@ def test_evaluate_folder_scores_every_class_of_the_model(tmp_path: Path) -> None
     image[:, 11:] = 255  # the constant model predicts class 2 (value 5) there
     label = np.zeros((16, 16), np.uint8)
     label[:, 11:] = 5
-    io.write_image(tmp_path / "images" / "a.png", image)
-    io.write_label(tmp_path / "labels" / "a.png", label)
+    files.write_image(tmp_path / "images" / "a.png", image)
+    files.write_label(tmp_path / "labels" / "a.png", label)
     seg = Segmenter(_ConstantModel(3), 16, 3, device="cpu")
     lmap = LabelMap.from_values([1, 5], {1: "kidney", 5: "cyst"})
     report, _ = evaluate_folder(seg, tmp_path, lmap)
     dice = {r["class"]: r["dice"] for r in report.records}
     assert report.summary["classes"] == [1, 5] and dice[5] == 1.0
     assert report.summary["per_class"]["5"]["name"] == "cyst"
-    io.write_label(tmp_path / "labels" / "a.png", label // 5 * 7)  # value 7: not a class
+    files.write_label(tmp_path / "labels" / "a.png", label // 5 * 7)  # value 7: not a class
     with pytest.raises(TskdInputError, match=r"a\.png: label value\(s\) 7 are not among the "
                                              r"declared classes 0, 1, 5"):
         evaluate_folder(seg, tmp_path, lmap)
@@ -659,7 +660,7 @@ def test_255_as_one_files_foreground_and_another_files_third_value_is_refused(
         tmp_path: Path, other: int) -> None:
     _conflict_set(tmp_path, other)
     with pytest.raises(TskdInputError) as info:
-        io.read_labelled_set(tmp_path)
+        read_labelled_set(tmp_path)
     assert str(info.value) == (
         f"{tmp_path / 'labels'}: 255 is the foreground of b.png (saved 0/255) but a value "
         f"beside {other} in c.png; {CONFLICT_TAIL}")
@@ -671,7 +672,7 @@ def test_255_conflict_without_0_1_files_is_refused_too(tmp_path: Path) -> None:
     _write_pair(tmp_path, "c", _square(1) + _square(255, rows=slice(10, 14)))
     _write_pair(tmp_path, "e", _square(2) + _square(255, rows=slice(10, 14)))
     with pytest.raises(TskdInputError) as info:
-        io.read_labelled_set(tmp_path)
+        read_labelled_set(tmp_path)
     assert str(info.value) == (
         f"{tmp_path / 'labels'}: 255 is the foreground of b.png, d.png (saved 0/255) but a value "
         f"beside 1 in c.png; beside 2 in e.png; {CONFLICT_TAIL}")
@@ -697,7 +698,7 @@ def test_255_conflict_with_ignore_label_ignores_255_everywhere(tmp_path: Path,
     _conflict_set(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        samples, lmap = io.read_labelled_set(tmp_path, ignore_label=255)
+        samples, lmap = read_labelled_set(tmp_path, ignore_label=255)
     assert lmap.values == (0, 1) and lmap.ignore_label == 255
     by_name = {s.name: s.label for s in samples}
     assert set(np.unique(by_name["b"]).tolist()) == {0, IGNORE_INDEX}  # no foreground left
@@ -719,7 +720,7 @@ def test_255_conflict_with_ignore_label_ignores_255_everywhere(tmp_path: Path,
 
 def test_255_conflict_with_declared_classes_reads_them_as_declared(tmp_path: Path) -> None:
     _conflict_set(tmp_path)
-    samples, lmap = io.read_labelled_set(tmp_path, classes={0: "bg", 1: "cell", 255: "edge"})
+    samples, lmap = read_labelled_set(tmp_path, classes={0: "bg", 1: "cell", 255: "edge"})
     assert lmap.values == (0, 1, 255) and lmap.num_classes == 3
     by_name = {s.name: s.label for s in samples}
     assert set(np.unique(by_name["b"]).tolist()) == {0, 2}  # 255 is class 2, as declared
@@ -737,7 +738,7 @@ def test_nnunet_region_labels_are_refused_in_one_line(tmp_path: Path,
                 "region-based training), which is not supported; declare plain classes, one "
                 'label value per name (e.g. {"kidney": 1})')
     with pytest.raises(TskdInputError) as info:
-        io.read_labelled_set(tmp_path)
+        read_labelled_set(tmp_path)
     assert str(info.value) == expected
     assert main(["check-data", str(tmp_path)]) == 2
     out = capsys.readouterr().out
@@ -753,7 +754,7 @@ def test_nnunet_ignore_label_in_both_forms(tmp_path: Path, labels: dict[str, Any
     label[12:16, :] = 3  # the ignore band
     _write_pair(tmp_path, "a", label)
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": labels}))
-    samples, lmap = io.read_labelled_set(tmp_path)
+    samples, lmap = read_labelled_set(tmp_path)
     assert lmap.values == (0, 1) and lmap.names == ("background", "liver")
     assert lmap.ignore_label == 3 and lmap.num_classes == 2
     assert int((samples[0].label == IGNORE_INDEX).sum()) == 64
@@ -768,8 +769,8 @@ def _eval_pair(root: Path, gt_value: int, pred_value: int) -> None:
     (root / "gt").mkdir()
     (root / "pred").mkdir()
     for name, rows in (("a", slice(2, 8)), ("b", slice(5, 11))):
-        io.write_label(root / "gt" / f"{name}.png", _square(gt_value))
-        io.write_label(root / "pred" / f"{name}.png", _square(pred_value, rows=rows))
+        files.write_label(root / "gt" / f"{name}.png", _square(gt_value))
+        files.write_label(root / "pred" / f"{name}.png", _square(pred_value, rows=rows))
 
 
 @pytest.mark.parametrize(("gt_value", "pred_value"), [(2, 1), (2, 255), (255, 1), (1, 255)])
@@ -805,8 +806,8 @@ def test_evaluate_binary_prediction_against_multi_class_ground_truth_is_wrong(
         tmp_path: Path) -> None:
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred").mkdir()
-    io.write_label(tmp_path / "gt" / "a.png", _square(1) + _square(2, rows=slice(10, 14)))
-    io.write_label(tmp_path / "pred" / "a.png", _square(255))  # 255 is no class here
+    files.write_label(tmp_path / "gt" / "a.png", _square(1) + _square(2, rows=slice(10, 14)))
+    files.write_label(tmp_path / "pred" / "a.png", _square(255))  # 255 is no class here
     with pytest.warns(TskdWarning, match=r"not classes of the ground truth \(e\.g\. .*: 255\)"):
         rep = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
     assert {r["class"]: r["dice"] for r in rep.records} == {1: 0.0, 2: 0.0}
@@ -819,14 +820,14 @@ def test_la_png_label_says_it_has_2_channels(tmp_path: Path,
                                              capsys: pytest.CaptureFixture) -> None:
     from PIL import Image
 
-    io.write_image(tmp_path / "images" / "a.png", _gray())
+    files.write_image(tmp_path / "images" / "a.png", _gray())
     (tmp_path / "labels").mkdir()
     la = np.stack([_square(1).astype(np.uint8), np.full((16, 16), 255, np.uint8)], axis=-1)
     Image.fromarray(la, mode="LA").save(tmp_path / "labels" / "a.png")
     expected = (f"{tmp_path / 'labels' / 'a.png'}: the label map has 2 channels (gray and alpha); "
                 "a label map must have one - save it as a gray or palette image without alpha")
     with pytest.raises(TskdInputError) as info:
-        io.read_labelled_set(tmp_path)
+        read_labelled_set(tmp_path)
     assert str(info.value) == expected
     assert main(["check-data", str(tmp_path)]) == 2
     out = capsys.readouterr().out
@@ -834,13 +835,13 @@ def test_la_png_label_says_it_has_2_channels(tmp_path: Path,
 
 
 def test_tiff_label_stack_for_a_2d_image_says_so(tmp_path: Path) -> None:
-    io.write_image(tmp_path / "images" / "a.png", _gray(64))
+    files.write_image(tmp_path / "images" / "a.png", _gray(64))
     (tmp_path / "labels").mkdir()
     label = np.zeros((2, 64, 64), np.uint8)
     label[:, 2:8, 2:8] = 1
     tifffile.imwrite(tmp_path / "labels" / "a.tif", label)
     with pytest.raises(TskdInputError) as info:
-        io.read_labelled_set(tmp_path)
+        read_labelled_set(tmp_path)
     assert str(info.value) == (
         f"{tmp_path / 'labels' / 'a.tif'}: the label map is a stack of 2 slices (2, 64, 64) but "
         "its image a.png is 2D (64, 64); a 2D image needs one label map (H, W)")
@@ -849,7 +850,7 @@ def test_tiff_label_stack_for_a_2d_image_says_so(tmp_path: Path) -> None:
 @pytest.mark.parametrize("suffix", [".tif", ".npy"])
 def test_label_with_channels_last_for_a_2d_image_says_channels(tmp_path: Path,
                                                               suffix: str) -> None:
-    io.write_image(tmp_path / "images" / "a.png", _gray(64))
+    files.write_image(tmp_path / "images" / "a.png", _gray(64))
     (tmp_path / "labels").mkdir()
     label = np.zeros((64, 64, 2), np.uint8)
     label[2:8, 2:8] = 1
@@ -860,7 +861,7 @@ def test_label_with_channels_last_for_a_2d_image_says_channels(tmp_path: Path,
         tifffile.imwrite(path, label, photometric="minisblack", planarconfig="contig",
                          metadata={"axes": "YXS"})
     with pytest.raises(TskdInputError) as info:
-        io.read_labelled_set(tmp_path)
+        read_labelled_set(tmp_path)
     assert str(info.value) == (
         f"{path}: the label map has 2 channels (shape (64, 64, 2)); a label map must have one - "
         "save the class ids of a.png as one gray or palette image (H, W)")

@@ -24,7 +24,7 @@ from tiny_setup import TINY_SIZE, write_tiny_sam, write_tiny_task
 from tskd.apps.cli import main
 from tskd.atomic import load_weights_only
 from tskd.config import LoraSettings, StudentConfig
-from tskd.data import io
+from tskd.data.files import read_image
 from tskd.errors import TskdError
 from tskd.inference import bundle
 from tskd.models.lora import apply_lora, load_teacher, save_teacher
@@ -216,7 +216,7 @@ def test_route_npy_image(tmp_path: Path, marker: Path) -> None:
     """Route 13: an object .npy (a pickle inside) as an image; np.load refuses pickles."""
     path = tmp_path / "evil.npy"
     np.save(path, np.array([_Payload(marker)], dtype=object), allow_pickle=True)
-    assert _refused(lambda: io.read_image(path)) == (
+    assert _refused(lambda: read_image(path)) == (
         f"cannot read {path}: the file is corrupt or not a valid .npy image"
     )
 

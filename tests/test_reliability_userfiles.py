@@ -24,7 +24,8 @@ import torch
 from tiny_setup import TINY_SIZE, tiny_config, write_tiny_sam, write_tiny_task
 from tskd.apps.cli import main
 from tskd.config import RunConfig, from_dict
-from tskd.data import io, outputs
+from tskd.data import folders, outputs, samples
+from tskd.data.files import read_label, write_image, write_label
 from tskd.errors import CheckpointError, RunFolderError, TskdInputError, TskdWarning
 from tskd.pipeline import run_folder
 
@@ -62,7 +63,7 @@ def _scans(folder: Path, n: int = 2) -> dict[Path, bytes]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for k in range(n):
-        io.write_image(folder / f"case_{k}.png", rng.integers(0, 255, (40, 40), dtype=np.uint8))
+        write_image(folder / f"case_{k}.png", rng.integers(0, 255, (40, 40), dtype=np.uint8))
     return {p: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
@@ -131,7 +132,7 @@ def test_predict_into_a_ground_truth_folder_needs_overwrite(tmp_path: Path, stud
     labels = tmp_path / "data" / "labels"
     gt = {}
     for k in range(2):  # ground truth saved as tif: the prediction would be case_k.png
-        io.write_label(labels / f"case_{k}.tif", np.ones((40, 40), np.uint8))
+        write_label(labels / f"case_{k}.tif", np.ones((40, 40), np.uint8))
         gt[labels / f"case_{k}.tif"] = (labels / f"case_{k}.tif").read_bytes()
     assert main(["predict", str(images), "--model", str(student), "-o", str(labels)]) == 2
     line = _error_line(capsys)
@@ -186,7 +187,7 @@ def test_evaluate_output_rules(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     gt = tmp_path / "gt"
     pred = tmp_path / "pred"
     for folder in (gt, pred):
-        io.write_label(folder / "a.png", np.eye(8, dtype=np.uint8))
+        write_label(folder / "a.png", np.eye(8, dtype=np.uint8))
     base = ["evaluate", "--pred", str(pred), "--gt", str(gt)]
     before = _digest(gt)
     assert main([*base, "-o", str(gt)]) == 2
@@ -555,8 +556,8 @@ def test_data_widget_keeps_pairs_whose_names_collide(make_napari_viewer, tskd_gu
         image = np.full((16, 16), 40 * (k + 1), np.uint8)
         label = np.zeros((16, 16), np.uint8)
         label[2:2 + 3 * (k + 1), 2:8] = 1
-        io.write_image(folder / "images" / f"{name}.png", image)
-        io.write_label(folder / "labels" / f"{name}.png", label)
+        write_image(folder / "images" / f"{name}.png", image)
+        write_label(folder / "labels" / f"{name}.png", label)
     viewer = make_napari_viewer()
     w = DataWidget(viewer)
     w.source.value = "folder"
@@ -564,7 +565,7 @@ def test_data_widget_keeps_pairs_whose_names_collide(make_napari_viewer, tskd_gu
     assert w.use_data()
     labels = tskd_gui_env / "data" / "labels"
     assert sorted(p.stem for p in labels.iterdir()) == ["case_1", "case_1_2", "case_1_3"]
-    sums = sorted(int(io.read_label(p).sum()) for p in labels.iterdir())
+    sums = sorted(int(read_label(p).sum()) for p in labels.iterdir())
     assert sums == [18, 36, 54]  # three distinct pairs, none lost
     warned = [m for s, m in notes.all() if s.lower() == "warning"]
     assert len(warned) == 1 and "kept apart" in warned[0]
@@ -607,8 +608,8 @@ def test_a_dataset_folder_as_unlabelled_gives_its_images_not_its_labels(
     manifest = json.loads((tmp_path / "run" / "transfer" / "manifest.json").read_text())
     images = [str(data / "test" / "images" / f"kidney_us_test_{k:04d}.png") for k in range(3)]
     assert manifest["unlabelled"] == images
-    assert [str(p) for p in io.data_files(data / "test", "unlabelled")] == images
-    assert len(io.load_unlabelled(data / "test")) == 3  # the loader reads the same three
+    assert [str(p) for p in folders.data_files(data / "test", "unlabelled")] == images
+    assert len(samples.load_unlabelled(data / "test")) == 3  # the loader reads the same three
     before = stages._synth_fp(cfg, "x")
     (data / "test" / "labels" / "kidney_us_test_0000.png").write_bytes(b"edited label")
     assert stages._synth_fp(cfg, "x") == before  # a label file is not a transfer image
@@ -624,23 +625,23 @@ def test_data_folders_are_never_read_recursively(tmp_path: Path, sam: Path) -> N
     stray = [unl / "old_run" / "transfer" / "synthetic" / "s_0000.png",
              data / "train" / "notes" / "sketch.png", data / "train" / "images" / "x" / "y.png"]
     for p in stray:
-        io.write_image(p, np.zeros((8, 8), np.uint8))
-    unl_files = io.data_files(data / "unlabelled", "unlabelled")
+        write_image(p, np.zeros((8, 8), np.uint8))
+    unl_files = folders.data_files(data / "unlabelled", "unlabelled")
     assert [p.name for p in unl_files] == ["kidney_us_unlabelled_0000.png",
                                            "kidney_us_unlabelled_0001.png"]
-    lab_files = io.data_files(data / "train", "labelled")
+    lab_files = folders.data_files(data / "train", "labelled")
     assert [p.relative_to(data / "train").as_posix() for p in lab_files] == [
         "images/kidney_us_train_0000.png", "images/kidney_us_train_0001.png",
         "labels/kidney_us_train_0000.png", "labels/kidney_us_train_0001.png"]
-    assert io.data_files(data / "train", "test") == lab_files
+    assert folders.data_files(data / "train", "test") == lab_files
     cfg = from_dict(RunConfig, tiny_config(data, sam, tmp_path / "run"))
     fp = stages.load_labelled_data(cfg).fingerprint
-    io.write_image(data / "train" / "notes" / "sketch2.png", np.ones((8, 8), np.uint8))
+    write_image(data / "train" / "notes" / "sketch2.png", np.ones((8, 8), np.uint8))
     assert stages.load_labelled_data(cfg).fingerprint == fp
     label = data / "train" / "labels" / "kidney_us_train_0001.png"
-    lab = io.read_label(label)
+    lab = read_label(label)
     lab[0, 0] = 1
-    io.write_label(label, lab)
+    write_label(label, lab)
     assert stages.load_labelled_data(cfg).fingerprint != fp
 
 
@@ -795,7 +796,7 @@ def test_a_folder_where_an_output_file_goes_is_refused_even_with_overwrite(
     images = tmp_path / "images"
     _scans(images)
     gt = tmp_path / "gt"
-    io.write_label(gt / "case_0.png", np.eye(8, dtype=np.uint8))
+    write_label(gt / "case_0.png", np.eye(8, dtype=np.uint8))
     args, blocked = {
         "predict": (["predict", "--model", str(student), str(images), "-o", str(out)],
                     out / "case_0.png"),

@@ -30,11 +30,11 @@ def write_figures(out: Path, runs: dict[str, Any], n_examples: int = 4) -> Path 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tskd.data import io
+    from tskd.data import samples
     from tskd.inference.predict import segmenter_from_bundle
     from tskd.pipeline.run_folder import RunPaths
 
-    test = io.load_labelled(Path(runs["ts_kd"].data.labelled).parent / "test")[:n_examples]
+    test = samples.load_labelled(Path(runs["ts_kd"].data.labelled).parent / "test")[:n_examples]
     if not test:
         return None
     models: dict[str, Any] = {}

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from tskd.data import files, folders, label_policy, samples
+from tskd.data.axes import ImageAxes
 from tskd.errors import TskdError, TskdInputError
 
 _SHOWN_VALUES = 12
@@ -65,13 +67,11 @@ class CheckReport:
 
 
 def _read_label(path: Path, fc: FileCheck) -> np.ndarray | None:
-    from tskd.data import io, label_policy
-
     try:
         label_policy.check_label_file_format(path)
-        raw = io._read_raw(path, palette_indices=True)
+        raw = files.read_raw(path, palette_indices=True)
         fc.label_dtype = str(np.asarray(raw).dtype)
-        label = io.label_from_raw(raw, path)
+        label = files.label_from_raw(raw, path)
     except TskdError as exc:
         fc.errors.append(str(exc))
         return None
@@ -81,11 +81,77 @@ def _read_label(path: Path, fc: FileCheck) -> np.ndarray | None:
 
 def _check_finite(path: Path, image: np.ndarray, fc: FileCheck) -> None:
     """NaN/inf pixels of one image file: an error when none is finite, else a warning."""
-    from tskd.data import io
-
-    problem = io.nonfinite_problem(path, image)
+    problem = files.nonfinite_problem(path, image)
     if problem is not None:
         (fc.errors if problem[1] else fc.warnings).append(problem[0])
+
+
+def _cases(folder: Path, image_dir: Path, label_dir: Path, nnunet: bool,
+           case_problems: dict[str, str]) -> tuple[dict[str, list[Path]], dict[str, Path]]:
+    """({case: image files}, {case: label file}); nnU-Net case problems go to
+    ``case_problems``. Raises ``TskdInputError`` for files that cannot be paired at all."""
+    if nnunet:
+        cases = folders.nnunet_cases(image_dir, folders.declared_channels(folder), case_problems)
+    else:
+        cases = {n: [p] for n, p in folders.by_stem(files.list_images(image_dir)).items()}
+    return cases, folders.by_stem(files.list_images(label_dir))
+
+
+def _read_image(paths: list[Path], label: np.ndarray | None, folder: Path,
+                fc: FileCheck) -> tuple[np.ndarray | None, ImageAxes | None]:
+    """A case's image read as training reads it (metadata, else what fits the label), its
+    warnings and non-finite pixels recorded in ``fc``."""
+    fc.image = ", ".join(str(p.relative_to(folder)) for p in paths)
+    image, axes = None, None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image, axes = samples.read_case(
+                paths, label.shape if label is not None else None, check_finite=False)
+        fc.warnings += [str(w.message) for w in caught]
+        fc.image_shape, fc.image_dtype = list(image.shape), str(image.dtype)
+    except TskdError as exc:
+        fc.errors.append(str(exc))
+    if image is not None:  # nnU-Net channel files are the merged image's channels
+        parts = [image] if len(paths) == 1 else [image[..., i] for i in range(len(paths))]
+        for p, part in zip(paths, parts, strict=True):
+            _check_finite(p, part, fc)
+    return image, axes
+
+
+def _check_case(name: str, paths: list[Path] | None, label_path: Path | None, folder: Path,
+                dirs: tuple[Path, Path], problem: str | None,
+                fc: FileCheck) -> np.ndarray | None:
+    """Check one case's files into ``fc`` (``problem``: its nnU-Net channel files' problem);
+    returns its label's distinct values, if read."""
+    image_dir, label_dir = dirs
+    label = None
+    if label_path is not None:
+        fc.label = str(label_path.relative_to(folder))
+        label = _read_label(label_path, fc)
+    if problem is not None:
+        fc.errors.append(problem)
+    image, axes = None, None
+    if paths:
+        image, axes = _read_image(paths, label, folder, fc)
+    else:
+        fc.warnings.append(f"{label_path}: a label without an image of the same name "
+                           f"in {image_dir.name}/ (not used)")
+    if label_path is None:
+        fc.warnings.append(f"no label file for {name} in {label_dir.name}/ (the image is "
+                           "not used for training)")
+        return None
+    if label is None:
+        return None
+    if image is not None and paths:
+        try:
+            samples.fit_to_label(image, label, paths[0], label_path, axes)
+        except TskdError as exc:
+            fc.errors.append(str(exc))
+    values = label_policy.distinct_values(label)
+    fc.n_values = int(values.size)
+    fc.values = [int(v) for v in values[:_SHOWN_VALUES]]
+    return values
 
 
 def check_folder(
@@ -97,70 +163,27 @@ def check_folder(
     ``data.ignore_label``. Problems of files are collected in the report, never raised; a
     folder that is not a labelled set at all raises ``TskdInputError``.
     """
-    from tskd.data import io, label_policy
-
     folder = Path(folder)
     if not folder.is_dir():
         raise TskdInputError(f"labelled data folder not found: {folder}")
-    image_dir, label_dir, nnunet = io._labelled_dirs(folder)
+    image_dir, label_dir, nnunet = folders.labelled_dirs(folder)
     report = CheckReport(str(folder), [])
     case_problems: dict[str, str] = {}
     try:
-        if nnunet:
-            cases = io._nnunet_cases(image_dir, io._declared_channels(folder), case_problems)
-        else:
-            cases = {n: [p] for n, p in io._by_stem(io.list_images(image_dir)).items()}
-        labels = io._by_stem(io.list_images(label_dir))
+        cases, labels = _cases(folder, image_dir, label_dir, nnunet, case_problems)
     except TskdInputError as exc:
         report.errors.append(str(exc))
         return report
     if not cases:
-        report.errors.append(str(io._no_images_error(image_dir)))
+        report.errors.append(str(folders.no_images_error(image_dir)))
     read: list[tuple[FileCheck, np.ndarray]] = []
     for name in sorted(set(cases) | set(labels)):
         fc = FileCheck(name)
         report.files.append(fc)
-        paths = cases.get(name)
-        label = None
-        if name in labels:
-            fc.label = str(labels[name].relative_to(folder))
-            label = _read_label(labels[name], fc)
-        image, axes = None, None
-        if name in case_problems:
-            fc.errors.append(case_problems[name])
-        if paths:
-            fc.image = ", ".join(str(p.relative_to(folder)) for p in paths)
-            try:  # axes read as training reads them: metadata, else what fits the label
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    image, axes = io._read_case(
-                        paths, label.shape if label is not None else None, check_finite=False)
-                fc.warnings += [str(w.message) for w in caught]
-                fc.image_shape, fc.image_dtype = list(image.shape), str(image.dtype)
-            except TskdError as exc:
-                fc.errors.append(str(exc))
-            if image is not None:  # nnU-Net channel files are the merged image's channels
-                parts = [image] if len(paths) == 1 else [image[..., i] for i in range(len(paths))]
-                for p, part in zip(paths, parts, strict=True):
-                    _check_finite(p, part, fc)
-        else:
-            fc.warnings.append(f"{labels[name]}: a label without an image of the same name "
-                               f"in {image_dir.name}/ (not used)")
-        if name not in labels:
-            fc.warnings.append(f"no label file for {name} in {label_dir.name}/ (the image is "
-                               "not used for training)")
-            continue
-        if label is None:
-            continue
-        if image is not None and paths:
-            try:
-                io._fit_to_label(image, label, paths[0], labels[name], axes)
-            except TskdError as exc:
-                fc.errors.append(str(exc))
-        values = label_policy.distinct_values(label)
-        fc.n_values = int(values.size)
-        fc.values = [int(v) for v in values[:_SHOWN_VALUES]]
-        read.append((fc, values))
+        values = _check_case(name, cases.get(name), labels.get(name), folder,
+                             (image_dir, label_dir), case_problems.get(name), fc)
+        if values is not None:
+            read.append((fc, values))
     try:
         declared = label_policy.resolve_declared(folder, classes, ignore_label)
     except TskdInputError as exc:
@@ -170,7 +193,16 @@ def check_folder(
         [(str(labels[fc.case]), values) for fc, values in read], declared, ignore_label,
         where=str(label_dir),
     )
-    by_path = {str(labels[fc.case]): fc for fc, _ in read}
+    _report_decision(report, decision, {str(labels[fc.case]): fc for fc, _ in read})
+    for fc, values in read:
+        if fc.how and not fc.errors and values.size == 1 and int(values[0]) == 0:
+            fc.warnings.append(f"{labels[fc.case]}: background only (no class)")
+    return report
+
+
+def _report_decision(report: CheckReport, decision: label_policy.MapDecision,
+                     by_path: dict[str, FileCheck]) -> None:
+    """The label policy's decision for the set, each message given to its file."""
     for err in [e for e in decision.errors if e not in decision.summarised]:
         target = next((fc for p, fc in by_path.items()
                        if err.startswith((p + ":", p + " "))), None)
@@ -181,9 +213,6 @@ def check_folder(
         by_path[path].errors += errs
     for path, warns in decision.file_warnings.items():
         by_path[path].warnings += warns
-    for fc, values in read:
-        if fc.how and not fc.errors and values.size == 1 and int(values[0]) == 0:
-            fc.warnings.append(f"{labels[fc.case]}: background only (no class)")
     report.notes += decision.notes
     report.warnings += [w for w in decision.warnings if w not in decision.summarised]
     lm = decision.label_map
@@ -192,7 +221,6 @@ def check_folder(
         report.class_names = list(lm.names)
         report.ignore_label = lm.ignore_label
         report.classes_declared = lm.declared
-    return report
 
 
 def format_report(report: CheckReport) -> str:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from tskd.data.io import Sample
+from tskd.data.samples import Sample
 from tskd.errors import TskdInputError, TskdWarning
 
 ContrastLimits = Sequence[float] | None
@@ -140,11 +140,11 @@ def label_to_tensor(label: np.ndarray, size: int) -> torch.Tensor:
 def num_classes(samples: Sequence[Sample]) -> int:
     """Classes including background: the largest class index + 1 (at least 2).
 
-    Sample labels hold class indices (``tskd.data.io.read_labelled_set`` maps label values to
+    Sample labels hold class indices (``tskd.data.samples.read_labelled_set`` maps label values to
     them). Raises ``TskdInputError`` when there is no label, or when the count would exceed
-    ``tskd.data.label_policy.MAX_CLASSES`` (checked before anything is allocated per class).
+    ``tskd.data.label_map.MAX_CLASSES`` (checked before anything is allocated per class).
     """
-    from tskd.data.label_policy import MAX_CLASSES
+    from tskd.data.label_map import MAX_CLASSES
 
     labels = [s.label for s in samples if s.label is not None]
     if not labels:
@@ -153,7 +153,7 @@ def num_classes(samples: Sequence[Sample]) -> int:
     if n > MAX_CLASSES:
         raise TskdInputError(
             f"labels go up to {n - 1}, more than {MAX_CLASSES} classes; read them with "
-            "tskd.data.io.read_labelled_set, which maps label values to consecutive classes"
+            "tskd.data.samples.read_labelled_set, which maps label values to consecutive classes"
         )
     return n
 

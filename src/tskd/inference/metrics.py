@@ -100,7 +100,7 @@ def _check_inputs(
 
 def _as_values(arr: np.ndarray, name: str, what: str) -> np.ndarray:
     """A label map's values as int64, refusing non-integer, negative or too large values."""
-    from tskd.data.label_policy import check_values
+    from tskd.data.label_map import check_values
 
     a = np.asarray(arr)
     if a.dtype.kind not in "iubf":
@@ -187,7 +187,7 @@ def validation_dice(
 
     Args:
         model: maps float (B, 3, size, size) in [0, 1] to logits (B, C, size, size).
-        samples: ``tskd.data.io.Sample`` with labels (class indices; ``label_policy.IGNORE_INDEX``
+        samples: ``tskd.data.samples.Sample`` with labels (class indices; ``label_map.IGNORE_INDEX``
             pixels are left out), resized to ``size`` as in training (``tskd.data.dataset``).
         size: the model's input side in pixels.
         num_classes: classes including the background.
@@ -200,7 +200,7 @@ def validation_dice(
     from torch.utils.data import DataLoader
 
     from tskd.data.dataset import LabelledDataset
-    from tskd.data.label_policy import IGNORE_INDEX
+    from tskd.data.label_map import IGNORE_INDEX
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -290,7 +290,8 @@ def _scored_classes(
 ) -> list[int]:
     """The foreground label values to score: declared (``classes``, ``num_classes``) or seen
     in the ground truth; bounded before anything is allocated per class."""
-    from tskd.data.label_policy import MAX_CLASSES, MAX_UNDECLARED_VALUES
+    from tskd.data.label_map import MAX_CLASSES
+    from tskd.data.label_policy import MAX_UNDECLARED_VALUES
 
     if classes is not None:
         scored = sorted({int(c) for c in classes} - {0})
@@ -437,17 +438,17 @@ def write_report(report: EvalReport, out_dir: str | Path) -> tuple[Path, Path]:
 
 
 def _label_files(folder: Path) -> dict[str, Path]:
-    from tskd.data import io
+    from tskd.data.files import list_images, stem
 
     if not folder.is_dir():
         raise TskdInputError(f"label folder not found: {folder}")
-    files = io.list_images(folder)
+    files = list_images(folder)
     if not files:  # an images/+labels/ or nnU-Net folder given instead of the labels themselves
         for sub in ("labels", "labelsTr", "labelsTs"):
             if (folder / sub).is_dir():
-                files = io.list_images(folder / sub)
+                files = list_images(folder / sub)
                 break
-    return {io.stem(f): f for f in files}
+    return {stem(f): f for f in files}
 
 
 def evaluate_folders(
@@ -472,7 +473,8 @@ def evaluate_folders(
     note naming the files (see the module docstring). Scores cover the map's foreground
     classes and are reported by label value.
     """
-    from tskd.data import io, label_policy
+    from tskd.data import label_map, label_policy
+    from tskd.data.files import read_label
 
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     gt_files = _label_files(gt_dir)
@@ -487,18 +489,18 @@ def evaluate_folders(
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise TskdInputError(f"no prediction in {pred_dir} for {len(missing)} label(s): {shown}")
     names = sorted(gt_files)
-    gts_raw = [io.read_label(gt_files[n]) for n in names]
-    preds_raw = [io.read_label(pred_files[n]) for n in names]
+    gts_raw = [read_label(gt_files[n]) for n in names]
+    preds_raw = [read_label(pred_files[n]) for n in names]
 
-    if num_classes is not None and not 2 <= num_classes <= label_policy.MAX_CLASSES:
-        raise TskdInputError(f"num_classes must be in 2..{label_policy.MAX_CLASSES} (background "
+    if num_classes is not None and not 2 <= num_classes <= label_map.MAX_CLASSES:
+        raise TskdInputError(f"num_classes must be in 2..{label_map.MAX_CLASSES} (background "
                              f"+ classes), got {num_classes}")
-    declared = label_policy.declared_from_config(classes, ignore_label)
+    declared = label_map.declared_from_config(classes, ignore_label)
     if declared is None and num_classes is not None:
-        declared = label_policy.LabelMap.identity(num_classes, class_names, ignore_label)
+        declared = label_map.LabelMap.identity(num_classes, class_names, ignore_label)
     if declared is None:
         for folder in (gt_dir, gt_dir.parent):
-            declared = label_policy.declared_map(folder, ignore_label)
+            declared = label_map.declared_map(folder, ignore_label)
             if declared is not None:
                 break
     gt_dec = label_policy.infer_map(

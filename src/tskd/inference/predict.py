@@ -4,7 +4,7 @@ Every input goes the same way: ``tskd.data.dataset.to_float_rgb`` (gray, RGB, 16
 multi-channel -> float RGB in [0, 1]), bilinear resize to the model's square input, forward,
 bilinear resize of the *logits* back to the input's height and width, then argmax (or
 softmax). Stacks (Z, H, W[, C]) run slice by slice in batches. How an array's axes are read
-(image, channels, stack) is ``tskd.data.io.image_axes``'s decision, the same as in training.
+(image, channels, stack) is ``tskd.data.axes.image_axes``'s decision, the same as in training.
 
 Large images run in overlapping tiles; each tile's logits are weighted by a window that is flat
 in the middle and falls smoothly (sin^2) across the overlap on sides shared with another tile,
@@ -33,8 +33,8 @@ from torch import nn
 from tskd.errors import TskdInputError, TskdWarning
 
 if TYPE_CHECKING:
-    from tskd.data.io import ImageAxes
-    from tskd.data.label_policy import LabelMap
+    from tskd.data.axes import ImageAxes
+    from tskd.data.label_map import LabelMap
     from tskd.inference.metrics import EvalReport
 
 ContrastLimits = tuple[float, float] | None
@@ -46,11 +46,11 @@ TILE_ABOVE = 1.5
 
 
 def array_axes(image: np.ndarray, is_stack: bool | None = None) -> ImageAxes:
-    """How ``Segmenter`` reads an array: ``tskd.data.io.image_axes`` of its shape, ``is_stack`` as
+    """How ``Segmenter`` reads an array: ``tskd.data.axes.image_axes`` of its shape, ``is_stack`` as
     given. A guess another reading fits as well gives one ``TskdWarning`` naming the shape."""
-    from tskd.data import io
+    from tskd.data import axes
 
-    ax = io.image_axes(np.shape(image), is_stack=is_stack, where="array")
+    ax = axes.image_axes(np.shape(image), is_stack=is_stack, where="array")
     if ax.ambiguous:
         warnings.warn(
             f"an array of shape {ax.shape} was read as {ax.describe()} ({ax.reason}); pass "
@@ -91,8 +91,8 @@ class Segmenter:
     ``tile_size`` is the tile's side in pixels, or its (height, width); an image is tiled when
     a side exceeds ``tile_above`` times the tile's. ``tile_origin`` says where the tile size
     came from, for the one line ``tiling_note`` writes. ``max_pixels`` (default
-    ``tskd.data.io.default_max_pixels()``, 2^28) bounds the pixels of one 2D image before its float
-    conversion. Invalid sizes raise ``TskdInputError``, among them tiles under
+    ``tskd.data.axes.default_max_pixels()``, 2^28) bounds the pixels of one 2D image before its
+    float conversion. Invalid sizes raise ``TskdInputError``, among them tiles under
     ``MIN_TILE_SIZE`` (16) px on a side.
     """
 
@@ -109,7 +109,7 @@ class Segmenter:
         tile_origin: str = "tile_size",
         max_pixels: int | None = None,
     ) -> None:
-        from tskd.data import io
+        from tskd.data import axes
         from tskd.engine import resolve_device
 
         if input_size < 1 or num_classes < 1 or batch_size < 1:
@@ -140,8 +140,8 @@ class Segmenter:
         self.tile_overlap = int(tile_overlap)
         self.tile_above = float(tile_above)
         self.tile_origin = tile_origin
-        self.max_pixels = io.default_max_pixels() if max_pixels is None else int(max_pixels)
-        io.check_pixel_budget((1,), self.max_pixels)  # a bad budget fails here, not later
+        self.max_pixels = axes.default_max_pixels() if max_pixels is None else int(max_pixels)
+        axes.check_pixel_budget((1,), self.max_pixels)  # a bad budget fails here, not later
 
     # -- low level -------------------------------------------------------------------------
 
@@ -168,8 +168,8 @@ class Segmenter:
 
     def _to_tensor(self, image: np.ndarray, contrast_limits: ContrastLimits) -> torch.Tensor:
         """One 2D image (H, W[, C]) -> float (3, H, W) in [0, 1] on the device."""
+        from tskd.data.axes import check_pixel_budget
         from tskd.data.dataset import to_float_rgb
-        from tskd.data.io import check_pixel_budget
 
         check_pixel_budget(np.shape(image)[:2], self.max_pixels)
         rgb = np.asarray(to_float_rgb(image, contrast_limits), dtype=np.float32)
@@ -262,7 +262,7 @@ class Segmenter:
     ) -> np.ndarray:
         """Label map int64: (H, W) for an image, (Z, H, W) for a stack; 0 is background.
 
-        ``is_stack`` None reads the axes by ``tskd.data.io.image_axes`` (a channels-first
+        ``is_stack`` None reads the axes by ``tskd.data.axes.image_axes`` (a channels-first
         (2, H, W) array is one 2-channel image); True or False takes the array as (Z, H, W[, C])
         or (H, W[, C]), channels last. ``contrast_limits`` (low, high) replaces the percentile
         normalisation of non-8-bit images (e.g. napari's limits). Raises ``TskdInputError``
@@ -353,9 +353,9 @@ def predict_paths(
 ) -> list[Path]:
     """Segment image files and write their label maps to ``out_dir``, named by the input stem.
 
-    Files are read by ``tskd.data.io.read_image_axes`` (axes metadata first, as training reads
+    Files are read by ``tskd.data.files.read_image_axes`` (axes metadata first, as training reads
     them) within ``segmenter.max_pixels``. ``label_values[k]`` is the label value written for
-    class ``k`` (a model's ``label_values``, see ``tskd.data.label_policy.LabelMap.from_meta``), so
+    class ``k`` (a model's ``label_values``, see ``tskd.data.label_map.LabelMap.from_meta``), so
     predictions carry the user's original ids (0, 1, 5 or 0/255); None writes class indices.
     2D label maps whose values fit in 8 bits are written as PNG, stacks and larger values as
     TIFF. ``progress(done, total)`` is called after each file; ``log(line)`` gets one line for
@@ -369,11 +369,11 @@ def predict_paths(
     """
     import warnings
 
-    from tskd.data import io, outputs
+    from tskd.data import files, outputs
     from tskd.errors import TskdWarning
 
     paths = [Path(p) for p in inputs]
-    stems = [io.stem(p) for p in paths]
+    stems = [files.stem(p) for p in paths]
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise TskdInputError(f"several inputs share the name {dup[0]!r}; outputs would collide")
@@ -395,7 +395,7 @@ def predict_paths(
     written: list[Path] = []
     replaced: list[Path] = []
     for i, (path, stem) in enumerate(zip(paths, stems)):
-        image, ax = io.read_image_axes(path, max_pixels=segmenter.max_pixels)
+        image, ax = files.read_image_axes(path, max_pixels=segmenter.max_pixels)
         note = segmenter.tiling_note(*ax.spatial_shape[-2:])
         if note and log is not None:
             log(f"{path.name}: {note}")
@@ -405,7 +405,7 @@ def predict_paths(
         target = _output_path(out, stem, labels)
         if target.exists():
             replaced.append(target)
-        io.write_label(target, labels)
+        files.write_label(target, labels)
         written.append(target)
         if progress is not None:
             progress(i + 1, len(paths))
@@ -480,12 +480,13 @@ def evaluate_folder(
     """
     import time
 
-    from tskd.data import io
-    from tskd.data.label_policy import LabelMap
+    from tskd.data import axes
+    from tskd.data.label_map import LabelMap
+    from tskd.data.samples import read_labelled_set
     from tskd.inference import metrics
 
-    with io.pixel_budget(segmenter.max_pixels):
-        samples, lmap = io.read_labelled_set(folder, label_map=label_map)
+    with axes.pixel_budget(segmenter.max_pixels):
+        samples, lmap = read_labelled_set(folder, label_map=label_map)
     if label_map is None and lmap.is_identity and lmap.num_classes < segmenter.num_classes:
         # a model of classes 0..C-1 on a folder that shows only some of them
         lmap = LabelMap.identity(segmenter.num_classes, None, lmap.ignore_label)

@@ -5,7 +5,7 @@ foreground classes and pooled over the batch ("batch Dice", as nnU-Net does for 
 without foreground does not produce a noisy 0-or-1 term of its own. Validation: mean Dice over
 foreground classes with MONAI's ``DiceMetric`` at the student's input size; an image where
 ground truth and prediction are both empty for a class scores 1 for it (the project's policy).
-Pixels labelled ``tskd.data.label_policy.IGNORE_INDEX`` (a configured ``data.ignore_label``) are
+Pixels labelled ``tskd.data.label_map.IGNORE_INDEX`` (a configured ``data.ignore_label``) are
 left out of both loss terms and of validation.
 """
 
@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from tskd import engine
 from tskd.config import StudentConfig
-from tskd.data.label_policy import IGNORE_INDEX
+from tskd.data.label_map import IGNORE_INDEX
 from tskd.engine import CancelToken, ProgressCallback, TrainResult
 from tskd.errors import TskdInputError
 from tskd.models.student import Student
@@ -107,7 +107,7 @@ def finetune_student(
     checkpoint_dir: str | Path | None = None,
     keep_checkpoint: bool = False,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Fine-tune ``student`` in place on ``train`` (``tskd.data.io.Sample`` with labels).
+    """Fine-tune ``student`` in place on ``train`` (``tskd.data.samples.Sample`` with labels).
 
     Returns the engine's result (history logs ``loss``, ``dice_loss``, ``ce``) and validation
     metrics (``dice``, ``dice_per_class``, ``n_images``), or ``{}`` without validation images.

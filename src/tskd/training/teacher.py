@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tskd.config import TeacherConfig
-from tskd.data.label_policy import IGNORE_INDEX
+from tskd.data.label_map import IGNORE_INDEX
 from tskd.engine import CancelToken, ProgressCallback, seed_everything
 from tskd.engine import train as engine_train
 from tskd.inference.metrics import validation_dice
@@ -85,7 +85,7 @@ def finetune_teacher(
 ) -> dict[str, Any]:
     """Fine-tune SAM with LoRA on labelled samples; write ``out_dir``; return the metrics.
 
-    Sample labels are class indices (``tskd.data.label_policy.IGNORE_INDEX`` pixels are left out of
+    Sample labels are class indices (``tskd.data.label_map.IGNORE_INDEX`` pixels are left out of
     the loss and validation); ``label_meta`` (``LabelMap.to_meta()``: label_values,
     class_names, ignore_label) is stored in the teacher's meta.json. ``train_image_shape``
     [H, W] (median size of the labelled images) goes into the meta too, so prediction tiles

@@ -153,7 +153,7 @@ def write_task_folders(
 
     Images as PNG (uint8) or TIF (uint16), labels as uint8 PNG with the same stem; each split
     comes from its own range of sample indices (``INDEX_OFFSETS``). train/ and test/ get a
-    ``dataset.json`` with nnU-Net style ``labels`` (name -> value) that ``io.class_names``
+    ``dataset.json`` with nnU-Net style ``labels`` (name -> value) that ``folders.class_names``
     reads; ``root/task.json`` records the task, seed and sizes. Returns ``root``.
     """
     import imageio.v3 as iio

@@ -1,0 +1,336 @@
+"""Reading and writing one image or label file: tif, png, jpg and npy.
+
+Every reader returns the standard layout (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C), its axes
+read by ``tskd.data.axes.image_axes`` (metadata first, else a guess said in one warning), and
+checks the decoded size against the pixel budget from the file's header before decoding. Label
+files go through the label policy's checks (``tskd.data.label_policy``: lossy formats,
+colours, non-integer or too large values). Every problem a user can fix raises
+``TskdInputError`` with one sentence naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tskd.data.axes import (
+    CHANNEL_LETTERS,
+    ImageAxes,
+    axes_note,
+    check_pixel_budget,
+    image_axes,
+    resolve_budget,
+)
+from tskd.data.label_map import MAX_LABEL_VALUE, check_values
+from tskd.data.label_policy import check_label_file_format, tiff_is_colour
+from tskd.errors import TskdInputError, TskdWarning
+
+IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy"}
+_TIFF = {".tif", ".tiff"}
+
+
+def stem(path: str | Path) -> str:
+    """File name without its image suffix; this is what pairs an image with its label."""
+    path = Path(path)
+    return path.name[: -len(path.suffix)] if path.suffix.lower() in IMAGE_SUFFIXES else path.name
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder`` (hidden files skipped), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TskdInputError(f"folder not found: {folder}")
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _checked_suffix(path: Path) -> str:
+    """The lower-case suffix of an existing, supported file (else a clear error)."""
+    if not path.is_file():
+        raise TskdInputError(f"file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise TskdInputError(
+            f"{path}: unsupported file type '{path.suffix}' "
+            f"(supported: {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    return suffix
+
+
+
+_PIL_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pil_unbounded() -> Iterator[None]:
+    """Pillow's own decompression-bomb limit off: the pixel budget was checked first."""
+    from PIL import Image
+
+    with _PIL_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape in a .npy header (nothing else is read)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, _ = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, _ = np.lib.format.read_array_header_2_0(f)
+        else:  # 3.0 (utf-8 field names): a memory map reads only the header
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    return tuple(int(n) for n in shape)
+
+
+def _budget_dims(shape: tuple[int, ...], axes: str | None) -> tuple[int, ...]:
+    """Pixels per non-channel axis, as ``image_axes`` reads the shape (all axes if it can't)."""
+    try:
+        return image_axes(shape, axes).spatial_shape
+    except TskdInputError:
+        return shape
+
+
+def _decode(path: Path, palette_indices: bool = False,
+            max_pixels: int | None = None) -> tuple[np.ndarray, str | None]:
+    """Decode a file as stored, with its axes letters (None: the file names none).
+
+    The decoded size is checked against the pixel budget from the header first; ``palette_
+    indices`` keeps a palette PNG's indices instead of its colours.
+    """
+    suffix = _checked_suffix(path)
+    budget = resolve_budget(max_pixels)
+    try:
+        if suffix in _TIFF:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                axes = series.axes
+                check_pixel_budget(_budget_dims(tuple(series.shape), axes), budget, path)
+                return series.asarray(), axes
+        if suffix == ".npy":
+            shape = _npy_shape(path)
+            check_pixel_budget(_budget_dims(shape, None), budget, path)
+            return np.load(path, allow_pickle=False), None
+        import imageio.v3 as iio
+        from PIL import Image
+
+        with _pil_unbounded():
+            with Image.open(path) as im:
+                width, height = im.size
+                palette = im.mode == "P"
+            check_pixel_budget((height, width), budget, path)
+            mode = {"mode": "P"} if palette_indices and palette else {}
+            arr = iio.imread(path, **mode)
+        return arr, "YX" if np.ndim(arr) == 2 else "YXS" if np.ndim(arr) == 3 else None
+    except TskdInputError:
+        raise
+    except Exception:
+        raise TskdInputError(
+            f"cannot read {path}: the file is corrupt or not a valid {suffix} image"
+        ) from None
+
+
+def read_raw(path: Path, palette_indices: bool = False,
+              max_pixels: int | None = None) -> np.ndarray:
+    """Decode a file; channel ('C') or sample ('S') axes the metadata names are moved last."""
+    arr, axes = _decode(path, palette_indices, max_pixels)
+    if axes and len(axes) == arr.ndim:
+        for ax in CHANNEL_LETTERS[::-1]:  # S, then C
+            i = axes.find(ax)
+            if 0 <= i < arr.ndim - 1:
+                arr = np.moveaxis(arr, i, -1)
+                axes = axes[:i] + axes[i + 1 :] + ax
+    return arr
+
+
+def _validated(arr: Any, path: Path) -> np.ndarray:
+    """A numeric array of at least 2 dimensions, booleans as uint8."""
+    arr = np.asarray(arr)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind not in "uif":
+        raise TskdInputError(f"{path}: data of type {arr.dtype} is not an image")
+    if arr.ndim < 2 or min(arr.shape) == 0:
+        raise TskdInputError(f"{path}: not an image (shape {arr.shape})")
+    return arr
+
+
+def nonfinite_problem(path: str | Path, image: np.ndarray) -> tuple[str, bool] | None:
+    """``(sentence, all_bad)`` when a float image holds NaN or infinite values, else None.
+
+    The sentence counts them and says what they become: ``tskd.data.dataset.to_float_rgb`` reads NaN
+    and -inf as the lowest intensity (black) and +inf as the highest (white); ``all_bad`` is
+    True when no value is finite (the image is then blank black).
+    """
+    arr = np.asarray(image)
+    if arr.dtype.kind != "f":
+        return None
+    finite = np.isfinite(arr)
+    bad = arr.size - int(np.count_nonzero(finite))
+    if bad == 0:
+        return None
+    nan = int(np.count_nonzero(np.isnan(arr)))
+    pos = int(np.count_nonzero(np.isposinf(arr)))
+    kinds = ", ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (pos, "+inf"),
+                                                    (bad - nan - pos, "-inf")) if n)
+    if bad == arr.size:
+        return (f"{path}: all {arr.size} pixel values are not finite ({kinds}); the image holds "
+                "no data and is read as a blank black image - re-export it with finite values",
+                True)
+    return (f"{path}: {bad} of {arr.size} pixel values are not finite ({kinds}); NaN and -inf "
+            "are read as the lowest intensity (black), +inf as the highest (white)", False)
+
+
+def read_image_axes(
+    path: str | Path,
+    max_pixels: int | None = None,
+    label_shape: Sequence[int] | None = None,
+    warn: bool = True,
+    check_finite: bool = True,
+) -> tuple[np.ndarray, ImageAxes]:
+    """Read an image (tif, png, jpg, npy) in the standard layout, with how its axes were read.
+
+    Returns ``(array, axes)``: the array is (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C) in the
+    file's dtype; ``axes`` (``ImageAxes``) describes the stored array and how it was read
+    (``image_axes``: metadata first, ``label_shape`` next, else a guess). A guess another
+    reading fits as well gives one ``TskdWarning`` naming the file and its shape (``warn``).
+    A float image with NaN or infinite values gives one ``TskdWarning`` counting them and
+    saying what they become (``nonfinite_problem``; ``check_finite``). Raises
+    ``TskdInputError`` for a missing, unsupported or corrupt file, a shape no reading fits, or
+    a decoded size over ``max_pixels`` (default ``default_max_pixels()``, 2^28), checked
+    from the header before decoding.
+    """
+    path = Path(path)
+    arr, axes = _decode(path, max_pixels=max_pixels)
+    arr = _validated(arr, path)
+    ax = image_axes(arr.shape, axes, label_shape=label_shape, where=str(path))
+    if warn and ax.ambiguous:
+        warnings.warn(axes_note(path, ax), TskdWarning, stacklevel=2)
+    problem = nonfinite_problem(path, arr) if check_finite else None
+    if problem is not None:
+        warnings.warn(problem[0], TskdWarning, stacklevel=2)
+    return ax.standard(arr), ax
+
+
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image in the standard layout (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C).
+
+    Same reading, warnings and errors as ``read_image_axes``.
+    """
+    arr, _ = read_image_axes(path, max_pixels)
+    return arr
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """Read a label map's values as int64: (H, W) or a stack (Z, H, W), the user's ids unchanged.
+
+    Palette PNGs give their indices; an RGB(A) label (PNG or TIFF) whose colour channels agree
+    (a gray map saved in colour) gives one channel. Raises ``TskdInputError`` (checked before
+    any cast or allocation per value, see ``tskd.data.label_policy``) for lossy files (JPEG, or TIFF
+    with JPEG/WebP compression), colour label maps, non-integer, negative or too large values
+    (above ``label_map.MAX_LABEL_VALUE``). What the values mean (classes, binary 0/255,
+    gaps) is decided for the whole set by ``tskd.data.label_policy``.
+    """
+    path = Path(path)
+    check_label_file_format(path)
+    return label_from_raw(read_raw(path, palette_indices=True), path)
+
+
+def label_from_raw(raw: Any, path: Path) -> np.ndarray:
+    """``read_label`` after decoding: ``raw`` is the decoded file (palette indices kept)."""
+    arr = _validated(raw, path)
+    suffix = path.suffix.lower()
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 2 and suffix not in _TIFF | {".npy"}:
+        raise TskdInputError(  # an LA-mode (gray + alpha) PNG: a stack is not possible here
+            f"{path}: the label map has 2 channels (gray and alpha); a label map must have one "
+            "- save it as a gray or palette image without alpha"
+        )
+    colour = arr.ndim == 3 and arr.shape[-1] in (3, 4) and (
+        suffix not in _TIFF | {".npy"} or (suffix in _TIFF and tiff_is_colour(path))
+        or (suffix == ".npy" and arr.shape[0] > 4 and arr.shape[1] > 4))  # (H, W, 3), not Z
+    if colour:
+        if not np.array_equal(arr[..., :3], np.repeat(arr[..., :1], 3, axis=-1)):
+            raise TskdInputError(
+                f"{path}: a label map must have one channel (gray or palette), not colours - "
+                "colours are not classes; save the classes as values 0, 1, 2, ... in a gray or "
+                "palette image"
+            )
+        arr = arr[..., 0]
+    check_values(arr, str(path))
+    return arr.astype(np.int64)
+
+
+def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = None) -> Path:
+    """Write an image in the standard layout (H, W[, C]) or (Z, H, W[, C]), channels last.
+
+    tif/npy keep any dtype and stacks, png/jpg need uint8 (png also uint16). A tif records its
+    axes ('YX', 'YXS', 'ZYX', 'ZYXS'), so it is read back the same way; ``is_stack`` None takes
+    4D and 3D with more than 4 entries on the last axis as stacks.
+    """
+    path, image = Path(path), np.asarray(image)
+    if image.dtype == bool:
+        image = image.astype(np.uint8)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise TskdInputError(f"{path}: unsupported file type '{path.suffix}' for writing")
+    allowed = {".png": (np.uint8, np.uint16)}.get(suffix, (np.uint8,))
+    if suffix not in _TIFF | {".npy"} and image.dtype not in allowed:
+        raise TskdInputError(f"{path}: {suffix} cannot hold {image.dtype} data; use .tif")
+    from tskd import atomic
+
+    # encoded in memory, then written atomically: a full disk keeps an existing file as it was
+    if suffix in _TIFF:
+        import tifffile
+
+        if is_stack is None:
+            is_stack = image.ndim == 4 or (image.ndim == 3 and image.shape[-1] > 4)
+        ax = image_axes(image.shape, is_stack=is_stack, where=str(path))
+        kwargs: dict[str, Any] = {"photometric": "rgb" if ax.rgb else "minisblack"}
+        if ax.channel_axis is not None:
+            kwargs["planarconfig"] = "contig"
+        axes = ("Z" if ax.is_stack else "") + "YX" + ("S" if ax.channel_axis is not None else "")
+        data = atomic.encode(
+            lambda f: tifffile.imwrite(f, image, metadata={"axes": axes}, **kwargs)
+        )
+    elif suffix == ".npy":
+        data = atomic.encode(lambda f: np.save(f, image, allow_pickle=False))
+    else:
+        import imageio.v3 as iio
+
+        data = iio.imwrite("<bytes>", image, extension=suffix)
+    atomic.write_bytes(path, data)
+    return path
+
+
+def write_label(path: str | Path, label: np.ndarray) -> Path:
+    """Write a label map with the smallest unsigned integer type that holds it."""
+    label = np.asarray(label)
+    if label.size and label.min() < 0:
+        raise TskdInputError(f"{path}: label map has negative values")
+    top = int(label.max(initial=0))
+    if top > MAX_LABEL_VALUE:
+        raise TskdInputError(f"{path}: label value {top} is above {MAX_LABEL_VALUE}, the largest "
+                             "a label file can hold; use class ids 0, 1, 2, ...")
+    dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32
+    return write_image(path, label.astype(dtype))
+
+
+# ----------------------------------------------------------------- dataset.json

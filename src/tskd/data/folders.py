@@ -1,0 +1,235 @@
+"""Which files a data folder holds: labelled sets, unlabelled folders and nnU-Net cases.
+
+Layouts: ``folder/images`` + ``folder/labels`` matched by file stem, or the nnU-Net raw layout
+(``imagesTr/CASE_0000.ext`` channel files, ``labelsTr/CASE.ext``, ``dataset.json``). One rule
+for which files a data folder contributes, used by the readers (``tskd.data.samples``) and by
+everything that lists a data folder's files (the run's fingerprints, the transfer manifest,
+the widgets, ``tskd check-data``): never recursive, never a label folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tskd.data.files import IMAGE_SUFFIXES, list_images, stem
+from tskd.data.label_map import MAX_CLASSES, declared_from_dataset_labels, read_dataset_json
+from tskd.errors import TskdInputError
+
+_NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+_NNUNET_IMAGE_DIRS = ("imagesTr", "imagesTs")
+
+
+def class_names(folder: str | Path) -> list[str] | None:
+    """Class names (index = label value) from an nnU-Net ``dataset.json``, if there is one.
+
+    Reads nnU-Net v2 (``"labels": {"background": 0, "liver": 1}``) and v1
+    (``"labels": {"0": "background", "1": "liver"}``); missing values get ``"class N"``.
+    The class map itself (values with gaps kept as given) is ``label_map.declared_map``.
+    """
+    folder = Path(folder)
+    by_value, _ = declared_from_dataset_labels(read_dataset_json(folder).get("labels"),
+                                               str(folder / "dataset.json"))
+    if not by_value:
+        return None
+    if max(by_value) >= MAX_CLASSES:  # large ids: names in value order, nothing per value
+        return [by_value[v] for v in sorted(by_value)]
+    return [by_value.get(i, f"class {i}") for i in range(max(by_value) + 1)]
+
+
+def declared_channels(folder: Path) -> int | None:
+    """How many channels ``dataset.json`` names (v2 ``channel_names``, v1 ``modality``)."""
+    meta = read_dataset_json(folder)
+    names = meta.get("channel_names", meta.get("modality"))
+    return len(names) if isinstance(names, dict) and names else None
+
+
+# ------------------------------------------------------------------- cases
+
+
+def by_stem(paths: list[Path]) -> dict[str, Path]:
+    """Files keyed by stem; two files of one stem (a.png, a.tif) are ambiguous."""
+    out: dict[str, Path] = {}
+    for p in paths:
+        if stem(p) in out:
+            raise TskdInputError(
+                f"{p.parent}: {out[stem(p)].name} and {p.name} have the same name; keep one"
+            )
+        out[stem(p)] = p
+    return out
+
+
+def nnunet_cases(
+    folder: Path, n_channels: int | None = None, problems: dict[str, str] | None = None
+) -> dict[str, list[Path]]:
+    """nnU-Net image files grouped by case, each case's channel files in channel order.
+
+    Every case needs the channel files ``CASE_0000`` to ``CASE_{n-1}``: ``n`` is the channel
+    count ``dataset.json`` names (``n_channels``), else the case's own files must run from
+    ``_0000`` without gaps. A case that breaks this raises ``TskdInputError`` naming the first
+    such case and its missing files (and how many other cases fail); when ``problems`` is a
+    dict, each failing case's sentence is put there instead (``tskd check-data``) and the case
+    is still returned with the files it has.
+    """
+    channels: dict[str, dict[int, Path]] = {}
+    for name, p in by_stem(list_images(folder)).items():
+        m = _NNUNET_CHANNEL.match(name)
+        case, ch = (m.group("case"), int(m.group("ch"))) if m else (name, 0)
+        if ch in channels.setdefault(case, {}):
+            raise TskdInputError(f"{folder}: case {case} has two files for channel {ch:04d}")
+        channels[case][ch] = p
+    found: dict[str, str] = {}
+    for case, files in sorted(channels.items()):
+        problem = _nnunet_case_problem(folder, case, files, n_channels)
+        if problem is not None:
+            found[case] = problem
+    if found and problems is None:
+        first = next(iter(found.values()))
+        more = (f"; {len(found) - 1} more case(s) have missing or extra channel files "
+                "(tskd check-data lists them)") if len(found) > 1 else ""
+        raise TskdInputError(first + more)
+    if problems is not None:
+        problems.update(found)
+    return {case: [files[i] for i in sorted(files)] for case, files in channels.items()}
+
+
+def _nnunet_case_problem(folder: Path, case: str, files: dict[int, Path],
+                         n_channels: int | None) -> str | None:
+    """One sentence on a case's missing or extra channel files, or None when they are right."""
+    have = sorted(files)
+    any_file = files[have[0]]
+    ending = any_file.name[len(stem(any_file)):]
+
+    def named(chs: list[int]) -> str:
+        return ", ".join(f"{case}_{c:04d}{ending}" for c in chs)
+
+    def count(n: int) -> str:
+        return f"{n} channel file" + ("" if n == 1 else "s")
+
+    if n_channels:
+        missing = [c for c in range(n_channels) if c not in files]
+        extra = [c for c in have if c >= n_channels]
+        if missing:
+            return (f"{folder}: case {case} has {count(len(files))} but dataset.json names "
+                    f"{n_channels} channels: {named(missing)} is missing (each case needs "
+                    f"{case}_0000 to {case}_{n_channels - 1:04d})")
+        if extra:
+            return (f"{folder}: case {case} has {count(len(files))} but dataset.json names "
+                    f"{n_channels} channels: {named(extra)} is beyond them")
+        return None
+    if have != list(range(len(have))):
+        missing = [c for c in range(have[-1]) if c not in files]
+        return (f"{folder}: case {case} has channel files {have}; expected 0 to "
+                f"{len(have) - 1} without gaps ({named(missing)} is missing)")
+    return None
+
+
+
+def labelled_dirs(folder: Path) -> tuple[Path, Path, bool]:
+    """(image folder, label folder, is nnU-Net) of a labelled set."""
+    if (folder / "imagesTr").is_dir():
+        if not (folder / "labelsTr").is_dir():
+            raise TskdInputError(f"{folder} has imagesTr/ but no labelsTr/ folder")
+        return folder / "imagesTr", folder / "labelsTr", True
+    if (folder / "images").is_dir() and (folder / "labels").is_dir():
+        return folder / "images", folder / "labels", False
+    raise TskdInputError(
+        f"{folder} must hold images/ and labels/ (or nnU-Net imagesTr/ and labelsTr/)"
+    )
+
+
+# ------------------------------------------------------------- the files of a data folder
+#
+# One rule for which files a data folder contributes, used by the readers below and by
+# everything that lists a data folder's files (the run's fingerprints, the transfer manifest,
+# the widgets): never recursive, never a label folder.
+
+
+def unlabelled_cases(folder: str | Path) -> tuple[Path, dict[str, list[Path]]]:
+    """(image folder, {case: channel files}) of an unlabelled folder: the images directly in
+    ``folder``, else those of its ``images/``, ``imagesTr/`` or ``imagesTs/`` sub-folder (the
+    first that exists). Never recursive; label folders are never read."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TskdInputError(f"unlabelled data folder not found: {folder}")
+    if not list_images(folder):
+        for sub in ("images", *_NNUNET_IMAGE_DIRS):
+            if (folder / sub).is_dir():
+                folder = folder / sub
+                break
+    if folder.name in _NNUNET_IMAGE_DIRS:
+        cases = nnunet_cases(folder, declared_channels(folder.parent))
+    else:
+        cases = {name: [p] for name, p in by_stem(list_images(folder)).items()}
+    return folder, cases
+
+
+def labelled_cases(
+    folder: Path,
+) -> tuple[Path, Path, dict[str, list[Path]], dict[str, Path]]:
+    """(image folder, label folder, {case: channel files}, {case: label file}) of a labelled
+    folder (images/+labels/ or nnU-Net imagesTr/+labelsTr/). Never recursive."""
+    if not folder.is_dir():
+        raise TskdInputError(f"labelled data folder not found: {folder}")
+    image_dir, label_dir, nnunet = labelled_dirs(folder)
+    if nnunet:
+        cases = nnunet_cases(image_dir, declared_channels(folder))
+    else:
+        cases = {name: [p] for name, p in by_stem(list_images(image_dir)).items()}
+    return image_dir, label_dir, cases, by_stem(list_images(label_dir))
+
+
+def unlabelled_files(folder: str | Path) -> list[Path]:
+    """The image files ``load_unlabelled`` reads from ``folder``, sorted by path.
+
+    The images directly in ``folder``, else those of its ``images/``, ``imagesTr/`` or
+    ``imagesTs/`` sub-folder; never files in other sub-folders (a dataset's ``labels/``, a run
+    folder's outputs). Raises ``TskdInputError`` for a missing folder.
+    """
+    _, cases = unlabelled_cases(folder)
+    return sorted(p for paths in cases.values() for p in paths)
+
+
+def labelled_files(folder: str | Path) -> list[Path]:
+    """The files ``read_labelled_set`` reads from ``folder``, sorted by path: every image (all
+    channel files of a case) that has a label file, and those label files. Images without a
+    label and labels without an image are not read, so they are not listed. Raises
+    ``TskdInputError`` for a folder that is not a labelled set."""
+    _, _, cases, labels = labelled_cases(Path(folder))
+    files = [p for name, paths in cases.items() if name in labels for p in paths]
+    files += [labels[name] for name in cases if name in labels]
+    return sorted(files)
+
+
+DATA_ROLES = ("labelled", "unlabelled", "test")
+
+
+def data_files(folder: str | Path | None, role: str) -> list[Path]:
+    """The files a data folder of ``role`` contributes, as its reader reads them.
+
+    ``role``: ``labelled`` and ``test`` (read by ``read_labelled_set``: ``labelled_files``)
+    or ``unlabelled`` (read by ``load_unlabelled``: ``unlabelled_files``). No folder (None or
+    empty) gives an empty list. Raises ``TskdInputError`` for a missing or malformed folder.
+    """
+    if role not in DATA_ROLES:
+        raise ValueError(f"unknown data role {role!r}; one of {DATA_ROLES}")
+    if not folder:
+        return []
+    return unlabelled_files(folder) if role == "unlabelled" else labelled_files(folder)
+
+
+def no_images_error(folder: Path) -> TskdInputError:
+    """The error for a folder without usable images, naming unsupported files if any."""
+    def kind(p: Path) -> str:  # .bmp, or .nii.gz for compressed files
+        n = 2 if p.suffix.lower() in (".gz", ".bz2", ".xz", ".zip") else 1
+        return "".join(p.suffixes[-n:]) or p.name
+
+    others = sorted({kind(p) for p in folder.iterdir()
+                     if p.is_file() and not p.name.startswith(".")})
+    if others:
+        return TskdInputError(
+            f"no image found in {folder}: files of type {', '.join(others)} are not supported "
+            f"(use {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    return TskdInputError(f"no image found in {folder}")
+
