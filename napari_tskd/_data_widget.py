@@ -154,7 +154,8 @@ class DataWidget(StageWidget):
     def _use_data(self) -> None:
         from napari_tskd._export import export_labelled, export_unlabelled
         from tskd.errors import TskdInputError
-        from tskd.pipeline.run_folder import check_run_dir_inputs, prepare_run_dir, run_lock
+        from tskd.pipeline.lock import run_lock
+        from tskd.pipeline.run_folder import check_run_dir_inputs, prepare_run_dir
 
         # read everything first, so a bad input changes nothing on disk; labels go through the
         # backend's one label policy (tskd.data.label_policy), its notes shown as warnings

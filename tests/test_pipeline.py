@@ -14,7 +14,8 @@ from tskd.apps.cli import main
 from tskd.config import RunConfig, from_dict
 from tskd.data import files
 from tskd.errors import RunFolderError
-from tskd.pipeline.run_folder import prepare_run_dir, record_files
+from tskd.pipeline.manifest import record_files
+from tskd.pipeline.run_folder import prepare_run_dir
 
 
 @pytest.fixture(scope="module")

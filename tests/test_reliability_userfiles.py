@@ -27,7 +27,21 @@ from tskd.config import RunConfig, from_dict
 from tskd.data import folders, outputs, samples
 from tskd.data.files import read_label, write_image, write_label
 from tskd.errors import CheckpointError, RunFolderError, TskdInputError, TskdWarning
-from tskd.pipeline import run_folder
+from tskd.pipeline import lock, run_folder
+from tskd.pipeline.manifest import (
+    _ACTIVE,
+    LOCK_INFO_NAME,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    _write_manifest,
+    claim_run_folder,
+    content_changed,
+    folder_kind,
+    owned_files,
+    read_manifest,
+    remove_owned,
+    tracked,
+)
 
 USER_BYTES = b"my irreplaceable scan notes\n"
 
@@ -297,7 +311,7 @@ def test_overwrite_removes_only_what_the_run_recorded(tmp_path: Path, sam: Path,
                      str(TINY_SIZE), "--epochs", "1", "--device", "cpu", *extra])
 
     assert teacher(a) == 0
-    owned = run_folder.owned_files(run)
+    owned = owned_files(run)
     assert {"config.yaml", "teacher/stage.json", "teacher/adapter.safetensors"} <= owned
     assert any(f.startswith("checkpoints/teacher/") for f in owned)
     mine = [_user_file(run / "reports" / "my_notes.txt"), _user_file(run / "teacher" / "mine.md"),
@@ -325,7 +339,7 @@ def test_legacy_run_folder_only_stage_folders_are_cleaned(tmp_path: Path) -> Non
     kept = [_user_file(root / "cache" / "f.npy"), _user_file(root / "reports" / "r.json"),
             _user_file(root / "checkpoints" / "teacher" / "last.pt"),
             _user_file(root / "unlabelled" / "x.png")]
-    assert run_folder.folder_kind(root) == "legacy"
+    assert folder_kind(root) == "legacy"
     run_folder.prepare_run_dir(a)  # same run: adopted, nothing removed
     assert (root / "teacher" / "model.safetensors").is_file()
     b = from_dict(RunConfig, {"run_dir": str(root), "data": {"labelled": "y"}})
@@ -339,19 +353,19 @@ def test_legacy_run_folder_only_stage_folders_are_cleaned(tmp_path: Path) -> Non
 
 def test_a_killed_writer_leaves_files_the_next_one_records(tmp_path: Path) -> None:
     root = tmp_path / "run"
-    run_folder.claim_run_folder(root)
+    claim_run_folder(root)
     _user_file(root / "reports" / "before.txt")
-    ctx = run_folder.tracked(root, "teacher", [root / "reports", root / "checkpoints"])
+    ctx = tracked(root, "teacher", [root / "reports", root / "checkpoints"])
     ctx.__enter__()  # the process dies inside: the context never exits
     (root / "checkpoints" / "teacher").mkdir(parents=True)
     (root / "checkpoints" / "teacher" / "epoch_1").write_bytes(b"ckpt")
-    assert "teacher" in run_folder.read_manifest(root)["pending"]
-    run_folder._ACTIVE.clear()  # what the kill does: no live writer in any process
-    run_folder.claim_run_folder(root)  # the next writer
-    manifest = run_folder.read_manifest(root)
+    assert "teacher" in read_manifest(root)["pending"]
+    _ACTIVE.clear()  # what the kill does: no live writer in any process
+    claim_run_folder(root)  # the next writer
+    manifest = read_manifest(root)
     assert manifest["pending"] == {}
     assert set(manifest["files"]) == {"checkpoints/teacher/epoch_1"}  # not the user's file
-    removed, changed = run_folder.remove_owned(root)
+    removed, changed = remove_owned(root)
     assert removed == [root / "checkpoints" / "teacher" / "epoch_1"] and changed == []
     assert not (root / "checkpoints").exists()  # emptied folders it created go too
     assert (root / "reports" / "before.txt").read_bytes() == USER_BYTES
@@ -359,24 +373,24 @@ def test_a_killed_writer_leaves_files_the_next_one_records(tmp_path: Path) -> No
 
 def test_a_recorded_file_changed_by_the_user_is_kept(tmp_path: Path) -> None:
     root = tmp_path / "run"
-    run_folder.claim_run_folder(root)
-    with run_folder.tracked(root, "x", [root / "reports"]):
+    claim_run_folder(root)
+    with tracked(root, "x", [root / "reports"]):
         (root / "reports").mkdir()
         (root / "reports" / "r.md").write_text("tskd wrote this")
     (root / "reports" / "r.md").write_text("the user edited this report afterwards")
-    removed, changed = run_folder.remove_owned(root)
+    removed, changed = remove_owned(root)
     assert removed == [] and changed == [root / "reports" / "r.md"]
     assert (root / "reports" / "r.md").read_text() == "the user edited this report afterwards"
 
 
 def test_manifest_entries_outside_the_run_folder_are_ignored(tmp_path: Path) -> None:
     root = tmp_path / "run"
-    run_folder.claim_run_folder(root)
+    claim_run_folder(root)
     victim = _user_file(tmp_path / "victim.txt")
-    manifest = run_folder.read_manifest(root)
+    manifest = read_manifest(root)
     manifest["files"] = {"../victim.txt": len(USER_BYTES), str(victim): len(USER_BYTES)}
-    (root / run_folder.MANIFEST_NAME).write_text(json.dumps(manifest))
-    assert run_folder.remove_owned(root) == ([], [])
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert remove_owned(root) == ([], [])
     assert victim.read_bytes() == USER_BYTES
 
 
@@ -385,7 +399,7 @@ def test_manifest_entries_outside_the_run_folder_are_ignored(tmp_path: Path) -> 
 def _hold_lock(root: Path) -> subprocess.Popen:
     script = textwrap.dedent(f"""
         import sys, time
-        from tskd.pipeline.run_folder import run_lock
+        from tskd.pipeline.lock import run_lock
         with run_lock({str(root)!r}, "test holder"):
             print("held", flush=True)
             time.sleep(120)
@@ -419,16 +433,16 @@ def test_second_writer_is_refused_with_the_holder_then_proceeds(
         holder.wait()
     assert main(["finetune-teacher", "--config", str(tmp_path / "run.yaml")]) == 0
     assert (tmp_path / "run" / "teacher" / "adapter.safetensors").is_file()
-    assert not (tmp_path / "run" / run_folder.LOCK_INFO_NAME).exists()
+    assert not (tmp_path / "run" / LOCK_INFO_NAME).exists()
 
 
 def test_lock_is_reentrant_in_one_process(tmp_path: Path) -> None:
-    with run_folder.run_lock(tmp_path / "r", "outer"):
-        with run_folder.run_lock(tmp_path / "r", "inner"):
-            info = json.loads((tmp_path / "r" / run_folder.LOCK_INFO_NAME).read_text())
+    with lock.run_lock(tmp_path / "r", "outer"):
+        with lock.run_lock(tmp_path / "r", "inner"):
+            info = json.loads((tmp_path / "r" / LOCK_INFO_NAME).read_text())
             assert info["pid"] == os.getpid() and info["what"] == "outer"
-        assert (tmp_path / "r" / run_folder.LOCK_INFO_NAME).is_file()
-    assert not (tmp_path / "r" / run_folder.LOCK_INFO_NAME).exists()
+        assert (tmp_path / "r" / LOCK_INFO_NAME).is_file()
+    assert not (tmp_path / "r" / LOCK_INFO_NAME).exists()
 
 
 # -- demo ------------------------------------------------------------------------------------
@@ -538,7 +552,7 @@ def test_timing_of_lock_refusal_is_immediate(tmp_path: Path) -> None:
     holder = _hold_lock(tmp_path / "run")
     try:
         t0 = time.perf_counter()
-        with pytest.raises(RunFolderError), run_folder.run_lock(tmp_path / "run"):
+        with pytest.raises(RunFolderError), lock.run_lock(tmp_path / "run"):
             pass
         assert time.perf_counter() - t0 < 2.0  # refused at once, never waits
     finally:
@@ -581,10 +595,10 @@ def test_a_whole_run_records_every_file_it_writes(tmp_path: Path, sam: Path) -> 
     stages.run_pipeline(cfg)
     root = tmp_path / "run"
     written = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    internal = {run_folder.MANIFEST_NAME, run_folder.LOCK_NAME}
-    assert run_folder.owned_files(root) == written - internal
+    internal = {MANIFEST_NAME, LOCK_NAME}
+    assert owned_files(root) == written - internal
     assert "reports/pipeline.json" in written and "student/model.safetensors" in written
-    assert run_folder.read_manifest(root)["pending"] == {}
+    assert read_manifest(root)["pending"] == {}
 
 
 # -- data folders: one way to list them; a run folder never lies in one ------------------------
@@ -710,7 +724,7 @@ def test_an_edited_run_config_is_kept_under_another_name(
     run = tmp_path / "run"
     assert main(["run", "--config", str(config)]) == 0
     written = (run / "config.yaml").read_text()
-    entry = run_folder.read_manifest(run)["files"]["config.yaml"]
+    entry = read_manifest(run)["files"]["config.yaml"]
     assert entry == {"size": len(written.encode()),
                      "sha256": hashlib.sha256(written.encode()).hexdigest()}
     mine = written.replace("lr: 0.001", "lr: 0.002") if edit == "value" else \
@@ -726,8 +740,8 @@ def test_an_edited_run_config_is_kept_under_another_name(
     warned = [line for line in err.splitlines() if "was edited since tskd wrote it" in line]
     assert len(warned) == 1 and warned[0].startswith("tskd: warning:") and str(kept[0]) in warned[0]
     assert (run / "config.yaml").read_text() == written  # the run's own configuration again
-    assert kept[0].name not in run_folder.owned_files(run)
-    removed, _ = run_folder.remove_owned(run)  # what --overwrite could remove: never the user's
+    assert kept[0].name not in owned_files(run)
+    removed, _ = remove_owned(run)  # what --overwrite could remove: never the user's
     assert kept[0].read_text() == mine and kept[0] not in removed
 
 
@@ -757,15 +771,15 @@ def test_an_edited_config_of_a_different_run_is_refused_then_kept(
 def test_overwrite_keeps_a_recorded_file_whose_content_changed_at_the_same_size(
         tmp_path: Path) -> None:
     root = tmp_path / "run"
-    run_folder.claim_run_folder(root)
-    with run_folder.tracked(root, "x", [root / "reports"]):
+    claim_run_folder(root)
+    with tracked(root, "x", [root / "reports"]):
         (root / "reports").mkdir()
         (root / "reports" / "r.md").write_text("tskd wrote this")
         (root / "reports" / "s.md").write_text("tskd wrote that")
     (root / "reports" / "r.md").write_text("user wrote this")  # same size, other bytes
-    with run_folder.tracked(root, "x", [root / "reports"]):
+    with tracked(root, "x", [root / "reports"]):
         pass  # a writer that leaves the file alone does not claim the user's edit
-    removed, changed = run_folder.remove_owned(root)
+    removed, changed = remove_owned(root)
     assert removed == [root / "reports" / "s.md"] and changed == [root / "reports" / "r.md"]
     assert (root / "reports" / "r.md").read_text() == "user wrote this"
 
@@ -773,14 +787,14 @@ def test_overwrite_keeps_a_recorded_file_whose_content_changed_at_the_same_size(
 def test_a_manifest_of_sizes_only_still_works(tmp_path: Path) -> None:
     """Manifests written by the previous version hold sizes only: still read, size compared."""
     root = tmp_path / "run"
-    run_folder.claim_run_folder(root)
+    claim_run_folder(root)
     (root / "a.txt").write_text("aaa")
     (root / "b.txt").write_text("bbbb")
-    manifest = run_folder.read_manifest(root)
+    manifest = read_manifest(root)
     manifest["files"] = {"a.txt": 3, "b.txt": 3}
-    run_folder._write_manifest(root, manifest)
-    assert run_folder.folder_kind(root) == "run"
-    removed, changed = run_folder.remove_owned(root)
+    _write_manifest(root, manifest)
+    assert folder_kind(root) == "run"
+    removed, changed = remove_owned(root)
     assert removed == [root / "a.txt"] and changed == [root / "b.txt"]
 
 
@@ -835,5 +849,5 @@ def test_an_edited_config_that_is_the_new_config_is_not_copied(tmp_path: Path,
         run_folder.prepare_run_dir(load_config(run / "config.yaml"))
     assert list(run.glob("config.edited-*")) == []
     assert load_config(run / "config.yaml").student.train.lr == 0.002
-    assert not run_folder._content_changed(
-        run / "config.yaml", run_folder.read_manifest(run)["files"]["config.yaml"])
+    assert not content_changed(
+        run / "config.yaml", read_manifest(run)["files"]["config.yaml"])

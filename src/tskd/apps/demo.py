@@ -147,11 +147,11 @@ def _demo_folder(out: Path, task: str, n_labels: int, b: Budget) -> Iterator[Non
     task) stops the demo before it writes anything (``TskdInputError``).
     """
     from tskd.data import outputs
-    from tskd.pipeline import run_folder
+    from tskd.pipeline import lock, manifest
 
     outputs.check_output_folder(out)
-    with run_folder.run_lock(out, "demo", allow_foreign=True):
-        owned = run_folder.owned_files(out)
+    with lock.run_lock(out, "demo", allow_foreign=True):
+        owned = manifest.owned_files(out)
         for name in DEMO_FILES:
             if (out / name).exists() and name not in owned:
                 raise TskdInputError(
@@ -164,8 +164,8 @@ def _demo_folder(out: Path, task: str, n_labels: int, b: Budget) -> Iterator[Non
             # as far as the manifest lists it
             outputs.check_task_folder(task, data_root, n_labels, b.n_unlabelled, b.n_test,
                                       flag=None, owned=[out / f for f in owned])
-            run_folder.remove_owned(out, under="data")
-        with run_folder.tracked(out, "demo", [data_root, *(out / n for n in DEMO_FILES)]):
+            manifest.remove_owned(out, under="data")
+        with manifest.tracked(out, "demo", [data_root, *(out / n for n in DEMO_FILES)]):
             yield
 
 

@@ -1,7 +1,11 @@
 """Data: reading images and label maps, the label policy, model inputs, sample tasks, output rules.
 
-``io`` reads and writes images and labelled sets, ``label_policy`` says what label values mean,
-``dataset`` turns stored images into model inputs (normalisation, augmentation, splits),
-``check`` checks a labelled set before training, ``outputs`` says where tskd may write, and
-``phantoms`` draws the procedural sample tasks. Nothing here builds or trains a model.
+``axes`` decides how an array's axes are read (and the pixel budget), ``files`` reads and writes
+one image or label file, ``folders`` lists a data folder's files (nnU-Net cases too),
+``samples`` reads labelled sets and unlabelled folders as 2D samples (``io`` re-exports these
+four modules' names), ``label_map`` holds the ``LabelMap`` and declared class maps,
+``label_policy`` says what label values mean, ``dataset`` turns stored images into model inputs
+(normalisation, augmentation, splits), ``check`` checks a labelled set before training,
+``outputs`` says where tskd may write, and ``phantoms`` draws the procedural sample tasks.
+Nothing here builds or trains a model.
 """

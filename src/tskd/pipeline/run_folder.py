@@ -4,10 +4,11 @@ Each stage writes its artefact into a sub-folder together with ``stage.json``, a
 everything the artefact depends on (its config section, the upstream fingerprints, the input
 files). A stage whose fingerprint matches is skipped; one whose inputs changed runs again.
 
-Every writer holds the folder's operating-system lock (``run_lock``: one writer at a time, freed
-when its process dies) and records what it writes in ``.tskd-manifest.json`` (``tracked``); only
-the files listed there are ever removed (``remove_owned``), and a folder of other files is never
-written into (``claim_run_folder``).
+Every writer goes through ``writing``: it holds the folder's operating-system lock
+(``tskd.pipeline.lock.run_lock``: one writer at a time, freed when its process dies) and records
+what it writes in the folder's manifest (``tskd.pipeline.manifest.tracked``); only the files
+listed there are ever removed, and a folder of other files is never written into.
+``prepare_run_dir`` creates or reuses a run folder for a configuration.
 """
 
 from __future__ import annotations
@@ -15,19 +16,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
-import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 from tskd import atomic
 from tskd.config import RunConfig, config_text, load_config, save_config, to_dict
 from tskd.errors import RunFolderError, TskdWarning
+from tskd.pipeline.lock import run_lock  # also what apps/cli.py imports from here
+from tskd.pipeline.manifest import (
+    claim_run_folder,
+    content_changed,
+    forget,
+    owned_files,
+    record_files,
+    remove_owned,
+    tracked,
+)
 
 
 @dataclass(frozen=True)
@@ -185,380 +194,6 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-# -- what a run owns: the manifest -------------------------------------------------------------
-#
-# ``<run>/.tskd-manifest.json`` lists every file the run wrote (path relative to the run folder
-# -> {"size": bytes, "sha256": hex digest}; manifests of earlier versions hold
-# the size alone). Only listed files whose content is still what tskd wrote are ever removed
-# (``--overwrite``); anything else in a run folder (the user's notes, a copied dataset, files of
-# earlier versions, a listed file the user edited) is kept. Writers wrap
-# their work in ``tracked``: before it starts, the files already present in the outputs it names
-# are noted ("pending"); when it ends (or, after a kill, when the next writer takes the folder),
-# every file there that is new or changed is recorded. The manifest is replaced atomically.
-
-MANIFEST_NAME = ".tskd-manifest.json"
-LOCK_NAME = ".tskd.lock"
-LOCK_INFO_NAME = ".tskd.lock.json"
-_MANIFEST_FORMAT = "tskd-run-manifest"
-_INTERNAL = frozenset({MANIFEST_NAME, MANIFEST_NAME + ".tmp", LOCK_NAME, LOCK_INFO_NAME})
-
-FolderKind = Literal["new", "run", "legacy", "foreign"]
-
-
-def _empty_manifest() -> dict[str, Any]:
-    return {"format": _MANIFEST_FORMAT, "version": 2, "files": {}, "pending": {}}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _entry(path: Path) -> dict[str, Any]:
-    """The manifest entry of a file tskd wrote: its size in bytes and its sha256."""
-    return {"size": path.stat().st_size, "sha256": _sha256(path)}
-
-
-def _content_changed(path: Path, entry: Any) -> bool:
-    """Whether ``path`` no longer holds what tskd wrote: another size, or (when the entry has
-    one; earlier versions recorded the size alone) another sha256."""
-    size = entry.get("size") if isinstance(entry, dict) else entry
-    if not isinstance(size, int) or path.stat().st_size != size:
-        return True
-    sha = entry.get("sha256") if isinstance(entry, dict) else None
-    return isinstance(sha, str) and _sha256(path) != sha
-
-
-def read_manifest(root: str | Path) -> dict[str, Any] | None:
-    """The manifest of ``root`` as a dict (``files``: relative path -> entry, ``{"size",
-    "sha256"}`` or, from earlier versions, the size in bytes; ``pending``), or None
-    when there is none or it cannot be read (then the folder is judged without it)."""
-    path = Path(root) / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if (not isinstance(data, dict) or data.get("format") != _MANIFEST_FORMAT
-            or not isinstance(data.get("files"), dict)):
-        return None
-    if not isinstance(data.get("pending"), dict):
-        data["pending"] = {}
-    data["files"] = {r: s for r, s in data["files"].items() if _safe_rel(r)}
-    return data
-
-
-def _write_manifest(root: Path, data: dict[str, Any]) -> None:
-    tmp = root / (MANIFEST_NAME + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / MANIFEST_NAME)
-
-
-def _safe_rel(rel: Any) -> bool:
-    """A manifest entry names a path inside the run folder (no absolute path, no '..')."""
-    if not isinstance(rel, str) or not rel:
-        return False
-    p = PurePosixPath(rel)
-    return not p.is_absolute() and ".." not in p.parts and p.parts[0] not in _INTERNAL
-
-
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(root.resolve())
-    except OSError:
-        return False
-
-
-def _files_under(root: Path, rels: Iterable[str]) -> Iterator[Path]:
-    """Files at or below the given relative paths (files or folders) of ``root``."""
-    for rel in rels:
-        p = root / rel
-        if p.is_file():
-            yield p
-        elif p.is_dir():
-            yield from (f for f in sorted(p.rglob("*")) if f.is_file())
-
-
-def _rel_of(root: Path, path: str | Path) -> str:
-    """``path`` (joined to ``root``, or relative to it) as a manifest entry."""
-    path = Path(path)
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        pass
-    if not path.is_absolute():
-        return path.as_posix()
-    return path.resolve().relative_to(root.resolve()).as_posix()
-
-
-def _stat(path: Path) -> list[int]:
-    """Size, mtime and inode: an atomic rewrite (a new file renamed over) changes the inode
-    even within one tick of the clock."""
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
-
-
-def _same_stat(a: Any, b: list[int]) -> bool:
-    """``a`` (a ``_stat`` recorded earlier, by this or an earlier version) equals ``b``."""
-    return isinstance(a, list) and len(a) >= 2 and a == b[:len(a)]
-
-
-def _user_files(root: Path) -> Iterator[Path]:
-    """Files of ``root`` (recursively) except the run folder's own bookkeeping files."""
-    for p in sorted(root.iterdir()):
-        if p.name in _INTERNAL:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            yield from (f for f in sorted(p.rglob("*")) if not f.is_dir())
-        else:
-            yield p
-
-
-def _legacy_stage_folders(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir() if d.is_dir() and (d / "stage.json").is_file())
-
-
-def folder_kind(root: str | Path) -> FolderKind:
-    """What ``root`` is: ``new`` (absent or without files), ``run`` (has a manifest),
-    ``legacy`` (a run of an earlier version: no manifest, but ``*/stage.json``) or ``foreign``
-    (files that are not a run). Raises ``RunFolderError`` when ``root`` is a file."""
-    root = Path(root)
-    if not root.exists():
-        return "new"
-    if not root.is_dir():
-        raise RunFolderError(f"run folder {root} is a file; choose a folder")
-    if read_manifest(root) is not None:
-        return "run"
-    if _legacy_stage_folders(root):
-        return "legacy"
-    if next(_user_files(root), None) is None:
-        return "new"
-    return "foreign"
-
-
-def _foreign_error(root: Path) -> RunFolderError:
-    example = next(_user_files(root), root)
-    hint = ""
-    if (root / "config.yaml").is_file():
-        hint = " (its config.yaml was not written by tskd: keep your own configuration outside " \
-               "the run folder)"
-    return RunFolderError(
-        f"{root} is not empty and is not a tskd run folder (no {MANIFEST_NAME} or stage.json; it "
-        f"holds e.g. {example.relative_to(root) if example != root else root}){hint}, and tskd "
-        "never writes into or deletes from a folder of other files, so choose a new or empty "
-        "run folder."
-    )
-
-
-def claim_run_folder(root: str | Path) -> dict[str, Any]:
-    """Make ``root`` a run folder tskd may write into and return its manifest.
-
-    A new folder gets an empty manifest. A run of an earlier version (``legacy``: no manifest,
-    ``*/stage.json``) is adopted: the manifest lists ``config.yaml`` and the files of the stage
-    folders that hold a ``stage.json``, and nothing else in it is ever removed (its checkpoints,
-    cache and reports are kept). Work a killed writer left "pending" is recorded. Raises
-    ``RunFolderError`` for a folder of other files. Call it while holding ``run_lock``.
-    """
-    root = Path(root)
-    kind = folder_kind(root)
-    if kind == "foreign":
-        raise _foreign_error(root)
-    root.mkdir(parents=True, exist_ok=True)
-    if kind == "new":
-        manifest = _empty_manifest()
-        _write_manifest(root, manifest)
-        return manifest
-    if kind == "legacy":
-        manifest = _empty_manifest() | {"adopted_legacy_run": True}
-        owned = [p for d in _legacy_stage_folders(root) for p in sorted(d.rglob("*"))
-                 if p.is_file()]
-        if (root / "config.yaml").is_file():
-            owned.append(root / "config.yaml")
-        manifest["files"] = {p.relative_to(root).as_posix(): _entry(p) for p in owned}
-        _write_manifest(root, manifest)
-        return manifest
-    for key in list((read_manifest(root) or {}).get("pending", {})):
-        if (str(root.resolve()), key) not in _ACTIVE:  # not one of this process's writers
-            _commit(root, key)  # a writer that was killed: what it wrote is the run's
-    return read_manifest(root) or _empty_manifest()
-
-
-def record_files(root: str | Path, paths: Iterable[str | Path]) -> None:
-    """Add files (or every file under folders) inside ``root`` to its manifest, with size and
-    sha256."""
-    root = Path(root)
-    manifest = read_manifest(root) or _empty_manifest()
-    rels = [_rel_of(root, p) for p in paths]
-    for f in _files_under(root, rels):
-        rel = f.relative_to(root).as_posix()
-        manifest["files"][rel] = _entry(f)
-    _write_manifest(root, manifest)
-
-
-def owned_files(root: str | Path) -> set[str]:
-    """Relative paths of the files the manifest of ``root`` lists (empty without a manifest)."""
-    return set((read_manifest(root) or {}).get("files", {}))
-
-
-_ACTIVE: set[tuple[str, str]] = set()  # (resolved run folder, key) tracked by this process
-
-
-@contextmanager
-def tracked(root: str | Path, key: str, outputs: Iterable[str | Path]) -> Iterator[None]:
-    """Record in the manifest every file the body writes under ``outputs`` (files or folders
-    inside ``root``): new files, and files that existed but changed. Files already there and
-    left unchanged stay unlisted (they are not the run's); listed files the body leaves
-    unchanged keep their entries (a file the user edited is not claimed again). Runs even when
-    the body raises."""
-    root = Path(root)
-    manifest = read_manifest(root) or _empty_manifest()
-    rels = sorted({_rel_of(root, p) for p in outputs})
-    before: dict[str, list[int]] = {}
-    owned_before: dict[str, list[int]] = {}
-    for f in _files_under(root, rels):
-        rel = f.relative_to(root).as_posix()
-        (owned_before if rel in manifest["files"] else before)[rel] = _stat(f)
-    manifest["pending"][key] = {"outputs": rels, "unowned_before": before,
-                                "owned_before": owned_before}
-    _write_manifest(root, manifest)
-    active = (str(root.resolve()), key)
-    _ACTIVE.add(active)
-    try:
-        yield
-    finally:
-        _ACTIVE.discard(active)
-        _commit(root, key)
-
-
-def _commit(root: Path, key: str) -> None:
-    manifest = read_manifest(root) or _empty_manifest()
-    entry = manifest["pending"].pop(key, None)
-    if isinstance(entry, dict):
-        before = entry.get("unowned_before") or {}
-        owned_before = entry.get("owned_before")
-        rels = [r for r in entry.get("outputs", []) if _safe_rel(r)]
-        for f in _files_under(root, rels):
-            rel = f.relative_to(root).as_posix()
-            if rel in manifest["files"]:
-                untouched = (isinstance(owned_before, dict) and rel in owned_before
-                             and _same_stat(owned_before[rel], _stat(f)))
-                if not untouched:  # rewritten by the writer
-                    manifest["files"][rel] = _entry(f)
-            elif rel not in before or not _same_stat(before[rel], _stat(f)):
-                manifest["files"][rel] = _entry(f)
-    manifest["files"] = {r: s for r, s in manifest["files"].items() if (root / r).is_file()}
-    _write_manifest(root, manifest)
-
-
-def remove_owned(root: str | Path, under: str | None = None,
-                 keep: Iterable[str] = ()) -> tuple[list[Path], list[Path]]:
-    """Delete the files the manifest of ``root`` lists (only those ``under`` a relative folder,
-    when given; never those in ``keep``), then the folders that this left empty.
-
-    A listed file whose content differs from what tskd recorded (its size or, where recorded,
-    its sha256) was changed by someone else and is kept. Returns ``(removed, kept_changed)``.
-    Nothing outside ``root`` is ever touched.
-    """
-    root = Path(root)
-    manifest = read_manifest(root)
-    if manifest is None:
-        return [], []
-    keep = set(keep)
-    removed: list[Path] = []
-    changed: list[Path] = []
-    parents: set[Path] = set()
-    for rel, recorded in sorted(manifest["files"].items()):
-        if rel in keep or (under and rel != under and not rel.startswith(under.rstrip("/") + "/")):
-            continue
-        path = root / rel
-        if not path.is_file() or not _inside(root, path.parent):
-            del manifest["files"][rel]
-            continue
-        if _content_changed(path, recorded):
-            changed.append(path)
-            continue
-        path.unlink()
-        del manifest["files"][rel]
-        removed.append(path)
-        parents.add(path.parent)
-    for folder in sorted(parents, key=lambda d: len(d.parts), reverse=True):
-        while folder != root and _inside(root, folder) and folder.is_dir() and not any(
-                folder.iterdir()):
-            folder.rmdir()
-            folder = folder.parent
-    _write_manifest(root, manifest)
-    return removed, changed
-
-
-# -- one writer at a time: the lock -----------------------------------------------------------
-
-_HELD: dict[str, list[Any]] = {}  # resolved run folder -> [FileLock, depth] held by this process
-
-
-def _holder(root: Path) -> str:
-    try:
-        info = json.loads((root / LOCK_INFO_NAME).read_text())
-        return (f"process {info['pid']} on {info['host']}, started {info['started']}: "
-                f"{info['command']}")
-    except (OSError, ValueError, KeyError, TypeError):
-        return "a process that has not said which yet"
-
-
-@contextmanager
-def run_lock(root: str | Path, what: str = "", allow_foreign: bool = False) -> Iterator[Path]:
-    """Hold the operating-system lock of run folder ``root`` (``root/.tskd.lock``) for the body.
-
-    The lock (``filelock``, an ``flock`` on Unix) is released when the body ends or when the
-    process dies, however it dies. Re-entrant within one process. ``root/.tskd.lock.json`` names
-    the holder (pid, host, command, start time) while it is held. Raises ``RunFolderError``
-    naming the holder when another process holds it, and for a folder of other files (nothing is
-    created in it then) unless ``allow_foreign`` (the demo's output folder, which may hold other
-    files next to its runs).
-    """
-    from filelock import FileLock, Timeout
-
-    root = Path(root)
-    key = str(root.resolve())
-    held = _HELD.get(key)
-    if held is not None:
-        held[1] += 1
-        try:
-            yield root
-        finally:
-            held[1] -= 1
-        return
-    if not allow_foreign and folder_kind(root) == "foreign":
-        raise _foreign_error(root)
-    root.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(root / LOCK_NAME), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise RunFolderError(
-            f"run folder {root} is in use by another tskd process ({_holder(root)}); wait for "
-            "it to finish or stop it, then try again."
-        ) from None
-    _HELD[key] = [lock, 1]
-    info = root / LOCK_INFO_NAME
-    try:
-        info.write_text(json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv
-            else "python",
-            "what": what, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }))
-        yield root
-    finally:
-        _HELD.pop(key, None)
-        info.unlink(missing_ok=True)
-        lock.release()
-
-
 @contextmanager
 def writing(root: str | Path, key: str, outputs: Iterable[str | Path],
             what: str = "") -> Iterator[Path]:
@@ -623,39 +258,48 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     with run_lock(root, "prepare run folder"):
         manifest = claim_run_folder(root)
         if paths.config.is_file():
-            if "config.yaml" not in manifest["files"]:
-                raise RunFolderError(
-                    f"{paths.config} was not written by tskd, so it is not replaced; move it out "
-                    "of the run folder (keep your own configuration elsewhere) or choose another "
-                    "run folder."
-                )
-            edited = _content_changed(paths.config, manifest["files"]["config.yaml"]) and \
-                paths.config.read_bytes() != config_text(cfg).encode()  # else nothing is lost
-            old = _try_load(paths.config)
-            if old is None or (_comparable(old) != _comparable(cfg) and _has_results(root)):
-                if not overwrite:
-                    what = "cannot be read" if old is None else "belongs to a different run " \
-                        "(other data or teacher)"
-                    if edited:
-                        what += " (it was edited since tskd wrote it)"
-                    raise RunFolderError(
-                        f"{paths.config} {what}; choose another run folder, or pass --overwrite "
-                        "to remove the files that run wrote (files tskd did not write are kept)."
-                    )
-                removed, changed = remove_owned(root, keep=("config.yaml",))
-                note = f"replacing the run in {root}: removed {len(removed)} file(s) it wrote"
-                if changed:
-                    note += (f"; kept {len(changed)} changed since tskd wrote them: "
-                             + ", ".join(str(p.relative_to(root)) for p in changed[:5]))
-                warnings.warn(TskdWarning(note), stacklevel=2)
-            if edited:
-                kept = _keep_edited_config(root)
-                warnings.warn(TskdWarning(
-                    f"{paths.config} was edited since tskd wrote it: kept your version as {kept} "
-                    "and wrote the run's configuration to config.yaml"), stacklevel=2)
+            _replace_config(cfg, root, manifest, overwrite)
         save_config(cfg, paths.config)
         record_files(root, [paths.config])
     return root
+
+
+def _replace_config(cfg: RunConfig, root: Path, manifest: dict[str, Any],
+                    overwrite: bool) -> None:
+    """Make way for ``cfg``'s ``config.yaml`` in a folder that holds one (``prepare_run_dir``):
+    refuse one tskd did not write, and another run's unless ``overwrite``; keep an edited one.
+    Warnings name ``prepare_run_dir``'s caller."""
+    config = RunPaths(root).config
+    if "config.yaml" not in manifest["files"]:
+        raise RunFolderError(
+            f"{config} was not written by tskd, so it is not replaced; move it out "
+            "of the run folder (keep your own configuration elsewhere) or choose another "
+            "run folder."
+        )
+    edited = content_changed(config, manifest["files"]["config.yaml"]) and \
+        config.read_bytes() != config_text(cfg).encode()  # else nothing is lost
+    old = _try_load(config)
+    if old is None or (_comparable(old) != _comparable(cfg) and _has_results(root)):
+        if not overwrite:
+            what = "cannot be read" if old is None else "belongs to a different run " \
+                "(other data or teacher)"
+            if edited:
+                what += " (it was edited since tskd wrote it)"
+            raise RunFolderError(
+                f"{config} {what}; choose another run folder, or pass --overwrite "
+                "to remove the files that run wrote (files tskd did not write are kept)."
+            )
+        removed, changed = remove_owned(root, keep=("config.yaml",))
+        note = f"replacing the run in {root}: removed {len(removed)} file(s) it wrote"
+        if changed:
+            note += (f"; kept {len(changed)} changed since tskd wrote them: "
+                     + ", ".join(str(p.relative_to(root)) for p in changed[:5]))
+        warnings.warn(TskdWarning(note), stacklevel=3)
+    if edited:
+        kept = _keep_edited_config(root)
+        warnings.warn(TskdWarning(
+            f"{config} was edited since tskd wrote it: kept your version as {kept} "
+            "and wrote the run's configuration to config.yaml"), stacklevel=3)
 
 
 def _keep_edited_config(root: Path) -> Path:
@@ -675,9 +319,7 @@ def _keep_edited_config(root: Path) -> Path:
         if target.exists():
             raise
         os.rename(root / "config.yaml", target)
-    manifest = read_manifest(root) or _empty_manifest()
-    manifest["files"].pop("config.yaml", None)
-    _write_manifest(root, manifest)
+    forget(root, ["config.yaml"])
     return target
 
 

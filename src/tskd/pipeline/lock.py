@@ -1,0 +1,83 @@
+"""One writer at a time: the operating-system lock of a run folder.
+
+Every writer holds the folder's lock (``run_lock``: one writer at a time, freed when its process
+dies, however it dies); ``.tskd.lock.json`` names the holder while it is held, so a second
+writer is refused with a sentence naming the process that holds the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tskd.errors import RunFolderError
+from tskd.pipeline.manifest import LOCK_INFO_NAME, LOCK_NAME, folder_kind, foreign_error
+
+_HELD: dict[str, list[Any]] = {}  # resolved run folder -> [FileLock, depth] held by this process
+
+
+def _holder(root: Path) -> str:
+    try:
+        info = json.loads((root / LOCK_INFO_NAME).read_text())
+        return (f"process {info['pid']} on {info['host']}, started {info['started']}: "
+                f"{info['command']}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not said which yet"
+
+
+@contextmanager
+def run_lock(root: str | Path, what: str = "", allow_foreign: bool = False) -> Iterator[Path]:
+    """Hold the operating-system lock of run folder ``root`` (``root/.tskd.lock``) for the body.
+
+    The lock (``filelock``, an ``flock`` on Unix) is released when the body ends or when the
+    process dies, however it dies. Re-entrant within one process. ``root/.tskd.lock.json`` names
+    the holder (pid, host, command, start time) while it is held. Raises ``RunFolderError``
+    naming the holder when another process holds it, and for a folder of other files (nothing is
+    created in it then) unless ``allow_foreign`` (the demo's output folder, which may hold other
+    files next to its runs).
+    """
+    from filelock import FileLock, Timeout
+
+    root = Path(root)
+    key = str(root.resolve())
+    held = _HELD.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield root
+        finally:
+            held[1] -= 1
+        return
+    if not allow_foreign and folder_kind(root) == "foreign":
+        raise foreign_error(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunFolderError(
+            f"run folder {root} is in use by another tskd process ({_holder(root)}); wait for "
+            "it to finish or stop it, then try again."
+        ) from None
+    _HELD[key] = [lock, 1]
+    info = root / LOCK_INFO_NAME
+    try:
+        info.write_text(json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv
+            else "python",
+            "what": what, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }))
+        yield root
+    finally:
+        _HELD.pop(key, None)
+        info.unlink(missing_ok=True)
+        lock.release()
+

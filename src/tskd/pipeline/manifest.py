@@ -1,0 +1,333 @@
+"""What a run folder owns: the manifest, and the kind of folder a path is.
+
+``<run>/.tskd-manifest.json`` lists every file the run wrote (path relative to the run folder
+-> {"size": bytes, "sha256": hex digest}; manifests of earlier versions hold the size alone).
+Only listed files whose content is still what tskd wrote are ever removed (``remove_owned``,
+for ``--overwrite``); anything else in a run folder (the user's notes, a copied dataset, files
+of earlier versions, a listed file the user edited) is kept. Writers wrap their work in
+``tracked``: before it starts, the files already present in the outputs it names are noted
+("pending"); when it ends (or, after a kill, when the next writer takes the folder), every file
+there that is new or changed is recorded. The manifest is replaced atomically. A folder of
+other files is never written into (``claim_run_folder``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from tskd.errors import RunFolderError
+
+MANIFEST_NAME = ".tskd-manifest.json"
+LOCK_NAME = ".tskd.lock"  # the run lock's files (tskd.pipeline.lock), never listed
+LOCK_INFO_NAME = ".tskd.lock.json"
+_MANIFEST_FORMAT = "tskd-run-manifest"
+_INTERNAL = frozenset({MANIFEST_NAME, MANIFEST_NAME + ".tmp", LOCK_NAME, LOCK_INFO_NAME})
+
+FolderKind = Literal["new", "run", "legacy", "foreign"]
+
+
+def _empty_manifest() -> dict[str, Any]:
+    return {"format": _MANIFEST_FORMAT, "version": 2, "files": {}, "pending": {}}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _entry(path: Path) -> dict[str, Any]:
+    """The manifest entry of a file tskd wrote: its size in bytes and its sha256."""
+    return {"size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def content_changed(path: Path, entry: Any) -> bool:
+    """Whether ``path`` no longer holds what tskd wrote: another size, or (when the entry has
+    one; earlier versions recorded the size alone) another sha256."""
+    size = entry.get("size") if isinstance(entry, dict) else entry
+    if not isinstance(size, int) or path.stat().st_size != size:
+        return True
+    sha = entry.get("sha256") if isinstance(entry, dict) else None
+    return isinstance(sha, str) and _sha256(path) != sha
+
+
+def read_manifest(root: str | Path) -> dict[str, Any] | None:
+    """The manifest of ``root`` as a dict (``files``: relative path -> entry, ``{"size",
+    "sha256"}`` or, from earlier versions, the size in bytes; ``pending``), or None
+    when there is none or it cannot be read (then the folder is judged without it)."""
+    path = Path(root) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if (not isinstance(data, dict) or data.get("format") != _MANIFEST_FORMAT
+            or not isinstance(data.get("files"), dict)):
+        return None
+    if not isinstance(data.get("pending"), dict):
+        data["pending"] = {}
+    data["files"] = {r: s for r, s in data["files"].items() if _safe_rel(r)}
+    return data
+
+
+def _write_manifest(root: Path, data: dict[str, Any]) -> None:
+    tmp = root / (MANIFEST_NAME + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, root / MANIFEST_NAME)
+
+
+def _safe_rel(rel: Any) -> bool:
+    """A manifest entry names a path inside the run folder (no absolute path, no '..')."""
+    if not isinstance(rel, str) or not rel:
+        return False
+    p = PurePosixPath(rel)
+    return not p.is_absolute() and ".." not in p.parts and p.parts[0] not in _INTERNAL
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except OSError:
+        return False
+
+
+def _files_under(root: Path, rels: Iterable[str]) -> Iterator[Path]:
+    """Files at or below the given relative paths (files or folders) of ``root``."""
+    for rel in rels:
+        p = root / rel
+        if p.is_file():
+            yield p
+        elif p.is_dir():
+            yield from (f for f in sorted(p.rglob("*")) if f.is_file())
+
+
+def _rel_of(root: Path, path: str | Path) -> str:
+    """``path`` (joined to ``root``, or relative to it) as a manifest entry."""
+    path = Path(path)
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        pass
+    if not path.is_absolute():
+        return path.as_posix()
+    return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+def _stat(path: Path) -> list[int]:
+    """Size, mtime and inode: an atomic rewrite (a new file renamed over) changes the inode
+    even within one tick of the clock."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _same_stat(a: Any, b: list[int]) -> bool:
+    """``a`` (a ``_stat`` recorded earlier, by this or an earlier version) equals ``b``."""
+    return isinstance(a, list) and len(a) >= 2 and a == b[:len(a)]
+
+
+def _user_files(root: Path) -> Iterator[Path]:
+    """Files of ``root`` (recursively) except the run folder's own bookkeeping files."""
+    for p in sorted(root.iterdir()):
+        if p.name in _INTERNAL:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            yield from (f for f in sorted(p.rglob("*")) if not f.is_dir())
+        else:
+            yield p
+
+
+def _legacy_stage_folders(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and (d / "stage.json").is_file())
+
+
+def folder_kind(root: str | Path) -> FolderKind:
+    """What ``root`` is: ``new`` (absent or without files), ``run`` (has a manifest),
+    ``legacy`` (a run of an earlier version: no manifest, but ``*/stage.json``) or ``foreign``
+    (files that are not a run). Raises ``RunFolderError`` when ``root`` is a file."""
+    root = Path(root)
+    if not root.exists():
+        return "new"
+    if not root.is_dir():
+        raise RunFolderError(f"run folder {root} is a file; choose a folder")
+    if read_manifest(root) is not None:
+        return "run"
+    if _legacy_stage_folders(root):
+        return "legacy"
+    if next(_user_files(root), None) is None:
+        return "new"
+    return "foreign"
+
+
+def foreign_error(root: Path) -> RunFolderError:
+    example = next(_user_files(root), root)
+    hint = ""
+    if (root / "config.yaml").is_file():
+        hint = " (its config.yaml was not written by tskd: keep your own configuration outside " \
+               "the run folder)"
+    return RunFolderError(
+        f"{root} is not empty and is not a tskd run folder (no {MANIFEST_NAME} or stage.json; it "
+        f"holds e.g. {example.relative_to(root) if example != root else root}){hint}, and tskd "
+        "never writes into or deletes from a folder of other files, so choose a new or empty "
+        "run folder."
+    )
+
+
+def claim_run_folder(root: str | Path) -> dict[str, Any]:
+    """Make ``root`` a run folder tskd may write into and return its manifest.
+
+    A new folder gets an empty manifest. A run of an earlier version (``legacy``: no manifest,
+    ``*/stage.json``) is adopted: the manifest lists ``config.yaml`` and the files of the stage
+    folders that hold a ``stage.json``, and nothing else in it is ever removed (its checkpoints,
+    cache and reports are kept). Work a killed writer left "pending" is recorded. Raises
+    ``RunFolderError`` for a folder of other files. Call it while holding ``run_lock``.
+    """
+    root = Path(root)
+    kind = folder_kind(root)
+    if kind == "foreign":
+        raise foreign_error(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if kind == "new":
+        manifest = _empty_manifest()
+        _write_manifest(root, manifest)
+        return manifest
+    if kind == "legacy":
+        manifest = _empty_manifest() | {"adopted_legacy_run": True}
+        owned = [p for d in _legacy_stage_folders(root) for p in sorted(d.rglob("*"))
+                 if p.is_file()]
+        if (root / "config.yaml").is_file():
+            owned.append(root / "config.yaml")
+        manifest["files"] = {p.relative_to(root).as_posix(): _entry(p) for p in owned}
+        _write_manifest(root, manifest)
+        return manifest
+    for key in list((read_manifest(root) or {}).get("pending", {})):
+        if (str(root.resolve()), key) not in _ACTIVE:  # not one of this process's writers
+            _commit(root, key)  # a writer that was killed: what it wrote is the run's
+    return read_manifest(root) or _empty_manifest()
+
+
+def record_files(root: str | Path, paths: Iterable[str | Path]) -> None:
+    """Add files (or every file under folders) inside ``root`` to its manifest, with size and
+    sha256."""
+    root = Path(root)
+    manifest = read_manifest(root) or _empty_manifest()
+    rels = [_rel_of(root, p) for p in paths]
+    for f in _files_under(root, rels):
+        rel = f.relative_to(root).as_posix()
+        manifest["files"][rel] = _entry(f)
+    _write_manifest(root, manifest)
+
+
+def forget(root: str | Path, rels: Iterable[str]) -> None:
+    """Drop the files ``rels`` (relative paths) from the manifest of ``root``: they are no
+    longer the run's, so no ``remove_owned`` ever removes them. The files are not touched."""
+    root = Path(root)
+    manifest = read_manifest(root) or _empty_manifest()
+    for rel in rels:
+        manifest["files"].pop(rel, None)
+    _write_manifest(root, manifest)
+
+
+def owned_files(root: str | Path) -> set[str]:
+    """Relative paths of the files the manifest of ``root`` lists (empty without a manifest)."""
+    return set((read_manifest(root) or {}).get("files", {}))
+
+
+_ACTIVE: set[tuple[str, str]] = set()  # (resolved run folder, key) tracked by this process
+
+
+@contextmanager
+def tracked(root: str | Path, key: str, outputs: Iterable[str | Path]) -> Iterator[None]:
+    """Record in the manifest every file the body writes under ``outputs`` (files or folders
+    inside ``root``): new files, and files that existed but changed. Files already there and
+    left unchanged stay unlisted (they are not the run's); listed files the body leaves
+    unchanged keep their entries (a file the user edited is not claimed again). Runs even when
+    the body raises."""
+    root = Path(root)
+    manifest = read_manifest(root) or _empty_manifest()
+    rels = sorted({_rel_of(root, p) for p in outputs})
+    before: dict[str, list[int]] = {}
+    owned_before: dict[str, list[int]] = {}
+    for f in _files_under(root, rels):
+        rel = f.relative_to(root).as_posix()
+        (owned_before if rel in manifest["files"] else before)[rel] = _stat(f)
+    manifest["pending"][key] = {"outputs": rels, "unowned_before": before,
+                                "owned_before": owned_before}
+    _write_manifest(root, manifest)
+    active = (str(root.resolve()), key)
+    _ACTIVE.add(active)
+    try:
+        yield
+    finally:
+        _ACTIVE.discard(active)
+        _commit(root, key)
+
+
+def _commit(root: Path, key: str) -> None:
+    manifest = read_manifest(root) or _empty_manifest()
+    entry = manifest["pending"].pop(key, None)
+    if isinstance(entry, dict):
+        before = entry.get("unowned_before") or {}
+        owned_before = entry.get("owned_before")
+        rels = [r for r in entry.get("outputs", []) if _safe_rel(r)]
+        for f in _files_under(root, rels):
+            rel = f.relative_to(root).as_posix()
+            if rel in manifest["files"]:
+                untouched = (isinstance(owned_before, dict) and rel in owned_before
+                             and _same_stat(owned_before[rel], _stat(f)))
+                if not untouched:  # rewritten by the writer
+                    manifest["files"][rel] = _entry(f)
+            elif rel not in before or not _same_stat(before[rel], _stat(f)):
+                manifest["files"][rel] = _entry(f)
+    manifest["files"] = {r: s for r, s in manifest["files"].items() if (root / r).is_file()}
+    _write_manifest(root, manifest)
+
+
+def remove_owned(root: str | Path, under: str | None = None,
+                 keep: Iterable[str] = ()) -> tuple[list[Path], list[Path]]:
+    """Delete the files the manifest of ``root`` lists (only those ``under`` a relative folder,
+    when given; never those in ``keep``), then the folders that this left empty.
+
+    A listed file whose content differs from what tskd recorded (its size or, where recorded,
+    its sha256) was changed by someone else and is kept. Returns ``(removed, kept_changed)``.
+    Nothing outside ``root`` is ever touched.
+    """
+    root = Path(root)
+    manifest = read_manifest(root)
+    if manifest is None:
+        return [], []
+    keep = set(keep)
+    removed: list[Path] = []
+    changed: list[Path] = []
+    parents: set[Path] = set()
+    for rel, recorded in sorted(manifest["files"].items()):
+        if rel in keep or (under and rel != under and not rel.startswith(under.rstrip("/") + "/")):
+            continue
+        path = root / rel
+        if not path.is_file() or not _inside(root, path.parent):
+            del manifest["files"][rel]
+            continue
+        if content_changed(path, recorded):
+            changed.append(path)
+            continue
+        path.unlink()
+        del manifest["files"][rel]
+        removed.append(path)
+        parents.add(path.parent)
+    for folder in sorted(parents, key=lambda d: len(d.parts), reverse=True):
+        while folder != root and _inside(root, folder) and folder.is_dir() and not any(
+                folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    _write_manifest(root, manifest)
+    return removed, changed
+
