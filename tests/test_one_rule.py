@@ -11,7 +11,7 @@ from torch import nn
 from tskd.data.label_map import IGNORE_INDEX
 from tskd.data.samples import Sample
 from tskd.errors import TskdInputError
-from tskd.inference import metrics
+from tskd.inference import dice, metrics
 
 # ------------------------------------------------------------------ Dice
 
@@ -24,20 +24,20 @@ TRUTH = torch.tensor([[[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
 
 
 def test_dice_per_class_values() -> None:
-    d = metrics.dice_per_class(PRED, TRUTH, 3)
+    d = dice.dice_per_class(PRED, TRUTH, 3)
     assert d.shape == (2, 2) and d.dtype == torch.float32
     assert d.flatten().tolist() == pytest.approx([4 / 6, 0.0, 1.0, 1.0])
-    assert metrics.dice_per_class(PRED, TRUTH, 3, reduction="mean_batch").tolist() == \
+    assert dice.dice_per_class(PRED, TRUTH, 3, reduction="mean_batch").tolist() == \
         pytest.approx([(4 / 6 + 1) / 2, 0.5])
     # the truth pixel (1, 0) ignored: class 1 is 2 of (3 + 2) -> 0.8
     truth = TRUTH.clone()
     truth[0, 1, 0] = IGNORE_INDEX
-    assert metrics.dice_per_class(PRED, truth, 3, ignore_index=IGNORE_INDEX)[0, 0] == \
+    assert dice.dice_per_class(PRED, truth, 3, ignore_index=IGNORE_INDEX)[0, 0] == \
         pytest.approx(0.8)
     # a value outside the classes is background: class 2 predicted nowhere -> both empty -> 1
-    assert metrics.dice_per_class(PRED, TRUTH, 2)[0].tolist() == pytest.approx([4 / 6])
+    assert dice.dice_per_class(PRED, TRUTH, 2)[0].tolist() == pytest.approx([4 / 6])
     with pytest.raises(TskdInputError, match=r"differ in shape: \(2, 4, 4\) vs \(1, 4, 4\)"):
-        metrics.dice_per_class(PRED, TRUTH[:1], 3)
+        dice.dice_per_class(PRED, TRUTH[:1], 3)
 
 
 def test_evaluate_disagreement_and_validation_share_the_dice() -> None:
@@ -65,7 +65,7 @@ def test_evaluate_disagreement_and_validation_share_the_dice() -> None:
     out = validate(Fixed(), samples, 4)  # type: ignore[arg-type]
     assert out["dice_per_class"] == pytest.approx([4 / 6, 0.0])
     assert out["dice"] == pytest.approx(1 / 3) and out["n_images"] == 2
-    assert metrics.validation_dice(Fixed(), samples, 4, 3, batch_size=1).flatten().tolist() \
+    assert dice.validation_dice(Fixed(), samples, 4, 3, batch_size=1).flatten().tolist() \
         == pytest.approx([4 / 6, 0.0, 4 / 6, 0.0])
 
 

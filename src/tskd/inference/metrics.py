@@ -43,12 +43,14 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from tskd.errors import TskdInputError, TskdWarning
+from tskd.errors import TskdInputError
+from tskd.inference.dice import dice_per_class, one_hot_batch
+from tskd.inference.label_folders import read_label_folders
 
 HD95_DEFINITION = (
     "MONAI HausdorffDistanceMetric(percentile=95): max of the two directed 95th percentiles of "
@@ -124,98 +126,7 @@ def _to_slots(values: np.ndarray, scored: np.ndarray) -> np.ndarray:
 
 def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(spatial...) int -> (1, C, spatial...) float one-hot, the layout MONAI expects."""
-    return _one_hot_batch(labels[None], num_classes)
-
-
-def _one_hot_batch(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, spatial...) int -> (B, C, spatial...) float one-hot, the layout MONAI expects."""
-    return torch.nn.functional.one_hot(labels, num_classes).movedim(-1, 1).float()
-
-
-def dice_per_class(
-    pred: torch.Tensor,
-    truth: torch.Tensor,
-    num_classes: int,
-    ignore_index: int | None = None,
-    reduction: Literal["none", "mean_batch"] = "none",
-) -> torch.Tensor:
-    """Dice of label maps per image and foreground class: the one Dice rule of tskd.
-
-    Args:
-        pred: predicted class indices, int (B, H, W) or (B, Z, H, W).
-        truth: true class indices, same shape as ``pred``.
-        num_classes: classes including the background (0); at least 2 are scored as if given
-            (so a one-class model still has one foreground class).
-        ignore_index: truth pixels with this value are left out (background in both maps).
-        reduction: ``"none"`` gives (B, K) per image; ``"mean_batch"`` gives (K,), the mean
-            over the images of each class (MONAI's names), K = max(num_classes, 2) - 1.
-
-    Returns:
-        float32 Dice in [0, 1] on ``pred``'s device. A class absent from both maps scores 1
-        and a class in only one scores 0 (MONAI ``compute_dice`` with ``ignore_empty=False``,
-        background excluded; ``EMPTY_POLICY``). A value outside 0..num_classes-1 counts as
-        background.
-
-    Raises:
-        TskdInputError: when the shapes differ.
-    """
-    from monai.metrics import compute_dice
-
-    if pred.shape != truth.shape:
-        raise TskdInputError(
-            f"prediction and ground truth differ in shape: {tuple(pred.shape)} vs "
-            f"{tuple(truth.shape)}"
-        )
-    k = max(int(num_classes), 2)
-    pred, truth = pred.long(), truth.long().to(pred.device)
-    if ignore_index is not None:
-        keep = truth != ignore_index
-        pred, truth = pred.where(keep, 0), truth.where(keep, 0)
-    pred = pred.where((pred >= 0) & (pred < k), 0)
-    truth = truth.where((truth >= 0) & (truth < k), 0)
-    scores = compute_dice(_one_hot_batch(pred, k), _one_hot_batch(truth, k),
-                          include_background=False, ignore_empty=False).float()
-    return scores.mean(0) if reduction == "mean_batch" else scores
-
-
-@torch.no_grad()
-def validation_dice(
-    model: torch.nn.Module, samples: Sequence[Any], size: int, num_classes: int,
-    batch_size: int = 8,
-) -> torch.Tensor:
-    """Dice per validation image and foreground class of a segmentation model.
-
-    Args:
-        model: maps float (B, 3, size, size) in [0, 1] to logits (B, C, size, size).
-        samples: ``tskd.data.samples.Sample`` with labels (class indices; ``label_map.IGNORE_INDEX``
-            pixels are left out), resized to ``size`` as in training (``tskd.data.dataset``).
-        size: the model's input side in pixels.
-        num_classes: classes including the background.
-        batch_size: images per forward pass; the result does not depend on it.
-
-    Returns:
-        float32 (images, K) on the CPU (``dice_per_class``); the model is left in the
-        train/eval mode it had.
-    """
-    from torch.utils.data import DataLoader
-
-    from tskd.data.dataset import LabelledDataset
-    from tskd.data.label_map import IGNORE_INDEX
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(LabelledDataset(list(samples), size, augment=False),
-                        batch_size=max(1, batch_size), shuffle=False)
-    scores = []
-    try:
-        for batch in loader:
-            pred = model(batch["image"].to(device)).float().argmax(1)
-            scores.append(dice_per_class(pred, batch["label"].to(device), num_classes,
-                                         ignore_index=IGNORE_INDEX).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(scores) if scores else torch.zeros(0, max(num_classes, 2) - 1)
+    return one_hot_batch(labels[None], num_classes)
 
 
 def _spacing_for(
@@ -354,65 +265,75 @@ def evaluate(
     preds = [_as_values(p, n, "prediction") for n, p in zip(names, preds)]
     gts = [_as_values(g, n, "ground truth") for n, g in zip(names, gts)]
     scored = _scored_classes(preds, gts, names, num_classes, classes, ignore_label)
-    table = np.asarray(scored, dtype=np.int64)
-    k_classes = len(scored) + 1
-
     iou_m = MeanIoU(include_background=False, reduction="none", ignore_empty=False)
     hd_m = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
-
     records: list[dict[str, Any]] = []
     for name, p, g in zip(names, preds, gts):
-        if not scored:
-            continue
-        ps, gs = _to_slots(p, table), _to_slots(g, table)
-        if ignore_label is not None:
-            ignored = g == ignore_label
-            ps[ignored] = 0
-            gs[ignored] = 0
-        pt, gt = torch.from_numpy(ps), torch.from_numpy(gs)
-        sp = _spacing_for(spacing, gt.ndim, f"label map '{name}'")
-        diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(gt.shape, sp)))
-        p_oh, g_oh = _one_hot(pt, k_classes), _one_hot(gt, k_classes)
-        p_any = p_oh[0, 1:].flatten(1).any(dim=1)
-        g_any = g_oh[0, 1:].flatten(1).any(dim=1)
-        dice = dice_per_class(pt[None], gt[None], k_classes)[0]
-        iou = iou_m(y_pred=p_oh, y=g_oh)[0]
-        if bool((p_any & g_any).any()):
-            with warnings.catch_warnings():  # MONAI warns about empty classes; policy below
-                warnings.simplefilter("ignore")
-                hd = hd_m(y_pred=p_oh, y=g_oh, spacing=list(sp))[0]
-        else:
-            hd = torch.zeros(k_classes - 1)
-        for k, value in enumerate(scored):
-            pa, ga = bool(p_any[k]), bool(g_any[k])
-            if pa and ga:
-                case, vals = "ok", (float(dice[k]), float(iou[k]), float(hd[k]))
-            elif not pa and not ga:
-                case, vals = "both_empty", (1.0, 1.0, 0.0)
-            else:
-                case, vals = "one_empty", (0.0, 0.0, diagonal)
-            records.append(
-                {"image": name, "class": value, **dict(zip(METRIC_KEYS, vals)), "case": case}
-            )
+        if scored:
+            records += _score_image(name, p, g, scored, ignore_label, spacing, (iou_m, hd_m))
     for m in (iou_m, hd_m):
         m.reset()
+    definitions = _definitions(spacing, np.ndim(gts[0]) if gts else 2, ignore_label)
+    summary = _summarise(records, scored, class_names)
+    summary["hd95_unit"] = definitions["hd95_unit"]
+    summary["empty_policy"] = EMPTY_POLICY
+    return EvalReport(records=records, summary=summary, definitions=definitions)
 
-    sp_out = None if spacing is None else list(_spacing_for(spacing, np.ndim(gts[0]) if gts else 2))
-    definitions = {
+
+def _score_image(name: str, p: np.ndarray, g: np.ndarray, scored: list[int],
+                 ignore_label: int | None, spacing: float | Sequence[float] | None,
+                 monai_metrics: tuple[Any, Any]) -> list[dict[str, Any]]:
+    """One record per scored class of one image: Dice, IoU, HD95 and the empty-mask case."""
+    iou_m, hd_m = monai_metrics
+    table = np.asarray(scored, dtype=np.int64)
+    k_classes = len(scored) + 1
+    ps, gs = _to_slots(p, table), _to_slots(g, table)
+    if ignore_label is not None:
+        ignored = g == ignore_label
+        ps[ignored] = 0
+        gs[ignored] = 0
+    pt, gt = torch.from_numpy(ps), torch.from_numpy(gs)
+    sp = _spacing_for(spacing, gt.ndim, f"label map '{name}'")
+    diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(gt.shape, sp)))
+    p_oh, g_oh = _one_hot(pt, k_classes), _one_hot(gt, k_classes)
+    p_any = p_oh[0, 1:].flatten(1).any(dim=1)
+    g_any = g_oh[0, 1:].flatten(1).any(dim=1)
+    dice = dice_per_class(pt[None], gt[None], k_classes)[0]
+    iou = iou_m(y_pred=p_oh, y=g_oh)[0]
+    if bool((p_any & g_any).any()):
+        with warnings.catch_warnings():  # MONAI warns about empty classes; policy below
+            warnings.simplefilter("ignore")
+            hd = hd_m(y_pred=p_oh, y=g_oh, spacing=list(sp))[0]
+    else:
+        hd = torch.zeros(k_classes - 1)
+    records = []
+    for k, value in enumerate(scored):
+        pa, ga = bool(p_any[k]), bool(g_any[k])
+        if pa and ga:
+            case, vals = "ok", (float(dice[k]), float(iou[k]), float(hd[k]))
+        elif not pa and not ga:
+            case, vals = "both_empty", (1.0, 1.0, 0.0)
+        else:
+            case, vals = "one_empty", (0.0, 0.0, diagonal)
+        records.append({"image": name, "class": value, **dict(zip(METRIC_KEYS, vals)),
+                        "case": case})
+    return records
+
+
+def _definitions(spacing: float | Sequence[float] | None, ndim: int,
+                 ignore_label: int | None) -> dict[str, Any]:
+    """What the numbers of a report mean, written into the report."""
+    return {
         "dice": "MONAI DiceMetric, foreground classes, per image",
         "iou": "MONAI MeanIoU, foreground classes, per image",
         "hd95": HD95_DEFINITION,
         "hd95_unit": "pixels" if spacing is None else "spacing units",
-        "spacing": sp_out,
+        "spacing": None if spacing is None else list(_spacing_for(spacing, ndim)),
         "empty_policy": EMPTY_POLICY,
         "classes": CLASSES_POLICY,
         "ignore_label": ignore_label,
         "std": "population standard deviation (ddof=0)",
     }
-    summary = _summarise(records, scored, class_names)
-    summary["hd95_unit"] = definitions["hd95_unit"]
-    summary["empty_policy"] = EMPTY_POLICY
-    return EvalReport(records=records, summary=summary, definitions=definitions)
 
 
 def write_report(report: EvalReport, out_dir: str | Path) -> tuple[Path, Path]:
@@ -437,20 +358,6 @@ def write_report(report: EvalReport, out_dir: str | Path) -> tuple[Path, Path]:
     return js, cs
 
 
-def _label_files(folder: Path) -> dict[str, Path]:
-    from tskd.data.files import list_images, stem
-
-    if not folder.is_dir():
-        raise TskdInputError(f"label folder not found: {folder}")
-    files = list_images(folder)
-    if not files:  # an images/+labels/ or nnU-Net folder given instead of the labels themselves
-        for sub in ("labels", "labelsTr", "labelsTs"):
-            if (folder / sub).is_dir():
-                files = list_images(folder / sub)
-                break
-    return {stem(f): f for f in files}
-
-
 def evaluate_folders(
     pred_dir: str | Path,
     gt_dir: str | Path,
@@ -473,78 +380,8 @@ def evaluate_folders(
     note naming the files (see the module docstring). Scores cover the map's foreground
     classes and are reported by label value.
     """
-    from tskd.data import label_map, label_policy
-    from tskd.data.files import read_label
-
-    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
-    gt_files = _label_files(gt_dir)
-    pred_files = _label_files(pred_dir)
-    if not gt_files:
-        raise TskdInputError(f"no label maps found in {gt_dir}")
-    for stem, path in list(pred_files.items()):
-        if stem.endswith("_0000") and stem[:-5] not in pred_files:
-            pred_files[stem[:-5]] = path
-    missing = sorted(set(gt_files) - set(pred_files))
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise TskdInputError(f"no prediction in {pred_dir} for {len(missing)} label(s): {shown}")
-    names = sorted(gt_files)
-    gts_raw = [read_label(gt_files[n]) for n in names]
-    preds_raw = [read_label(pred_files[n]) for n in names]
-
-    if num_classes is not None and not 2 <= num_classes <= label_map.MAX_CLASSES:
-        raise TskdInputError(f"num_classes must be in 2..{label_map.MAX_CLASSES} (background "
-                             f"+ classes), got {num_classes}")
-    declared = label_map.declared_from_config(classes, ignore_label)
-    if declared is None and num_classes is not None:
-        declared = label_map.LabelMap.identity(num_classes, class_names, ignore_label)
-    if declared is None:
-        for folder in (gt_dir, gt_dir.parent):
-            declared = label_map.declared_map(folder, ignore_label)
-            if declared is not None:
-                break
-    gt_dec = label_policy.infer_map(
-        [(str(gt_files[n]), label_policy.distinct_values(g)) for n, g in zip(names, gts_raw)],
-        declared, ignore_label, where=f"ground truth in {gt_dir}",
-    )
-    gt_dec.raise_first()
-    gt_dec.emit(stacklevel=3)
-    lmap = gt_dec.label_map
-    assert lmap is not None
-    gts = [lmap.decode(label_policy.encode_file(g, str(gt_files[n]), gt_dec))
-           for n, g in zip(names, gts_raw)]
-    preds, strays, binary = [], {}, {}
-    for n, p in zip(names, preds_raw):
-        vals = label_policy.distinct_values(p)
-        v = label_policy.binary_foreground_value({int(x) for x in vals}, lmap.values, None) \
-            if lmap.num_classes == 2 else None
-        if v is not None:  # a binary prediction saved with the other foreground value
-            binary[str(pred_files[n])] = v
-            p = np.where(p == v, lmap.values[1], p)
-            vals = label_policy.distinct_values(p)
-        extra = sorted(set(vals.tolist()) - set(lmap.values))
-        if extra:
-            strays[str(pred_files[n])] = extra
-        preds.append(lmap.decode(lmap.encode(p, str(pred_files[n]), unknown="background")))
-    if binary:
-        shown = ", ".join(Path(f).name for f in list(binary)[:3]) + (
-            f" and {len(binary) - 3} more" if len(binary) > 3 else "")
-        saved = ", ".join(f"0/{v}" for v in sorted(set(binary.values())))
-        fg = lmap.values[1]
-        named = "" if lmap.names[1] == f"class {fg}" else f" ({lmap.names[1]})"
-        warnings.warn(
-            f"{len(binary)} prediction(s) in {pred_dir} ({shown}) are binary masks saved {saved}; "
-            f"their foreground is read as the ground truth's one class, label value {fg}{named}",
-            TskdWarning, stacklevel=2,
-        )
-    if strays:
-        first = next(iter(strays))
-        warnings.warn(
-            f"{len(strays)} prediction(s) hold values that are not classes of the ground truth "
-            f"(e.g. {first}: {', '.join(map(str, strays[first][:8]))}); they count as wrong for "
-            "every class",
-            TskdWarning, stacklevel=2,
-        )
+    names, preds, gts, lmap = read_label_folders(pred_dir, gt_dir, num_classes, class_names,
+                                                  ignore_label, classes, stacklevel=3)
     # ignored ground truth decodes to the ignore value itself, which evaluate() leaves out
     return evaluate(preds, gts, names, spacing=spacing,
                     class_names=class_names or dict(zip(lmap.values, lmap.names)),

@@ -290,9 +290,9 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 def _disagreement(a: torch.Tensor, b: torch.Tensor, num_classes: int) -> torch.Tensor:
     """1 - Dice between label maps (B, H, W), averaged over foreground classes.
 
-    A class absent from both maps agrees fully (Dice 1): ``tskd.inference.metrics.dice_per_class``.
+    A class absent from both maps agrees fully (Dice 1): ``tskd.inference.dice.dice_per_class``.
     """
-    from tskd.inference.metrics import dice_per_class
+    from tskd.inference.dice import dice_per_class
 
     return 1 - dice_per_class(a, b, num_classes).mean(dim=1)
 

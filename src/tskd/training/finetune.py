@@ -80,9 +80,9 @@ def validate(
     """Mean validation Dice (foreground classes) of ``student`` on labelled ``samples``.
 
     Returns ``{"dice": mean over classes, "dice_per_class": per class, mean over images,
-    "n_images": int}`` (``tskd.inference.metrics.validation_dice``), or ``{}`` without samples.
+    "n_images": int}`` (``tskd.inference.dice.validation_dice``), or ``{}`` without samples.
     """
-    from tskd.inference.metrics import validation_dice
+    from tskd.inference.dice import validation_dice
 
     if not samples:
         return {}

@@ -22,7 +22,7 @@ from tskd.config import TeacherConfig
 from tskd.data.label_map import IGNORE_INDEX
 from tskd.engine import CancelToken, ProgressCallback, seed_everything
 from tskd.engine import train as engine_train
-from tskd.inference.metrics import validation_dice
+from tskd.inference.dice import validation_dice
 from tskd.models.lora import apply_lora, save_teacher
 from tskd.models.teacher import SemanticSam, build_sam
 

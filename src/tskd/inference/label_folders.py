@@ -1,0 +1,148 @@
+"""Folders of label maps for ``tskd evaluate``: predictions paired with ground truth by file
+stem, both read through the one label policy (``tskd.data.label_policy``).
+
+The ground truth fixes the class map: declared by ``classes`` (as ``data.classes``),
+``num_classes`` (classes 0..n-1) or a dataset.json beside the ground truth, else taken from its
+values. Each prediction is read with that map: a predicted value that is not a class counts as
+background (wrong for every class) and a ``TskdWarning`` names it; for a binary ground truth, a
+prediction saved as a binary mask 0/1 or 0/255 whose foreground is not that class is read as its
+foreground, with a one-line note (``tskd.inference.metrics``'s module docstring has examples).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tskd.data import label_map, label_policy
+from tskd.data.files import list_images, read_label, stem
+from tskd.data.label_map import LabelMap
+from tskd.errors import TskdInputError, TskdWarning
+
+
+def label_files(folder: Path) -> dict[str, Path]:
+    """The label files of ``folder`` by stem: its images, else those of its ``labels/``,
+    ``labelsTr/`` or ``labelsTs/`` (an images/+labels/ or nnU-Net folder given instead of the
+    labels themselves). Raises ``TskdInputError`` for a missing folder."""
+    if not folder.is_dir():
+        raise TskdInputError(f"label folder not found: {folder}")
+    found = list_images(folder)
+    if not found:
+        for sub in ("labels", "labelsTr", "labelsTs"):
+            if (folder / sub).is_dir():
+                found = list_images(folder / sub)
+                break
+    return {stem(f): f for f in found}
+
+
+def _paired_files(pred_dir: Path, gt_dir: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """(ground truth, predictions) by stem; every ground truth has a prediction (one named
+    after its nnU-Net image, ``case_0000``, matches label ``case``). Raises ``TskdInputError``."""
+    gt_files = label_files(gt_dir)
+    pred_files = label_files(pred_dir)
+    if not gt_files:
+        raise TskdInputError(f"no label maps found in {gt_dir}")
+    for name, path in list(pred_files.items()):
+        if name.endswith("_0000") and name[:-5] not in pred_files:
+            pred_files[name[:-5]] = path
+    missing = sorted(set(gt_files) - set(pred_files))
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise TskdInputError(f"no prediction in {pred_dir} for {len(missing)} label(s): {shown}")
+    return gt_files, pred_files
+
+
+def _declared(gt_dir: Path, num_classes: int | None, class_names: Sequence[str] | None,
+              ignore_label: int | None, classes: Any) -> LabelMap | None:
+    """The declared class map: ``classes``, else ``num_classes``, else a dataset.json in
+    ``gt_dir`` or its parent, else None."""
+    if num_classes is not None and not 2 <= num_classes <= label_map.MAX_CLASSES:
+        raise TskdInputError(f"num_classes must be in 2..{label_map.MAX_CLASSES} (background "
+                             f"+ classes), got {num_classes}")
+    declared = label_map.declared_from_config(classes, ignore_label)
+    if declared is None and num_classes is not None:
+        declared = LabelMap.identity(num_classes, class_names, ignore_label)
+    if declared is None:
+        for folder in (gt_dir, gt_dir.parent):
+            declared = label_map.declared_map(folder, ignore_label)
+            if declared is not None:
+                break
+    return declared
+
+
+def _read_predictions(raw: list[np.ndarray], files: list[Path], lmap: LabelMap,
+                      pred_dir: Path, stacklevel: int) -> list[np.ndarray]:
+    """Predictions as label values of ``lmap``: binary masks read as its foreground, values
+    that are not classes as background, each kind said in one ``TskdWarning`` (at
+    ``stacklevel``, as ``warnings.warn``'s from this function)."""
+    preds, strays, binary = [], {}, {}
+    for path, p in zip(files, raw, strict=True):
+        vals = label_policy.distinct_values(p)
+        v = label_policy.binary_foreground_value({int(x) for x in vals}, lmap.values, None) \
+            if lmap.num_classes == 2 else None
+        if v is not None:  # a binary prediction saved with the other foreground value
+            binary[str(path)] = v
+            p = np.where(p == v, lmap.values[1], p)
+            vals = label_policy.distinct_values(p)
+        extra = sorted(set(vals.tolist()) - set(lmap.values))
+        if extra:
+            strays[str(path)] = extra
+        preds.append(lmap.decode(lmap.encode(p, str(path), unknown="background")))
+    if binary:
+        shown = ", ".join(Path(f).name for f in list(binary)[:3]) + (
+            f" and {len(binary) - 3} more" if len(binary) > 3 else "")
+        saved = ", ".join(f"0/{v}" for v in sorted(set(binary.values())))
+        fg = lmap.values[1]
+        named = "" if lmap.names[1] == f"class {fg}" else f" ({lmap.names[1]})"
+        warnings.warn(
+            f"{len(binary)} prediction(s) in {pred_dir} ({shown}) are binary masks saved {saved}; "
+            f"their foreground is read as the ground truth's one class, label value {fg}{named}",
+            TskdWarning, stacklevel=stacklevel,
+        )
+    if strays:
+        first = next(iter(strays))
+        warnings.warn(
+            f"{len(strays)} prediction(s) hold values that are not classes of the ground truth "
+            f"(e.g. {first}: {', '.join(map(str, strays[first][:8]))}); they count as wrong for "
+            "every class",
+            TskdWarning, stacklevel=stacklevel,
+        )
+    return preds
+
+
+def read_label_folders(
+    pred_dir: str | Path, gt_dir: str | Path, num_classes: int | None = None,
+    class_names: Sequence[str] | None = None, ignore_label: int | None = None,
+    classes: Any = None, stacklevel: int = 2,
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray], LabelMap]:
+    """Predictions and ground truth read as label values of one class map.
+
+    Returns ``(names, predictions, ground truth, map)``: the ground truth's stems (sorted) and
+    int64 label maps, (H, W) or (Z, H, W), ignored ground-truth pixels holding the map's ignore
+    value. Notes and warnings are ``TskdWarning`` at ``stacklevel`` (as ``warnings.warn``'s,
+    from this function). Raises ``TskdInputError`` for missing folders or predictions, invalid
+    label files or declarations, and ground truth the label policy refuses.
+    """
+    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
+    gt_files, pred_files = _paired_files(pred_dir, gt_dir)
+    names = sorted(gt_files)
+    gts_raw = [read_label(gt_files[n]) for n in names]
+    preds_raw = [read_label(pred_files[n]) for n in names]
+    declared = _declared(gt_dir, num_classes, class_names, ignore_label, classes)
+    gt_dec = label_policy.infer_map(
+        [(str(gt_files[n]), label_policy.distinct_values(g)) for n, g in zip(names, gts_raw)],
+        declared, ignore_label, where=f"ground truth in {gt_dir}",
+    )
+    gt_dec.raise_first()
+    gt_dec.emit(stacklevel=stacklevel + 1)
+    lmap = gt_dec.label_map
+    assert lmap is not None
+    gts = [lmap.decode(label_policy.encode_file(g, str(gt_files[n]), gt_dec))
+           for n, g in zip(names, gts_raw)]
+    preds = _read_predictions(preds_raw, [pred_files[n] for n in names], lmap, pred_dir,
+                              stacklevel + 1)
+    return names, preds, gts, lmap
