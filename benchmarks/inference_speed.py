@@ -4,7 +4,7 @@
     python benchmarks/inference_speed.py --threads 2 --vit-b
 
 Every model segments one 256x256 grayscale image through
-`tskd.inference.predict.Segmenter` (resize to the model's input size, normalise, forward,
+`tskd.inference.segmenter.Segmenter` (resize to the model's input size, normalise, forward,
 resize back, argmax): the median over `--repeats` runs after a warm-up. Weights do not change
 the time, so the teachers are random initialisations of the real architectures (no checkpoint
 is needed). "overhead" is the best segment() time minus the best bare forward of the student,
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from tskd.config import StudentConfig
-from tskd.inference.predict import Segmenter
+from tskd.inference.segmenter import Segmenter
 from tskd.models.student import Student
 from tskd.models.teacher import SemanticSam, build_sam
 

@@ -1,4 +1,4 @@
-"""Loading a model bundle (student or teacher folder) into a ``tskd.inference.predict.Segmenter``.
+"""Loading a model bundle (student or teacher folder) into a ``tskd.inference.segmenter.Segmenter``.
 
 Called in the GUI thread: torch and timm are imported there, before any worker thread segments,
 and after ``_torch_guard.prepare_torch_import`` (importing Triton after napari's OpenGL context
@@ -16,7 +16,7 @@ import numpy as np
 
 @dataclass
 class LoadedModel:
-    segmenter: Any  # tskd.inference.predict.Segmenter
+    segmenter: Any  # tskd.inference.segmenter.Segmenter
     meta: dict[str, Any]
     name: str  # e.g. "run1/student": names the prediction layer
     folder: Path

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from tskd.errors import TskdInputError
-from tskd.inference.predict import Segmenter, is_stack_guess, predict_paths, rank_for_annotation
+from tskd.inference.predict import predict_paths, rank_for_annotation
+from tskd.inference.segmenter import Segmenter, is_stack_guess
 
 
 class Counting(nn.Module):

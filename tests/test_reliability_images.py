@@ -23,7 +23,8 @@ from tskd.data import files
 from tskd.data.axes import MAX_PIXELS_ENV, image_axes, pixel_budget
 from tskd.data.samples import load_labelled, load_unlabelled, read_labelled_set
 from tskd.errors import TskdInputError, TskdWarning
-from tskd.inference.predict import Segmenter, predict_paths, segmenter_from_bundle
+from tskd.inference.predict import predict_paths, segmenter_from_bundle
+from tskd.inference.segmenter import Segmenter
 
 RNG = np.random.default_rng(0)
 BOMB_MESSAGE = (

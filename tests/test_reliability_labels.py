@@ -435,7 +435,8 @@ class _ConstantModel(nn.Module):
 
 
 def test_predictions_are_written_with_the_original_ids(tmp_path: Path) -> None:
-    from tskd.inference.predict import Segmenter, predict_paths
+    from tskd.inference.predict import predict_paths
+    from tskd.inference.segmenter import Segmenter
 
     image = np.zeros((16, 16), np.uint8)
     image[:, 6:11] = 128
@@ -587,7 +588,7 @@ def test_gap_ids_train_store_the_map_and_predict_original_ids(
     assert meta["class_names"] == ["background", "class 1", "class 5"]
     assert main(["predict", "--model", str(tmp_path / "run" / "student"),
                  str(data / "images"), "-o", str(tmp_path / "pred"), "--device", "cpu"]) == 0
-    from tskd.inference.predict import Segmenter
+    from tskd.inference.segmenter import Segmenter
 
     model, _ = bundle.load_bundle(tmp_path / "run" / "student")
     seg = Segmenter(model, 64, 3, device="cpu")
@@ -622,7 +623,8 @@ def test_teacher_loss_ignores_ignored_pixels() -> None:
 def test_evaluate_folder_scores_every_class_of_the_model(tmp_path: Path) -> None:
     """A model of values 0, 1, 5 on a test set that only shows 5: classes 1 and 5 are scored
     (the model's classes), reported by value; a value the model lacks is one clear error."""
-    from tskd.inference.predict import Segmenter, evaluate_folder
+    from tskd.inference.predict import evaluate_folder
+    from tskd.inference.segmenter import Segmenter
 
     image = np.zeros((16, 16), np.uint8)
     image[:, 11:] = 255  # the constant model predicts class 2 (value 5) there

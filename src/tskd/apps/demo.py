@@ -293,7 +293,7 @@ def _score(cfg: RunConfig, model: str, test: Path) -> dict[str, float]:
 
 def _ms_per_image(seg: Any, repeats: int = 10) -> float:
     """Median wall time of one 256x256 image through ``seg`` (a
-    ``tskd.inference.predict.Segmenter``: forward + pre/post)."""
+    ``tskd.inference.segmenter.Segmenter``: forward + pre/post)."""
     import numpy as np
     import torch
 

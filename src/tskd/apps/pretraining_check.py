@@ -35,7 +35,8 @@ def random_init_model(cfg: RunConfig, num_classes: int) -> Any:
 def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, Any]:
     """Train the teacher's architecture from scratch and score it on ``test_folder``."""
     from tskd.engine import train
-    from tskd.inference.predict import Segmenter, evaluate_folder
+    from tskd.inference.predict import evaluate_folder
+    from tskd.inference.segmenter import Segmenter
     from tskd.pipeline.stages import load_labelled_data
     from tskd.training.teacher import TeacherTask
 
