@@ -4,7 +4,8 @@ Every import of every module under src/tskd is read with ``ast`` - module-level,
 functions and under ``TYPE_CHECKING`` alike, since a lazy import is still a dependency - and
 checked against ``LAYERS``, lowest first: a module may import modules of its own layer and of
 the layers below it, never one above. The top-level modules are one layer each (``errors`` <
-``atomic`` < ``lora_targets`` < ``config`` < ``engine``); each package is one layer.
+``atomic`` < ``safe_regex`` < ``lora_targets`` < ``config`` < ``engine``); each package is one
+layer.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ BACKEND = SRC / "tskd"
 LAYERS = (
     "tskd.errors",
     "tskd.atomic",
+    "tskd.safe_regex",
     "tskd.lora_targets",
     "tskd.config",
     "tskd.engine",
@@ -34,7 +36,9 @@ LAYERS = (
     "tskd.apps",
 )
 ROOT_INIT_IMPORTS = {"tskd.errors"}  # ``import tskd`` stays cheap: only the error classes
-MAX_LINES = 1200  # the issue's target is 400; the largest module is data/io.py (1154 lines)
+MAX_LINES = 400
+# being reworked on their own: the engine's hooks, the stage registry and the CLI that reads it
+OVER_MAX_LINES = {"tskd.engine", "tskd.pipeline.stages", "tskd.apps.cli"}
 
 
 def module_name(path: Path) -> str:
@@ -191,7 +195,8 @@ def test_relative_imports_resolve() -> None:
 
 def test_no_module_exceeds_the_line_limit() -> None:
     sizes = {name: len(path.read_text().splitlines()) for name, path in backend_modules().items()}
-    assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
+    assert {n: s for n, s in sizes.items() if s > MAX_LINES and n not in OVER_MAX_LINES} == {}
+    assert set(sizes) >= OVER_MAX_LINES  # an exception names a module that exists
     assert max(sizes.values()) > 0
 
 

@@ -12,7 +12,7 @@ import torch
 from tskd.engine import CancelToken
 from tskd.errors import Cancelled, TskdInputError
 from tskd.models.mini_sam import MiniSamConfig
-from tskd.training import pretrain
+from tskd.training import pretrain, pretrain_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,7 +29,7 @@ def test_sample_prompts() -> None:
     rng = np.random.default_rng(0)
     for _ in range(20):
         n = int(rng.integers(1, 4))
-        box, points, labels = pretrain.sample_prompts(rng, mask, n)
+        box, points, labels = pretrain_data.sample_prompts(rng, mask, n)
         assert box.shape == (4,) and box[0] <= box[2] and box[1] <= box[3]
         assert np.all(np.abs(box - [10, 20, 29, 39]) <= 20) and box.min() >= 0 and box.max() <= 63
         assert labels[0] == 1 and (labels[n:] == -1).all() and set(labels[:n]) <= {0, 1}
@@ -38,7 +38,7 @@ def test_sample_prompts() -> None:
 
 
 def test_dataset_items_are_reproducible() -> None:
-    ds = pretrain.PromptDataset(length=3, size=64, masks_per_image=2, seed=1)
+    ds = pretrain_data.PromptDataset(length=3, size=64, masks_per_image=2, seed=1)
     torch.manual_seed(0)
     a = ds[1]
     torch.manual_seed(0)
@@ -65,7 +65,7 @@ def test_pretrain_tiny_writes_loadable_weights(tmp_path: Path) -> None:
     from tskd.models.teacher import SemanticSam, build_sam
 
     cfg = _cfg(steps=40, lr=5e-3)
-    ds = pretrain.PromptDataset(8, 64, 2, seed=99)  # a fixed batch the run never sees
+    ds = pretrain_data.PromptDataset(8, 64, 2, seed=99)  # a fixed batch the run never sees
     torch.manual_seed(0)
     batch = torch.utils.data.default_collate([ds[i] for i in range(8)])
     with torch.no_grad():
