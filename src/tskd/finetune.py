@@ -24,6 +24,7 @@ from tskd.config import StudentConfig
 from tskd.engine import CancelToken, ProgressCallback, TrainResult
 from tskd.errors import TskdInputError
 from tskd.label_policy import IGNORE_INDEX
+from tskd.preview import SegmentationPreview
 from tskd.student import Student
 
 
@@ -143,6 +144,7 @@ def finetune_student(
             cancel=cancel,
             resume=resume,
             keep_checkpoint=keep_checkpoint,
+            callbacks=[SegmentationPreview(progress)] if progress is not None else [],
         )
         metrics = validate(student, val, image_size, cfg.train.batch_size)
     finally:

@@ -23,6 +23,7 @@ from tskd.engine import CancelToken, ProgressCallback, seed_everything
 from tskd.engine import train as engine_train
 from tskd.label_policy import IGNORE_INDEX
 from tskd.metrics import validation_dice
+from tskd.preview import SegmentationPreview
 from tskd.teacher_lora import apply_lora, save_teacher
 from tskd.teacher_model import SemanticSam, build_sam
 
@@ -105,6 +106,7 @@ def finetune_teacher(
         cancel=cancel,
         resume=resume,
         keep_checkpoint=keep_checkpoint,
+        callbacks=[SegmentationPreview(progress)] if progress is not None else [],
     )
     model = task.model
     metrics: dict[str, Any] = {
