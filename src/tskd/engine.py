@@ -10,6 +10,11 @@ is one atomic, sha256-verified unit (``_Checkpoint``). Randomness is re-seeded f
 ``seed + epoch`` at every epoch, and a mid-epoch checkpoint restores the random streams as they
 were before its batch, so a resumed run takes the same data order, augmentations and dropout
 draws as an uninterrupted one and ends with the same weights, bit for bit on the CPU.
+
+What one stage needs beside the loop is a ``Callback`` (hooks at train begin, step end, epoch
+end, checkpoint, resume and train end, each given the run's ``TrainState``): the segmentation
+preview (``tskd.preview``) and the diffusion model's EMA (``tskd.synth_train``) are two. A
+callback's ``on_checkpoint`` state is saved in the checkpoint unit and handed back on resume.
 """
 
 from __future__ import annotations
@@ -35,7 +40,15 @@ from tskd.errors import Cancelled, TskdError
 
 @dataclass
 class Progress:
-    """One report from the engine: enough for a progress bar, a loss plot and an ETA."""
+    """One report from the engine: enough for a progress bar, a loss plot and an ETA.
+
+    Picklable (it crosses from the training process to the plugin). Attributes:
+    ``stage`` (the task's name), ``step`` (optimiser steps done, counting resumed ones),
+    ``total`` (steps planned), ``epoch`` (0-based), ``epochs`` (planned), ``loss`` (the step's
+    minimised loss), ``eta_s`` (seconds left, from this run's mean step time; 0 at the end),
+    ``logs`` (every loss component of the step), ``message`` (free text of stages that report
+    outside the engine) and ``preview`` (sent by ``tskd.preview.SegmentationPreview``).
+    """
 
     stage: str
     step: int  # optimiser steps done (1-based after the first)
@@ -47,7 +60,7 @@ class Progress:
     logs: dict[str, float] = field(default_factory=dict)
     message: str = ""
     # {"image": (S, S, 3) uint8, "labels": (S, S) uint8}: the model's current prediction on the
-    # first training image, at most every PREVIEW_INTERVAL_S and after the last epoch
+    # first training image (tskd.preview: at most every 5 s and after the last epoch)
     preview: dict[str, Any] | None = None
 
 
@@ -55,7 +68,13 @@ ProgressCallback = Callable[[Progress], None]
 
 
 class CancelToken:
-    """A flag a GUI or signal handler sets to stop training at the next step."""
+    """A flag a GUI or signal handler sets to stop training at the next step.
+
+    Args:
+        flag: any object with ``is_set()`` and ``set()`` (``threading.Event``, or
+            ``multiprocessing.Event`` to cancel from another process); default a new
+            ``threading.Event``.
+    """
 
     def __init__(self, flag: Any | None = None) -> None:
         # any object with is_set()/set() works: threading.Event, multiprocessing.Event
@@ -64,23 +83,30 @@ class CancelToken:
         self._flag = flag if flag is not None else threading.Event()
 
     def cancel(self) -> None:
+        """Ask training to stop before its next step (it writes a checkpoint first)."""
         self._flag.set()
 
     @property
     def cancelled(self) -> bool:
+        """Whether ``cancel`` was called (here or through the shared flag)."""
         return bool(self._flag.is_set())
 
 
 class TrainingTask(Protocol):
-    """What a stage hands to the engine."""
+    """What a stage hands to the engine: a name, the model and its data and loss."""
 
-    name: str
+    name: str  # the stage's name in progress reports and messages
     model: nn.Module  # owns every trainable parameter (requires_grad=True)
 
-    def dataset(self) -> Dataset: ...
+    def dataset(self) -> Dataset:
+        """The training set, built once per run; items are collated into the step's batches."""
+        ...
 
     def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-        """Forward one batch; return losses, with the one to minimise under 'loss'."""
+        """Forward one batch (already on the model's device); return scalar losses.
+
+        The one to minimise is under ``"loss"``; the others are logged.
+        """
         ...
 
 
@@ -89,9 +115,9 @@ class TrainResult:
     """What came out of a training run."""
 
     history: list[dict[str, float]]  # one entry per finished epoch: mean of each logged loss
-    steps: int
-    seconds: float
-    resumed_from_epoch: int | None = None
+    steps: int  # optimiser steps done, resumed ones included
+    seconds: float  # wall time of this call from the first step on (not of resumed runs)
+    resumed_from_epoch: int | None = None  # the epoch a checkpoint resumed at, or None
 
 
 CheckpointExtra = tuple[dict[str, torch.Tensor], dict[str, str]]
@@ -151,8 +177,11 @@ class Callback:
         """After each optimiser step (``state.step`` counts it), before its progress report."""
 
     def on_epoch_end(self, state: TrainState) -> None:
-        """After an epoch's history entry and checkpoint are written (also after a resumed,
-        partly skipped epoch)."""
+        """After an epoch's history entry and checkpoint are written.
+
+        Also after a resumed, partly skipped epoch (``state.steps_in_epoch`` counts this run's
+        steps only).
+        """
 
     def on_checkpoint(self, state: TrainState) -> CheckpointExtra | None:
         """State to keep in the checkpoint being written (every epoch end, and on cancel).
@@ -177,7 +206,19 @@ class Callback:
 
 
 def resolve_device(device: str) -> torch.device:
-    """Turn 'auto'/'cpu'/'cuda[:N]'/'mps' into a device, with a clear error if unavailable."""
+    """Turn a device setting into a ``torch.device``.
+
+    Args:
+        device: ``"auto"`` (CUDA if present, else Apple MPS, else the CPU), ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"`` or ``"mps"``; the default ``"auto"`` comes from
+            ``tskd.config.TrainConfig.device``.
+
+    Returns:
+        The device to train or predict on.
+
+    Raises:
+        TskdError: CUDA or MPS was asked for but is not available.
+    """
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -203,7 +244,21 @@ def _mixed_precision(cfg: TrainConfig, device: torch.device) -> str:
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
-    """An ``Accelerator`` for the configured device; one per training run."""
+    """An ``accelerate.Accelerator`` for ``cfg.device`` and ``cfg.mixed_precision``.
+
+    Mixed precision ``"auto"`` is bf16 on a CUDA GPU that supports it, else fp16 on CUDA and
+    none elsewhere; the CPU never runs mixed precision. Build one per training run: the shared
+    accelerate state is reset first, so each run may use another device or precision.
+
+    Args:
+        cfg: the engine's settings (defaults from ``tskd.config.TrainConfig``).
+
+    Returns:
+        A new ``Accelerator``.
+
+    Raises:
+        TskdError: the configured device is not available (see ``resolve_device``).
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
@@ -217,7 +272,12 @@ def make_accelerator(cfg: TrainConfig) -> Any:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) at once."""
+    """Seed Python's ``random``, NumPy's global stream and torch (CPU and every GPU) at once.
+
+    Args:
+        seed: the seed (``tskd.config.TrainConfig.seed``, default 0; the engine uses
+            ``seed + epoch`` at each epoch).
+    """
     from accelerate.utils import set_seed
 
     set_seed(seed)
@@ -332,23 +392,18 @@ class _Checkpoint:
 
     # -- writing
     def save(self, model: nn.Module, optimizer: Any, scheduler: Any, state: dict,
-             rng: dict[str, Any] | None = None,
-             extra: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None) -> None:
+             rng: dict[str, Any] | None = None, extra: CheckpointExtra | None = None) -> None:
         """Write a new checkpoint as one unit (see the class docstring).
 
         Raises ``DiskFullError`` ("no space left on <folder>, N MB needed") or ``TskdError``
         (folder not writable) and then leaves the previous checkpoint as it was.
         """
-        import shutil
+        self._write(self._encode(model, optimizer, scheduler, state, rng, extra))
 
-        from tskd.atomic import (
-            _write_file,
-            fsync_dir,
-            json_bytes,
-            safetensors_bytes,
-            torch_bytes,
-            user_fixable_error,
-        )
+    def _encode(self, model: nn.Module, optimizer: Any, scheduler: Any, state: dict,
+                rng: dict[str, Any] | None, extra: CheckpointExtra | None) -> dict[str, bytes]:
+        """The checkpoint's files (name -> bytes), the manifest last."""
+        from tskd.atomic import json_bytes, safetensors_bytes, torch_bytes
 
         tensors = {n: p.detach().float().cpu().contiguous() for n, p in _trainable(model).items()}
         # running statistics (e.g. BatchNorm) change during training too: keep them for resume
@@ -372,6 +427,14 @@ class _Checkpoint:
                       for n, d in files.items()},
         }
         files[self.MANIFEST] = json_bytes(manifest)  # written last: its presence seals the rest
+        return files
+
+    def _write(self, files: dict[str, bytes]) -> None:
+        """Write ``files`` into a fresh folder, then swap it in (see the class docstring)."""
+        import shutil
+
+        from tskd.atomic import _write_file, fsync_dir, user_fixable_error
+
         total = sum(len(d) for d in files.values())
         tmp = self.folder / f"{self.TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         try:
@@ -458,9 +521,8 @@ class _Checkpoint:
 
     def load(self, files: dict[str, bytes], model: nn.Module, optimizer: Any, scheduler: Any
              ) -> tuple[dict, dict[str, Any] | None,
-                        tuple[dict[str, torch.Tensor], dict[str, str]] | None]:
+                        CheckpointExtra | None]:
         """Restore a verified checkpoint: ``(state, rng state or None, extra or None)``."""
-
         from safetensors.torch import load as load_safetensors
 
         from tskd.errors import CheckpointError
@@ -513,8 +575,14 @@ class _Checkpoint:
 
 
 def clear_checkpoint(checkpoint_dir: str | Path) -> None:
-    """Remove a stage's checkpoint once its artefact is written (see ``train``'s
-    ``keep_checkpoint``); other files in the folder stay."""
+    """Remove a stage's checkpoint once its artefact is written.
+
+    See ``train``'s ``keep_checkpoint``. Only the checkpoint's own folders and leftovers go;
+    other files in the folder (``history.json``) stay. A missing folder is no error.
+
+    Args:
+        checkpoint_dir: the folder given to ``train`` as ``checkpoint_dir``.
+    """
     folder = Path(checkpoint_dir)
     if folder.is_dir():
         _Checkpoint(folder).clear()

@@ -53,8 +53,9 @@ def preview_prediction(model: nn.Module, image: torch.Tensor, device: torch.devi
 
 
 class SegmentationPreview(Callback):
-    """Reports ``Progress.preview`` at an epoch's end, at most every ``interval_s`` and always
-    after the last epoch (when that epoch took a step).
+    """Reports ``Progress.preview`` at epoch ends: at most every ``interval_s``, and after the last.
+
+    The last epoch's preview is sent whenever that epoch took a step in this run.
 
     Args:
         progress: the stage's progress callback; previews go there as extra ``Progress``

@@ -64,6 +64,7 @@ def train_config(cfg: SynthConfig) -> TrainConfig:
 
 
 def steps_per_epoch(cfg: SynthConfig) -> int:
+    """Optimiser steps per engine epoch: at most 50 (``_STEPS_PER_EPOCH``), the checkpoint rate."""
     return max(1, min(cfg.train_steps, _STEPS_PER_EPOCH))
 
 
@@ -110,9 +111,11 @@ class DdpmTask:
         self.spe = steps_per_epoch(self.cfg)
 
     def dataset(self) -> Dataset:
+        """One epoch of noised images (batch size x steps per epoch items)."""
         return NoisedImages(self.images, self.cfg.batch_size * self.spe)
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """MSE between the UNet's predicted noise and the noise added at timestep ``t``."""
         x0, noise, t = batch["image"], batch["noise"], batch["t"]
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         pred = model(noisy, t).sample
