@@ -10,6 +10,7 @@ from ckpt_kill import _Data
 from tskd.config import TrainConfig
 from tskd.engine import CancelToken, Progress, train
 from tskd.errors import Cancelled, TskdError
+from tskd.training.preview import SegmentationPreview
 
 
 class _Task:
@@ -146,7 +147,8 @@ def test_previews_show_the_first_image_and_change_nothing() -> None:
     reports: list[Progress] = []
     cfg = TrainConfig(epochs=3, batch_size=2, lr=0.1, device="cpu")
     with_preview, without = _SegTask(), _SegTask()
-    train(with_preview, cfg, progress=reports.append)
+    train(with_preview, cfg, progress=reports.append,
+          callbacks=[SegmentationPreview(reports.append)])
     train(without, cfg)
     previews = [r.preview for r in reports if r.preview is not None]
     assert previews, "the last epoch always sends a preview"

@@ -10,6 +10,11 @@ is one atomic, sha256-verified unit (``_Checkpoint``). Randomness is re-seeded f
 ``seed + epoch`` at every epoch, and a mid-epoch checkpoint restores the random streams as they
 were before its batch, so a resumed run takes the same data order, augmentations and dropout
 draws as an uninterrupted one and ends with the same weights, bit for bit on the CPU.
+
+What one stage needs beside the loop is a ``Callback`` (hooks at train begin, step end, epoch
+end, checkpoint, resume and train end, each given the run's ``TrainState``): the segmentation
+preview (``tskd.training.preview``) and the diffusion model's EMA (``tskd.synth_train``) are two. A
+callback's ``on_checkpoint`` state is saved in the checkpoint unit and handed back on resume.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +40,15 @@ from tskd.errors import Cancelled, TskdError
 
 @dataclass
 class Progress:
-    """One report from the engine: enough for a progress bar, a loss plot and an ETA."""
+    """One report from the engine: enough for a progress bar, a loss plot and an ETA.
+
+    Picklable (it crosses from the training process to the plugin). Attributes:
+    ``stage`` (the task's name), ``step`` (optimiser steps done, counting resumed ones),
+    ``total`` (steps planned), ``epoch`` (0-based), ``epochs`` (planned), ``loss`` (the step's
+    minimised loss), ``eta_s`` (seconds left, from this run's mean step time; 0 at the end),
+    ``logs`` (every loss component of the step), ``message`` (free text of stages that report
+    outside the engine) and ``preview`` (sent by ``tskd.training.preview.SegmentationPreview``).
+    """
 
     stage: str
     step: int  # optimiser steps done (1-based after the first)
@@ -47,7 +60,7 @@ class Progress:
     logs: dict[str, float] = field(default_factory=dict)
     message: str = ""
     # {"image": (S, S, 3) uint8, "labels": (S, S) uint8}: the model's current prediction on the
-    # first training image, at most every PREVIEW_INTERVAL_S and after the last epoch
+    # first training image (tskd.training.preview: at most every 5 s and after the last epoch)
     preview: dict[str, Any] | None = None
 
 
@@ -55,7 +68,13 @@ ProgressCallback = Callable[[Progress], None]
 
 
 class CancelToken:
-    """A flag a GUI or signal handler sets to stop training at the next step."""
+    """A flag a GUI or signal handler sets to stop training at the next step.
+
+    Args:
+        flag: any object with ``is_set()`` and ``set()`` (``threading.Event``, or
+            ``multiprocessing.Event`` to cancel from another process); default a new
+            ``threading.Event``.
+    """
 
     def __init__(self, flag: Any | None = None) -> None:
         # any object with is_set()/set() works: threading.Event, multiprocessing.Event
@@ -64,23 +83,30 @@ class CancelToken:
         self._flag = flag if flag is not None else threading.Event()
 
     def cancel(self) -> None:
+        """Ask training to stop before its next step (it writes a checkpoint first)."""
         self._flag.set()
 
     @property
     def cancelled(self) -> bool:
+        """Whether ``cancel`` was called (here or through the shared flag)."""
         return bool(self._flag.is_set())
 
 
 class TrainingTask(Protocol):
-    """What a stage hands to the engine."""
+    """What a stage hands to the engine: a name, the model and its data and loss."""
 
-    name: str
+    name: str  # the stage's name in progress reports and messages
     model: nn.Module  # owns every trainable parameter (requires_grad=True)
 
-    def dataset(self) -> Dataset: ...
+    def dataset(self) -> Dataset:
+        """The training set, built once per run; items are collated into the step's batches."""
+        ...
 
     def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-        """Forward one batch; return losses, with the one to minimise under 'loss'."""
+        """Forward one batch (already on the model's device); return scalar losses.
+
+        The one to minimise is under ``"loss"``; the others are logged.
+        """
         ...
 
 
@@ -89,13 +115,110 @@ class TrainResult:
     """What came out of a training run."""
 
     history: list[dict[str, float]]  # one entry per finished epoch: mean of each logged loss
-    steps: int
-    seconds: float
-    resumed_from_epoch: int | None = None
+    steps: int  # optimiser steps done, resumed ones included
+    seconds: float  # wall time of this call from the first step on (not of resumed runs)
+    resumed_from_epoch: int | None = None  # the epoch a checkpoint resumed at, or None
+
+
+CheckpointExtra = tuple[dict[str, torch.Tensor], dict[str, str]]
+"""State a callback keeps in the checkpoint: tensors by name, and string metadata."""
+
+
+@dataclass
+class TrainState:
+    """Where a training run stands; the engine updates it and hands it to every callback.
+
+    Attributes:
+        stage: the task's name (``TrainingTask.name``), as in ``Progress.stage``.
+        model: the model as the engine runs it (prepared by ``accelerate``; on one device the
+            task's own module), on ``device``.
+        dataset: the task's training set (``TrainingTask.dataset()``), read once per run.
+        device: where the model and batches live.
+        total: optimiser steps planned (``cfg.epochs`` x batches per epoch, capped by
+            ``cfg.max_steps``).
+        epochs: epochs planned, the last possibly cut short by ``cfg.max_steps``.
+        step: optimiser steps done, resumed runs included.
+        epoch: 0-based epoch in progress (at ``on_epoch_end``: the epoch that ended).
+        steps_in_epoch: optimiser steps this run took in the current epoch.
+        logs: the last step's losses (``"loss"`` and the task's components), floats.
+        history: one entry per finished epoch: the mean of each logged loss, and ``"epoch"``.
+    """
+
+    stage: str
+    model: nn.Module
+    dataset: Dataset
+    device: torch.device
+    total: int
+    epochs: int
+    step: int = 0
+    epoch: int = 0
+    steps_in_epoch: int = 0
+    logs: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def last_epoch(self) -> bool:
+        """Whether the epoch in progress is the run's last (planned, or reaching ``total``)."""
+        return self.step >= self.total or self.epoch == self.epochs - 1
+
+
+class Callback:
+    """Hooks into ``train``; each does nothing unless a subclass overrides it.
+
+    A callback serves one stage's needs beside the generic loop (a live preview, a weight
+    average). It must not draw from the global random streams, or a run with it would train
+    otherwise than one without; ``train`` calls the hooks of its ``callbacks`` in their order.
+    """
+
+    def on_train_begin(self, state: TrainState) -> None:
+        """After the model is prepared and a checkpoint resumed, before the first step."""
+
+    def on_step_end(self, state: TrainState) -> None:
+        """After each optimiser step (``state.step`` counts it), before its progress report."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """After an epoch's history entry and checkpoint are written.
+
+        Also after a resumed, partly skipped epoch (``state.steps_in_epoch`` counts this run's
+        steps only).
+        """
+
+    def on_checkpoint(self, state: TrainState) -> CheckpointExtra | None:
+        """State to keep in the checkpoint being written (every epoch end, and on cancel).
+
+        Returns:
+            Tensors and string metadata, saved in the checkpoint's ``extra.safetensors`` and
+            verified with it; names must differ from other callbacks'. None keeps nothing.
+        """
+        return None
+
+    def on_resume(self, state: TrainState, extra: CheckpointExtra | None) -> None:
+        """After a checkpoint is loaded (``state.step`` and ``state.history`` restored).
+
+        Args:
+            state: the run, as the checkpoint left it.
+            extra: every callback's ``on_checkpoint`` state merged, or None when the
+                checkpoint holds none.
+        """
+
+    def on_train_end(self, state: TrainState) -> None:
+        """When training has finished (not on cancel or error); the model is in eval mode."""
 
 
 def resolve_device(device: str) -> torch.device:
-    """Turn 'auto'/'cpu'/'cuda[:N]'/'mps' into a device, with a clear error if unavailable."""
+    """Turn a device setting into a ``torch.device``.
+
+    Args:
+        device: ``"auto"`` (CUDA if present, else Apple MPS, else the CPU), ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"`` or ``"mps"``; the default ``"auto"`` comes from
+            ``tskd.config.TrainConfig.device``.
+
+    Returns:
+        The device to train or predict on.
+
+    Raises:
+        TskdError: CUDA or MPS was asked for but is not available.
+    """
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -121,7 +244,21 @@ def _mixed_precision(cfg: TrainConfig, device: torch.device) -> str:
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
-    """An ``Accelerator`` for the configured device; one per training run."""
+    """An ``accelerate.Accelerator`` for ``cfg.device`` and ``cfg.mixed_precision``.
+
+    Mixed precision ``"auto"`` is bf16 on a CUDA GPU that supports it, else fp16 on CUDA and
+    none elsewhere; the CPU never runs mixed precision. Build one per training run: the shared
+    accelerate state is reset first, so each run may use another device or precision.
+
+    Args:
+        cfg: the engine's settings (defaults from ``tskd.config.TrainConfig``).
+
+    Returns:
+        A new ``Accelerator``.
+
+    Raises:
+        TskdError: the configured device is not available (see ``resolve_device``).
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
@@ -135,7 +272,12 @@ def make_accelerator(cfg: TrainConfig) -> Any:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) at once."""
+    """Seed Python's ``random``, NumPy's global stream and torch (CPU and every GPU) at once.
+
+    Args:
+        seed: the seed (``tskd.config.TrainConfig.seed``, default 0; the engine uses
+            ``seed + epoch`` at each epoch).
+    """
     from accelerate.utils import set_seed
 
     set_seed(seed)
@@ -250,23 +392,18 @@ class _Checkpoint:
 
     # -- writing
     def save(self, model: nn.Module, optimizer: Any, scheduler: Any, state: dict,
-             rng: dict[str, Any] | None = None,
-             extra: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None) -> None:
+             rng: dict[str, Any] | None = None, extra: CheckpointExtra | None = None) -> None:
         """Write a new checkpoint as one unit (see the class docstring).
 
         Raises ``DiskFullError`` ("no space left on <folder>, N MB needed") or ``TskdError``
         (folder not writable) and then leaves the previous checkpoint as it was.
         """
-        import shutil
+        self._write(self._encode(model, optimizer, scheduler, state, rng, extra))
 
-        from tskd.atomic import (
-            _write_file,
-            fsync_dir,
-            json_bytes,
-            safetensors_bytes,
-            torch_bytes,
-            user_fixable_error,
-        )
+    def _encode(self, model: nn.Module, optimizer: Any, scheduler: Any, state: dict,
+                rng: dict[str, Any] | None, extra: CheckpointExtra | None) -> dict[str, bytes]:
+        """The checkpoint's files (name -> bytes), the manifest last."""
+        from tskd.atomic import json_bytes, safetensors_bytes, torch_bytes
 
         tensors = {n: p.detach().float().cpu().contiguous() for n, p in _trainable(model).items()}
         # running statistics (e.g. BatchNorm) change during training too: keep them for resume
@@ -290,6 +427,14 @@ class _Checkpoint:
                       for n, d in files.items()},
         }
         files[self.MANIFEST] = json_bytes(manifest)  # written last: its presence seals the rest
+        return files
+
+    def _write(self, files: dict[str, bytes]) -> None:
+        """Write ``files`` into a fresh folder, then swap it in (see the class docstring)."""
+        import shutil
+
+        from tskd.atomic import _write_file, fsync_dir, user_fixable_error
+
         total = sum(len(d) for d in files.values())
         tmp = self.folder / f"{self.TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         try:
@@ -376,9 +521,8 @@ class _Checkpoint:
 
     def load(self, files: dict[str, bytes], model: nn.Module, optimizer: Any, scheduler: Any
              ) -> tuple[dict, dict[str, Any] | None,
-                        tuple[dict[str, torch.Tensor], dict[str, str]] | None]:
+                        CheckpointExtra | None]:
         """Restore a verified checkpoint: ``(state, rng state or None, extra or None)``."""
-
         from safetensors.torch import load as load_safetensors
 
         from tskd.atomic import load_weights_only
@@ -431,8 +575,14 @@ class _Checkpoint:
 
 
 def clear_checkpoint(checkpoint_dir: str | Path) -> None:
-    """Remove a stage's checkpoint once its artefact is written (see ``train``'s
-    ``keep_checkpoint``); other files in the folder stay."""
+    """Remove a stage's checkpoint once its artefact is written.
+
+    See ``train``'s ``keep_checkpoint``. Only the checkpoint's own folders and leftovers go;
+    other files in the folder (``history.json``) stay. A missing folder is no error.
+
+    Args:
+        checkpoint_dir: the folder given to ``train`` as ``checkpoint_dir``.
+    """
     folder = Path(checkpoint_dir)
     if folder.is_dir():
         _Checkpoint(folder).clear()
@@ -442,69 +592,38 @@ def _collate_default(batch: list[Any]) -> Any:
     return torch.utils.data.default_collate(batch)
 
 
-PREVIEW_INTERVAL_S = 5.0
+@dataclass
+class _Run:
+    """What one call of ``train`` holds while it runs: the prepared objects and the counters."""
+
+    task: TrainingTask
+    cfg: TrainConfig
+    accelerator: Any
+    model: nn.Module  # as accelerate prepared it
+    params: list[nn.Parameter]
+    optimizer: Any
+    scheduler: Any
+    loader: DataLoader
+    generator: torch.Generator  # the data order: seeded at every epoch
+    state: TrainState
+    ckpt: _Checkpoint | None
+    callbacks: list[Callback]
+    progress: ProgressCallback | None
+    cancel: CancelToken | None
+    skip_batches: int = 0  # batches of the first epoch a mid-epoch checkpoint had done
+    resume_rng: dict[str, Any] | None = None  # random streams before that checkpoint's batch
+    resumed_from: int | None = None
+    t0: float = 0.0
+    steps_this_run: int = 0
 
 
-def preview_prediction(model: nn.Module, dataset: Dataset, device: torch.device
-                       ) -> dict[str, Any] | None:
-    """The model's label map for the dataset's first prepared image, or None if it has none.
-
-    Uses ``dataset.images`` (the prepared, un-augmented tensors of ``LabelledDataset``), so no
-    random number is drawn and a run with previews trains exactly like one without. Models
-    whose output is not a (1, C, S, S) logit map (distillation) give no preview.
-    """
-    images, targets = getattr(dataset, "images", None), getattr(dataset, "labels", None)
-    if not isinstance(images, list | tuple) or not images or targets is None:
-        return None  # not a segmentation set (diffusion, distillation)
-    image = images[0]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(image[None].to(device))
-    except (TypeError, ValueError, RuntimeError):  # a preview must never stop training
-        return None
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != 1:
-        return None
-    labels = out[0].argmax(0).to("cpu", torch.uint8).numpy()
-    rgb = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    return {"image": rgb, "labels": labels}
-
-
-def train(
-    task: TrainingTask,
-    cfg: TrainConfig,
-    *,
-    checkpoint_dir: str | Path | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-    resume: bool = False,
-    collate_fn: Callable[[list[Any]], Any] | None = None,
-    extra_parameters: Iterable[nn.Parameter] = (),
-    keep_checkpoint: bool = False,
-) -> TrainResult:
-    """Train ``task.model``'s trainable parameters; see the module docstring for guarantees.
-
-    With ``checkpoint_dir``, a checkpoint (one atomic unit, see ``_Checkpoint``) is written at
-    the end of every epoch and on cancel; ``resume`` continues from the newest one that verifies
-    (one that does not is discarded with a ``TskdWarning``). A task may keep state beside the
-    model in the checkpoint: ``task.checkpoint_state() -> (tensors, str metadata)`` is saved
-    with it, and ``task.restore_checkpoint_state(extra_or_None, step)`` is called on resume.
-
-    The checkpoint is removed when training ends, unless ``keep_checkpoint``: then the caller
-    removes it (``clear_checkpoint``) once it has written its artefact, so a full disk at that
-    write loses no training (``resume`` then finds the finished state and runs no step).
-
-    Raises ``Cancelled`` (after writing a checkpoint) when ``cancel`` is set, ``DiskFullError``
-    when the checkpoint folder's disk is full (the previous checkpoint is kept), and
-    ``TskdError`` for a checkpoint of other settings or another model.
-    """
+def _prepare(task: TrainingTask, cfg: TrainConfig, checkpoint_dir: str | Path | None,
+             collate_fn: Callable[[list[Any]], Any] | None,
+             extra_parameters: Iterable[nn.Parameter]) -> _Run:
+    """Seed, pick the device, build the loader, optimiser and schedule, and plan the steps."""
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg)
-    model = task.model
-    params = list(_trainable(model).values()) + list(extra_parameters)
+    params = list(_trainable(task.model).values()) + list(extra_parameters)
     if not params:
         raise TskdError(f"{task.name}: the model has no trainable parameters")
     dataset = task.dataset()
@@ -521,125 +640,216 @@ def train(
         collate_fn=collate_fn or _collate_default,
         num_workers=0,
     )
-    steps_per_epoch = len(loader)
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.epochs * len(loader)
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    epochs = math.ceil(total / steps_per_epoch) if total else 0
+    epochs = math.ceil(total / len(loader)) if total else 0
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total, int(cfg.warmup_fraction * total))
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-
+    model, optimizer, scheduler = accelerator.prepare(task.model, optimizer, scheduler)
+    state = TrainState(task.name, model, dataset, accelerator.device, total, epochs)
     ckpt = _Checkpoint(Path(checkpoint_dir)) if checkpoint_dir else None
-    history: list[dict[str, float]] = []
-    start_epoch, skip_batches, step = 0, 0, 0
-    resumed_from: int | None = None
-    resume_rng: dict[str, Any] | None = None
-    files = ckpt.read() if resume and ckpt else None
-    if ckpt is not None and files is not None:
-        state, resume_rng, extra = ckpt.load(files, accelerator.unwrap_model(model), optimizer,
-                                             scheduler)
-        if state.get("config") != asdict(cfg):
-            raise TskdError(
-                f"cannot resume: the checkpoint in {ckpt.folder} was made with other training "
-                "settings; start again without --resume"
-            )
-        start_epoch, skip_batches = state["epoch"], state["batch_in_epoch"]
-        step, history = state["step"], state["history"]
-        resumed_from = start_epoch
-        restore = getattr(task, "restore_checkpoint_state", None)
-        if restore is not None:
-            restore(extra, step)
-    extra_state = getattr(task, "checkpoint_state", None)
+    return _Run(task, cfg, accelerator, model, params, optimizer, scheduler, loader, generator,
+                state, ckpt, [], None, None)
 
-    def save(epoch: int, batch_in_epoch: int, rng: dict[str, Any] | None = None) -> None:
-        if ckpt is None:
-            return
-        state = {
-            "task": task.name,
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "step": step,
-            "history": history,
-            "config": asdict(cfg),
-        }
-        ckpt.save(accelerator.unwrap_model(model), optimizer, scheduler, state, rng=rng,
-                  extra=extra_state() if extra_state is not None else None)
 
-    t0 = time.perf_counter()
-    last_preview = t0
-    steps_this_run = 0
-    model.train()
-    for epoch in range(start_epoch, epochs):
-        seed_everything(cfg.seed + epoch)
-        generator.manual_seed(cfg.seed * 100_003 + epoch)
-        sums: dict[str, float] = {}
-        count = 0
-        batches = iter(loader)
-        for i in range(steps_per_epoch):
-            if epoch == start_epoch and i == skip_batches and resume_rng is not None:
-                _set_rng_state(resume_rng)  # the streams as they were before this batch
-            rng = _rng_state() if ckpt is not None else None
-            batch = next(batches)
-            if epoch == start_epoch and i < skip_batches:
-                continue  # drawn only to reach the batch where the cancelled run stopped
-            if step >= total:
-                break
-            if cancel is not None and cancel.cancelled:
-                save(epoch, i, rng)
-                raise Cancelled(f"{task.name}: cancelled at step {step}/{total}; resume to go on")
-            batch = _to_device(batch, accelerator.device)
-            with accelerator.autocast():
-                losses = task.step(model, batch)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise TskdError(
-                    f"{task.name}: the loss became {loss.item()} at step {step}; "
-                    "lower the learning rate"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            if cfg.grad_clip:
-                accelerator.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            steps_this_run += 1
-            count += 1
-            logs = {k: float(v.detach()) for k, v in losses.items()}
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if progress is not None:
-                elapsed = time.perf_counter() - t0
-                eta = elapsed / steps_this_run * (total - step)
-                progress(
-                    Progress(task.name, step, total, epoch, epochs, logs["loss"], eta, logs)
-                )
-        skip_batches = 0
-        if count:
-            history.append({k: v / count for k, v in sums.items()} | {"epoch": epoch})
-        save(epoch + 1, 0)
-        last = step >= total or epoch == epochs - 1
-        if progress is not None and count and (
-                last or time.perf_counter() - last_preview >= PREVIEW_INTERVAL_S):
-            preview = preview_prediction(model, dataset, accelerator.device)
-            if preview is not None:
-                last_preview = time.perf_counter()
-                progress(Progress(task.name, step, total, epoch, epochs, logs["loss"], 0.0,
-                                  logs, preview=preview))
-        if step >= total:
+def _resume(run: _Run) -> None:
+    """Load the newest checkpoint that verifies, if any, and hand its extra state to callbacks."""
+    files = run.ckpt.read() if run.ckpt is not None else None
+    if run.ckpt is None or files is None:
+        return
+    saved, run.resume_rng, extra = run.ckpt.load(
+        files, run.accelerator.unwrap_model(run.model), run.optimizer, run.scheduler)
+    if saved.get("config") != asdict(run.cfg):
+        raise TskdError(
+            f"cannot resume: the checkpoint in {run.ckpt.folder} was made with other training "
+            "settings; start again without --resume"
+        )
+    state = run.state
+    state.epoch, run.skip_batches = saved["epoch"], saved["batch_in_epoch"]
+    state.step, state.history = saved["step"], saved["history"]
+    run.resumed_from = state.epoch
+    for callback in run.callbacks:
+        callback.on_resume(state, extra)
+
+
+def _checkpoint_extra(run: _Run) -> CheckpointExtra | None:
+    """The callbacks' state for the checkpoint, merged; None when no callback keeps any."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, str] = {}
+    kept = False
+    for callback in run.callbacks:
+        extra = callback.on_checkpoint(run.state)
+        if extra is None:
+            continue
+        kept = True
+        clash = (set(extra[0]) & set(tensors)) | (set(extra[1]) & set(meta))
+        if clash:
+            raise ValueError(f"two callbacks keep checkpoint state under {sorted(clash)}")
+        tensors |= extra[0]
+        meta |= extra[1]
+    return (tensors, meta) if kept else None
+
+
+def _save(run: _Run, epoch: int, batch_in_epoch: int, rng: dict[str, Any] | None = None) -> None:
+    """Write the checkpoint (if the run has a folder): training resumes at this batch."""
+    if run.ckpt is None:
+        return
+    state = run.state
+    saved = {
+        "task": run.task.name,
+        "epoch": epoch,
+        "batch_in_epoch": batch_in_epoch,
+        "step": state.step,
+        "history": state.history,
+        "config": asdict(run.cfg),
+    }
+    run.ckpt.save(run.accelerator.unwrap_model(run.model), run.optimizer, run.scheduler, saved,
+                  rng=rng, extra=_checkpoint_extra(run))
+
+
+def _optimiser_step(run: _Run, batch: Any, sums: dict[str, float]) -> None:
+    """One forward, backward and optimiser step; then the callbacks and the progress report."""
+    state, accelerator = run.state, run.accelerator
+    batch = _to_device(batch, accelerator.device)
+    with accelerator.autocast():
+        losses = run.task.step(run.model, batch)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        raise TskdError(
+            f"{run.task.name}: the loss became {loss.item()} at step {state.step}; "
+            "lower the learning rate"
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    if run.cfg.grad_clip:
+        accelerator.clip_grad_norm_(run.params, run.cfg.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    state.step += 1
+    state.steps_in_epoch += 1
+    run.steps_this_run += 1
+    state.logs = {k: float(v.detach()) for k, v in losses.items()}
+    for k, v in state.logs.items():
+        sums[k] = sums.get(k, 0.0) + v
+    for callback in run.callbacks:
+        callback.on_step_end(state)
+    if run.progress is not None:
+        eta = (time.perf_counter() - run.t0) / run.steps_this_run * (state.total - state.step)
+        run.progress(Progress(run.task.name, state.step, state.total, state.epoch, state.epochs,
+                              state.logs["loss"], eta, state.logs))
+
+
+def _run_epoch(run: _Run, epoch: int) -> None:
+    """Train one epoch (from a mid-epoch checkpoint's batch on resume); checkpoint at its end.
+
+    Raises ``Cancelled`` (after a checkpoint of the streams before the batch) when cancelled.
+    """
+    state, cfg = run.state, run.cfg
+    state.epoch, state.steps_in_epoch = epoch, 0
+    seed_everything(cfg.seed + epoch)
+    run.generator.manual_seed(cfg.seed * 100_003 + epoch)
+    sums: dict[str, float] = {}
+    batches = iter(run.loader)
+    for i in range(len(run.loader)):
+        if i == run.skip_batches and run.resume_rng is not None:
+            _set_rng_state(run.resume_rng)  # the streams as they were before this batch
+            run.resume_rng = None
+        rng = _rng_state() if run.ckpt is not None else None
+        batch = next(batches)
+        if i < run.skip_batches:
+            continue  # drawn only to reach the batch where the cancelled run stopped
+        if state.step >= state.total:
             break
-    model.eval()
-    if ckpt is not None:
+        if run.cancel is not None and run.cancel.cancelled:
+            _save(run, epoch, i, rng)
+            raise Cancelled(
+                f"{run.task.name}: cancelled at step {state.step}/{state.total}; resume to go on")
+        _optimiser_step(run, batch, sums)
+    run.skip_batches, run.resume_rng = 0, None
+    if state.steps_in_epoch:
+        count = state.steps_in_epoch
+        state.history.append({k: v / count for k, v in sums.items()} | {"epoch": epoch})
+    _save(run, epoch + 1, 0)
+    for callback in run.callbacks:
+        callback.on_epoch_end(state)
+
+
+def _finish(run: _Run, keep_checkpoint: bool) -> TrainResult:
+    """Write ``history.json``, drop the checkpoint unless kept, and end the callbacks."""
+    run.model.eval()
+    if run.ckpt is not None:
         from tskd.atomic import write_json
 
-        write_json(ckpt.folder / "history.json", history)  # first: a full disk keeps the ckpt
+        # first: a full disk keeps the checkpoint
+        write_json(run.ckpt.folder / "history.json", run.state.history)
         if not keep_checkpoint:
-            ckpt.clear()  # finished: the stage writes its own artefact; nothing left to resume
-    task.model = accelerator.unwrap_model(model)
-    return TrainResult(history, step, time.perf_counter() - t0, resumed_from)
+            run.ckpt.clear()  # finished: the stage writes its own artefact; nothing left to resume
+    run.task.model = run.accelerator.unwrap_model(run.model)
+    for callback in run.callbacks:
+        callback.on_train_end(run.state)
+    return TrainResult(run.state.history, run.state.step, time.perf_counter() - run.t0,
+                       run.resumed_from)
+
+
+def train(
+    task: TrainingTask,
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    extra_parameters: Iterable[nn.Parameter] = (),
+    keep_checkpoint: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train ``task.model``'s trainable parameters with AdamW and a warm-up + cosine schedule.
+
+    See the module docstring for what is guaranteed (seeds, checkpoints, bit-identical resume).
+
+    Args:
+        task: the model, the dataset and the loss of one stage.
+        cfg: the engine's settings; every default comes from ``tskd.config.TrainConfig``.
+        checkpoint_dir: folder of the checkpoint written at every epoch end and on cancel; None
+            writes none.
+        progress: called with a ``Progress`` after every optimiser step.
+        cancel: checked before every step.
+        resume: continue from the newest checkpoint in ``checkpoint_dir`` that verifies (one
+            that does not is discarded with a ``TskdWarning``); without one, start afresh.
+        collate_fn: how dataset items become a batch; default ``torch``'s ``default_collate``.
+        extra_parameters: parameters outside ``task.model`` to optimise too (e.g. projections).
+        keep_checkpoint: leave the checkpoint when training ends; the caller removes it
+            (``clear_checkpoint``) once its artefact is written, so a full disk at that write
+            loses no training (a resume then finds the finished state and runs no step).
+        callbacks: hooks called in order at each point of the run (see ``Callback``).
+
+    Returns:
+        The per-epoch loss means, the optimiser steps done (in all runs together) and this
+        run's seconds; ``task.model`` is the trained model in eval mode.
+
+    Raises:
+        Cancelled: ``cancel`` was set (a checkpoint is written first).
+        DiskFullError: the checkpoint folder's disk is full (the previous checkpoint is kept).
+        TskdError: an unavailable device, no trainable parameter or no data, a non-finite loss,
+            or a checkpoint of other settings or of another model.
+    """
+    run = _prepare(task, cfg, checkpoint_dir, collate_fn, extra_parameters)
+    run.callbacks, run.progress, run.cancel = list(callbacks), progress, cancel
+    if resume:
+        _resume(run)
+    run.t0 = time.perf_counter()
+    for callback in run.callbacks:
+        callback.on_train_begin(run.state)
+    run.model.train()
+    for epoch in range(run.state.epoch, run.state.epochs):
+        _run_epoch(run, epoch)
+        if run.state.step >= run.state.total:
+            break
+    return _finish(run, keep_checkpoint)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

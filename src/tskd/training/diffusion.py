@@ -1,6 +1,9 @@
 """Training the DDPM of stage 2 (``tskd.training.synthesize``) through the project's engine,
 with a resumable EMA.
 
+The weight average is an engine callback (``EmaCallback``): it folds the weights in after every
+optimiser step and keeps its state in the engine's checkpoint, one verified unit with the weights.
+
 All randomness of a step (flip, noise, timestep) is drawn in the dataset, which the engine's
 loader still walks through for the batches it skips on resume; so a resumed run sees the same
 noise as an unbroken one and ends with the same weights.
@@ -21,7 +24,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tskd.config import SynthConfig, TrainConfig
-from tskd.engine import CancelToken, ProgressCallback, TrainResult, seed_everything, train
+from tskd.engine import (
+    Callback,
+    CancelToken,
+    CheckpointExtra,
+    ProgressCallback,
+    TrainResult,
+    TrainState,
+    seed_everything,
+    train,
+)
 from tskd.errors import TskdError, TskdWarning
 from tskd.models.diffusion import NUM_TRAIN_TIMESTEPS, build_train_scheduler, build_unet
 
@@ -53,6 +65,7 @@ def train_config(cfg: SynthConfig) -> TrainConfig:
 
 
 def steps_per_epoch(cfg: SynthConfig) -> int:
+    """Optimiser steps per engine epoch: at most 50 (``_STEPS_PER_EPOCH``), the checkpoint rate."""
     return max(1, min(cfg.train_steps, _STEPS_PER_EPOCH))
 
 
@@ -87,15 +100,11 @@ class NoisedImages(Dataset):
 
 @dataclass
 class DdpmTask:
-    """The engine's view of DDPM training: noise-prediction MSE, plus the EMA kept beside it."""
+    """The engine's view of DDPM training: noise-prediction MSE on noised images."""
 
     model: nn.Module
     images: torch.Tensor
     cfg: SynthConfig
-    ema: Any
-    calls: int = 0  # step() calls so far == optimiser steps the engine has taken before this one
-    checkpoint_dir: Path | None = None
-    data_fp: str = ""
     name: str = TRAIN_STAGE
 
     def __post_init__(self) -> None:
@@ -103,53 +112,67 @@ class DdpmTask:
         self.spe = steps_per_epoch(self.cfg)
 
     def dataset(self) -> Dataset:
+        """One epoch of noised images (batch size x steps per epoch items)."""
         return NoisedImages(self.images, self.cfg.batch_size * self.spe)
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self.ema_catch_up(model)
-        self.calls += 1
+        """MSE between the UNet's predicted noise and the noise added at timestep ``t``."""
         x0, noise, t = batch["image"], batch["noise"], batch["t"]
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         pred = model(noisy, t).sample
         return {"loss": F.mse_loss(pred.float(), noise.float())}
 
-    def ema_catch_up(self, model: nn.Module) -> None:
-        """Fold the current weights into the EMA if an optimiser step happened since the last fold.
 
-        The engine calls ``optimizer.step()`` only after ``step()`` returns, so the weights seen at
-        the start of call k are those after k optimiser steps: the EMA absorbs them here, one
-        call late, and once more after training (``finish``). At an engine checkpoint (every
-        epoch, and on cancel) the EMA has absorbed every step but the last, and ``calls`` equals
-        the engine's step; both are saved in the checkpoint (``checkpoint_state``), so a resumed
-        run folds the same weights in the same order as an unbroken one.
-        """
+class EmaCallback(Callback):
+    """The UNet's exponential moving average (diffusers' ``EMAModel``) as an engine callback.
+
+    The EMA folds in the weights after every optimiser step (``on_step_end``). Its shadow
+    weights (by parameter name) and counters are saved in the engine's checkpoint
+    (``on_checkpoint``: one atomic, verified unit with the weights) and loaded back on resume
+    (``on_resume``), so a resumed run folds the same weights in the same order as an unbroken
+    one and ends with the same average, bit for bit on the CPU.
+
+    Args:
+        ema: the average, built on ``model``'s parameters (``EMAModel(model.parameters())``).
+        model: the UNet being trained; its parameter names key the saved shadow weights.
+        data_fp: ``data_fingerprint`` of the training images, saved with the EMA.
+        checkpoint_dir: the checkpoint's folder, named in messages only.
+    """
+
+    def __init__(self, ema: Any, model: nn.Module, data_fp: str,
+                 checkpoint_dir: Path | None) -> None:
+        self.ema = ema
+        self.names = [n for n, _ in model.named_parameters()]
+        self.data_fp = data_fp
+        self.checkpoint_dir = checkpoint_dir
+
+    def _fold(self, model: nn.Module) -> None:
         params = list(model.parameters())
         if self.ema.shadow_params and self.ema.shadow_params[0].device != params[0].device:
             self.ema.to(device=params[0].device)
-        if self.calls > self.ema.optimization_step:
-            self.ema.step(params)
+        self.ema.step(params)
 
-    def finish(self) -> None:
-        """Fold in the weights after the last optimiser step."""
-        self.ema_catch_up(self.model)
+    def on_step_end(self, state: TrainState) -> None:
+        """Fold the weights after this optimiser step into the average."""
+        self._fold(state.model)
 
-    # -- persistence inside the engine's checkpoint (one atomic unit with the weights)
-
-    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The EMA's shadow weights (by parameter name) and its counters, for the checkpoint."""
-        names = [n for n, _ in self.model.named_parameters()]
+    def on_checkpoint(self, state: TrainState) -> CheckpointExtra:
+        """The shadow weights by parameter name; the engine step and data fingerprint."""
         tensors = {n: s.detach().float().cpu().contiguous()
-                   for n, s in zip(names, self.ema.shadow_params)}
-        meta = {"calls": str(self.calls), "optimization_step": str(self.ema.optimization_step),
+                   for n, s in zip(self.names, self.ema.shadow_params)}
+        meta = {"step": str(state.step), "optimization_step": str(self.ema.optimization_step),
                 "data": self.data_fp}
         return tensors, meta
 
-    def restore_checkpoint_state(
-        self, extra: tuple[dict[str, torch.Tensor], dict[str, str]] | None, step: int
-    ) -> None:
-        """On resume: load the EMA saved with the engine's checkpoint, or restart it (warning).
+    def on_resume(self, state: TrainState, extra: CheckpointExtra | None) -> None:
+        """Load the EMA saved with the checkpoint, or restart it from the resumed weights.
 
-        Raises ``TskdError`` when the checkpoint was trained on other images.
+        A checkpoint of the earlier layout saved the EMA one step behind (``calls``): the
+        resumed weights are folded in now, as that version did at its next step. A restarted
+        average starts as a copy of the resumed weights.
+
+        Raises:
+            TskdError: the checkpoint was trained on other images.
         """
         tensors, meta = extra if extra is not None else ({}, {})
         if meta.get("data") and meta["data"] != self.data_fp:
@@ -157,12 +180,14 @@ class DdpmTask:
                 f"cannot resume: the checkpoint in {self.checkpoint_dir} was trained on other "
                 "images; start again without resume"
             )
-        names = [n for n, _ in self.model.named_parameters()]
-        if meta.get("calls") == str(step) and set(tensors) == set(names):
+        step = str(state.step)
+        if set(tensors) == set(self.names) and step in (meta.get("step"), meta.get("calls")):
             with torch.no_grad():
-                for s, n in zip(self.ema.shadow_params, names):
+                for s, n in zip(self.ema.shadow_params, self.names):
                     s.copy_(tensors[n].to(s.device, s.dtype))
             self.ema.optimization_step = int(meta["optimization_step"])
+            # "calls": the earlier layout, whose EMA had not yet folded the last step in
+            behind = meta.get("step") != step and self.ema.optimization_step < state.step
         else:
             warnings.warn(
                 f"synthesize: no matching EMA state in {self.checkpoint_dir}; the weight average "
@@ -171,7 +196,9 @@ class DdpmTask:
                 stacklevel=3,
             )
             self.ema.optimization_step = 0  # the next fold copies the weights (decay 0)
-        self.calls = step
+            behind = state.step > 0
+        if behind:
+            self._fold(state.model)
 
 
 def train_ddpm(
@@ -190,11 +217,10 @@ def train_ddpm(
     seed_everything(cfg.seed)  # before the UNet's random initialisation: repeatable runs
     unet = build_unet(cfg.resolution, images.shape[1], cfg.base_channels)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=True)
-    task = DdpmTask(unet, images, cfg, ema, checkpoint_dir=checkpoint_dir,
-                    data_fp=data_fingerprint(images))
+    task = DdpmTask(unet, images, cfg)
+    average = EmaCallback(ema, unet, data_fingerprint(images), checkpoint_dir)
     result = train(task, train_cfg, checkpoint_dir=checkpoint_dir, progress=progress,
-                   cancel=cancel, resume=resume)
-    task.finish()
+                   cancel=cancel, resume=resume, callbacks=[average])
     unet = task.model.cpu()
     ema.to(device="cpu")
     ema.copy_to(unet.parameters())

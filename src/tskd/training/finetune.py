@@ -25,6 +25,7 @@ from tskd.data.label_map import IGNORE_INDEX
 from tskd.engine import CancelToken, ProgressCallback, TrainResult
 from tskd.errors import TskdInputError
 from tskd.models.student import Student
+from tskd.training.preview import SegmentationPreview
 
 
 class _StudentForEngine(nn.Module):
@@ -143,6 +144,7 @@ def finetune_student(
             cancel=cancel,
             resume=resume,
             keep_checkpoint=keep_checkpoint,
+            callbacks=[SegmentationPreview(progress)] if progress is not None else [],
         )
         metrics = validate(student, val, image_size, cfg.train.batch_size)
     finally:

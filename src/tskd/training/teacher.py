@@ -25,6 +25,7 @@ from tskd.engine import train as engine_train
 from tskd.inference.dice import validation_dice
 from tskd.models.lora import apply_lora, save_teacher
 from tskd.models.teacher import SemanticSam, build_sam
+from tskd.training.preview import SegmentationPreview
 
 
 def _dataset(samples: list[Any], size: int, augment: bool) -> Dataset:
@@ -105,6 +106,7 @@ def finetune_teacher(
         cancel=cancel,
         resume=resume,
         keep_checkpoint=keep_checkpoint,
+        callbacks=[SegmentationPreview(progress)] if progress is not None else [],
     )
     model = task.model
     metrics: dict[str, Any] = {
