@@ -182,6 +182,7 @@ def test_preview_on_a_set_without_prepared_images_is_refused() -> None:
 # ------------------------------------------------------------------ the diffusion model's EMA
 def _ema_setup(decay: float = 0.5):
     from diffusers.training_utils import EMAModel
+
     from tskd.training.diffusion import EmaCallback
 
     torch.manual_seed(0)
@@ -242,9 +243,8 @@ def test_ema_of_other_images_is_refused() -> None:
 
 
 def test_student_fine_tuning_sends_previews_only_with_progress_and_trains_alike() -> None:
-    from tskd.training.finetune import finetune_student
-
     from test_finetune import S, _samples, _student, _tiny
+    from tskd.training.finetune import finetune_student
 
     cfg = _tiny(epochs=2)
     reports: list[Progress] = []

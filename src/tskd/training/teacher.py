@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from tskd.config import TeacherConfig
 from tskd.data.label_map import IGNORE_INDEX
-from tskd.engine import CancelToken, ProgressCallback, seed_everything
+from tskd.engine import CancelToken, ProgressCallback, TrainResult, seed_everything
 from tskd.engine import train as engine_train
 from tskd.inference.dice import validation_dice
 from tskd.models.lora import apply_lora, save_teacher
@@ -109,19 +109,7 @@ def finetune_teacher(
         callbacks=[SegmentationPreview(progress)] if progress is not None else [],
     )
     model = task.model
-    metrics: dict[str, Any] = {
-        "train_loss": result.history[-1]["loss"] if result.history else None,
-        "steps": result.steps,
-        "train_seconds": result.seconds,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "total_params": sum(p.numel() for p in model.parameters()),
-        "val_dice": None,
-    }
-    if val:
-        scores = validation_dice(model, val, cfg.input_size, num_classes, batch_size=4)
-        per_class = [float(v) for v in scores.mean(0)]
-        metrics["val_dice_per_class"] = per_class
-        metrics["val_dice"] = sum(per_class) / len(per_class)
+    metrics = _metrics(model, result, val, cfg.input_size, num_classes)
     meta = {
         "lora": cfg.lora,
         "class_names": class_names,
@@ -135,4 +123,24 @@ def finetune_teacher(
     if train_image_shape is not None:
         meta["train_image_shape"] = [int(v) for v in train_image_shape]
     save_teacher(model, out_dir, meta)
+    return metrics
+
+
+def _metrics(model: nn.Module, result: TrainResult, val: list[Any], input_size: int,
+             num_classes: int) -> dict[str, Any]:
+    """The teacher's training record: last loss, steps, time, parameter counts and, with
+    validation samples, the Dice per foreground class and its mean (``validation_dice``)."""
+    metrics: dict[str, Any] = {
+        "train_loss": result.history[-1]["loss"] if result.history else None,
+        "steps": result.steps,
+        "train_seconds": result.seconds,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "val_dice": None,
+    }
+    if val:
+        scores = validation_dice(model, val, input_size, num_classes, batch_size=4)
+        per_class = [float(v) for v in scores.mean(0)]
+        metrics["val_dice_per_class"] = per_class
+        metrics["val_dice"] = sum(per_class) / len(per_class)
     return metrics
