@@ -127,7 +127,7 @@ def predict_paths(
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise TskdInputError(f"several inputs share the name {dup[0]!r}; outputs would collide")
-    table = _label_table(label_values, segmenter.num_classes)
+    table = None if label_values is None else _label_table(label_values, segmenter.num_classes)
     out = _checked_output(out_dir, paths, stems, input_folders, overwrite)
     written: list[Path] = []
     replaced: list[Path] = []
@@ -153,10 +153,8 @@ def predict_paths(
     return written
 
 
-def _label_table(label_values: Sequence[int] | None, num_classes: int) -> np.ndarray | None:
-    """``label_values`` as an int64 lookup table of one value per class (None: none given)."""
-    if label_values is None:
-        return None
+def _label_table(label_values: Sequence[int], num_classes: int) -> np.ndarray:
+    """``label_values`` as an int64 lookup table of one value per class."""
     table = np.asarray(label_values, dtype=np.int64)
     if table.shape != (num_classes,):
         raise TskdInputError(
