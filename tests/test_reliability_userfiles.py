@@ -573,11 +573,11 @@ def test_data_widget_keeps_pairs_whose_names_collide(make_napari_viewer, tskd_gu
 
 
 def test_a_whole_run_records_every_file_it_writes(tmp_path: Path, sam: Path) -> None:
-    from tskd.pipeline import stages
+    from tskd.pipeline import registry
 
     data = write_tiny_task(tmp_path / "d", 2, 1, 1)
     cfg = from_dict(RunConfig, tiny_config(data, sam, tmp_path / "run"))
-    stages.run_pipeline(cfg)
+    registry.run_pipeline(cfg)
     root = tmp_path / "run"
     written = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     internal = {run_folder.MANIFEST_NAME, run_folder.LOCK_NAME}

@@ -36,7 +36,7 @@ def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, An
     """Train the teacher's architecture from scratch and score it on ``test_folder``."""
     from tskd.engine import train
     from tskd.inference.predict import Segmenter, evaluate_folder
-    from tskd.pipeline.stages import load_labelled_data
+    from tskd.pipeline.context import load_labelled_data
     from tskd.training.teacher import TeacherTask
 
     data = load_labelled_data(cfg)
