@@ -198,8 +198,10 @@ class StageContext:
         its labelled set and fingerprints, with ``progress``, ``cancel`` and ``resume`` where
         given (else the context's own)."""
         if isinstance(run, StageContext):
-            return replace(run, progress=progress or run.progress, cancel=cancel or run.cancel,
-                           resume=resume or run.resume)  # the same _memo: nothing read twice
+            return replace(run,  # the same _memo: nothing is read or hashed twice
+                           progress=run.progress if progress is None else progress,
+                           cancel=run.cancel if cancel is None else cancel,
+                           resume=resume or run.resume)
         return cls(run, progress, cancel, resume)
 
     @property
