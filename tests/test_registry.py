@@ -19,7 +19,7 @@ import yaml
 from tiny_setup import tiny_config, write_tiny_sam, write_tiny_task
 from tskd.config import RunConfig, from_dict, to_dict
 from tskd.errors import TskdInputError
-from tskd.pipeline import context, registry, stages
+from tskd.pipeline import context, fingerprints, registry, stages
 from tskd.pipeline.registry import STAGES, by_cli_name, stage
 from tskd.pipeline.run_folder import RunPaths
 
@@ -51,7 +51,7 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
 
     monkeypatch.setattr(io, "read_labelled_set", read)
     monkeypatch.setattr(context, "files_fingerprint", hashed)
-    monkeypatch.setattr(stages, "files_fingerprint", hashed)
+    monkeypatch.setattr(fingerprints, "files_fingerprint", hashed)
     return calls
 
 
@@ -222,7 +222,7 @@ def test_the_docs_list_the_registry() -> None:
 
 
 @pytest.mark.parametrize("module", ["pipeline/stages.py", "pipeline/context.py",
-                                    "pipeline/registry.py"])
+                                    "pipeline/registry.py", "pipeline/fingerprints.py"])
 def test_stage_functions_are_short(module: str) -> None:
     tree = ast.parse((ROOT / "src" / "tskd" / module).read_text())
     long = [(f.name, f.end_lineno - f.lineno + 1) for f in ast.walk(tree)

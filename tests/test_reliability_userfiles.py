@@ -596,7 +596,7 @@ def test_a_dataset_folder_as_unlabelled_gives_its_images_not_its_labels(
         tmp_path: Path, sam: Path) -> None:
     """`data.unlabelled` = a labelled set (images/ + labels/): the transfer set lists its
     images and never a label map as an image; the fingerprint lists what the loader reads."""
-    from tskd.pipeline import stages
+    from tskd.pipeline import fingerprints, stages
 
     data = write_tiny_task(tmp_path / "d", 2, 0, 3)
     raw = tiny_config(data, sam, tmp_path / "run")
@@ -609,9 +609,9 @@ def test_a_dataset_folder_as_unlabelled_gives_its_images_not_its_labels(
     assert manifest["unlabelled"] == images
     assert [str(p) for p in io.data_files(data / "test", "unlabelled")] == images
     assert len(io.load_unlabelled(data / "test")) == 3  # the loader reads the same three
-    before = stages._synth_fp(cfg, "x")
+    before = fingerprints.synth_fp(cfg, "x")
     (data / "test" / "labels" / "kidney_us_test_0000.png").write_bytes(b"edited label")
-    assert stages._synth_fp(cfg, "x") == before  # a label file is not a transfer image
+    assert fingerprints.synth_fp(cfg, "x") == before  # a label file is not a transfer image
 
 
 def test_data_folders_are_never_read_recursively(tmp_path: Path, sam: Path) -> None:

@@ -178,6 +178,9 @@ class StageRun:
 class StageContext:
     """One run of one or more stages: configuration, folder, reporting, shared inputs.
 
+    What it reads and hashes is kept for the context's life, so ``cfg`` must not change while
+    the context is in use (make a new context for a changed configuration).
+
     Attributes:
         cfg: the run configuration.
         progress: called with ``tskd.engine.Progress`` reports; None reports nothing.
@@ -215,8 +218,9 @@ class StageContext:
         return self.memo("data", lambda: load_labelled_data(self.cfg))
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()``, computed once per context under ``key`` (fingerprints that hash
-        files or checkpoints, asked for by several stages)."""
+        """``compute()``, computed once per context under ``key``: ``"data"`` is the labelled
+        set, ``"fingerprint:<stage>"`` a stage's fingerprint (some hash files or checkpoints,
+        and later stages ask for earlier stages' fingerprints)."""
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]

@@ -6,7 +6,8 @@ context to every stage, so the labelled set is read and hashed once). A stage re
 from the configuration and the run folder, writes its artefact into the run folder and returns
 a small JSON-able result; a stage whose artefact exists with the same fingerprint is skipped.
 What every stage shares (paths, the labelled set, skip check, seeding, timing, marking done)
-is ``tskd.pipeline.context``; the table of stages (names, CLI commands, titles, folders) is
+is ``tskd.pipeline.context``, what each artefact depends on ``tskd.pipeline.fingerprints``; the
+table of stages (names, CLI commands, titles, folders) is
 ``tskd.pipeline.registry``, which the CLI and the widgets read.
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 from tskd.atomic import write_json
 from tskd.config import RunConfig, to_dict
 from tskd.errors import TskdError, TskdInputError
+from tskd.pipeline import fingerprints
 from tskd.pipeline.context import (
     LabelledData,
     StageContext,
@@ -29,14 +31,7 @@ from tskd.pipeline.context import (
     load_labelled_data,
     median_image_shape,
 )
-from tskd.pipeline.run_folder import (
-    RunPaths,
-    check_run_dir_inputs,
-    files_fingerprint,
-    fingerprint,
-    prepare_run_dir,
-    writing,
-)
+from tskd.pipeline.run_folder import RunPaths, check_run_dir_inputs, prepare_run_dir, writing
 
 if TYPE_CHECKING:
     from tskd.engine import CancelToken, ProgressCallback
@@ -44,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = [
     "LabelledData",
     "StageContext",
-    "base_teacher_id",
     "export_dataset",
     "load_labelled_data",
     "median_image_shape",
@@ -111,72 +105,6 @@ def export_dataset(
     return folder
 
 
-# --- fingerprints: everything an artefact depends on, 16 hex digits --------------------------
-
-def _settings_fp(section: Any) -> dict[str, Any]:
-    """A stage's config section with the training settings that change the result (not the
-    device)."""
-    train = to_dict(section.train)
-    train.pop("device", None)
-    return to_dict(section) | {"train": train}
-
-
-def _teacher_fp(cfg: RunConfig, data_fp: str) -> str:
-    return fingerprint("teacher", _settings_fp(cfg.teacher), data_fp)
-
-
-def _synth_fp(cfg: RunConfig, data_fp: str) -> str:
-    synth = to_dict(cfg.synth)
-    synth.pop("device", None)
-    unl = files_fingerprint(data_files(cfg.data.unlabelled, "unlabelled"))
-    return fingerprint("synth", synth, data_fp, unl, cfg.data.image_size)
-
-
-def base_teacher_id(cfg: RunConfig) -> str:
-    """The identity of the un-adapted SAM: its teacher-cache key and its part of the
-    distillation fingerprint (16 hex digits).
-
-    From the model type, the checkpoint's content (sha256; "builtin" for the packaged mini
-    SAM, so a moved copy is the same teacher and a replaced file another) and the input size.
-
-    Raises:
-        CheckpointError: ``teacher.checkpoint`` names no file.
-    """
-    from tskd.models import sam_checkpoint
-
-    ckpt = cfg.teacher.checkpoint
-    ckpt_id = sam_checkpoint.sha256_of(ckpt) if ckpt else "builtin"
-    return fingerprint("base", cfg.teacher.model_type, ckpt_id, cfg.teacher.input_size)
-
-
-def _fp(ctx: StageContext, stage: str) -> str:
-    """The fingerprint of ``stage``'s artefact in this run ("base": the un-adapted SAM's id),
-    computed once per context: later stages build on earlier stages' fingerprints, and some
-    hash files (the unlabelled set, a SAM checkpoint of gigabytes)."""
-    cfg = ctx.cfg
-
-    def distill() -> str:
-        student_arch = to_dict(cfg.student)
-        student_arch.pop("train")
-        teacher = _fp(ctx, "base" if cfg.distill.task_agnostic else "teacher")
-        return fingerprint("distill", _settings_fp(cfg.distill), student_arch, teacher,
-                           _fp(ctx, "synthesize"), cfg.data.image_size)
-
-    def student() -> str:
-        init = "scratch" if cfg.student.from_scratch else _fp(ctx, "distill")
-        return fingerprint("student", _settings_fp(cfg.student), init, ctx.data.fingerprint,
-                           cfg.data.image_size)
-
-    compute: dict[str, Callable[[], str]] = {
-        "teacher": lambda: _teacher_fp(cfg, ctx.data.fingerprint),
-        "synthesize": lambda: _synth_fp(cfg, ctx.data.fingerprint),
-        "base": lambda: base_teacher_id(cfg),
-        "distill": distill,
-        "student": student,
-    }
-    return ctx.memo(f"fingerprint:{stage}", compute[stage])
-
-
 # --- the four training stages -------------------------------------------------------------------
 
 @writes("teacher", lambda p: [p.teacher, p.checkpoints("teacher")])
@@ -196,7 +124,7 @@ def stage_teacher(
 
     ctx = StageContext.of(run, progress, cancel, resume)
     cfg, paths, data = ctx.cfg, ctx.paths, ctx.data
-    step = ctx.begin(paths.teacher, _fp(ctx, "teacher"), cfg.teacher.train.seed,
+    step = ctx.begin(paths.teacher, fingerprints.of(ctx, "teacher"), cfg.teacher.train.seed,
                      paths.checkpoints("teacher"))
     if step.done is not None:
         return step.done
@@ -230,7 +158,7 @@ def stage_synthesize(
     """
     ctx = StageContext.of(run, progress, cancel, resume)
     cfg, paths, data = ctx.cfg, ctx.paths, ctx.data
-    step = ctx.begin(paths.transfer, _fp(ctx, "synthesize"), cfg.synth.seed,
+    step = ctx.begin(paths.transfer, fingerprints.of(ctx, "synthesize"), cfg.synth.seed,
                      paths.checkpoints("synthesize"))
     if step.done is not None:
         return step.done
@@ -291,7 +219,7 @@ def _distill_teacher(ctx: StageContext) -> tuple[Any, str]:
         from tskd.models.teacher import SemanticSam, build_sam
 
         sam = build_sam(cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size)
-        return SemanticSam(sam, ctx.data.num_classes).eval(), _fp(ctx, "base")
+        return SemanticSam(sam, ctx.data.num_classes).eval(), fingerprints.of(ctx, "base")
     if not (folder / "meta.json").is_file():
         raise TskdError(f"no adapted teacher in {folder}; run finetune-teacher first")
     return lora.load_teacher(folder), lora.teacher_id(folder)
@@ -322,7 +250,7 @@ def stage_distill(
 
     ctx = StageContext.of(run, progress, cancel, resume)
     cfg, paths, data = ctx.cfg, ctx.paths, ctx.data
-    step = ctx.begin(paths.distilled, _fp(ctx, "distill"), cfg.distill.train.seed,
+    step = ctx.begin(paths.distilled, fingerprints.of(ctx, "distill"), cfg.distill.train.seed,
                      paths.checkpoints("distill"))
     if step.done is not None:
         return step.done
@@ -414,7 +342,7 @@ def stage_finetune_student(
 
     ctx = StageContext.of(run, progress, cancel, resume)
     cfg, paths, data = ctx.cfg, ctx.paths, ctx.data
-    step = ctx.begin(paths.student, _fp(ctx, "student"), cfg.student.train.seed,
+    step = ctx.begin(paths.student, fingerprints.of(ctx, "student"), cfg.student.train.seed,
                      paths.checkpoints("student"), redo=continue_from_last)
     if step.done is not None:
         return step.done
