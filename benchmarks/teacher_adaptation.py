@@ -61,7 +61,7 @@ def _dev_dice(folder: Path, dev: Path) -> float:
 
 def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, Any]:
     """Train the teacher one way on ``cfg``'s labels; Dice on ``dev`` and seconds."""
-    from tskd.pipeline.stages import load_labelled_data
+    from tskd.pipeline.context import load_labelled_data
 
     t0 = time.perf_counter()
     recipe, opts = parse_recipe(recipe)

@@ -1,8 +1,9 @@
 """What runs inside the training process the GUI starts (spawn context): no Qt, no napari.
 
-The parent sends a job (stage names, the run configuration as a plain dict, options) and two
-channels: a queue for messages back and an Event that cancels. Every message is a plain dict,
-so the GUI can read it without importing torch. Kinds:
+The parent sends a job (steps that name stages of ``tskd.pipeline.registry.STAGES`` by
+``Stage.name``, or ``"pipeline"`` for ``run_pipeline``; the run configuration as a plain dict;
+options) and two channels: a queue for messages back and an Event that cancels. Every message
+is a plain dict, so the GUI can read it without importing torch. Kinds:
 ``progress`` (the fields of ``tskd.engine.Progress``), ``warning``, ``stage_done``, and exactly
 one final ``done`` / ``cancelled`` / ``error``.
 """
@@ -19,23 +20,30 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-STAGE_FUNCTIONS = {
-    "teacher": "tskd.pipeline.stages:stage_teacher",
-    "synthesize": "tskd.pipeline.stages:stage_synthesize",
-    "distill": "tskd.pipeline.stages:stage_distill",
-    "student": "tskd.pipeline.stages:stage_finetune_student",
-    "pipeline": "tskd.pipeline.stages:run_pipeline",
-}
+PIPELINE = "pipeline"  # the job step that runs every stage (tskd.pipeline.registry.run_pipeline)
 PROGRESS_INTERVAL_S = 0.05  # at most ~20 reports a second reach the GUI (the last always does)
 
 
 def resolve(target: str) -> Callable[..., Any]:
-    """A stage name from ``STAGE_FUNCTIONS`` or ``"module:function"``."""
-    spec = STAGE_FUNCTIONS.get(target, target)
-    module, _, name = spec.partition(":")
+    """The function of a job step ``target``: a stage's ``Stage.name`` (its function in
+    ``tskd.pipeline.registry.STAGES``), ``"pipeline"`` (``run_pipeline``), or an explicit
+    ``"module:function"`` (tools and the tests' stand-in stages).
+
+    Raises:
+        TskdInputError: ``target`` is no stage name and no ``"module:function"``.
+    """
+    from tskd.pipeline import registry
+
+    if target == PIPELINE:
+        return registry.run_pipeline
+    module, _, name = target.partition(":")
     if not name:
-        raise ValueError(f"unknown job target {target!r}")
+        return registry.stage(target).function
     return getattr(importlib.import_module(module), name)
+
+
+def _is_stage(target: str) -> bool:
+    return target != PIPELINE and ":" not in target
 
 
 class _Reporter:
@@ -69,6 +77,7 @@ def run_job(job: dict[str, Any], queue: Any, cancel_event: Any) -> None:
         from tskd.config import RunConfig, from_dict
         from tskd.engine import CancelToken
         from tskd.errors import Cancelled, TskdError, TskdWarning
+        from tskd.pipeline.context import StageContext
     except Exception as exc:  # broken installation: still tell the GUI
         queue.put({"kind": "error", "message": f"cannot import the tskd backend: {exc}",
                    "user": False, "traceback": traceback.format_exc()})
@@ -84,9 +93,11 @@ def run_job(job: dict[str, Any], queue: Any, cancel_event: Any) -> None:
     results: dict[str, Any] = {}
     try:
         cfg = from_dict(RunConfig, job["config"])
+        ctx = StageContext(cfg)  # the job's stages share one read of the labelled set
         for step in job["steps"]:
             fn = resolve(step["target"])
-            result = fn(cfg, progress=reporter, cancel=cancel, **step.get("kwargs", {}))
+            run = ctx if _is_stage(step["target"]) else cfg
+            result = fn(run, progress=reporter, cancel=cancel, **step.get("kwargs", {}))
             result = _plain(result)
             results[step["target"]] = result
             queue.put({"kind": "stage_done", "stage": step["target"], "result": result})

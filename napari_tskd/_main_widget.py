@@ -15,12 +15,15 @@ from napari_tskd._settings_widget import SettingsWidget
 from napari_tskd._student_widget import StudentWidget
 from napari_tskd._teacher_widget import TeacherWidget
 from napari_tskd._transfer_widget import TransferWidget
+from tskd.pipeline.registry import stage
 
+# the stage tabs carry the stages' titles (tskd.pipeline.registry); Student holds the student's
+# two stages, distillation and fine-tuning
 TABS = (
     ("Data", DataWidget),
-    ("Teacher", TeacherWidget),
-    ("Transfer set", TransferWidget),
-    ("Student", StudentWidget),
+    (stage("teacher").title, TeacherWidget),
+    (stage("synthesize").title, TransferWidget),
+    (stage("student").title, StudentWidget),
     ("Segment", SegmentWidget),
     ("Loop", LoopWidget),
     ("Settings", SettingsWidget),

@@ -17,6 +17,7 @@ from magicgui.widgets import (
 
 from napari_tskd import _notify
 from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, steps_box, wrapped_label
+from tskd.pipeline.registry import stage
 
 MODES = ["task-specific", "task-agnostic"]
 
@@ -123,7 +124,7 @@ class StudentWidget(StageWidget):
                 _notify.info("from scratch: there is nothing to distil; press Fine-tune")
                 return
         self.result.value = ""
-        label = " + ".join("distil" if s == "distill" else "fine-tune" for s in stages)
+        label = " + ".join(stage(s).title for s in stages)  # "Distillation + Student"
         self.start(label, [{"target": s} for s in stages], cfg)
 
     def on_job_finished(self, job: Any) -> None:

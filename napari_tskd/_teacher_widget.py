@@ -8,7 +8,9 @@ from magicgui.widgets import ComboBox, FileEdit, LineEdit, PushButton, SpinBox
 
 from napari_tskd import _notify
 from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, steps_box, wrapped_label
+from tskd.pipeline.registry import stage
 
+STAGE = stage("teacher")  # tskd.pipeline.registry: its name, title and folders
 MODEL_TYPES = ["mini", "vit_b", "vit_l", "vit_h"]
 
 
@@ -122,10 +124,10 @@ class TeacherWidget(StageWidget):
             _notify.user_error(exc)
             return
         self.result.value = ""
-        self.start("teacher", [{"target": "teacher"}], cfg)
+        self.start(STAGE.title, [{"target": STAGE.name}], cfg)
 
     def on_job_finished(self, job: Any) -> None:
-        result = job.results.get("teacher")
+        result = job.results.get(STAGE.name)
         if job.status == "done" and result:
             shown = {k: v for k, v in result.items() if isinstance(v, int | float)}
             self.result.value = ", ".join(f"{k} {v:.3g}" for k, v in list(shown.items())[:4])

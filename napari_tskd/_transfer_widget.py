@@ -11,7 +11,9 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinB
 
 from napari_tskd import _layers, _notify
 from napari_tskd._base import DEVICES, StageWidget, wrapped_label
+from tskd.pipeline.registry import stage
 
+STAGE = stage("synthesize")  # tskd.pipeline.registry: its name, title and folders
 LAYER_NAME = "TS-KD synthetic images"
 
 
@@ -79,10 +81,10 @@ class TransferWidget(StageWidget):
 
     def run(self, *_: Any) -> None:
         self.result.value = ""
-        self.start("transfer set", [{"target": "synthesize"}], self.build_config())
+        self.start(STAGE.title, [{"target": STAGE.name}], self.build_config())
 
     def on_job_finished(self, job: Any) -> None:
-        result = job.results.get("synthesize")
+        result = job.results.get(STAGE.name)
         if job.status != "done" or result is None:
             return
         self.result.value = describe(result)

@@ -38,7 +38,7 @@ LAYERS = (
 ROOT_INIT_IMPORTS = {"tskd.errors"}  # ``import tskd`` stays cheap: only the error classes
 MAX_LINES = 400
 # being reworked on their own: the engine's hooks, the stage registry and the CLI that reads it
-OVER_MAX_LINES = {"tskd.engine", "tskd.pipeline.stages", "tskd.apps.cli"}
+OVER_MAX_LINES = {"tskd.engine"}  # to be split: its checkpoint unit into a module of its own
 
 
 def module_name(path: Path) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 BACKEND = Path(__file__).resolve().parents[1] / "src" / "tskd"
-MODULES = sorted(  # every module of every subpackage: tskd.data.io, tskd.models.student, ...
+MODULES = sorted(  # every module of every subpackage: tskd.data.axes, tskd.models.student, ...
     ".".join(p.relative_to(BACKEND).with_suffix("").parts).removesuffix(".__init__")
     for p in BACKEND.rglob("*.py") if p.name != "__main__.py" and p != BACKEND / "__init__.py"
 )

@@ -202,7 +202,7 @@ def test_base_teacher_identity_is_one_rule(tmp_path) -> None:
 
     from tskd.config import RunConfig
     from tskd.errors import CheckpointError
-    from tskd.pipeline import stages
+    from tskd.pipeline import fingerprints, stages
 
     a = tmp_path / "a.pt"
     a.write_bytes(b"weights one")
@@ -216,12 +216,14 @@ def test_base_teacher_identity_is_one_rule(tmp_path) -> None:
     ids, fps = [], []
     for ckpt in (a, b, c):
         cfg.teacher.checkpoint = str(ckpt)
-        ids.append(stages.base_teacher_id(cfg))
-        fps.append(stages._distill_fp(cfg, SimpleNamespace(fingerprint="data")))
+        ids.append(fingerprints.base_teacher_id(cfg))
+        ctx = stages.StageContext(cfg)
+        ctx.memo("data", lambda: SimpleNamespace(fingerprint="data"))  # a given labelled set
+        fps.append(fingerprints.of(ctx, "distill"))
     assert ids[0] == ids[1] != ids[2] and len(ids[0]) == 16  # by content, not by path
     assert fps[0] == fps[1] != fps[2]  # the distillation fingerprint follows the same id
     cfg.teacher.checkpoint = None
-    assert stages.base_teacher_id(cfg) not in ids  # the packaged mini SAM
+    assert fingerprints.base_teacher_id(cfg) not in ids  # the packaged mini SAM
     cfg.teacher.checkpoint = str(tmp_path / "missing.pt")
     with pytest.raises(CheckpointError, match="checkpoint file not found"):
-        stages.base_teacher_id(cfg)
+        fingerprints.base_teacher_id(cfg)

@@ -588,11 +588,11 @@ def test_data_widget_keeps_pairs_whose_names_collide(make_napari_viewer, tskd_gu
 
 
 def test_a_whole_run_records_every_file_it_writes(tmp_path: Path, sam: Path) -> None:
-    from tskd.pipeline import stages
+    from tskd.pipeline import registry
 
     data = write_tiny_task(tmp_path / "d", 2, 1, 1)
     cfg = from_dict(RunConfig, tiny_config(data, sam, tmp_path / "run"))
-    stages.run_pipeline(cfg)
+    registry.run_pipeline(cfg)
     root = tmp_path / "run"
     written = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     internal = {MANIFEST_NAME, LOCK_NAME}
@@ -611,7 +611,7 @@ def test_a_dataset_folder_as_unlabelled_gives_its_images_not_its_labels(
         tmp_path: Path, sam: Path) -> None:
     """`data.unlabelled` = a labelled set (images/ + labels/): the transfer set lists its
     images and never a label map as an image; the fingerprint lists what the loader reads."""
-    from tskd.pipeline import stages
+    from tskd.pipeline import fingerprints, stages
 
     data = write_tiny_task(tmp_path / "d", 2, 0, 3)
     raw = tiny_config(data, sam, tmp_path / "run")
@@ -624,9 +624,9 @@ def test_a_dataset_folder_as_unlabelled_gives_its_images_not_its_labels(
     assert manifest["unlabelled"] == images
     assert [str(p) for p in folders.data_files(data / "test", "unlabelled")] == images
     assert len(samples.load_unlabelled(data / "test")) == 3  # the loader reads the same three
-    before = stages._synth_fp(cfg, "x")
+    before = fingerprints.synth_fp(cfg, "x")
     (data / "test" / "labels" / "kidney_us_test_0000.png").write_bytes(b"edited label")
-    assert stages._synth_fp(cfg, "x") == before  # a label file is not a transfer image
+    assert fingerprints.synth_fp(cfg, "x") == before  # a label file is not a transfer image
 
 
 def test_data_folders_are_never_read_recursively(tmp_path: Path, sam: Path) -> None:

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tskd.apps import commands
+from tskd.apps.commands import print_json, set_if
 from tskd.errors import Cancelled, TskdError
-
-STAGE_COMMANDS = ("finetune-teacher", "synthesize", "distill", "finetune-student")
+from tskd.pipeline.registry import STAGES, by_cli_name
 
 
 class _TqdmProgress:
@@ -61,6 +62,40 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="most pixels one image file may decode to (data.max_pixels; 2^28)")
 
 
+def _teacher_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-type", choices=["mini", "vit_b", "vit_l", "vit_h"])
+    p.add_argument("--checkpoint", help="official SAM checkpoint (.pth or .safetensors)")
+    p.add_argument("--input-size", type=int, help="SAM input size (1024 native)")
+    p.add_argument("--lora-rank", type=int)
+    p.add_argument("--lr", type=float)
+
+
+def _synthesize_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-images", type=int, help="number of images to sample")
+    p.add_argument("--steps", type=int, help="diffusion training steps")
+    p.add_argument("--resolution", type=int, help="diffusion resolution")
+
+
+def _distill_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task-agnostic", action="store_true",
+                   help="baseline: match the un-adapted SAM encoder's features only")
+
+
+def _student_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from-scratch", action="store_true", help="baseline: no distillation")
+    p.add_argument("--continue", dest="continue_from_last", action="store_true",
+                   help="start from the last fine-tuned student (annotate-train loop)")
+
+
+# each stage's own arguments, by ``Stage.name`` (tskd.pipeline.registry)
+_STAGE_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "teacher": _teacher_arguments,
+    "synthesize": _synthesize_arguments,
+    "distill": _distill_arguments,
+    "student": _student_arguments,
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tskd",
@@ -69,30 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("finetune-teacher", help="stage 1: adapt SAM to the task with LoRA")
-    _add_run_options(p)
-    p.add_argument("--model-type", choices=["mini", "vit_b", "vit_l", "vit_h"])
-    p.add_argument("--checkpoint", help="official SAM checkpoint (.pth or .safetensors)")
-    p.add_argument("--input-size", type=int, help="SAM input size (1024 native)")
-    p.add_argument("--lora-rank", type=int)
-    p.add_argument("--lr", type=float)
-
-    p = sub.add_parser("synthesize", help="stage 2: synthesise transfer images with a DDPM")
-    _add_run_options(p)
-    p.add_argument("--n-images", type=int, help="number of images to sample")
-    p.add_argument("--steps", type=int, help="diffusion training steps")
-    p.add_argument("--resolution", type=int, help="diffusion resolution")
-
-    p = sub.add_parser("distill", help="stage 3: distil the teacher into the student")
-    _add_run_options(p)
-    p.add_argument("--task-agnostic", action="store_true",
-                   help="baseline: match the un-adapted SAM encoder's features only")
-
-    p = sub.add_parser("finetune-student", help="stage 4: fine-tune the student on the labels")
-    _add_run_options(p)
-    p.add_argument("--from-scratch", action="store_true", help="baseline: no distillation")
-    p.add_argument("--continue", dest="continue_from_last", action="store_true",
-                   help="start from the last fine-tuned student (annotate-train loop)")
+    for i, stage in enumerate(STAGES, start=1):
+        p = sub.add_parser(stage.cli_name, aliases=list(stage.cli_aliases),
+                           help=f"stage {i}, {stage.title.lower()}: {stage.summary}")
+        _add_run_options(p)
+        _STAGE_ARGUMENTS[stage.name](p)
 
     p = sub.add_parser("predict", help="segment images, stacks or folders")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
@@ -199,238 +215,105 @@ def _config_from_args(args: argparse.Namespace) -> Any:
             setattr(cfg.data, attr, getattr(args, opt))
     if getattr(args, "max_pixels", None) is not None:
         cfg.data.max_pixels = args.max_pixels
-    trains = {
-        "finetune-teacher": [cfg.teacher.train],
-        "distill": [cfg.distill.train],
-        "finetune-student": [cfg.student.train],
-        "run": [cfg.teacher.train, cfg.distill.train, cfg.student.train],
-    }.get(args.command, [])
-    for train in trains:
-        if getattr(args, "device", None):
-            train.device = args.device
-        if getattr(args, "seed", None) is not None:
-            train.seed = args.seed
-        if getattr(args, "epochs", None):
-            train.epochs = args.epochs
-    if args.command in ("synthesize", "run"):
-        if getattr(args, "device", None):
-            cfg.synth.device = args.device
-            cfg.predict.device = args.device
-        if getattr(args, "seed", None) is not None:
-            cfg.synth.seed = args.seed
-    if args.command == "finetune-teacher":
-        _set_if(cfg.teacher, "model_type", args.model_type)
-        _set_if(cfg.teacher, "checkpoint", args.checkpoint)
-        _set_if(cfg.teacher, "input_size", args.input_size)
-        _set_if(cfg.teacher.lora, "rank", args.lora_rank)
-        _set_if(cfg.teacher.train, "lr", args.lr)
-    if args.command == "synthesize":
-        _set_if(cfg.synth, "n_images", args.n_images)
-        _set_if(cfg.synth, "train_steps", args.steps)
-        _set_if(cfg.synth, "resolution", args.resolution)
-    if args.command == "distill" and args.task_agnostic:
-        cfg.distill.task_agnostic = True
-    if args.command == "finetune-student" and args.from_scratch:
-        cfg.student.from_scratch = True
+    stage = by_cli_name(args.command)
+    for section in [s.section for s in STAGES] if args.command == "run" else (
+            [stage.section] if stage else []):
+        _run_options(getattr(cfg, section), args)
+    if args.command in ("synthesize", "run") and getattr(args, "device", None):
+        cfg.predict.device = args.device
+    if stage is not None:
+        _STAGE_SETTINGS[stage.name](cfg, args)
     return cfg
 
 
-def _set_if(obj: Any, name: str, value: Any) -> None:
-    if value is not None:
-        setattr(obj, name, value)
+def _run_options(section: Any, args: argparse.Namespace) -> None:
+    """--device, --seed and --epochs into a stage's config section: into its ``train``
+    settings, or into the section itself for one without (``synth``)."""
+    train = getattr(section, "train", section)
+    if getattr(args, "device", None):
+        train.device = args.device
+    if getattr(args, "seed", None) is not None:
+        train.seed = args.seed
+    if getattr(args, "epochs", None) and hasattr(train, "epochs"):
+        train.epochs = args.epochs
 
 
-def _print(result: Any) -> None:
-    import json
+def _teacher_settings(cfg: Any, args: argparse.Namespace) -> None:
+    set_if(cfg.teacher, "model_type", args.model_type)
+    set_if(cfg.teacher, "checkpoint", args.checkpoint)
+    set_if(cfg.teacher, "input_size", args.input_size)
+    set_if(cfg.teacher.lora, "rank", args.lora_rank)
+    set_if(cfg.teacher.train, "lr", args.lr)
 
-    print(json.dumps(result, indent=1, default=str))
+
+def _synthesize_settings(cfg: Any, args: argparse.Namespace) -> None:
+    set_if(cfg.synth, "n_images", args.n_images)
+    set_if(cfg.synth, "train_steps", args.steps)
+    set_if(cfg.synth, "resolution", args.resolution)
+
+
+def _distill_settings(cfg: Any, args: argparse.Namespace) -> None:
+    if args.task_agnostic:
+        cfg.distill.task_agnostic = True
+
+
+def _student_settings(cfg: Any, args: argparse.Namespace) -> None:
+    if args.from_scratch:
+        cfg.student.from_scratch = True
+
+
+# each stage's own arguments into the config, by ``Stage.name``
+_STAGE_SETTINGS: dict[str, Callable[[Any, argparse.Namespace], None]] = {
+    "teacher": _teacher_settings,
+    "synthesize": _synthesize_settings,
+    "distill": _distill_settings,
+    "student": _student_settings,
+}
 
 
 def _cmd_stage(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd.pipeline import stages
-    from tskd.pipeline.run_folder import check_run_dir_inputs, run_lock
+    from tskd.pipeline.lock import run_lock
+    from tskd.pipeline.run_folder import check_run_dir_inputs
+    from tskd.pipeline.stages import prepare_run_dir, stage_evaluate
 
+    stage = by_cli_name(args.command)
+    assert stage is not None  # COMMANDS sends only stage subcommands here
     cfg = _config_from_args(args)
-    kwargs: dict[str, Any] = {"progress": progress, "cancel": cancel, "resume": args.resume}
+    options = {name: getattr(args, name) for name in stage.options}
     check_run_dir_inputs(cfg)  # before the lock creates anything in the run folder
-    with run_lock(cfg.run_dir, args.command):  # one writer from the config to the result
-        stages.prepare_run_dir(cfg, overwrite=args.overwrite)
-        if args.command == "finetune-teacher":
-            result = stages.stage_teacher(cfg, **kwargs)
-        elif args.command == "synthesize":
-            result = stages.stage_synthesize(cfg, **kwargs)
-        elif args.command == "distill":
-            result = stages.stage_distill(cfg, **kwargs)
-        else:
-            result = stages.stage_finetune_student(
-                cfg, continue_from_last=args.continue_from_last, **kwargs
-            )
-            if cfg.data.test:
-                result["evaluate"] = stages.stage_evaluate(cfg)
+    with run_lock(cfg.run_dir, stage.cli_name):  # one writer from the config to the result
+        prepare_run_dir(cfg, overwrite=args.overwrite)
+        result = stage.function(cfg, progress=progress, cancel=cancel, resume=args.resume,
+                                **options)
+        if stage.name == "student" and cfg.data.test:
+            result["evaluate"] = stage_evaluate(cfg)
     progress.close()
-    _print(result)
+    print_json(result)
     return 0
 
 
 def _cmd_run(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd.pipeline import stages
+    from tskd.pipeline.registry import run_pipeline
 
     cfg = _config_from_args(args)
-    result = stages.run_pipeline(
+    result = run_pipeline(
         cfg, progress=progress, cancel=cancel, resume=args.resume, overwrite=args.overwrite
     )
     progress.close()
-    _print(result)
-    return 0
-
-
-def _cmd_predict(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd.data import io, outputs
-    from tskd.errors import TskdInputError
-    from tskd.inference.predict import predict_paths, segmenter_from_bundle
-
-    outputs.check_not_input(outputs.check_output_folder(args.output),
-                            [p for p in args.inputs if p.exists()])
-    files: list[Path] = []
-    for path in args.inputs:
-        if path.is_dir():
-            files += io.list_images(path)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise TskdInputError(f"input not found: {path}")
-    if not files:
-        raise TskdInputError("no images found in the given inputs")
-    from tskd.data.label_policy import LabelMap
-
-    segmenter, meta = segmenter_from_bundle(args.model, device=args.device,
-                                            tile_size=args.tile_size, max_pixels=args.max_pixels)
-    label_map = LabelMap.from_meta(meta)  # predictions carry the training labels' values
-    written = predict_paths(segmenter, files, args.output, overwrite=args.overwrite,
-                            input_folders=[p for p in args.inputs if p.is_dir()],
-                            log=lambda line: print(f"tskd: {line}", file=sys.stderr),
-                            label_values=label_map.values)
-    print(f"wrote {len(written)} label map(s) to {args.output}")
-    return 0
-
-
-def _cmd_evaluate(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd.data import outputs
-    from tskd.errors import TskdInputError
-    from tskd.inference import metrics
-
-    if not (args.pred and args.gt and args.output):
-        raise TskdInputError("evaluate needs --pred, --gt and -o/--output")
-    out = outputs.check_output_folder(args.output)
-    outputs.check_not_input(out, [p for p in (args.pred, args.gt) if p.exists()],
-                            allow_parent=True)
-    outputs.check_replace([out / "metrics.json", out / "metrics.csv"], args.overwrite, out)
-    report = metrics.evaluate_folders(
-        args.pred, args.gt, num_classes=args.num_classes,
-        spacing=tuple(args.spacing) if args.spacing else None, ignore_label=args.ignore_label,
-    )
-    metrics.write_report(report, args.output)
-    _print(report.summary)
-    return 0
-
-
-def _cmd_check_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd.config import load_config
-    from tskd.data import check
-
-    classes, ignore = None, args.ignore_label
-    if args.config:
-        cfg = load_config(args.config)
-        classes = cfg.data.classes
-        if ignore is None:
-            ignore = cfg.data.ignore_label
-    report = check.check_folder(args.folder, classes=classes, ignore_label=ignore)
-    print(check.report_json(report) if args.json else check.format_report(report))
-    return 2 if report.n_errors else 0
-
-
-def _cmd_export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd.data import outputs
-    from tskd.inference import bundle
-
-    outputs.check_not_input(args.output.parent, [args.model] if args.model.exists() else [],
-                            what="output file's folder", allow_parent=True)
-    outputs.check_replace([args.output], args.overwrite, args.output.parent)
-    model, meta = bundle.load_bundle(args.model)
-    diff = bundle.export_onnx(model, args.output, bundle.input_size(meta))
-    print(f"wrote {args.output} (max |onnx - torch| = {diff:.2e})")
-    return 0
-
-
-def _cmd_pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd.errors import TskdInputError
-    from tskd.models.mini_sam import MiniSamConfig
-    from tskd.training import pretrain
-
-    if args.out and args.replace_packaged_weights:
-        raise TskdInputError("give either --out or --replace-packaged-weights, not both")
-
-    cfg = pretrain.PretrainConfig(image_size=args.image_size,
-                                  model=MiniSamConfig(img_size=args.image_size))
-    _set_if(cfg, "steps", args.steps)
-    _set_if(cfg, "batch_size", args.batch_size)
-    cfg.seed = args.seed
-    cfg.device = args.device
-    packaged = bool(args.replace_packaged_weights)
-    out = pretrain.packaged_weights_dir() if packaged else (
-        args.out or pretrain.default_output_dir())
-    result = pretrain.pretrain_mini(
-        cfg, out, progress=progress, cancel=cancel, resume=args.resume,
-        checkpoint_dir=pretrain.checkpoint_dir_for(out, packaged),
-        command=" ".join(["tskd", *sys.argv[1:]]),
-        overwrite=args.overwrite, replace_packaged=packaged,
-    )
-    progress.close()
-    _print(result)
-    return 0
-
-
-def _cmd_sample_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd.data import outputs, phantoms
-    from tskd.errors import TskdInputError
-
-    if args.task not in phantoms.TASKS:
-        raise TskdInputError(
-            f"unknown task '{args.task}'; choose one of {', '.join(sorted(phantoms.TASKS))}"
-        )
-    outputs.check_task_folder(args.task, args.output, args.train, args.unlabelled, args.test,
-                              overwrite=args.overwrite)
-    phantoms.write_task_folders(args.task, args.output, args.train, args.unlabelled, args.test,
-                                args.size, args.seed)
-    print(f"wrote {args.task} to {args.output}/train, unlabelled, test")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    from tskd.apps import demo
-
-    result = demo.run_demo(
-        task=args.task, n_labels=args.labels, seed=args.seed, budget=args.budget,
-        teacher=args.teacher, checkpoint=args.checkpoint, out=args.out, device=args.device,
-        progress=progress, cancel=cancel, check_pretraining=args.check_pretraining,
-        teacher_size=args.teacher_size,
-    )
-    progress.close()
-    print(result["table"])
-    print(f"report: {args.out / 'report.md'}")
+    print_json(result)
     return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any, Any], int]] = {
-    **{name: _cmd_stage for name in STAGE_COMMANDS},
+    **{name: _cmd_stage for s in STAGES for name in (s.cli_name, *s.cli_aliases)},
     "run": _cmd_run,
-    "predict": _cmd_predict,
-    "evaluate": _cmd_evaluate,
-    "check-data": _cmd_check_data,
-    "export-onnx": _cmd_export,
-    "pretrain-mini": _cmd_pretrain,
-    "make-sample-data": _cmd_sample_data,
-    "demo": _cmd_demo,
+    "predict": commands.predict,
+    "evaluate": commands.evaluate,
+    "check-data": commands.check_data,
+    "export-onnx": commands.export,
+    "pretrain-mini": commands.pretrain,
+    "make-sample-data": commands.sample_data,
+    "demo": commands.demo,
 }
 
 

@@ -216,7 +216,7 @@ def _run_demo(
     cancel: CancelToken | None, check_pretraining: bool, teacher_size: int | None,
 ) -> dict[str, Any]:
     from tskd.data import phantoms
-    from tskd.pipeline import run_folder, stages
+    from tskd.pipeline import registry, run_folder
     from tskd.pipeline.run_folder import RunPaths
 
     t_start = time.perf_counter()
@@ -238,7 +238,7 @@ def _run_demo(
             target = RunPaths(out / name).transfer
             with run_folder.writing(out / name, "share", [target]):
                 _share(RunPaths(out / "ts_kd").transfer, target)
-        results[name] = stages.run_pipeline(
+        results[name] = registry.run_pipeline(
             cfg, progress=progress, cancel=cancel, overwrite=True
         )
     methods: dict[str, Any] = {}

@@ -37,7 +37,7 @@ def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, An
     from tskd.engine import train
     from tskd.inference.predict import evaluate_folder
     from tskd.inference.segmenter import Segmenter
-    from tskd.pipeline.stages import load_labelled_data
+    from tskd.pipeline.context import load_labelled_data
     from tskd.training.teacher import TeacherTask
 
     data = load_labelled_data(cfg)

@@ -1,0 +1,164 @@
+"""The ``tskd`` subcommands that run no training stage: predict, evaluate, check-data,
+export-onnx, pretrain-mini, make-sample-data and demo.
+
+Each is ``command(args, progress, cancel) -> exit code`` for ``tskd.apps.cli.main``, which
+parses the arguments and turns a ``TskdError`` into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def set_if(obj: Any, name: str, value: Any) -> None:
+    """Set ``obj.name`` to ``value`` unless ``value`` is None (an option not given)."""
+    if value is not None:
+        setattr(obj, name, value)
+
+
+def print_json(result: Any) -> None:
+    """Print a command's result as indented JSON on stdout (anything odd as a string)."""
+    import json
+
+    print(json.dumps(result, indent=1, default=str))
+
+
+def predict(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.data import outputs
+    from tskd.data.files import list_images
+    from tskd.errors import TskdInputError
+    from tskd.inference.predict import predict_paths, segmenter_from_bundle
+
+    outputs.check_not_input(outputs.check_output_folder(args.output),
+                            [p for p in args.inputs if p.exists()])
+    files: list[Path] = []
+    for path in args.inputs:
+        if path.is_dir():
+            files += list_images(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TskdInputError(f"input not found: {path}")
+    if not files:
+        raise TskdInputError("no images found in the given inputs")
+    from tskd.data.label_map import LabelMap
+
+    segmenter, meta = segmenter_from_bundle(args.model, device=args.device,
+                                            tile_size=args.tile_size, max_pixels=args.max_pixels)
+    label_map = LabelMap.from_meta(meta)  # predictions carry the training labels' values
+    written = predict_paths(segmenter, files, args.output, overwrite=args.overwrite,
+                            input_folders=[p for p in args.inputs if p.is_dir()],
+                            log=lambda line: print(f"tskd: {line}", file=sys.stderr),
+                            label_values=label_map.values)
+    print(f"wrote {len(written)} label map(s) to {args.output}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.data import outputs
+    from tskd.errors import TskdInputError
+    from tskd.inference import metrics
+
+    if not (args.pred and args.gt and args.output):
+        raise TskdInputError("evaluate needs --pred, --gt and -o/--output")
+    out = outputs.check_output_folder(args.output)
+    outputs.check_not_input(out, [p for p in (args.pred, args.gt) if p.exists()],
+                            allow_parent=True)
+    outputs.check_replace([out / "metrics.json", out / "metrics.csv"], args.overwrite, out)
+    report = metrics.evaluate_folders(
+        args.pred, args.gt, num_classes=args.num_classes,
+        spacing=tuple(args.spacing) if args.spacing else None, ignore_label=args.ignore_label,
+    )
+    metrics.write_report(report, args.output)
+    print_json(report.summary)
+    return 0
+
+
+def check_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.config import load_config
+    from tskd.data import check
+
+    classes, ignore = None, args.ignore_label
+    if args.config:
+        cfg = load_config(args.config)
+        classes = cfg.data.classes
+        if ignore is None:
+            ignore = cfg.data.ignore_label
+    report = check.check_folder(args.folder, classes=classes, ignore_label=ignore)
+    print(check.report_json(report) if args.json else check.format_report(report))
+    return 2 if report.n_errors else 0
+
+
+def export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.data import outputs
+    from tskd.inference import bundle
+
+    outputs.check_not_input(args.output.parent, [args.model] if args.model.exists() else [],
+                            what="output file's folder", allow_parent=True)
+    outputs.check_replace([args.output], args.overwrite, args.output.parent)
+    model, meta = bundle.load_bundle(args.model)
+    diff = bundle.export_onnx(model, args.output, bundle.input_size(meta))
+    print(f"wrote {args.output} (max |onnx - torch| = {diff:.2e})")
+    return 0
+
+
+def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.errors import TskdInputError
+    from tskd.models.mini_sam import MiniSamConfig
+    from tskd.training import pretrain
+
+    if args.out and args.replace_packaged_weights:
+        raise TskdInputError("give either --out or --replace-packaged-weights, not both")
+
+    cfg = pretrain.PretrainConfig(image_size=args.image_size,
+                                  model=MiniSamConfig(img_size=args.image_size))
+    set_if(cfg, "steps", args.steps)
+    set_if(cfg, "batch_size", args.batch_size)
+    cfg.seed = args.seed
+    cfg.device = args.device
+    packaged = bool(args.replace_packaged_weights)
+    out = pretrain.packaged_weights_dir() if packaged else (
+        args.out or pretrain.default_output_dir())
+    result = pretrain.pretrain_mini(
+        cfg, out, progress=progress, cancel=cancel, resume=args.resume,
+        checkpoint_dir=pretrain.checkpoint_dir_for(out, packaged),
+        command=" ".join(["tskd", *sys.argv[1:]]),
+        overwrite=args.overwrite, replace_packaged=packaged,
+    )
+    progress.close()
+    print_json(result)
+    return 0
+
+
+def sample_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.data import outputs, phantoms
+    from tskd.errors import TskdInputError
+
+    if args.task not in phantoms.TASKS:
+        raise TskdInputError(
+            f"unknown task '{args.task}'; choose one of {', '.join(sorted(phantoms.TASKS))}"
+        )
+    outputs.check_task_folder(args.task, args.output, args.train, args.unlabelled, args.test,
+                              overwrite=args.overwrite)
+    phantoms.write_task_folders(args.task, args.output, args.train, args.unlabelled, args.test,
+                                args.size, args.seed)
+    print(f"wrote {args.task} to {args.output}/train, unlabelled, test")
+    return 0
+
+
+def demo(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.apps import demo
+
+    result = demo.run_demo(
+        task=args.task, n_labels=args.labels, seed=args.seed, budget=args.budget,
+        teacher=args.teacher, checkpoint=args.checkpoint, out=args.out, device=args.device,
+        progress=progress, cancel=cancel, check_pretraining=args.check_pretraining,
+        teacher_size=args.teacher_size,
+    )
+    progress.close()
+    print(result["table"])
+    print(f"report: {args.out / 'report.md'}")
+    return 0

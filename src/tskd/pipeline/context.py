@@ -1,0 +1,250 @@
+"""What every stage of a run shares: the stage context and the labelled set.
+
+A ``StageContext`` holds one run's configuration, run folder, progress callback, cancel token
+and ``resume`` flag, and reads and hashes the labelled set once, on first use
+(``StageContext.data``); ``run_pipeline`` passes one context to every stage, so a full run
+reads and hashes the labelled set once instead of once per stage. ``StageContext.begin``
+is the common start of a stage (skip a finished one, withdraw its marker, seed), the
+``StageRun`` it returns the common end (mark done, drop the checkpoint) and the timer, so a
+stage function holds only what is particular to it.
+
+Nothing here imports torch at import time: the stage registry, which the widgets read, sits
+on top of this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tskd.config import RunConfig
+from tskd.errors import TskdInputError
+from tskd.pipeline.run_folder import (
+    RunPaths,
+    checkpoint_inputs,
+    files_fingerprint,
+    fingerprint,
+    mark_done,
+    mark_started,
+    read_result,
+    stage_done,
+)
+
+if TYPE_CHECKING:
+    from tskd.engine import CancelToken, ProgressCallback
+
+__all__ = ["LabelledData", "StageContext", "StageRun", "data_files", "load_labelled_data",
+           "median_image_shape"]
+
+
+@dataclass
+class LabelledData:
+    """The labelled set, split, with what the models need to know about it.
+
+    Attributes:
+        train: training samples (``tskd.data.samples.Sample``: image, label map of class indices).
+        val: validation samples, split off by ``data.val_fraction`` and ``data.split_seed``.
+        num_classes: classes including the background.
+        class_names: one name per class, background first.
+        fingerprint: 16 hex digits over the files' contents, the split and the label map.
+        image_shape: median (height, width) in pixels of the labelled 2D images before
+            resizing: the scale the models learn at, recorded in the bundles as
+            ``train_image_shape`` so prediction tiles at it.
+        label_map: ``tskd.data.label_policy.LabelMap``: label values <-> class indices.
+    """
+
+    train: list[Any]
+    val: list[Any]
+    num_classes: int
+    class_names: list[str]
+    fingerprint: str
+    image_shape: tuple[int, int] = (0, 0)
+    label_map: Any = None
+
+
+def median_image_shape(samples: list[Any]) -> tuple[int, int]:
+    """Median (height, width) in pixels of the samples' images, rounded to whole pixels.
+
+    Raises:
+        TskdInputError: ``samples`` is empty.
+    """
+    if not samples:
+        raise TskdInputError("no labelled image: cannot tell the training image size")
+    hw = np.array([s.image.shape[:2] for s in samples], dtype=np.float64)
+    h, w = np.median(hw, axis=0)
+    return int(round(h)), int(round(w))
+
+
+def data_files(folder: str | Path | None, role: str) -> list[Path]:
+    """The files a data folder of ``role`` (labelled, unlabelled, test) contributes, exactly
+    as its reader reads them (``tskd.data.folders.data_files``: never recursive, never label files
+    as images)."""
+    from tskd.data.folders import data_files
+
+    return data_files(folder, role)
+
+
+def load_labelled_data(cfg: RunConfig) -> LabelledData:
+    """Read, split and fingerprint the labelled set named in ``cfg.data.labelled``.
+
+    Labels go through the one label policy (``tskd.data.label_policy``): ``data.classes`` or
+    the dataset.json declare the classes, else the values seen do; ``data.ignore_label``
+    pixels are left out. Samples hold class indices; ``label_map`` turns them back into label
+    values.
+
+    Raises:
+        TskdInputError: no labelled folder is given, or a file in it cannot be used (the
+            readers name the file).
+    """
+    from tskd.data import dataset
+    from tskd.data.axes import pixel_budget
+    from tskd.data.folders import data_files
+    from tskd.data.samples import read_labelled_set
+
+    if not cfg.data.labelled:
+        raise TskdInputError("no labelled data given (data.labelled / --data)")
+    with pixel_budget(cfg.data.max_pixels):
+        samples, label_map = read_labelled_set(
+            cfg.data.labelled, classes=cfg.data.classes, ignore_label=cfg.data.ignore_label
+        )
+    train, val = dataset.split_train_val(samples, cfg.data.val_fraction, cfg.data.split_seed)
+    parts: list[Any] = [
+        files_fingerprint(data_files(cfg.data.labelled, "labelled")),
+        cfg.data.val_fraction,
+        cfg.data.split_seed,
+    ]
+    if label_map.fingerprint() is not None:  # identity maps keep the fingerprints they had
+        parts.append(label_map.fingerprint())
+    return LabelledData(train, val, label_map.num_classes, list(label_map.names),
+                        fingerprint(*parts), median_image_shape(samples), label_map)
+
+
+@dataclass
+class StageRun:
+    """One stage in progress (from ``StageContext.begin``): where it writes and since when.
+
+    Attributes:
+        folder: the stage's artefact folder (``run/teacher``, ``run/transfer``, ...).
+        fingerprint: 16 hex digits over everything the artefact depends on.
+        checkpoints: the stage's checkpoint folder (``run/checkpoints/<stage>``), or None.
+        resume: continue from the checkpoint in ``checkpoints``.
+        done: the recorded result, with ``"skipped": True``, when the stage was already done
+            with this fingerprint; None when it runs.
+        started: ``time.perf_counter()`` at the start, seconds.
+    """
+
+    folder: Path
+    fingerprint: str
+    checkpoints: Path | None
+    resume: bool
+    done: dict[str, Any] | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def checkpoint_dir(self) -> Path:
+        """The checkpoint folder, with this run's fingerprint recorded in it.
+
+        Raises:
+            RunFolderError: ``resume`` and the checkpoint was made from other inputs
+                (``tskd.pipeline.run_folder.checkpoint_inputs``).
+        """
+        if self.checkpoints is None:
+            raise ValueError(f"the stage writing {self.folder} keeps no checkpoint")
+        return checkpoint_inputs(self.checkpoints, self.fingerprint, self.resume)
+
+    def seconds(self) -> float:
+        """Seconds since the stage started."""
+        return time.perf_counter() - self.started
+
+    def finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Mark the stage done with ``result`` (plus ``seconds`` unless it has them), then drop
+        its checkpoint: the artefact is on disk, so a crash before this point keeps both.
+
+        Returns:
+            The result as recorded in the folder's ``stage.json``.
+        """
+        from tskd.engine import clear_checkpoint
+
+        if "seconds" not in result:
+            result = result | {"seconds": self.seconds()}
+        mark_done(self.folder, self.fingerprint, result)
+        if self.checkpoints is not None:
+            clear_checkpoint(self.checkpoints)
+        return result
+
+
+@dataclass
+class StageContext:
+    """One run of one or more stages: configuration, folder, reporting, shared inputs.
+
+    What it reads and hashes is kept for the context's life, so ``cfg`` must not change while
+    the context is in use (make a new context for a changed configuration).
+
+    Attributes:
+        cfg: the run configuration.
+        progress: called with ``tskd.engine.Progress`` reports; None reports nothing.
+        cancel: checked every training step; a cancelled stage raises ``Cancelled``.
+        resume: continue training stages from their checkpoints.
+    """
+
+    cfg: RunConfig
+    progress: ProgressCallback | None = None
+    cancel: CancelToken | None = None
+    resume: bool = False
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, run: RunConfig | StageContext, progress: ProgressCallback | None = None,
+           cancel: CancelToken | None = None, resume: bool = False) -> StageContext:
+        """A context for ``run``: a new one for a configuration; for a context, one that shares
+        its labelled set and fingerprints, with ``progress``, ``cancel`` and ``resume`` where
+        given (else the context's own)."""
+        if isinstance(run, StageContext):
+            return replace(run,  # the same _memo: nothing is read or hashed twice
+                           progress=run.progress if progress is None else progress,
+                           cancel=run.cancel if cancel is None else cancel,
+                           resume=resume or run.resume)
+        return cls(run, progress, cancel, resume)
+
+    @property
+    def paths(self) -> RunPaths:
+        """Where each stage keeps its files inside the run folder ``cfg.run_dir``."""
+        return RunPaths(Path(self.cfg.run_dir))
+
+    @property
+    def data(self) -> LabelledData:
+        """The labelled set, read and hashed on first use only (``load_labelled_data``)."""
+        return self.memo("data", lambda: load_labelled_data(self.cfg))
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, computed once per context under ``key``: ``"data"`` is the labelled
+        set, ``"fingerprint:<stage>"`` a stage's fingerprint (some hash files or checkpoints,
+        and later stages ask for earlier stages' fingerprints)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def begin(self, folder: Path, fp: str, seed: int | None, checkpoints: Path | None = None,
+              redo: bool = False) -> StageRun:
+        """The common start of a stage that writes ``folder``.
+
+        When ``folder`` holds a finished stage of fingerprint ``fp`` and ``redo`` is False, the
+        returned run's ``done`` is the recorded result with ``"skipped": True`` and nothing
+        else happens. Otherwise the stage's ``stage.json`` is withdrawn before anything is
+        rewritten (``mark_started``) and every generator is seeded with ``seed`` (before any
+        model is built: repeatable runs; None leaves them).
+        """
+        run = StageRun(folder, fp, checkpoints, self.resume)
+        if not redo and stage_done(folder, fp):
+            run.done = read_result(folder) | {"skipped": True}
+            return run
+        mark_started(folder)
+        if seed is not None:
+            from tskd.engine import seed_everything
+
+            seed_everything(seed)
+        return run
