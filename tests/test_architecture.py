@@ -4,8 +4,8 @@ Every import of every module under src/tskd is read with ``ast`` - module-level,
 functions and under ``TYPE_CHECKING`` alike, since a lazy import is still a dependency - and
 checked against ``LAYERS``, lowest first: a module may import modules of its own layer and of
 the layers below it, never one above. The top-level modules are one layer each (``errors`` <
-``atomic`` < ``safe_regex`` < ``lora_targets`` < ``config`` < ``engine``); each package is one
-layer.
+``atomic`` < ``checkpoint`` < ``safe_regex`` < ``lora_targets`` < ``config`` < ``device`` <
+``callbacks`` < ``engine``); each package is one layer.
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ BACKEND = SRC / "tskd"
 LAYERS = (
     "tskd.errors",
     "tskd.atomic",
+    "tskd.checkpoint",
     "tskd.safe_regex",
     "tskd.lora_targets",
     "tskd.config",
+    "tskd.device",
+    "tskd.callbacks",
     "tskd.engine",
     "tskd.data",
     "tskd.models",
@@ -37,8 +40,7 @@ LAYERS = (
 )
 ROOT_INIT_IMPORTS = {"tskd.errors"}  # ``import tskd`` stays cheap: only the error classes
 MAX_LINES = 400
-# being reworked on their own: the engine's hooks, the stage registry and the CLI that reads it
-OVER_MAX_LINES = {"tskd.engine"}  # to be split: its checkpoint unit into a module of its own
+OVER_MAX_LINES: set[str] = set()  # modules allowed over MAX_LINES, each with its reason: none
 
 
 def module_name(path: Path) -> str:

@@ -231,9 +231,9 @@ def test_route_resume_checkpoint(tmp_path: Path, marker: Path) -> None:
     import io as bytes_io
 
     from tskd.atomic import json_bytes, safetensors_bytes
-    from tskd.engine import _Checkpoint
+    from tskd.checkpoint import Checkpoint
 
-    ckpt = _Checkpoint(tmp_path / "checkpoints")
+    ckpt = Checkpoint(tmp_path / "checkpoints")
     buf = bytes_io.BytesIO()
     torch.save({"optimizer": _Payload(marker)}, buf)
     files = {ckpt.PARAMS: safetensors_bytes({"w": torch.zeros(1)}), ckpt.OPTIM: buf.getvalue(),

@@ -4,29 +4,22 @@ A stage describes *what* to train as a ``TrainingTask`` (model, data, loss); the
 *how*: device and mixed precision, optimiser and schedule, seeds, a progress callback, a cancel
 flag checked every step, a checkpoint at every epoch (and on cancel) and resuming from it.
 
-Checkpoints hold only trainable parameters (safetensors), the optimiser, scheduler and random
-stream states (loaded back with ``weights_only=True``) and a JSON of where training stood; each
-is one atomic, sha256-verified unit (``_Checkpoint``). Randomness is re-seeded from
-``seed + epoch`` at every epoch, and a mid-epoch checkpoint restores the random streams as they
-were before its batch, so a resumed run takes the same data order, augmentations and dropout
-draws as an uninterrupted one and ends with the same weights, bit for bit on the CPU.
-
-What one stage needs beside the loop is a ``Callback`` (hooks at train begin, step end, epoch
-end, checkpoint, resume and train end, each given the run's ``TrainState``): the segmentation
-preview (``tskd.training.preview``) and the diffusion model's EMA (``tskd.synth_train``) are two. A
-callback's ``on_checkpoint`` state is saved in the checkpoint unit and handed back on resume.
+A checkpoint is one atomic, sha256-verified unit (``tskd.checkpoint``). Randomness is re-seeded
+from ``seed + epoch`` at every epoch, and a mid-epoch checkpoint restores the random streams as
+they were before its batch, so a resumed run takes the same data order, augmentations and
+dropout draws as an uninterrupted one and ends with the same weights, bit for bit on the CPU.
+What one stage needs beside the loop is a ``Callback`` (``tskd.callbacks``: the progress
+report, the cancel flag and the hooks); the device and mixed precision are chosen by
+``tskd.device``. This module re-exports their public names and ``clear_checkpoint``
+(``__all__``), so a stage imports the engine's API from here alone.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,62 +27,31 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tskd.callbacks import (
+    Callback,
+    CancelToken,
+    Progress,
+    ProgressCallback,
+    TrainState,
+    checkpoint_extra,
+)
+from tskd.checkpoint import (
+    Checkpoint,
+    CheckpointExtra,
+    clear_checkpoint,
+    rng_state,
+    set_rng_state,
+    trainable_parameters,
+)
 from tskd.config import TrainConfig
+from tskd.device import make_accelerator, resolve_device
 from tskd.errors import Cancelled, TskdError
 
-
-@dataclass
-class Progress:
-    """One report from the engine: enough for a progress bar, a loss plot and an ETA.
-
-    Picklable (it crosses from the training process to the plugin). Attributes:
-    ``stage`` (the task's name), ``step`` (optimiser steps done, counting resumed ones),
-    ``total`` (steps planned), ``epoch`` (0-based), ``epochs`` (planned), ``loss`` (the step's
-    minimised loss), ``eta_s`` (seconds left, from this run's mean step time; 0 at the end),
-    ``logs`` (every loss component of the step), ``message`` (free text of stages that report
-    outside the engine) and ``preview`` (sent by ``tskd.training.preview.SegmentationPreview``).
-    """
-
-    stage: str
-    step: int  # optimiser steps done (1-based after the first)
-    total: int  # optimiser steps planned
-    epoch: int  # 0-based epoch in progress
-    epochs: int
-    loss: float
-    eta_s: float | None
-    logs: dict[str, float] = field(default_factory=dict)
-    message: str = ""
-    # {"image": (S, S, 3) uint8, "labels": (S, S) uint8}: the model's current prediction on the
-    # first training image (tskd.training.preview: at most every 5 s and after the last epoch)
-    preview: dict[str, Any] | None = None
-
-
-ProgressCallback = Callable[[Progress], None]
-
-
-class CancelToken:
-    """A flag a GUI or signal handler sets to stop training at the next step.
-
-    Args:
-        flag: any object with ``is_set()`` and ``set()`` (``threading.Event``, or
-            ``multiprocessing.Event`` to cancel from another process); default a new
-            ``threading.Event``.
-    """
-
-    def __init__(self, flag: Any | None = None) -> None:
-        # any object with is_set()/set() works: threading.Event, multiprocessing.Event
-        import threading
-
-        self._flag = flag if flag is not None else threading.Event()
-
-    def cancel(self) -> None:
-        """Ask training to stop before its next step (it writes a checkpoint first)."""
-        self._flag.set()
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether ``cancel`` was called (here or through the shared flag)."""
-        return bool(self._flag.is_set())
+__all__ = [
+    "Callback", "CancelToken", "CheckpointExtra", "Progress", "ProgressCallback", "TrainResult",
+    "TrainState", "TrainingTask", "clear_checkpoint", "make_accelerator", "resolve_device",
+    "seed_everything", "train",
+]
 
 
 class TrainingTask(Protocol):
@@ -120,157 +82,6 @@ class TrainResult:
     resumed_from_epoch: int | None = None  # the epoch a checkpoint resumed at, or None
 
 
-CheckpointExtra = tuple[dict[str, torch.Tensor], dict[str, str]]
-"""State a callback keeps in the checkpoint: tensors by name, and string metadata."""
-
-
-@dataclass
-class TrainState:
-    """Where a training run stands; the engine updates it and hands it to every callback.
-
-    Attributes:
-        stage: the task's name (``TrainingTask.name``), as in ``Progress.stage``.
-        model: the model as the engine runs it (prepared by ``accelerate``; on one device the
-            task's own module), on ``device``.
-        dataset: the task's training set (``TrainingTask.dataset()``), read once per run.
-        device: where the model and batches live.
-        total: optimiser steps planned (``cfg.epochs`` x batches per epoch, capped by
-            ``cfg.max_steps``).
-        epochs: epochs planned, the last possibly cut short by ``cfg.max_steps``.
-        step: optimiser steps done, resumed runs included.
-        epoch: 0-based epoch in progress (at ``on_epoch_end``: the epoch that ended).
-        steps_in_epoch: optimiser steps this run took in the current epoch.
-        logs: the last step's losses (``"loss"`` and the task's components), floats.
-        history: one entry per finished epoch: the mean of each logged loss, and ``"epoch"``.
-    """
-
-    stage: str
-    model: nn.Module
-    dataset: Dataset
-    device: torch.device
-    total: int
-    epochs: int
-    step: int = 0
-    epoch: int = 0
-    steps_in_epoch: int = 0
-    logs: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def last_epoch(self) -> bool:
-        """Whether the epoch in progress is the run's last (planned, or reaching ``total``)."""
-        return self.step >= self.total or self.epoch == self.epochs - 1
-
-
-class Callback:
-    """Hooks into ``train``; each does nothing unless a subclass overrides it.
-
-    A callback serves one stage's needs beside the generic loop (a live preview, a weight
-    average). It must not draw from the global random streams, or a run with it would train
-    otherwise than one without; ``train`` calls the hooks of its ``callbacks`` in their order.
-    """
-
-    def on_train_begin(self, state: TrainState) -> None:
-        """After the model is prepared and a checkpoint resumed, before the first step."""
-
-    def on_step_end(self, state: TrainState) -> None:
-        """After each optimiser step (``state.step`` counts it), before its progress report."""
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        """After an epoch's history entry and checkpoint are written.
-
-        Also after a resumed, partly skipped epoch (``state.steps_in_epoch`` counts this run's
-        steps only).
-        """
-
-    def on_checkpoint(self, state: TrainState) -> CheckpointExtra | None:
-        """State to keep in the checkpoint being written (every epoch end, and on cancel).
-
-        Returns:
-            Tensors and string metadata, saved in the checkpoint's ``extra.safetensors`` and
-            verified with it; names must differ from other callbacks'. None keeps nothing.
-        """
-        return None
-
-    def on_resume(self, state: TrainState, extra: CheckpointExtra | None) -> None:
-        """After a checkpoint is loaded (``state.step`` and ``state.history`` restored).
-
-        Args:
-            state: the run, as the checkpoint left it.
-            extra: every callback's ``on_checkpoint`` state merged, or None when the
-                checkpoint holds none.
-        """
-
-    def on_train_end(self, state: TrainState) -> None:
-        """When training has finished (not on cancel or error); the model is in eval mode."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """Turn a device setting into a ``torch.device``.
-
-    Args:
-        device: ``"auto"`` (CUDA if present, else Apple MPS, else the CPU), ``"cpu"``,
-            ``"cuda"``, ``"cuda:N"`` or ``"mps"``; the default ``"auto"`` comes from
-            ``tskd.config.TrainConfig.device``.
-
-    Returns:
-        The device to train or predict on.
-
-    Raises:
-        TskdError: CUDA or MPS was asked for but is not available.
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TskdError(f"device '{device}' was asked for but no CUDA GPU is available")
-    if dev.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise TskdError(f"device '{device}' was asked for but Apple MPS is not available")
-    return dev
-
-
-def _mixed_precision(cfg: TrainConfig, device: torch.device) -> str:
-    if cfg.mixed_precision != "auto":
-        return "no" if device.type == "cpu" else cfg.mixed_precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-def make_accelerator(cfg: TrainConfig) -> Any:
-    """An ``accelerate.Accelerator`` for ``cfg.device`` and ``cfg.mixed_precision``.
-
-    Mixed precision ``"auto"`` is bf16 on a CUDA GPU that supports it, else fp16 on CUDA and
-    none elsewhere; the CPU never runs mixed precision. Build one per training run: the shared
-    accelerate state is reset first, so each run may use another device or precision.
-
-    Args:
-        cfg: the engine's settings (defaults from ``tskd.config.TrainConfig``).
-
-    Returns:
-        A new ``Accelerator``.
-
-    Raises:
-        TskdError: the configured device is not available (see ``resolve_device``).
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    device = resolve_device(cfg.device)
-    # each run may ask for another device or precision: start from a clean shared state
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return Accelerator(
-        cpu=device.type == "cpu", mixed_precision=_mixed_precision(cfg, device)
-    )
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global stream and torch (CPU and every GPU) at once.
 
@@ -293,301 +104,6 @@ def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     return f
 
 
-def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-_BUFFER = "buffer::"
-
-
-def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Floating-point and counter buffers that training may update (BatchNorm statistics)."""
-    return {n: b for n, b in model.named_buffers() if "running_" in n or "num_batches" in n}
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every global random stream a training step may draw from (torch, CUDA, NumPy, Python)."""
-    import random
-
-    import numpy as np
-
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": (str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                  float(gauss)),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class _Checkpoint:
-    """The resumable state of a stage in ``folder``, written and read as one unit.
-
-    Layout: ``folder/ckpt/`` holds ``trainable.safetensors`` (trainable parameters and running
-    statistics), ``optimizer.pt`` (optimiser, scheduler and random-stream states; read back with
-    ``weights_only=True``), ``state.json`` (where training stood), ``extra.safetensors`` (state a
-    task keeps beside the model, e.g. an EMA; optional) and ``manifest.json`` (sha256 and size of
-    each of those files), written last. A save writes a new ``ckpt.tmp-<pid>-<random>/`` in full
-    (fsync'ed), renames the current ``ckpt`` to ``ckpt.old``, the new one to ``ckpt``, and only
-    then removes ``ckpt.old``; so at any instant ``ckpt`` or ``ckpt.old`` is complete, and a
-    reader never sees files of two saves. ``read`` verifies the manifest and falls back from
-    ``ckpt`` to ``ckpt.old``; a checkpoint that does not verify is discarded with a warning.
-    Leftovers of a killed save (``ckpt.tmp-*`` of a process that no longer runs, and the ``tmp/``
-    folder and loose files of the earlier layout) are removed by the next save, read or clear.
-    """
-
-    CURRENT = "ckpt"
-    OLD = "ckpt.old"
-    TMP_PREFIX = "ckpt.tmp-"
-    MANIFEST = "manifest.json"
-    PARAMS = "trainable.safetensors"
-    OPTIM = "optimizer.pt"
-    STATE = "state.json"
-    EXTRA = "extra.safetensors"
-    _REQUIRED = (PARAMS, OPTIM, STATE)
-    _LEGACY = (PARAMS, OPTIM, STATE)  # the earlier layout: loose files + a "tmp" folder
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.current = folder / self.CURRENT
-        self.old = folder / self.OLD
-
-    # -- housekeeping
-    def _remove_leftovers(self) -> None:
-        """Remove what killed saves left (only the project's own names, never other files)."""
-        import shutil
-
-        from tskd.atomic import owner_pid, pid_alive
-
-        if not self.folder.is_dir():
-            return
-        for entry in self.folder.iterdir():
-            pid = owner_pid(entry.name, self.TMP_PREFIX)
-            if pid is not None and entry.is_dir() and (pid == os.getpid() or not pid_alive(pid)):
-                shutil.rmtree(entry, ignore_errors=True)
-        legacy_tmp = self.folder / "tmp"
-        if legacy_tmp.is_dir() and all(p.name in self._LEGACY for p in legacy_tmp.iterdir()):
-            shutil.rmtree(legacy_tmp, ignore_errors=True)
-
-    def _remove_legacy_files(self) -> None:
-        for name in self._LEGACY:
-            (self.folder / name).unlink(missing_ok=True)
-
-    # -- writing
-    def save(self, model: nn.Module, optimizer: Any, scheduler: Any, state: dict,
-             rng: dict[str, Any] | None = None, extra: CheckpointExtra | None = None) -> None:
-        """Write a new checkpoint as one unit (see the class docstring).
-
-        Raises ``DiskFullError`` ("no space left on <folder>, N MB needed") or ``TskdError``
-        (folder not writable) and then leaves the previous checkpoint as it was.
-        """
-        self._write(self._encode(model, optimizer, scheduler, state, rng, extra))
-
-    def _encode(self, model: nn.Module, optimizer: Any, scheduler: Any, state: dict,
-                rng: dict[str, Any] | None, extra: CheckpointExtra | None) -> dict[str, bytes]:
-        """The checkpoint's files (name -> bytes), the manifest last."""
-        from tskd.atomic import json_bytes, safetensors_bytes, torch_bytes
-
-        tensors = {n: p.detach().float().cpu().contiguous() for n, p in _trainable(model).items()}
-        # running statistics (e.g. BatchNorm) change during training too: keep them for resume
-        tensors |= {_BUFFER + n: b.detach().cpu().contiguous() for n, b in _buffers(model).items()}
-        optim = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        if rng is not None:
-            optim["rng"] = rng
-        files = {
-            self.PARAMS: safetensors_bytes(tensors),
-            self.OPTIM: torch_bytes(optim),
-            self.STATE: json_bytes(state),
-        }
-        if extra is not None:
-            ex_tensors, ex_meta = extra
-            files[self.EXTRA] = safetensors_bytes(
-                {k: v.detach().cpu().contiguous() for k, v in ex_tensors.items()}, ex_meta
-            )
-        manifest = {
-            "format": 1,
-            "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
-                      for n, d in files.items()},
-        }
-        files[self.MANIFEST] = json_bytes(manifest)  # written last: its presence seals the rest
-        return files
-
-    def _write(self, files: dict[str, bytes]) -> None:
-        """Write ``files`` into a fresh folder, then swap it in (see the class docstring)."""
-        import shutil
-
-        from tskd.atomic import _write_file, fsync_dir, user_fixable_error
-
-        total = sum(len(d) for d in files.values())
-        tmp = self.folder / f"{self.TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._remove_leftovers()
-            tmp.mkdir()
-            for name, data in files.items():
-                _write_file(tmp / name, data)
-            fsync_dir(tmp)
-            if self.current.is_dir():
-                if self.old.is_dir():  # left by a save killed after its swap: outdated
-                    shutil.rmtree(self.old)
-                os.replace(self.current, self.old)
-            os.replace(tmp, self.current)
-            fsync_dir(self.folder)
-        except OSError as exc:
-            err = user_fixable_error(exc, self.folder, total)
-            if err is None:
-                raise
-            raise err from None
-        finally:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(self.old, ignore_errors=True)
-        self._remove_legacy_files()
-
-    # -- reading
-    def _verified(self, folder: Path) -> tuple[dict[str, bytes] | None, str]:
-        """The files of the checkpoint in ``folder`` if its manifest verifies, else a reason."""
-        try:
-            manifest = json.loads((folder / self.MANIFEST).read_bytes())
-            listed = manifest["files"]
-            if not isinstance(listed, dict):
-                raise TypeError
-        except FileNotFoundError:
-            return None, "it has no manifest (the save was interrupted)"
-        except (OSError, ValueError, KeyError, TypeError):
-            return None, "its manifest is unreadable"
-        missing = [n for n in self._REQUIRED if n not in listed]
-        if missing:
-            return None, f"its manifest lacks {', '.join(missing)}"
-        files: dict[str, bytes] = {}
-        for name, entry in listed.items():
-            if "/" in name or "\\" in name or name.startswith("."):
-                return None, f"its manifest names an unexpected file {name!r}"
-            try:
-                data = (folder / name).read_bytes()
-            except OSError:
-                return None, f"{name} is missing"
-            if not isinstance(entry, dict) or hashlib.sha256(data).hexdigest() != entry.get(
-                    "sha256"):
-                return None, f"{name} does not match its sha256 in the manifest"
-            files[name] = data
-        return files, ""
-
-    def read(self) -> dict[str, bytes] | None:
-        """The newest checkpoint that verifies (file name -> bytes), or None.
-
-        A checkpoint that does not verify is skipped with a ``TskdWarning`` naming why; files
-        of the earlier layout (no manifest) cannot be verified and are skipped the same way.
-        """
-        import warnings
-
-        from tskd.errors import TskdWarning
-
-        self._remove_leftovers()
-        for folder in (self.current, self.old):
-            if not folder.is_dir():
-                continue
-            files, why = self._verified(folder)
-            if files is not None:
-                return files
-            warnings.warn(
-                f"discarding the checkpoint in {folder}: {why}; resuming from an older one or "
-                "from the start", TskdWarning, stacklevel=3,
-            )
-        if any((self.folder / n).is_file() for n in self._LEGACY):
-            warnings.warn(
-                f"the checkpoint in {self.folder} was written by an earlier version without a "
-                "manifest and cannot be verified; training starts from the beginning",
-                TskdWarning, stacklevel=3,
-            )
-        return None
-
-    def load(self, files: dict[str, bytes], model: nn.Module, optimizer: Any, scheduler: Any
-             ) -> tuple[dict, dict[str, Any] | None,
-                        CheckpointExtra | None]:
-        """Restore a verified checkpoint: ``(state, rng state or None, extra or None)``."""
-        from safetensors.torch import load as load_safetensors
-
-        from tskd.atomic import load_weights_only
-        from tskd.errors import CheckpointError
-
-        try:
-            tensors = load_safetensors(files[self.PARAMS])
-            extra_state = load_weights_only(self.current / self.OPTIM, "training checkpoint",
-                                            data=files[self.OPTIM])
-            state = json.loads(files[self.STATE])
-            extra = None
-            if self.EXTRA in files:
-                data = files[self.EXTRA]
-                # safetensors layout: 8-byte little-endian header length, JSON header
-                header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-                extra = (load_safetensors(data), dict(header.get("__metadata__") or {}))
-        except CheckpointError:  # already one sentence naming the file
-            raise
-        except Exception as exc:  # verified bytes that still do not parse: a foreign writer
-            raise TskdError(
-                f"cannot resume: checkpoint in {self.current} is damaged ({exc}); start again "
-                "without resume"
-            ) from None
-        params = _trainable(model)
-        buffers = {n[len(_BUFFER):]: t for n, t in tensors.items() if n.startswith(_BUFFER)}
-        tensors = {n: t for n, t in tensors.items() if not n.startswith(_BUFFER)}
-        if set(tensors) != set(params):
-            raise TskdError(
-                f"cannot resume: checkpoint in {self.folder} belongs to a different model or "
-                "configuration (its trainable parameters differ)"
-            )
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(tensors[n].to(p.dtype))
-            for n, b in _buffers(model).items():
-                if n in buffers:
-                    b.copy_(buffers[n].to(b.dtype))
-        optimizer.load_state_dict(extra_state["optimizer"])
-        scheduler.load_state_dict(extra_state["scheduler"])
-        return state, extra_state.get("rng"), extra
-
-    def clear(self) -> None:
-        """Remove every checkpoint file (training finished); other files stay."""
-        import shutil
-
-        for folder in (self.current, self.old):
-            shutil.rmtree(folder, ignore_errors=True)
-        self._remove_leftovers()
-        self._remove_legacy_files()
-
-
-def clear_checkpoint(checkpoint_dir: str | Path) -> None:
-    """Remove a stage's checkpoint once its artefact is written.
-
-    See ``train``'s ``keep_checkpoint``. Only the checkpoint's own folders and leftovers go;
-    other files in the folder (``history.json``) stay. A missing folder is no error.
-
-    Args:
-        checkpoint_dir: the folder given to ``train`` as ``checkpoint_dir``.
-    """
-    folder = Path(checkpoint_dir)
-    if folder.is_dir():
-        _Checkpoint(folder).clear()
-
-
 def _collate_default(batch: list[Any]) -> Any:
     return torch.utils.data.default_collate(batch)
 
@@ -606,7 +122,7 @@ class _Run:
     loader: DataLoader
     generator: torch.Generator  # the data order: seeded at every epoch
     state: TrainState
-    ckpt: _Checkpoint | None
+    ckpt: Checkpoint | None
     callbacks: list[Callback]
     progress: ProgressCallback | None
     cancel: CancelToken | None
@@ -623,7 +139,7 @@ def _prepare(task: TrainingTask, cfg: TrainConfig, checkpoint_dir: str | Path | 
     """Seed, pick the device, build the loader, optimiser and schedule, and plan the steps."""
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg)
-    params = list(_trainable(task.model).values()) + list(extra_parameters)
+    params = list(trainable_parameters(task.model).values()) + list(extra_parameters)
     if not params:
         raise TskdError(f"{task.name}: the model has no trainable parameters")
     dataset = task.dataset()
@@ -650,7 +166,7 @@ def _prepare(task: TrainingTask, cfg: TrainConfig, checkpoint_dir: str | Path | 
     )
     model, optimizer, scheduler = accelerator.prepare(task.model, optimizer, scheduler)
     state = TrainState(task.name, model, dataset, accelerator.device, total, epochs)
-    ckpt = _Checkpoint(Path(checkpoint_dir)) if checkpoint_dir else None
+    ckpt = Checkpoint(Path(checkpoint_dir)) if checkpoint_dir else None
     return _Run(task, cfg, accelerator, model, params, optimizer, scheduler, loader, generator,
                 state, ckpt, [], None, None)
 
@@ -675,24 +191,6 @@ def _resume(run: _Run) -> None:
         callback.on_resume(state, extra)
 
 
-def _checkpoint_extra(run: _Run) -> CheckpointExtra | None:
-    """The callbacks' state for the checkpoint, merged; None when no callback keeps any."""
-    tensors: dict[str, torch.Tensor] = {}
-    meta: dict[str, str] = {}
-    kept = False
-    for callback in run.callbacks:
-        extra = callback.on_checkpoint(run.state)
-        if extra is None:
-            continue
-        kept = True
-        clash = (set(extra[0]) & set(tensors)) | (set(extra[1]) & set(meta))
-        if clash:
-            raise ValueError(f"two callbacks keep checkpoint state under {sorted(clash)}")
-        tensors |= extra[0]
-        meta |= extra[1]
-    return (tensors, meta) if kept else None
-
-
 def _save(run: _Run, epoch: int, batch_in_epoch: int, rng: dict[str, Any] | None = None) -> None:
     """Write the checkpoint (if the run has a folder): training resumes at this batch."""
     if run.ckpt is None:
@@ -707,7 +205,7 @@ def _save(run: _Run, epoch: int, batch_in_epoch: int, rng: dict[str, Any] | None
         "config": asdict(run.cfg),
     }
     run.ckpt.save(run.accelerator.unwrap_model(run.model), run.optimizer, run.scheduler, saved,
-                  rng=rng, extra=_checkpoint_extra(run))
+                  rng=rng, extra=checkpoint_extra(run.callbacks, run.state))
 
 
 def _optimiser_step(run: _Run, batch: Any, sums: dict[str, float]) -> None:
@@ -755,9 +253,9 @@ def _run_epoch(run: _Run, epoch: int) -> None:
     batches = iter(run.loader)
     for i in range(len(run.loader)):
         if i == run.skip_batches and run.resume_rng is not None:
-            _set_rng_state(run.resume_rng)  # the streams as they were before this batch
+            set_rng_state(run.resume_rng)  # the streams as they were before this batch
             run.resume_rng = None
-        rng = _rng_state() if run.ckpt is not None else None
+        rng = rng_state() if run.ckpt is not None else None
         batch = next(batches)
         if i < run.skip_batches:
             continue  # drawn only to reach the batch where the cancelled run stopped
