@@ -44,15 +44,32 @@ _TMP_MARK = ".tmp-"
 
 
 def megabytes(nbytes: int) -> int:
-    """``nbytes`` in whole MB (10**6 bytes), rounded up, at least 1."""
+    """Convert a byte count to whole megabytes for messages.
+
+    Args:
+        nbytes: a size in bytes (>= 0).
+
+    Returns:
+        ``nbytes`` in MB (10**6 bytes), rounded up, at least 1 (so a message never says
+        "0 MB needed").
+    """
     return max(1, math.ceil(nbytes / 1e6))
 
 
 def user_fixable_error(exc: OSError, folder: str | Path, nbytes: int | None) -> TskdError | None:
-    """The one-line ``TskdError`` for an OS error a user can fix, or None for any other error.
+    """Build the one-line ``TskdError`` for an OS error a user can fix.
 
-    ``nbytes`` is the size of what was being written (for the "N MB needed" of a full disk);
-    None when it is not known (the message then says no amount).
+    Args:
+        exc: the operating-system error caught while writing.
+        folder: the folder named in the message (where the write went).
+        nbytes: size in bytes of what was being written (for the "N MB needed" of a full
+            disk, see ``megabytes``); None when it is not known (the message then says no
+            amount).
+
+    Returns:
+        ``DiskFullError`` for ``ENOSPC``/``EDQUOT`` (disk or quota full), ``TskdError`` for
+        ``EACCES``/``EPERM``/``EROFS`` (write refused), None for any other error (the caller
+        re-raises it: a bug or a fault no user can fix). The error is returned, not raised.
     """
     if exc.errno in _FULL:
         needed = f", {megabytes(nbytes)} MB needed" if nbytes is not None else ""
@@ -73,6 +90,19 @@ def disk_errors(folder: str | Path, nbytes: int | None = None) -> Iterator[None]
     """Turn a full disk or a refused write inside the block into a one-line ``TskdError``.
 
     For writers that cannot write through this module (e.g. a plotting library saving a figure).
+
+    Args:
+        folder: the folder the block writes into, named in the message.
+        nbytes: size in bytes of what the block writes, when known (see
+            ``user_fixable_error``).
+
+    Yields:
+        None; the body runs inside the context.
+
+    Raises:
+        DiskFullError: the body hit a full disk or quota (``ENOSPC``/``EDQUOT``).
+        TskdError: the body's write was refused (``EACCES``/``EPERM``/``EROFS``).
+        OSError: any other operating-system error of the body, unchanged.
     """
     try:
         yield
@@ -84,7 +114,18 @@ def disk_errors(folder: str | Path, nbytes: int | None = None) -> Iterator[None]
 
 
 def mkdir(folder: str | Path) -> Path:
-    """``folder.mkdir(parents=True, exist_ok=True)`` with the errors of ``disk_errors``."""
+    """Create ``folder`` and its parents (``mkdir(parents=True, exist_ok=True)``).
+
+    Args:
+        folder: the folder to create; an existing folder is fine.
+
+    Returns:
+        ``folder`` as a ``Path``.
+
+    Raises:
+        DiskFullError: the disk or quota is full.
+        TskdError: the folder cannot be created there (permission, read-only file system).
+    """
     folder = Path(folder)
     with disk_errors(folder):
         folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +152,14 @@ def _write_file(path: Path, data: bytes | memoryview) -> None:
 
 
 def fsync_dir(folder: Path) -> None:
-    """Make renames inside ``folder`` durable (a no-op where directories cannot be opened)."""
+    """Make renames inside ``folder`` durable by fsyncing the directory.
+
+    A no-op where directories cannot be opened or synced (Windows, some network file
+    systems): errors are swallowed, the rename has happened either way.
+
+    Args:
+        folder: the directory whose entries were just renamed.
+    """
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -125,12 +173,29 @@ def fsync_dir(folder: Path) -> None:
 
 
 def temp_name(path: Path) -> Path:
-    """A fresh temporary name beside ``path``: ``.<name>.tmp-<pid>-<random>``."""
+    """Name a fresh temporary file beside ``path``.
+
+    Args:
+        path: the target the temporary file will be renamed over.
+
+    Returns:
+        ``.<name>.tmp-<pid>-<random>`` in ``path``'s folder (random: 8 hex digits), so
+        ``remove_stale_temps`` can tell whose it is.
+    """
     return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs (on this machine)."""
+    """Tell whether a process with this id runs on this machine.
+
+    Args:
+        pid: an operating-system process id.
+
+    Returns:
+        False only when the process is known to be gone; True when it runs, and also when
+        this cannot be told safely (on Windows, where ``os.kill(pid, 0)`` would end it, or
+        for another user's process), so its files are left alone.
+    """
     if pid == os.getpid():
         return True
     if os.name == "nt":  # os.kill(pid, 0) would terminate it there: assume it runs
@@ -145,7 +210,15 @@ def pid_alive(pid: int) -> bool:
 
 
 def owner_pid(name: str, prefix: str) -> int | None:
-    """The process id in a temporary name ``<prefix><pid>-<random>``, or None if not one."""
+    """Read the writer's process id out of a temporary file name.
+
+    Args:
+        name: a file name, e.g. ``.meta.json.tmp-4242-1a2b3c4d``.
+        prefix: the temporary prefix of the target, e.g. ``.meta.json.tmp-``.
+
+    Returns:
+        The pid in ``<prefix><pid>-<random>``, or None when ``name`` is not such a name.
+    """
     if not name.startswith(prefix):
         return None
     pid, _, rand = name[len(prefix):].partition("-")
@@ -153,7 +226,14 @@ def owner_pid(name: str, prefix: str) -> int | None:
 
 
 def remove_stale_temps(path: Path) -> None:
-    """Remove temporary files of ``path`` left by writers that no longer run."""
+    """Remove temporary files of ``path`` left by writers that no longer run.
+
+    Only names of the form ``temp_name`` gives for ``path`` whose process is gone
+    (``pid_alive``) are removed; a folder that cannot be listed is left as it is.
+
+    Args:
+        path: the target whose leftover temporary files to remove.
+    """
     prefix = f".{path.name}{_TMP_MARK}"
     try:
         entries = list(path.parent.iterdir())
@@ -169,8 +249,20 @@ def remove_stale_temps(path: Path) -> None:
 def write_files(files: Mapping[str | Path, bytes]) -> list[Path]:
     """Write several files as one unit: all temporary files in full, then all renames.
 
-    A full disk or refused write raises (``DiskFullError``/``TskdError``) before any target is
-    touched, so every target keeps its old bytes. Returns the target paths.
+    A full disk or refused write raises before any target is touched, so every target keeps
+    its old bytes. Missing parent folders are created.
+
+    Args:
+        files: {target path: its complete new content}.
+
+    Returns:
+        The target paths, in the order given (empty for no files).
+
+    Raises:
+        DiskFullError: the disk or quota is full; the message names the first target's
+            folder and the total size of ``files`` in MB.
+        TskdError: writing there is refused (permission, read-only file system).
+        OSError: any other operating-system error, unchanged.
     """
     targets = {Path(p): data for p, data in files.items()}
     if not targets:
@@ -202,27 +294,80 @@ def write_files(files: Mapping[str | Path, bytes]) -> list[Path]:
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically (see the module docstring)."""
+    """Replace ``path`` with ``data`` atomically (see the module docstring).
+
+    Args:
+        path: the target file.
+        data: its complete new content.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        DiskFullError: the disk or quota is full (the old bytes are kept).
+        TskdError: writing there is refused.
+    """
     return write_files({Path(path): data})[0]
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Replace ``path`` with UTF-8 ``text`` atomically."""
+    """Replace ``path`` with UTF-8 ``text`` atomically.
+
+    Args:
+        path: the target file.
+        text: its complete new content, written as UTF-8.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        DiskFullError: the disk or quota is full (the old bytes are kept).
+        TskdError: writing there is refused.
+    """
     return write_bytes(path, text.encode("utf-8"))
 
 
 def json_bytes(obj: Any, indent: int | None = 1) -> bytes:
-    """``obj`` as JSON (UTF-8); objects JSON does not know are written as ``str(obj)``."""
+    """Serialise ``obj`` as UTF-8 JSON.
+
+    Args:
+        obj: JSON-able data; objects JSON does not know (paths, numpy integers) are written as
+            ``str(obj)``.
+        indent: spaces per nesting level (``json.dumps``); None for one line.
+
+    Returns:
+        The JSON text as UTF-8 bytes.
+    """
     return json.dumps(obj, indent=indent, default=str).encode("utf-8")
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
-    """Replace ``path`` with ``obj`` as JSON atomically."""
+    """Replace ``path`` with ``obj`` as JSON atomically (``json_bytes``).
+
+    Args:
+        path: the target file.
+        obj: JSON-able data (unknown objects become ``str(obj)``).
+        indent: spaces per nesting level; None for one line.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        DiskFullError: the disk or quota is full (the old bytes are kept).
+        TskdError: writing there is refused.
+    """
     return write_bytes(path, json_bytes(obj, indent))
 
 
 def encode(writer: Callable[[BinaryIO], Any]) -> bytes:
-    """The bytes ``writer`` writes into a file object (e.g. ``lambda f: np.save(f, a)``)."""
+    """Collect in memory the bytes a writer function writes into a file object.
+
+    Args:
+        writer: called once with a binary file object, e.g. ``lambda f: np.save(f, a)``.
+
+    Returns:
+        Everything ``writer`` wrote, ready for ``write_bytes``/``write_files``.
+    """
     buf = io.BytesIO()
     writer(buf)
     return buf.getvalue()
@@ -231,7 +376,19 @@ def encode(writer: Callable[[BinaryIO], Any]) -> bytes:
 def safetensors_bytes(
     tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
 ) -> bytes:
-    """A safetensors file's bytes (tensors must be contiguous CPU tensors)."""
+    """Serialise tensors into the bytes of a safetensors file.
+
+    Args:
+        tensors: {name: ``torch.Tensor``}; contiguous CPU tensors, any dtype and shape.
+        metadata: optional {key: value} strings stored in the file's header.
+
+    Returns:
+        The file's bytes (``safetensors.torch.save``).
+
+    Raises:
+        ValueError: a value is not a tensor, or is sparse (from ``safetensors``).
+        RuntimeError: tensors share memory (from ``safetensors``).
+    """
     from safetensors.torch import save
 
     return save(dict(tensors), metadata=dict(metadata) if metadata else None)
@@ -240,12 +397,32 @@ def safetensors_bytes(
 def save_safetensors(
     path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Replace ``path`` with a safetensors file of ``tensors`` atomically."""
+    """Replace ``path`` with a safetensors file of ``tensors`` atomically.
+
+    Args:
+        path: the target ``.safetensors`` file.
+        tensors: {name: contiguous CPU ``torch.Tensor``}.
+        metadata: optional {key: value} strings for the file's header.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        DiskFullError: the disk or quota is full (the old bytes are kept).
+        TskdError: writing there is refused.
+    """
     return write_bytes(path, safetensors_bytes(tensors, metadata))
 
 
 def torch_bytes(obj: Any) -> bytes:
-    """``torch.save(obj)`` as bytes."""
+    """Serialise ``obj`` with ``torch.save`` into bytes.
+
+    Args:
+        obj: what ``torch.save`` accepts (a state dict, a checkpoint dict of tensors).
+
+    Returns:
+        The bytes of the PyTorch file, ready for an atomic write.
+    """
     import torch
 
     return encode(lambda f: torch.save(obj, f))
@@ -253,15 +430,24 @@ def torch_bytes(obj: Any) -> bytes:
 
 def load_weights_only(path: str | Path, what: str = "checkpoint",
                       data: bytes | None = None) -> object:
-    """``torch.load(path, weights_only=True)`` on CPU, with errors a user can act on.
-
-    ``data``, when given, holds the file's bytes already read (and verified) by the caller;
-    ``path`` then only names the file in messages.
+    """Read a PyTorch file with ``torch.load(weights_only=True)`` on CPU.
 
     Nothing in the file is executed: torch's restricted unpickler refuses any Python object
-    other than tensors and plain containers. Raises ``CheckpointError`` with one full sentence
-    naming ``what`` and ``path``: for a file that holds other objects (a pickle that would run
-    code, or a whole pickled model), and for a truncated or corrupt file.
+    other than tensors and plain containers.
+
+    Args:
+        path: the file; when ``data`` is given it only names the file in messages.
+        what: what the file is, for messages (e.g. "checkpoint", "training checkpoint").
+        data: the file's bytes already read (and verified) by the caller, or None to read
+            ``path``.
+
+    Returns:
+        The loaded object (tensors on CPU inside plain containers, e.g. a state dict).
+
+    Raises:
+        CheckpointError: one full sentence naming ``what`` and ``path``, for a file that holds
+            other objects (a pickle that would run code, or a whole pickled model), and for
+            any file that cannot be read as a PyTorch file (truncated, corrupt, missing).
     """
     import torch
 
