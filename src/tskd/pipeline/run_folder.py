@@ -41,16 +41,25 @@ from tskd.pipeline.manifest import (
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where each stage keeps its files inside a run folder."""
+    """Where each stage keeps its files inside a run folder.
+
+    The one spelling of the run folder's layout: the stages, the CLI and the widgets build
+    their paths here.
+
+    Attributes:
+        root: the run folder (``RunConfig.run_dir``).
+    """
 
     root: Path
 
     @property
     def config(self) -> Path:
+        """``config.yaml``: the run's configuration, written by ``prepare_run_dir``."""
         return self.root / "config.yaml"
 
     @property
     def data(self) -> Path:
+        """``data/``: the run's own labelled set (images/ + labels/) exported by the widgets."""
         return self.root / "data"
 
     @property
@@ -75,48 +84,84 @@ class RunPaths:
 
     @property
     def teacher(self) -> Path:
+        """``teacher/``: stage 1's artefact, the LoRA-adapted teacher's bundle."""
         return self.root / "teacher"
 
     @property
     def transfer(self) -> Path:
+        """``transfer/``: stage 2's artefact, the transfer set."""
         return self.root / "transfer"
 
     @property
     def synthetic(self) -> Path:
+        """``transfer/synthetic/``: the images the diffusion model synthesised."""
         return self.root / "transfer" / "synthetic"
 
     @property
     def diffusion(self) -> Path:
+        """``transfer/diffusion/``: the trained diffusion model (its EMA weights)."""
         return self.root / "transfer" / "diffusion"
 
     @property
     def cache(self) -> Path:
+        """``cache/``: teacher outputs on the transfer set (``tskd.training.teacher_cache``)."""
         return self.root / "cache"
 
     @property
     def distilled(self) -> Path:
+        """``distilled/``: stage 3's artefact, the distilled student's bundle."""
         return self.root / "distilled"
 
     @property
     def student(self) -> Path:
+        """``student/``: stage 4's artefact, the fine-tuned student's bundle."""
         return self.root / "student"
 
     @property
     def reports(self) -> Path:
+        """``reports/``: ``pipeline.json``, training histories and evaluation reports."""
         return self.root / "reports"
 
     def checkpoints(self, stage: str) -> Path:
+        """Return a stage's checkpoint folder.
+
+        Args:
+            stage: the checkpoint folder's name (``Stage.checkpoint``, e.g. ``"teacher"``).
+
+        Returns:
+            ``checkpoints/<stage>`` inside the run folder.
+        """
         return self.root / "checkpoints" / stage
 
 
 def fingerprint(*parts: Any) -> str:
-    """A stable hash of JSON-able parts (config sections, upstream fingerprints, file hashes)."""
+    """Hash JSON-able parts into a stable fingerprint.
+
+    Args:
+        *parts: config sections, upstream fingerprints, file hashes; dict keys are sorted and
+            objects JSON does not know are written as ``str(obj)``, so equal inputs give equal
+            fingerprints across runs and processes.
+
+    Returns:
+        The first 16 hex digits of the sha256 of the parts' JSON.
+    """
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def files_fingerprint(paths: Iterable[Path]) -> str:
-    """Hash of file names and contents: a changed or added image re-runs dependent stages."""
+    """Hash file names and contents, so a changed or added image re-runs dependent stages.
+
+    Args:
+        paths: the files; their order does not matter (they are sorted). Each file is read
+            whole.
+
+    Returns:
+        The first 16 hex digits of a sha256 over each file's name and content sha256.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
     h = hashlib.sha256()
     for p in sorted(Path(x) for x in paths):
         h.update(p.name.encode())
@@ -125,7 +170,16 @@ def files_fingerprint(paths: Iterable[Path]) -> str:
 
 
 def stage_done(folder: Path, fp: str) -> bool:
-    """True when ``folder`` holds a finished stage made from the same inputs."""
+    """Tell whether ``folder`` holds a finished stage made from the same inputs.
+
+    Args:
+        folder: a stage's artefact folder.
+        fp: the fingerprint of the stage's current inputs (16 hex digits).
+
+    Returns:
+        True when ``folder/stage.json`` records ``fp``; False when it is missing, unreadable
+        JSON or records another fingerprint.
+    """
     marker = folder / "stage.json"
     if not marker.is_file():
         return False
@@ -141,17 +195,33 @@ def mark_started(folder: Path) -> None:
     A stage killed after writing new weights but before ``mark_done`` must not leave the old
     marker beside them: going back to the old inputs would then skip the stage and keep the
     new weights. With the marker gone the stage simply runs again.
+
+    Args:
+        folder: the stage's artefact folder (a missing marker is fine).
     """
     (folder / "stage.json").unlink(missing_ok=True)
 
 
 def checkpoint_inputs(folder: Path, fp: str, resume: bool) -> Path:
-    """The checkpoint folder of a stage whose inputs have fingerprint ``fp``.
+    """Record ``fp`` beside a stage's checkpoint, refusing to resume one made from other inputs.
 
     The fingerprint is recorded beside the checkpoint (``inputs.json``); ``resume`` refuses
-    (``RunFolderError``) a checkpoint recorded for other inputs (other labelled data, another
-    teacher or other settings), which would otherwise continue training on what the user no
-    longer asks for. Returns ``folder``.
+    a checkpoint recorded for other inputs (other labelled data, another teacher or other
+    settings), which would otherwise continue training on what the user no longer asks for.
+
+    Args:
+        folder: the stage's checkpoint folder (``RunPaths.checkpoints``).
+        fp: the fingerprint of the stage's inputs (16 hex digits).
+        resume: the run continues from the checkpoint.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        RunFolderError: ``resume``, the folder holds a checkpoint (``ckpt*``) and its
+            ``inputs.json`` records another fingerprint (or cannot be read).
+        DiskFullError: the disk is full while ``inputs.json`` is written.
+        TskdError: ``inputs.json`` cannot be written there (permission).
     """
     record = folder / "inputs.json"
     if resume and any(folder.glob("ckpt*")) and record.is_file():
@@ -169,12 +239,32 @@ def checkpoint_inputs(folder: Path, fp: str, resume: bool) -> Path:
 
 
 def mark_done(folder: Path, fp: str, result: dict[str, Any]) -> None:
-    """Record that the stage in ``folder`` finished, with its fingerprint and result."""
+    """Record that the stage in ``folder`` finished (``folder/stage.json``, atomically).
+
+    Args:
+        folder: the stage's artefact folder.
+        fp: the fingerprint of the inputs it was made from (16 hex digits).
+        result: the stage's JSON-able result (metrics, counts, seconds).
+
+    Raises:
+        DiskFullError: the disk is full (the stage stays not done).
+        TskdError: ``stage.json`` cannot be written there (permission).
+    """
     atomic.write_json(folder / "stage.json", {"fingerprint": fp, "result": result})
 
 
 def read_result(folder: Path) -> dict[str, Any]:
-    """The result a finished stage recorded (empty if none)."""
+    """Read the result a finished stage recorded in ``folder/stage.json``.
+
+    Args:
+        folder: the stage's artefact folder.
+
+    Returns:
+        The recorded result; empty when there is no ``stage.json``.
+
+    Raises:
+        json.JSONDecodeError: ``stage.json`` is not valid JSON.
+    """
     marker = folder / "stage.json"
     if not marker.is_file():
         return {}
@@ -197,8 +287,24 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
 @contextmanager
 def writing(root: str | Path, key: str, outputs: Iterable[str | Path],
             what: str = "") -> Iterator[Path]:
-    """Lock ``root``, make it a run folder (``claim_run_folder``) and record what the body
-    writes under ``outputs`` (``tracked``): what every writer of a run folder goes through."""
+    """Lock ``root``, claim it as a run folder and record what the body writes.
+
+    What every writer of a run folder goes through: ``run_lock``, ``claim_run_folder``,
+    then ``tracked`` around the body.
+
+    Args:
+        root: the run folder.
+        key: names the writer in the manifest (e.g. a stage's name).
+        outputs: files or folders inside ``root`` the body writes.
+        what: what the writer does, recorded in the lock file; ``key`` when empty.
+
+    Yields:
+        ``root`` as a ``Path``.
+
+    Raises:
+        RunFolderError: another process holds ``root``, or it holds files that are not a
+            run's.
+    """
     with run_lock(root, what or key):
         claim_run_folder(root)
         with tracked(root, key, outputs):
@@ -214,8 +320,15 @@ def check_run_dir_inputs(cfg: RunConfig) -> None:
     run's files with the user's. Data kept in the run folder's own ``data/`` or
     ``unlabelled/`` (``RunPaths.data``, ``RunPaths.unlabelled``: the widgets export the
     labelled set and the unlabelled layers there; tskd's stages never write there) is
-    allowed. Call it before anything is created in the run folder. Raises ``RunFolderError``
-    naming both folders.
+    allowed. Call it before anything is created in the run folder.
+
+    Args:
+        cfg: the run configuration; ``run_dir`` and ``data.labelled``, ``data.unlabelled``,
+            ``data.test`` are read.
+
+    Raises:
+        RunFolderError: the run folder is, contains or lies inside a data folder (the message
+            names both folders).
     """
     from tskd.data import outputs
     from tskd.errors import TskdInputError
@@ -250,7 +363,20 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     tskd's, with a one-line ``TskdWarning`` naming it, before the new one is written. A folder
     of other files, or a ``config.yaml`` tskd did not write, is refused even with
     ``overwrite``; so is a run folder that is, contains or lies inside a data folder of ``cfg``
-    (``check_run_dir_inputs``). Raises ``RunFolderError``.
+    (``check_run_dir_inputs``).
+
+    Args:
+        cfg: the run configuration; written to ``config.yaml``.
+        overwrite: replace a different run (or an unreadable ``config.yaml``) by removing the
+            files its manifest lists.
+
+    Returns:
+        The run folder ``cfg.run_dir`` as a ``Path``.
+
+    Raises:
+        RunFolderError: the folder holds a different run (without ``overwrite``), files that
+            are not a run's, a ``config.yaml`` tskd did not write, or lies inside, is or
+            contains a data folder; or another process holds it.
     """
     check_run_dir_inputs(cfg)
     root = Path(cfg.run_dir)
@@ -266,9 +392,11 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
 
 def _replace_config(cfg: RunConfig, root: Path, manifest: dict[str, Any],
                     overwrite: bool) -> None:
-    """Make way for ``cfg``'s ``config.yaml`` in a folder that holds one (``prepare_run_dir``):
-    refuse one tskd did not write, and another run's unless ``overwrite``; keep an edited one.
-    Warnings name ``prepare_run_dir``'s caller."""
+    """Make way for ``cfg``'s ``config.yaml`` in a folder that holds one (``prepare_run_dir``).
+
+    Refuse one tskd did not write, and another run's unless ``overwrite``; keep an edited one.
+    Warnings name ``prepare_run_dir``'s caller.
+    """
     config = RunPaths(root).config
     if "config.yaml" not in manifest["files"]:
         raise RunFolderError(
@@ -303,9 +431,12 @@ def _replace_config(cfg: RunConfig, root: Path, manifest: dict[str, Any],
 
 
 def _keep_edited_config(root: Path) -> Path:
-    """Rename the user's edited ``root/config.yaml`` to ``config.edited-<YYYYmmdd-HHMMSS>.yaml``
-    (``-2``, ``-3``... when that name is taken; never replacing a file) and drop it from the
-    manifest, so no ``--overwrite`` ever removes it. Returns the new path."""
+    """Keep the user's edited ``root/config.yaml`` under a new name and return that path.
+
+    The name is ``config.edited-<YYYYmmdd-HHMMSS>.yaml`` (``-2``, ``-3``... when that name
+    is taken; never replacing a file); the file is dropped from the manifest, so no
+    ``--overwrite`` ever removes it.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = root / f"config.edited-{stamp}.yaml"
     k = 1
@@ -324,8 +455,11 @@ def _keep_edited_config(root: Path) -> Path:
 
 
 def _has_results(root: Path) -> bool:
-    """Whether the run holds results ``--overwrite`` could remove (a bare config.yaml, or the
-    inputs record a stage writes before its first checkpoint, is none)."""
+    """Tell whether the run holds results ``--overwrite`` could remove.
+
+    A bare config.yaml, or the inputs record a stage writes before its first checkpoint, is
+    none.
+    """
     return any(f != "config.yaml" and not (f.startswith("checkpoints/")
                                            and f.endswith("/inputs.json"))
                for f in owned_files(root))
