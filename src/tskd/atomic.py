@@ -44,32 +44,22 @@ _TMP_MARK = ".tmp-"
 
 
 def megabytes(nbytes: int) -> int:
-    """Convert a byte count to whole megabytes for messages.
-
-    Args:
-        nbytes: a size in bytes (>= 0).
-
-    Returns:
-        ``nbytes`` in MB (10**6 bytes), rounded up, at least 1 (so a message never says
-        "0 MB needed").
-    """
+    """``nbytes`` (a size in bytes, >= 0) in whole MB (10**6 bytes), rounded up, at least 1."""
     return max(1, math.ceil(nbytes / 1e6))
 
 
 def user_fixable_error(exc: OSError, folder: str | Path, nbytes: int | None) -> TskdError | None:
-    """Build the one-line ``TskdError`` for an OS error a user can fix.
+    """Build the one-line ``TskdError`` for an OS error a user can fix (returned, not raised).
 
     Args:
         exc: the operating-system error caught while writing.
         folder: the folder named in the message (where the write went).
-        nbytes: size in bytes of what was being written (for the "N MB needed" of a full
-            disk, see ``megabytes``); None when it is not known (the message then says no
-            amount).
+        nbytes: size in bytes of what was being written, for the "N MB needed" of a full disk
+            (``megabytes``); None when not known (the message then says no amount).
 
     Returns:
-        ``DiskFullError`` for ``ENOSPC``/``EDQUOT`` (disk or quota full), ``TskdError`` for
-        ``EACCES``/``EPERM``/``EROFS`` (write refused), None for any other error (the caller
-        re-raises it: a bug or a fault no user can fix). The error is returned, not raised.
+        ``DiskFullError`` for ``ENOSPC``/``EDQUOT``, ``TskdError`` for ``EACCES``/``EPERM``/
+        ``EROFS``, None for any other error (the caller re-raises it: no user can fix it).
     """
     if exc.errno in _FULL:
         needed = f", {megabytes(nbytes)} MB needed" if nbytes is not None else ""
@@ -93,16 +83,14 @@ def disk_errors(folder: str | Path, nbytes: int | None = None) -> Iterator[None]
 
     Args:
         folder: the folder the block writes into, named in the message.
-        nbytes: size in bytes of what the block writes, when known (see
-            ``user_fixable_error``).
+        nbytes: size in bytes of what the block writes, when known (``user_fixable_error``).
 
     Yields:
-        None; the body runs inside the context.
+        None; other ``OSError``s of the body pass unchanged.
 
     Raises:
         DiskFullError: the body hit a full disk or quota (``ENOSPC``/``EDQUOT``).
         TskdError: the body's write was refused (``EACCES``/``EPERM``/``EROFS``).
-        OSError: any other operating-system error of the body, unchanged.
     """
     try:
         yield
@@ -152,14 +140,7 @@ def _write_file(path: Path, data: bytes | memoryview) -> None:
 
 
 def fsync_dir(folder: Path) -> None:
-    """Make renames inside ``folder`` durable by fsyncing the directory.
-
-    A no-op where directories cannot be opened or synced (Windows, some network file
-    systems): errors are swallowed, the rename has happened either way.
-
-    Args:
-        folder: the directory whose entries were just renamed.
-    """
+    """Make renames inside the directory ``folder`` durable (a no-op where it cannot be synced)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -173,28 +154,14 @@ def fsync_dir(folder: Path) -> None:
 
 
 def temp_name(path: Path) -> Path:
-    """Name a fresh temporary file beside ``path``.
-
-    Args:
-        path: the target the temporary file will be renamed over.
-
-    Returns:
-        ``.<name>.tmp-<pid>-<random>`` in ``path``'s folder (random: 8 hex digits), so
-        ``remove_stale_temps`` can tell whose it is.
-    """
+    """A fresh temporary name beside ``path``: ``.<name>.tmp-<pid>-<8 hex digits>``."""
     return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def pid_alive(pid: int) -> bool:
-    """Tell whether a process with this id runs on this machine.
+    """Whether process ``pid`` runs on this machine; True also when that cannot be told safely.
 
-    Args:
-        pid: an operating-system process id.
-
-    Returns:
-        False only when the process is known to be gone; True when it runs, and also when
-        this cannot be told safely (on Windows, where ``os.kill(pid, 0)`` would end it, or
-        for another user's process), so its files are left alone.
+    (On Windows ``os.kill(pid, 0)`` would end it; another user's process cannot be probed.)
     """
     if pid == os.getpid():
         return True
@@ -210,15 +177,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def owner_pid(name: str, prefix: str) -> int | None:
-    """Read the writer's process id out of a temporary file name.
-
-    Args:
-        name: a file name, e.g. ``.meta.json.tmp-4242-1a2b3c4d``.
-        prefix: the temporary prefix of the target, e.g. ``.meta.json.tmp-``.
-
-    Returns:
-        The pid in ``<prefix><pid>-<random>``, or None when ``name`` is not such a name.
-    """
+    """The pid in a temporary ``name`` ``<prefix><pid>-<random>``, or None if not one."""
     if not name.startswith(prefix):
         return None
     pid, _, rand = name[len(prefix):].partition("-")
@@ -226,14 +185,7 @@ def owner_pid(name: str, prefix: str) -> int | None:
 
 
 def remove_stale_temps(path: Path) -> None:
-    """Remove temporary files of ``path`` left by writers that no longer run.
-
-    Only names of the form ``temp_name`` gives for ``path`` whose process is gone
-    (``pid_alive``) are removed; a folder that cannot be listed is left as it is.
-
-    Args:
-        path: the target whose leftover temporary files to remove.
-    """
+    """Remove temporary files (``temp_name``) of ``path`` left by writers that no longer run."""
     prefix = f".{path.name}{_TMP_MARK}"
     try:
         entries = list(path.parent.iterdir())
@@ -259,10 +211,9 @@ def write_files(files: Mapping[str | Path, bytes]) -> list[Path]:
         The target paths, in the order given (empty for no files).
 
     Raises:
-        DiskFullError: the disk or quota is full; the message names the first target's
-            folder and the total size of ``files`` in MB.
+        DiskFullError: the disk or quota is full; the message names the first target's folder
+            and the total size of ``files`` in MB. Other ``OSError``s pass unchanged.
         TskdError: writing there is refused (permission, read-only file system).
-        OSError: any other operating-system error, unchanged.
     """
     targets = {Path(p): data for p, data in files.items()}
     if not targets:
@@ -294,14 +245,11 @@ def write_files(files: Mapping[str | Path, bytes]) -> list[Path]:
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically (see the module docstring).
+    """Replace ``path`` with ``data`` atomically (see the module docstring); return ``path``.
 
     Args:
         path: the target file.
         data: its complete new content.
-
-    Returns:
-        ``path`` as a ``Path``.
 
     Raises:
         DiskFullError: the disk or quota is full (the old bytes are kept).
@@ -311,14 +259,11 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Replace ``path`` with UTF-8 ``text`` atomically.
+    """Replace ``path`` with UTF-8 ``text`` atomically; return ``path``.
 
     Args:
         path: the target file.
-        text: its complete new content, written as UTF-8.
-
-    Returns:
-        ``path`` as a ``Path``.
+        text: its complete new content.
 
     Raises:
         DiskFullError: the disk or quota is full (the old bytes are kept).
@@ -328,29 +273,20 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def json_bytes(obj: Any, indent: int | None = 1) -> bytes:
-    """Serialise ``obj`` as UTF-8 JSON.
+    """``obj`` as UTF-8 JSON, ``indent`` spaces per level (None: one line).
 
-    Args:
-        obj: JSON-able data; objects JSON does not know (paths, numpy integers) are written as
-            ``str(obj)``.
-        indent: spaces per nesting level (``json.dumps``); None for one line.
-
-    Returns:
-        The JSON text as UTF-8 bytes.
+    Objects JSON does not know (paths, numpy integers) are written as ``str(obj)``.
     """
     return json.dumps(obj, indent=indent, default=str).encode("utf-8")
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
-    """Replace ``path`` with ``obj`` as JSON atomically (``json_bytes``).
+    """Replace ``path`` with ``obj`` as JSON atomically (``json_bytes``); return ``path``.
 
     Args:
         path: the target file.
         obj: JSON-able data (unknown objects become ``str(obj)``).
         indent: spaces per nesting level; None for one line.
-
-    Returns:
-        ``path`` as a ``Path``.
 
     Raises:
         DiskFullError: the disk or quota is full (the old bytes are kept).
@@ -360,14 +296,7 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
 
 
 def encode(writer: Callable[[BinaryIO], Any]) -> bytes:
-    """Collect in memory the bytes a writer function writes into a file object.
-
-    Args:
-        writer: called once with a binary file object, e.g. ``lambda f: np.save(f, a)``.
-
-    Returns:
-        Everything ``writer`` wrote, ready for ``write_bytes``/``write_files``.
-    """
+    """The bytes ``writer`` writes into a file object (e.g. ``lambda f: np.save(f, a)``)."""
     buf = io.BytesIO()
     writer(buf)
     return buf.getvalue()
@@ -376,14 +305,11 @@ def encode(writer: Callable[[BinaryIO], Any]) -> bytes:
 def safetensors_bytes(
     tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
 ) -> bytes:
-    """Serialise tensors into the bytes of a safetensors file.
+    """A safetensors file's bytes (``safetensors.torch.save``).
 
     Args:
-        tensors: {name: ``torch.Tensor``}; contiguous CPU tensors, any dtype and shape.
-        metadata: optional {key: value} strings stored in the file's header.
-
-    Returns:
-        The file's bytes (``safetensors.torch.save``).
+        tensors: {name: contiguous CPU ``torch.Tensor``}, any dtype and shape.
+        metadata: optional {key: value} strings for the file's header.
 
     Raises:
         ValueError: a value is not a tensor, or is sparse (from ``safetensors``).
@@ -397,15 +323,12 @@ def safetensors_bytes(
 def save_safetensors(
     path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Replace ``path`` with a safetensors file of ``tensors`` atomically.
+    """Replace ``path`` with a safetensors file of ``tensors`` atomically; return ``path``.
 
     Args:
         path: the target ``.safetensors`` file.
         tensors: {name: contiguous CPU ``torch.Tensor``}.
         metadata: optional {key: value} strings for the file's header.
-
-    Returns:
-        ``path`` as a ``Path``.
 
     Raises:
         DiskFullError: the disk or quota is full (the old bytes are kept).
@@ -415,7 +338,7 @@ def save_safetensors(
 
 
 def torch_bytes(obj: Any) -> bytes:
-    """Serialise ``obj`` with ``torch.save`` into bytes.
+    """``torch.save(obj)`` as bytes.
 
     Args:
         obj: what ``torch.save`` accepts (a state dict, a checkpoint dict of tensors).
@@ -430,7 +353,7 @@ def torch_bytes(obj: Any) -> bytes:
 
 def load_weights_only(path: str | Path, what: str = "checkpoint",
                       data: bytes | None = None) -> object:
-    """Read a PyTorch file with ``torch.load(weights_only=True)`` on CPU.
+    """``torch.load(path, weights_only=True)`` on CPU, with errors a user can act on.
 
     Nothing in the file is executed: torch's restricted unpickler refuses any Python object
     other than tensors and plain containers.
@@ -438,14 +361,13 @@ def load_weights_only(path: str | Path, what: str = "checkpoint",
     Args:
         path: the file; when ``data`` is given it only names the file in messages.
         what: what the file is, for messages (e.g. "checkpoint", "training checkpoint").
-        data: the file's bytes already read (and verified) by the caller, or None to read
-            ``path``.
+        data: the file's bytes already read (and verified) by the caller, or None.
 
     Returns:
-        The loaded object (tensors on CPU inside plain containers, e.g. a state dict).
+        The loaded object (CPU tensors in plain containers, e.g. a state dict).
 
     Raises:
-        CheckpointError: one full sentence naming ``what`` and ``path``, for a file that holds
+        CheckpointError: one sentence naming ``what`` and ``path``, for a file that holds
             other objects (a pickle that would run code, or a whole pickled model), and for
             any file that cannot be read as a PyTorch file (truncated, corrupt, missing).
     """

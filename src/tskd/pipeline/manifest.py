@@ -50,19 +50,10 @@ def _entry(path: Path) -> dict[str, Any]:
 
 
 def content_changed(path: Path, entry: Any) -> bool:
-    """Tell whether ``path`` no longer holds what tskd wrote.
+    """Whether ``path`` (an existing file) no longer holds what its manifest ``entry`` says.
 
-    Args:
-        path: an existing file of the run folder.
-        entry: its manifest entry: ``{"size": bytes, "sha256": hex}``, or the size in bytes
-            alone (manifests of earlier versions).
-
-    Returns:
-        True for another size, or (when the entry has one) another sha256; also True for an
-        entry without a usable size.
-
-    Raises:
-        OSError: ``path`` cannot be read (e.g. it is missing).
+    The entry is ``{"size": bytes, "sha256": hex}`` or, from earlier versions, the size alone:
+    True for another size or another sha256 (when recorded), and for an entry without a size.
     """
     size = entry.get("size") if isinstance(entry, dict) else entry
     if not isinstance(size, int) or path.stat().st_size != size:
@@ -72,18 +63,11 @@ def content_changed(path: Path, entry: Any) -> bool:
 
 
 def read_manifest(root: str | Path) -> dict[str, Any] | None:
-    """Read the manifest of run folder ``root``.
+    """The manifest of run folder ``root``, or None when there is none or it cannot be read.
 
-    Entries that name a path outside the folder (absolute, ``..``) or one of its bookkeeping
-    files are dropped, so nothing outside ``root`` is ever taken as the run's.
-
-    Args:
-        root: the run folder.
-
-    Returns:
-        The manifest as a dict (``files``: relative path -> entry, ``{"size", "sha256"}`` or,
-        from earlier versions, the size in bytes; ``pending``: writers in progress), or None
-        when there is none or it cannot be read (then the folder is judged without it).
+    ``files``: relative path -> entry (``{"size", "sha256"}`` or, from earlier versions, the
+    size in bytes), ``pending``: writers in progress. Entries naming a path outside ``root`` or
+    a bookkeeping file are dropped. Without a manifest the folder is judged without it.
     """
     path = Path(root) / MANIFEST_NAME
     try:
@@ -146,11 +130,7 @@ def _rel_of(root: Path, path: str | Path) -> str:
 
 
 def _stat(path: Path) -> list[int]:
-    """Size, mtime and inode of ``path``.
-
-    An atomic rewrite (a new file renamed over) changes the inode even within one tick of the
-    clock.
-    """
+    """Size, mtime and inode: a file renamed over changes the inode even within one clock tick."""
     st = path.stat()
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
@@ -176,15 +156,10 @@ def _legacy_stage_folders(root: Path) -> list[Path]:
 
 
 def folder_kind(root: str | Path) -> FolderKind:
-    """Tell what kind of folder ``root`` is.
+    """What ``root`` is: ``new``, ``run``, ``legacy`` or ``foreign``.
 
-    Args:
-        root: a folder that may be a run folder.
-
-    Returns:
-        ``"new"`` (absent or without files), ``"run"`` (has a manifest), ``"legacy"`` (a
-        run of an earlier version: no manifest, but ``*/stage.json``) or ``"foreign"`` (files
-        that are not a run).
+    ``new``: absent or without files; ``run``: has a manifest; ``legacy``: a run of an earlier
+    version (no manifest, but ``*/stage.json``); ``foreign``: files that are not a run.
 
     Raises:
         RunFolderError: ``root`` is a file.
@@ -204,14 +179,9 @@ def folder_kind(root: str | Path) -> FolderKind:
 
 
 def foreign_error(root: Path) -> RunFolderError:
-    """Build the error for a folder of other files that tskd will not write into.
+    """Build (not raise) the ``RunFolderError`` for ``root``, a folder of other files.
 
-    Args:
-        root: a folder ``folder_kind`` calls ``"foreign"``.
-
-    Returns:
-        The one-sentence ``RunFolderError`` (not raised): it names one of the folder's files
-        and, when there is one, the ``config.yaml`` tskd did not write.
+    The sentence names one of its files, and a ``config.yaml`` tskd did not write.
     """
     example = next(_user_files(root), root)
     hint = ""
@@ -239,11 +209,10 @@ def claim_run_folder(root: str | Path) -> dict[str, Any]:
         root: the run folder; created when missing.
 
     Returns:
-        The folder's manifest (see ``read_manifest``).
+        The folder's manifest (``read_manifest``).
 
     Raises:
         RunFolderError: ``root`` holds files that are not a run's, or is a file.
-        OSError: the manifest cannot be written (full disk, no permission).
     """
     root = Path(root)
     kind = folder_kind(root)
@@ -274,12 +243,11 @@ def record_files(root: str | Path, paths: Iterable[str | Path]) -> None:
 
     Args:
         root: the run folder.
-        paths: files or folders inside ``root``, absolute or relative to it; each file's size
-            (bytes) and sha256 are recorded. Missing paths are skipped.
+        paths: files or folders, absolute or relative to ``root``; missing ones are skipped.
+            Each file's size (bytes) and sha256 are recorded.
 
     Raises:
         ValueError: an absolute path lies outside ``root``.
-        OSError: the manifest cannot be written.
     """
     root = Path(root)
     manifest = read_manifest(root) or _empty_manifest()
@@ -291,16 +259,9 @@ def record_files(root: str | Path, paths: Iterable[str | Path]) -> None:
 
 
 def forget(root: str | Path, rels: Iterable[str]) -> None:
-    """Drop files from the manifest of ``root``, leaving them on disk.
+    """Drop the relative paths ``rels`` from the manifest of ``root``, leaving the files on disk.
 
     They are no longer the run's, so no ``remove_owned`` ever removes them.
-
-    Args:
-        root: the run folder.
-        rels: POSIX paths relative to ``root``; paths the manifest does not list are ignored.
-
-    Raises:
-        OSError: the manifest cannot be written.
     """
     root = Path(root)
     manifest = read_manifest(root) or _empty_manifest()
@@ -310,14 +271,7 @@ def forget(root: str | Path, rels: Iterable[str]) -> None:
 
 
 def owned_files(root: str | Path) -> set[str]:
-    """List the files the manifest of ``root`` holds as the run's.
-
-    Args:
-        root: the run folder.
-
-    Returns:
-        POSIX paths relative to ``root``; empty without a (readable) manifest.
-    """
+    """Relative paths of the files the manifest of ``root`` lists (empty without a manifest)."""
     return set((read_manifest(root) or {}).get("files", {}))
 
 
@@ -326,25 +280,20 @@ _ACTIVE: set[tuple[str, str]] = set()  # (resolved run folder, key) tracked by t
 
 @contextmanager
 def tracked(root: str | Path, key: str, outputs: Iterable[str | Path]) -> Iterator[None]:
-    """Record in the manifest every file the body writes under ``outputs``.
+    """Record in the manifest of ``root`` every file the body writes under ``outputs``.
 
     New files, and files that existed but changed, are recorded. Files already there and
     left unchanged stay unlisted (they are not the run's); listed files the body leaves
-    unchanged keep their entries (a file the user edited is not claimed again). Changes are
-    told by size, mtime and inode, so an atomic rewrite within one clock tick is seen.
-    Recording runs even when the body raises; after a kill, the next ``claim_run_folder``
-    records what was written.
+    unchanged keep their entries (a file the user edited is not claimed again). Runs even when
+    the body raises; after a kill, the next ``claim_run_folder`` records what was written.
 
     Args:
-        root: the run folder (already claimed, see ``claim_run_folder``).
-        key: names this writer in the manifest's ``pending`` (e.g. a stage's name).
+        root: the run folder, already claimed (``claim_run_folder``).
+        key: names the writer in the manifest's ``pending`` (e.g. a stage's name).
         outputs: files or folders inside ``root`` (absolute or relative) the body writes.
 
     Yields:
         None; the body runs inside the context.
-
-    Raises:
-        OSError: the manifest cannot be written.
     """
     root = Path(root)
     manifest = read_manifest(root) or _empty_manifest()
@@ -396,16 +345,12 @@ def remove_owned(root: str | Path, under: str | None = None,
 
     Args:
         root: the run folder.
-        under: a folder relative to ``root`` (e.g. ``"data"``); only listed files at or below
-            it are removed. None for all.
+        under: a folder relative to ``root`` (e.g. ``"data"``): only files at or below it go;
+            None for all.
         keep: relative paths never removed (e.g. ``("config.yaml",)``).
 
     Returns:
-        ``(removed, kept_changed)``: the paths deleted, and the listed files kept because they
-        changed since tskd wrote them.
-
-    Raises:
-        OSError: a file or the manifest cannot be removed or written.
+        ``(removed, kept_changed)``: the paths deleted, and the changed files kept.
     """
     root = Path(root)
     manifest = read_manifest(root)

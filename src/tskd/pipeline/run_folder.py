@@ -41,14 +41,7 @@ from tskd.pipeline.manifest import (
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where each stage keeps its files inside a run folder.
-
-    The one spelling of the run folder's layout: the stages, the CLI and the widgets build
-    their paths here.
-
-    Attributes:
-        root: the run folder (``RunConfig.run_dir``).
-    """
+    """Where each stage keeps its files inside the run folder ``root`` (``RunConfig.run_dir``)."""
 
     root: Path
 
@@ -123,41 +116,24 @@ class RunPaths:
         return self.root / "reports"
 
     def checkpoints(self, stage: str) -> Path:
-        """Return a stage's checkpoint folder.
-
-        Args:
-            stage: the checkpoint folder's name (``Stage.checkpoint``, e.g. ``"teacher"``).
-
-        Returns:
-            ``checkpoints/<stage>`` inside the run folder.
-        """
+        """``checkpoints/<stage>``: the checkpoint folder of ``stage`` (``Stage.checkpoint``)."""
         return self.root / "checkpoints" / stage
 
 
 def fingerprint(*parts: Any) -> str:
-    """Hash JSON-able parts into a stable fingerprint.
+    """Hash JSON-able ``parts`` (config sections, fingerprints, file hashes) to 16 hex digits.
 
-    Args:
-        *parts: config sections, upstream fingerprints, file hashes; dict keys are sorted and
-            objects JSON does not know are written as ``str(obj)``, so equal inputs give equal
-            fingerprints across runs and processes.
-
-    Returns:
-        The first 16 hex digits of the sha256 of the parts' JSON.
+    The sha256 of their JSON with sorted keys, unknown objects as ``str(obj)``: equal parts
+    give equal fingerprints in every process and run.
     """
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def files_fingerprint(paths: Iterable[Path]) -> str:
-    """Hash file names and contents, so a changed or added image re-runs dependent stages.
+    """Hash the files' names and contents (in any order) to 16 hex digits (sha256).
 
-    Args:
-        paths: the files; their order does not matter (they are sorted). Each file is read
-            whole.
-
-    Returns:
-        The first 16 hex digits of a sha256 over each file's name and content sha256.
+    A changed or added image re-runs dependent stages.
 
     Raises:
         OSError: a file cannot be read.
@@ -170,16 +146,7 @@ def files_fingerprint(paths: Iterable[Path]) -> str:
 
 
 def stage_done(folder: Path, fp: str) -> bool:
-    """Tell whether ``folder`` holds a finished stage made from the same inputs.
-
-    Args:
-        folder: a stage's artefact folder.
-        fp: the fingerprint of the stage's current inputs (16 hex digits).
-
-    Returns:
-        True when ``folder/stage.json`` records ``fp``; False when it is missing, unreadable
-        JSON or records another fingerprint.
-    """
+    """Whether ``folder/stage.json`` records fingerprint ``fp`` (False if missing or not JSON)."""
     marker = folder / "stage.json"
     if not marker.is_file():
         return False
@@ -190,38 +157,31 @@ def stage_done(folder: Path, fp: str) -> bool:
 
 
 def mark_started(folder: Path) -> None:
-    """Withdraw the stage's ``stage.json`` before it rewrites its artefact.
+    """Withdraw the stage's ``folder/stage.json`` (if any) before it rewrites its artefact.
 
     A stage killed after writing new weights but before ``mark_done`` must not leave the old
     marker beside them: going back to the old inputs would then skip the stage and keep the
     new weights. With the marker gone the stage simply runs again.
-
-    Args:
-        folder: the stage's artefact folder (a missing marker is fine).
     """
     (folder / "stage.json").unlink(missing_ok=True)
 
 
 def checkpoint_inputs(folder: Path, fp: str, resume: bool) -> Path:
-    """Record ``fp`` beside a stage's checkpoint, refusing to resume one made from other inputs.
+    """Record ``fp`` beside a stage's checkpoint (``inputs.json``) and return ``folder``.
 
-    The fingerprint is recorded beside the checkpoint (``inputs.json``); ``resume`` refuses
-    a checkpoint recorded for other inputs (other labelled data, another teacher or other
-    settings), which would otherwise continue training on what the user no longer asks for.
+    ``resume`` refuses a checkpoint recorded for other inputs (other labelled data, another
+    teacher or other settings), which would otherwise continue training on what the user no
+    longer asks for.
 
     Args:
         folder: the stage's checkpoint folder (``RunPaths.checkpoints``).
         fp: the fingerprint of the stage's inputs (16 hex digits).
         resume: the run continues from the checkpoint.
 
-    Returns:
-        ``folder``.
-
     Raises:
         RunFolderError: ``resume``, the folder holds a checkpoint (``ckpt*``) and its
             ``inputs.json`` records another fingerprint (or cannot be read).
         DiskFullError: the disk is full while ``inputs.json`` is written.
-        TskdError: ``inputs.json`` cannot be written there (permission).
     """
     record = folder / "inputs.json"
     if resume and any(folder.glob("ckpt*")) and record.is_file():
@@ -239,32 +199,16 @@ def checkpoint_inputs(folder: Path, fp: str, resume: bool) -> Path:
 
 
 def mark_done(folder: Path, fp: str, result: dict[str, Any]) -> None:
-    """Record that the stage in ``folder`` finished (``folder/stage.json``, atomically).
-
-    Args:
-        folder: the stage's artefact folder.
-        fp: the fingerprint of the inputs it was made from (16 hex digits).
-        result: the stage's JSON-able result (metrics, counts, seconds).
+    """Record in ``folder/stage.json`` that the stage finished from inputs ``fp``, with ``result``.
 
     Raises:
         DiskFullError: the disk is full (the stage stays not done).
-        TskdError: ``stage.json`` cannot be written there (permission).
     """
     atomic.write_json(folder / "stage.json", {"fingerprint": fp, "result": result})
 
 
 def read_result(folder: Path) -> dict[str, Any]:
-    """Read the result a finished stage recorded in ``folder/stage.json``.
-
-    Args:
-        folder: the stage's artefact folder.
-
-    Returns:
-        The recorded result; empty when there is no ``stage.json``.
-
-    Raises:
-        json.JSONDecodeError: ``stage.json`` is not valid JSON.
-    """
+    """The result a finished stage recorded in ``folder/stage.json`` ({} when there is none)."""
     marker = folder / "stage.json"
     if not marker.is_file():
         return {}
@@ -287,23 +231,14 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
 @contextmanager
 def writing(root: str | Path, key: str, outputs: Iterable[str | Path],
             what: str = "") -> Iterator[Path]:
-    """Lock ``root``, claim it as a run folder and record what the body writes.
+    """Lock ``root``, claim it (``claim_run_folder``) and record what the body writes (``tracked``).
 
-    What every writer of a run folder goes through: ``run_lock``, ``claim_run_folder``,
-    then ``tracked`` around the body.
-
-    Args:
-        root: the run folder.
-        key: names the writer in the manifest (e.g. a stage's name).
-        outputs: files or folders inside ``root`` the body writes.
-        what: what the writer does, recorded in the lock file; ``key`` when empty.
-
-    Yields:
-        ``root`` as a ``Path``.
+    What every writer of a run folder goes through. ``key`` names the writer in the manifest,
+    ``outputs`` are the files or folders inside ``root`` it writes, ``what`` is recorded in the
+    lock file (``key`` when empty). Yields ``root`` as a ``Path``.
 
     Raises:
-        RunFolderError: another process holds ``root``, or it holds files that are not a
-            run's.
+        RunFolderError: another process holds ``root``, or it holds files that are not a run's.
     """
     with run_lock(root, what or key):
         claim_run_folder(root)
@@ -322,13 +257,8 @@ def check_run_dir_inputs(cfg: RunConfig) -> None:
     labelled set and the unlabelled layers there; tskd's stages never write there) is
     allowed. Call it before anything is created in the run folder.
 
-    Args:
-        cfg: the run configuration; ``run_dir`` and ``data.labelled``, ``data.unlabelled``,
-            ``data.test`` are read.
-
     Raises:
-        RunFolderError: the run folder is, contains or lies inside a data folder (the message
-            names both folders).
+        RunFolderError: naming both folders.
     """
     from tskd.data import outputs
     from tskd.errors import TskdInputError
@@ -363,20 +293,10 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     tskd's, with a one-line ``TskdWarning`` naming it, before the new one is written. A folder
     of other files, or a ``config.yaml`` tskd did not write, is refused even with
     ``overwrite``; so is a run folder that is, contains or lies inside a data folder of ``cfg``
-    (``check_run_dir_inputs``).
-
-    Args:
-        cfg: the run configuration; written to ``config.yaml``.
-        overwrite: replace a different run (or an unreadable ``config.yaml``) by removing the
-            files its manifest lists.
-
-    Returns:
-        The run folder ``cfg.run_dir`` as a ``Path``.
+    (``check_run_dir_inputs``). Returns the run folder.
 
     Raises:
-        RunFolderError: the folder holds a different run (without ``overwrite``), files that
-            are not a run's, a ``config.yaml`` tskd did not write, or lies inside, is or
-            contains a data folder; or another process holds it.
+        RunFolderError: for each refusal above, and when another process holds the folder.
     """
     check_run_dir_inputs(cfg)
     root = Path(cfg.run_dir)
