@@ -44,15 +44,22 @@ _TMP_MARK = ".tmp-"
 
 
 def megabytes(nbytes: int) -> int:
-    """``nbytes`` in whole MB (10**6 bytes), rounded up, at least 1."""
+    """``nbytes`` (a size in bytes, >= 0) in whole MB (10**6 bytes), rounded up, at least 1."""
     return max(1, math.ceil(nbytes / 1e6))
 
 
 def user_fixable_error(exc: OSError, folder: str | Path, nbytes: int | None) -> TskdError | None:
-    """The one-line ``TskdError`` for an OS error a user can fix, or None for any other error.
+    """Build the one-line ``TskdError`` for an OS error a user can fix (returned, not raised).
 
-    ``nbytes`` is the size of what was being written (for the "N MB needed" of a full disk);
-    None when it is not known (the message then says no amount).
+    Args:
+        exc: the operating-system error caught while writing.
+        folder: the folder named in the message (where the write went).
+        nbytes: size in bytes of what was being written, for the "N MB needed" of a full disk
+            (``megabytes``); None when not known (the message then says no amount).
+
+    Returns:
+        ``DiskFullError`` for ``ENOSPC``/``EDQUOT``, ``TskdError`` for ``EACCES``/``EPERM``/
+        ``EROFS``, None for any other error (the caller re-raises it: no user can fix it).
     """
     if exc.errno in _FULL:
         needed = f", {megabytes(nbytes)} MB needed" if nbytes is not None else ""
@@ -73,6 +80,17 @@ def disk_errors(folder: str | Path, nbytes: int | None = None) -> Iterator[None]
     """Turn a full disk or a refused write inside the block into a one-line ``TskdError``.
 
     For writers that cannot write through this module (e.g. a plotting library saving a figure).
+
+    Args:
+        folder: the folder the block writes into, named in the message.
+        nbytes: size in bytes of what the block writes, when known (``user_fixable_error``).
+
+    Yields:
+        None; other ``OSError``s of the body pass unchanged.
+
+    Raises:
+        DiskFullError: the body hit a full disk or quota (``ENOSPC``/``EDQUOT``).
+        TskdError: the body's write was refused (``EACCES``/``EPERM``/``EROFS``).
     """
     try:
         yield
@@ -84,7 +102,18 @@ def disk_errors(folder: str | Path, nbytes: int | None = None) -> Iterator[None]
 
 
 def mkdir(folder: str | Path) -> Path:
-    """``folder.mkdir(parents=True, exist_ok=True)`` with the errors of ``disk_errors``."""
+    """Create ``folder`` and its parents (``mkdir(parents=True, exist_ok=True)``).
+
+    Args:
+        folder: the folder to create; an existing folder is fine.
+
+    Returns:
+        ``folder`` as a ``Path``.
+
+    Raises:
+        DiskFullError: the disk or quota is full.
+        TskdError: the folder cannot be created there (permission, read-only file system).
+    """
     folder = Path(folder)
     with disk_errors(folder):
         folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +140,7 @@ def _write_file(path: Path, data: bytes | memoryview) -> None:
 
 
 def fsync_dir(folder: Path) -> None:
-    """Make renames inside ``folder`` durable (a no-op where directories cannot be opened)."""
+    """Make renames inside the directory ``folder`` durable (a no-op where it cannot be synced)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -125,12 +154,15 @@ def fsync_dir(folder: Path) -> None:
 
 
 def temp_name(path: Path) -> Path:
-    """A fresh temporary name beside ``path``: ``.<name>.tmp-<pid>-<random>``."""
+    """A fresh temporary name beside ``path``: ``.<name>.tmp-<pid>-<8 hex digits>``."""
     return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs (on this machine)."""
+    """Whether process ``pid`` runs on this machine; True also when that cannot be told safely.
+
+    (On Windows ``os.kill(pid, 0)`` would end it; another user's process cannot be probed.)
+    """
     if pid == os.getpid():
         return True
     if os.name == "nt":  # os.kill(pid, 0) would terminate it there: assume it runs
@@ -145,7 +177,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def owner_pid(name: str, prefix: str) -> int | None:
-    """The process id in a temporary name ``<prefix><pid>-<random>``, or None if not one."""
+    """The pid in a temporary ``name`` ``<prefix><pid>-<random>``, or None if not one."""
     if not name.startswith(prefix):
         return None
     pid, _, rand = name[len(prefix):].partition("-")
@@ -153,7 +185,7 @@ def owner_pid(name: str, prefix: str) -> int | None:
 
 
 def remove_stale_temps(path: Path) -> None:
-    """Remove temporary files of ``path`` left by writers that no longer run."""
+    """Remove temporary files (``temp_name``) of ``path`` left by writers that no longer run."""
     prefix = f".{path.name}{_TMP_MARK}"
     try:
         entries = list(path.parent.iterdir())
@@ -169,8 +201,19 @@ def remove_stale_temps(path: Path) -> None:
 def write_files(files: Mapping[str | Path, bytes]) -> list[Path]:
     """Write several files as one unit: all temporary files in full, then all renames.
 
-    A full disk or refused write raises (``DiskFullError``/``TskdError``) before any target is
-    touched, so every target keeps its old bytes. Returns the target paths.
+    A full disk or refused write raises before any target is touched, so every target keeps
+    its old bytes. Missing parent folders are created.
+
+    Args:
+        files: {target path: its complete new content}.
+
+    Returns:
+        The target paths, in the order given (empty for no files).
+
+    Raises:
+        DiskFullError: the disk or quota is full; the message names the first target's folder
+            and the total size of ``files`` in MB. Other ``OSError``s pass unchanged.
+        TskdError: writing there is refused (permission, read-only file system).
     """
     targets = {Path(p): data for p, data in files.items()}
     if not targets:
@@ -202,22 +245,53 @@ def write_files(files: Mapping[str | Path, bytes]) -> list[Path]:
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically (see the module docstring)."""
+    """Replace ``path`` with ``data`` atomically (see the module docstring); return ``path``.
+
+    Args:
+        path: the target file.
+        data: its complete new content.
+
+    Raises:
+        DiskFullError: the disk or quota is full (the old bytes are kept).
+        TskdError: writing there is refused.
+    """
     return write_files({Path(path): data})[0]
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Replace ``path`` with UTF-8 ``text`` atomically."""
+    """Replace ``path`` with UTF-8 ``text`` atomically; return ``path``.
+
+    Args:
+        path: the target file.
+        text: its complete new content.
+
+    Raises:
+        DiskFullError: the disk or quota is full (the old bytes are kept).
+        TskdError: writing there is refused.
+    """
     return write_bytes(path, text.encode("utf-8"))
 
 
 def json_bytes(obj: Any, indent: int | None = 1) -> bytes:
-    """``obj`` as JSON (UTF-8); objects JSON does not know are written as ``str(obj)``."""
+    """``obj`` as UTF-8 JSON, ``indent`` spaces per level (None: one line).
+
+    Objects JSON does not know (paths, numpy integers) are written as ``str(obj)``.
+    """
     return json.dumps(obj, indent=indent, default=str).encode("utf-8")
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
-    """Replace ``path`` with ``obj`` as JSON atomically."""
+    """Replace ``path`` with ``obj`` as JSON atomically (``json_bytes``); return ``path``.
+
+    Args:
+        path: the target file.
+        obj: JSON-able data (unknown objects become ``str(obj)``).
+        indent: spaces per nesting level; None for one line.
+
+    Raises:
+        DiskFullError: the disk or quota is full (the old bytes are kept).
+        TskdError: writing there is refused.
+    """
     return write_bytes(path, json_bytes(obj, indent))
 
 
@@ -231,7 +305,16 @@ def encode(writer: Callable[[BinaryIO], Any]) -> bytes:
 def safetensors_bytes(
     tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
 ) -> bytes:
-    """A safetensors file's bytes (tensors must be contiguous CPU tensors)."""
+    """A safetensors file's bytes (``safetensors.torch.save``).
+
+    Args:
+        tensors: {name: contiguous CPU ``torch.Tensor``}, any dtype and shape.
+        metadata: optional {key: value} strings for the file's header.
+
+    Raises:
+        ValueError: a value is not a tensor, or is sparse (from ``safetensors``).
+        RuntimeError: tensors share memory (from ``safetensors``).
+    """
     from safetensors.torch import save
 
     return save(dict(tensors), metadata=dict(metadata) if metadata else None)
@@ -240,12 +323,29 @@ def safetensors_bytes(
 def save_safetensors(
     path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Replace ``path`` with a safetensors file of ``tensors`` atomically."""
+    """Replace ``path`` with a safetensors file of ``tensors`` atomically; return ``path``.
+
+    Args:
+        path: the target ``.safetensors`` file.
+        tensors: {name: contiguous CPU ``torch.Tensor``}.
+        metadata: optional {key: value} strings for the file's header.
+
+    Raises:
+        DiskFullError: the disk or quota is full (the old bytes are kept).
+        TskdError: writing there is refused.
+    """
     return write_bytes(path, safetensors_bytes(tensors, metadata))
 
 
 def torch_bytes(obj: Any) -> bytes:
-    """``torch.save(obj)`` as bytes."""
+    """``torch.save(obj)`` as bytes.
+
+    Args:
+        obj: what ``torch.save`` accepts (a state dict, a checkpoint dict of tensors).
+
+    Returns:
+        The bytes of the PyTorch file, ready for an atomic write.
+    """
     import torch
 
     return encode(lambda f: torch.save(obj, f))
@@ -255,13 +355,21 @@ def load_weights_only(path: str | Path, what: str = "checkpoint",
                       data: bytes | None = None) -> object:
     """``torch.load(path, weights_only=True)`` on CPU, with errors a user can act on.
 
-    ``data``, when given, holds the file's bytes already read (and verified) by the caller;
-    ``path`` then only names the file in messages.
-
     Nothing in the file is executed: torch's restricted unpickler refuses any Python object
-    other than tensors and plain containers. Raises ``CheckpointError`` with one full sentence
-    naming ``what`` and ``path``: for a file that holds other objects (a pickle that would run
-    code, or a whole pickled model), and for a truncated or corrupt file.
+    other than tensors and plain containers.
+
+    Args:
+        path: the file; when ``data`` is given it only names the file in messages.
+        what: what the file is, for messages (e.g. "checkpoint", "training checkpoint").
+        data: the file's bytes already read (and verified) by the caller, or None.
+
+    Returns:
+        The loaded object (CPU tensors in plain containers, e.g. a state dict).
+
+    Raises:
+        CheckpointError: one sentence naming ``what`` and ``path``, for a file that holds
+            other objects (a pickle that would run code, or a whole pickled model), and for
+            any file that cannot be read as a PyTorch file (truncated, corrupt, missing).
     """
     import torch
 

@@ -18,19 +18,36 @@ class CheckpointError(TskdError):
 
 
 class ModelMetaError(CheckpointError, TskdInputError):
-    """A model folder's ``meta.json`` that is unreadable or outside its documented schema."""
+    """A model folder's ``meta.json`` that is missing, unreadable or outside its schema.
+
+    Both a ``CheckpointError`` and a ``TskdInputError``, so callers that catch either see it
+    (``tskd.models.meta_schema`` raises it).
+    """
 
 
 class RunFolderError(TskdError):
-    """An output folder that would overwrite a different run."""
+    """A run folder that cannot be used as asked.
+
+    It would overwrite a different run, holds files that are not a run's, is held by another
+    tskd process (``tskd.pipeline.lock``), lies inside a data folder, or holds a checkpoint made
+    from other inputs than a resumed run's (``tskd.pipeline.run_folder``).
+    """
 
 
 class DiskFullError(TskdError):
-    """The disk (or quota) holding an output folder is full; the previous files were kept."""
+    """The disk (or quota) holding an output folder is full; the previous files were kept.
+
+    Raised by the writers of ``tskd.atomic``; the message names the folder and the megabytes
+    the write needed.
+    """
 
 
 class Cancelled(TskdError):
-    """Training was cancelled by the user; a resumable checkpoint was kept."""
+    """Training was cancelled by the user; a resumable checkpoint was kept.
+
+    Raised by the training loops (``tskd.engine``, the teacher cache of
+    ``tskd.training.distill``) when the run's ``CancelToken`` is set.
+    """
 
 
 class TskdWarning(UserWarning):

@@ -1,4 +1,4 @@
-"""LoRA target modules: module names or patterns from a small, safe regular-expression grammar.
+r"""LoRA target modules: module names or patterns from a small, safe regular-expression grammar.
 
 A target comes from the user's YAML, the teacher widget or a teacher folder's ``meta.json``, so it
 is untrusted text. Handing it to ``re`` (as peft does with a string ``target_modules``) lets a
@@ -13,8 +13,8 @@ A target is either
   ends with ``.`` + it (peft's rule for names), or
 * a **pattern** that must match a module's whole name (``re.fullmatch`` semantics), built from
 
-  - literal characters, ``.`` (any character), escaped punctuation (``\\.``, ``\\-``, ...),
-  - the classes ``\\d \\D \\w \\W \\s \\S`` and bracket classes ``[a-z0-9_]``, ``[^.]``,
+  - literal characters, ``.`` (any character), escaped punctuation (``\.``, ``\-``, ...),
+  - the classes ``\d \D \w \W \s \S`` and bracket classes ``[a-z0-9_]``, ``[^.]``,
   - the quantifiers ``*``, ``+``, ``?``, ``{m}``, ``{m,}``, ``{m,n}`` (m, n <= 64), each
     directly after one character, dot or class,
   - alternation ``|`` and groups ``( )`` / ``(?: )`` that are not themselves repeated,
@@ -22,7 +22,7 @@ A target is either
 
 Refused, each with a one-line ``TskdInputError``: a quantifier after a group (nested
 quantifiers, the cause of catastrophic backtracking), repeated or lazy quantifiers (``a**``,
-``a+?``), backreferences and other escapes (``\\1``, ``\\b``, ``\\x41``), lookarounds, named
+``a+?``), backreferences and other escapes (``\1``, ``\b``, ``\x41``), lookarounds, named
 groups and inline flags (``(?=``, ``(?P<``, ``(?i)``), unbalanced brackets, empty targets, a
 target longer than ``MAX_TARGET_CHARS`` and more than ``MAX_TARGETS`` targets.
 """
@@ -48,24 +48,57 @@ def _show(text: str) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """One parsed LoRA target: ``text`` as given; ``is_name`` for the dotted-name kind."""
+    """One parsed LoRA target (from ``parse_target``).
+
+    Attributes:
+        text: the target as the user gave it.
+        is_name: True for the dotted-name kind (matched by peft's suffix rule), False for a
+            pattern.
+        program: the pattern's compiled program (``tskd.safe_regex.compile_pattern``); empty
+            for a name.
+    """
 
     text: str
     is_name: bool
     program: tuple = ()
 
     def matches(self, module_name: str) -> bool:
-        """Whether the module called ``module_name`` (full dotted path inside SAM) is targeted."""
+        """Tell whether the module called ``module_name`` is targeted.
+
+        A name matches a module whose full name equals it or ends with ``.`` + it (peft's
+        rule for string targets); a pattern must match the whole name
+        (``tskd.safe_regex.fullmatch``, time linear in the name's length).
+
+        Args:
+            module_name: the module's full dotted path inside SAM, e.g.
+                ``image_encoder.blocks.0.attn.qkv``.
+
+        Returns:
+            True when this target selects the module.
+        """
         if self.is_name:
             return module_name == self.text or module_name.endswith("." + self.text)
         return fullmatch(self.program, module_name)
 
 
 def parse_target(text: object, where: str = "LoRA target") -> Target:
-    """Parse one target (see the module docstring); ``where`` names it in the error.
+    """Parse one target (see the module docstring for the grammar).
 
-    Raises ``TskdInputError`` (one sentence) when ``text`` is not a non-empty string of at most
-    ``MAX_TARGET_CHARS`` characters in the grammar. Takes time linear in the target's length.
+    Takes time linear in the target's length. A leading ``^`` and a trailing unescaped ``$``
+    are dropped from a pattern (the whole name must match anyway).
+
+    Args:
+        text: the target as read from YAML, the widget or a ``meta.json`` (untrusted; any
+            type).
+        where: what the target is, to name it in the error (e.g. "LoRA targets[2]").
+
+    Returns:
+        The parsed ``Target``.
+
+    Raises:
+        TskdInputError: one sentence, when ``text`` is not a string, is empty or blank, is
+            longer than ``MAX_TARGET_CHARS`` characters, or is not in the grammar (the
+            message says where and why).
     """
     if not isinstance(text, str):
         raise TskdInputError(
@@ -97,7 +130,20 @@ def parse_target(text: object, where: str = "LoRA target") -> Target:
 
 
 def check_targets(targets: object, where: str = "LoRA targets") -> list[Target]:
-    """Parse a list of targets (1..``MAX_TARGETS`` strings); raises ``TskdInputError``."""
+    """Parse a list of LoRA targets.
+
+    Args:
+        targets: the list (or tuple) of 1 to ``MAX_TARGETS`` target strings, as read (any
+            type).
+        where: what the list is, to name it (and ``where[i]`` for an entry) in the error.
+
+    Returns:
+        One ``Target`` per entry, in order.
+
+    Raises:
+        TskdInputError: ``targets`` is not a list or tuple, is empty, has more than
+            ``MAX_TARGETS`` entries, or an entry is refused by ``parse_target``.
+    """
     if not isinstance(targets, list | tuple):
         raise TskdInputError(
             f"{where} must be a list of module names or patterns, got {type(targets).__name__}"
@@ -112,6 +158,17 @@ def check_targets(targets: object, where: str = "LoRA targets") -> list[Target]:
 
 
 def matching_modules(names: Iterable[str], targets: Sequence[str]) -> list[str]:
-    """The names (in the given order) that at least one of ``targets`` matches."""
+    """Select the module names that at least one target matches.
+
+    Args:
+        names: full dotted module names, e.g. those of ``model.named_modules()``.
+        targets: target strings (checked with ``check_targets``).
+
+    Returns:
+        The matching names, in the order given.
+
+    Raises:
+        TskdInputError: ``targets`` is refused by ``check_targets``.
+    """
     parsed = check_targets(list(targets))
     return [n for n in names if any(t.matches(n) for t in parsed)]

@@ -1,6 +1,6 @@
-"""A small, safe regular-expression subset: parsed here, matched in time linear in the text.
+r"""A small, safe regular-expression subset: parsed here, matched in time linear in the text.
 
-The grammar (literal characters, ``.``, escaped punctuation, the classes ``\\d \\w \\s`` and
+The grammar (literal characters, ``.``, escaped punctuation, the classes ``\d \w \s`` and
 their capitals, bracket classes, the quantifiers ``* + ? {m} {m,} {m,n}`` directly after one
 character, dot or class, alternation and non-repeated groups) has no nested quantifiers,
 backreferences or lookarounds, the causes of catastrophic backtracking in ``re``. A pattern is
@@ -8,6 +8,11 @@ parsed by a recursive-descent parser (``PatternRefused`` says why one is not in 
 compiled by Thompson's construction into a Pike-VM program (``compile_pattern``) and run
 state-set by state-set (``fullmatch``): O(len(text) * len(program)) time, whatever the pattern.
 Its one user is ``tskd.lora_targets``, whose docstring lists the grammar for users.
+
+Sources: the construction and the VM follow Thompson, "Regular expression search algorithm"
+(CACM 11(6), 1968) and R. Cox, "Regular Expression Matching: the Virtual Machine Approach"
+(2009, swtch.com/~rsc/regexp/regexp2.html), as RE2 does; the ``re`` semantics kept are those
+of ``re.fullmatch``.
 """
 
 from __future__ import annotations
@@ -30,8 +35,12 @@ Pred = Callable[[str], bool]
 
 
 class PatternRefused(Exception):
-    """Why a pattern is not in the grammar: one clause for a sentence (``tskd.lora_targets``
-    turns it into a ``TskdInputError``)."""
+    """Why a pattern is not in the grammar.
+
+    The message is one clause for a sentence (e.g. "it has an unmatched ')' at position 3");
+    ``tskd.lora_targets.parse_target`` turns it into a ``TskdInputError``. Not a
+    ``TskdError`` itself: this module knows nothing of tskd.
+    """
 
 
 # ------------------------------------------------------------------------------- parsing
@@ -296,7 +305,18 @@ def _compile(node: tuple) -> list[tuple]:
 
 
 def fullmatch(prog: Sequence[tuple], text: str) -> bool:
-    """Whether ``prog`` matches all of ``text``; O(len(text) * len(prog)) time."""
+    """Tell whether a compiled pattern matches the whole of ``text`` (``re.fullmatch``).
+
+    The Pike VM runs every thread in lock step, one state set per character, so the time is
+    O(len(text) * len(prog)) whatever the pattern (no backtracking).
+
+    Args:
+        prog: a program from ``compile_pattern``.
+        text: the text to match, e.g. a module's dotted name.
+
+    Returns:
+        True when ``prog`` matches all of ``text``.
+    """
 
     def closure(pcs: Iterable[int]) -> set[int]:
         seen: set[int] = set()
@@ -319,7 +339,19 @@ def fullmatch(prog: Sequence[tuple], text: str) -> bool:
 
 
 def compile_pattern(body: str) -> tuple:
-    """The program of ``body`` (a pattern without its optional ``^`` and ``$``), which must match
-    a whole text. Raises ``PatternRefused`` when ``body`` is not in the grammar; takes time
-    linear in its length (times ``MAX_REPEAT`` for a repeat)."""
+    """Parse ``body`` and compile it into a Pike-VM program that must match a whole text.
+
+    Takes time linear in the pattern's length (times ``MAX_REPEAT`` for a ``{m,n}`` repeat,
+    which is unrolled).
+
+    Args:
+        body: a pattern of the grammar in the module docstring, without its optional leading
+            ``^`` and trailing ``$`` (the caller strips them).
+
+    Returns:
+        The program (a tuple of instructions) for ``fullmatch``.
+
+    Raises:
+        PatternRefused: ``body`` is not in the grammar; the message says where and why.
+    """
     return tuple(_compile(_Parser(body).parse()))

@@ -9,7 +9,9 @@ cache) so the comparison is fair and cheap:
 - student after task-specific KD (the LoRA-adapted teacher), then fine-tuned,
 - the adapted teacher itself.
 
-Every model is scored on the held-out test images, which nothing else ever looks at.
+Every model is scored on the held-out test images, which nothing else ever looks at. The
+comparison is the TS-KD paper's (Fig. 1 and Fig. 3: from scratch, task-agnostic KD and
+task-specific KD); what it measured is in docs/demo.md.
 """
 
 from __future__ import annotations
@@ -41,7 +43,12 @@ LABELS = {
 
 @dataclass(frozen=True)
 class Budget:
-    """How much work each stage gets; `small` is the default that fits 15 minutes on 2 cores."""
+    """How much work each stage gets; `small` is the default that fits 15 minutes on 2 cores.
+
+    Counts of generated images (``n_unlabelled``, ``n_test``) and of synthetic images
+    (``synth_images``, 0: none); epochs of the teacher, distillation and student stages;
+    ``synth_steps`` diffusion training steps at ``synth_resolution`` pixels. See docs/demo.md.
+    """
 
     n_unlabelled: int
     n_test: int
@@ -70,7 +77,22 @@ def demo_config(
     device: str = "auto",
     teacher_size: int | None = None,
 ) -> RunConfig:
-    """The TS-KD configuration the demo uses; baselines are variants of it."""
+    """The TS-KD configuration the demo uses; the baselines are variants of it.
+
+    Learning rates and batch sizes are the demo's fixed choices; no validation split (10 labels
+    are too few), nothing tuned on the test split.
+
+    Args:
+        data_root: folder holding the task's ``train/`` and ``unlabelled/``.
+        run_dir: the TS-KD run folder.
+        budget: the work each stage gets (a row of ``BUDGETS``).
+        seed: seeds every stage's training and the synthesis.
+        teacher: ``"mini"`` (built in) or an official SAM type (``vit_b`` ...).
+        checkpoint: the SAM checkpoint file; None for the built-in mini SAM.
+        device: device of every stage and of prediction.
+        teacher_size: the teacher's input size in pixels; None: 128 for the mini teacher (its
+            pretraining size), 512 for official SAMs (as SAMed, Zhang & Liu 2023).
+    """
     cfg = RunConfig(run_dir=str(run_dir))
     cfg.data.labelled = str(data_root / "train")
     cfg.data.unlabelled = str(data_root / "unlabelled")
@@ -138,13 +160,13 @@ def _check_teacher(teacher: str, checkpoint: str | None) -> None:
 
 @contextmanager
 def _demo_folder(out: Path, task: str, n_labels: int, b: Budget) -> Iterator[None]:
-    """Hold ``out``'s lock and record what the demo writes directly in it (its data and
-    reports) in ``out/.tskd-manifest.json``; the three run folders keep their own manifests.
+    """Hold ``out``'s lock and record what the demo writes directly in it.
 
-    ``out`` may hold other files: they are never removed or replaced. Data and reports of an
-    earlier demo are removed only where the manifest lists them; any other file where the demo
-    would write (a report, or an image in ``data/<split>/images|labels``, which would join the
-    task) stops the demo before it writes anything (``TskdInputError``).
+    Its data and reports go in ``out/.tskd-manifest.json``; the three run folders keep their
+    own manifests. ``out`` may hold other files: they are never removed or replaced. Data and
+    reports of an earlier demo are removed only where the manifest lists them; any other file
+    where the demo would write (a report, or an image in ``data/<split>/images|labels``, which
+    would join the task) stops the demo before it writes anything (``TskdInputError``).
     """
     from tskd.data import outputs
     from tskd.pipeline import lock, manifest
@@ -185,14 +207,31 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; returns the report dict (also written as report.json and report.md).
 
-    ``check_pretraining`` also trains the teacher's architecture from random initialisation
-    with the same budget (``report["pretraining_check"]``). ``teacher_size`` overrides the
-    teacher's input size (128 for the mini SAM, its native size; 512 for official SAMs).
-
     ``out`` may hold other files; the demo never removes or replaces them (``_demo_folder``).
-    Raises ``TskdInputError`` / ``CheckpointError`` before writing anything for a bad task,
-    budget, label count or teacher checkpoint, and ``RunFolderError`` when another process
-    holds ``out`` or one of its run folders.
+
+    Args:
+        task: a procedural task of ``tskd.data.phantoms.TASKS`` (e.g. ``kidney_us``).
+        n_labels: labelled training images (at least 1).
+        seed: draws the task's images and seeds every stage.
+        budget: a key of ``BUDGETS`` (``tiny``, ``small``, ``full``).
+        teacher: ``"mini"`` (built in) or an official SAM type (``vit_b`` ...).
+        checkpoint: the SAM checkpoint file; required for official types.
+        out: the output folder.
+        device: device of every stage and of scoring (``"auto"``, ``"cpu"``, ``"cuda"``).
+        progress: called with ``tskd.engine.Progress`` reports.
+        cancel: checked every training step.
+        check_pretraining: also train the teacher's architecture from random initialisation
+            with the same budget (``report["pretraining_check"]``).
+        teacher_size: the teacher's input size in pixels; None: 128 for the mini SAM (its
+            native size), 512 for official SAMs.
+
+    Raises:
+        TskdInputError: before writing anything: bad task, budget or label count, or files in
+            ``out`` the demo did not write where it would write.
+        CheckpointError: before writing anything: unknown teacher, missing checkpoint.
+        RunFolderError: another process holds ``out`` or one of its run folders.
+        Cancelled: ``cancel`` was set.
+        DiskFullError: the disk holding ``out`` is full.
     """
     from tskd.data import phantoms
 
@@ -292,8 +331,7 @@ def _score(cfg: RunConfig, model: str, test: Path) -> dict[str, float]:
 
 
 def _ms_per_image(seg: Any, repeats: int = 10) -> float:
-    """Median wall time of one 256x256 image through ``seg`` (a
-    ``tskd.inference.segmenter.Segmenter``: forward + pre/post)."""
+    """Median wall time (ms) of one 256x256 image through ``seg`` (forward + pre/post)."""
     import numpy as np
     import torch
 
@@ -309,7 +347,7 @@ def _ms_per_image(seg: Any, repeats: int = 10) -> float:
 
 
 def markdown_table(methods: dict[str, Any]) -> str:
-    """The demo's result table in Markdown."""
+    """The demo's result table in Markdown from ``methods`` ({method: ``_score``'s metrics})."""
     rows = [
         "| model | Dice | HD95 (px) | parameters | ms per 256x256 image |",
         "|---|---|---|---|---|",

@@ -1,5 +1,8 @@
-"""Figures of the demo report: test images with ground truth, teacher and student masks, and
-the loss curves of every training stage. Matplotlib with the Agg backend (no display needed)."""
+"""Figures of the demo report: test images with their masks, and the training loss curves.
+
+Test images with ground truth, teacher and student masks, and the loss curves of the
+distillation and student stages. Matplotlib with the Agg backend (no display needed).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,27 @@ def _overlay(ax: Any, image: np.ndarray, label: np.ndarray | None, title: str) -
 
 
 def write_figures(out: Path, runs: dict[str, Any], n_examples: int = 4) -> Path | None:
-    """Write ``examples.png`` (image, truth, teacher, students) and return its path."""
+    """Write ``out/examples.png``: test images with their masks, and the loss curves.
+
+    One row per test image (the image, ground truth, the adapted teacher's and the three
+    students' masks, segmented on CPU), then the loss per epoch of each run's distillation
+    and student stages (``reports/<stage>_history.json``, log scale).
+
+    Args:
+        out: the demo's output folder, where ``examples.png`` goes.
+        runs: {run name: its ``RunConfig``}: ``ts_kd``, ``task_agnostic_kd`` and
+            ``scratch``, each with a trained student (``ts_kd`` also with its teacher). The
+            test images are read from the ``test`` folder beside ``ts_kd``'s
+            ``data.labelled``.
+        n_examples: test images shown, at most.
+
+    Returns:
+        The path of ``examples.png``, or None (nothing written) when there is no test image.
+
+    Raises:
+        DiskFullError: the disk holding ``out`` is full.
+        TskdError: ``out`` cannot be written to.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

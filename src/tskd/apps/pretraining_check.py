@@ -20,7 +20,20 @@ SCRATCH_LR = 3e-4
 
 
 def random_init_model(cfg: RunConfig, num_classes: int) -> Any:
-    """The teacher's architecture, randomly initialised from the run's seed (re-runs agree)."""
+    """Build the teacher's architecture, randomly initialised from the run's seed.
+
+    Initialised under ``teacher.train.seed`` inside ``torch.random.fork_rng``, so re-runs
+    agree and the global generator is left as it was.
+
+    Args:
+        cfg: the run configuration; ``teacher.model_type``, ``teacher.checkpoint``,
+            ``teacher.input_size`` (pixels) and ``teacher.train.seed`` are read.
+        num_classes: classes including the background.
+
+    Returns:
+        A ``tskd.models.teacher.SemanticSam`` with random weights, every parameter
+        trainable.
+    """
     import torch
 
     from tskd.models.teacher import SemanticSam, build_sam
@@ -33,7 +46,24 @@ def random_init_model(cfg: RunConfig, num_classes: int) -> Any:
 
 
 def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, Any]:
-    """Train the teacher's architecture from scratch and score it on ``test_folder``."""
+    """Train the teacher's architecture from scratch and score it on ``test_folder``.
+
+    Same labelled images, augmentation and epochs as the teacher stage, every parameter
+    trained, at ``SCRATCH_LR`` (see the module docstring).
+
+    Args:
+        cfg: the demo's TS-KD configuration (``tskd.apps.demo.demo_config``).
+        test_folder: the held-out test set (images/ and labels/).
+
+    Returns:
+        ``dice_mean``, ``dice_std``, ``hd95_mean``, ``hd95_std`` (pixels) over the test
+        images, ``steps`` trained, ``lr``, ``trainable_params`` (count) and ``seconds`` of
+        training and scoring.
+
+    Raises:
+        TskdInputError: the labelled or test data cannot be read.
+        CheckpointError: ``teacher.model_type`` is not a SAM type (no checkpoint is read).
+    """
     from tskd.engine import train
     from tskd.inference.predict import evaluate_folder
     from tskd.inference.segmenter import Segmenter

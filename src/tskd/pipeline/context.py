@@ -47,15 +47,18 @@ class LabelledData:
     """The labelled set, split, with what the models need to know about it.
 
     Attributes:
-        train: training samples (``tskd.data.samples.Sample``: image, label map of class indices).
-        val: validation samples, split off by ``data.val_fraction`` and ``data.split_seed``.
-        num_classes: classes including the background.
+        train: training samples (``tskd.data.samples.Sample``: ``image`` (H, W) or
+            (H, W, C) as read, ``label`` (H, W) int64 class indices 0..C-1, ignored pixels
+            ``tskd.data.label_map.IGNORE_INDEX``).
+        val: validation samples, split off by ``data.val_fraction`` and ``data.split_seed``
+            (``tskd.data.dataset.split_train_val``); may be empty.
+        num_classes: classes including the background (C).
         class_names: one name per class, background first.
         fingerprint: 16 hex digits over the files' contents, the split and the label map.
         image_shape: median (height, width) in pixels of the labelled 2D images before
             resizing: the scale the models learn at, recorded in the bundles as
             ``train_image_shape`` so prediction tiles at it.
-        label_map: ``tskd.data.label_policy.LabelMap``: label values <-> class indices.
+        label_map: ``tskd.data.label_map.LabelMap``: label values <-> class indices.
     """
 
     train: list[Any]
@@ -68,7 +71,13 @@ class LabelledData:
 
 
 def median_image_shape(samples: list[Any]) -> tuple[int, int]:
-    """Median (height, width) in pixels of the samples' images, rounded to whole pixels.
+    """Compute the median image size of a set of samples.
+
+    Args:
+        samples: ``tskd.data.samples.Sample`` objects; only ``image.shape[:2]`` is read.
+
+    Returns:
+        Median (height, width) in pixels over the samples, each rounded to a whole pixel.
 
     Raises:
         TskdInputError: ``samples`` is empty.
@@ -81,9 +90,22 @@ def median_image_shape(samples: list[Any]) -> tuple[int, int]:
 
 
 def data_files(folder: str | Path | None, role: str) -> list[Path]:
-    """The files a data folder of ``role`` (labelled, unlabelled, test) contributes, exactly
-    as its reader reads them (``tskd.data.folders.data_files``: never recursive, never label files
-    as images)."""
+    """List the files a data folder contributes, exactly as its reader reads them.
+
+    The pipeline's name for ``tskd.data.folders.data_files`` (never recursive, never label
+    files as images), imported when called so this module does not load the readers.
+
+    Args:
+        folder: the data folder; None or empty for none.
+        role: ``"labelled"``, ``"unlabelled"`` or ``"test"``.
+
+    Returns:
+        The files (images, and label files for the labelled roles); empty for no folder.
+
+    Raises:
+        TskdInputError: the folder is missing or malformed.
+        ValueError: ``role`` is none of the three.
+    """
     from tskd.data.folders import data_files
 
     return data_files(folder, role)
@@ -95,7 +117,16 @@ def load_labelled_data(cfg: RunConfig) -> LabelledData:
     Labels go through the one label policy (``tskd.data.label_policy``): ``data.classes`` or
     the dataset.json declare the classes, else the values seen do; ``data.ignore_label``
     pixels are left out. Samples hold class indices; ``label_map`` turns them back into label
-    values.
+    values. Files are held to ``data.max_pixels`` (``tskd.data.axes.pixel_budget``).
+
+    Args:
+        cfg: the run configuration; ``cfg.data`` (``labelled``, ``classes``,
+            ``ignore_label``, ``max_pixels``, ``val_fraction``, ``split_seed``) is read.
+
+    Returns:
+        The split set with its class map, median image shape and fingerprint (16 hex digits
+        over the files' names and contents, ``val_fraction``, ``split_seed`` and, for a
+        non-identity label map, the map).
 
     Raises:
         TskdInputError: no labelled folder is given, or a file in it cannot be used (the
@@ -146,26 +177,42 @@ class StageRun:
     started: float = field(default_factory=time.perf_counter)
 
     def checkpoint_dir(self) -> Path:
-        """The checkpoint folder, with this run's fingerprint recorded in it.
+        """Return the checkpoint folder, with this run's fingerprint recorded in it.
+
+        Returns:
+            ``checkpoints``, holding ``inputs.json`` with ``fingerprint``
+            (``tskd.pipeline.run_folder.checkpoint_inputs``).
 
         Raises:
             RunFolderError: ``resume`` and the checkpoint was made from other inputs
                 (``tskd.pipeline.run_folder.checkpoint_inputs``).
+            DiskFullError: the disk is full while ``inputs.json`` is written.
+            ValueError: the stage keeps no checkpoint (``checkpoints`` is None): a bug.
         """
         if self.checkpoints is None:
             raise ValueError(f"the stage writing {self.folder} keeps no checkpoint")
         return checkpoint_inputs(self.checkpoints, self.fingerprint, self.resume)
 
     def seconds(self) -> float:
-        """Seconds since the stage started."""
+        """Return the wall-clock seconds since the stage started (``time.perf_counter``)."""
         return time.perf_counter() - self.started
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
-        """Mark the stage done with ``result`` (plus ``seconds`` unless it has them), then drop
-        its checkpoint: the artefact is on disk, so a crash before this point keeps both.
+        """Mark the stage done, then drop its checkpoint.
+
+        The artefact is on disk by now, so a crash before this point keeps both the artefact
+        and the checkpoint, and a rerun resumes or skips.
+
+        Args:
+            result: the stage's JSON-able result (metrics, counts); ``seconds`` (the stage's
+                wall time, ``seconds()``) is added unless present.
 
         Returns:
             The result as recorded in the folder's ``stage.json``.
+
+        Raises:
+            DiskFullError: the disk is full while ``stage.json`` is written (the stage stays
+                not done).
         """
         from tskd.engine import clear_checkpoint
 
@@ -200,9 +247,18 @@ class StageContext:
     @classmethod
     def of(cls, run: RunConfig | StageContext, progress: ProgressCallback | None = None,
            cancel: CancelToken | None = None, resume: bool = False) -> StageContext:
-        """A context for ``run``: a new one for a configuration; for a context, one that shares
-        its labelled set and fingerprints, with ``progress``, ``cancel`` and ``resume`` where
-        given (else the context's own)."""
+        """Make the context a stage function works with.
+
+        Args:
+            run: a configuration (a new context is made) or a context (the new one shares its
+                labelled set and fingerprints: nothing is read or hashed twice).
+            progress: progress callback; None keeps the context's own (none for a new one).
+            cancel: cancel token; None keeps the context's own (none for a new one).
+            resume: resume from checkpoints; True if given here or set in ``run``.
+
+        Returns:
+            The context.
+        """
         if isinstance(run, StageContext):
             return replace(run,  # the same _memo: nothing is read or hashed twice
                            progress=run.progress if progress is None else progress,
@@ -217,26 +273,50 @@ class StageContext:
 
     @property
     def data(self) -> LabelledData:
-        """The labelled set, read and hashed on first use only (``load_labelled_data``)."""
+        """The labelled set, read and hashed on first use only (``load_labelled_data``).
+
+        Raises:
+            TskdInputError: on first use, when no labelled folder is given or a file in it
+                cannot be used.
+        """
         return self.memo("data", lambda: load_labelled_data(self.cfg))
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()``, computed once per context under ``key``: ``"data"`` is the labelled
-        set, ``"fingerprint:<stage>"`` a stage's fingerprint (some hash files or checkpoints,
-        and later stages ask for earlier stages' fingerprints)."""
+        """Return ``compute()``, computed once per context under ``key``.
+
+        Args:
+            key: ``"data"`` for the labelled set, ``"fingerprint:<stage>"`` for a stage's
+                fingerprint (some hash files or checkpoints, and later stages ask for earlier
+                stages' fingerprints).
+            compute: called on the first request for ``key`` only.
+
+        Returns:
+            The stored value (errors of ``compute`` propagate and nothing is stored).
+        """
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
 
     def begin(self, folder: Path, fp: str, seed: int | None, checkpoints: Path | None = None,
               redo: bool = False) -> StageRun:
-        """The common start of a stage that writes ``folder``.
+        """Start a stage that writes ``folder``: skip it, or withdraw its marker and seed.
 
         When ``folder`` holds a finished stage of fingerprint ``fp`` and ``redo`` is False, the
         returned run's ``done`` is the recorded result with ``"skipped": True`` and nothing
         else happens. Otherwise the stage's ``stage.json`` is withdrawn before anything is
         rewritten (``mark_started``) and every generator is seeded with ``seed`` (before any
-        model is built: repeatable runs; None leaves them).
+        model is built: repeatable runs).
+
+        Args:
+            folder: the stage's artefact folder.
+            fp: the stage's fingerprint (``tskd.pipeline.fingerprints.of``), 16 hex digits.
+            seed: seed for Python, NumPy and torch (``tskd.engine.seed_everything``); None
+                leaves the generators as they are.
+            checkpoints: the stage's checkpoint folder, or None for a stage without one.
+            redo: run even when the stage is done with this fingerprint.
+
+        Returns:
+            The ``StageRun``; its ``done`` is set when the stage was skipped.
         """
         run = StageRun(folder, fp, checkpoints, self.resume)
         if not redo and stage_done(folder, fp):

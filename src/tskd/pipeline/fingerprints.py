@@ -21,21 +21,44 @@ __all__ = ["base_teacher_id", "of", "synth_fp", "teacher_fp"]
 
 
 def _settings_fp(section: Any) -> dict[str, Any]:
-    """A stage's config section with the training settings that change the result (not the
-    device)."""
+    """A stage's config section with the training settings that change the result.
+
+    The device is left out: moving to a GPU changes no result.
+    """
     train = to_dict(section.train)
     train.pop("device", None)
     return to_dict(section) | {"train": train}
 
 
 def teacher_fp(cfg: RunConfig, data_fp: str) -> str:
-    """The teacher's: its settings and the labelled set's fingerprint ``data_fp``."""
+    """Fingerprint the teacher's artefact.
+
+    Args:
+        cfg: the run configuration; ``cfg.teacher`` (its ``train`` without the device) is
+            hashed.
+        data_fp: the labelled set's fingerprint (``LabelledData.fingerprint``).
+
+    Returns:
+        16 hex digits over the teacher's settings and ``data_fp``.
+    """
     return fingerprint("teacher", _settings_fp(cfg.teacher), data_fp)
 
 
 def synth_fp(cfg: RunConfig, data_fp: str) -> str:
-    """The transfer set's: its settings, the labelled set's fingerprint ``data_fp``, the
-    unlabelled files (as their reader reads them) and the student's input size."""
+    """Fingerprint the transfer set (stage 2).
+
+    Args:
+        cfg: the run configuration; ``cfg.synth`` (without the device), the files of
+            ``cfg.data.unlabelled`` and ``cfg.data.image_size`` are hashed.
+        data_fp: the labelled set's fingerprint (``LabelledData.fingerprint``).
+
+    Returns:
+        16 hex digits over the transfer set's settings, ``data_fp``, the unlabelled files'
+        names and contents (as their reader reads them) and the student's input size.
+
+    Raises:
+        TskdInputError: ``data.unlabelled`` names a missing or malformed folder.
+    """
     synth = to_dict(cfg.synth)
     synth.pop("device", None)
     unl = files_fingerprint(data_files(cfg.data.unlabelled, "unlabelled"))
@@ -43,11 +66,20 @@ def synth_fp(cfg: RunConfig, data_fp: str) -> str:
 
 
 def base_teacher_id(cfg: RunConfig) -> str:
-    """The identity of the un-adapted SAM: its teacher-cache key and its part of the
-    distillation fingerprint (16 hex digits).
+    """Identify the un-adapted SAM (16 hex digits).
 
-    From the model type, the checkpoint's content (sha256; "builtin" for the packaged mini
-    SAM, so a moved copy is the same teacher and a replaced file another) and the input size.
+    The id is the teacher-cache key and the base teacher's part of the distillation
+    fingerprint. It is made from the model type, the checkpoint's content (sha256; "builtin"
+    for the packaged mini SAM, so a moved copy is the same teacher and a replaced file
+    another) and the input size. ``sam_checkpoint.sha256_of`` keeps the digest per (path,
+    size, mtime) within the process, so a checkpoint of gigabytes is read once.
+
+    Args:
+        cfg: the run configuration; ``teacher.model_type``, ``teacher.checkpoint`` and
+            ``teacher.input_size`` (pixels) are read.
+
+    Returns:
+        16 hex digits.
 
     Raises:
         CheckpointError: ``teacher.checkpoint`` names no file.
@@ -60,9 +92,14 @@ def base_teacher_id(cfg: RunConfig) -> str:
 
 
 def of(ctx: StageContext, stage: str) -> str:
-    """The fingerprint of ``stage``'s artefact in the run of ``ctx``, computed once per context:
-    later stages build on earlier stages' fingerprints, and some hash files (the unlabelled
-    set, a SAM checkpoint of gigabytes).
+    """Return the fingerprint of ``stage``'s artefact in the run of ``ctx``.
+
+    Computed once per context (``StageContext.memo``): later stages build on earlier
+    stages' fingerprints, and some hash files (the unlabelled set, a SAM checkpoint of
+    gigabytes). Distillation's covers its settings, the student's architecture, the teacher's
+    fingerprint (the base SAM's when task-agnostic), the transfer set's and the input size;
+    the student's its settings, the distilled student's fingerprint ("scratch" when trained
+    from scratch), the labelled set's and the input size.
 
     Args:
         ctx: the run; its labelled set is read on first use.
@@ -76,6 +113,7 @@ def of(ctx: StageContext, stage: str) -> str:
         KeyError: ``stage`` is none of these.
         CheckpointError: ``teacher.checkpoint`` names no file ("base", and distill when
             task-agnostic).
+        TskdInputError: the labelled or unlabelled set cannot be read.
     """
     cfg = ctx.cfg
 

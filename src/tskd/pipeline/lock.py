@@ -38,10 +38,22 @@ def run_lock(root: str | Path, what: str = "", allow_foreign: bool = False) -> I
 
     The lock (``filelock``, an ``flock`` on Unix) is released when the body ends or when the
     process dies, however it dies. Re-entrant within one process. ``root/.tskd.lock.json`` names
-    the holder (pid, host, command, start time) while it is held. Raises ``RunFolderError``
-    naming the holder when another process holds it, and for a folder of other files (nothing is
-    created in it then) unless ``allow_foreign`` (the demo's output folder, which may hold other
-    files next to its runs).
+    the holder (pid, host, command, start time) while it is held. The folder is created when
+    missing. Waiting is never done: a held lock is refused at once (timeout 0).
+
+    Args:
+        root: the run folder.
+        what: what the holder does (e.g. "stage teacher"), recorded in the lock file.
+        allow_foreign: accept a folder that holds other files (the demo's output folder,
+            which may hold other files next to its runs).
+
+    Yields:
+        ``root`` as a ``Path``, while the lock is held.
+
+    Raises:
+        RunFolderError: another process holds the lock (the message names it); or, unless
+            ``allow_foreign``, ``root`` holds files that are not a run's (nothing is created in
+            it then) or is a file.
     """
     from filelock import FileLock, Timeout
 

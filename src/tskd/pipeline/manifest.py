@@ -50,8 +50,11 @@ def _entry(path: Path) -> dict[str, Any]:
 
 
 def content_changed(path: Path, entry: Any) -> bool:
-    """Whether ``path`` no longer holds what tskd wrote: another size, or (when the entry has
-    one; earlier versions recorded the size alone) another sha256."""
+    """Whether ``path`` (an existing file) no longer holds what its manifest ``entry`` says.
+
+    The entry is ``{"size": bytes, "sha256": hex}`` or, from earlier versions, the size alone:
+    True for another size or another sha256 (when recorded), and for an entry without a size.
+    """
     size = entry.get("size") if isinstance(entry, dict) else entry
     if not isinstance(size, int) or path.stat().st_size != size:
         return True
@@ -60,9 +63,12 @@ def content_changed(path: Path, entry: Any) -> bool:
 
 
 def read_manifest(root: str | Path) -> dict[str, Any] | None:
-    """The manifest of ``root`` as a dict (``files``: relative path -> entry, ``{"size",
-    "sha256"}`` or, from earlier versions, the size in bytes; ``pending``), or None
-    when there is none or it cannot be read (then the folder is judged without it)."""
+    """The manifest of run folder ``root``, or None when there is none or it cannot be read.
+
+    ``files``: relative path -> entry (``{"size", "sha256"}`` or, from earlier versions, the
+    size in bytes), ``pending``: writers in progress. Entries naming a path outside ``root`` or
+    a bookkeeping file are dropped. Without a manifest the folder is judged without it.
+    """
     path = Path(root) / MANIFEST_NAME
     try:
         data = json.loads(path.read_text())
@@ -124,8 +130,7 @@ def _rel_of(root: Path, path: str | Path) -> str:
 
 
 def _stat(path: Path) -> list[int]:
-    """Size, mtime and inode: an atomic rewrite (a new file renamed over) changes the inode
-    even within one tick of the clock."""
+    """Size, mtime and inode: a file renamed over changes the inode even within one clock tick."""
     st = path.stat()
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
@@ -151,9 +156,14 @@ def _legacy_stage_folders(root: Path) -> list[Path]:
 
 
 def folder_kind(root: str | Path) -> FolderKind:
-    """What ``root`` is: ``new`` (absent or without files), ``run`` (has a manifest),
-    ``legacy`` (a run of an earlier version: no manifest, but ``*/stage.json``) or ``foreign``
-    (files that are not a run). Raises ``RunFolderError`` when ``root`` is a file."""
+    """What ``root`` is: ``new``, ``run``, ``legacy`` or ``foreign``.
+
+    ``new``: absent or without files; ``run``: has a manifest; ``legacy``: a run of an earlier
+    version (no manifest, but ``*/stage.json``); ``foreign``: files that are not a run.
+
+    Raises:
+        RunFolderError: ``root`` is a file.
+    """
     root = Path(root)
     if not root.exists():
         return "new"
@@ -169,6 +179,10 @@ def folder_kind(root: str | Path) -> FolderKind:
 
 
 def foreign_error(root: Path) -> RunFolderError:
+    """Build (not raise) the ``RunFolderError`` for ``root``, a folder of other files.
+
+    The sentence names one of its files, and a ``config.yaml`` tskd did not write.
+    """
     example = next(_user_files(root), root)
     hint = ""
     if (root / "config.yaml").is_file():
@@ -188,8 +202,17 @@ def claim_run_folder(root: str | Path) -> dict[str, Any]:
     A new folder gets an empty manifest. A run of an earlier version (``legacy``: no manifest,
     ``*/stage.json``) is adopted: the manifest lists ``config.yaml`` and the files of the stage
     folders that hold a ``stage.json``, and nothing else in it is ever removed (its checkpoints,
-    cache and reports are kept). Work a killed writer left "pending" is recorded. Raises
-    ``RunFolderError`` for a folder of other files. Call it while holding ``run_lock``.
+    cache and reports are kept). Work a killed writer left "pending" is recorded. Call it while
+    holding ``run_lock``.
+
+    Args:
+        root: the run folder; created when missing.
+
+    Returns:
+        The folder's manifest (``read_manifest``).
+
+    Raises:
+        RunFolderError: ``root`` holds files that are not a run's, or is a file.
     """
     root = Path(root)
     kind = folder_kind(root)
@@ -216,8 +239,16 @@ def claim_run_folder(root: str | Path) -> dict[str, Any]:
 
 
 def record_files(root: str | Path, paths: Iterable[str | Path]) -> None:
-    """Add files (or every file under folders) inside ``root`` to its manifest, with size and
-    sha256."""
+    """Add files (or every file under folders) inside ``root`` to its manifest.
+
+    Args:
+        root: the run folder.
+        paths: files or folders, absolute or relative to ``root``; missing ones are skipped.
+            Each file's size (bytes) and sha256 are recorded.
+
+    Raises:
+        ValueError: an absolute path lies outside ``root``.
+    """
     root = Path(root)
     manifest = read_manifest(root) or _empty_manifest()
     rels = [_rel_of(root, p) for p in paths]
@@ -228,8 +259,10 @@ def record_files(root: str | Path, paths: Iterable[str | Path]) -> None:
 
 
 def forget(root: str | Path, rels: Iterable[str]) -> None:
-    """Drop the files ``rels`` (relative paths) from the manifest of ``root``: they are no
-    longer the run's, so no ``remove_owned`` ever removes them. The files are not touched."""
+    """Drop the relative paths ``rels`` from the manifest of ``root``, leaving the files on disk.
+
+    They are no longer the run's, so no ``remove_owned`` ever removes them.
+    """
     root = Path(root)
     manifest = read_manifest(root) or _empty_manifest()
     for rel in rels:
@@ -247,11 +280,21 @@ _ACTIVE: set[tuple[str, str]] = set()  # (resolved run folder, key) tracked by t
 
 @contextmanager
 def tracked(root: str | Path, key: str, outputs: Iterable[str | Path]) -> Iterator[None]:
-    """Record in the manifest every file the body writes under ``outputs`` (files or folders
-    inside ``root``): new files, and files that existed but changed. Files already there and
+    """Record in the manifest of ``root`` every file the body writes under ``outputs``.
+
+    New files, and files that existed but changed, are recorded. Files already there and
     left unchanged stay unlisted (they are not the run's); listed files the body leaves
     unchanged keep their entries (a file the user edited is not claimed again). Runs even when
-    the body raises."""
+    the body raises; after a kill, the next ``claim_run_folder`` records what was written.
+
+    Args:
+        root: the run folder, already claimed (``claim_run_folder``).
+        key: names the writer in the manifest's ``pending`` (e.g. a stage's name).
+        outputs: files or folders inside ``root`` (absolute or relative) the body writes.
+
+    Yields:
+        None; the body runs inside the context.
+    """
     root = Path(root)
     manifest = read_manifest(root) or _empty_manifest()
     rels = sorted({_rel_of(root, p) for p in outputs})
@@ -294,12 +337,20 @@ def _commit(root: Path, key: str) -> None:
 
 def remove_owned(root: str | Path, under: str | None = None,
                  keep: Iterable[str] = ()) -> tuple[list[Path], list[Path]]:
-    """Delete the files the manifest of ``root`` lists (only those ``under`` a relative folder,
-    when given; never those in ``keep``), then the folders that this left empty.
+    """Delete the files the manifest of ``root`` lists, then the folders this left empty.
 
     A listed file whose content differs from what tskd recorded (its size or, where recorded,
-    its sha256) was changed by someone else and is kept. Returns ``(removed, kept_changed)``.
-    Nothing outside ``root`` is ever touched.
+    its sha256) was changed by someone else and is kept. Nothing outside ``root`` is ever
+    touched; without a manifest nothing is removed.
+
+    Args:
+        root: the run folder.
+        under: a folder relative to ``root`` (e.g. ``"data"``): only files at or below it go;
+            None for all.
+        keep: relative paths never removed (e.g. ``("config.yaml",)``).
+
+    Returns:
+        ``(removed, kept_changed)``: the paths deleted, and the changed files kept.
     """
     root = Path(root)
     manifest = read_manifest(root)

@@ -76,15 +76,29 @@ class Stage:
 
     @property
     def cli_aliases(self) -> tuple[str, ...]:
-        """Further subcommands of the stage: its ``name`` when the CLI name differs."""
+        """Further ``tskd`` subcommands of the stage: its ``name`` when the CLI name differs."""
         return () if self.name == self.cli_name else (self.name,)
 
     def artefact_dir(self, run_dir: str | Path) -> Path:
-        """The stage's artefact folder in the run folder ``run_dir``."""
+        """Return the stage's artefact folder in a run folder.
+
+        Args:
+            run_dir: the run folder.
+
+        Returns:
+            ``run_dir / artefact`` (e.g. ``run/teacher``).
+        """
         return Path(run_dir) / self.artefact
 
     def checkpoint_dir(self, run_dir: str | Path) -> Path:
-        """The stage's checkpoint folder in the run folder ``run_dir``."""
+        """Return the stage's checkpoint folder in a run folder.
+
+        Args:
+            run_dir: the run folder.
+
+        Returns:
+            ``run_dir/checkpoints/<checkpoint>`` (``RunPaths.checkpoints``).
+        """
         return RunPaths(Path(run_dir)).checkpoints(self.checkpoint)
 
 
@@ -102,7 +116,13 @@ STAGES: tuple[Stage, ...] = (
 
 
 def stage(name: str) -> Stage:
-    """The stage called ``name`` (``Stage.name``).
+    """Look up a stage by its name in code.
+
+    Args:
+        name: a ``Stage.name`` (teacher, synthesize, distill, student).
+
+    Returns:
+        The stage's row of ``STAGES``.
 
     Raises:
         TskdInputError: no stage has that name (the message lists the names).
@@ -115,8 +135,16 @@ def stage(name: str) -> Stage:
 
 
 def by_cli_name(command: str) -> Stage | None:
-    """The stage run by the ``tskd`` subcommand ``command`` (or one of its aliases); None for
-    a subcommand that runs no single stage (``run``, ``predict``, ...)."""
+    """Look up the stage a ``tskd`` subcommand runs.
+
+    Args:
+        command: a subcommand, its CLI name or alias (e.g. ``finetune-teacher`` or
+            ``teacher``).
+
+    Returns:
+        The stage, or None for a subcommand that runs no single stage (``run``,
+        ``predict``, ...).
+    """
     for s in STAGES:
         if command == s.cli_name or command in s.cli_aliases:
             return s
@@ -124,8 +152,19 @@ def by_cli_name(command: str) -> Stage | None:
 
 
 def stages_for(cfg: RunConfig) -> list[Stage]:
-    """The stages a whole run of ``cfg`` needs, in order: no teacher for task-agnostic
-    distillation (it learns from the un-adapted SAM), only the student from scratch."""
+    """List the stages a whole run of ``cfg`` needs, in order.
+
+    Task-agnostic distillation needs no teacher stage (the student learns from the
+    un-adapted SAM, the baseline of the TS-KD paper, Fig. 1); a student from scratch needs
+    the student stage only.
+
+    Args:
+        cfg: the run configuration; ``student.from_scratch`` and ``distill.task_agnostic``
+            are read.
+
+    Returns:
+        Rows of ``STAGES``, in the order they run.
+    """
     if cfg.student.from_scratch:
         return [stage("student")]
     if cfg.distill.task_agnostic:
@@ -141,15 +180,31 @@ def run_pipeline(
     resume: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Every stage the config asks for (``stages_for``), in order, skipping those already done,
-    then the evaluation on ``data.test`` when given; writes ``reports/pipeline.json``.
+    """Run every stage the config asks for, then the evaluation; write ``reports/pipeline.json``.
 
-    One ``StageContext`` serves every stage, so the labelled set is read and hashed once.
-    Holds the run folder's lock throughout (a second writer gets ``RunFolderError`` naming
-    this process); ``overwrite`` as in ``prepare_run_dir``.
+    The stages of ``stages_for`` run in order, skipping those already done with the same
+    fingerprint, then the evaluation on ``data.test`` when given. One ``StageContext``
+    serves every stage, so the labelled set is read and hashed once. Holds the run folder's
+    lock throughout (a second writer gets ``RunFolderError`` naming this process).
+
+    Args:
+        cfg: the run configuration.
+        progress: called with ``tskd.engine.Progress`` reports; None reports nothing.
+        cancel: checked every training step; a cancelled stage raises ``Cancelled``.
+        resume: continue training stages from their checkpoints.
+        overwrite: replace a different run in ``cfg.run_dir``, removing only the files it
+            wrote (``prepare_run_dir``).
 
     Returns:
         {stage name: its result} (and ``"evaluate"``: the test set's summary).
+
+    Raises:
+        RunFolderError: the run folder holds another run (without ``overwrite``), files that
+            are not a run's, lies inside a data folder, or is held by another process.
+        TskdInputError: the data cannot be used (the readers name the file).
+        CheckpointError: the SAM checkpoint is missing or not a SAM file.
+        Cancelled: ``cancel`` was set; the stage's checkpoint is kept for ``resume``.
+        DiskFullError: the disk holding the run folder is full.
     """
     prepare_run_dir(cfg, overwrite=overwrite)
     ctx = StageContext(cfg, progress, cancel, resume)

@@ -41,16 +41,18 @@ from tskd.pipeline.manifest import (
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where each stage keeps its files inside a run folder."""
+    """Where each stage keeps its files inside the run folder ``root`` (``RunConfig.run_dir``)."""
 
     root: Path
 
     @property
     def config(self) -> Path:
+        """``config.yaml``: the run's configuration, written by ``prepare_run_dir``."""
         return self.root / "config.yaml"
 
     @property
     def data(self) -> Path:
+        """``data/``: the run's own labelled set (images/ + labels/) exported by the widgets."""
         return self.root / "data"
 
     @property
@@ -75,48 +77,67 @@ class RunPaths:
 
     @property
     def teacher(self) -> Path:
+        """``teacher/``: stage 1's artefact, the LoRA-adapted teacher's bundle."""
         return self.root / "teacher"
 
     @property
     def transfer(self) -> Path:
+        """``transfer/``: stage 2's artefact, the transfer set."""
         return self.root / "transfer"
 
     @property
     def synthetic(self) -> Path:
+        """``transfer/synthetic/``: the images the diffusion model synthesised."""
         return self.root / "transfer" / "synthetic"
 
     @property
     def diffusion(self) -> Path:
+        """``transfer/diffusion/``: the trained diffusion model (its EMA weights)."""
         return self.root / "transfer" / "diffusion"
 
     @property
     def cache(self) -> Path:
+        """``cache/``: teacher outputs on the transfer set (``tskd.training.teacher_cache``)."""
         return self.root / "cache"
 
     @property
     def distilled(self) -> Path:
+        """``distilled/``: stage 3's artefact, the distilled student's bundle."""
         return self.root / "distilled"
 
     @property
     def student(self) -> Path:
+        """``student/``: stage 4's artefact, the fine-tuned student's bundle."""
         return self.root / "student"
 
     @property
     def reports(self) -> Path:
+        """``reports/``: ``pipeline.json``, training histories and evaluation reports."""
         return self.root / "reports"
 
     def checkpoints(self, stage: str) -> Path:
+        """``checkpoints/<stage>``: the checkpoint folder of ``stage`` (``Stage.checkpoint``)."""
         return self.root / "checkpoints" / stage
 
 
 def fingerprint(*parts: Any) -> str:
-    """A stable hash of JSON-able parts (config sections, upstream fingerprints, file hashes)."""
+    """Hash JSON-able ``parts`` (config sections, fingerprints, file hashes) to 16 hex digits.
+
+    The sha256 of their JSON with sorted keys, unknown objects as ``str(obj)``: equal parts
+    give equal fingerprints in every process and run.
+    """
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def files_fingerprint(paths: Iterable[Path]) -> str:
-    """Hash of file names and contents: a changed or added image re-runs dependent stages."""
+    """Hash the files' names and contents (in any order) to 16 hex digits (sha256).
+
+    A changed or added image re-runs dependent stages.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
     h = hashlib.sha256()
     for p in sorted(Path(x) for x in paths):
         h.update(p.name.encode())
@@ -125,7 +146,7 @@ def files_fingerprint(paths: Iterable[Path]) -> str:
 
 
 def stage_done(folder: Path, fp: str) -> bool:
-    """True when ``folder`` holds a finished stage made from the same inputs."""
+    """Whether ``folder/stage.json`` records fingerprint ``fp`` (False if missing or not JSON)."""
     marker = folder / "stage.json"
     if not marker.is_file():
         return False
@@ -136,7 +157,7 @@ def stage_done(folder: Path, fp: str) -> bool:
 
 
 def mark_started(folder: Path) -> None:
-    """Withdraw the stage's ``stage.json`` before it rewrites its artefact.
+    """Withdraw the stage's ``folder/stage.json`` (if any) before it rewrites its artefact.
 
     A stage killed after writing new weights but before ``mark_done`` must not leave the old
     marker beside them: going back to the old inputs would then skip the stage and keep the
@@ -146,12 +167,21 @@ def mark_started(folder: Path) -> None:
 
 
 def checkpoint_inputs(folder: Path, fp: str, resume: bool) -> Path:
-    """The checkpoint folder of a stage whose inputs have fingerprint ``fp``.
+    """Record ``fp`` beside a stage's checkpoint (``inputs.json``) and return ``folder``.
 
-    The fingerprint is recorded beside the checkpoint (``inputs.json``); ``resume`` refuses
-    (``RunFolderError``) a checkpoint recorded for other inputs (other labelled data, another
+    ``resume`` refuses a checkpoint recorded for other inputs (other labelled data, another
     teacher or other settings), which would otherwise continue training on what the user no
-    longer asks for. Returns ``folder``.
+    longer asks for.
+
+    Args:
+        folder: the stage's checkpoint folder (``RunPaths.checkpoints``).
+        fp: the fingerprint of the stage's inputs (16 hex digits).
+        resume: the run continues from the checkpoint.
+
+    Raises:
+        RunFolderError: ``resume``, the folder holds a checkpoint (``ckpt*``) and its
+            ``inputs.json`` records another fingerprint (or cannot be read).
+        DiskFullError: the disk is full while ``inputs.json`` is written.
     """
     record = folder / "inputs.json"
     if resume and any(folder.glob("ckpt*")) and record.is_file():
@@ -169,12 +199,16 @@ def checkpoint_inputs(folder: Path, fp: str, resume: bool) -> Path:
 
 
 def mark_done(folder: Path, fp: str, result: dict[str, Any]) -> None:
-    """Record that the stage in ``folder`` finished, with its fingerprint and result."""
+    """Record in ``folder/stage.json`` that the stage finished from inputs ``fp``, with ``result``.
+
+    Raises:
+        DiskFullError: the disk is full (the stage stays not done).
+    """
     atomic.write_json(folder / "stage.json", {"fingerprint": fp, "result": result})
 
 
 def read_result(folder: Path) -> dict[str, Any]:
-    """The result a finished stage recorded (empty if none)."""
+    """The result a finished stage recorded in ``folder/stage.json`` ({} when there is none)."""
     marker = folder / "stage.json"
     if not marker.is_file():
         return {}
@@ -197,8 +231,15 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
 @contextmanager
 def writing(root: str | Path, key: str, outputs: Iterable[str | Path],
             what: str = "") -> Iterator[Path]:
-    """Lock ``root``, make it a run folder (``claim_run_folder``) and record what the body
-    writes under ``outputs`` (``tracked``): what every writer of a run folder goes through."""
+    """Lock ``root``, claim it (``claim_run_folder``) and record what the body writes (``tracked``).
+
+    What every writer of a run folder goes through. ``key`` names the writer in the manifest,
+    ``outputs`` are the files or folders inside ``root`` it writes, ``what`` is recorded in the
+    lock file (``key`` when empty). Yields ``root`` as a ``Path``.
+
+    Raises:
+        RunFolderError: another process holds ``root``, or it holds files that are not a run's.
+    """
     with run_lock(root, what or key):
         claim_run_folder(root)
         with tracked(root, key, outputs):
@@ -214,8 +255,10 @@ def check_run_dir_inputs(cfg: RunConfig) -> None:
     run's files with the user's. Data kept in the run folder's own ``data/`` or
     ``unlabelled/`` (``RunPaths.data``, ``RunPaths.unlabelled``: the widgets export the
     labelled set and the unlabelled layers there; tskd's stages never write there) is
-    allowed. Call it before anything is created in the run folder. Raises ``RunFolderError``
-    naming both folders.
+    allowed. Call it before anything is created in the run folder.
+
+    Raises:
+        RunFolderError: naming both folders.
     """
     from tskd.data import outputs
     from tskd.errors import TskdInputError
@@ -250,7 +293,10 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     tskd's, with a one-line ``TskdWarning`` naming it, before the new one is written. A folder
     of other files, or a ``config.yaml`` tskd did not write, is refused even with
     ``overwrite``; so is a run folder that is, contains or lies inside a data folder of ``cfg``
-    (``check_run_dir_inputs``). Raises ``RunFolderError``.
+    (``check_run_dir_inputs``). Returns the run folder.
+
+    Raises:
+        RunFolderError: for each refusal above, and when another process holds the folder.
     """
     check_run_dir_inputs(cfg)
     root = Path(cfg.run_dir)
@@ -266,9 +312,11 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
 
 def _replace_config(cfg: RunConfig, root: Path, manifest: dict[str, Any],
                     overwrite: bool) -> None:
-    """Make way for ``cfg``'s ``config.yaml`` in a folder that holds one (``prepare_run_dir``):
-    refuse one tskd did not write, and another run's unless ``overwrite``; keep an edited one.
-    Warnings name ``prepare_run_dir``'s caller."""
+    """Make way for ``cfg``'s ``config.yaml`` in a folder that holds one (``prepare_run_dir``).
+
+    Refuse one tskd did not write, and another run's unless ``overwrite``; keep an edited one.
+    Warnings name ``prepare_run_dir``'s caller.
+    """
     config = RunPaths(root).config
     if "config.yaml" not in manifest["files"]:
         raise RunFolderError(
@@ -303,9 +351,12 @@ def _replace_config(cfg: RunConfig, root: Path, manifest: dict[str, Any],
 
 
 def _keep_edited_config(root: Path) -> Path:
-    """Rename the user's edited ``root/config.yaml`` to ``config.edited-<YYYYmmdd-HHMMSS>.yaml``
-    (``-2``, ``-3``... when that name is taken; never replacing a file) and drop it from the
-    manifest, so no ``--overwrite`` ever removes it. Returns the new path."""
+    """Keep the user's edited ``root/config.yaml`` under a new name and return that path.
+
+    The name is ``config.edited-<YYYYmmdd-HHMMSS>.yaml`` (``-2``, ``-3``... when that name
+    is taken; never replacing a file); the file is dropped from the manifest, so no
+    ``--overwrite`` ever removes it.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = root / f"config.edited-{stamp}.yaml"
     k = 1
@@ -324,8 +375,11 @@ def _keep_edited_config(root: Path) -> Path:
 
 
 def _has_results(root: Path) -> bool:
-    """Whether the run holds results ``--overwrite`` could remove (a bare config.yaml, or the
-    inputs record a stage writes before its first checkpoint, is none)."""
+    """Tell whether the run holds results ``--overwrite`` could remove.
+
+    A bare config.yaml, or the inputs record a stage writes before its first checkpoint, is
+    none.
+    """
     return any(f != "config.yaml" and not (f.startswith("checkpoints/")
                                            and f.endswith("/inputs.json"))
                for f in owned_files(root))
