@@ -28,12 +28,26 @@ META = "meta.json"
 
 
 def save_student(student: nn.Module, folder: str | Path, meta: dict[str, Any]) -> Path:
-    """Write ``folder/model.safetensors`` and ``folder/meta.json``; returns the folder.
+    """Write a student bundle: ``folder/model.safetensors`` and ``folder/meta.json``.
 
     The student's own config, class count and image size override any given in ``meta``;
     other keys of ``meta`` (class_names, metrics, stage results) are kept. Both files are
-    written in full before either replaces its old version (``tskd.atomic.write_files``); a
-    full disk raises ``DiskFullError`` and leaves the previous bundle as it was.
+    written in full before either replaces its old version (``tskd.atomic.write_files``).
+
+    Args:
+        student: the model to save (a ``tskd.models.student.Student``: its ``cfg``,
+            ``num_classes`` and ``image_size`` attributes go into the meta; its state dict,
+            moved to the CPU, into the weights).
+        folder: the bundle folder; created if missing, existing files replaced.
+        meta: further ``meta.json`` entries (JSON-serialisable); ``class_names`` defaults to
+            None and ``metrics`` to ``{}``.
+
+    Returns:
+        ``folder`` as a ``Path``.
+
+    Raises:
+        DiskFullError: the disk is full; the previous bundle is left as it was.
+        TskdError: the folder cannot be written (permission denied, read-only).
     """
     import tskd
 
@@ -74,11 +88,21 @@ def _bundle_dir(folder: str | Path) -> Path:
 
 
 def read_bundle_meta(folder: str | Path) -> dict[str, Any]:
-    """A bundle's ``meta.json`` as a dict, checked against its kind's schema.
+    """Read a bundle's ``meta.json`` as a dict, checked against its kind's schema.
 
-    Raises ``ModelMetaError`` (a ``CheckpointError`` and a ``TskdInputError``) naming the file
-    and the key when it is missing, larger than 1 MB, not JSON, not of kind student/teacher or
-    outside the schema of ``tskd.models.meta_schema``; nothing is built before that check.
+    Nothing is built before that check.
+
+    Args:
+        folder: the model folder, or a file inside it (``meta.json``, the weights).
+
+    Returns:
+        The parsed ``meta.json``; ``meta["kind"]`` is "student" or "teacher".
+
+    Raises:
+        CheckpointError: the folder does not exist.
+        ModelMetaError: (a ``CheckpointError`` and a ``TskdInputError``) naming the file and
+            the key, when ``meta.json`` is missing, larger than 1 MB, not JSON, not of kind
+            student/teacher or outside the schema of ``tskd.models.meta_schema``.
     """
     from tskd.models.meta_schema import read_meta_file, validate_meta
 
@@ -89,11 +113,21 @@ def read_bundle_meta(folder: str | Path) -> dict[str, Any]:
 
 
 def load_student(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a student from its bundle: ``(Student in eval mode, meta)``.
+    """Rebuild a student from its bundle, on the CPU in eval mode.
 
     ``meta.json`` is checked first (``tskd.models.meta_schema.validate_student_meta``: types,
-    bounds, parameter count); raises ``CheckpointError`` (``ModelMetaError`` for the description)
-    when the folder holds no usable student.
+    bounds, parameter count), so no model is built from a description outside the schema.
+
+    Args:
+        folder: the student's folder, or a file inside it.
+
+    Returns:
+        ``(student, meta)``: the ``tskd.models.student.Student`` and its ``meta.json`` as a dict.
+
+    Raises:
+        ModelMetaError: ``meta.json`` is missing, unreadable or outside the student schema.
+        CheckpointError: the folder does not exist, holds a teacher, or its weights are
+            missing, truncated, not safetensors or do not fit the described architecture.
     """
     from safetensors.torch import load_file
 
@@ -125,12 +159,20 @@ def load_student(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def input_size(meta: dict[str, Any]) -> int:
-    """The side in pixels of the square images a bundle's model takes (S in (B, 3, S, S)).
+    """Give the side in pixels of the square images a bundle's model takes.
 
     The one reader of that field: a student's meta calls it ``image_size``, a teacher's
-    ``input_size`` (both as written by every version, so existing bundles open). Raises
-    ``CheckpointError`` when the meta has neither (``read_bundle_meta`` refuses such a bundle
-    first).
+    ``input_size`` (both as written by every version, so existing bundles open).
+
+    Args:
+        meta: a bundle's ``meta.json`` as read by ``read_bundle_meta`` or ``load_bundle``.
+
+    Returns:
+        S in the model's input (B, 3, S, S), in pixels.
+
+    Raises:
+        CheckpointError: the meta has neither key (``read_bundle_meta`` refuses such a bundle
+            first).
     """
     size = meta.get("image_size") or meta.get("input_size")
     if size is None:
@@ -140,10 +182,22 @@ def input_size(meta: dict[str, Any]) -> int:
 
 
 def load_bundle(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Open a student bundle or an adapted-teacher folder: ``(model in eval mode, meta)``.
+    """Open a student bundle or an adapted-teacher folder, so prediction need not ask which.
 
     Student meta has "num_classes" and "image_size"; teacher meta "num_classes" and
-    "input_size". Both models map (B, 3, S, S) in [0, 1] to logits (B, C, S, S).
+    "input_size" (``input_size`` reads either).
+
+    Args:
+        folder: the model folder, or a file inside it.
+
+    Returns:
+        ``(model, meta)``: the model in eval mode, mapping float32 (B, 3, S, S) in [0, 1] to
+        logits (B, C, S, S); its ``meta.json`` as a dict.
+
+    Raises:
+        ModelMetaError: ``meta.json`` is missing, unreadable or outside its kind's schema.
+        CheckpointError: the folder does not exist, or its weights or adapter are missing,
+            damaged or do not fit (``load_student``, ``tskd.models.lora.load_teacher``).
     """
     folder = _bundle_dir(folder)
     meta = read_bundle_meta(folder)
@@ -157,10 +211,25 @@ def load_bundle(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int = 17) -> float:
     """Export ``model`` to ONNX with a dynamic batch axis and check it with onnxruntime.
 
-    Returns the largest absolute difference between onnxruntime's and PyTorch's logits on a
-    random batch (of another size than the traced one, which also checks the dynamic batch);
-    raises ``TskdError`` when it exceeds 1e-3. Uses the TorchScript exporter, which needs no
-    extra packages (the dynamo exporter needs onnxscript).
+    Uses the TorchScript exporter, which needs no extra packages (the dynamo exporter needs
+    onnxscript). The model is traced on the CPU in eval mode and moved back to its device and
+    mode afterwards; the file is written under a temporary name and renamed.
+
+    Args:
+        model: maps float32 (B, 3, S, S) in [0, 1] to logits (B, C, S, S).
+        path: the ``.onnx`` file to write; its folder is created.
+        input_size: S, the model's input side in pixels (``input_size(meta)``).
+        opset: the ONNX operator-set version given to ``torch.onnx.export``.
+
+    Returns:
+        The largest absolute difference between onnxruntime's and PyTorch's logits on a
+        random batch of 3 (another size than the traced batch of 2, which also checks the
+        dynamic batch axis).
+
+    Raises:
+        TskdError: onnxruntime's output differs in shape, or by more than 1e-3 (the check's
+            tolerance); or the folder cannot be written.
+        DiskFullError: the disk is full.
     """
     import onnxruntime as ort
 

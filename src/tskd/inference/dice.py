@@ -1,11 +1,10 @@
-"""The one Dice rule of tskd: per image and foreground class, as training validates and
-``tskd evaluate`` scores.
+"""The one Dice rule of tskd: per image and foreground class.
 
-MONAI's ``compute_dice`` on one-hot masks, background excluded, ``ignore_empty=False``: a class
-absent from both maps scores 1, a class in only one scores 0 (``tskd.inference.metrics``'s
-``EMPTY_POLICY``). Used by the teacher's and the student's validation (``validation_dice``),
-by ``metrics.evaluate`` and by the teacher-student disagreement of
-``predict.rank_for_annotation``.
+Training validates and ``tskd evaluate`` scores by it. MONAI's ``compute_dice`` on one-hot
+masks, background excluded, ``ignore_empty=False``: a class absent from both maps scores 1, a
+class in only one scores 0 (``tskd.inference.metrics``'s ``EMPTY_POLICY``). Used by the
+teacher's and the student's validation (``validation_dice``), by ``metrics.evaluate`` and by
+the teacher-student disagreement of ``predict.rank_for_annotation``.
 """
 
 from __future__ import annotations
@@ -19,7 +18,15 @@ from tskd.errors import TskdInputError
 
 
 def one_hot_batch(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, spatial...) int -> (B, C, spatial...) float one-hot, the layout MONAI expects."""
+    """One-hot encode a batch of label maps in the channel-first layout MONAI expects.
+
+    Args:
+        labels: int64 class indices (B, spatial...), each in 0..num_classes-1.
+        num_classes: C, the number of channels of the result.
+
+    Returns:
+        float32 (B, C, spatial...) of 0 and 1.
+    """
     return torch.nn.functional.one_hot(labels, num_classes).movedim(-1, 1).float()
 
 
@@ -87,6 +94,10 @@ def validation_dice(
     Returns:
         float32 (images, K) on the CPU (``dice_per_class``); the model is left in the
         train/eval mode it had.
+
+    Raises:
+        TskdInputError: a sample has no label, or its label and image differ in size
+            (``tskd.data.dataset.LabelledDataset``).
     """
     from torch.utils.data import DataLoader
 

@@ -1,12 +1,15 @@
-"""Folders of label maps for ``tskd evaluate``: predictions paired with ground truth by file
-stem, both read through the one label policy (``tskd.data.label_policy``).
+"""Folders of label maps for ``tskd evaluate``: predictions paired with ground truth by stem.
 
-The ground truth fixes the class map: declared by ``classes`` (as ``data.classes``),
-``num_classes`` (classes 0..n-1) or a dataset.json beside the ground truth, else taken from its
-values. Each prediction is read with that map: a predicted value that is not a class counts as
-background (wrong for every class) and a ``TskdWarning`` names it; for a binary ground truth, a
-prediction saved as a binary mask 0/1 or 0/255 whose foreground is not that class is read as its
-foreground, with a one-line note (``tskd.inference.metrics``'s module docstring has examples).
+Both sides are read through the one label policy (``tskd.data.label_policy``). The ground
+truth fixes the class map: declared by ``classes`` (as ``data.classes``), ``num_classes``
+(classes 0..n-1) or a dataset.json beside the ground truth, else taken from its values. Each
+prediction is read with that map: a predicted value that is not a class counts as background
+(wrong for every class) and a ``TskdWarning`` names it. One exception, always stated in a
+one-line note: for a binary ground truth (one foreground class), a prediction saved as a binary
+mask 0/1 or 0/255 whose foreground is not that class is read as its foreground (a 0/1
+prediction against 0/2 or 0/255 ground truth, a 0/255 prediction against 0/1 ground truth). So
+a 0/1 prediction scores against 0/2 ground truth as its foreground (with the note), while a
+0/2 prediction against 0/1 ground truth scores 0 (2 is not a class, with the warning).
 """
 
 from __future__ import annotations
@@ -25,9 +28,21 @@ from tskd.errors import TskdInputError, TskdWarning
 
 
 def label_files(folder: Path) -> dict[str, Path]:
-    """The label files of ``folder`` by stem: its images, else those of its ``labels/``,
-    ``labelsTr/`` or ``labelsTs/`` (an images/+labels/ or nnU-Net folder given instead of the
-    labels themselves). Raises ``TskdInputError`` for a missing folder."""
+    """Find the label files of ``folder``, by stem.
+
+    The folder's own images, else those of its ``labels/``, ``labelsTr/`` or ``labelsTs/`` (an
+    images/+labels/ or nnU-Net folder given instead of the labels themselves).
+
+    Args:
+        folder: a folder of label maps (or the dataset folder above one).
+
+    Returns:
+        ``{stem: path}`` (``tskd.data.files.stem``: the name without its image suffix); empty
+        when the folder holds no image file.
+
+    Raises:
+        TskdInputError: ``folder`` is not an existing folder.
+    """
     if not folder.is_dir():
         raise TskdInputError(f"label folder not found: {folder}")
     found = list_images(folder)
@@ -40,8 +55,11 @@ def label_files(folder: Path) -> dict[str, Path]:
 
 
 def _paired_files(pred_dir: Path, gt_dir: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """(ground truth, predictions) by stem; every ground truth has a prediction (one named
-    after its nnU-Net image, ``case_0000``, matches label ``case``). Raises ``TskdInputError``."""
+    """Pair the files by stem: (ground truth, predictions), each ground truth with a prediction.
+
+    A prediction named after its nnU-Net image (``case_0000``) matches label ``case``. Raises
+    ``TskdInputError`` when the ground truth is empty or a prediction is missing.
+    """
     gt_files = label_files(gt_dir)
     pred_files = label_files(pred_dir)
     if not gt_files:
@@ -58,8 +76,10 @@ def _paired_files(pred_dir: Path, gt_dir: Path) -> tuple[dict[str, Path], dict[s
 
 def _declared(gt_dir: Path, num_classes: int | None, class_names: Sequence[str] | None,
               ignore_label: int | None, classes: Any) -> LabelMap | None:
-    """The declared class map: ``classes``, else ``num_classes``, else a dataset.json in
-    ``gt_dir`` or its parent, else None."""
+    """Give the declared class map, or None when nothing declares one.
+
+    ``classes``, else ``num_classes``, else a dataset.json in ``gt_dir`` or its parent.
+    """
     if num_classes is not None and not 2 <= num_classes <= label_map.MAX_CLASSES:
         raise TskdInputError(f"num_classes must be in 2..{label_map.MAX_CLASSES} (background "
                              f"+ classes), got {num_classes}")
@@ -76,9 +96,12 @@ def _declared(gt_dir: Path, num_classes: int | None, class_names: Sequence[str] 
 
 def _read_predictions(raw: list[np.ndarray], files: list[Path], lmap: LabelMap,
                       pred_dir: Path, stacklevel: int) -> list[np.ndarray]:
-    """Predictions as label values of ``lmap``: binary masks read as its foreground, values
-    that are not classes as background, each kind said in one ``TskdWarning`` (at
-    ``stacklevel``, as ``warnings.warn``'s from this function)."""
+    """Read predictions as label values of ``lmap``.
+
+    Binary masks are read as its foreground, values that are not classes as background, each
+    kind said in one ``TskdWarning`` (at ``stacklevel``, as ``warnings.warn``'s from this
+    function).
+    """
     preds, strays, binary = [], {}, {}
     for path, p in zip(files, raw, strict=True):
         vals = label_policy.distinct_values(p)
@@ -119,13 +142,33 @@ def read_label_folders(
     class_names: Sequence[str] | None = None, ignore_label: int | None = None,
     classes: Any = None, stacklevel: int = 2,
 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], LabelMap]:
-    """Predictions and ground truth read as label values of one class map.
+    """Read predictions and ground truth as label values of one class map.
 
-    Returns ``(names, predictions, ground truth, map)``: the ground truth's stems (sorted) and
-    int64 label maps, (H, W) or (Z, H, W), ignored ground-truth pixels holding the map's ignore
-    value. Notes and warnings are ``TskdWarning`` at ``stacklevel`` (as ``warnings.warn``'s,
-    from this function). Raises ``TskdInputError`` for missing folders or predictions, invalid
-    label files or declarations, and ground truth the label policy refuses.
+    The ground truth fixes the map (see the module docstring); every ground-truth file needs a
+    prediction of the same stem, extra predictions are ignored. Notes and warnings are
+    ``TskdWarning``.
+
+    Args:
+        pred_dir: folder of predicted label maps (tif, png, jpg, npy; ``label_files``).
+        gt_dir: folder of ground-truth label maps, or a dataset folder with ``labels/``,
+            ``labelsTr/`` or ``labelsTs/``.
+        num_classes: declares classes 0..n-1 (background included), n in
+            2..``tskd.data.label_map.MAX_CLASSES``; None: not declared this way.
+        class_names: names of the ``num_classes`` classes, by class index.
+        ignore_label: a ground-truth value to leave out of scoring; None: none (unless a
+            dataset.json names an ignore label).
+        classes: the class map as the config's ``data.classes`` (names by position, or
+            ``{value: name}``); takes precedence over ``num_classes``.
+        stacklevel: where the warnings point, as ``warnings.warn``'s from this function.
+
+    Returns:
+        ``(names, predictions, ground truth, map)``: the ground truth's stems (sorted), int64
+        label maps (H, W) or (Z, H, W) in the map's label values (ignored ground-truth pixels
+        holding the map's ignore value), and the ``LabelMap``.
+
+    Raises:
+        TskdInputError: a missing folder, no ground truth, a missing prediction, an invalid
+            label file or declaration, or ground truth the label policy refuses.
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     gt_files, pred_files = _paired_files(pred_dir, gt_dir)

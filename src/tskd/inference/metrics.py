@@ -8,30 +8,16 @@ Definitions (also written into every report, so numbers are never read without t
   taken in both directions, and the larger of the two directed values is reported (this is not
   medpy's pooled definition). Units are pixels, or the spacing's units when a spacing is given
   (spacing per array axis, e.g. (row, column) for 2D).
-
-Empty-mask policy, per image and class:
-
-- ground truth and prediction both empty: Dice 1, IoU 1, HD95 0; counted as ``both_empty``;
-- exactly one of them empty: Dice 0, IoU 0, HD95 = the image diagonal
-  ``sqrt(sum((shape_i * spacing_i) ** 2))`` (the worst case); counted as ``one_empty``.
-
-Which classes are scored: those that exist, never empty ids. They are the declared classes
-(``classes``, ``num_classes``, a model's or dataset.json's class map) or else the foreground
-values seen in the ground truth. Label maps are compared by their label values (no one-hot of
-``max value + 1``): a predicted value that is not a scored class counts as background, i.e.
-wrong for every class. Pixels whose ground truth is the configured ignore value are left out.
-``evaluate_folders`` reads ground truth and predictions through the one label policy
-(``tskd.data.label_policy``). The ground truth fixes the classes; each prediction file is read with
-the same map: a predicted value that is not a class counts as wrong for every class, and a
-``TskdWarning`` names it. One exception, always stated in a one-line note: for a binary ground
-truth (one foreground class), a prediction saved as a binary mask 0/1 or 0/255 whose foreground
-is not that class is read as its foreground (a 0/1 prediction against 0/2 or 0/255 ground
-truth, a 0/255 prediction against 0/1 ground truth). So a 0/1 prediction scores against 0/2
-ground truth as its foreground (with the note), while a 0/2 prediction against 0/1 ground truth
-scores 0 (2 is not a class, with the warning).
-
-Summary statistics: per class and overall (over all image-class records) mean and population
-standard deviation (ddof=0).
+- Empty masks, per image and class: both empty -> Dice 1, IoU 1, HD95 0 (``both_empty``);
+  exactly one empty -> Dice 0, IoU 0, HD95 = the image diagonal
+  ``sqrt(sum((shape_i * spacing_i) ** 2))``, the worst case (``one_empty``).
+- Scored classes: those that exist, never empty ids: the declared classes (``classes``,
+  ``num_classes``, a model's or dataset.json's class map), else the foreground values seen in
+  the ground truth. Maps are compared by label value (no one-hot of ``max value + 1``): a
+  predicted value that is not a scored class counts as background, i.e. wrong for every class.
+  Pixels whose ground truth is the configured ignore value are left out.
+- Summary statistics: per class and overall (over all image-class records) mean and population
+  standard deviation (ddof=0).
 """
 
 from __future__ import annotations
@@ -69,13 +55,14 @@ METRIC_KEYS = ("dice", "iou", "hd95")
 
 @dataclass
 class EvalReport:
-    """Per-record metrics (one dict per image and foreground class) and their summary."""
+    """Per-record metrics (one dict per image and foreground class), summary, definitions."""
 
     records: list[dict[str, Any]]
     summary: dict[str, Any]
     definitions: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Give the report as ``metrics.json`` holds it: definitions, summary, records."""
         return {"definitions": self.definitions, "summary": self.summary, "records": self.records}
 
 
@@ -199,8 +186,7 @@ def _scored_classes(
     preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], names: Sequence[str],
     num_classes: int | None, classes: Sequence[int] | None, ignore_label: int | None,
 ) -> list[int]:
-    """The foreground label values to score: declared (``classes``, ``num_classes``) or seen
-    in the ground truth; bounded before anything is allocated per class."""
+    """Foreground label values to score, declared or seen; bounded before per-class allocation."""
     from tskd.data.label_map import MAX_CLASSES
     from tskd.data.label_policy import MAX_UNDECLARED_VALUES
 
@@ -249,15 +235,22 @@ def evaluate(
 ) -> EvalReport:
     """Score predicted label maps against ground truth, per image and scored foreground class.
 
-    ``preds``/``gts``: integer label maps, 2D (H, W) or 3D (Z, H, W), compared by label value.
-    Scored classes (records' ``class`` is the label value): ``classes`` (label values) when
-    given, else 1..``num_classes``-1 (background included in the count; values outside raise),
-    else the foreground values seen in the ground truth (at most
-    ``label_policy.MAX_UNDECLARED_VALUES``). A predicted value that is not scored counts as
-    background. ``ignore_label``: ground-truth pixels with this value are left out (both maps
-    read as background there). ``spacing`` is per array axis (or one number for all); ``None``
-    means pixels. ``class_names``: by label value (a list indexed by value, or a mapping).
-    Raises ``TskdInputError`` for mismatched shapes or counts and invalid values.
+    Args:
+        preds: integer label maps (H, W) or (Z, H, W), compared by label value.
+        gts: ground truth, one per prediction, of its shape.
+        names: one per image, for records and messages; default "0", "1", ...
+        num_classes: score 1..num_classes-1 (background counted; values outside raise).
+        spacing: per array axis (or one number for all), HD95's unit; None: pixels.
+        class_names: by label value (a list indexed by value, or a mapping).
+        classes: label values to score, before ``num_classes``; neither: those seen in the
+            ground truth (at most ``label_policy.MAX_UNDECLARED_VALUES``).
+        ignore_label: ground-truth pixels with this value are left out (background in both).
+
+    Returns:
+        Records keyed by label value (``class``), summary and definitions.
+
+    Raises:
+        TskdInputError: mismatched shapes or counts, invalid values or spacing.
     """
     from monai.metrics import HausdorffDistanceMetric, MeanIoU
 
@@ -339,7 +332,17 @@ def _definitions(spacing: float | Sequence[float] | None, ndim: int,
 def write_report(report: EvalReport, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``metrics.json`` (definitions, summary, records) and ``metrics.csv`` (records).
 
-    Both are written in full before either replaces an old one (``tskd.atomic``).
+    Args:
+        report: what ``evaluate`` returned.
+        out_dir: the folder to write into (created if missing).
+
+    Returns:
+        The paths of ``metrics.json`` and ``metrics.csv``.
+
+    Raises:
+        DiskFullError: the disk is full. Both files are written in full before either
+            replaces an old one (``tskd.atomic``), so the old ones are kept.
+        TskdError: the folder cannot be written.
     """
     import io
 
@@ -369,16 +372,23 @@ def evaluate_folders(
 ) -> EvalReport:
     """Score a folder of predicted label maps against a folder of ground truth, matched by stem.
 
-    A prediction named after its nnU-Net image (``case_0000``) also matches label ``case``.
-    Every ground-truth file needs a prediction; extra predictions are ignored. Both sides are
-    read through ``tskd.data.label_policy``, as training reads labels: the class map is declared by
-    ``classes`` (as ``data.classes``), ``num_classes`` (classes 0..n-1) or a dataset.json
-    beside the ground truth (in ``gt_dir`` or its parent), else taken from the ground truth's
-    values. Predictions are read with that map: values outside it count as background (wrong
-    for every class; a ``TskdWarning`` names them), except that for a binary ground truth a
-    prediction saved 0/1 or 0/255 is read as its foreground class, with one ``TskdWarning``
-    note naming the files (see the module docstring). Scores cover the map's foreground
-    classes and are reported by label value.
+    Both are read by ``label_folders.read_label_folders``, as training reads labels (its
+    docstrings: which files pair up, how the class map is fixed and predictions are read).
+
+    Args:
+        pred_dir: folder of predicted label maps.
+        gt_dir: folder of ground truth (or one with ``labels/``, ``labelsTr/``, ``labelsTs/``).
+        num_classes: declares classes 0..n-1.
+        spacing: as ``evaluate``'s.
+        class_names: names by class index; default the class map's.
+        ignore_label: a ground-truth value left out of scoring.
+        classes: the class map as ``data.classes``; before ``num_classes``.
+
+    Returns:
+        The ``EvalReport`` of the map's foreground classes, reported by label value.
+
+    Raises:
+        TskdInputError: missing folders or predictions, invalid files or declarations.
     """
     names, preds, gts, lmap = read_label_folders(pred_dir, gt_dir, num_classes, class_names,
                                                   ignore_label, classes, stacklevel=3)

@@ -1,5 +1,4 @@
-"""Prediction from a model folder: files to label-map files, a labelled folder scored, and
-images ranked for annotation.
+"""Prediction from a model folder: label-map files, a labelled folder scored, annotation ranking.
 
 ``segmenter_from_bundle`` is the one way to build a ``Segmenter`` (``tskd.inference.segmenter``)
 from a student or teacher folder; ``predict_paths`` segments image files and writes label maps
@@ -58,9 +57,27 @@ def rank_for_annotation(
 ) -> list[tuple[int, float]]:
     """Rank images (or the slices of a stack) by how much a label would help, most useful first.
 
-    Score: the student's mean predictive entropy (normalised to [0, 1]) or, with a teacher,
-    the teacher-student disagreement (1 - Dice of their label maps, mean over classes).
-    Returns ``[(index, score), ...]`` sorted by score, highest first.
+    Score: the student's mean per-pixel predictive entropy, ``-sum_c p_c log p_c`` of the
+    softmax divided by ``log C`` (C > 1) so it lies in [0, 1] (uncertainty sampling, Settles,
+    "Active Learning Literature Survey", 2009), or, with a teacher, the teacher-student
+    disagreement: 1 - Dice of their label maps, mean over foreground classes
+    (``tskd.inference.dice.dice_per_class``; a class absent from both agrees fully).
+
+    Args:
+        segmenter: the student's ``Segmenter``.
+        images: 2D images (H, W[, C]) of any dtype, or one array: a stack (Z, H, W[, C])
+            gives its slices, a 2D image itself (axes read by ``array_axes``).
+        teacher_segmenter: the teacher's ``Segmenter``; None ranks by the student's entropy.
+        contrast_limits: (low, high) intensity window for non-8-bit images (e.g. napari's
+            limits); None: per-channel 0.5/99.5 percentiles (``to_float_rgb``).
+
+    Returns:
+        ``[(index, score), ...]``, score in [0, 1], sorted by score, highest first (ties by
+        index).
+
+    Raises:
+        TskdInputError: an array shape that is no image or stack, or an image over the
+            segmenter's ``max_pixels``.
     """
     if isinstance(images, np.ndarray):
         ax = array_axes(images)
@@ -107,18 +124,35 @@ def predict_paths(
     """Segment image files and write their label maps to ``out_dir``, named by the input stem.
 
     Files are read by ``tskd.data.files.read_image_axes`` (axes metadata first, as training reads
-    them) within ``segmenter.max_pixels``. ``label_values[k]`` is the label value written for
-    class ``k`` (a model's ``label_values``, see ``tskd.data.label_map.LabelMap.from_meta``), so
-    predictions carry the user's original ids (0, 1, 5 or 0/255); None writes class indices.
-    2D label maps whose values fit in 8 bits are written as PNG, stacks and larger values as
-    TIFF. ``progress(done, total)`` is called after each file; ``log(line)`` gets one line for
-    each file that is tiled. Before anything is segmented, ``TskdInputError`` refuses an
-    ``out_dir`` that is the folder of an input file or is, contains or is inside one of
-    ``input_folders`` (the folders the user named), and, unless ``overwrite``, an ``out_dir``
-    that already holds ``<stem>.png`` or ``<stem>.tif`` for an input; with ``overwrite`` the
-    files replaced are named in a ``TskdWarning``. A folder named ``<stem>.png`` or
-    ``<stem>.tif`` in ``out_dir`` is refused even with ``overwrite``, before anything is
-    written.
+    them) within ``segmenter.max_pixels``. 2D label maps whose values fit in 8 bits are written
+    as PNG, stacks and larger values as TIFF, each atomically. With ``overwrite`` the files
+    replaced are named in one ``TskdWarning``.
+
+    Args:
+        segmenter: the model to run (``segmenter_from_bundle``).
+        inputs: image files (tif, png, jpg, npy), 2D or stacks; their stems must differ.
+        out_dir: the folder for the label maps; created if missing.
+        progress: called as ``progress(done, total)`` after each file.
+        overwrite: replace existing ``<stem>.png``/``<stem>.tif`` files in ``out_dir``.
+        input_folders: the folders the user named, which ``out_dir`` may not be, contain or be
+            inside.
+        log: gets one line for each file that is tiled.
+        label_values: ``label_values[k]`` is the label value written for class ``k`` (a
+            model's ``label_values``, see ``tskd.data.label_map.LabelMap.from_meta``), so
+            predictions carry the user's original ids (0, 1, 5 or 0/255); None writes class
+            indices.
+
+    Returns:
+        The label-map files written, in the order of ``inputs``.
+
+    Raises:
+        TskdInputError: before anything is segmented: inputs sharing a stem, ``label_values``
+            not one per class, an ``out_dir`` that is a file, the folder of an input file or
+            is, contains or is inside one of ``input_folders``, a folder named
+            ``<stem>.png``/``<stem>.tif`` in it (even with ``overwrite``) and, unless
+            ``overwrite``, an existing ``<stem>.png``/``<stem>.tif``. While running: an
+            unreadable image or one over ``segmenter.max_pixels``.
+        DiskFullError: the output disk is full (a file being replaced keeps its old bytes).
     """
     from tskd.data import files
 
@@ -166,8 +200,10 @@ def _label_table(label_values: Sequence[int], num_classes: int) -> np.ndarray:
 
 def _checked_output(out_dir: str | Path, paths: list[Path], stems: list[str],
                     input_folders: Sequence[str | Path], overwrite: bool) -> Path:
-    """The output folder, created, after every refusal of ``predict_paths``; raises
-    ``TskdInputError`` before anything is written."""
+    """Check the output folder against every refusal of ``predict_paths``, then create it.
+
+    Raises ``TskdInputError`` before anything is written.
+    """
     from tskd.data import outputs
 
     out = outputs.check_output_folder(out_dir)
@@ -188,15 +224,30 @@ def segmenter_from_bundle(
     batch_size: int = 8,
     max_pixels: int | None = None,
 ) -> tuple[Segmenter, dict[str, Any]]:
-    """Load a student or teacher folder into a ``Segmenter``: ``(segmenter, meta)``.
+    """Load a student or teacher folder into a ``Segmenter``: the one way to build one.
 
-    Tiles: ``tile_size`` None cuts them at the bundle's ``train_image_shape`` (the median size
-    of the labelled images it was trained on), so a tile is resized to the model input by the
-    same factor as a training image was; images up to ``TILE_ABOVE`` (1.5) times that size are
-    resized whole. A bundle without the key (an earlier version) tiles at 1024 px, with a
-    ``TskdWarning``. ``tile_overlap`` None is 64 px, at most a quarter of the tile's side.
-    Raises ``CheckpointError`` for an unusable bundle, ``TskdInputError`` for tiles under
-    ``MIN_TILE_SIZE`` px (a given ``tile_size`` or a tiny ``train_image_shape``).
+    Args:
+        folder: the model folder (or a file inside it).
+        device: "auto", "cpu", "cuda", "cuda:N" or "mps" (``tskd.engine.resolve_device``).
+        tile_size: tile side in pixels. None cuts tiles at the bundle's ``train_image_shape``
+            (the median size of the labelled images it was trained on), so a tile is resized
+            to the model input by the same factor as a training image was; images up to
+            ``TILE_ABOVE`` (1.5) times that size are resized whole. A bundle without the key
+            (an earlier version) tiles at ``DEFAULT_TILE_SIZE`` (1024) px, with a
+            ``TskdWarning``.
+        tile_overlap: pixels shared by neighbouring tiles; None: 64 px, at most a quarter of
+            the tile's shorter side.
+        batch_size: images or tiles per forward pass (``tskd.config.PredictConfig``: 8).
+        max_pixels: most pixels of one 2D image; None: ``tskd.data.axes.default_max_pixels()``.
+
+    Returns:
+        ``(segmenter, meta)``: the ``Segmenter`` and the bundle's ``meta.json`` as a dict.
+
+    Raises:
+        CheckpointError: an unusable bundle (``ModelMetaError`` for its ``meta.json``).
+        TskdInputError: tiles under ``MIN_TILE_SIZE`` (16) px (a given ``tile_size`` or a tiny
+            ``train_image_shape``), an overlap not in [0, tile side), a bad pixel budget.
+        TskdError: an unavailable device.
     """
     from tskd.inference import bundle
 
@@ -234,13 +285,27 @@ def segmenter_from_bundle(
 def evaluate_folder(
     segmenter: Segmenter, folder: str | Path, label_map: LabelMap | None = None
 ) -> tuple[EvalReport, float]:
-    """Segment every image of a labelled folder and score it: (``EvalReport``, ms per image).
+    """Segment every image of a labelled folder and score it.
 
     The one path by which the pipeline, the pretraining check and the benchmarks score a model.
-    ``label_map`` is the model's class map (``LabelMap.from_meta(meta)``): the folder's labels
-    are read with it (a value the model has no class for raises ``TskdInputError``) and every
-    class of the model is scored, reported by label value. Without it, the folder's own map is
-    used and must match the model's classes (as for models trained on classes 0..C-1).
+    Images and labels are read by ``tskd.data.samples.read_labelled_set`` within the
+    segmenter's pixel budget; scores are ``tskd.inference.metrics.evaluate``'s.
+
+    Args:
+        segmenter: the model to score.
+        folder: a labelled folder (images/+labels/ or the nnU-Net raw layout).
+        label_map: the model's class map (``LabelMap.from_meta(meta)``): the folder's labels
+            are read with it and every class of the model is scored, reported by label value.
+            None: the folder's own map is used and must match the model's classes (as for
+            models trained on classes 0..C-1).
+
+    Returns:
+        ``(report, ms)``: the ``EvalReport`` and the mean wall time of segmentation per image
+        in milliseconds (reading and scoring not included).
+
+    Raises:
+        TskdInputError: an unreadable folder, a label value the model has no class for, or
+            a folder read as another number of classes than the model predicts.
     """
     import time
 

@@ -44,8 +44,21 @@ TILE_ABOVE = 1.5
 
 
 def array_axes(image: np.ndarray, is_stack: bool | None = None) -> ImageAxes:
-    """How ``Segmenter`` reads an array: ``tskd.data.axes.image_axes`` of its shape, ``is_stack`` as
-    given. A guess another reading fits as well gives one ``TskdWarning`` naming the shape."""
+    """Read an array's axes as ``Segmenter`` does: ``tskd.data.axes.image_axes`` of its shape.
+
+    A guess another reading fits as well gives one ``TskdWarning`` naming the shape.
+
+    Args:
+        image: an image (H, W[, C]) or stack (Z, H, W[, C]), channels first or last, any dtype.
+        is_stack: True or False fixes the reading; None lets ``image_axes`` decide.
+
+    Returns:
+        The ``tskd.data.axes.ImageAxes``: whether it is a stack, and ``standard(image)`` to
+        put the array in the (H, W[, C]) or (Z, H, W[, C]) layout.
+
+    Raises:
+        TskdInputError: a shape that is neither (H, W[, C]) nor (Z, H, W[, C]) in any order.
+    """
     from tskd.data import axes
 
     ax = axes.image_axes(np.shape(image), is_stack=is_stack, where="array")
@@ -58,8 +71,18 @@ def array_axes(image: np.ndarray, is_stack: bool | None = None) -> ImageAxes:
 
 
 def is_stack_guess(image: np.ndarray, is_stack: bool | None = None) -> bool:
-    """Whether ``image`` is read as a stack (``array_axes``; raises ``TskdInputError`` for a
-    shape that is neither (H, W[, C]) nor (Z, H, W[, C]) in any order)."""
+    """Tell whether ``image`` is read as a stack.
+
+    Args:
+        image: as for ``array_axes``.
+        is_stack: as for ``array_axes``.
+
+    Returns:
+        True for a stack (Z, H, W[, C]), False for one image (``array_axes``).
+
+    Raises:
+        TskdInputError: a shape that is neither (H, W[, C]) nor (Z, H, W[, C]) in any order.
+    """
     return array_axes(image, is_stack).is_stack
 
 
@@ -71,7 +94,11 @@ def _tile_starts(n: int, tile: int, stride: int) -> list[int]:
 
 
 def _ramp(length: int, overlap: int, taper_start: bool, taper_end: bool) -> torch.Tensor:
-    """1D window: 1 in the middle, sin^2 from ~0 to 1 over ``overlap`` pixels on tapered ends."""
+    """1D window: 1 in the middle, sin^2 from ~0 to 1 over ``overlap`` pixels on tapered ends.
+
+    sin^2(pi/2 x), x in (0, 1), is the rising half of a Hann window; ``Segmenter._tiled``
+    normalises the weighted sum, so the weights need not add up to 1.
+    """
     w = torch.ones(length)
     k = min(overlap, length // 2)
     if k > 0:
@@ -86,12 +113,27 @@ def _ramp(length: int, overlap: int, taper_start: bool, taper_end: bool) -> torc
 class Segmenter:
     """Runs a segmentation model (float (B, 3, S, S) in [0, 1] -> logits (B, C, S, S)) on arrays.
 
-    ``tile_size`` is the tile's side in pixels, or its (height, width); an image is tiled when
-    a side exceeds ``tile_above`` times the tile's. ``tile_origin`` says where the tile size
-    came from, for the one line ``tiling_note`` writes. ``max_pixels`` (default
-    ``tskd.data.axes.default_max_pixels()``, 2^28) bounds the pixels of one 2D image before its
-    float conversion. Invalid sizes raise ``TskdInputError``, among them tiles under
-    ``MIN_TILE_SIZE`` (16) px on a side.
+    The model is put in eval mode and moved to ``device``.
+
+    Args:
+        model: the segmentation model (``tskd.inference.bundle.load_bundle``).
+        input_size: S, the model's square input side in pixels.
+        num_classes: C, the model's output channels (background included).
+        device: "auto", "cpu", "cuda", "cuda:N" or "mps" (``tskd.engine.resolve_device``).
+        batch_size: images, slices or tiles per forward pass.
+        tile_size: the tile's side in pixels, or its (height, width); default
+            ``DEFAULT_TILE_SIZE`` (1024), for models that do not record their training size.
+        tile_overlap: pixels shared by neighbouring tiles, in [0, tile side).
+        tile_above: an image is tiled when a side exceeds ``tile_above`` times the tile's
+            (at least 1; ``segmenter_from_bundle`` gives ``TILE_ABOVE``, 1.5).
+        tile_origin: where the tile size came from, for the one line ``tiling_note`` writes.
+        max_pixels: bounds the pixels of one 2D image before its float conversion; default
+            ``tskd.data.axes.default_max_pixels()`` (2^28).
+
+    Raises:
+        TskdInputError: invalid sizes, among them tiles under ``MIN_TILE_SIZE`` (16) px on a
+            side, or an invalid pixel budget.
+        TskdError: an unavailable device.
     """
 
     def __init__(
@@ -200,7 +242,16 @@ class Segmenter:
         return h > self.tile_above * th or w > self.tile_above * tw
 
     def tiling_note(self, height: int, width: int) -> str | None:
-        """One line saying how an image of this size is tiled, or None when it is not."""
+        """Say in one line how an image of this size is tiled.
+
+        Args:
+            height: the image's height in pixels.
+            width: the image's width in pixels.
+
+        Returns:
+            E.g. "3000x4000 is segmented in 512x512 tiles (...), each resized to 256x256", or
+            None when the image is resized whole.
+        """
         if not self._is_large(height, width):
             return None
         th, tw = min(self.tile_shape[0], height), min(self.tile_shape[1], width)
@@ -211,9 +262,21 @@ class Segmenter:
     def iter_logits(
         self, images: Sequence[np.ndarray], contrast_limits: ContrastLimits = None
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(index of the first image, logits (B, C, H, W))`` over 2D images.
+        """Run the model over 2D images, batch by batch.
 
         Consecutive images of one size share a batch; large images run alone, in tiles.
+
+        Args:
+            images: 2D images (H, W[, C]), any dtype (``to_float_rgb``).
+            contrast_limits: (low, high) intensity window for non-8-bit images; None: the
+                per-channel 0.5/99.5 percentiles.
+
+        Yields:
+            ``(index of the batch's first image, logits)``: float32 (B, C, H, W) on the
+            device, at the images' own height and width.
+
+        Raises:
+            TskdInputError: an image over ``max_pixels``.
         """
         batch: list[torch.Tensor] = []
         first = 0
@@ -258,13 +321,22 @@ class Segmenter:
         is_stack: bool | None = None,
         contrast_limits: ContrastLimits = None,
     ) -> np.ndarray:
-        """Label map int64: (H, W) for an image, (Z, H, W) for a stack; 0 is background.
+        """Segment an image or a stack into a label map of its own height and width.
 
-        ``is_stack`` None reads the axes by ``tskd.data.axes.image_axes`` (a channels-first
-        (2, H, W) array is one 2-channel image); True or False takes the array as (Z, H, W[, C])
-        or (H, W[, C]), channels last. ``contrast_limits`` (low, high) replaces the percentile
-        normalisation of non-8-bit images (e.g. napari's limits). Raises ``TskdInputError``
-        for an unreadable shape or an image over ``max_pixels``.
+        Args:
+            image: (H, W[, C]) or (Z, H, W[, C]), any dtype.
+            is_stack: None reads the axes by ``tskd.data.axes.image_axes`` (a channels-first
+                (2, H, W) array is one 2-channel image); True or False takes the array as
+                (Z, H, W[, C]) or (H, W[, C]), channels last.
+            contrast_limits: (low, high) replaces the percentile normalisation of non-8-bit
+                images (e.g. napari's limits).
+
+        Returns:
+            int64 class indices, (H, W) for an image, (Z, H, W) for a stack; 0 is background.
+
+        Raises:
+            TskdInputError: an empty array, an unreadable shape or an image over
+                ``max_pixels``.
         """
         return self._run(image, is_stack, contrast_limits, lambda lg: lg.max(dim=1).indices)
 
@@ -274,5 +346,18 @@ class Segmenter:
         is_stack: bool | None = None,
         contrast_limits: ContrastLimits = None,
     ) -> np.ndarray:
-        """Softmax probabilities float32: (C, H, W) for an image, (Z, C, H, W) for a stack."""
+        """Class probabilities (softmax of the logits) of an image or a stack.
+
+        Args:
+            image: as for ``segment``.
+            is_stack: as for ``segment``.
+            contrast_limits: as for ``segment``.
+
+        Returns:
+            float32 in [0, 1] summing to 1 over C: (C, H, W) for an image, (Z, C, H, W) for a
+            stack.
+
+        Raises:
+            TskdInputError: as for ``segment``.
+        """
         return self._run(image, is_stack, contrast_limits, lambda lg: lg.softmax(dim=1))

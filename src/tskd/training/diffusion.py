@@ -1,7 +1,7 @@
-"""Training the DDPM of stage 2 (``tskd.training.synthesize``) through the project's engine,
-with a resumable EMA.
+"""Training the DDPM of stage 2 through the project's engine, with a resumable EMA.
 
-The weight average is an engine callback (``EmaCallback``): it folds the weights in after every
+Stage 2 itself (sampling, near-copy filter, files) is ``tskd.training.synthesize``. The weight
+average is an engine callback (``EmaCallback``): it folds the weights in after every
 optimiser step and keeps its state in the engine's checkpoint, one verified unit with the weights.
 
 All randomness of a step (flip, noise, timestep) is drawn in the dataset, which the engine's
@@ -43,7 +43,21 @@ _STEPS_PER_EPOCH = 50  # the engine checkpoints once per epoch: every 50 steps a
 
 
 def train_config(cfg: SynthConfig) -> TrainConfig:
-    """The engine settings for ``cfg``: epochs of at most 50 steps, stopping at train_steps."""
+    """Give the engine settings for ``cfg``: epochs of at most 50 steps, stopping at train_steps.
+
+    Fixed here: no weight decay, 5 % warm-up, gradient clipping at norm 1.0 and
+    ``mixed_precision="auto"``.
+
+    Args:
+        cfg: stage 2's settings (``synth.*`` of the run config).
+
+    Returns:
+        A ``TrainConfig`` of ``ceil(train_steps / steps_per_epoch)`` epochs with
+        ``max_steps=train_steps``, and ``cfg``'s batch size, learning rate, seed and device.
+
+    Raises:
+        TskdError: ``train_steps`` or ``batch_size`` below 1.
+    """
     if cfg.train_steps < 1 or cfg.batch_size < 1:
         raise TskdError(
             f"synth.train_steps and synth.batch_size must be at least 1, got "
@@ -65,12 +79,26 @@ def train_config(cfg: SynthConfig) -> TrainConfig:
 
 
 def steps_per_epoch(cfg: SynthConfig) -> int:
-    """Optimiser steps per engine epoch: at most 50 (``_STEPS_PER_EPOCH``), the checkpoint rate."""
+    """Optimiser steps per engine epoch: at most 50 (``_STEPS_PER_EPOCH``), the checkpoint rate.
+
+    Args:
+        cfg: stage 2's settings.
+
+    Returns:
+        ``min(cfg.train_steps, 50)``, at least 1.
+    """
     return max(1, min(cfg.train_steps, _STEPS_PER_EPOCH))
 
 
 def data_fingerprint(images: torch.Tensor) -> str:
-    """Hash of the prepared training images: a checkpoint must not resume on other data."""
+    """Hash the prepared training images: a checkpoint must not resume on other data.
+
+    Args:
+        images: float32 (N, C, R, R) in [-1, 1] (``tskd.models.diffusion.prepare_images``).
+
+    Returns:
+        The first 16 hex digits of the sha256 of the tensor's bytes.
+    """
     return hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
 
 
@@ -78,6 +106,13 @@ class NoisedImages(Dataset):
     """Cycles the training images; each item carries its own flip, noise and timestep.
 
     Its length is one engine epoch (batch_size x steps per epoch), whatever the number of images.
+    Items are ``{"image": (C, R, R), "noise": (C, R, R) standard normal, "t": int64 scalar in
+    0..NUM_TRAIN_TIMESTEPS-1}``, drawn from torch's global generator (which the engine seeds).
+
+    Args:
+        images: float32 (N, C, R, R) in [-1, 1]; item ``i`` uses image ``i % N``, mirrored
+            left-right with probability 0.5.
+        length: the number of items.
     """
 
     def __init__(self, images: torch.Tensor, length: int) -> None:
@@ -100,7 +135,14 @@ class NoisedImages(Dataset):
 
 @dataclass
 class DdpmTask:
-    """The engine's view of DDPM training: noise-prediction MSE on noised images."""
+    """The engine's view of DDPM training: noise-prediction MSE on noised images.
+
+    Attributes:
+        model: the diffusers ``UNet2DModel`` being trained (``build_unet``).
+        images: float32 (N, C, R, R) in [-1, 1], the prepared training images.
+        cfg: stage 2's settings (batch size, train steps).
+        name: the stage's name in progress reports and checkpoints.
+    """
 
     model: nn.Module
     images: torch.Tensor
@@ -112,11 +154,29 @@ class DdpmTask:
         self.spe = steps_per_epoch(self.cfg)
 
     def dataset(self) -> Dataset:
-        """One epoch of noised images (batch size x steps per epoch items)."""
+        """One epoch of noised images (batch size x steps per epoch items).
+
+        Returns:
+            A ``NoisedImages`` over ``images``.
+        """
         return NoisedImages(self.images, self.cfg.batch_size * self.spe)
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """MSE between the UNet's predicted noise and the noise added at timestep ``t``."""
+        """MSE between the UNet's predicted noise and the noise added at timestep ``t``.
+
+        The "simple" DDPM objective of Ho et al. 2020 (Denoising Diffusion Probabilistic
+        Models, Eq. 14): ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise`` by the scheduler's
+        ``add_noise`` (``a_t`` the product of ``1 - beta`` up to ``t``), loss
+        ``||noise - model(x_t, t)||^2``, averaged over all elements.
+
+        Args:
+            model: the UNet as the engine runs it.
+            batch: ``NoisedImages`` items collated: "image" (B, C, R, R), "noise" of the
+                same shape, "t" (B,) int64.
+
+        Returns:
+            ``{"loss": float32 scalar}``.
+        """
         x0, noise, t = batch["image"], batch["noise"], batch["t"]
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         pred = model(noisy, t).sample
@@ -126,11 +186,12 @@ class DdpmTask:
 class EmaCallback(Callback):
     """The UNet's exponential moving average (diffusers' ``EMAModel``) as an engine callback.
 
-    The EMA folds in the weights after every optimiser step (``on_step_end``). Its shadow
-    weights (by parameter name) and counters are saved in the engine's checkpoint
-    (``on_checkpoint``: one atomic, verified unit with the weights) and loaded back on resume
-    (``on_resume``), so a resumed run folds the same weights in the same order as an unbroken
-    one and ends with the same average, bit for bit on the CPU.
+    The EMA folds in the weights after every optimiser step (``on_step_end``): the first fold
+    copies them, the n-th fold after it uses decay ``min(ema_decay, (1 + n) / (10 + n))``
+    (diffusers' default schedule). Its shadow weights (by parameter name) and counters are
+    saved in the engine's checkpoint (``on_checkpoint``: one atomic, verified unit with the
+    weights) and loaded back on resume (``on_resume``), so a resumed run folds the same weights
+    in the same order as an unbroken one and ends with the same average, bit for bit on the CPU.
 
     Args:
         ema: the average, built on ``model``'s parameters (``EMAModel(model.parameters())``).
@@ -153,11 +214,23 @@ class EmaCallback(Callback):
         self.ema.step(params)
 
     def on_step_end(self, state: TrainState) -> None:
-        """Fold the weights after this optimiser step into the average."""
+        """Fold the weights after this optimiser step into the average.
+
+        Args:
+            state: the run; ``state.model`` holds the weights.
+        """
         self._fold(state.model)
 
     def on_checkpoint(self, state: TrainState) -> CheckpointExtra:
-        """The shadow weights by parameter name; the engine step and data fingerprint."""
+        """Give the state to save: the shadow weights, the engine step and data fingerprint.
+
+        Args:
+            state: the run; ``state.step`` is saved.
+
+        Returns:
+            ``(tensors, meta)``: float32 CPU shadow weights by parameter name; "step",
+            "optimization_step" (the EMA's) and "data" (``data_fingerprint``) as strings.
+        """
         tensors = {n: s.detach().float().cpu().contiguous()
                    for n, s in zip(self.names, self.ema.shadow_params)}
         meta = {"step": str(state.step), "optimization_step": str(self.ema.optimization_step),
@@ -169,7 +242,11 @@ class EmaCallback(Callback):
 
         A checkpoint of the earlier layout saved the EMA one step behind (``calls``): the
         resumed weights are folded in now, as that version did at its next step. A restarted
-        average starts as a copy of the resumed weights.
+        average starts as a copy of the resumed weights, with a ``TskdWarning``.
+
+        Args:
+            state: the run as the checkpoint left it.
+            extra: what ``on_checkpoint`` saved (merged with other callbacks'), or None.
 
         Raises:
             TskdError: the checkpoint was trained on other images.
@@ -210,7 +287,31 @@ def train_ddpm(
     cancel: CancelToken | None,
     resume: bool,
 ) -> tuple[Any, Any, TrainResult]:
-    """Train the UNet on prepared images; returns (EMA UNet on CPU, DDPM scheduler, result)."""
+    """Train the UNet on prepared images through ``tskd.engine.train``, with the EMA callback.
+
+    The seed is set before the UNet's random initialisation, so runs repeat.
+
+    Args:
+        images: float32 (N, C, R, R) in [-1, 1], R = ``cfg.resolution``
+            (``tskd.models.diffusion.prepare_images``).
+        cfg: stage 2's settings (resolution, base channels, train steps, batch size, learning
+            rate, EMA decay, seed, device).
+        checkpoint_dir: the engine's checkpoint folder (EMA included); None writes none.
+        progress: the engine's progress callback, or None.
+        cancel: checked before every step, or None.
+        resume: continue from the checkpoint in ``checkpoint_dir``.
+
+    Returns:
+        ``(unet, scheduler, result)``: the UNet with the EMA weights, on the CPU in eval
+        mode; the DDPM training scheduler (``build_train_scheduler``, 1000 steps); the
+        engine's ``TrainResult``.
+
+    Raises:
+        TskdError: bad settings (``train_config``), a checkpoint of other images or
+            settings, a non-finite loss, an unavailable device.
+        Cancelled: ``cancel`` was set (a checkpoint is written first).
+        DiskFullError: the checkpoint folder's disk is full.
+    """
     from diffusers.training_utils import EMAModel
 
     train_cfg = train_config(cfg)

@@ -1,9 +1,11 @@
 """Stage 3: distil a teacher (adapted or un-adapted SAM) into the student on the transfer set.
 
-The student learns the teacher's hidden representations (feature loss through 1x1 projections)
-and, in task-specific mode, its segmentation outputs (temperature-scaled KL divergence). The
-teacher runs once per transfer image, before training, and its outputs come from
-``tskd.training.teacher_cache`` afterwards; the loop itself is ``tskd.engine.train``.
+The student learns the teacher's hidden representations (feature loss through 1x1 projections,
+as FitNets' regressors, Romero et al. 2015) and, in task-specific mode, its segmentation outputs
+(temperature-scaled KL divergence, Hinton et al. 2015), as the TS-KD paper pretrains its small
+ViT on the transfer set (Liang et al., Fig. 1 (d)). The teacher runs once per transfer image,
+before training, and its outputs come from ``tskd.training.teacher_cache`` afterwards; the loop
+itself is ``tskd.engine.train``.
 
 The teacher follows the model contract: ``forward_with_features(x, layers) -> (logits, feats)``
 on (B, 3, S, S) inputs in [0, 1], and ``feature_dims: dict[str, int]``.
@@ -42,7 +44,14 @@ LOGITS = "logits"  # name of the teacher's segmentation output in the cache
 
 
 def channel_norm(x: torch.Tensor) -> torch.Tensor:
-    """LayerNorm over channels at each position, no affine: makes layers' scales comparable."""
+    """LayerNorm over channels at each position, no affine: makes layers' scales comparable.
+
+    Args:
+        x: a feature map (B, C, H, W), any float dtype.
+
+    Returns:
+        float32 (B, C, H, W) with zero mean and unit variance over C at each position.
+    """
     x = x.float().permute(0, 2, 3, 1)
     return F.layer_norm(x, x.shape[-1:]).permute(0, 3, 1, 2)
 
@@ -50,7 +59,17 @@ def channel_norm(x: torch.Tensor) -> torch.Tensor:
 def kd_output_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """KL(softmax(t/T) || softmax(s/T)) * T^2 per pixel, averaged; teacher resized to student."""
+    """KL(softmax(t/T) || softmax(s/T)) * T^2 per pixel, averaged; teacher resized to student.
+
+    Args:
+        student_logits: (B, C, h, w), any float dtype.
+        teacher_logits: (B, C, H', W'); resized bilinearly to (h, w) when they differ.
+        temperature: T > 0 (``distill.temperature``, default 2.0).
+
+    Returns:
+        float32 scalar: KL summed over classes, averaged over images and pixels, times T^2
+        (Hinton et al. 2015's soft-target loss at every pixel; T^2 keeps the gradients' scale).
+    """
     s = student_logits.float()
     t = teacher_logits.float()
     if t.shape[-2:] != s.shape[-2:]:
@@ -63,7 +82,14 @@ def kd_output_loss(
 
 
 class DistillModel(nn.Module):
-    """What the engine trains: the student plus one 1x1 projection per (student, teacher) pair."""
+    """What the engine trains: the student plus one 1x1 projection per (student, teacher) pair.
+
+    Args:
+        student: the student, trained in place.
+        pairs: (student layer, teacher layer) names; each gets a 1x1 conv to the teacher width.
+        teacher_dims: channels of each teacher layer (the teacher's ``feature_dims``).
+        with_logits: also compute the student's logits (task-specific mode).
+    """
 
     def __init__(
         self,
@@ -84,7 +110,14 @@ class DistillModel(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Projected student features keyed by ``_proj_name(pair)``, and logits (or None)."""
+        """Projected student features keyed by ``_proj_name(pair)``, and logits (or None).
+
+        Args:
+            x: float32 (B, 3, S, S) in [0, 1], S the student's input size.
+
+        Returns:
+            ``(features, logits)``: (B, C_teacher, h, w) per pair; (B, classes, S, S) or None.
+        """
         layers = sorted({s for s, _ in self.pairs})
         if self.with_logits:
             logits, feats = self.student.forward_with_features(x, layers)
@@ -122,11 +155,11 @@ class _TransferSet(Dataset):
         teacher = self.cache.get(self.keys[i])
         if teacher is None:
             teacher = self.recompute(i)
-        # Random horizontal flips of the image and of every teacher map alike (no vertical
-        # flips: upside-down ultrasound fans or anatomy never occur). For ViT features this is an
-        # approximation: a flipped image's tokens are not exactly the flipped tokens (positional
-        # embeddings and patch contents are not mirror-symmetric), but the teacher's maps stay
-        # spatially aligned with the student's input, which is what the losses need.
+        # Random horizontal flips of the image and of every teacher map alike (no vertical flips:
+        # upside-down ultrasound fans or anatomy never occur). For ViT features an approximation:
+        # a flipped image's tokens are not exactly the flipped tokens (positional embeddings and
+        # patch contents are not mirror-symmetric), but the teacher's maps stay spatially
+        # aligned with the student's input, which is what the losses need.
         dims = [-1] if torch.rand(()) < 0.5 else []
         if dims:
             x = torch.flip(x, dims)
@@ -244,10 +277,32 @@ def distill(
 ) -> TrainResult:
     """Train ``student`` (in place) to match ``teacher`` on ``images``; returns the history.
 
-    History entries log each loss separately: ``feature`` (mean over layer pairs, plus
-    ``feature_<layer>`` when there are several), ``output`` (absent when task-agnostic) and the
-    weighted total ``loss``. ``task_agnostic`` distils features only (an un-adapted SAM has no
-    task head), and the student's decoder is then frozen, as nothing would train it.
+    Loss: ``feature_weight`` x the pairs' mean MSE or smooth-L1 of ``channel_norm``-ed maps +
+    ``output_weight`` x ``kd_output_loss``. ``task_agnostic``: features only (an un-adapted SAM
+    has no task head), the student's decoder frozen then, as nothing would train it.
+
+    Args:
+        teacher: follows the model contract (module docstring); returned to its device.
+        images: the transfer set, (H, W[, C]) arrays of any dtype (``image_to_tensor``).
+        cfg: stage 3's settings (layers, loss, weights, temperature, ``train``).
+        student: the ``Student``; ends on its device, in eval mode.
+        teacher_input_size: the teacher's input side in pixels.
+        teacher_id: the teacher's id in the cache keys (``tskd.models.lora.teacher_id``).
+        cache_dir: the ``TeacherCache`` folder.
+        progress: gets "distill-cache" ``Progress`` reports while caching, then the engine's.
+        cancel: checked before each cache batch and each training step.
+        resume: continue from the checkpoint in ``checkpoint_dir``.
+        checkpoint_dir: the engine's checkpoint folder; None writes none.
+        keep_checkpoint: leave the checkpoint for the caller to clear (``tskd.engine.train``).
+
+    Returns:
+        The engine's ``TrainResult``; its history logs ``feature`` (mean over layer pairs, and
+        ``feature_<layer>`` when several), ``output`` (not when task-agnostic), total ``loss``.
+
+    Raises:
+        TskdInputError: no images, bad layers or feature_loss, nothing to distil, other classes.
+        Cancelled: cancelled while caching or training (resumable).
+        TskdError: from the engine or the cache (``DiskFullError`` for a full disk).
     """
     from tskd.data.dataset import image_to_tensor
 

@@ -80,8 +80,21 @@ def validate(
 ) -> dict[str, Any]:
     """Mean validation Dice (foreground classes) of ``student`` on labelled ``samples``.
 
-    Returns ``{"dice": mean over classes, "dice_per_class": per class, mean over images,
-    "n_images": int}`` (``tskd.inference.dice.validation_dice``), or ``{}`` without samples.
+    Dice per image and class by the one rule, ``tskd.inference.dice.validation_dice`` (MONAI
+    ``compute_dice``; a class empty in both maps scores 1).
+
+    Args:
+        student: the model to score; left in the train/eval mode it had.
+        samples: ``tskd.data.samples.Sample`` with labels (class indices).
+        image_size: the student's input side in pixels; images are resized to it.
+        batch_size: images per forward pass; the result does not depend on it.
+
+    Returns:
+        ``{"dice": mean over classes, "dice_per_class": per class, mean over images,
+        "n_images": int}``, Dice in [0, 1]; ``{}`` without samples.
+
+    Raises:
+        TskdInputError: a sample without a label, or whose label and image differ in size.
     """
     from tskd.inference.dice import validation_dice
 
@@ -110,10 +123,35 @@ def finetune_student(
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Fine-tune ``student`` in place on ``train`` (``tskd.data.samples.Sample`` with labels).
 
-    Returns the engine's result (history logs ``loss``, ``dice_loss``, ``ce``) and validation
-    metrics (``dice``, ``dice_per_class``, ``n_images``), or ``{}`` without validation images.
-    A student with fewer outputs than the labels need (a task-agnostic student built for another
-    class count) gets a new head first.
+    Loss as the module docstring says (MONAI ``DiceCELoss``), with augmentation
+    (``LabelledDataset(augment=True)``). A student with fewer outputs than the labels need (a
+    task-agnostic student built for another class count) gets a new head first, initialised
+    after seeding with ``cfg.train.seed``.
+
+    Args:
+        student: the ``Student``; ends on its device, in eval mode.
+        train: training samples, labels holding class indices (``IGNORE_INDEX`` left out).
+        val: validation samples, scored by ``validate`` after training; may be empty.
+        cfg: stage 4's settings (``dice_weight`` in [0, 1], ``train``).
+        image_size: the student's input side in pixels; must equal ``student.image_size``.
+        progress: gets the engine's ``Progress`` reports and live previews
+            (``SegmentationPreview``), or None.
+        cancel: checked before every step, or None.
+        resume: continue from the checkpoint in ``checkpoint_dir``.
+        checkpoint_dir: the engine's checkpoint folder; None writes none.
+        keep_checkpoint: leave the checkpoint for the caller to clear (``tskd.engine.train``).
+
+    Returns:
+        ``(result, metrics)``: the engine's ``TrainResult`` (history logs ``loss``,
+        ``dice_loss``, ``ce``) and ``validate``'s metrics (``dice``, ``dice_per_class``,
+        ``n_images``), or ``{}`` without validation images.
+
+    Raises:
+        TskdInputError: no training samples, a sample without a label, another image size
+            than the student's, too many classes, or ``dice_weight`` outside [0, 1].
+        Cancelled: ``cancel`` was set (a checkpoint is written first).
+        TskdError: from the engine (device, non-finite loss, a checkpoint of other settings);
+            ``DiskFullError`` for a full checkpoint disk.
     """
     from tskd.data.dataset import LabelledDataset, num_classes
 

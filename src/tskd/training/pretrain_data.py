@@ -23,8 +23,21 @@ def sample_prompts(
     """A noisy box (4,) as x0, y0, x1, y1 and (MAX_POINTS, 2) x/y points with labels.
 
     The first point is positive (inside the object), the others positive or negative (outside,
-    near the object); unused slots have label -1. Box corners move by N(0, 10 % of the side),
-    at most 20 px, as in SAM's training.
+    near the object) with even chances; unused slots have label -1. Box corners move by
+    N(0, 10 % of the side), at most 20 px, as in SAM's training (Kirillov et al. 2023, Segment
+    Anything, App. A). "Near" is the object's bounding box grown by a quarter of its longer
+    side (at least 2 px); an object with nothing outside near it takes negatives anywhere.
+
+    Args:
+        rng: the generator every draw comes from.
+        mask: bool (H, W), the object; at least one pixel (an empty mask raises numpy's
+            ``ValueError``).
+        n_points: points to draw, 1..``MAX_POINTS``.
+
+    Returns:
+        ``(box, points, labels)``: float32 (4,) box corners in pixels, clipped to the image;
+        float32 (MAX_POINTS, 2) points as (x, y) pixels; int64 (MAX_POINTS,) labels, 1
+        positive, 0 negative, -1 unused (SAM's "not a point").
     """
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
@@ -60,7 +73,23 @@ class PromptDataset(Dataset):
 
     The scene of an item comes from (seed, a key drawn from torch's global generator, index):
     the engine re-seeds that generator every epoch, so epochs see new scenes, the same run
-    repeats exactly, and a resumed run draws what an unbroken one would.
+    repeats exactly, and a resumed run draws what an unbroken one would. Objects are chosen
+    with probability ~ sqrt(area), with replacement when a scene has fewer than K; one prompt
+    mode is drawn per image. Items: ``{"image": float32 (3, S, S) in [0, 1], "masks": float32
+    (K, S, S) of 0/1, "boxes": (K, 4), "points": (K, MAX_POINTS, 2), "labels": (K,
+    MAX_POINTS), "mode": 0 box, 1 points, 2 box + points}`` (``sample_prompts``' units).
+
+    Args:
+        length: items per epoch.
+        size: S, the scenes' side in pixels.
+        masks_per_image: K, objects prompted per image.
+        seed: the run's seed, part of every scene's seed.
+        prompt_modes: chances of box, points, and box + points (normalised to sum 1); default
+            ``tskd.training.pretrain.PretrainConfig.prompt_modes``' (0.4, 0.35, 0.25), with
+            which the built-in mini SAM was trained (``tskd/assets/mini_sam.json``).
+
+    Raises:
+        TskdInputError: ``prompt_modes`` not three non-negative chances with a positive sum.
     """
 
     def __init__(

@@ -75,7 +75,14 @@ class SegmentationPreview(Callback):
         self._last = 0.0
 
     def on_train_begin(self, state: TrainState) -> None:
-        """Take the first prepared training image; the interval starts now."""
+        """Take the first prepared training image; the interval starts now.
+
+        Args:
+            state: the run; ``state.dataset`` must be a ``LabelledDataset``.
+
+        Raises:
+            TypeError: ``state.dataset`` is another kind of dataset.
+        """
         from tskd.data.dataset import LabelledDataset
 
         if not isinstance(state.dataset, LabelledDataset):
@@ -85,7 +92,14 @@ class SegmentationPreview(Callback):
         self._last = time.perf_counter()
 
     def on_epoch_end(self, state: TrainState) -> None:
-        """Send a preview if the interval has passed or this was the last epoch."""
+        """Send a preview if the interval has passed or this was the last epoch.
+
+        Nothing is sent for an epoch this run took no step in, or when the model's output is
+        not a logit map (``preview_prediction``).
+
+        Args:
+            state: the run at the end of an epoch; its model, device, step and losses are read.
+        """
         if self._image is None or not state.steps_in_epoch:
             return
         if not (state.last_epoch or time.perf_counter() - self._last >= self.interval_s):

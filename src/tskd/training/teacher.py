@@ -35,7 +35,20 @@ def _dataset(samples: list[Any], size: int, augment: bool) -> Dataset:
 
 
 class TeacherTask:
-    """The engine's view of teacher fine-tuning: model, data and the Dice + CE loss."""
+    """The engine's view of teacher fine-tuning: model, data and the Dice + CE loss.
+
+    Loss: MONAI ``DiceCELoss`` (softmax, one-hot targets, Dice pooled over the batch),
+    ``dice_weight * Dice + (1 - dice_weight) * CE`` as SAMed; ignored pixels
+    (``IGNORE_INDEX``) count in neither term.
+
+    Args:
+        model: the LoRA-adapted ``SemanticSam``: float (B, 3, S, S) in [0, 1] -> logits
+            (B, C, S, S), S = ``cfg.input_size``.
+        samples: training ``tskd.data.samples.Sample`` with labels (class indices).
+        cfg: stage 1's settings (``input_size``, ``dice_weight``, ``dice_include_background``).
+        augment: random horizontal flips, zoom-crops and brightness/contrast jitter
+            (``tskd.data.dataset.augment_pair``).
+    """
 
     name = "teacher"
 
@@ -61,9 +74,23 @@ class TeacherTask:
         self.loss.dice.ignore_index = IGNORE_INDEX
 
     def dataset(self) -> Dataset:
+        """The labelled samples at the teacher's input size, augmented as asked.
+
+        Returns:
+            A ``LabelledDataset``: items ``{"image": (3, S, S) float, "label": (S, S) int64}``.
+        """
         return _dataset(self.samples, self.size, self.augment)
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Dice + CE of one batch.
+
+        Args:
+            model: the teacher as the engine runs it.
+            batch: "image" float (B, 3, S, S) in [0, 1], "label" int64 (B, S, S).
+
+        Returns:
+            ``{"loss": float32 scalar}``.
+        """
         logits = model(batch["image"]).float()
         return {"loss": self.loss(logits, batch["label"][:, None].long())}
 
@@ -86,13 +113,41 @@ def finetune_teacher(
 ) -> dict[str, Any]:
     """Fine-tune SAM with LoRA on labelled samples; write ``out_dir``; return the metrics.
 
-    Sample labels are class indices (``tskd.data.label_map.IGNORE_INDEX`` pixels are left out of
-    the loss and validation); ``label_meta`` (``LabelMap.to_meta()``: label_values,
-    class_names, ignore_label) is stored in the teacher's meta.json. ``train_image_shape``
-    [H, W] (median size of the labelled images) goes into the meta too, so prediction tiles
-    large images at the training scale. Randomness is seeded from ``cfg.train.seed`` before
-    the class heads and LoRA matrices are initialised, so two runs with the same seed give the
-    same adapter (on the CPU, bit for bit).
+    Randomness is seeded from ``cfg.train.seed`` before the class heads and LoRA matrices are
+    initialised, so two runs with the same seed give the same adapter (on the CPU, bit for bit).
+
+    Args:
+        cfg: stage 1's settings: the SAM (``model_type``, ``checkpoint``, ``input_size``),
+            ``lora``, the loss weights and ``train``.
+        train: training ``tskd.data.samples.Sample``; labels are class indices
+            (``tskd.data.label_map.IGNORE_INDEX`` pixels are left out of the loss and
+            validation).
+        val: validation samples, scored after training (``validation_dice``); may be empty.
+        num_classes: classes including the background; one mask per class.
+        out_dir: the teacher folder written (``adapter.safetensors``, ``meta.json``).
+        progress: gets the engine's ``Progress`` reports and live previews, or None.
+        cancel: checked before every step, or None.
+        resume: continue from the checkpoint in ``checkpoint_dir``.
+        checkpoint_dir: the engine's checkpoint folder; None writes none.
+        keep_checkpoint: leave the checkpoint for the caller to clear (``tskd.engine.train``).
+        class_names: names by class index, stored in the meta.
+        augment: augment the training images (``tskd.data.dataset.augment_pair``).
+        train_image_shape: [H, W] in pixels, the median size of the labelled images; stored
+            in the meta so prediction tiles large images at the training scale.
+        label_meta: ``LabelMap.to_meta()`` (label_values, class_names, ignore_label), stored in
+            the teacher's meta.json.
+
+    Returns:
+        The training record (``_metrics``): ``train_loss``, ``steps``, ``train_seconds``,
+        ``trainable_params``, ``total_params``, ``val_dice`` (mean over foreground classes, in
+        [0, 1], or None without validation samples) and ``val_dice_per_class``.
+
+    Raises:
+        CheckpointError: an unknown model type or an unusable SAM checkpoint (``build_sam``).
+        TskdInputError: bad LoRA settings or samples (missing or mismatched labels).
+        Cancelled: ``cancel`` was set (a checkpoint is written first).
+        TskdError: LoRA targets that match no layer; from the engine (device, non-finite loss,
+            a checkpoint of other settings); ``DiskFullError`` for a full disk.
     """
     seed_everything(cfg.train.seed)
     sam = build_sam(cfg.model_type, cfg.checkpoint, cfg.input_size)
@@ -128,8 +183,10 @@ def finetune_teacher(
 
 def _metrics(model: nn.Module, result: TrainResult, val: list[Any], input_size: int,
              num_classes: int) -> dict[str, Any]:
-    """The teacher's training record: last loss, steps, time, parameter counts and, with
-    validation samples, the Dice per foreground class and its mean (``validation_dice``)."""
+    """The teacher's training record: last loss, steps, time, parameter counts and Dice.
+
+    With validation samples, the Dice per foreground class and its mean (``validation_dice``).
+    """
     metrics: dict[str, Any] = {
         "train_loss": result.history[-1]["loss"] if result.history else None,
         "steps": result.steps,

@@ -33,6 +33,15 @@ class TeacherCache:
 
     ``layers`` names what is stored (e.g. ``["neck", "logits"]``) and is part of every key; the
     entries a ``compute_fn`` returns must include all of them.
+
+    Args:
+        cache_dir: the cache folder; created if missing.
+        teacher_id: identifies the teacher (``tskd.models.lora.teacher_id``: adapter, base
+            checkpoint and input size); part of every key.
+        layers: the names of the stored outputs.
+
+    Raises:
+        TskdError: ``cache_dir`` cannot be created.
     """
 
     def __init__(
@@ -49,8 +58,14 @@ class TeacherCache:
             raise TskdError(f"cannot create the teacher cache folder {self.dir}: {exc}") from None
 
     def key(self, image: torch.Tensor) -> str:
-        """sha256 of one teacher-input image (C, H, W), uint8 or float, with the teacher id and
-        the stored layer names."""
+        """Key one teacher-input image: sha256 of it with the teacher id and stored layer names.
+
+        Args:
+            image: (C, H, W), uint8 or float (hashed as float32), as the teacher sees it.
+
+        Returns:
+            64 hex digits; also the cache file's stem.
+        """
         arr = image.detach().cpu().contiguous()
         if arr.is_floating_point():
             arr = arr.float()
@@ -63,10 +78,19 @@ class TeacherCache:
         return h.hexdigest()
 
     def path(self, key: str) -> Path:
+        """The cache file of ``key``: ``<cache_dir>/<key>.safetensors``."""
         return self.dir / f"{key}.safetensors"
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
-        """The stored outputs for ``key`` (fp16, CPU), or None if absent or unreadable."""
+        """Read the stored outputs for ``key``; counts a hit when found.
+
+        Args:
+            key: from ``key``.
+
+        Returns:
+            fp16 CPU tensors by name, or None if the file is absent, unreadable (it will be
+            rewritten) or lacks one of ``layers``.
+        """
         from safetensors.torch import load_file
 
         path = self.path(key)
@@ -82,9 +106,20 @@ class TeacherCache:
         return tensors
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Store one image's outputs atomically (temp file + rename); returns what was stored.
+        """Store one image's outputs atomically (temp file + rename).
 
-        A full disk raises ``DiskFullError`` naming the cache folder.
+        Values are clamped to fp16's range (+-65504) and stored as fp16.
+
+        Args:
+            key: from ``key``.
+            tensors: the image's outputs by name, without the batch axis; all of ``layers``.
+
+        Returns:
+            What was stored: fp16 CPU tensors by name, the values ``get`` will return.
+
+        Raises:
+            TskdError: an output of ``layers`` is missing.
+            DiskFullError: the disk is full (the message names the cache folder).
         """
         from tskd import atomic
 
@@ -104,10 +139,23 @@ class TeacherCache:
         compute_fn: ComputeFn,
         keys: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Outputs for a batch of teacher-input images (B, C, H, W), each stacked on dim 0.
+        """Outputs for a batch of teacher-input images, read from disk or computed and stored.
 
-        Images found on disk are read; the others go to ``compute_fn`` in one batch (it returns
-        a dict of tensors with the batch on dim 0) and are stored. ``keys`` skips re-hashing.
+        Images found on disk are read; the others go to ``compute_fn`` in one batch and are
+        stored, so every returned value is the stored fp16 one.
+
+        Args:
+            images: (B, C, H, W) teacher inputs.
+            compute_fn: maps (b, C, H, W) images to a dict of tensors with the batch on dim 0.
+            keys: the images' keys when already known (skips re-hashing).
+
+        Returns:
+            fp16 CPU tensors by name, each (B, ...) in the order of ``images``; ``{}`` for no
+            images.
+
+        Raises:
+            TskdError: ``compute_fn`` did not return every output of ``layers``.
+            DiskFullError: the cache's disk is full.
         """
         if keys is None:
             keys = [self.key(img) for img in images]
