@@ -22,11 +22,11 @@ import numpy as np
 from tskd.data.axes import (
     CHANNEL_LETTERS,
     ImageAxes,
-    axes_note,
     check_pixel_budget,
     image_axes,
     resolve_budget,
 )
+from tskd.data.axes_notes import axes_note
 from tskd.data.label_map import MAX_LABEL_VALUE, check_values
 from tskd.data.label_policy import check_label_file_format, tiff_is_colour
 from tskd.errors import TskdInputError, TskdWarning

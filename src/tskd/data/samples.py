@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tskd.data import label_policy
-from tskd.data.axes import AxesNotes, ImageAxes, axes_reading, image_axes
+from tskd.data.axes import ImageAxes, axes_reading, image_axes
+from tskd.data.axes_notes import AxesNotes
 from tskd.data.files import read_image_axes, read_label
 from tskd.data.folders import labelled_cases, no_images_error, unlabelled_cases
 from tskd.errors import TskdInputError, TskdWarning
