@@ -1,9 +1,9 @@
 """Data: reading images and label maps, the label policy, model inputs, sample tasks, output rules.
 
-``axes`` decides how an array's axes are read (and the pixel budget), ``files`` reads and writes
-one image or label file, ``folders`` lists a data folder's files (nnU-Net cases too),
-``samples`` reads labelled sets and unlabelled folders as 2D samples (``io`` re-exports these
-four modules' names), ``label_map`` holds the ``LabelMap`` and declared class maps,
+``axes`` decides how an array's axes are read (and the pixel budget), ``axes_notes`` says the
+readings that were guesses, ``files`` reads and writes one image or label file, ``folders``
+lists a data folder's files (nnU-Net cases too), ``samples`` reads labelled sets and unlabelled
+folders as 2D samples, ``label_map`` holds the ``LabelMap`` and declared class maps,
 ``label_policy`` says what label values mean, ``dataset`` turns stored images into model inputs
 (normalisation, augmentation, splits), ``check`` checks a labelled set before training,
 ``outputs`` says where tskd may write, and ``phantoms`` draws the procedural sample tasks.

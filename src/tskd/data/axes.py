@@ -18,7 +18,6 @@ import contextlib
 import contextvars
 import math
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from tskd.errors import TskdInputError, TskdWarning
+from tskd.errors import TskdInputError
 
 DEFAULT_MAX_PIXELS = 2**28  # 268 M pixels: a 16384 x 16384 image; float RGB of it is 3 GiB
 MAX_PIXELS_ENV = "TSKD_MAX_PIXELS"
@@ -44,8 +43,14 @@ def _positive_budget(value: Any, what: str) -> int:
 
 
 def default_max_pixels() -> int:
-    """The pixel budget when none is passed: ``pixel_budget``'s, else ``$TSKD_MAX_PIXELS``,
-    else ``DEFAULT_MAX_PIXELS`` (2^28). Raises ``TskdInputError`` for a malformed variable."""
+    """The pixel budget when none is passed: ``pixel_budget``'s, else ``$TSKD_MAX_PIXELS``.
+
+    Returns:
+        The budget in pixels; ``DEFAULT_MAX_PIXELS`` (2^28) when neither is set.
+
+    Raises:
+        TskdInputError: ``$TSKD_MAX_PIXELS`` is not a positive whole number.
+    """
     ctx = _MAX_PIXELS.get()
     if ctx is not None:
         return ctx
@@ -60,9 +65,10 @@ def default_max_pixels() -> int:
 
 
 def resolve_budget(max_pixels: int | None) -> int:
-    """``max_pixels`` checked (a positive whole number), or ``default_max_pixels()`` when None.
+    """The budget in pixels: ``max_pixels`` checked, or ``default_max_pixels()`` when None.
 
-    Raises ``TskdInputError`` for a budget that is not a positive whole number.
+    Raises:
+        TskdInputError: The budget is not a positive whole number.
     """
     return default_max_pixels() if max_pixels is None else _positive_budget(
         max_pixels, "max_pixels")
@@ -70,8 +76,19 @@ def resolve_budget(max_pixels: int | None) -> int:
 
 @contextlib.contextmanager
 def pixel_budget(max_pixels: int | None) -> Iterator[int]:
-    """Within the block, readers that get no explicit budget use ``max_pixels`` (None: keep
-    the current default). This is how ``data.max_pixels`` reaches label maps and loaders."""
+    """Within the block, readers that get no explicit budget use ``max_pixels``.
+
+    This is how ``data.max_pixels`` reaches label maps and loaders.
+
+    Args:
+        max_pixels: The budget in pixels; None keeps the current default.
+
+    Yields:
+        The budget in force inside the block, in pixels.
+
+    Raises:
+        TskdInputError: The budget is not a positive whole number.
+    """
     value = resolve_budget(max_pixels)
     token = _MAX_PIXELS.set(value)
     try:
@@ -92,11 +109,19 @@ def _count(n: int) -> str:
 def check_pixel_budget(
     dims: Sequence[int], max_pixels: int | None = None, path: str | Path | None = None
 ) -> None:
-    """Raise ``TskdInputError`` when an image of ``dims`` (pixels along each non-channel axis,
-    e.g. (Z, H, W)) is over the budget (``max_pixels``, or ``default_max_pixels()`` when None).
+    """Refuse an image whose pixel count is over the budget.
 
     Called from file headers before decoding, and by ``tskd.inference.segmenter.Segmenter`` before
     the float conversion of an array, so a decompression bomb never reaches memory.
+
+    Args:
+        dims: Pixels along each non-channel axis, e.g. (Z, H, W).
+        max_pixels: The budget in pixels; None: ``default_max_pixels()``.
+        path: The file the message names; None: "an image of HxW".
+
+    Raises:
+        TskdInputError: The product of ``dims`` is over the budget (the message says how to
+            raise it), or the budget is not a positive whole number.
     """
     budget = resolve_budget(max_pixels)
     pixels = math.prod(int(d) for d in dims)
@@ -112,8 +137,6 @@ def check_pixel_budget(
     )
 
 
-# -------------------------------------------------------------------------- axes
-
 CHANNEL_LETTERS = "CS"  # TIFF/OME/ImageJ: channel, sample (RGB)
 _UNKNOWN_LETTERS = "QI"  # tifffile: unknown, generic page sequence
 
@@ -122,11 +145,15 @@ _UNKNOWN_LETTERS = "QI"  # tifffile: unknown, generic page sequence
 class ImageAxes:
     """How the axes of an array are read; ``standard(array)`` lays it out as (Z,) H, W (, C).
 
-    ``shape`` is the array as stored or given; ``channel_axis`` indexes it (None: one channel);
-    ``order`` is the transpose to the standard layout. ``source`` says how it was decided:
-    "metadata" (file axes, PNG/JPEG mode, napari layer), "shape" (2D: nothing to decide),
-    "caller" (``is_stack`` given), "label" (the reading that fits the label map's shape) or
-    "guess" (from the shape alone); ``reason`` says it in words.
+    Attributes:
+        shape: The array as stored or given.
+        is_stack: Whether one axis holds slices.
+        channel_axis: The axis of ``shape`` that holds channels; None: one channel.
+        order: The transpose to the standard layout.
+        source: How it was decided: "metadata" (file axes, PNG/JPEG mode, napari layer),
+            "shape" (2D: nothing to decide), "caller" (``is_stack`` given), "label" (the reading
+            that fits the label map's shape) or "guess" (from the shape alone).
+        reason: The same in words.
     """
 
     shape: tuple[int, ...]
@@ -138,6 +165,7 @@ class ImageAxes:
 
     @property
     def channels(self) -> int:
+        """Number of channels: 1 without a channel axis."""
         return 1 if self.channel_axis is None else self.shape[self.channel_axis]
 
     @property
@@ -154,14 +182,14 @@ class ImageAxes:
     def ambiguous(self) -> bool:
         """A guess that put channels elsewhere than last: a short stack fits it as well.
 
-        (A guessed stack has no axis of 4 or fewer entries, so reading one as channels would
-        keep only three of them; channels-last with <= 4 is numpy's and napari's layout.)
+        A guessed stack has no axis of 4 or fewer entries, so reading one as channels would keep
+        only three of them; channels-last with <= 4 is numpy's and napari's layout.
         """
         return (self.source == "guess" and self.channel_axis is not None
                 and self.channel_axis != len(self.shape) - 1)
 
     def describe(self) -> str:
-        """'one 2-channel image (channels first)', 'a stack of 5 slices', ..."""
+        """The reading in words: 'one 2-channel image (channels first)', 'a stack of 5 slices'."""
         c = self.channels
         if self.is_stack:
             return f"a stack of {self.spatial_shape[0]} slices" + (
@@ -172,7 +200,11 @@ class ImageAxes:
         return f"one {c}-channel image{first}"
 
     def standard(self, array: np.ndarray) -> np.ndarray:
-        """``array`` (of ``shape``) as (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C)."""
+        """``array`` (of ``shape``, any dtype) as (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C).
+
+        Raises:
+            ValueError: ``array`` is not of ``shape`` (a caller's mistake, not the user's).
+        """
         if tuple(array.shape) != self.shape:
             raise ValueError(f"array of shape {array.shape}, axes read for {self.shape}")
         return array if self.order == tuple(range(len(self.shape))) else array.transpose(
@@ -181,8 +213,18 @@ class ImageAxes:
 
 def axes_reading(shape: tuple[int, ...], stack: int | None, channel: int | None, source: str,
                  reason: str) -> ImageAxes:
-    """The ``ImageAxes`` of ``shape`` with the stack on axis ``stack`` and the channels on axis
-    ``channel`` (None: no such axis), the other axes spatial in their order."""
+    """The ``ImageAxes`` of ``shape`` with the stack and the channels on the given axes.
+
+    Args:
+        shape: The array's shape.
+        stack: The axis of the slices; None: no stack.
+        channel: The axis of the channels; None: one channel.
+        source: ``ImageAxes.source``.
+        reason: ``ImageAxes.reason``.
+
+    Returns:
+        The reading; the other axes are spatial, in their order.
+    """
     rest = [i for i in range(len(shape)) if i not in (stack, channel)]
     order = tuple(([] if stack is None else [stack]) + rest
                   + ([] if channel is None else [channel]))
@@ -266,24 +308,32 @@ def image_axes(
     label_shape: Sequence[int] | None = None,
     where: str = "image",
 ) -> ImageAxes:
-    """Decide how the axes of an array of ``shape`` are read: the one rule for training,
-    ``tskd predict`` and the widgets.
+    """Decide how the axes of an array are read: the one rule for training, predict, widgets.
 
-    In order of precedence:
-    - ``rgb`` (a napari layer: the last axis is colour when True; every other axis is spatial,
-      so three spatial axes are a stack, as napari shows them);
-    - ``axes`` metadata letters (tifffile's ``series.axes``: 'YX', 'YXS', 'CYX', 'ZYX',
-      'ZCYX', ...; 'Q'/'I' axes count as unknown), C or S being channels and any one other
-      letter (Z, T, ...) the stack axis;
-    - ``is_stack`` from a caller that knows: the array is then in the standard layout
-      (H, W[, C]) or (Z, H, W[, C]), channels last;
-    - otherwise a guess from the shape: 2D is an image; 3D whose first or last axis has <= 4
-      entries is one image with channels on the smaller of the two (ties: last), else a stack;
-      4D is a stack with channels on the last, second or first axis, the first of these <= 4.
-      With ``label_shape`` the reading whose spatial shape equals the label's is taken.
+    Precedence: ``rgb``, then ``axes``, then ``is_stack``, otherwise a guess from the shape: 2D
+    is an image; 3D whose first or last axis has <= 4 entries is one image with channels on the
+    smaller of the two (ties: last), else a stack; 4D is a stack with channels on the last,
+    second or first axis, the first of these <= 4.
 
-    Raises ``TskdInputError`` (naming ``where``) for shapes no reading fits (1D, 5D, a 4D
-    array with no small axis, two stack axes in the metadata).
+    Args:
+        shape: The array's shape as stored.
+        axes: Metadata letters (tifffile's ``series.axes``: 'YX', 'YXS', 'CYX', 'ZYX', 'ZCYX',
+            ...; 'Q'/'I' axes count as unknown), C or S being channels and any one other letter
+            (Z, T, ...) the stack axis; None or empty: no metadata.
+        rgb: A napari layer's flag: the last axis is colour when True; every other axis is
+            spatial, so three spatial axes are a stack, as napari shows them.
+        is_stack: From a caller that knows: the array is then in the standard layout
+            (H, W[, C]) or (Z, H, W[, C]), channels last.
+        label_shape: The label map's shape: a guess takes the reading whose spatial shape
+            equals it.
+        where: What the messages name (a file, a layer).
+
+    Returns:
+        The reading.
+
+    Raises:
+        TskdInputError: No reading fits the shape (1D, 5D, a 4D array with no small axis, two
+            stack axes or two channel axes in the metadata).
     """
     shape = tuple(int(n) for n in shape)
     nd = len(shape)
@@ -348,48 +398,3 @@ def _guessed_axes(shape: tuple[int, ...], label_shape: Sequence[int] | None,
         if fits:
             return fits[0]
     return candidates[0]
-
-
-_AXES_HINT = ("save it as a TIFF with axes metadata (e.g. tifffile.imwrite(path, image, "
-              "metadata={'axes': 'CYX'}), or 'ZYX' for a stack) to choose")
-
-
-def _axes_fragment(path: str | Path, ax: ImageAxes, plain: ImageAxes | None = None) -> str:
-    """'a.tif (2, 64, 64) as one 2-channel image (channels first)' (+ what predict reads)."""
-    text = f"{Path(path).name} {ax.shape} as {ax.describe()}"
-    if plain is not None and plain.order != ax.order:
-        text += (" to fit its label map, though without a label map (tskd predict) it reads "
-                 f"as {plain.describe()}")
-    return text
-
-
-def axes_note(path: str | Path, ax: ImageAxes, plain: ImageAxes | None = None) -> str:
-    """One sentence on a reading that was a guess (or that a label chose against the guess)."""
-    return (f"{path}: no axes metadata; read {_axes_fragment(path, ax, plain)} ({ax.reason}); "
-            + _AXES_HINT)
-
-
-class AxesNotes:
-    """Readings of a folder that were guesses, said once in one warning (``warn``)."""
-
-    def __init__(self, where: Path) -> None:
-        self.where = where
-        self.notes: list[str] = []
-
-    def add(self, path: Path, ax: ImageAxes, plain: ImageAxes | None = None) -> None:
-        if ax.ambiguous or (plain is not None and plain.order != ax.order):
-            self.notes.append(_axes_fragment(path, ax, plain))
-
-    def warn(self) -> None:
-        if not self.notes:
-            return
-        more = f" and {len(self.notes) - 3} more" if len(self.notes) > 3 else ""
-        warnings.warn(
-            f"{self.where}: {len(self.notes)} image(s) have no axes metadata and were read by "
-            f"their shape: {'; '.join(self.notes[:3])}{more}; " + _AXES_HINT.replace(
-                "save it", "save them").replace("image, ", "images, "),
-            TskdWarning, stacklevel=3,
-        )
-
-
-# ------------------------------------------------------------------ decoding

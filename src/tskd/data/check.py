@@ -24,7 +24,19 @@ _SHOWN_VALUES = 12
 
 @dataclass
 class FileCheck:
-    """One case: its files, what was read, how the labels are read, and its problems."""
+    """One case: its files, what was read, how the labels are read, and its problems.
+
+    Attributes:
+        case: The case name (file stem).
+        image: Its image file(s) relative to the folder, comma-separated; None if none.
+        label: Its label file relative to the folder; None if none.
+        image_shape, image_dtype: The image as training reads it (standard layout).
+        label_shape, label_dtype: The label map as read, and its dtype as stored.
+        values: The first 12 distinct label values.
+        n_values: How many distinct label values there are.
+        how: How the label policy reads the file ("values are classes", ...).
+        errors, warnings: One sentence each.
+    """
 
     case: str
     image: str | None = None
@@ -42,7 +54,15 @@ class FileCheck:
 
 @dataclass
 class CheckReport:
-    """The per-case checks, the class map decided for the set, and set-wide messages."""
+    """The per-case checks, the class map decided for the set, and set-wide messages.
+
+    Attributes:
+        folder: The labelled folder checked.
+        files: One ``FileCheck`` per case, sorted by name.
+        label_values, class_names, ignore_label, classes_declared: The class map decided
+            (``LabelMap``); ``label_values`` None when none could be decided.
+        notes, warnings, errors: Set-wide sentences.
+    """
 
     folder: str
     files: list[FileCheck]
@@ -56,13 +76,16 @@ class CheckReport:
 
     @property
     def n_errors(self) -> int:
+        """Errors of the set and of every case."""
         return len(self.errors) + sum(len(f.errors) for f in self.files)
 
     @property
     def n_warnings(self) -> int:
+        """Warnings of the set and of every case."""
         return len(self.warnings) + sum(len(f.warnings) for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (``--json``), with ``n_errors`` and ``n_warnings``."""
         return asdict(self) | {"n_errors": self.n_errors, "n_warnings": self.n_warnings}
 
 
@@ -88,8 +111,10 @@ def _check_finite(path: Path, image: np.ndarray, fc: FileCheck) -> None:
 
 def _cases(folder: Path, image_dir: Path, label_dir: Path, nnunet: bool,
            case_problems: dict[str, str]) -> tuple[dict[str, list[Path]], dict[str, Path]]:
-    """({case: image files}, {case: label file}); nnU-Net case problems go to
-    ``case_problems``. Raises ``TskdInputError`` for files that cannot be paired at all."""
+    """({case: image files}, {case: label file}); nnU-Net case problems go to ``case_problems``.
+
+    Raises ``TskdInputError`` for files that cannot be paired at all.
+    """
     if nnunet:
         cases = folders.nnunet_cases(image_dir, folders.declared_channels(folder), case_problems)
     else:
@@ -99,8 +124,10 @@ def _cases(folder: Path, image_dir: Path, label_dir: Path, nnunet: bool,
 
 def _read_image(paths: list[Path], label: np.ndarray | None, folder: Path,
                 fc: FileCheck) -> tuple[np.ndarray | None, ImageAxes | None]:
-    """A case's image read as training reads it (metadata, else what fits the label), its
-    warnings and non-finite pixels recorded in ``fc``."""
+    """A case's image read as training reads it (metadata, else what fits the label).
+
+    Its warnings and non-finite pixels are recorded in ``fc``.
+    """
     fc.image = ", ".join(str(p.relative_to(folder)) for p in paths)
     image, axes = None, None
     try:
@@ -122,8 +149,10 @@ def _read_image(paths: list[Path], label: np.ndarray | None, folder: Path,
 def _check_case(name: str, paths: list[Path] | None, label_path: Path | None, folder: Path,
                 dirs: tuple[Path, Path], problem: str | None,
                 fc: FileCheck) -> np.ndarray | None:
-    """Check one case's files into ``fc`` (``problem``: its nnU-Net channel files' problem);
-    returns its label's distinct values, if read."""
+    """Check one case's files into ``fc``; its label's distinct values, if read.
+
+    ``problem`` is the problem of its nnU-Net channel files, if any.
+    """
     image_dir, label_dir = dirs
     label = None
     if label_path is not None:
@@ -157,11 +186,19 @@ def _check_case(name: str, paths: list[Path] | None, label_path: Path | None, fo
 def check_folder(
     folder: str | Path, classes: Any = None, ignore_label: int | None = None
 ) -> CheckReport:
-    """Check a labelled folder (images/+labels/ or nnU-Net raw) file by file.
+    """Check a labelled folder (images/+labels/ or nnU-Net raw) file by file; nothing is written.
 
-    ``classes`` and ``ignore_label`` are the config's ``data.classes`` and
-    ``data.ignore_label``. Problems of files are collected in the report, never raised; a
-    folder that is not a labelled set at all raises ``TskdInputError``.
+    Args:
+        folder: The labelled set.
+        classes: The config's ``data.classes``, or None.
+        ignore_label: The config's ``data.ignore_label``, or None.
+
+    Returns:
+        The report: problems of files (and of the class declaration) are collected in it,
+        never raised.
+
+    Raises:
+        TskdInputError: ``folder`` does not exist or is not a labelled set at all.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -224,7 +261,10 @@ def _report_decision(report: CheckReport, decision: label_policy.MapDecision,
 
 
 def format_report(report: CheckReport) -> str:
-    """The report as text: one block per case, then the class map and the counts."""
+    """The report as text: one line per case (ok/warn/ERROR) and its messages, then the totals.
+
+    The class map decided is listed when there is no error at all.
+    """
     lines = [f"check-data {report.folder}"]
     for fc in report.files:
         status = "ERROR" if fc.errors else "warn " if fc.warnings else "ok   "
@@ -259,4 +299,5 @@ def format_report(report: CheckReport) -> str:
 
 
 def report_json(report: CheckReport) -> str:
+    """The report as indented JSON (``tskd check-data --json``), ``CheckReport.to_dict``."""
     return json.dumps(report.to_dict(), indent=1)

@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 from tskd.data.samples import Sample
 from tskd.errors import TskdInputError, TskdWarning
 
-ContrastLimits = Sequence[float] | None
+ContrastLimits = Sequence[float] | None  # (low, high) intensities, e.g. a napari layer's
+# the automatic window: robust to hot pixels; nnU-Net clips CT intensities to the same percentiles
 PERCENTILES = (0.5, 99.5)
 _PERCENTILE_PIXELS = 2**16  # windows of larger images come from a regular subsample (speed)
 
@@ -84,13 +85,22 @@ def _to_unit(image: np.ndarray, contrast_limits: ContrastLimits = None) -> np.nd
 
 
 def to_float_rgb(image: np.ndarray, contrast_limits: ContrastLimits = None) -> np.ndarray:
-    """(H, W[, C]) of any dtype -> float32 (H, W, 3) in [0, 1].
+    """An image of any dtype as float32 RGB (H, W, 3) in [0, 1]: the one normalisation.
 
-    uint8 is divided by 255; other types are windowed by ``contrast_limits`` (one pair for all
-    channels, e.g. a napari layer's) or, when none are given, per channel by the 0.5 and 99.5
-    percentiles (robust to hot pixels; channels of a multi-channel scan have their own ranges).
-    Gray is repeated, two channels get a zero third, more than three keep the first three
-    (with a warning; RGBA uint8 silently drops alpha). A constant image gives zeros.
+    uint8 is divided by 255; other types are windowed by ``contrast_limits`` or, when none are
+    given, per channel by the 0.5 and 99.5 percentiles (``PERCENTILES``: robust to hot pixels;
+    channels of a multi-channel scan have their own ranges), from a regular subsample of about
+    2^16 pixels for speed. Gray is repeated, two channels get a zero third, more than three keep
+    the first three (with a ``TskdWarning``; RGBA uint8 silently drops alpha). A constant image
+    gives zeros; NaN and -inf become 0 (black), +inf 1 (white).
+
+    Args:
+        image: (H, W) or (H, W, C), any numeric dtype, intensities in the file's units.
+        contrast_limits: (low, high) intensities mapped to 0 and 1, one pair for all channels
+            (e.g. a napari layer's); None: uint8 / 255, else the percentile window.
+
+    Raises:
+        TskdInputError: ``image`` is not 2D (H, W[, C]).
     """
     unit = _to_unit(image, contrast_limits)
     if unit.ndim == 2:
@@ -112,10 +122,18 @@ def _three_channels(t: torch.Tensor) -> torch.Tensor:
 def image_to_tensor(
     image: np.ndarray, size: int, contrast_limits: ContrastLimits = None
 ) -> torch.Tensor:
-    """An image as a (3, size, size) float tensor in [0, 1] (bilinear, antialiased).
+    """An image as a (3, size, size) float32 tensor in [0, 1] (bilinear, antialiased).
 
-    Same values as ``to_float_rgb`` followed by resizing, but gray images are resized before
-    they are repeated to RGB (a third of the work).
+    Same values as ``to_float_rgb`` followed by resizing (torch ``F.interpolate``), but gray
+    images are resized before they are repeated to RGB (a third of the work).
+
+    Args:
+        image: (H, W) or (H, W, C), any numeric dtype.
+        size: The model's square input side in pixels.
+        contrast_limits: As ``to_float_rgb``.
+
+    Raises:
+        TskdInputError: ``image`` is not 2D (H, W[, C]).
     """
     unit = torch.from_numpy(_to_unit(image, contrast_limits))
     t = unit[None] if unit.ndim == 2 else unit.permute(2, 0, 1)
@@ -126,7 +144,12 @@ def image_to_tensor(
 
 
 def label_to_tensor(label: np.ndarray, size: int) -> torch.Tensor:
-    """A label map as a (size, size) int64 tensor (nearest neighbour, so no new values)."""
+    """A label map as a (size, size) int64 tensor (nearest neighbour, so no new values).
+
+    Args:
+        label: Class indices (H, W), any integer dtype.
+        size: The model's square input side in pixels.
+    """
     t = torch.from_numpy(np.asarray(label, dtype=np.int64))
     if t.shape[-2:] == (size, size):
         return t.clone()
@@ -140,9 +163,13 @@ def label_to_tensor(label: np.ndarray, size: int) -> torch.Tensor:
 def num_classes(samples: Sequence[Sample]) -> int:
     """Classes including background: the largest class index + 1 (at least 2).
 
-    Sample labels hold class indices (``tskd.data.samples.read_labelled_set`` maps label values to
-    them). Raises ``TskdInputError`` when there is no label, or when the count would exceed
-    ``tskd.data.label_map.MAX_CLASSES`` (checked before anything is allocated per class).
+    Args:
+        samples: Samples whose labels hold class indices (``tskd.data.samples.read_labelled_set``
+            maps label values to them); unlabelled samples are skipped.
+
+    Raises:
+        TskdInputError: No sample has a label, or the count would exceed
+            ``tskd.data.label_map.MAX_CLASSES`` (checked before anything is allocated per class).
     """
     from tskd.data.label_map import MAX_CLASSES
 
@@ -161,11 +188,18 @@ def num_classes(samples: Sequence[Sample]) -> int:
 def split_train_val(
     samples: Sequence[Sample], val_fraction: float, seed: int
 ) -> tuple[list[Sample], list[Sample]]:
-    """A deterministic split that keeps the samples' order within each part.
+    """A deterministic split into ``(train, val)`` that keeps the samples' order within each part.
 
-    Validation gets ``tskd.config.validation_count(n, val_fraction)`` samples, chosen by a
-    permutation seeded with ``seed``: ``round(n * val_fraction)``, at least one, at most n - 1
-    (train is never empty); with fewer than 4 samples, or ``val_fraction == 0``, none.
+    Args:
+        samples: The labelled samples.
+        val_fraction: Share for validation, in [0, 1) (``DataConfig.val_fraction``): validation
+            gets ``tskd.config.validation_count(n, val_fraction)`` samples, ``round(n *
+            val_fraction)``, at least one, at most n - 1 (train is never empty); with fewer than
+            4 samples, or ``val_fraction == 0``, none.
+        seed: Seeds the permutation (numpy ``default_rng``) that chooses them.
+
+    Raises:
+        TskdInputError: ``val_fraction`` is outside [0, 1).
     """
     from tskd.config import validation_count
 
@@ -206,10 +240,19 @@ def augment_pair(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, zoom-crop and brightness/contrast jitter, identical for image and label.
 
-    By default only horizontal flips: vertical flips and rotations turn ultrasound fans and
-    anatomical layouts into images a scanner never makes. ``any_orientation`` adds vertical
-    flips and 90-degree rotations, for images without an up (microscopy, dermoscopy).
-    Draws from torch's global RNG, which the engine seeds, so runs repeat.
+    Each with probability 0.5: a horizontal flip, and a crop of 75-100 % of the side resized
+    back (image bilinear, label nearest); always contrast x0.9-1.1 and brightness +-0.05 around
+    0.5, clipped to [0, 1]. Draws from torch's global RNG, which the engine seeds, so runs repeat.
+
+    Args:
+        image: (3, S, S) float in [0, 1].
+        label: (S, S) int64 class indices.
+        any_orientation: Add vertical flips and 90-degree rotations, for images without an up
+            (microscopy, dermoscopy). Off by default: vertical flips and rotations turn
+            ultrasound fans and anatomical layouts into images a scanner never makes.
+
+    Returns:
+        The augmented ``(image, label)``, same shapes and dtypes, contiguous.
     """
     if torch.rand(()) < 0.5:
         image, label = image.flip(-1), label.flip(-1)
@@ -231,9 +274,18 @@ def augment_pair(
 
 
 class LabelledDataset(Dataset):
-    """Labelled samples as ``{"image": (3, S, S) float, "label": (S, S) int64}``.
+    """Labelled samples as ``{"image": (3, S, S) float32 in [0, 1], "label": (S, S) int64}``.
 
     Images and labels are normalised and resized once, here; items only augment.
+
+    Args:
+        samples: Labelled samples (labels as class indices).
+        size: S, the model's square input side in pixels.
+        augment: Apply ``augment_pair`` to every item.
+        any_orientation: Passed to ``augment_pair``.
+
+    Raises:
+        TskdInputError: A sample without a label, or whose image and label differ in size.
     """
 
     def __init__(
@@ -263,7 +315,12 @@ class LabelledDataset(Dataset):
 
 
 class ImageDataset(Dataset):
-    """Unlabelled images as ``{"image": (3, S, S) float, "index": int}`` (resized once)."""
+    """Unlabelled images as ``{"image": (3, S, S) float32 in [0, 1], "index": int}``.
+
+    Args:
+        images: (H, W[, C]) images of any dtype, normalised and resized once, here.
+        size: S, the model's square input side in pixels.
+    """
 
     def __init__(self, images: Sequence[np.ndarray], size: int) -> None:
         self.images = [image_to_tensor(im, size) for im in images]

@@ -22,11 +22,11 @@ import numpy as np
 from tskd.data.axes import (
     CHANNEL_LETTERS,
     ImageAxes,
-    axes_note,
     check_pixel_budget,
     image_axes,
     resolve_budget,
 )
+from tskd.data.axes_notes import axes_note
 from tskd.data.label_map import MAX_LABEL_VALUE, check_values
 from tskd.data.label_policy import check_label_file_format, tiff_is_colour
 from tskd.errors import TskdInputError, TskdWarning
@@ -36,13 +36,20 @@ _TIFF = {".tif", ".tiff"}
 
 
 def stem(path: str | Path) -> str:
-    """File name without its image suffix; this is what pairs an image with its label."""
+    """The name of ``path`` without its image suffix; this is what pairs an image with its label.
+
+    ``a.tif`` -> ``a``; a suffix not in ``IMAGE_SUFFIXES`` is kept (``c.nii.gz`` -> ``c.nii.gz``).
+    """
     path = Path(path)
     return path.name[: -len(path.suffix)] if path.suffix.lower() in IMAGE_SUFFIXES else path.name
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder`` (hidden files skipped), sorted by name."""
+    """Image files directly in ``folder`` (hidden files skipped, never recursive), sorted by name.
+
+    Raises:
+        TskdInputError: ``folder`` is not a folder.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise TskdInputError(f"folder not found: {folder}")
@@ -148,7 +155,17 @@ def _decode(path: Path, palette_indices: bool = False,
 
 def read_raw(path: Path, palette_indices: bool = False,
               max_pixels: int | None = None) -> np.ndarray:
-    """Decode a file; channel ('C') or sample ('S') axes the metadata names are moved last."""
+    """Decode a file in its dtype; channel ('C') or sample ('S') axes its metadata names go last.
+
+    Args:
+        path: A tif, png, jpg or npy file.
+        palette_indices: Keep a palette PNG's indices instead of its colours (label maps).
+        max_pixels: The pixel budget (pixels); None: ``default_max_pixels()``.
+
+    Raises:
+        TskdInputError: The file is missing, of an unsupported type, corrupt, or decodes to more
+            than ``max_pixels`` pixels (checked from its header before decoding).
+    """
     arr, axes = _decode(path, palette_indices, max_pixels)
     if axes and len(axes) == arr.ndim:
         for ax in CHANNEL_LETTERS[::-1]:  # S, then C
@@ -174,9 +191,10 @@ def _validated(arr: Any, path: Path) -> np.ndarray:
 def nonfinite_problem(path: str | Path, image: np.ndarray) -> tuple[str, bool] | None:
     """``(sentence, all_bad)`` when a float image holds NaN or infinite values, else None.
 
-    The sentence counts them and says what they become: ``tskd.data.dataset.to_float_rgb`` reads NaN
-    and -inf as the lowest intensity (black) and +inf as the highest (white); ``all_bad`` is
-    True when no value is finite (the image is then blank black).
+    The sentence names ``path``, counts the values of each kind and says what they become:
+    ``tskd.data.dataset.to_float_rgb`` reads NaN and -inf as the lowest intensity (black) and +inf
+    as the highest (white); ``all_bad`` is True when no value is finite (the image is then blank
+    black). ``image`` may have any shape; only float dtypes can hold such values.
     """
     arr = np.asarray(image)
     if arr.dtype.kind != "f":
@@ -206,15 +224,24 @@ def read_image_axes(
 ) -> tuple[np.ndarray, ImageAxes]:
     """Read an image (tif, png, jpg, npy) in the standard layout, with how its axes were read.
 
-    Returns ``(array, axes)``: the array is (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C) in the
-    file's dtype; ``axes`` (``ImageAxes``) describes the stored array and how it was read
-    (``image_axes``: metadata first, ``label_shape`` next, else a guess). A guess another
-    reading fits as well gives one ``TskdWarning`` naming the file and its shape (``warn``).
-    A float image with NaN or infinite values gives one ``TskdWarning`` counting them and
-    saying what they become (``nonfinite_problem``; ``check_finite``). Raises
-    ``TskdInputError`` for a missing, unsupported or corrupt file, a shape no reading fits, or
-    a decoded size over ``max_pixels`` (default ``default_max_pixels()``, 2^28), checked
-    from the header before decoding.
+    Args:
+        path: The image file.
+        max_pixels: The pixel budget (pixels), checked from the header before decoding; None:
+            ``default_max_pixels()`` (2^28 unless raised).
+        label_shape: The shape of its label map: chooses among readings of a shape without axes
+            metadata (``image_axes``: metadata first, ``label_shape`` next, else a guess).
+        warn: One ``TskdWarning`` naming the file and its shape when the reading is a guess
+            another reading fits as well.
+        check_finite: One ``TskdWarning`` counting a float image's NaN or infinite values and
+            saying what they become (``nonfinite_problem``).
+
+    Returns:
+        ``(array, axes)``: the array is (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C) in the
+        file's dtype (booleans as uint8); ``axes`` describes the stored array and its reading.
+
+    Raises:
+        TskdInputError: A missing, unsupported, corrupt or non-numeric file, a shape no reading
+            fits, or a decoded size over ``max_pixels``.
     """
     path = Path(path)
     arr, axes = _decode(path, max_pixels=max_pixels)
@@ -231,21 +258,28 @@ def read_image_axes(
 def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Read an image in the standard layout (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C).
 
-    Same reading, warnings and errors as ``read_image_axes``.
+    Same reading, dtype, warnings and errors (``TskdInputError``) as ``read_image_axes``, whose
+    ``path`` and ``max_pixels`` (pixels; None: ``default_max_pixels()``) it takes.
     """
     arr, _ = read_image_axes(path, max_pixels)
     return arr
 
 
 def read_label(path: str | Path) -> np.ndarray:
-    """Read a label map's values as int64: (H, W) or a stack (Z, H, W), the user's ids unchanged.
+    """Read a label file's values as int64: (H, W) or a stack (Z, H, W), the user's ids unchanged.
 
     Palette PNGs give their indices; an RGB(A) label (PNG or TIFF) whose colour channels agree
-    (a gray map saved in colour) gives one channel. Raises ``TskdInputError`` (checked before
-    any cast or allocation per value, see ``tskd.data.label_policy``) for lossy files (JPEG, or TIFF
-    with JPEG/WebP compression), colour label maps, non-integer, negative or too large values
-    (above ``label_map.MAX_LABEL_VALUE``). What the values mean (classes, binary 0/255,
-    gaps) is decided for the whole set by ``tskd.data.label_policy``.
+    (a gray map saved in colour) gives one channel. What the values mean (classes, binary
+    0/255, gaps) is decided for the whole set by ``tskd.data.label_policy``.
+
+    Args:
+        path: The label file (png, tif or npy).
+
+    Raises:
+        TskdInputError: Checked before any cast or allocation per value (see
+            ``tskd.data.label_policy``): lossy files (JPEG, or TIFF with JPEG/WebP compression),
+            colour or gray+alpha label maps, non-integer, negative or too large values (above
+            ``label_map.MAX_LABEL_VALUE``), and every error of ``read_raw``.
     """
     path = Path(path)
     check_label_file_format(path)
@@ -253,7 +287,11 @@ def read_label(path: str | Path) -> np.ndarray:
 
 
 def label_from_raw(raw: Any, path: Path) -> np.ndarray:
-    """``read_label`` after decoding: ``raw`` is the decoded file (palette indices kept)."""
+    """``read_label`` after decoding: ``raw`` is ``read_raw(path, palette_indices=True)``.
+
+    ``tskd check-data`` decodes first to report the stored dtype. Same result and
+    ``TskdInputError`` as ``read_label`` for the checks made after decoding.
+    """
     arr = _validated(raw, path)
     suffix = path.suffix.lower()
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -279,11 +317,17 @@ def label_from_raw(raw: Any, path: Path) -> np.ndarray:
 
 
 def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = None) -> Path:
-    """Write an image in the standard layout (H, W[, C]) or (Z, H, W[, C]), channels last.
+    """Write an image in the standard layout (H, W[, C]) or (Z, H, W[, C]), channels last; ``path``.
 
-    tif/npy keep any dtype and stacks, png/jpg need uint8 (png also uint16). A tif records its
-    axes ('YX', 'YXS', 'ZYX', 'ZYXS'), so it is read back the same way; ``is_stack`` None takes
-    4D and 3D with more than 4 entries on the last axis as stacks.
+    tif/npy keep any dtype and stacks, png/jpg need uint8 (png also uint16); booleans are
+    written as uint8. A tif records its axes ('YX', 'YXS', 'ZYX', 'ZYXS'), so it is read back
+    the same way; ``is_stack`` None takes 4D and 3D with more than 4 entries on the last axis as
+    stacks. The file is written atomically (``tskd.atomic``): on error it keeps its old bytes.
+
+    Raises:
+        TskdInputError: An unsupported suffix, a dtype the format cannot hold, or (tif) a
+            shape that is neither an image nor a stack.
+        DiskFullError: The disk is full (a ``TskdError`` when the folder is not writable).
     """
     path, image = Path(path), np.asarray(image)
     if image.dtype == bool:
@@ -321,7 +365,17 @@ def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = Non
 
 
 def write_label(path: str | Path, label: np.ndarray) -> Path:
-    """Write a label map with the smallest unsigned integer type that holds it."""
+    """Write a label map with the smallest unsigned integer type that holds it; ``path``.
+
+    Args:
+        path: The file (png, tif or npy: ``write_image``).
+        label: Label values (H, W) or (Z, H, W), integers from 0 to ``MAX_LABEL_VALUE``.
+
+    Raises:
+        TskdInputError: Negative values, values above ``MAX_LABEL_VALUE``, or an error of
+            ``write_image`` (e.g. a png cannot hold values of 2^16 and above).
+        DiskFullError: The disk is full.
+    """
     label = np.asarray(label)
     if label.size and label.min() < 0:
         raise TskdInputError(f"{path}: label map has negative values")
@@ -331,6 +385,3 @@ def write_label(path: str | Path, label: np.ndarray) -> Path:
                              "a label file can hold; use class ids 0, 1, 2, ...")
     dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32
     return write_image(path, label.astype(dtype))
-
-
-# ----------------------------------------------------------------- dataset.json

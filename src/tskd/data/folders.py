@@ -26,6 +26,17 @@ def class_names(folder: str | Path) -> list[str] | None:
     Reads nnU-Net v2 (``"labels": {"background": 0, "liver": 1}``) and v1
     (``"labels": {"0": "background", "1": "liver"}``); missing values get ``"class N"``.
     The class map itself (values with gaps kept as given) is ``label_map.declared_map``.
+
+    Args:
+        folder: The folder holding ``dataset.json``.
+
+    Returns:
+        One name per label value from 0 to the largest declared (names in value order when a
+        value is ``MAX_CLASSES`` or more); None without ``dataset.json`` or ``labels``.
+
+    Raises:
+        TskdInputError: ``dataset.json`` is not a valid JSON object, or its ``labels`` are invalid
+            (``label_map.declared_from_dataset_labels``).
     """
     folder = Path(folder)
     by_value, _ = declared_from_dataset_labels(read_dataset_json(folder).get("labels"),
@@ -38,17 +49,25 @@ def class_names(folder: str | Path) -> list[str] | None:
 
 
 def declared_channels(folder: Path) -> int | None:
-    """How many channels ``dataset.json`` names (v2 ``channel_names``, v1 ``modality``)."""
+    """How many channels ``folder``'s dataset.json names (v2 ``channel_names``, v1 ``modality``).
+
+    Returns:
+        The count, or None when the file or the key is missing.
+
+    Raises:
+        TskdInputError: ``dataset.json`` is not valid JSON or not a JSON object.
+    """
     meta = read_dataset_json(folder)
     names = meta.get("channel_names", meta.get("modality"))
     return len(names) if isinstance(names, dict) and names else None
 
 
-# ------------------------------------------------------------------- cases
-
-
 def by_stem(paths: list[Path]) -> dict[str, Path]:
-    """Files keyed by stem; two files of one stem (a.png, a.tif) are ambiguous."""
+    """Files keyed by stem (``tskd.data.files.stem``), the key that pairs images and labels.
+
+    Raises:
+        TskdInputError: Two files have one stem (a.png, a.tif): which one is meant is ambiguous.
+    """
     out: dict[str, Path] = {}
     for p in paths:
         if stem(p) in out:
@@ -66,10 +85,21 @@ def nnunet_cases(
 
     Every case needs the channel files ``CASE_0000`` to ``CASE_{n-1}``: ``n`` is the channel
     count ``dataset.json`` names (``n_channels``), else the case's own files must run from
-    ``_0000`` without gaps. A case that breaks this raises ``TskdInputError`` naming the first
-    such case and its missing files (and how many other cases fail); when ``problems`` is a
-    dict, each failing case's sentence is put there instead (``tskd check-data``) and the case
-    is still returned with the files it has.
+    ``_0000`` without gaps. A file without a ``_NNNN`` ending is channel 0 of its own case.
+
+    Args:
+        folder: An nnU-Net image folder (``imagesTr``, ``imagesTs``).
+        n_channels: The channel count ``dataset.json`` names, or None.
+        problems: When a dict, each failing case's sentence is put there instead of raised
+            (``tskd check-data``), and the case is still returned with the files it has.
+
+    Returns:
+        ``{case: [channel file, ...]}``.
+
+    Raises:
+        TskdInputError: A missing folder, two files of one stem or of one channel, or (without
+            ``problems``) a case with missing or extra channel files: the first such case and
+            its files are named, with how many other cases fail.
     """
     channels: dict[str, dict[int, Path]] = {}
     for name, p in by_stem(list_images(folder)).items():
@@ -126,7 +156,13 @@ def _nnunet_case_problem(folder: Path, case: str, files: dict[int, Path],
 
 
 def labelled_dirs(folder: Path) -> tuple[Path, Path, bool]:
-    """(image folder, label folder, is nnU-Net) of a labelled set."""
+    """(image folder, label folder, is nnU-Net) of a labelled set ``folder``.
+
+    ``imagesTr/`` + ``labelsTr/`` (nnU-Net) wins over ``images/`` + ``labels/``.
+
+    Raises:
+        TskdInputError: ``folder`` has ``imagesTr/`` without ``labelsTr/``, or neither layout.
+    """
     if (folder / "imagesTr").is_dir():
         if not (folder / "labelsTr").is_dir():
             raise TskdInputError(f"{folder} has imagesTr/ but no labelsTr/ folder")
@@ -138,17 +174,22 @@ def labelled_dirs(folder: Path) -> tuple[Path, Path, bool]:
     )
 
 
-# ------------------------------------------------------------- the files of a data folder
-#
-# One rule for which files a data folder contributes, used by the readers below and by
-# everything that lists a data folder's files (the run's fingerprints, the transfer manifest,
-# the widgets): never recursive, never a label folder.
+# The files of a data folder: the one rule of the module docstring (never recursive, never a
+# label folder), for the readers (tskd.data.samples) and everything that lists the files.
 
 
 def unlabelled_cases(folder: str | Path) -> tuple[Path, dict[str, list[Path]]]:
-    """(image folder, {case: channel files}) of an unlabelled folder: the images directly in
-    ``folder``, else those of its ``images/``, ``imagesTr/`` or ``imagesTs/`` sub-folder (the
-    first that exists). Never recursive; label folders are never read."""
+    """(image folder, {case: channel files}) of an unlabelled folder.
+
+    The images directly in ``folder``, else those of its ``images/``, ``imagesTr/`` or
+    ``imagesTs/`` sub-folder (the first that exists); in ``imagesTr``/``imagesTs`` a case's
+    channel files are grouped (``nnunet_cases``), elsewhere each file is a case of its stem.
+    Never recursive; label folders are never read.
+
+    Raises:
+        TskdInputError: ``folder`` does not exist, or its files cannot be grouped (two files of
+            one stem, nnU-Net channel files missing).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise TskdInputError(f"unlabelled data folder not found: {folder}")
@@ -167,8 +208,14 @@ def unlabelled_cases(folder: str | Path) -> tuple[Path, dict[str, list[Path]]]:
 def labelled_cases(
     folder: Path,
 ) -> tuple[Path, Path, dict[str, list[Path]], dict[str, Path]]:
-    """(image folder, label folder, {case: channel files}, {case: label file}) of a labelled
-    folder (images/+labels/ or nnU-Net imagesTr/+labelsTr/). Never recursive."""
+    """(image folder, label folder, {case: channel files}, {case: label file}) of a labelled set.
+
+    ``folder`` holds images/+labels/ or nnU-Net imagesTr/+labelsTr/; never read recursively.
+
+    Raises:
+        TskdInputError: ``folder`` does not exist or is not a labelled set (``labelled_dirs``),
+            or its files cannot be grouped (``by_stem``, ``nnunet_cases``).
+    """
     if not folder.is_dir():
         raise TskdInputError(f"labelled data folder not found: {folder}")
     image_dir, label_dir, nnunet = labelled_dirs(folder)
@@ -184,17 +231,24 @@ def unlabelled_files(folder: str | Path) -> list[Path]:
 
     The images directly in ``folder``, else those of its ``images/``, ``imagesTr/`` or
     ``imagesTs/`` sub-folder; never files in other sub-folders (a dataset's ``labels/``, a run
-    folder's outputs). Raises ``TskdInputError`` for a missing folder.
+    folder's outputs).
+
+    Raises:
+        TskdInputError: As ``unlabelled_cases`` (e.g. a missing folder).
     """
     _, cases = unlabelled_cases(folder)
     return sorted(p for paths in cases.values() for p in paths)
 
 
 def labelled_files(folder: str | Path) -> list[Path]:
-    """The files ``read_labelled_set`` reads from ``folder``, sorted by path: every image (all
-    channel files of a case) that has a label file, and those label files. Images without a
-    label and labels without an image are not read, so they are not listed. Raises
-    ``TskdInputError`` for a folder that is not a labelled set."""
+    """The files ``read_labelled_set`` reads from ``folder``, sorted by path.
+
+    Every image (all channel files of a case) that has a label file, and those label files.
+    Images without a label and labels without an image are not read, so they are not listed.
+
+    Raises:
+        TskdInputError: As ``labelled_cases`` (e.g. a folder that is not a labelled set).
+    """
     _, _, cases, labels = labelled_cases(Path(folder))
     files = [p for name, paths in cases.items() if name in labels for p in paths]
     files += [labels[name] for name in cases if name in labels]
@@ -205,11 +259,16 @@ DATA_ROLES = ("labelled", "unlabelled", "test")
 
 
 def data_files(folder: str | Path | None, role: str) -> list[Path]:
-    """The files a data folder of ``role`` contributes, as its reader reads them.
+    """The files a data folder of ``role`` contributes, as its reader reads them, sorted.
 
-    ``role``: ``labelled`` and ``test`` (read by ``read_labelled_set``: ``labelled_files``)
-    or ``unlabelled`` (read by ``load_unlabelled``: ``unlabelled_files``). No folder (None or
-    empty) gives an empty list. Raises ``TskdInputError`` for a missing or malformed folder.
+    Args:
+        folder: The data folder; None or empty gives an empty list.
+        role: ``labelled`` and ``test`` (read by ``read_labelled_set``: ``labelled_files``) or
+            ``unlabelled`` (read by ``load_unlabelled``: ``unlabelled_files``).
+
+    Raises:
+        TskdInputError: A missing or malformed folder.
+        ValueError: ``role`` is not one of ``DATA_ROLES`` (a caller's mistake).
     """
     if role not in DATA_ROLES:
         raise ValueError(f"unknown data role {role!r}; one of {DATA_ROLES}")
@@ -219,7 +278,11 @@ def data_files(folder: str | Path | None, role: str) -> list[Path]:
 
 
 def no_images_error(folder: Path) -> TskdInputError:
-    """The error for a folder without usable images, naming unsupported files if any."""
+    """The ``TskdInputError`` (returned, not raised) for a folder without usable images.
+
+    It names the types of the unsupported files in ``folder`` if any (``.bmp``, ``.nii.gz``)
+    and the supported ones.
+    """
     def kind(p: Path) -> str:  # .bmp, or .nii.gz for compressed files
         n = 2 if p.suffix.lower() in (".gz", ".bz2", ".xz", ".zip") else 1
         return "".join(p.suffixes[-n:]) or p.name

@@ -35,10 +35,16 @@ def format_values(values: Sequence[int], limit: int = 8) -> str:
 class LabelMap:
     """Label values <-> class indices: class ``k`` is label value ``values[k]``.
 
-    ``values`` is strictly increasing and starts with 0 (background); ``names`` has one entry
-    per class; ``declared`` says whether the map came from the user (config or dataset.json)
-    rather than from the values seen; ``ignore_label`` is a label value (not a class) whose
-    pixels are left out of training and scoring, or None.
+    Construction raises ``TskdInputError`` for a map that breaks a rule below.
+
+    Attributes:
+        values: Label values, strictly increasing, starting with 0 (background); at most
+            ``MAX_CLASSES`` of them, none above ``MAX_LABEL_VALUE``.
+        names: One class name per value.
+        declared: Whether the map came from the user (config or dataset.json) rather than
+            from the values seen.
+        ignore_label: A label value (not a class) whose pixels are left out of training and
+            scoring, or None; it must not be a class.
     """
 
     values: tuple[int, ...]
@@ -68,13 +74,16 @@ class LabelMap:
                 "not a class id"
             )
 
-    # -- construction -------------------------------------------------------------------
     @classmethod
     def from_values(
         cls, values: Sequence[int], names: Mapping[int, str] | None = None,
         declared: bool = False, ignore_label: int | None = None,
     ) -> LabelMap:
-        """A map of the given label values (0 added, sorted); unnamed classes get defaults."""
+        """A map of the given label values (0 added, sorted, duplicates dropped).
+
+        ``names`` maps values to names (unnamed classes get "background" or "class N");
+        ``declared`` and ``ignore_label`` as in ``LabelMap``, whose ``TskdInputError`` it raises.
+        """
         vals = sorted({0, *(int(v) for v in values)})
         names = names or {}
         named = tuple(str(names.get(v, "background" if v == 0 else f"class {v}")) for v in vals)
@@ -83,7 +92,12 @@ class LabelMap:
     @classmethod
     def identity(cls, num_classes: int, names: Sequence[str] | None = None,
                  ignore_label: int | None = None) -> LabelMap:
-        """Classes 0..num_classes-1 that are their own label values (declared)."""
+        """Classes 0..num_classes-1 that are their own label values (declared).
+
+        ``num_classes`` (background included) is 1..``MAX_CLASSES``; ``names`` in class order
+        (missing ones get defaults); ``ignore_label`` as in ``LabelMap``. Raises
+        ``TskdInputError`` when ``num_classes`` is out of range.
+        """
         if not 1 <= num_classes <= MAX_CLASSES:
             raise TskdInputError(f"the number of classes must be in 1..{MAX_CLASSES}, "
                                  f"got {num_classes}")
@@ -94,9 +108,13 @@ class LabelMap:
     def from_meta(cls, meta: Mapping[str, Any]) -> LabelMap:
         """The map stored in a model's ``meta.json``.
 
-        Reads ``label_values`` (written since the label policy; absent in older bundles, whose
-        classes are their own values), ``num_classes``, ``class_names`` and ``ignore_label``.
-        Raises ``TskdInputError`` when they disagree.
+        Args:
+            meta: The parsed ``meta.json``: reads ``label_values`` (written since the label
+                policy; absent in older bundles, whose classes are their own values),
+                ``num_classes``, ``class_names``, ``ignore_label`` and ``classes_declared``.
+
+        Raises:
+            TskdInputError: ``label_values`` is not increasing integers from 0, or disagrees.
         """
         n = int(meta.get("num_classes") or 0)
         names = meta.get("class_names")
@@ -117,9 +135,9 @@ class LabelMap:
             raise TskdInputError("model metadata: label_values must increase and start with 0")
         return lm
 
-    # -- properties ----------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
+        """Classes, background included."""
         return len(self.values)
 
     @property
@@ -132,8 +150,7 @@ class LabelMap:
         return "{" + ", ".join(f"{v}: {k}" for k, v in enumerate(self.values)) + "}"
 
     def to_meta(self) -> dict[str, Any]:
-        """The keys a model bundle stores: label_values, class_names, ignore_label,
-        classes_declared."""
+        """Its ``meta.json`` keys: label_values, class_names, ignore_label, classes_declared."""
         return {
             "label_values": [int(v) for v in self.values],
             "class_names": list(self.names),
@@ -147,14 +164,20 @@ class LabelMap:
             return None
         return [list(self.values), self.ignore_label]
 
-    # -- conversions ---------------------------------------------------------------------
     def encode(self, label: np.ndarray, where: str = "label map",
                unknown: str = "error") -> np.ndarray:
         """Label values -> class indices (int64, same shape); ignored pixels -> IGNORE_INDEX.
 
-        A value outside the map raises ``TskdInputError`` naming ``where`` (``unknown="error"``)
-        or becomes background 0 (``unknown="background"``, for predictions being scored).
         Works in O(pixels log classes): nothing is allocated per label value.
+
+        Args:
+            label: Label values, any shape, integer (or integral float) dtype.
+            where: What the message names (a file).
+            unknown: A value outside the map raises ("error") or becomes 0 ("background",
+                for predictions being scored).
+
+        Raises:
+            TskdInputError: A value outside the map with ``unknown="error"``.
         """
         arr = np.asarray(label)
         if arr.dtype.kind not in "iub":
@@ -181,7 +204,11 @@ class LabelMap:
         return out
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
-        """Class indices -> label values (int64); IGNORE_INDEX -> the ignore label (or 0)."""
+        """Class indices -> label values (int64, same shape); IGNORE_INDEX -> ignore label or 0.
+
+        Raises:
+            TskdInputError: An index outside 0..num_classes-1 (other than ``IGNORE_INDEX``).
+        """
         idx = np.asarray(indices, dtype=np.int64)
         table = np.asarray(self.values, dtype=np.int64)
         ignored = idx == IGNORE_INDEX
@@ -193,10 +220,16 @@ class LabelMap:
         return out
 
 
-
 def check_values(arr: np.ndarray, where: str) -> None:
-    """Refuse values that are not label ids, before any cast: non-integers, NaN/inf,
-    negatives, and values above ``MAX_LABEL_VALUE``. Raises ``TskdInputError``."""
+    """Refuse values that are not label ids, before any cast or allocation per value.
+
+    Args:
+        arr: A label map's values, any shape and numeric dtype.
+        where: What the message names (a file).
+
+    Raises:
+        TskdInputError: Non-integers, NaN/inf, negatives, or values above ``MAX_LABEL_VALUE``.
+    """
     if arr.size == 0:
         return
     if arr.dtype.kind == "f" and not (np.isfinite(arr).all()
@@ -220,10 +253,6 @@ def check_values(arr: np.ndarray, where: str) -> None:
         )
 
 
-
-# ------------------------------------------------------------------------ declared maps
-
-
 def _int_like(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -235,12 +264,17 @@ def _int_like(value: Any) -> int | None:
 
 
 def declared_from_dataset_labels(labels: Any, where: str) -> tuple[dict[int, str], int | None]:
-    """``{value: name}`` and the ignore value from nnU-Net ``labels`` (v1 or v2 form).
+    """``({value: name}, ignore value or None)`` from nnU-Net ``labels`` (v1 or v2 form).
 
-    v2 ``{"background": 0, "liver": 1}``, v1 ``{"0": "background", "1": "liver"}``; a label
-    named ``"ignore"`` (v2 ``"ignore": 4``, v1 ``"4": "ignore"``) is the ignore value, not a
-    class. Raises ``TskdInputError`` for values that are not label ids and for nnU-Net region
-    lists (``"kidney": [1, 3]``), which are not supported.
+    Args:
+        labels: v2 ``{"background": 0, "liver": 1}`` or v1 ``{"0": "background", "1":
+            "liver"}``; a label named ``"ignore"`` (v2 ``"ignore": 4``, v1 ``"4": "ignore"``) is
+            the ignore value, not a class. Anything but a non-empty dict gives ``({}, None)``.
+        where: What messages name (the dataset.json).
+
+    Raises:
+        TskdInputError: Values that are not label ids, more than ``MAX_CLASSES`` classes, and
+            nnU-Net region lists (``"kidney": [1, 3]``), which are not supported.
     """
     if not isinstance(labels, dict) or not labels:
         return {}, None
@@ -275,7 +309,11 @@ def declared_from_dataset_labels(labels: Any, where: str) -> tuple[dict[int, str
 
 
 def read_dataset_json(folder: Path) -> dict[str, Any]:
-    """The nnU-Net ``dataset.json`` of a folder, or {} when there is none."""
+    """The nnU-Net ``dataset.json`` of ``folder`` as a dict, or {} when there is none.
+
+    Raises:
+        TskdInputError: The file is not valid JSON or does not hold a JSON object.
+    """
     path = folder / "dataset.json"
     if not path.is_file():
         return {}
@@ -289,10 +327,14 @@ def read_dataset_json(folder: Path) -> dict[str, Any]:
 
 
 def declared_map(folder: str | Path, ignore_label: int | None = None) -> LabelMap | None:
-    """The class map declared by nnU-Net's ``dataset.json`` ``labels`` in ``folder``, if any.
+    """The class map declared by nnU-Net's ``dataset.json`` ``labels`` in ``folder``, or None.
 
-    ``ignore_label`` (configured) wins over the dataset.json ``"ignore"`` label. Raises
-    ``TskdInputError`` for an invalid dataset.json.
+    Args:
+        folder: The folder holding ``dataset.json``.
+        ignore_label: The configured ignore value; wins over the dataset.json ``"ignore"`` label.
+
+    Raises:
+        TskdInputError: An invalid dataset.json (``declared_from_dataset_labels``).
     """
     folder = Path(folder)
     meta = read_dataset_json(folder)
@@ -306,10 +348,16 @@ def declared_map(folder: str | Path, ignore_label: int | None = None) -> LabelMa
 
 def declared_from_config(classes: Any, ignore_label: int | None = None,
                          where: str = "config data.classes") -> LabelMap | None:
-    """The class map of ``data.classes``: a list of names (value = position) or ``{value: name}``.
+    """The class map of ``data.classes``, or None when ``classes`` is None.
 
-    Raises ``TskdInputError`` for names that are not strings, values that are not label ids, or
-    more than ``MAX_CLASSES`` classes.
+    Args:
+        classes: A list of names (value = position) or ``{value: name}``.
+        ignore_label: The configured ignore value (``data.ignore_label``).
+        where: What messages name.
+
+    Raises:
+        TskdInputError: An empty or malformed declaration, names that are not non-empty
+            strings, values that are not label ids, or more than ``MAX_CLASSES`` classes.
     """
     if classes is None:
         return None
@@ -339,7 +387,12 @@ def declared_from_config(classes: Any, ignore_label: int | None = None,
 
 def resolve_declared(folder: str | Path | None, classes: Any = None,
                      ignore_label: int | None = None) -> LabelMap | None:
-    """The declared map: ``data.classes`` first, else the folder's dataset.json, else None."""
+    """The declared map: ``data.classes`` first, else the folder's dataset.json, else None.
+
+    ``classes`` and ``ignore_label`` are the config's ``data.classes`` and ``data.ignore_label``;
+    ``folder`` (the labelled set) may be None. Raises ``TskdInputError`` for an invalid
+    declaration (``declared_from_config``, ``declared_map``).
+    """
     lm = declared_from_config(classes, ignore_label)
     if lm is None and folder is not None:
         lm = declared_map(folder, ignore_label)

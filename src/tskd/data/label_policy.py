@@ -67,14 +67,14 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------------ single files
-
-
 def check_label_file_format(path: Path) -> None:
-    """Refuse label files in lossy formats (JPEG, JPEG-compressed TIFF) before decoding them.
+    """Refuse a label file ``path`` in a lossy format before decoding it.
 
-    Raises ``TskdInputError``: lossy compression changes values at mask edges, which turns two
-    classes into dozens of grey values.
+    Lossy compression changes values at mask edges, which turns two classes into dozens of
+    grey values.
+
+    Raises:
+        TskdInputError: A JPEG, or a TIFF with a lossy compression (``LOSSY_TIFF_COMPRESSIONS``).
     """
     suffix = path.suffix.lower()
     if suffix in LOSSY_SUFFIXES:
@@ -104,7 +104,7 @@ def _tiff_compression(path: Path) -> str | None:
 
 
 def tiff_is_colour(path: Path) -> bool:
-    """Whether a TIFF stores colour samples (RGB photometric or several samples per pixel)."""
+    """Whether TIFF ``path`` holds colour (RGB/YCbCr/CMYK samples); False when unreadable."""
     try:
         import tifffile
 
@@ -117,23 +117,23 @@ def tiff_is_colour(path: Path) -> bool:
 
 
 def distinct_values(label: np.ndarray) -> np.ndarray:
-    """The sorted distinct values of a label map (int64)."""
+    """The sorted distinct values (1D, the map's dtype) of a label map of any shape."""
     return np.unique(np.asarray(label))
-
-
-# ------------------------------------------------------------------------ inference
 
 
 @dataclass
 class MapDecision:
     """The outcome of the policy on a set of label maps.
 
-    ``label_map``: the map (None when ``errors``); ``how``: per file, how it is read;
-    ``binary_files``: files whose foreground value is read as the binary map's foreground;
-    ``notes``/``warnings``: sentences for the user; ``errors``: one sentence per problem.
-    ``file_errors``/``file_warnings``: per file, the share of a set-wide error or warning that
-    concerns it, for ``tskd check-data``'s per-file report; the set-wide sentences, in
-    ``errors``/``warnings`` for training, are also listed in ``summarised``.
+    Attributes:
+        label_map: The map; None when there are ``errors``.
+        how: Per file, how it is read.
+        binary_files: Files whose foreground value is read as the binary map's foreground.
+        notes, warnings: Sentences for the user.
+        errors: One sentence per problem.
+        file_errors, file_warnings: Per file, the share of a set-wide error or warning that
+            concerns it, for ``tskd check-data``'s per-file report; the set-wide sentences, in
+            ``errors``/``warnings`` for training, are also listed in ``summarised``.
     """
 
     label_map: LabelMap | None
@@ -147,6 +147,7 @@ class MapDecision:
     summarised: list[str] = field(default_factory=list)
 
     def raise_first(self) -> None:
+        """Raise ``TskdInputError`` with the first of ``errors``, if any."""
         if self.errors:
             raise TskdInputError(self.errors[0])
 
@@ -159,7 +160,11 @@ class MapDecision:
 def binary_foreground_value(
     vals: set[int], lm_values: Sequence[int], ignore: int | None
 ) -> int | None:
-    """The single foreground value (1 or 255) of a binary file that is not a class, if any."""
+    """The single foreground value (1 or 255) of a binary file that is not a class, if any.
+
+    ``vals``: the file's distinct values; ``lm_values``: the map's label values; ``ignore``:
+    the ignore value or None.
+    """
     fg = vals - {0} - ({ignore} if ignore is not None else set())
     if len(fg) == 1:
         (v,) = fg
@@ -176,10 +181,14 @@ def infer_map(
 ) -> MapDecision:
     """Decide the class map of a set of label maps from their distinct values.
 
-    ``files`` is ``[(name, distinct values), ...]`` (``distinct_values`` of each map);
-    ``declared`` a declared map or None; ``ignore_label`` a configured ignore value (a declared
-    map's own ignore value is used when this is None). Never raises for the data: problems are
-    collected in ``errors`` (one sentence each, naming the file).
+    Never raises for the data: problems are collected in ``errors`` (one sentence each, naming
+    the file); the rules are the module docstring's.
+
+    Args:
+        files: ``[(name, distinct values), ...]`` (``distinct_values`` of each map).
+        declared: A declared map or None.
+        ignore_label: A configured ignore value (when None, a declared map's own is used).
+        where: What set-wide sentences name (the label folder).
     """
     ignore = ignore_label if ignore_label is not None else (
         declared.ignore_label if declared is not None else None)
@@ -198,8 +207,7 @@ def infer_map(
 
 def _read_as_declared(dec: MapDecision, sets: Mapping[str, set[int]], declared: LabelMap,
                       ignore: int | None, where: str) -> None:
-    """Each file's values against a declared map: as declared, a binary mask's foreground, or
-    an error naming the values that are not classes."""
+    """Each file's values against a declared map: as declared, binary foreground, or an error."""
     allowed = set(declared.values) | ({ignore} if ignore is not None else set())
     for name, vals in sets.items():
         extra = vals - allowed
@@ -294,8 +302,7 @@ _DECLARE_255 = ("declare the classes (data.classes or dataset.json 'labels') or 
 
 def _conflict_255(dec: MapDecision, b255: Sequence[str], beside: Mapping[str, list[int]],
                   where: str) -> None:
-    """255 is the only foreground of ``b255`` (saved 0/255) and a value beside others in
-    ``beside``: refused, one set-wide line and one line per file."""
+    """255 is the only foreground of ``b255`` but a value of ``beside``: one error, one per file."""
     groups: dict[tuple[int, ...], list[str]] = {}
     for name, vals in beside.items():
         groups.setdefault(tuple(vals), []).append(name)
@@ -362,15 +369,26 @@ def resolve_map(
     label_map: LabelMap | None = None,
     where: str = "label maps",
 ) -> MapDecision:
-    """``infer_map`` with the declared map looked up: ``label_map`` (a model's), else
-    ``classes`` (config), else ``folder``'s dataset.json. Raises only for an invalid
-    declaration (config or dataset.json)."""
+    """``infer_map`` with the declared map looked up.
+
+    The declared map is ``label_map`` (a model's), else ``classes`` (config ``data.classes``),
+    else ``folder``'s dataset.json; ``files``, ``ignore_label`` and ``where`` as ``infer_map``.
+
+    Raises:
+        TskdInputError: Only for an invalid declaration (config or dataset.json).
+    """
     declared = label_map or resolve_declared(folder, classes, ignore_label)
     return infer_map(files, declared, ignore_label, where)
 
 
 def encode_file(label: np.ndarray, name: str, decision: MapDecision) -> np.ndarray:
-    """One label map as class indices under a decided map (its binary foreground applied)."""
+    """One label map (values, any shape) as class indices (int64) under a decided map.
+
+    The file's binary foreground (``decision.binary_files[name]``) is applied first.
+
+    Raises:
+        TskdInputError: The decision has no map (its first error), or a value is not a class.
+    """
     lm = decision.label_map
     if lm is None:
         decision.raise_first()

@@ -45,15 +45,25 @@ def check_not_input(
 ) -> None:
     """Refuse ``output`` when it is, contains or is inside a folder of ``inputs``.
 
-    ``inputs`` are files or folders the command reads. For a folder, all three relations are
-    refused; for a file, only an output folder that is the file's own folder (where an output
-    of the same name would replace a sibling input), so ``tskd predict scan.tif -o pred`` beside
-    the scan is allowed. With
-    ``allow_parent`` an output folder that merely contains an input folder is allowed (for
-    outputs whose file names cannot meet the inputs, e.g. ``metrics.json``). With
-    ``as_folders`` every input is taken as a folder, whether it exists yet or not (a config's
-    data folders). ``input_what`` names an input folder in the message (e.g. "unlabelled data
-    folder"). Raises ``TskdInputError`` naming both folders.
+    For an input folder, all three relations are refused; for an input file, only an output
+    folder that is the file's own folder (where an output of the same name would replace a
+    sibling input), so ``tskd predict scan.tif -o pred`` beside the scan is allowed. Paths are
+    compared with symlinks resolved.
+
+    Args:
+        output: The output folder (or file) the command would write.
+        inputs: Files or folders the command reads.
+        what: What ``output`` is called in the message.
+        allow_parent: Allow an output folder that merely contains an input folder (for outputs
+            whose file names cannot meet the inputs, e.g. ``metrics.json``).
+        as_folders: Take every input as a folder, whether it exists yet or not (a config's
+            data folders).
+        input_what: What an input folder is called in the message (e.g. "unlabelled data
+            folder").
+
+    Raises:
+        TskdInputError: ``output`` is, contains or is inside an input folder; the message names
+            both.
     """
     out = _real(output)
     for given, folder in _input_folders(inputs, as_folders):
@@ -78,7 +88,11 @@ def check_not_input(
 
 
 def check_output_folder(output: str | Path) -> Path:
-    """``output`` as a Path; refuses (``TskdInputError``) one that exists and is not a folder."""
+    """``output`` as a Path.
+
+    Raises:
+        TskdInputError: ``output`` exists and is not a folder.
+    """
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise TskdInputError(f"the output folder {out} is a file; choose a folder.")
@@ -91,9 +105,14 @@ def _names(paths: Sequence[Path], n: int = 5) -> str:
 
 
 def check_no_folders(targets: Iterable[str | Path]) -> None:
-    """Refuse (``TskdInputError``) when a folder (or a link to one) stands where tskd would
-    write one of the files ``targets``: no flag replaces a folder. Call it before anything is
-    written, with or without ``--overwrite``."""
+    """Refuse when a folder stands where tskd would write one of the files ``targets``.
+
+    No flag replaces a folder. Call it before anything is written, with or without
+    ``--overwrite``.
+
+    Raises:
+        TskdInputError: A target is a folder (or a link to one); the first is named.
+    """
     folders = [Path(t) for t in targets if Path(t).is_dir()]
     if folders:
         raise TskdInputError(
@@ -106,10 +125,20 @@ def check_replace(targets: Iterable[str | Path], overwrite: bool, where: str | P
                   flag: str | None = "--overwrite") -> list[Path]:
     """The targets that already exist; refuses to replace them unless ``overwrite``.
 
-    Without ``overwrite`` and with any existing target, raises ``TskdInputError`` naming them
-    (and ``flag`` as the way to allow it; None when the caller has no such flag); with it, warns
-    (``TskdWarning``) which files will be replaced. A target that is a folder is refused in any
-    case (``check_no_folders``). Returns the existing targets.
+    With ``overwrite``, one ``TskdWarning`` names the files that will be replaced.
+
+    Args:
+        targets: The files the command would write.
+        overwrite: Whether existing files may be replaced (the CLI's ``--overwrite``).
+        where: The output folder the message names.
+        flag: The flag named as the way to allow it; None when the caller has no such flag.
+
+    Returns:
+        The existing targets (files or links).
+
+    Raises:
+        TskdInputError: Existing targets without ``overwrite`` (the first five are named), or a
+            target that is a folder, in any case (``check_no_folders``).
     """
     existing = [Path(t) for t in targets if Path(t).exists() or Path(t).is_symlink()]
     check_no_folders(existing)
@@ -129,10 +158,26 @@ def check_replace(targets: Iterable[str | Path], overwrite: bool, where: str | P
 def check_task_folder(task: str, root: str | Path, n_train: int, n_unlabelled: int,
                       n_test: int, overwrite: bool = False, flag: str | None = "--overwrite",
                       owned: Iterable[str | Path] = ()) -> None:
-    """Before ``tskd.data.phantoms.write_task_folders``: refuse to replace files without
-    ``overwrite``, and refuse (even with it) image/label folders holding other files, which
-    would silently join the task's data. Files in ``owned`` (written earlier by the caller,
-    which removes them itself) count as neither. Raises ``TskdInputError``."""
+    """Check ``root`` before ``tskd.data.phantoms.write_task_folders`` writes a task there.
+
+    Refuses to replace files without ``overwrite``, and refuses (even with it) image/label
+    folders holding other files, which would silently join the task's data.
+
+    Args:
+        task: The task name (``tskd.data.phantoms.TASKS``).
+        root: The output folder.
+        n_train: Labelled training images, as ``write_task_folders`` gets them.
+        n_unlabelled: Unlabelled images.
+        n_test: Labelled test images.
+        overwrite: Whether existing task files may be replaced.
+        flag: As ``check_replace``.
+        owned: Files written earlier by the caller, which removes them itself: they count as
+            neither.
+
+    Raises:
+        TskdInputError: ``root`` is a file, an unknown task, a split folder holding other files,
+            or files to replace without ``overwrite``.
+    """
     from tskd.data import phantoms
 
     root = check_output_folder(root)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tskd.data import label_policy
-from tskd.data.axes import AxesNotes, ImageAxes, axes_reading, image_axes
+from tskd.data.axes import ImageAxes, axes_reading, image_axes
+from tskd.data.axes_notes import AxesNotes
 from tskd.data.files import read_image_axes, read_label
 from tskd.data.folders import labelled_cases, no_images_error, unlabelled_cases
 from tskd.errors import TskdInputError, TskdWarning
@@ -30,7 +31,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class Sample:
-    """One 2D image, (H, W) or channels-last (H, W, C), with its label map (H, W) if any."""
+    """One 2D image, (H, W) or channels-last (H, W, C), with its label map (H, W) if any.
+
+    Attributes:
+        name: The file stem, or ``slice_name(stem, z)`` for a slice of a stack.
+        image: The image in its file's dtype (uint8, uint16, float, ...).
+        label: Class indices (int64, 0..C-1, ignored pixels ``label_map.IGNORE_INDEX``) once
+            read by ``read_labelled_set``; None for an unlabelled image.
+    """
 
     name: str
     image: np.ndarray
@@ -44,6 +52,10 @@ def slice_name(name: str, z: int) -> str:
     write into a run folder (``run/data``, corrections). Four digits: run folders written by
     the widgets already hold such names (``scan_z0004``), and stacks up to 10 000 slices keep
     their order when the names are sorted.
+
+    Args:
+        name: The stack's name (its file stem).
+        z: The slice index, from 0.
     """
     return f"{name}_z{z:04d}"
 
@@ -55,9 +67,20 @@ def read_case(
 ) -> tuple[np.ndarray, ImageAxes]:
     """One image from its file, or from its channel files (nnU-Net) merged channels-last.
 
-    Returns the standard layout and how it was read; readings that were guesses go to
-    ``notes`` (one warning per folder) instead of one warning per file. Non-finite values are
-    warned about once per file (``check_finite``).
+    Args:
+        paths: The case's file, or its channel files in channel order.
+        label_shape: Its label map's shape, which chooses among readings without axes metadata.
+        notes: Where readings that were guesses go (one warning per folder); None: one warning
+            per file.
+        check_finite: Warn once per file about NaN or infinite values.
+
+    Returns:
+        ``(image, axes)``: the image in the standard layout (H, W[, C]) or (Z, H, W[, C]) in the
+        files' dtype, and how it was read.
+
+    Raises:
+        TskdInputError: An error of ``read_image_axes``, a channel file with several channels,
+            or channel files of different sizes.
     """
     read = []
     for p in paths:
@@ -93,12 +116,21 @@ def _slices(name: str, image: np.ndarray, ax: ImageAxes) -> list[Sample]:
     return [Sample(name, image)]
 
 
-# ------------------------------------------------------------- labelled pairs
-
-
 def fit_to_label(image: np.ndarray, label: np.ndarray, ipath: Path, lpath: Path,
                   ax: ImageAxes | None = None) -> np.ndarray:
-    """The image (standard layout, read by ``ax``) checked against its label's size."""
+    """The image checked against its label map's size, returned unchanged.
+
+    Args:
+        image: The image in the standard layout (H, W[, C]) or (Z, H, W[, C]).
+        label: Its label values, (H, W) or (Z, H, W).
+        ipath: The image file, named in messages.
+        lpath: The label file, named in messages.
+        ax: How the image's axes were read (said in the message); None: 2D when ``image`` is.
+
+    Raises:
+        TskdInputError: The label map is not (H, W) or (Z, H, W), has channels, is a stack for a
+            2D image, or its height and width differ from the image's.
+    """
     if label.ndim not in (2, 3):
         raise TskdInputError(f"{lpath}: label map must be (H, W) or a stack (Z, H, W), "
                              f"not {label.shape}")
@@ -186,18 +218,30 @@ def read_labelled_set(
 ) -> tuple[list[Sample], LabelMap]:
     """All labelled 2D samples of a folder and the class map they were read with.
 
-    Layouts: images/+labels/ or the nnU-Net raw layout. Each sample's ``label`` holds class
-    *indices* 0..C-1 (int64), ignored pixels ``label_map.IGNORE_INDEX``; the returned
-    ``LabelMap`` turns them back into the user's label values. The map is ``label_map`` when
-    given (a model's), else declared by ``classes`` (config ``data.classes``) or the folder's
-    dataset.json, else inferred from the values seen (``tskd.data.label_policy``; notes and
-    warnings are issued as ``TskdWarning``). Images without a label file are left out with one
-    warning; stacks give their slices with foreground (``name_z0007``); mixed channel counts
-    are converted to the most common one. Image axes are read by ``image_axes`` (metadata,
-    else the reading that fits the label map, else the shape), readings that were guesses said
-    in one warning; files are held to the pixel budget (``pixel_budget`` /
-    ``default_max_pixels()``). Raises ``TskdInputError`` for every problem a user can fix (the
-    first one found).
+    Images without a label file are left out with one warning; stacks give their slices with
+    foreground (``name_z0007``); mixed channel counts are converted to the most common one (one
+    warning). Image axes are read by ``image_axes`` (metadata, else the reading that fits the
+    label map, else the shape), readings that were guesses said in one warning; files are held
+    to the pixel budget (``pixel_budget`` / ``default_max_pixels()``). The policy's notes and
+    warnings are issued as ``TskdWarning``.
+
+    Args:
+        folder: A labelled set: images/+labels/ or the nnU-Net raw layout.
+        classes: The config's ``data.classes`` (list of names or ``{value: name}``), or None.
+        ignore_label: The config's ``data.ignore_label`` (a label value), or None.
+        label_map: A model's map, used as given (before ``classes`` and dataset.json).
+
+    Returns:
+        ``(samples, label_map)``: each sample's ``label`` holds class *indices* 0..C-1 (int64),
+        ignored pixels ``label_map.IGNORE_INDEX``; the ``LabelMap`` turns them back into the
+        user's label values. It is ``label_map`` when given, else declared by ``classes`` or
+        the folder's dataset.json, else inferred from the values seen
+        (``tskd.data.label_policy``).
+
+    Raises:
+        TskdInputError: Every problem a user can fix (the first one found): a folder that is
+            not a labelled set, no image, no image with a label, unreadable files, sizes that
+            differ, label values the map refuses, or label maps that are all background.
     """
     folder = Path(folder)
     image_dir, label_dir, cases, labels = labelled_cases(folder)
@@ -255,7 +299,10 @@ def load_labelled(
     ignore_label: int | None = None,
     label_map: LabelMap | None = None,
 ) -> list[Sample]:
-    """The samples of ``read_labelled_set`` (labels as class indices), without the map."""
+    """The samples of ``read_labelled_set`` (labels as class indices), without the map.
+
+    Same arguments, warnings and ``TskdInputError`` as ``read_labelled_set``.
+    """
     return read_labelled_set(folder, classes, ignore_label, label_map)[0]
 
 
@@ -264,7 +311,18 @@ def load_unlabelled(folder: str | Path) -> list[Sample]:
 
     In nnU-Net image folders, a case's channel files (``CASE_0000``, ``CASE_0001``) are merged.
     Axes are read by ``image_axes`` exactly as ``tskd predict`` reads them (guesses said in one
-    warning); files are held to the pixel budget. An empty folder gives an empty list.
+    warning); files are held to the pixel budget; mixed channel counts are converted to the
+    most common one (one warning).
+
+    Args:
+        folder: The unlabelled folder (``tskd.data.folders.unlabelled_cases``).
+
+    Returns:
+        Samples without labels, images in their files' dtype, sorted by case; an empty folder
+        gives an empty list.
+
+    Raises:
+        TskdInputError: A missing folder, or a file that cannot be read (``read_case``).
     """
     folder, cases = unlabelled_cases(folder)
     samples: list[Sample] = []

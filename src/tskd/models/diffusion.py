@@ -1,5 +1,9 @@
-"""The diffusion model of stage 2 (``tskd.training.synthesize``): image preparation, the UNet,
-its files, DDIM sampling.
+"""The diffusion model of stage 2: image preparation, the UNet, its files, DDIM sampling.
+
+Stage 2 (``tskd.training.synthesize``) trains it to enlarge the transfer set, as the TS-KD paper
+does with a diffusion model (Fig. 1, top): a DDPM (Ho et al., 2020, "Denoising Diffusion
+Probabilistic Models") sampled with DDIM (Song et al., 2021, "Denoising Diffusion Implicit
+Models"), both through ``diffusers``.
 
 Images live here as float tensors (N, C, R, R) in [-1, 1] at the DDPM's resolution R, with C = 1
 when every training image is gray and 3 otherwise. A trained model is a folder of
@@ -44,7 +48,19 @@ def _is_gray(image: np.ndarray) -> bool:
 
 
 def prepare_images(images: list[np.ndarray], resolution: int) -> torch.Tensor:
-    """Training images as (N, C, R, R) float32 in [-1, 1], square-resized (antialiased)."""
+    """Training images as (N, C, R, R) float32 in [-1, 1], square-resized (antialiased).
+
+    Each image is normalised by ``tskd.data.dataset.to_float_rgb`` to [0, 1], resized
+    bilinearly and mapped to [-1, 1] (the DDPM's range); C is 1 when every image is gray
+    (2D, one channel, or RGB(A) with equal channels), else 3.
+
+    Args:
+        images: (H, W) or (H, W, C) arrays of any dtype, at least 2x2 pixels.
+        resolution: R, the DDPM's side in pixels.
+
+    Raises:
+        TskdInputError: No image, or one that is not (H, W) or (H, W, C).
+    """
     if not images:
         raise TskdInputError("synthesize: no training images were given")
     for i, img in enumerate(images):
@@ -66,7 +82,16 @@ def prepare_images(images: list[np.ndarray], resolution: int) -> torch.Tensor:
 
 
 def batch_to_uint8(batch: torch.Tensor, out_size: int | None = None) -> list[np.ndarray]:
-    """(N, C, R, R) in [-1, 1] to uint8 images, (H, W) for gray, optionally upscaled (bicubic)."""
+    """(N, C, R, R) in [-1, 1] to uint8 images, (H, W) for gray, optionally upscaled (bicubic).
+
+    Args:
+        batch: Generated images, any device and float dtype; values are clipped to [-1, 1].
+        out_size: Side in pixels to resize to; None keeps R.
+
+    Returns:
+        One uint8 array per image: (S, S) for C = 1, (S, S, 3) for C = 3; [-1, 1] maps to
+        0..255 (rounded).
+    """
     x = batch.detach().float().cpu()
     if out_size is not None and x.shape[0] and out_size != x.shape[-1]:
         x = F.interpolate(x, size=(out_size, out_size), mode="bicubic", align_corners=False)
@@ -79,7 +104,11 @@ def batch_to_uint8(batch: torch.Tensor, out_size: int | None = None) -> list[np.
 
 
 def check_resolution(resolution: int) -> None:
-    """The UNet halves the image three times: the resolution must be a multiple of 8, >= 16."""
+    """Refuse a DDPM side ``resolution`` (pixels) that the UNet cannot halve three times.
+
+    Raises:
+        TskdInputError: ``resolution`` is not a multiple of 8 of at least 16.
+    """
     step = 2 ** (_LEVELS - 1)
     if resolution < 2 * step or resolution % step:
         raise TskdInputError(
@@ -93,6 +122,17 @@ def build_unet(resolution: int, channels: int, base_channels: int) -> Any:
 
     About 2.2 M parameters at c = 32; on two CPU cores this was the fastest of the shapes
     measured, with the widest receptive field.
+
+    Args:
+        resolution: The image side in pixels (``check_resolution``).
+        channels: Image channels, 1 or 3 (in and out).
+        base_channels: c, the width of the first level, a positive multiple of 4.
+
+    Returns:
+        A randomly initialised ``diffusers.UNet2DModel``.
+
+    Raises:
+        TskdInputError: A bad ``base_channels`` or ``resolution``.
     """
     from diffusers import UNet2DModel
 
@@ -114,7 +154,10 @@ def build_unet(resolution: int, channels: int, base_channels: int) -> Any:
 
 
 def build_train_scheduler() -> Any:
-    """The DDPM noise schedule used in training (linear betas, epsilon prediction)."""
+    """The DDPM noise schedule used in training: ``diffusers.DDPMScheduler`` with 1000 steps.
+
+    Its defaults are Ho et al. (2020)'s: linear betas from 1e-4 to 0.02, epsilon prediction.
+    """
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
@@ -129,8 +172,17 @@ def save_model(unet: Any, scheduler: Any, model_dir: Path, meta: dict[str, Any])
     """Write the (EMA) UNet and its schedule as safetensors + JSON.
 
     All four files are written in full before any replaces its old version (``meta.json``, which
-    ``read_diffusion_meta`` looks for, last); a full disk raises ``DiskFullError`` and keeps the
-    old model.
+    ``read_diffusion_meta`` looks for, last).
+
+    Args:
+        unet: The ``UNet2DModel`` (its weights are stored as float32).
+        scheduler: The training schedule; its config is stored.
+        model_dir: The model folder (``unet.safetensors``, ``unet_config.json``,
+            ``scheduler_config.json``, ``meta.json``).
+        meta: What ``meta.json`` holds (JSON-ready).
+
+    Raises:
+        DiskFullError: The disk is full; the old model is kept.
     """
     from tskd import atomic
 
@@ -144,7 +196,10 @@ def save_model(unet: Any, scheduler: Any, model_dir: Path, meta: dict[str, Any])
 
 
 def read_diffusion_meta(model_dir: Path) -> dict[str, Any] | None:
-    """``meta.json`` of a saved model, or None when there is no complete model there."""
+    """``meta.json`` of a saved model in ``model_dir``, or None when there is no complete model.
+
+    A ``meta.json`` that cannot be read or parsed also gives None.
+    """
     names = ("unet.safetensors", "unet_config.json", "scheduler_config.json", "meta.json")
     if not all((model_dir / n).is_file() for n in names):
         return None
@@ -155,7 +210,14 @@ def read_diffusion_meta(model_dir: Path) -> dict[str, Any] | None:
 
 
 def load_diffusion_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The saved UNet (eval mode, CPU) and its scheduler config; CheckpointError if unusable."""
+    """The saved UNet (eval mode, CPU) and its scheduler config, from ``model_dir``.
+
+    Returns:
+        ``(unet, scheduler_config)``; the config has ``num_train_timesteps`` (1000 if absent).
+
+    Raises:
+        CheckpointError: Missing, damaged or foreign files.
+    """
     from diffusers import UNet2DModel
     from safetensors.torch import load_file
 
@@ -196,7 +258,22 @@ def ddim_sample(
     """``n`` images (n, C, R, R) in [-1, 1] on the CPU, by deterministic DDIM (eta = 0).
 
     The starting noise comes from one seeded CPU generator for all images, so the result does not
-    depend on the device's batch size.
+    depend on the device's batch size. Images are denoised ``SAMPLE_BATCH`` at a time.
+
+    Args:
+        unet: The trained ``UNet2DModel`` (moved to ``device``).
+        scheduler_config: Its schedule (``load_diffusion_model``'s), read by
+            ``diffusers.DDIMScheduler``.
+        n: How many images.
+        steps: DDIM steps, at least 1 (``synth.sample_steps``).
+        seed: Seeds the starting noise.
+        device: Where the UNet runs.
+        progress: Called after every step with a ``Progress`` (stage "synthesize-sample").
+        cancel: Checked before every step.
+
+    Raises:
+        TskdInputError: ``steps`` is below 1.
+        Cancelled: ``cancel`` was set (checked before every step).
     """
     from diffusers import DDIMScheduler
 

@@ -27,12 +27,15 @@ META = "meta.json"
 
 
 def is_lora(model: SemanticSam) -> bool:
-    """Whether LoRA layers are applied (and not yet merged)."""
+    """Whether LoRA layers are applied to ``model`` (and not yet merged)."""
     return hasattr(model.sam, "merge_and_unload")
 
 
 def head_parameters(model: SemanticSam) -> list[nn.Parameter]:
-    """The class heads trained in full: class tokens, hypernetwork MLPs, output upscaling."""
+    """The class heads of ``model`` trained in full: class tokens, hypernetwork MLPs, upscaling.
+
+    The upscaling is SAM's decoder's ``output_upscaling``, shared by all classes.
+    """
     return [
         model.class_tokens,
         *model.class_mlps.parameters(),
@@ -43,9 +46,19 @@ def head_parameters(model: SemanticSam) -> list[nn.Parameter]:
 def lora_modules(sam: nn.Module, settings: LoraSettings) -> list[str]:
     """Names of the layers of ``sam`` that ``settings.targets`` select and LoRA can adapt.
 
-    Targets are module names or safe patterns (``tskd.lora_targets``; a bad one raises
-    ``TskdInputError``), matched in linear time against every module's full name; only linear,
-    convolution and embedding layers are kept, the kinds peft's LoRA supports.
+    Targets are module names or safe patterns (``tskd.lora_targets``), matched in linear time
+    against every module's full name; only linear, convolution and embedding layers are kept,
+    the kinds peft's LoRA supports.
+
+    Args:
+        sam: A ``segment_anything`` ``Sam`` (or any module).
+        settings: The LoRA settings; only ``targets`` is used.
+
+    Returns:
+        Full module names, in ``named_modules`` order; empty when nothing matches.
+
+    Raises:
+        TskdInputError: A target that is neither a name nor a safe pattern.
     """
     from tskd.lora_targets import check_targets
 
@@ -61,10 +74,24 @@ def lora_modules(sam: nn.Module, settings: LoraSettings) -> list[str]:
 def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
     """Add LoRA (peft) to the target projections; freeze all but LoRA and the class heads.
 
-    ``settings.train_decoder`` also leaves the whole mask decoder trainable. The settings are
-    checked first (``LoraSettings.check``: rank, alpha, dropout, target grammar); peft gets
-    the exact names of the matched layers, never a user's regular expression. Raises
-    ``TskdInputError`` for bad settings and ``TskdError`` when the targets match no layer.
+    LoRA (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models") adds a trained
+    low-rank update ``(alpha / rank) * B A`` to each frozen target weight, as the TS-KD paper
+    adapts SAM (Fig. 2b); the defaults (rank 32, alpha 32) are measured in
+    ``benchmarks/teacher_adaptation.py`` (see ``tskd.config.LoraSettings``). The settings are
+    checked first (``LoraSettings.check``: rank, alpha, dropout, target grammar); peft gets the
+    exact names of the matched layers, never a user's regular expression.
+
+    Args:
+        model: The teacher, modified in place (its ``sam`` becomes peft's wrapper).
+        settings: Rank, alpha, dropout, targets; ``train_decoder`` also leaves the whole mask
+            decoder trainable.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        TskdInputError: Bad settings.
+        TskdError: LoRA is already applied, or the targets match no layer.
     """
     if is_lora(model):
         raise TskdError("LoRA is already applied to this teacher")
@@ -95,14 +122,20 @@ def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
 
 
 def merge_lora(model: SemanticSam) -> SemanticSam:
-    """Fold the LoRA weights into the base layers (peft ``merge_and_unload``): a plain Sam."""
+    """Fold the LoRA weights into the base layers (peft ``merge_and_unload``): a plain Sam.
+
+    ``model`` is changed in place and returned; without LoRA it is returned as it is.
+    """
     if is_lora(model):
         model.sam = model.sam.merge_and_unload()
     return model
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable tensors by parameter name (LoRA + heads while LoRA is applied)."""
+    """Trainable tensors of ``model`` by parameter name (LoRA + heads while LoRA is applied).
+
+    Detached float32 copies on the CPU, ready for safetensors.
+    """
     return {
         n: p.detach().float().cpu().contiguous()
         for n, p in model.named_parameters()
@@ -117,10 +150,21 @@ def _base_sha(checkpoint: str) -> str:
 def save_teacher(model: SemanticSam, folder: str | Path, meta: dict[str, Any]) -> Path:
     """Write ``adapter.safetensors`` (LoRA + heads) and ``meta.json`` into ``folder``.
 
-    ``meta`` needs "lora" (LoraSettings or dict); "model_type" and "checkpoint" default to where
-    ``build_sam`` loaded the base from; num_classes, input_size and the base sha256 are added.
-    Both files are written in full before either replaces its old version; a full disk raises
-    ``DiskFullError`` and leaves the previous teacher as it was.
+    Both files are written in full before either replaces its old version.
+
+    Args:
+        model: The unmerged LoRA teacher (call it before ``merge_lora``).
+        folder: The teacher folder.
+        meta: Needs "lora" (LoraSettings or dict); "model_type" and "checkpoint" default to
+            where ``build_sam`` loaded the base from; kind, num_classes, input_size and the
+            base's sha256 are added.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        TskdError: LoRA is not applied, or the base or the LoRA settings are unknown.
+        DiskFullError: The disk is full; the previous teacher is left as it was.
     """
     from tskd import atomic
 
@@ -150,9 +194,10 @@ def save_teacher(model: SemanticSam, folder: str | Path, meta: dict[str, Any]) -
 def read_adapter_meta(folder: str | Path) -> dict[str, Any]:
     """The teacher's ``meta.json`` as a dict, checked against the teacher schema.
 
-    Raises ``CheckpointError`` when the folder lacks the adapter or ``meta.json``, and
-    ``ModelMetaError`` (``tskd.models.meta_schema.validate_teacher_meta``) naming the file and key
-    when the description is unreadable or outside the schema.
+    Raises:
+        CheckpointError: The folder lacks the adapter or ``meta.json``.
+        ModelMetaError: The description is unreadable or outside the schema
+            (``tskd.models.meta_schema.validate_teacher_meta``); the file and key are named.
     """
     return _checked_meta(folder).raw
 
@@ -167,8 +212,19 @@ def _checked_meta(folder: str | Path) -> TeacherMeta:
 def load_teacher(folder: str | Path, checkpoint: str | Path | None = None) -> SemanticSam:
     """Rebuild the base SAM, check its sha256, apply the adapter, merge: an eval-mode teacher.
 
-    ``checkpoint`` replaces the recorded base path (e.g. when the file was moved). The
-    description is checked before anything is read or built (see ``read_adapter_meta``).
+    The description is checked before anything is read or built (see ``read_adapter_meta``).
+
+    Args:
+        folder: The teacher folder (``adapter.safetensors`` + ``meta.json``).
+        checkpoint: Replaces the recorded base path (e.g. when the file was moved).
+
+    Returns:
+        The merged ``SemanticSam`` in eval mode, every parameter frozen.
+
+    Raises:
+        CheckpointError: The base checkpoint is missing or its sha256 is not the recorded one,
+            or the adapter is corrupt or does not fit the base and LoRA settings.
+        ModelMetaError: As ``read_adapter_meta``.
     """
     from safetensors.torch import load_file
 
@@ -209,7 +265,10 @@ def load_teacher(folder: str | Path, checkpoint: str | Path | None = None) -> Se
 
 
 def teacher_id(folder: str | Path) -> str:
-    """A stable id of an adapted teacher (adapter bytes + base sha + input size): a cache key."""
+    """A stable id of an adapted teacher (adapter bytes + base sha + input size): a cache key.
+
+    16 hexadecimal digits of a sha256. Raises as ``read_adapter_meta``.
+    """
     meta = read_adapter_meta(folder)
     h = hashlib.sha256()
     h.update(sha256_of(Path(folder) / ADAPTER).encode())

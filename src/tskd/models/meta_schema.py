@@ -71,7 +71,7 @@ class _Bad(Exception):
 
 @dataclass
 class StudentMeta:
-    """A checked student ``meta.json``; ``raw`` is the whole parsed file."""
+    """A checked student ``meta.json`` (keys in the module docstring); ``raw``: the parsed file."""
 
     student: StudentConfig
     num_classes: int
@@ -84,7 +84,7 @@ class StudentMeta:
 
 @dataclass
 class TeacherMeta:
-    """A checked teacher ``meta.json``; ``raw`` is the whole parsed file."""
+    """A checked teacher ``meta.json`` (keys in the module docstring); ``raw``: the parsed file."""
 
     model_type: str
     checkpoint: str
@@ -118,9 +118,12 @@ def _json_type(value: Any) -> str:
 
 
 def read_meta_file(path: str | Path) -> dict[str, Any]:
-    """Parse ``path`` (a ``meta.json``) into a dict, refusing it before reading when larger than
-    ``MAX_META_BYTES``; raises ``ModelMetaError`` for a missing, oversized, non-UTF-8,
-    invalid, too deeply nested or non-object file."""
+    """Parse ``path`` (a ``meta.json``) into a dict, refused unread when over ``MAX_META_BYTES``.
+
+    Raises:
+        ModelMetaError: A missing, empty, oversized, unreadable, non-UTF-8, invalid, too deeply
+            nested or non-object file.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelMetaError(f"no {path.name} in {path.parent}: not a tskd model folder")
@@ -248,8 +251,16 @@ def _kind(meta: dict[str, Any], kind: str) -> None:
 
 
 def student_param_count(cfg: StudentConfig, num_classes: int, image_size: int) -> int:
-    """Parameters of ``tskd.models.student.Student(cfg, num_classes, image_size)``, computed from
-    the settings without building (timm ViT encoder with MLP ratio 4, neck, decoder, head)."""
+    """Parameters of ``tskd.models.student.Student(cfg, num_classes, image_size)``, unbuilt.
+
+    Computed from the settings (timm ViT encoder with MLP ratio 4, neck, decoder, head); checked
+    against built students in ``tests/test_reliability_meta.py``.
+
+    Args:
+        cfg: The student's architecture.
+        num_classes: Output classes, background included.
+        image_size: The input side in pixels.
+    """
     d, p, n = cfg.embed_dim, cfg.patch_size, cfg.neck_dim
     grid = image_size // p
     encoder = 3 * p * p * d + d + (grid * grid + 1) * d + d + cfg.depth * (12 * d * d + 13 * d)
@@ -290,8 +301,13 @@ def _student_config(data: dict[str, Any]) -> StudentConfig:
 def validate_student_meta(meta: Any, path: str | Path = "meta.json") -> StudentMeta:
     """Check a parsed student ``meta.json`` (schema in the module docstring) and return it typed.
 
-    Raises ``ModelMetaError`` naming ``path`` and the first bad key, also when the student it
-    describes would have more than ``tskd.models.mini_sam.MAX_PARAMS`` parameters.
+    Args:
+        meta: The parsed ``meta.json`` (any JSON value).
+        path: The file named in messages.
+
+    Raises:
+        ModelMetaError: Naming ``path`` and the first bad key, also when the student it
+            describes would have more than ``tskd.models.mini_sam.MAX_PARAMS`` parameters.
     """
     path = Path(path)
     try:
@@ -320,9 +336,16 @@ def validate_student_meta(meta: Any, path: str | Path = "meta.json") -> StudentM
 def validate_teacher_meta(meta: Any, path: str | Path = "meta.json") -> TeacherMeta:
     """Check a parsed teacher ``meta.json`` (schema in the module docstring) and return it typed.
 
-    Raises ``ModelMetaError`` naming ``path`` and the first bad key. For vit_b/l/h the model's
-    parameter count at ``input_size`` is checked here; a mini base's architecture comes from
-    the JSON beside its weights and is checked when that is read (``MiniSamConfig.validate``).
+    For vit_b/l/h the model's parameter count at ``input_size`` is checked here; a mini base's
+    architecture comes from the JSON beside its weights and is checked when that is read
+    (``MiniSamConfig.validate``).
+
+    Args:
+        meta: The parsed ``meta.json`` (any JSON value).
+        path: The file named in messages.
+
+    Raises:
+        ModelMetaError: Naming ``path`` and the first bad key.
     """
     path = Path(path)
     try:
@@ -365,7 +388,10 @@ def validate_teacher_meta(meta: Any, path: str | Path = "meta.json") -> TeacherM
 
 
 def validate_meta(meta: Any, path: str | Path = "meta.json") -> StudentMeta | TeacherMeta:
-    """``validate_student_meta`` or ``validate_teacher_meta`` according to ``meta["kind"]``."""
+    """``validate_student_meta`` or ``validate_teacher_meta`` according to ``meta["kind"]``.
+
+    Raises ``ModelMetaError`` as they do, or when ``kind`` is neither "student" nor "teacher".
+    """
     kind = meta.get("kind") if isinstance(meta, dict) else None
     if kind == "teacher":
         return validate_teacher_meta(meta, path)

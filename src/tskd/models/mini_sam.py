@@ -98,12 +98,14 @@ class MiniSamConfig:
         return self.img_size // self.patch_size
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-ready data (tuples as lists), as ``save_mini_sam`` stores them."""
         d = asdict(self)
         d["global_attn_indexes"] = list(self.global_attn_indexes)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MiniSamConfig:
+        """Settings from ``to_dict``'s form (untrusted JSON); ``CheckpointError`` unless valid."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -122,9 +124,11 @@ class MiniSamConfig:
         return cfg
 
     def validate(self, input_size: int | None = None) -> None:
-        """Raise ``CheckpointError`` (one sentence naming the key) unless every setting has its
-        type and bounds (``_INT_BOUNDS``), heads divide their widths, and the model built at
-        ``input_size`` (default ``img_size``) has at most ``MAX_PARAMS`` parameters."""
+        """Raise ``CheckpointError`` (one sentence naming the key) unless every setting is valid.
+
+        Valid: types and bounds (``_INT_BOUNDS``), heads that divide their widths, and at most
+        ``MAX_PARAMS`` parameters when built at ``input_size`` (pixels; None: ``img_size``).
+        """
         for key, lo, hi in _INT_BOUNDS:
             value = getattr(self, key)
             if not _is_int(value) or not lo <= value <= hi:
@@ -192,8 +196,15 @@ def _is_number(value: Any) -> bool:
 
 
 def sam_param_count(cfg: MiniSamConfig, input_size: int, num_classes: int = 0) -> int:
-    """Parameters of ``build_mini_sam(cfg, input_size)`` (plus ``SemanticSam``'s class tokens
-    and hypernetwork MLPs for ``num_classes``), computed from the settings without building."""
+    """Parameters of ``build_mini_sam(cfg, input_size)``, computed from the settings alone.
+
+    Nothing is built: an untrusted description is sized first (tests/test_reliability_meta.py).
+
+    Args:
+        cfg: The architecture.
+        input_size: The input side in pixels (sets the token grid and position tables).
+        num_classes: Adds ``SemanticSam``'s class tokens and hypernetwork MLPs; 0: plain SAM.
+    """
     d, p, P, m = cfg.embed_dim, cfg.patch_size, cfg.prompt_dim, cfg.mask_in_chans
     grid = input_size // p
     head = d // max(cfg.num_heads, 1)
@@ -222,7 +233,11 @@ def sam_param_count(cfg: MiniSamConfig, input_size: int, num_classes: int = 0) -
 
 
 def official_config(model_type: str) -> MiniSamConfig:
-    """The architecture of an official SAM checkpoint (as ``segment_anything.build_sam``)."""
+    """The architecture of an official SAM checkpoint (as ``segment_anything.build_sam``).
+
+    Raises:
+        CheckpointError: ``model_type`` is not vit_b, vit_l or vit_h.
+    """
     shapes = {
         "vit_b": (768, 12, 12, (2, 5, 8, 11)),
         "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
@@ -245,10 +260,13 @@ def official_config(model_type: str) -> MiniSamConfig:
 
 
 def build_mini_sam(cfg: MiniSamConfig | None = None, input_size: int | None = None) -> nn.Module:
-    """A randomly initialised ``segment_anything.modeling.Sam`` of this shape.
+    """A randomly initialised ``segment_anything`` ``Sam`` of ``cfg`` (None: the mini teacher's).
 
-    ``input_size`` (default ``cfg.img_size``) sets the encoder's token grid and the prompt
-    encoder's image sizes; it must be a multiple of the patch size.
+    ``input_size`` (pixels, default ``cfg.img_size``) sets the encoder's token grid and the
+    prompt encoder's image sizes.
+
+    Raises:
+        CheckpointError: ``input_size`` is no patch multiple in 16..4096, or ``cfg`` is invalid.
     """
     from segment_anything.modeling import (
         ImageEncoderViT,
@@ -330,8 +348,11 @@ def save_mini_sam(
 
     The weights keep SAM's official key names, at the resolution the model was built at;
     ``extra`` (e.g. pretraining settings) goes into the JSON under "info". Both files are
-    written in full before either replaces its old version; a full disk raises
-    ``DiskFullError`` and keeps the previous weights.
+    written in full before either replaces its old version.
+
+    Raises:
+        CheckpointError: ``path`` does not end in ``.safetensors``.
+        DiskFullError: The disk is full; the previous weights are kept.
     """
     from tskd import atomic
 
@@ -351,7 +372,11 @@ def save_mini_sam(
 
 
 def read_mini_config(weights: str | Path) -> MiniSamConfig | None:
-    """The config from the JSON beside a mini SAM weights file, or None when there is none."""
+    """The config from the JSON beside a mini SAM weights file, or None when there is none.
+
+    Raises:
+        CheckpointError: The JSON is over ``MAX_JSON_BYTES`` or not a valid config (named).
+    """
     jp = json_path(weights)
     if not jp.is_file():
         return None

@@ -63,7 +63,13 @@ _sha_cache: dict[tuple[str, int, int], str] = {}
 
 
 def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file, cached per (path, size, mtime) within the process."""
+    """Hex sha256 of a file, cached per (path, size, mtime) within the process.
+
+    Read in 4 MB chunks, so a 2.5 GB SAM checkpoint is hashed without holding it in memory.
+
+    Raises:
+        CheckpointError: ``path`` is not a file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -79,9 +85,19 @@ def sha256_of(path: str | Path) -> str:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a SAM checkpoint (.pth/.pt via ``load_weights_only``, or .safetensors).
+    """Tensors of a SAM checkpoint (.pth/.pt via ``load_weights_only``, or .safetensors), on CPU.
 
-    Raises ``CheckpointError`` (one sentence) for a missing, unreadable or foreign file.
+    A state dict wrapped under "model" or "state_dict" is unwrapped and a "module." prefix
+    (DataParallel) is dropped; the result is checked by ``check_sam_state_dict``.
+
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        ``{name: tensor}`` with SAM's official key names.
+
+    Raises:
+        CheckpointError: One sentence for a missing, unreadable or foreign file.
     """
     path = Path(path)
     if not path.is_file():
@@ -111,7 +127,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def check_sam_state_dict(sd: dict[str, torch.Tensor], path: str | Path = "<state dict>") -> None:
-    """Raise ``CheckpointError`` unless ``sd`` has SAM's image encoder, prompt encoder, decoder."""
+    """Raise ``CheckpointError`` unless ``sd`` has SAM's image encoder, prompt encoder, decoder.
+
+    Args:
+        sd: A state dict.
+        path: What the message names.
+    """
     missing = [k for k in _REQUIRED if k not in sd]
     if missing:
         raise CheckpointError(
@@ -127,7 +148,11 @@ def _block_ids(sd: dict[str, torch.Tensor]) -> list[int]:
 
 
 def detect_model_type(sd: dict[str, torch.Tensor]) -> str:
-    """'vit_b' / 'vit_l' / 'vit_h' from the encoder's width and depth; anything else is 'mini'."""
+    """'vit_b' / 'vit_l' / 'vit_h' from the encoder's width and depth; anything else is 'mini'.
+
+    Raises:
+        CheckpointError: ``sd`` is not a SAM state dict.
+    """
     check_sam_state_dict(sd)
     dim = int(sd["image_encoder.patch_embed.proj.weight"].shape[0])
     depth = len(_block_ids(sd))
@@ -137,7 +162,12 @@ def detect_model_type(sd: dict[str, torch.Tensor]) -> str:
 def infer_config(sd: dict[str, torch.Tensor], decoder_heads: int = 8) -> MiniSamConfig:
     """The architecture of a SAM state dict from its shapes.
 
-    Decoder attention heads leave no trace in shapes, so they are given (SAM uses 8).
+    Args:
+        sd: A SAM state dict.
+        decoder_heads: Decoder attention heads, which leave no trace in shapes (SAM uses 8).
+
+    Raises:
+        CheckpointError: ``sd`` is not a SAM state dict or lacks a tensor the shapes come from.
     """
     check_sam_state_dict(sd)
     try:
@@ -187,7 +217,18 @@ def global_blocks(cfg: MiniSamConfig) -> list[int]:
 def adapt_state_dict(
     sd: dict[str, torch.Tensor], cfg: MiniSamConfig, input_size: int
 ) -> dict[str, torch.Tensor]:
-    """A copy of ``sd`` with position embeddings resampled for ``input_size`` (see module doc)."""
+    """A copy of ``sd`` with its position embeddings resampled for ``input_size``.
+
+    The absolute ``pos_embed`` (1, g, g, D) is resized bicubically to the new token grid (as
+    timm's ``resample_abs_pos_embed``), and the relative-position tables (2g - 1, head_dim) of
+    the global-attention blocks linearly (as ``segment_anything``'s ``get_rel_pos`` does at run
+    time when sizes differ); windowed blocks keep theirs. Other tensors are shared, not copied.
+
+    Args:
+        sd: A SAM state dict.
+        cfg: Its architecture (patch size, window size, global blocks).
+        input_size: The new input side in pixels, a multiple of the patch size.
+    """
     grid = input_size // cfg.patch_size
     out = dict(sd)
     key = "image_encoder.pos_embed"
@@ -214,7 +255,20 @@ def adapt_state_dict(
 def load_sam(
     sd: dict[str, torch.Tensor], cfg: MiniSamConfig, input_size: int, source: str | Path
 ) -> nn.Module:
-    """Build ``cfg``'s SAM at ``input_size`` and load the adapted ``sd`` into it (strict)."""
+    """Build ``cfg``'s SAM at ``input_size`` and load the adapted ``sd`` into it (strict).
+
+    Args:
+        sd: A SAM state dict.
+        cfg: Its architecture.
+        input_size: The input side in pixels.
+        source: What the message names (the checkpoint file).
+
+    Returns:
+        The ``Sam`` in eval mode.
+
+    Raises:
+        CheckpointError: ``sd`` misses tensors, has extra ones or ones of another shape.
+    """
     sam = build_mini_sam(cfg, input_size)
     adapted = adapt_state_dict(sd, cfg, input_size)
     own = sam.state_dict()
@@ -243,7 +297,19 @@ def load_sam_checkpoint(path: str | Path, model_type: str, input_size: int) -> n
     """Read, check and load a SAM checkpoint file of ``model_type`` built at ``input_size``.
 
     Official types use their published architecture; 'mini' reads its config from the JSON
-    beside the weights, or infers it from shapes (with a warning) when there is none.
+    beside the weights, or infers it from shapes (with a ``TskdWarning``) when there is none.
+
+    Args:
+        path: The checkpoint file.
+        model_type: One of ``MODEL_TYPES``.
+        input_size: The input side in pixels the model runs at.
+
+    Returns:
+        The ``Sam`` in eval mode.
+
+    Raises:
+        CheckpointError: An unknown model type, a file of another model type, and every error
+            of ``read_state_dict``, ``read_mini_config`` and ``load_sam``.
     """
     if model_type not in MODEL_TYPES:
         raise CheckpointError(
@@ -273,7 +339,17 @@ def load_sam_checkpoint(path: str | Path, model_type: str, input_size: int) -> n
 def download_checkpoint(model_type: str, cache_dir: str | Path | None = None) -> Path:
     """Download an official SAM checkpoint (checked against its sha256) with pooch; the path.
 
-    The folder is ``cache_dir``, else ``$TSKD_CACHE_DIR``, else the user cache dir.
+    Needs the network; a file already in the folder with the right hash is not downloaded
+    again. Network errors come from pooch as they are.
+
+    Args:
+        model_type: vit_b, vit_l or vit_h (``OFFICIAL_CHECKPOINTS``).
+        cache_dir: The folder; None: ``$TSKD_CACHE_DIR``, else the user cache dir
+            (``pooch.os_cache("tskd")``).
+
+    Raises:
+        CheckpointError: ``model_type`` has no official checkpoint.
+        ValueError: The downloaded file's sha256 is not the published one (pooch).
     """
     import os
 

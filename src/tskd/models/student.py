@@ -65,7 +65,23 @@ class _Up(nn.Module):
 
 
 class Student(nn.Module):
-    """ViT-Tiny segmenter; see the module docstring for the decoder's design."""
+    """ViT-Tiny segmenter; see the module docstring for the decoder's design.
+
+    The encoder is timm's ``vit_tiny_patch16_224`` architecture (DeiT-Tiny: Touvron et al.,
+    2021, "Training data-efficient image transformers"; the TS-KD paper's small ViT) at
+    ``image_size``, randomly initialised: its weights come from distillation, never from a
+    download. The defaults have 6.30 M parameters at 256 px with 2 classes (docs/benchmark.md).
+
+    Args:
+        cfg: The architecture (``StudentConfig``: embed_dim, depth, num_heads, patch_size,
+            neck_dim, decoder_channels).
+        num_classes: Output classes, background included (at least 1).
+        image_size: S, the square input side in pixels, a multiple of the patch size.
+
+    Raises:
+        TskdInputError: A patch size that is not a power of two >= 4, an image size that is
+            not a multiple of it, or no class.
+    """
 
     def __init__(self, cfg: StudentConfig, num_classes: int, image_size: int) -> None:
         super().__init__()
@@ -135,6 +151,11 @@ class Student(nn.Module):
             )
 
     def check_layers(self, layers: Sequence[str]) -> None:
+        """Refuse feature names other than "block0".."block{depth-1}" and "neck".
+
+        Raises:
+            TskdInputError: An unknown name (a configured distillation layer).
+        """
         bad = [name for name in layers if name not in self.feature_dims]
         if bad:
             raise TskdInputError(
@@ -170,7 +191,11 @@ class Student(nn.Module):
     # -- public ----------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, S, S) for images (B, 3, S, S) in [0, 1]."""
+        """Logits (B, num_classes, S, S) for images (B, 3, S, S), float RGB in [0, 1].
+
+        Raises:
+            TskdInputError: ``x`` is not (B, 3, S, S).
+        """
         self._check_input(x)
         xn = (x - self.pixel_mean) / self.pixel_std
         neck, _ = self._encode(xn, ())
@@ -179,7 +204,19 @@ class Student(nn.Module):
     def forward_with_features(
         self, x: torch.Tensor, layers: Sequence[str]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits and the named features: "block{i}" -> (B, embed_dim, h, w), "neck"."""
+        """Logits and the named features from one forward pass.
+
+        Args:
+            x: Images (B, 3, S, S), float RGB in [0, 1].
+            layers: Feature names: "block{i}" -> (B, embed_dim, h, w) (h = w = S / patch_size),
+                "neck" -> (B, neck_dim, h, w).
+
+        Returns:
+            ``(logits (B, num_classes, S, S), {name: feature})``.
+
+        Raises:
+            TskdInputError: ``x`` is not (B, 3, S, S), or an unknown feature name.
+        """
         self._check_input(x)
         self.check_layers(layers)
         xn = (x - self.pixel_mean) / self.pixel_std
@@ -187,7 +224,10 @@ class Student(nn.Module):
         return self._decode(xn, neck), feats
 
     def features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Only the named features, skipping the decoder (feature-only distillation)."""
+        """Only the named features, skipping the decoder (feature-only distillation).
+
+        Same arguments, feature shapes and errors as ``forward_with_features``.
+        """
         self._check_input(x)
         self.check_layers(layers)
         _, feats = self._encode((x - self.pixel_mean) / self.pixel_std, layers)
@@ -199,7 +239,13 @@ class Student(nn.Module):
         return [p for m in mods for p in m.parameters()]
 
     def reset_head(self, num_classes: int) -> None:
-        """Replace the 1x1 classifier for another class count (e.g. a task-agnostic student)."""
+        """Replace the 1x1 classifier for another class count (e.g. a task-agnostic student).
+
+        The new head is randomly initialised (PyTorch's default) on the old head's device.
+
+        Args:
+            num_classes: The new number of classes, background included.
+        """
         old = self.head[0]
         conv = nn.Conv2d(old.in_channels, 4 * num_classes, 1).to(old.weight.device)
         self.head = nn.Sequential(conv, nn.PixelShuffle(2))

@@ -35,8 +35,21 @@ def build_sam(
 ) -> nn.Module:
     """A ``segment_anything`` ``Sam`` of ``model_type`` running at ``input_size`` (eval mode).
 
-    Official types (vit_b/l/h) need ``checkpoint``; 'mini' without one uses the built-in
-    weights. ``pretrained=False`` gives a random initialisation (tests, pretraining).
+    The model records where it came from in ``sam.tskd_source`` (model type and resolved
+    checkpoint path, or "builtin"), so an adapter saved later can name and hash its base.
+
+    Args:
+        model_type: One of ``MODEL_TYPES``: "mini", "vit_b", "vit_l", "vit_h".
+        checkpoint: The weights file; official types need it, 'mini' without one uses the
+            built-in weights (``BUILTIN_WEIGHTS``).
+        input_size: The input side in pixels the model runs at (SAM's own is 1024; position
+            embeddings are resampled, see ``tskd.models.sam_checkpoint``).
+        pretrained: False gives a random initialisation (tests, pretraining).
+
+    Raises:
+        CheckpointError: An unknown model type, an official type without a checkpoint, a
+            missing built-in teacher (``tskd pretrain-mini`` creates it), or a checkpoint that
+            cannot be loaded (``load_sam_checkpoint``).
     """
     if model_type not in MODEL_TYPES:
         raise CheckpointError(
@@ -70,7 +83,17 @@ class SemanticSam(nn.Module):
     """Prompt-free SAM with one output mask per class: logits (B, C, S, S) from (B, 3, S, S).
 
     Input is float RGB in [0, 1]; it is scaled to 0-255 and normalised with SAM's pixel
-    mean/std. Images of another size than ``input_size`` are resized in and the logits back.
+    mean/std. Images of another size than ``input_size`` are resized in and the logits back
+    (bilinear). One mask per class without prompts follows SAMed (Zhang and Liu, 2023,
+    "Customized Segment Anything Model for Medical Image Segmentation"); the TS-KD paper's
+    teacher is SAM adapted to the task with LoRA (Fig. 2a; ``tskd.models.lora``).
+
+    Args:
+        sam: A ``segment_anything`` ``Sam`` (``build_sam``); wrapped, not copied.
+        num_classes: C, classes including the background (at least 2).
+
+    Raises:
+        ValueError: ``num_classes`` is below 2 (a caller's mistake).
     """
 
     def __init__(self, sam: nn.Module, num_classes: int) -> None:
@@ -107,7 +130,12 @@ class SemanticSam(nn.Module):
         return sam.image_encoder(x)
 
     def predict_masks(self, emb: torch.Tensor) -> torch.Tensor:
-        """Low-resolution class logits (B, C, 4h, 4w) from image embeddings (B, D, h, w)."""
+        """Low-resolution class logits (B, C, 4h, 4w) from image embeddings (B, D, h, w).
+
+        SAM's two-way transformer and output upscaling run once for all classes, with the
+        no-mask dense embedding and no sparse prompt; each class's hypernetwork MLP turns its
+        token into the weights of its mask (as SAM's ``MaskDecoder.predict_masks``).
+        """
         sam = self.base
         dec, pe = sam.mask_decoder, sam.prompt_encoder
         b, c, h, w = emb.shape
@@ -135,12 +163,26 @@ class SemanticSam(nn.Module):
         return F.interpolate(low, size=size, mode="bilinear", align_corners=False), emb
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, C, H, W) for images (B, 3, H, W), float RGB in [0, 1]."""
         return self._run(x)[0]
 
     def forward_with_features(
         self, x: torch.Tensor, layers: list[str]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits and the named features ("block{i}" as (B, D, h, w), "neck")."""
+        """Logits and the named features, from one forward pass.
+
+        Args:
+            x: Images (B, 3, H, W), float RGB in [0, 1].
+            layers: Feature names: "block{i}" (encoder block i's output, (B, D, h, w) with D
+                the encoder width and h = w the token grid) or "neck" (the image embedding,
+                (B, prompt_dim, h, w)); ``feature_dims`` gives each one's channels.
+
+        Returns:
+            ``(logits (B, C, H, W), {name: feature})`` in the order of ``layers``.
+
+        Raises:
+            ValueError: An unknown feature name (a caller's mistake).
+        """
         unknown = [name for name in layers if name not in self.feature_dims]
         if unknown:
             raise ValueError(f"unknown teacher feature(s) {unknown}; known: block0.., neck")

@@ -37,7 +37,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """What a procedural task looks like on disk and in memory."""
+    """What a procedural task looks like on disk and in memory.
+
+    Attributes:
+        name: The task's key in ``TASKS``.
+        description: What the images show, in words.
+        class_names: Index = label value; background first.
+        channels: 1 (gray, (H, W)) or 3 (RGB, (H, W, 3)).
+        dtype: The numpy dtype name of the image: uint8, or uint16 (CT in HU + 1024).
+    """
 
     name: str
     description: str
@@ -103,7 +111,21 @@ def _rng(task: str, seed: int, index: int) -> np.random.Generator:
 def sample(
     task: str, index: int, size: int | tuple[int, int] = 256, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sample ``index`` of ``task``: (image, label int64 (H, W))."""
+    """Sample ``index`` of ``task``: a pure function of ``(task, seed, index)``.
+
+    Args:
+        task: A key of ``TASKS``.
+        index: The sample's index (any non-negative integer).
+        size: Side, or (H, W), in pixels; at least 32.
+        seed: Selects another draw of the whole task.
+
+    Returns:
+        ``(image, label)``: the image as ``TASKS[task]`` says (uint8 (H, W) / (H, W, 3) or
+        uint16 (H, W)), the label int64 (H, W) with values 0..num_classes-1.
+
+    Raises:
+        TskdInputError: An unknown task, or a size under 32 pixels.
+    """
     _check_task(task)
     h, w = _shape(size)
     image, label = GENERATORS[task](_rng(task, seed, index), h, w)
@@ -113,9 +135,20 @@ def sample(
 def generate(
     task: str, n: int, size: int | tuple[int, int] = 256, seed: int = 0, start: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Samples ``start .. start + n - 1`` of ``task`` as (image, label) pairs.
+    """Samples ``start .. start + n - 1`` of ``task`` as (image, label) pairs (see ``sample``).
 
-    Images are uint8 (H, W) / (H, W, 3) or uint16 (H, W) (see ``TASKS[task]``); labels int64.
+    The same whatever ``n`` is: disjoint index ranges never share a sample. Images are uint8
+    (H, W) / (H, W, 3) or uint16 (H, W) (see ``TASKS[task]``); labels int64 (H, W).
+
+    Args:
+        task: A key of ``TASKS``.
+        n: How many samples.
+        size: Side, or (H, W), in pixels; at least 32.
+        seed: Selects another draw of the whole task.
+        start: The first index.
+
+    Raises:
+        TskdInputError: ``n`` or ``start`` is negative, an unknown task, or a size under 32.
     """
     if n < 0 or start < 0:
         raise TskdInputError(f"n and start must be >= 0, got n={n}, start={start}")
@@ -124,7 +157,18 @@ def generate(
 
 def task_files(task: str, root: str | Path, n_train: int, n_unlabelled: int,
                n_test: int) -> list[Path]:
-    """Every file ``write_task_folders`` writes for these counts (to check before writing)."""
+    """Every file ``write_task_folders`` writes for these counts (to check before writing).
+
+    Args:
+        task: A key of ``TASKS``.
+        root: The output folder.
+        n_train: Labelled training images.
+        n_unlabelled: Unlabelled images.
+        n_test: Labelled test images.
+
+    Raises:
+        TskdInputError: An unknown task.
+    """
     _check_task(task)
     root = Path(root)
     suffix = ".tif" if TASKS[task].dtype == "uint16" else ".png"
@@ -154,7 +198,24 @@ def write_task_folders(
     Images as PNG (uint8) or TIF (uint16), labels as uint8 PNG with the same stem; each split
     comes from its own range of sample indices (``INDEX_OFFSETS``). train/ and test/ get a
     ``dataset.json`` with nnU-Net style ``labels`` (name -> value) that ``folders.class_names``
-    reads; ``root/task.json`` records the task, seed and sizes. Returns ``root``.
+    reads; ``root/task.json`` records the task, seed and sizes. Every file is written
+    atomically; nothing is checked here (``tskd.data.outputs.check_task_folder`` does that).
+
+    Args:
+        task: A key of ``TASKS``.
+        root: The output folder.
+        n_train: Labelled training images, 0..999999.
+        n_unlabelled: Unlabelled images, 0..999999.
+        n_test: Labelled test images, 0..999999.
+        size: Image side in pixels (at least 32).
+        seed: Selects another draw of the whole task.
+
+    Returns:
+        ``root``.
+
+    Raises:
+        TskdInputError: An unknown task, a count out of range, or a size under 32.
+        DiskFullError: The disk is full.
     """
     import imageio.v3 as iio
     import tifffile
@@ -213,7 +274,25 @@ def _display(task: str, image: np.ndarray) -> np.ndarray:
 def contact_sheet(
     task: str, n: int, path: str | Path, size: int = 256, seed: int = 0, cols: int = 4
 ) -> Path:
-    """Save a PNG grid of ``n`` samples, each image beside its label overlay (for the docs)."""
+    """Save a PNG grid of ``n`` samples, each image beside its label overlay (for the docs).
+
+    CT is shown in a soft-tissue window (-160 to 240 HU).
+
+    Args:
+        task: A key of ``TASKS``.
+        n: How many samples (indices 0..n-1).
+        path: The PNG to write (its folder is created).
+        size: Image side in pixels.
+        seed: As ``generate``.
+        cols: Samples per row (each takes two panels).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        TskdInputError: An unknown task.
+        DiskFullError: The disk is full.
+    """
     from matplotlib.figure import Figure  # no pyplot: leaves the process's backend alone
 
     _check_task(task)

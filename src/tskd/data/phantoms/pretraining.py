@@ -246,8 +246,14 @@ def pretraining_sample(
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """A random scene: (image uint8 (H, W, 3), list of bool (H, W) instance masks, >= 1).
 
-    Later objects occlude earlier ones (masks hold the visible part only); objects left with
-    fewer than a few pixels are dropped.
+    One to four times, the objects of a family drawn from ``FAMILIES`` are painted; later occlude
+    earlier ones (masks hold the visible part only); objects left with fewer than a few pixels (6 at
+    256 px, scaled with the area, at least 4) are dropped; a scene left empty gets a central
+    ellipse.
+
+    Args:
+        rng: The only source of randomness: a scene is a pure function of it.
+        size: Side, or (H, W), in pixels.
     """
     h, w = (size, size) if isinstance(size, int | np.integer) else size
     h, w = int(h), int(w)

@@ -26,7 +26,13 @@ from tskd.data.phantoms.util import (
 
 # --------------------------------------------------------------------------- kidney ultrasound
 def kidney_us(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """B-mode ultrasound of a kidney: uint8 (H, W) image, label 1 = kidney."""
+    """B-mode ultrasound of a kidney: uint8 (H, W) image, int64 (H, W) label 1 = kidney.
+
+    Args:
+        rng: The only source of randomness.
+        h: Height in pixels.
+        w: Width in pixels.
+    """
     s = float(min(h, w))
     yy, xx = grid(h, w)
     # sector (fan) field of view from an apex above the image
@@ -127,7 +133,13 @@ def _hairs(rng: np.random.Generator, h: int, w: int, s: float) -> np.ndarray:
 
 
 def skin_lesion(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dermoscopy of a pigmented lesion: uint8 (H, W, 3) image, label 1 = lesion."""
+    """Dermoscopy of a pigmented lesion: uint8 (H, W, 3) image, int64 (H, W) label 1 = lesion.
+
+    Args:
+        rng: The only source of randomness.
+        h: Height in pixels.
+        w: Width in pixels.
+    """
     s = float(min(h, w))
     yy, xx = grid(h, w)
     tone = rng.uniform(0, 1)
@@ -227,7 +239,13 @@ def _vessel_tree(
 
 
 def retina_vessels(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Colour fundus photograph: uint8 (H, W, 3) image, label 1 = vessel."""
+    """Colour fundus photograph: uint8 (H, W, 3) image, int64 (H, W) label 1 = vessel.
+
+    Args:
+        rng: The only source of randomness.
+        h: Height in pixels.
+        w: Width in pixels.
+    """
     s = float(min(h, w))
     yy, xx = grid(h, w)
     fcx, fcy = w / 2 + rng.uniform(-0.02, 0.02) * s, h / 2 + rng.uniform(-0.02, 0.02) * s
@@ -279,8 +297,15 @@ def _organ(
 
 
 def ct_abdomen(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Axial abdominal CT slice: uint16 (H, W) of HU + 1024; labels 1 liver, 2 kidneys,
-    3 spleen, 4 vertebra."""
+    """Axial abdominal CT slice: uint16 (H, W) image of HU + 1024, int64 (H, W) label.
+
+    Image values are HU + 1024 clipped to 0..4095; labels 1 liver, 2 kidneys, 3 spleen, 4 vertebra.
+
+    Args:
+        rng: The only source of randomness.
+        h: Height in pixels.
+        w: Width in pixels.
+    """
     s = float(min(h, w))
     yy, xx = grid(h, w)
     hu = np.full((h, w), -1000.0, np.float32)
