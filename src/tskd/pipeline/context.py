@@ -220,10 +220,18 @@ class StageContext:
         """The labelled set, read and hashed on first use only (``load_labelled_data``)."""
         return self.memo("data", lambda: load_labelled_data(self.cfg))
 
+    def section(self, name: str) -> Any:
+        """The config section ``name`` (``teacher``, ``synth``, ``distill``, ``student``,
+        ``predict``) with its device set, its own or else the run's
+        (``RunConfig.with_devices``): what a stage hands to training, which reads its own
+        section only. A copy, made once per context."""
+        return getattr(self.memo("devices", self.cfg.with_devices), name)
+
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()``, computed once per context under ``key``: ``"data"`` is the labelled
-        set, ``"fingerprint:<stage>"`` a stage's fingerprint (some hash files or checkpoints,
-        and later stages ask for earlier stages' fingerprints)."""
+        set, ``"devices"`` the config with every stage's device set (``section``),
+        ``"fingerprint:<stage>"`` a stage's fingerprint (some hash files or checkpoints, and
+        later stages ask for earlier stages' fingerprints)."""
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tskd.config import RunConfig, to_dict
+from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, SynthConfig, to_dict
+from tskd.config_compat import flat_synth
 from tskd.pipeline.context import StageContext, data_files
 from tskd.pipeline.run_folder import files_fingerprint, fingerprint
 
-__all__ = ["base_teacher_id", "of", "synth_fp", "teacher_fp"]
+__all__ = ["base_teacher_id", "of", "synth_fp", "synth_settings", "teacher_fp"]
 
 
 def _settings_fp(section: Any) -> dict[str, Any]:
@@ -33,13 +34,19 @@ def teacher_fp(cfg: RunConfig, data_fp: str) -> str:
     return fingerprint("teacher", _settings_fp(cfg.teacher), data_fp)
 
 
+def synth_settings(synth: SynthConfig) -> dict[str, Any]:
+    """The transfer set's settings as its fingerprint reads them: the section in the flat shape
+    it had before ``synth.train`` (``tskd.config_compat.flat_synth``; not the device), so runs
+    of earlier versions keep their fingerprints."""
+    return flat_synth(to_dict(synth), synth.train.total_steps(SYNTH_EPOCH_STEPS))
+
+
 def synth_fp(cfg: RunConfig, data_fp: str) -> str:
-    """The transfer set's: its settings, the labelled set's fingerprint ``data_fp``, the
-    unlabelled files (as their reader reads them) and the student's input size."""
-    synth = to_dict(cfg.synth)
-    synth.pop("device", None)
+    """The transfer set's: its settings (``synth_settings``), the labelled set's fingerprint
+    ``data_fp``, the unlabelled files (as their reader reads them) and the student's input
+    size."""
     unl = files_fingerprint(data_files(cfg.data.unlabelled, "unlabelled"))
-    return fingerprint("synth", synth, data_fp, unl, cfg.data.image_size)
+    return fingerprint("synth", synth_settings(cfg.synth), data_fp, unl, cfg.data.image_size)
 
 
 def base_teacher_id(cfg: RunConfig) -> str:
