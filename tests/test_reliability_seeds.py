@@ -44,7 +44,7 @@ def _cfg(root: Path, run: str, seed: int = 0) -> RunConfig:
     d = tiny_config(root / "data", root / "sam.safetensors", root / run)
     for section in ("teacher", "distill", "student"):
         d[section]["train"] = d[section]["train"] | {"seed": seed, "epochs": 2}
-    d["synth"]["seed"] = seed
+    d["synth"]["train"] = d["synth"]["train"] | {"seed": seed}
     return from_dict(RunConfig, d)
 
 
