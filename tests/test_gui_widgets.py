@@ -494,6 +494,7 @@ def test_a_widget_device_is_the_run_device(make_napari_viewer, tskd_gui_env) -> 
     from napari_tskd._student_widget import StudentWidget
     from napari_tskd._teacher_widget import TeacherWidget
     from napari_tskd._transfer_widget import TransferWidget
+
     from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, save_config
 
     sections = ("teacher", "synth", "distill", "student", "predict")
