@@ -251,6 +251,9 @@ def test_a_key_in_its_old_and_new_place_is_refused() -> None:
 
 
 def test_a_wrong_value_under_an_old_key_is_named_by_its_new_key() -> None:
+    with pytest.raises(TskdInputError) as info:
+        from_dict(RunConfig, {"synth": {"lr": 0.1, "train": [1]}})
+    assert str(info.value) == "config: 'synth.train' must be a mapping, got [1]"
     with pytest.warns(TskdWarning), pytest.raises(TskdInputError, match=r"synth\.train\.max_steps"):
         from_dict(RunConfig, {"synth": {"train_steps": "many"}})
     with pytest.warns(TskdWarning), pytest.raises(TskdInputError, match=r"synth\.train\.lr"):
@@ -418,3 +421,23 @@ def test_the_run_device_reaches_the_training_of_every_stage(
     assert {w: {d for m, d in seen if m == w} for w, _ in seen} == {
         "teacher": {"cuda:5"}, "synthesize": {"cuda:5"}, "distill": {"cuda:5"},
         "finetune": {"cuda:6"}, "test": {"cuda:7"}}
+
+
+def test_the_cli_shows_an_old_key_as_one_warning_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tiny_setup import write_tiny_task
+    from tskd.apps.cli import main
+
+    data = write_tiny_task(tmp_path / "data")
+    old = tmp_path / "old.yaml"
+    old.write_text("synth:\n  train_steps: 150\n  lr: 0.001\n")
+    assert main(["check-data", str(data / "train"), "--config", str(old)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == ["tskd: warning: config: keys of an earlier version read in their new "
+                      "place (synth.train_steps -> synth.train.max_steps, synth.lr -> "
+                      "synth.train.lr); write them there to silence this warning"]
+    old.write_text("synth:\n  lr: 0.001\n  train: {lr: 0.002}\n")
+    assert main(["check-data", str(data / "train"), "--config", str(old)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "tskd: error: config: 'synth.lr' is the old place of 'synth.train.lr'; give only "
+        "'synth.train.lr'")

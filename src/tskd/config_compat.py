@@ -47,13 +47,17 @@ def synth_config(data: dict[str, Any], where: str) -> dict[str, Any]:
         names every key moved.
 
     Raises:
-        TskdInputError: a key is given both in its old and its new place.
+        TskdInputError: a key is given both in its old and its new place, or ``train`` is no
+            mapping.
     """
     old = [k for k in SYNTH_MOVED if k in data]
     if not old:
         return data
     where = where or "synth"
-    data, train = dict(data), dict(data.get("train") or {})
+    train = data.get("train") or {}
+    if not isinstance(train, dict):
+        raise TskdInputError(f"config: '{where}.train' must be a mapping, got {train!r}")
+    data, train = dict(data), dict(train)
     for key in old:
         new, value = SYNTH_MOVED[key], data.pop(key)
         clash = ("epochs", new) if key == "train_steps" else (new,)
