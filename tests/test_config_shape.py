@@ -441,3 +441,26 @@ def test_the_cli_shows_an_old_key_as_one_warning_line(
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "tskd: error: config: 'synth.lr' is the old place of 'synth.train.lr'; give only "
         "'synth.train.lr'")
+
+
+# the examples' fingerprints as their earlier shape (synth.train_steps ...) gave them, with the
+# labelled set's fingerprint "x" and no unlabelled folder: rewritten, they redo nothing
+EXAMPLE_FPS = {
+    "kidney_us.yaml": ["a0e1b92b436b0e11", "73e7c8b04201f298", "f884f1513f4761eb",
+                       "d3077cc6eb481fce"],
+    "sam_vit_b_gpu.yaml": ["8d707b676ff0ceaa", "6eb8b370c78dc244", "8d31d87307364ad8",
+                           "647598c91d535107"],
+    "tiny.yaml": ["8b203eeae76c22a9", "07b16eb4d918fcea", "1a9124c9b69438f8",
+                  "5bbe32bebe00066c"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_FPS))
+def test_the_examples_are_of_the_new_shape_and_keep_their_fingerprints(name: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = load_config(Path(__file__).parents[1] / "examples" / name)
+    cfg.data.unlabelled = None
+    ctx = StageContext(cfg)
+    ctx._memo["data"] = SimpleNamespace(fingerprint="x")
+    assert [fingerprints.of(ctx, s) for s in STAGES] == EXAMPLE_FPS[name]
