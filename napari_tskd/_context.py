@@ -69,9 +69,7 @@ class RunContext(QObject):
         cfg = load_config(path) if path.is_file() else RunConfig()
         cfg.run_dir = str(self.run_dir)
         if not path.is_file():
-            for train in (cfg.teacher.train, cfg.distill.train, cfg.student.train):
-                train.device = self.settings.device
-            cfg.synth.device = cfg.predict.device = self.settings.device
+            cfg.device = self.settings.device  # the run's device (a stage may set its own)
         return cfg
 
     def paths(self) -> Any:

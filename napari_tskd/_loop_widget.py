@@ -116,7 +116,7 @@ class LoopWidget(StageWidget):
         cfg = self.context.config()
         cfg.student.train.epochs = int(self.epochs.value)
         cfg.student.train.max_steps = budget(self.max_steps.value)
-        cfg.student.train.device = self.device.value
+        cfg.set_device(self.device.value)
         self.start("retrain", [{"target": "student", "kwargs": {"continue_from_last": True}}],
                    cfg)
 

@@ -107,7 +107,7 @@ class StudentWidget(StageWidget):
         s.train.lr = parse_float(self.finetune_lr.value, "fine-tune learning rate", 0.0, 1.0)
         s.dice_weight = float(self.dice_weight.value)
         s.from_scratch = bool(self.from_scratch.value)
-        d.train.device = s.train.device = self.device.value
+        cfg.set_device(self.device.value)
         return cfg
 
     def run(self, stages: list[str]) -> None:

@@ -62,9 +62,10 @@ class TeacherWidget(StageWidget):
     def load_from_run(self) -> None:
         """Show the teacher settings of the open run (its config.yaml), if any."""
         try:
-            t = self.context.config().teacher
+            cfg = self.context.config()
         except Exception:  # an unreadable config is reported when a stage starts
             return
+        t = cfg.teacher
         self.model_type.value = t.model_type if t.model_type in MODEL_TYPES else "mini"
         self.checkpoint.value = t.checkpoint
         self.input_size.value = t.input_size
@@ -74,8 +75,8 @@ class TeacherWidget(StageWidget):
         self.max_steps.value = t.train.max_steps or 0
         self.batch_size.value = t.train.batch_size
         self.lr.value = f"{t.train.lr:g}"
-        if t.train.device in DEVICES:
-            self.device.value = t.train.device
+        if cfg.device_of("teacher") in DEVICES:
+            self.device.value = cfg.device_of("teacher")
 
     def apply_preset(self, *_: Any) -> None:
         """Choose model type, input size and batch size from the free memory of the device."""
@@ -112,7 +113,7 @@ class TeacherWidget(StageWidget):
         t.train.max_steps = budget(self.max_steps.value)
         t.train.batch_size = int(self.batch_size.value)
         t.train.lr = parse_float(self.lr.value, "learning rate", 0.0, 1.0)
-        t.train.device = self.device.value
+        cfg.set_device(self.device.value)
         return cfg
 
     def run(self, *_: Any) -> None:

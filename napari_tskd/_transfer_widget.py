@@ -11,6 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinB
 
 from napari_tskd import _layers, _notify
 from napari_tskd._base import DEVICES, StageWidget, wrapped_label
+from tskd.config import SYNTH_EPOCH_STEPS
 from tskd.pipeline.registry import stage
 
 STAGE = stage("synthesize")  # tskd.pipeline.registry: its name, title and folders
@@ -28,7 +29,7 @@ class TransferWidget(StageWidget):
         self.enabled = CheckBox(text="synthesise images (else: real images only)", value=True)
         self.n_images = SpinBox(label="Synthetic images", min=0, max=100_000, value=d.n_images)
         self.train_steps = SpinBox(label="Diffusion budget (steps)", min=1, max=10_000_000,
-                                   value=d.train_steps)
+                                   value=d.train.total_steps(SYNTH_EPOCH_STEPS))
         self.resolution = ComboBox(label="Diffusion resolution", choices=[32, 64, 128, 256],
                                    value=d.resolution)
         self.sample_steps = SpinBox(label="Sampling steps (DDIM)", min=1, max=1000,
@@ -61,7 +62,7 @@ class TransferWidget(StageWidget):
             return
         self.enabled.value = s.enabled
         self.n_images.value = s.n_images
-        self.train_steps.value = s.train_steps
+        self.train_steps.value = s.train.total_steps(SYNTH_EPOCH_STEPS)
         if s.resolution in self.resolution.choices:
             self.resolution.value = s.resolution
         self.sample_steps.value = s.sample_steps
@@ -72,11 +73,11 @@ class TransferWidget(StageWidget):
         s = cfg.synth
         s.enabled = bool(self.enabled.value)
         s.n_images = int(self.n_images.value)
-        s.train_steps = int(self.train_steps.value)
+        s.train.set_steps(int(self.train_steps.value), SYNTH_EPOCH_STEPS)
         s.resolution = int(self.resolution.value)
         s.sample_steps = int(self.sample_steps.value)
         s.near_copy_threshold = float(self.near_copy.value)
-        s.device = self.device.value
+        cfg.set_device(self.device.value)
         return cfg
 
     def run(self, *_: Any) -> None:

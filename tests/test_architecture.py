@@ -4,8 +4,8 @@ Every import of every module under src/tskd is read with ``ast`` - module-level,
 functions and under ``TYPE_CHECKING`` alike, since a lazy import is still a dependency - and
 checked against ``LAYERS``, lowest first: a module may import modules of its own layer and of
 the layers below it, never one above. The top-level modules are one layer each (``errors`` <
-``atomic`` < ``checkpoint`` < ``safe_regex`` < ``lora_targets`` < ``config`` < ``device`` <
-``callbacks`` < ``engine``); each package is one layer.
+``atomic`` < ``checkpoint`` < ``safe_regex`` < ``lora_targets`` < ``config_compat`` <
+``config`` < ``device`` < ``callbacks`` < ``engine``); each package is one layer.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ LAYERS = (
     "tskd.checkpoint",
     "tskd.safe_regex",
     "tskd.lora_targets",
+    "tskd.config_compat",
     "tskd.config",
     "tskd.device",
     "tskd.callbacks",

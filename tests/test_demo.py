@@ -22,7 +22,7 @@ def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
         cfg = from_dict(RunConfig, tiny_config(data_root, sam, run_dir))
         assert teacher_size is None  # run_demo passes the default through
         cfg.data.test = None
-        cfg.synth.seed = seed
+        cfg.synth.train.seed = seed
         return cfg
 
     monkeypatch.setattr(demo, "demo_config", tiny_demo_config)

@@ -56,7 +56,7 @@ def _tiny_config(main, tiny_ckpt: Path) -> None:
     cfg.teacher.checkpoint = str(tiny_ckpt)
     cfg.teacher.input_size = SIZE
     cfg.distill.train.batch_size = cfg.student.train.batch_size = 2
-    cfg.synth.batch_size = 2
+    cfg.synth.train.batch_size = 2
     save_config(cfg, ctx.run_dir / "config.yaml")
 
 

@@ -484,3 +484,44 @@ def test_loop_corrections_of_layers_whose_names_collide_are_both_kept(
     loop.add_slice()
     assert loop.status.value.startswith("replaced")
     assert len(list(labels.glob("corrected_*"))) == 2
+
+
+def test_a_widget_device_is_the_run_device(make_napari_viewer, tskd_gui_env) -> None:
+    """The device is set once per run: a fresh run takes the settings' device, the teacher form
+    shows its stage's device from config.yaml, and each stage widget's Device becomes the run's
+    device for its job (no stage keeping its own)."""
+    from napari_tskd._loop_widget import LoopWidget
+    from napari_tskd._student_widget import StudentWidget
+    from napari_tskd._teacher_widget import TeacherWidget
+    from napari_tskd._transfer_widget import TransferWidget
+
+    from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, save_config
+
+    sections = ("teacher", "synth", "distill", "student", "predict")
+    viewer = make_napari_viewer()
+    t = TeacherWidget(viewer)
+    fresh = t.context.config()  # no config.yaml yet: the settings' device ("cpu"), once
+    assert fresh.device == "cpu" and fresh.teacher.train.device is None
+    cfg = RunConfig(run_dir=str(tskd_gui_env), device="auto")
+    cfg.teacher.train.device = "mps"  # a stage's own, written in the file
+    cfg.synth.train.set_steps(120, SYNTH_EPOCH_STEPS)
+    tskd_gui_env.mkdir(parents=True)
+    save_config(cfg, t.context.paths().config)
+    t.load_from_run()
+    assert t.device.value == "mps"
+    transfer = TransferWidget(viewer)
+    assert transfer.train_steps.value == 120
+    transfer.train_steps.value = 100
+    for widget in (t, transfer, StudentWidget(viewer)):
+        widget.device.value = "cpu"
+        built = widget.build_config()
+        assert built.device == "cpu" and {built.device_of(s) for s in sections} == {"cpu"}
+        assert built.teacher.train.device is None
+    synth = transfer.build_config().synth.train
+    assert (synth.epochs, synth.max_steps) == (2, None)  # 100 steps: two epochs of 50
+    loop = LoopWidget(viewer)
+    loop.device.value = "cpu"
+    started = []
+    loop.start = lambda label, steps, cfg: started.append(cfg)  # type: ignore[method-assign]
+    loop.retrain()
+    assert started[0].device == "cpu" and started[0].device_of("teacher") == "cpu"

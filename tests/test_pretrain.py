@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tskd.config import PretrainConfig
 from tskd.engine import CancelToken
 from tskd.errors import Cancelled, TskdInputError
 from tskd.models.mini_sam import MiniSamConfig
@@ -17,10 +19,24 @@ from tskd.training import pretrain, pretrain_data
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _cfg(**kw: object) -> pretrain.PretrainConfig:
+ARCH = MiniSamConfig.tiny()
+
+
+def _cfg(**kw: object) -> PretrainConfig:
+    """A tiny pretraining; ``steps``, ``batch_size``, ``lr`` and ``device`` go into ``train``
+    (exactly ``steps`` steps)."""
     base = dict(steps=30, batch_size=4, masks_per_image=2, lr=2e-3, image_size=64,
-                model=MiniSamConfig.tiny(), device="cpu", steps_per_checkpoint=10)
-    return pretrain.PretrainConfig(**(base | kw))  # type: ignore[arg-type]
+                device="cpu", steps_per_checkpoint=10) | kw
+    steps = int(base.pop("steps"))  # type: ignore[call-overload]
+    train = {k: base.pop(k) for k in ("batch_size", "lr", "device")}
+    cfg = PretrainConfig(**base)  # type: ignore[arg-type]
+    cfg.train = replace(cfg.train, **train)  # type: ignore[arg-type]
+    cfg.train.set_steps(steps, cfg.steps_per_checkpoint)
+    return cfg
+
+
+def _pretrain(cfg: PretrainConfig, out: object, **kw: object) -> dict:
+    return pretrain.pretrain_mini(cfg, out, arch=ARCH, **kw)  # type: ignore[arg-type]
 
 
 def test_sample_prompts() -> None:
@@ -54,9 +70,9 @@ def test_dataset_items_are_reproducible() -> None:
 
 def test_bad_config() -> None:
     with pytest.raises(TskdInputError, match="multiple of the patch size"):
-        pretrain.pretrain_mini(_cfg(image_size=60), "unused")
+        _pretrain(_cfg(image_size=60), "unused")
     with pytest.raises(TskdInputError):
-        pretrain.pretrain_mini(_cfg(steps=0), "unused")
+        _pretrain(_cfg(steps=0), "unused")
 
 
 def test_pretrain_tiny_writes_loadable_weights(tmp_path: Path) -> None:
@@ -69,9 +85,9 @@ def test_pretrain_tiny_writes_loadable_weights(tmp_path: Path) -> None:
     torch.manual_seed(0)
     batch = torch.utils.data.default_collate([ds[i] for i in range(8)])
     with torch.no_grad():
-        before = float(pretrain.build_model(cfg)(batch)["loss"])
+        before = float(pretrain.build_model(cfg, ARCH)(batch)["loss"])
     losses: list[float] = []
-    info = pretrain.pretrain_mini(cfg, tmp_path, progress=lambda p: losses.append(p.loss),
+    info = _pretrain(cfg, tmp_path, progress=lambda p: losses.append(p.loss),
                                   command="tskd pretrain-mini --steps 40")
     assert len(losses) == 40 and info["steps"] == 40
     weights = tmp_path / "mini_sam.safetensors"
@@ -89,7 +105,7 @@ def test_pretrain_tiny_writes_loadable_weights(tmp_path: Path) -> None:
     sam = build_sam("mini", checkpoint=weights, input_size=64)
     for k, v in sam.state_dict().items():
         assert torch.equal(v, sd[k].to(v.dtype)), k
-    fresh = pretrain.build_model(_cfg()).sam.state_dict()
+    fresh = pretrain.build_model(_cfg(), ARCH).sam.state_dict()
     key = "mask_decoder.mask_tokens.weight"
     assert not torch.allclose(fresh[key], sam.state_dict()[key]), "weights were trained"
     with torch.no_grad():
@@ -102,7 +118,7 @@ def test_pretrain_tiny_writes_loadable_weights(tmp_path: Path) -> None:
 
 def test_cancel_and_resume_match_an_unbroken_run(tmp_path: Path) -> None:
     cfg = _cfg(steps=8, steps_per_checkpoint=4)
-    pretrain.pretrain_mini(cfg, tmp_path / "full")
+    _pretrain(cfg, tmp_path / "full")
     token = CancelToken()
 
     def stop_at_6(p: object) -> None:
@@ -111,10 +127,10 @@ def test_cancel_and_resume_match_an_unbroken_run(tmp_path: Path) -> None:
 
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Cancelled):
-        pretrain.pretrain_mini(cfg, tmp_path / "cut", progress=stop_at_6, cancel=token,
+        _pretrain(cfg, tmp_path / "cut", progress=stop_at_6, cancel=token,
                                checkpoint_dir=ckpt)
     assert not (tmp_path / "cut" / "mini_sam.safetensors").exists()
-    info = pretrain.pretrain_mini(cfg, tmp_path / "cut", checkpoint_dir=ckpt, resume=True)
+    info = _pretrain(cfg, tmp_path / "cut", checkpoint_dir=ckpt, resume=True)
     assert info["resumed_from_epoch"] == 1 and info["steps"] == 8
     from safetensors.torch import load_file
 

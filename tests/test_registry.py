@@ -178,12 +178,14 @@ def test_a_stage_alias_sets_the_same_config_as_its_subcommand() -> None:
     assert cfg.student.train.epochs == 3 and cfg.student.from_scratch
     assert cfg.teacher.train.epochs == RunConfig().teacher.train.epochs  # other stages kept
     cfg = _config_from_args(parser.parse_args(["synthesize", "--seed", "9", "--device", "cpu"]))
-    assert (cfg.synth.seed, cfg.synth.device, cfg.predict.device) == (9, "cpu", "cpu")
+    assert (cfg.synth.train.seed, cfg.device_of("synth"), cfg.device_of("predict")) == \
+        (9, "cpu", "cpu")
     run = parser.parse_args(["run", "--config", "unread.yaml", "--device", "cpu"])
     run.config = None  # the defaults instead of a file
     cfg = _config_from_args(run)
-    assert {cfg.teacher.train.device, cfg.synth.device, cfg.distill.train.device,
-            cfg.student.train.device, cfg.predict.device} == {"cpu"}
+    assert {cfg.device_of(s) for s in ("teacher", "synth", "distill", "student", "predict")} \
+        == {"cpu"}
+    assert cfg.device == "cpu" and cfg.teacher.train.device is None  # set once, for the run
 
 
 def test_the_training_process_looks_stages_up_in_the_registry() -> None:

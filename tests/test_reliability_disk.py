@@ -234,13 +234,14 @@ def test_transfer_set_images_are_kept_when_the_disk_fills(
     from tskd.training import synthesize
 
     images = [np.tile(np.linspace(0, 255, 16).astype(np.uint8), (16, 1)) for _ in range(3)]
-    cfg = SynthConfig(resolution=16, base_channels=8, train_steps=2, batch_size=2,
-                      sample_steps=2, n_images=3, near_copy_threshold=0.0, device="cpu")
+    cfg = SynthConfig(resolution=16, base_channels=8, sample_steps=2, n_images=3,
+                      near_copy_threshold=0.0)
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.device = 2, 2, "cpu"
     out = tmp_path / "transfer" / "synthetic"
     synthesize.synthesize(images, cfg, out)
     before = snapshot(out)
     assert len([n for n in before if n.endswith(".png")]) == 3
-    cfg.seed = 1
+    cfg.train.seed = 1
     fill_disk(monkeypatch, under=out)
     with pytest.raises(DiskFullError, match=full_message(out)):
         synthesize.synthesize(images, cfg, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from tiny_setup import tiny_config, write_tiny_sam, write_tiny_task
-from tskd.config import RunConfig, from_dict
+from tskd.config import PretrainConfig, RunConfig, from_dict
 from tskd.models.mini_sam import MiniSamConfig
 from tskd.pipeline import stages
 from tskd.training import pretrain
@@ -43,7 +44,7 @@ def _cfg(root: Path, run: str, seed: int = 0) -> RunConfig:
     d = tiny_config(root / "data", root / "sam.safetensors", root / run)
     for section in ("teacher", "distill", "student"):
         d[section]["train"] = d[section]["train"] | {"seed": seed, "epochs": 2}
-    d["synth"]["seed"] = seed
+    d["synth"]["train"] = d["synth"]["train"] | {"seed": seed}
     return from_dict(RunConfig, d)
 
 
@@ -74,10 +75,7 @@ def test_each_stage_twice_with_one_seed_gives_identical_weights(runs: Path, stag
 
 
 def _seed_only(section: str, cfg: RunConfig, seed: int) -> None:
-    if section == "synthesize":
-        cfg.synth.seed = seed
-    else:
-        getattr(cfg, section).train.seed = seed
+    getattr(cfg, "synth" if section == "synthesize" else section).train.seed = seed
 
 
 @pytest.mark.parametrize("stage", list(ARTEFACTS))
@@ -96,18 +94,18 @@ def test_another_seed_for_one_stage_changes_its_weights(runs: Path, stage: str,
     assert not _same(runs / "a" / ARTEFACTS[stage], run / ARTEFACTS[stage])
 
 
-def _pretrain_cfg(seed: int) -> pretrain.PretrainConfig:
-    return pretrain.PretrainConfig(steps=4, batch_size=2, masks_per_image=1, lr=2e-3,
-                                   image_size=64, model=MiniSamConfig.tiny(), device="cpu",
-                                   steps_per_checkpoint=2, seed=seed)
+def _pretrain_cfg(seed: int) -> PretrainConfig:
+    cfg = PretrainConfig(masks_per_image=1, image_size=64, steps_per_checkpoint=2)
+    cfg.train = replace(cfg.train, epochs=2, batch_size=2, lr=2e-3, seed=seed, device="cpu")
+    return cfg  # 4 steps
 
 
 def test_pretrain_mini_twice_with_one_seed_gives_identical_weights(tmp_path: Path) -> None:
     torch.manual_seed(99)
-    pretrain.pretrain_mini(_pretrain_cfg(0), tmp_path / "a")
+    pretrain.pretrain_mini(_pretrain_cfg(0), tmp_path / "a", arch=MiniSamConfig.tiny())
     torch.rand(5)
-    pretrain.pretrain_mini(_pretrain_cfg(0), tmp_path / "b")
-    pretrain.pretrain_mini(_pretrain_cfg(1), tmp_path / "c")
+    pretrain.pretrain_mini(_pretrain_cfg(0), tmp_path / "b", arch=MiniSamConfig.tiny())
+    pretrain.pretrain_mini(_pretrain_cfg(1), tmp_path / "c", arch=MiniSamConfig.tiny())
     weights = "mini_sam.safetensors"
     assert _same(tmp_path / "a" / weights, tmp_path / "b" / weights)
     assert not _same(tmp_path / "a" / weights, tmp_path / "c" / weights)

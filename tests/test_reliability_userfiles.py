@@ -506,20 +506,23 @@ def test_tiny_demo_keeps_the_users_files_also_when_run_again(
 
 def test_pretrain_mini_default_output_is_a_user_folder_not_the_package(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from tskd.config import PretrainConfig
     from tskd.models.mini_sam import ASSETS, MiniSamConfig
     from tskd.training import pretrain
 
     before = _digest(ASSETS)
     monkeypatch.setenv(pretrain.DATA_DIR_ENV, str(tmp_path / "userdata"))
     assert pretrain.default_output_dir() == tmp_path / "userdata" / "pretrain-mini"
-    cfg = pretrain.PretrainConfig(steps=2, batch_size=2, masks_per_image=1, image_size=64,
-                                  model=MiniSamConfig.tiny(), device="cpu")
-    info = pretrain.pretrain_mini(cfg, pretrain.default_output_dir())
+    cfg = PretrainConfig(masks_per_image=1, image_size=64)
+    cfg.train.batch_size, cfg.train.device = 2, "cpu"
+    cfg.train.set_steps(2, cfg.steps_per_checkpoint)
+    tiny = MiniSamConfig.tiny()
+    info = pretrain.pretrain_mini(cfg, pretrain.default_output_dir(), arch=tiny)
     assert Path(info["weights"]) == tmp_path / "userdata" / "pretrain-mini" / "mini_sam.safetensors"
     with pytest.raises(TskdInputError, match="already holds 2 file"):
-        pretrain.pretrain_mini(cfg, pretrain.default_output_dir())
+        pretrain.pretrain_mini(cfg, pretrain.default_output_dir(), arch=tiny)
     with pytest.raises(TskdInputError, match="--replace-packaged-weights"):
-        pretrain.pretrain_mini(cfg, ASSETS)
+        pretrain.pretrain_mini(cfg, ASSETS, arch=tiny)
     assert main(["pretrain-mini", "--out", str(ASSETS), "--steps", "1"]) == 2
     assert "built-in teacher weights" in _error_line(capsys)
     assert _digest(ASSETS) == before

@@ -4,6 +4,7 @@ in seconds."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,17 @@ from tskd.training import diffusion, synthesize
 
 TINY = dict(resolution=16, base_channels=8, train_steps=6, batch_size=4, sample_steps=3,
             n_images=6, lr=2e-3)
+
+
+def tiny(**kw: object) -> SynthConfig:
+    """``TINY`` updated with ``kw``; ``train_steps``, ``batch_size``, ``lr`` and ``seed`` go
+    into ``synth.train`` (exactly ``train_steps`` steps, whatever the epoch's size)."""
+    d = TINY | kw
+    train = {k: d.pop(k) for k in ("batch_size", "lr", "seed") if k in d}
+    steps = d.pop("train_steps")
+    cfg = SynthConfig(**d)  # type: ignore[arg-type]
+    cfg.train = replace(cfg.train, **train, epochs=steps, max_steps=steps)  # type: ignore[arg-type]
+    return cfg
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -44,7 +56,7 @@ def _rgb_images(n: int = 4, seed: int = 1) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def gray_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SynthConfig, object]:
     root = tmp_path_factory.mktemp("gray")
-    cfg = SynthConfig(**TINY, near_copy_threshold=0.0)
+    cfg = tiny(near_copy_threshold=0.0)
     report = synthesize.synthesize(_gray_images(), cfg, root / "synthetic", out_size=24,
                               checkpoint_dir=root / "ckpt")
     return root, cfg, report
@@ -75,7 +87,7 @@ def test_files_manifest_and_report_are_written(gray_run) -> None:
 
 def test_threshold_two_drops_everything_reusing_the_saved_model(gray_run) -> None:
     root, cfg, first = gray_run
-    cfg2 = SynthConfig(**TINY, near_copy_threshold=2.0)
+    cfg2 = tiny(near_copy_threshold=2.0)
     report = synthesize.synthesize(_gray_images(), cfg2, root / "synthetic", resume=True,
                               checkpoint_dir=root / "ckpt")
     assert report.train_steps == 0  # same images and settings: the saved model was reused
@@ -90,7 +102,7 @@ def test_share_dropped_follows_the_threshold(gray_run) -> None:
     root, _, first = gray_run
     d = np.sort(np.array(first.distances))
     thr = float((d[1] + d[2]) / 2)  # exactly two samples are closer than this
-    report = synthesize.synthesize(_gray_images(), SynthConfig(**TINY, near_copy_threshold=thr),
+    report = synthesize.synthesize(_gray_images(), tiny(near_copy_threshold=thr),
                               root / "synthetic", resume=True, checkpoint_dir=root / "ckpt")
     assert report.n_dropped == 2 and report.share_dropped == pytest.approx(2 / 6)
     assert len(list((root / "synthetic").glob("synthetic_*.png"))) == report.n_kept == 4
@@ -116,9 +128,9 @@ def test_screen_catches_injected_training_images() -> None:
 
 
 def test_same_seed_same_result_other_seed_differs(tmp_path: Path) -> None:
-    cfg = SynthConfig(**TINY, near_copy_threshold=0.0)
+    cfg = tiny(near_copy_threshold=0.0)
     runs = []
-    for name, c in (("a", cfg), ("b", cfg), ("c", SynthConfig(**TINY | {"seed": 1}))):
+    for name, c in (("a", cfg), ("b", cfg), ("c", tiny(seed=1))):
         rep = synthesize.synthesize(_rgb_images(), c, tmp_path / name / "syn",
                                model_dir=tmp_path / name / "model")
         runs.append([imread(p) for p in rep.paths])
@@ -138,8 +150,8 @@ def _cancel_at(step: int, token: CancelToken):
 def test_resume_after_cancel_matches_an_unbroken_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cancel_step: int
 ) -> None:
-    monkeypatch.setattr(diffusion, "_STEPS_PER_EPOCH", 3)  # engine checkpoints every 3 steps
-    cfg = SynthConfig(**TINY | {"train_steps": 8}, near_copy_threshold=0.0)
+    monkeypatch.setattr(diffusion, "SYNTH_EPOCH_STEPS", 3)  # engine checkpoints every 3 steps
+    cfg = tiny(train_steps=8, near_copy_threshold=0.0)
     images = _gray_images()
     full = synthesize.synthesize(images, cfg, tmp_path / "full" / "syn")
     token = CancelToken()
@@ -158,7 +170,7 @@ def test_resume_after_cancel_matches_an_unbroken_run(
 
 
 def test_damaged_ema_in_checkpoint_is_discarded_and_training_restarts(tmp_path: Path) -> None:
-    cfg = SynthConfig(**TINY, near_copy_threshold=0.0)
+    cfg = tiny(near_copy_threshold=0.0)
     full = synthesize.synthesize(_gray_images(), cfg, tmp_path / "full" / "syn")
     token = CancelToken()
     with pytest.raises(Cancelled):
@@ -176,7 +188,7 @@ def test_damaged_ema_in_checkpoint_is_discarded_and_training_restarts(tmp_path: 
 
 
 def test_cancel_while_sampling_then_resume_skips_training(tmp_path: Path) -> None:
-    cfg = SynthConfig(**TINY, near_copy_threshold=0.0)
+    cfg = tiny(near_copy_threshold=0.0)
     token = CancelToken()
     stages: list[str] = []
 
@@ -196,7 +208,7 @@ def test_cancel_while_sampling_then_resume_skips_training(tmp_path: Path) -> Non
 
 def test_loss_decreases_on_a_trivial_dataset(tmp_path: Path) -> None:
     ramp = np.tile(np.linspace(0, 255, 16).astype(np.uint8), (16, 1))
-    cfg = SynthConfig(**TINY | {"train_steps": 24, "batch_size": 8, "lr": 5e-3, "n_images": 1})
+    cfg = tiny(train_steps=24, batch_size=8, lr=5e-3, n_images=1)
     losses: list[float] = []
 
     def progress(p) -> None:
@@ -236,7 +248,7 @@ def test_prepare_images_channels_and_ranges() -> None:
 
 def test_bad_resolution_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TskdInputError, match="synth.resolution"):
-        synthesize.synthesize(_gray_images(), SynthConfig(**TINY | {"resolution": 20}), tmp_path)
+        synthesize.synthesize(_gray_images(), tiny(resolution=20), tmp_path)
 
 
 def test_ema_folds_every_optimiser_step_including_the_last(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -247,7 +259,7 @@ def test_ema_folds_every_optimiser_step_including_the_last(monkeypatch: pytest.M
     images = prepare_images(_gray_images(), 16)
 
     def trained(decay: float) -> dict[str, torch.Tensor]:
-        cfg = SynthConfig(**TINY | {"train_steps": 4, "ema_decay": decay})
+        cfg = tiny(train_steps=4, ema_decay=decay)
         unet, _, _ = diffusion.train_ddpm(images, cfg, checkpoint_dir=None, progress=None,
                                             cancel=None, resume=False)
         return {k: v.clone() for k, v in unet.state_dict().items()}

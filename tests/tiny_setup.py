@@ -29,9 +29,10 @@ def write_tiny_sam(path: Path) -> Path:
 
 def tiny_config(data: Path, sam: Path, run_dir: Path) -> dict:
     """Every stage at a size that runs in seconds on two CPU cores."""
-    train = {"epochs": 1, "batch_size": 2, "lr": 1e-3, "device": "cpu"}
+    train = {"epochs": 1, "batch_size": 2, "lr": 1e-3}
     return {
         "run_dir": str(run_dir),
+        "device": "cpu",  # every stage's
         "data": {
             "labelled": str(data / "train"),
             "unlabelled": str(data / "unlabelled"),
@@ -41,12 +42,11 @@ def tiny_config(data: Path, sam: Path, run_dir: Path) -> dict:
         },
         "teacher": {"model_type": "mini", "checkpoint": str(sam), "input_size": TINY_SIZE,
                     "train": train},
-        "synth": {"n_images": 2, "resolution": 16, "base_channels": 8, "train_steps": 2,
-                  "batch_size": 2, "sample_steps": 2, "device": "cpu"},
+        "synth": {"n_images": 2, "resolution": 16, "base_channels": 8, "sample_steps": 2,
+                  "train": {"epochs": 1, "max_steps": 2, "batch_size": 2}},
         "distill": {"train": train, "teacher_layers": ["neck"], "student_layers": ["neck"]},
         "student": {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_channels": 16,
                     "train": train},
-        "predict": {"device": "cpu"},
     }
 
 

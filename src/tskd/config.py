@@ -1,20 +1,27 @@
 """Typed configuration for every stage, with YAML in and out.
 
-One ``RunConfig`` holds a section per stage. ``from_dict`` rejects unknown keys with a message
-that names them, so a typo in a YAML file is caught before hours of training.
+One ``RunConfig`` holds a section per stage; every stage that trains has a ``train:
+TrainConfig`` (the engine's settings), and the device is set once per run (``RunConfig.device``)
+unless a stage sets its own. ``from_dict`` rejects unknown keys with a message that names them,
+so a typo in a YAML file is caught before hours of training; keys of earlier versions are read
+in their new place with one warning (``tskd.config_compat``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
+from tskd.config_compat import DEVICE_SECTIONS, UPGRADES
+from tskd.config_compat import SYNTH_EPOCH_STEPS as SYNTH_EPOCH_STEPS  # synth.train's epoch
 from tskd.errors import TskdInputError
 
 T = TypeVar("T")
@@ -30,10 +37,40 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    # auto | cpu | cuda | cuda:N | mps; None: the run's (``RunConfig.device``; "auto" alone)
+    device: str | None = None
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU
     grad_clip: float = 1.0
     max_steps: int | None = None  # stop early after this many optimiser steps (budgets, tests)
+
+    def total_steps(self, epoch_steps: int) -> int:
+        """Optimiser steps of a stage counted in steps (the diffusion model, pretraining) whose
+        epoch is ``epoch_steps`` steps: ``epochs * epoch_steps``, at most ``max_steps``."""
+        steps = self.epochs * epoch_steps
+        return steps if self.max_steps is None else min(steps, self.max_steps)
+
+    def set_steps(self, steps: int, epoch_steps: int) -> None:
+        """Train exactly ``steps`` optimiser steps in epochs of ``epoch_steps`` (``tskd
+        synthesize --steps``): ``epochs = ceil(steps / epoch_steps)``, and ``max_steps =
+        steps`` unless that is a whole number of epochs (then None)."""
+        self.epochs = -(-steps // epoch_steps)
+        self.max_steps = steps if steps % epoch_steps else None
+
+    def in_steps(self, epoch_steps: int, where: str) -> tuple[TrainConfig, int]:
+        """The engine's settings for a stage counted in steps, and its steps per engine epoch:
+        ``epoch_steps``, fewer when the whole budget (``total_steps``) is smaller.
+
+        Raises:
+            TskdInputError: fewer than one step or a batch size below 1 (``where`` names the
+                section, e.g. ``synth.train``).
+        """
+        total = self.total_steps(epoch_steps)
+        if total < 1 or self.batch_size < 1:
+            raise TskdInputError(
+                f"config: '{where}' must give at least one step (epochs, max_steps) and a "
+                f"batch size of at least 1, got {total} step(s) and {self.batch_size}")
+        per_epoch = min(epoch_steps, total)
+        return replace(self, epochs=-(-total // per_epoch), max_steps=total), per_epoch
 
 
 @dataclass
@@ -142,15 +179,14 @@ class SynthConfig:
     n_images: int = 32
     resolution: int = 64
     base_channels: int = 32
-    train_steps: int = 300
-    batch_size: int = 16
-    lr: float = 2e-4
     sample_steps: int = 25  # DDIM steps
     ema_decay: float = 0.995
     # drop a sample whose nearest training image is closer than this (normalised L2 in [0, 2])
     near_copy_threshold: float = 0.1
-    seed: int = 0
-    device: str = "auto"
+    # an epoch is SYNTH_EPOCH_STEPS (50) steps: 6 epochs = 300 steps; max_steps stops earlier
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=6, batch_size=16, lr=2e-4, weight_decay=0.0))
+    SECTION_DEFAULTS: ClassVar[tuple[str, ...]] = ("train",)  # keys left out: the values above
 
 
 @dataclass
@@ -191,7 +227,26 @@ class PredictConfig:
     tile_size: int | None = None
     tile_overlap: int | None = None  # None: 64 px, at most a quarter of the tile
     batch_size: int = 8
-    device: str = "auto"
+    device: str | None = None  # None: the run's (``RunConfig.device``)
+
+
+@dataclass
+class PretrainConfig:
+    """``tskd pretrain-mini``: promptable pretraining of the built-in mini SAM teacher (its
+    architecture, ``MiniSamConfig``, is ``pretrain_mini``'s ``arch``). An epoch of ``train`` is
+    ``steps_per_checkpoint`` steps: 12 epochs = 1200 steps."""
+
+    image_size: int = 256
+    masks_per_image: int = 4  # objects (each with its own prompt) decoded per image
+    steps_per_checkpoint: int = 100  # the engine checkpoints once per epoch of this many steps
+    iou_weight: float = 1.0
+    # True: object and background pixels weigh half each in the BCE (left off by default: the
+    # plain mean is what the first full pretraining run used)
+    balanced_bce: bool = False
+    prompt_modes: tuple[float, float, float] = (0.4, 0.35, 0.25)  # box / points / box + points
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=12, batch_size=8, lr=3e-4, weight_decay=0.01))
+    SECTION_DEFAULTS: ClassVar[tuple[str, ...]] = ("train",)
 
 
 @dataclass
@@ -199,12 +254,38 @@ class RunConfig:
     """The whole pipeline in one file: `tskd run --config FILE`."""
 
     run_dir: str = "runs/default"
+    # every stage's device unless its section sets one: auto | cpu | cuda | cuda:N | mps
+    device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def _device_owner(self, section: str) -> Any:
+        part = getattr(self, section)
+        return getattr(part, "train", part)
+
+    def device_of(self, section: str) -> str:
+        """The device the stage of ``section`` (one of ``DEVICE_SECTIONS``) runs on: its own
+        (``<section>.train.device``, ``predict.device``) when set, else the run's ``device``."""
+        return self._device_owner(section).device or self.device
+
+    def set_device(self, device: str) -> None:
+        """Run every stage on ``device`` (the CLI's ``--device``, a widget's Device): the run's
+        device, with no stage keeping its own."""
+        self.device = device
+        for section in DEVICE_SECTIONS:
+            self._device_owner(section).device = None
+
+    def with_devices(self) -> RunConfig:
+        """A copy in which every stage's device is set (``device_of``): what the stages hand to
+        training and prediction, which read their own section only."""
+        out = copy.deepcopy(self)
+        for section in DEVICE_SECTIONS:
+            out._device_owner(section).device = self.device_of(section)
+        return out
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -242,8 +323,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if value not in allowed:
             raise TskdInputError(f"config: '{where}' must be one of {allowed}, got {value!r}")
         return value
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:  # YAML reads 1e-3 (no dot) as text: a number written so is taken
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            with contextlib.suppress(ValueError):
+                return float(value)
+        raise TskdInputError(f"config: '{where}' must be a number, got {value!r}")
     if tp in (int, str, bool) and not isinstance(value, tp):
         raise TskdInputError(f"config: '{where}' must be {tp.__name__}, got {value!r}")
     return value
@@ -252,9 +336,19 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build a config dataclass from a nested dict; unknown keys are an error.
 
-    A dataclass with a ``check(where)`` method (``LoraSettings``) is checked after it is built;
-    every problem raises ``TskdInputError`` naming the key.
+    Keys of earlier versions are read in their new place first (``tskd.config_compat``). A
+    nested section in the class's ``SECTION_DEFAULTS`` (``synth.train``) takes the class's
+    defaults for keys left out, others (``teacher.train``) their type's, as they always have.
+    A dataclass with a ``check(where)`` method (``LoraSettings``) is checked after it is
+    built. Every problem raises ``TskdInputError`` naming the key.
     """
+    upgrade = UPGRADES.get(cls.__name__)
+    if upgrade is not None:
+        data = upgrade(data, where)
+    for name in getattr(cls, "SECTION_DEFAULTS", ()):  # left-out keys: this section's defaults
+        if isinstance(data.get(name), dict):
+            own = next(f for f in fields(cls) if f.name == name)  # type: ignore[arg-type]
+            data = data | {name: to_dict(own.default_factory()) | data[name]}  # type: ignore[misc]
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)

@@ -16,13 +16,14 @@ from tskd.config import TrainConfig
 from tskd.errors import TskdError
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | None) -> torch.device:
     """Turn a device setting into a ``torch.device``.
 
     Args:
         device: ``"auto"`` (CUDA if present, else Apple MPS, else the CPU), ``"cpu"``,
-            ``"cuda"``, ``"cuda:N"`` or ``"mps"``; the default ``"auto"`` comes from
-            ``tskd.config.TrainConfig.device``.
+            ``"cuda"``, ``"cuda:N"`` or ``"mps"``; None (a stage's device left to the run,
+            ``tskd.config.TrainConfig.device``, used outside a run) is ``"auto"``, the
+            default of ``tskd.config.RunConfig.device``.
 
     Returns:
         The device to train or predict on.
@@ -30,7 +31,7 @@ def resolve_device(device: str) -> torch.device:
     Raises:
         TskdError: CUDA or MPS was asked for but is not available.
     """
-    if device == "auto":
+    if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

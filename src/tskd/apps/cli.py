@@ -51,9 +51,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="labelled folder: images/+labels/ or nnU-Net raw layout")
     p.add_argument("--unlabelled", help="folder of unlabelled images for the transfer set")
     p.add_argument("--test", help="held-out labelled folder to evaluate on")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, help="seed of the training stage(s)")
-    p.add_argument("--epochs", type=int, help="epochs of the training stage")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps: the run's device (config "
+                   "'device'), for every stage")
+    p.add_argument("--seed", type=int, help="seed of the training stage")
+    p.add_argument("--epochs", type=int,
+                   help="epochs of the training stage (synthesize: of 50 steps each)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different run in the run folder (only the files that run "
@@ -72,7 +74,8 @@ def _teacher_arguments(p: argparse.ArgumentParser) -> None:
 
 def _synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-images", type=int, help="number of images to sample")
-    p.add_argument("--steps", type=int, help="diffusion training steps")
+    p.add_argument("--steps", type=int,
+                   help="diffusion training steps (synth.train.max_steps, in epochs of 50)")
     p.add_argument("--resolution", type=int, help="diffusion resolution")
 
 
@@ -148,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole pipeline from one YAML file")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--run-dir")
-    p.add_argument("--device")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps: the run's device (config "
+                   "'device'), for every stage")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different run in the run folder (only the files that run "
@@ -215,27 +219,16 @@ def _config_from_args(args: argparse.Namespace) -> Any:
             setattr(cfg.data, attr, getattr(args, opt))
     if getattr(args, "max_pixels", None) is not None:
         cfg.data.max_pixels = args.max_pixels
+    if getattr(args, "device", None):
+        cfg.set_device(args.device)  # the run's device; the command line beats the file
     stage = by_cli_name(args.command)
-    for section in [s.section for s in STAGES] if args.command == "run" else (
-            [stage.section] if stage else []):
-        _run_options(getattr(cfg, section), args)
-    if args.command in ("synthesize", "run") and getattr(args, "device", None):
-        cfg.predict.device = args.device
     if stage is not None:
+        train = getattr(cfg, stage.section).train
+        set_if(train, "seed", args.seed)
+        if args.epochs:
+            train.epochs = args.epochs
         _STAGE_SETTINGS[stage.name](cfg, args)
     return cfg
-
-
-def _run_options(section: Any, args: argparse.Namespace) -> None:
-    """--device, --seed and --epochs into a stage's config section: into its ``train``
-    settings, or into the section itself for one without (``synth``)."""
-    train = getattr(section, "train", section)
-    if getattr(args, "device", None):
-        train.device = args.device
-    if getattr(args, "seed", None) is not None:
-        train.seed = args.seed
-    if getattr(args, "epochs", None) and hasattr(train, "epochs"):
-        train.epochs = args.epochs
 
 
 def _teacher_settings(cfg: Any, args: argparse.Namespace) -> None:
@@ -247,8 +240,11 @@ def _teacher_settings(cfg: Any, args: argparse.Namespace) -> None:
 
 
 def _synthesize_settings(cfg: Any, args: argparse.Namespace) -> None:
+    from tskd.config import SYNTH_EPOCH_STEPS
+
     set_if(cfg.synth, "n_images", args.n_images)
-    set_if(cfg.synth, "train_steps", args.steps)
+    if args.steps is not None:  # exactly this many steps, in epochs of 50
+        cfg.synth.train.set_steps(args.steps, SYNTH_EPOCH_STEPS)
     set_if(cfg.synth, "resolution", args.resolution)
 
 

@@ -106,6 +106,7 @@ def export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    from tskd.config import PretrainConfig
     from tskd.errors import TskdInputError
     from tskd.models.mini_sam import MiniSamConfig
     from tskd.training import pretrain
@@ -113,12 +114,12 @@ def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     if args.out and args.replace_packaged_weights:
         raise TskdInputError("give either --out or --replace-packaged-weights, not both")
 
-    cfg = pretrain.PretrainConfig(image_size=args.image_size,
-                                  model=MiniSamConfig(img_size=args.image_size))
-    set_if(cfg, "steps", args.steps)
-    set_if(cfg, "batch_size", args.batch_size)
-    cfg.seed = args.seed
-    cfg.device = args.device
+    cfg = PretrainConfig(image_size=args.image_size)
+    if args.steps is not None:
+        cfg.train.set_steps(args.steps, cfg.steps_per_checkpoint)
+    set_if(cfg.train, "batch_size", args.batch_size)
+    cfg.train.seed = args.seed
+    cfg.train.device = args.device
     packaged = bool(args.replace_packaged_weights)
     out = pretrain.packaged_weights_dir() if packaged else (
         args.out or pretrain.default_output_dir())
@@ -127,6 +128,7 @@ def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
         checkpoint_dir=pretrain.checkpoint_dir_for(out, packaged),
         command=" ".join(["tskd", *sys.argv[1:]]),
         overwrite=args.overwrite, replace_packaged=packaged,
+        arch=MiniSamConfig(img_size=args.image_size),
     )
     progress.close()
     print_json(result)

@@ -26,7 +26,7 @@ from typing import Any
 
 from tskd import atomic
 from tskd.atomic import write_json
-from tskd.config import RunConfig, TrainConfig
+from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, TrainConfig
 from tskd.engine import CancelToken, ProgressCallback
 from tskd.errors import CheckpointError, TskdInputError
 
@@ -89,11 +89,11 @@ def demo_config(
         seed: seeds every stage's training and the synthesis.
         teacher: ``"mini"`` (built in) or an official SAM type (``vit_b`` ...).
         checkpoint: the SAM checkpoint file; None for the built-in mini SAM.
-        device: device of every stage and of prediction.
+        device: the run's device (every stage and prediction).
         teacher_size: the teacher's input size in pixels; None: 128 for the mini teacher (its
             pretraining size), 512 for official SAMs (as SAMed, Zhang & Liu 2023).
     """
-    cfg = RunConfig(run_dir=str(run_dir))
+    cfg = RunConfig(run_dir=str(run_dir), device=device)
     cfg.data.labelled = str(data_root / "train")
     cfg.data.unlabelled = str(data_root / "unlabelled")
     cfg.data.val_fraction = 0.0  # 10 labels are too few to hold some out; nothing is tuned on test
@@ -102,18 +102,16 @@ def demo_config(
     # the mini teacher was pretrained at 128 px; official SAMs run at 512 as SAMed does
     cfg.teacher.input_size = teacher_size or (128 if teacher == "mini" else 512)
     cfg.teacher.train = TrainConfig(epochs=budget.teacher_epochs, batch_size=4, lr=3e-3,
-                                    seed=seed, device=device)
+                                    seed=seed)
     cfg.synth.n_images = budget.synth_images
-    cfg.synth.train_steps = budget.synth_steps
+    cfg.synth.train.set_steps(budget.synth_steps, SYNTH_EPOCH_STEPS)
+    cfg.synth.train.seed = seed
     cfg.synth.resolution = budget.synth_resolution
     cfg.synth.enabled = budget.synth_images > 0
-    cfg.synth.seed = seed
-    cfg.synth.device = device
     cfg.distill.train = TrainConfig(epochs=budget.distill_epochs, batch_size=8, lr=1e-3,
-                                    seed=seed, device=device)
+                                    seed=seed)
     cfg.student.train = TrainConfig(epochs=budget.student_epochs, batch_size=4, lr=5e-4,
-                                    seed=seed, device=device)
-    cfg.predict.device = device
+                                    seed=seed)
     return cfg
 
 
@@ -319,7 +317,7 @@ def _score(cfg: RunConfig, model: str, test: Path) -> dict[str, float]:
     summary = stages.stage_evaluate(cfg, model=model, test_folder=test)
     paths = RunPaths(Path(cfg.run_dir))
     seg, _ = segmenter_from_bundle(paths.student if model == "student" else paths.teacher,
-                                   device=cfg.predict.device)
+                                   device=cfg.device_of("predict"))
     return {
         "dice_mean": summary["dice_mean"],
         "dice_std": summary["dice_std"],

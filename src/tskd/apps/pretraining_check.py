@@ -74,11 +74,13 @@ def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, An
     model = random_init_model(cfg, data.num_classes)
     train_cfg = copy.deepcopy(cfg.teacher.train)
     train_cfg.lr = SCRATCH_LR
+    train_cfg.device = cfg.device_of("teacher")
     task = TeacherTask(model, data.train, cfg.teacher, cfg.data.augment)
     t0 = time.perf_counter()
     result = train(task, train_cfg)
     model = task.model.eval()
-    seg = Segmenter(model, cfg.teacher.input_size, data.num_classes, device=cfg.predict.device)
+    seg = Segmenter(model, cfg.teacher.input_size, data.num_classes,
+                    device=cfg.device_of("predict"))
     report, _ = evaluate_folder(seg, test_folder, data.label_map)
     return {
         "dice_mean": report.summary["dice_mean"],

@@ -281,11 +281,19 @@ class StageContext:
         """
         return self.memo("data", lambda: load_labelled_data(self.cfg))
 
+    def section(self, name: str) -> Any:
+        """The config section ``name`` (``teacher``, ``synth``, ``distill``, ``student``,
+        ``predict``) with its device set, its own or else the run's
+        (``RunConfig.with_devices``): what a stage hands to training, which reads its own
+        section only. A copy, made once per context."""
+        return getattr(self.memo("devices", self.cfg.with_devices), name)
+
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
         """Return ``compute()``, computed once per context under ``key``.
 
         Args:
-            key: ``"data"`` for the labelled set, ``"fingerprint:<stage>"`` for a stage's
+            key: ``"data"`` for the labelled set, ``"devices"`` for the config with every
+                stage's device set (``section``), ``"fingerprint:<stage>"`` for a stage's
                 fingerprint (some hash files or checkpoints, and later stages ask for earlier
                 stages' fingerprints).
             compute: called on the first request for ``key`` only.

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tskd.config import RunConfig, to_dict
+from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, SynthConfig, to_dict
+from tskd.config_compat import flat_synth
 from tskd.pipeline.context import StageContext, data_files
 from tskd.pipeline.run_folder import files_fingerprint, fingerprint
 
-__all__ = ["base_teacher_id", "of", "synth_fp", "teacher_fp"]
+__all__ = ["base_teacher_id", "of", "synth_fp", "synth_settings", "teacher_fp"]
 
 
 def _settings_fp(section: Any) -> dict[str, Any]:
@@ -44,12 +45,19 @@ def teacher_fp(cfg: RunConfig, data_fp: str) -> str:
     return fingerprint("teacher", _settings_fp(cfg.teacher), data_fp)
 
 
+def synth_settings(synth: SynthConfig) -> dict[str, Any]:
+    """The transfer set's settings as its fingerprint reads them: the section in the flat shape
+    it had before ``synth.train`` (``tskd.config_compat.flat_synth``; not the device), so runs
+    of earlier versions keep their fingerprints."""
+    return flat_synth(to_dict(synth), synth.train.total_steps(SYNTH_EPOCH_STEPS))
+
+
 def synth_fp(cfg: RunConfig, data_fp: str) -> str:
     """Fingerprint the transfer set (stage 2).
 
     Args:
-        cfg: the run configuration; ``cfg.synth`` (without the device), the files of
-            ``cfg.data.unlabelled`` and ``cfg.data.image_size`` are hashed.
+        cfg: the run configuration; ``cfg.synth`` (as ``synth_settings`` reads it, without the
+            device), the files of ``cfg.data.unlabelled`` and ``cfg.data.image_size`` are hashed.
         data_fp: the labelled set's fingerprint (``LabelledData.fingerprint``).
 
     Returns:
@@ -59,10 +67,8 @@ def synth_fp(cfg: RunConfig, data_fp: str) -> str:
     Raises:
         TskdInputError: ``data.unlabelled`` names a missing or malformed folder.
     """
-    synth = to_dict(cfg.synth)
-    synth.pop("device", None)
     unl = files_fingerprint(data_files(cfg.data.unlabelled, "unlabelled"))
-    return fingerprint("synth", synth, data_fp, unl, cfg.data.image_size)
+    return fingerprint("synth", synth_settings(cfg.synth), data_fp, unl, cfg.data.image_size)
 
 
 def base_teacher_id(cfg: RunConfig) -> str:

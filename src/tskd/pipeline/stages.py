@@ -129,7 +129,7 @@ def stage_teacher(
     if step.done is not None:
         return step.done
     metrics = teacher.finetune_teacher(
-        cfg.teacher, data.train, data.val, data.num_classes, paths.teacher,
+        ctx.section("teacher"), data.train, data.val, data.num_classes, paths.teacher,
         progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
         checkpoint_dir=step.checkpoint_dir(),
         keep_checkpoint=True,  # cleared once the artefact is written
@@ -158,7 +158,7 @@ def stage_synthesize(
     """
     ctx = StageContext.of(run, progress, cancel, resume)
     cfg, paths, data = ctx.cfg, ctx.paths, ctx.data
-    step = ctx.begin(paths.transfer, fingerprints.of(ctx, "synthesize"), cfg.synth.seed,
+    step = ctx.begin(paths.transfer, fingerprints.of(ctx, "synthesize"), cfg.synth.train.seed,
                      paths.checkpoints("synthesize"))
     if step.done is not None:
         return step.done
@@ -166,7 +166,8 @@ def stage_synthesize(
         from tskd.training import synthesize
 
         report = synthesize.synthesize(
-            [s.image for s in data.train] + _unlabelled_images(cfg), cfg.synth, paths.synthetic,
+            [s.image for s in data.train] + _unlabelled_images(cfg), ctx.section("synth"),
+            paths.synthetic,
             progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
             checkpoint_dir=step.checkpoint_dir(), model_dir=paths.diffusion,
             out_size=cfg.data.image_size,
@@ -260,7 +261,7 @@ def stage_distill(
     seed_everything(cfg.distill.train.seed)  # the student's initialisation, whatever came before
     student = Student(cfg.student, data.num_classes, cfg.data.image_size)
     result = distill.distill(
-        model, images, cfg.distill, student,
+        model, images, ctx.section("distill"), student,
         teacher_input_size=cfg.teacher.input_size, teacher_id=teacher_id, cache_dir=paths.cache,
         progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
         checkpoint_dir=step.checkpoint_dir(),
@@ -349,7 +350,7 @@ def stage_finetune_student(
         return step.done
     student, init = _initial_student(ctx, continue_from_last)
     result, metrics = finetune.finetune_student(
-        student, data.train, data.val, cfg.student, cfg.data.image_size,
+        student, data.train, data.val, ctx.section("student"), cfg.data.image_size,
         progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
         checkpoint_dir=step.checkpoint_dir(),
         keep_checkpoint=True,  # cleared once the artefact is written
@@ -380,7 +381,7 @@ def stage_evaluate(
     from tskd.data.label_map import LabelMap
 
     segmenter, meta = segmenter_from_bundle(
-        source[model], device=cfg.predict.device, tile_size=cfg.predict.tile_size,
+        source[model], device=cfg.device_of("predict"), tile_size=cfg.predict.tile_size,
         tile_overlap=cfg.predict.tile_overlap, batch_size=cfg.predict.batch_size,
         max_pixels=cfg.data.max_pixels,
     )

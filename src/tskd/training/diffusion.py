@@ -12,7 +12,6 @@ noise as an unbroken one and ends with the same weights.
 from __future__ import annotations
 
 import hashlib
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tskd.config import SynthConfig, TrainConfig
+from tskd.config import SYNTH_EPOCH_STEPS, SynthConfig, TrainConfig
 from tskd.engine import (
     Callback,
     CancelToken,
@@ -39,55 +38,26 @@ from tskd.models.diffusion import NUM_TRAIN_TIMESTEPS, build_train_scheduler, bu
 
 TRAIN_STAGE = "synthesize-train"
 EMA_FILE = "ema.safetensors"  # beside the checkpoint in the earlier layout; now inside it
-_STEPS_PER_EPOCH = 50  # the engine checkpoints once per epoch: every 50 steps at most
 
 
-def train_config(cfg: SynthConfig) -> TrainConfig:
-    """Give the engine settings for ``cfg``: epochs of at most 50 steps, stopping at train_steps.
+def train_config(cfg: SynthConfig) -> tuple[TrainConfig, int]:
+    """Give the engine's settings for ``cfg.train`` and the steps of one engine epoch.
 
-    Fixed here: no weight decay, 5 % warm-up, gradient clipping at norm 1.0 and
-    ``mixed_precision="auto"``.
+    The diffusion model trains ``cfg.train.total_steps(SYNTH_EPOCH_STEPS)`` optimiser steps in
+    engine epochs of at most 50 (``SYNTH_EPOCH_STEPS``), the checkpoint rate
+    (``TrainConfig.in_steps``).
 
     Args:
         cfg: stage 2's settings (``synth.*`` of the run config).
 
     Returns:
-        A ``TrainConfig`` of ``ceil(train_steps / steps_per_epoch)`` epochs with
-        ``max_steps=train_steps``, and ``cfg``'s batch size, learning rate, seed and device.
+        ``(train_config, steps_per_epoch)``: the engine settings and the optimiser steps of
+        one engine epoch.
 
     Raises:
-        TskdError: ``train_steps`` or ``batch_size`` below 1.
+        TskdInputError: fewer than one step or a batch size below 1.
     """
-    if cfg.train_steps < 1 or cfg.batch_size < 1:
-        raise TskdError(
-            f"synth.train_steps and synth.batch_size must be at least 1, got "
-            f"{cfg.train_steps} and {cfg.batch_size}"
-        )
-    spe = steps_per_epoch(cfg)
-    return TrainConfig(
-        epochs=math.ceil(cfg.train_steps / spe),
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=0.0,
-        warmup_fraction=0.05,
-        seed=cfg.seed,
-        device=cfg.device,
-        mixed_precision="auto",
-        grad_clip=1.0,
-        max_steps=cfg.train_steps,
-    )
-
-
-def steps_per_epoch(cfg: SynthConfig) -> int:
-    """Optimiser steps per engine epoch: at most 50 (``_STEPS_PER_EPOCH``), the checkpoint rate.
-
-    Args:
-        cfg: stage 2's settings.
-
-    Returns:
-        ``min(cfg.train_steps, 50)``, at least 1.
-    """
-    return max(1, min(cfg.train_steps, _STEPS_PER_EPOCH))
+    return cfg.train.in_steps(SYNTH_EPOCH_STEPS, "synth.train")
 
 
 def data_fingerprint(images: torch.Tensor) -> str:
@@ -146,12 +116,12 @@ class DdpmTask:
 
     model: nn.Module
     images: torch.Tensor
-    cfg: SynthConfig
+    batch_size: int
+    steps_per_epoch: int
     name: str = TRAIN_STAGE
 
     def __post_init__(self) -> None:
         self.noise_scheduler = build_train_scheduler()
-        self.spe = steps_per_epoch(self.cfg)
 
     def dataset(self) -> Dataset:
         """One epoch of noised images (batch size x steps per epoch items).
@@ -159,7 +129,7 @@ class DdpmTask:
         Returns:
             A ``NoisedImages`` over ``images``.
         """
-        return NoisedImages(self.images, self.cfg.batch_size * self.spe)
+        return NoisedImages(self.images, self.batch_size * self.steps_per_epoch)
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """MSE between the UNet's predicted noise and the noise added at timestep ``t``.
@@ -294,8 +264,8 @@ def train_ddpm(
     Args:
         images: float32 (N, C, R, R) in [-1, 1], R = ``cfg.resolution``
             (``tskd.models.diffusion.prepare_images``).
-        cfg: stage 2's settings (resolution, base channels, train steps, batch size, learning
-            rate, EMA decay, seed, device).
+        cfg: stage 2's settings (resolution, base channels, EMA decay, and ``cfg.train``:
+            steps, batch size, learning rate, seed, device).
         checkpoint_dir: the engine's checkpoint folder (EMA included); None writes none.
         progress: the engine's progress callback, or None.
         cancel: checked before every step, or None.
@@ -314,11 +284,11 @@ def train_ddpm(
     """
     from diffusers.training_utils import EMAModel
 
-    train_cfg = train_config(cfg)
-    seed_everything(cfg.seed)  # before the UNet's random initialisation: repeatable runs
+    train_cfg, per_epoch = train_config(cfg)
+    seed_everything(cfg.train.seed)  # before the UNet's random initialisation: repeatable runs
     unet = build_unet(cfg.resolution, images.shape[1], cfg.base_channels)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=True)
-    task = DdpmTask(unet, images, cfg)
+    task = DdpmTask(unet, images, train_cfg.batch_size, per_epoch)
     average = EmaCallback(ema, unet, data_fingerprint(images), checkpoint_dir)
     result = train(task, train_cfg, checkpoint_dir=checkpoint_dir, progress=progress,
                    cancel=cancel, resume=resume, callbacks=[average])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tskd.config import TrainConfig
+from tskd.config import PretrainConfig, TrainConfig
 from tskd.engine import CancelToken, ProgressCallback, TrainResult, seed_everything, train
 from tskd.errors import TskdInputError
 from tskd.models.mini_sam import (
@@ -38,47 +38,6 @@ from tskd.models.mini_sam import (
 from tskd.training.pretrain_data import PromptDataset
 
 WEIGHTS_NAME = "mini_sam.safetensors"
-
-
-@dataclass
-class PretrainConfig:
-    """Settings of ``tskd pretrain-mini``; ``model`` is the architecture (default: built-in)."""
-
-    steps: int = 1200
-    batch_size: int = 8  # images per step
-    masks_per_image: int = 4  # objects (each with its own prompt) decoded per image
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.05
-    image_size: int = 256
-    seed: int = 0
-    device: str = "auto"
-    mixed_precision: str = "auto"
-    steps_per_checkpoint: int = 100  # the engine checkpoints once per "epoch" of this many steps
-    iou_weight: float = 1.0
-    # True: object and background pixels weigh half each in the BCE (left off by default: the
-    # plain mean is what the first full pretraining run used)
-    balanced_bce: bool = False
-    prompt_modes: tuple[float, float, float] = (0.4, 0.35, 0.25)  # box / points / box + points
-    model: MiniSamConfig = field(default_factory=MiniSamConfig)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return max(1, min(self.steps_per_checkpoint, self.steps))
-
-    def train_config(self) -> TrainConfig:
-        """The engine's settings: epochs of ``steps_per_checkpoint`` steps, capped at ``steps``."""
-        return TrainConfig(
-            epochs=-(-self.steps // self.steps_per_epoch),
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_fraction=self.warmup_fraction,
-            seed=self.seed,
-            device=self.device,
-            mixed_precision=self.mixed_precision,  # type: ignore[arg-type]
-            max_steps=self.steps,
-        )
 
 
 DATA_DIR_ENV = "TSKD_DATA_DIR"
@@ -217,10 +176,10 @@ class _PretrainTask:
 
     name = "pretrain-mini"
 
-    def __init__(self, model: PromptableSam, cfg: PretrainConfig) -> None:
+    def __init__(self, model: PromptableSam, cfg: PretrainConfig, steps_per_epoch: int) -> None:
         self.model = model
-        self._data = PromptDataset(cfg.steps_per_epoch * cfg.batch_size, cfg.image_size,
-                                   cfg.masks_per_image, cfg.seed, cfg.prompt_modes)
+        self._data = PromptDataset(steps_per_epoch * cfg.train.batch_size, cfg.image_size,
+                                   cfg.masks_per_image, cfg.train.seed, cfg.prompt_modes)
 
     def dataset(self) -> Dataset:
         return self._data
@@ -241,20 +200,25 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _check(cfg: PretrainConfig) -> None:
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.masks_per_image < 1:
-        raise TskdInputError("pretraining needs steps, batch size and masks per image >= 1")
-    if cfg.image_size % cfg.model.patch_size:
+def _check(cfg: PretrainConfig, arch: MiniSamConfig) -> tuple[TrainConfig, int]:
+    """The engine's settings and steps per epoch (``TrainConfig.in_steps``), after checking
+    ``cfg`` against ``arch``; raises ``TskdInputError`` naming what is wrong."""
+    if cfg.masks_per_image < 1:
+        raise TskdInputError("pretraining needs at least one mask per image (masks_per_image)")
+    if cfg.image_size % arch.patch_size:
         raise TskdInputError(
             f"pretraining image size {cfg.image_size} must be a multiple of the patch size "
-            f"{cfg.model.patch_size}"
+            f"{arch.patch_size}"
         )
+    train_cfg, per_epoch = cfg.train.in_steps(cfg.steps_per_checkpoint, "pretrain.train")
+    return replace(train_cfg, device=train_cfg.device or "auto"), per_epoch
 
 
-def build_model(cfg: PretrainConfig) -> PromptableSam:
-    """A randomly initialised promptable SAM of ``cfg.model`` at ``cfg.image_size`` (seeded)."""
-    seed_everything(cfg.seed)
-    sam = build_mini_sam(cfg.model, cfg.image_size)
+def build_model(cfg: PretrainConfig, arch: MiniSamConfig | None = None) -> PromptableSam:
+    """A randomly initialised promptable SAM of ``arch`` (default: the built-in mini teacher's,
+    ``MiniSamConfig()``) at ``cfg.image_size``, seeded with ``cfg.train.seed``."""
+    seed_everything(cfg.train.seed)
+    sam = build_mini_sam(arch or MiniSamConfig(), cfg.image_size)
     return PromptableSam(sam, cfg.iou_weight, cfg.balanced_bce)
 
 
@@ -268,23 +232,27 @@ def pretrain_mini(
     command: str | None = None,
     overwrite: bool = False,
     replace_packaged: bool = False,
+    arch: MiniSamConfig | None = None,
 ) -> dict[str, Any]:
     """Pretrain the mini SAM and write ``out_dir/mini_sam.safetensors`` + ``mini_sam.json``.
 
+    ``cfg`` holds the training (``tskd.config.PretrainConfig``; ``cfg.train.device`` None is
+    "auto"), ``arch`` the architecture (default: the built-in teacher's, ``MiniSamConfig()``).
     Returns the run's record (also stored under "info" in the JSON). Raises
     ``tskd.errors.Cancelled`` when cancelled (a checkpoint in ``checkpoint_dir`` lets
     ``resume=True`` continue), and ``TskdInputError`` before any training when ``out_dir`` is
     the package's built-in weights without ``replace_packaged`` or already holds the two files
-    without ``overwrite`` (``check_output``).
+    without ``overwrite`` (``check_output``), or a setting is out of range (no step, a batch
+    size or masks per image below 1, an image size that is no multiple of the patch size).
     """
     import tskd
 
-    _check(cfg)
+    arch = arch or MiniSamConfig()
+    train_cfg, per_epoch = _check(cfg, arch)
     check_output(out_dir, overwrite, replace_packaged)
     commit = _git_commit()  # the code that runs, not what is checked out when it ends
-    model = build_model(cfg)
-    train_cfg = cfg.train_config()
-    task = _PretrainTask(model, cfg)
+    model = build_model(cfg, arch)
+    task = _PretrainTask(model, cfg, per_epoch)
     t0 = time.perf_counter()
     result: TrainResult = train(
         task, train_cfg, checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel,
@@ -294,9 +262,9 @@ def pretrain_mini(
     sam = task.model.sam
     final = result.history[-1] if result.history else {}
     info = {
-        "pretrain_config": asdict(cfg) | {"model": cfg.model.to_dict()},
+        "pretrain_config": asdict(cfg) | {"model": arch.to_dict()},
         "command": command,
-        "seed": cfg.seed,
+        "seed": cfg.train.seed,
         "tskd_version": tskd.__version__,
         "git_commit": commit,
         "steps": result.steps,
@@ -310,7 +278,7 @@ def pretrain_mini(
         "data": "tskd.data.phantoms.pretraining_sample (shapes, textured regions, curves, rings, "
                 "clusters); no target task",
     }
-    path = save_mini_sam(sam.cpu(), cfg.model, Path(out_dir) / WEIGHTS_NAME, half=True,
+    path = save_mini_sam(sam.cpu(), arch, Path(out_dir) / WEIGHTS_NAME, half=True,
                          extra=info)
     return info | {"weights": str(path), "json": str(path.with_suffix(".json"))}
 

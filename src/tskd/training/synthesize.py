@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from tskd import atomic
-from tskd.config import SynthConfig
+from tskd.config import SYNTH_EPOCH_STEPS, SynthConfig, to_dict
+from tskd.config_compat import flat_synth
 from tskd.engine import CancelToken, ProgressCallback, resolve_device
 from tskd.models.diffusion import (
     SAMPLE_STAGE,
@@ -126,9 +127,13 @@ def _quantiles(d: np.ndarray) -> dict[str, float]:
 
 
 def _model_fingerprint(cfg: SynthConfig, data_fp: str) -> dict[str, Any]:
-    """What a saved model depends on (not the device, nor how many images are sampled)."""
-    keys = ("resolution", "base_channels", "train_steps", "batch_size", "lr", "ema_decay", "seed")
-    return {k: getattr(cfg, k) for k in keys} | {"data": data_fp}
+    """What a saved model depends on (not the device, nor how many images are sampled), with
+    the keys of the flat ``synth`` section of earlier versions (``flat_synth``), so their
+    saved models are still reused."""
+    flat = flat_synth(to_dict(cfg), cfg.train.total_steps(SYNTH_EPOCH_STEPS))
+    keys = ("resolution", "base_channels", "train_steps", "batch_size", "lr", "ema_decay", "seed",
+            "train")
+    return {k: flat[k] for k in keys if k in flat} | {"data": data_fp}
 
 
 def synthesize(
@@ -178,8 +183,8 @@ def synthesize(
         sched_config = dict(scheduler.config)
 
     t0 = time.perf_counter()
-    samples = ddim_sample(unet, sched_config, cfg.n_images, cfg.sample_steps, cfg.seed,
-                          resolve_device(cfg.device), progress, cancel)
+    samples = ddim_sample(unet, sched_config, cfg.n_images, cfg.sample_steps, cfg.train.seed,
+                          resolve_device(cfg.train.device), progress, cancel)
     sample_seconds = time.perf_counter() - t0
 
     keep, idx, dist = screen_near_copies(samples, train_images, cfg.near_copy_threshold)
@@ -215,7 +220,8 @@ def synthesize(
         "files": files, "dropped": dropped,
         "screen": {"metric": "L2 of zero-mean unit-norm images, mirrors included, in [0, 2]",
                    "resolution": cfg.resolution, "threshold": cfg.near_copy_threshold},
-        "model_dir": str(model_dir), "out_size": out_size or cfg.resolution, "seed": cfg.seed,
+        "model_dir": str(model_dir), "out_size": out_size or cfg.resolution,
+        "seed": cfg.train.seed,
     })
     atomic.write_json(out_dir / "synth_report.json", report.to_dict())
     return report
