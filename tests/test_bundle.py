@@ -51,7 +51,7 @@ def test_round_trip_gives_identical_outputs(saved: tuple[Student, Path]):
     assert meta["kind"] == "student"
     assert meta["student"]["embed_dim"] == 32 and meta["student"]["depth"] == 2
     assert meta["num_classes"] == 3  # the model's own count wins over a stale meta value
-    assert meta["image_size"] == SIZE
+    assert meta["input_size"] == SIZE
     assert meta["class_names"] == ["background", "kidney", "cyst"]
     assert meta["metrics"] == {"dice": 0.8} and meta["seconds"] == 1.5
     assert meta["tskd_version"] == tskd.__version__

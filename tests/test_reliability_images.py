@@ -490,7 +490,7 @@ def test_bundles_record_the_training_image_size(tmp_path: Path) -> None:
     stages.prepare_run_dir(cfg)
     stages.stage_finetune_student(cfg)
     meta = bundle.read_bundle_meta(tmp_path / "run" / "student")
-    assert meta["train_image_shape"] == [56, 48] and meta["image_size"] == 32
+    assert meta["train_image_shape"] == [56, 48] and meta["input_size"] == 32
     seg, _ = segmenter_from_bundle(tmp_path / "run" / "student", device="cpu")
     assert seg.tile_shape == (56, 48)
 

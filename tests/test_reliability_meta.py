@@ -185,14 +185,14 @@ STUDENT = [
     ("neck_dim-negative", _set("student.neck_dim", -1)),
     ("student-unknown-key", _set("student.bogus", 1)),
     ("student-train-list", _set("student.train", [1, 2])),
-    ("image_size-missing", _set("image_size", _DEL)),
-    ("image_size-zero", _set("image_size", 0)),
-    ("image_size-negative", _set("image_size", -32)),
-    ("image_size-small", _set("image_size", 8)),
-    ("image_size-huge", _set("image_size", 10**9)),
-    ("image_size-not-multiple", _set("image_size", 40)),
-    ("image_size-string", _set("image_size", "32")),
-    ("image_size-inf", _set("image_size", _INF)),
+    ("student-input_size-missing", _set("input_size", _DEL)),
+    ("student-input_size-zero", _set("input_size", 0)),
+    ("student-input_size-negative", _set("input_size", -32)),
+    ("student-input_size-small", _set("input_size", 8)),
+    ("student-input_size-huge", _set("input_size", 10**9)),
+    ("student-input_size-not-multiple", _set("input_size", 40)),
+    ("student-input_size-string", _set("input_size", "32")),
+    ("student-input_size-inf", _set("input_size", _INF)),
 ]
 
 TEACHER = [
@@ -507,3 +507,26 @@ def test_mini_sam_json_above_one_megabyte_is_refused_unread(base_ckpt: Path,
     assert str(info.value) == (
         f"mini SAM config {json_path(weights)} is larger than 1024 KB; it is not a tskd file"
     )
+
+
+def test_student_bundles_of_earlier_versions_name_the_input_size_image_size(
+    student_dir: Path, tmp_path: Path
+) -> None:
+    """One field, ``input_size``, for every bundle; a student bundle written before (its
+    ``image_size``) still opens, and a bad value there is refused naming that key."""
+    from tskd.inference.bundle import input_size
+
+    assert "input_size" in bundle.read_bundle_meta(student_dir)
+    assert "image_size" not in bundle.read_bundle_meta(student_dir)
+    old = _copy(student_dir, tmp_path / "old")
+    _write_variant(old, lambda m: {("image_size" if k == "input_size" else k): v
+                                   for k, v in m.items()})
+    reference, _ = bundle.load_student(student_dir)
+    loaded, meta = bundle.load_bundle(old)
+    assert input_size(meta) == SIZE and validate_student_meta(meta).image_size == SIZE
+    x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), reference(x))
+    _write_variant(old, lambda m: m | {"image_size": 40})
+    with pytest.raises(TskdInputError, match="'image_size'"):
+        bundle.load_bundle(old)

@@ -1,7 +1,7 @@
 """Model bundles: a folder with weights (safetensors) and ``meta.json``, and ONNX export.
 
 A student bundle holds ``model.safetensors`` and ``meta.json`` with kind "student", the
-``StudentConfig`` (under "student"), num_classes, class_names, image_size, the tskd version and
+``StudentConfig`` (under "student"), num_classes, class_names, input_size, the tskd version and
 metrics. A teacher folder (kind "teacher") holds a LoRA adapter and is loaded by
 ``tskd.models.lora.load_teacher``; ``load_bundle`` opens either, so prediction does not care which.
 Files are written to a temporary name and renamed, so an interrupted save never leaves a
@@ -36,7 +36,8 @@ def save_student(student: nn.Module, folder: str | Path, meta: dict[str, Any]) -
 
     Args:
         student: the model to save (a ``tskd.models.student.Student``: its ``cfg``,
-            ``num_classes`` and ``image_size`` attributes go into the meta; its state dict,
+            ``num_classes`` and ``image_size`` attributes go into the meta (the latter as
+            ``input_size``); its state dict,
             moved to the CPU, into the weights).
         folder: the bundle folder; created if missing, existing files replaced.
         meta: further ``meta.json`` entries (JSON-serialisable); ``class_names`` defaults to
@@ -54,11 +55,12 @@ def save_student(student: nn.Module, folder: str | Path, meta: dict[str, Any]) -
     folder = Path(folder)
     cfg = getattr(student, "cfg", None)
     info = dict(meta)
+    info.pop("image_size", None)  # the one name of the input size is "input_size"
     info.update(
         kind="student",
         student=asdict(cfg) if is_dataclass(cfg) else info.get("student"),
         num_classes=int(getattr(student, "num_classes", info.get("num_classes", 0))),
-        image_size=int(getattr(student, "image_size", info.get("image_size", 0))),
+        input_size=int(getattr(student, "image_size", info.get("input_size", 0))),
         tskd_version=tskd.__version__,
     )
     info.setdefault("class_names", None)
@@ -161,8 +163,8 @@ def load_student(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 def input_size(meta: dict[str, Any]) -> int:
     """Give the side in pixels of the square images a bundle's model takes.
 
-    The one reader of that field: a student's meta calls it ``image_size``, a teacher's
-    ``input_size`` (both as written by every version, so existing bundles open).
+    The one reader of that field: every bundle calls it ``input_size``; student bundles of
+    earlier versions called it ``image_size``, which is read too, so they still open.
 
     Args:
         meta: a bundle's ``meta.json`` as read by ``read_bundle_meta`` or ``load_bundle``.
@@ -174,18 +176,17 @@ def input_size(meta: dict[str, Any]) -> int:
         CheckpointError: the meta has neither key (``read_bundle_meta`` refuses such a bundle
             first).
     """
-    size = meta.get("image_size") or meta.get("input_size")
+    size = meta.get("input_size") or meta.get("image_size")
     if size is None:
-        raise CheckpointError("the model's meta.json gives no input size (image_size for a "
-                              "student, input_size for a teacher)")
+        raise CheckpointError("the model's meta.json gives no input size (input_size)")
     return int(size)
 
 
 def load_bundle(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Open a student bundle or an adapted-teacher folder, so prediction need not ask which.
 
-    Student meta has "num_classes" and "image_size"; teacher meta "num_classes" and
-    "input_size" (``input_size`` reads either).
+    Both kinds of meta have "num_classes" and "input_size" (student bundles of earlier
+    versions: "image_size"; ``input_size`` reads either).
 
     Args:
         folder: the model folder, or a file inside it.

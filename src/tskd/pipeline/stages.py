@@ -285,7 +285,7 @@ def _student_meta(cfg: RunConfig, data: LabelledData, extra: dict[str, Any]) -> 
         "num_classes": data.num_classes,
         "class_names": data.class_names,
         **label_meta,
-        "image_size": cfg.data.image_size,
+        "input_size": cfg.data.image_size,
         "train_image_shape": list(data.image_shape),
         **extra,
     }
