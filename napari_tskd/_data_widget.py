@@ -1,5 +1,8 @@
-"""Data widget: the labelled set (Image + Labels layers, or a folder), the unlabelled images
-(more Image layers and/or a folder) and the run folder; shows counts, classes and the split."""
+"""Data widget: the labelled set, the unlabelled images and the run folder.
+
+The labelled set comes from Image + Labels layers or a folder, the unlabelled images from more
+Image layers and/or a folder; the widget shows counts, classes and the split.
+"""
 
 from __future__ import annotations
 
@@ -121,13 +124,14 @@ class DataWidget(StageWidget):
             folder = self.labelled_folder.value
             if not folder:
                 return "choose a labelled folder"
-            from tskd.data import files, folders
+            from tskd.data import files
 
             n = len(files.list_images(Path(folder) / "images")) if (
                 Path(folder) / "images").is_dir() else len(files.list_images(folder))
             classes_text = ""
         n_unl = sum(_layers.n_slices(layer) for layer in self.unlabelled_layers.value or [])
         if self.unlabelled_folder.value:
+            from tskd.data import folders
 
             n_unl += len(folders.unlabelled_files(self.unlabelled_folder.value))
         n_val = validation_count(n, float(self.val_fraction.value))
@@ -153,39 +157,15 @@ class DataWidget(StageWidget):
 
     def _use_data(self) -> None:
         from napari_tskd._export import export_labelled, export_unlabelled
+        from tskd.data import folders
         from tskd.errors import TskdInputError
         from tskd.pipeline.lock import run_lock
         from tskd.pipeline.run_folder import check_run_dir_inputs, prepare_run_dir
 
-        # read everything first, so a bad input changes nothing on disk; labels go through the
-        # backend's one label policy (tskd.data.label_policy), its notes shown as warnings
-        ignore_label = None
-        if self.source.value == "layers":
-            images, labels, names = _layers.labelled_slices(self.image.value, self.labels.value)
-            class_names = self.labels.value.metadata.get("class_names")
-            _check_layer_labels(labels, class_names, self.labels.value.name)
-        else:
-            from tskd.data import folders
-            from tskd.data.samples import read_labelled_set
-
-            if not self.labelled_folder.value:
-                raise TskdInputError("no labelled folder chosen")
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                samples, label_map = read_labelled_set(self.labelled_folder.value)
-            for w in caught:
-                _notify.warning(str(w.message))
-            if not samples:
-                raise TskdInputError(f"no labelled images in {self.labelled_folder.value}")
-            images = [s.image for s in samples]
-            labels = [label_map.decode(s.label) for s in samples]  # the user's label values
-            names = [s.name for s in samples]
-            class_names = (dict(zip(label_map.values, label_map.names))
-                           if label_map.declared else None)
-            ignore_label = label_map.ignore_label if label_map.declared else None
+        # read everything first, so a bad input changes nothing on disk
+        images, labels, names, class_names, ignore_label = self._read_labelled()
         names, note = _layers.unique_names(names)  # one file per pair, never one for two
-        unl_layers = list(self.unlabelled_layers.value or [])
-        unl_images, unl_names = _layers.unlabelled_slices(unl_layers)
+        unl_images, unl_names = _layers.unlabelled_slices(list(self.unlabelled_layers.value or []))
         unl_names, unl_note = _layers.unique_names(unl_names)
         unl_folder = self.unlabelled_folder.value
         if unl_folder and not Path(unl_folder).is_dir():
@@ -193,21 +173,12 @@ class DataWidget(StageWidget):
 
         self.context.set_run_dir(self.run_dir.value)
         run_dir, paths = self.context.run_dir, self.context.paths()
-        cfg = self.context.config()
-        cfg.data.labelled = str(paths.data)
-        cfg.data.image_size = int(self.image_size.value)
-        cfg.data.val_fraction = float(self.val_fraction.value)
-        if unl_images:
-            cfg.data.unlabelled = str(paths.unlabelled)
-        else:
-            cfg.data.unlabelled = str(unl_folder) if unl_folder else None
-
+        cfg = self._data_config(paths, bool(unl_images), unl_folder)
         check_run_dir_inputs(cfg)  # a run folder inside a data folder: refused, nothing made
         with run_lock(run_dir, "napari data widget"):  # no training process writes meanwhile
             prepare_run_dir(cfg, overwrite=bool(self.overwrite.value))
             export_labelled(images, labels, names, run_dir, class_names, ignore_label)
             if unl_images:
-
                 extra = folders.unlabelled_files(unl_folder) if unl_folder else []
                 export_unlabelled(unl_images, unl_names, paths.unlabelled, extra)
         for text, where in ((note, paths.data), (unl_note, paths.unlabelled)):
@@ -220,6 +191,56 @@ class DataWidget(StageWidget):
         )
         _notify.info(f"data of run {run_dir.name} ready: {len(images)} labelled image(s)")
 
+    def _read_labelled(self) -> tuple[list[Any], list[Any], list[str], Any, int | None]:
+        """The labelled set from the layers or the folder, read before anything is written.
+
+        Labels go through the backend's one label policy (tskd.data.label_policy), its notes
+        shown as warnings.
+
+        Returns:
+            ``(images, labels, names, class_names, ignore_label)``: labels in the user's
+            values; class names and the ignore label None unless declared.
+
+        Raises:
+            TskdInputError: No folder chosen, an empty folder, or labels the policy refuses.
+        """
+        from tskd.errors import TskdInputError
+
+        if self.source.value == "layers":
+            images, labels, names = _layers.labelled_slices(self.image.value, self.labels.value)
+            class_names = self.labels.value.metadata.get("class_names")
+            _check_layer_labels(labels, class_names, self.labels.value.name)
+            return images, labels, names, class_names, None
+        from tskd.data.samples import read_labelled_set
+
+        if not self.labelled_folder.value:
+            raise TskdInputError("no labelled folder chosen")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            samples, label_map = read_labelled_set(self.labelled_folder.value)
+        for w in caught:
+            _notify.warning(str(w.message))
+        if not samples:
+            raise TskdInputError(f"no labelled images in {self.labelled_folder.value}")
+        declared = label_map.declared
+        return ([s.image for s in samples],
+                [label_map.decode(s.label) for s in samples],  # the user's label values
+                [s.name for s in samples],
+                dict(zip(label_map.values, label_map.names)) if declared else None,
+                label_map.ignore_label if declared else None)
+
+    def _data_config(self, paths: Any, unl_from_layers: bool, unl_folder: Any) -> Any:
+        """The run's config with this widget's data settings (not yet saved)."""
+        cfg = self.context.config()
+        cfg.data.labelled = str(paths.data)
+        cfg.data.image_size = int(self.image_size.value)
+        cfg.data.val_fraction = float(self.val_fraction.value)
+        if unl_from_layers:
+            cfg.data.unlabelled = str(paths.unlabelled)
+        else:
+            cfg.data.unlabelled = str(unl_folder) if unl_folder else None
+        return cfg
+
     def run_all(self, *_: Any) -> None:
         """Use the data, then every stage the config asks for, in one training process."""
         if not self.use_data():
@@ -229,9 +250,11 @@ class DataWidget(StageWidget):
 
 
 def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> None:
-    """Apply the label policy to a Labels layer's slices: refuse what training would refuse
-    (too many values, huge ids, values outside declared classes) before anything is written,
-    and show its notes (e.g. the map of ids with gaps) as warnings."""
+    """Apply the label policy to a Labels layer's slices before anything is written.
+
+    Refuses what training would refuse (too many values, huge ids, values outside declared
+    classes) and shows its notes (e.g. the map of ids with gaps) as warnings.
+    """
     from tskd.data import label_policy
     from tskd.data.label_map import check_values, declared_from_config
 

@@ -131,6 +131,45 @@ def test_data_from_layers_writes_run_folder(make_napari_viewer, tskd_gui_env, no
     assert not notes.errors()
 
 
+def test_data_from_layers_with_an_unlabelled_folder_too(make_napari_viewer, tskd_gui_env, notes,
+                                                         tmp_path) -> None:
+    """Labelled layers plus unlabelled layers and folder: counted, then all written.
+
+    The folder's files were once read only when the labelled set came from a folder, so this
+    combination showed "cannot read the data" and "Use this data" failed with an unbound name.
+    """
+    import imageio.v3 as iio
+
+    from tskd.config import load_config
+
+    viewer = make_napari_viewer()
+    img, lab = _stack()
+    viewer.add_image(img, name="scan")
+    viewer.add_labels(lab, name="scan labels")
+    unl = viewer.add_image(img[:2], name="more")
+    folder = tmp_path / "unlabelled_in"
+    folder.mkdir()
+    for k in range(3):
+        iio.imwrite(folder / f"u{k}.png", np.full((24, 24), 40 * k, np.uint8))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    from napari_tskd._data_widget import DataWidget
+
+    w = DataWidget(viewer)
+    assert w.source.value == "layers"
+    w.unlabelled_layers.value = [unl]
+    w.unlabelled_folder.value = str(folder)
+    assert w.summary.value == ("2 labelled image(s): train 2 / validation 0; classes 1, 2; "
+                               "5 unlabelled image(s)")
+    assert w.use_data()
+    run = tskd_gui_env
+    assert Path(load_config(run / "config.yaml").data.unlabelled) == run / "unlabelled"
+    written = sorted(p.name for p in (run / "unlabelled").iterdir())
+    assert written == ["folder_00000_u0.png", "folder_00001_u1.png", "folder_00002_u2.png",
+                       "more_z0000.tif", "more_z0001.tif"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # input untouched
+    assert not notes.errors()
+
+
 def test_bad_inputs_show_notifications(make_napari_viewer, notes) -> None:
     from napari_tskd._data_widget import DataWidget
     from napari_tskd._teacher_widget import TeacherWidget

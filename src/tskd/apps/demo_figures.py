@@ -54,12 +54,34 @@ def write_figures(out: Path, runs: dict[str, Any], n_examples: int = 4) -> Path 
     import matplotlib.pyplot as plt
 
     from tskd.data import samples
-    from tskd.inference.predict import segmenter_from_bundle
-    from tskd.pipeline.run_folder import RunPaths
 
     test = samples.load_labelled(Path(runs["ts_kd"].data.labelled).parent / "test")[:n_examples]
     if not test:
         return None
+    models = _segmenters(runs)
+    cols = 2 + len(models)
+    fig, axes = plt.subplots(len(test) + 1, cols, figsize=(2.1 * cols, 2.1 * (len(test) + 1)))
+    for r, sample in enumerate(test):
+        _overlay(axes[r, 0], sample.image, None, sample.name)
+        _overlay(axes[r, 1], sample.image, sample.label, "ground truth")
+        for c, (title, seg) in enumerate(models.items(), start=2):
+            _overlay(axes[r, c], sample.image, seg.segment(sample.image), title)
+    for ax in axes[-1]:
+        ax.axis("off")
+    _plot_losses(fig.add_subplot(len(test) + 1, 1, len(test) + 1), runs)
+    fig.tight_layout()
+    path = out / "examples.png"
+    with atomic.disk_errors(out):
+        fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _segmenters(runs: dict[str, Any]) -> dict[str, Any]:
+    """{column title: CPU ``Segmenter``} of the adapted teacher and the three students."""
+    from tskd.inference.predict import segmenter_from_bundle
+    from tskd.pipeline.run_folder import RunPaths
+
     models: dict[str, Any] = {}
     for title, run, which in (
         ("teacher (LoRA)", "ts_kd", "teacher"),
@@ -70,17 +92,13 @@ def write_figures(out: Path, runs: dict[str, Any], n_examples: int = 4) -> Path 
         paths = RunPaths(Path(runs[run].run_dir))
         models[title], _ = segmenter_from_bundle(
             paths.teacher if which == "teacher" else paths.student, device="cpu")
+    return models
 
-    cols = 2 + len(models)
-    fig, axes = plt.subplots(len(test) + 1, cols, figsize=(2.1 * cols, 2.1 * (len(test) + 1)))
-    for r, sample in enumerate(test):
-        _overlay(axes[r, 0], sample.image, None, sample.name)
-        _overlay(axes[r, 1], sample.image, sample.label, "ground truth")
-        for c, (title, seg) in enumerate(models.items(), start=2):
-            _overlay(axes[r, c], sample.image, seg.segment(sample.image), title)
-    for ax in axes[-1]:
-        ax.axis("off")
-    curves = fig.add_subplot(len(test) + 1, 1, len(test) + 1)
+
+def _plot_losses(curves: Any, runs: dict[str, Any]) -> None:
+    """Plot each run's distillation and student loss per epoch on the axes ``curves`` (log)."""
+    from tskd.pipeline.run_folder import RunPaths
+
     for run, cfg in runs.items():
         reports = RunPaths(Path(cfg.run_dir)).reports
         for stage in ("distill", "student"):
@@ -92,9 +110,3 @@ def write_figures(out: Path, runs: dict[str, Any], n_examples: int = 4) -> Path 
     curves.set_ylabel("loss")
     curves.set_yscale("log")
     curves.legend(fontsize=6, ncol=3)
-    fig.tight_layout()
-    path = out / "examples.png"
-    with atomic.disk_errors(out):
-        fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path

@@ -250,19 +250,7 @@ def read_labelled_set(
     notes = AxesNotes(image_dir)
     raw = _read_pairs(cases, labels, notes)
     notes.warn()
-    unlabelled = [name for name in sorted(cases) if name not in labels]
-    if unlabelled:
-        warnings.warn(
-            f"{len(unlabelled)} image(s) in {image_dir} have no label file in {label_dir.name}/ "
-            f"and are ignored for training (e.g. {unlabelled[0]})",
-            TskdWarning,
-            stacklevel=2,
-        )
-    if not raw:
-        raise TskdInputError(
-            f"no labelled image found in {folder}: no image has a label file of the same name "
-            f"(e.g. image {sorted(cases)[0]}, label {next(iter(sorted(labels)), 'none')})"
-        )
+    _check_pairs(folder, image_dir, label_dir, cases, labels, bool(raw))
     decision = label_policy.resolve_map(
         [(str(lp), label_policy.distinct_values(lab)) for _, _, lab, lp in raw],
         folder, classes, ignore_label, label_map, where=str(label_dir),
@@ -278,6 +266,24 @@ def read_labelled_set(
         )
     assert decision.label_map is not None
     return _conform(samples, folder), decision.label_map
+
+
+def _check_pairs(folder: Path, image_dir: Path, label_dir: Path, cases: dict[str, list[Path]],
+                 labels: dict[str, Path], any_pair: bool) -> None:
+    """Warn (for ``read_labelled_set``'s caller) of images without labels; raise if none has one."""
+    unlabelled = [name for name in sorted(cases) if name not in labels]
+    if unlabelled:
+        warnings.warn(
+            f"{len(unlabelled)} image(s) in {image_dir} have no label file in {label_dir.name}/ "
+            f"and are ignored for training (e.g. {unlabelled[0]})",
+            TskdWarning,
+            stacklevel=3,
+        )
+    if not any_pair:
+        raise TskdInputError(
+            f"no labelled image found in {folder}: no image has a label file of the same name "
+            f"(e.g. image {sorted(cases)[0]}, label {next(iter(sorted(labels)), 'none')})"
+        )
 
 
 def _read_pairs(cases: dict[str, list[Path]], labels: dict[str, Path],

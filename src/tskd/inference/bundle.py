@@ -232,8 +232,6 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int 
             tolerance); or the folder cannot be written.
         DiskFullError: the disk is full.
     """
-    import onnxruntime as ort
-
     path = Path(path)
     atomic.mkdir(path.parent)
     params = list(model.parameters())
@@ -263,8 +261,19 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int 
     finally:
         tmp.unlink(missing_ok=True)
         model.to(device).train(was_training)
+    return _check_onnx(path, check, expected)
+
+
+def _check_onnx(path: Path, batch: torch.Tensor, expected: np.ndarray) -> float:
+    """The largest absolute difference of onnxruntime's logits on ``batch`` from ``expected``.
+
+    Raises:
+        TskdError: the shapes differ, or the difference is over 1e-3.
+    """
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(["logits"], {"image": check.numpy()})
+    (got,) = session.run(["logits"], {"image": batch.numpy()})
     if got.shape != expected.shape:
         raise TskdError(
             f"ONNX model {path} returns shape {got.shape}, PyTorch {expected.shape}"

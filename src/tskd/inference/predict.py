@@ -154,37 +154,57 @@ def predict_paths(
             unreadable image or one over ``segmenter.max_pixels``.
         DiskFullError: the output disk is full (a file being replaced keeps its old bytes).
     """
-    from tskd.data import files
-
     paths = [Path(p) for p in inputs]
-    stems = [files.stem(p) for p in paths]
-    dup = sorted({s for s in stems if stems.count(s) > 1})
-    if dup:
-        raise TskdInputError(f"several inputs share the name {dup[0]!r}; outputs would collide")
+    stems = _unique_stems(paths)
     table = None if label_values is None else _label_table(label_values, segmenter.num_classes)
     out = _checked_output(out_dir, paths, stems, input_folders, overwrite)
     written: list[Path] = []
     replaced: list[Path] = []
     for i, (path, stem) in enumerate(zip(paths, stems)):
-        image, ax = files.read_image_axes(path, max_pixels=segmenter.max_pixels)
-        note = segmenter.tiling_note(*ax.spatial_shape[-2:])
-        if note and log is not None:
-            log(f"{path.name}: {note}")
-        labels = segmenter.segment(image, is_stack=ax.is_stack)
-        if table is not None:
-            labels = table[labels]
-        target = _output_path(out, stem, labels)
-        if target.exists():
-            replaced.append(target)
-        files.write_label(target, labels)
+        target, existed = _segment_to_file(segmenter, path, out, stem, table, log)
         written.append(target)
+        replaced += [target] if existed else []
         if progress is not None:
             progress(i + 1, len(paths))
-    if replaced:
+    if replaced:  # one warning, to the caller
         names = ", ".join(p.name for p in replaced[:10]) + (" ..." if len(replaced) > 10 else "")
         warnings.warn(TskdWarning(f"replaced {len(replaced)} existing file(s) in {out}: {names}"),
                       stacklevel=2)
     return written
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    """The stems of ``paths`` (``tskd.data.files.stem``); TskdInputError if two share one."""
+    from tskd.data import files
+
+    stems = [files.stem(p) for p in paths]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise TskdInputError(f"several inputs share the name {dup[0]!r}; outputs would collide")
+    return stems
+
+
+def _segment_to_file(segmenter: Segmenter, path: Path, out: Path, stem: str,
+                     table: np.ndarray | None,
+                     log: Callable[[str], None] | None) -> tuple[Path, bool]:
+    """Segment one image file and write its label map (``_output_path``).
+
+    Returns:
+        The file written, and whether it replaced an existing one.
+    """
+    from tskd.data import files
+
+    image, ax = files.read_image_axes(path, max_pixels=segmenter.max_pixels)
+    note = segmenter.tiling_note(*ax.spatial_shape[-2:])
+    if note and log is not None:
+        log(f"{path.name}: {note}")
+    labels = segmenter.segment(image, is_stack=ax.is_stack)
+    if table is not None:
+        labels = table[labels]
+    target = _output_path(out, stem, labels)
+    existed = target.exists()
+    files.write_label(target, labels)
+    return target, existed
 
 
 def _label_table(label_values: Sequence[int], num_classes: int) -> np.ndarray:
@@ -254,6 +274,23 @@ def segmenter_from_bundle(
     folder = Path(folder)
     model, meta = bundle.load_bundle(folder)
     size = bundle.input_size(meta)
+    tile, kwargs = _tiling(folder, meta, tile_size)
+    side = min(tile) if isinstance(tile, tuple) else tile
+    overlap = min(64, side // 4) if tile_overlap is None else int(tile_overlap)
+    segmenter = Segmenter(model, size, int(meta["num_classes"]), device=device,
+                          batch_size=batch_size, tile_size=tile, tile_overlap=overlap,
+                          max_pixels=max_pixels, **kwargs)
+    return segmenter, meta
+
+
+def _tiling(folder: Path, meta: dict[str, Any],
+            tile_size: int | None) -> tuple[int | tuple[int, int], dict[str, Any]]:
+    """The tile size ``segmenter_from_bundle`` uses, and the ``Segmenter`` settings that go with it.
+
+    A given ``tile_size``; else the bundle's ``train_image_shape`` (tiling only above
+    ``TILE_ABOVE`` times it); else ``DEFAULT_TILE_SIZE`` with a ``TskdWarning`` to the caller's
+    caller.
+    """
     # checked by the bundle's schema (tskd.models.meta_schema) when it was loaded
     shape = meta.get("train_image_shape")
     trained = (int(shape[0]), int(shape[1])) if shape is not None else None
@@ -272,14 +309,9 @@ def segmenter_from_bundle(
             f"{folder}: the model does not record the size of the images it was trained on "
             f"(made by an earlier version), so large images are tiled at {DEFAULT_TILE_SIZE} px "
             "as before, whatever the training scale; retrain it, or pass --tile-size",
-            TskdWarning, stacklevel=2,
+            TskdWarning, stacklevel=3,
         )
-    side = min(tile) if isinstance(tile, tuple) else tile
-    overlap = min(64, side // 4) if tile_overlap is None else int(tile_overlap)
-    segmenter = Segmenter(model, size, int(meta["num_classes"]), device=device,
-                          batch_size=batch_size, tile_size=tile, tile_overlap=overlap,
-                          max_pixels=max_pixels, **kwargs)
-    return segmenter, meta
+    return tile, kwargs
 
 
 def evaluate_folder(

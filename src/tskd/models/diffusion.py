@@ -297,14 +297,17 @@ def ddim_sample(
             x = sched.step(eps, t, x, eta=0.0).prev_sample
             done += 1
             if progress is not None:
-                elapsed = time.perf_counter() - t0
-                progress(Progress(
-                    SAMPLE_STAGE, done, total, 0, 1, float("nan"),
-                    elapsed / done * (total - done),
-                    message=f"sampling images {b * SAMPLE_BATCH + 1}-"
-                    f"{min(n, (b + 1) * SAMPLE_BATCH)} of {n}",
-                ))
+                progress(_sample_progress(done, total, time.perf_counter() - t0, b, n))
         out.append(x.float().cpu())
     if not out:
         return noise
     return torch.cat(out).clamp(-1.0, 1.0)
+
+
+def _sample_progress(done: int, total: int, elapsed: float, batch: int, n: int) -> Progress:
+    """``ddim_sample``'s report after ``done`` of ``total`` steps, ``elapsed`` seconds in."""
+    return Progress(
+        SAMPLE_STAGE, done, total, 0, 1, float("nan"), elapsed / done * (total - done),
+        message=f"sampling images {batch * SAMPLE_BATCH + 1}-"
+        f"{min(n, (batch + 1) * SAMPLE_BATCH)} of {n}",
+    )

@@ -6,15 +6,13 @@ text that is not UTF-8 JSON, nesting deeper than Python's parser handles, and an
 object. ``validate_student_meta`` and ``validate_teacher_meta`` then check every key a loader
 uses - type, bounds, consistency, and the parameter count of the model it describes - so that a
 bad file ends in one ``ModelMetaError`` (a ``TskdInputError`` and a ``CheckpointError``) naming
-the file and the key, never in a ``KeyError``, ``ZeroDivisionError`` or a multi-gigabyte
-allocation.
+the file and the key, never in a ``KeyError``, ``ZeroDivisionError`` or a huge allocation.
 
 Student meta (``kind: "student"``), required keys:
   ``student``      mapping of ``StudentConfig`` (embed_dim, depth, num_heads, patch_size
                    required; other fields take their defaults),
   ``num_classes``  int 1..``MAX_CLASSES``,
-  ``input_size``   int ``MIN_SIZE``..``MAX_SIZE``, a multiple of the patch size (bundles
-                   of earlier versions: ``image_size``).
+  ``input_size``   int ``MIN_SIZE``..``MAX_SIZE``, a multiple of the patch size (old: image_size).
 Teacher meta (``kind: "teacher"``), required keys:
   ``model_type``   one of ``tskd.models.sam_checkpoint.MODEL_TYPES``,
   ``checkpoint``   "builtin" or a path (string, no NUL, at most 4096 characters),
@@ -317,12 +315,11 @@ def validate_student_meta(meta: Any, path: str | Path = "meta.json") -> StudentM
         _kind(meta, "student")
         cfg = _student_config(_mapping(meta, "student"))
         num_classes = _int(meta, "num_classes", 1, MAX_CLASSES)
-        # "input_size", as a teacher's; bundles of earlier versions wrote "image_size"
         key = "input_size" if "input_size" in meta or "image_size" not in meta else "image_size"
         image_size = _int(meta, key, MIN_SIZE, MAX_SIZE)
         if image_size % cfg.patch_size:
-            raise _Bad(key, f"{image_size} is not a multiple of the student's "
-                       f"patch_size {cfg.patch_size}")
+            raise _Bad(key, f"{image_size} is not a multiple of the student's patch_size "
+                       f"{cfg.patch_size}")
         n = student_param_count(cfg, num_classes, image_size)
         if n > MAX_PARAMS:
             raise _Bad("student", f"describes a model of {n / 1e9:.1f} billion parameters, more "

@@ -76,21 +76,9 @@ class MiniSamConfig:
     @classmethod
     def tiny(cls) -> MiniSamConfig:
         """A few-thousand-parameter SAM for unit tests (64 px input)."""
-        return cls(
-            img_size=64,
-            patch_size=8,
-            embed_dim=32,
-            depth=2,
-            num_heads=2,
-            window_size=4,
-            global_attn_indexes=(1,),
-            prompt_dim=32,
-            mask_in_chans=4,
-            decoder_depth=1,
-            decoder_mlp_dim=64,
-            decoder_heads=2,
-            iou_head_hidden_dim=32,
-        )
+        return cls(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=4,
+                   global_attn_indexes=(1,), prompt_dim=32, mask_in_chans=4, decoder_depth=1,
+                   decoder_mlp_dim=64, decoder_heads=2, iou_head_hidden_dim=32)
 
     @property
     def grid(self) -> int:
@@ -248,15 +236,8 @@ def official_config(model_type: str) -> MiniSamConfig:
             f"unknown SAM model type '{model_type}'; choose mini, {', '.join(OFFICIAL_TYPES)}"
         )
     dim, depth, heads, glob = shapes[model_type]
-    return MiniSamConfig(
-        img_size=1024,
-        patch_size=16,
-        embed_dim=dim,
-        depth=depth,
-        num_heads=heads,
-        window_size=14,
-        global_attn_indexes=glob,
-    )
+    return MiniSamConfig(img_size=1024, patch_size=16, embed_dim=dim, depth=depth, num_heads=heads,
+                         window_size=14, global_attn_indexes=glob)
 
 
 def build_mini_sam(cfg: MiniSamConfig | None = None, input_size: int | None = None) -> nn.Module:
@@ -268,41 +249,15 @@ def build_mini_sam(cfg: MiniSamConfig | None = None, input_size: int | None = No
     Raises:
         CheckpointError: ``input_size`` is no patch multiple in 16..4096, or ``cfg`` is invalid.
     """
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     cfg = cfg or MiniSamConfig()
     size = input_size or cfg.img_size
-    if not _is_int(size) or size <= 0 or size % cfg.patch_size:
-        raise CheckpointError(
-            f"SAM input size {size} must be a positive multiple of the patch size {cfg.patch_size}"
-        )
-    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
-        raise CheckpointError(
-            f"SAM input size {size} is outside {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}"
-        )
-    cfg.validate(size)
+    _check_input_size(cfg, size)
     grid = size // cfg.patch_size
+    encoder = _image_encoder(cfg, size)  # built first: the random initialisation's order
     sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=size,
-            patch_size=cfg.patch_size,
-            embed_dim=cfg.embed_dim,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-            out_chans=cfg.prompt_dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=cfg.window_size,
-            global_attn_indexes=tuple(cfg.global_attn_indexes),
-        ),
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=cfg.prompt_dim,
             image_embedding_size=(grid, grid),
@@ -325,6 +280,39 @@ def build_mini_sam(cfg: MiniSamConfig | None = None, input_size: int | None = No
         pixel_std=list(cfg.pixel_std),
     )
     return sam
+
+
+def _check_input_size(cfg: MiniSamConfig, size: Any) -> None:
+    """``CheckpointError`` unless ``size`` is a patch multiple in range and ``cfg`` valid at it."""
+    if not _is_int(size) or size <= 0 or size % cfg.patch_size:
+        raise CheckpointError(
+            f"SAM input size {size} must be a positive multiple of the patch size {cfg.patch_size}"
+        )
+    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        raise CheckpointError(
+            f"SAM input size {size} is outside {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}"
+        )
+    cfg.validate(size)
+
+
+def _image_encoder(cfg: MiniSamConfig, size: int) -> nn.Module:
+    """SAM's ViT image encoder with its neck, built for ``size``-pixel inputs."""
+    from segment_anything.modeling import ImageEncoderViT
+
+    return ImageEncoderViT(
+        img_size=size,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        out_chans=cfg.prompt_dim,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=cfg.window_size,
+        global_attn_indexes=tuple(cfg.global_attn_indexes),
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,47 +38,10 @@ from tskd.engine import (
 )
 from tskd.errors import Cancelled, TskdInputError
 from tskd.models.student import Student
+from tskd.training.kd_losses import channel_norm, kd_output_loss
 from tskd.training.teacher_cache import TeacherCache
 
 LOGITS = "logits"  # name of the teacher's segmentation output in the cache
-
-
-def channel_norm(x: torch.Tensor) -> torch.Tensor:
-    """LayerNorm over channels at each position, no affine: makes layers' scales comparable.
-
-    Args:
-        x: a feature map (B, C, H, W), any float dtype.
-
-    Returns:
-        float32 (B, C, H, W) with zero mean and unit variance over C at each position.
-    """
-    x = x.float().permute(0, 2, 3, 1)
-    return F.layer_norm(x, x.shape[-1:]).permute(0, 3, 1, 2)
-
-
-def kd_output_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """KL(softmax(t/T) || softmax(s/T)) * T^2 per pixel, averaged; teacher resized to student.
-
-    Args:
-        student_logits: (B, C, h, w), any float dtype.
-        teacher_logits: (B, C, H', W'); resized bilinearly to (h, w) when they differ.
-        temperature: T > 0 (``distill.temperature``, default 2.0).
-
-    Returns:
-        float32 scalar: KL summed over classes, averaged over images and pixels, times T^2
-        (Hinton et al. 2015's soft-target loss at every pixel; T^2 keeps the gradients' scale).
-    """
-    s = student_logits.float()
-    t = teacher_logits.float()
-    if t.shape[-2:] != s.shape[-2:]:
-        t = F.interpolate(t, size=s.shape[-2:], mode="bilinear", align_corners=False)
-    T = float(temperature)
-    kl = F.kl_div(
-        F.log_softmax(s / T, dim=1), F.log_softmax(t / T, dim=1), reduction="none", log_target=True
-    )
-    return kl.sum(dim=1).mean() * T * T
 
 
 class DistillModel(nn.Module):
@@ -261,6 +224,95 @@ def _device_of(module: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+class _TeacherOutputs:
+    """The teacher's outputs on the transfer images: computed once into the cache, then read.
+
+    Args:
+        teacher: follows the model contract (module docstring); put in eval mode here, its
+            device and training mode restored after each use.
+        images: the transfer set.
+        cache: where the outputs go, keyed by the teacher's input tensor.
+        t_layers: the teacher layers stored.
+        with_logits: also store the teacher's logits (as ``LOGITS``).
+        input_size: the teacher's input side in pixels.
+        mixed_precision: ``train.mixed_precision``, for ``_teacher_autocast``.
+    """
+
+    def __init__(self, teacher: nn.Module, images: Sequence[np.ndarray], cache: TeacherCache,
+                 t_layers: list[str], with_logits: bool, input_size: int,
+                 mixed_precision: str) -> None:
+        self.teacher, self.images, self.cache = teacher, images, cache
+        self.t_layers, self.with_logits = t_layers, with_logits
+        self.input_size, self.mixed_precision = input_size, mixed_precision
+        self.keys: list[str] = []  # cache key of each image, filled by ``fill``
+        self.was_training = teacher.training
+        teacher.eval()
+
+    def compute(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teacher's float32 outputs on a (B, 3, S, S) batch, on the teacher's device."""
+        dev = _device_of(self.teacher)
+        with torch.inference_mode(), _teacher_autocast(dev, self.mixed_precision):
+            logits, feats = self.teacher.forward_with_features(batch.to(dev), self.t_layers)
+        out = {name: feats[name].float() for name in self.t_layers}
+        if self.with_logits:
+            out[LOGITS] = logits.float()
+        return out
+
+    def teacher_input(self, i: int) -> torch.Tensor:
+        """Image ``i`` as the teacher's float32 (3, S, S) input in [0, 1]."""
+        from tskd.data.dataset import image_to_tensor
+
+        return image_to_tensor(self.images[i], self.input_size)
+
+    def fill(self, device: torch.device, batch_size: int, num_classes: int,
+             progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
+        """Run the teacher once over every image, in batches on ``device``, into the cache."""
+        teacher, cache, n = self.teacher, self.cache, len(self.images)
+        home = _device_of(teacher)
+        t0 = time.perf_counter()
+        try:
+            teacher.to(device)
+            for start in range(0, n, batch_size):
+                if cancel is not None and cancel.cancelled:
+                    raise Cancelled(
+                        f"distill: cancelled while caching teacher outputs ({start}/{n} images); "
+                        "resume to go on"
+                    )
+                batch = torch.stack([self.teacher_input(i)
+                                     for i in range(start, min(n, start + batch_size))])
+                batch_keys = [cache.key(img) for img in batch]
+                first = cache.get_or_compute(batch, self.compute, keys=batch_keys)
+                if start == 0 and self.with_logits and first[LOGITS].shape[1] != num_classes:
+                    raise TskdInputError(
+                        f"the teacher predicts {first[LOGITS].shape[1]} classes but the student "
+                        f"has {num_classes}; build the student for the teacher's classes"
+                    )
+                self.keys.extend(batch_keys)
+                if progress is not None:
+                    progress(self._cache_progress(n, time.perf_counter() - t0))
+        finally:
+            teacher.to(home)
+            teacher.train(self.was_training)
+
+    def _cache_progress(self, n: int, elapsed: float) -> Progress:
+        done, cache = len(self.keys), self.cache
+        return Progress(
+            "distill-cache", done, n, 0, 1, math.nan, elapsed / done * (n - done),
+            {"cache_hits": float(cache.hits), "cache_misses": float(cache.misses)},
+            f"teacher outputs: {cache.misses} computed, {cache.hits} from cache",
+        )
+
+    def recompute(self, i: int) -> dict[str, torch.Tensor]:
+        """Image ``i``'s outputs again (its cache file vanished), without the batch axis."""
+        x = self.teacher_input(i)[None]
+        self.teacher.eval()
+        try:
+            out = self.cache.get_or_compute(x, self.compute, keys=[self.keys[i]])
+        finally:
+            self.teacher.train(self.was_training)
+        return {k: v[0] for k, v in out.items()}
+
+
 def distill(
     teacher: nn.Module,
     images: Sequence[np.ndarray],
@@ -304,97 +356,33 @@ def distill(
         Cancelled: cancelled while caching or training (resumable).
         TskdError: from the engine or the cache (``DiskFullError`` for a full disk).
     """
-    from tskd.data.dataset import image_to_tensor
-
     pairs, with_logits = _check(teacher, images, cfg, student)
     t_layers = list(dict.fromkeys(t for _, t in pairs))
-    stored = t_layers + ([LOGITS] if with_logits else [])
-    cache = TeacherCache(cache_dir, teacher_id, stored)
-
+    cache = TeacherCache(cache_dir, teacher_id, t_layers + ([LOGITS] if with_logits else []))
     device = resolve_device(cfg.train.device)
-    teacher_home = _device_of(teacher)
-    was_training = teacher.training
-    teacher.eval()
+    outputs = _TeacherOutputs(teacher, images, cache, t_layers, with_logits, teacher_input_size,
+                              cfg.train.mixed_precision)
+    outputs.fill(device, max(1, cfg.train.batch_size), student.num_classes, progress, cancel)
+    with _student_in_training(student, freeze_decoder=not with_logits):
+        seed_everything(cfg.train.seed)  # the projections' random initialisation repeats
+        model = DistillModel(student, pairs, teacher.feature_dims, with_logits)
+        data = _TransferSet(images, outputs.keys, cache, student.image_size, outputs.recompute)
+        return train(_DistillTask(model, data, cfg), cfg.train, checkpoint_dir=checkpoint_dir,
+                     progress=progress, cancel=cancel, resume=resume,
+                     keep_checkpoint=keep_checkpoint)
 
-    def compute(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        dev = _device_of(teacher)
-        with torch.inference_mode(), _teacher_autocast(dev, cfg.train.mixed_precision):
-            logits, feats = teacher.forward_with_features(batch.to(dev), t_layers)
-        out = {name: feats[name].float() for name in t_layers}
-        if with_logits:
-            out[LOGITS] = logits.float()
-        return out
 
-    def teacher_input(i: int) -> torch.Tensor:
-        return image_to_tensor(images[i], teacher_input_size)
-
-    # 1. fill the cache: the teacher sees every transfer image once, in batches
-    keys: list[str] = []
-    bs = max(1, cfg.train.batch_size)
-    n = len(images)
-    t0 = time.perf_counter()
-    try:
-        teacher.to(device)
-        for start in range(0, n, bs):
-            if cancel is not None and cancel.cancelled:
-                raise Cancelled(
-                    f"distill: cancelled while caching teacher outputs ({start}/{n} images); "
-                    "resume to go on"
-                )
-            batch = torch.stack([teacher_input(i) for i in range(start, min(n, start + bs))])
-            batch_keys = [cache.key(img) for img in batch]
-            first = cache.get_or_compute(batch, compute, keys=batch_keys)
-            if start == 0 and with_logits and first[LOGITS].shape[1] != student.num_classes:
-                raise TskdInputError(
-                    f"the teacher predicts {first[LOGITS].shape[1]} classes but the student has "
-                    f"{student.num_classes}; build the student for the teacher's classes"
-                )
-            keys.extend(batch_keys)
-            if progress is not None:
-                done = len(keys)
-                elapsed = time.perf_counter() - t0
-                progress(
-                    Progress(
-                        "distill-cache", done, n, 0, 1, math.nan, elapsed / done * (n - done),
-                        {"cache_hits": float(cache.hits), "cache_misses": float(cache.misses)},
-                        f"teacher outputs: {cache.misses} computed, {cache.hits} from cache",
-                    )
-                )
-    finally:
-        teacher.to(teacher_home)
-        teacher.train(was_training)
-
-    def recompute(i: int) -> dict[str, torch.Tensor]:
-        x = teacher_input(i)[None]
-        teacher.eval()
-        try:
-            out = cache.get_or_compute(x, compute, keys=[keys[i]])
-        finally:
-            teacher.train(was_training)
-        return {k: v[0] for k, v in out.items()}
-
-    # 2. train student + projections through the engine
-    student_home = _device_of(student)
-    frozen = [] if with_logits else [p for p in student.decoder_parameters() if p.requires_grad]
+@contextlib.contextmanager
+def _student_in_training(student: Student, freeze_decoder: bool) -> Iterator[None]:
+    """Freeze the decoder if asked (nothing would train it); after: trainable, home, eval mode."""
+    home = _device_of(student)
+    frozen = [p for p in student.decoder_parameters() if p.requires_grad] if freeze_decoder else []
     for p in frozen:
         p.requires_grad_(False)
-    seed_everything(cfg.train.seed)  # the projections' random initialisation repeats
-    model = DistillModel(student, pairs, teacher.feature_dims, with_logits)
-    data = _TransferSet(images, keys, cache, student.image_size, recompute)
-    task = _DistillTask(model, data, cfg)
     try:
-        result = train(
-            task,
-            cfg.train,
-            checkpoint_dir=checkpoint_dir,
-            progress=progress,
-            cancel=cancel,
-            resume=resume,
-            keep_checkpoint=keep_checkpoint,
-        )
+        yield
     finally:
         for p in frozen:
             p.requires_grad_(True)
-        student.to(student_home)
+        student.to(home)
         student.eval()
-    return result

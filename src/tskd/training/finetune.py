@@ -153,7 +153,33 @@ def finetune_student(
         TskdError: from the engine (device, non-finite loss, a checkpoint of other settings);
             ``DiskFullError`` for a full checkpoint disk.
     """
-    from tskd.data.dataset import LabelledDataset, num_classes
+    from tskd.data.dataset import LabelledDataset
+
+    _prepare_student(student, train, val, image_size, cfg.train.seed)
+    home = next(student.parameters()).device
+    task = _SegTask(student, LabelledDataset(list(train), image_size, augment=True),
+                    cfg.dice_weight)
+    callbacks = [SegmentationPreview(progress)] if progress is not None else []
+    try:
+        result = engine.train(task, cfg.train, checkpoint_dir=checkpoint_dir, progress=progress,
+                              cancel=cancel, resume=resume, keep_checkpoint=keep_checkpoint,
+                              callbacks=callbacks)
+        metrics = validate(student, val, image_size, cfg.train.batch_size)
+    finally:
+        student.to(home)
+        student.eval()
+    return result, metrics
+
+
+def _prepare_student(student: Student, train: Sequence[Any], val: Sequence[Any],
+                     image_size: int, seed: int) -> None:
+    """Check ``finetune_student``'s inputs; seed, give a new head if needed, make all trainable.
+
+    Raises:
+        TskdInputError: no training samples, a sample without a label, or another image size
+            than the student's.
+    """
+    from tskd.data.dataset import num_classes
 
     if not train:
         raise TskdInputError("no labelled images to fine-tune the student on")
@@ -165,27 +191,8 @@ def finetune_student(
             f"not {image_size}"
         )
     needed = num_classes(list(train) + list(val))
-    engine.seed_everything(cfg.train.seed)  # a new head's random initialisation repeats
+    engine.seed_everything(seed)  # a new head's random initialisation repeats
     if student.num_classes < needed:
         student.reset_head(needed)
     for p in student.parameters():
         p.requires_grad_(True)
-    home = next(student.parameters()).device
-    task = _SegTask(student, LabelledDataset(list(train), image_size, augment=True),
-                    cfg.dice_weight)
-    try:
-        result = engine.train(
-            task,
-            cfg.train,
-            checkpoint_dir=checkpoint_dir,
-            progress=progress,
-            cancel=cancel,
-            resume=resume,
-            keep_checkpoint=keep_checkpoint,
-            callbacks=[SegmentationPreview(progress)] if progress is not None else [],
-        )
-        metrics = validate(student, val, image_size, cfg.train.batch_size)
-    finally:
-        student.to(home)
-        student.eval()
-    return result, metrics

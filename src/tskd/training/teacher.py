@@ -96,20 +96,11 @@ class TeacherTask:
 
 
 def finetune_teacher(
-    cfg: TeacherConfig,
-    train: list[Any],
-    val: list[Any],
-    num_classes: int,
-    out_dir: str | Path,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-    resume: bool = False,
-    checkpoint_dir: str | Path | None = None,
-    keep_checkpoint: bool = False,
-    class_names: list[str] | None = None,
-    augment: bool = True,
-    train_image_shape: list[int] | None = None,
-    label_meta: dict[str, Any] | None = None,
+    cfg: TeacherConfig, train: list[Any], val: list[Any], num_classes: int, out_dir: str | Path,
+    progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+    resume: bool = False, checkpoint_dir: str | Path | None = None,
+    keep_checkpoint: bool = False, class_names: list[str] | None = None, augment: bool = True,
+    train_image_shape: list[int] | None = None, label_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune SAM with LoRA on labelled samples; write ``out_dir``; return the metrics.
 
@@ -154,17 +145,21 @@ def finetune_teacher(
     model = apply_lora(SemanticSam(sam, num_classes), cfg.lora)
     task = TeacherTask(model, train, cfg, augment)
     result = engine_train(
-        task,
-        cfg.train,
-        checkpoint_dir=checkpoint_dir,
-        progress=progress,
-        cancel=cancel,
-        resume=resume,
-        keep_checkpoint=keep_checkpoint,
+        task, cfg.train, checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel,
+        resume=resume, keep_checkpoint=keep_checkpoint,
         callbacks=[SegmentationPreview(progress)] if progress is not None else [],
     )
     model = task.model
     metrics = _metrics(model, result, val, cfg.input_size, num_classes)
+    meta = _teacher_meta(cfg, metrics, result, class_names, label_meta, train_image_shape)
+    save_teacher(model, out_dir, meta)
+    return metrics
+
+
+def _teacher_meta(cfg: TeacherConfig, metrics: dict[str, Any], result: TrainResult,
+                  class_names: list[str] | None, label_meta: dict[str, Any] | None,
+                  train_image_shape: list[int] | None) -> dict[str, Any]:
+    """The teacher's meta.json entries besides what ``save_teacher`` adds itself."""
     meta = {
         "lora": cfg.lora,
         "class_names": class_names,
@@ -177,8 +172,7 @@ def finetune_teacher(
     }
     if train_image_shape is not None:
         meta["train_image_shape"] = [int(v) for v in train_image_shape]
-    save_teacher(model, out_dir, meta)
-    return metrics
+    return meta
 
 
 def _metrics(model: nn.Module, result: TrainResult, val: list[Any], input_size: int,

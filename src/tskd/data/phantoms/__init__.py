@@ -217,9 +217,6 @@ def write_task_folders(
         TskdInputError: An unknown task, a count out of range, or a size under 32.
         DiskFullError: The disk is full.
     """
-    import imageio.v3 as iio
-    import tifffile
-
     from tskd import atomic
 
     _check_task(task)
@@ -231,24 +228,7 @@ def write_task_folders(
     root = Path(root)
     suffix = ".tif" if info.dtype == "uint16" else ".png"
     for split, n in counts.items():
-        img_dir = root / split / "images"
-        atomic.mkdir(img_dir)
-        lab_dir = root / split / "labels"
-        if split != "unlabelled":
-            atomic.mkdir(lab_dir)
-        for k, (image, label) in enumerate(
-            generate(task, n, size, seed, start=INDEX_OFFSETS[split])
-        ):
-            stem = f"{task}_{split}_{k:04d}"
-            if suffix == ".tif":
-                data = atomic.encode(lambda f, im=image: tifffile.imwrite(f, im))
-            else:
-                data = iio.imwrite("<bytes>", image, extension=suffix)
-            files = {img_dir / f"{stem}{suffix}": data}
-            if split != "unlabelled":
-                files[lab_dir / f"{stem}.png"] = iio.imwrite(
-                    "<bytes>", label.astype(np.uint8), extension=".png")
-            atomic.write_files(files)
+        _write_split(task, root / split, split, n, size, seed, suffix)
         if split != "unlabelled":
             labels = {name: i for i, name in enumerate(info.class_names)}
             channels = {"0": "gray"} if info.channels == 1 else {"0": "R", "1": "G", "2": "B"}
@@ -259,6 +239,32 @@ def write_task_folders(
                            "index_offsets": INDEX_OFFSETS}
     atomic.write_json(root / "task.json", meta)
     return root
+
+
+def _write_split(task: str, folder: Path, split: str, n: int, size: int, seed: int,
+                 suffix: str) -> None:
+    """Write ``n`` samples of one split as ``folder``/images (and /labels unless unlabelled)."""
+    import imageio.v3 as iio
+    import tifffile
+
+    from tskd import atomic
+
+    img_dir = folder / "images"
+    atomic.mkdir(img_dir)
+    lab_dir = folder / "labels"
+    if split != "unlabelled":
+        atomic.mkdir(lab_dir)
+    for k, (image, label) in enumerate(generate(task, n, size, seed, start=INDEX_OFFSETS[split])):
+        stem = f"{task}_{split}_{k:04d}"
+        if suffix == ".tif":
+            data = atomic.encode(lambda f, im=image: tifffile.imwrite(f, im))
+        else:
+            data = iio.imwrite("<bytes>", image, extension=suffix)
+        files = {img_dir / f"{stem}{suffix}": data}
+        if split != "unlabelled":
+            files[lab_dir / f"{stem}.png"] = iio.imwrite(
+                "<bytes>", label.astype(np.uint8), extension=".png")
+        atomic.write_files(files)
 
 
 def _display(task: str, image: np.ndarray) -> np.ndarray:

@@ -3,14 +3,18 @@
 Every generator is ``f(rng, h, w) -> (image, label)`` and draws all its randomness from ``rng``,
 so a sample is a pure function of its seed. Shapes, sizes, positions and contrasts vary from
 sample to sample: a handful of labelled images should teach the task, but not trivially.
-Lengths are given as fractions of the image side ``s`` so any size works.
+Lengths are given as fractions of the image side ``s`` so any size works. The abdominal CT
+task lives in ``tskd.data.phantoms.ct``; ``GENERATORS`` here names all four.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
+from tskd.data.phantoms.ct import ct_abdomen
 from tskd.data.phantoms.util import (
     grid,
     harmonics,
@@ -25,17 +29,22 @@ from tskd.data.phantoms.util import (
 
 
 # --------------------------------------------------------------------------- kidney ultrasound
-def kidney_us(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """B-mode ultrasound of a kidney: uint8 (H, W) image, int64 (H, W) label 1 = kidney.
+@dataclass(frozen=True)
+class _Fan:
+    """The sector field of view from an apex above the image; lengths in pixels, angles in rad."""
 
-    Args:
-        rng: The only source of randomness.
-        h: Height in pixels.
-        w: Width in pixels.
-    """
-    s = float(min(h, w))
-    yy, xx = grid(h, w)
-    # sector (fan) field of view from an apex above the image
+    apex: tuple[float, float]  # (x, y)
+    half: float  # half opening angle
+    r0: float  # near and far radii from the apex
+    r1: float
+    r: np.ndarray  # (H, W) distance from the apex
+    phi: np.ndarray  # (H, W) angle from the vertical
+    mask: np.ndarray  # (H, W) bool: inside the fan
+    depth: np.ndarray  # (H, W) in [0, 1] from r0 to r1
+
+
+def _fan(rng: np.random.Generator, h: int, w: int, xx: np.ndarray, yy: np.ndarray) -> _Fan:
+    """Draw the fan's apex, opening angle and radii."""
     apex_x = w / 2 + rng.uniform(-0.04, 0.04) * w
     apex_y = -rng.uniform(0.02, 0.2) * h
     half = np.deg2rad(rng.uniform(28, 42))
@@ -44,10 +53,13 @@ def kidney_us(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.
     dx, dy = xx - apex_x, yy - apex_y
     r = np.hypot(dx, dy)
     phi = np.arctan2(dx, dy)
-    fan = (r > r0) & (r < r1) & (np.abs(phi) < half)
-    depth = np.clip((r - r0) / (r1 - r0), 0, 1)
+    return _Fan((apex_x, apex_y), half, r0, r1, r, phi,
+                (r > r0) & (r < r1) & (np.abs(phi) < half), np.clip((r - r0) / (r1 - r0), 0, 1))
 
-    # tissue echogenicity: smooth variation and a few bright fascia bands
+
+def _tissue(rng: np.random.Generator, h: int, w: int, xx: np.ndarray, yy: np.ndarray,
+            s: float) -> np.ndarray:
+    """Tissue echogenicity (H, W): smooth variation and a few bright fascia bands."""
     ech = 0.5 + 0.08 * noise(rng, (h, w), 0.06 * s) + 0.05 * noise(rng, (h, w), 0.015 * s)
     for _ in range(rng.integers(1, 4)):
         y0 = rng.uniform(0.1, 0.9) * h
@@ -55,13 +67,19 @@ def kidney_us(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.
         line = y0 + bend * (xx - w / 2) ** 2 / w + 0.02 * s * noise(rng, (1, w), 0.1 * s)
         thick = rng.uniform(1, 3) * s / 256
         ech += rng.uniform(0.15, 0.4) * np.exp(-(((yy - line) / thick) ** 2))
+    return ech
 
-    # kidney: a bent, slightly lumpy ellipse placed inside the fan
+
+def _kidney(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, s: float, fan: _Fan,
+            ech: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A bent, slightly lumpy kidney placed inside the fan: (mask, echogenicity with it drawn)."""
+    h, w = ech.shape
+    r0, r1, half = fan.r0, fan.r1, fan.half
     a = rng.uniform(0.13, 0.26) * s
     b = a * rng.uniform(0.42, 0.65)
     rc = r0 + rng.uniform(0.3, 0.7) * (r1 - r0)
     pc = rng.uniform(-0.55, 0.55) * half
-    cx, cy = apex_x + rc * np.sin(pc), apex_y + rc * np.cos(pc)
+    cx, cy = fan.apex[0] + rc * np.sin(pc), fan.apex[1] + rc * np.cos(pc)
     u, v = rotated(xx, yy, cx, cy, rng.uniform(-np.pi / 2, np.pi / 2))
     bend = rng.uniform(0.0, 0.4)
     vb = v + bend * b * (u / a) ** 2
@@ -75,14 +93,16 @@ def kidney_us(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.
         sinus = star_rho(u, vb + 0.25 * b, a * rng.uniform(0.5, 0.7), b * rng.uniform(0.3, 0.5),
                          harmonics(rng, 8, 0.15, 1.0)) < 1.0
         inside = np.where(sinus & kidney, tissue_level * rng.uniform(0.8, 1.4), inside)
-    ech = inside
     # capsule: a bright rim, partly broken
     sd = signed_distance(kidney)
     rim_w = rng.uniform(0.8, 2.2) * s / 256
     rim = np.exp(-((sd / rim_w) ** 2)) * np.clip(0.7 + 0.5 * noise(rng, (h, w), 0.05 * s), 0, 1)
-    ech = ech + rng.uniform(0.3, 0.9) * rim
+    return kidney, inside + rng.uniform(0.3, 0.9) * rim
 
-    # acoustic shadows behind strong reflectors (bowel gas, ribs)
+
+def _shadows(rng: np.random.Generator, s: float, fan: _Fan, ech: np.ndarray) -> np.ndarray:
+    """Acoustic shadows behind strong reflectors (bowel gas, ribs) darken ``ech`` (H, W)."""
+    r, phi, r0, r1, half = fan.r, fan.phi, fan.r0, fan.r1, fan.half
     for _ in range(rng.choice(3, p=[0.4, 0.4, 0.2])):
         ps, rs = rng.uniform(-0.9, 0.9) * half, r0 + rng.uniform(0.05, 0.6) * (r1 - r0)
         width = rng.uniform(0.03, 0.12)
@@ -90,8 +110,13 @@ def kidney_us(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.
         behind = np.clip((r - rs) / (0.02 * s), 0, 1)
         ech = ech * (1.0 - rng.uniform(0.5, 0.85) * across * behind)
         ech = ech + rng.uniform(0.4, 0.9) * across * np.exp(-(((r - rs) / (0.012 * s)) ** 2))
+    return ech
 
-    ech = ech * np.exp(-rng.uniform(0.3, 1.4) * depth)  # depth attenuation, partial TGC
+
+def _b_mode(rng: np.random.Generator, s: float, fan: _Fan, ech: np.ndarray) -> np.ndarray:
+    """Float (H, W) B-mode image of echogenicity ``ech``: attenuation, speckle, log compression."""
+    h, w = ech.shape
+    ech = ech * np.exp(-rng.uniform(0.3, 1.4) * fan.depth)  # depth attenuation, partial TGC
     # speckle: magnitude of a correlated complex Gaussian field (Rayleigh envelope)
     sig = (rng.uniform(0.5, 0.8) * s / 256, rng.uniform(0.9, 1.6) * s / 256)  # axial, lateral
     re = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), sig)
@@ -99,10 +124,27 @@ def kidney_us(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.
     env = np.sqrt(re * re + im * im)
     env /= env.mean() + 1e-8
     comp = np.log1p(rng.uniform(1, 4) * np.maximum(ech, 0) * env)  # log compression
-    top = float(np.percentile(comp[fan], 99)) if fan.any() else 1.0
+    top = float(np.percentile(comp[fan.mask], 99)) if fan.mask.any() else 1.0
     img = comp / (top + 1e-8) * rng.uniform(180, 235) + rng.normal(0, 3, (h, w))
-    img = img * fan
-    label = (kidney & fan).astype(np.int64)
+    return img * fan.mask
+
+
+def kidney_us(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """B-mode ultrasound of a kidney: uint8 (H, W) image, int64 (H, W) label 1 = kidney.
+
+    Args:
+        rng: The only source of randomness.
+        h: Height in pixels.
+        w: Width in pixels.
+    """
+    s = float(min(h, w))
+    yy, xx = grid(h, w)
+    fan = _fan(rng, h, w, xx, yy)
+    ech = _tissue(rng, h, w, xx, yy, s)
+    kidney, ech = _kidney(rng, xx, yy, s, fan, ech)
+    ech = _shadows(rng, s, fan, ech)
+    img = _b_mode(rng, s, fan, ech)
+    label = (kidney & fan.mask).astype(np.int64)
     return round_to_uint8(img), label
 
 
@@ -285,102 +327,6 @@ def retina_vessels(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray
     edge = np.clip((fr - rr) / (0.015 * s), 0, 1)
     img = img * edge[..., None]
     return round_to_uint8(img), vessel.astype(np.int64)
-
-
-# --------------------------------------------------------------------------- abdominal CT
-def _organ(
-    xx: np.ndarray, yy: np.ndarray, rng: np.random.Generator, centre: tuple[float, float],
-    axes: tuple[float, float], angle: float, lump: float,
-) -> np.ndarray:
-    u, v = rotated(xx, yy, centre[0], centre[1], angle)
-    return star_rho(u, v, axes[0], axes[1], harmonics(rng, 6, lump)) < 1.0
-
-
-def ct_abdomen(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Axial abdominal CT slice: uint16 (H, W) image of HU + 1024, int64 (H, W) label.
-
-    Image values are HU + 1024 clipped to 0..4095; labels 1 liver, 2 kidneys, 3 spleen, 4 vertebra.
-
-    Args:
-        rng: The only source of randomness.
-        h: Height in pixels.
-        w: Width in pixels.
-    """
-    s = float(min(h, w))
-    yy, xx = grid(h, w)
-    hu = np.full((h, w), -1000.0, np.float32)
-    label = np.zeros((h, w), np.int64)
-    cx, cy = w / 2 + rng.uniform(-0.03, 0.03) * w, h / 2 + rng.uniform(-0.02, 0.06) * h
-    ax = rng.uniform(0.36, 0.46) * s
-    ay = ax * rng.uniform(0.62, 0.8)
-    u, v = rotated(xx, yy, cx, cy, rng.uniform(-0.05, 0.05))
-    rho = star_rho(u, v, ax, ay, harmonics(rng, 5, 0.04))
-    body = rho < 1.0
-    fat_t = rng.uniform(0.04, 0.12)
-    mus_t = rng.uniform(0.03, 0.06)
-    contrast = rng.random() < 0.6  # portal-venous phase: organs brighter
-    fat_hu = rng.uniform(-115, -80)
-    hu[body] = fat_hu
-    muscle = body & (rho < 1 - fat_t) & (rho > 1 - fat_t - mus_t)
-    hu[muscle] = rng.uniform(40, 60)
-    inner = rho < 1 - fat_t - mus_t
-    # bowel loops and gas in the visceral fat
-    bowel = inner & (noise(rng, (h, w), 0.03 * s) > rng.uniform(-0.1, 0.5))
-    hu[bowel] = rng.uniform(20, 45) + (30 if contrast else 0)
-    gas = bowel & (noise(rng, (h, w), 0.012 * s) > rng.uniform(1.6, 2.3))
-    hu[gas] = -900
-
-    def at(nu: float, nv: float) -> tuple[float, float]:  # body-normalised -> pixels
-        return cx + nu * ax, cy + nv * ay
-
-    liver_hu = rng.uniform(45, 65) + (rng.uniform(40, 70) if contrast else 0)
-    jit = rng.uniform(-0.06, 0.06, 8)
-    liver = inner & _organ(xx, yy, rng, at(-0.45 + jit[0], -0.1 + jit[1]),
-                           (rng.uniform(0.35, 0.55) * ax, rng.uniform(0.45, 0.7) * ay),
-                           rng.uniform(-0.5, 0.2), 0.08)
-    spleen = inner & _organ(xx, yy, rng, at(0.55 + jit[2], 0.25 + jit[3]),
-                            (rng.uniform(0.12, 0.22) * ax, rng.uniform(0.22, 0.38) * ay),
-                            rng.uniform(-0.9, -0.3), 0.06)
-    kidneys = np.zeros((h, w), bool)
-    for sgn in (-1.0, 1.0):
-        kidneys |= _organ(xx, yy, rng, at(sgn * (0.3 + jit[4] / 2), 0.42 + jit[5] / 2),
-                          (rng.uniform(0.09, 0.14) * ax, rng.uniform(0.14, 0.2) * ay),
-                          sgn * rng.uniform(0.2, 0.7), 0.04)
-    kidneys &= inner
-    hu[liver] = liver_hu
-    label[liver] = 1
-    hu[spleen] = liver_hu + rng.uniform(-12, 15)
-    label[spleen & ~liver] = 3
-    hu[kidneys] = rng.uniform(150, 200) if contrast else rng.uniform(25, 40)
-    label[kidneys] = 2
-    # aorta and psoas/paraspinal muscles are background
-    aorta = _organ(xx, yy, rng, at(0.05 + jit[6] / 3, 0.2), (0.045 * ax,) * 2, 0, 0.0)
-    hu[aorta] = rng.uniform(150, 250) if contrast else rng.uniform(35, 50)
-    label[aorta] = 0
-    for sgn in (-1.0, 1.0):
-        para = body & _organ(xx, yy, rng, at(sgn * 0.18, 0.72 + jit[7] / 3),
-                             (0.14 * ax, 0.17 * ay), 0, 0.05)
-        hu[para] = rng.uniform(40, 60)
-        label[para] = 0
-    # vertebra: body with cortical rim, posterior arch and spinous process
-    vr = rng.uniform(0.09, 0.13) * ax
-    vcx, vcy = at(jit[6] / 4, 0.5 + jit[7] / 3)
-    vbody = np.hypot(xx - vcx, (yy - vcy) * 1.1) < vr
-    arch = (np.abs(np.hypot(xx - vcx, yy - vcy - 1.4 * vr) - 0.8 * vr) < 0.2 * vr) & (
-        yy > vcy + 0.9 * vr)
-    spinous = (np.abs(xx - vcx) < 0.18 * vr) & (yy > vcy + 1.6 * vr) & (yy < vcy + 2.6 * vr)
-    vert = body & (vbody | arch | spinous)
-    core = ndimage.binary_erosion(vert, iterations=max(1, int(0.015 * s)))
-    hu[vert] = rng.uniform(500, 900)
-    hu[core] = rng.uniform(180, 300)
-    label[vert] = 4
-
-    hu = ndimage.gaussian_filter(hu, 0.6 * s / 256)  # partial volume
-    noise_hu = rng.uniform(8, 25)
-    hu = hu + noise_hu * ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32),
-                                                 0.7) * 1.8
-    img = np.clip(np.rint(hu + 1024), 0, 4095).astype(np.uint16)
-    return img, label
 
 
 GENERATORS = {
