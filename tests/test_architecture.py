@@ -5,7 +5,7 @@ functions and under ``TYPE_CHECKING`` alike, since a lazy import is still a depe
 checked against ``LAYERS``, lowest first: a module may import modules of its own layer and of
 the layers below it, never one above. The top-level modules are one layer each (``errors`` <
 ``atomic`` < ``checkpoint`` < ``safe_regex`` < ``lora_targets`` < ``config_compat`` <
-``config`` < ``device`` < ``callbacks`` < ``engine``); each package is one layer.
+``config_io`` < ``config`` < ``device`` < ``callbacks`` < ``engine``); each package is one layer.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ LAYERS = (
     "tskd.safe_regex",
     "tskd.lora_targets",
     "tskd.config_compat",
+    "tskd.config_io",
     "tskd.config",
     "tskd.device",
     "tskd.callbacks",
