@@ -108,6 +108,10 @@ def run_config(data: dict[str, Any], where: str = "") -> dict[str, Any]:
     "auto" is what the run's device now is by default, so it is left out (the stage follows
     the run's device); any other value stays that stage's own device. Silent: nothing changes.
 
+    Args:
+        data: the whole run's config as read (plain dicts); not modified.
+        where: the config's dotted key in messages (``UPGRADES``' signature; unused here).
+
     Returns:
         ``data``, or a new dict without those "auto" values.
     """
