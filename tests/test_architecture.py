@@ -6,8 +6,8 @@ checked against ``LAYERS``, lowest first: a module may import modules of its own
 the layers below it, never one above. Sizes: no module over ``MAX_LINES``, no function or
 method (of the backend or the frontend) over ``MAX_FUNCTION_LINES``, argument-parser builders
 aside. The top-level modules are one layer each (``errors`` < ``atomic`` < ``checkpoint`` <
-``safe_regex`` < ``lora_targets`` < ``config_compat`` < ``config`` < ``device`` < ``callbacks``
-< ``engine``); each package is one layer.
+``safe_regex`` < ``lora_targets`` < ``config_compat`` < ``config_io`` < ``config`` < ``device``
+< ``callbacks`` < ``engine``); each package is one layer.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ LAYERS = (
     "tskd.safe_regex",
     "tskd.lora_targets",
     "tskd.config_compat",
+    "tskd.config_io",
     "tskd.config",
     "tskd.device",
     "tskd.callbacks",

@@ -125,20 +125,34 @@ class Callback:
     """
 
     def on_train_begin(self, state: TrainState) -> None:
-        """After the model is prepared and a checkpoint resumed, before the first step."""
+        """After the model is prepared and a checkpoint resumed, before the first step.
+
+        Args:
+            state: the run as it stands.
+        """
 
     def on_step_end(self, state: TrainState) -> None:
-        """After each optimiser step (``state.step`` counts it), before its progress report."""
+        """After each optimiser step (``state.step`` counts it), before its progress report.
+
+        Args:
+            state: the run as it stands.
+        """
 
     def on_epoch_end(self, state: TrainState) -> None:
         """After an epoch's history entry and checkpoint are written.
 
         Also after a resumed, partly skipped epoch (``state.steps_in_epoch`` counts this run's
         steps only).
+
+        Args:
+            state: the run as it stands.
         """
 
     def on_checkpoint(self, state: TrainState) -> CheckpointExtra | None:
         """State to keep in the checkpoint being written (every epoch end, and on cancel).
+
+        Args:
+            state: the run as it stands.
 
         Returns:
             Tensors and string metadata, saved in the checkpoint's ``extra.safetensors`` and
@@ -156,7 +170,11 @@ class Callback:
         """
 
     def on_train_end(self, state: TrainState) -> None:
-        """When training has finished (not on cancel or error); the model is in eval mode."""
+        """When training has finished (not on cancel or error); the model is in eval mode.
+
+        Args:
+            state: the run as it stands.
+        """
 
 
 def checkpoint_extra(callbacks: Sequence[Callback], state: TrainState) -> CheckpointExtra | None:

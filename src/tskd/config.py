@@ -1,35 +1,51 @@
-"""Typed configuration for every stage, with YAML in and out.
+"""Typed configuration for every stage.
 
 One ``RunConfig`` holds a section per stage; every stage that trains has a ``train:
 TrainConfig`` (the engine's settings), and the device is set once per run (``RunConfig.device``)
-unless a stage sets its own. ``from_dict`` rejects unknown keys with a message that names them,
-so a typo in a YAML file is caught before hours of training; keys of earlier versions are read
-in their new place with one warning (``tskd.config_compat``).
+unless a stage sets its own. ``from_dict`` (``tskd.config_io``, re-exported here with
+``to_dict``, ``config_text`` and ``save_config``) rejects unknown keys with a message that
+names them, so a typo in a YAML file is caught before hours of training; keys of earlier
+versions are read in their new place with one warning (``tskd.config_compat``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
-import yaml
-
-from tskd.config_compat import DEVICE_SECTIONS, UPGRADES
+from tskd.config_compat import DEVICE_SECTIONS
 from tskd.config_compat import SYNTH_EPOCH_STEPS as SYNTH_EPOCH_STEPS  # synth.train's epoch
+from tskd.config_io import config_text as config_text
+from tskd.config_io import from_dict as from_dict
+from tskd.config_io import read_config_mapping
+from tskd.config_io import save_config as save_config
+from tskd.config_io import to_dict as to_dict
 from tskd.errors import TskdInputError
-
-T = TypeVar("T")
 
 
 @dataclass
 class TrainConfig:
-    """Settings of the one training engine, shared by every training stage."""
+    """Settings of the one training engine (``tskd.engine.train``), shared by every stage.
+
+    Attributes:
+        epochs: Passes over the data (for stages counted in steps, epochs of a fixed number of
+            steps, see ``total_steps``).
+        batch_size: Samples per optimiser step, at least 1.
+        lr: Peak learning rate of AdamW, reached after the warm-up, then cosine decay.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_fraction: Share of all steps spent in linear warm-up, in [0, 1).
+        seed: Seeds every random stream before the models are built; the engine re-seeds from
+            ``seed + epoch`` at each epoch.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; None takes the run's
+            (``RunConfig.device``).
+        mixed_precision: ``auto`` (bf16 or fp16 on a GPU, none on CPU), ``no``, ``fp16`` or
+            ``bf16``.
+        grad_clip: Largest gradient norm (L2) before an optimiser step.
+        max_steps: Stop after this many optimiser steps (budgets, tests); None for no limit.
+    """
 
     epochs: int = 10
     batch_size: int = 4
@@ -44,21 +60,42 @@ class TrainConfig:
     max_steps: int | None = None  # stop early after this many optimiser steps (budgets, tests)
 
     def total_steps(self, epoch_steps: int) -> int:
-        """Optimiser steps of a stage counted in steps (the diffusion model, pretraining) whose
-        epoch is ``epoch_steps`` steps: ``epochs * epoch_steps``, at most ``max_steps``."""
+        """Optimiser steps of a stage counted in steps (the diffusion model, pretraining).
+
+        Args:
+            epoch_steps: Optimiser steps in one of the stage's epochs (``SYNTH_EPOCH_STEPS``,
+                ``PretrainConfig.steps_per_checkpoint``).
+
+        Returns:
+            ``epochs * epoch_steps``, at most ``max_steps``.
+        """
         steps = self.epochs * epoch_steps
         return steps if self.max_steps is None else min(steps, self.max_steps)
 
     def set_steps(self, steps: int, epoch_steps: int) -> None:
-        """Train exactly ``steps`` optimiser steps in epochs of ``epoch_steps`` (``tskd
-        synthesize --steps``): ``epochs = ceil(steps / epoch_steps)``, and ``max_steps =
-        steps`` unless that is a whole number of epochs (then None)."""
+        """Train exactly ``steps`` optimiser steps (``tskd synthesize --steps``), in place.
+
+        Sets ``epochs = ceil(steps / epoch_steps)``, and ``max_steps = steps`` unless that is a
+        whole number of epochs (then None).
+
+        Args:
+            steps: Optimiser steps to train, at least 1.
+            epoch_steps: Optimiser steps in one of the stage's epochs.
+        """
         self.epochs = -(-steps // epoch_steps)
         self.max_steps = steps if steps % epoch_steps else None
 
     def in_steps(self, epoch_steps: int, where: str) -> tuple[TrainConfig, int]:
-        """The engine's settings for a stage counted in steps, and its steps per engine epoch:
-        ``epoch_steps``, fewer when the whole budget (``total_steps``) is smaller.
+        """The engine's settings for a stage counted in steps, and its steps per engine epoch.
+
+        Args:
+            epoch_steps: Optimiser steps in one of the stage's epochs.
+            where: The section's name for messages, e.g. ``synth.train``.
+
+        Returns:
+            A copy whose ``epochs`` cover the whole budget (``total_steps``) and whose
+            ``max_steps`` is that budget, and the steps per engine epoch: ``epoch_steps``, fewer
+            when the whole budget is smaller.
 
         Raises:
             TskdInputError: fewer than one step or a batch size below 1 (``where`` names the
@@ -99,11 +136,18 @@ def validation_count(n: int, val_fraction: float) -> int:
     """How many of ``n`` labelled images the train/validation split keeps for validation.
 
     The one rule behind ``tskd.data.dataset.split_train_val`` and the data widget's summary
-    (here, in a module without torch, so the widget can show it at once). Args: ``n`` images,
-    ``val_fraction`` in [0, 1) (``DataConfig.val_fraction``). Returns ``round(n *
-    val_fraction)``, at least one and at most n - 1 (training is never empty); 0 with fewer
-    than 4 images or ``val_fraction == 0``. Raises ``TskdInputError`` for a fraction outside
-    [0, 1).
+    (here, in a module without torch, so the widget can show it at once).
+
+    Args:
+        n: Number of labelled images.
+        val_fraction: Share kept for validation, in [0, 1) (``DataConfig.val_fraction``).
+
+    Returns:
+        ``round(n * val_fraction)``, at least one and at most n - 1 (training is never empty);
+        0 with fewer than 4 images or ``val_fraction == 0``.
+
+    Raises:
+        TskdInputError: ``val_fraction`` is outside [0, 1).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise TskdInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -134,8 +178,16 @@ class LoraSettings:
     )
 
     def check(self, where: str = "LoRA settings") -> None:
-        """Raise ``TskdInputError`` unless rank is 1..1024, alpha finite and > 0, dropout in
-        [0, 1) and every target a name or safe pattern (``tskd.lora_targets``)."""
+        """Check the values beyond their types (``from_dict`` calls it after building).
+
+        Args:
+            where: The section's name for messages, e.g. ``teacher.lora``.
+
+        Raises:
+            TskdInputError: rank is not an integer in 1..1024, alpha not finite and in (0, 1e6),
+                dropout not in [0, 1), ``train_decoder`` not a bool, or a target neither a
+                name nor a safe pattern (``tskd.lora_targets``).
+        """
         from tskd.lora_targets import check_targets
 
         rank = self.rank
@@ -232,9 +284,11 @@ class PredictConfig:
 
 @dataclass
 class PretrainConfig:
-    """``tskd pretrain-mini``: promptable pretraining of the built-in mini SAM teacher (its
-    architecture, ``MiniSamConfig``, is ``pretrain_mini``'s ``arch``). An epoch of ``train`` is
-    ``steps_per_checkpoint`` steps: 12 epochs = 1200 steps."""
+    """``tskd pretrain-mini``: promptable pretraining of the built-in mini SAM teacher.
+
+    Its architecture (``MiniSamConfig``) is ``pretrain_mini``'s ``arch``. An epoch of ``train``
+    is ``steps_per_checkpoint`` steps: 12 epochs = 1200 steps.
+    """
 
     image_size: int = 256
     masks_per_image: int = 4  # objects (each with its own prompt) decoded per image
@@ -263,138 +317,58 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
-    def _device_owner(self, section: str) -> Any:
+    def _device_owner(self, section: str) -> Any:  # the dataclass holding the section's device
         part = getattr(self, section)
         return getattr(part, "train", part)
 
     def device_of(self, section: str) -> str:
-        """The device the stage of ``section`` (one of ``DEVICE_SECTIONS``) runs on: its own
-        (``<section>.train.device``, ``predict.device``) when set, else the run's ``device``."""
+        """The device the stage of ``section`` runs on.
+
+        Args:
+            section: One of ``DEVICE_SECTIONS`` (``teacher``, ``synth``, ``distill``,
+                ``student``, ``predict``).
+
+        Returns:
+            The stage's own device (``<section>.train.device``, ``predict.device``) when set,
+            else the run's ``device``.
+        """
         return self._device_owner(section).device or self.device
 
     def set_device(self, device: str) -> None:
-        """Run every stage on ``device`` (the CLI's ``--device``, a widget's Device): the run's
-        device, with no stage keeping its own."""
+        """Run every stage on ``device``, in place: the run's device, no stage keeping its own.
+
+        Args:
+            device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (the CLI's ``--device``,
+                a widget's Device).
+        """
         self.device = device
         for section in DEVICE_SECTIONS:
             self._device_owner(section).device = None
 
     def with_devices(self) -> RunConfig:
-        """A copy in which every stage's device is set (``device_of``): what the stages hand to
-        training and prediction, which read their own section only."""
+        """A copy in which every stage's device is set (``device_of``).
+
+        Returns:
+            A deep copy: what the stages hand to training and prediction, which read their own
+            section only.
+        """
         out = copy.deepcopy(self)
         for section in DEVICE_SECTIONS:
             out._device_owner(section).device = self.device_of(section)
         return out
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    """Convert a YAML value to the annotated type, recursing into dataclasses and lists."""
-    origin = typing.get_origin(tp)
-    if is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise TskdInputError(f"config: '{where}' must be a mapping, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        # the member whose container kind matches the value (list or mapping), else the first
-        kind = dict if isinstance(value, dict) else list if isinstance(value, list) else None
-        match = [a for a in args if typing.get_origin(a) is kind] if kind else []
-        return _convert((match or args)[0], value, where)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TskdInputError(f"config: '{where}' must be a mapping, got {value!r}")
-        key_tp, val_tp = typing.get_args(tp)
-        out = {}
-        for k, v in value.items():
-            if key_tp is int and isinstance(k, str) and k.strip().isdigit():
-                k = int(k)
-            out[_convert(key_tp, k, f"{where} key")] = _convert(val_tp, v, f"{where}[{k!r}]")
-        return out
-    if origin is list:
-        if not isinstance(value, list):
-            raise TskdInputError(f"config: '{where}' must be a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise TskdInputError(f"config: '{where}' must be one of {allowed}, got {value!r}")
-        return value
-    if tp is float:  # YAML reads 1e-3 (no dot) as text: a number written so is taken
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            with contextlib.suppress(ValueError):
-                return float(value)
-        raise TskdInputError(f"config: '{where}' must be a number, got {value!r}")
-    if tp in (int, str, bool) and not isinstance(value, tp):
-        raise TskdInputError(f"config: '{where}' must be {tp.__name__}, got {value!r}")
-    return value
-
-
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build a config dataclass from a nested dict; unknown keys are an error.
-
-    Keys of earlier versions are read in their new place first (``tskd.config_compat``). A
-    nested section in the class's ``SECTION_DEFAULTS`` (``synth.train``) takes the class's
-    defaults for keys left out, others (``teacher.train``) their type's, as they always have.
-    A dataclass with a ``check(where)`` method (``LoraSettings``) is checked after it is
-    built. Every problem raises ``TskdInputError`` naming the key.
-    """
-    upgrade = UPGRADES.get(cls.__name__)
-    if upgrade is not None:
-        data = upgrade(data, where)
-    for name in getattr(cls, "SECTION_DEFAULTS", ()):  # left-out keys: this section's defaults
-        if isinstance(data.get(name), dict):
-            own = next(f for f in fields(cls) if f.name == name)  # type: ignore[arg-type]
-            data = data | {name: to_dict(own.default_factory()) | data[name]}  # type: ignore[misc]
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise TskdInputError(
-            f"config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-    kwargs = {
-        k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()
-    }
-    obj = cls(**kwargs)
-    check = getattr(obj, "check", None)  # settings with bounds beyond their types
-    if callable(check):
-        check(where or cls.__name__)
-    return obj
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain nested dict (YAML-safe) of a config dataclass."""
-    return asdict(cfg)
-
-
 def load_config(path: str | Path) -> RunConfig:
-    """Read a ``RunConfig`` from YAML; missing sections take their defaults."""
-    path = Path(path)
-    if not path.is_file():
-        raise TskdInputError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise TskdInputError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise TskdInputError(f"config file {path} must hold a mapping at the top level")
-    return from_dict(RunConfig, data)
+    """Read a ``RunConfig`` from a YAML file; missing sections take their defaults.
 
+    Args:
+        path: The YAML file (``tskd run --config``, a run folder's ``config.yaml``).
 
-def config_text(cfg: Any) -> str:
-    """A config dataclass as the YAML text ``save_config`` writes (keys in declaration order)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    Returns:
+        The configuration, keys of earlier versions read in their new place.
 
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write a config dataclass as YAML (keys in declaration order)."""
-    from tskd import atomic
-
-    atomic.write_text(path, config_text(cfg))
-
+    Raises:
+        TskdInputError: the file is missing, is not valid YAML, holds no mapping at the top
+            level, or has an unknown key or a value of the wrong type (named).
+    """
+    return from_dict(RunConfig, read_config_mapping(path))

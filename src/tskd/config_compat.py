@@ -79,12 +79,13 @@ def synth_config(data: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def flat_synth(synth: dict[str, Any], steps: int) -> dict[str, Any]:
-    """A ``synth`` section (``tskd.config.to_dict``) in the flat shape it had before ``train``,
-    as the transfer set's fingerprints read it, so runs and diffusion models of earlier versions
-    keep theirs.
+    """A ``synth`` section in the flat shape it had before ``train``.
+
+    The shape the transfer set's fingerprints read, so runs and diffusion models of earlier
+    versions keep theirs.
 
     Args:
-        synth: the section as a dict, with ``train``.
+        synth: the section as a dict (``tskd.config.to_dict``), with ``train``.
         steps: the optimiser steps it trains (``TrainConfig.total_steps``).
 
     Returns:
@@ -106,6 +107,10 @@ def run_config(data: dict[str, Any], where: str = "") -> dict[str, Any]:
     (``<stage>.train.device``, ``synth.device``, ``predict.device``), "auto" by default. That
     "auto" is what the run's device now is by default, so it is left out (the stage follows
     the run's device); any other value stays that stage's own device. Silent: nothing changes.
+
+    Args:
+        data: the whole run's config as read (plain dicts); not modified.
+        where: the config's dotted key in messages (``UPGRADES``' signature; unused here).
 
     Returns:
         ``data``, or a new dict without those "auto" values.

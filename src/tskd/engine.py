@@ -61,13 +61,23 @@ class TrainingTask(Protocol):
     model: nn.Module  # owns every trainable parameter (requires_grad=True)
 
     def dataset(self) -> Dataset:
-        """The training set, built once per run; items are collated into the step's batches."""
+        """The training set, built once per run; items are collated into the step's batches.
+
+        Returns:
+            A map-style ``torch.utils.data.Dataset``; the engine shuffles it with a
+            generator seeded from the seed and the epoch.
+        """
         ...
 
     def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         """Forward one batch (already on the model's device); return scalar losses.
 
-        The one to minimise is under ``"loss"``; the others are logged.
+        Args:
+            model: the task's model as the engine runs it (prepared by ``accelerate``).
+            batch: the collated items of ``dataset()``, on the model's device.
+
+        Returns:
+            Scalar tensors: the one to minimise under ``"loss"``; the others are logged.
         """
         ...
 

@@ -39,7 +39,7 @@ class _TqdmProgress:
         self._bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
         self._bar.refresh()
 
-    def close(self) -> None:
+    def close(self) -> None:  # the stage's bar is done (a new one starts at the next report)
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -100,6 +100,15 @@ _STAGE_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tskd`` command's argument parser.
+
+    One subcommand per stage of ``tskd.pipeline.registry.STAGES`` (its CLI name and aliases,
+    the run options and the stage's own arguments), then ``run``, ``predict``, ``evaluate``,
+    ``check-data``, ``export-onnx``, ``pretrain-mini``, ``make-sample-data`` and ``demo``.
+
+    Returns:
+        The parser; ``args.command`` holds the subcommand, a key of ``COMMANDS``.
+    """
     parser = argparse.ArgumentParser(
         prog="tskd",
         description="Task-specific knowledge distillation from Segment Anything into a small, "
@@ -300,6 +309,7 @@ def _cmd_run(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     return 0
 
 
+# subcommand -> ``command(args, progress, cancel) -> exit code``
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any, Any], int]] = {
     **{name: _cmd_stage for s in STAGES for name in (s.cli_name, *s.cli_aliases)},
     "run": _cmd_run,
@@ -319,7 +329,23 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tskd`` console script; returns the exit code."""
+    """Entry point of the ``tskd`` console script.
+
+    A ``TskdError`` (and an ``OSError`` a user can fix, such as a full disk) is printed as one
+    line ``tskd: error: ...``; warnings as one line each. Ctrl-C asks the running stage to stop
+    at its next step (a second Ctrl-C stops at once).
+
+    Args:
+        argv: The arguments after ``tskd``; None reads ``sys.argv``.
+
+    Returns:
+        The exit code: 0 on success, 2 for a user-fixable error (and ``check-data`` finding
+        one), 130 when training was cancelled.
+
+    Raises:
+        SystemExit: for ``--help`` and arguments the parser refuses (argparse, code 2).
+        KeyboardInterrupt: a second Ctrl-C.
+    """
     args = build_parser().parse_args(argv)
     from tskd.engine import CancelToken
 

@@ -1,6 +1,6 @@
-"""The ``tskd`` subcommands that run no training stage: predict, evaluate, check-data,
-export-onnx, pretrain-mini, make-sample-data and demo.
+"""The ``tskd`` subcommands that run no training stage.
 
+They are predict, evaluate, check-data, export-onnx, pretrain-mini, make-sample-data and demo.
 Each is ``command(args, progress, cancel) -> exit code`` for ``tskd.apps.cli.main``, which
 parses the arguments and turns a ``TskdError`` into one line and exit code 2.
 """
@@ -14,19 +14,49 @@ from typing import Any
 
 
 def set_if(obj: Any, name: str, value: Any) -> None:
-    """Set ``obj.name`` to ``value`` unless ``value`` is None (an option not given)."""
+    """Set ``obj.name`` to ``value`` unless ``value`` is None (an option not given).
+
+    Args:
+        obj: A config section (``TrainConfig``, ``TeacherConfig``, ...).
+        name: The attribute to set.
+        value: The option's value; None leaves the attribute as it is.
+    """
     if value is not None:
         setattr(obj, name, value)
 
 
 def print_json(result: Any) -> None:
-    """Print a command's result as indented JSON on stdout (anything odd as a string)."""
+    """Print a command's result as indented JSON on stdout.
+
+    Args:
+        result: JSON-able values; anything else (paths, numpy scalars) is printed as a string.
+    """
     import json
 
     print(json.dumps(result, indent=1, default=str))
 
 
 def predict(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    """Segment image files, stacks and folders with a model folder (``tskd predict``).
+
+    Writes one label map per input image into ``args.output`` (values: the training labels'
+    values, ``LabelMap.from_meta``).
+
+    Args:
+        args: The parsed arguments of the subcommand (``tskd.apps.cli.build_parser``).
+        progress: Receives the engine's ``Progress`` reports (the CLI's tqdm bar).
+        cancel: The run's ``CancelToken`` (set by Ctrl-C).
+
+    Returns:
+        0.
+
+    Raises:
+        TskdInputError: an input is missing, no image is found, the output folder is, holds
+            or lies inside an input folder or holds label maps without ``--overwrite``, or an
+            image is unreadable or too large.
+        CheckpointError: the model folder is missing or its files are invalid
+            (``ModelMetaError`` for its ``meta.json``).
+    """
     from tskd.data import outputs
     from tskd.data.files import list_images
     from tskd.errors import TskdInputError
@@ -58,6 +88,24 @@ def predict(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def evaluate(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    """Score predicted label maps against ground truth (``tskd evaluate``).
+
+    Dice, IoU and HD95 per image and class (``tskd.inference.metrics``), written as
+    ``metrics.json`` and ``metrics.csv``; the summary is printed as JSON.
+
+    Args:
+        args: The parsed arguments of the subcommand (``tskd.apps.cli.build_parser``).
+        progress: Receives the engine's ``Progress`` reports (the CLI's tqdm bar).
+        cancel: The run's ``CancelToken`` (set by Ctrl-C).
+
+    Returns:
+        0.
+
+    Raises:
+        TskdInputError: ``--pred``, ``--gt`` or ``--output`` is missing, the output folder is
+            inside an input or holds the reports without ``--overwrite``, or the folders do not
+            match.
+    """
     from tskd.data import outputs
     from tskd.errors import TskdInputError
     from tskd.inference import metrics
@@ -78,6 +126,22 @@ def evaluate(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def check_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    """Check every image and label map of a labelled folder (``tskd check-data``).
+
+    Prints the report (text, or JSON with ``--json``); the class map and ignore label come from
+    ``--config`` when given, ``--ignore-label`` winning.
+
+    Args:
+        args: The parsed arguments of the subcommand (``tskd.apps.cli.build_parser``).
+        progress: Receives the engine's ``Progress`` reports (the CLI's tqdm bar).
+        cancel: The run's ``CancelToken`` (set by Ctrl-C).
+
+    Returns:
+        2 when the report holds an error, else 0.
+
+    Raises:
+        TskdInputError: the folder or the configuration file cannot be read.
+    """
     from tskd.config import load_config
     from tskd.data import check
 
@@ -93,6 +157,23 @@ def check_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    """Export a model folder to ONNX, checked against PyTorch (``tskd export-onnx``).
+
+    Args:
+        args: The parsed arguments of the subcommand (``tskd.apps.cli.build_parser``).
+        progress: Receives the engine's ``Progress`` reports (the CLI's tqdm bar).
+        cancel: The run's ``CancelToken`` (set by Ctrl-C).
+
+    Returns:
+        0; the largest difference between the ONNX and PyTorch outputs is printed.
+
+    Raises:
+        TskdInputError: the output file exists without ``--overwrite`` or its folder is or
+            lies inside the model folder.
+        CheckpointError: the model folder is missing or its files are invalid
+            (``ModelMetaError`` for its ``meta.json``).
+        TskdError: the ONNX model's output differs from PyTorch's by more than 1e-3.
+    """
     from tskd.data import outputs
     from tskd.inference import bundle
 
@@ -106,6 +187,24 @@ def export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    """Pretrain the built-in mini SAM teacher (``tskd pretrain-mini``).
+
+    Builds a ``PretrainConfig`` from the arguments (``--steps`` in epochs of
+    ``steps_per_checkpoint``) and runs ``tskd.training.pretrain.pretrain_mini``.
+
+    Args:
+        args: The parsed arguments of the subcommand (``tskd.apps.cli.build_parser``).
+        progress: Receives the engine's ``Progress`` reports (the CLI's tqdm bar).
+        cancel: The run's ``CancelToken`` (set by Ctrl-C).
+
+    Returns:
+        0; the result (output files, steps, losses) is printed as JSON.
+
+    Raises:
+        TskdInputError: both ``--out`` and ``--replace-packaged-weights`` are given, or the
+            output folder holds weights without ``--overwrite``.
+        Cancelled: training was stopped (Ctrl-C) after writing a checkpoint.
+    """
     from tskd.config import PretrainConfig
     from tskd.errors import TskdInputError
     from tskd.models.mini_sam import MiniSamConfig
@@ -136,6 +235,23 @@ def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def sample_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    """Write a procedural sample task as folders (``tskd make-sample-data``).
+
+    Writes ``train/``, ``unlabelled/`` and ``test/`` under ``args.output``
+    (``tskd.data.phantoms.write_task_folders``).
+
+    Args:
+        args: The parsed arguments of the subcommand (``tskd.apps.cli.build_parser``).
+        progress: Receives the engine's ``Progress`` reports (the CLI's tqdm bar).
+        cancel: The run's ``CancelToken`` (set by Ctrl-C).
+
+    Returns:
+        0.
+
+    Raises:
+        TskdInputError: the task is unknown or the folders hold sample files without
+            ``--overwrite``.
+    """
     from tskd.data import outputs, phantoms
     from tskd.errors import TskdInputError
 
@@ -152,6 +268,22 @@ def sample_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def demo(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
+    """Run the whole method on a procedural task, with baselines (``tskd demo``).
+
+    Prints the result table and the path of ``report.md`` (``tskd.apps.demo.run_demo``).
+
+    Args:
+        args: The parsed arguments of the subcommand (``tskd.apps.cli.build_parser``).
+        progress: Receives the engine's ``Progress`` reports (the CLI's tqdm bar).
+        cancel: The run's ``CancelToken`` (set by Ctrl-C).
+
+    Returns:
+        0.
+
+    Raises:
+        TskdInputError: a setting or the output folder is refused.
+        Cancelled: training was stopped (Ctrl-C).
+    """
     from tskd.apps import demo
 
     result = demo.run_demo(

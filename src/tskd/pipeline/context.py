@@ -6,7 +6,8 @@ and ``resume`` flag, and reads and hashes the labelled set once, on first use
 reads and hashes the labelled set once instead of once per stage. ``StageContext.begin``
 is the common start of a stage (skip a finished one, withdraw its marker, seed), the
 ``StageRun`` it returns the common end (mark done, drop the checkpoint) and the timer, so a
-stage function holds only what is particular to it.
+stage function holds only what is particular to it. ``writes`` wraps a stage function in its
+run folder's lock and manifest.
 
 Nothing here imports torch at import time: the stage registry, which the widgets read, sits
 on top of this module.
@@ -14,6 +15,7 @@ on top of this module.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,6 +28,7 @@ from tskd.config import RunConfig
 from tskd.errors import TskdInputError
 from tskd.pipeline.run_folder import (
     RunPaths,
+    check_run_dir_inputs,
     checkpoint_inputs,
     files_fingerprint,
     fingerprint,
@@ -33,13 +36,16 @@ from tskd.pipeline.run_folder import (
     mark_started,
     read_result,
     stage_done,
+    writing,
 )
 
 if TYPE_CHECKING:
     from tskd.engine import CancelToken, ProgressCallback
 
 __all__ = ["LabelledData", "StageContext", "StageRun", "data_files", "load_labelled_data",
-           "median_image_shape"]
+           "median_image_shape", "writes"]
+
+StageFunction = Callable[..., dict[str, Any]]
 
 
 @dataclass
@@ -282,10 +288,15 @@ class StageContext:
         return self.memo("data", lambda: load_labelled_data(self.cfg))
 
     def section(self, name: str) -> Any:
-        """The config section ``name`` (``teacher``, ``synth``, ``distill``, ``student``,
-        ``predict``) with its device set, its own or else the run's
-        (``RunConfig.with_devices``): what a stage hands to training, which reads its own
-        section only. A copy, made once per context."""
+        """The config section ``name`` with its device set, its own or else the run's.
+
+        Args:
+            name: ``teacher``, ``synth``, ``distill``, ``student`` or ``predict``.
+
+        Returns:
+            The section of ``RunConfig.with_devices``, a copy made once per context: what a
+            stage hands to training, which reads its own section only.
+        """
         return getattr(self.memo("devices", self.cfg.with_devices), name)
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -336,3 +347,36 @@ class StageContext:
 
             seed_everything(seed)
         return run
+
+
+def writes(key: str, outputs: Callable[[RunPaths], list[Path]]) -> Callable[[Any], Any]:
+    """Make a stage function run holding its run folder's lock (a decorator factory).
+
+    The wrapped stage records what it writes under ``outputs`` in the folder's manifest
+    (``tskd.pipeline.run_folder.writing``). A run folder that is, contains or lies inside a
+    data folder of the config is refused first (``check_run_dir_inputs``). The wrapper keeps
+    ``outputs`` as its attribute ``outputs`` (the registry's folders are checked against it).
+
+    Args:
+        key: The stage's name in the manifest (``Stage.name``, or ``evaluate``, ``pipeline``).
+        outputs: The files and folders the stage writes, from the run folder's ``RunPaths``.
+
+    Returns:
+        The decorator; the stage it wraps takes a ``RunConfig`` or ``StageContext`` first and
+        raises, besides its own errors, ``RunFolderError`` when the run folder is, holds or
+        lies inside a data folder, is locked by another writer or holds files not a run's.
+    """
+
+    def decorate(fn: StageFunction) -> StageFunction:
+        @functools.wraps(fn)
+        def wrapper(run: RunConfig | StageContext, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            cfg = run.cfg if isinstance(run, StageContext) else run
+            check_run_dir_inputs(cfg)  # before anything is created in the run folder
+            paths = RunPaths(Path(cfg.run_dir))
+            with writing(paths.root, key, outputs(paths), what=f"stage {key}"):
+                return fn(run, *args, **kwargs)
+
+        wrapper.outputs = outputs  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate

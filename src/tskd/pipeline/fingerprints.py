@@ -46,9 +46,16 @@ def teacher_fp(cfg: RunConfig, data_fp: str) -> str:
 
 
 def synth_settings(synth: SynthConfig) -> dict[str, Any]:
-    """The transfer set's settings as its fingerprint reads them: the section in the flat shape
-    it had before ``synth.train`` (``tskd.config_compat.flat_synth``; not the device), so runs
-    of earlier versions keep their fingerprints."""
+    """The transfer set's settings as its fingerprint reads them.
+
+    Args:
+        synth: The run's ``synth`` section.
+
+    Returns:
+        The section in the flat shape it had before ``synth.train``
+        (``tskd.config_compat.flat_synth``; not the device), so runs of earlier versions keep
+        their fingerprints.
+    """
     return flat_synth(to_dict(synth), synth.train.total_steps(SYNTH_EPOCH_STEPS))
 
 

@@ -1,20 +1,24 @@
 """The TS-KD training stages over one run folder, one function each.
 
-Every stage is a function ``stage_x(run, progress=None, cancel=None, resume=False)``: ``run``
-is a ``RunConfig`` or the ``StageContext`` of a run in progress (``run_pipeline`` passes one
-context to every stage, so the labelled set is read and hashed once). A stage reads its inputs
-from the configuration and the run folder, writes its artefact into the run folder and returns
-a small JSON-able result; a stage whose artefact exists with the same fingerprint is skipped.
-What every stage shares (paths, the labelled set, skip check, seeding, timing, marking done)
-is ``tskd.pipeline.context``, what each artefact depends on ``tskd.pipeline.fingerprints``; the
-table of stages (names, CLI commands, titles, folders) is
+Every training stage is ``stage_x(run, progress=None, cancel=None, resume=False)``, the shared
+stage arguments: ``run`` is a ``RunConfig`` or the ``StageContext`` of a run in progress
+(``run_pipeline`` passes one context to every stage, so the labelled set is read and hashed
+once); ``progress`` is called with the engine's ``Progress`` after each step (None: no
+reports); ``cancel``, a ``CancelToken``, is checked before each step; ``resume`` continues from
+the stage's checkpoint. A stage reads its inputs from the configuration and the run folder,
+writes its artefact into the run folder and returns a small JSON-able result; a stage whose
+artefact exists with the same fingerprint is skipped. Besides what each names, every stage can
+raise ``Cancelled`` (a checkpoint is written first), ``TskdInputError`` (the labelled set
+cannot be read), ``RunFolderError`` (the run folder is, holds or lies inside a data folder, is
+locked by another writer, or its checkpoint was made from other inputs) and ``DiskFullError``.
+What every stage shares (paths, the labelled set, skip check, seeding, timing, marking done,
+the run folder's lock: ``writes``) is ``tskd.pipeline.context``, what each artefact depends on
+``tskd.pipeline.fingerprints``; the table of stages (names, CLI commands, titles, folders) is
 ``tskd.pipeline.registry``, which the CLI and the widgets read.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,53 +31,20 @@ from tskd.pipeline import fingerprints
 from tskd.pipeline.context import (
     LabelledData,
     StageContext,
+    StageFunction,
     data_files,
     load_labelled_data,
     median_image_shape,
+    writes,
 )
-from tskd.pipeline.run_folder import RunPaths, check_run_dir_inputs, prepare_run_dir, writing
+from tskd.pipeline.run_folder import RunPaths, prepare_run_dir
 
 if TYPE_CHECKING:
     from tskd.engine import CancelToken, ProgressCallback
 
-__all__ = [
-    "LabelledData",
-    "StageContext",
-    "export_dataset",
-    "load_labelled_data",
-    "median_image_shape",
-    "prepare_run_dir",
-    "stage_distill",
-    "stage_evaluate",
-    "stage_finetune_student",
-    "stage_synthesize",
-    "stage_teacher",
-    "writes",
-]
-
-StageFunction = Callable[..., dict[str, Any]]
-
-
-def writes(key: str, outputs: Callable[[RunPaths], list[Path]]) -> Callable[[Any], Any]:
-    """Run a stage holding its run folder's lock, recording what it writes under ``outputs``
-    in the folder's manifest (``tskd.pipeline.run_folder.writing``). A run folder that is,
-    contains or lies inside a data folder of the config is refused first
-    (``check_run_dir_inputs``). The wrapper keeps ``outputs`` as its attribute ``outputs``
-    (the registry's folders are checked against it)."""
-
-    def decorate(fn: StageFunction) -> StageFunction:
-        @functools.wraps(fn)
-        def wrapper(run: RunConfig | StageContext, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            cfg = run.cfg if isinstance(run, StageContext) else run
-            check_run_dir_inputs(cfg)  # before anything is created in the run folder
-            paths = RunPaths(Path(cfg.run_dir))
-            with writing(paths.root, key, outputs(paths), what=f"stage {key}"):
-                return fn(run, *args, **kwargs)
-
-        wrapper.outputs = outputs  # type: ignore[attr-defined]
-        return wrapper
-
-    return decorate
+__all__ = ["LabelledData", "StageContext", "StageFunction", "export_dataset", "load_labelled_data",
+           "median_image_shape", "prepare_run_dir", "stage_distill", "stage_evaluate",
+           "stage_finetune_student", "stage_synthesize", "stage_teacher", "writes"]
 
 
 def export_dataset(
@@ -85,6 +56,15 @@ def export_dataset(
     """Write images and label maps as ``folder/images`` + ``folder/labels`` (tif).
 
     This is how data that lives in napari layers becomes a labelled set the stages can read.
+
+    Args:
+        images: One array per image, (H, W) or (H, W, C), any dtype the tif writer takes.
+        labels: One label map per image, (H, W) integer label values.
+        folder: The folder to write into (created when missing).
+        names: File names without suffix, one per image; None: ``image_0000``, ...
+
+    Returns:
+        ``folder``.
 
     Raises:
         TskdInputError: no image, or not one label map per image.
@@ -115,6 +95,11 @@ def stage_teacher(
     resume: bool = False,
 ) -> dict[str, Any]:
     """Stage 1, teacher: adapt SAM to the task with LoRA; writes ``run/teacher``.
+
+    SAM with LoRA and one mask per class, trained on ``dice_weight`` * Dice + (1 -
+    ``dice_weight``) * cross-entropy as SAMed (``tskd.training.teacher``).
+
+    Takes the shared stage arguments (module docstring).
 
     Returns:
         The validation metrics and ``seconds``; the recorded result with ``"skipped": True``
@@ -148,8 +133,12 @@ def stage_synthesize(
     cancel: CancelToken | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Stage 2, transfer set: train a small DDPM on the task's images and sample synthetic
-    transfer images; writes ``run/transfer`` (its ``manifest.json`` lists the transfer set).
+    """Stage 2, transfer set: a small DDPM trained on the task's images, sampled with DDIM.
+
+    Writes ``run/transfer`` (its ``manifest.json`` lists the transfer set: the labelled
+    images without labels, the unlabelled and the synthetic images).
+
+    Takes the shared stage arguments (module docstring).
 
     Returns:
         The near-copy report (``n_generated``, ``n_kept``, ``n_dropped``, ``share_dropped``,
@@ -208,12 +197,8 @@ def _transfer_images(ctx: StageContext) -> list[np.ndarray]:
 
 
 def _distill_teacher(ctx: StageContext) -> tuple[Any, str]:
-    """The teacher distillation learns from and its id (the teacher cache's key): the adapted
-    teacher in ``run/teacher``, or the un-adapted SAM for ``distill.task_agnostic``.
-
-    Raises:
-        TskdError: no adapted teacher in the run folder.
-    """
+    # the teacher distillation learns from and its id (the teacher cache's key): the adapted
+    # teacher in run/teacher (TskdError when missing), or the un-adapted SAM when task-agnostic
     from tskd.models import lora
 
     cfg, folder = ctx.cfg, ctx.paths.teacher
@@ -235,8 +220,13 @@ def stage_distill(
     cancel: CancelToken | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Stage 3, distillation: distil the teacher into the student on the transfer set; writes
-    ``run/distilled`` (a student bundle) and ``reports/distill_history.json``.
+    """Stage 3, distillation: distil the teacher into the student on the transfer set.
+
+    Feature and output distillation (``tskd.training.distill``: the teacher's softened
+    outputs at ``distill.temperature`` as Hinton et al. 2015). Writes ``run/distilled`` (a
+    student bundle) and ``reports/distill_history.json``.
+
+    Takes the shared stage arguments (module docstring).
 
     Returns:
         ``n_transfer_images``, ``final_losses``, ``seconds``, ``task_agnostic``; the recorded
@@ -292,12 +282,8 @@ def _student_meta(cfg: RunConfig, data: LabelledData, extra: dict[str, Any]) -> 
 
 
 def _initial_student(ctx: StageContext, continue_from_last: bool) -> tuple[Any, str]:
-    """The student fine-tuning starts from, and what it is: "last" (``run/student``),
-    "scratch" (``student.from_scratch``) or "distilled" (``run/distilled``).
-
-    Raises:
-        TskdError: the student to start from is not in the run folder.
-    """
+    # the student fine-tuning starts from and what it is: "last" (run/student), "scratch"
+    # (student.from_scratch) or "distilled" (run/distilled); TskdError when it is missing
     from tskd.inference import bundle
     from tskd.models.student import Student
 
@@ -325,12 +311,12 @@ def stage_finetune_student(
     resume: bool = False,
     continue_from_last: bool = False,
 ) -> dict[str, Any]:
-    """Stage 4, student: fine-tune the student on the labelled images; writes ``run/student``
-    and ``reports/student_history.json``.
+    """Stage 4, student: fine-tune the student on the labelled images.
 
-    ``continue_from_last`` starts from the last fine-tuned student (the annotate-train loop)
-    and always trains; otherwise from the distilled student, or from scratch when
-    ``student.from_scratch``.
+    Writes ``run/student`` and ``reports/student_history.json``. Takes the shared stage
+    arguments (module docstring); ``continue_from_last`` starts from
+    the last fine-tuned student (the annotate-train loop) and always trains, otherwise the
+    distilled student or, when ``student.from_scratch``, none is the start.
 
     Returns:
         ``init``, ``n_train``, ``n_val``, ``val`` (validation metrics) and ``seconds``; the
@@ -367,7 +353,25 @@ def stage_finetune_student(
 def stage_evaluate(
     cfg: RunConfig, model: str = "student", test_folder: str | Path | None = None
 ) -> dict[str, Any]:
-    """Segment the held-out test set with the run's student (or teacher) and score it."""
+    """Segment the held-out test set with one of the run's models and score it.
+
+    Dice, IoU and HD95 per image and class (``tskd.inference.metrics``, with MONAI), written
+    under ``reports/eval_<model>``.
+
+    Args:
+        cfg: The run configuration; ``predict`` and ``data`` settings are used.
+        model: ``student``, ``teacher`` or ``distilled``.
+        test_folder: A labelled folder; None takes ``data.test``.
+
+    Returns:
+        The report's summary (mean scores per class) and ``ms_per_image``, milliseconds of
+        segmentation per image.
+
+    Raises:
+        TskdInputError: no test set is given, ``model`` is unknown, or a test file cannot be
+            used.
+        CheckpointError: the model folder is missing or its files are invalid.
+    """
     from tskd.inference import metrics
     from tskd.inference.predict import evaluate_folder, segmenter_from_bundle
 

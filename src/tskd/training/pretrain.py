@@ -7,7 +7,9 @@ data are ``tskd.training.pretrain_data``). The loss is BCE (optionally class-bal
 the predicted mask plus SAM's IoU-prediction MSE. Like SAM, the decoder predicts all of its mask
 tokens: token 0 (the single-mask output) is always supervised and the best of the three
 multimask outputs too, so every mask token (which ``SemanticSam`` later turns into class tokens)
-is trained. Training runs through
+is trained (Kirillov et al. 2023, Segment Anything, Sec. 3 and App. A, backpropagates the best
+of the multimask outputs only; SAM uses focal + Dice where this uses BCE + Dice). Training runs
+through
 ``tskd.engine.train`` (seeds, progress, cancel, checkpoints, resume); the result is
 ``mini_sam.safetensors`` (fp16) + ``mini_sam.json``.
 """
@@ -44,10 +46,15 @@ DATA_DIR_ENV = "TSKD_DATA_DIR"
 
 
 def default_output_dir() -> Path:
-    """Where ``tskd pretrain-mini`` writes by default: ``$TSKD_DATA_DIR/pretrain-mini``, else
-    ``<user data folder>/tskd/pretrain-mini`` (``platformdirs.user_data_dir``), never the
-    package's built-in weights (those take ``packaged_weights_dir`` and an explicit flag).
-    Use the result as a teacher with ``--model-type mini --checkpoint <dir>/mini_sam.safetensors``.
+    """Where ``tskd pretrain-mini`` writes by default.
+
+    Never the package's built-in weights (those take ``packaged_weights_dir`` and an explicit
+    flag). Use the result as a teacher with ``--model-type mini --checkpoint
+    <dir>/mini_sam.safetensors``.
+
+    Returns:
+        ``$TSKD_DATA_DIR/pretrain-mini``, else ``<user data folder>/tskd/pretrain-mini``
+        (``platformdirs.user_data_dir``); not created.
     """
     import os
 
@@ -60,15 +67,26 @@ def default_output_dir() -> Path:
 
 
 def packaged_weights_dir() -> Path:
-    """The package's built-in teacher weights (``build_sam("mini")`` reads them from there);
-    written only with ``replace_packaged=True`` (``--replace-packaged-weights``)."""
+    """The folder of the package's built-in teacher weights (``build_sam("mini")`` reads them).
+
+    Returns:
+        ``tskd.models.mini_sam.ASSETS``; written only with ``replace_packaged=True``
+        (``--replace-packaged-weights``).
+    """
     return ASSETS
 
 
 def checkpoint_dir_for(out_dir: str | Path, packaged: bool = False) -> Path:
-    """Resumable checkpoints of a pretraining into ``out_dir``: ``out_dir/checkpoints``, or, for
-    the packaged weights, the default output folder's ``checkpoints-packaged`` (never inside the
-    installed package)."""
+    """The folder of the resumable checkpoints of a pretraining into ``out_dir``.
+
+    Args:
+        out_dir: The pretraining's output folder.
+        packaged: The output is the package's built-in weights (``packaged_weights_dir``).
+
+    Returns:
+        ``out_dir/checkpoints``, or, for the packaged weights, the default output folder's
+        ``checkpoints-packaged`` (never inside the installed package).
+    """
     if packaged:
         return default_output_dir() / "checkpoints-packaged"
     return Path(out_dir) / "checkpoints"
@@ -80,9 +98,21 @@ def _is_packaged(out_dir: Path) -> bool:
 
 def check_output(out_dir: str | Path, overwrite: bool = False,
                  replace_packaged: bool = False) -> list[Path]:
-    """Refuse (``TskdInputError``) to write into the package's assets without
-    ``replace_packaged``, or over an existing ``mini_sam.safetensors``/``.json`` without
-    ``overwrite`` (or ``replace_packaged``); returns the files that will be replaced."""
+    """Check that a pretraining may write its two files into ``out_dir``.
+
+    Args:
+        out_dir: The output folder (it need not exist).
+        overwrite: Replace ``mini_sam.safetensors``/``.json`` already there.
+        replace_packaged: Allow ``out_dir`` to be the package's built-in weights (and replace
+            them).
+
+    Returns:
+        The files that will be replaced.
+
+    Raises:
+        TskdInputError: ``out_dir`` is the package's assets without ``replace_packaged``, holds
+            the files without ``overwrite`` (or ``replace_packaged``), or is no usable folder.
+    """
     from tskd.data import outputs
 
     out = outputs.check_output_folder(out_dir)
@@ -99,7 +129,7 @@ def check_output(out_dir: str | Path, overwrite: bool = False,
 
 # ----------------------------------------------------------------------------- model and loss
 def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice loss per mask: (N, M, H, W) logits and (N, 1, H, W) target -> (N, M)."""
+    """Soft Dice loss per mask, smoothed by 1: (N, M, H, W) logits, (N, 1, H, W) 0/1 -> (N, M)."""
     p = torch.sigmoid(logits)
     inter = (p * target).flatten(2).sum(-1)
     total = p.flatten(2).sum(-1) + target.flatten(2).sum(-1)
@@ -107,8 +137,11 @@ def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _bce(logits: torch.Tensor, target: torch.Tensor, balanced: bool) -> torch.Tensor:
-    """BCE per mask (N, M); ``balanced`` weighs object and background pixels half each, so
-    small objects are not learnt as "nothing" (the plain mean favours all-background)."""
+    """BCE per mask (N, M); ``balanced``: object and background pixels weigh half each.
+
+    Balanced, small objects are not learnt as "nothing" (the plain mean favours
+    all-background).
+    """
     t = target.expand_as(logits)
     pix = F.binary_cross_entropy_with_logits(logits, t, reduction="none").flatten(2)
     if not balanced:
@@ -127,7 +160,14 @@ def _iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class PromptableSam(nn.Module):
-    """A ``Sam`` trained with prompts: ``forward(batch)`` returns the losses of one batch."""
+    """A ``Sam`` trained with prompts: ``forward(batch)`` returns the losses of one batch.
+
+    Args:
+        sam: A ``segment_anything`` ``Sam`` (``build_mini_sam``); its image encoder runs once
+            per image, its decoder once per prompt.
+        iou_weight: Weight of the IoU-prediction MSE in the loss (``PretrainConfig.iou_weight``).
+        balanced: Class-balanced BCE (``PretrainConfig.balanced_bce``).
+    """
 
     def __init__(self, sam: nn.Module, iou_weight: float = 1.0, balanced: bool = False) -> None:
         super().__init__()
@@ -136,6 +176,19 @@ class PromptableSam(nn.Module):
         self.balanced = balanced
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The losses of one batch of prompted scenes.
+
+        Args:
+            batch: A collated batch of ``PromptDataset`` items (B images): ``image`` float32
+                (B, 3, S, S) in [0, 1], ``masks`` float32 (B, K, S, S) of 0/1, ``boxes`` (B, K,
+                4), ``points`` (B, K, MAX_POINTS, 2) in pixels, ``labels`` (B, K, MAX_POINTS),
+                ``mode`` (B,): 0 box, 1 points, 2 both.
+
+        Returns:
+            Scalar tensors: ``loss`` = BCE + Dice + ``iou_weight`` * IoU MSE, and ``bce``,
+            ``dice``, ``iou_mse``; BCE and Dice averaged over token 0 and the best multimask
+            output of each prompt.
+        """
         sam = self.sam
         x = batch["image"] * 255.0
         emb = sam.image_encoder((x - sam.pixel_mean) / sam.pixel_std)
@@ -201,8 +254,8 @@ def _git_commit() -> str | None:
 
 
 def _check(cfg: PretrainConfig, arch: MiniSamConfig) -> tuple[TrainConfig, int]:
-    """The engine's settings and steps per epoch (``TrainConfig.in_steps``), after checking
-    ``cfg`` against ``arch``; raises ``TskdInputError`` naming what is wrong."""
+    # the engine's settings and steps per epoch (TrainConfig.in_steps), after checking cfg
+    # against arch; TskdInputError names what is wrong
     if cfg.masks_per_image < 1:
         raise TskdInputError("pretraining needs at least one mask per image (masks_per_image)")
     if cfg.image_size % arch.patch_size:
@@ -215,8 +268,16 @@ def _check(cfg: PretrainConfig, arch: MiniSamConfig) -> tuple[TrainConfig, int]:
 
 
 def build_model(cfg: PretrainConfig, arch: MiniSamConfig | None = None) -> PromptableSam:
-    """A randomly initialised promptable SAM of ``arch`` (default: the built-in mini teacher's,
-    ``MiniSamConfig()``) at ``cfg.image_size``, seeded with ``cfg.train.seed``."""
+    """A randomly initialised promptable SAM, seeded with ``cfg.train.seed``.
+
+    Args:
+        cfg: The pretraining settings; ``image_size`` (pixels), ``iou_weight``,
+            ``balanced_bce`` and ``train.seed`` are read.
+        arch: The architecture; None: the built-in mini teacher's (``MiniSamConfig()``).
+
+    Returns:
+        The model, on the CPU, at ``cfg.image_size``.
+    """
     seed_everything(cfg.train.seed)
     sam = build_mini_sam(arch or MiniSamConfig(), cfg.image_size)
     return PromptableSam(sam, cfg.iou_weight, cfg.balanced_bce)
@@ -236,14 +297,33 @@ def pretrain_mini(
 ) -> dict[str, Any]:
     """Pretrain the mini SAM and write ``out_dir/mini_sam.safetensors`` + ``mini_sam.json``.
 
-    ``cfg`` holds the training (``tskd.config.PretrainConfig``; ``cfg.train.device`` None is
-    "auto"), ``arch`` the architecture (default: the built-in teacher's, ``MiniSamConfig()``).
-    Returns the run's record (also stored under "info" in the JSON). Raises
-    ``tskd.errors.Cancelled`` when cancelled (a checkpoint in ``checkpoint_dir`` lets
-    ``resume=True`` continue), and ``TskdInputError`` before any training when ``out_dir`` is
-    the package's built-in weights without ``replace_packaged`` or already holds the two files
-    without ``overwrite`` (``check_output``), or a setting is out of range (no step, a batch
-    size or masks per image below 1, an image size that is no multiple of the patch size).
+    Args:
+        cfg: The training (``tskd.config.PretrainConfig``; ``cfg.train.device`` None is
+            "auto").
+        out_dir: The output folder (``check_output``).
+        progress: Called with the engine's ``Progress`` after each step; None: no reports.
+        cancel: Checked before each step.
+        resume: Continue from the checkpoint in ``checkpoint_dir``.
+        checkpoint_dir: The engine's checkpoint folder (``checkpoint_dir_for``); None keeps
+            no checkpoint.
+        command: The command line, recorded in the JSON.
+        overwrite: Replace the two files when ``out_dir`` holds them.
+        replace_packaged: Allow ``out_dir`` to be the package's built-in weights.
+        arch: The architecture; None: the built-in teacher's (``MiniSamConfig()``).
+
+    Returns:
+        The run's record (also stored under "info" in the JSON: settings, seed, version, git
+        commit, steps, losses, ``wall_time_s`` and ``train_seconds`` in seconds, parameter
+        count) with the paths ``weights`` (fp16 safetensors) and ``json``.
+
+    Raises:
+        Cancelled: when cancelled (a checkpoint in ``checkpoint_dir`` lets ``resume=True``
+            continue).
+        TskdInputError: before any training, when ``out_dir`` is the package's built-in
+            weights without ``replace_packaged`` or already holds the two files without
+            ``overwrite`` (``check_output``), or a setting is out of range (no step, a batch
+            size or masks per image below 1, an image size that is no multiple of the patch
+            size).
     """
     import tskd
 

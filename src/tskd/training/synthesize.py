@@ -1,5 +1,8 @@
 """The transfer set's synthetic part: a small DDPM trained on the task's images, sampled by DDIM.
 
+The transfer set augmented with diffusion samples is the TS-KD paper's (Fig. 1, top); the model
+is a DDPM (Ho et al. 2020) sampled with DDIM (Song et al. 2021) through ``diffusers``.
+
 Diffusion models trained on a few hundred images memorise many of them, so every sample is
 screened against its nearest training image (and that image's mirror, since training flips) and
 near-copies are dropped; the share dropped is reported. Outputs in ``out_dir``:
@@ -66,6 +69,7 @@ class SynthReport:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the report as a plain dict (``dataclasses.asdict``), JSON-able."""
         return asdict(self)
 
 
@@ -80,12 +84,23 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
 def nearest_training(
     samples: torch.Tensor | np.ndarray, train: torch.Tensor | np.ndarray, mirror: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each sample, (index of its nearest training image, distance in [0, 2]).
+    """For each sample, the index of its nearest training image and the distance to it.
 
-    Distance: L2 between zero-mean, unit-norm flattened images of one shape, (N, C, H, W) or
-    (N, H, W), so it is insensitive to brightness and contrast; 0 is a copy, about sqrt(2)
-    unrelated, 2 a negative. With ``mirror`` each training image's horizontal mirror (last
-    axis flipped) counts as that image.
+    Distance: L2 between zero-mean, unit-norm flattened images, so it is insensitive to
+    brightness and contrast; 0 is a copy, about sqrt(2) unrelated, 2 a negative.
+
+    Args:
+        samples: (N, C, H, W) or (N, H, W) images, any float or integer dtype and range.
+        train: (M, ...) training images of the samples' shape.
+        mirror: Each training image's horizontal mirror (last axis flipped) counts as that
+            image (training flips).
+
+    Returns:
+        int64 (N,) indices into ``train`` and float64 (N,) distances in [0, 2]; empty for no
+        sample.
+
+    Raises:
+        ValueError: the samples' and training images' shapes differ.
     """
     s, t = torch.as_tensor(samples), torch.as_tensor(train)
     if len(s) == 0:
@@ -114,7 +129,20 @@ def nearest_training(
 def screen_near_copies(
     samples: torch.Tensor | np.ndarray, train: torch.Tensor | np.ndarray, threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(keep mask, nearest index, distance): a sample closer than ``threshold`` is a near-copy."""
+    """Find the near-copies among ``samples``: closer than ``threshold`` to a training image.
+
+    Args:
+        samples: (N, C, H, W) or (N, H, W) images (``nearest_training``).
+        train: Training images of the samples' shape.
+        threshold: Distance in [0, 2] (``SynthConfig.near_copy_threshold``).
+
+    Returns:
+        bool (N,) keep mask (distance >= ``threshold``), int64 (N,) nearest training index and
+        float64 (N,) distance, mirrors included.
+
+    Raises:
+        ValueError: the shapes differ.
+    """
     idx, dist = nearest_training(samples, train)
     return dist >= threshold, idx, dist
 
@@ -127,9 +155,9 @@ def _quantiles(d: np.ndarray) -> dict[str, float]:
 
 
 def _model_fingerprint(cfg: SynthConfig, data_fp: str) -> dict[str, Any]:
-    """What a saved model depends on (not the device, nor how many images are sampled), with
-    the keys of the flat ``synth`` section of earlier versions (``flat_synth``), so their
-    saved models are still reused."""
+    # what a saved model depends on (not the device, nor how many images are sampled), with
+    # the keys of the flat synth section of earlier versions (flat_synth), so their saved
+    # models are still reused
     flat = flat_synth(to_dict(cfg), cfg.train.total_steps(SYNTH_EPOCH_STEPS))
     keys = ("resolution", "base_channels", "train_steps", "batch_size", "lr", "ema_decay", "seed",
             "train")
@@ -150,10 +178,29 @@ def synthesize(
 ) -> SynthReport:
     """Train a DDPM on ``images``, sample ``cfg.n_images``, drop near-copies, write PNGs.
 
-    ``out_size`` upscales the kept samples (bicubic) from ``cfg.resolution`` to that size.
-    With ``resume``, training goes on from ``checkpoint_dir``, and a finished model already in
-    ``model_dir`` for the same images and settings is reused without training.
-    Raises ``Cancelled`` (resumable) when ``cancel`` is set.
+    Args:
+        images: The task's images, each (H, W) or (H, W, C), any dtype (resized to
+            ``cfg.resolution``, ``tskd.models.diffusion.prepare_images``).
+        cfg: The stage's settings (``synth``: model, sampling, screening, ``train``).
+        out_dir: Where the PNGs, ``manifest.json`` and ``synth_report.json`` go.
+        progress: Called with the engine's ``Progress`` during training and sampling.
+        cancel: Checked before every training and sampling step.
+        resume: Training goes on from ``checkpoint_dir``, and a finished model already in
+            ``model_dir`` for the same images and settings is reused without training.
+        checkpoint_dir: The engine's checkpoint folder (EMA included); None keeps none.
+        model_dir: Where the EMA model is saved; None: ``out_dir/../diffusion``.
+        out_size: Upscale the kept samples (bicubic) from ``cfg.resolution`` to this side in
+            pixels; None keeps ``cfg.resolution``.
+
+    Returns:
+        The report, also written as ``synth_report.json``.
+
+    Raises:
+        TskdInputError: no image, one that is not (H, W) or (H, W, C), or a bad
+            ``resolution`` or ``base_channels``.
+        CheckpointError: a saved model to reuse is damaged.
+        Cancelled: ``cancel`` was set (resumable from ``checkpoint_dir``).
+        DiskFullError: the disk filled; the previous transfer set is kept as it was.
     """
     from imageio.v3 import imwrite
 
@@ -238,9 +285,27 @@ def sample_from_saved(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> list[np.ndarray]:
-    """``n`` more uint8 images ((H, W) gray or (H, W, 3)) from a model ``synthesize`` saved.
+    """Sample ``n`` more images from a model ``synthesize`` saved, with DDIM.
 
     Not screened: pass them with the training images to ``nearest_training`` to do so.
+
+    Args:
+        model_dir: The saved model's folder (``synthesize``'s ``model_dir``).
+        n: Images to sample.
+        steps: DDIM steps (``SynthConfig.sample_steps``' default, 25).
+        seed: Seed of the initial noise.
+        device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
+        out_size: Upscale to this side in pixels; None keeps the model's resolution.
+        progress: Called with ``Progress`` per step.
+        cancel: Checked before every step.
+
+    Returns:
+        ``n`` uint8 images, (H, W) gray or (H, W, 3).
+
+    Raises:
+        CheckpointError: the model's files are missing, damaged or foreign.
+        TskdInputError: ``steps`` is below 1.
+        Cancelled: ``cancel`` was set.
     """
     unet, sched_config = load_diffusion_model(model_dir)
     x = ddim_sample(unet, sched_config, n, steps, seed, resolve_device(device), progress, cancel)
