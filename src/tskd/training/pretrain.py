@@ -283,6 +283,30 @@ def build_model(cfg: PretrainConfig, arch: MiniSamConfig | None = None) -> Promp
     return PromptableSam(sam, cfg.iou_weight, cfg.balanced_bce)
 
 
+def _record(cfg: PretrainConfig, arch: MiniSamConfig, result: TrainResult, command: str | None,
+            commit: str | None, wall: float) -> dict[str, Any]:
+    # what mini_sam.json records of a pretraining run (pretrain_mini's "info")
+    import tskd
+
+    final = result.history[-1] if result.history else {}
+    return {
+        "pretrain_config": asdict(cfg) | {"model": arch.to_dict()},
+        "command": command,
+        "seed": cfg.train.seed,
+        "tskd_version": tskd.__version__,
+        "git_commit": commit,
+        "steps": result.steps,
+        "final_loss": final.get("loss"),
+        "final_logs": final,
+        "history": result.history,
+        "wall_time_s": round(wall, 1),
+        "train_seconds": round(result.seconds, 1),
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "data": "tskd.data.phantoms.pretraining_sample (shapes, textured regions, curves, rings, "
+                "clusters); no target task",
+    }
+
+
 def pretrain_mini(
     cfg: PretrainConfig,
     out_dir: str | Path,
@@ -325,8 +349,6 @@ def pretrain_mini(
             size or masks per image below 1, an image size that is no multiple of the patch
             size).
     """
-    import tskd
-
     arch = arch or MiniSamConfig()
     train_cfg, per_epoch = _check(cfg, arch)
     check_output(out_dir, overwrite, replace_packaged)
@@ -340,24 +362,7 @@ def pretrain_mini(
     )
     wall = time.perf_counter() - t0
     sam = task.model.sam
-    final = result.history[-1] if result.history else {}
-    info = {
-        "pretrain_config": asdict(cfg) | {"model": arch.to_dict()},
-        "command": command,
-        "seed": cfg.train.seed,
-        "tskd_version": tskd.__version__,
-        "git_commit": commit,
-        "steps": result.steps,
-        "final_loss": final.get("loss"),
-        "final_logs": final,
-        "history": result.history,
-        "wall_time_s": round(wall, 1),
-        "train_seconds": round(result.seconds, 1),
-        "resumed_from_epoch": result.resumed_from_epoch,
-        "parameters": count_parameters(sam),
-        "data": "tskd.data.phantoms.pretraining_sample (shapes, textured regions, curves, rings, "
-                "clusters); no target task",
-    }
+    info = _record(cfg, arch, result, command, commit, wall) | {"parameters": count_parameters(sam)}
     path = save_mini_sam(sam.cpu(), arch, Path(out_dir) / WEIGHTS_NAME, half=True,
                          extra=info)
     return info | {"weights": str(path), "json": str(path.with_suffix(".json"))}

@@ -164,6 +164,77 @@ def _model_fingerprint(cfg: SynthConfig, data_fp: str) -> dict[str, Any]:
     return {k: flat[k] for k in keys if k in flat} | {"data": data_fp}
 
 
+def _model(train_images: torch.Tensor, cfg: SynthConfig, fp: str, model_dir: Path,
+           ckpt: Path | None, progress: ProgressCallback | None, cancel: CancelToken | None,
+           resume: bool) -> tuple[Any, dict[str, Any], list[dict[str, float]], float, int]:
+    # the EMA UNet: the saved one when resuming with the same images and settings, else
+    # trained and saved; returns (unet, scheduler config, history, train seconds, steps)
+    meta = read_diffusion_meta(model_dir)
+    if resume and meta is not None and meta.get("fingerprint") == fp:
+        unet, sched_config = load_diffusion_model(model_dir)
+        return unet, sched_config, [], 0.0, 0
+    unet, scheduler, result = train_ddpm(
+        train_images, cfg, checkpoint_dir=ckpt, progress=progress, cancel=cancel,
+        resume=resume,
+    )
+    save_model(unet, scheduler, model_dir, {
+        "fingerprint": fp, "channels": int(train_images.shape[1]),
+        "resolution": cfg.resolution, "n_train_images": len(train_images),
+        "history": result.history, "train_seconds": result.seconds,
+    })
+    return unet, dict(scheduler.config), result.history, result.seconds, result.steps
+
+
+def _write_kept(samples: torch.Tensor, keep: np.ndarray, idx: np.ndarray, dist: np.ndarray,
+                out_dir: Path, out_size: int | None) -> tuple[list[str], list[dict[str, Any]]]:
+    # the kept samples as PNGs (paths, manifest entries); every new image is written in full
+    # before any old one is replaced or removed: a full disk keeps the previous transfer set
+    from imageio.v3 import imwrite
+
+    arrays = batch_to_uint8(samples[torch.from_numpy(keep)], out_size)
+    paths, files = [], []
+    encoded: dict[Path, bytes] = {}
+    for k, arr in zip(np.flatnonzero(keep), arrays):
+        path = out_dir / f"synthetic_{k:04d}.png"
+        encoded[path] = imwrite("<bytes>", arr, extension=".png")
+        paths.append(str(path))
+        files.append({"file": path.name, "source": "synthetic", "sample": int(k),
+                      "nearest_train_index": int(idx[k]), "nearest_distance": float(dist[k])})
+    atomic.mkdir(out_dir)
+    atomic.write_files(encoded)
+    for old in out_dir.iterdir():  # a previous run's samples would break count == kept
+        if _PNG.fullmatch(old.name) and old not in encoded:
+            old.unlink()
+    return paths, files
+
+
+def _report(cfg: SynthConfig, keep: np.ndarray, idx: np.ndarray, dist: np.ndarray,
+            paths: list[str], files: list[dict[str, Any]], out_dir: Path, out_size: int | None,
+            model_dir: Path, history: list[dict[str, float]], train_seconds: float,
+            sample_seconds: float, steps_done: int) -> SynthReport:
+    # the stage's report and the transfer set's manifest.json, both written to out_dir
+    dropped = [{"sample": int(k), "nearest_train_index": int(idx[k]),
+                "nearest_distance": float(dist[k])} for k in np.flatnonzero(~keep)]
+    n = int(cfg.n_images)
+    report = SynthReport(
+        n_generated=n, n_kept=len(paths), n_dropped=n - len(paths),
+        share_dropped=(n - len(paths)) / n if n else 0.0, paths=paths,
+        train_seconds=train_seconds, sample_seconds=sample_seconds,
+        threshold=cfg.near_copy_threshold, distances=[float(d) for d in dist],
+        distance_quantiles=_quantiles(dist), train_steps=steps_done,
+        model_dir=str(model_dir), history=history,
+    )
+    atomic.write_json(out_dir / "manifest.json", {
+        "files": files, "dropped": dropped,
+        "screen": {"metric": "L2 of zero-mean unit-norm images, mirrors included, in [0, 2]",
+                   "resolution": cfg.resolution, "threshold": cfg.near_copy_threshold},
+        "model_dir": str(model_dir), "out_size": out_size or cfg.resolution,
+        "seed": cfg.train.seed,
+    })
+    atomic.write_json(out_dir / "synth_report.json", report.to_dict())
+    return report
+
+
 def synthesize(
     images: list[np.ndarray],
     cfg: SynthConfig,
@@ -202,8 +273,6 @@ def synthesize(
         Cancelled: ``cancel`` was set (resumable from ``checkpoint_dir``).
         DiskFullError: the disk filled; the previous transfer set is kept as it was.
     """
-    from imageio.v3 import imwrite
-
     out_dir = Path(out_dir)
     model_dir = Path(model_dir) if model_dir is not None else out_dir.parent / "diffusion"
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -211,67 +280,17 @@ def synthesize(
     train_images = prepare_images(images, cfg.resolution)
     fp = _model_fingerprint(cfg, data_fingerprint(train_images))
 
-    meta = read_diffusion_meta(model_dir)
-    history: list[dict[str, float]] = []
-    train_seconds, steps_done = 0.0, 0
-    if resume and meta is not None and meta.get("fingerprint") == fp:
-        unet, sched_config = load_diffusion_model(model_dir)
-    else:
-        unet, scheduler, result = train_ddpm(
-            train_images, cfg, checkpoint_dir=ckpt, progress=progress, cancel=cancel,
-            resume=resume,
-        )
-        history, train_seconds, steps_done = result.history, result.seconds, result.steps
-        save_model(unet, scheduler, model_dir, {
-            "fingerprint": fp, "channels": int(train_images.shape[1]),
-            "resolution": cfg.resolution, "n_train_images": len(train_images),
-            "history": history, "train_seconds": train_seconds,
-        })
-        sched_config = dict(scheduler.config)
-
+    unet, sched_config, history, train_seconds, steps_done = _model(
+        train_images, cfg, fp, model_dir, ckpt, progress, cancel, resume)
     t0 = time.perf_counter()
     samples = ddim_sample(unet, sched_config, cfg.n_images, cfg.sample_steps, cfg.train.seed,
                           resolve_device(cfg.train.device), progress, cancel)
     sample_seconds = time.perf_counter() - t0
 
     keep, idx, dist = screen_near_copies(samples, train_images, cfg.near_copy_threshold)
-    arrays = batch_to_uint8(samples[torch.from_numpy(keep)], out_size)
-    kept_ids = np.flatnonzero(keep)
-    paths, files = [], []
-    encoded: dict[Path, bytes] = {}
-    for k, arr in zip(kept_ids, arrays):
-        path = out_dir / f"synthetic_{k:04d}.png"
-        encoded[path] = imwrite("<bytes>", arr, extension=".png")
-        paths.append(str(path))
-        files.append({"file": path.name, "source": "synthetic", "sample": int(k),
-                      "nearest_train_index": int(idx[k]), "nearest_distance": float(dist[k])})
-    # every new image is written in full before any old one is replaced or removed: a full disk
-    # keeps the previous transfer set as it was
-    atomic.mkdir(out_dir)
-    atomic.write_files(encoded)
-    for old in out_dir.iterdir():  # a previous run's samples would break count == kept
-        if _PNG.fullmatch(old.name) and old not in encoded:
-            old.unlink()
-    dropped = [{"sample": int(k), "nearest_train_index": int(idx[k]),
-                "nearest_distance": float(dist[k])} for k in np.flatnonzero(~keep)]
-    n = int(cfg.n_images)
-    report = SynthReport(
-        n_generated=n, n_kept=len(paths), n_dropped=n - len(paths),
-        share_dropped=(n - len(paths)) / n if n else 0.0, paths=paths,
-        train_seconds=train_seconds, sample_seconds=sample_seconds,
-        threshold=cfg.near_copy_threshold, distances=[float(d) for d in dist],
-        distance_quantiles=_quantiles(dist), train_steps=steps_done,
-        model_dir=str(model_dir), history=history,
-    )
-    atomic.write_json(out_dir / "manifest.json", {
-        "files": files, "dropped": dropped,
-        "screen": {"metric": "L2 of zero-mean unit-norm images, mirrors included, in [0, 2]",
-                   "resolution": cfg.resolution, "threshold": cfg.near_copy_threshold},
-        "model_dir": str(model_dir), "out_size": out_size or cfg.resolution,
-        "seed": cfg.train.seed,
-    })
-    atomic.write_json(out_dir / "synth_report.json", report.to_dict())
-    return report
+    paths, files = _write_kept(samples, keep, idx, dist, out_dir, out_size)
+    return _report(cfg, keep, idx, dist, paths, files, out_dir, out_size, model_dir,
+                   history, train_seconds, sample_seconds, steps_done)
 
 
 def sample_from_saved(
