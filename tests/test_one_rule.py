@@ -202,7 +202,7 @@ def test_base_teacher_identity_is_one_rule(tmp_path) -> None:
 
     from tskd.config import RunConfig
     from tskd.errors import CheckpointError
-    from tskd.pipeline import fingerprints, stages
+    from tskd.pipeline import context, fingerprints
 
     a = tmp_path / "a.pt"
     a.write_bytes(b"weights one")
@@ -217,7 +217,7 @@ def test_base_teacher_identity_is_one_rule(tmp_path) -> None:
     for ckpt in (a, b, c):
         cfg.teacher.checkpoint = str(ckpt)
         ids.append(fingerprints.base_teacher_id(cfg))
-        ctx = stages.StageContext(cfg)
+        ctx = context.StageContext(cfg)
         ctx.memo("data", lambda: SimpleNamespace(fingerprint="data"))  # a given labelled set
         fps.append(fingerprints.of(ctx, "distill"))
     assert ids[0] == ids[1] != ids[2] and len(ids[0]) == 16  # by content, not by path

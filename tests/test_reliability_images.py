@@ -451,7 +451,7 @@ def test_cli_predict_refuses_a_bomb_in_one_line_and_max_pixels_raises_the_budget
 
 def test_data_max_pixels_reaches_training_reads(tmp_path: Path) -> None:
     from tskd.config import DataConfig, RunConfig
-    from tskd.pipeline.stages import load_labelled_data
+    from tskd.pipeline.context import load_labelled_data
 
     assert DataConfig().max_pixels == 2**28
     for i in range(2):
@@ -474,7 +474,7 @@ def test_bundles_record_the_training_image_size(tmp_path: Path) -> None:
     from tiny_setup import tiny_config
     from tskd.config import RunConfig, from_dict
     from tskd.inference import bundle
-    from tskd.pipeline import stages
+    from tskd.pipeline import run_folder, stages
 
     for i, (h, w) in enumerate([(40, 48), (56, 48), (64, 48)]):  # median 56 x 48
         files.write_image(tmp_path / "d/images" / f"c{i}.png",
@@ -487,7 +487,7 @@ def test_bundles_record_the_training_image_size(tmp_path: Path) -> None:
     raw["student"] |= {"from_scratch": True}
     raw["student"]["train"] |= {"max_steps": 1}
     cfg = from_dict(RunConfig, raw)
-    stages.prepare_run_dir(cfg)
+    run_folder.prepare_run_dir(cfg)
     stages.stage_finetune_student(cfg)
     meta = bundle.read_bundle_meta(tmp_path / "run" / "student")
     assert meta["train_image_shape"] == [56, 48] and meta["input_size"] == 32
@@ -554,7 +554,7 @@ def test_teacher_bundles_record_the_training_image_size_too(tmp_path: Path) -> N
     from tiny_setup import tiny_config, write_tiny_sam
     from tskd.config import RunConfig, from_dict
     from tskd.models.lora import read_adapter_meta
-    from tskd.pipeline import stages
+    from tskd.pipeline import run_folder, stages
 
     for i, (h, w) in enumerate([(32, 40), (48, 40)]):  # median 40 x 40
         files.write_image(tmp_path / "d/images" / f"c{i}.png",
@@ -567,7 +567,7 @@ def test_teacher_bundles_record_the_training_image_size_too(tmp_path: Path) -> N
     raw["data"] = {"labelled": str(tmp_path / "d"), "image_size": 32, "val_fraction": 0.0}
     raw["teacher"]["train"] |= {"max_steps": 1}
     cfg = from_dict(RunConfig, raw)
-    stages.prepare_run_dir(cfg)
+    run_folder.prepare_run_dir(cfg)
     stages.stage_teacher(cfg)
     assert read_adapter_meta(tmp_path / "run" / "teacher")["train_image_shape"] == [40, 40]
     seg, _ = segmenter_from_bundle(tmp_path / "run" / "teacher", device="cpu")

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tiny_setup import tiny_config, write_tiny_sam, write_tiny_task
 from tskd.config import PretrainConfig, RunConfig, from_dict
 from tskd.models.mini_sam import MiniSamConfig
-from tskd.pipeline import stages
+from tskd.pipeline import run_folder, stages
 from tskd.training import pretrain
 
 ARTEFACTS = {
@@ -49,7 +49,7 @@ def _cfg(root: Path, run: str, seed: int = 0) -> RunConfig:
 
 
 def _run_all(cfg: RunConfig) -> None:
-    stages.prepare_run_dir(cfg)
+    run_folder.prepare_run_dir(cfg)
     stages.stage_teacher(cfg)
     stages.stage_synthesize(cfg)
     stages.stage_distill(cfg)

@@ -27,7 +27,7 @@ from tskd.config import RunConfig, from_dict
 from tskd.data import folders, outputs, samples
 from tskd.data.files import read_label, write_image, write_label
 from tskd.errors import CheckpointError, RunFolderError, TskdInputError, TskdWarning
-from tskd.pipeline import lock, run_folder
+from tskd.pipeline import context, lock, run_folder
 from tskd.pipeline.manifest import (
     _ACTIVE,
     LOCK_INFO_NAME,
@@ -635,7 +635,6 @@ def test_a_dataset_folder_as_unlabelled_gives_its_images_not_its_labels(
 def test_data_folders_are_never_read_recursively(tmp_path: Path, sam: Path) -> None:
     """Images in other sub-folders (an old run, notes) are not data of any role; a changed
     label file still changes the labelled fingerprint (it is read)."""
-    from tskd.pipeline import stages
 
     data = write_tiny_task(tmp_path / "d", 2, 2, 0)
     unl = data / "unlabelled" / "images"
@@ -652,14 +651,14 @@ def test_data_folders_are_never_read_recursively(tmp_path: Path, sam: Path) -> N
         "labels/kidney_us_train_0000.png", "labels/kidney_us_train_0001.png"]
     assert folders.data_files(data / "train", "test") == lab_files
     cfg = from_dict(RunConfig, tiny_config(data, sam, tmp_path / "run"))
-    fp = stages.load_labelled_data(cfg).fingerprint
+    fp = context.load_labelled_data(cfg).fingerprint
     write_image(data / "train" / "notes" / "sketch2.png", np.ones((8, 8), np.uint8))
-    assert stages.load_labelled_data(cfg).fingerprint == fp
+    assert context.load_labelled_data(cfg).fingerprint == fp
     label = data / "train" / "labels" / "kidney_us_train_0001.png"
     lab = read_label(label)
     lab[0, 0] = 1
     write_label(label, lab)
-    assert stages.load_labelled_data(cfg).fingerprint != fp
+    assert context.load_labelled_data(cfg).fingerprint != fp
 
 
 @pytest.mark.parametrize("where", ["inside_unlabelled", "is_labelled", "contains_test"])

@@ -278,8 +278,8 @@ _STAGE_SETTINGS: dict[str, Callable[[Any, argparse.Namespace], None]] = {
 
 def _cmd_stage(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     from tskd.pipeline.lock import run_lock
-    from tskd.pipeline.run_folder import check_run_dir_inputs
-    from tskd.pipeline.stages import prepare_run_dir, stage_evaluate
+    from tskd.pipeline.run_folder import check_run_dir_inputs, prepare_run_dir
+    from tskd.pipeline.stages import stage_evaluate
 
     stage = by_cli_name(args.command)
     assert stage is not None  # COMMANDS sends only stage subcommands here

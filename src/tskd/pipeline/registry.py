@@ -27,16 +27,14 @@ from typing import TYPE_CHECKING, Any
 from tskd.atomic import write_json
 from tskd.config import RunConfig
 from tskd.errors import TskdInputError
-from tskd.pipeline.context import StageContext
+from tskd.pipeline.context import StageContext, StageFunction, writes
 from tskd.pipeline.run_folder import RunPaths, prepare_run_dir
 from tskd.pipeline.stages import (
-    StageFunction,
     stage_distill,
     stage_evaluate,
     stage_finetune_student,
     stage_synthesize,
     stage_teacher,
-    writes,
 )
 
 if TYPE_CHECKING:

@@ -31,20 +31,16 @@ from tskd.pipeline import fingerprints
 from tskd.pipeline.context import (
     LabelledData,
     StageContext,
-    StageFunction,
     data_files,
-    load_labelled_data,
-    median_image_shape,
     writes,
 )
-from tskd.pipeline.run_folder import RunPaths, prepare_run_dir
+from tskd.pipeline.run_folder import RunPaths
 
 if TYPE_CHECKING:
     from tskd.engine import CancelToken, ProgressCallback
 
-__all__ = ["LabelledData", "StageContext", "StageFunction", "export_dataset", "load_labelled_data",
-           "median_image_shape", "prepare_run_dir", "stage_distill", "stage_evaluate",
-           "stage_finetune_student", "stage_synthesize", "stage_teacher", "writes"]
+__all__ = ["export_dataset", "stage_distill", "stage_evaluate", "stage_finetune_student",
+           "stage_synthesize", "stage_teacher"]
 
 
 def export_dataset(
