@@ -1,13 +1,17 @@
-"""The benchmark: `tskd demo` on every procedural task over several seeds, aggregated.
+"""The benchmark: `tskd demo` on every task over several seeds, aggregated, with plots.
 
-    python benchmarks/run_benchmark.py --tasks kidney_us skin_lesion --seeds 0 1 2 --budget small
+    python benchmarks/run_benchmark.py --budget converged --tasks kidney_us --seeds 0 1 2
 
 Each (task, seed) is one `run_demo` call: a fresh draw of the task's data (the seed also seeds
-the data), the four methods trained the same way, scored on held-out test images that no stage
-looks at. Writes benchmarks/results/<task>_seed<k>/ per run (its report.json is also copied to
-benchmarks/results/<task>_seed<k>.json, which is kept in git), and
-benchmarks/results/summary.json + summary.md with the mean and standard deviation over seeds of
-each method's mean test Dice and HD95. Nothing is chosen on the test split.
+the data), every method trained the same way (the U-Net with the TS-KD pipeline's wall-clock),
+scored on held-out test images that no stage looks at. Writes
+benchmarks/results/<budget>/<task>_seed<k>/ per run (its report.json is also copied to
+benchmarks/results/<budget>/<task>_seed<k>.json, which is kept in git). A finished (task, seed)
+is reused, so the grid can be filled in parts (delete its folder to run it again). Then
+summary.json + summary.md (mean and standard deviation over seeds of each method's mean test
+Dice and HD95, and the comparisons of docs/benchmark.md) and one figure per task,
+dice_vs_seconds_<task>.png: test Dice against each method's training wall-clock. Nothing is
+chosen on the test split.
 """
 
 from __future__ import annotations
@@ -18,13 +22,27 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tskd.apps.demo import LABELS, METHODS, run_demo
+from tskd.apps.demo import run_demo
+from tskd.apps.demo_report import LABELS, METHODS
 
 RESULTS = Path(__file__).parent / "results"
+ALL_TASKS = ["kidney_us", "skin_lesion", "retina_vessels", "ct_abdomen", "brain_mri"]
+# (the method, what it is compared with) for the per-seed comparisons in summary.md
+COMPARISONS = [("ts_kd", "unet"), ("ts_kd", "scratch"), ("ts_kd", "task_agnostic_kd"),
+               ("vit_ts_kd", "vit_scratch"), ("vit_ts_kd", "vit_task_agnostic_kd"),
+               ("teacher", "unet")]
 
 
 def aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and spread over seeds of each method's test-set means, per task."""
+    """Mean and spread over seeds of each method's test-set means, per task.
+
+    Args:
+        reports: ``run_demo`` reports; a method is kept where every report of its task has it.
+
+    Returns:
+        {task: {"seeds", "n_labels", method: {"dice", "hd95", "seconds": {"mean", "std",
+        "values"}, "params", "ms_per_image"}}}.
+    """
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in reports:
         by_task.setdefault(r["task"], []).append(r)
@@ -33,8 +51,10 @@ def aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in runs],
                                  "n_labels": runs[0]["n_labels"]}
         for m in METHODS:
-            for key in ("dice_mean", "hd95_mean"):
-                values = [r["methods"][m][key] for r in runs]
+            if not all(m in r["methods"] for r in runs):
+                continue
+            for key in ("dice_mean", "hd95_mean", "seconds"):
+                values = [r["methods"][m].get(key, 0.0) for r in runs]
                 entry.setdefault(m, {})[key.replace("_mean", "")] = {
                     "mean": statistics.fmean(values),
                     "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
@@ -42,83 +62,125 @@ def aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
                 }
             entry[m]["params"] = runs[0]["methods"][m]["params"]
             entry[m]["ms_per_image"] = statistics.median(
-                r["methods"][m]["ms_per_image"] for r in runs
-            )
-        checks = [r.get("pretraining_check", {}).get("random_init_all_trained") for r in runs]
-        if all(checks):
-            entry["pretraining_check"] = {
-                "pretrained_lora": [r["methods"]["teacher"]["dice_mean"] for r in runs],
-                "random_init": [c["dice_mean"] for c in checks],
-            }
+                r["methods"][m]["ms_per_image"] for r in runs)
         out[task] = entry
     return out
 
 
+def _comparisons(e: dict[str, Any]) -> list[str]:
+    lines = []
+    for a, b in COMPARISONS:
+        if a not in e or b not in e:
+            continue
+        va, vb = e[a]["dice"]["values"], e[b]["dice"]["values"]
+        ahead = sum(x >= y for x, y in zip(va, vb, strict=True))
+        gap = statistics.fmean(va) - statistics.fmean(vb)
+        lines.append(f"- {LABELS[a]} vs {LABELS[b]}: {gap:+.3f} Dice in the mean; at least as "
+                     f"good on {ahead} of {len(va)} seeds ("
+                     + ", ".join(f"{x:.3f} / {y:.3f}" for x, y in zip(va, vb, strict=True))
+                     + ").")
+    return lines
+
+
 def to_markdown(summary: dict[str, Any]) -> str:
+    """The summary as Markdown tables, one per task, with the per-seed comparisons.
+
+    Args:
+        summary: ``aggregate``'s result.
+
+    Returns:
+        The Markdown text.
+    """
     lines = []
     for task, e in summary.items():
         lines += [
             f"### {task} ({e['n_labels']} labels, seeds {', '.join(map(str, e['seeds']))})",
             "",
-            "| model | Dice (mean ± sd over seeds) | HD95 px | parameters | ms / 256² image |",
-            "|---|---|---|---|---|",
+            "| model | Dice (mean ± sd over seeds) | HD95 px | training s | parameters "
+            "| ms / 256² image |",
+            "|---|---|---|---|---|---|",
         ]
         for m in METHODS:
-            d, h = e[m]["dice"], e[m]["hd95"]
+            if m not in e:
+                continue
+            d, h, t = e[m]["dice"], e[m]["hd95"], e[m]["seconds"]
             lines.append(
                 f"| {LABELS[m]} | {d['mean']:.3f} ± {d['std']:.3f} | {h['mean']:.1f} ± "
-                f"{h['std']:.1f} | {e[m]['params'] / 1e6:.2f} M | {e[m]['ms_per_image']:.1f} |"
-            )
-        ts = e["ts_kd"]["dice"]["values"]
-        ahead = {m: sum(a > b for a, b in zip(ts, e[m]["dice"]["values"], strict=True))
-                 for m in ("scratch", "task_agnostic_kd")}
-        lines += ["", "Student test Dice per seed, TS-KD / scratch / task-agnostic KD: "
-                  + ", ".join(f"{a:.3f} / {b:.3f} / {c:.3f}" for a, b, c in zip(
-                      ts, e["scratch"]["dice"]["values"],
-                      e["task_agnostic_kd"]["dice"]["values"], strict=True))
-                  + f"; TS-KD ahead of scratch on {ahead['scratch']} of {len(ts)}, of "
-                  f"task-agnostic KD on {ahead['task_agnostic_kd']} of {len(ts)}."]
-        check = e.get("pretraining_check")
-        if check:
-            pairs = list(zip(check["pretrained_lora"], check["random_init"], strict=True))
-            wins = sum(a > b for a, b in pairs)
-            lines += ["", "Pretraining check, teacher test Dice per seed (pretrained + LoRA vs "
-                      "same architecture from random init): "
-                      + ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in pairs)
-                      + f"; pretrained ahead on {wins} of {len(pairs)}."]
-        lines.append("")
+                f"{h['std']:.1f} | {t['mean']:.0f} | {e[m]['params'] / 1e6:.2f} M "
+                f"| {e[m]['ms_per_image']:.1f} |")
+        lines += ["", *_comparisons(e), ""]
     return "\n".join(lines)
 
 
+def plot(summary: dict[str, Any], out: Path) -> list[Path]:
+    """Per task, test Dice against training wall-clock for every method (one point per seed).
+
+    Args:
+        summary: ``aggregate``'s result.
+        out: The folder the PNGs go to.
+
+    Returns:
+        The files written, ``dice_vs_seconds_<task>.png``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for task, e in summary.items():
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for m in METHODS:
+            if m not in e:
+                continue
+            xs, ys = e[m]["seconds"]["values"], e[m]["dice"]["values"]
+            line = ax.scatter(xs, ys, s=18, alpha=0.6)
+            ax.scatter([statistics.fmean(xs)], [statistics.fmean(ys)], s=80, marker="D",
+                       color=line.get_facecolor()[0], label=LABELS[m], edgecolors="black")
+        ax.set_xlabel("training wall-clock from the labels, s (2 CPU cores)")
+        ax.set_ylabel("test Dice")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{task}: each seed (dots) and the mean (diamond)")
+        ax.legend(fontsize=6, loc="lower right")
+        fig.tight_layout()
+        path = out / f"dice_vs_seconds_{task}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
 def main() -> None:
+    """Run the missing (task, seed) demos, then write the summary and the figures."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tasks", nargs="+", default=["kidney_us", "skin_lesion", "retina_vessels",
-                                                  "ct_abdomen"])
+    p.add_argument("--tasks", nargs="+", default=ALL_TASKS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--labels", type=int, default=10)
-    p.add_argument("--budget", default="small")
+    p.add_argument("--budget", default="converged")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default benchmarks/results/<budget>)")
     args = p.parse_args()
+    out = args.out or RESULTS / args.budget
     reports = []
     for task in args.tasks:
         for seed in args.seeds:
-            folder = args.out / f"{task}_seed{seed}"
+            folder = out / f"{task}_seed{seed}"
             done = folder / "report.json"
             if done.is_file():  # finished earlier: reuse (delete the folder to re-run)
-                reports.append(json.loads(done.read_text()))
-                continue
-            report = run_demo(task=task, n_labels=args.labels, seed=seed, budget=args.budget,
-                              out=folder, device=args.device, check_pretraining=True)
-            print(report["table"], flush=True)
+                report = json.loads(done.read_text())
+            else:
+                report = run_demo(task=task, n_labels=args.labels, seed=seed,
+                                  budget=args.budget, out=folder, device=args.device)
+                print(report["table"], flush=True)
             reports.append(report)
-        for report in reports[-len(args.seeds):]:  # run folders stay out of git; these copies not
-            copy = args.out / f"{task}_seed{report['seed']}.json"
-            copy.write_text(json.dumps(report, indent=1) + "\n")
+            # run folders stay out of git; these copies do not
+            (out / f"{task}_seed{seed}.json").write_text(json.dumps(report, indent=1) + "\n")
     summary = aggregate(reports)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (args.out / "summary.md").write_text(to_markdown(summary))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.md").write_text(to_markdown(summary))
+    plot(summary, out)
     print(to_markdown(summary))
 
 

@@ -17,7 +17,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from tskd.apps.demo import BUDGETS, METHODS, run_demo
+from tskd.apps.demo import BUDGETS, run_demo
+from tskd.apps.demo_report import METHODS
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -16,6 +16,7 @@ from tskd.config import (
     SYNTH_EPOCH_STEPS,
     PretrainConfig,
     RunConfig,
+    StudentConfig,
     SynthConfig,
     TrainConfig,
     config_text,
@@ -23,6 +24,7 @@ from tskd.config import (
     load_config,
     save_config,
 )
+from tskd.config_compat import LEGACY_STUDENT
 from tskd.errors import TskdInputError, TskdWarning
 from tskd.pipeline import fingerprints
 from tskd.pipeline.context import StageContext
@@ -146,6 +148,9 @@ OLD = {
 }
 OLD_FPS = {"teacher": "0cec687ccdae8ef0", "synthesize": "7b023738776a73ab",
            "distill": "128854605268dd71", "student": "19d77bff9d4ffde9"}
+# that config leaves the student to its default, which is now the CNN student: its teacher and
+# transfer set are still taken as done, its distillation and student run again
+OLD_FPS_NOW = OLD_FPS | {"distill": "45a0813661e3fb2c", "student": "753c058db6928f91"}
 
 
 def _fingerprints(cfg: RunConfig) -> dict[str, str]:
@@ -173,7 +178,9 @@ def test_a_run_folder_config_of_the_earlier_shape_reads_as_the_same_config(tmp_p
         "synth.train.max_steps, synth.batch_size -> synth.train.batch_size, synth.lr -> "
         "synth.train.lr, synth.seed -> synth.train.seed, synth.device -> synth.train.device); "
         "write them there to silence this warning"]
-    assert cfg == RunConfig()  # every value means what it meant ("auto": the run's device)
+    # every value means what it meant ("auto": the run's device); its student section lists the
+    # ViT's keys, so it stays the ViT-Tiny of that version (config_compat.LEGACY_STUDENT)
+    assert cfg == RunConfig(student=StudentConfig(**LEGACY_STUDENT))
     assert _fingerprints(cfg) == OLD_DEFAULT_FPS  # its stages are taken as done
 
 
@@ -188,7 +195,10 @@ def test_old_keys_map_to_the_same_training_and_the_same_fingerprints() -> None:
     assert cfg.teacher.train.device == "cpu"  # a device other than "auto" stays the stage's
     assert cfg.student.train.device is None and cfg.predict.device is None  # "auto": the run's
     assert cfg.device_of("teacher") == "cpu" and cfg.device_of("student") == "auto"
-    assert _fingerprints(cfg) == OLD_FPS
+    assert cfg.student.architecture == "conv"
+    assert _fingerprints(cfg) == OLD_FPS_NOW
+    cfg.student = StudentConfig(**LEGACY_STUDENT, train=cfg.student.train)
+    assert _fingerprints(cfg) == OLD_FPS  # with the student of that version: nothing re-runs
 
 
 @pytest.mark.parametrize("steps", [1, 6, 49, 50, 120, 300, 20000])
@@ -444,14 +454,15 @@ def test_the_cli_shows_an_old_key_as_one_warning_line(
 
 
 # the examples' fingerprints as their earlier shape (synth.train_steps ...) gave them, with the
-# labelled set's fingerprint "x" and no unlabelled folder: rewritten, they redo nothing
+# labelled set's fingerprint "x" and no unlabelled folder: rewritten, they redo nothing but the
+# student's stages (distill, student: the last two), whose default is now the CNN student
 EXAMPLE_FPS = {
-    "kidney_us.yaml": ["a0e1b92b436b0e11", "73e7c8b04201f298", "f884f1513f4761eb",
-                       "d3077cc6eb481fce"],
-    "sam_vit_b_gpu.yaml": ["8d707b676ff0ceaa", "6eb8b370c78dc244", "8d31d87307364ad8",
-                           "647598c91d535107"],
-    "tiny.yaml": ["8b203eeae76c22a9", "07b16eb4d918fcea", "1a9124c9b69438f8",
-                  "5bbe32bebe00066c"],
+    "kidney_us.yaml": ["a0e1b92b436b0e11", "73e7c8b04201f298", "6e0b906badb5f662",
+                       "1c8b5718dc86dccc"],
+    "sam_vit_b_gpu.yaml": ["8d707b676ff0ceaa", "6eb8b370c78dc244", "f73ac8dde43cf762",
+                           "fd813484e292a2d7"],
+    "tiny.yaml": ["8b203eeae76c22a9", "07b16eb4d918fcea", "2494b2387f26e1e8",
+                  "81f1533311980f0b"],
 }
 
 

@@ -31,15 +31,28 @@ def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert {"task", "n_labels", "seed", "methods"} <= set(saved)
     assert saved["task"] == "kidney_us" and saved["n_labels"] == 3 and saved["seed"] == 1
-    assert set(saved["methods"]) == {"scratch", "task_agnostic_kd", "ts_kd", "teacher"}
+    assert set(saved["methods"]) == {"unet", "scratch", "task_agnostic_kd", "ts_kd",
+                                     "vit_scratch", "vit_task_agnostic_kd", "vit_ts_kd",
+                                     "teacher"}
     for m in saved["methods"].values():
-        assert set(m) == {"dice_mean", "dice_std", "hd95_mean", "hd95_std", "params",
-                          "ms_per_image"}
+        assert {"dice_mean", "dice_std", "hd95_mean", "hd95_std", "params", "ms_per_image",
+                "speck_share", "seconds"} <= set(m)
         assert 0.0 <= m["dice_mean"] <= 1.0 and m["params"] > 0 and m["ms_per_image"] > 0
-    # the teacher is bigger than the students, and the three students share one architecture
-    students = {saved["methods"][k]["params"] for k in ("scratch", "task_agnostic_kd", "ts_kd")}
-    assert len(students) == 1
-    assert "| student, TS-KD |" in report["table"]
+        assert 0.0 <= m["speck_share"] <= 1.0 and m["seconds"] > 0
+    # the students of one architecture share it; the CNN, the ViT and the U-Net differ
+    params = {k: v["params"] for k, v in saved["methods"].items()}
+    assert params["scratch"] == params["task_agnostic_kd"] == params["ts_kd"]
+    assert params["vit_scratch"] == params["vit_task_agnostic_kd"] == params["vit_ts_kd"]
+    assert len({params["ts_kd"], params["vit_ts_kd"], params["unet"]}) == 3
+    assert params["unet"] == 1_979_042  # MONAI BasicUNet, 3 input channels, 2 classes
+    ts_kd = saved["methods"]["ts_kd"]["stage_seconds"]
+    assert set(ts_kd) == {"teacher", "synthesize", "distill", "student"}
+    assert saved["methods"]["teacher"]["seconds"] == ts_kd["teacher"]
+    assert set(saved["methods"]["scratch"]["stage_seconds"]) == {"student"}
+    # the U-Net had the TS-KD pipeline's wall-clock, and no more than one step beyond it
+    assert saved["methods"]["unet"]["seconds"] <= saved["methods"]["ts_kd"]["seconds"] + 5.0
+    assert "| CNN student, TS-KD |" in report["table"]
+    assert "| U-Net from scratch (MONAI BasicUNet) |" in report["table"]
     check = saved["pretraining_check"]["random_init_all_trained"]
     assert 0.0 <= check["dice_mean"] <= 1.0 and check["trainable_params"] > 0
     assert saved["teacher_input_size"] == TINY_SIZE

@@ -19,7 +19,8 @@ from tskd.errors import Cancelled, TskdInputError
 from tskd.models.student import Student
 from tskd.training.teacher_cache import TeacherCache
 
-TINY = StudentConfig(embed_dim=32, depth=2, num_heads=2, patch_size=8, decoder_channels=16)
+TINY = StudentConfig(architecture="vit_tiny", embed_dim=32, depth=2, num_heads=2, patch_size=8,
+                     decoder_channels=16)
 S = 32  # student size
 TS = 64  # teacher input size (another grid: 8x8 against the student's 4x4)
 

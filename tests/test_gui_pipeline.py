@@ -19,7 +19,8 @@ for _module in ("tskd.data.samples", "tskd.data.dataset", "tskd.data.phantoms",
     pytest.importorskip(_module)
 
 SIZE = 64
-TINY_STUDENT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_channels": 16}
+TINY_STUDENT = {"architecture": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2,
+                "decoder_channels": 16}
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from tskd.config import LoraSettings, StudentConfig
 from tskd.errors import CheckpointError, ModelMetaError, TskdInputError
 from tskd.inference import bundle
 from tskd.models.lora import apply_lora, load_teacher, save_teacher, teacher_id
-from tskd.models.meta_schema import student_param_count, validate_student_meta
+from tskd.models.meta_schema import validate_student_meta
 from tskd.models.mini_sam import (
     MAX_PARAMS,
     MiniSamConfig,
@@ -34,7 +34,7 @@ from tskd.models.mini_sam import (
     save_mini_sam,
 )
 from tskd.models.sam_checkpoint import sha256_of
-from tskd.models.student import Student
+from tskd.models.student import Student, build_student, student_param_count
 from tskd.models.teacher import SemanticSam, build_sam
 
 SIZE = 32
@@ -398,14 +398,28 @@ def test_valid_bundles_still_load_with_documented_optional_keys(
 
 
 def test_student_parameter_count_is_computed_exactly_before_building() -> None:
-    for cfg, classes, size in [
-        (StudentConfig(embed_dim=32, depth=2, num_heads=2, decoder_channels=16), 3, 32),
-        (StudentConfig(embed_dim=48, depth=1, num_heads=3, patch_size=8, neck_dim=32), 5, 64),
-        (StudentConfig(embed_dim=32, depth=1, num_heads=1, patch_size=4, neck_dim=16,
-                       decoder_channels=8), 2, 16),
-    ]:
-        assert student_param_count(cfg, classes, size) == Student(cfg, classes, size).param_count()
-    assert student_param_count(StudentConfig(), 2, 256) == 6_304_632  # the default student
+    vit = {"architecture": "vit_tiny"}
+    for upsample in ("bilinear", "transposed"):
+        for cfg, classes, size in [
+            (StudentConfig(**vit, embed_dim=32, depth=2, num_heads=2, decoder_channels=16), 3,
+             32),
+            (StudentConfig(**vit, embed_dim=48, depth=1, num_heads=3, patch_size=8, neck_dim=32),
+             5, 64),
+            (StudentConfig(**vit, embed_dim=32, depth=1, num_heads=1, patch_size=4, neck_dim=16,
+                           decoder_channels=8), 2, 16),
+        ]:
+            cfg.upsample = upsample
+            built = build_student(cfg, classes, size)
+            assert student_param_count(cfg, classes, size) == built.param_count()
+    for cfg, classes in [(StudentConfig(backbone="resnet10t", neck_dim=32), 3),
+                         (StudentConfig(backbone="mobilenetv3_small_050", decoder_channels=16), 2)]:
+        built = build_student(cfg, classes, 64)
+        assert student_param_count(cfg, classes, 64) == built.param_count()
+    # the students saved before resize-convolution (and their meta.json) keep their count
+    legacy = StudentConfig(architecture="vit_tiny", upsample="transposed")
+    assert student_param_count(legacy, 2, 256) == 6_304_632
+    assert student_param_count(StudentConfig(architecture="vit_tiny"), 2, 256) == 6_248_000
+    assert student_param_count(StudentConfig(), 2, 256) == 12_529_714  # the default (conv)
 
 
 def test_sam_parameter_count_is_computed_exactly_before_building() -> None:

@@ -9,7 +9,8 @@ from tskd.config import StudentConfig
 from tskd.errors import TskdInputError
 from tskd.models.student import NECK_DIM, Student
 
-TINY = StudentConfig(embed_dim=32, depth=2, num_heads=2, patch_size=8, decoder_channels=16)
+TINY = StudentConfig(architecture="vit_tiny", embed_dim=32, depth=2, num_heads=2, patch_size=8,
+                     decoder_channels=16)
 
 
 def _student(num_classes: int = 3, size: int = 32, cfg: StudentConfig = TINY) -> Student:

@@ -45,8 +45,10 @@ def tiny_config(data: Path, sam: Path, run_dir: Path) -> dict:
         "synth": {"n_images": 2, "resolution": 16, "base_channels": 8, "sample_steps": 2,
                   "train": {"epochs": 1, "max_steps": 2, "batch_size": 2}},
         "distill": {"train": train, "teacher_layers": ["neck"], "student_layers": ["neck"]},
-        "student": {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_channels": 16,
-                    "train": train},
+        # timm's 82k-parameter test EfficientNet (GroupNorm): the default (conv) student, tiny
+        # (embed_dim, depth, num_heads: a tiny ViT-Tiny where a run chooses that architecture)
+        "student": {"backbone": "test_efficientnet_gn", "decoder_channels": 16,
+                    "embed_dim": 32, "depth": 2, "num_heads": 2, "train": train},
     }
 
 

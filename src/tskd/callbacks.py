@@ -96,6 +96,9 @@ class TrainState:
         steps_in_epoch: optimiser steps this run took in the current epoch.
         logs: the last step's losses (``"loss"`` and the task's components), floats.
         history: one entry per finished epoch: the mean of each logged loss, and ``"epoch"``.
+        stop: set by a callback to end training early (the reason, e.g. "no validation gain
+            in 5 epochs"); the engine finishes after the step (``on_step_end``) or the epoch
+            (``on_epoch_end``) in which it was set, and a resumed run stays stopped.
     """
 
     stage: str
@@ -109,6 +112,7 @@ class TrainState:
     steps_in_epoch: int = 0
     logs: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    stop: str | None = None
 
     @property
     def last_epoch(self) -> bool:
@@ -139,7 +143,10 @@ class Callback:
         """
 
     def on_epoch_end(self, state: TrainState) -> None:
-        """After an epoch's history entry and checkpoint are written.
+        """After an epoch's history entry is written, before its checkpoint.
+
+        The checkpoint then holds what the callback decided (its ``on_checkpoint`` state, and
+        ``state.stop``), so a resumed run goes on as an unbroken one would.
 
         Also after a resumed, partly skipped epoch (``state.steps_in_epoch`` counts this run's
         steps only).

@@ -45,6 +45,14 @@ class TrainConfig:
             ``bf16``.
         grad_clip: Largest gradient norm (L2) before an optimiser step.
         max_steps: Stop after this many optimiser steps (budgets, tests); None for no limit.
+        patience: Stop when the validation score (Dice on the validation images, which come
+            from the labelled set) has not improved in this many evaluations, and keep the best
+            weights (``tskd.stopping.EarlyStopping``); None trains every epoch. Used
+            by stages that have validation images.
+        val_every: Evaluate the validation score every this many epochs (with ``patience``).
+        max_seconds: Stop after this much wall-clock training time, in seconds
+            (``tskd.stopping.TimeLimit``), so methods can be compared at one cost;
+            None for no limit.
     """
 
     epochs: int = 10
@@ -58,6 +66,9 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU
     grad_clip: float = 1.0
     max_steps: int | None = None  # stop early after this many optimiser steps (budgets, tests)
+    patience: int | None = None  # early stopping on the validation score; None: every epoch
+    val_every: int = 1
+    max_seconds: float | None = None  # wall-clock budget (equal-cost comparisons)
 
     def total_steps(self, epoch_steps: int) -> int:
         """Optimiser steps of a stage counted in steps (the diffusion model, pretraining).
@@ -257,8 +268,19 @@ class DistillConfig:
 
 @dataclass
 class StudentConfig:
-    """Stage 4: the ViT-Tiny student and its fine-tuning on the labelled images."""
+    """Stage 4: the student's architecture and its fine-tuning on the labelled images.
 
+    ``architecture``: "conv" (``tskd.models.conv_student``: a timm CNN ``backbone`` with a
+    U-Net decoder), "vit_tiny" (``tskd.models.student``: the TS-KD paper's ViT-Tiny, which
+    ``embed_dim``, ``depth``, ``num_heads`` and ``patch_size`` describe) or "unet" (the plain
+    MONAI U-Net baseline, ``tskd.models.unet``, trained from scratch only). ``upsample`` is the
+    ViT decoder's: "bilinear" (resize-convolution) or "transposed" (the 2x2 transposed
+    convolutions and PixelShuffle head of students saved before it existed).
+    """
+
+    architecture: Literal["conv", "vit_tiny", "unet"] = "conv"
+    backbone: str = "resnet18"
+    upsample: Literal["bilinear", "transposed"] = "bilinear"
     embed_dim: int = 192
     depth: int = 12
     num_heads: int = 3
@@ -266,6 +288,9 @@ class StudentConfig:
     neck_dim: int = 256  # SAM's embedding width: the natural target for feature distillation
     decoder_channels: int = 64
     from_scratch: bool = False  # baseline: ignore the distilled weights
+    # fine-tuning: the encoder's learning rate is train.lr times this, the decoder's train.lr,
+    # so fine-tuning keeps what distillation taught (as layer-wise decay does, Clark et al. 2020)
+    encoder_lr_scale: float = 1.0
     dice_weight: float = 0.5
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, lr=5e-4))
 

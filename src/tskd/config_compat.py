@@ -14,8 +14,8 @@ from typing import Any
 
 from tskd.errors import TskdInputError, TskdWarning
 
-__all__ = ["DEVICE_SECTIONS", "SYNTH_EPOCH_STEPS", "UPGRADES", "flat_synth", "run_config",
-           "synth_config"]
+__all__ = ["DEVICE_SECTIONS", "LEGACY_STUDENT", "SYNTH_EPOCH_STEPS", "UPGRADES", "flat_synth",
+           "run_config", "student_config", "synth_config"]
 
 SYNTH_EPOCH_STEPS = 50  # the diffusion model's epoch: optimiser steps between checkpoints
 
@@ -129,7 +129,34 @@ def run_config(data: dict[str, Any], where: str = "") -> dict[str, Any]:
 
 
 # by the config dataclass's name (``tskd.config.from_dict`` looks its class up here)
+# the student as earlier versions built it, before ``architecture`` existed: the ViT-Tiny with
+# transposed convolutions, fine-tuned at one learning rate
+LEGACY_STUDENT = {"architecture": "vit_tiny", "upsample": "transposed", "encoder_lr_scale": 1.0}
+VIT_KEYS = ("embed_dim", "depth", "num_heads", "patch_size")
+
+
+def student_config(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A ``student`` section that describes a ViT but names no architecture, read as it was.
+
+    Earlier versions had only the ViT-Tiny; their sections (run folders' ``config.yaml``
+    included) list its keys (``VIT_KEYS``). Such a section keeps meaning that student
+    (``LEGACY_STUDENT``), so an earlier run's stages are still taken as done; a section with
+    none of those keys gets the current default student.
+
+    Args:
+        data: The section as read.
+        where: The section's dotted key (unused).
+
+    Returns:
+        ``data``, or a new dict with ``LEGACY_STUDENT``'s values filled in.
+    """
+    if "architecture" in data or not any(k in data for k in VIT_KEYS):
+        return data
+    return LEGACY_STUDENT | dict(data)
+
+
 UPGRADES: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
     "RunConfig": run_config,
     "SynthConfig": synth_config,
+    "StudentConfig": student_config,
 }

@@ -46,6 +46,7 @@ from tskd.checkpoint import (
 from tskd.config import TrainConfig
 from tskd.device import make_accelerator, resolve_device
 from tskd.errors import Cancelled, TskdError
+from tskd.stopping import TimeLimit
 
 __all__ = [
     "Callback", "CancelToken", "CheckpointExtra", "Progress", "ProgressCallback", "TrainResult",
@@ -55,7 +56,12 @@ __all__ = [
 
 
 class TrainingTask(Protocol):
-    """What a stage hands to the engine: a name, the model and its data and loss."""
+    """What a stage hands to the engine: a name, the model and its data and loss.
+
+    A task may also have ``lr_scales() -> dict[int, float]``: a factor on ``TrainConfig.lr``
+    per parameter (keyed by ``id(parameter)``; others 1), e.g. a lower rate for a distilled
+    encoder than for its decoder.
+    """
 
     name: str  # the stage's name in progress reports and messages
     model: nn.Module  # owns every trainable parameter (requires_grad=True)
@@ -143,6 +149,16 @@ class _Run:
     steps_this_run: int = 0
 
 
+def _param_groups(task: TrainingTask, cfg: TrainConfig,
+                  params: list[nn.Parameter]) -> list[dict[str, Any]]:
+    """AdamW's groups: ``task.lr_scales()`` ({parameter id: factor on cfg.lr}) if it has one."""
+    scales = task.lr_scales() if hasattr(task, "lr_scales") else {}
+    by_scale: dict[float, list[nn.Parameter]] = {}
+    for p in params:
+        by_scale.setdefault(scales.get(id(p), 1.0), []).append(p)
+    return [{"params": ps, "lr": cfg.lr * scale} for scale, ps in by_scale.items()]
+
+
 def _prepare(task: TrainingTask, cfg: TrainConfig, checkpoint_dir: str | Path | None,
              collate_fn: Callable[[list[Any]], Any] | None,
              extra_parameters: Iterable[nn.Parameter]) -> _Run:
@@ -170,7 +186,8 @@ def _prepare(task: TrainingTask, cfg: TrainConfig, checkpoint_dir: str | Path | 
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     epochs = math.ceil(total / len(loader)) if total else 0
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(task, cfg, params), lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total, int(cfg.warmup_fraction * total))
     )
@@ -196,6 +213,7 @@ def _resume(run: _Run) -> None:
     state = run.state
     state.epoch, run.skip_batches = saved["epoch"], saved["batch_in_epoch"]
     state.step, state.history = saved["step"], saved["history"]
+    state.stop = saved.get("stop")
     run.resumed_from = state.epoch
     for callback in run.callbacks:
         callback.on_resume(state, extra)
@@ -213,6 +231,7 @@ def _save(run: _Run, epoch: int, batch_in_epoch: int, rng: dict[str, Any] | None
         "step": state.step,
         "history": state.history,
         "config": asdict(run.cfg),
+        "stop": state.stop,
     }
     run.ckpt.save(run.accelerator.unwrap_model(run.model), run.optimizer, run.scheduler, saved,
                   rng=rng, extra=checkpoint_extra(run.callbacks, run.state))
@@ -276,13 +295,15 @@ def _run_epoch(run: _Run, epoch: int) -> None:
             raise Cancelled(
                 f"{run.task.name}: cancelled at step {state.step}/{state.total}; resume to go on")
         _optimiser_step(run, batch, sums)
+        if state.stop:
+            break
     run.skip_batches, run.resume_rng = 0, None
     if state.steps_in_epoch:
         count = state.steps_in_epoch
         state.history.append({k: v / count for k, v in sums.items()} | {"epoch": epoch})
-    _save(run, epoch + 1, 0)
-    for callback in run.callbacks:
+    for callback in run.callbacks:  # before the checkpoint, so it keeps what they decided
         callback.on_epoch_end(state)
+    _save(run, epoch + 1, 0)
 
 
 def _finish(run: _Run, keep_checkpoint: bool) -> TrainResult:
@@ -347,6 +368,8 @@ def train(
     """
     run = _prepare(task, cfg, checkpoint_dir, collate_fn, extra_parameters)
     run.callbacks, run.progress, run.cancel = list(callbacks), progress, cancel
+    if cfg.max_seconds is not None:
+        run.callbacks.append(TimeLimit(cfg.max_seconds))
     if resume:
         _resume(run)
     run.t0 = time.perf_counter()
@@ -354,8 +377,10 @@ def train(
         callback.on_train_begin(run.state)
     run.model.train()
     for epoch in range(run.state.epoch, run.state.epochs):
+        if run.state.stop:
+            break
         _run_epoch(run, epoch)
-        if run.state.step >= run.state.total:
+        if run.state.step >= run.state.total or run.state.stop:
             break
     return _finish(run, keep_checkpoint)
 

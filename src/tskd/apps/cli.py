@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="kidney_us")
     p.add_argument("--labels", type=int, default=10, help="labelled training images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--budget", choices=["tiny", "small", "full"], default="small")
+    p.add_argument("--budget", choices=["tiny", "small", "converged"], default="small")
     p.add_argument("--teacher", default="mini", help="mini, vit_b, vit_l or vit_h")
     p.add_argument("--checkpoint", help="SAM checkpoint for --teacher vit_*")
     p.add_argument("--teacher-size", type=int,

@@ -1,12 +1,14 @@
 """``tskd demo``: the whole method on a procedural task, against its baselines, in minutes.
 
-It writes a task's train/unlabelled/test folders, then runs four models through the same
+It writes a task's train/unlabelled/test folders, then runs every method through the same
 pipeline functions a user calls, sharing what can be shared (teacher, transfer set, teacher
-cache) so the comparison is fair and cheap:
+cache) so the comparison is fair and cheap (``demo_runs``, ``SHARED``):
 
-- student from scratch (fine-tuned on the labels only),
-- student after task-agnostic KD (features of the un-adapted teacher), then fine-tuned,
-- student after task-specific KD (the LoRA-adapted teacher), then fine-tuned,
+- the plain U-Net a user would train instead (MONAI ``BasicUNet``, from scratch on the labels),
+  given the wall-clock the whole TS-KD pipeline took;
+- the default (convolutional) student and the paper's ViT-Tiny student, each trained on the
+  labels only, after task-agnostic KD (features of the un-adapted teacher) and after
+  task-specific KD (the LoRA-adapted teacher), the last two then fine-tuned on the labels;
 - the adapted teacher itself.
 
 Every model is scored on the held-out test images, which nothing else ever looks at. The
@@ -24,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tskd import atomic
 from tskd.atomic import write_json
 from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, TrainConfig
 from tskd.engine import CancelToken, ProgressCallback
@@ -32,22 +33,19 @@ from tskd.errors import CheckpointError, TskdInputError
 
 DEMO_FILES = ("report.json", "report.md", "examples.png")  # written directly into --out
 
-METHODS = ("scratch", "task_agnostic_kd", "ts_kd", "teacher")
-LABELS = {
-    "scratch": "student from scratch",
-    "task_agnostic_kd": "student, task-agnostic KD",
-    "ts_kd": "student, TS-KD",
-    "teacher": "adapted teacher (LoRA)",
-}
-
 
 @dataclass(frozen=True)
 class Budget:
     """How much work each stage gets; `small` is the default that fits 15 minutes on 2 cores.
 
     Counts of generated images (``n_unlabelled``, ``n_test``) and of synthetic images
-    (``synth_images``, 0: none); epochs of the teacher, distillation and student stages;
-    ``synth_steps`` diffusion training steps at ``synth_resolution`` pixels. See docs/demo.md.
+    (``synth_images``, 0: none); epochs of the teacher, distillation and student stages (at
+    most, with ``patience``); ``synth_steps`` diffusion training steps at ``synth_resolution``
+    pixels. With ``patience``, the teacher, distillation and the student stop once the Dice on
+    the validation images (``val_fraction`` of the labelled set, never the test set) has not
+    improved in ``patience`` evaluations (one every ``val_every`` epochs), and ``stage_seconds``
+    caps each training stage's wall-clock (teacher, synthesis, distillation, student). See
+    docs/demo.md.
     """
 
     n_unlabelled: int
@@ -58,12 +56,18 @@ class Budget:
     synth_resolution: int
     distill_epochs: int
     student_epochs: int
+    patience: int | None = None
+    val_every: int = 1
+    val_fraction: float = 0.0
+    stage_seconds: tuple[float, float, float, float] | None = None
 
 
 BUDGETS = {
     "tiny": Budget(8, 8, 2, 4, 4, 16, 1, 2),
-    "small": Budget(40, 30, 30, 24, 120, 32, 8, 40),
-    "full": Budget(200, 60, 60, 200, 2000, 64, 40, 80),
+    "small": Budget(40, 30, 30, 24, 120, 32, 8, 60),
+    # every stage until its validation Dice stops improving, within 8 minutes of TS-KD on 2 cores
+    "converged": Budget(100, 60, 150, 100, 1500, 64, 40, 400, patience=4, val_every=5,
+                        val_fraction=0.2, stage_seconds=(120.0, 60.0, 150.0, 120.0)),
 }
 
 
@@ -96,7 +100,7 @@ def demo_config(
     cfg = RunConfig(run_dir=str(run_dir), device=device)
     cfg.data.labelled = str(data_root / "train")
     cfg.data.unlabelled = str(data_root / "unlabelled")
-    cfg.data.val_fraction = 0.0  # 10 labels are too few to hold some out; nothing is tuned on test
+    cfg.data.val_fraction = budget.val_fraction  # validation images for early stopping only
     cfg.teacher.model_type = teacher
     cfg.teacher.checkpoint = checkpoint
     # the mini teacher was pretrained at 128 px; official SAMs run at 512 as SAMed does
@@ -110,19 +114,63 @@ def demo_config(
     cfg.synth.enabled = budget.synth_images > 0
     cfg.distill.train = TrainConfig(epochs=budget.distill_epochs, batch_size=8, lr=1e-3,
                                     seed=seed)
-    cfg.student.train = TrainConfig(epochs=budget.student_epochs, batch_size=4, lr=5e-4,
+    cfg.student.train = TrainConfig(epochs=budget.student_epochs, batch_size=4, lr=1e-3,
                                     seed=seed)
+    # the U-Net recipe (AdamW 1e-3) for every student; the distilled encoder learns at a third
+    # of the decoder's rate so fine-tuning keeps what distillation taught (a design choice, not
+    # tuned)
+    cfg.student.encoder_lr_scale = 0.3
+    caps = budget.stage_seconds or (None, None, None, None)
+    for train, cap in zip((cfg.teacher.train, cfg.synth.train, cfg.distill.train,
+                           cfg.student.train), caps):
+        train.max_seconds = cap
+        if train is not cfg.synth.train:
+            train.patience, train.val_every = budget.patience, budget.val_every
     return cfg
 
 
-def _variant(base: RunConfig, run_dir: Path, **flags: bool) -> RunConfig:
+def _variant(base: RunConfig, run_dir: Path, architecture: str = "conv",
+             task_agnostic: bool = False, from_scratch: bool = False) -> RunConfig:
+    """``base`` for another method: its run folder, student architecture and flags."""
     import copy
 
     cfg = copy.deepcopy(base)
     cfg.run_dir = str(run_dir)
-    cfg.distill.task_agnostic = flags.get("task_agnostic", False)
-    cfg.student.from_scratch = flags.get("from_scratch", False)
+    cfg.student.architecture = architecture  # type: ignore[assignment]
+    cfg.distill.task_agnostic = task_agnostic
+    cfg.student.from_scratch = from_scratch
     return cfg
+
+
+def demo_runs(base: RunConfig, out: Path) -> dict[str, RunConfig]:
+    """Every student method's run configuration, in the order they run (``ts_kd`` first).
+
+    Args:
+        base: The TS-KD run (``demo_config``) with the default student.
+        out: The demo folder; each method runs in ``out/<method>``.
+
+    Returns:
+        {method: configuration}; the U-Net (``unet``) gets its time budget later, from what
+        TS-KD took.
+    """
+    flags: dict[str, dict[str, Any]] = {
+        "ts_kd": {}, "vit_ts_kd": {"architecture": "vit_tiny"},
+        "task_agnostic_kd": {"task_agnostic": True},
+        "vit_task_agnostic_kd": {"architecture": "vit_tiny", "task_agnostic": True},
+        "scratch": {"from_scratch": True},
+        "vit_scratch": {"architecture": "vit_tiny", "from_scratch": True},
+        "unet": {"architecture": "unet", "from_scratch": True},
+    }
+    return {name: base if name == "ts_kd" else _variant(base, out / name, **f)
+            for name, f in flags.items()}
+
+
+# what each run copies from a finished one before it starts (same inputs, so the stages skip)
+SHARED = {
+    "vit_ts_kd": ("ts_kd", ("teacher", "transfer", "cache")),
+    "task_agnostic_kd": ("ts_kd", ("transfer",)),
+    "vit_task_agnostic_kd": ("task_agnostic_kd", ("transfer", "cache")),
+}
 
 
 def _share(src: Path, dst: Path) -> None:
@@ -252,9 +300,9 @@ def _run_demo(
     checkpoint: str | None, out: Path, device: str, progress: ProgressCallback | None,
     cancel: CancelToken | None, check_pretraining: bool, teacher_size: int | None,
 ) -> dict[str, Any]:
+    from tskd.apps import demo_report
     from tskd.data import phantoms
-    from tskd.pipeline import registry, run_folder
-    from tskd.pipeline.run_folder import RunPaths
+    from tskd.pipeline import registry
 
     t_start = time.perf_counter()
     data_root = out / "data"
@@ -263,26 +311,23 @@ def _run_demo(
 
     base = demo_config(data_root, out / "ts_kd", b, seed, teacher, checkpoint, device,
                        teacher_size)
-    runs = {
-        "ts_kd": base,
-        "task_agnostic_kd": _variant(base, out / "task_agnostic_kd", task_agnostic=True),
-        "scratch": _variant(base, out / "scratch", from_scratch=True),
-    }
-    results: dict[str, Any] = {}
-    for name in ("ts_kd", "task_agnostic_kd", "scratch"):
-        cfg = runs[name]
-        if name == "task_agnostic_kd":  # same transfer set and teacher cache folder
-            target = RunPaths(out / name).transfer
-            with run_folder.writing(out / name, "share", [target]):
-                _share(RunPaths(out / "ts_kd").transfer, target)
-        results[name] = registry.run_pipeline(
-            cfg, progress=progress, cancel=cancel, overwrite=True
-        )
+    runs = demo_runs(base, out)
+    seconds: dict[str, dict[str, float]] = {}  # {method: {stage: wall-clock seconds}}
+    for name, cfg in runs.items():
+        if name == "unet":  # the same wall-clock as the TS-KD pipeline, to the end
+            cfg.student.train.max_seconds = sum(seconds["ts_kd"].values())
+            cfg.student.train.epochs *= 10  # the time budget, not the epochs, ends it
+        _share_from(out, name)
+        results = registry.run_pipeline(cfg, progress=progress, cancel=cancel, overwrite=True)
+        seconds[name] = {k: float(r.get("seconds", 0.0)) for k, r in results.items()
+                         if k != "evaluate" and isinstance(r, dict)}
     methods: dict[str, Any] = {}
     test = data_root / "test"
-    for name in ("scratch", "task_agnostic_kd", "ts_kd"):
-        methods[name] = _score(runs[name], "student", test)
-    methods["teacher"] = _score(runs["ts_kd"], "teacher", test)
+    for name, cfg in runs.items():
+        methods[name] = demo_report.score(cfg, "student", test) | {
+            "seconds": sum(seconds[name].values()), "stage_seconds": seconds[name]}
+    methods["teacher"] = demo_report.score(runs["ts_kd"], "teacher", test) | {
+        "seconds": seconds["ts_kd"]["teacher"]}
     report = {
         "task": task,
         "n_labels": n_labels,
@@ -302,90 +347,21 @@ def _run_demo(
             "random_init_all_trained": random_init_teacher(base, test),
         }
     write_json(out / "report.json", report)
-    table = markdown_table(methods)
-    report["table"] = table
-    _write_markdown(out, report, runs)
+    report["table"] = demo_report.markdown_table(methods)
+    demo_report.write_markdown(out, report, runs)
     return report
 
 
-def _score(cfg: RunConfig, model: str, test: Path) -> dict[str, float]:
-    """Dice/HD95 mean and spread over test images, parameter count and CPU speed."""
-    from tskd.inference.predict import segmenter_from_bundle
-    from tskd.pipeline import stages
+def _share_from(out: Path, name: str) -> None:
+    """Copy the finished stage folders ``SHARED`` names into run ``name`` (same inputs)."""
+    from tskd.pipeline import run_folder
     from tskd.pipeline.run_folder import RunPaths
 
-    summary = stages.stage_evaluate(cfg, model=model, test_folder=test)
-    paths = RunPaths(Path(cfg.run_dir))
-    seg, _ = segmenter_from_bundle(paths.student if model == "student" else paths.teacher,
-                                   device=cfg.device_of("predict"))
-    return {
-        "dice_mean": summary["dice_mean"],
-        "dice_std": summary["dice_std"],
-        "hd95_mean": summary["hd95_mean"],
-        "hd95_std": summary["hd95_std"],
-        "params": int(sum(p.numel() for p in seg.model.parameters())),
-        "ms_per_image": _ms_per_image(seg),
-    }
-
-
-def _ms_per_image(seg: Any, repeats: int = 10) -> float:
-    """Median wall time (ms) of one 256x256 image through ``seg`` (forward + pre/post)."""
-    import numpy as np
-    import torch
-
-    image = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
-    seg.segment(image)  # warm-up
-    times = []
-    with torch.inference_mode():
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            seg.segment(image)
-            times.append(1000 * (time.perf_counter() - t0))
-    return float(np.median(times))
-
-
-def markdown_table(methods: dict[str, Any]) -> str:
-    """The demo's result table in Markdown from ``methods`` ({method: ``_score``'s metrics})."""
-    rows = [
-        "| model | Dice | HD95 (px) | parameters | ms per 256x256 image |",
-        "|---|---|---|---|---|",
-    ]
-    for key in METHODS:
-        m = methods[key]
-        rows.append(
-            f"| {LABELS[key]} | {m['dice_mean']:.3f} ± {m['dice_std']:.3f} "
-            f"| {m['hd95_mean']:.1f} ± {m['hd95_std']:.1f} | {m['params'] / 1e6:.2f} M "
-            f"| {m['ms_per_image']:.1f} |"
-        )
-    return "\n".join(rows)
-
-
-def _write_markdown(out: Path, report: dict[str, Any], runs: dict[str, RunConfig]) -> None:
-    from tskd.apps import demo_figures
-
-    figure = demo_figures.write_figures(out, runs)
-    lines = [
-        f"# TS-KD demo: {report['task']}, {report['n_labels']} labels, seed {report['seed']}",
-        "",
-        f"Budget `{report['budget']}`, teacher `{report['teacher_model']}` at "
-        f"{report['teacher_input_size']} px, "
-        f"{report['n_test']} held-out test images, {report['seconds'] / 60:.1f} min in all. "
-        "Dice and HD95 over foreground classes, mean ± standard deviation over test images "
-        "(MONAI; HD95 is the larger of the two directed 95th percentiles, in pixels).",
-        "",
-        report["table"],
-        "",
-    ]
-    if figure:
-        lines += [f"![examples and loss curves]({figure.name})", ""]
-    check = report.get("pretraining_check")
-    if check:
-        a, b = check["lora_on_pretrained"], check["random_init_all_trained"]
-        lines += [
-            "Pretraining check (same teacher architecture, same labels and steps): LoRA on the "
-            f"pretrained mini teacher Dice {a['dice_mean']:.3f} ± {a['dice_std']:.3f}; from "
-            f"random initialisation, all parameters trained, Dice {b['dice_mean']:.3f} ± "
-            f"{b['dice_std']:.3f}.",
-            "",
-        ]
-    atomic.write_text(out / "report.md", "\n".join(lines))
+    if name not in SHARED:
+        return
+    source, parts = SHARED[name]
+    src, dst = RunPaths(out / source), RunPaths(out / name)
+    targets = [getattr(dst, part) for part in parts]
+    with run_folder.writing(out / name, "share", targets):
+        for part, target in zip(parts, targets):
+            _share(getattr(src, part), target)

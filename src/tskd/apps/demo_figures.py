@@ -78,17 +78,23 @@ def write_figures(out: Path, runs: dict[str, Any], n_examples: int = 4) -> Path 
 
 
 def _segmenters(runs: dict[str, Any]) -> dict[str, Any]:
-    """{column title: CPU ``Segmenter``} of the adapted teacher and the three students."""
+    """{column title: CPU ``Segmenter``} of the adapted teacher and every student method."""
     from tskd.inference.predict import segmenter_from_bundle
     from tskd.pipeline.run_folder import RunPaths
 
     models: dict[str, Any] = {}
     for title, run, which in (
         ("teacher (LoRA)", "ts_kd", "teacher"),
-        ("scratch", "scratch", "student"),
-        ("task-agnostic KD", "task_agnostic_kd", "student"),
-        ("TS-KD", "ts_kd", "student"),
+        ("U-Net", "unet", "student"),
+        ("CNN scratch", "scratch", "student"),
+        ("CNN task-agn. KD", "task_agnostic_kd", "student"),
+        ("CNN TS-KD", "ts_kd", "student"),
+        ("ViT scratch", "vit_scratch", "student"),
+        ("ViT task-agn. KD", "vit_task_agnostic_kd", "student"),
+        ("ViT TS-KD", "vit_ts_kd", "student"),
     ):
+        if run not in runs:
+            continue
         paths = RunPaths(Path(runs[run].run_dir))
         models[title], _ = segmenter_from_bundle(
             paths.teacher if which == "teacher" else paths.student, device="cpu")

@@ -134,7 +134,7 @@ def load_student(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors.torch import load_file
 
     from tskd.models.meta_schema import read_meta_file, validate_student_meta
-    from tskd.models.student import Student
+    from tskd.models.student import build_student
 
     folder = _bundle_dir(folder)
     meta = read_meta_file(folder / META)
@@ -144,7 +144,7 @@ def load_student(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"student weights {weights} are missing")
-    student = Student(info.student, info.num_classes, info.image_size)
+    student = build_student(info.student, info.num_classes, info.image_size)
     try:
         state = load_file(str(weights))
     except Exception:  # safetensors raises its own error type for truncated/foreign files

@@ -32,15 +32,16 @@ Any other key (metrics, history, stage results) is kept as it is and not interpr
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tskd.config import LoraSettings, StudentConfig, from_dict
 from tskd.errors import CheckpointError, ModelMetaError, TskdInputError
+from tskd.models import conv_student, unet
 from tskd.models.mini_sam import MAX_PARAMS, MiniSamConfig, official_config, sam_param_count
 from tskd.models.sam_checkpoint import MODEL_TYPES
+from tskd.models.student import student_param_count
 
 MAX_META_BYTES = 1 << 20  # a real meta.json is a few KB (history included)
 MAX_CLASSES = 256
@@ -57,6 +58,8 @@ _STUDENT_BOUNDS = (
     ("decoder_channels", 1, 1024),
 )
 _STUDENT_REQUIRED = ("embed_dim", "depth", "num_heads", "patch_size")
+# the input side must be a multiple of this (0: of the ViT's patch_size)
+_STRIDES = {"conv": conv_student.STRIDE, "unet": unet.STRIDE, "vit_tiny": 0}
 
 
 class _Bad(Exception):
@@ -249,34 +252,6 @@ def _kind(meta: dict[str, Any], kind: str) -> None:
 # ------------------------------------------------------------------------------- student
 
 
-def student_param_count(cfg: StudentConfig, num_classes: int, image_size: int) -> int:
-    """Parameters of ``tskd.models.student.Student(cfg, num_classes, image_size)``, unbuilt.
-
-    Computed from the settings (timm ViT encoder with MLP ratio 4, neck, decoder, head); checked
-    against built students in ``tests/test_reliability_meta.py``.
-
-    Args:
-        cfg: The student's architecture.
-        num_classes: Output classes, background included.
-        image_size: The input side in pixels.
-    """
-    d, p, n = cfg.embed_dim, cfg.patch_size, cfg.neck_dim
-    grid = image_size // p
-    encoder = 3 * p * p * d + d + (grid * grid + 1) * d + d + cfg.depth * (12 * d * d + 13 * d)
-    encoder += 2 * d
-    neck = d * n + 9 * n * n + 4 * n
-    c = cfg.decoder_channels
-    floor = max(8, c // 4)
-    chans = [max(floor, c >> k) for k in range(max(int(math.log2(p)) - 1, 0))]
-    decoder = 9 * 12 * floor + 2 * floor
-    cin = n
-    for k, cout in enumerate(chans):
-        skip = floor if k == len(chans) - 1 else 0
-        decoder += cin * cout * 4 + cout + 9 * (cout + skip) * cout + 2 * cout
-        cin = cout
-    return encoder + neck + decoder + cin * 4 * num_classes + 4 * num_classes
-
-
 def _student_config(data: dict[str, Any]) -> StudentConfig:
     for key in _STUDENT_REQUIRED:
         if key not in data:
@@ -284,10 +259,15 @@ def _student_config(data: dict[str, Any]) -> StudentConfig:
     for key, lo, hi in _STUDENT_BOUNDS:
         if key in data:
             _int(data, key, lo, hi, "student.")
+    # students saved before these keys existed: the ViT-Tiny with its transposed convolutions
+    data = {"architecture": "vit_tiny", "upsample": "transposed"} | dict(data)
     try:
-        cfg = from_dict(StudentConfig, dict(data), "student")
+        cfg = from_dict(StudentConfig, data, "student")
     except TskdInputError as exc:
         raise _Bad("", str(exc).removeprefix("config: ")) from None
+    if cfg.architecture not in _STRIDES:
+        raise _Bad("student.architecture", f"must be conv, vit_tiny or unet, got "
+                   f"{_show(cfg.architecture)}")
     p = cfg.patch_size
     if p & (p - 1):
         raise _Bad("student.patch_size", f"must be a power of two, got {p}")
@@ -317,9 +297,10 @@ def validate_student_meta(meta: Any, path: str | Path = "meta.json") -> StudentM
         num_classes = _int(meta, "num_classes", 1, MAX_CLASSES)
         key = "input_size" if "input_size" in meta or "image_size" not in meta else "image_size"
         image_size = _int(meta, key, MIN_SIZE, MAX_SIZE)
-        if image_size % cfg.patch_size:
-            raise _Bad(key, f"{image_size} is not a multiple of the student's patch_size "
-                       f"{cfg.patch_size}")
+        step = _STRIDES[cfg.architecture] or cfg.patch_size
+        if image_size % step:
+            raise _Bad(key, f"{image_size} is not a multiple of {step}, which the "
+                       f"{cfg.architecture} student needs")
         n = student_param_count(cfg, num_classes, image_size)
         if n > MAX_PARAMS:
             raise _Bad("student", f"describes a model of {n / 1e9:.1f} billion parameters, more "

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, SynthConfig, to_dict
-from tskd.config_compat import flat_synth
+from tskd.config_compat import LEGACY_STUDENT, flat_synth
 from tskd.pipeline.context import StageContext, data_files
 from tskd.pipeline.run_folder import files_fingerprint, fingerprint
 
@@ -28,7 +28,23 @@ def _settings_fp(section: Any) -> dict[str, Any]:
     """
     train = to_dict(section.train)
     train.pop("device", None)
+    if train.get("patience") is None:  # runs of versions before early stopping keep their values
+        train.pop("patience", None)
+        train.pop("val_every", None)
+    if train.get("max_seconds") is None:
+        train.pop("max_seconds", None)
     return to_dict(section) | {"train": train}
+
+
+def _student_settings(student: dict[str, Any]) -> dict[str, Any]:
+    """The student section without the keys of ``LEGACY_STUDENT`` when it is that student.
+
+    Earlier versions had only that student and did not write the keys, so its runs keep their
+    fingerprints.
+    """
+    if all(student.get(k) == v for k, v in LEGACY_STUDENT.items()):
+        return {k: v for k, v in student.items() if k not in (*LEGACY_STUDENT, "backbone")}
+    return student
 
 
 def teacher_fp(cfg: RunConfig, data_fp: str) -> str:
@@ -131,7 +147,7 @@ def of(ctx: StageContext, stage: str) -> str:
     cfg = ctx.cfg
 
     def distill() -> str:
-        student_arch = to_dict(cfg.student)
+        student_arch = _student_settings(to_dict(cfg.student))
         student_arch.pop("train")
         teacher = of(ctx, "base" if cfg.distill.task_agnostic else "teacher")
         return fingerprint("distill", _settings_fp(cfg.distill), student_arch, teacher,
@@ -139,7 +155,8 @@ def of(ctx: StageContext, stage: str) -> str:
 
     def student() -> str:
         init = "scratch" if cfg.student.from_scratch else of(ctx, "distill")
-        return fingerprint("student", _settings_fp(cfg.student), init, ctx.data.fingerprint,
+        return fingerprint("student", _student_settings(_settings_fp(cfg.student)), init,
+                           ctx.data.fingerprint,
                            cfg.data.image_size)
 
     compute: dict[str, Callable[[], str]] = {

@@ -233,7 +233,7 @@ def stage_distill(
     """
     from tskd.engine import seed_everything
     from tskd.inference import bundle
-    from tskd.models.student import Student
+    from tskd.models.student import build_student
     from tskd.training import distill
 
     ctx = StageContext.of(run, progress, cancel, resume)
@@ -245,13 +245,14 @@ def stage_distill(
     model, teacher_id = _distill_teacher(ctx)
     images = _transfer_images(ctx)
     seed_everything(cfg.distill.train.seed)  # the student's initialisation, whatever came before
-    student = Student(cfg.student, data.num_classes, cfg.data.image_size)
+    student = build_student(cfg.student, data.num_classes, cfg.data.image_size)
     result = distill.distill(
         model, images, ctx.section("distill"), student,
         teacher_input_size=cfg.teacher.input_size, teacher_id=teacher_id, cache_dir=paths.cache,
         progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
         checkpoint_dir=step.checkpoint_dir(),
         keep_checkpoint=True,  # cleared once the artefact is written
+        val=data.val,
     )
     summary = {
         "n_transfer_images": len(images),
@@ -281,7 +282,7 @@ def _initial_student(ctx: StageContext, continue_from_last: bool) -> tuple[Any, 
     # the student fine-tuning starts from and what it is: "last" (run/student), "scratch"
     # (student.from_scratch) or "distilled" (run/distilled); TskdError when it is missing
     from tskd.inference import bundle
-    from tskd.models.student import Student
+    from tskd.models.student import build_student
 
     cfg, paths = ctx.cfg, ctx.paths
     if continue_from_last:
@@ -289,7 +290,7 @@ def _initial_student(ctx: StageContext, continue_from_last: bool) -> tuple[Any, 
             raise TskdError(f"no student in {paths.student} to continue from; train one first")
         return bundle.load_student(paths.student)[0], "last"
     if cfg.student.from_scratch:
-        return Student(cfg.student, ctx.data.num_classes, cfg.data.image_size), "scratch"
+        return build_student(cfg.student, ctx.data.num_classes, cfg.data.image_size), "scratch"
     if not (paths.distilled / "meta.json").is_file():
         raise TskdError(
             f"no distilled student in {paths.distilled}; run distill first or set "

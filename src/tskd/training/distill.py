@@ -14,8 +14,6 @@ on (B, 3, S, S) inputs in [0, 1], and ``feature_dims: dict[str, int]``.
 from __future__ import annotations
 
 import contextlib
-import math
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,19 +27,18 @@ from torch.utils.data import Dataset
 from tskd.config import DistillConfig
 from tskd.engine import (
     CancelToken,
-    Progress,
     ProgressCallback,
     TrainResult,
     resolve_device,
     seed_everything,
     train,
 )
-from tskd.errors import Cancelled, TskdInputError
-from tskd.models.student import Student
+from tskd.errors import TskdInputError
+from tskd.models.student import AnyStudent
+from tskd.stopping import EarlyStopping
 from tskd.training.kd_losses import channel_norm, kd_output_loss
 from tskd.training.teacher_cache import TeacherCache
-
-LOGITS = "logits"  # name of the teacher's segmentation output in the cache
+from tskd.training.teacher_outputs import LOGITS, TeacherOutputs, device_of
 
 
 class DistillModel(nn.Module):
@@ -56,7 +53,7 @@ class DistillModel(nn.Module):
 
     def __init__(
         self,
-        student: Student,
+        student: AnyStudent,
         pairs: Sequence[tuple[str, str]],
         teacher_dims: dict[str, int],
         with_logits: bool,
@@ -179,7 +176,7 @@ class _DistillTask:
 
 
 def _check(
-    teacher: nn.Module, images: Sequence[np.ndarray], cfg: DistillConfig, student: Student
+    teacher: nn.Module, images: Sequence[np.ndarray], cfg: DistillConfig, student: AnyStudent
 ) -> tuple[list[tuple[str, str]], bool]:
     if len(images) == 0:
         raise TskdInputError("the transfer set is empty: give unlabelled or labelled images")
@@ -209,115 +206,11 @@ def _check(
     return pairs, with_logits
 
 
-def _teacher_autocast(device: torch.device, mixed_precision: str) -> Any:
-    """Half precision for the teacher on a GPU unless the user turned mixed precision off."""
-    if device.type != "cuda" or mixed_precision == "no":
-        return contextlib.nullcontext()
-    bf16 = mixed_precision == "bf16" or (
-        mixed_precision == "auto" and torch.cuda.is_bf16_supported()
-    )
-    return torch.autocast("cuda", dtype=torch.bfloat16 if bf16 else torch.float16)
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-class _TeacherOutputs:
-    """The teacher's outputs on the transfer images: computed once into the cache, then read.
-
-    Args:
-        teacher: follows the model contract (module docstring); put in eval mode here, its
-            device and training mode restored after each use.
-        images: the transfer set.
-        cache: where the outputs go, keyed by the teacher's input tensor.
-        t_layers: the teacher layers stored.
-        with_logits: also store the teacher's logits (as ``LOGITS``).
-        input_size: the teacher's input side in pixels.
-        mixed_precision: ``train.mixed_precision``, for ``_teacher_autocast``.
-    """
-
-    def __init__(self, teacher: nn.Module, images: Sequence[np.ndarray], cache: TeacherCache,
-                 t_layers: list[str], with_logits: bool, input_size: int,
-                 mixed_precision: str) -> None:
-        self.teacher, self.images, self.cache = teacher, images, cache
-        self.t_layers, self.with_logits = t_layers, with_logits
-        self.input_size, self.mixed_precision = input_size, mixed_precision
-        self.keys: list[str] = []  # cache key of each image, filled by ``fill``
-        self.was_training = teacher.training
-        teacher.eval()
-
-    def compute(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The teacher's float32 outputs on a (B, 3, S, S) batch, on the teacher's device."""
-        dev = _device_of(self.teacher)
-        with torch.inference_mode(), _teacher_autocast(dev, self.mixed_precision):
-            logits, feats = self.teacher.forward_with_features(batch.to(dev), self.t_layers)
-        out = {name: feats[name].float() for name in self.t_layers}
-        if self.with_logits:
-            out[LOGITS] = logits.float()
-        return out
-
-    def teacher_input(self, i: int) -> torch.Tensor:
-        """Image ``i`` as the teacher's float32 (3, S, S) input in [0, 1]."""
-        from tskd.data.dataset import image_to_tensor
-
-        return image_to_tensor(self.images[i], self.input_size)
-
-    def fill(self, device: torch.device, batch_size: int, num_classes: int,
-             progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
-        """Run the teacher once over every image, in batches on ``device``, into the cache."""
-        teacher, cache, n = self.teacher, self.cache, len(self.images)
-        home = _device_of(teacher)
-        t0 = time.perf_counter()
-        try:
-            teacher.to(device)
-            for start in range(0, n, batch_size):
-                if cancel is not None and cancel.cancelled:
-                    raise Cancelled(
-                        f"distill: cancelled while caching teacher outputs ({start}/{n} images); "
-                        "resume to go on"
-                    )
-                batch = torch.stack([self.teacher_input(i)
-                                     for i in range(start, min(n, start + batch_size))])
-                batch_keys = [cache.key(img) for img in batch]
-                first = cache.get_or_compute(batch, self.compute, keys=batch_keys)
-                if start == 0 and self.with_logits and first[LOGITS].shape[1] != num_classes:
-                    raise TskdInputError(
-                        f"the teacher predicts {first[LOGITS].shape[1]} classes but the student "
-                        f"has {num_classes}; build the student for the teacher's classes"
-                    )
-                self.keys.extend(batch_keys)
-                if progress is not None:
-                    progress(self._cache_progress(n, time.perf_counter() - t0))
-        finally:
-            teacher.to(home)
-            teacher.train(self.was_training)
-
-    def _cache_progress(self, n: int, elapsed: float) -> Progress:
-        done, cache = len(self.keys), self.cache
-        return Progress(
-            "distill-cache", done, n, 0, 1, math.nan, elapsed / done * (n - done),
-            {"cache_hits": float(cache.hits), "cache_misses": float(cache.misses)},
-            f"teacher outputs: {cache.misses} computed, {cache.hits} from cache",
-        )
-
-    def recompute(self, i: int) -> dict[str, torch.Tensor]:
-        """Image ``i``'s outputs again (its cache file vanished), without the batch axis."""
-        x = self.teacher_input(i)[None]
-        self.teacher.eval()
-        try:
-            out = self.cache.get_or_compute(x, self.compute, keys=[self.keys[i]])
-        finally:
-            self.teacher.train(self.was_training)
-        return {k: v[0] for k, v in out.items()}
-
-
 def distill(
     teacher: nn.Module,
     images: Sequence[np.ndarray],
     cfg: DistillConfig,
-    student: Student,
+    student: AnyStudent,
     teacher_input_size: int,
     teacher_id: str,
     cache_dir: str | Path,
@@ -326,42 +219,44 @@ def distill(
     resume: bool = False,
     checkpoint_dir: str | Path | None = None,
     keep_checkpoint: bool = False,
+    val: Sequence[Any] = (),
 ) -> TrainResult:
     """Train ``student`` (in place) to match ``teacher`` on ``images``; returns the history.
 
     Loss: ``feature_weight`` x the pairs' mean MSE or smooth-L1 of ``channel_norm``-ed maps +
-    ``output_weight`` x ``kd_output_loss``. ``task_agnostic``: features only (an un-adapted SAM
-    has no task head), the student's decoder frozen then, as nothing would train it.
+    ``output_weight`` x ``kd_output_loss``; ``task_agnostic``: features only, decoder frozen.
 
     Args:
         teacher: follows the model contract (module docstring); returned to its device.
         images: the transfer set, (H, W[, C]) arrays of any dtype (``image_to_tensor``).
         cfg: stage 3's settings (layers, loss, weights, temperature, ``train``).
-        student: the ``Student``; ends on its device, in eval mode.
+        student: from ``tskd.models.student.build_student``; ends on its device, in eval mode.
         teacher_input_size: the teacher's input side in pixels.
         teacher_id: the teacher's id in the cache keys (``tskd.models.lora.teacher_id``).
         cache_dir: the ``TeacherCache`` folder.
-        progress: gets "distill-cache" ``Progress`` reports while caching, then the engine's.
-        cancel: checked before each cache batch and each training step.
+        progress: gets "distill-cache" ``Progress`` while caching, then the engine's.
+        cancel: checked before each cache batch and training step.
         resume: continue from the checkpoint in ``checkpoint_dir``.
         checkpoint_dir: the engine's checkpoint folder; None writes none.
-        keep_checkpoint: leave the checkpoint for the caller to clear (``tskd.engine.train``).
+        keep_checkpoint: leave the checkpoint for the caller to clear.
+        val: labelled samples; with ``cfg.train.patience`` and outputs distilled, training
+            stops at the plateau of the student's Dice on them.
 
     Returns:
-        The engine's ``TrainResult``; its history logs ``feature`` (mean over layer pairs, and
-        ``feature_<layer>`` when several), ``output`` (not when task-agnostic), total ``loss``.
+        The engine's ``TrainResult``; history: ``feature`` (mean over pairs; and
+        ``feature_<layer>`` when several), ``output`` (task-specific), ``loss``.
 
     Raises:
         TskdInputError: no images, bad layers or feature_loss, nothing to distil, other classes.
         Cancelled: cancelled while caching or training (resumable).
-        TskdError: from the engine or the cache (``DiskFullError`` for a full disk).
+        TskdError: from the engine or the cache.
     """
     pairs, with_logits = _check(teacher, images, cfg, student)
     t_layers = list(dict.fromkeys(t for _, t in pairs))
     cache = TeacherCache(cache_dir, teacher_id, t_layers + ([LOGITS] if with_logits else []))
     device = resolve_device(cfg.train.device)
-    outputs = _TeacherOutputs(teacher, images, cache, t_layers, with_logits, teacher_input_size,
-                              cfg.train.mixed_precision)
+    outputs = TeacherOutputs(teacher, images, cache, t_layers, with_logits, teacher_input_size,
+                             cfg.train.mixed_precision)
     outputs.fill(device, max(1, cfg.train.batch_size), student.num_classes, progress, cancel)
     with _student_in_training(student, freeze_decoder=not with_logits):
         seed_everything(cfg.train.seed)  # the projections' random initialisation repeats
@@ -369,13 +264,27 @@ def distill(
         data = _TransferSet(images, outputs.keys, cache, student.image_size, outputs.recompute)
         return train(_DistillTask(model, data, cfg), cfg.train, checkpoint_dir=checkpoint_dir,
                      progress=progress, cancel=cancel, resume=resume,
-                     keep_checkpoint=keep_checkpoint)
+                     keep_checkpoint=keep_checkpoint,
+                     callbacks=_early_stopping(student, val, cfg, with_logits))
+
+
+def _early_stopping(student: AnyStudent, val: Sequence[Any], cfg: DistillConfig,
+                    with_logits: bool) -> list[EarlyStopping]:
+    """Stop at the plateau of the student's validation Dice, when its outputs are distilled."""
+    from tskd.inference.dice import validation_dice
+
+    if not (val and cfg.train.patience and with_logits):
+        return []
+    return [EarlyStopping(
+        lambda _: float(validation_dice(student, val, student.image_size, student.num_classes,
+                                        cfg.train.batch_size).mean()),
+        patience=cfg.train.patience, every=cfg.train.val_every)]
 
 
 @contextlib.contextmanager
-def _student_in_training(student: Student, freeze_decoder: bool) -> Iterator[None]:
+def _student_in_training(student: AnyStudent, freeze_decoder: bool) -> Iterator[None]:
     """Freeze the decoder if asked (nothing would train it); after: trainable, home, eval mode."""
-    home = _device_of(student)
+    home = device_of(student)
     frozen = [p for p in student.decoder_parameters() if p.requires_grad] if freeze_decoder else []
     for p in frozen:
         p.requires_grad_(False)

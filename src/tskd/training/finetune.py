@@ -22,16 +22,17 @@ from torch.utils.data import Dataset
 from tskd import engine
 from tskd.config import StudentConfig
 from tskd.data.label_map import IGNORE_INDEX
-from tskd.engine import CancelToken, ProgressCallback, TrainResult
+from tskd.engine import Callback, CancelToken, ProgressCallback, TrainResult
 from tskd.errors import TskdInputError
-from tskd.models.student import Student
+from tskd.models.student import AnyStudent
+from tskd.stopping import EarlyStopping
 from tskd.training.preview import SegmentationPreview
 
 
 class _StudentForEngine(nn.Module):
     """Holds the student so the engine's wrappers (device, autocast) never patch the student."""
 
-    def __init__(self, student: Student) -> None:
+    def __init__(self, student: AnyStudent) -> None:
         super().__init__()
         self.student = student
 
@@ -44,7 +45,8 @@ class _SegTask:
 
     name = "finetune-student"
 
-    def __init__(self, student: Student, dataset: Dataset, dice_weight: float) -> None:
+    def __init__(self, student: AnyStudent, dataset: Dataset, dice_weight: float,
+                 encoder_lr_scale: float = 1.0) -> None:
         from monai.losses import DiceCELoss
 
         if not 0.0 <= dice_weight <= 1.0:
@@ -63,8 +65,15 @@ class _SegTask:
         # skips -100 by default, MONAI's Dice masks them when told
         self.loss.dice.ignore_index = IGNORE_INDEX
 
+        decoder = {id(p) for p in student.decoder_parameters()}
+        self._scales = {id(p): encoder_lr_scale for p in student.parameters()
+                        if id(p) not in decoder}
+
     def dataset(self) -> Dataset:
         return self._dataset
+
+    def lr_scales(self) -> dict[int, float]:
+        return self._scales
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = model(batch["image"]).float()
@@ -76,7 +85,7 @@ class _SegTask:
 
 
 def validate(
-    student: Student, samples: Sequence[Any], image_size: int, batch_size: int = 8
+    student: AnyStudent, samples: Sequence[Any], image_size: int, batch_size: int = 8
 ) -> dict[str, Any]:
     """Mean validation Dice (foreground classes) of ``student`` on labelled ``samples``.
 
@@ -110,7 +119,7 @@ def validate(
 
 
 def finetune_student(
-    student: Student,
+    student: AnyStudent,
     train: Sequence[Any],
     val: Sequence[Any],
     cfg: StudentConfig,
@@ -123,43 +132,43 @@ def finetune_student(
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Fine-tune ``student`` in place on ``train`` (``tskd.data.samples.Sample`` with labels).
 
-    Loss as the module docstring says (MONAI ``DiceCELoss``), with augmentation
-    (``LabelledDataset(augment=True)``). A student with fewer outputs than the labels need (a
-    task-agnostic student built for another class count) gets a new head first, initialised
-    after seeding with ``cfg.train.seed``.
+    Loss: the module docstring's (MONAI ``DiceCELoss``), with augmentation. A student with too
+    few outputs (task-agnostic) gets a new head, seeded with ``cfg.train.seed``. The encoder
+    learns at ``cfg.encoder_lr_scale`` times the decoder's rate; with ``val`` and
+    ``cfg.train.patience``, training stops at the validation Dice's plateau and ends with the
+    best weights (``EarlyStopping``).
 
     Args:
-        student: the ``Student``; ends on its device, in eval mode.
+        student: the student (``tskd.models.student.build_student``); ends on its device,
+            in eval mode.
         train: training samples, labels holding class indices (``IGNORE_INDEX`` left out).
         val: validation samples, scored by ``validate`` after training; may be empty.
-        cfg: stage 4's settings (``dice_weight`` in [0, 1], ``train``).
+        cfg: stage 4's settings (``dice_weight``, ``encoder_lr_scale``, ``train``).
         image_size: the student's input side in pixels; must equal ``student.image_size``.
-        progress: gets the engine's ``Progress`` reports and live previews
-            (``SegmentationPreview``), or None.
+        progress: gets ``Progress`` reports and previews (``SegmentationPreview``), or None.
         cancel: checked before every step, or None.
         resume: continue from the checkpoint in ``checkpoint_dir``.
         checkpoint_dir: the engine's checkpoint folder; None writes none.
         keep_checkpoint: leave the checkpoint for the caller to clear (``tskd.engine.train``).
 
     Returns:
-        ``(result, metrics)``: the engine's ``TrainResult`` (history logs ``loss``,
-        ``dice_loss``, ``ce``) and ``validate``'s metrics (``dice``, ``dice_per_class``,
-        ``n_images``), or ``{}`` without validation images.
+        ``(result, metrics)``: the engine's ``TrainResult`` (``loss``, ``dice_loss``, ``ce``)
+        and ``validate``'s metrics (``{}`` without validation images).
 
     Raises:
-        TskdInputError: no training samples, a sample without a label, another image size
-            than the student's, too many classes, or ``dice_weight`` outside [0, 1].
+        TskdInputError: ``encoder_lr_scale`` <= 0, no training samples, a sample without a
+            label, another image size than the student's, too many classes, or
+            ``dice_weight`` outside [0, 1].
         Cancelled: ``cancel`` was set (a checkpoint is written first).
-        TskdError: from the engine (device, non-finite loss, a checkpoint of other settings);
-            ``DiskFullError`` for a full checkpoint disk.
+        TskdError: from the engine (``tskd.engine.train``).
     """
     from tskd.data.dataset import LabelledDataset
 
-    _prepare_student(student, train, val, image_size, cfg.train.seed)
+    _prepare_student(student, train, val, image_size, cfg)
     home = next(student.parameters()).device
     task = _SegTask(student, LabelledDataset(list(train), image_size, augment=True),
-                    cfg.dice_weight)
-    callbacks = [SegmentationPreview(progress)] if progress is not None else []
+                    cfg.dice_weight, cfg.encoder_lr_scale)
+    callbacks = _callbacks(student, val, cfg, image_size, progress)
     try:
         result = engine.train(task, cfg.train, checkpoint_dir=checkpoint_dir, progress=progress,
                               cancel=cancel, resume=resume, keep_checkpoint=keep_checkpoint,
@@ -171,16 +180,29 @@ def finetune_student(
     return result, metrics
 
 
-def _prepare_student(student: Student, train: Sequence[Any], val: Sequence[Any],
-                     image_size: int, seed: int) -> None:
+def _callbacks(student: AnyStudent, val: Sequence[Any], cfg: StudentConfig, image_size: int,
+               progress: ProgressCallback | None) -> list[Callback]:
+    """The live preview (with a progress callback) and early stopping (with validation)."""
+    callbacks: list[Callback] = [SegmentationPreview(progress)] if progress is not None else []
+    if val and cfg.train.patience:
+        callbacks.append(EarlyStopping(
+            lambda _: validate(student, val, image_size, cfg.train.batch_size)["dice"],
+            patience=cfg.train.patience, every=cfg.train.val_every))
+    return callbacks
+
+
+def _prepare_student(student: AnyStudent, train: Sequence[Any], val: Sequence[Any],
+                     image_size: int, cfg: StudentConfig) -> None:
     """Check ``finetune_student``'s inputs; seed, give a new head if needed, make all trainable.
 
     Raises:
-        TskdInputError: no training samples, a sample without a label, or another image size
-            than the student's.
+        TskdInputError: ``encoder_lr_scale`` <= 0, no training samples, a sample without a
+            label, or another image size than the student's.
     """
     from tskd.data.dataset import num_classes
 
+    if not cfg.encoder_lr_scale > 0:
+        raise TskdInputError(f"student.encoder_lr_scale must be > 0, got {cfg.encoder_lr_scale}")
     if not train:
         raise TskdInputError("no labelled images to fine-tune the student on")
     if any(s.label is None for s in train) or any(s.label is None for s in val):
@@ -191,7 +213,7 @@ def _prepare_student(student: Student, train: Sequence[Any], val: Sequence[Any],
             f"not {image_size}"
         )
     needed = num_classes(list(train) + list(val))
-    engine.seed_everything(seed)  # a new head's random initialisation repeats
+    engine.seed_everything(cfg.train.seed)  # a new head's random initialisation repeats
     if student.num_classes < needed:
         student.reset_head(needed)
     for p in student.parameters():

@@ -20,11 +20,12 @@ from torch.utils.data import Dataset
 
 from tskd.config import TeacherConfig
 from tskd.data.label_map import IGNORE_INDEX
-from tskd.engine import CancelToken, ProgressCallback, TrainResult, seed_everything
+from tskd.engine import Callback, CancelToken, ProgressCallback, TrainResult, seed_everything
 from tskd.engine import train as engine_train
 from tskd.inference.dice import validation_dice
 from tskd.models.lora import apply_lora, save_teacher
 from tskd.models.teacher import SemanticSam, build_sam
+from tskd.stopping import EarlyStopping
 from tskd.training.preview import SegmentationPreview
 
 
@@ -147,13 +148,24 @@ def finetune_teacher(
     result = engine_train(
         task, cfg.train, checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel,
         resume=resume, keep_checkpoint=keep_checkpoint,
-        callbacks=[SegmentationPreview(progress)] if progress is not None else [],
+        callbacks=_callbacks(model, val, cfg, num_classes, progress),
     )
     model = task.model
     metrics = _metrics(model, result, val, cfg.input_size, num_classes)
     meta = _teacher_meta(cfg, metrics, result, class_names, label_meta, train_image_shape)
     save_teacher(model, out_dir, meta)
     return metrics
+
+
+def _callbacks(model: nn.Module, val: list[Any], cfg: TeacherConfig, num_classes: int,
+               progress: ProgressCallback | None) -> list[Callback]:
+    """The live preview (with a progress callback) and early stopping (with validation)."""
+    callbacks: list[Callback] = [SegmentationPreview(progress)] if progress is not None else []
+    if val and cfg.train.patience:
+        callbacks.append(EarlyStopping(
+            lambda m: float(validation_dice(m, val, cfg.input_size, num_classes, 4).mean()),
+            patience=cfg.train.patience, every=cfg.train.val_every))
+    return callbacks
 
 
 def _teacher_meta(cfg: TeacherConfig, metrics: dict[str, Any], result: TrainResult,

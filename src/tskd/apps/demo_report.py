@@ -1,0 +1,153 @@
+"""The demo's scores and report: Dice, HD95, size and speed of each method, as JSON and Markdown.
+
+``tskd.apps.demo`` trains the methods; this module scores each on the held-out test images
+(``tskd.pipeline.stages.stage_evaluate``), times it on one 256x256 image and writes
+``report.md`` with the table and the figures of ``tskd.apps.demo_figures``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tskd import atomic
+from tskd.config import RunConfig
+
+# every method of the demo, in the report's order: the U-Net a user would train instead, the
+# default (convolutional) student and the paper's ViT-Tiny, each from scratch, after
+# task-agnostic KD and after TS-KD, and the adapted teacher
+METHODS = ("unet", "scratch", "task_agnostic_kd", "ts_kd", "vit_scratch", "vit_task_agnostic_kd",
+           "vit_ts_kd", "teacher")
+LABELS = {
+    "unet": "U-Net from scratch (MONAI BasicUNet)",
+    "scratch": "CNN student from scratch",
+    "task_agnostic_kd": "CNN student, task-agnostic KD",
+    "ts_kd": "CNN student, TS-KD",
+    "vit_scratch": "ViT-Tiny student from scratch",
+    "vit_task_agnostic_kd": "ViT-Tiny student, task-agnostic KD",
+    "vit_ts_kd": "ViT-Tiny student, TS-KD",
+    "teacher": "adapted teacher (LoRA)",
+}
+
+
+def score(cfg: RunConfig, model: str, test: Path) -> dict[str, float]:
+    """Score one method's model on the test images.
+
+    Args:
+        cfg: The method's run configuration (its run folder holds the model).
+        model: "student" or "teacher".
+        test: The labelled test folder.
+
+    Returns:
+        Dice and HD95 mean and standard deviation over the test images (``stage_evaluate``),
+        ``params``, ``ms_per_image`` (CPU, one 256x256 image) and ``speck_share``: the mean
+        over test images of the share of predicted foreground in specks of at most 4 pixels
+        (``tskd.inference.artefacts.speck_share``; the grid artefact shows as specks).
+    """
+    import numpy as np
+
+    from tskd.data import samples
+    from tskd.inference.artefacts import speck_share
+    from tskd.inference.predict import segmenter_from_bundle
+    from tskd.pipeline import stages
+    from tskd.pipeline.run_folder import RunPaths
+
+    summary = stages.stage_evaluate(cfg, model=model, test_folder=test)
+    paths = RunPaths(Path(cfg.run_dir))
+    seg, _ = segmenter_from_bundle(paths.student if model == "student" else paths.teacher,
+                                   device=cfg.device_of("predict"))
+    specks = [speck_share(seg.segment(s.image)) for s in samples.load_labelled(test)]
+    return {
+        "dice_mean": summary["dice_mean"],
+        "dice_std": summary["dice_std"],
+        "hd95_mean": summary["hd95_mean"],
+        "hd95_std": summary["hd95_std"],
+        "params": int(sum(p.numel() for p in seg.model.parameters())),
+        "ms_per_image": ms_per_image(seg),
+        "speck_share": float(np.mean(specks)) if specks else 0.0,
+    }
+
+
+def ms_per_image(seg: Any, repeats: int = 10) -> float:
+    """Median wall time (ms) of one 256x256 image through ``seg`` (forward + pre/post)."""
+    import numpy as np
+    import torch
+
+    image = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
+    seg.segment(image)  # warm-up
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            seg.segment(image)
+            times.append(1000 * (time.perf_counter() - t0))
+    return float(np.median(times))
+
+
+def markdown_table(methods: dict[str, Any]) -> str:
+    """The demo's result table in Markdown.
+
+    Args:
+        methods: {method: ``score``'s metrics and ``seconds``, the method's training time}.
+
+    Returns:
+        One row per method of ``METHODS`` present, in that order.
+    """
+    rows = [
+        "| model | Dice | HD95 (px) | specks | parameters | ms per 256x256 image "
+        "| training s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in METHODS:
+        if key not in methods:
+            continue
+        m = methods[key]
+        rows.append(
+            f"| {LABELS[key]} | {m['dice_mean']:.3f} ± {m['dice_std']:.3f} "
+            f"| {m['hd95_mean']:.1f} ± {m['hd95_std']:.1f} | {m.get('speck_share', 0.0):.3f} "
+            f"| {m['params'] / 1e6:.2f} M "
+            f"| {m['ms_per_image']:.1f} | {m.get('seconds', 0.0):.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def write_markdown(out: Path, report: dict[str, Any], runs: dict[str, RunConfig]) -> None:
+    """Write ``out/report.md``: the table, the figures and the pretraining check.
+
+    Args:
+        out: The demo folder.
+        report: ``run_demo``'s report with its ``table``.
+        runs: {method: run configuration}, for the figures.
+
+    Raises:
+        DiskFullError: The disk holding ``out`` is full.
+    """
+    from tskd.apps import demo_figures
+
+    figure = demo_figures.write_figures(out, runs)
+    lines = [
+        f"# TS-KD demo: {report['task']}, {report['n_labels']} labels, seed {report['seed']}",
+        "",
+        f"Budget `{report['budget']}`, teacher `{report['teacher_model']}` at "
+        f"{report['teacher_input_size']} px, "
+        f"{report['n_test']} held-out test images, {report['seconds'] / 60:.1f} min in all. "
+        "Dice and HD95 over foreground classes, mean ± standard deviation over test images "
+        "(MONAI; HD95 is the larger of the two directed 95th percentiles, in pixels).",
+        "",
+        report["table"],
+        "",
+    ]
+    if figure:
+        lines += [f"![examples and loss curves]({figure.name})", ""]
+    check = report.get("pretraining_check")
+    if check:
+        a, b = check["lora_on_pretrained"], check["random_init_all_trained"]
+        lines += [
+            "Pretraining check (same teacher architecture, same labels and steps): LoRA on the "
+            f"pretrained mini teacher Dice {a['dice_mean']:.3f} ± {a['dice_std']:.3f}; from "
+            f"random initialisation, all parameters trained, Dice {b['dice_mean']:.3f} ± "
+            f"{b['dice_std']:.3f}.",
+            "",
+        ]
+    atomic.write_text(out / "report.md", "\n".join(lines))
