@@ -187,3 +187,14 @@ def test_too_small_size_refused_before_writing(task: str, tmp_path: Path,
     assert main(["make-sample-data", task, str(out), "--size", "16"]) == 2
     assert "at least 32x32 pixels, not 16x16" in _error_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("task", ["kidney_us", "brain_mri"])
+def test_negative_seed_refused_before_writing(task: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "d"
+    assert main(["make-sample-data", task, str(out), "--seed", "-1"]) == 2
+    assert "the seed must be 0 or more, not -1" in _error_line(capsys)
+    assert not out.exists()
+    with pytest.raises(TskdInputError, match="the seed must be 0 or more, not -3"):
+        phantoms.sample(task, 0, 64, seed=-3)

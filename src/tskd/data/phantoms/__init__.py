@@ -136,8 +136,15 @@ def _shape(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def _check_seed(seed: int) -> None:
+    if int(seed) < 0:  # numpy's seed sequences take non-negative integers only
+        raise TskdInputError(f"the seed must be 0 or more, not {seed}; pass a non-negative "
+                             "--seed.")
+
+
 def _rng(task: str, seed: int, index: int) -> np.random.Generator:
     """The generator of one sample: from (task, seed, index) only."""
+    _check_seed(seed)
     return np.random.default_rng([zlib.crc32(task.encode()), int(seed), int(index)])
 
 
@@ -150,15 +157,15 @@ def sample(
         task: A key of ``TASKS``.
         index: The sample's index (any non-negative integer).
         size: Side, or (H, W), in pixels; at least 32.
-        seed: Selects another draw of the whole task.
+        seed: Selects another draw of the whole task (0 or more).
 
     Returns:
         ``(image, label)``: the image as ``TASKS[task]`` says (uint8 (H, W) / (H, W, 3) or
         uint16 (H, W)), the label int64 (H, W) with values 0..num_classes-1.
 
     Raises:
-        TskdInputError: An unknown task, a size under 32 pixels, or ``brain_mri`` without
-            nilearn and nibabel installed.
+        TskdInputError: An unknown task, a size under 32 pixels, a negative seed, or
+            ``brain_mri`` without nilearn and nibabel installed.
     """
     _check_task(task)
     h, w = _shape(size)
@@ -185,11 +192,12 @@ def generate(
         task: A key of ``TASKS``.
         n: How many samples.
         size: Side, or (H, W), in pixels; at least 32.
-        seed: Selects another draw of the whole task.
+        seed: Selects another draw of the whole task (0 or more).
         start: The first index.
 
     Raises:
-        TskdInputError: ``n`` or ``start`` is negative, an unknown task, or a size under 32.
+        TskdInputError: ``n``, ``start`` or ``seed`` is negative, an unknown task, or a size
+            under 32.
     """
     if n < 0 or start < 0:
         raise TskdInputError(f"n and start must be >= 0, got n={n}, start={start}")
@@ -251,14 +259,14 @@ def write_task_folders(
         n_unlabelled: Unlabelled images, 0..999999.
         n_test: Labelled test images, 0..999999.
         size: Image side in pixels (at least 32).
-        seed: Selects another draw of the whole task.
+        seed: Selects another draw of the whole task (0 or more).
 
     Returns:
         ``root``.
 
     Raises:
-        TskdInputError: An unknown task, a count out of range, a size under 32, or
-            ``brain_mri`` without nilearn and nibabel (before anything is written).
+        TskdInputError: An unknown task, a count out of range, a size under 32, a negative
+            seed, or ``brain_mri`` without nilearn and nibabel (before anything is written).
         DiskFullError: The disk is full.
     """
     from tskd import atomic
@@ -293,6 +301,7 @@ def _preflight(task: str, counts: dict[str, int], size: int, seed: int) -> dict[
         if not 0 <= n < 1_000_000:
             raise TskdInputError(f"number of {split} images must be in 0..999999, got {n}")
     _shape(size)
+    _check_seed(seed)
     if task in SLICED_TASKS:  # reads the volume, or says what to install
         from tskd.data.phantoms.brain import slices_record
 
