@@ -160,6 +160,11 @@ def test_missing_extra_is_one_line(missing: tuple[str, ...], tmp_path: Path,
     phantoms.check_available("kidney_us")  # no error
     with pytest.raises(TskdInputError, match="unknown task 'lung_xray'"):
         phantoms.check_available("lung_xray")
+    # the demo says the same, before it writes any data
+    demo_out = tmp_path / "demo"
+    assert main(["demo", "--task", "brain_mri", "--budget", "tiny", "--out", str(demo_out)]) == 2
+    assert _error_line(capsys) == f"tskd: error: {MISSING}"
+    assert not (demo_out / "data").exists() and not (demo_out / "report.md").exists()
     # the other tasks do not need the extra
     assert main(["make-sample-data", "kidney_us", str(tmp_path / "k"), "--train", "1",
                  "--unlabelled", "0", "--test", "0", "--size", "32"]) == 0
