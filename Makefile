@@ -19,7 +19,7 @@ $(PY):
 # torch is pinned here (not in setup.cfg) so users elsewhere keep their own build.
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,brain]"
 	touch $(STAMP)
 
 install: $(STAMP)

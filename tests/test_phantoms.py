@@ -12,7 +12,7 @@ import pytest
 from tskd.data import phantoms
 from tskd.errors import TskdInputError
 
-TASK_NAMES = ["kidney_us", "skin_lesion", "retina_vessels", "ct_abdomen"]
+TASK_NAMES = ["kidney_us", "skin_lesion", "retina_vessels", "ct_abdomen", "brain_mri"]
 
 
 def test_task_registry() -> None:
@@ -23,6 +23,8 @@ def test_task_registry() -> None:
         assert info.channels in (1, 3)
         assert info.dtype in ("uint8", "uint16")
     assert phantoms.TASKS["ct_abdomen"].num_classes == 5
+    assert phantoms.TASKS["brain_mri"].num_classes == 3
+    assert phantoms.SLICED_TASKS == ("brain_mri",)
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)
@@ -51,7 +53,7 @@ def test_non_square_and_minimum_size() -> None:
     with pytest.raises(TskdInputError):
         phantoms.generate("kidney_us", 1, size=16)
     with pytest.raises(TskdInputError, match="unknown task"):
-        phantoms.generate("brain_mri", 1)
+        phantoms.generate("lung_xray", 1)
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)

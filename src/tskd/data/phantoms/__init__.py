@@ -1,7 +1,10 @@
-"""Procedural sample tasks shaped like medical data sets, and pretraining data for the mini SAM.
+"""Sample tasks shaped like medical data sets, and pretraining data for the mini SAM.
 
-Four target tasks (``TASKS``): kidney ultrasound, dermoscopy skin lesions, fundus retinal vessels
-and a multi-organ abdominal CT slice. Sample ``i`` of a task is a pure function of
+Five target tasks (``TASKS``, the one list of tasks): four procedural ones (kidney ultrasound,
+dermoscopy skin lesions, fundus retinal vessels, a multi-organ abdominal CT slice) and one of
+real anatomy, ``brain_mri``: axial slices of the MNI152 T1 template (an average of 152 brains,
+smoother than a single scan) with grey and white matter (``tskd.data.phantoms.brain``; needs
+the optional ``[brain]`` extra, nilearn and nibabel). Sample ``i`` of a task is a pure function of
 ``(task, seed, i)``, so ``generate(task, n, seed=s, start=k)`` returns the same images whatever
 ``n`` is, and disjoint index ranges never share a sample. ``write_task_folders`` lays a task out
 as train / unlabelled / test folders from fixed, disjoint index ranges.
@@ -25,8 +28,10 @@ from tskd.errors import TskdInputError
 
 __all__ = [
     "INDEX_OFFSETS",
+    "SLICED_TASKS",
     "TASKS",
     "TaskInfo",
+    "check_available",
     "contact_sheet",
     "generate",
     "pretraining_sample",
@@ -84,7 +89,18 @@ TASKS: dict[str, TaskInfo] = {
         "liver, two kidneys, spleen, vertebra; contrast phase varies",
         ("background", "liver", "kidney", "spleen", "vertebra"), 1, "uint16",
     ),
+    "brain_mri": TaskInfo(
+        "brain_mri",
+        "Axial T1-weighted brain MRI slice of the MNI152 2009 template, skull-stripped: an "
+        "average of 152 real brains, so smoother and less noisy than a single scan; grey and "
+        "white matter from the template's tissue probability maps (CSF is background); test "
+        "slices at least 10 slices from every training slice (needs nilearn and nibabel)",
+        ("background", "grey_matter", "white_matter"), 1, "uint8",
+    ),
 }
+# tasks cut from a real volume (``tskd.data.phantoms.brain``): a sample's split follows from its
+# index (``INDEX_OFFSETS``) and the seed draws which slices each split may use
+SLICED_TASKS = ("brain_mri",)
 
 # first sample index of each split in ``write_task_folders``: a split's images never depend on
 # the size of another split, so test sets stay the same when the number of labels changes
@@ -96,6 +112,23 @@ def _check_task(task: str) -> None:
         raise TskdInputError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
 
 
+def check_available(task: str) -> None:
+    """Refuse, before anything is written, a task that cannot be generated here.
+
+    Args:
+        task: A key of ``TASKS``.
+
+    Raises:
+        TskdInputError: An unknown task, or ``brain_mri`` without nilearn and nibabel (or with
+            a damaged template file).
+    """
+    _check_task(task)
+    if task in SLICED_TASKS:
+        from tskd.data.phantoms.brain import template
+
+        template()
+
+
 def _shape(size: int | tuple[int, int]) -> tuple[int, int]:
     h, w = (size, size) if isinstance(size, int | np.integer) else size
     if h < 32 or w < 32:
@@ -103,8 +136,15 @@ def _shape(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def _check_seed(seed: int) -> None:
+    if int(seed) < 0:  # numpy's seed sequences take non-negative integers only
+        raise TskdInputError(f"the seed must be 0 or more, not {seed}; pass a non-negative "
+                             "--seed.")
+
+
 def _rng(task: str, seed: int, index: int) -> np.random.Generator:
     """The generator of one sample: from (task, seed, index) only."""
+    _check_seed(seed)
     return np.random.default_rng([zlib.crc32(task.encode()), int(seed), int(index)])
 
 
@@ -117,17 +157,25 @@ def sample(
         task: A key of ``TASKS``.
         index: The sample's index (any non-negative integer).
         size: Side, or (H, W), in pixels; at least 32.
-        seed: Selects another draw of the whole task.
+        seed: Selects another draw of the whole task (0 or more).
 
     Returns:
         ``(image, label)``: the image as ``TASKS[task]`` says (uint8 (H, W) / (H, W, 3) or
         uint16 (H, W)), the label int64 (H, W) with values 0..num_classes-1.
 
     Raises:
-        TskdInputError: An unknown task, or a size under 32 pixels.
+        TskdInputError: An unknown task, a size under 32 pixels, a negative seed, or
+            ``brain_mri`` without nilearn and nibabel installed.
     """
     _check_task(task)
     h, w = _shape(size)
+    if task in SLICED_TASKS:
+        from tskd.data.phantoms.brain import brain_sample
+
+        split = max((s for s in INDEX_OFFSETS if index >= INDEX_OFFSETS[s]),
+                    key=INDEX_OFFSETS.__getitem__)
+        return brain_sample(split, index - INDEX_OFFSETS[split], h, w, seed,
+                            _rng(task, seed, index))
     image, label = GENERATORS[task](_rng(task, seed, index), h, w)
     return image, label
 
@@ -144,11 +192,12 @@ def generate(
         task: A key of ``TASKS``.
         n: How many samples.
         size: Side, or (H, W), in pixels; at least 32.
-        seed: Selects another draw of the whole task.
+        seed: Selects another draw of the whole task (0 or more).
         start: The first index.
 
     Raises:
-        TskdInputError: ``n`` or ``start`` is negative, an unknown task, or a size under 32.
+        TskdInputError: ``n``, ``start`` or ``seed`` is negative, an unknown task, or a size
+            under 32.
     """
     if n < 0 or start < 0:
         raise TskdInputError(f"n and start must be >= 0, got n={n}, start={start}")
@@ -198,8 +247,10 @@ def write_task_folders(
     Images as PNG (uint8) or TIF (uint16), labels as uint8 PNG with the same stem; each split
     comes from its own range of sample indices (``INDEX_OFFSETS``). train/ and test/ get a
     ``dataset.json`` with nnU-Net style ``labels`` (name -> value) that ``folders.class_names``
-    reads; ``root/task.json`` records the task, seed and sizes. Every file is written
-    atomically; nothing is checked here (``tskd.data.outputs.check_task_folder`` does that).
+    reads; ``root/task.json`` records the task, seed and sizes (for ``brain_mri`` also
+    ``source``, ``test_gap_slices`` and ``slices``: each image's axial template slice, per
+    split). Every file is written atomically; nothing is checked here
+    (``tskd.data.outputs.check_task_folder`` does that).
 
     Args:
         task: A key of ``TASKS``.
@@ -208,13 +259,14 @@ def write_task_folders(
         n_unlabelled: Unlabelled images, 0..999999.
         n_test: Labelled test images, 0..999999.
         size: Image side in pixels (at least 32).
-        seed: Selects another draw of the whole task.
+        seed: Selects another draw of the whole task (0 or more).
 
     Returns:
         ``root``.
 
     Raises:
-        TskdInputError: An unknown task, a count out of range, or a size under 32.
+        TskdInputError: An unknown task, a count out of range, a size under 32, a negative
+            seed, or ``brain_mri`` without nilearn and nibabel (before anything is written).
         DiskFullError: The disk is full.
     """
     from tskd import atomic
@@ -222,9 +274,7 @@ def write_task_folders(
     _check_task(task)
     info = TASKS[task]
     counts = {"train": n_train, "unlabelled": n_unlabelled, "test": n_test}
-    for split, n in counts.items():
-        if not 0 <= n < 1_000_000:
-            raise TskdInputError(f"number of {split} images must be in 0..999999, got {n}")
+    extra = _preflight(task, counts, size, seed)
     root = Path(root)
     suffix = ".tif" if info.dtype == "uint16" else ".png"
     for split, n in counts.items():
@@ -236,9 +286,27 @@ def write_task_folders(
                        "channel_names": channels, "numTraining": n, "file_ending": suffix}
             atomic.write_json(root / split / "dataset.json", dataset)
     meta = asdict(info) | {"seed": seed, "size": size, "counts": counts,
-                           "index_offsets": INDEX_OFFSETS}
+                           "index_offsets": INDEX_OFFSETS} | extra
     atomic.write_json(root / "task.json", meta)
     return root
+
+
+def _preflight(task: str, counts: dict[str, int], size: int, seed: int) -> dict[str, object]:
+    """Refuse bad counts, sizes or a missing extra before anything is written.
+
+    Returns:
+        The keys ``task.json`` adds for this task (``brain.slices_record`` for sliced tasks).
+    """
+    for split, n in counts.items():
+        if not 0 <= n < 1_000_000:
+            raise TskdInputError(f"number of {split} images must be in 0..999999, got {n}")
+    _shape(size)
+    _check_seed(seed)
+    if task in SLICED_TASKS:  # reads the volume, or says what to install
+        from tskd.data.phantoms.brain import slices_record
+
+        return slices_record(seed, counts)
+    return {}
 
 
 def _write_split(task: str, folder: Path, split: str, n: int, size: int, seed: int,
