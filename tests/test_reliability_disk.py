@@ -252,7 +252,7 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ckpt_kill import CFG, build
-    from tskd.engine import Progress, train
+    from tskd.engine import Progress, RunControl, train
 
     reference = build()
     train(reference, CFG)
@@ -263,11 +263,12 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(
             fill_disk(monkeypatch, under=folder)
 
     with pytest.raises(DiskFullError, match=full_message(folder)):
-        train(build(), CFG, checkpoint_dir=folder, progress=disk_fills_after_epoch_1)
+        train(build(), CFG, control=RunControl(disk_fills_after_epoch_1, checkpoint_dir=folder))
     assert sorted(p.name for p in folder.iterdir()) == ["ckpt"]  # no half-written save left
     monkeypatch.setattr(atomic, "_write_file", _real_write_file)  # space was freed
     task = build()
-    assert train(task, CFG, checkpoint_dir=folder, resume=True).resumed_from_epoch == 1
+    resume = RunControl(resume=True, checkpoint_dir=folder)
+    assert train(task, CFG, control=resume).resumed_from_epoch == 1
     ref = reference.model.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in task.model.state_dict().items())
 

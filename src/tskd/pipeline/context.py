@@ -1,13 +1,12 @@
 """What every stage of a run shares: the stage context and the labelled set.
 
 A ``StageContext`` holds one run's configuration, run folder, progress callback, cancel token
-and ``resume`` flag, and reads and hashes the labelled set once, on first use
-(``StageContext.data``); ``run_pipeline`` passes one context to every stage, so a full run
-reads and hashes the labelled set once instead of once per stage. ``StageContext.begin``
-is the common start of a stage (skip a finished one, withdraw its marker, seed), the
-``StageRun`` it returns the common end (mark done, drop the checkpoint) and the timer, so a
-stage function holds only what is particular to it. ``writes`` wraps a stage function in its
-run folder's lock and manifest.
+and ``resume`` flag (training gets them as a ``RunControl``: ``StageContext.control``), and
+reads and hashes the labelled set once, on first use (``StageContext.data``), for all the
+stages ``run_pipeline`` passes it to. ``StageContext.begin`` is the common start of a stage
+(skip a finished one, withdraw its marker, seed), the ``StageRun`` it returns the common end
+(mark done, drop the checkpoint) and the timer, so a stage function holds only what is
+particular to it. ``writes`` wraps a stage function in its run folder's lock and manifest.
 
 Nothing here imports torch at import time: the stage registry, which the widgets read, sits
 on top of this module.
@@ -40,7 +39,7 @@ from tskd.pipeline.run_folder import (
 )
 
 if TYPE_CHECKING:
-    from tskd.engine import CancelToken, ProgressCallback
+    from tskd.engine import CancelToken, ProgressCallback, RunControl
 
 __all__ = ["LabelledData", "StageContext", "StageRun", "data_files", "load_labelled_data",
            "median_image_shape", "writes"]
@@ -271,6 +270,25 @@ class StageContext:
                            cancel=run.cancel if cancel is None else cancel,
                            resume=resume or run.resume)
         return cls(run, progress, cancel, resume)
+
+    def control(self, step: StageRun, keep_checkpoint: bool = True) -> RunControl:
+        """This context's progress, cancel and resume, with ``step.checkpoint_dir()``.
+
+        Args:
+            step: the stage in progress (``begin``).
+            keep_checkpoint: leave the checkpoint for ``StageRun.finish`` to clear.
+
+        Returns:
+            The ``RunControl`` a training stage hands on to ``tskd.engine.train``.
+
+        Raises:
+            RunFolderError: ``resume`` and the checkpoint was made from other inputs.
+            DiskFullError: the disk is full while the checkpoint's ``inputs.json`` is written.
+        """
+        from tskd.engine import RunControl
+
+        return RunControl(self.progress, self.cancel, self.resume, step.checkpoint_dir(),
+                          keep_checkpoint)
 
     @property
     def paths(self) -> RunPaths:

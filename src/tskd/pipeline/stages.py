@@ -111,9 +111,7 @@ def stage_teacher(
         return step.done
     metrics = teacher.finetune_teacher(
         ctx.section("teacher"), data.train, data.val, data.num_classes, paths.teacher,
-        progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
-        checkpoint_dir=step.checkpoint_dir(),
-        keep_checkpoint=True,  # cleared once the artefact is written
+        ctx.control(step),  # the checkpoint is kept until the artefact is written
         class_names=data.class_names,
         augment=cfg.data.augment,
         train_image_shape=list(data.image_shape),
@@ -152,9 +150,7 @@ def stage_synthesize(
 
         report = synthesize.synthesize(
             [s.image for s in data.train] + _unlabelled_images(cfg), ctx.section("synth"),
-            paths.synthetic,
-            progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
-            checkpoint_dir=step.checkpoint_dir(), model_dir=paths.diffusion,
+            paths.synthetic, ctx.control(step, keep_checkpoint=False), model_dir=paths.diffusion,
             out_size=cfg.data.image_size,
         )
         result = report.to_dict()
@@ -249,9 +245,7 @@ def stage_distill(
     result = distill.distill(
         model, images, ctx.section("distill"), student,
         teacher_input_size=cfg.teacher.input_size, teacher_id=teacher_id, cache_dir=paths.cache,
-        progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
-        checkpoint_dir=step.checkpoint_dir(),
-        keep_checkpoint=True,  # cleared once the artefact is written
+        control=ctx.control(step),  # the checkpoint is kept until the artefact is written
     )
     summary = {
         "n_transfer_images": len(images),
@@ -333,9 +327,7 @@ def stage_finetune_student(
     student, init = _initial_student(ctx, continue_from_last)
     result, metrics = finetune.finetune_student(
         student, data.train, data.val, ctx.section("student"), cfg.data.image_size,
-        progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
-        checkpoint_dir=step.checkpoint_dir(),
-        keep_checkpoint=True,  # cleared once the artefact is written
+        ctx.control(step),  # the checkpoint is kept until the artefact is written
     )
     summary = {"init": init, "n_train": len(data.train), "n_val": len(data.val), "val": metrics,
                "seconds": step.seconds()}
