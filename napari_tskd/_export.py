@@ -61,10 +61,10 @@ def export_labelled(
     if class_names:
         by_value = (dict(class_names) if isinstance(class_names, dict)
                     else dict(enumerate(class_names)))
-        labels: dict[str, str | int] = {str(v): str(n) for v, n in sorted(by_value.items())}
+        declared: dict[str, str | int] = {str(v): str(n) for v, n in sorted(by_value.items())}
         if ignore_label is not None:
-            labels["ignore"] = int(ignore_label)
-        meta.write_text(json.dumps({"labels": labels}, indent=1))
+            declared["ignore"] = int(ignore_label)
+        meta.write_text(json.dumps({"labels": declared}, indent=1))
     else:
         meta.unlink(missing_ok=True)
     tmp = run_dir / ".export_tmp"
