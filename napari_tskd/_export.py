@@ -54,7 +54,7 @@ def export_labelled(
     and ``ignore_label`` go into ``data/dataset.json`` in nnU-Net's form, where
     ``tskd.data.label_policy`` reads them as the declared class map (used as given).
     """
-    from tskd.pipeline.stages import export_dataset
+    from tskd.data.folders import export_dataset
     data = RunPaths(run_dir).data
     data.mkdir(parents=True, exist_ok=True)
     meta = data / "dataset.json"

@@ -159,7 +159,8 @@ def _write_diffusion(folder: Path, version: int) -> None:
 
 
 def _write_mini_sam(folder: Path, version: int) -> None:
-    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
+    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam
+    from tskd.models.mini_sam_files import save_mini_sam
 
     torch.manual_seed(version)
     cfg = MiniSamConfig.tiny()
@@ -187,7 +188,7 @@ def _write_prediction(folder: Path, version: int) -> None:
 def _write_run_files(folder: Path, version: int) -> None:
     from tskd.atomic import write_json
     from tskd.config import RunConfig, save_config
-    from tskd.pipeline.run_folder import mark_done
+    from tskd.pipeline.markers import mark_done
 
     save_config(RunConfig(run_dir=f"run{version}"), folder / "config.yaml")
     write_json(folder / "reports" / "pipeline.json", {"version": version})

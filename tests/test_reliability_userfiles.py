@@ -30,17 +30,19 @@ from tskd.errors import CheckpointError, RunFolderError, TskdInputError, TskdWar
 from tskd.pipeline import context, lock, run_folder
 from tskd.pipeline.manifest import (
     _ACTIVE,
+    claim_run_folder,
+    folder_kind,
+    owned_files,
+    remove_owned,
+    tracked,
+)
+from tskd.pipeline.manifest_file import (
     LOCK_INFO_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
-    _write_manifest,
-    claim_run_folder,
     content_changed,
-    folder_kind,
-    owned_files,
     read_manifest,
-    remove_owned,
-    tracked,
+    write_manifest,
 )
 
 USER_BYTES = b"my irreplaceable scan notes\n"
@@ -794,7 +796,7 @@ def test_a_manifest_of_sizes_only_still_works(tmp_path: Path) -> None:
     (root / "b.txt").write_text("bbbb")
     manifest = read_manifest(root)
     manifest["files"] = {"a.txt": 3, "b.txt": 3}
-    _write_manifest(root, manifest)
+    write_manifest(root, manifest)
     assert folder_kind(root) == "run"
     removed, changed = remove_owned(root)
     assert removed == [root / "a.txt"] and changed == [root / "b.txt"]

@@ -15,7 +15,8 @@ from tskd.engine import RunControl
 from tskd.errors import CheckpointError
 from tskd.models import teacher as teacher_model
 from tskd.models.lora import apply_lora, is_lora, load_teacher, merge_lora, save_teacher, teacher_id
-from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, json_path, save_mini_sam
+from tskd.models.mini_sam import MiniSamConfig, build_mini_sam
+from tskd.models.mini_sam_files import json_path, save_mini_sam
 from tskd.models.teacher import SemanticSam, build_sam
 from tskd.training.teacher import TeacherTask, finetune_teacher
 

@@ -20,7 +20,8 @@ def write_tiny_sam(path: Path) -> Path:
     """A randomly initialised tiny SAM saved like the built-in mini teacher."""
     import torch
 
-    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
+    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam
+    from tskd.models.mini_sam_files import save_mini_sam
 
     torch.manual_seed(0)
     cfg = MiniSamConfig.tiny()

@@ -345,7 +345,14 @@ def _ms_per_image(seg: Any, repeats: int = 10) -> float:
 
 
 def markdown_table(methods: dict[str, Any]) -> str:
-    """The demo's result table in Markdown from ``methods`` ({method: ``_score``'s metrics})."""
+    """Write the demo's result table in Markdown: a header, then one row per ``METHODS`` entry.
+
+    Args:
+        methods: ``{method: _score's metrics}`` (Dice, HD95 in px, parameters, ms per image).
+
+    Raises:
+        KeyError: a method of ``METHODS`` is missing from ``methods``.
+    """
     rows = [
         "| model | Dice | HD95 (px) | parameters | ms per 256x256 image |",
         "|---|---|---|---|---|",

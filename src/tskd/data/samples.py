@@ -305,9 +305,22 @@ def load_labelled(
     ignore_label: int | None = None,
     label_map: LabelMap | None = None,
 ) -> list[Sample]:
-    """The samples of ``read_labelled_set`` (labels as class indices), without the map.
+    """Read the samples of ``read_labelled_set`` (labels as class indices), without the map.
 
-    Same arguments, warnings and ``TskdInputError`` as ``read_labelled_set``.
+    Same warnings as ``read_labelled_set``.
+
+    Args:
+        folder: A labelled set: images/+labels/ or the nnU-Net raw layout.
+        classes: The config's ``data.classes``, or None.
+        ignore_label: The config's ``data.ignore_label``, or None.
+        label_map: A model's map, used as given.
+
+    Returns:
+        The 2D samples; each ``label`` holds int64 class indices 0..C-1, ignored pixels
+        ``IGNORE_INDEX``.
+
+    Raises:
+        TskdInputError: As ``read_labelled_set``.
     """
     return read_labelled_set(folder, classes, ignore_label, label_map)[0]
 

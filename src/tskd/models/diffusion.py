@@ -104,7 +104,11 @@ def batch_to_uint8(batch: torch.Tensor, out_size: int | None = None) -> list[np.
 
 
 def check_resolution(resolution: int) -> None:
-    """Refuse a DDPM side ``resolution`` (pixels) that the UNet cannot halve three times.
+    """Refuse a DDPM side that the UNet cannot halve three times.
+
+    Args:
+        resolution: the side in pixels of the square images the DDPM is trained on
+            (``SynthConfig.resolution``).
 
     Raises:
         TskdInputError: ``resolution`` is not a multiple of 8 of at least 16.
@@ -196,9 +200,14 @@ def save_model(unet: Any, scheduler: Any, model_dir: Path, meta: dict[str, Any])
 
 
 def read_diffusion_meta(model_dir: Path) -> dict[str, Any] | None:
-    """``meta.json`` of a saved model in ``model_dir``, or None when there is no complete model.
+    """Read the ``meta.json`` of a diffusion model saved in ``model_dir`` (``save_model``).
 
-    A ``meta.json`` that cannot be read or parsed also gives None.
+    Args:
+        model_dir: the model's folder.
+
+    Returns:
+        The parsed ``meta.json``; None when one of the model's four files is missing, or the
+        ``meta.json`` cannot be read or parsed (no complete model to reuse).
     """
     names = ("unet.safetensors", "unet_config.json", "scheduler_config.json", "meta.json")
     if not all((model_dir / n).is_file() for n in names):
@@ -210,10 +219,15 @@ def read_diffusion_meta(model_dir: Path) -> dict[str, Any] | None:
 
 
 def load_diffusion_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The saved UNet (eval mode, CPU) and its scheduler config, from ``model_dir``.
+    """Load the UNet and scheduler config ``save_model`` wrote to ``model_dir``.
+
+    Args:
+        model_dir: the model's folder (``unet.safetensors``, ``unet_config.json``, and
+            ``scheduler_config.json`` if present).
 
     Returns:
-        ``(unet, scheduler_config)``; the config has ``num_train_timesteps`` (1000 if absent).
+        ``(unet, scheduler_config)``: the ``diffusers`` ``UNet2DModel`` on the CPU in eval
+        mode; the config has ``num_train_timesteps`` (1000 if absent).
 
     Raises:
         CheckpointError: Missing, damaged or foreign files.

@@ -25,9 +25,7 @@ import numpy as np
 
 from tskd.config import RunConfig
 from tskd.errors import TskdInputError
-from tskd.pipeline.run_folder import (
-    RunPaths,
-    check_run_dir_inputs,
+from tskd.pipeline.markers import (
     checkpoint_inputs,
     files_fingerprint,
     fingerprint,
@@ -35,8 +33,8 @@ from tskd.pipeline.run_folder import (
     mark_started,
     read_result,
     stage_done,
-    writing,
 )
+from tskd.pipeline.run_folder import RunPaths, check_run_dir_inputs, writing
 
 if TYPE_CHECKING:
     from tskd.engine import CancelToken, ProgressCallback, RunControl
@@ -122,7 +120,7 @@ def load_labelled_data(cfg: RunConfig) -> LabelledData:
     Labels go through the one label policy (``tskd.data.label_policy``): ``data.classes`` or
     the dataset.json declare the classes, else the values seen do; ``data.ignore_label``
     pixels are left out. Samples hold class indices; ``label_map`` turns them back into label
-    values. Files are held to ``data.max_pixels`` (``tskd.data.axes.pixel_budget``).
+    values. Files are held to ``data.max_pixels`` (``tskd.data.pixel_budget.pixel_budget``).
 
     Args:
         cfg: the run configuration; ``cfg.data`` (``labelled``, ``classes``,
@@ -138,8 +136,8 @@ def load_labelled_data(cfg: RunConfig) -> LabelledData:
             readers name the file).
     """
     from tskd.data import dataset
-    from tskd.data.axes import pixel_budget
     from tskd.data.folders import data_files
+    from tskd.data.pixel_budget import pixel_budget
     from tskd.data.samples import read_labelled_set
 
     if not cfg.data.labelled:
@@ -186,11 +184,11 @@ class StageRun:
 
         Returns:
             ``checkpoints``, holding ``inputs.json`` with ``fingerprint``
-            (``tskd.pipeline.run_folder.checkpoint_inputs``).
+            (``tskd.pipeline.markers.checkpoint_inputs``).
 
         Raises:
             RunFolderError: ``resume`` and the checkpoint was made from other inputs
-                (``tskd.pipeline.run_folder.checkpoint_inputs``).
+                (``tskd.pipeline.markers.checkpoint_inputs``).
             DiskFullError: the disk is full while ``inputs.json`` is written.
             ValueError: the stage keeps no checkpoint (``checkpoints`` is None): a bug.
         """

@@ -39,46 +39,8 @@ from tskd.pipeline.run_folder import RunPaths
 if TYPE_CHECKING:
     from tskd.engine import CancelToken, ProgressCallback
 
-__all__ = ["export_dataset", "stage_distill", "stage_evaluate", "stage_finetune_student",
+__all__ = ["stage_distill", "stage_evaluate", "stage_finetune_student",
            "stage_synthesize", "stage_teacher"]
-
-
-def export_dataset(
-    images: list[np.ndarray],
-    labels: list[np.ndarray],
-    folder: str | Path,
-    names: list[str] | None = None,
-) -> Path:
-    """Write images and label maps as ``folder/images`` + ``folder/labels`` (tif).
-
-    This is how data that lives in napari layers becomes a labelled set the stages can read.
-
-    Args:
-        images: One array per image, (H, W) or (H, W, C), any dtype the tif writer takes.
-        labels: One label map per image, (H, W) integer label values.
-        folder: The folder to write into (created when missing).
-        names: File names without suffix, one per image; None: ``image_0000``, ...
-
-    Returns:
-        ``folder``.
-
-    Raises:
-        TskdInputError: no image, or not one label map per image.
-    """
-    from tskd.data.files import write_image, write_label
-
-    if len(images) != len(labels):
-        raise TskdInputError(f"{len(images)} images but {len(labels)} label maps")
-    if not images:
-        raise TskdInputError("no labelled image to export")
-    folder = Path(folder)
-    names = names or [f"image_{i:04d}" for i in range(len(images))]
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "labels").mkdir(parents=True, exist_ok=True)
-    for name, image, label in zip(names, images, labels, strict=True):
-        write_image(folder / "images" / f"{name}.tif", image)
-        write_label(folder / "labels" / f"{name}.tif", label)
-    return folder
 
 
 # --- the four training stages -------------------------------------------------------------------
@@ -95,7 +57,11 @@ def stage_teacher(
     SAM with LoRA and one mask per class, trained on ``dice_weight`` * Dice + (1 -
     ``dice_weight``) * cross-entropy as SAMed (``tskd.training.teacher``).
 
-    Takes the shared stage arguments (module docstring).
+    Args:
+        run: a ``RunConfig``, or the ``StageContext`` of a run in progress.
+        progress: called with the engine's ``Progress`` after each step; None: no reports.
+        cancel: checked before each step; None: the stage cannot be cancelled.
+        resume: continue from the stage's checkpoint (``run/checkpoints/teacher``).
 
     Returns:
         The validation metrics and ``seconds``; the recorded result with ``"skipped": True``
@@ -132,7 +98,11 @@ def stage_synthesize(
     Writes ``run/transfer`` (its ``manifest.json`` lists the transfer set: the labelled
     images without labels, the unlabelled and the synthetic images).
 
-    Takes the shared stage arguments (module docstring).
+    Args:
+        run: a ``RunConfig``, or the ``StageContext`` of a run in progress.
+        progress: called with the engine's ``Progress`` after each step; None: no reports.
+        cancel: checked before each step; None: the stage cannot be cancelled.
+        resume: continue from the stage's checkpoint (``run/checkpoints/synthesize``).
 
     Returns:
         The near-copy report (``n_generated``, ``n_kept``, ``n_dropped``, ``share_dropped``,
@@ -168,7 +138,7 @@ def stage_synthesize(
 
 
 def _unlabelled_images(cfg: RunConfig) -> list[np.ndarray]:
-    from tskd.data.axes import pixel_budget
+    from tskd.data.pixel_budget import pixel_budget
     from tskd.data.samples import load_unlabelled
 
     if not cfg.data.unlabelled:
@@ -218,7 +188,11 @@ def stage_distill(
     outputs at ``distill.temperature`` as Hinton et al. 2015). Writes ``run/distilled`` (a
     student bundle) and ``reports/distill_history.json``.
 
-    Takes the shared stage arguments (module docstring).
+    Args:
+        run: a ``RunConfig``, or the ``StageContext`` of a run in progress.
+        progress: called with the engine's ``Progress`` after each step; None: no reports.
+        cancel: checked before each step; None: the stage cannot be cancelled.
+        resume: continue from the stage's checkpoint (``run/checkpoints/distill``).
 
     Returns:
         ``n_transfer_images``, ``final_losses``, ``seconds``, ``task_agnostic``; the recorded
@@ -303,10 +277,16 @@ def stage_finetune_student(
 ) -> dict[str, Any]:
     """Stage 4, student: fine-tune the student on the labelled images.
 
-    Writes ``run/student`` and ``reports/student_history.json``. Takes the shared stage
-    arguments (module docstring); ``continue_from_last`` starts from
-    the last fine-tuned student (the annotate-train loop) and always trains, otherwise the
-    distilled student or, when ``student.from_scratch``, none is the start.
+    Writes ``run/student`` and ``reports/student_history.json``.
+
+    Args:
+        run: a ``RunConfig``, or the ``StageContext`` of a run in progress.
+        progress: called with the engine's ``Progress`` after each step; None: no reports.
+        cancel: checked before each step; None: the stage cannot be cancelled.
+        resume: continue from the stage's checkpoint (``run/checkpoints/student``).
+        continue_from_last: start from the last fine-tuned student (the annotate-train loop)
+            and always train; otherwise the distilled student or, when
+            ``student.from_scratch``, none is the start.
 
     Returns:
         ``init``, ``n_train``, ``n_val``, ``val`` (validation metrics) and ``seconds``; the

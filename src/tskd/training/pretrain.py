@@ -30,13 +30,8 @@ from torch.utils.data import Dataset
 from tskd.config import PretrainConfig, TrainConfig
 from tskd.engine import RunControl, TrainResult, seed_everything, train
 from tskd.errors import TskdInputError
-from tskd.models.mini_sam import (
-    ASSETS,
-    MiniSamConfig,
-    build_mini_sam,
-    count_parameters,
-    save_mini_sam,
-)
+from tskd.models.mini_sam import ASSETS, MiniSamConfig, build_mini_sam, count_parameters
+from tskd.models.mini_sam_files import save_mini_sam
 from tskd.training.pretrain_data import PromptDataset
 
 WEIGHTS_NAME = "mini_sam.safetensors"

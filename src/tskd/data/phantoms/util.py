@@ -210,5 +210,12 @@ def rasterise_tubes(
 
 
 def round_to_uint8(img: np.ndarray) -> np.ndarray:
-    """Round float values to the nearest integer, clip to [0, 255] and cast to uint8."""
+    """Round float values to the nearest integer, clip to [0, 255] and cast to uint8.
+
+    Args:
+        img: float intensities on the 0-255 scale, any shape.
+
+    Returns:
+        uint8 array of the same shape (``np.rint``: halves to even).
+    """
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
