@@ -309,6 +309,9 @@ def data_files(folder: str | Path | None, role: str) -> list[Path]:
         role: ``labelled`` and ``test`` (read by ``read_labelled_set``: ``labelled_files``) or
             ``unlabelled`` (read by ``load_unlabelled``: ``unlabelled_files``).
 
+    Returns:
+        The files, sorted by path.
+
     Raises:
         TskdInputError: A missing or malformed folder.
         ValueError: ``role`` is not one of ``DATA_ROLES`` (a caller's mistake).

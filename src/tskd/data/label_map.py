@@ -137,6 +137,9 @@ class LabelMap:
                 policy; absent in older bundles, whose classes are their own values),
                 ``num_classes``, ``class_names``, ``ignore_label`` and ``classes_declared``.
 
+        Returns:
+            The map; a bundle without ``label_values`` gets the identity map of its classes.
+
         Raises:
             TskdInputError: ``label_values`` is not increasing integers from 0, or disagrees.
         """
@@ -199,6 +202,9 @@ class LabelMap:
             where: What the message names (a file).
             unknown: A value outside the map raises ("error") or becomes 0 ("background",
                 for predictions being scored).
+
+        Returns:
+            int64 class indices of ``label``'s shape; ignored pixels ``IGNORE_INDEX``.
 
         Raises:
             TskdInputError: A value outside the map with ``unknown="error"``.

@@ -56,6 +56,9 @@ def slice_name(name: str, z: int) -> str:
     Args:
         name: The stack's name (its file stem).
         z: The slice index, from 0.
+
+    Returns:
+        ``name_z`` + ``z`` in four digits, e.g. ``scan_z0007``.
     """
     return f"{name}_z{z:04d}"
 
@@ -126,6 +129,9 @@ def fit_to_label(image: np.ndarray, label: np.ndarray, ipath: Path, lpath: Path,
         ipath: The image file, named in messages.
         lpath: The label file, named in messages.
         ax: How the image's axes were read (said in the message); None: 2D when ``image`` is.
+
+    Returns:
+        ``image``, unchanged.
 
     Raises:
         TskdInputError: The label map is not (H, W) or (Z, H, W), has channels, is a stack for a

@@ -58,6 +58,9 @@ def prepare_images(images: list[np.ndarray], resolution: int) -> torch.Tensor:
         images: (H, W) or (H, W, C) arrays of any dtype, at least 2x2 pixels.
         resolution: R, the DDPM's side in pixels.
 
+    Returns:
+        float32 (N, C, R, R) in [-1, 1].
+
     Raises:
         TskdInputError: No image, or one that is not (H, W) or (H, W, C).
     """
@@ -161,6 +164,9 @@ def build_train_scheduler() -> Any:
     """The DDPM noise schedule used in training: ``diffusers.DDPMScheduler`` with 1000 steps.
 
     Its defaults are Ho et al. (2020)'s: linear betas from 1e-4 to 0.02, epsilon prediction.
+
+    Returns:
+        The ``DDPMScheduler``.
     """
     from diffusers import DDPMScheduler
 
@@ -269,21 +275,23 @@ def ddim_sample(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> torch.Tensor:
-    """``n`` images (n, C, R, R) in [-1, 1] on the CPU, by deterministic DDIM (eta = 0).
+    """Sample ``n`` images by deterministic DDIM (eta = 0).
 
     The starting noise comes from one seeded CPU generator for all images, so the result does not
     depend on the device's batch size. Images are denoised ``SAMPLE_BATCH`` at a time.
 
     Args:
         unet: The trained ``UNet2DModel`` (moved to ``device``).
-        scheduler_config: Its schedule (``load_diffusion_model``'s), read by
-            ``diffusers.DDIMScheduler``.
+        scheduler_config: Its schedule (``load_diffusion_model``'s), for ``DDIMScheduler``.
         n: How many images.
         steps: DDIM steps, at least 1 (``synth.sample_steps``).
         seed: Seeds the starting noise.
         device: Where the UNet runs.
         progress: Called after every step with a ``Progress`` (stage "synthesize-sample").
         cancel: Checked before every step.
+
+    Returns:
+        float32 (n, C, R, R) in [-1, 1], on the CPU.
 
     Raises:
         TskdInputError: ``steps`` is below 1.

@@ -211,6 +211,9 @@ def student_param_count(cfg: StudentConfig, num_classes: int, image_size: int) -
         cfg: The student's architecture.
         num_classes: Output classes, background included.
         image_size: The input side in pixels.
+
+    Returns:
+        The number of scalar parameters.
     """
     d, p, n = cfg.embed_dim, cfg.patch_size, cfg.neck_dim
     grid = image_size // p
@@ -256,6 +259,9 @@ def validate_student_meta(meta: Any, path: str | Path = "meta.json") -> StudentM
         meta: The parsed ``meta.json`` (any JSON value).
         path: The file named in messages.
 
+    Returns:
+        The typed ``StudentMeta`` (config, classes, input size and the optional keys).
+
     Raises:
         ModelMetaError: Naming ``path`` and the first bad key, also when the student it
             describes would have more than ``tskd.models.mini_sam.MAX_PARAMS`` parameters.
@@ -295,6 +301,10 @@ def validate_teacher_meta(meta: Any, path: str | Path = "meta.json") -> TeacherM
     Args:
         meta: The parsed ``meta.json`` (any JSON value).
         path: The file named in messages.
+
+    Returns:
+        The typed ``TeacherMeta`` (base model, checkpoint and its sha256, input size,
+        classes, LoRA settings and the optional keys).
 
     Raises:
         ModelMetaError: Naming ``path`` and the first bad key.

@@ -208,6 +208,9 @@ def sam_param_count(cfg: MiniSamConfig, input_size: int, num_classes: int = 0) -
         cfg: The architecture.
         input_size: The input side in pixels (sets the token grid and position tables).
         num_classes: Adds ``SemanticSam``'s class tokens and hypernetwork MLPs; 0: plain SAM.
+
+    Returns:
+        The number of scalar parameters.
     """
     d, p, P, m = cfg.embed_dim, cfg.patch_size, cfg.prompt_dim, cfg.mask_in_chans
     grid = input_size // p

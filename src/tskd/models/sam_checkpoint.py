@@ -174,6 +174,10 @@ def infer_config(sd: dict[str, torch.Tensor], decoder_heads: int = 8) -> MiniSam
         sd: A SAM state dict.
         decoder_heads: Decoder attention heads, which leave no trace in shapes (SAM uses 8).
 
+    Returns:
+        The config whose ``build_mini_sam`` has the state dict's shapes (``img_size`` from
+        its position embedding).
+
     Raises:
         CheckpointError: ``sd`` is not a SAM state dict or lacks a tensor the shapes come from.
     """
@@ -244,6 +248,9 @@ def adapt_state_dict(
         sd: A SAM state dict.
         cfg: Its architecture (patch size, window size, global blocks).
         input_size: The new input side in pixels, a multiple of the patch size.
+
+    Returns:
+        The new state dict; ``sd`` itself is left as it was.
     """
     grid = input_size // cfg.patch_size
     out = dict(sd)
@@ -362,6 +369,9 @@ def download_checkpoint(model_type: str, cache_dir: str | Path | None = None) ->
         model_type: vit_b, vit_l or vit_h (``OFFICIAL_CHECKPOINTS``).
         cache_dir: The folder; None: ``$TSKD_CACHE_DIR``, else the user cache dir
             (``pooch.os_cache("tskd")``).
+
+    Returns:
+        The checkpoint file's path.
 
     Raises:
         CheckpointError: ``model_type`` has no official checkpoint.

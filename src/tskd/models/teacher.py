@@ -46,6 +46,9 @@ def build_sam(
             embeddings are resampled, see ``tskd.models.sam_checkpoint``).
         pretrained: False gives a random initialisation (tests, pretraining).
 
+    Returns:
+        The ``Sam`` module in eval mode, on the CPU.
+
     Raises:
         CheckpointError: An unknown model type, an official type without a checkpoint, a
             missing built-in teacher (``tskd pretrain-mini`` creates it), or a checkpoint that

@@ -147,6 +147,9 @@ def generate(
         seed: Selects another draw of the whole task.
         start: The first index.
 
+    Returns:
+        ``n`` (image, label) pairs, in index order.
+
     Raises:
         TskdInputError: ``n`` or ``start`` is negative, an unknown task, or a size under 32.
     """
@@ -165,6 +168,10 @@ def task_files(task: str, root: str | Path, n_train: int, n_unlabelled: int,
         n_train: Labelled training images.
         n_unlabelled: Unlabelled images.
         n_test: Labelled test images.
+
+    Returns:
+        ``task.json``, then per split its ``dataset.json`` (not for ``unlabelled``), image
+        and label files.
 
     Raises:
         TskdInputError: An unknown task.

@@ -17,6 +17,9 @@ def grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     Args:
         h: Height in pixels.
         w: Width in pixels.
+
+    Returns:
+        ``(yy, xx)``: float32 (H, W) row and column coordinates.
     """
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     return yy, xx
@@ -42,6 +45,9 @@ def noise(
         sigma_v: Correlation length across ``angle``, making the field anisotropic; None:
             ``sigma`` (isotropic).
         angle: Direction of ``sigma`` in radians, from the x axis.
+
+    Returns:
+        float32 (H, W), zero mean and unit standard deviation.
     """
     h, w = shape
     white = rng.standard_normal((h, w)).astype(np.float32)
