@@ -35,8 +35,8 @@ def _make_run(root: Path, size: int, n: int, batch: int) -> Any:
     """A run folder with procedural labelled images and a from-scratch student config."""
     from tskd.config import RunConfig
     from tskd.data import phantoms
+    from tskd.data.folders import export_dataset
     from tskd.pipeline.run_folder import prepare_run_dir
-    from tskd.pipeline.stages import export_dataset
 
     cfg = RunConfig(run_dir=str(root / "run"))
     cfg.data.labelled = str(root / "run" / "data")

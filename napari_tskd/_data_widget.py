@@ -256,7 +256,8 @@ def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> None
     classes) and shows its notes (e.g. the map of ids with gaps) as warnings.
     """
     from tskd.data import label_policy
-    from tskd.data.label_map import check_values, declared_from_config
+    from tskd.data.declared import declared_from_config
+    from tskd.data.label_map import check_values
 
     values = [label_policy.distinct_values(lab) for lab in labels]
     for v in values:

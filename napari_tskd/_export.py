@@ -54,17 +54,17 @@ def export_labelled(
     and ``ignore_label`` go into ``data/dataset.json`` in nnU-Net's form, where
     ``tskd.data.label_policy`` reads them as the declared class map (used as given).
     """
-    from tskd.pipeline.stages import export_dataset
+    from tskd.data.folders import export_dataset
     data = RunPaths(run_dir).data
     data.mkdir(parents=True, exist_ok=True)
     meta = data / "dataset.json"
     if class_names:
         by_value = (dict(class_names) if isinstance(class_names, dict)
                     else dict(enumerate(class_names)))
-        labels: dict[str, str | int] = {str(v): str(n) for v, n in sorted(by_value.items())}
+        declared: dict[str, str | int] = {str(v): str(n) for v, n in sorted(by_value.items())}
         if ignore_label is not None:
-            labels["ignore"] = int(ignore_label)
-        meta.write_text(json.dumps({"labels": labels}, indent=1))
+            declared["ignore"] = int(ignore_label)
+        meta.write_text(json.dumps({"labels": declared}, indent=1))
     else:
         meta.unlink(missing_ok=True)
     tmp = run_dir / ".export_tmp"

@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
         if point == "step" and p.step == n:
             _die()
 
-    engine.train(build(), CFG, checkpoint_dir=folder, progress=progress)
+    engine.train(build(), CFG, control=engine.RunControl(progress, checkpoint_dir=folder))
     sys.exit(3)  # never reached when the kill point lies inside the run
 
 

@@ -5,9 +5,9 @@ functions and under ``TYPE_CHECKING`` alike, since a lazy import is still a depe
 checked against ``LAYERS``, lowest first: a module may import modules of its own layer and of
 the layers below it, never one above. Sizes: no module over ``MAX_LINES``, no function or
 method (of the backend or the frontend) over ``MAX_FUNCTION_LINES``, argument-parser builders
-aside. The top-level modules are one layer each (``errors`` < ``atomic`` < ``checkpoint`` <
-``safe_regex`` < ``lora_targets`` < ``config_compat`` < ``config_io`` < ``config`` < ``device``
-< ``callbacks`` < ``stopping`` < ``engine``); each package is one layer.
+aside. The top-level modules are one layer each (``errors`` < ``temp_files`` < ``atomic`` <
+``checkpoint`` < ``safe_regex`` < ``lora_targets`` < ``config_compat`` < ``config_io`` <
+``config`` < ``device`` < ``callbacks`` < ``stopping`` < ``engine``); each package is one layer.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ BACKEND = SRC / "tskd"
 # lowest first; keep in step with the table in docs/architecture.md
 LAYERS = (
     "tskd.errors",
+    "tskd.temp_files",
     "tskd.atomic",
     "tskd.checkpoint",
     "tskd.safe_regex",
@@ -280,3 +281,66 @@ def test_setup_cfg_ships_every_package(section: str) -> None:
     on_disk |= {".".join(p.parent.relative_to(ROOT).parts)
                 for p in (ROOT / "napari_tskd").rglob("__init__.py")}
     assert listed == on_disk
+
+
+def undocumented_arguments(source: str) -> list[str]:
+    """Public functions and methods of ``source`` that take arguments but have no ``Args:``.
+
+    Public: the name and every enclosing class's name do not start with ``_``; functions nested
+    in functions are not part of an interface and are skipped. A method's first argument
+    (``self``/``cls``) does not count, nor does a ``staticmethod``'s lack of one.
+    """
+    found: list[str] = []
+
+    def visit(node: ast.AST, prefix: str, in_class: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef) and not child.name.startswith("_"):
+                visit(child, f"{prefix}{child.name}.", True)
+            elif (isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+                  and not child.name.startswith("_")):
+                a = child.args
+                names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                static = any(isinstance(d, ast.Name) and d.id == "staticmethod"
+                             for d in child.decorator_list)
+                if in_class and not static and names:
+                    names = names[1:]  # self or cls
+                names += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
+                if names and "Args:" not in (ast.get_docstring(child) or ""):
+                    found.append(f"{prefix}{child.name}")
+            elif isinstance(child, ast.If | ast.Try):  # definitions under TYPE_CHECKING etc.
+                visit(child, prefix, in_class)
+
+    visit(ast.parse(source), "", False)
+    return found
+
+
+def test_public_functions_with_arguments_document_them() -> None:
+    """Google style (docs/architecture.md, "Docstrings"): every argument under ``Args:``."""
+    missing = {f"{name}:{fn}" for name, path in backend_modules().items()
+               for fn in undocumented_arguments(path.read_text())}
+    assert sorted(missing) == []
+
+
+def test_the_args_check_sees_methods_and_skips_private_and_argumentless() -> None:
+    source = (
+        "def f(a):\n"
+        '    """No section."""\n'
+        "def g(a):\n"
+        '    """Doc.\n\n    Args:\n        a: x.\n    """\n'
+        "def h():\n"
+        '    """No arguments."""\n'
+        "def _p(a):\n"
+        "    pass\n"
+        "class C:\n"
+        "    def m(self, x):\n"
+        '        """No section."""\n'
+        "    def n(self):\n"
+        '        """Only self."""\n'
+        "    @staticmethod\n"
+        "    def s(x):\n"
+        "        pass\n"
+        "class _Hidden:\n"
+        "    def m(self, x):\n"
+        "        pass\n"
+    )
+    assert undocumented_arguments(source) == ["f", "C.m", "C.s"]

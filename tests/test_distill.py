@@ -14,7 +14,7 @@ from torch import nn
 
 import tskd.training.distill as distill_mod
 from tskd.config import DistillConfig, StudentConfig, TrainConfig
-from tskd.engine import CancelToken, TrainResult
+from tskd.engine import CancelToken, RunControl, TrainResult
 from tskd.errors import Cancelled, TskdInputError
 from tskd.models.student import Student
 from tskd.training.teacher_cache import TeacherCache
@@ -237,9 +237,10 @@ def test_resume_gives_the_same_student(tmp_path: Path) -> None:
 
     ckpt = tmp_path / "b" / "ckpt"
     with pytest.raises(Cancelled):
-        _run(tmp_path / "b", FakeTeacher(), cfg, progress=stop_after_three, cancel=token,
-             checkpoint_dir=ckpt)
-    result, resumed = _run(tmp_path / "b", FakeTeacher(), cfg, resume=True, checkpoint_dir=ckpt)
+        _run(tmp_path / "b", FakeTeacher(), cfg,
+             control=RunControl(stop_after_three, token, checkpoint_dir=ckpt))
+    result, resumed = _run(tmp_path / "b", FakeTeacher(), cfg,
+                           control=RunControl(resume=True, checkpoint_dir=ckpt))
     assert result.resumed_from_epoch == 1
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)  # bit for bit

@@ -8,7 +8,7 @@ from torch import nn
 
 from ckpt_kill import _Data
 from tskd.config import TrainConfig
-from tskd.engine import CancelToken, Progress, train
+from tskd.engine import CancelToken, Progress, RunControl, train
 from tskd.errors import Cancelled, TskdError
 from tskd.training.preview import SegmentationPreview
 
@@ -32,7 +32,7 @@ CFG = TrainConfig(epochs=3, batch_size=4, lr=0.05, device="cpu")
 
 def test_loss_falls_and_progress_is_reported() -> None:
     reports: list[Progress] = []
-    result = train(_Task(), CFG, progress=reports.append)
+    result = train(_Task(), CFG, control=RunControl(progress=reports.append))
     assert result.steps == 24 and len(reports) == 24
     assert reports[-1].step == reports[-1].total == 24
     assert reports[-1].eta_s == pytest.approx(0.0, abs=1e-6)
@@ -56,11 +56,11 @@ def test_cancel_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
             token.cancel()
 
     with pytest.raises(Cancelled, match="13/24"):
-        train(task, CFG, checkpoint_dir=tmp_path, progress=stop_at_13, cancel=token)
+        train(task, CFG, control=RunControl(stop_at_13, token, checkpoint_dir=tmp_path))
     assert (tmp_path / "ckpt" / "trainable.safetensors").is_file()
     assert (tmp_path / "ckpt" / "manifest.json").is_file()
     resumed = _Task()
-    result = train(resumed, CFG, checkpoint_dir=tmp_path, resume=True)
+    result = train(resumed, CFG, control=RunControl(resume=True, checkpoint_dir=tmp_path))
     assert result.resumed_from_epoch == 1
     assert torch.equal(resumed.model.weight, ref.model.weight)
     assert not (tmp_path / "ckpt").exists()  # finished: nothing to resume
@@ -71,10 +71,10 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
-        train(_Task(), CFG, checkpoint_dir=tmp_path, cancel=token)
+        train(_Task(), CFG, control=RunControl(cancel=token, checkpoint_dir=tmp_path))
     other = TrainConfig(epochs=3, batch_size=4, lr=0.01, device="cpu")
     with pytest.raises(TskdError, match="other training settings"):
-        train(_Task(), other, checkpoint_dir=tmp_path, resume=True)
+        train(_Task(), other, control=RunControl(resume=True, checkpoint_dir=tmp_path))
 
 
 def test_max_steps_caps_training() -> None:
@@ -107,9 +107,9 @@ def test_resume_restores_running_statistics(tmp_path: Path) -> None:
             token.cancel()
 
     with pytest.raises(Cancelled):
-        train(task, CFG, checkpoint_dir=tmp_path, progress=stop_at_10, cancel=token)
+        train(task, CFG, control=RunControl(stop_at_10, token, checkpoint_dir=tmp_path))
     resumed = _BNTask()
-    train(resumed, CFG, checkpoint_dir=tmp_path, resume=True)
+    train(resumed, CFG, control=RunControl(resume=True, checkpoint_dir=tmp_path))
     assert torch.equal(resumed.model[1].running_mean, ref.model[1].running_mean)
     assert torch.equal(resumed.model[2].weight, ref.model[2].weight)
 
@@ -147,7 +147,7 @@ def test_previews_show_the_first_image_and_change_nothing() -> None:
     reports: list[Progress] = []
     cfg = TrainConfig(epochs=3, batch_size=2, lr=0.1, device="cpu")
     with_preview, without = _SegTask(), _SegTask()
-    train(with_preview, cfg, progress=reports.append,
+    train(with_preview, cfg, control=RunControl(progress=reports.append),
           callbacks=[SegmentationPreview(reports.append)])
     train(without, cfg)
     previews = [r.preview for r in reports if r.preview is not None]
@@ -163,5 +163,5 @@ def test_previews_show_the_first_image_and_change_nothing() -> None:
 
 def test_no_preview_without_prepared_images() -> None:
     reports: list[Progress] = []
-    train(_Task(), CFG, progress=reports.append)
+    train(_Task(), CFG, control=RunControl(progress=reports.append))
     assert all(r.preview is None for r in reports)

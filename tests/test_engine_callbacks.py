@@ -11,7 +11,15 @@ from torch import nn
 
 from ckpt_kill import CFG, build
 from test_engine import _SegTask, _Task
-from tskd.engine import Callback, CancelToken, CheckpointExtra, Progress, TrainState, train
+from tskd.engine import (
+    Callback,
+    CancelToken,
+    CheckpointExtra,
+    Progress,
+    RunControl,
+    TrainState,
+    train,
+)
 from tskd.errors import Cancelled, TskdError, TskdWarning
 from tskd.training.preview import SegmentationPreview
 
@@ -43,7 +51,7 @@ def test_hooks_run_in_order_with_the_state_of_each_point() -> None:
     log: list[tuple[str, int, int, int]] = []
     recorder = _Recorder(log)
     train(_Task(), CFG, callbacks=[recorder],
-          progress=lambda p: log.append(("progress", p.step, p.epoch, -1)))
+          control=RunControl(lambda p: log.append(("progress", p.step, p.epoch, -1))))
     assert log[0] == ("begin", 0, 0, 0)
     assert log[-1] == ("end", 24, 2, 8)
     assert [e for e in log if e[0] == "epoch"] == [("epoch", 8, 0, 8), ("epoch", 16, 1, 8),
@@ -96,12 +104,13 @@ def test_callback_state_travels_with_the_checkpoint(tmp_path: Path) -> None:
             token.cancel()
 
     with pytest.raises(Cancelled, match="13/24"):
-        train(build(), CFG, checkpoint_dir=tmp_path, progress=stop_at_13, cancel=token,
+        train(build(), CFG, control=RunControl(stop_at_13, token, checkpoint_dir=tmp_path),
               callbacks=[first])
     manifest = json.loads((tmp_path / "ckpt" / "manifest.json").read_text())
     assert "extra.safetensors" in manifest["files"]  # verified with the weights
     resumed_task, resumed = build(), _Counter()
-    result = train(resumed_task, CFG, checkpoint_dir=tmp_path, resume=True, callbacks=[resumed])
+    result = train(resumed_task, CFG, control=RunControl(resume=True, checkpoint_dir=tmp_path),
+                   callbacks=[resumed])
     assert result.resumed_from_epoch == 1
     assert resumed.resumed_with is not None and resumed.resumed_with != "never called"
     assert resumed.resumed_with[0]["counter.count"].item() == 13
@@ -115,7 +124,8 @@ def test_without_callback_state_no_extra_file_and_resume_gets_none(tmp_path: Pat
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
-        train(_Task(), CFG, checkpoint_dir=tmp_path, cancel=token, callbacks=[_Recorder()])
+        train(_Task(), CFG, control=RunControl(cancel=token, checkpoint_dir=tmp_path),
+              callbacks=[_Recorder()])
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "manifest.json", "optimizer.pt", "state.json", "trainable.safetensors"]
 
@@ -125,14 +135,16 @@ def test_without_callback_state_no_extra_file_and_resume_gets_none(tmp_path: Pat
         def on_resume(self, state: TrainState, extra: CheckpointExtra | None) -> None:
             _Expects.got = extra
 
-    train(_Task(), CFG, checkpoint_dir=tmp_path, resume=True, callbacks=[_Expects()])
+    train(_Task(), CFG, control=RunControl(resume=True, checkpoint_dir=tmp_path),
+          callbacks=[_Expects()])
     assert _Expects.got is None
 
 
 def test_two_callbacks_keeping_one_name_are_refused(tmp_path: Path) -> None:
     clash = r"two callbacks keep checkpoint state under \['counter.count', 'counter.loss_sum', "
     with pytest.raises(ValueError, match=clash + r"'counter.step'\]"):
-        train(_Task(), CFG, checkpoint_dir=tmp_path, callbacks=[_Counter(), _Counter()])
+        train(_Task(), CFG, control=RunControl(checkpoint_dir=tmp_path),
+              callbacks=[_Counter(), _Counter()])
     assert not (tmp_path / "ckpt").exists()  # nothing half-merged was written
 
 
@@ -140,7 +152,7 @@ def test_two_callbacks_keeping_one_name_are_refused(tmp_path: Path) -> None:
 def _previews(task: _SegTask, interval_s: float, epochs: int = 3) -> list[Progress]:
     reports: list[Progress] = []
     cfg = CFG.__class__(epochs=epochs, batch_size=2, lr=0.1, device="cpu")
-    train(task, cfg, progress=reports.append,
+    train(task, cfg, control=RunControl(progress=reports.append),
           callbacks=[SegmentationPreview(reports.append, interval_s=interval_s)])
     return [r for r in reports if r.preview is not None]
 
@@ -249,7 +261,7 @@ def test_student_fine_tuning_sends_previews_only_with_progress_and_trains_alike(
     cfg = _tiny(epochs=2)
     reports: list[Progress] = []
     watched, unwatched = _student(2, cfg), _student(2, cfg)
-    finetune_student(watched, _samples(4), [], cfg, S, progress=reports.append)
+    finetune_student(watched, _samples(4), [], cfg, S, RunControl(progress=reports.append))
     finetune_student(unwatched, _samples(4), [], cfg, S)
     previews = [(r.stage, r.epoch, r.preview["labels"].shape) for r in reports
                 if r.preview is not None]

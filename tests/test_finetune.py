@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tskd.config import StudentConfig, TrainConfig
-from tskd.engine import CancelToken
+from tskd.engine import CancelToken, RunControl
 from tskd.errors import Cancelled, TskdInputError
 from tskd.models.student import Student
 from tskd.training.finetune import finetune_student, validate
@@ -152,10 +152,11 @@ def test_resume_via_checkpoint_dir(tmp_path: Path) -> None:
 
     resumed = _student(2, cfg)
     with pytest.raises(Cancelled):
-        finetune_student(resumed, train, val, cfg, S, progress=stop, cancel=token,
-                         checkpoint_dir=tmp_path)
+        finetune_student(resumed, train, val, cfg, S,
+                         RunControl(stop, token, checkpoint_dir=tmp_path))
     resumed = _student(2, cfg)  # a fresh process would start from the stage's input again
-    result, _ = finetune_student(resumed, train, val, cfg, S, resume=True, checkpoint_dir=tmp_path)
+    result, _ = finetune_student(resumed, train, val, cfg, S,
+                                 RunControl(resume=True, checkpoint_dir=tmp_path))
     assert result.resumed_from_epoch == 1
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)  # bit for bit

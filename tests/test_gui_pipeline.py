@@ -26,7 +26,8 @@ TINY_STUDENT = {"architecture": "vit_tiny", "embed_dim": 32, "depth": 2, "num_he
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A random tiny SAM saved like the built-in mini weights (the pipeline takes its path)."""
-    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
+    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam
+    from tskd.models.mini_sam_files import save_mini_sam
 
     path = tmp_path_factory.mktemp("sam") / "tiny.safetensors"
     return save_mini_sam(build_mini_sam(MiniSamConfig.tiny()), MiniSamConfig.tiny(), path,

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tskd.data import files, folders
+from tskd.data import decode, files, folders
 from tskd.data.samples import load_labelled, load_unlabelled, read_labelled_set
 from tskd.errors import TskdInputError, TskdWarning
 
@@ -47,7 +47,7 @@ def test_list_images_filters_sorts_and_skips_hidden(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub.png").mkdir()
     assert [p.name for p in files.list_images(tmp_path)] == ["a.TIF", "b.png", "c.npy", "d.jpeg"]
-    assert {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy"} == files.IMAGE_SUFFIXES
+    assert {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy"} == decode.IMAGE_SUFFIXES
     with pytest.raises(TskdInputError, match="folder not found: .*nope"):
         files.list_images(tmp_path / "nope")
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tskd.data import phantoms
+from tskd.data.phantoms.sheet import contact_sheet
 from tskd.errors import TskdInputError
 
 TASK_NAMES = ["kidney_us", "skin_lesion", "retina_vessels", "ct_abdomen", "brain_mri"]
@@ -152,7 +153,7 @@ def test_pretraining_code_is_separate_from_targets() -> None:
 def test_contact_sheet(tmp_path: Path) -> None:
     import imageio.v3 as iio
 
-    path = phantoms.contact_sheet("retina_vessels", 3, tmp_path / "sheet.png", size=64)
+    path = contact_sheet("retina_vessels", 3, tmp_path / "sheet.png", size=64)
     sheet = iio.imread(path)
     assert sheet.ndim == 3 and sheet.shape[0] > 50 and sheet.shape[1] > 200
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tskd.config import PretrainConfig
-from tskd.engine import CancelToken
+from tskd.engine import CancelToken, RunControl
 from tskd.errors import Cancelled, TskdInputError
 from tskd.models.mini_sam import MiniSamConfig
 from tskd.training import pretrain, pretrain_data
@@ -87,7 +87,7 @@ def test_pretrain_tiny_writes_loadable_weights(tmp_path: Path) -> None:
     with torch.no_grad():
         before = float(pretrain.build_model(cfg, ARCH)(batch)["loss"])
     losses: list[float] = []
-    info = _pretrain(cfg, tmp_path, progress=lambda p: losses.append(p.loss),
+    info = _pretrain(cfg, tmp_path, control=RunControl(lambda p: losses.append(p.loss)),
                                   command="tskd pretrain-mini --steps 40")
     assert len(losses) == 40 and info["steps"] == 40
     weights = tmp_path / "mini_sam.safetensors"
@@ -127,10 +127,10 @@ def test_cancel_and_resume_match_an_unbroken_run(tmp_path: Path) -> None:
 
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Cancelled):
-        _pretrain(cfg, tmp_path / "cut", progress=stop_at_6, cancel=token,
-                               checkpoint_dir=ckpt)
+        _pretrain(cfg, tmp_path / "cut",
+                  control=RunControl(stop_at_6, token, checkpoint_dir=ckpt))
     assert not (tmp_path / "cut" / "mini_sam.safetensors").exists()
-    info = _pretrain(cfg, tmp_path / "cut", checkpoint_dir=ckpt, resume=True)
+    info = _pretrain(cfg, tmp_path / "cut", control=RunControl(resume=True, checkpoint_dir=ckpt))
     assert info["resumed_from_epoch"] == 1 and info["steps"] == 8
     from safetensors.torch import load_file
 

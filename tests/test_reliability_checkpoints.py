@@ -24,7 +24,7 @@ import ckpt_kill
 import tskd
 from ckpt_kill import CFG, build
 from tiny_setup import tiny_config, write_config, write_tiny_sam, write_tiny_task
-from tskd.engine import CancelToken, Progress, train
+from tskd.engine import CancelToken, Progress, RunControl, train
 from tskd.errors import Cancelled, TskdWarning
 
 TESTS = Path(__file__).parent
@@ -102,7 +102,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_weights(
     folder = tmp_path / "ck"
     _kill_run(folder, point, n)
     task = build()
-    result = train(task, CFG, checkpoint_dir=folder, resume=True)
+    result = train(task, CFG, control=RunControl(resume=True, checkpoint_dir=folder))
     assert result.resumed_from_epoch == resumed_from
     assert result.steps == 24
     assert _equal(task.model, reference)
@@ -121,11 +121,12 @@ def test_a_second_kill_after_resuming_still_ends_bit_identical(
             if x.step == 21:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        train(build(), CFG, checkpoint_dir=folder, resume=True, progress=p)
+        train(build(), CFG, control=RunControl(p, resume=True, checkpoint_dir=folder))
 
     _in_child(resume_then_die)
     task = build()
-    assert train(task, CFG, checkpoint_dir=folder, resume=True).resumed_from_epoch == 2
+    resume = RunControl(resume=True, checkpoint_dir=folder)
+    assert train(task, CFG, control=resume).resumed_from_epoch == 2
     assert _equal(task.model, reference)
 
 
@@ -141,7 +142,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one(
     task = build()
     with pytest.warns(TskdWarning, match=r"discarding the checkpoint in .*ckpt: "
                                          r"trainable.safetensors does not match its sha256"):
-        result = train(task, CFG, checkpoint_dir=folder, resume=True)
+        result = train(task, CFG, control=RunControl(resume=True, checkpoint_dir=folder))
     assert result.resumed_from_epoch == 1  # the older, intact checkpoint
     assert _equal(task.model, reference)
 
@@ -156,7 +157,7 @@ def test_a_checkpoint_mixed_from_two_saves_is_never_loaded(
     (folder / "ckpt.old").rename(tmp_path / "old-away")  # no fallback: start from scratch
     task = build()
     with pytest.warns(TskdWarning, match="state.json does not match its sha256"):
-        result = train(task, CFG, checkpoint_dir=folder, resume=True)
+        result = train(task, CFG, control=RunControl(resume=True, checkpoint_dir=folder))
     assert result.resumed_from_epoch is None
     assert _equal(task.model, reference)
 
@@ -174,7 +175,7 @@ def test_leftovers_of_the_earlier_layout_never_block_a_run(
     (folder / "notes.txt").write_text("a user's file")  # not the project's: must stay
     task = build()
     with pytest.warns(TskdWarning, match="without a manifest and cannot be verified"):
-        result = train(task, CFG, checkpoint_dir=folder, resume=True)
+        result = train(task, CFG, control=RunControl(resume=True, checkpoint_dir=folder))
     assert result.resumed_from_epoch is None
     assert _equal(task.model, reference)
     assert sorted(p.name for p in folder.iterdir()) == ["history.json", "notes.txt"]
@@ -191,7 +192,7 @@ def test_temp_folder_of_a_running_writer_is_left_alone(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=True).stdout.strip()
     stale = folder / f"ckpt.tmp-{dead}-abcd1234"
     stale.mkdir()
-    train(build(), CFG, checkpoint_dir=folder)
+    train(build(), CFG, control=RunControl(checkpoint_dir=folder))
     assert alive.is_dir() and not stale.exists()
 
 
@@ -206,27 +207,28 @@ def test_cancel_mid_epoch_with_random_steps_resumes_bit_identical(
             token.cancel()
 
     with pytest.raises(Cancelled):
-        train(build(), CFG, checkpoint_dir=tmp_path, progress=stop, cancel=token)
+        train(build(), CFG, control=RunControl(stop, token, checkpoint_dir=tmp_path))
     torch.rand(3)  # the resumed process's streams are anywhere
     task = build()
-    result = train(task, CFG, checkpoint_dir=tmp_path, resume=True)
+    result = train(task, CFG, control=RunControl(resume=True, checkpoint_dir=tmp_path))
     assert result.resumed_from_epoch == 1
     assert _equal(task.model, reference)
 
 
 # ------------------------------------------------------------------ a real stage, via the CLI
 _KILL_CLI = """
-import os, signal, sys
+import dataclasses, os, signal, sys
 from tskd import engine
 stop = int(sys.argv[1])
 orig = engine.train
-def train(task, cfg, *, progress=None, **kw):
+def train(task, cfg, *, control=None, **kw):
+    control = control or engine.RunControl()
     def p(x):
         if x.step == stop:
             os.kill(os.getpid(), signal.SIGKILL)
-        if progress is not None:
-            progress(x)
-    return orig(task, cfg, progress=p, **kw)
+        if control.progress is not None:
+            control.progress(x)
+    return orig(task, cfg, control=dataclasses.replace(control, progress=p), **kw)
 engine.train = train
 from tskd.apps.cli import main
 sys.exit(main(sys.argv[2:]))

@@ -159,7 +159,8 @@ def _write_diffusion(folder: Path, version: int) -> None:
 
 
 def _write_mini_sam(folder: Path, version: int) -> None:
-    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
+    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam
+    from tskd.models.mini_sam_files import save_mini_sam
 
     torch.manual_seed(version)
     cfg = MiniSamConfig.tiny()
@@ -187,7 +188,7 @@ def _write_prediction(folder: Path, version: int) -> None:
 def _write_run_files(folder: Path, version: int) -> None:
     from tskd.atomic import write_json
     from tskd.config import RunConfig, save_config
-    from tskd.pipeline.run_folder import mark_done
+    from tskd.pipeline.markers import mark_done
 
     save_config(RunConfig(run_dir=f"run{version}"), folder / "config.yaml")
     write_json(folder / "reports" / "pipeline.json", {"version": version})
@@ -252,7 +253,7 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ckpt_kill import CFG, build
-    from tskd.engine import Progress, train
+    from tskd.engine import Progress, RunControl, train
 
     reference = build()
     train(reference, CFG)
@@ -263,11 +264,12 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(
             fill_disk(monkeypatch, under=folder)
 
     with pytest.raises(DiskFullError, match=full_message(folder)):
-        train(build(), CFG, checkpoint_dir=folder, progress=disk_fills_after_epoch_1)
+        train(build(), CFG, control=RunControl(disk_fills_after_epoch_1, checkpoint_dir=folder))
     assert sorted(p.name for p in folder.iterdir()) == ["ckpt"]  # no half-written save left
     monkeypatch.setattr(atomic, "_write_file", _real_write_file)  # space was freed
     task = build()
-    assert train(task, CFG, checkpoint_dir=folder, resume=True).resumed_from_epoch == 1
+    resume = RunControl(resume=True, checkpoint_dir=folder)
+    assert train(task, CFG, control=resume).resumed_from_epoch == 1
     ref = reference.model.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in task.model.state_dict().items())
 

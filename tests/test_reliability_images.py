@@ -20,7 +20,8 @@ from torch import nn
 
 from tskd.apps.cli import main
 from tskd.data import files
-from tskd.data.axes import MAX_PIXELS_ENV, image_axes, pixel_budget
+from tskd.data.axes import image_axes
+from tskd.data.pixel_budget import MAX_PIXELS_ENV, pixel_budget
 from tskd.data.samples import load_labelled, load_unlabelled, read_labelled_set
 from tskd.errors import TskdInputError, TskdWarning
 from tskd.inference.predict import predict_paths, segmenter_from_bundle

@@ -19,7 +19,8 @@ from tskd.config import LoraSettings, load_config
 from tskd.errors import TskdError, TskdInputError
 from tskd.lora_targets import MAX_TARGET_CHARS, check_targets, matching_modules, parse_target
 from tskd.models.lora import apply_lora, is_lora, load_teacher, lora_modules, save_teacher
-from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
+from tskd.models.mini_sam import MiniSamConfig, build_mini_sam
+from tskd.models.mini_sam_files import save_mini_sam
 from tskd.models.teacher import SemanticSam, build_sam
 
 REDOS = "([a-z_.0-9]+)+!"

@@ -28,11 +28,10 @@ from tskd.models.mini_sam import (
     MiniSamConfig,
     build_mini_sam,
     count_parameters,
-    json_path,
     official_config,
     sam_param_count,
-    save_mini_sam,
 )
+from tskd.models.mini_sam_files import json_path, save_mini_sam
 from tskd.models.sam_checkpoint import sha256_of
 from tskd.models.student import Student, build_student, student_param_count
 from tskd.models.teacher import SemanticSam, build_sam

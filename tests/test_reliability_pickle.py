@@ -28,7 +28,8 @@ from tskd.data.files import read_image
 from tskd.errors import TskdError
 from tskd.inference import bundle
 from tskd.models.lora import apply_lora, load_teacher, save_teacher
-from tskd.models.mini_sam import MiniSamConfig, json_path
+from tskd.models.mini_sam import MiniSamConfig
+from tskd.models.mini_sam_files import json_path
 from tskd.models.sam_checkpoint import read_state_dict, sha256_of
 from tskd.models.student import Student
 from tskd.models.teacher import SemanticSam, build_sam

@@ -30,17 +30,19 @@ from tskd.errors import CheckpointError, RunFolderError, TskdInputError, TskdWar
 from tskd.pipeline import context, lock, run_folder
 from tskd.pipeline.manifest import (
     _ACTIVE,
+    claim_run_folder,
+    folder_kind,
+    owned_files,
+    remove_owned,
+    tracked,
+)
+from tskd.pipeline.manifest_file import (
     LOCK_INFO_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
-    _write_manifest,
-    claim_run_folder,
     content_changed,
-    folder_kind,
-    owned_files,
     read_manifest,
-    remove_owned,
-    tracked,
+    write_manifest,
 )
 
 USER_BYTES = b"my irreplaceable scan notes\n"
@@ -478,7 +480,7 @@ def test_demo_refuses_user_files_where_it_would_write(tmp_path: Path) -> None:
 
 def test_tiny_demo_keeps_the_users_files_also_when_run_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tskd.apps import demo
+    from tskd.apps import demo, demo_report
 
     sam = write_tiny_sam(tmp_path / "sam" / "tiny.safetensors")
 
@@ -490,7 +492,7 @@ def test_tiny_demo_keeps_the_users_files_also_when_run_again(
         return cfg
 
     monkeypatch.setattr(demo, "demo_config", tiny_demo_config)
-    monkeypatch.setattr(demo, "_ms_per_image", lambda *a, **k: 1.0)
+    monkeypatch.setattr(demo_report, "ms_per_image", lambda *a, **k: 1.0)
     out = tmp_path / "DIR"
     mine = [_user_file(out / "data" / "my_folder" / "scan.tif"), _user_file(out / "notes.txt")]
     demo.run_demo(n_labels=2, budget="tiny", out=out, device="cpu")
@@ -794,7 +796,7 @@ def test_a_manifest_of_sizes_only_still_works(tmp_path: Path) -> None:
     (root / "b.txt").write_text("bbbb")
     manifest = read_manifest(root)
     manifest["files"] = {"a.txt": 3, "b.txt": 3}
-    _write_manifest(root, manifest)
+    write_manifest(root, manifest)
     assert folder_kind(root) == "run"
     removed, changed = remove_owned(root)
     assert removed == [root / "a.txt"] and changed == [root / "b.txt"]

@@ -10,14 +10,8 @@ import torch
 
 from tskd.errors import CheckpointError
 from tskd.models import sam_checkpoint as sc
-from tskd.models.mini_sam import (
-    MiniSamConfig,
-    build_mini_sam,
-    count_parameters,
-    official_config,
-    read_mini_config,
-    save_mini_sam,
-)
+from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, count_parameters, official_config
+from tskd.models.mini_sam_files import read_mini_config, save_mini_sam
 
 
 def _tiny_sam(seed: int = 0) -> torch.nn.Module:

@@ -9,7 +9,7 @@ import torch
 
 from test_engine import _Task
 from tskd.config import TrainConfig
-from tskd.engine import CancelToken, train
+from tskd.engine import CancelToken, RunControl, train
 from tskd.errors import Cancelled
 from tskd.stopping import EarlyStopping, TimeLimit
 
@@ -77,21 +77,24 @@ def test_a_resumed_run_stops_where_an_unbroken_one_does(tmp_path: Path) -> None:
             cancel.cancel()
 
     with pytest.raises(Cancelled):
-        train(_Task(), CFG, callbacks=[first], checkpoint_dir=tmp_path, cancel=cancel,
-              progress=cancel_after_epoch_2)
+        train(_Task(), CFG, callbacks=[first], control=RunControl(
+            checkpoint_dir=tmp_path, cancel=cancel, progress=cancel_after_epoch_2))
     resumed_task = _Task()
     score = _Scripted(values[3:])  # the scores still to come (epochs 3..)
     second = EarlyStopping(score, patience=3)
-    result = train(resumed_task, CFG, callbacks=[second], checkpoint_dir=tmp_path, resume=True)
+    result = train(resumed_task, CFG, callbacks=[second],
+                   control=RunControl(checkpoint_dir=tmp_path, resume=True))
     assert second.best == 0.5 and second.best_epoch == 1 and result.steps == 40
     assert torch.equal(resumed_task.model.weight, unbroken.model.weight)
 
 
 def test_a_stopped_run_stays_stopped_on_resume(tmp_path: Path) -> None:
     stop = EarlyStopping(_Scripted([0.5, 0.1, 0.1, 0.1] + [0.9] * 6), patience=1)
-    train(_Task(), CFG, callbacks=[stop], checkpoint_dir=tmp_path, keep_checkpoint=True)
+    train(_Task(), CFG, callbacks=[stop],
+          control=RunControl(checkpoint_dir=tmp_path, keep_checkpoint=True))
     again = EarlyStopping(_Scripted([0.9] * 10), patience=1)
-    result = train(_Task(), CFG, callbacks=[again], checkpoint_dir=tmp_path, resume=True)
+    result = train(_Task(), CFG, callbacks=[again],
+                   control=RunControl(checkpoint_dir=tmp_path, resume=True))
     assert result.steps == 16  # stopped after epoch 1 the first time; no step taken now
 
 

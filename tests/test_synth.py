@@ -14,7 +14,7 @@ from imageio.v3 import imread
 from safetensors.torch import load_file
 
 from tskd.config import SynthConfig
-from tskd.engine import CancelToken
+from tskd.engine import CancelToken, RunControl
 from tskd.errors import Cancelled, CheckpointError, TskdInputError, TskdWarning
 from tskd.models.diffusion import prepare_images
 from tskd.training import diffusion, synthesize
@@ -58,7 +58,7 @@ def gray_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SynthConfi
     root = tmp_path_factory.mktemp("gray")
     cfg = tiny(near_copy_threshold=0.0)
     report = synthesize.synthesize(_gray_images(), cfg, root / "synthetic", out_size=24,
-                              checkpoint_dir=root / "ckpt")
+                                   control=RunControl(checkpoint_dir=root / "ckpt"))
     return root, cfg, report
 
 
@@ -88,8 +88,8 @@ def test_files_manifest_and_report_are_written(gray_run) -> None:
 def test_threshold_two_drops_everything_reusing_the_saved_model(gray_run) -> None:
     root, cfg, first = gray_run
     cfg2 = tiny(near_copy_threshold=2.0)
-    report = synthesize.synthesize(_gray_images(), cfg2, root / "synthetic", resume=True,
-                              checkpoint_dir=root / "ckpt")
+    report = synthesize.synthesize(_gray_images(), cfg2, root / "synthetic",
+                                   RunControl(resume=True, checkpoint_dir=root / "ckpt"))
     assert report.train_steps == 0  # same images and settings: the saved model was reused
     assert report.distances == pytest.approx(first.distances)
     assert report.n_kept == 0 and report.n_dropped == 6 and report.share_dropped == 1.0
@@ -103,7 +103,8 @@ def test_share_dropped_follows_the_threshold(gray_run) -> None:
     d = np.sort(np.array(first.distances))
     thr = float((d[1] + d[2]) / 2)  # exactly two samples are closer than this
     report = synthesize.synthesize(_gray_images(), tiny(near_copy_threshold=thr),
-                              root / "synthetic", resume=True, checkpoint_dir=root / "ckpt")
+                                   root / "synthetic",
+                                   RunControl(resume=True, checkpoint_dir=root / "ckpt"))
     assert report.n_dropped == 2 and report.share_dropped == pytest.approx(2 / 6)
     assert len(list((root / "synthetic").glob("synthetic_*.png"))) == report.n_kept == 4
 
@@ -156,11 +157,12 @@ def test_resume_after_cancel_matches_an_unbroken_run(
     full = synthesize.synthesize(images, cfg, tmp_path / "full" / "syn")
     token = CancelToken()
     with pytest.raises(Cancelled):
-        synthesize.synthesize(images, cfg, tmp_path / "cut" / "syn", checkpoint_dir=tmp_path / "ck",
-                         cancel=token, progress=_cancel_at(cancel_step, token))
+        synthesize.synthesize(images, cfg, tmp_path / "cut" / "syn",
+                              RunControl(_cancel_at(cancel_step, token), token,
+                                         checkpoint_dir=tmp_path / "ck"))
     assert (tmp_path / "ck" / "ckpt" / "extra.safetensors").is_file()  # the EMA, in the unit
-    resumed = synthesize.synthesize(images, cfg, tmp_path / "cut" / "syn", resume=True,
-                               checkpoint_dir=tmp_path / "ck")
+    resumed = synthesize.synthesize(images, cfg, tmp_path / "cut" / "syn",
+                                    RunControl(resume=True, checkpoint_dir=tmp_path / "ck"))
     assert resumed.train_steps == 8
     a = load_file(str(tmp_path / "full" / "diffusion" / "unet.safetensors"))
     b = load_file(str(tmp_path / "cut" / "diffusion" / "unet.safetensors"))
@@ -174,15 +176,16 @@ def test_damaged_ema_in_checkpoint_is_discarded_and_training_restarts(tmp_path: 
     full = synthesize.synthesize(_gray_images(), cfg, tmp_path / "full" / "syn")
     token = CancelToken()
     with pytest.raises(Cancelled):
-        synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn", checkpoint_dir=tmp_path / "ck",
-                         cancel=token, progress=_cancel_at(2, token))
+        synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn",
+                              RunControl(_cancel_at(2, token), token,
+                                         checkpoint_dir=tmp_path / "ck"))
     ema = tmp_path / "ck" / "ckpt" / "extra.safetensors"
     data = bytearray(ema.read_bytes())
     data[-1] ^= 0xFF  # one flipped bit of the EMA weights: the manifest no longer matches
     ema.write_bytes(bytes(data))
     with pytest.warns(TskdWarning, match="extra.safetensors does not match its sha256"):
-        report = synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn", resume=True,
-                                  checkpoint_dir=tmp_path / "ck")
+        report = synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn",
+                                       RunControl(resume=True, checkpoint_dir=tmp_path / "ck"))
     assert report.train_steps == 6  # started over: never a mix of a damaged and a good state
     assert report.distances == full.distances
 
@@ -199,10 +202,11 @@ def test_cancel_while_sampling_then_resume_skips_training(tmp_path: Path) -> Non
             token.cancel()
 
     with pytest.raises(Cancelled, match="sampling"):
-        synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn", progress=progress,
-                              cancel=token)
+        synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn",
+                              RunControl(progress, token))
     assert stages.count(synthesize.TRAIN_STAGE) == 6 and synthesize.SAMPLE_STAGE in stages
-    report = synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn", resume=True)
+    report = synthesize.synthesize(_gray_images(), cfg, tmp_path / "syn",
+                                   RunControl(resume=True))
     assert report.train_steps == 0 and report.n_kept == 6
 
 
@@ -215,7 +219,7 @@ def test_loss_decreases_on_a_trivial_dataset(tmp_path: Path) -> None:
         if p.stage == synthesize.TRAIN_STAGE:
             losses.append(p.loss)
 
-    synthesize.synthesize([ramp] * 4, cfg, tmp_path / "syn", progress=progress)
+    synthesize.synthesize([ramp] * 4, cfg, tmp_path / "syn", RunControl(progress))
     assert len(losses) == 24
     assert np.mean(losses[-6:]) < 0.5 * np.mean(losses[:3])
 
@@ -260,8 +264,7 @@ def test_ema_folds_every_optimiser_step_including_the_last(monkeypatch: pytest.M
 
     def trained(decay: float) -> dict[str, torch.Tensor]:
         cfg = tiny(train_steps=4, ema_decay=decay)
-        unet, _, _ = diffusion.train_ddpm(images, cfg, checkpoint_dir=None, progress=None,
-                                            cancel=None, resume=False)
+        unet, _, _ = diffusion.train_ddpm(images, cfg, RunControl())
         return {k: v.clone() for k, v in unet.state_dict().items()}
 
     ema_0, ema_995 = trained(0.0), trained(0.995)

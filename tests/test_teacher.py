@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from tskd.config import LoraSettings, TeacherConfig, TrainConfig
+from tskd.engine import RunControl
 from tskd.errors import CheckpointError
 from tskd.models import teacher as teacher_model
 from tskd.models.lora import apply_lora, is_lora, load_teacher, merge_lora, save_teacher, teacher_id
-from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, json_path, save_mini_sam
+from tskd.models.mini_sam import MiniSamConfig, build_mini_sam
+from tskd.models.mini_sam_files import json_path, save_mini_sam
 from tskd.models.teacher import SemanticSam, build_sam
 from tskd.training.teacher import TeacherTask, finetune_teacher
 
@@ -268,8 +270,9 @@ def test_finetune_teacher_end_to_end(tiny_ckpt: Path, tmp_path, monkeypatch) -> 
     )
     seen = []
     metrics = finetune_teacher(
-        cfg, _samples(4), _samples(2), 3, tmp_path / "out", progress=seen.append,
-        checkpoint_dir=tmp_path / "ckpt", class_names=["bg", "disc", "square"],
+        cfg, _samples(4), _samples(2), 3, tmp_path / "out",
+        RunControl(seen.append, checkpoint_dir=tmp_path / "ckpt"),
+        class_names=["bg", "disc", "square"],
     )
     assert metrics["steps"] == 2 and [p.step for p in seen if p.preview is None] == [1, 2]
     assert seen[-1].preview["labels"].shape == (32, 32)  # the last epoch's preview

@@ -20,7 +20,8 @@ def write_tiny_sam(path: Path) -> Path:
     """A randomly initialised tiny SAM saved like the built-in mini teacher."""
     import torch
 
-    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam, save_mini_sam
+    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam
+    from tskd.models.mini_sam_files import save_mini_sam
 
     torch.manual_seed(0)
     cfg = MiniSamConfig.tiny()
@@ -47,7 +48,8 @@ def tiny_config(data: Path, sam: Path, run_dir: Path) -> dict:
         "distill": {"train": train, "teacher_layers": ["neck"], "student_layers": ["neck"]},
         # timm's 82k-parameter test EfficientNet (GroupNorm): the default (conv) student, tiny
         # (embed_dim, depth, num_heads: a tiny ViT-Tiny where a run chooses that architecture)
-        "student": {"backbone": "test_efficientnet_gn", "decoder_channels": 16,
+        "student": {"architecture": "conv", "backbone": "test_efficientnet_gn",
+                    "decoder_channels": 16,
                     "embed_dim": 32, "depth": 2, "num_heads": 2, "train": train},
     }
 

@@ -14,7 +14,7 @@ Operating-system errors a user can fix become one-line ``TskdError``s naming the
 - ``EACCES``/``EPERM``/``EROFS``: "cannot write to <folder> (...)".
 
 Leftover temporary files of a killed writer (same target name, process no longer running) are
-removed the next time that target is written.
+removed the next time that target is written (``tskd.temp_files``).
 
 ``load_weights_only`` is the one way PyTorch files are read back (checkpoints of the engine and of
 SAM): ``torch.load(weights_only=True)``, so nothing in a file can run code.
@@ -29,7 +29,6 @@ import math
 import os
 import pickle
 import re
-import secrets
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -37,14 +36,21 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tskd.errors import CheckpointError, DiskFullError, TskdError
+from tskd.temp_files import fsync_dir, remove_stale_temps, temp_name
 
 _FULL = {errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
-_TMP_MARK = ".tmp-"
 
 
 def megabytes(nbytes: int) -> int:
-    """``nbytes`` (a size in bytes, >= 0) in whole MB (10**6 bytes), rounded up, at least 1."""
+    """Convert a size to whole megabytes for "N MB needed" messages.
+
+    Args:
+        nbytes: a size in bytes, >= 0.
+
+    Returns:
+        ``nbytes`` in MB (10**6 bytes), rounded up, at least 1.
+    """
     return max(1, math.ceil(nbytes / 1e6))
 
 
@@ -139,64 +145,6 @@ def _write_file(path: Path, data: bytes | memoryview) -> None:
         os.close(fd)
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make renames inside the directory ``folder`` durable (a no-op where it cannot be synced)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def temp_name(path: Path) -> Path:
-    """A fresh temporary name beside ``path``: ``.<name>.tmp-<pid>-<8 hex digits>``."""
-    return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine; True also when that cannot be told safely.
-
-    (On Windows ``os.kill(pid, 0)`` would end it; another user's process cannot be probed.)
-    """
-    if pid == os.getpid():
-        return True
-    if os.name == "nt":  # os.kill(pid, 0) would terminate it there: assume it runs
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists but belongs to someone else (or cannot tell): leave its files
-    return True
-
-
-def owner_pid(name: str, prefix: str) -> int | None:
-    """The pid in a temporary ``name`` ``<prefix><pid>-<random>``, or None if not one."""
-    if not name.startswith(prefix):
-        return None
-    pid, _, rand = name[len(prefix):].partition("-")
-    return int(pid) if pid.isdigit() and rand else None
-
-
-def remove_stale_temps(path: Path) -> None:
-    """Remove temporary files (``temp_name``) of ``path`` left by writers that no longer run."""
-    prefix = f".{path.name}{_TMP_MARK}"
-    try:
-        entries = list(path.parent.iterdir())
-    except OSError:
-        return
-    for entry in entries:
-        pid = owner_pid(entry.name, prefix)
-        if pid is not None and pid != os.getpid() and not pid_alive(pid) and entry.is_file():
-            entry.unlink(missing_ok=True)
-
-
 # ------------------------------------------------------------------------------ writers
 def write_files(files: Mapping[str | Path, bytes]) -> list[Path]:
     """Write several files as one unit: all temporary files in full, then all renames.
@@ -251,6 +199,9 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
         path: the target file.
         data: its complete new content.
 
+    Returns:
+        ``path`` as a ``Path``.
+
     Raises:
         DiskFullError: the disk or quota is full (the old bytes are kept).
         TskdError: writing there is refused.
@@ -265,6 +216,9 @@ def write_text(path: str | Path, text: str) -> Path:
         path: the target file.
         text: its complete new content.
 
+    Returns:
+        ``path`` as a ``Path``.
+
     Raises:
         DiskFullError: the disk or quota is full (the old bytes are kept).
         TskdError: writing there is refused.
@@ -273,9 +227,15 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def json_bytes(obj: Any, indent: int | None = 1) -> bytes:
-    """``obj`` as UTF-8 JSON, ``indent`` spaces per level (None: one line).
+    """Encode ``obj`` as UTF-8 JSON (``json.dumps``), ready for an atomic write.
 
-    Objects JSON does not know (paths, numpy integers) are written as ``str(obj)``.
+    Args:
+        obj: JSON-able data; objects JSON does not know (paths, numpy integers) are written as
+            ``str(obj)``.
+        indent: spaces per nesting level; None writes one line.
+
+    Returns:
+        The UTF-8 bytes.
     """
     return json.dumps(obj, indent=indent, default=str).encode("utf-8")
 
@@ -288,6 +248,9 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
         obj: JSON-able data (unknown objects become ``str(obj)``).
         indent: spaces per nesting level; None for one line.
 
+    Returns:
+        ``path`` as a ``Path``.
+
     Raises:
         DiskFullError: the disk or quota is full (the old bytes are kept).
         TskdError: writing there is refused.
@@ -296,7 +259,15 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
 
 
 def encode(writer: Callable[[BinaryIO], Any]) -> bytes:
-    """The bytes ``writer`` writes into a file object (e.g. ``lambda f: np.save(f, a)``)."""
+    """Collect in memory what a library writes into a file object, for an atomic write.
+
+    Args:
+        writer: called once with a binary file object (``io.BytesIO``), e.g.
+            ``lambda f: np.save(f, a)``.
+
+    Returns:
+        Every byte ``writer`` wrote. Its exceptions propagate.
+    """
     buf = io.BytesIO()
     writer(buf)
     return buf.getvalue()
@@ -310,6 +281,9 @@ def safetensors_bytes(
     Args:
         tensors: {name: contiguous CPU ``torch.Tensor``}, any dtype and shape.
         metadata: optional {key: value} strings for the file's header.
+
+    Returns:
+        The file's bytes, ready for an atomic write.
 
     Raises:
         ValueError: a value is not a tensor, or is sparse (from ``safetensors``).
@@ -329,6 +303,9 @@ def save_safetensors(
         path: the target ``.safetensors`` file.
         tensors: {name: contiguous CPU ``torch.Tensor``}.
         metadata: optional {key: value} strings for the file's header.
+
+    Returns:
+        ``path`` as a ``Path``.
 
     Raises:
         DiskFullError: the disk or quota is full (the old bytes are kept).

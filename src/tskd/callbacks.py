@@ -3,8 +3,10 @@
 ``tskd.engine.train`` runs the loop; what a caller or one stage needs beside it comes in
 through this module's types. A ``ProgressCallback`` receives a picklable ``Progress`` after
 every optimiser step (the CLI's bar, the plugin's progress bar and loss plot); a
-``CancelToken`` is checked before every step; a ``Callback`` has hooks at train begin, step
-end, epoch end, checkpoint, resume and train end, each given the run's ``TrainState``. The
+``CancelToken`` is checked before every step; a ``RunControl`` carries both, with the
+checkpoint folder and the resume flag, from a caller through a stage to the engine; a
+``Callback`` has hooks at train begin, step end, epoch end, checkpoint, resume and train end,
+each given the run's ``TrainState``. The
 segmentation preview (``tskd.training.preview``) and the diffusion model's EMA
 (``tskd.training.diffusion``) are callbacks; a callback's ``on_checkpoint`` state is saved in
 the checkpoint unit (``tskd.checkpoint``) and handed back by ``on_resume``. ``tskd.engine``
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -212,3 +215,37 @@ def checkpoint_extra(callbacks: Sequence[Callback], state: TrainState) -> Checkp
         tensors |= extra[0]
         meta |= extra[1]
     return (tensors, meta) if kept else None
+
+
+@dataclass(frozen=True)
+class RunControl:
+    """How a caller steers one training run: reports, cancelling, checkpoints and resume.
+
+    Every training function (``tskd.training``: ``finetune_teacher``, ``synthesize`` and
+    ``train_ddpm``, ``distill``, ``finetune_student``, ``pretrain_mini``) takes one and hands
+    it on to ``tskd.engine.train``; None there means ``RunControl()``: no reports, no cancel,
+    no checkpoint, a fresh start.
+
+    Attributes:
+        progress: called with a ``Progress`` after every optimiser step (and with a stage's
+            own reports, e.g. while distillation caches teacher outputs); None sends none.
+        cancel: checked before every step; None: the run cannot be cancelled.
+        resume: continue from the newest checkpoint in ``checkpoint_dir`` that verifies (one
+            that does not is discarded with a ``TskdWarning``); without one, start afresh.
+        checkpoint_dir: folder of the checkpoint written at every epoch end and on cancel
+            (a ``str`` becomes a ``Path``); None writes none.
+        keep_checkpoint: leave the checkpoint when training ends; the caller removes it
+            (``tskd.checkpoint.clear_checkpoint``) once its artefact is written, so a full disk
+            at that write loses no training (a resume then finds the finished state and runs
+            no step). False (default): the engine removes it when training ends.
+    """
+
+    progress: ProgressCallback | None = None
+    cancel: CancelToken | None = None
+    resume: bool = False
+    checkpoint_dir: Path | None = None
+    keep_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, Path):
+            object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))

@@ -30,6 +30,7 @@ from torch import nn
 
 from tskd import atomic
 from tskd.errors import CheckpointError, TskdError, TskdWarning
+from tskd.temp_files import fsync_dir, owner_pid, pid_alive
 
 CheckpointExtra = tuple[dict[str, torch.Tensor], dict[str, str]]
 """State a callback keeps in the checkpoint: tensors by name, and string metadata."""
@@ -142,9 +143,9 @@ class Checkpoint:
         if not self.folder.is_dir():
             return
         for entry in self.folder.iterdir():
-            pid = atomic.owner_pid(entry.name, self.TMP_PREFIX)
+            pid = owner_pid(entry.name, self.TMP_PREFIX)
             if pid is not None and entry.is_dir() and (
-                    pid == os.getpid() or not atomic.pid_alive(pid)):
+                    pid == os.getpid() or not pid_alive(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
         legacy_tmp = self.folder / "tmp"
         if legacy_tmp.is_dir() and all(p.name in self._LEGACY for p in legacy_tmp.iterdir()):
@@ -214,13 +215,13 @@ class Checkpoint:
             tmp.mkdir()
             for name, data in files.items():
                 atomic._write_file(tmp / name, data)
-            atomic.fsync_dir(tmp)
+            fsync_dir(tmp)
             if self.current.is_dir():
                 if self.old.is_dir():  # left by a save killed after its swap: outdated
                     shutil.rmtree(self.old)
                 os.replace(self.current, self.old)
             os.replace(tmp, self.current)
-            atomic.fsync_dir(self.folder)
+            fsync_dir(self.folder)
         except OSError as exc:
             err = atomic.user_fixable_error(exc, self.folder, total)
             if err is None:

@@ -9,7 +9,8 @@ from ``seed + epoch`` at every epoch, and a mid-epoch checkpoint restores the ra
 they were before its batch, so a resumed run takes the same data order, augmentations and
 dropout draws as an uninterrupted one and ends with the same weights, bit for bit on the CPU.
 What one stage needs beside the loop is a ``Callback`` (``tskd.callbacks``: the progress
-report, the cancel flag and the hooks); the device and mixed precision are chosen by
+report, the cancel flag, the ``RunControl`` that carries them with the checkpoint folder, and
+the hooks); the device and mixed precision are chosen by
 ``tskd.device``. This module re-exports their public names and ``clear_checkpoint``
 (``__all__``), so a stage imports the engine's API from here alone.
 """
@@ -32,6 +33,7 @@ from tskd.callbacks import (
     CancelToken,
     Progress,
     ProgressCallback,
+    RunControl,
     TrainState,
     checkpoint_extra,
 )
@@ -49,9 +51,9 @@ from tskd.errors import Cancelled, TskdError
 from tskd.stopping import TimeLimit
 
 __all__ = [
-    "Callback", "CancelToken", "CheckpointExtra", "Progress", "ProgressCallback", "TrainResult",
-    "TrainState", "TrainingTask", "clear_checkpoint", "make_accelerator", "resolve_device",
-    "seed_everything", "train",
+    "Callback", "CancelToken", "CheckpointExtra", "Progress", "ProgressCallback", "RunControl",
+    "TrainResult", "TrainState", "TrainingTask", "clear_checkpoint", "make_accelerator",
+    "resolve_device", "seed_everything", "train",
 ]
 
 
@@ -327,13 +329,9 @@ def train(
     task: TrainingTask,
     cfg: TrainConfig,
     *,
-    checkpoint_dir: str | Path | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-    resume: bool = False,
+    control: RunControl | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     extra_parameters: Iterable[nn.Parameter] = (),
-    keep_checkpoint: bool = False,
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train ``task.model``'s trainable parameters with AdamW and a warm-up + cosine schedule.
@@ -343,17 +341,11 @@ def train(
     Args:
         task: the model, the dataset and the loss of one stage.
         cfg: the engine's settings; every default comes from ``tskd.config.TrainConfig``.
-        checkpoint_dir: folder of the checkpoint written at every epoch end and on cancel; None
-            writes none.
-        progress: called with a ``Progress`` after every optimiser step.
-        cancel: checked before every step.
-        resume: continue from the newest checkpoint in ``checkpoint_dir`` that verifies (one
-            that does not is discarded with a ``TskdWarning``); without one, start afresh.
+        control: the progress callback, cancel token, checkpoint folder, resume and
+            keep-checkpoint flags (``RunControl``, each field documented there); None:
+            ``RunControl()`` (no reports, no cancel, no checkpoint, a fresh start).
         collate_fn: how dataset items become a batch; default ``torch``'s ``default_collate``.
         extra_parameters: parameters outside ``task.model`` to optimise too (e.g. projections).
-        keep_checkpoint: leave the checkpoint when training ends; the caller removes it
-            (``clear_checkpoint``) once its artefact is written, so a full disk at that write
-            loses no training (a resume then finds the finished state and runs no step).
         callbacks: hooks called in order at each point of the run (see ``Callback``).
 
     Returns:
@@ -361,16 +353,17 @@ def train(
         run's seconds; ``task.model`` is the trained model in eval mode.
 
     Raises:
-        Cancelled: ``cancel`` was set (a checkpoint is written first).
+        Cancelled: ``control.cancel`` was set (a checkpoint is written first).
         DiskFullError: the checkpoint folder's disk is full (the previous checkpoint is kept).
         TskdError: an unavailable device, no trainable parameter or no data, a non-finite loss,
             or a checkpoint of other settings or of another model.
     """
-    run = _prepare(task, cfg, checkpoint_dir, collate_fn, extra_parameters)
-    run.callbacks, run.progress, run.cancel = list(callbacks), progress, cancel
+    control = control if control is not None else RunControl()
+    run = _prepare(task, cfg, control.checkpoint_dir, collate_fn, extra_parameters)
+    run.callbacks, run.progress, run.cancel = list(callbacks), control.progress, control.cancel
     if cfg.max_seconds is not None:
         run.callbacks.append(TimeLimit(cfg.max_seconds))
-    if resume:
+    if control.resume:
         _resume(run)
     run.t0 = time.perf_counter()
     for callback in run.callbacks:
@@ -382,7 +375,7 @@ def train(
         _run_epoch(run, epoch)
         if run.state.step >= run.state.total or run.state.stop:
             break
-    return _finish(run, keep_checkpoint)
+    return _finish(run, control.keep_checkpoint)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

@@ -206,6 +206,7 @@ def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
         Cancelled: training was stopped (Ctrl-C) after writing a checkpoint.
     """
     from tskd.config import PretrainConfig
+    from tskd.engine import RunControl
     from tskd.errors import TskdInputError
     from tskd.models.mini_sam import MiniSamConfig
     from tskd.training import pretrain
@@ -223,8 +224,8 @@ def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     out = pretrain.packaged_weights_dir() if packaged else (
         args.out or pretrain.default_output_dir())
     result = pretrain.pretrain_mini(
-        cfg, out, progress=progress, cancel=cancel, resume=args.resume,
-        checkpoint_dir=pretrain.checkpoint_dir_for(out, packaged),
+        cfg, out, RunControl(progress, cancel, args.resume,
+                             pretrain.checkpoint_dir_for(out, packaged)),
         command=" ".join(["tskd", *sys.argv[1:]]),
         overwrite=args.overwrite, replace_packaged=packaged,
         arch=MiniSamConfig(img_size=args.image_size),

@@ -70,7 +70,15 @@ def score(cfg: RunConfig, model: str, test: Path) -> dict[str, float]:
 
 
 def ms_per_image(seg: Any, repeats: int = 10) -> float:
-    """Median wall time (ms) of one 256x256 image through ``seg`` (forward + pre/post)."""
+    """Median wall time of one 256x256 image through ``seg`` (forward + pre/post).
+
+    Args:
+        seg: A ``tskd.inference.segmenter.Segmenter``.
+        repeats: Timed runs after one warm-up.
+
+    Returns:
+        Milliseconds.
+    """
     import numpy as np
     import torch
 

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from tskd.data import files, folders, label_policy, samples
+from tskd.data import files, folders, label_formats, label_policy, samples
 from tskd.data.axes import ImageAxes
+from tskd.data.declared import resolve_declared
+from tskd.data.decode import read_raw
 from tskd.errors import TskdError, TskdInputError
 
 _SHOWN_VALUES = 12
@@ -91,8 +93,8 @@ class CheckReport:
 
 def _read_label(path: Path, fc: FileCheck) -> np.ndarray | None:
     try:
-        label_policy.check_label_file_format(path)
-        raw = files.read_raw(path, palette_indices=True)
+        label_formats.check_label_file_format(path)
+        raw = read_raw(path, palette_indices=True)
         fc.label_dtype = str(np.asarray(raw).dtype)
         label = files.label_from_raw(raw, path)
     except TskdError as exc:
@@ -222,7 +224,7 @@ def check_folder(
         if values is not None:
             read.append((fc, values))
     try:
-        declared = label_policy.resolve_declared(folder, classes, ignore_label)
+        declared = resolve_declared(folder, classes, ignore_label)
     except TskdInputError as exc:
         report.errors.append(str(exc))
         return report
@@ -261,9 +263,14 @@ def _report_decision(report: CheckReport, decision: label_policy.MapDecision,
 
 
 def format_report(report: CheckReport) -> str:
-    """The report as text: one line per case (ok/warn/ERROR) and its messages, then the totals.
+    """Write the report as text for ``tskd check-data``.
 
-    The class map decided is listed when there is no error at all.
+    Args:
+        report: the report of ``check_folder``.
+
+    Returns:
+        One line per case (ok/warn/ERROR) and its messages, the set-wide errors, warnings and
+        notes, the class map decided (only when there is no error at all), then the totals.
     """
     lines = [f"check-data {report.folder}"]
     for fc in report.files:
@@ -299,5 +306,12 @@ def format_report(report: CheckReport) -> str:
 
 
 def report_json(report: CheckReport) -> str:
-    """The report as indented JSON (``tskd check-data --json``), ``CheckReport.to_dict``."""
+    """Write the report as JSON for ``tskd check-data --json``.
+
+    Args:
+        report: the report of ``check_folder``.
+
+    Returns:
+        ``CheckReport.to_dict()`` as JSON, indented one space per level.
+    """
     return json.dumps(report.to_dict(), indent=1)

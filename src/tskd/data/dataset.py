@@ -99,6 +99,9 @@ def to_float_rgb(image: np.ndarray, contrast_limits: ContrastLimits = None) -> n
         contrast_limits: (low, high) intensities mapped to 0 and 1, one pair for all channels
             (e.g. a napari layer's); None: uint8 / 255, else the percentile window.
 
+    Returns:
+        float32 (H, W, 3) in [0, 1].
+
     Raises:
         TskdInputError: ``image`` is not 2D (H, W[, C]).
     """
@@ -132,6 +135,9 @@ def image_to_tensor(
         size: The model's square input side in pixels.
         contrast_limits: As ``to_float_rgb``.
 
+    Returns:
+        float32 tensor (3, size, size) in [0, 1].
+
     Raises:
         TskdInputError: ``image`` is not 2D (H, W[, C]).
     """
@@ -149,6 +155,9 @@ def label_to_tensor(label: np.ndarray, size: int) -> torch.Tensor:
     Args:
         label: Class indices (H, W), any integer dtype.
         size: The model's square input side in pixels.
+
+    Returns:
+        int64 tensor (size, size) of the same values.
     """
     t = torch.from_numpy(np.asarray(label, dtype=np.int64))
     if t.shape[-2:] == (size, size):
@@ -166,6 +175,9 @@ def num_classes(samples: Sequence[Sample]) -> int:
     Args:
         samples: Samples whose labels hold class indices (``tskd.data.samples.read_labelled_set``
             maps label values to them); unlabelled samples are skipped.
+
+    Returns:
+        The largest class index + 1, at least 2 (background and one class).
 
     Raises:
         TskdInputError: No sample has a label, or the count would exceed
@@ -197,6 +209,9 @@ def split_train_val(
             val_fraction)``, at least one, at most n - 1 (train is never empty); with fewer than
             4 samples, or ``val_fraction == 0``, none.
         seed: Seeds the permutation (numpy ``default_rng``) that chooses them.
+
+    Returns:
+        ``(train, val)``, each in the order of ``samples``.
 
     Raises:
         TskdInputError: ``val_fraction`` is outside [0, 1).

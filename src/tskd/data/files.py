@@ -2,7 +2,8 @@
 
 Every reader returns the standard layout (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C), its axes
 read by ``tskd.data.axes.image_axes`` (metadata first, else a guess said in one warning), and
-checks the decoded size against the pixel budget from the file's header before decoding. Label
+checks the decoded size against the pixel budget from the file's header before decoding
+(``tskd.data.decode``). Label
 files go through the label policy's checks (``tskd.data.label_policy``: lossy formats,
 colours, non-integer or too large values). Every problem a user can fix raises
 ``TskdInputError`` with one sentence naming the file.
@@ -10,42 +11,43 @@ colours, non-integer or too large values). Every problem a user can fix raises
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tskd.data.axes import (
-    CHANNEL_LETTERS,
-    ImageAxes,
-    check_pixel_budget,
-    image_axes,
-    resolve_budget,
-)
+from tskd.data.axes import ImageAxes, image_axes
 from tskd.data.axes_notes import axes_note
+from tskd.data.decode import IMAGE_SUFFIXES, TIFF_SUFFIXES, decode, read_raw
+from tskd.data.label_formats import check_label_file_format, tiff_is_colour
 from tskd.data.label_map import MAX_LABEL_VALUE, check_values
-from tskd.data.label_policy import check_label_file_format, tiff_is_colour
 from tskd.errors import TskdInputError, TskdWarning
-
-IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy"}
-_TIFF = {".tif", ".tiff"}
 
 
 def stem(path: str | Path) -> str:
-    """The name of ``path`` without its image suffix; this is what pairs an image with its label.
+    """Return the name of ``path`` without its image suffix: the key that pairs image and label.
 
-    ``a.tif`` -> ``a``; a suffix not in ``IMAGE_SUFFIXES`` is kept (``c.nii.gz`` -> ``c.nii.gz``).
+    Args:
+        path: a file path.
+
+    Returns:
+        ``a.tif`` -> ``a``; a suffix not in ``IMAGE_SUFFIXES`` is kept (``c.nii.gz`` ->
+        ``c.nii.gz``).
     """
     path = Path(path)
     return path.name[: -len(path.suffix)] if path.suffix.lower() in IMAGE_SUFFIXES else path.name
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder`` (hidden files skipped, never recursive), sorted by name.
+    """List the image files directly in ``folder`` (hidden files skipped, never recursive).
+
+    Args:
+        folder: the folder to list.
+
+    Returns:
+        The files with a suffix of ``IMAGE_SUFFIXES`` (any case), sorted by path.
 
     Raises:
         TskdInputError: ``folder`` is not a folder.
@@ -58,122 +60,6 @@ def list_images(folder: str | Path) -> list[Path]:
         for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
-
-
-def _checked_suffix(path: Path) -> str:
-    """The lower-case suffix of an existing, supported file (else a clear error)."""
-    if not path.is_file():
-        raise TskdInputError(f"file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise TskdInputError(
-            f"{path}: unsupported file type '{path.suffix}' "
-            f"(supported: {', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    return suffix
-
-
-
-_PIL_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _pil_unbounded() -> Iterator[None]:
-    """Pillow's own decompression-bomb limit off: the pixel budget was checked first."""
-    from PIL import Image
-
-    with _PIL_LOCK:
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
-
-
-def _npy_shape(path: Path) -> tuple[int, ...]:
-    """The shape in a .npy header (nothing else is read)."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, _ = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, _ = np.lib.format.read_array_header_2_0(f)
-        else:  # 3.0 (utf-8 field names): a memory map reads only the header
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-    return tuple(int(n) for n in shape)
-
-
-def _budget_dims(shape: tuple[int, ...], axes: str | None) -> tuple[int, ...]:
-    """Pixels per non-channel axis, as ``image_axes`` reads the shape (all axes if it can't)."""
-    try:
-        return image_axes(shape, axes).spatial_shape
-    except TskdInputError:
-        return shape
-
-
-def _decode(path: Path, palette_indices: bool = False,
-            max_pixels: int | None = None) -> tuple[np.ndarray, str | None]:
-    """Decode a file as stored, with its axes letters (None: the file names none).
-
-    The decoded size is checked against the pixel budget from the header first; ``palette_
-    indices`` keeps a palette PNG's indices instead of its colours.
-    """
-    suffix = _checked_suffix(path)
-    budget = resolve_budget(max_pixels)
-    try:
-        if suffix in _TIFF:
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                axes = series.axes
-                check_pixel_budget(_budget_dims(tuple(series.shape), axes), budget, path)
-                return series.asarray(), axes
-        if suffix == ".npy":
-            shape = _npy_shape(path)
-            check_pixel_budget(_budget_dims(shape, None), budget, path)
-            return np.load(path, allow_pickle=False), None
-        import imageio.v3 as iio
-        from PIL import Image
-
-        with _pil_unbounded():
-            with Image.open(path) as im:
-                width, height = im.size
-                palette = im.mode == "P"
-            check_pixel_budget((height, width), budget, path)
-            mode = {"mode": "P"} if palette_indices and palette else {}
-            arr = iio.imread(path, **mode)
-        return arr, "YX" if np.ndim(arr) == 2 else "YXS" if np.ndim(arr) == 3 else None
-    except TskdInputError:
-        raise
-    except Exception:
-        raise TskdInputError(
-            f"cannot read {path}: the file is corrupt or not a valid {suffix} image"
-        ) from None
-
-
-def read_raw(path: Path, palette_indices: bool = False,
-              max_pixels: int | None = None) -> np.ndarray:
-    """Decode a file in its dtype; channel ('C') or sample ('S') axes its metadata names go last.
-
-    Args:
-        path: A tif, png, jpg or npy file.
-        palette_indices: Keep a palette PNG's indices instead of its colours (label maps).
-        max_pixels: The pixel budget (pixels); None: ``default_max_pixels()``.
-
-    Raises:
-        TskdInputError: The file is missing, of an unsupported type, corrupt, or decodes to more
-            than ``max_pixels`` pixels (checked from its header before decoding).
-    """
-    arr, axes = _decode(path, palette_indices, max_pixels)
-    if axes and len(axes) == arr.ndim:
-        for ax in CHANNEL_LETTERS[::-1]:  # S, then C
-            i = axes.find(ax)
-            if 0 <= i < arr.ndim - 1:
-                arr = np.moveaxis(arr, i, -1)
-                axes = axes[:i] + axes[i + 1 :] + ax
-    return arr
 
 
 def _validated(arr: Any, path: Path) -> np.ndarray:
@@ -189,12 +75,19 @@ def _validated(arr: Any, path: Path) -> np.ndarray:
 
 
 def nonfinite_problem(path: str | Path, image: np.ndarray) -> tuple[str, bool] | None:
-    """``(sentence, all_bad)`` when a float image holds NaN or infinite values, else None.
+    """Describe the NaN or infinite values of a float image, for one warning.
 
-    The sentence names ``path``, counts the values of each kind and says what they become:
-    ``tskd.data.dataset.to_float_rgb`` reads NaN and -inf as the lowest intensity (black) and +inf
-    as the highest (white); ``all_bad`` is True when no value is finite (the image is then blank
-    black). ``image`` may have any shape; only float dtypes can hold such values.
+    ``tskd.data.dataset.to_float_rgb`` reads NaN and -inf as the lowest intensity (black) and
+    +inf as the highest (white).
+
+    Args:
+        path: the file the sentence names.
+        image: the pixel values, any shape; only float dtypes can hold such values.
+
+    Returns:
+        ``(sentence, all_bad)``: the sentence counts the values of each kind and says what
+        they become; ``all_bad`` is True when no value is finite (the image is then blank
+        black). None when every value is finite.
     """
     arr = np.asarray(image)
     if arr.dtype.kind != "f":
@@ -244,7 +137,7 @@ def read_image_axes(
             fits, or a decoded size over ``max_pixels``.
     """
     path = Path(path)
-    arr, axes = _decode(path, max_pixels=max_pixels)
+    arr, axes = decode(path, max_pixels=max_pixels)
     arr = _validated(arr, path)
     ax = image_axes(arr.shape, axes, label_shape=label_shape, where=str(path))
     if warn and ax.ambiguous:
@@ -258,8 +151,17 @@ def read_image_axes(
 def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Read an image in the standard layout (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C).
 
-    Same reading, dtype, warnings and errors (``TskdInputError``) as ``read_image_axes``, whose
-    ``path`` and ``max_pixels`` (pixels; None: ``default_max_pixels()``) it takes.
+    Same reading, dtype and warnings as ``read_image_axes``.
+
+    Args:
+        path: The image file (tif, png, jpg or npy).
+        max_pixels: The pixel budget (pixels); None: ``default_max_pixels()``.
+
+    Returns:
+        The array in the file's dtype (booleans as uint8).
+
+    Raises:
+        TskdInputError: As ``read_image_axes``.
     """
     arr, _ = read_image_axes(path, max_pixels)
     return arr
@@ -275,6 +177,9 @@ def read_label(path: str | Path) -> np.ndarray:
     Args:
         path: The label file (png, tif or npy).
 
+    Returns:
+        int64 label values, (H, W) or (Z, H, W).
+
     Raises:
         TskdInputError: Checked before any cast or allocation per value (see
             ``tskd.data.label_policy``): lossy files (JPEG, or TIFF with JPEG/WebP compression),
@@ -287,22 +192,32 @@ def read_label(path: str | Path) -> np.ndarray:
 
 
 def label_from_raw(raw: Any, path: Path) -> np.ndarray:
-    """``read_label`` after decoding: ``raw`` is ``read_raw(path, palette_indices=True)``.
+    """Finish ``read_label`` on a file already decoded.
 
-    ``tskd check-data`` decodes first to report the stored dtype. Same result and
-    ``TskdInputError`` as ``read_label`` for the checks made after decoding.
+    ``tskd check-data`` decodes first to report the stored dtype.
+
+    Args:
+        raw: ``tskd.data.decode.read_raw(path, palette_indices=True)``.
+        path: the label file, named in messages; its suffix decides how channels are read.
+
+    Returns:
+        int64 label values, (H, W) or (Z, H, W), as ``read_label``.
+
+    Raises:
+        TskdInputError: As ``read_label``, for the checks made after decoding.
     """
     arr = _validated(raw, path)
     suffix = path.suffix.lower()
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[-1] == 2 and suffix not in _TIFF | {".npy"}:
+    if arr.ndim == 3 and arr.shape[-1] == 2 and suffix not in TIFF_SUFFIXES | {".npy"}:
         raise TskdInputError(  # an LA-mode (gray + alpha) PNG: a stack is not possible here
             f"{path}: the label map has 2 channels (gray and alpha); a label map must have one "
             "- save it as a gray or palette image without alpha"
         )
     colour = arr.ndim == 3 and arr.shape[-1] in (3, 4) and (
-        suffix not in _TIFF | {".npy"} or (suffix in _TIFF and tiff_is_colour(path))
+        suffix not in TIFF_SUFFIXES | {".npy"}
+        or (suffix in TIFF_SUFFIXES and tiff_is_colour(path))
         or (suffix == ".npy" and arr.shape[0] > 4 and arr.shape[1] > 4))  # (H, W, 3), not Z
     if colour:
         if not np.array_equal(arr[..., :3], np.repeat(arr[..., :1], 3, axis=-1)):
@@ -317,12 +232,21 @@ def label_from_raw(raw: Any, path: Path) -> np.ndarray:
 
 
 def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = None) -> Path:
-    """Write an image in the standard layout (H, W[, C]) or (Z, H, W[, C]), channels last; ``path``.
+    """Write an image in the standard layout (H, W[, C]) or (Z, H, W[, C]), channels last.
 
     tif/npy keep any dtype and stacks, png/jpg need uint8 (png also uint16); booleans are
     written as uint8. A tif records its axes ('YX', 'YXS', 'ZYX', 'ZYXS'), so it is read back
-    the same way; ``is_stack`` None takes 4D and 3D with more than 4 entries on the last axis as
-    stacks. The file is written atomically (``tskd.atomic``): on error it keeps its old bytes.
+    the same way. The file is written atomically (``tskd.atomic``): on error it keeps its old
+    bytes.
+
+    Args:
+        path: The file; its suffix (tif, png, jpg or npy) picks the format.
+        image: The array, channels last.
+        is_stack: Whether the first axis is slices (tif only); None takes 4D and 3D with more
+            than 4 entries on the last axis as stacks.
+
+    Returns:
+        ``path`` as a ``Path``.
 
     Raises:
         TskdInputError: An unsupported suffix, a dtype the format cannot hold, or (tif) a
@@ -336,12 +260,12 @@ def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = Non
     if suffix not in IMAGE_SUFFIXES:
         raise TskdInputError(f"{path}: unsupported file type '{path.suffix}' for writing")
     allowed = {".png": (np.uint8, np.uint16)}.get(suffix, (np.uint8,))
-    if suffix not in _TIFF | {".npy"} and image.dtype not in allowed:
+    if suffix not in TIFF_SUFFIXES | {".npy"} and image.dtype not in allowed:
         raise TskdInputError(f"{path}: {suffix} cannot hold {image.dtype} data; use .tif")
     from tskd import atomic
 
     # encoded in memory, then written atomically: a full disk keeps an existing file as it was
-    if suffix in _TIFF:
+    if suffix in TIFF_SUFFIXES:
         import tifffile
 
         if is_stack is None:
@@ -365,11 +289,14 @@ def write_image(path: str | Path, image: np.ndarray, is_stack: bool | None = Non
 
 
 def write_label(path: str | Path, label: np.ndarray) -> Path:
-    """Write a label map with the smallest unsigned integer type that holds it; ``path``.
+    """Write a label map with the smallest unsigned integer type that holds it.
 
     Args:
         path: The file (png, tif or npy: ``write_image``).
         label: Label values (H, W) or (Z, H, W), integers from 0 to ``MAX_LABEL_VALUE``.
+
+    Returns:
+        ``path`` as a ``Path``.
 
     Raises:
         TskdInputError: Negative values, values above ``MAX_LABEL_VALUE``, or an error of

@@ -4,7 +4,8 @@ Layouts: ``folder/images`` + ``folder/labels`` matched by file stem, or the nnU-
 (``imagesTr/CASE_0000.ext`` channel files, ``labelsTr/CASE.ext``, ``dataset.json``). One rule
 for which files a data folder contributes, used by the readers (``tskd.data.samples``) and by
 everything that lists a data folder's files (the run's fingerprints, the transfer manifest,
-the widgets, ``tskd check-data``): never recursive, never a label folder.
+the widgets, ``tskd check-data``): never recursive, never a label folder. ``export_dataset``
+writes arrays (napari layers) as such a labelled set.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tskd.data.files import IMAGE_SUFFIXES, list_images, stem
-from tskd.data.label_map import MAX_CLASSES, declared_from_dataset_labels, read_dataset_json
+import numpy as np
+
+from tskd.data.declared import declared_from_dataset_labels, read_dataset_json
+from tskd.data.decode import IMAGE_SUFFIXES
+from tskd.data.files import list_images, stem, write_image, write_label
+from tskd.data.label_map import MAX_CLASSES
 from tskd.errors import TskdInputError
 
 _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -25,7 +30,7 @@ def class_names(folder: str | Path) -> list[str] | None:
 
     Reads nnU-Net v2 (``"labels": {"background": 0, "liver": 1}``) and v1
     (``"labels": {"0": "background", "1": "liver"}``); missing values get ``"class N"``.
-    The class map itself (values with gaps kept as given) is ``label_map.declared_map``.
+    The class map itself (values with gaps kept as given) is ``tskd.data.declared.declared_map``.
 
     Args:
         folder: The folder holding ``dataset.json``.
@@ -36,7 +41,7 @@ def class_names(folder: str | Path) -> list[str] | None:
 
     Raises:
         TskdInputError: ``dataset.json`` is not a valid JSON object, or its ``labels`` are invalid
-            (``label_map.declared_from_dataset_labels``).
+            (``tskd.data.declared.declared_from_dataset_labels``).
     """
     folder = Path(folder)
     by_value, _ = declared_from_dataset_labels(read_dataset_json(folder).get("labels"),
@@ -49,7 +54,10 @@ def class_names(folder: str | Path) -> list[str] | None:
 
 
 def declared_channels(folder: Path) -> int | None:
-    """How many channels ``folder``'s dataset.json names (v2 ``channel_names``, v1 ``modality``).
+    """Count the channels ``folder``'s dataset.json names (v2 ``channel_names``, v1 ``modality``).
+
+    Args:
+        folder: an nnU-Net dataset folder (the parent of ``imagesTr``).
 
     Returns:
         The count, or None when the file or the key is missing.
@@ -63,7 +71,13 @@ def declared_channels(folder: Path) -> int | None:
 
 
 def by_stem(paths: list[Path]) -> dict[str, Path]:
-    """Files keyed by stem (``tskd.data.files.stem``), the key that pairs images and labels.
+    """Key files by stem (``tskd.data.files.stem``), the key that pairs images and labels.
+
+    Args:
+        paths: the files of one folder.
+
+    Returns:
+        ``{stem: path}``, in the order of ``paths``.
 
     Raises:
         TskdInputError: Two files have one stem (a.png, a.tif): which one is meant is ambiguous.
@@ -156,9 +170,15 @@ def _nnunet_case_problem(folder: Path, case: str, files: dict[int, Path],
 
 
 def labelled_dirs(folder: Path) -> tuple[Path, Path, bool]:
-    """(image folder, label folder, is nnU-Net) of a labelled set ``folder``.
+    """Find the image and label folders of a labelled set.
 
     ``imagesTr/`` + ``labelsTr/`` (nnU-Net) wins over ``images/`` + ``labels/``.
+
+    Args:
+        folder: the labelled set's folder.
+
+    Returns:
+        ``(image folder, label folder, is nnU-Net)``.
 
     Raises:
         TskdInputError: ``folder`` has ``imagesTr/`` without ``labelsTr/``, or neither layout.
@@ -179,12 +199,18 @@ def labelled_dirs(folder: Path) -> tuple[Path, Path, bool]:
 
 
 def unlabelled_cases(folder: str | Path) -> tuple[Path, dict[str, list[Path]]]:
-    """(image folder, {case: channel files}) of an unlabelled folder.
+    """Group the images of an unlabelled folder by case.
 
     The images directly in ``folder``, else those of its ``images/``, ``imagesTr/`` or
     ``imagesTs/`` sub-folder (the first that exists); in ``imagesTr``/``imagesTs`` a case's
     channel files are grouped (``nnunet_cases``), elsewhere each file is a case of its stem.
     Never recursive; label folders are never read.
+
+    Args:
+        folder: the unlabelled data folder.
+
+    Returns:
+        ``(image folder, {case: channel files})``: the folder the images were found in.
 
     Raises:
         TskdInputError: ``folder`` does not exist, or its files cannot be grouped (two files of
@@ -208,9 +234,14 @@ def unlabelled_cases(folder: str | Path) -> tuple[Path, dict[str, list[Path]]]:
 def labelled_cases(
     folder: Path,
 ) -> tuple[Path, Path, dict[str, list[Path]], dict[str, Path]]:
-    """(image folder, label folder, {case: channel files}, {case: label file}) of a labelled set.
+    """Group the files of a labelled set by case.
 
-    ``folder`` holds images/+labels/ or nnU-Net imagesTr/+labelsTr/; never read recursively.
+    Args:
+        folder: holds images/+labels/ or nnU-Net imagesTr/+labelsTr/; never read recursively.
+
+    Returns:
+        ``(image folder, label folder, {case: channel files}, {case: label file})``; cases
+        without a label, and labels without a case, are included on their side only.
 
     Raises:
         TskdInputError: ``folder`` does not exist or is not a labelled set (``labelled_dirs``),
@@ -227,11 +258,17 @@ def labelled_cases(
 
 
 def unlabelled_files(folder: str | Path) -> list[Path]:
-    """The image files ``load_unlabelled`` reads from ``folder``, sorted by path.
+    """List the image files ``load_unlabelled`` reads from ``folder``.
 
     The images directly in ``folder``, else those of its ``images/``, ``imagesTr/`` or
     ``imagesTs/`` sub-folder; never files in other sub-folders (a dataset's ``labels/``, a run
     folder's outputs).
+
+    Args:
+        folder: the unlabelled data folder.
+
+    Returns:
+        Every channel file of every case, sorted by path.
 
     Raises:
         TskdInputError: As ``unlabelled_cases`` (e.g. a missing folder).
@@ -241,10 +278,16 @@ def unlabelled_files(folder: str | Path) -> list[Path]:
 
 
 def labelled_files(folder: str | Path) -> list[Path]:
-    """The files ``read_labelled_set`` reads from ``folder``, sorted by path.
+    """List the files ``read_labelled_set`` reads from ``folder``.
 
-    Every image (all channel files of a case) that has a label file, and those label files.
     Images without a label and labels without an image are not read, so they are not listed.
+
+    Args:
+        folder: the labelled set's folder.
+
+    Returns:
+        Every image (all channel files of a case) that has a label file, and those label
+        files, sorted by path.
 
     Raises:
         TskdInputError: As ``labelled_cases`` (e.g. a folder that is not a labelled set).
@@ -266,6 +309,9 @@ def data_files(folder: str | Path | None, role: str) -> list[Path]:
         role: ``labelled`` and ``test`` (read by ``read_labelled_set``: ``labelled_files``) or
             ``unlabelled`` (read by ``load_unlabelled``: ``unlabelled_files``).
 
+    Returns:
+        The files, sorted by path.
+
     Raises:
         TskdInputError: A missing or malformed folder.
         ValueError: ``role`` is not one of ``DATA_ROLES`` (a caller's mistake).
@@ -278,10 +324,14 @@ def data_files(folder: str | Path | None, role: str) -> list[Path]:
 
 
 def no_images_error(folder: Path) -> TskdInputError:
-    """The ``TskdInputError`` (returned, not raised) for a folder without usable images.
+    """Build the error (returned, not raised) for a folder without usable images.
 
-    It names the types of the unsupported files in ``folder`` if any (``.bmp``, ``.nii.gz``)
-    and the supported ones.
+    Args:
+        folder: the folder that holds no file of ``IMAGE_SUFFIXES``.
+
+    Returns:
+        A ``TskdInputError`` naming the types of the unsupported files in ``folder`` if any
+        (``.bmp``, ``.nii.gz``) and the supported ones.
     """
     def kind(p: Path) -> str:  # .bmp, or .nii.gz for compressed files
         n = 2 if p.suffix.lower() in (".gz", ".bz2", ".xz", ".zip") else 1
@@ -296,3 +346,40 @@ def no_images_error(folder: Path) -> TskdInputError:
         )
     return TskdInputError(f"no image found in {folder}")
 
+
+def export_dataset(
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    folder: str | Path,
+    names: list[str] | None = None,
+) -> Path:
+    """Write images and label maps as ``folder/images`` + ``folder/labels`` (tif).
+
+    This is how data that lives in napari layers becomes a labelled set the stages can read.
+
+    Args:
+        images: One array per image, (H, W) or (H, W, C), any dtype the tif writer takes.
+        labels: One label map per image, (H, W) integer label values.
+        folder: The folder to write into (created when missing).
+        names: File names without suffix, one per image; None: ``image_0000``, ...
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        TskdInputError: no image, not one label map per image, or an array the tif writer
+            cannot hold (``write_image``, ``write_label``).
+        DiskFullError: the disk is full.
+    """
+    if len(images) != len(labels):
+        raise TskdInputError(f"{len(images)} images but {len(labels)} label maps")
+    if not images:
+        raise TskdInputError("no labelled image to export")
+    folder = Path(folder)
+    names = names or [f"image_{i:04d}" for i in range(len(images))]
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    for name, image, label in zip(names, images, labels, strict=True):
+        write_image(folder / "images" / f"{name}.tif", image)
+        write_label(folder / "labels" / f"{name}.tif", label)
+    return folder

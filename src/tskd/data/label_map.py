@@ -1,19 +1,17 @@
-"""Label values and class indices: the ``LabelMap``, and the class maps a user declares.
+"""Label values and class indices: the ``LabelMap`` and the check of label values.
 
 A label map holds *label values* (the user's ids). Models work on *class indices*
 0..C-1. A ``LabelMap`` is the bijection between the two (``values[k]`` is the label value of
 class ``k``; ``values[0]`` is 0, background), with the class names and an optional ignore value.
-A map is declared by ``data.classes`` in the config (``declared_from_config``) or by nnU-Net's
-``labels`` in ``dataset.json`` (``declared_map``); how a set's values become a map when none is
+A map is declared by ``data.classes`` in the config or by nnU-Net's ``labels`` in
+``dataset.json`` (``tskd.data.declared``); how a set's values become a map when none is
 declared is the label policy's rule (``tskd.data.label_policy``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +24,16 @@ IGNORE_INDEX = -100  # class index of ignored pixels (torch's CrossEntropyLoss d
 
 
 def format_values(values: Sequence[int], limit: int = 8) -> str:
-    """Label values for one line: the first ``limit`` of them, then how many there are."""
+    """Write label values for a one-line message.
+
+    Args:
+        values: label values, in the order to show.
+        limit: how many to show at most.
+
+    Returns:
+        The first ``limit`` values, comma-separated, then ``", ... (N values)"`` when there
+        are more.
+    """
     shown = ", ".join(str(int(v)) for v in list(values)[:limit])
     return shown + (f", ... ({len(values)} values)" if len(values) > limit else "")
 
@@ -79,10 +86,20 @@ class LabelMap:
         cls, values: Sequence[int], names: Mapping[int, str] | None = None,
         declared: bool = False, ignore_label: int | None = None,
     ) -> LabelMap:
-        """A map of the given label values (0 added, sorted, duplicates dropped).
+        """Build a map of the given label values (0 added, sorted, duplicates dropped).
 
-        ``names`` maps values to names (unnamed classes get "background" or "class N");
-        ``declared`` and ``ignore_label`` as in ``LabelMap``, whose ``TskdInputError`` it raises.
+        Args:
+            values: label values (integers >= 0, in any order).
+            names: ``{value: name}``; unnamed classes get "background" (0) or "class N".
+            declared: as ``LabelMap.declared``.
+            ignore_label: as ``LabelMap.ignore_label``.
+
+        Returns:
+            The map.
+
+        Raises:
+            TskdInputError: a rule of ``LabelMap`` is broken (too many classes, a value above
+                ``MAX_LABEL_VALUE``, the ignore label is a class).
         """
         vals = sorted({0, *(int(v) for v in values)})
         names = names or {}
@@ -92,11 +109,18 @@ class LabelMap:
     @classmethod
     def identity(cls, num_classes: int, names: Sequence[str] | None = None,
                  ignore_label: int | None = None) -> LabelMap:
-        """Classes 0..num_classes-1 that are their own label values (declared).
+        """Build the declared map whose classes 0..num_classes-1 are their own label values.
 
-        ``num_classes`` (background included) is 1..``MAX_CLASSES``; ``names`` in class order
-        (missing ones get defaults); ``ignore_label`` as in ``LabelMap``. Raises
-        ``TskdInputError`` when ``num_classes`` is out of range.
+        Args:
+            num_classes: classes, background included, 1..``MAX_CLASSES``.
+            names: names in class order; missing ones get defaults (``from_values``).
+            ignore_label: as ``LabelMap.ignore_label``.
+
+        Returns:
+            The map (``declared`` True).
+
+        Raises:
+            TskdInputError: ``num_classes`` is out of range, or the ignore label is a class.
         """
         if not 1 <= num_classes <= MAX_CLASSES:
             raise TskdInputError(f"the number of classes must be in 1..{MAX_CLASSES}, "
@@ -112,6 +136,9 @@ class LabelMap:
             meta: The parsed ``meta.json``: reads ``label_values`` (written since the label
                 policy; absent in older bundles, whose classes are their own values),
                 ``num_classes``, ``class_names``, ``ignore_label`` and ``classes_declared``.
+
+        Returns:
+            The map; a bundle without ``label_values`` gets the identity map of its classes.
 
         Raises:
             TskdInputError: ``label_values`` is not increasing integers from 0, or disagrees.
@@ -176,6 +203,9 @@ class LabelMap:
             unknown: A value outside the map raises ("error") or becomes 0 ("background",
                 for predictions being scored).
 
+        Returns:
+            int64 class indices of ``label``'s shape; ignored pixels ``IGNORE_INDEX``.
+
         Raises:
             TskdInputError: A value outside the map with ``unknown="error"``.
         """
@@ -204,7 +234,14 @@ class LabelMap:
         return out
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
-        """Class indices -> label values (int64, same shape); IGNORE_INDEX -> ignore label or 0.
+        """Turn class indices back into label values.
+
+        Args:
+            indices: class indices, any shape and integer dtype; ``IGNORE_INDEX`` pixels allowed.
+
+        Returns:
+            int64 label values of the same shape; ``IGNORE_INDEX`` becomes the ignore label
+            (0 without one).
 
         Raises:
             TskdInputError: An index outside 0..num_classes-1 (other than ``IGNORE_INDEX``).
@@ -251,150 +288,3 @@ def check_values(arr: np.ndarray, where: str) -> None:
             f"{where}: label value {text(hi)} is above {MAX_LABEL_VALUE}, the largest supported "
             "label value; save the classes as 0 (background), 1, 2, ..."
         )
-
-
-def _int_like(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def declared_from_dataset_labels(labels: Any, where: str) -> tuple[dict[int, str], int | None]:
-    """``({value: name}, ignore value or None)`` from nnU-Net ``labels`` (v1 or v2 form).
-
-    Args:
-        labels: v2 ``{"background": 0, "liver": 1}`` or v1 ``{"0": "background", "1":
-            "liver"}``; a label named ``"ignore"`` (v2 ``"ignore": 4``, v1 ``"4": "ignore"``) is
-            the ignore value, not a class. Anything but a non-empty dict gives ``({}, None)``.
-        where: What messages name (the dataset.json).
-
-    Raises:
-        TskdInputError: Values that are not label ids, more than ``MAX_CLASSES`` classes, and
-            nnU-Net region lists (``"kidney": [1, 3]``), which are not supported.
-    """
-    if not isinstance(labels, dict) or not labels:
-        return {}, None
-    by_value: dict[int, str] = {}
-    ignore: int | None = None
-    for key, value in labels.items():
-        if isinstance(value, list | tuple):
-            raise TskdInputError(
-                f"{where}: label {str(key)!r} is the region {list(value)} (nnU-Net region-based "
-                "training), which is not supported; declare plain classes, one label value per "
-                f"name (e.g. {json.dumps({str(key): 1})})"
-            )
-        v2, v1 = _int_like(value), _int_like(key)
-        if v2 is not None:
-            if str(key).strip().lower() == "ignore":
-                ignore = v2
-            else:
-                by_value.setdefault(v2, str(key))
-        elif v1 is not None:
-            if str(value).strip().lower() == "ignore":  # nnU-Net v1: {"255": "ignore"}
-                ignore = v1
-            else:
-                by_value.setdefault(v1, str(value))
-    bad = [v for v in by_value if v < 0 or v > MAX_LABEL_VALUE]
-    if bad:
-        raise TskdInputError(f"{where}: label value {bad[0]} is not a label id (0 to "
-                             f"{MAX_LABEL_VALUE})")
-    if len(by_value) > MAX_CLASSES:
-        raise TskdInputError(f"{where} declares {len(by_value)} classes; at most {MAX_CLASSES} "
-                             "are supported")
-    return by_value, ignore
-
-
-def read_dataset_json(folder: Path) -> dict[str, Any]:
-    """The nnU-Net ``dataset.json`` of ``folder`` as a dict, or {} when there is none.
-
-    Raises:
-        TskdInputError: The file is not valid JSON or does not hold a JSON object.
-    """
-    path = folder / "dataset.json"
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise TskdInputError(f"{path} is not valid JSON") from None
-    if not isinstance(meta, dict):
-        raise TskdInputError(f"{path} must hold a JSON object")
-    return meta
-
-
-def declared_map(folder: str | Path, ignore_label: int | None = None) -> LabelMap | None:
-    """The class map declared by nnU-Net's ``dataset.json`` ``labels`` in ``folder``, or None.
-
-    Args:
-        folder: The folder holding ``dataset.json``.
-        ignore_label: The configured ignore value; wins over the dataset.json ``"ignore"`` label.
-
-    Raises:
-        TskdInputError: An invalid dataset.json (``declared_from_dataset_labels``).
-    """
-    folder = Path(folder)
-    meta = read_dataset_json(folder)
-    by_value, ignore = declared_from_dataset_labels(meta.get("labels"), str(folder /
-                                                                             "dataset.json"))
-    if not by_value:
-        return None
-    return LabelMap.from_values(list(by_value), by_value, True,
-                                ignore_label if ignore_label is not None else ignore)
-
-
-def declared_from_config(classes: Any, ignore_label: int | None = None,
-                         where: str = "config data.classes") -> LabelMap | None:
-    """The class map of ``data.classes``, or None when ``classes`` is None.
-
-    Args:
-        classes: A list of names (value = position) or ``{value: name}``.
-        ignore_label: The configured ignore value (``data.ignore_label``).
-        where: What messages name.
-
-    Raises:
-        TskdInputError: An empty or malformed declaration, names that are not non-empty
-            strings, values that are not label ids, or more than ``MAX_CLASSES`` classes.
-    """
-    if classes is None:
-        return None
-    if isinstance(classes, list | tuple):
-        items = list(enumerate(classes))
-    elif isinstance(classes, Mapping):
-        items = list(classes.items())
-    else:
-        raise TskdInputError(f"{where} must be a list of class names or a mapping "
-                             f"{{value: name}}, got {classes!r}")
-    if not items:
-        raise TskdInputError(f"{where} is empty; list the class names, background first")
-    if len(items) > MAX_CLASSES:
-        raise TskdInputError(f"{where} declares {len(items)} classes; at most {MAX_CLASSES} "
-                             "are supported")
-    by_value: dict[int, str] = {}
-    for key, name in items:
-        value = _int_like(key)
-        if value is None or not 0 <= value <= MAX_LABEL_VALUE:
-            raise TskdInputError(f"{where}: {key!r} is not a label value (0 to "
-                                 f"{MAX_LABEL_VALUE})")
-        if not isinstance(name, str) or not name.strip():
-            raise TskdInputError(f"{where}: the name of class {value} must be a non-empty text")
-        by_value[value] = name
-    return LabelMap.from_values(list(by_value), by_value, True, ignore_label)
-
-
-def resolve_declared(folder: str | Path | None, classes: Any = None,
-                     ignore_label: int | None = None) -> LabelMap | None:
-    """The declared map: ``data.classes`` first, else the folder's dataset.json, else None.
-
-    ``classes`` and ``ignore_label`` are the config's ``data.classes`` and ``data.ignore_label``;
-    ``folder`` (the labelled set) may be None. Raises ``TskdInputError`` for an invalid
-    declaration (``declared_from_config``, ``declared_map``).
-    """
-    lm = declared_from_config(classes, ignore_label)
-    if lm is None and folder is not None:
-        lm = declared_map(folder, ignore_label)
-    return lm
-

@@ -2,7 +2,8 @@
 
 A label map holds *label values* (the user's ids); models work on *class indices* 0..C-1, and a
 ``LabelMap`` (``tskd.data.label_map``) is the bijection between the two. This module holds the
-rules: which label files are refused, and how the values of a set become a ``LabelMap``.
+rules: how the values of a set become a ``LabelMap`` (which label file formats are refused is
+``tskd.data.label_formats``; the maps a user declares, ``tskd.data.declared``).
 
 How a set of label maps becomes a ``LabelMap`` (``infer_map``):
 
@@ -30,9 +31,10 @@ How a set of label maps becomes a ``LabelMap`` (``infer_map``):
   is read as background + ignore, teaches no class, and gets a warning naming it.
 - nnU-Net region-based labels (``"kidney": [1, 3]``) are refused: declare plain classes, one
   value per name.
-- Refused, with what to do instead: lossy files (JPEG), more than ``MAX_UNDECLARED_VALUES``
-  distinct values without a declared map, values above ``MAX_LABEL_VALUE`` and declared maps of
-  more than ``MAX_CLASSES`` classes (bounds checked before anything is allocated per class).
+- Refused, with what to do instead: lossy files (JPEG, ``label_formats``), more than
+  ``MAX_UNDECLARED_VALUES`` distinct values without a declared map, values above
+  ``MAX_LABEL_VALUE`` and declared maps of more than ``MAX_CLASSES`` classes (bounds checked
+  before anything is allocated per class).
 """
 
 from __future__ import annotations
@@ -46,19 +48,17 @@ from typing import Any
 import numpy as np
 
 # LabelMap is imported here for MapDecision; pipeline/stages.py and apps/cli.py import it from here
-from tskd.data.label_map import LabelMap, format_values, resolve_declared
+from tskd.data.declared import resolve_declared
+from tskd.data.label_map import LabelMap, format_values
 from tskd.errors import TskdInputError, TskdWarning
 
 MAX_UNDECLARED_VALUES = 64  # distinct values a set may hold without a declared class map
 BINARY_FOREGROUND = (1, 255)  # the foreground values of binary masks (0/1 and 0/255 exports)
-LOSSY_SUFFIXES = (".jpg", ".jpeg")
-LOSSY_TIFF_COMPRESSIONS = ("JPEG", "OJPEG", "WEBP", "JPEGXL", "JPEGXR", "JPEG2000")
 
 __all__ = [
     "BINARY_FOREGROUND",
     "MAX_UNDECLARED_VALUES",
     "MapDecision",
-    "check_label_file_format",
     "binary_foreground_value",
     "distinct_values",
     "encode_file",
@@ -67,57 +67,15 @@ __all__ = [
 ]
 
 
-def check_label_file_format(path: Path) -> None:
-    """Refuse a label file ``path`` in a lossy format before decoding it.
-
-    Lossy compression changes values at mask edges, which turns two classes into dozens of
-    grey values.
-
-    Raises:
-        TskdInputError: A JPEG, or a TIFF with a lossy compression (``LOSSY_TIFF_COMPRESSIONS``).
-    """
-    suffix = path.suffix.lower()
-    if suffix in LOSSY_SUFFIXES:
-        raise TskdInputError(
-            f"{path}: JPEG is lossy and changes label values at mask edges, so it cannot hold a "
-            "label map; save the labels as PNG or TIF instead"
-        )
-    if suffix in (".tif", ".tiff") and path.is_file():
-        compression = _tiff_compression(path)
-        if compression in LOSSY_TIFF_COMPRESSIONS:
-            raise TskdInputError(
-                f"{path}: the TIFF is {compression}-compressed, which is lossy and changes label "
-                "values at mask edges; save the labels as PNG or as TIF without compression "
-                "(or with lossless compression such as deflate)"
-            )
-
-
-def _tiff_compression(path: Path) -> str | None:
-    """The compression name of a TIFF's first page, or None when it cannot be read."""
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            return str(tif.pages[0].compression.name)
-    except Exception:  # an unreadable file is reported by the reader, with its own message
-        return None
-
-
-def tiff_is_colour(path: Path) -> bool:
-    """Whether TIFF ``path`` holds colour (RGB/YCbCr/CMYK samples); False when unreadable."""
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            return bool(page.samplesperpixel > 1 and page.photometric.name in ("RGB", "YCBCR",
-                                                                                "SEPARATED"))
-    except Exception:
-        return False
-
-
 def distinct_values(label: np.ndarray) -> np.ndarray:
-    """The sorted distinct values (1D, the map's dtype) of a label map of any shape."""
+    """List the distinct values of a label map, what ``infer_map`` reads of each file.
+
+    Args:
+        label: a label map of any shape and integer dtype.
+
+    Returns:
+        The sorted distinct values, 1D, in the map's dtype (``np.unique``).
+    """
     return np.unique(np.asarray(label))
 
 
@@ -152,7 +110,11 @@ class MapDecision:
             raise TskdInputError(self.errors[0])
 
     def emit(self, stacklevel: int = 3) -> None:
-        """Show notes and warnings as ``TskdWarning`` (the CLI prints them as one line each)."""
+        """Show warnings, then notes, as ``TskdWarning`` (the CLI prints one line each).
+
+        Args:
+            stacklevel: ``warnings.warn``'s; 3 names the caller of the function that emits.
+        """
         for text in [*self.warnings, *self.notes]:
             warnings.warn(text, TskdWarning, stacklevel=stacklevel)
 
@@ -160,10 +122,17 @@ class MapDecision:
 def binary_foreground_value(
     vals: set[int], lm_values: Sequence[int], ignore: int | None
 ) -> int | None:
-    """The single foreground value (1 or 255) of a binary file that is not a class, if any.
+    """Find the one foreground value of a binary mask that the map does not hold as a class.
 
-    ``vals``: the file's distinct values; ``lm_values``: the map's label values; ``ignore``:
-    the ignore value or None.
+    Args:
+        vals: the file's distinct values.
+        lm_values: the map's label values.
+        ignore: the ignore value, or None.
+
+    Returns:
+        1 or 255 (``BINARY_FOREGROUND``) when it is the file's only value besides 0 and the
+        ignore value and not a class of the map (it is then read as the map's foreground
+        class); None otherwise.
     """
     fg = vals - {0} - ({ignore} if ignore is not None else set())
     if len(fg) == 1:
@@ -189,6 +158,10 @@ def infer_map(
         declared: A declared map or None.
         ignore_label: A configured ignore value (when None, a declared map's own is used).
         where: What set-wide sentences name (the label folder).
+
+    Returns:
+        The decision: the map (None when there are ``errors``), how each file is read, and
+        the notes, warnings and errors for the user.
     """
     ignore = ignore_label if ignore_label is not None else (
         declared.ignore_label if declared is not None else None)
@@ -369,10 +342,19 @@ def resolve_map(
     label_map: LabelMap | None = None,
     where: str = "label maps",
 ) -> MapDecision:
-    """``infer_map`` with the declared map looked up.
+    """Decide the class map of a set (``infer_map``) with the declared map looked up.
 
-    The declared map is ``label_map`` (a model's), else ``classes`` (config ``data.classes``),
-    else ``folder``'s dataset.json; ``files``, ``ignore_label`` and ``where`` as ``infer_map``.
+    Args:
+        files: ``[(name, distinct values), ...]``, as ``infer_map``.
+        folder: The labelled folder whose dataset.json may declare the classes, or None.
+        classes: The config's ``data.classes``, or None.
+        ignore_label: The config's ``data.ignore_label``, or None.
+        label_map: A model's map (``LabelMap.from_meta``); it wins over every other
+            declaration, then ``classes``, then ``folder``'s dataset.json.
+        where: What set-wide sentences name.
+
+    Returns:
+        ``infer_map``'s decision.
 
     Raises:
         TskdInputError: Only for an invalid declaration (config or dataset.json).
@@ -382,9 +364,17 @@ def resolve_map(
 
 
 def encode_file(label: np.ndarray, name: str, decision: MapDecision) -> np.ndarray:
-    """One label map (values, any shape) as class indices (int64) under a decided map.
+    """Encode one label map as class indices under a decided map.
 
     The file's binary foreground (``decision.binary_files[name]``) is applied first.
+
+    Args:
+        label: the label map's values, any shape and integer dtype.
+        name: the file's name, as in the ``files`` the decision was made from.
+        decision: ``infer_map``'s or ``resolve_map``'s decision.
+
+    Returns:
+        int64 class indices of the same shape, ignored pixels ``IGNORE_INDEX``.
 
     Raises:
         TskdInputError: The decision has no map (its first error), or a value is not a class.

@@ -88,7 +88,13 @@ def check_not_input(
 
 
 def check_output_folder(output: str | Path) -> Path:
-    """``output`` as a Path.
+    """Check that an output folder is not a file.
+
+    Args:
+        output: the output folder the user chose; it need not exist yet.
+
+    Returns:
+        ``output`` as a ``Path`` (nothing is created).
 
     Raises:
         TskdInputError: ``output`` exists and is not a folder.
@@ -109,6 +115,9 @@ def check_no_folders(targets: Iterable[str | Path]) -> None:
 
     No flag replaces a folder. Call it before anything is written, with or without
     ``--overwrite``.
+
+    Args:
+        targets: the files tskd is about to write.
 
     Raises:
         TskdInputError: A target is a folder (or a link to one); the first is named.

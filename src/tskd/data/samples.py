@@ -56,6 +56,9 @@ def slice_name(name: str, z: int) -> str:
     Args:
         name: The stack's name (its file stem).
         z: The slice index, from 0.
+
+    Returns:
+        ``name_z`` + ``z`` in four digits, e.g. ``scan_z0007``.
     """
     return f"{name}_z{z:04d}"
 
@@ -126,6 +129,9 @@ def fit_to_label(image: np.ndarray, label: np.ndarray, ipath: Path, lpath: Path,
         ipath: The image file, named in messages.
         lpath: The label file, named in messages.
         ax: How the image's axes were read (said in the message); None: 2D when ``image`` is.
+
+    Returns:
+        ``image``, unchanged.
 
     Raises:
         TskdInputError: The label map is not (H, W) or (Z, H, W), has channels, is a stack for a
@@ -305,9 +311,22 @@ def load_labelled(
     ignore_label: int | None = None,
     label_map: LabelMap | None = None,
 ) -> list[Sample]:
-    """The samples of ``read_labelled_set`` (labels as class indices), without the map.
+    """Read the samples of ``read_labelled_set`` (labels as class indices), without the map.
 
-    Same arguments, warnings and ``TskdInputError`` as ``read_labelled_set``.
+    Same warnings as ``read_labelled_set``.
+
+    Args:
+        folder: A labelled set: images/+labels/ or the nnU-Net raw layout.
+        classes: The config's ``data.classes``, or None.
+        ignore_label: The config's ``data.ignore_label``, or None.
+        label_map: A model's map, used as given.
+
+    Returns:
+        The 2D samples; each ``label`` holds int64 class indices 0..C-1, ignored pixels
+        ``IGNORE_INDEX``.
+
+    Raises:
+        TskdInputError: As ``read_labelled_set``.
     """
     return read_labelled_set(folder, classes, ignore_label, label_map)[0]
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from tskd import atomic
 from tskd.errors import CheckpointError, TskdError
+from tskd.temp_files import temp_name
 
 WEIGHTS = "model.safetensors"
 META = "meta.json"
@@ -106,7 +107,8 @@ def read_bundle_meta(folder: str | Path) -> dict[str, Any]:
             the key, when ``meta.json`` is missing, larger than 1 MB, not JSON, not of kind
             student/teacher or outside the schema of ``tskd.models.meta_schema``.
     """
-    from tskd.models.meta_schema import read_meta_file, validate_meta
+    from tskd.models.meta_file import read_meta_file
+    from tskd.models.meta_schema import validate_meta
 
     path = _bundle_dir(folder) / META
     meta = read_meta_file(path)
@@ -133,7 +135,8 @@ def load_student(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """
     from safetensors.torch import load_file
 
-    from tskd.models.meta_schema import read_meta_file, validate_student_meta
+    from tskd.models.meta_file import read_meta_file
+    from tskd.models.meta_schema import validate_student_meta
     from tskd.models.student import build_student
 
     folder = _bundle_dir(folder)
@@ -241,7 +244,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int 
     gen = torch.Generator().manual_seed(0)
     dummy = torch.rand(2, 3, input_size, input_size, generator=gen)
     check = torch.rand(3, 3, input_size, input_size, generator=gen)
-    tmp = atomic.temp_name(path)
+    tmp = temp_name(path)
     try:
         with warnings.catch_warnings(), atomic.disk_errors(path.parent, _param_bytes(model)):
             warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer warnings

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from tskd.data import label_map, label_policy
+from tskd.data.declared import declared_from_config, declared_map
 from tskd.data.files import list_images, read_label, stem
 from tskd.data.label_map import LabelMap
 from tskd.errors import TskdInputError, TskdWarning
@@ -83,12 +84,12 @@ def _declared(gt_dir: Path, num_classes: int | None, class_names: Sequence[str] 
     if num_classes is not None and not 2 <= num_classes <= label_map.MAX_CLASSES:
         raise TskdInputError(f"num_classes must be in 2..{label_map.MAX_CLASSES} (background "
                              f"+ classes), got {num_classes}")
-    declared = label_map.declared_from_config(classes, ignore_label)
+    declared = declared_from_config(classes, ignore_label)
     if declared is None and num_classes is not None:
         declared = LabelMap.identity(num_classes, class_names, ignore_label)
     if declared is None:
         for folder in (gt_dir, gt_dir.parent):
-            declared = label_map.declared_map(folder, ignore_label)
+            declared = declared_map(folder, ignore_label)
             if declared is not None:
                 break
     return declared

@@ -258,7 +258,8 @@ def segmenter_from_bundle(
         tile_overlap: pixels shared by neighbouring tiles; None: 64 px, at most a quarter of
             the tile's shorter side.
         batch_size: images or tiles per forward pass (``tskd.config.PredictConfig``: 8).
-        max_pixels: most pixels of one 2D image; None: ``tskd.data.axes.default_max_pixels()``.
+        max_pixels: most pixels of one 2D image; None:
+            ``tskd.data.pixel_budget.default_max_pixels()``.
 
     Returns:
         ``(segmenter, meta)``: the ``Segmenter`` and the bundle's ``meta.json`` as a dict.
@@ -341,12 +342,12 @@ def evaluate_folder(
     """
     import time
 
-    from tskd.data import axes
     from tskd.data.label_map import LabelMap
+    from tskd.data.pixel_budget import pixel_budget
     from tskd.data.samples import read_labelled_set
     from tskd.inference import metrics
 
-    with axes.pixel_budget(segmenter.max_pixels):
+    with pixel_budget(segmenter.max_pixels):
         samples, lmap = read_labelled_set(folder, label_map=label_map)
     if label_map is None and lmap.is_identity and lmap.num_classes < segmenter.num_classes:
         # a model of classes 0..C-1 on a folder that shows only some of them

@@ -128,7 +128,7 @@ class Segmenter:
             (at least 1; ``segmenter_from_bundle`` gives ``TILE_ABOVE``, 1.5).
         tile_origin: where the tile size came from, for the one line ``tiling_note`` writes.
         max_pixels: bounds the pixels of one 2D image before its float conversion; default
-            ``tskd.data.axes.default_max_pixels()`` (2^28).
+            ``tskd.data.pixel_budget.default_max_pixels()`` (2^28).
 
     Raises:
         TskdInputError: invalid sizes, among them tiles under ``MIN_TILE_SIZE`` (16) px on a
@@ -149,7 +149,7 @@ class Segmenter:
         tile_origin: str = "tile_size",
         max_pixels: int | None = None,
     ) -> None:
-        from tskd.data import axes
+        from tskd.data.pixel_budget import check_pixel_budget, default_max_pixels
         from tskd.engine import resolve_device
 
         if input_size < 1 or num_classes < 1 or batch_size < 1:
@@ -180,8 +180,8 @@ class Segmenter:
         self.tile_overlap = int(tile_overlap)
         self.tile_above = float(tile_above)
         self.tile_origin = tile_origin
-        self.max_pixels = axes.default_max_pixels() if max_pixels is None else int(max_pixels)
-        axes.check_pixel_budget((1,), self.max_pixels)  # a bad budget fails here, not later
+        self.max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
+        check_pixel_budget((1,), self.max_pixels)  # a bad budget fails here, not later
 
     # -- low level -------------------------------------------------------------------------
 
@@ -208,8 +208,8 @@ class Segmenter:
 
     def _to_tensor(self, image: np.ndarray, contrast_limits: ContrastLimits) -> torch.Tensor:
         """One 2D image (H, W[, C]) -> float (3, H, W) in [0, 1] on the device."""
-        from tskd.data.axes import check_pixel_budget
         from tskd.data.dataset import to_float_rgb
+        from tskd.data.pixel_budget import check_pixel_budget
 
         check_pixel_budget(np.shape(image)[:2], self.max_pixels)
         rgb = np.asarray(to_float_rgb(image, contrast_limits), dtype=np.float32)

@@ -58,6 +58,9 @@ def prepare_images(images: list[np.ndarray], resolution: int) -> torch.Tensor:
         images: (H, W) or (H, W, C) arrays of any dtype, at least 2x2 pixels.
         resolution: R, the DDPM's side in pixels.
 
+    Returns:
+        float32 (N, C, R, R) in [-1, 1].
+
     Raises:
         TskdInputError: No image, or one that is not (H, W) or (H, W, C).
     """
@@ -104,7 +107,11 @@ def batch_to_uint8(batch: torch.Tensor, out_size: int | None = None) -> list[np.
 
 
 def check_resolution(resolution: int) -> None:
-    """Refuse a DDPM side ``resolution`` (pixels) that the UNet cannot halve three times.
+    """Refuse a DDPM side that the UNet cannot halve three times.
+
+    Args:
+        resolution: the side in pixels of the square images the DDPM is trained on
+            (``SynthConfig.resolution``).
 
     Raises:
         TskdInputError: ``resolution`` is not a multiple of 8 of at least 16.
@@ -157,6 +164,9 @@ def build_train_scheduler() -> Any:
     """The DDPM noise schedule used in training: ``diffusers.DDPMScheduler`` with 1000 steps.
 
     Its defaults are Ho et al. (2020)'s: linear betas from 1e-4 to 0.02, epsilon prediction.
+
+    Returns:
+        The ``DDPMScheduler``.
     """
     from diffusers import DDPMScheduler
 
@@ -196,9 +206,14 @@ def save_model(unet: Any, scheduler: Any, model_dir: Path, meta: dict[str, Any])
 
 
 def read_diffusion_meta(model_dir: Path) -> dict[str, Any] | None:
-    """``meta.json`` of a saved model in ``model_dir``, or None when there is no complete model.
+    """Read the ``meta.json`` of a diffusion model saved in ``model_dir`` (``save_model``).
 
-    A ``meta.json`` that cannot be read or parsed also gives None.
+    Args:
+        model_dir: the model's folder.
+
+    Returns:
+        The parsed ``meta.json``; None when one of the model's four files is missing, or the
+        ``meta.json`` cannot be read or parsed (no complete model to reuse).
     """
     names = ("unet.safetensors", "unet_config.json", "scheduler_config.json", "meta.json")
     if not all((model_dir / n).is_file() for n in names):
@@ -210,10 +225,15 @@ def read_diffusion_meta(model_dir: Path) -> dict[str, Any] | None:
 
 
 def load_diffusion_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The saved UNet (eval mode, CPU) and its scheduler config, from ``model_dir``.
+    """Load the UNet and scheduler config ``save_model`` wrote to ``model_dir``.
+
+    Args:
+        model_dir: the model's folder (``unet.safetensors``, ``unet_config.json``, and
+            ``scheduler_config.json`` if present).
 
     Returns:
-        ``(unet, scheduler_config)``; the config has ``num_train_timesteps`` (1000 if absent).
+        ``(unet, scheduler_config)``: the ``diffusers`` ``UNet2DModel`` on the CPU in eval
+        mode; the config has ``num_train_timesteps`` (1000 if absent).
 
     Raises:
         CheckpointError: Missing, damaged or foreign files.
@@ -255,21 +275,23 @@ def ddim_sample(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> torch.Tensor:
-    """``n`` images (n, C, R, R) in [-1, 1] on the CPU, by deterministic DDIM (eta = 0).
+    """Sample ``n`` images by deterministic DDIM (eta = 0).
 
     The starting noise comes from one seeded CPU generator for all images, so the result does not
     depend on the device's batch size. Images are denoised ``SAMPLE_BATCH`` at a time.
 
     Args:
         unet: The trained ``UNet2DModel`` (moved to ``device``).
-        scheduler_config: Its schedule (``load_diffusion_model``'s), read by
-            ``diffusers.DDIMScheduler``.
+        scheduler_config: Its schedule (``load_diffusion_model``'s), for ``DDIMScheduler``.
         n: How many images.
         steps: DDIM steps, at least 1 (``synth.sample_steps``).
         seed: Seeds the starting noise.
         device: Where the UNet runs.
         progress: Called after every step with a ``Progress`` (stage "synthesize-sample").
         cancel: Checked before every step.
+
+    Returns:
+        float32 (n, C, R, R) in [-1, 1], on the CPU.
 
     Raises:
         TskdInputError: ``steps`` is below 1.

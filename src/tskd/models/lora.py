@@ -17,7 +17,8 @@ from torch import nn
 
 from tskd.config import LoraSettings
 from tskd.errors import CheckpointError, TskdError
-from tskd.models.meta_schema import TeacherMeta, read_meta_file, validate_teacher_meta
+from tskd.models.meta_file import read_meta_file
+from tskd.models.meta_schema import TeacherMeta, validate_teacher_meta
 from tskd.models.mini_sam import BUILTIN_WEIGHTS
 from tskd.models.sam_checkpoint import sha256_of
 from tskd.models.teacher import SemanticSam, build_sam
@@ -27,14 +28,26 @@ META = "meta.json"
 
 
 def is_lora(model: SemanticSam) -> bool:
-    """Whether LoRA layers are applied to ``model`` (and not yet merged)."""
+    """Tell whether LoRA layers are applied to ``model`` (and not yet merged).
+
+    Args:
+        model: the teacher.
+
+    Returns:
+        True while ``apply_lora``'s adapters are in place.
+    """
     return hasattr(model.sam, "merge_and_unload")
 
 
 def head_parameters(model: SemanticSam) -> list[nn.Parameter]:
-    """The class heads of ``model`` trained in full: class tokens, hypernetwork MLPs, upscaling.
+    """List the class heads of ``model``, trained in full beside the LoRA matrices.
 
-    The upscaling is SAM's decoder's ``output_upscaling``, shared by all classes.
+    Args:
+        model: the teacher.
+
+    Returns:
+        The class tokens, the hypernetwork MLPs and SAM's decoder's ``output_upscaling``
+        (shared by all classes).
     """
     return [
         model.class_tokens,
@@ -124,7 +137,11 @@ def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
 def merge_lora(model: SemanticSam) -> SemanticSam:
     """Fold the LoRA weights into the base layers (peft ``merge_and_unload``): a plain Sam.
 
-    ``model`` is changed in place and returned; without LoRA it is returned as it is.
+    Args:
+        model: the teacher, changed in place.
+
+    Returns:
+        ``model``, without LoRA layers (as it was when none were applied).
     """
     if is_lora(model):
         model.sam = model.sam.merge_and_unload()
@@ -132,9 +149,14 @@ def merge_lora(model: SemanticSam) -> SemanticSam:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable tensors of ``model`` by parameter name (LoRA + heads while LoRA is applied).
+    """Copy the trainable tensors of ``model`` (LoRA + heads while LoRA is applied).
 
-    Detached float32 copies on the CPU, ready for safetensors.
+    Args:
+        model: any module.
+
+    Returns:
+        ``{parameter name: tensor}``: detached float32 copies on the CPU, ready for
+        safetensors.
     """
     return {
         n: p.detach().float().cpu().contiguous()
@@ -192,7 +214,13 @@ def save_teacher(model: SemanticSam, folder: str | Path, meta: dict[str, Any]) -
 
 
 def read_adapter_meta(folder: str | Path) -> dict[str, Any]:
-    """The teacher's ``meta.json`` as a dict, checked against the teacher schema.
+    """Read an adapted teacher's ``meta.json``, checked against the teacher schema.
+
+    Args:
+        folder: the teacher folder (``save_teacher``'s).
+
+    Returns:
+        The parsed ``meta.json``, valid (``tskd.models.meta_schema.validate_teacher_meta``).
 
     Raises:
         CheckpointError: The folder lacks the adapter or ``meta.json``.
@@ -265,9 +293,18 @@ def load_teacher(folder: str | Path, checkpoint: str | Path | None = None) -> Se
 
 
 def teacher_id(folder: str | Path) -> str:
-    """A stable id of an adapted teacher (adapter bytes + base sha + input size): a cache key.
+    """Compute a stable id of an adapted teacher, the key of its teacher-output cache.
 
-    16 hexadecimal digits of a sha256. Raises as ``read_adapter_meta``.
+    Args:
+        folder: the teacher folder.
+
+    Returns:
+        16 hexadecimal digits of a sha256 over the adapter's bytes, the base checkpoint's
+        sha256 and the input size: equal for the same teacher in every process.
+
+    Raises:
+        CheckpointError: The folder lacks the adapter or ``meta.json`` (``read_adapter_meta``).
+        ModelMetaError: The description is unreadable or outside the schema.
     """
     meta = read_adapter_meta(folder)
     h = hashlib.sha256()

@@ -1,12 +1,12 @@
 """The schema of a model folder's ``meta.json``, checked before anything is built from it.
 
 A model folder is input like any other: it may come from a colleague, a download or a disk that
-failed. ``read_meta_file`` refuses a ``meta.json`` above ``MAX_META_BYTES`` before reading it,
-text that is not UTF-8 JSON, nesting deeper than Python's parser handles, and anything but a JSON
-object. ``validate_student_meta`` and ``validate_teacher_meta`` then check every key a loader
-uses - type, bounds, consistency, and the parameter count of the model it describes - so that a
-bad file ends in one ``ModelMetaError`` (a ``TskdInputError`` and a ``CheckpointError``) naming
-the file and the key, never in a ``KeyError``, ``ZeroDivisionError`` or a huge allocation.
+failed. ``tskd.models.meta_file.read_meta_file`` refuses a ``meta.json`` above its size cap,
+text that is not UTF-8 JSON, too deep nesting and anything but a JSON object.
+``validate_student_meta`` and ``validate_teacher_meta`` then check every key a loader uses -
+type, bounds, consistency, and the parameter count of the model it describes - so that a bad
+file ends in one ``ModelMetaError`` (a ``TskdInputError`` and a ``CheckpointError``) naming the
+file and the key, never in a ``KeyError``, ``ZeroDivisionError`` or a huge allocation.
 
 Student meta (``kind: "student"``), required keys:
   ``student``      mapping of ``StudentConfig`` (embed_dim, depth, num_heads, patch_size
@@ -31,7 +31,6 @@ Any other key (metrics, history, stage results) is kept as it is and not interpr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,11 @@ from typing import Any
 from tskd.config import LoraSettings, StudentConfig, from_dict
 from tskd.errors import CheckpointError, ModelMetaError, TskdInputError
 from tskd.models import conv_student, unet
+from tskd.models.meta_file import json_type
 from tskd.models.mini_sam import MAX_PARAMS, MiniSamConfig, official_config, sam_param_count
 from tskd.models.sam_checkpoint import MODEL_TYPES
 from tskd.models.student import student_param_count
 
-MAX_META_BYTES = 1 << 20  # a real meta.json is a few KB (history included)
 MAX_CLASSES = 256
 MIN_SIZE, MAX_SIZE = 16, 4096
 MAX_SHAPE_SIDE = 2**16
@@ -108,53 +107,6 @@ def _error(path: Path, bad: _Bad) -> ModelMetaError:
     )
 
 
-def _json_type(value: Any) -> str:
-    """The JSON name of a parsed value's type (object, list, string, number, boolean, null)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    return {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
-
-
-def read_meta_file(path: str | Path) -> dict[str, Any]:
-    """Parse ``path`` (a ``meta.json``) into a dict, refused unread when over ``MAX_META_BYTES``.
-
-    Raises:
-        ModelMetaError: A missing, empty, oversized, unreadable, non-UTF-8, invalid, too deeply
-            nested or non-object file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelMetaError(f"no {path.name} in {path.parent}: not a tskd model folder")
-    size = path.stat().st_size
-    if size == 0:
-        raise ModelMetaError(f"model metadata {path} is empty; restore the folder's meta.json")
-    if size > MAX_META_BYTES:
-        raise ModelMetaError(
-            f"model description {path} is {size / 2**20:.1f} MB, larger than the "
-            f"{MAX_META_BYTES // 2**20} MB a tskd meta.json can be; it was not read"
-        )
-    try:
-        meta = json.loads(path.read_bytes().decode("utf-8-sig"))  # a BOM is harmless
-    except RecursionError:
-        raise ModelMetaError(
-            f"model metadata {path} is nested too deeply to be valid JSON"
-        ) from None
-    except (ValueError, UnicodeDecodeError):
-        raise ModelMetaError(f"model metadata {path} is not valid JSON (UTF-8)") from None
-    except OSError as exc:
-        raise ModelMetaError(f"model metadata {path} cannot be read ({exc.strerror})") from None
-    if not isinstance(meta, dict):
-        raise ModelMetaError(
-            f"{path} is not a tskd model description (kind student/teacher): it holds a JSON "
-            f"{_json_type(meta)}, not an object"
-        )
-    return meta
-
-
 # ------------------------------------------------------------------------------- value checks
 
 
@@ -203,7 +155,7 @@ def _mapping(data: dict[str, Any], key: str) -> dict[str, Any]:
         raise _Bad(key, "is missing")
     value = data[key]
     if not isinstance(value, dict):
-        raise _Bad(key, f"must be a mapping, got a JSON {_json_type(value)}")
+        raise _Bad(key, f"must be a mapping, got a JSON {json_type(value)}")
     return value
 
 
@@ -284,6 +236,9 @@ def validate_student_meta(meta: Any, path: str | Path = "meta.json") -> StudentM
         meta: The parsed ``meta.json`` (any JSON value).
         path: The file named in messages.
 
+    Returns:
+        The typed ``StudentMeta`` (config, classes, input size and the optional keys).
+
     Raises:
         ModelMetaError: Naming ``path`` and the first bad key, also when the student it
             describes would have more than ``tskd.models.mini_sam.MAX_PARAMS`` parameters.
@@ -324,6 +279,10 @@ def validate_teacher_meta(meta: Any, path: str | Path = "meta.json") -> TeacherM
     Args:
         meta: The parsed ``meta.json`` (any JSON value).
         path: The file named in messages.
+
+    Returns:
+        The typed ``TeacherMeta`` (base model, checkpoint and its sha256, input size,
+        classes, LoRA settings and the optional keys).
 
     Raises:
         ModelMetaError: Naming ``path`` and the first bad key.
@@ -369,9 +328,17 @@ def validate_teacher_meta(meta: Any, path: str | Path = "meta.json") -> TeacherM
 
 
 def validate_meta(meta: Any, path: str | Path = "meta.json") -> StudentMeta | TeacherMeta:
-    """``validate_student_meta`` or ``validate_teacher_meta`` according to ``meta["kind"]``.
+    """Validate a parsed ``meta.json`` by its ``kind``: a student's or a teacher's schema.
 
-    Raises ``ModelMetaError`` as they do, or when ``kind`` is neither "student" nor "teacher".
+    Args:
+        meta: the parsed file (``tskd.models.meta_file.read_meta_file``).
+        path: the file, named in messages.
+
+    Returns:
+        ``validate_student_meta``'s or ``validate_teacher_meta``'s result.
+
+    Raises:
+        ModelMetaError: as those functions, or ``kind`` is neither "student" nor "teacher".
     """
     kind = meta.get("kind") if isinstance(meta, dict) else None
     if kind == "teacher":

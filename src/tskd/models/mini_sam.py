@@ -4,19 +4,17 @@
 official vit_b/l/h are presets of it (``official_config``), and the built-in miniature teacher is
 its default. One builder serves all of them, so official checkpoints and the mini teacher share
 one load/adapt path. A mini model is saved as safetensors plus a JSON beside it holding the
-config, so loading rebuilds the same architecture.
+config, so loading rebuilds the same architecture (``tskd.models.mini_sam_files``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from tskd.errors import CheckpointError
@@ -25,7 +23,6 @@ from tskd.errors import CheckpointError
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # src/tskd/assets (package data)
 BUILTIN_WEIGHTS = ASSETS / "mini_sam.safetensors"
 BUILTIN_JSON = ASSETS / "mini_sam.json"
-MAX_JSON_BYTES = 1 << 20  # a mini SAM's JSON is a few KB; larger ones are refused unread
 
 OFFICIAL_TYPES = ("vit_b", "vit_l", "vit_h")
 # largest model built from a description (1e9 parameters = 4 GB in fp32; SAM vit_h has 0.64e9):
@@ -93,7 +90,17 @@ class MiniSamConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MiniSamConfig:
-        """Settings from ``to_dict``'s form (untrusted JSON); ``CheckpointError`` unless valid."""
+        """Read settings from ``to_dict``'s form (untrusted JSON), every one validated.
+
+        Args:
+            data: ``{setting: value}``; missing settings take the mini teacher's defaults.
+
+        Returns:
+            The config (``validate``d at its own ``img_size``).
+
+        Raises:
+            CheckpointError: an unknown key or an invalid value, named in one sentence.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -112,10 +119,14 @@ class MiniSamConfig:
         return cfg
 
     def validate(self, input_size: int | None = None) -> None:
-        """Raise ``CheckpointError`` (one sentence naming the key) unless every setting is valid.
+        """Check every setting: types and bounds (``_INT_BOUNDS``), heads dividing their widths.
 
-        Valid: types and bounds (``_INT_BOUNDS``), heads that divide their widths, and at most
-        ``MAX_PARAMS`` parameters when built at ``input_size`` (pixels; None: ``img_size``).
+        Args:
+            input_size: the input side in pixels the model will be built at; at most
+                ``MAX_PARAMS`` parameters there (``sam_param_count``). None: ``img_size``.
+
+        Raises:
+            CheckpointError: one sentence naming the first invalid key.
         """
         for key, lo, hi in _INT_BOUNDS:
             value = getattr(self, key)
@@ -149,27 +160,32 @@ class MiniSamConfig:
             raise CheckpointError(
                 f"mini SAM config 'mask_in_chans' must be a multiple of 4, got {self.mask_in_chans}"
             )
-        glob = list(self.global_attn_indexes)
-        if len(glob) > 1024 or any(not _is_int(i) or not 0 <= i < 1024 for i in glob):
-            raise CheckpointError(
-                "mini SAM config 'global_attn_indexes' must be block numbers from 0 to 1023, "
-                f"got {glob!r:.60}"
-            )
-        for key in ("pixel_mean", "pixel_std"):
-            values = getattr(self, key)
-            ok = isinstance(values, list | tuple) and len(values) == 3
-            ok = ok and all(_is_number(v) and (v > 0 or key == "pixel_mean") for v in values)
-            if not ok:
-                raise CheckpointError(
-                    f"mini SAM config '{key}' must be three finite numbers"
-                    f"{' above 0' if key == 'pixel_std' else ''}, got {values!r:.60}"
-                )
+        _check_sequences(self)
         size = self.img_size if input_size is None else input_size
         n = sam_param_count(self, size)
         if n > MAX_PARAMS:
             raise CheckpointError(
                 f"mini SAM config describes a model of {n / 1e9:.1f} billion parameters at input "
                 f"size {size}, more than the {MAX_PARAMS / 1e9:.0f} billion allowed"
+            )
+
+
+def _check_sequences(cfg: MiniSamConfig) -> None:
+    """``CheckpointError`` unless the list settings (global blocks, pixel statistics) are valid."""
+    glob = list(cfg.global_attn_indexes)
+    if len(glob) > 1024 or any(not _is_int(i) or not 0 <= i < 1024 for i in glob):
+        raise CheckpointError(
+            "mini SAM config 'global_attn_indexes' must be block numbers from 0 to 1023, "
+            f"got {glob!r:.60}"
+        )
+    for key in ("pixel_mean", "pixel_std"):
+        values = getattr(cfg, key)
+        ok = isinstance(values, list | tuple) and len(values) == 3
+        ok = ok and all(_is_number(v) and (v > 0 or key == "pixel_mean") for v in values)
+        if not ok:
+            raise CheckpointError(
+                f"mini SAM config '{key}' must be three finite numbers"
+                f"{' above 0' if key == 'pixel_std' else ''}, got {values!r:.60}"
             )
 
 
@@ -192,6 +208,9 @@ def sam_param_count(cfg: MiniSamConfig, input_size: int, num_classes: int = 0) -
         cfg: The architecture.
         input_size: The input side in pixels (sets the token grid and position tables).
         num_classes: Adds ``SemanticSam``'s class tokens and hypernetwork MLPs; 0: plain SAM.
+
+    Returns:
+        The number of scalar parameters.
     """
     d, p, P, m = cfg.embed_dim, cfg.patch_size, cfg.prompt_dim, cfg.mask_in_chans
     grid = input_size // p
@@ -221,7 +240,17 @@ def sam_param_count(cfg: MiniSamConfig, input_size: int, num_classes: int = 0) -
 
 
 def official_config(model_type: str) -> MiniSamConfig:
-    """The architecture of an official SAM checkpoint (as ``segment_anything.build_sam``).
+    """Return the architecture of an official SAM checkpoint.
+
+    The shapes are those of ``segment_anything``'s ``build_sam_vit_b``/``_l``/``_h``
+    (Kirillov et al., "Segment Anything", 2023): 1024-pixel input, 16-pixel patches, windowed
+    attention of 14 with four global blocks.
+
+    Args:
+        model_type: ``vit_b``, ``vit_l`` or ``vit_h``.
+
+    Returns:
+        The config (embedding width, depth, heads and global blocks of that type).
 
     Raises:
         CheckpointError: ``model_type`` is not vit_b, vit_l or vit_h.
@@ -241,10 +270,15 @@ def official_config(model_type: str) -> MiniSamConfig:
 
 
 def build_mini_sam(cfg: MiniSamConfig | None = None, input_size: int | None = None) -> nn.Module:
-    """A randomly initialised ``segment_anything`` ``Sam`` of ``cfg`` (None: the mini teacher's).
+    """Build a randomly initialised ``segment_anything`` ``Sam`` of ``cfg``.
 
-    ``input_size`` (pixels, default ``cfg.img_size``) sets the encoder's token grid and the
-    prompt encoder's image sizes.
+    Args:
+        cfg: the architecture; None: the mini teacher's (``MiniSamConfig()``).
+        input_size: the input side in pixels, which sets the encoder's token grid and the
+            prompt encoder's image sizes; None: ``cfg.img_size``.
+
+    Returns:
+        The ``Sam`` module (float32, on the CPU, in training mode).
 
     Raises:
         CheckpointError: ``input_size`` is no patch multiple in 16..4096, or ``cfg`` is invalid.
@@ -316,73 +350,12 @@ def _image_encoder(cfg: MiniSamConfig, size: int) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (all, trainable or not)."""
+    """Count a model's parameters, trainable or not.
+
+    Args:
+        model: any module.
+
+    Returns:
+        The number of scalar parameters.
+    """
     return sum(p.numel() for p in model.parameters())
-
-
-def json_path(weights: str | Path) -> Path:
-    """The JSON that describes a weights file: same folder and stem, ``.json``."""
-    return Path(weights).with_suffix(".json")
-
-
-def save_mini_sam(
-    sam: nn.Module,
-    cfg: MiniSamConfig,
-    path: str | Path,
-    half: bool = True,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``sam``'s weights to ``path`` (.safetensors, fp16 by default) and its config JSON.
-
-    The weights keep SAM's official key names, at the resolution the model was built at;
-    ``extra`` (e.g. pretraining settings) goes into the JSON under "info". Both files are
-    written in full before either replaces its old version.
-
-    Raises:
-        CheckpointError: ``path`` does not end in ``.safetensors``.
-        DiskFullError: The disk is full; the previous weights are kept.
-    """
-    from tskd import atomic
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"mini SAM weights must be saved as .safetensors, not {path.name}")
-    grid = sam.image_encoder.pos_embed.shape[1]
-    cfg = MiniSamConfig.from_dict(cfg.to_dict() | {"img_size": grid * cfg.patch_size})
-    dtype = torch.float16 if half else torch.float32
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sam.state_dict().items()}
-    meta = {"model_type": "mini", "config": cfg.to_dict(), "info": extra or {}}
-    atomic.write_files({
-        path: atomic.safetensors_bytes(tensors),
-        json_path(path): atomic.json_bytes(meta),
-    })
-    return path
-
-
-def read_mini_config(weights: str | Path) -> MiniSamConfig | None:
-    """The config from the JSON beside a mini SAM weights file, or None when there is none.
-
-    Raises:
-        CheckpointError: The JSON is over ``MAX_JSON_BYTES`` or not a valid config (named).
-    """
-    jp = json_path(weights)
-    if not jp.is_file():
-        return None
-    if jp.stat().st_size > MAX_JSON_BYTES:
-        raise CheckpointError(
-            f"mini SAM config {jp} is larger than {MAX_JSON_BYTES // 1024} KB; "
-            "it is not a tskd file"
-        )
-    try:
-        meta = json.loads(jp.read_bytes().decode("utf-8"))
-        config = meta["config"]
-        if not isinstance(config, dict):
-            raise TypeError("'config' is not a mapping")
-        return MiniSamConfig.from_dict(config)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{jp}: {exc}") from None
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        reason = f"missing {exc}" if isinstance(exc, KeyError) else type(exc).__name__
-        raise CheckpointError(
-            f"mini SAM config {jp} is not valid ({reason}); restore the file saved with the weights"
-        ) from None

@@ -21,13 +21,8 @@ from torch import nn
 
 from tskd.atomic import load_weights_only
 from tskd.errors import CheckpointError, TskdWarning
-from tskd.models.mini_sam import (
-    OFFICIAL_TYPES,
-    MiniSamConfig,
-    build_mini_sam,
-    official_config,
-    read_mini_config,
-)
+from tskd.models.mini_sam import OFFICIAL_TYPES, MiniSamConfig, build_mini_sam, official_config
+from tskd.models.mini_sam_files import read_mini_config
 
 MODEL_TYPES = ("mini", *OFFICIAL_TYPES)
 
@@ -66,6 +61,12 @@ def sha256_of(path: str | Path) -> str:
     """Hex sha256 of a file, cached per (path, size, mtime) within the process.
 
     Read in 4 MB chunks, so a 2.5 GB SAM checkpoint is hashed without holding it in memory.
+
+    Args:
+        path: the file.
+
+    Returns:
+        64 hexadecimal digits.
 
     Raises:
         CheckpointError: ``path`` is not a file.
@@ -148,7 +149,14 @@ def _block_ids(sd: dict[str, torch.Tensor]) -> list[int]:
 
 
 def detect_model_type(sd: dict[str, torch.Tensor]) -> str:
-    """'vit_b' / 'vit_l' / 'vit_h' from the encoder's width and depth; anything else is 'mini'.
+    """Tell a SAM checkpoint's type from its image encoder's width and depth.
+
+    Args:
+        sd: the checkpoint's state dict (SAM's official key names).
+
+    Returns:
+        'vit_b' (768 wide, 12 blocks), 'vit_l' (1024, 24) or 'vit_h' (1280, 32), as
+        ``official_config``; any other shape is 'mini'.
 
     Raises:
         CheckpointError: ``sd`` is not a SAM state dict.
@@ -165,6 +173,10 @@ def infer_config(sd: dict[str, torch.Tensor], decoder_heads: int = 8) -> MiniSam
     Args:
         sd: A SAM state dict.
         decoder_heads: Decoder attention heads, which leave no trace in shapes (SAM uses 8).
+
+    Returns:
+        The config whose ``build_mini_sam`` has the state dict's shapes (``img_size`` from
+        its position embedding).
 
     Raises:
         CheckpointError: ``sd`` is not a SAM state dict or lacks a tensor the shapes come from.
@@ -208,7 +220,15 @@ def _infer_config(sd: dict[str, torch.Tensor], decoder_heads: int) -> MiniSamCon
 
 
 def global_blocks(cfg: MiniSamConfig) -> list[int]:
-    """Indexes of encoder blocks with global attention (all of them when window size is 0)."""
+    """List the encoder blocks with global attention.
+
+    Args:
+        cfg: the architecture.
+
+    Returns:
+        ``cfg.global_attn_indexes`` below ``cfg.depth``, in their order; every block when
+        ``window_size`` is 0.
+    """
     if cfg.window_size == 0:
         return list(range(cfg.depth))
     return [i for i in cfg.global_attn_indexes if i < cfg.depth]
@@ -228,6 +248,9 @@ def adapt_state_dict(
         sd: A SAM state dict.
         cfg: Its architecture (patch size, window size, global blocks).
         input_size: The new input side in pixels, a multiple of the patch size.
+
+    Returns:
+        The new state dict; ``sd`` itself is left as it was.
     """
     grid = input_size // cfg.patch_size
     out = dict(sd)
@@ -346,6 +369,9 @@ def download_checkpoint(model_type: str, cache_dir: str | Path | None = None) ->
         model_type: vit_b, vit_l or vit_h (``OFFICIAL_CHECKPOINTS``).
         cache_dir: The folder; None: ``$TSKD_CACHE_DIR``, else the user cache dir
             (``pooch.os_cache("tskd")``).
+
+    Returns:
+        The checkpoint file's path.
 
     Raises:
         CheckpointError: ``model_type`` has no official checkpoint.

@@ -179,6 +179,9 @@ class Student(nn.Module):
     def check_layers(self, layers: Sequence[str]) -> None:
         """Refuse feature names other than "block0".."block{depth-1}" and "neck".
 
+        Args:
+            layers: feature names (e.g. the configured distillation layers).
+
         Raises:
             TskdInputError: An unknown name (a configured distillation layer).
         """
@@ -222,7 +225,13 @@ class Student(nn.Module):
     # -- public ----------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, S, S) for images (B, 3, S, S), float RGB in [0, 1].
+        """Segment a batch of images.
+
+        Args:
+            x: images (B, 3, S, S), float RGB in [0, 1], S = ``image_size``.
+
+        Returns:
+            Logits (B, num_classes, S, S), float.
 
         Raises:
             TskdInputError: ``x`` is not (B, 3, S, S).
@@ -255,9 +264,17 @@ class Student(nn.Module):
         return self._decode(xn, neck), feats
 
     def features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Only the named features, skipping the decoder (feature-only distillation).
+        """Compute only the named features, skipping the decoder (feature-only distillation).
 
-        Same arguments, feature shapes and errors as ``forward_with_features``.
+        Args:
+            x: images (B, 3, S, S), float RGB in [0, 1].
+            layers: feature names, as ``forward_with_features``.
+
+        Returns:
+            ``{name: feature}``, shapes as ``forward_with_features``.
+
+        Raises:
+            TskdInputError: ``x`` is not (B, 3, S, S), or an unknown feature name.
         """
         check_input(x, self.image_size)
         self.check_layers(layers)

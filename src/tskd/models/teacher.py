@@ -46,6 +46,9 @@ def build_sam(
             embeddings are resampled, see ``tskd.models.sam_checkpoint``).
         pretrained: False gives a random initialisation (tests, pretraining).
 
+    Returns:
+        The ``Sam`` module in eval mode, on the CPU.
+
     Raises:
         CheckpointError: An unknown model type, an official type without a checkpoint, a
             missing built-in teacher (``tskd pretrain-mini`` creates it), or a checkpoint that
@@ -130,11 +133,17 @@ class SemanticSam(nn.Module):
         return sam.image_encoder(x)
 
     def predict_masks(self, emb: torch.Tensor) -> torch.Tensor:
-        """Low-resolution class logits (B, C, 4h, 4w) from image embeddings (B, D, h, w).
+        """Decode low-resolution class logits from image embeddings, without a prompt.
 
         SAM's two-way transformer and output upscaling run once for all classes, with the
         no-mask dense embedding and no sparse prompt; each class's hypernetwork MLP turns its
         token into the weights of its mask (as SAM's ``MaskDecoder.predict_masks``).
+
+        Args:
+            emb: the image encoder's embeddings (B, D, h, w), D = the prompt dimension.
+
+        Returns:
+            Class logits (B, C, 4h, 4w), C = ``num_classes``.
         """
         sam = self.base
         dec, pe = sam.mask_decoder, sam.prompt_encoder
@@ -163,7 +172,16 @@ class SemanticSam(nn.Module):
         return F.interpolate(low, size=size, mode="bilinear", align_corners=False), emb
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, C, H, W) for images (B, 3, H, W), float RGB in [0, 1]."""
+        """Segment a batch of images into ``num_classes`` classes.
+
+        Args:
+            x: images (B, 3, H, W), float RGB in [0, 1]; resized (bilinear) to the SAM's
+                square input size when of another size.
+
+        Returns:
+            Class logits (B, C, H, W) at the images' size, upsampled (bilinear) from the
+            decoder's (B, C, 4h, 4w).
+        """
         return self._run(x)[0]
 
     def forward_with_features(

@@ -1,13 +1,12 @@
 """What every stage of a run shares: the stage context and the labelled set.
 
 A ``StageContext`` holds one run's configuration, run folder, progress callback, cancel token
-and ``resume`` flag, and reads and hashes the labelled set once, on first use
-(``StageContext.data``); ``run_pipeline`` passes one context to every stage, so a full run
-reads and hashes the labelled set once instead of once per stage. ``StageContext.begin``
-is the common start of a stage (skip a finished one, withdraw its marker, seed), the
-``StageRun`` it returns the common end (mark done, drop the checkpoint) and the timer, so a
-stage function holds only what is particular to it. ``writes`` wraps a stage function in its
-run folder's lock and manifest.
+and ``resume`` flag (training gets them as a ``RunControl``: ``StageContext.control``), and
+reads and hashes the labelled set once, on first use (``StageContext.data``), for all the
+stages ``run_pipeline`` passes it to. ``StageContext.begin`` is the common start of a stage
+(skip a finished one, withdraw its marker, seed), the ``StageRun`` it returns the common end
+(mark done, drop the checkpoint) and the timer, so a stage function holds only what is
+particular to it. ``writes`` wraps a stage function in its run folder's lock and manifest.
 
 Nothing here imports torch at import time: the stage registry, which the widgets read, sits
 on top of this module.
@@ -26,9 +25,7 @@ import numpy as np
 
 from tskd.config import RunConfig
 from tskd.errors import TskdInputError
-from tskd.pipeline.run_folder import (
-    RunPaths,
-    check_run_dir_inputs,
+from tskd.pipeline.markers import (
     checkpoint_inputs,
     files_fingerprint,
     fingerprint,
@@ -36,11 +33,11 @@ from tskd.pipeline.run_folder import (
     mark_started,
     read_result,
     stage_done,
-    writing,
 )
+from tskd.pipeline.run_folder import RunPaths, check_run_dir_inputs, writing
 
 if TYPE_CHECKING:
-    from tskd.engine import CancelToken, ProgressCallback
+    from tskd.engine import CancelToken, ProgressCallback, RunControl
 
 __all__ = ["LabelledData", "StageContext", "StageRun", "data_files", "load_labelled_data",
            "median_image_shape", "writes"]
@@ -123,7 +120,7 @@ def load_labelled_data(cfg: RunConfig) -> LabelledData:
     Labels go through the one label policy (``tskd.data.label_policy``): ``data.classes`` or
     the dataset.json declare the classes, else the values seen do; ``data.ignore_label``
     pixels are left out. Samples hold class indices; ``label_map`` turns them back into label
-    values. Files are held to ``data.max_pixels`` (``tskd.data.axes.pixel_budget``).
+    values. Files are held to ``data.max_pixels`` (``tskd.data.pixel_budget.pixel_budget``).
 
     Args:
         cfg: the run configuration; ``cfg.data`` (``labelled``, ``classes``,
@@ -139,8 +136,8 @@ def load_labelled_data(cfg: RunConfig) -> LabelledData:
             readers name the file).
     """
     from tskd.data import dataset
-    from tskd.data.axes import pixel_budget
     from tskd.data.folders import data_files
+    from tskd.data.pixel_budget import pixel_budget
     from tskd.data.samples import read_labelled_set
 
     if not cfg.data.labelled:
@@ -187,11 +184,11 @@ class StageRun:
 
         Returns:
             ``checkpoints``, holding ``inputs.json`` with ``fingerprint``
-            (``tskd.pipeline.run_folder.checkpoint_inputs``).
+            (``tskd.pipeline.markers.checkpoint_inputs``).
 
         Raises:
             RunFolderError: ``resume`` and the checkpoint was made from other inputs
-                (``tskd.pipeline.run_folder.checkpoint_inputs``).
+                (``tskd.pipeline.markers.checkpoint_inputs``).
             DiskFullError: the disk is full while ``inputs.json`` is written.
             ValueError: the stage keeps no checkpoint (``checkpoints`` is None): a bug.
         """
@@ -271,6 +268,25 @@ class StageContext:
                            cancel=run.cancel if cancel is None else cancel,
                            resume=resume or run.resume)
         return cls(run, progress, cancel, resume)
+
+    def control(self, step: StageRun, keep_checkpoint: bool = True) -> RunControl:
+        """This context's progress, cancel and resume, with ``step.checkpoint_dir()``.
+
+        Args:
+            step: the stage in progress (``begin``).
+            keep_checkpoint: leave the checkpoint for ``StageRun.finish`` to clear.
+
+        Returns:
+            The ``RunControl`` a training stage hands on to ``tskd.engine.train``.
+
+        Raises:
+            RunFolderError: ``resume`` and the checkpoint was made from other inputs.
+            DiskFullError: the disk is full while the checkpoint's ``inputs.json`` is written.
+        """
+        from tskd.engine import RunControl
+
+        return RunControl(self.progress, self.cancel, self.resume, step.checkpoint_dir(),
+                          keep_checkpoint)
 
     @property
     def paths(self) -> RunPaths:

@@ -16,7 +16,7 @@ from typing import Any
 from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, SynthConfig, to_dict
 from tskd.config_compat import LEGACY_STUDENT, flat_synth
 from tskd.pipeline.context import StageContext, data_files
-from tskd.pipeline.run_folder import files_fingerprint, fingerprint
+from tskd.pipeline.markers import files_fingerprint, fingerprint
 
 __all__ = ["base_teacher_id", "of", "synth_fp", "synth_settings", "teacher_fp"]
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tskd.errors import RunFolderError
-from tskd.pipeline.manifest import LOCK_INFO_NAME, LOCK_NAME, folder_kind, foreign_error
+from tskd.pipeline.manifest import folder_kind, foreign_error
+from tskd.pipeline.manifest_file import LOCK_INFO_NAME, LOCK_NAME
 
 _HELD: dict[str, list[Any]] = {}  # resolved run folder -> [FileLock, depth] held by this process
 

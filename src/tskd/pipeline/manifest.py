@@ -8,96 +8,30 @@ of earlier versions, a listed file the user edited) is kept. Writers wrap their 
 ``tracked``: before it starts, the files already present in the outputs it names are noted
 ("pending"); when it ends (or, after a kill, when the next writer takes the folder), every file
 there that is new or changed is recorded. The manifest is replaced atomically. A folder of
-other files is never written into (``claim_run_folder``).
+other files is never written into (``claim_run_folder``). The file itself (its name, entries,
+reading and writing) is ``tskd.pipeline.manifest_file``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 from tskd.errors import RunFolderError
-
-MANIFEST_NAME = ".tskd-manifest.json"
-LOCK_NAME = ".tskd.lock"  # the run lock's files (tskd.pipeline.lock), never listed
-LOCK_INFO_NAME = ".tskd.lock.json"
-_MANIFEST_FORMAT = "tskd-run-manifest"
-_INTERNAL = frozenset({MANIFEST_NAME, MANIFEST_NAME + ".tmp", LOCK_NAME, LOCK_INFO_NAME})
+from tskd.pipeline.manifest_file import (
+    BOOKKEEPING_NAMES,
+    MANIFEST_NAME,
+    content_changed,
+    empty_manifest,
+    file_entry,
+    read_manifest,
+    safe_rel,
+    write_manifest,
+)
 
 FolderKind = Literal["new", "run", "legacy", "foreign"]
-
-
-def _empty_manifest() -> dict[str, Any]:
-    return {"format": _MANIFEST_FORMAT, "version": 2, "files": {}, "pending": {}}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _entry(path: Path) -> dict[str, Any]:
-    """The manifest entry of a file tskd wrote: its size in bytes and its sha256."""
-    return {"size": path.stat().st_size, "sha256": _sha256(path)}
-
-
-def content_changed(path: Path, entry: Any) -> bool:
-    """Whether ``path`` (an existing file) no longer holds what its manifest ``entry`` says.
-
-    The entry is ``{"size": bytes, "sha256": hex}`` or, from earlier versions, the size alone:
-    True for another size or another sha256 (when recorded), and for an entry without a size.
-    """
-    size = entry.get("size") if isinstance(entry, dict) else entry
-    if not isinstance(size, int) or path.stat().st_size != size:
-        return True
-    sha = entry.get("sha256") if isinstance(entry, dict) else None
-    return isinstance(sha, str) and _sha256(path) != sha
-
-
-def read_manifest(root: str | Path) -> dict[str, Any] | None:
-    """The manifest of run folder ``root``, or None when there is none or it cannot be read.
-
-    ``files``: relative path -> entry (``{"size", "sha256"}`` or, from earlier versions, the
-    size in bytes), ``pending``: writers in progress. Entries naming a path outside ``root`` or
-    a bookkeeping file are dropped. Without a manifest the folder is judged without it.
-    """
-    path = Path(root) / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if (not isinstance(data, dict) or data.get("format") != _MANIFEST_FORMAT
-            or not isinstance(data.get("files"), dict)):
-        return None
-    if not isinstance(data.get("pending"), dict):
-        data["pending"] = {}
-    data["files"] = {r: s for r, s in data["files"].items() if _safe_rel(r)}
-    return data
-
-
-def _write_manifest(root: Path, data: dict[str, Any]) -> None:
-    tmp = root / (MANIFEST_NAME + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / MANIFEST_NAME)
-
-
-def _safe_rel(rel: Any) -> bool:
-    """A manifest entry names a path inside the run folder (no absolute path, no '..')."""
-    if not isinstance(rel, str) or not rel:
-        return False
-    p = PurePosixPath(rel)
-    return not p.is_absolute() and ".." not in p.parts and p.parts[0] not in _INTERNAL
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -143,7 +77,7 @@ def _same_stat(a: Any, b: list[int]) -> bool:
 def _user_files(root: Path) -> Iterator[Path]:
     """Files of ``root`` (recursively) except the run folder's own bookkeeping files."""
     for p in sorted(root.iterdir()):
-        if p.name in _INTERNAL:
+        if p.name in BOOKKEEPING_NAMES:
             continue
         if p.is_dir() and not p.is_symlink():
             yield from (f for f in sorted(p.rglob("*")) if not f.is_dir())
@@ -156,10 +90,15 @@ def _legacy_stage_folders(root: Path) -> list[Path]:
 
 
 def folder_kind(root: str | Path) -> FolderKind:
-    """What ``root`` is: ``new``, ``run``, ``legacy`` or ``foreign``.
+    """Tell what kind of folder ``root`` is, before tskd writes into it.
 
-    ``new``: absent or without files; ``run``: has a manifest; ``legacy``: a run of an earlier
-    version (no manifest, but ``*/stage.json``); ``foreign``: files that are not a run.
+    Args:
+        root: a would-be run folder.
+
+    Returns:
+        ``new``: absent or without files; ``run``: has a manifest; ``legacy``: a run of an
+        earlier version (no manifest, but ``*/stage.json``); ``foreign``: files that are not a
+        run.
 
     Raises:
         RunFolderError: ``root`` is a file.
@@ -179,9 +118,14 @@ def folder_kind(root: str | Path) -> FolderKind:
 
 
 def foreign_error(root: Path) -> RunFolderError:
-    """Build (not raise) the ``RunFolderError`` for ``root``, a folder of other files.
+    """Build (not raise) the error for a folder of other files (``folder_kind`` "foreign").
 
-    The sentence names one of its files, and a ``config.yaml`` tskd did not write.
+    Args:
+        root: the folder.
+
+    Returns:
+        A ``RunFolderError`` whose sentence names one of its files, and a ``config.yaml`` tskd
+        did not write.
     """
     example = next(_user_files(root), root)
     hint = ""
@@ -220,22 +164,22 @@ def claim_run_folder(root: str | Path) -> dict[str, Any]:
         raise foreign_error(root)
     root.mkdir(parents=True, exist_ok=True)
     if kind == "new":
-        manifest = _empty_manifest()
-        _write_manifest(root, manifest)
+        manifest = empty_manifest()
+        write_manifest(root, manifest)
         return manifest
     if kind == "legacy":
-        manifest = _empty_manifest() | {"adopted_legacy_run": True}
+        manifest = empty_manifest() | {"adopted_legacy_run": True}
         owned = [p for d in _legacy_stage_folders(root) for p in sorted(d.rglob("*"))
                  if p.is_file()]
         if (root / "config.yaml").is_file():
             owned.append(root / "config.yaml")
-        manifest["files"] = {p.relative_to(root).as_posix(): _entry(p) for p in owned}
-        _write_manifest(root, manifest)
+        manifest["files"] = {p.relative_to(root).as_posix(): file_entry(p) for p in owned}
+        write_manifest(root, manifest)
         return manifest
     for key in list((read_manifest(root) or {}).get("pending", {})):
         if (str(root.resolve()), key) not in _ACTIVE:  # not one of this process's writers
             _commit(root, key)  # a writer that was killed: what it wrote is the run's
-    return read_manifest(root) or _empty_manifest()
+    return read_manifest(root) or empty_manifest()
 
 
 def record_files(root: str | Path, paths: Iterable[str | Path]) -> None:
@@ -250,28 +194,42 @@ def record_files(root: str | Path, paths: Iterable[str | Path]) -> None:
         ValueError: an absolute path lies outside ``root``.
     """
     root = Path(root)
-    manifest = read_manifest(root) or _empty_manifest()
+    manifest = read_manifest(root) or empty_manifest()
     rels = [_rel_of(root, p) for p in paths]
     for f in _files_under(root, rels):
         rel = f.relative_to(root).as_posix()
-        manifest["files"][rel] = _entry(f)
-    _write_manifest(root, manifest)
+        manifest["files"][rel] = file_entry(f)
+    write_manifest(root, manifest)
 
 
 def forget(root: str | Path, rels: Iterable[str]) -> None:
-    """Drop the relative paths ``rels`` from the manifest of ``root``, leaving the files on disk.
+    """Drop paths from the manifest of ``root``, leaving the files on disk.
 
     They are no longer the run's, so no ``remove_owned`` ever removes them.
+
+    Args:
+        root: the run folder.
+        rels: paths relative to ``root``, as the manifest lists them; unlisted ones are skipped.
+
+    Raises:
+        OSError: the manifest cannot be written.
     """
     root = Path(root)
-    manifest = read_manifest(root) or _empty_manifest()
+    manifest = read_manifest(root) or empty_manifest()
     for rel in rels:
         manifest["files"].pop(rel, None)
-    _write_manifest(root, manifest)
+    write_manifest(root, manifest)
 
 
 def owned_files(root: str | Path) -> set[str]:
-    """Relative paths of the files the manifest of ``root`` lists (empty without a manifest)."""
+    """List the files the run in ``root`` owns.
+
+    Args:
+        root: the run folder.
+
+    Returns:
+        Paths relative to ``root`` that its manifest lists; empty without a manifest.
+    """
     return set((read_manifest(root) or {}).get("files", {}))
 
 
@@ -296,7 +254,7 @@ def tracked(root: str | Path, key: str, outputs: Iterable[str | Path]) -> Iterat
         None; the body runs inside the context.
     """
     root = Path(root)
-    manifest = read_manifest(root) or _empty_manifest()
+    manifest = read_manifest(root) or empty_manifest()
     rels = sorted({_rel_of(root, p) for p in outputs})
     before: dict[str, list[int]] = {}
     owned_before: dict[str, list[int]] = {}
@@ -305,7 +263,7 @@ def tracked(root: str | Path, key: str, outputs: Iterable[str | Path]) -> Iterat
         (owned_before if rel in manifest["files"] else before)[rel] = _stat(f)
     manifest["pending"][key] = {"outputs": rels, "unowned_before": before,
                                 "owned_before": owned_before}
-    _write_manifest(root, manifest)
+    write_manifest(root, manifest)
     active = (str(root.resolve()), key)
     _ACTIVE.add(active)
     try:
@@ -316,23 +274,23 @@ def tracked(root: str | Path, key: str, outputs: Iterable[str | Path]) -> Iterat
 
 
 def _commit(root: Path, key: str) -> None:
-    manifest = read_manifest(root) or _empty_manifest()
+    manifest = read_manifest(root) or empty_manifest()
     entry = manifest["pending"].pop(key, None)
     if isinstance(entry, dict):
         before = entry.get("unowned_before") or {}
         owned_before = entry.get("owned_before")
-        rels = [r for r in entry.get("outputs", []) if _safe_rel(r)]
+        rels = [r for r in entry.get("outputs", []) if safe_rel(r)]
         for f in _files_under(root, rels):
             rel = f.relative_to(root).as_posix()
             if rel in manifest["files"]:
                 untouched = (isinstance(owned_before, dict) and rel in owned_before
                              and _same_stat(owned_before[rel], _stat(f)))
                 if not untouched:  # rewritten by the writer
-                    manifest["files"][rel] = _entry(f)
+                    manifest["files"][rel] = file_entry(f)
             elif rel not in before or not _same_stat(before[rel], _stat(f)):
-                manifest["files"][rel] = _entry(f)
+                manifest["files"][rel] = file_entry(f)
     manifest["files"] = {r: s for r, s in manifest["files"].items() if (root / r).is_file()}
-    _write_manifest(root, manifest)
+    write_manifest(root, manifest)
 
 
 def remove_owned(root: str | Path, under: str | None = None,
@@ -379,6 +337,6 @@ def remove_owned(root: str | Path, under: str | None = None,
                 folder.iterdir()):
             folder.rmdir()
             folder = folder.parent
-    _write_manifest(root, manifest)
+    write_manifest(root, manifest)
     return removed, changed
 

@@ -1,8 +1,7 @@
 """The run folder: one truth shared by the CLI, the widgets and a resumed run.
 
-Each stage writes its artefact into a sub-folder together with ``stage.json``, a fingerprint of
-everything the artefact depends on (its config section, the upstream fingerprints, the input
-files). A stage whose fingerprint matches is skipped; one whose inputs changed runs again.
+Where each stage keeps its files is ``RunPaths``; each stage's record of what its artefact was
+made from (``stage.json``, fingerprints) is ``tskd.pipeline.markers``.
 
 Every writer goes through ``writing``: it holds the folder's operating-system lock
 (``tskd.pipeline.lock.run_lock``: one writer at a time, freed when its process dies) and records
@@ -13,8 +12,6 @@ listed there are ever removed, and a folder of other files is never written into
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 import warnings
@@ -24,19 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tskd import atomic
 from tskd.config import RunConfig, config_text, load_config, save_config, to_dict
 from tskd.errors import RunFolderError, TskdWarning
 from tskd.pipeline.lock import run_lock  # also what apps/cli.py imports from here
 from tskd.pipeline.manifest import (
     claim_run_folder,
-    content_changed,
     forget,
     owned_files,
     record_files,
     remove_owned,
     tracked,
 )
+from tskd.pipeline.manifest_file import content_changed
 
 
 @dataclass(frozen=True)
@@ -116,103 +112,15 @@ class RunPaths:
         return self.root / "reports"
 
     def checkpoints(self, stage: str) -> Path:
-        """``checkpoints/<stage>``: the checkpoint folder of ``stage`` (``Stage.checkpoint``)."""
+        """Return ``checkpoints/<stage>``, the checkpoint folder of one stage.
+
+        Args:
+            stage: the stage's checkpoint name (``tskd.pipeline.registry.Stage.checkpoint``).
+
+        Returns:
+            The folder (not created here).
+        """
         return self.root / "checkpoints" / stage
-
-
-def fingerprint(*parts: Any) -> str:
-    """Hash JSON-able ``parts`` (config sections, fingerprints, file hashes) to 16 hex digits.
-
-    The sha256 of their JSON with sorted keys, unknown objects as ``str(obj)``: equal parts
-    give equal fingerprints in every process and run.
-    """
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def files_fingerprint(paths: Iterable[Path]) -> str:
-    """Hash the files' names and contents (in any order) to 16 hex digits (sha256).
-
-    A changed or added image re-runs dependent stages.
-
-    Raises:
-        OSError: a file cannot be read.
-    """
-    h = hashlib.sha256()
-    for p in sorted(Path(x) for x in paths):
-        h.update(p.name.encode())
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()[:16]
-
-
-def stage_done(folder: Path, fp: str) -> bool:
-    """Whether ``folder/stage.json`` records fingerprint ``fp`` (False if missing or not JSON)."""
-    marker = folder / "stage.json"
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()).get("fingerprint") == fp
-    except json.JSONDecodeError:
-        return False
-
-
-def mark_started(folder: Path) -> None:
-    """Withdraw the stage's ``folder/stage.json`` (if any) before it rewrites its artefact.
-
-    A stage killed after writing new weights but before ``mark_done`` must not leave the old
-    marker beside them: going back to the old inputs would then skip the stage and keep the
-    new weights. With the marker gone the stage simply runs again.
-    """
-    (folder / "stage.json").unlink(missing_ok=True)
-
-
-def checkpoint_inputs(folder: Path, fp: str, resume: bool) -> Path:
-    """Record ``fp`` beside a stage's checkpoint (``inputs.json``) and return ``folder``.
-
-    ``resume`` refuses a checkpoint recorded for other inputs (other labelled data, another
-    teacher or other settings), which would otherwise continue training on what the user no
-    longer asks for.
-
-    Args:
-        folder: the stage's checkpoint folder (``RunPaths.checkpoints``).
-        fp: the fingerprint of the stage's inputs (16 hex digits).
-        resume: the run continues from the checkpoint.
-
-    Raises:
-        RunFolderError: ``resume``, the folder holds a checkpoint (``ckpt*``) and its
-            ``inputs.json`` records another fingerprint (or cannot be read).
-        DiskFullError: the disk is full while ``inputs.json`` is written.
-    """
-    record = folder / "inputs.json"
-    if resume and any(folder.glob("ckpt*")) and record.is_file():
-        try:
-            recorded = json.loads(record.read_text()).get("fingerprint")
-        except (OSError, ValueError, AttributeError):
-            recorded = None
-        if recorded != fp:
-            raise RunFolderError(
-                f"cannot resume: the checkpoint in {folder} was made from other inputs (data, "
-                "teacher or settings changed since); run again without --resume to start over"
-            )
-    atomic.write_json(record, {"fingerprint": fp})
-    return folder
-
-
-def mark_done(folder: Path, fp: str, result: dict[str, Any]) -> None:
-    """Record in ``folder/stage.json`` that the stage finished from inputs ``fp``, with ``result``.
-
-    Raises:
-        DiskFullError: the disk is full (the stage stays not done).
-    """
-    atomic.write_json(folder / "stage.json", {"fingerprint": fp, "result": result})
-
-
-def read_result(folder: Path) -> dict[str, Any]:
-    """The result a finished stage recorded in ``folder/stage.json`` ({} when there is none)."""
-    marker = folder / "stage.json"
-    if not marker.is_file():
-        return {}
-    return json.loads(marker.read_text()).get("result", {})
 
 
 def _comparable(cfg: RunConfig) -> dict[str, Any]:
@@ -233,9 +141,16 @@ def writing(root: str | Path, key: str, outputs: Iterable[str | Path],
             what: str = "") -> Iterator[Path]:
     """Lock ``root``, claim it (``claim_run_folder``) and record what the body writes (``tracked``).
 
-    What every writer of a run folder goes through. ``key`` names the writer in the manifest,
-    ``outputs`` are the files or folders inside ``root`` it writes, ``what`` is recorded in the
-    lock file (``key`` when empty). Yields ``root`` as a ``Path``.
+    What every writer of a run folder goes through.
+
+    Args:
+        root: the run folder (created when missing).
+        key: names the writer in the manifest (a stage's name, ``"config"``, ``"share"``).
+        outputs: the files or folders inside ``root`` the body writes.
+        what: recorded in the lock file for messages to other writers; ``key`` when empty.
+
+    Yields:
+        ``root`` as a ``Path``, locked and claimed for the body.
 
     Raises:
         RunFolderError: another process holds ``root``, or it holds files that are not a run's.
@@ -256,6 +171,9 @@ def check_run_dir_inputs(cfg: RunConfig) -> None:
     ``unlabelled/`` (``RunPaths.data``, ``RunPaths.unlabelled``: the widgets export the
     labelled set and the unlabelled layers there; tskd's stages never write there) is
     allowed. Call it before anything is created in the run folder.
+
+    Args:
+        cfg: the run's configuration (``run_dir`` and the ``data`` folders).
 
     Raises:
         RunFolderError: naming both folders.
@@ -293,7 +211,14 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     tskd's, with a one-line ``TskdWarning`` naming it, before the new one is written. A folder
     of other files, or a ``config.yaml`` tskd did not write, is refused even with
     ``overwrite``; so is a run folder that is, contains or lies inside a data folder of ``cfg``
-    (``check_run_dir_inputs``). Returns the run folder.
+    (``check_run_dir_inputs``).
+
+    Args:
+        cfg: the run's configuration, written as ``config.yaml``.
+        overwrite: replace a different run's files (only those it owns).
+
+    Returns:
+        The run folder, ``Path(cfg.run_dir)``.
 
     Raises:
         RunFolderError: for each refusal above, and when another process holds the folder.

@@ -39,46 +39,8 @@ from tskd.pipeline.run_folder import RunPaths
 if TYPE_CHECKING:
     from tskd.engine import CancelToken, ProgressCallback
 
-__all__ = ["export_dataset", "stage_distill", "stage_evaluate", "stage_finetune_student",
+__all__ = ["stage_distill", "stage_evaluate", "stage_finetune_student",
            "stage_synthesize", "stage_teacher"]
-
-
-def export_dataset(
-    images: list[np.ndarray],
-    labels: list[np.ndarray],
-    folder: str | Path,
-    names: list[str] | None = None,
-) -> Path:
-    """Write images and label maps as ``folder/images`` + ``folder/labels`` (tif).
-
-    This is how data that lives in napari layers becomes a labelled set the stages can read.
-
-    Args:
-        images: One array per image, (H, W) or (H, W, C), any dtype the tif writer takes.
-        labels: One label map per image, (H, W) integer label values.
-        folder: The folder to write into (created when missing).
-        names: File names without suffix, one per image; None: ``image_0000``, ...
-
-    Returns:
-        ``folder``.
-
-    Raises:
-        TskdInputError: no image, or not one label map per image.
-    """
-    from tskd.data.files import write_image, write_label
-
-    if len(images) != len(labels):
-        raise TskdInputError(f"{len(images)} images but {len(labels)} label maps")
-    if not images:
-        raise TskdInputError("no labelled image to export")
-    folder = Path(folder)
-    names = names or [f"image_{i:04d}" for i in range(len(images))]
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "labels").mkdir(parents=True, exist_ok=True)
-    for name, image, label in zip(names, images, labels, strict=True):
-        write_image(folder / "images" / f"{name}.tif", image)
-        write_label(folder / "labels" / f"{name}.tif", label)
-    return folder
 
 
 # --- the four training stages -------------------------------------------------------------------
@@ -95,7 +57,11 @@ def stage_teacher(
     SAM with LoRA and one mask per class, trained on ``dice_weight`` * Dice + (1 -
     ``dice_weight``) * cross-entropy as SAMed (``tskd.training.teacher``).
 
-    Takes the shared stage arguments (module docstring).
+    Args:
+        run: a ``RunConfig``, or the ``StageContext`` of a run in progress.
+        progress: called with the engine's ``Progress`` after each step; None: no reports.
+        cancel: checked before each step; None: the stage cannot be cancelled.
+        resume: continue from the stage's checkpoint (``run/checkpoints/teacher``).
 
     Returns:
         The validation metrics and ``seconds``; the recorded result with ``"skipped": True``
@@ -111,9 +77,7 @@ def stage_teacher(
         return step.done
     metrics = teacher.finetune_teacher(
         ctx.section("teacher"), data.train, data.val, data.num_classes, paths.teacher,
-        progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
-        checkpoint_dir=step.checkpoint_dir(),
-        keep_checkpoint=True,  # cleared once the artefact is written
+        ctx.control(step),  # the checkpoint is kept until the artefact is written
         class_names=data.class_names,
         augment=cfg.data.augment,
         train_image_shape=list(data.image_shape),
@@ -134,7 +98,11 @@ def stage_synthesize(
     Writes ``run/transfer`` (its ``manifest.json`` lists the transfer set: the labelled
     images without labels, the unlabelled and the synthetic images).
 
-    Takes the shared stage arguments (module docstring).
+    Args:
+        run: a ``RunConfig``, or the ``StageContext`` of a run in progress.
+        progress: called with the engine's ``Progress`` after each step; None: no reports.
+        cancel: checked before each step; None: the stage cannot be cancelled.
+        resume: continue from the stage's checkpoint (``run/checkpoints/synthesize``).
 
     Returns:
         The near-copy report (``n_generated``, ``n_kept``, ``n_dropped``, ``share_dropped``,
@@ -152,9 +120,7 @@ def stage_synthesize(
 
         report = synthesize.synthesize(
             [s.image for s in data.train] + _unlabelled_images(cfg), ctx.section("synth"),
-            paths.synthetic,
-            progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
-            checkpoint_dir=step.checkpoint_dir(), model_dir=paths.diffusion,
+            paths.synthetic, ctx.control(step, keep_checkpoint=False), model_dir=paths.diffusion,
             out_size=cfg.data.image_size,
         )
         result = report.to_dict()
@@ -172,7 +138,7 @@ def stage_synthesize(
 
 
 def _unlabelled_images(cfg: RunConfig) -> list[np.ndarray]:
-    from tskd.data.axes import pixel_budget
+    from tskd.data.pixel_budget import pixel_budget
     from tskd.data.samples import load_unlabelled
 
     if not cfg.data.unlabelled:
@@ -222,7 +188,11 @@ def stage_distill(
     outputs at ``distill.temperature`` as Hinton et al. 2015). Writes ``run/distilled`` (a
     student bundle) and ``reports/distill_history.json``.
 
-    Takes the shared stage arguments (module docstring).
+    Args:
+        run: a ``RunConfig``, or the ``StageContext`` of a run in progress.
+        progress: called with the engine's ``Progress`` after each step; None: no reports.
+        cancel: checked before each step; None: the stage cannot be cancelled.
+        resume: continue from the stage's checkpoint (``run/checkpoints/distill``).
 
     Returns:
         ``n_transfer_images``, ``final_losses``, ``seconds``, ``task_agnostic``; the recorded
@@ -249,9 +219,7 @@ def stage_distill(
     result = distill.distill(
         model, images, ctx.section("distill"), student,
         teacher_input_size=cfg.teacher.input_size, teacher_id=teacher_id, cache_dir=paths.cache,
-        progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
-        checkpoint_dir=step.checkpoint_dir(),
-        keep_checkpoint=True,  # cleared once the artefact is written
+        control=ctx.control(step),  # the checkpoint is kept until the artefact is written
         val=data.val,
     )
     summary = {
@@ -310,10 +278,16 @@ def stage_finetune_student(
 ) -> dict[str, Any]:
     """Stage 4, student: fine-tune the student on the labelled images.
 
-    Writes ``run/student`` and ``reports/student_history.json``. Takes the shared stage
-    arguments (module docstring); ``continue_from_last`` starts from
-    the last fine-tuned student (the annotate-train loop) and always trains, otherwise the
-    distilled student or, when ``student.from_scratch``, none is the start.
+    Writes ``run/student`` and ``reports/student_history.json``.
+
+    Args:
+        run: a ``RunConfig``, or the ``StageContext`` of a run in progress.
+        progress: called with the engine's ``Progress`` after each step; None: no reports.
+        cancel: checked before each step; None: the stage cannot be cancelled.
+        resume: continue from the stage's checkpoint (``run/checkpoints/student``).
+        continue_from_last: start from the last fine-tuned student (the annotate-train loop)
+            and always train; otherwise the distilled student or, when
+            ``student.from_scratch``, none is the start.
 
     Returns:
         ``init``, ``n_train``, ``n_val``, ``val`` (validation metrics) and ``seconds``; the
@@ -334,9 +308,7 @@ def stage_finetune_student(
     student, init = _initial_student(ctx, continue_from_last)
     result, metrics = finetune.finetune_student(
         student, data.train, data.val, ctx.section("student"), cfg.data.image_size,
-        progress=ctx.progress, cancel=ctx.cancel, resume=ctx.resume,
-        checkpoint_dir=step.checkpoint_dir(),
-        keep_checkpoint=True,  # cleared once the artefact is written
+        ctx.control(step),  # the checkpoint is kept until the artefact is written
     )
     summary = {"init": init, "n_train": len(data.train), "n_val": len(data.val), "val": metrics,
                "seconds": step.seconds()}

@@ -25,9 +25,8 @@ from torch.utils.data import Dataset
 from tskd.config import SYNTH_EPOCH_STEPS, SynthConfig, TrainConfig
 from tskd.engine import (
     Callback,
-    CancelToken,
     CheckpointExtra,
-    ProgressCallback,
+    RunControl,
     TrainResult,
     TrainState,
     seed_everything,
@@ -251,11 +250,7 @@ class EmaCallback(Callback):
 def train_ddpm(
     images: torch.Tensor,
     cfg: SynthConfig,
-    *,
-    checkpoint_dir: Path | None,
-    progress: ProgressCallback | None,
-    cancel: CancelToken | None,
-    resume: bool,
+    control: RunControl | None = None,
 ) -> tuple[Any, Any, TrainResult]:
     """Train the UNet on prepared images through ``tskd.engine.train``, with the EMA callback.
 
@@ -266,10 +261,8 @@ def train_ddpm(
             (``tskd.models.diffusion.prepare_images``).
         cfg: stage 2's settings (resolution, base channels, EMA decay, and ``cfg.train``:
             steps, batch size, learning rate, seed, device).
-        checkpoint_dir: the engine's checkpoint folder (EMA included); None writes none.
-        progress: the engine's progress callback, or None.
-        cancel: checked before every step, or None.
-        resume: continue from the checkpoint in ``checkpoint_dir``.
+        control: progress, cancel, checkpoint folder (the EMA is saved in the checkpoint)
+            and resume, handed to ``tskd.engine.train``; None: ``RunControl()``.
 
     Returns:
         ``(unet, scheduler, result)``: the UNet with the EMA weights, on the CPU in eval
@@ -279,7 +272,7 @@ def train_ddpm(
     Raises:
         TskdError: bad settings (``train_config``), a checkpoint of other images or
             settings, a non-finite loss, an unavailable device.
-        Cancelled: ``cancel`` was set (a checkpoint is written first).
+        Cancelled: ``control.cancel`` was set (a checkpoint is written first).
         DiskFullError: the checkpoint folder's disk is full.
     """
     from diffusers.training_utils import EMAModel
@@ -289,9 +282,10 @@ def train_ddpm(
     unet = build_unet(cfg.resolution, images.shape[1], cfg.base_channels)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=True)
     task = DdpmTask(unet, images, train_cfg.batch_size, per_epoch)
+    control = control if control is not None else RunControl()
+    checkpoint_dir = control.checkpoint_dir
     average = EmaCallback(ema, unet, data_fingerprint(images), checkpoint_dir)
-    result = train(task, train_cfg, checkpoint_dir=checkpoint_dir, progress=progress,
-                   cancel=cancel, resume=resume, callbacks=[average])
+    result = train(task, train_cfg, control=control, callbacks=[average])
     unet = task.model.cpu()
     ema.to(device="cpu")
     ema.copy_to(unet.parameters())

@@ -26,8 +26,7 @@ from torch.utils.data import Dataset
 
 from tskd.config import DistillConfig
 from tskd.engine import (
-    CancelToken,
-    ProgressCallback,
+    RunControl,
     TrainResult,
     resolve_device,
     seed_everything,
@@ -214,11 +213,7 @@ def distill(
     teacher_input_size: int,
     teacher_id: str,
     cache_dir: str | Path,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-    resume: bool = False,
-    checkpoint_dir: str | Path | None = None,
-    keep_checkpoint: bool = False,
+    control: RunControl | None = None,
     val: Sequence[Any] = (),
 ) -> TrainResult:
     """Train ``student`` (in place) to match ``teacher`` on ``images``; returns the history.
@@ -234,11 +229,9 @@ def distill(
         teacher_input_size: the teacher's input side in pixels.
         teacher_id: the teacher's id in the cache keys (``tskd.models.lora.teacher_id``).
         cache_dir: the ``TeacherCache`` folder.
-        progress: gets "distill-cache" ``Progress`` while caching, then the engine's.
-        cancel: checked before each cache batch and training step.
-        resume: continue from the checkpoint in ``checkpoint_dir``.
-        checkpoint_dir: the engine's checkpoint folder; None writes none.
-        keep_checkpoint: leave the checkpoint for the caller to clear.
+        control: its ``progress`` gets "distill-cache" ``Progress`` while caching, then the
+            engine's; its ``cancel`` is checked before each cache batch and training step; the
+            rest goes to ``tskd.engine.train``. None: ``RunControl()``.
         val: labelled samples; with ``cfg.train.patience`` and outputs distilled, training
             stops at the plateau of the student's Dice on them.
 
@@ -251,20 +244,20 @@ def distill(
         Cancelled: cancelled while caching or training (resumable).
         TskdError: from the engine or the cache.
     """
+    control = control if control is not None else RunControl()
     pairs, with_logits = _check(teacher, images, cfg, student)
     t_layers = list(dict.fromkeys(t for _, t in pairs))
     cache = TeacherCache(cache_dir, teacher_id, t_layers + ([LOGITS] if with_logits else []))
     device = resolve_device(cfg.train.device)
     outputs = TeacherOutputs(teacher, images, cache, t_layers, with_logits, teacher_input_size,
                              cfg.train.mixed_precision)
-    outputs.fill(device, max(1, cfg.train.batch_size), student.num_classes, progress, cancel)
+    outputs.fill(device, max(1, cfg.train.batch_size), student.num_classes,
+                 control.progress, control.cancel)
     with _student_in_training(student, freeze_decoder=not with_logits):
         seed_everything(cfg.train.seed)  # the projections' random initialisation repeats
         model = DistillModel(student, pairs, teacher.feature_dims, with_logits)
         data = _TransferSet(images, outputs.keys, cache, student.image_size, outputs.recompute)
-        return train(_DistillTask(model, data, cfg), cfg.train, checkpoint_dir=checkpoint_dir,
-                     progress=progress, cancel=cancel, resume=resume,
-                     keep_checkpoint=keep_checkpoint,
+        return train(_DistillTask(model, data, cfg), cfg.train, control=control,
                      callbacks=_early_stopping(student, val, cfg, with_logits))
 
 

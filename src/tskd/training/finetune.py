@@ -12,7 +12,6 @@ left out of both loss terms and of validation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from torch.utils.data import Dataset
 from tskd import engine
 from tskd.config import StudentConfig
 from tskd.data.label_map import IGNORE_INDEX
-from tskd.engine import Callback, CancelToken, ProgressCallback, TrainResult
+from tskd.engine import Callback, ProgressCallback, RunControl, TrainResult
 from tskd.errors import TskdInputError
 from tskd.models.student import AnyStudent
 from tskd.stopping import EarlyStopping
@@ -124,11 +123,7 @@ def finetune_student(
     val: Sequence[Any],
     cfg: StudentConfig,
     image_size: int,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-    resume: bool = False,
-    checkpoint_dir: str | Path | None = None,
-    keep_checkpoint: bool = False,
+    control: RunControl | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Fine-tune ``student`` in place on ``train`` (``tskd.data.samples.Sample`` with labels).
 
@@ -145,11 +140,9 @@ def finetune_student(
         val: validation samples, scored by ``validate`` after training; may be empty.
         cfg: stage 4's settings (``dice_weight``, ``encoder_lr_scale``, ``train``).
         image_size: the student's input side in pixels; must equal ``student.image_size``.
-        progress: gets ``Progress`` reports and previews (``SegmentationPreview``), or None.
-        cancel: checked before every step, or None.
-        resume: continue from the checkpoint in ``checkpoint_dir``.
-        checkpoint_dir: the engine's checkpoint folder; None writes none.
-        keep_checkpoint: leave the checkpoint for the caller to clear (``tskd.engine.train``).
+        control: progress reports (the engine's, and live previews:
+            ``SegmentationPreview``), cancel, checkpoint folder and resume, handed to
+            ``tskd.engine.train``; None: ``RunControl()``.
 
     Returns:
         ``(result, metrics)``: the engine's ``TrainResult`` (``loss``, ``dice_loss``, ``ce``)
@@ -159,7 +152,7 @@ def finetune_student(
         TskdInputError: ``encoder_lr_scale`` <= 0, no training samples, a sample without a
             label, another image size than the student's, too many classes, or
             ``dice_weight`` outside [0, 1].
-        Cancelled: ``cancel`` was set (a checkpoint is written first).
+        Cancelled: ``control.cancel`` was set (a checkpoint is written first).
         TskdError: from the engine (``tskd.engine.train``).
     """
     from tskd.data.dataset import LabelledDataset
@@ -168,11 +161,10 @@ def finetune_student(
     home = next(student.parameters()).device
     task = _SegTask(student, LabelledDataset(list(train), image_size, augment=True),
                     cfg.dice_weight, cfg.encoder_lr_scale)
+    progress = control.progress if control is not None else None
     callbacks = _callbacks(student, val, cfg, image_size, progress)
     try:
-        result = engine.train(task, cfg.train, checkpoint_dir=checkpoint_dir, progress=progress,
-                              cancel=cancel, resume=resume, keep_checkpoint=keep_checkpoint,
-                              callbacks=callbacks)
+        result = engine.train(task, cfg.train, control=control, callbacks=callbacks)
         metrics = validate(student, val, image_size, cfg.train.batch_size)
     finally:
         student.to(home)

@@ -28,15 +28,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tskd.config import PretrainConfig, TrainConfig
-from tskd.engine import CancelToken, ProgressCallback, TrainResult, seed_everything, train
+from tskd.engine import RunControl, TrainResult, seed_everything, train
 from tskd.errors import TskdInputError
-from tskd.models.mini_sam import (
-    ASSETS,
-    MiniSamConfig,
-    build_mini_sam,
-    count_parameters,
-    save_mini_sam,
-)
+from tskd.models.mini_sam import ASSETS, MiniSamConfig, build_mini_sam, count_parameters
+from tskd.models.mini_sam_files import save_mini_sam
 from tskd.training.pretrain_data import PromptDataset
 
 WEIGHTS_NAME = "mini_sam.safetensors"
@@ -310,10 +305,7 @@ def _record(cfg: PretrainConfig, arch: MiniSamConfig, result: TrainResult, comma
 def pretrain_mini(
     cfg: PretrainConfig,
     out_dir: str | Path,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-    resume: bool = False,
-    checkpoint_dir: str | Path | None = None,
+    control: RunControl | None = None,
     command: str | None = None,
     overwrite: bool = False,
     replace_packaged: bool = False,
@@ -325,11 +317,9 @@ def pretrain_mini(
         cfg: The training (``tskd.config.PretrainConfig``; ``cfg.train.device`` None is
             "auto").
         out_dir: The output folder (``check_output``).
-        progress: Called with the engine's ``Progress`` after each step; None: no reports.
-        cancel: Checked before each step.
-        resume: Continue from the checkpoint in ``checkpoint_dir``.
-        checkpoint_dir: The engine's checkpoint folder (``checkpoint_dir_for``); None keeps
-            no checkpoint.
+        control: Progress reports, cancel, the engine's checkpoint folder
+            (``checkpoint_dir_for``) and resume, handed to ``tskd.engine.train``; None:
+            ``RunControl()`` (no reports, no checkpoint).
         command: The command line, recorded in the JSON.
         overwrite: Replace the two files when ``out_dir`` holds them.
         replace_packaged: Allow ``out_dir`` to be the package's built-in weights.
@@ -341,8 +331,8 @@ def pretrain_mini(
         count) with the paths ``weights`` (fp16 safetensors) and ``json``.
 
     Raises:
-        Cancelled: when cancelled (a checkpoint in ``checkpoint_dir`` lets ``resume=True``
-            continue).
+        Cancelled: when cancelled (a checkpoint in ``control.checkpoint_dir`` lets a
+            ``RunControl`` with ``resume=True`` continue).
         TskdInputError: before any training, when ``out_dir`` is the package's built-in
             weights without ``replace_packaged`` or already holds the two files without
             ``overwrite`` (``check_output``), or a setting is out of range (no step, a batch
@@ -356,10 +346,7 @@ def pretrain_mini(
     model = build_model(cfg, arch)
     task = _PretrainTask(model, cfg, per_epoch)
     t0 = time.perf_counter()
-    result: TrainResult = train(
-        task, train_cfg, checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel,
-        resume=resume,
-    )
+    result: TrainResult = train(task, train_cfg, control=control)
     wall = time.perf_counter() - t0
     sam = task.model.sam
     info = _record(cfg, arch, result, command, commit, wall) | {"parameters": count_parameters(sam)}

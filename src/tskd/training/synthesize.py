@@ -24,7 +24,7 @@ import torch
 from tskd import atomic
 from tskd.config import SYNTH_EPOCH_STEPS, SynthConfig, to_dict
 from tskd.config_compat import flat_synth
-from tskd.engine import CancelToken, ProgressCallback, resolve_device
+from tskd.engine import CancelToken, ProgressCallback, RunControl, resolve_device
 from tskd.models.diffusion import (
     SAMPLE_STAGE,
     batch_to_uint8,
@@ -165,18 +165,14 @@ def _model_fingerprint(cfg: SynthConfig, data_fp: str) -> dict[str, Any]:
 
 
 def _model(train_images: torch.Tensor, cfg: SynthConfig, fp: str, model_dir: Path,
-           ckpt: Path | None, progress: ProgressCallback | None, cancel: CancelToken | None,
-           resume: bool) -> tuple[Any, dict[str, Any], list[dict[str, float]], float, int]:
+           control: RunControl) -> tuple[Any, dict[str, Any], list[dict[str, float]], float, int]:
     # the EMA UNet: the saved one when resuming with the same images and settings, else
     # trained and saved; returns (unet, scheduler config, history, train seconds, steps)
     meta = read_diffusion_meta(model_dir)
-    if resume and meta is not None and meta.get("fingerprint") == fp:
+    if control.resume and meta is not None and meta.get("fingerprint") == fp:
         unet, sched_config = load_diffusion_model(model_dir)
         return unet, sched_config, [], 0.0, 0
-    unet, scheduler, result = train_ddpm(
-        train_images, cfg, checkpoint_dir=ckpt, progress=progress, cancel=cancel,
-        resume=resume,
-    )
+    unet, scheduler, result = train_ddpm(train_images, cfg, control)
     save_model(unet, scheduler, model_dir, {
         "fingerprint": fp, "channels": int(train_images.shape[1]),
         "resolution": cfg.resolution, "n_train_images": len(train_images),
@@ -239,10 +235,7 @@ def synthesize(
     images: list[np.ndarray],
     cfg: SynthConfig,
     out_dir: str | Path,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-    resume: bool = False,
-    checkpoint_dir: str | Path | None = None,
+    control: RunControl | None = None,
     *,
     model_dir: str | Path | None = None,
     out_size: int | None = None,
@@ -254,11 +247,11 @@ def synthesize(
             ``cfg.resolution``, ``tskd.models.diffusion.prepare_images``).
         cfg: The stage's settings (``synth``: model, sampling, screening, ``train``).
         out_dir: Where the PNGs, ``manifest.json`` and ``synth_report.json`` go.
-        progress: Called with the engine's ``Progress`` during training and sampling.
-        cancel: Checked before every training and sampling step.
-        resume: Training goes on from ``checkpoint_dir``, and a finished model already in
-            ``model_dir`` for the same images and settings is reused without training.
-        checkpoint_dir: The engine's checkpoint folder (EMA included); None keeps none.
+        control: Its ``progress`` is called with ``Progress`` during training and sampling,
+            its ``cancel`` checked before every training and sampling step; with ``resume``,
+            training goes on from ``checkpoint_dir`` (the engine's checkpoint, EMA included),
+            and a finished model already in ``model_dir`` for the same images and settings is
+            reused without training. None: ``RunControl()``.
         model_dir: Where the EMA model is saved; None: ``out_dir/../diffusion``.
         out_size: Upscale the kept samples (bicubic) from ``cfg.resolution`` to this side in
             pixels; None keeps ``cfg.resolution``.
@@ -270,21 +263,21 @@ def synthesize(
         TskdInputError: no image, one that is not (H, W) or (H, W, C), or a bad
             ``resolution`` or ``base_channels``.
         CheckpointError: a saved model to reuse is damaged.
-        Cancelled: ``cancel`` was set (resumable from ``checkpoint_dir``).
+        Cancelled: ``control.cancel`` was set (resumable from ``control.checkpoint_dir``).
         DiskFullError: the disk filled; the previous transfer set is kept as it was.
     """
     out_dir = Path(out_dir)
     model_dir = Path(model_dir) if model_dir is not None else out_dir.parent / "diffusion"
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    control = control if control is not None else RunControl()
     check_resolution(cfg.resolution)
     train_images = prepare_images(images, cfg.resolution)
     fp = _model_fingerprint(cfg, data_fingerprint(train_images))
 
     unet, sched_config, history, train_seconds, steps_done = _model(
-        train_images, cfg, fp, model_dir, ckpt, progress, cancel, resume)
+        train_images, cfg, fp, model_dir, control)
     t0 = time.perf_counter()
     samples = ddim_sample(unet, sched_config, cfg.n_images, cfg.sample_steps, cfg.train.seed,
-                          resolve_device(cfg.train.device), progress, cancel)
+                          resolve_device(cfg.train.device), control.progress, control.cancel)
     sample_seconds = time.perf_counter() - t0
 
     keep, idx, dist = screen_near_copies(samples, train_images, cfg.near_copy_threshold)

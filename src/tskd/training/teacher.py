@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from tskd.config import TeacherConfig
 from tskd.data.label_map import IGNORE_INDEX
-from tskd.engine import Callback, CancelToken, ProgressCallback, TrainResult, seed_everything
+from tskd.engine import Callback, ProgressCallback, RunControl, TrainResult, seed_everything
 from tskd.engine import train as engine_train
 from tskd.inference.dice import validation_dice
 from tskd.models.lora import apply_lora, save_teacher
@@ -98,9 +98,7 @@ class TeacherTask:
 
 def finetune_teacher(
     cfg: TeacherConfig, train: list[Any], val: list[Any], num_classes: int, out_dir: str | Path,
-    progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-    resume: bool = False, checkpoint_dir: str | Path | None = None,
-    keep_checkpoint: bool = False, class_names: list[str] | None = None, augment: bool = True,
+    control: RunControl | None = None, class_names: list[str] | None = None, augment: bool = True,
     train_image_shape: list[int] | None = None, label_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune SAM with LoRA on labelled samples; write ``out_dir``; return the metrics.
@@ -117,11 +115,8 @@ def finetune_teacher(
         val: validation samples, scored after training (``validation_dice``); may be empty.
         num_classes: classes including the background; one mask per class.
         out_dir: the teacher folder written (``adapter.safetensors``, ``meta.json``).
-        progress: gets the engine's ``Progress`` reports and live previews, or None.
-        cancel: checked before every step, or None.
-        resume: continue from the checkpoint in ``checkpoint_dir``.
-        checkpoint_dir: the engine's checkpoint folder; None writes none.
-        keep_checkpoint: leave the checkpoint for the caller to clear (``tskd.engine.train``).
+        control: progress reports (the engine's, and live previews), cancel, checkpoint
+            folder and resume, handed to ``tskd.engine.train``; None: ``RunControl()``.
         class_names: names by class index, stored in the meta.
         augment: augment the training images (``tskd.data.dataset.augment_pair``).
         train_image_shape: [H, W] in pixels, the median size of the labelled images; stored
@@ -137,7 +132,7 @@ def finetune_teacher(
     Raises:
         CheckpointError: an unknown model type or an unusable SAM checkpoint (``build_sam``).
         TskdInputError: bad LoRA settings or samples (missing or mismatched labels).
-        Cancelled: ``cancel`` was set (a checkpoint is written first).
+        Cancelled: ``control.cancel`` was set (a checkpoint is written first).
         TskdError: LoRA targets that match no layer; from the engine (device, non-finite loss,
             a checkpoint of other settings); ``DiskFullError`` for a full disk.
     """
@@ -145,9 +140,9 @@ def finetune_teacher(
     sam = build_sam(cfg.model_type, cfg.checkpoint, cfg.input_size)
     model = apply_lora(SemanticSam(sam, num_classes), cfg.lora)
     task = TeacherTask(model, train, cfg, augment)
+    progress = control.progress if control is not None else None
     result = engine_train(
-        task, cfg.train, checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel,
-        resume=resume, keep_checkpoint=keep_checkpoint,
+        task, cfg.train, control=control,
         callbacks=_callbacks(model, val, cfg, num_classes, progress),
     )
     model = task.model

@@ -78,7 +78,14 @@ class TeacherCache:
         return h.hexdigest()
 
     def path(self, key: str) -> Path:
-        """The cache file of ``key``: ``<cache_dir>/<key>.safetensors``."""
+        """Return the cache file of one entry.
+
+        Args:
+            key: the entry's key (``TeacherCache.key``: 64 hex digits).
+
+        Returns:
+            ``<cache_dir>/<key>.safetensors`` (it need not exist).
+        """
         return self.dir / f"{key}.safetensors"
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:

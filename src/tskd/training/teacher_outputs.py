@@ -72,7 +72,14 @@ class TeacherOutputs:
         teacher.eval()
 
     def compute(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The teacher's float32 outputs on a (B, 3, S, S) batch, on the teacher's device."""
+        """The teacher's float32 outputs on a batch, on the teacher's device.
+
+        Args:
+            batch: (B, 3, S, S) float in [0, 1], S the teacher's input size.
+
+        Returns:
+            {layer: (B, C, h, w)} and, with logits, ``LOGITS``: (B, classes, h, w).
+        """
         dev = device_of(self.teacher)
         with torch.inference_mode(), _teacher_autocast(dev, self.mixed_precision):
             logits, feats = self.teacher.forward_with_features(batch.to(dev), self.t_layers)
@@ -82,14 +89,33 @@ class TeacherOutputs:
         return out
 
     def teacher_input(self, i: int) -> torch.Tensor:
-        """Image ``i`` as the teacher's float32 (3, S, S) input in [0, 1]."""
+        """Image ``i`` as the teacher's input.
+
+        Args:
+            i: The image's index in the transfer set.
+
+        Returns:
+            float32 (3, S, S) in [0, 1].
+        """
         from tskd.data.dataset import image_to_tensor
 
         return image_to_tensor(self.images[i], self.input_size)
 
     def fill(self, device: torch.device, batch_size: int, num_classes: int,
              progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
-        """Run the teacher once over every image, in batches on ``device``, into the cache."""
+        """Run the teacher once over every image, in batches on ``device``, into the cache.
+
+        Args:
+            device: Where the teacher runs.
+            batch_size: Images per forward pass.
+            num_classes: The student's classes; the teacher's logits must have as many.
+            progress: Gets a "distill-cache" ``Progress`` after each batch, or None.
+            cancel: Checked before each batch, or None.
+
+        Raises:
+            Cancelled: ``cancel`` was set.
+            TskdInputError: The teacher predicts another number of classes.
+        """
         teacher, cache, n = self.teacher, self.cache, len(self.images)
         home = device_of(teacher)
         t0 = time.perf_counter()
@@ -126,7 +152,14 @@ class TeacherOutputs:
         )
 
     def recompute(self, i: int) -> dict[str, torch.Tensor]:
-        """Image ``i``'s outputs again (its cache file vanished), without the batch axis."""
+        """Image ``i``'s outputs again (its cache file vanished).
+
+        Args:
+            i: The image's index in the transfer set.
+
+        Returns:
+            {output name: tensor without the batch axis}.
+        """
         x = self.teacher_input(i)[None]
         self.teacher.eval()
         try:

@@ -32,7 +32,6 @@ __all__ = [
     "TASKS",
     "TaskInfo",
     "check_available",
-    "contact_sheet",
     "generate",
     "pretraining_sample",
     "sample",
@@ -195,6 +194,9 @@ def generate(
         seed: Selects another draw of the whole task (0 or more).
         start: The first index.
 
+    Returns:
+        ``n`` (image, label) pairs, in index order.
+
     Raises:
         TskdInputError: ``n``, ``start`` or ``seed`` is negative, an unknown task, or a size
             under 32.
@@ -214,6 +216,10 @@ def task_files(task: str, root: str | Path, n_train: int, n_unlabelled: int,
         n_train: Labelled training images.
         n_unlabelled: Unlabelled images.
         n_test: Labelled test images.
+
+    Returns:
+        ``task.json``, then per split its ``dataset.json`` (not for ``unlabelled``), image
+        and label files.
 
     Raises:
         TskdInputError: An unknown task.
@@ -333,68 +339,3 @@ def _write_split(task: str, folder: Path, split: str, n: int, size: int, seed: i
             files[lab_dir / f"{stem}.png"] = iio.imwrite(
                 "<bytes>", label.astype(np.uint8), extension=".png")
         atomic.write_files(files)
-
-
-def _display(task: str, image: np.ndarray) -> np.ndarray:
-    """An image as float RGB in [0, 1] for figures (CT in a soft-tissue window)."""
-    if TASKS[task].dtype == "uint16":
-        hu = image.astype(np.float32) - 1024
-        img = np.clip((hu + 160) / 400, 0, 1)
-    else:
-        img = image.astype(np.float32) / 255
-    return np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img
-
-
-def contact_sheet(
-    task: str, n: int, path: str | Path, size: int = 256, seed: int = 0, cols: int = 4
-) -> Path:
-    """Save a PNG grid of ``n`` samples, each image beside its label overlay (for the docs).
-
-    CT is shown in a soft-tissue window (-160 to 240 HU).
-
-    Args:
-        task: A key of ``TASKS``.
-        n: How many samples (indices 0..n-1).
-        path: The PNG to write (its folder is created).
-        size: Image side in pixels.
-        seed: As ``generate``.
-        cols: Samples per row (each takes two panels).
-
-    Returns:
-        ``path``.
-
-    Raises:
-        TskdInputError: An unknown task.
-        DiskFullError: The disk is full.
-    """
-    from matplotlib.figure import Figure  # no pyplot: leaves the process's backend alone
-
-    _check_task(task)
-    colours = np.array([[0, 0, 0], [1, 0.2, 0.2], [0.2, 1, 0.2], [0.3, 0.5, 1], [1, 1, 0.2],
-                        [1, 0.3, 1], [0.2, 1, 1]], np.float32)
-    samples = generate(task, n, size, seed)
-    cols = max(1, min(cols, n))
-    rows = max(1, -(-n // cols))
-    fig = Figure(figsize=(4 * cols, 2.2 * rows + 0.5))
-    axes = fig.subplots(rows, 2 * cols, squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for k, (image, label) in enumerate(samples):
-        r, c = divmod(k, cols)
-        img = _display(task, image)
-        axes[r, 2 * c].imshow(img)
-        over = img.copy()
-        fg = label > 0
-        over[fg] = 0.45 * over[fg] + 0.55 * colours[label[fg] % len(colours)]
-        axes[r, 2 * c + 1].imshow(over)
-        axes[r, 2 * c].set_title(f"#{k}", fontsize=8)
-    names = ", ".join(TASKS[task].class_names[1:])
-    fig.suptitle(f"{task} ({names})", fontsize=10)
-    fig.tight_layout()
-    from tskd import atomic
-
-    path = Path(path)
-    atomic.mkdir(path.parent)
-    with atomic.disk_errors(path.parent):
-        fig.savefig(path, dpi=80)
-    return path

@@ -165,6 +165,12 @@ def split_slices(seed: int) -> Splits:
     random in each of ``TEST_BANDS`` equal parts of the kept slices (inferior to superior);
     pool: every kept slice at least ``TEST_GAP`` from each test slice.
 
+    Args:
+        seed: The task's seed (0 or more).
+
+    Returns:
+        The test slices and the pool of train/unlabelled slices (template axial indices).
+
     Raises:
         TskdInputError: As ``template``.
     """
@@ -182,7 +188,16 @@ def split_slices(seed: int) -> Splits:
 
 
 def slice_of(split: str, k: int, seed: int) -> int:
-    """The template axial index of image ``k`` of ``split`` (train, unlabelled or test)."""
+    """The template axial index of image ``k`` of ``split``.
+
+    Args:
+        split: "train", "unlabelled" or "test".
+        k: The image's index in its split (past the last slice, the slices come round again).
+        seed: The task's seed.
+
+    Returns:
+        The axial slice index in the template.
+    """
     s = split_slices(seed)
     if split == "test":
         return s.test[k % len(s.test)]
@@ -195,6 +210,13 @@ def slices_record(seed: int, counts: dict[str, int]) -> dict[str, object]:
 
     Checks the extra and the template first, every call (``split_slices`` is cached), so
     ``write_task_folders`` can call it before writing anything.
+
+    Args:
+        seed: The task's seed.
+        counts: {split: number of images}.
+
+    Returns:
+        ``source``, ``test_gap_slices`` and ``slices`` ({split: slice of each image}).
 
     Raises:
         TskdInputError: As ``template``.
@@ -212,6 +234,14 @@ def slices_record(seed: int, counts: dict[str, int]) -> dict[str, object]:
 def brain_sample(split: str, k: int, h: int, w: int, seed: int,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Image ``k`` of ``split`` for ``seed``, varied by ``rng`` (the sample's own generator).
+
+    Args:
+        split: "train", "unlabelled" or "test".
+        k: The image's index in its split.
+        h: Output height in pixels.
+        w: Output width in pixels.
+        seed: The task's seed (chooses the slice).
+        rng: The sample's generator (flip, rotation, zoom, intensity, noise).
 
     Returns:
         ``(image, label)``: uint8 (h, w) T1 image (scaled as the module docstring says) and

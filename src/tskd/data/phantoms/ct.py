@@ -124,6 +124,9 @@ def ct_abdomen(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np
         rng: The only source of randomness.
         h: Height in pixels.
         w: Width in pixels.
+
+    Returns:
+        ``(image, label)``: uint16 (H, W) HU + 1024, int64 (H, W) class indices 0-4.
     """
     s = float(min(h, w))
     yy, xx = grid(h, w)

@@ -254,6 +254,10 @@ def pretraining_sample(
     Args:
         rng: The only source of randomness: a scene is a pure function of it.
         size: Side, or (H, W), in pixels.
+
+    Returns:
+        ``(image, masks)``: uint8 (H, W, 3); one bool (H, W) mask per visible object, at
+        least one.
     """
     h, w = (size, size) if isinstance(size, int | np.integer) else size
     h, w = int(h), int(w)

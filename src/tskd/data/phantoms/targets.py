@@ -136,6 +136,9 @@ def kidney_us(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.
         rng: The only source of randomness.
         h: Height in pixels.
         w: Width in pixels.
+
+    Returns:
+        ``(image, label)``: uint8 (H, W); int64 (H, W), 1 = kidney.
     """
     s = float(min(h, w))
     yy, xx = grid(h, w)
@@ -181,6 +184,9 @@ def skin_lesion(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, n
         rng: The only source of randomness.
         h: Height in pixels.
         w: Width in pixels.
+
+    Returns:
+        ``(image, label)``: uint8 (H, W, 3); int64 (H, W), 1 = lesion.
     """
     s = float(min(h, w))
     yy, xx = grid(h, w)
@@ -287,6 +293,9 @@ def retina_vessels(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray
         rng: The only source of randomness.
         h: Height in pixels.
         w: Width in pixels.
+
+    Returns:
+        ``(image, label)``: uint8 (H, W, 3); int64 (H, W), 1 = vessel.
     """
     s = float(min(h, w))
     yy, xx = grid(h, w)

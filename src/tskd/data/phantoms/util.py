@@ -17,6 +17,9 @@ def grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     Args:
         h: Height in pixels.
         w: Width in pixels.
+
+    Returns:
+        ``(yy, xx)``: float32 (H, W) row and column coordinates.
     """
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     return yy, xx
@@ -42,6 +45,9 @@ def noise(
         sigma_v: Correlation length across ``angle``, making the field anisotropic; None:
             ``sigma`` (isotropic).
         angle: Direction of ``sigma`` in radians, from the x axis.
+
+    Returns:
+        float32 (H, W), zero mean and unit standard deviation.
     """
     h, w = shape
     white = rng.standard_normal((h, w)).astype(np.float32)
@@ -210,5 +216,12 @@ def rasterise_tubes(
 
 
 def round_to_uint8(img: np.ndarray) -> np.ndarray:
-    """Round float values to the nearest integer, clip to [0, 255] and cast to uint8."""
+    """Round float values to the nearest integer, clip to [0, 255] and cast to uint8.
+
+    Args:
+        img: float intensities on the 0-255 scale, any shape.
+
+    Returns:
+        uint8 array of the same shape (``np.rint``: halves to even).
+    """
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
