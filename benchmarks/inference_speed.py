@@ -27,7 +27,7 @@ import torch
 
 from tskd.config import StudentConfig
 from tskd.inference.segmenter import Segmenter
-from tskd.models.student import Student
+from tskd.models.student import build_student
 from tskd.models.teacher import SemanticSam, build_sam
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,7 +70,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     models: list[tuple[str, torch.nn.Module, int]] = [
-        ("student (ViT-Tiny) at 256", Student(StudentConfig(), 2, 256).eval(), 256),
+        (f"student (CNN, {StudentConfig().backbone}) at 256",
+         build_student(StudentConfig(), 2, 256).eval(), 256),
+        ("student (ViT-Tiny) at 256",
+         build_student(StudentConfig(architecture="vit_tiny"), 2, 256).eval(), 256),
+        ("U-Net (MONAI BasicUNet) at 256",
+         build_student(StudentConfig(architecture="unet"), 2, 256).eval(), 256),
         ("mini SAM at 128", SemanticSam(build_sam("mini", None, 128, pretrained=False), 2), 128),
         ("mini SAM at 256", SemanticSam(build_sam("mini", None, 256, pretrained=False), 2), 256),
     ]

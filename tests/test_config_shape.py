@@ -150,7 +150,7 @@ OLD_FPS = {"teacher": "0cec687ccdae8ef0", "synthesize": "7b023738776a73ab",
            "distill": "128854605268dd71", "student": "19d77bff9d4ffde9"}
 # that config leaves the student to its default, which is now the CNN student: its teacher and
 # transfer set are still taken as done, its distillation and student run again
-OLD_FPS_NOW = OLD_FPS | {"distill": "45a0813661e3fb2c", "student": "753c058db6928f91"}
+OLD_FPS_NOW = OLD_FPS | {"distill": "deae9c93e88af4ef", "student": "d957277cdbbb7269"}
 
 
 def _fingerprints(cfg: RunConfig) -> dict[str, str]:
@@ -457,10 +457,10 @@ def test_the_cli_shows_an_old_key_as_one_warning_line(
 # labelled set's fingerprint "x" and no unlabelled folder: rewritten, they redo nothing but the
 # student's stages (distill, student: the last two), whose default is now the CNN student
 EXAMPLE_FPS = {
-    "kidney_us.yaml": ["a0e1b92b436b0e11", "73e7c8b04201f298", "6e0b906badb5f662",
-                       "1c8b5718dc86dccc"],
-    "sam_vit_b_gpu.yaml": ["8d707b676ff0ceaa", "6eb8b370c78dc244", "f73ac8dde43cf762",
-                           "fd813484e292a2d7"],
+    "kidney_us.yaml": ["a0e1b92b436b0e11", "73e7c8b04201f298", "bf06043eadc2f7fa",
+                       "ed3f2b9594d84b7d"],
+    "sam_vit_b_gpu.yaml": ["8d707b676ff0ceaa", "6eb8b370c78dc244", "454a8d9f73806af4",
+                           "eff0c95ad8d5421d"],
     "tiny.yaml": ["8b203eeae76c22a9", "07b16eb4d918fcea", "2494b2387f26e1e8",
                   "81f1533311980f0b"],
 }

@@ -418,7 +418,7 @@ def test_student_parameter_count_is_computed_exactly_before_building() -> None:
     legacy = StudentConfig(architecture="vit_tiny", upsample="transposed")
     assert student_param_count(legacy, 2, 256) == 6_304_632
     assert student_param_count(StudentConfig(architecture="vit_tiny"), 2, 256) == 6_248_000
-    assert student_param_count(StudentConfig(), 2, 256) == 12_529_714  # the default (conv)
+    assert student_param_count(StudentConfig(), 2, 256) == 4_735_266  # the default (conv)
 
 
 def test_sam_parameter_count_is_computed_exactly_before_building() -> None:

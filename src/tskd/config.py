@@ -279,7 +279,7 @@ class StudentConfig:
     """
 
     architecture: Literal["conv", "vit_tiny", "unet"] = "conv"
-    backbone: str = "resnet18"
+    backbone: str = "mobilenetv3_large_100"
     upsample: Literal["bilinear", "transposed"] = "bilinear"
     embed_dim: int = 192
     depth: int = 12
