@@ -207,6 +207,8 @@ def test_flips_keep_teacher_maps_aligned(tmp_path: Path, monkeypatch: pytest.Mon
         return TrainResult([], 0, 0.0)
 
     monkeypatch.setattr(distill_mod, "train", fake_train)
+    # the region views and jitter are tests/test_transfer_views.py's; here the flips alone
+    monkeypatch.setattr(distill_mod, "augmented_view", lambda x, t: (x, t))
     cfg = _cfg(teacher_layers=["neck"], student_layers=["neck"])
     distill_mod.distill(PoolTeacher(), _images(), cfg, _student(), teacher_input_size=S,
                         teacher_id="pool", cache_dir=tmp_path)

@@ -91,7 +91,7 @@ def _proj_name(student_layer: str, teacher_layer: str) -> str:
 
 
 class _TransferSet(Dataset):
-    """Student-size images with the teacher's cached outputs, flipped together at random."""
+    """Student-size images with the teacher's cached outputs, in random views (flip, region)."""
 
     def __init__(
         self,
@@ -123,7 +123,45 @@ class _TransferSet(Dataset):
         if dims:
             x = torch.flip(x, dims)
             teacher = {k: torch.flip(v, dims) for k, v in teacher.items()}
+        x, teacher = augmented_view(x, teacher)
         return {"image": x, "teacher": teacher}
+
+
+def augmented_view(x: torch.Tensor, teacher: dict[str, torch.Tensor],
+                   min_scale: float = 0.75) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Another view of a transfer image and the teacher's maps, cut from the same region.
+
+    With probability 0.5, the same random square region (``min_scale``-100 % of the side) is
+    cut from the image and from every teacher map and resized back to each one's size
+    (torchvision's ``roi_align``, exact for fractional boxes on coarse maps); then the image's
+    contrast (x0.9-1.1) and brightness (+-0.05) are jittered, the teacher's outputs kept, so the
+    student learns the clean image's targets from a perturbed one (as Noisy Student, Xie et al.
+    2020). Draws from torch's global RNG, which the engine seeds.
+
+    Args:
+        x: The student's input, float32 (3, S, S) in [0, 1].
+        teacher: {name: float (C, h, w)} teacher maps aligned with ``x``.
+        min_scale: The smallest region side, as a share of the image side.
+
+    Returns:
+        The new ``(x, teacher)``, same shapes and dtypes.
+    """
+    from torchvision.ops import roi_align
+
+    if torch.rand(()) < 0.5:
+        side = min_scale + (1 - min_scale) * float(torch.rand(()))
+        top, left = float(torch.rand(())) * (1 - side), float(torch.rand(())) * (1 - side)
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            h, w = t.shape[-2:]
+            box = torch.tensor([[0.0, left * w, top * h, (left + side) * w, (top + side) * h]])
+            return roi_align(t[None].float(), box, output_size=(h, w), aligned=True)[0]
+
+        x = cut(x)
+        teacher = {k: cut(v).to(v.dtype) for k, v in teacher.items()}
+    gain = 1.0 + 0.2 * (torch.rand(()) - 0.5)
+    bias = 0.1 * (torch.rand(()) - 0.5)
+    return ((x - 0.5) * gain + 0.5 + bias).clamp(0.0, 1.0), teacher
 
 
 class _DistillTask:
