@@ -69,7 +69,7 @@ BUDGETS = {
     "small": Budget(24, 30, 30, 24, 120, 32, 5, 50),
     # every stage until its validation Dice stops improving, within 8 minutes of TS-KD on 2 cores
     "converged": Budget(100, 60, 150, 100, 1500, 64, 40, 400, patience=4, val_every=5,
-                        val_fraction=0.2, stage_seconds=(120.0, 60.0, 150.0, 120.0)),
+                        val_fraction=0.2, stage_seconds=(90.0, 60.0, 120.0, 120.0)),
 }
 
 
