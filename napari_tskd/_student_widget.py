@@ -20,6 +20,8 @@ from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, steps_b
 from tskd.pipeline.registry import stage
 
 MODES = ["task-specific", "task-agnostic"]
+# the student architectures a user picks from ("unet" is the baseline, trained by the demo)
+ARCHITECTURES = {"CNN (MobileNetV3 + U-Net decoder)": "conv", "ViT-Tiny (the paper's)": "vit_tiny"}
 
 
 class StudentWidget(StageWidget):
@@ -30,6 +32,10 @@ class StudentWidget(StageWidget):
         from tskd.config import DistillConfig, StudentConfig
 
         dd, ds = DistillConfig(), StudentConfig()
+        self.architecture = ComboBox(
+            label="Student", choices=list(ARCHITECTURES), value=_arch_label(ds.architecture),
+            tooltip="CNN: the default, more accurate from a few labels at the same speed; "
+                    "ViT-Tiny: the TS-KD paper's student")
         self.mode = RadioButtons(label="Distillation", choices=MODES, value=MODES[0],
                                  orientation="horizontal",
                                  tooltip="task-agnostic: match the un-adapted SAM (baseline)")
@@ -56,7 +62,7 @@ class StudentWidget(StageWidget):
         self.both_button = PushButton(text="Distil + fine-tune")
         self.result = wrapped_label("")
         self.form.extend([
-            self.mode, self.feature_weight, self.output_weight, self.temperature,
+            self.architecture, self.mode, self.feature_weight, self.output_weight, self.temperature,
             self.distill_epochs, self.distill_steps, self.distill_lr, self.finetune_epochs,
             self.finetune_steps, self.finetune_lr, self.dice_weight, self.from_scratch,
             self.device, self.distill_button, self.finetune_button, self.both_button, self.result,
@@ -79,6 +85,7 @@ class StudentWidget(StageWidget):
         except Exception:
             return
         d, s = cfg.distill, cfg.student
+        self.architecture.value = _arch_label(s.architecture)
         self.mode.value = MODES[1] if d.task_agnostic else MODES[0]
         self.feature_weight.value = d.feature_weight
         self.output_weight.value = d.output_weight
@@ -95,6 +102,7 @@ class StudentWidget(StageWidget):
     def build_config(self) -> Any:
         cfg = self.context.config()
         d, s = cfg.distill, cfg.student
+        s.architecture = ARCHITECTURES[self.architecture.value]  # type: ignore[assignment]
         d.task_agnostic = self.mode.value == MODES[1]
         d.feature_weight = float(self.feature_weight.value)
         d.output_weight = float(self.output_weight.value)
@@ -140,3 +148,9 @@ class StudentWidget(StageWidget):
         if job.results.get("distill"):
             parts.append("distilled")
         self.result.value = "; ".join(parts)
+
+
+def _arch_label(architecture: str) -> str:
+    """The choice shown for a configured architecture (the CNN's for anything else)."""
+    return next((k for k, v in ARCHITECTURES.items() if v == architecture),
+                next(iter(ARCHITECTURES)))

@@ -228,6 +228,24 @@ def test_settings_survive_a_restart(make_napari_viewer, tmp_path) -> None:
     assert fresh.run_dir == tmp_path / "out" / "run1"
 
 
+def test_student_form_chooses_the_architecture(make_napari_viewer, tskd_gui_env) -> None:
+    from napari_tskd._student_widget import ARCHITECTURES, StudentWidget
+
+    from tskd.config import RunConfig, save_config
+
+    viewer = make_napari_viewer()
+    w = StudentWidget(viewer)
+    assert ARCHITECTURES[w.architecture.value] == "conv"  # the default student
+    w.architecture.value = "ViT-Tiny (the paper's)"
+    assert w.build_config().student.architecture == "vit_tiny"
+    cfg = RunConfig(run_dir=str(tskd_gui_env))
+    cfg.student.architecture = "vit_tiny"
+    tskd_gui_env.mkdir(parents=True)
+    save_config(cfg, w.context.paths().config)
+    fresh = StudentWidget(viewer)
+    assert ARCHITECTURES[fresh.architecture.value] == "vit_tiny"  # read back from the run
+
+
 def test_teacher_form_and_preset(make_napari_viewer) -> None:
     from napari_tskd._presets import PRESETS, pick
     from napari_tskd._teacher_widget import TeacherWidget
