@@ -171,3 +171,24 @@ def test_user_errors() -> None:
         finetune_student(_student(2, cfg), _samples(2) + unlabelled, [], cfg, S)
     with pytest.raises(TskdInputError, match="built for 32x32"):
         finetune_student(_student(2, cfg), _samples(2), [], cfg, 64)
+
+
+def test_early_stopping_ends_with_the_best_validation_dice_and_says_so() -> None:
+    cfg = _tiny(epochs=40)
+    cfg.train.patience, cfg.train.val_every = 2, 1
+    student = _student(2, cfg)
+    val = _samples(4, seed=1)
+    result, metrics = finetune_student(student, _samples(8), val, cfg, S)
+    scores = [h["val_score"] for h in result.history]
+    assert len(scores) == len(result.history) < 40  # stopped before its 40 epochs
+    assert result.stopped is not None and "not improved in 2 evaluations" in result.stopped
+    # the student ends with the weights of its best epoch, whose Dice validate() reproduces
+    assert metrics["dice"] == pytest.approx(max(scores), abs=1e-6)
+    assert scores.index(max(scores)) == len(scores) - 3
+
+
+def test_without_validation_images_patience_changes_nothing() -> None:
+    cfg = _tiny(epochs=3)
+    cfg.train.patience = 1
+    result, metrics = finetune_student(_student(2, cfg), _samples(4), [], cfg, S)
+    assert len(result.history) == 3 and result.stopped is None and metrics == {}

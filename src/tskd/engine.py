@@ -98,6 +98,7 @@ class TrainResult:
     steps: int  # optimiser steps done, resumed ones included
     seconds: float  # wall time of this call from the first step on (not of resumed runs)
     resumed_from_epoch: int | None = None  # the epoch a checkpoint resumed at, or None
+    stopped: str | None = None  # why it ended before its epochs (``TrainState.stop``), or None
 
 
 def seed_everything(seed: int) -> None:
@@ -322,7 +323,7 @@ def _finish(run: _Run, keep_checkpoint: bool) -> TrainResult:
     for callback in run.callbacks:
         callback.on_train_end(run.state)
     return TrainResult(run.state.history, run.state.step, time.perf_counter() - run.t0,
-                       run.resumed_from)
+                       run.resumed_from, run.state.stop)
 
 
 def train(

@@ -225,6 +225,8 @@ def stage_distill(
     summary = {
         "n_transfer_images": len(images),
         "final_losses": result.history[-1] if result.history else {},
+        "steps": result.steps,
+        "stopped": result.stopped,
         "seconds": step.seconds(),
         "task_agnostic": cfg.distill.task_agnostic,
     }
@@ -311,7 +313,7 @@ def stage_finetune_student(
         ctx.control(step),  # the checkpoint is kept until the artefact is written
     )
     summary = {"init": init, "n_train": len(data.train), "n_val": len(data.val), "val": metrics,
-               "seconds": step.seconds()}
+               "steps": result.steps, "stopped": result.stopped, "seconds": step.seconds()}
     bundle.save_student(student, paths.student, _student_meta(cfg, data, summary))
     write_json(paths.reports / "student_history.json", result.history)
     return step.finish(summary)

@@ -191,6 +191,7 @@ def _metrics(model: nn.Module, result: TrainResult, val: list[Any], input_size: 
     metrics: dict[str, Any] = {
         "train_loss": result.history[-1]["loss"] if result.history else None,
         "steps": result.steps,
+        "stopped": result.stopped,
         "train_seconds": result.seconds,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in model.parameters()),
