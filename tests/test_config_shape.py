@@ -177,7 +177,11 @@ def test_a_run_folder_config_of_the_earlier_shape_reads_as_the_same_config(tmp_p
         "config: keys of an earlier version read in their new place (synth.train_steps -> "
         "synth.train.max_steps, synth.batch_size -> synth.train.batch_size, synth.lr -> "
         "synth.train.lr, synth.seed -> synth.train.seed, synth.device -> synth.train.device); "
-        "write them there to silence this warning"]
+        "write them there to silence this warning",
+        "config: the student section lists the ViT-Tiny's embed_dim, depth, num_heads, "
+        "patch_size but no architecture: read as the ViT-Tiny of earlier versions (transposed "
+        "convolutions); set 'student.architecture' (conv, the default, or vit_tiny) to choose, "
+        "and silence this warning"]
     # every value means what it meant ("auto": the run's device); its student section lists the
     # ViT's keys, so it stays the ViT-Tiny of that version (config_compat.LEGACY_STUDENT)
     assert cfg == RunConfig(student=StudentConfig(**LEGACY_STUDENT))

@@ -140,8 +140,8 @@ def student_config(data: dict[str, Any], where: str) -> dict[str, Any]:
 
     Earlier versions had only the ViT-Tiny; their sections (run folders' ``config.yaml``
     included) list its keys (``VIT_KEYS``). Such a section keeps meaning that student
-    (``LEGACY_STUDENT``), so an earlier run's stages are still taken as done; a section with
-    none of those keys gets the current default student.
+    (``LEGACY_STUDENT``), so an earlier run's stages are still taken as done, with one
+    ``TskdWarning`` saying so; a section with none of those keys gets the current default.
 
     Args:
         data: The section as read.
@@ -152,6 +152,11 @@ def student_config(data: dict[str, Any], where: str) -> dict[str, Any]:
     """
     if "architecture" in data or not any(k in data for k in VIT_KEYS):
         return data
+    keys = ", ".join(k for k in VIT_KEYS if k in data)
+    warnings.warn(f"config: the student section lists the ViT-Tiny's {keys} but no "
+                  "architecture: read as the ViT-Tiny of earlier versions (transposed "
+                  "convolutions); set 'student.architecture' (conv, the default, or vit_tiny) to "
+                  "choose, and silence this warning", TskdWarning, stacklevel=2)
     return LEGACY_STUDENT | dict(data)
 
 

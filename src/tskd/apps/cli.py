@@ -283,6 +283,7 @@ _STAGE_SETTINGS: dict[str, Callable[[Any, argparse.Namespace], None]] = {
 def _cmd_stage(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     from tskd.pipeline.lock import run_lock
     from tskd.pipeline.run_folder import check_run_dir_inputs, prepare_run_dir
+    from tskd.pipeline.settings_check import check_settings
     from tskd.pipeline.stages import stage_evaluate
 
     stage = by_cli_name(args.command)
@@ -290,6 +291,7 @@ def _cmd_stage(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     cfg = _config_from_args(args)
     options = {name: getattr(args, name) for name in stage.options}
     check_run_dir_inputs(cfg)  # before the lock creates anything in the run folder
+    check_settings(cfg)
     with run_lock(cfg.run_dir, stage.cli_name):  # one writer from the config to the result
         prepare_run_dir(cfg, overwrite=args.overwrite)
         result = stage.function(cfg, progress=progress, cancel=cancel, resume=args.resume,

@@ -103,15 +103,19 @@ def _segmenters(runs: dict[str, Any]) -> dict[str, Any]:
 
 def _plot_losses(curves: Any, runs: dict[str, Any]) -> None:
     """Plot each run's distillation and student loss per epoch on the axes ``curves`` (log)."""
+    import matplotlib
+
     from tskd.pipeline.run_folder import RunPaths
 
+    colours = iter(matplotlib.colormaps["tab20"].colors)  # one colour per curve, 20 at most
     for run, cfg in runs.items():
         reports = RunPaths(Path(cfg.run_dir)).reports
         for stage in ("distill", "student"):
             f = reports / f"{stage}_history.json"
             if f.is_file():
                 hist = json.loads(f.read_text())
-                curves.plot([h["loss"] for h in hist], label=f"{run}: {stage}")
+                curves.plot([h["loss"] for h in hist], label=f"{run}: {stage}",
+                            color=next(colours))
     curves.set_xlabel("epoch")
     curves.set_ylabel("loss")
     curves.set_yscale("log")

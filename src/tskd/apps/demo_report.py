@@ -103,7 +103,7 @@ def markdown_table(methods: dict[str, Any]) -> str:
         One row per method of ``METHODS`` present, in that order.
     """
     rows = [
-        "| model | Dice | HD95 (px) | specks | parameters | ms per 256x256 image "
+        "| model | Dice | HD95 (px) | specks % | parameters | ms per 256x256 image "
         "| training s |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -113,7 +113,7 @@ def markdown_table(methods: dict[str, Any]) -> str:
         m = methods[key]
         rows.append(
             f"| {LABELS[key]} | {m['dice_mean']:.3f} ± {m['dice_std']:.3f} "
-            f"| {m['hd95_mean']:.1f} ± {m['hd95_std']:.1f} | {m.get('speck_share', 0.0):.3f} "
+            f"| {m['hd95_mean']:.1f} ± {m['hd95_std']:.1f} | {100 * m.get('speck_share', 0.0):.2f} "
             f"| {m['params'] / 1e6:.2f} M "
             f"| {m['ms_per_image']:.1f} | {m.get('seconds', 0.0):.0f} |"
         )
@@ -145,7 +145,16 @@ def write_markdown(out: Path, report: dict[str, Any], runs: dict[str, RunConfig]
         "",
         report["table"],
         "",
+        "*specks %*: the share of predicted foreground in components of at most 4 pixels "
+        "(scattered dots, the grid artefact's signature). *training s*: wall-clock from the "
+        "labels to the "
+        "model; for TS-KD and task-agnostic KD it includes the teacher (TS-KD only), the transfer "
+        "set and distillation, and the U-Net was given exactly the TS-KD pipeline's.",
+        "",
     ]
+    if report["budget"] == "tiny":
+        lines += ["**Budget `tiny` is a smoke test: a few steps per stage, so these scores say "
+                  "nothing about the methods.** Use `small` (the default) or `converged`.", ""]
     if figure:
         lines += [f"![examples and loss curves]({figure.name})", ""]
     check = report.get("pretraining_check")

@@ -8,8 +8,7 @@ stages ``run_pipeline`` passes it to. ``StageContext.begin`` is the common start
 (mark done, drop the checkpoint) and the timer, so a stage function holds only what is
 particular to it. ``writes`` wraps a stage function in its run folder's lock and manifest.
 
-Nothing here imports torch at import time: the stage registry, which the widgets read, sits
-on top of this module.
+Nothing here imports torch at import time: the stage registry, which the widgets read, uses it.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from tskd.pipeline.markers import (
     stage_done,
 )
 from tskd.pipeline.run_folder import RunPaths, check_run_dir_inputs, writing
+from tskd.pipeline.settings_check import check_settings
 
 if TYPE_CHECKING:
     from tskd.engine import CancelToken, ProgressCallback, RunControl
@@ -370,8 +370,9 @@ def writes(key: str, outputs: Callable[[RunPaths], list[Path]]) -> Callable[[Any
 
     The wrapped stage records what it writes under ``outputs`` in the folder's manifest
     (``tskd.pipeline.run_folder.writing``). A run folder that is, contains or lies inside a
-    data folder of the config is refused first (``check_run_dir_inputs``). The wrapper keeps
-    ``outputs`` as its attribute ``outputs`` (the registry's folders are checked against it).
+    data folder of the config is refused first (``check_run_dir_inputs``), then settings no
+    stage can run with (``check_settings``). The wrapper keeps ``outputs`` as its attribute
+    ``outputs`` (the registry's folders are checked against it).
 
     Args:
         key: The stage's name in the manifest (``Stage.name``, or ``evaluate``, ``pipeline``).
@@ -388,6 +389,7 @@ def writes(key: str, outputs: Callable[[RunPaths], list[Path]]) -> Callable[[Any
         def wrapper(run: RunConfig | StageContext, *args: Any, **kwargs: Any) -> dict[str, Any]:
             cfg = run.cfg if isinstance(run, StageContext) else run
             check_run_dir_inputs(cfg)  # before anything is created in the run folder
+            check_settings(cfg)
             paths = RunPaths(Path(cfg.run_dir))
             with writing(paths.root, key, outputs(paths), what=f"stage {key}"):
                 return fn(run, *args, **kwargs)
