@@ -36,7 +36,8 @@ class _TqdmProgress:
             self._stage = p.stage
             self._bar = tqdm(total=p.total, desc=p.stage, unit="step", dynamic_ncols=True)
         self._bar.n = p.step
-        self._bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
+        if p.loss == p.loss:  # no loss (NaN) while sampling or caching: no "loss=nan"
+            self._bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
         self._bar.refresh()
 
     def close(self) -> None:  # the stage's bar is done (a new one starts at the next report)
