@@ -87,3 +87,23 @@ def test_random_init_baseline_is_drawn_from_the_run_seed(tmp_path: Path) -> None
     cfg.teacher.train.seed += 1
     third = random_init_model(cfg, 2).state_dict()
     assert not all(torch.equal(first[k], third[k]) for k in first)
+
+
+def test_converged_budget_scores_every_stage_every_50_steps(tmp_path: Path) -> None:
+    images = tmp_path / "train" / "images"
+    images.mkdir(parents=True)
+    for i in range(10):
+        (images / f"{i}.png").write_bytes(b"")
+    b = demo.BUDGETS["converged"]
+    cfg = demo.demo_config(tmp_path, tmp_path / "run", b, 0)
+    assert cfg.data.val_fraction == 0.2  # 2 of the 10 labels decide when stages stop
+    # 8 training images in batches of 4: 2 steps an epoch -> every 25 epochs; the transfer
+    # set (100 unlabelled + 8 + 100 synthetic) in batches of 8: 26 steps -> every 2 epochs
+    assert (cfg.teacher.train.val_every, cfg.student.train.val_every) == (25, 25)
+    assert cfg.distill.train.val_every == 2
+    assert {cfg.teacher.train.patience, cfg.distill.train.patience,
+            cfg.student.train.patience} == {4}
+    assert cfg.synth.train.patience is None
+    assert (cfg.teacher.train.max_seconds, cfg.distill.train.max_seconds) == (90.0, 120.0)
+    small = demo.demo_config(tmp_path, tmp_path / "run", demo.BUDGETS["small"], 0)
+    assert small.student.train.patience is None and small.data.val_fraction == 0.0

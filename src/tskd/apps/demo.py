@@ -43,9 +43,10 @@ class Budget:
     most, with ``patience``); ``synth_steps`` diffusion training steps at ``synth_resolution``
     pixels. With ``patience``, the teacher, distillation and the student stop once the Dice on
     the validation images (``val_fraction`` of the labelled set, never the test set) has not
-    improved in ``patience`` evaluations (one every ``val_every`` epochs), and ``stage_seconds``
-    caps each training stage's wall-clock (teacher, synthesis, distillation, student). See
-    docs/demo.md.
+    improved in ``patience`` evaluations (one every ``val_every`` steps), and ``stage_seconds``
+    caps each training stage's wall-clock (teacher, synthesis, distillation, student);
+    ``val_every`` is in optimiser steps here (``_validate_every`` turns it into each stage's
+    epochs). See docs/demo.md.
     """
 
     n_unlabelled: int
@@ -68,7 +69,7 @@ BUDGETS = {
     # clone, installation included, stays under 15 min
     "small": Budget(24, 30, 30, 24, 120, 32, 5, 50),
     # every stage until its validation Dice stops improving, within 8 minutes of TS-KD on 2 cores
-    "converged": Budget(100, 60, 150, 100, 1500, 64, 40, 400, patience=4, val_every=5,
+    "converged": Budget(100, 60, 150, 100, 1500, 64, 40, 400, patience=4, val_every=50,
                         val_fraction=0.2, stage_seconds=(90.0, 60.0, 120.0, 120.0)),
 }
 
@@ -126,9 +127,28 @@ def demo_config(
     for train, cap in zip((cfg.teacher.train, cfg.synth.train, cfg.distill.train,
                            cfg.student.train), caps):
         train.max_seconds = cap
-        if train is not cfg.synth.train:
-            train.patience, train.val_every = budget.patience, budget.val_every
+    if budget.patience is not None:
+        _validate_every(cfg, budget, data_root)
     return cfg
+
+
+def _validate_every(cfg: RunConfig, budget: Budget, data_root: Path) -> None:
+    """Early stopping for the teacher, distillation and the student, scored every ~N steps.
+
+    ``val_every`` is in epochs, and an epoch of 8 labelled images is 2 steps while one of the
+    transfer set is 25: each stage scores its validation Dice every ``budget.val_every`` steps
+    (rounded to whole epochs), so ``patience`` evaluations are the same number of steps for all.
+    """
+    from tskd.config import validation_count
+
+    n_labelled = len(list((data_root / "train" / "images").iterdir()))
+    n_train = n_labelled - validation_count(n_labelled, budget.val_fraction)
+    n_transfer = budget.n_unlabelled + n_train + budget.synth_images
+    for train, n in ((cfg.teacher.train, n_train), (cfg.distill.train, n_transfer),
+                     (cfg.student.train, n_train)):
+        steps_per_epoch = max(1, n // train.batch_size)
+        train.patience = budget.patience
+        train.val_every = max(1, round(budget.val_every / steps_per_epoch))
 
 
 def _variant(base: RunConfig, run_dir: Path, architecture: str = "conv",
