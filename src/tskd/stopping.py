@@ -25,6 +25,7 @@ from torch import nn
 
 from tskd.callbacks import Callback, TrainState
 from tskd.checkpoint import CheckpointExtra, rng_state, set_rng_state
+from tskd.config import TrainConfig
 
 PREFIX = "early_stopping."  # names of this callback's tensors in the checkpoint
 
@@ -144,6 +145,23 @@ class EarlyStopping(Callback):
         self.scores = [(int(e), float(v)) for e, v in pairs]
         self._weights = {k.removeprefix(PREFIX): v for k, v in tensors.items()
                          if k.startswith(PREFIX)}
+
+
+def early_stopping(train: TrainConfig, validation: bool,
+                   score: Callable[[nn.Module], float]) -> list[EarlyStopping]:
+    """The one rule for when a stage stops early: validation images and ``train.patience``.
+
+    Args:
+        train: The stage's training settings (``patience``, ``val_every``).
+        validation: Whether the stage has validation images (and a score to compute on them).
+        score: As ``EarlyStopping``'s.
+
+    Returns:
+        ``[EarlyStopping(...)]``, or ``[]`` when either is missing.
+    """
+    if not (validation and train.patience):
+        return []
+    return [EarlyStopping(score, patience=train.patience, every=train.val_every)]
 
 
 class TimeLimit(Callback):

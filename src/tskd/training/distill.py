@@ -34,7 +34,7 @@ from tskd.engine import (
 )
 from tskd.errors import TskdInputError
 from tskd.models.student import AnyStudent
-from tskd.stopping import EarlyStopping
+from tskd.stopping import EarlyStopping, early_stopping
 from tskd.training.kd_losses import channel_norm, kd_output_loss
 from tskd.training.teacher_cache import TeacherCache
 from tskd.training.teacher_outputs import LOGITS, TeacherOutputs, device_of
@@ -304,12 +304,8 @@ def _early_stopping(student: AnyStudent, val: Sequence[Any], cfg: DistillConfig,
     """Stop at the plateau of the student's validation Dice, when its outputs are distilled."""
     from tskd.inference.dice import validation_dice
 
-    if not (val and cfg.train.patience and with_logits):
-        return []
-    return [EarlyStopping(
-        lambda _: float(validation_dice(student, val, student.image_size, student.num_classes,
-                                        cfg.train.batch_size).mean()),
-        patience=cfg.train.patience, every=cfg.train.val_every)]
+    return early_stopping(cfg.train, bool(val) and with_logits, lambda _: float(validation_dice(
+        student, val, student.image_size, student.num_classes, cfg.train.batch_size).mean()))
 
 
 @contextlib.contextmanager

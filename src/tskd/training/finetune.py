@@ -24,7 +24,7 @@ from tskd.data.label_map import IGNORE_INDEX
 from tskd.engine import Callback, ProgressCallback, RunControl, TrainResult
 from tskd.errors import TskdInputError
 from tskd.models.student import AnyStudent
-from tskd.stopping import EarlyStopping
+from tskd.stopping import early_stopping
 from tskd.training.preview import SegmentationPreview
 
 
@@ -176,11 +176,9 @@ def _callbacks(student: AnyStudent, val: Sequence[Any], cfg: StudentConfig, imag
                progress: ProgressCallback | None) -> list[Callback]:
     """The live preview (with a progress callback) and early stopping (with validation)."""
     callbacks: list[Callback] = [SegmentationPreview(progress)] if progress is not None else []
-    if val and cfg.train.patience:
-        callbacks.append(EarlyStopping(
-            lambda _: validate(student, val, image_size, cfg.train.batch_size)["dice"],
-            patience=cfg.train.patience, every=cfg.train.val_every))
-    return callbacks
+    return callbacks + early_stopping(
+        cfg.train, bool(val), lambda _: validate(student, val, image_size,
+                                                 cfg.train.batch_size)["dice"])
 
 
 def _prepare_student(student: AnyStudent, train: Sequence[Any], val: Sequence[Any],

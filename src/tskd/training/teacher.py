@@ -25,7 +25,7 @@ from tskd.engine import train as engine_train
 from tskd.inference.dice import validation_dice
 from tskd.models.lora import apply_lora, save_teacher
 from tskd.models.teacher import SemanticSam, build_sam
-from tskd.stopping import EarlyStopping
+from tskd.stopping import early_stopping
 from tskd.training.preview import SegmentationPreview
 
 
@@ -156,11 +156,9 @@ def _callbacks(model: nn.Module, val: list[Any], cfg: TeacherConfig, num_classes
                progress: ProgressCallback | None) -> list[Callback]:
     """The live preview (with a progress callback) and early stopping (with validation)."""
     callbacks: list[Callback] = [SegmentationPreview(progress)] if progress is not None else []
-    if val and cfg.train.patience:
-        callbacks.append(EarlyStopping(
-            lambda m: float(validation_dice(m, val, cfg.input_size, num_classes, 4).mean()),
-            patience=cfg.train.patience, every=cfg.train.val_every))
-    return callbacks
+    return callbacks + early_stopping(
+        cfg.train, bool(val),
+        lambda m: float(validation_dice(m, val, cfg.input_size, num_classes, 4).mean()))
 
 
 def _teacher_meta(cfg: TeacherConfig, metrics: dict[str, Any], result: TrainResult,
