@@ -12,7 +12,8 @@ the teacher in several ways with the demo's `small` budget and scores each on th
 - ``random``: the same architecture from random initialisation, every parameter trained
   (the pretraining check's baseline), so each recipe's gain over no pretraining is visible.
 
-``--sizes`` repeats everything at other teacher input sizes. Writes
+``--sizes`` repeats everything at other teacher input sizes; ``--budget`` picks the demo
+budget (``small`` by default; ``converged`` stops on a validation split of the 10 labels). Writes
 benchmarks/results/teacher_adaptation.json (or ``--out``), appending to what is there.
 """
 
@@ -23,6 +24,7 @@ import copy
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +42,14 @@ RECIPES = ("lora", "lora+decoder", "random")
 def parse_recipe(spec: str) -> tuple[str, dict[str, float]]:
     """'lora+decoder:rank=16,lr=1e-3' -> ('lora+decoder', {'rank': 16.0, 'lr': 0.001}).
 
-    Options: rank (alpha = rank), lr, epochs, bg (1 = background in the Dice term).
+    Options: rank (alpha = rank), lr, epochs, bg (1 = background in the Dice term), refine
+    (1 = the full-resolution refine head, 0 = SAM's logits upsampled).
     """
     name, _, opts = spec.partition(":")
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose {RECIPES}")
     values = dict(o.split("=") for o in opts.split(",") if o)
-    unknown = set(values) - {"rank", "lr", "epochs", "bg"}
+    unknown = set(values) - {"rank", "lr", "epochs", "bg", "refine"}
     if unknown:
         raise ValueError(f"unknown recipe option(s) {sorted(unknown)}")
     return name, {k: float(v) for k, v in values.items()}
@@ -72,6 +75,8 @@ def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, 
         cfg.teacher.train.epochs = int(opts["epochs"])
     if "bg" in opts:  # 1: the background class in the teacher's Dice term too
         cfg.teacher.dice_include_background = bool(opts["bg"])
+    if "refine" in opts:
+        cfg.teacher.refine_head = bool(opts["refine"])
     if "rank" in opts:
         cfg.teacher.lora.rank = int(opts["rank"])
         cfg.teacher.lora.alpha = float(opts["rank"])
@@ -82,9 +87,30 @@ def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, 
     tcfg.lora.train_decoder = recipe == "lora+decoder"
     data = load_labelled_data(cfg)
     folder = work / "teacher"
-    finetune_teacher(tcfg, data.train, [], data.num_classes, folder)
+    finetune_teacher(tcfg, data.train, data.val, data.num_classes, folder)
     dice = _dev_dice(folder, dev)
     return {"dice": dice, "seconds": time.perf_counter() - t0}
+
+
+def dev_draws(tasks: list[str], seeds: list[int]) -> Iterator[tuple[str, int, Path]]:
+    """(task, seed, root) for each development draw, written to ``root/data`` (train/, test/).
+
+    10 labelled and 30 development images per draw; the folder is removed after its turn.
+    """
+    for task in tasks:
+        for seed in seeds:
+            with tempfile.TemporaryDirectory() as tmp:
+                root = Path(tmp)
+                phantoms.write_task_folders(task, root / "data", 10, 0, 30, 256, seed)
+                yield task, seed, root
+
+
+def save_row(row: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:
+    """Print ``row``, append it to ``rows`` and write them all to ``out`` (JSON)."""
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def main() -> None:
@@ -93,30 +119,22 @@ def main() -> None:
     parser.add_argument("--dev-seeds", nargs="+", type=int, default=[100, 101])
     parser.add_argument("--sizes", nargs="+", type=int, default=[128])
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON to append rows to")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="small")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
                         help="name[:rank=R,lr=LR,epochs=E]; names: " + ", ".join(RECIPES))
     args = parser.parse_args()
     if any(s < 100 for s in args.dev_seeds):
         parser.error("dev seeds must be >= 100: seeds 0-99 are the benchmark's")
-    budget = BUDGETS["small"]
+    budget = BUDGETS[args.budget]
     results = json.loads(args.out.read_text()) if args.out.is_file() else []
-    for task in args.tasks:
-        for seed in args.dev_seeds:
-            with tempfile.TemporaryDirectory() as tmp:
-                root = Path(tmp)
-                phantoms.write_task_folders(task, root / "data", 10, 0, 30, 256, seed)
-                for size in args.sizes:
-                    cfg = demo_config(root / "data", root / "run", budget, seed,
-                                      teacher_size=size, device="cpu")
-                    for recipe in args.recipes:
-                        r = run_recipe(recipe, cfg, root / "data" / "test", root / f"w{size}")
-                        row = {"task": task, "dev_seed": seed, "size": size, "recipe": recipe,
-                               **r}
-                        print(json.dumps(row), flush=True)
-                        results.append(row)
-                        args.out.parent.mkdir(parents=True, exist_ok=True)
-                        args.out.write_text(json.dumps(results, indent=1) + "\n")
-
+    for task, seed, root in dev_draws(args.tasks, args.dev_seeds):
+        for size in args.sizes:
+            cfg = demo_config(root / "data", root / "run", budget, seed,
+                              teacher_size=size, device="cpu")
+            for recipe in args.recipes:
+                r = run_recipe(recipe, cfg, root / "data" / "test", root / f"w{size}")
+                save_row({"task": task, "dev_seed": seed, "size": size, "recipe": recipe,
+                          "budget": args.budget, **r}, results, args.out)
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,6 @@ import yaml
 
 from tskd.config import (
     SYNTH_EPOCH_STEPS,
-    PretrainConfig,
     RunConfig,
     StudentConfig,
     SynthConfig,
@@ -28,6 +27,7 @@ from tskd.config_compat import LEGACY_STUDENT
 from tskd.errors import TskdInputError, TskdWarning
 from tskd.pipeline import fingerprints
 from tskd.pipeline.context import StageContext
+from tskd.training.pretrain_config import PretrainConfig
 
 STAGES = ("teacher", "synthesize", "distill", "student")
 SECTIONS = ("teacher", "synth", "distill", "student", "predict")
@@ -174,6 +174,9 @@ def test_a_run_folder_config_of_the_earlier_shape_reads_as_the_same_config(tmp_p
     with pytest.warns(TskdWarning) as caught:
         cfg = load_config(path)
     assert [str(w.message) for w in caught] == [
+        "config: the teacher section was written by an earlier version, without "
+        "'refine_head': read as the teacher without the full-resolution head; set "
+        "'teacher.refine_head' to choose, and silence this warning",
         "config: keys of an earlier version read in their new place (synth.train_steps -> "
         "synth.train.max_steps, synth.batch_size -> synth.train.batch_size, synth.lr -> "
         "synth.train.lr, synth.seed -> synth.train.seed, synth.device -> synth.train.device); "
@@ -183,8 +186,11 @@ def test_a_run_folder_config_of_the_earlier_shape_reads_as_the_same_config(tmp_p
         "convolutions); set 'student.architecture' (conv, the default, or vit_tiny) to choose, "
         "and silence this warning"]
     # every value means what it meant ("auto": the run's device); its student section lists the
-    # ViT's keys, so it stays the ViT-Tiny of that version (config_compat.LEGACY_STUDENT)
-    assert cfg == RunConfig(student=StudentConfig(**LEGACY_STUDENT))
+    # ViT's keys, so it stays the ViT-Tiny of that version (config_compat.LEGACY_STUDENT), and
+    # its whole teacher section stays the teacher without the refine head
+    old = RunConfig(student=StudentConfig(**LEGACY_STUDENT))
+    old.teacher.refine_head = False
+    assert cfg == old
     assert _fingerprints(cfg) == OLD_DEFAULT_FPS  # its stages are taken as done
 
 
@@ -200,6 +206,13 @@ def test_old_keys_map_to_the_same_training_and_the_same_fingerprints() -> None:
     assert cfg.student.train.device is None and cfg.predict.device is None  # "auto": the run's
     assert cfg.device_of("teacher") == "cpu" and cfg.device_of("student") == "auto"
     assert cfg.student.architecture == "conv"
+    # a partial teacher section takes the current default teacher, with the refine head: the
+    # teacher and what depends on it run again, the transfer set does not
+    assert cfg.teacher.refine_head is True
+    now = _fingerprints(cfg)
+    assert now["synthesize"] == OLD_FPS["synthesize"]
+    assert all(now[s] != OLD_FPS[s] for s in ("teacher", "distill", "student"))
+    cfg.teacher.refine_head = False  # the teacher of that version
     assert _fingerprints(cfg) == OLD_FPS_NOW
     cfg.student = StudentConfig(**LEGACY_STUDENT, train=cfg.student.train)
     assert _fingerprints(cfg) == OLD_FPS  # with the student of that version: nothing re-runs
@@ -478,4 +491,11 @@ def test_the_examples_are_of_the_new_shape_and_keep_their_fingerprints(name: str
     cfg.data.unlabelled = None
     ctx = StageContext(cfg)
     ctx._memo["data"] = SimpleNamespace(fingerprint="x")
+    assert cfg.teacher.refine_head is True  # the examples take the default teacher ...
+    with_head = [fingerprints.of(ctx, s) for s in STAGES]
+    cfg.teacher.refine_head = False  # ... which is all that differs from the earlier versions'
+    ctx = StageContext(cfg)
+    ctx._memo["data"] = SimpleNamespace(fingerprint="x")
     assert [fingerprints.of(ctx, s) for s in STAGES] == EXAMPLE_FPS[name]
+    assert with_head[1] == EXAMPLE_FPS[name][1]  # the transfer set does not use the teacher
+    assert with_head[0] != EXAMPLE_FPS[name][0]

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from tskd.config import PretrainConfig
 from tskd.engine import CancelToken, RunControl
 from tskd.errors import Cancelled, TskdInputError
 from tskd.models.mini_sam import MiniSamConfig
 from tskd.training import pretrain, pretrain_data
+from tskd.training.pretrain_config import PretrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

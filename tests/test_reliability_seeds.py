@@ -18,10 +18,11 @@ import torch
 from safetensors.torch import load_file
 
 from tiny_setup import tiny_config, write_tiny_sam, write_tiny_task
-from tskd.config import PretrainConfig, RunConfig, from_dict
+from tskd.config import RunConfig, from_dict
 from tskd.models.mini_sam import MiniSamConfig
 from tskd.pipeline import run_folder, stages
 from tskd.training import pretrain
+from tskd.training.pretrain_config import PretrainConfig
 
 ARTEFACTS = {
     "teacher": "teacher/adapter.safetensors",

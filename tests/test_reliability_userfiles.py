@@ -508,9 +508,9 @@ def test_tiny_demo_keeps_the_users_files_also_when_run_again(
 
 def test_pretrain_mini_default_output_is_a_user_folder_not_the_package(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from tskd.config import PretrainConfig
     from tskd.models.mini_sam import ASSETS, MiniSamConfig
     from tskd.training import pretrain
+    from tskd.training.pretrain_config import PretrainConfig
 
     before = _digest(ASSETS)
     monkeypatch.setenv(pretrain.DATA_DIR_ENV, str(tmp_path / "userdata"))

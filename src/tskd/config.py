@@ -222,11 +222,15 @@ class LoraSettings:
 
 @dataclass
 class TeacherConfig:
-    """Stage 1: adapt SAM to the task with LoRA, prompt-free, one mask per class."""
+    """Stage 1: adapt SAM to the task with LoRA, prompt-free, one mask per class.
+
+    ``refine_head``: a full-resolution head beside SAM's decoder (``tskd.models.refine_head``).
+    """
 
     model_type: str = "mini"  # mini | vit_b | vit_l | vit_h
     checkpoint: str | None = None  # official .pth/.safetensors; None with mini = built-in weights
     input_size: int = 256  # SAM runs at this size; the encoder's embeddings are interpolated
+    refine_head: bool = True
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, lr=3e-3))
     dice_weight: float = 0.8  # loss = dice_weight * Dice + (1 - dice_weight) * CE, as SAMed
@@ -305,27 +309,6 @@ class PredictConfig:
     tile_overlap: int | None = None  # None: 64 px, at most a quarter of the tile
     batch_size: int = 8
     device: str | None = None  # None: the run's (``RunConfig.device``)
-
-
-@dataclass
-class PretrainConfig:
-    """``tskd pretrain-mini``: promptable pretraining of the built-in mini SAM teacher.
-
-    Its architecture (``MiniSamConfig``) is ``pretrain_mini``'s ``arch``. An epoch of ``train``
-    is ``steps_per_checkpoint`` steps: 12 epochs = 1200 steps.
-    """
-
-    image_size: int = 256
-    masks_per_image: int = 4  # objects (each with its own prompt) decoded per image
-    steps_per_checkpoint: int = 100  # the engine checkpoints once per epoch of this many steps
-    iou_weight: float = 1.0
-    # True: object and background pixels weigh half each in the BCE (left off by default: the
-    # plain mean is what the first full pretraining run used)
-    balanced_bce: bool = False
-    prompt_modes: tuple[float, float, float] = (0.4, 0.35, 0.25)  # box / points / box + points
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=12, batch_size=8, lr=3e-4, weight_decay=0.01))
-    SECTION_DEFAULTS: ClassVar[tuple[str, ...]] = ("train",)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 from tskd.errors import TskdInputError, TskdWarning
 
 __all__ = ["DEVICE_SECTIONS", "LEGACY_STUDENT", "SYNTH_EPOCH_STEPS", "UPGRADES", "flat_synth",
-           "run_config", "student_config", "synth_config"]
+           "run_config", "student_config", "synth_config", "teacher_config"]
 
 SYNTH_EPOCH_STEPS = 50  # the diffusion model's epoch: optimiser steps between checkpoints
 
@@ -160,8 +160,37 @@ def student_config(data: dict[str, Any], where: str) -> dict[str, Any]:
     return LEGACY_STUDENT | dict(data)
 
 
+# a teacher section that lists these keys was written whole (a run folder's config.yaml)
+TEACHER_DUMP_KEYS = ("lora", "train", "dice_weight")
+
+
+def teacher_config(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A whole ``teacher`` section of an earlier version, without ``refine_head``, read as it was.
+
+    Earlier versions had no refine head and wrote every teacher key (``TEACHER_DUMP_KEYS``
+    among them) into a run folder's ``config.yaml``; such a section keeps meaning a teacher
+    without the head, so that run's stages are still taken as done, with one ``TskdWarning``.
+    A partial section gets the current default (the head).
+
+    Args:
+        data: The section as read.
+        where: The section's dotted key (unused).
+
+    Returns:
+        ``data``, or a new dict with ``refine_head`` False.
+    """
+    if "refine_head" in data or not all(k in data for k in TEACHER_DUMP_KEYS):
+        return data
+    warnings.warn("config: the teacher section was written by an earlier version, without "
+                  "'refine_head': read as the teacher without the full-resolution head; set "
+                  "'teacher.refine_head' to choose, and silence this warning", TskdWarning,
+                  stacklevel=2)
+    return dict(data) | {"refine_head": False}
+
+
 UPGRADES: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
     "RunConfig": run_config,
     "SynthConfig": synth_config,
     "StudentConfig": student_config,
+    "TeacherConfig": teacher_config,
 }

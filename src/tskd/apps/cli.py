@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128,
                    help="pretraining resolution (the teacher adapts to others by interpolation)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default="mini", choices=("basic", "mini", "small"))
+    p.add_argument("--scenes", default="broad", choices=("basic", "broad"))
+    p.add_argument("--snapshot-every", type=int, default=0, metavar="EPOCHS",
+                   help="also keep the weights every EPOCHS epochs (of 100 steps) in snapshots/")
     p.add_argument("--out", type=Path,
                    help="output folder (default: $TSKD_DATA_DIR/pretrain-mini, else the user "
                         "data folder's tskd/pretrain-mini)")

@@ -205,16 +205,16 @@ def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
             output folder holds weights without ``--overwrite``.
         Cancelled: training was stopped (Ctrl-C) after writing a checkpoint.
     """
-    from tskd.config import PretrainConfig
     from tskd.engine import RunControl
     from tskd.errors import TskdInputError
-    from tskd.models.mini_sam import MiniSamConfig
+    from tskd.models.mini_archs import mini_arch
     from tskd.training import pretrain
+    from tskd.training.pretrain_config import PretrainConfig
 
     if args.out and args.replace_packaged_weights:
         raise TskdInputError("give either --out or --replace-packaged-weights, not both")
 
-    cfg = PretrainConfig(image_size=args.image_size)
+    cfg = PretrainConfig(image_size=args.image_size, scenes=args.scenes)
     if args.steps is not None:
         cfg.train.set_steps(args.steps, cfg.steps_per_checkpoint)
     set_if(cfg.train, "batch_size", args.batch_size)
@@ -228,7 +228,7 @@ def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
                              pretrain.checkpoint_dir_for(out, packaged)),
         command=" ".join(["tskd", *sys.argv[1:]]),
         overwrite=args.overwrite, replace_packaged=packaged,
-        arch=MiniSamConfig(img_size=args.image_size),
+        arch=mini_arch(args.arch, args.image_size), snapshot_every=args.snapshot_every,
     )
     progress.close()
     print_json(result)

@@ -42,7 +42,7 @@ def random_init_model(cfg: RunConfig, num_classes: int) -> Any:
         torch.manual_seed(cfg.teacher.train.seed)
         sam = build_sam(cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size,
                         pretrained=False)
-        return SemanticSam(sam, num_classes)
+        return SemanticSam(sam, num_classes, cfg.teacher.refine_head)
 
 
 def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, Any]:

@@ -46,13 +46,15 @@ def head_parameters(model: SemanticSam) -> list[nn.Parameter]:
         model: the teacher.
 
     Returns:
-        The class tokens, the hypernetwork MLPs and SAM's decoder's ``output_upscaling``
-        (shared by all classes).
+        The class tokens, the hypernetwork MLPs, SAM's decoder's ``output_upscaling``
+        (shared by all classes) and the refine head when the teacher has one.
     """
+    refine = list(model.refine.parameters()) if model.refine is not None else []
     return [
         model.class_tokens,
         *model.class_mlps.parameters(),
         *model.base.mask_decoder.output_upscaling.parameters(),
+        *refine,
     ]
 
 
@@ -204,7 +206,8 @@ def save_teacher(model: SemanticSam, folder: str | Path, meta: dict[str, Any]) -
     meta["lora"] = asdict(lora) if isinstance(lora, LoraSettings) else dict(lora)
     meta["checkpoint"] = str(meta["checkpoint"])
     meta.setdefault("checkpoint_sha256", _base_sha(meta["checkpoint"]))
-    meta |= {"kind": "teacher", "num_classes": model.num_classes, "input_size": model.input_size}
+    meta |= {"kind": "teacher", "num_classes": model.num_classes, "input_size": model.input_size,
+             "refine_head": model.refine is not None}
     folder = Path(folder)
     atomic.write_files({
         folder / ADAPTER: atomic.safetensors_bytes(trainable_state(model)),
@@ -272,7 +275,7 @@ def load_teacher(folder: str | Path, checkpoint: str | Path | None = None) -> Se
     sam = build_sam(info.model_type, path, info.input_size)
     if ckpt == "builtin":
         sam.tskd_source = {"model_type": info.model_type, "checkpoint": "builtin"}
-    model = apply_lora(SemanticSam(sam, info.num_classes), info.lora)
+    model = apply_lora(SemanticSam(sam, info.num_classes, info.refine_head), info.lora)
     try:
         tensors = load_file(str(Path(folder) / ADAPTER))
     except Exception:

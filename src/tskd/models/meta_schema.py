@@ -20,6 +20,7 @@ Teacher meta (``kind: "teacher"``), required keys:
   ``input_size``   int ``MIN_SIZE``..``MAX_SIZE`` (a multiple of 16 for vit_b/l/h),
   ``num_classes``  int 2..``MAX_CLASSES`` (background included),
   ``lora``         mapping of ``LoraSettings``; targets in the grammar of ``tskd.lora_targets``.
+  ``refine_head``  optional bool (absent: false), the teacher has a ``RefineHead``.
 Optional keys of both kinds, checked when present:
   ``class_names``  null or a list of ``num_classes`` strings (each at most 256 characters),
   ``label_values`` the user's label value of each class: ``num_classes`` non-negative ints,
@@ -96,6 +97,7 @@ class TeacherMeta:
     class_names: list[str] | None = None
     label_values: list[int] | None = None
     train_image_shape: tuple[int, int] | None = None
+    refine_head: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -320,6 +322,10 @@ def validate_teacher_meta(meta: Any, path: str | Path = "meta.json") -> TeacherM
         except (TskdInputError, CheckpointError) as exc:
             raise _Bad("", str(exc).removeprefix("config: ")) from None
         extra = _optional(meta, num_classes)
+        refine = meta.get("refine_head", False)
+        if not isinstance(refine, bool):
+            raise _Bad("refine_head", f"must be true or false, got {_show(refine)}")
+        extra["refine_head"] = refine
     except _Bad as bad:
         raise _error(path, bad) from None
     return TeacherMeta(

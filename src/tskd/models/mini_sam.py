@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from tskd.errors import CheckpointError
+from tskd.models.refine_head import RefineHead, refine_param_count
 
 # where ``tskd pretrain-mini`` writes the built-in teacher and ``build_sam("mini")`` reads it
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # src/tskd/assets (package data)
@@ -45,6 +46,7 @@ _INT_BOUNDS = (
     ("decoder_heads", 1, 128),
     ("iou_head_hidden_dim", 1, 8192),
     ("num_multimask_outputs", 1, 16),
+    ("refine_width", 0, 1024),
 )
 
 
@@ -67,6 +69,8 @@ class MiniSamConfig:
     decoder_heads: int = 8
     iou_head_hidden_dim: int = 256
     num_multimask_outputs: int = 3
+    # channels of the full-resolution head beside the decoder (tskd.models.refine_head); 0: none
+    refine_width: int = 0
     pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
     pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
 
@@ -236,6 +240,7 @@ def sam_param_count(cfg: MiniSamConfig, input_size: int, num_classes: int = 0) -
     iou = (P * h + h) + (h * h + h) + (h * tokens + tokens)
     upscale = P * (P // 4) * 4 + P // 4 + 2 * (P // 4) + (P // 4) * (P // 8) * 4 + P // 8
     decoder = P + tokens * P + upscale + tokens * hyper + iou + transformer
+    decoder += refine_param_count(P // 8, cfg.refine_width)
     return encoder + prompt + decoder + num_classes * (P + hyper)
 
 
@@ -278,7 +283,8 @@ def build_mini_sam(cfg: MiniSamConfig | None = None, input_size: int | None = No
             prompt encoder's image sizes; None: ``cfg.img_size``.
 
     Returns:
-        The ``Sam`` module (float32, on the CPU, in training mode).
+        The ``Sam`` module (float32, on the CPU, in training mode), with a ``refine_head``
+        (``tskd.models.refine_head.RefineHead``) when ``cfg.refine_width`` is above 0.
 
     Raises:
         CheckpointError: ``input_size`` is no patch multiple in 16..4096, or ``cfg`` is invalid.
@@ -313,6 +319,8 @@ def build_mini_sam(cfg: MiniSamConfig | None = None, input_size: int | None = No
         pixel_mean=list(cfg.pixel_mean),
         pixel_std=list(cfg.pixel_std),
     )
+    if cfg.refine_width:
+        sam.refine_head = RefineHead(cfg.prompt_dim // 8, cfg.refine_width)
     return sam
 
 

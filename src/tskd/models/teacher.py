@@ -24,6 +24,8 @@ from tskd.models.mini_sam import (
     build_mini_sam,
     official_config,
 )
+from tskd.models.mini_sam_files import read_mini_config
+from tskd.models.refine_head import RefineHead
 from tskd.models.sam_checkpoint import MODEL_TYPES, load_sam_checkpoint
 
 
@@ -44,7 +46,8 @@ def build_sam(
             built-in weights (``BUILTIN_WEIGHTS``).
         input_size: The input side in pixels the model runs at (SAM's own is 1024; position
             embeddings are resampled, see ``tskd.models.sam_checkpoint``).
-        pretrained: False gives a random initialisation (tests, pretraining).
+        pretrained: False gives a random initialisation (tests, pretraining, baselines) of
+            the architecture: for 'mini', that of ``checkpoint``'s JSON when given.
 
     Returns:
         The ``Sam`` module in eval mode, on the CPU.
@@ -59,7 +62,8 @@ def build_sam(
             f"unknown SAM model type '{model_type}'; choose one of {', '.join(MODEL_TYPES)}"
         )
     if not pretrained:
-        cfg = MiniSamConfig() if model_type == "mini" else official_config(model_type)
+        cfg = official_config(model_type) if model_type != "mini" else (
+            read_mini_config(checkpoint) if checkpoint is not None else None) or MiniSamConfig()
         sam = build_mini_sam(cfg, input_size).eval()
         sam.tskd_source = {"model_type": model_type, "checkpoint": None}
         return sam
@@ -94,12 +98,16 @@ class SemanticSam(nn.Module):
     Args:
         sam: A ``segment_anything`` ``Sam`` (``build_sam``); wrapped, not copied.
         num_classes: C, classes including the background (at least 2).
+        refine: turn the decoder's (B, C, 4h, 4w) logits into full-resolution ones with the
+            SAM's ``refine_head`` (``tskd.models.refine_head``), pretrained with the mini SAM or,
+            when the SAM has none, attached to it new; False: SAM's logits upsampled
+            bilinearly, as SAMed.
 
     Raises:
         ValueError: ``num_classes`` is below 2 (a caller's mistake).
     """
 
-    def __init__(self, sam: nn.Module, num_classes: int) -> None:
+    def __init__(self, sam: nn.Module, num_classes: int, refine: bool = False) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError("num_classes counts the background too and must be at least 2")
@@ -119,6 +127,16 @@ class SemanticSam(nn.Module):
             f"block{i}": int(enc.patch_embed.proj.out_channels) for i in range(len(enc.blocks))
         }
         self.feature_dims["neck"] = int(sam.prompt_encoder.embed_dim)
+        self.use_refine = refine
+        if refine and getattr(sam, "refine_head", None) is None:
+            # official checkpoints and older mini weights have none: a new (zero-output) head,
+            # trained during adaptation
+            sam.refine_head = RefineHead(int(sam.prompt_encoder.embed_dim) // 8)
+
+    @property
+    def refine(self) -> RefineHead | None:
+        """The full-resolution head (``tskd.models.refine_head``), or None when not used."""
+        return self.base.refine_head if self.use_refine else None
 
     @property
     def base(self) -> nn.Module:
@@ -145,6 +163,10 @@ class SemanticSam(nn.Module):
         Returns:
             Class logits (B, C, 4h, 4w), C = ``num_classes``.
         """
+        return self._decode(emb)[0]
+
+    def _decode(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-resolution class logits (B, C, 4h, 4w) and the upscaled features they come from."""
         sam = self.base
         dec, pe = sam.mask_decoder, sam.prompt_encoder
         b, c, h, w = emb.shape
@@ -161,14 +183,17 @@ class SemanticSam(nn.Module):
             [mlp(class_out[:, i, :]) for i, mlp in enumerate(self.class_mlps)], dim=1
         )
         bu, cu, hu, wu = up.shape
-        return (hyper @ up.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
+        return (hyper @ up.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu), up
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = x.shape[-2:]
         if tuple(size) != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
         emb = self._embed(x)
-        low = self.predict_masks(emb)
+        low, up = self._decode(emb)
+        head = self.refine
+        if head is not None:
+            low = head(x, up, low)
         return F.interpolate(low, size=size, mode="bilinear", align_corners=False), emb
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,7 +205,7 @@ class SemanticSam(nn.Module):
 
         Returns:
             Class logits (B, C, H, W) at the images' size, upsampled (bilinear) from the
-            decoder's (B, C, 4h, 4w).
+            decoder's (B, C, 4h, 4w), or from the refine head's (B, C, S, S) when there is one.
         """
         return self._run(x)[0]
 

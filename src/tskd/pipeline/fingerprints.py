@@ -58,7 +58,10 @@ def teacher_fp(cfg: RunConfig, data_fp: str) -> str:
     Returns:
         16 hex digits over the teacher's settings and ``data_fp``.
     """
-    return fingerprint("teacher", _settings_fp(cfg.teacher), data_fp)
+    settings = _settings_fp(cfg.teacher)
+    if not settings.get("refine_head", True):  # earlier versions had no head and no key
+        settings.pop("refine_head")
+    return fingerprint("teacher", settings, data_fp)
 
 
 def synth_settings(synth: SynthConfig) -> dict[str, Any]:

@@ -27,12 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tskd.config import PretrainConfig, TrainConfig
+from tskd.config import TrainConfig
 from tskd.engine import RunControl, TrainResult, seed_everything, train
 from tskd.errors import TskdInputError
 from tskd.models.mini_sam import ASSETS, MiniSamConfig, build_mini_sam, count_parameters
 from tskd.models.mini_sam_files import save_mini_sam
+from tskd.training.pretrain_config import PretrainConfig
 from tskd.training.pretrain_data import PromptDataset
+from tskd.training.pretrain_snapshots import Snapshots
 
 WEIGHTS_NAME = "mini_sam.safetensors"
 
@@ -187,6 +189,21 @@ class PromptableSam(nn.Module):
         sam = self.sam
         x = batch["image"] * 255.0
         emb = sam.image_encoder((x - sam.pixel_mean) / sam.pixel_std)
+        head = getattr(sam, "refine_head", None)
+        upscaled: list[torch.Tensor] = []  # the decoder's upscaled features, for the head
+        hook = sam.mask_decoder.output_upscaling.register_forward_hook(
+            lambda _m, _i, out: upscaled.append(out)) if head is not None else None
+        try:
+            return self._losses(batch, emb, head, upscaled)
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    def _losses(self, batch: dict[str, torch.Tensor], emb: torch.Tensor,
+                head: nn.Module | None, upscaled: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The losses of a batch whose image embeddings are ``emb`` (see ``forward``)."""
+        sam = self.sam
+        x = batch["image"]
         image_pe = sam.prompt_encoder.get_dense_pe()
         size = x.shape[-2:]
         bce_all, dice_all, iou_all = [], [], []
@@ -205,13 +222,19 @@ class PromptableSam(nn.Module):
             target = batch["masks"][b].unsqueeze(1)
             bce = _bce(logits, target, self.balanced)
             dice = _dice_loss(logits, target)
-            per_mask = bce + dice  # (K, 4)
-            best = per_mask[:, 1:].argmin(dim=1, keepdim=True) + 1  # best multimask output
-            pick = torch.cat([torch.zeros_like(best), best], dim=1)
-            bce_all.append(bce.gather(1, pick))
-            dice_all.append(dice.gather(1, pick))
+            best = (bce + dice)[:, 1:].argmin(dim=1, keepdim=True) + 1  # best multimask output
+            pick = torch.cat([torch.zeros_like(best), best], dim=1)  # (K, 2): token 0 and best
             with torch.no_grad():
                 true_iou = _iou(logits, target)
+            if head is not None:  # the picked masks at full resolution, from the refine head
+                index = pick[:, :, None, None].expand(-1, -1, *low.shape[-2:])
+                fine = head(x[b : b + 1].expand(low.shape[0], -1, -1, -1), upscaled.pop(),
+                            low.gather(1, index)).float()
+                bce_all.append(_bce(fine, target, self.balanced))
+                dice_all.append(_dice_loss(fine, target))
+            else:
+                bce_all.append(bce.gather(1, pick))
+                dice_all.append(dice.gather(1, pick))
             iou_all.append(F.mse_loss(iou_pred.float(), true_iou, reduction="none").mean(1))
         bce_t, dice_t = torch.cat(bce_all).mean(), torch.cat(dice_all).mean()
         iou_t = torch.cat(iou_all).mean()
@@ -227,7 +250,8 @@ class _PretrainTask:
     def __init__(self, model: PromptableSam, cfg: PretrainConfig, steps_per_epoch: int) -> None:
         self.model = model
         self._data = PromptDataset(steps_per_epoch * cfg.train.batch_size, cfg.image_size,
-                                   cfg.masks_per_image, cfg.train.seed, cfg.prompt_modes)
+                                   cfg.masks_per_image, cfg.train.seed, cfg.prompt_modes,
+                                   cfg.scenes)
 
     def dataset(self) -> Dataset:
         return self._data
@@ -310,12 +334,13 @@ def pretrain_mini(
     overwrite: bool = False,
     replace_packaged: bool = False,
     arch: MiniSamConfig | None = None,
+    snapshot_every: int = 0,
 ) -> dict[str, Any]:
     """Pretrain the mini SAM and write ``out_dir/mini_sam.safetensors`` + ``mini_sam.json``.
 
     Args:
-        cfg: The training (``tskd.config.PretrainConfig``; ``cfg.train.device`` None is
-            "auto").
+        cfg: The training (``tskd.training.pretrain_config.PretrainConfig``;
+            ``cfg.train.device`` None is "auto").
         out_dir: The output folder (``check_output``).
         control: Progress reports, cancel, the engine's checkpoint folder
             (``checkpoint_dir_for``) and resume, handed to ``tskd.engine.train``; None:
@@ -324,6 +349,8 @@ def pretrain_mini(
         overwrite: Replace the two files when ``out_dir`` holds them.
         replace_packaged: Allow ``out_dir`` to be the package's built-in weights.
         arch: The architecture; None: the built-in teacher's (``MiniSamConfig()``).
+        snapshot_every: also save the weights every this many epochs into ``out_dir/snapshots``
+            (``tskd.training.pretrain_snapshots``); 0: none.
 
     Returns:
         The run's record (also stored under "info" in the JSON: settings, seed, version, git
@@ -346,7 +373,8 @@ def pretrain_mini(
     model = build_model(cfg, arch)
     task = _PretrainTask(model, cfg, per_epoch)
     t0 = time.perf_counter()
-    result: TrainResult = train(task, train_cfg, control=control)
+    callbacks = [Snapshots(out_dir, arch, snapshot_every, command)] if snapshot_every else []
+    result: TrainResult = train(task, train_cfg, control=control, callbacks=callbacks)
     wall = time.perf_counter() - t0
     sam = task.model.sam
     info = _record(cfg, arch, result, command, commit, wall) | {"parameters": count_parameters(sam)}

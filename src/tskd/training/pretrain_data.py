@@ -87,6 +87,7 @@ class PromptDataset(Dataset):
         prompt_modes: chances of box, points, and box + points (normalised to sum 1); default
             ``tskd.training.pretrain.PretrainConfig.prompt_modes``' (0.4, 0.35, 0.25), with
             which the built-in mini SAM was trained (``tskd/assets/mini_sam.json``).
+        scenes: the scene families (``tskd.data.phantoms.pretraining.SCENES``).
 
     Raises:
         TskdInputError: ``prompt_modes`` not three non-negative chances with a positive sum.
@@ -94,9 +95,10 @@ class PromptDataset(Dataset):
 
     def __init__(
         self, length: int, size: int, masks_per_image: int, seed: int,
-        prompt_modes: tuple[float, float, float] = (0.4, 0.35, 0.25),
+        prompt_modes: tuple[float, float, float] = (0.4, 0.35, 0.25), scenes: str = "basic",
     ) -> None:
         self.length, self.size, self.k, self.seed = length, size, masks_per_image, seed
+        self.scenes = scenes
         modes = np.asarray(prompt_modes, np.float64)
         if modes.shape != (3,) or modes.min() < 0 or modes.sum() <= 0:
             raise TskdInputError("prompt modes must be three non-negative chances (box, "
@@ -111,7 +113,7 @@ class PromptDataset(Dataset):
 
         key = int(torch.randint(0, 2**31 - 1, (1,)).item())
         rng = np.random.default_rng([self.seed, key, index])
-        image, masks = pretraining_sample(rng, self.size)
+        image, masks = pretraining_sample(rng, self.size, self.scenes)
         # larger objects more often (p ~ sqrt(area)): clusters would otherwise flood the
         # prompts with dots, while the target tasks are mostly organ-sized objects
         area = np.array([m.sum() for m in masks], np.float64)

@@ -138,7 +138,7 @@ def finetune_teacher(
     """
     seed_everything(cfg.train.seed)
     sam = build_sam(cfg.model_type, cfg.checkpoint, cfg.input_size)
-    model = apply_lora(SemanticSam(sam, num_classes), cfg.lora)
+    model = apply_lora(SemanticSam(sam, num_classes, cfg.refine_head), cfg.lora)
     task = TeacherTask(model, train, cfg, augment)
     progress = control.progress if control is not None else None
     result = engine_train(

@@ -2,9 +2,11 @@
 
 Families of objects -- random shapes (ellipses, rectangles, polygons, stars, blobs), textured
 regions (a region whose texture or statistics differ from its surround), curvilinear
-structures, rings/annuli and clusters of small objects -- are painted over a random
-background with random fills, then imaged with random blur, noise (Gaussian, speckle,
-Poisson), contrast, gamma, inversion, in colour or gray. None of this code is shared with the
+structures, rings/annuli and clusters of small objects; with ``scenes="broad"`` also branching
+trees, nested and multi-part objects (``pretraining_structures``) -- are painted over a random
+background with random fills (``broad``: some with weak, blurred boundaries), then imaged with
+random blur, noise (Gaussian, speckle, Poisson), contrast, gamma, inversion (``broad``: an
+intensity drift across the field), in colour or gray. None of this code is shared with the
 target tasks in ``tskd.data.phantoms.targets``: the pretrained teacher must not have seen them.
 """
 
@@ -15,6 +17,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 from skimage.draw import polygon2mask
+
+from . import pretraining_structures as more
 
 Masks = list[np.ndarray]
 
@@ -206,6 +210,11 @@ FAMILIES: dict[str, Callable[..., Masks]] = {
     "cluster": _cluster,
 }
 _WEIGHTS = np.array([0.35, 0.15, 0.17, 0.15, 0.18])
+# "basic": the families the built-in mini SAM of tskd 0.1 was pretrained on; "broad" adds
+# branching trees, nested and multi-part objects, weak boundaries and intensity drift
+SCENES = ("basic", "broad")
+BROAD_FAMILIES: dict[str, Callable[..., Masks]] = {**FAMILIES, **more.FAMILIES}
+_BROAD_WEIGHTS = np.array([0.2, 0.1, 0.12, 0.08, 0.12, 0.14, 0.14, 0.1])
 
 
 def _background(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np.ndarray
@@ -215,8 +224,14 @@ def _background(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np
     return base * shade[..., None]
 
 
-def _imaging(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    """Blur, noise, contrast, gamma, inversion and gray conversion of a float image."""
+def _imaging(rng: np.random.Generator, img: np.ndarray, broad: bool = False) -> np.ndarray:
+    """Blur, noise, contrast, gamma, inversion and gray conversion of a float image.
+
+    ``broad`` first multiplies half of the images by a smooth intensity drift.
+    """
+    if broad and rng.random() < 0.5:
+        h, w = img.shape[:2]
+        img = more.bias_field(rng, _field(rng, h, w, rng.uniform(0.3, 0.8) * min(h, w)), img)
     if rng.random() < 0.4:
         img = ndimage.gaussian_filter(img, (rng.uniform(0.4, 2.0),) * 2 + (0,))
     img = np.clip(img, 0, 1)
@@ -242,40 +257,52 @@ def _imaging(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
 
 
 def pretraining_sample(
-    rng: np.random.Generator, size: int | tuple[int, int] = 256
+    rng: np.random.Generator, size: int | tuple[int, int] = 256, scenes: str = "basic"
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """A random scene: (image uint8 (H, W, 3), list of bool (H, W) instance masks, >= 1).
 
-    One to four times, the objects of a family drawn from ``FAMILIES`` are painted; later occlude
-    earlier ones (masks hold the visible part only); objects left with fewer than a few pixels (6 at
-    256 px, scaled with the area, at least 4) are dropped; a scene left empty gets a central
-    ellipse.
+    One to four times (``broad``: one to six), the objects of a family drawn from ``FAMILIES``
+    (``broad``: ``BROAD_FAMILIES``) are painted; later occlude earlier ones (masks hold the
+    visible part only); objects left with fewer than a few pixels (6 at 256 px, scaled with the
+    area, at least 4) are dropped; a scene left empty gets a central ellipse.
 
     Args:
         rng: The only source of randomness: a scene is a pure function of it.
         size: Side, or (H, W), in pixels.
+        scenes: ``"basic"`` (the built-in mini SAM's first pretraining) or ``"broad"``.
 
     Returns:
         ``(image, masks)``: uint8 (H, W, 3); one bool (H, W) mask per visible object, at
         least one.
+
+    Raises:
+        ValueError: ``scenes`` is not one of ``SCENES`` (a caller's mistake).
     """
+    if scenes not in SCENES:
+        raise ValueError(f"scenes must be one of {SCENES}, got {scenes!r}")
+    broad = scenes == "broad"
+    families, weights = (BROAD_FAMILIES, _BROAD_WEIGHTS) if broad else (FAMILIES, _WEIGHTS)
     h, w = (size, size) if isinstance(size, int | np.integer) else size
     h, w = int(h), int(w)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     img = _background(rng, h, w, yy, xx)
     masks: Masks = []
     min_area = max(4, int(6 * (min(h, w) / 256) ** 2))
-    for _ in range(rng.integers(1, 5)):
-        family = rng.choice(list(FAMILIES), p=_WEIGHTS)
-        new = [m for m in FAMILIES[family](rng, h, w, yy, xx) if m.any()]
+    for _ in range(rng.integers(1, 7 if broad else 5)):
+        family = rng.choice(list(families), p=weights)
+        new = [m for m in families[family](rng, h, w, yy, xx) if m.any()]
         if not new:
             continue
         fill = _texture(rng, h, w, yy, xx)
         if rng.random() < 0.3:  # same texture, other mean: only the statistics differ
             fill = fill * rng.uniform(0.6, 1.4)
+        soft = broad and family not in ("cluster", "branching") and rng.random() < 0.3
         for m in new:
-            jitter = rng.uniform(0.85, 1.15) if family == "cluster" else 1.0
-            img[m] = fill[m] * jitter
+            jitter = rng.uniform(0.85, 1.15) if family in ("cluster", "multipart") else 1.0
+            if soft:
+                more.soft_paint(rng, img, m, fill * jitter)
+            else:
+                img[m] = fill[m] * jitter
             masks = [old & ~m for old in masks]
             masks.append(m)
     masks = [m for m in masks if m.sum() >= min_area]
@@ -283,5 +310,5 @@ def pretraining_sample(
         m = ((xx - w / 2) / (0.2 * w)) ** 2 + ((yy - h / 2) / (0.15 * h)) ** 2 < 1
         img[m] = _colour(rng)
         masks = [m]
-    img = _imaging(rng, img)
+    img = _imaging(rng, img, broad)
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8), masks
