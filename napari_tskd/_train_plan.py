@@ -80,8 +80,8 @@ def estimate_seconds(cfg: Any, n_train: int, n_unlabelled: int) -> dict[str, flo
 
 
 def _minutes(seconds: float) -> str:
-    if seconds < 90:
-        return "under 2 min" if seconds >= 60 else "about 1 min"
+    if seconds < 60:
+        return "under 1 min"
     if seconds < 5400:
         return f"about {round(seconds / 60)} min"
     return f"about {seconds / 3600:.1f} h"
