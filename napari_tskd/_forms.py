@@ -45,6 +45,17 @@ def layout_form(stage_widget: Any, main: list[Any], advanced: list[Any],
     return box
 
 
+def hold_fields(fields: list[Any], busy: bool) -> None:
+    """Disable the bound fields (``_run_config.Field``) while a job runs, enable them after.
+
+    Args:
+        fields: A tab's bound fields.
+        busy: Whether a training job runs.
+    """
+    for field in fields:
+        field.widget.enabled = not busy
+
+
 def _dice(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 

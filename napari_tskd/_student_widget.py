@@ -17,7 +17,7 @@ from magicgui.widgets import (
 
 from napari_tskd import _notify
 from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, steps_box, wrapped_label
-from napari_tskd._forms import layout_form, stage_quality
+from napari_tskd._forms import hold_fields, layout_form, stage_quality
 from napari_tskd._run_config import Field, set_device
 from tskd.pipeline.registry import stage
 
@@ -71,7 +71,9 @@ class StudentWidget(StageWidget):
              self.distill_lr, self.finetune_lr, self.dice_weight],
             [self.distill_button, self.finetune_button, self.both_button, self.result],
         )
-        self.context.edits.bind(self.fields(), owner=self)
+        self.bound = self.fields()
+        self.context.edits.bind(self.bound, owner=self)
+        hold_fields(self.bound, self.context.runner.running)  # a job already runs
         self.distill_button.changed.connect(lambda *_: self.run(["distill"]))
         self.finetune_button.changed.connect(lambda *_: self.run(["student"]))
         self.both_button.changed.connect(lambda *_: self.run(["distill", "student"]))
@@ -79,6 +81,11 @@ class StudentWidget(StageWidget):
 
     def job_buttons(self) -> list[Any]:
         return [self.distill_button, self.finetune_button, self.both_button]
+
+    def set_busy(self, busy: bool) -> None:
+        """While a job runs, its settings cannot change under it (progress matches the form)."""
+        super().set_busy(busy)
+        hold_fields(getattr(self, "bound", []), busy)  # called during __init__ too
 
     def fields(self) -> list[Field]:
         """This form's fields and the settings of the run's config they edit."""

@@ -9,7 +9,7 @@ from magicgui.widgets import ComboBox, FileEdit, LineEdit, PushButton, SpinBox
 
 from napari_tskd import _notify
 from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, steps_box, wrapped_label
-from napari_tskd._forms import layout_form, stage_quality
+from napari_tskd._forms import hold_fields, layout_form, stage_quality
 from napari_tskd._run_config import Field, set_device
 from tskd.pipeline.registry import stage
 
@@ -53,13 +53,20 @@ class TeacherWidget(StageWidget):
             [self.lora_rank, self.lora_targets, self.batch_size, self.lr],
             [self.train_button, self.result],
         )
-        self.context.edits.bind(self.fields(), owner=self)
+        self.bound = self.fields()
+        self.context.edits.bind(self.bound, owner=self)
+        hold_fields(self.bound, self.context.runner.running)  # a job already runs
         self.preset_button.changed.connect(self.apply_preset)
         self.train_button.changed.connect(self.run)
         self.load_from_run()
 
     def job_buttons(self) -> list[Any]:
         return [self.train_button]
+
+    def set_busy(self, busy: bool) -> None:
+        """While a job runs, its settings cannot change under it (progress matches the form)."""
+        super().set_busy(busy)
+        hold_fields(getattr(self, "bound", []), busy)  # called during __init__ too
 
     def fields(self) -> list[Field]:
         """This form's fields and the settings of the run's config they edit."""

@@ -11,7 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinB
 
 from napari_tskd import _layers, _notify
 from napari_tskd._base import DEVICES, StageWidget, wrapped_label
-from napari_tskd._forms import layout_form
+from napari_tskd._forms import hold_fields, layout_form
 from napari_tskd._run_config import Field, set_device
 from tskd.config import SYNTH_EPOCH_STEPS
 from tskd.pipeline.registry import stage
@@ -47,13 +47,20 @@ class TransferWidget(StageWidget):
             [self.resolution, self.sample_steps, self.near_copy],
             [self.run_button, self.show_button, self.result],
         )
-        self.context.edits.bind(self.fields(), owner=self)
+        self.bound = self.fields()
+        self.context.edits.bind(self.bound, owner=self)
+        hold_fields(self.bound, self.context.runner.running)  # a job already runs
         self.run_button.changed.connect(self.run)
         self.show_button.changed.connect(self.show_images)
         self.load_from_run()
 
     def job_buttons(self) -> list[Any]:
         return [self.run_button]
+
+    def set_busy(self, busy: bool) -> None:
+        """While a job runs, its settings cannot change under it (progress matches the form)."""
+        super().set_busy(busy)
+        hold_fields(getattr(self, "bound", []), busy)  # called during __init__ too
 
     def fields(self) -> list[Field]:
         """This form's fields and the settings of the run's config they edit."""

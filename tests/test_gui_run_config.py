@@ -213,3 +213,18 @@ def test_every_tab_title_is_shown_whole(dock, qtbot) -> None:
         assert bar.tabRect(i).width() >= metrics.horizontalAdvance(text), text
     assert [bar.tabText(i) for i in range(bar.count())] == [
         "Data", "Teacher", "Transfer set", "Student", "Segment", "Loop", "Settings"]
+
+
+def test_settings_cannot_change_under_a_running_job(dock) -> None:
+    """While a job runs, the tabs' training settings are held, so the progress line's totals
+    and the form always agree; they are editable again when it ends."""
+    from napari_tskd._jobs import Job
+
+    teacher, student = dock.stages["Teacher"], dock.stages["Student"]
+    job = Job("Train", [], {}, owner=dock.stages["Data"])
+    dock.context.runner.started.emit(job)
+    assert not teacher.epochs.enabled and not student.finetune_epochs.enabled
+    assert not teacher.lora_targets.enabled  # Advanced too
+    job.status = "done"
+    dock.context.runner.finished.emit(job)
+    assert teacher.epochs.enabled and student.finetune_epochs.enabled
