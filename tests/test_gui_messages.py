@@ -155,3 +155,25 @@ def test_a_failed_job_says_which_button_to_press(make_napari_viewer, notes) -> N
     expected = "train the teacher first (Teacher tab > Train teacher)"
     assert notes.errors()[-1].endswith(expected)  # ... the viewer's
     assert student.panel.status.text().endswith(expected)
+
+
+@pytest.mark.usefixtures("tskd_gui_env")
+def test_a_train_button_on_another_runs_folder_names_the_checkbox(make_napari_viewer,
+                                                                  notes) -> None:
+    """Train teacher after changing Student input size in a run with results: refused before
+    any process starts, naming the Data tab's checkbox by its text."""
+    from tskd.pipeline.manifest import record_files
+
+    main = _viewer_with_labels(make_napari_viewer)
+    assert main.stages["Data"].use_data()
+    result = main.context.paths().teacher / "meta.json"
+    result.parent.mkdir(parents=True)
+    result.write_text("{}")
+    record_files(main.context.run_dir, [result])
+    main.stages["Data"].image_size.value = 128
+    main.stages["Teacher"].train_button.native.click()
+    assert not main.context.runner.running
+    message = notes.errors()[-1]
+    assert "differ from this run's" in message
+    assert message.endswith("tick 'replace a different run in this folder' in the Data tab")
+    assert result.is_file()  # nothing removed
