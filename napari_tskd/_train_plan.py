@@ -139,11 +139,17 @@ class TrainPlan:
         self.context.runner.finished.connect(self._finished)
         self._data_changed()
 
-    def apply_preset(self) -> str | None:
-        """Put the preset for this machine into the run's config (the Teacher tab shows it)
-        when the teacher is still the default one: no teacher trained in this run, no
+    def pending_preset(self, allow_import: bool) -> Any:
+        """The preset *Train* will put into the run's config, or None.
+
+        Only while the teacher is still the default one: no teacher trained in this run, no
         checkpoint chosen, and model, input size and batch size neither changed in the tabs
-        nor in ``config.yaml``. Returns the preset's name, or None when nothing changed."""
+        nor in ``config.yaml``.
+
+        Args:
+            allow_import: Whether torch may be imported to read the free GPU memory (a button
+                was pressed); else None when that would be needed.
+        """
         from tskd.config import TeacherConfig
 
         if any(self.context.edits.edited(key) for key in PRESET_KEYS):
@@ -155,7 +161,17 @@ class TrainPlan:
             return None
         if (self.context.paths().teacher / "meta.json").is_file():
             return None
-        preset = machine_preset(cfg.device, allow_import=True)
+        return machine_preset(cfg.device, allow_import)
+
+    def apply_preset(self) -> str | None:
+        """Put ``pending_preset`` into the run's config (the Teacher tab shows it).
+
+        Returns:
+            The preset's name, or None when nothing changed.
+        """
+        preset = self.pending_preset(allow_import=True)
+        if preset is None:
+            return None
         for key, attr in PRESET_KEYS.items():
             self.context.edits.put(key, getattr(preset, attr))
         return str(preset.name)
@@ -187,10 +203,19 @@ class TrainPlan:
         except Exception:  # the estimate is informative only; Train reports real errors
             self.estimate.value = ""
             return
+        try:
+            preset = self.pending_preset(allow_import=False)
+        except Exception:  # no torch, no psutil: Train reports it
+            preset = None
+        note = f"Preset for this machine: {preset.name}. " if preset else ""
+        if preset:  # what Train will run with
+            cfg.teacher.model_type, cfg.teacher.input_size = preset.model_type, preset.input_size
+            cfg.teacher.train.batch_size = preset.batch_size
         if counts is None:
-            self.estimate.value = "Estimate: shown once the labelled layers are chosen"
+            self.estimate.value = f"{note}Estimate: shown once the labelled layers are chosen"
             return
-        self.estimate.value = describe_estimate(estimate_seconds(cfg, *counts), cfg.device)
+        parts = estimate_seconds(cfg, *counts)
+        self.estimate.value = note + describe_estimate(parts, cfg.device)
 
     def _finished(self, job: Any) -> None:
         if job.owner is not self.widget or job.status != "done":

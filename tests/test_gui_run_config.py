@@ -153,15 +153,21 @@ def test_advanced_settings_are_collapsed_by_default(dock) -> None:
 def test_train_line_shows_a_time_estimate_from_the_tabs_settings(dock) -> None:
     data, teacher = dock.stages["Data"], dock.stages["Teacher"]
     assert data.run_all_button.text == "Train"
-    # 10 labelled slices, validation share 0.2: 8 train; settings device cpu. teacher: 30
-    # epochs x 2 batches x 4 images x 0.3 s = 72 s; transfer set: (300 x 16 + 32 x 25) x 0.02
-    # = 112 s; distillation: 20 x 10 x 4 x 0.6 = 480 s; fine-tuning: 40 x 2 x 4 x 0.5 = 160 s
+    # 10 labelled slices, validation share 0.2: 8 train; settings device cpu, so a new run
+    # takes the CPU preset (mini SAM at 128 px, batch 4). teacher: 30 epochs x 2 batches x 4
+    # images x 0.3 s x (128/256)^2 = 18 s; transfer set: (300 x 16 + 32 x 25) x 0.02 = 112 s;
+    # distillation: 20 x 10 x 4 x 0.6 = 480 s; fine-tuning: 40 x 2 x 4 x 0.5 = 160 s
     assert data.plan.estimate.value == (
-        "Estimate: about 14 min on the CPU (teacher about 1 min, distillation about 8 min, "
+        "Preset for this machine: CPU: built-in mini SAM at 128 (its native size). "
+        "Estimate: about 13 min on the CPU (teacher under 1 min, distillation about 8 min, "
         "fine-tuning about 3 min, transfer set about 2 min; rough)")
-    teacher.max_steps.value = 20  # 20 x 4 x 0.3 = 24 s
-    assert "teacher under 1 min" in data.plan.estimate.value
-    assert data.plan.estimate.value.startswith("Estimate: about 13 min")
+    teacher.input_size.value = 192  # the user's choice: no preset; 72 s x (192/256)^2 = 40.5 s
+    assert data.plan.estimate.value == (
+        "Estimate: about 13 min on the CPU (teacher under 1 min, distillation about 8 min, "
+        "fine-tuning about 3 min, transfer set about 2 min; rough)")
+    teacher.epochs.value = 300  # 300 x 2 x 4 x 0.3 x 0.5625 = 405 s; 1157 s in all
+    assert data.plan.estimate.value.startswith(
+        "Estimate: about 19 min on the CPU (teacher about 7 min,")
 
 
 def test_quality_lines_name_the_validation_dice_or_say_why_there_is_none() -> None:
