@@ -111,7 +111,11 @@ def machine_preset(device: str, allow_import: bool) -> Any:
     """
     from napari_tskd._presets import free_memory, pick
 
-    if device != "cpu" and "torch" not in sys.modules and not allow_import:
+    if device == "cpu":  # no torch needed: the CPU preset depends on free RAM only
+        import psutil
+
+        return pick("cpu", psutil.virtual_memory().available / 2**30)
+    if "torch" not in sys.modules and not allow_import:
         return None
     kind, free_gb = free_memory(device)
     return pick(kind, free_gb)
