@@ -252,6 +252,13 @@ class DataWidget(StageWidget):
     def run_all(self, *_: Any) -> None:
         """Train: use the data, then every stage in one training process, with the run's
         config as the tabs show it (a new run first takes the preset for this machine)."""
+        from tskd.errors import TskdError
+
+        try:
+            self.context.edits.check()  # a tab's unusable field: nothing written or started
+        except TskdError as exc:
+            _notify.user_error(exc)
+            return
         preset = self.plan.apply_preset()
         if not self.use_data():
             return

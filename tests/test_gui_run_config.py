@@ -95,6 +95,7 @@ def test_a_field_that_cannot_be_used_stops_every_button(dock, notes) -> None:
     dock.stages["Student"].both_button.native.click()
     assert dock.jobs == []
     assert notes.errors()[-2:] == ["learning rate must be a number, got 'fast'"] * 2
+    assert not dock.context.run_dir.exists()  # Train wrote no data either
     dock.stages["Teacher"].lr.value = "0.002"
     dock.stages["Student"].distill_button.native.click()
     assert len(dock.jobs) == 1 and dock.jobs[0].config["teacher"]["train"]["lr"] == 0.002
