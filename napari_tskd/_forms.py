@@ -32,7 +32,7 @@ def layout_form(stage_widget: Any, main: list[Any], advanced: list[Any],
 
     stage_widget.form.extend(main)
     box = Container(labels=True, widgets=advanced)
-    collapsible = QCollapsible(ADVANCED)
+    collapsible = QCollapsible(ADVANCED, expandedIcon="▼", collapsedIcon="▶")
     collapsible.addWidget(box.native)
     collapsible.collapse(animate=False)
     acts = Container(labels=True, widgets=actions)
