@@ -131,7 +131,8 @@ class StageWidget(QWidget):
             _notify.error(
                 f"{str(exc).split(';')[0]}: the data, image size or teacher model/checkpoint "
                 "differ from this run's; open a new run folder (Settings > New run folder, "
-                "then Use this data) or tick 'replace a different run' in the Data widget"
+                "then Use this data) or tick 'replace a different run in this folder' in the "
+                "Data tab"
             )
         except TskdError as exc:
             _notify.user_error(exc)

@@ -16,6 +16,7 @@ from qtpy.QtCore import QObject, Signal
 
 from napari_tskd._jobs import Job, JobRunner
 from napari_tskd._models import ModelCache
+from napari_tskd._run_config import ConfigEdits
 from napari_tskd._settings import Settings, load_settings, save_settings
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class RunContext(QObject):
         self.settings: Settings = load_settings()
         self.runner = JobRunner(self)
         self.models = ModelCache()  # Segment and Loop share the loaded model
+        self.edits = ConfigEdits()  # what the user changed in the tabs (_run_config.py)
         self._widgets = 0
 
     # -- run folder and config ------------------------------------------------------------
@@ -49,6 +51,7 @@ class RunContext(QObject):
             return
         self.settings.run_dir = path
         save_settings(self.settings)
+        self.edits.clear()  # the tabs show the other run's config
         self.run_dir_changed.emit(path)
 
     def update_settings(self, **changes: str) -> None:
@@ -59,10 +62,12 @@ class RunContext(QObject):
         save_settings(self.settings)
         self.settings_changed.emit()
         if self.settings.run_dir != run_dir:
+            self.edits.clear()
             self.run_dir_changed.emit(self.settings.run_dir)
 
     def config(self) -> RunConfig:
-        """The run's ``config.yaml`` (a fresh default config when the folder holds no run)."""
+        """The run's config as the tabs show it: ``config.yaml`` (the defaults when the folder
+        holds no run) with the user's changes in the tabs (``self.edits``)."""
         from tskd.config import RunConfig, load_config
 
         path = self.paths().config
@@ -70,7 +75,7 @@ class RunContext(QObject):
         cfg.run_dir = str(self.run_dir)
         if not path.is_file():
             cfg.device = self.settings.device  # the run's device (a stage may set its own)
-        return cfg
+        return self.edits.apply(cfg)
 
     def paths(self) -> Any:
         """``tskd.pipeline.run_folder.RunPaths`` of the open run folder."""
@@ -94,6 +99,7 @@ class RunContext(QObject):
             from tskd.errors import TskdError
 
             raise TskdError(f"'{self.runner.job.label}' is still running; cancel it or wait")
+        self.edits.check()  # a field showing an unusable value: refused, nothing started
         if prepare:
             prepare_run_dir(cfg)
         env = {"TSKD_CACHE_DIR": self.settings.cache_dir, **child_env()}

@@ -24,6 +24,8 @@ from magicgui.widgets import (
 
 from napari_tskd import _layers, _notify
 from napari_tskd._base import StageWidget, wrapped_label
+from napari_tskd._run_config import Field
+from napari_tskd._train_plan import TrainPlan
 from tskd.config import validation_count
 
 
@@ -51,7 +53,9 @@ class DataWidget(StageWidget):
         self.overwrite = CheckBox(text="replace a different run in this folder", value=False)
         self.summary = wrapped_label("")
         self.use_button = PushButton(text="Use this data")
-        self.run_all_button = PushButton(text="Run all stages")
+        self.run_all_button = PushButton(
+            text="Train", tooltip="every stage (teacher, transfer set, distillation, "
+            "fine-tuning) in one go, with the settings the tabs show")
         self.form.extend([
             self.run_dir, self.source, self.image, self.labels, self.labelled_folder,
             self.unlabelled_layers, self.unlabelled_folder, self.image_size, self.val_fraction,
@@ -64,6 +68,9 @@ class DataWidget(StageWidget):
         self.run_dir.changed.connect(self._open_run)
         self.use_button.changed.connect(self.use_data)
         self.run_all_button.changed.connect(self.run_all)
+        self.context.edits.bind([Field("data.image_size", self.image_size, int),
+                                 Field("data.val_fraction", self.val_fraction, float)], self)
+        self.plan = TrainPlan(self)  # preset, time estimate and quality below Train
         self._load_from_run()
         self._show_source()
         self.reset_choices()
@@ -94,8 +101,9 @@ class DataWidget(StageWidget):
             cfg = self.context.config()
         except Exception:
             return
-        self.image_size.value = cfg.data.image_size
-        self.val_fraction.value = cfg.data.val_fraction
+        with self.context.edits.loading():
+            self.image_size.value = cfg.data.image_size
+            self.val_fraction.value = cfg.data.val_fraction
 
     def _show_source(self, *_: Any) -> None:
         layers = self.source.value == "layers"
@@ -242,11 +250,21 @@ class DataWidget(StageWidget):
         return cfg
 
     def run_all(self, *_: Any) -> None:
-        """Use the data, then every stage the config asks for, in one training process."""
+        """Train: use the data, then every stage in one training process, with the run's
+        config as the tabs show it (a new run first takes the preset for this machine)."""
+        from tskd.errors import TskdError
+
+        try:
+            self.context.edits.check()  # a tab's unusable field: nothing written or started
+        except TskdError as exc:
+            _notify.user_error(exc)
+            return
+        preset = self.plan.apply_preset()
         if not self.use_data():
             return
-        cfg = self.context.config()
-        self.start("all stages", [{"target": "pipeline"}], cfg)
+        if preset:
+            _notify.info(f"preset for this machine: {preset} (Teacher tab)")
+        self.start("Train (all stages)", [{"target": "pipeline"}], self.context.config())
 
 
 def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> None:

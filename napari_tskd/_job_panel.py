@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
 
 from napari_tskd._jobs import Job, JobRunner
 from napari_tskd._loss_plot import LossPlot
+from napari_tskd._words import viewer_words
 
 
 def _duration(seconds: float | None) -> str:
@@ -140,7 +141,7 @@ class JobPanel(QWidget):
         self.cancel_button.setEnabled(False)
         self.bar.setRange(0, 1)
         self.bar.setValue(1 if job.status == "done" else 0)
-        self.status.setText(job.message)
+        self.status.setText(viewer_words(job.message))
         self.resume_button.setEnabled(job.status in ("cancelled", "crashed"))
         if self.on_finished:
             self.on_finished(job)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from napari_tskd._context import context_for
@@ -37,7 +38,7 @@ class MainWidget(QWidget):
         super().__init__()
         self.viewer = unwrap(napari_viewer)
         self.context = context = context_for(self.viewer)
-        self.tabs = QTabWidget()
+        self.tabs = readable_tabs()
         self.stages: dict[str, Any] = {}
         for title, cls in TABS:
             widget = cls(self.viewer, context=context)
@@ -53,3 +54,16 @@ class MainWidget(QWidget):
     def reset_choices(self, *_: Any) -> None:
         for widget in self.stages.values():
             widget.reset_choices()
+
+
+def readable_tabs() -> QTabWidget:
+    """A tab widget whose titles are never cut ("Se..."): at the dock's default width the bar
+    scrolls (arrow buttons) instead of eliding the titles."""
+    tabs = QTabWidget()
+    bar = tabs.tabBar()
+    bar.setElideMode(Qt.TextElideMode.ElideNone)
+    bar.setUsesScrollButtons(True)
+    bar.setExpanding(False)
+    tabs.setElideMode(Qt.TextElideMode.ElideNone)
+    tabs.setUsesScrollButtons(True)
+    return tabs

@@ -17,6 +17,8 @@ from magicgui.widgets import (
 
 from napari_tskd import _notify
 from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, steps_box, wrapped_label
+from napari_tskd._forms import hold_fields, layout_form, stage_quality
+from napari_tskd._run_config import Field, set_device
 from tskd.pipeline.registry import stage
 
 MODES = ["task-specific", "task-agnostic"]
@@ -61,12 +63,17 @@ class StudentWidget(StageWidget):
         self.finetune_button = PushButton(text="Fine-tune")
         self.both_button = PushButton(text="Distil + fine-tune")
         self.result = wrapped_label("")
-        self.form.extend([
-            self.architecture, self.mode, self.feature_weight, self.output_weight, self.temperature,
-            self.distill_epochs, self.distill_steps, self.distill_lr, self.finetune_epochs,
-            self.finetune_steps, self.finetune_lr, self.dice_weight, self.from_scratch,
-            self.device, self.distill_button, self.finetune_button, self.both_button, self.result,
-        ])
+        layout_form(
+            self,
+            [self.architecture, self.distill_epochs, self.distill_steps, self.finetune_epochs,
+             self.finetune_steps, self.from_scratch, self.device],
+            [self.mode, self.feature_weight, self.output_weight, self.temperature,
+             self.distill_lr, self.finetune_lr, self.dice_weight],
+            [self.distill_button, self.finetune_button, self.both_button, self.result],
+        )
+        self.bound = self.fields()
+        self.context.edits.bind(self.bound, owner=self)
+        hold_fields(self.bound, self.context.runner.running)  # a job already runs
         self.distill_button.changed.connect(lambda *_: self.run(["distill"]))
         self.finetune_button.changed.connect(lambda *_: self.run(["student"]))
         self.both_button.changed.connect(lambda *_: self.run(["distill", "student"]))
@@ -74,6 +81,33 @@ class StudentWidget(StageWidget):
 
     def job_buttons(self) -> list[Any]:
         return [self.distill_button, self.finetune_button, self.both_button]
+
+    def set_busy(self, busy: bool) -> None:
+        """While a job runs, its settings cannot change under it (progress matches the form)."""
+        super().set_busy(busy)
+        hold_fields(getattr(self, "bound", []), busy)  # called during __init__ too
+
+    def fields(self) -> list[Field]:
+        """This form's fields and the settings of the run's config they edit."""
+        w = self
+        return [
+            Field("student.architecture", w.architecture, lambda v: ARCHITECTURES[v]),
+            Field("distill.task_agnostic", w.mode, lambda v: v == MODES[1]),
+            Field("distill.feature_weight", w.feature_weight, float),
+            Field("distill.output_weight", w.output_weight, float),
+            Field("distill.temperature", w.temperature, float),
+            Field("distill.train.epochs", w.distill_epochs, int),
+            Field("distill.train.max_steps", w.distill_steps, budget),
+            Field("distill.train.lr", w.distill_lr,
+                  lambda v: parse_float(v, "distil learning rate", 0.0, 1.0)),
+            Field("student.train.epochs", w.finetune_epochs, int),
+            Field("student.train.max_steps", w.finetune_steps, budget),
+            Field("student.train.lr", w.finetune_lr,
+                  lambda v: parse_float(v, "fine-tune learning rate", 0.0, 1.0)),
+            Field("student.dice_weight", w.dice_weight, float),
+            Field("student.from_scratch", w.from_scratch, bool),
+            Field("device", w.device, str, set_device),
+        ]
 
     def on_run_dir_changed(self) -> None:
         if hasattr(self, "both_button"):
@@ -84,6 +118,10 @@ class StudentWidget(StageWidget):
             cfg = self.context.config()
         except Exception:
             return
+        with self.context.edits.loading():
+            self._show(cfg)
+
+    def _show(self, cfg: Any) -> None:
         d, s = cfg.distill, cfg.student
         self.architecture.value = _arch_label(s.architecture)
         self.mode.value = MODES[1] if d.task_agnostic else MODES[0]
@@ -100,23 +138,9 @@ class StudentWidget(StageWidget):
         self.from_scratch.value = s.from_scratch
 
     def build_config(self) -> Any:
-        cfg = self.context.config()
-        d, s = cfg.distill, cfg.student
-        s.architecture = ARCHITECTURES[self.architecture.value]  # type: ignore[assignment]
-        d.task_agnostic = self.mode.value == MODES[1]
-        d.feature_weight = float(self.feature_weight.value)
-        d.output_weight = float(self.output_weight.value)
-        d.temperature = float(self.temperature.value)
-        d.train.epochs = int(self.distill_epochs.value)
-        d.train.max_steps = budget(self.distill_steps.value)
-        d.train.lr = parse_float(self.distill_lr.value, "distil learning rate", 0.0, 1.0)
-        s.train.epochs = int(self.finetune_epochs.value)
-        s.train.max_steps = budget(self.finetune_steps.value)
-        s.train.lr = parse_float(self.finetune_lr.value, "fine-tune learning rate", 0.0, 1.0)
-        s.dice_weight = float(self.dice_weight.value)
-        s.from_scratch = bool(self.from_scratch.value)
-        cfg.set_device(self.device.value)
-        return cfg
+        """The run's config as the tabs show it (may raise TskdError for a field's value)."""
+        self.context.edits.check()
+        return self.context.config()
 
     def run(self, stages: list[str]) -> None:
         from tskd.errors import TskdError
@@ -129,7 +153,8 @@ class StudentWidget(StageWidget):
         if cfg.student.from_scratch and "distill" in stages:
             stages = [s for s in stages if s != "distill"]
             if not stages:
-                _notify.info("from scratch: there is nothing to distil; press Fine-tune")
+                _notify.info("'from scratch' is ticked: there is nothing to distil; press "
+                             "Fine-tune")
                 return
         self.result.value = ""
         label = " + ".join(stage(s).title for s in stages)  # "Distillation + Student"
@@ -138,15 +163,10 @@ class StudentWidget(StageWidget):
     def on_job_finished(self, job: Any) -> None:
         if job.status != "done":
             return
-        parts = []
+        parts = ["distilled"] if job.results.get("distill") else []
         student = job.results.get("student")
-        if student:
-            val = student.get("val") or {}
-            dice = val.get("dice") if isinstance(val, dict) else None
-            parts.append(f"student ready (validation Dice {dice:.3f})" if isinstance(
-                dice, int | float) else "student ready")
-        if job.results.get("distill"):
-            parts.append("distilled")
+        if isinstance(student, dict):
+            parts.append(f"student ready; {stage_quality('student', student)}")
         self.result.value = "; ".join(parts)
 
 

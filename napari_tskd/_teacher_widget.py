@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from magicgui.widgets import ComboBox, FileEdit, LineEdit, PushButton, SpinBox
 
 from napari_tskd import _notify
 from napari_tskd._base import DEVICES, StageWidget, budget, parse_float, steps_box, wrapped_label
+from napari_tskd._forms import hold_fields, layout_form, stage_quality
+from napari_tskd._run_config import Field, set_device
 from tskd.pipeline.registry import stage
 
 STAGE = stage("teacher")  # tskd.pipeline.registry: its name, title and folders
@@ -43,17 +46,44 @@ class TeacherWidget(StageWidget):
         self.preset_info = wrapped_label("")
         self.train_button = PushButton(text="Train teacher")
         self.result = wrapped_label("")
-        self.form.extend([
-            self.model_type, self.checkpoint, self.input_size, self.lora_rank, self.lora_targets,
-            self.epochs, self.max_steps, self.batch_size, self.lr, self.device,
-            self.preset_button, self.preset_info, self.train_button, self.result,
-        ])
+        layout_form(
+            self,
+            [self.model_type, self.checkpoint, self.input_size, self.epochs, self.max_steps,
+             self.device, self.preset_button, self.preset_info],
+            [self.lora_rank, self.lora_targets, self.batch_size, self.lr],
+            [self.train_button, self.result],
+        )
+        self.bound = self.fields()
+        self.context.edits.bind(self.bound, owner=self)
+        hold_fields(self.bound, self.context.runner.running)  # a job already runs
         self.preset_button.changed.connect(self.apply_preset)
         self.train_button.changed.connect(self.run)
         self.load_from_run()
 
     def job_buttons(self) -> list[Any]:
         return [self.train_button]
+
+    def set_busy(self, busy: bool) -> None:
+        """While a job runs, its settings cannot change under it (progress matches the form)."""
+        super().set_busy(busy)
+        hold_fields(getattr(self, "bound", []), busy)  # called during __init__ too
+
+    def fields(self) -> list[Field]:
+        """This form's fields and the settings of the run's config they edit."""
+        w = self
+        return [
+            Field("teacher.model_type", w.model_type),
+            Field("teacher.checkpoint", w.checkpoint, _checkpoint),
+            Field("teacher.input_size", w.input_size, int),
+            Field("teacher.lora.rank", w.lora_rank, int, _set_rank),
+            Field("teacher.lora.targets", w.lora_targets, _targets),
+            Field("teacher.train.epochs", w.epochs, int),
+            Field("teacher.train.max_steps", w.max_steps, budget),
+            Field("teacher.train.batch_size", w.batch_size, int),
+            Field("teacher.train.lr", w.lr,
+                  lambda v: parse_float(v, "learning rate", 0.0, 1.0)),
+            Field("device", w.device, str, set_device),
+        ]
 
     def on_run_dir_changed(self) -> None:
         if hasattr(self, "train_button"):
@@ -65,6 +95,10 @@ class TeacherWidget(StageWidget):
             cfg = self.context.config()
         except Exception:  # an unreadable config is reported when a stage starts
             return
+        with self.context.edits.loading():
+            self._show(cfg)
+
+    def _show(self, cfg: Any) -> None:
         t = cfg.teacher
         self.model_type.value = t.model_type if t.model_type in MODEL_TYPES else "mini"
         self.checkpoint.value = t.checkpoint
@@ -90,31 +124,9 @@ class TeacherWidget(StageWidget):
         self.preset_info.value = f"{kind}, {free_gb:.1f} GB free: {preset.name}"
 
     def build_config(self) -> Any:
-        """The open run's config with this form's teacher settings (may raise TskdError)."""
-        from tskd.errors import TskdInputError
-        from tskd.lora_targets import check_targets
-
-        cfg = self.context.config()
-        t = cfg.teacher
-        t.model_type = self.model_type.value
-        t.checkpoint = str(self.checkpoint.value) if self.checkpoint.value else None
-        if t.checkpoint and not self.checkpoint.value.is_file():
-            raise TskdInputError(f"teacher checkpoint not found: {t.checkpoint}")
-        t.input_size = int(self.input_size.value)
-        ratio = t.lora.alpha / t.lora.rank if t.lora.rank else 1.0
-        t.lora.rank = int(self.lora_rank.value)
-        t.lora.alpha = ratio * t.lora.rank  # keep the run's alpha/rank scaling
-        targets = [s.strip() for s in self.lora_targets.value.split(";") if s.strip()]
-        if not targets:
-            raise TskdInputError("LoRA targets are empty; give at least one module name or pattern")
-        check_targets(targets, "LoRA targets")  # names or safe patterns, refused in one line
-        t.lora.targets = targets
-        t.train.epochs = int(self.epochs.value)
-        t.train.max_steps = budget(self.max_steps.value)
-        t.train.batch_size = int(self.batch_size.value)
-        t.train.lr = parse_float(self.lr.value, "learning rate", 0.0, 1.0)
-        cfg.set_device(self.device.value)
-        return cfg
+        """The run's config as the tabs show it (may raise TskdError for a field's value)."""
+        self.context.edits.check()
+        return self.context.config()
 
     def run(self, *_: Any) -> None:
         from tskd.errors import TskdError
@@ -130,5 +142,36 @@ class TeacherWidget(StageWidget):
     def on_job_finished(self, job: Any) -> None:
         result = job.results.get(STAGE.name)
         if job.status == "done" and result:
-            shown = {k: v for k, v in result.items() if isinstance(v, int | float)}
-            self.result.value = ", ".join(f"{k} {v:.3g}" for k, v in list(shown.items())[:4])
+            self.result.value = stage_quality(STAGE.name, result) or ""
+
+
+def _checkpoint(value: Any) -> str | None:
+    """The Checkpoint field: None (built-in mini SAM or a download) or an existing file."""
+    from tskd.errors import TskdInputError
+
+    if not value or str(value) in ("", "."):
+        return None
+    if not Path(value).is_file():
+        raise TskdInputError(f"teacher checkpoint not found: {value}; choose the SAM .pth or "
+                             ".safetensors file in the Teacher tab, or clear Checkpoint")
+    return str(value)
+
+
+def _targets(text: str) -> list[str]:
+    """The LoRA targets field: module names or safe patterns, separated by ';'."""
+    from tskd.errors import TskdInputError
+    from tskd.lora_targets import check_targets
+
+    targets = [s.strip() for s in str(text).split(";") if s.strip()]
+    if not targets:
+        raise TskdInputError("LoRA targets are empty; give at least one module name or pattern "
+                             "(Teacher tab > Advanced)")
+    check_targets(targets, "LoRA targets")  # names or safe patterns, refused in one line
+    return targets
+
+
+def _set_rank(cfg: Any, rank: int) -> None:
+    """Set the LoRA rank, keeping the run's alpha/rank scaling."""
+    lora = cfg.teacher.lora
+    ratio = lora.alpha / lora.rank if lora.rank else 1.0
+    lora.rank, lora.alpha = rank, ratio * rank

@@ -11,6 +11,8 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinB
 
 from napari_tskd import _layers, _notify
 from napari_tskd._base import DEVICES, StageWidget, wrapped_label
+from napari_tskd._forms import hold_fields, layout_form
+from napari_tskd._run_config import Field, set_device
 from tskd.config import SYNTH_EPOCH_STEPS
 from tskd.pipeline.registry import stage
 
@@ -40,16 +42,38 @@ class TransferWidget(StageWidget):
         self.run_button = PushButton(text="Build transfer set")
         self.show_button = PushButton(text="Show synthetic images")
         self.result = wrapped_label("")
-        self.form.extend([
-            self.enabled, self.n_images, self.train_steps, self.resolution, self.sample_steps,
-            self.near_copy, self.device, self.run_button, self.show_button, self.result,
-        ])
+        layout_form(
+            self, [self.enabled, self.n_images, self.train_steps, self.device],
+            [self.resolution, self.sample_steps, self.near_copy],
+            [self.run_button, self.show_button, self.result],
+        )
+        self.bound = self.fields()
+        self.context.edits.bind(self.bound, owner=self)
+        hold_fields(self.bound, self.context.runner.running)  # a job already runs
         self.run_button.changed.connect(self.run)
         self.show_button.changed.connect(self.show_images)
         self.load_from_run()
 
     def job_buttons(self) -> list[Any]:
         return [self.run_button]
+
+    def set_busy(self, busy: bool) -> None:
+        """While a job runs, its settings cannot change under it (progress matches the form)."""
+        super().set_busy(busy)
+        hold_fields(getattr(self, "bound", []), busy)  # called during __init__ too
+
+    def fields(self) -> list[Field]:
+        """This form's fields and the settings of the run's config they edit."""
+        return [
+            Field("synth.enabled", self.enabled, bool),
+            Field("synth.n_images", self.n_images, int),
+            Field("synth.train", self.train_steps, int,
+                  lambda cfg, n: cfg.synth.train.set_steps(n, SYNTH_EPOCH_STEPS)),
+            Field("synth.resolution", self.resolution, int),
+            Field("synth.sample_steps", self.sample_steps, int),
+            Field("synth.near_copy_threshold", self.near_copy, float),
+            Field("device", self.device, str, set_device),
+        ]
 
     def on_run_dir_changed(self) -> None:
         if hasattr(self, "run_button"):
@@ -60,7 +84,11 @@ class TransferWidget(StageWidget):
             s = self.context.config().synth
         except Exception:
             return
-        self.enabled.value = s.enabled
+        with self.context.edits.loading():
+            self.enabled.value = s.enabled
+            self._show(s)
+
+    def _show(self, s: Any) -> None:
         self.n_images.value = s.n_images
         self.train_steps.value = s.train.total_steps(SYNTH_EPOCH_STEPS)
         if s.resolution in self.resolution.choices:
@@ -69,20 +97,20 @@ class TransferWidget(StageWidget):
         self.near_copy.value = s.near_copy_threshold
 
     def build_config(self) -> Any:
-        cfg = self.context.config()
-        s = cfg.synth
-        s.enabled = bool(self.enabled.value)
-        s.n_images = int(self.n_images.value)
-        s.train.set_steps(int(self.train_steps.value), SYNTH_EPOCH_STEPS)
-        s.resolution = int(self.resolution.value)
-        s.sample_steps = int(self.sample_steps.value)
-        s.near_copy_threshold = float(self.near_copy.value)
-        cfg.set_device(self.device.value)
-        return cfg
+        """The run's config as the tabs show it (may raise TskdError for a field's value)."""
+        self.context.edits.check()
+        return self.context.config()
 
     def run(self, *_: Any) -> None:
+        from tskd.errors import TskdError
+
+        try:
+            cfg = self.build_config()
+        except TskdError as exc:
+            _notify.user_error(exc)
+            return
         self.result.value = ""
-        self.start(STAGE.title, [{"target": STAGE.name}], self.build_config())
+        self.start(STAGE.title, [{"target": STAGE.name}], cfg)
 
     def on_job_finished(self, job: Any) -> None:
         result = job.results.get(STAGE.name)
