@@ -169,3 +169,60 @@ def test_run_all_starts_the_pipeline_once_the_data_is_written(make_napari_viewer
     qtbot.waitUntil(lambda: bool(started), timeout=20000)
     assert stalls.stop() < 100
     assert started == [("all stages", [{"target": "pipeline"}], True)]
+
+
+@pytest.fixture
+def tiny_sam(tmp_path: Path) -> Path:
+    """A random tiny SAM saved like the built-in mini weights."""
+    pytest.importorskip("tskd.training.teacher")
+    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam
+    from tskd.models.mini_sam_files import save_mini_sam
+
+    return save_mini_sam(build_mini_sam(MiniSamConfig.tiny()), MiniSamConfig.tiny(),
+                         tmp_path / "tiny.safetensors", half=False)
+
+
+@pytest.mark.slow
+def test_resume_after_a_restart_continues_from_the_checkpoint_step(
+        make_napari_viewer, qtbot, tskd_gui_env, tiny_sam) -> None:
+    """Was: the viewer closed during training, reopened: Resume disabled, and training again
+    started at step 1 although a checkpoint was kept. The real teacher stage, tiny."""
+    from napari_tskd._run_state import read_checkpoint
+    from tskd.config import save_config
+    from tskd.data import phantoms
+
+    viewer = make_napari_viewer()
+    pairs = phantoms.generate("kidney_us", 6, size=64, seed=0)
+    viewer.add_image(np.stack([p[0] for p in pairs]), name="kidney")
+    viewer.add_labels(np.stack([p[1] for p in pairs]).astype(np.uint8), name="kidney labels")
+    _dock, main = viewer.window.add_plugin_dock_widget("napari-tskd", "TS-KD")
+    assert main.stages["Data"].use_data()
+    ctx = main.context
+    cfg = ctx.config()
+    cfg.teacher.checkpoint, cfg.teacher.input_size = str(tiny_sam), 64
+    cfg.teacher.train.epochs, cfg.teacher.train.batch_size = 500, 2
+    save_config(cfg, ctx.run_dir / "config.yaml")
+    job = main.stages["Teacher"].start("Teacher", [{"target": "teacher"}], ctx.config())
+    qtbot.waitUntil(lambda: (job.last_progress or {}).get("step", 0) >= 3, timeout=120000)
+    viewer.close()  # napari closed during the job: cancelled with a checkpoint
+    qtbot.waitUntil(lambda: not ctx.runner.running, timeout=20000)
+    assert job.status == "cancelled", job.message
+    kept = read_checkpoint(ctx.run_dir / "checkpoints" / "teacher")
+    assert kept is not None and kept["step"] >= 3
+
+    viewer = make_napari_viewer()  # napari started again on the same run folder
+    _dock, main = viewer.window.add_plugin_dock_widget("napari-tskd", "TS-KD")
+    panel = main.stages["Teacher"].panel
+    assert panel.status.text().startswith(f"Teacher: stopped at step {kept['step']} (epoch ")
+    assert panel.resume_button.isEnabled()
+    steps: list[int] = []
+    main.context.runner.progress.connect(
+        lambda j, p: steps.append(int(p["step"])) if p.get("stage") == "teacher" else None)
+    panel.resume_button.click()
+    resumed = main.context.runner.job
+    assert resumed is not None and resumed.steps == [{"target": "teacher",
+                                                      "kwargs": {"resume": True}}]
+    qtbot.waitUntil(lambda: bool(steps), timeout=120000)
+    main.context.runner.cancel()
+    main.context.runner.wait(30)
+    assert steps[0] == kept["step"] + 1  # on from the checkpoint, not from step 1
