@@ -74,7 +74,9 @@ class StageWidget(QWidget, metaclass=_AfterInit):
         self._connections: list[tuple[Any, Any]] = []
         connections = self._connections  # not self: the slot must not keep the widget alive
         self.destroyed.connect(lambda *_: _disconnect_all(connections))
-        self.connect_event(self.context.run_dir_changed, self._show_run_dir)
+        # Qt signals: Qt drops the connection when this widget is destroyed (no _connections:
+        # disconnecting from an already deleted context at exit crashed the interpreter)
+        self.context.run_dir_changed.connect(self._show_run_dir)
         self._show_run_dir()
 
     def _after_init(self) -> None:
@@ -82,7 +84,7 @@ class StageWidget(QWidget, metaclass=_AfterInit):
         self._ready = True
         if self.panel is not None:
             self.panel.attach()
-            self.connect_event(self.context.runner.finished, self.refresh_run_state)
+            self.context.runner.finished.connect(self.refresh_run_state)
             self.refresh_run_state()
 
     def connect_event(self, emitter: Any, callback: Any) -> None:

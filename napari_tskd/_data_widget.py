@@ -75,6 +75,10 @@ class DataWidget(StageWidget):
     def job_buttons(self) -> list[Any]:
         return [self.use_button, self.run_all_button]
 
+    def set_busy(self, busy: bool) -> None:
+        """Buttons off while a job runs or the data is being written."""
+        super().set_busy(busy or self._writer is not None)
+
     def resume_steps(self, states: list[Any]) -> list[dict[str, Any]]:
         """Resume of *Run all stages*: the pipeline again, each stage from its checkpoint.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -80,13 +79,11 @@ class JobPanel(QWidget):
         self.disk_job: Callable[[list[dict[str, Any]]], Job | None] | None = None
         self._attached = False
         self._build()
-        self._connections = [(runner.started, self._on_started), (runner.progress,
-                             self._on_progress), (runner.finished, self._on_finished),
-                             (runner.note, self._on_note)]
-        for signal, slot in self._connections:
-            signal.connect(slot)
-        connections = self._connections  # not self: the slot must not keep the panel alive
-        self.destroyed.connect(lambda *_: _disconnect(connections))
+        # bound methods of this QObject: Qt drops the connections when the panel is destroyed
+        runner.started.connect(self._on_started)
+        runner.progress.connect(self._on_progress)
+        runner.finished.connect(self._on_finished)
+        runner.note.connect(self._on_note)
         if auto_attach:
             self.attach()
 
@@ -236,9 +233,3 @@ class JobPanel(QWidget):
         except RuntimeError as exc:
             _notify.error(str(exc))
 
-
-def _disconnect(connections: list[tuple[Any, Any]]) -> None:
-    for signal, slot in connections:
-        with contextlib.suppress(RuntimeError, TypeError):
-            signal.disconnect(slot)
-    connections.clear()

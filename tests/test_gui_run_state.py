@@ -147,11 +147,12 @@ def test_use_this_data_refusal_from_the_thread_is_one_notification(
         make_napari_viewer, qtbot, notes, tskd_gui_env) -> None:
     """Labels the policy refuses (checked in the thread): one error, nothing written."""
     w = _data_widget(make_napari_viewer)
-    w.labels.value.data[1, 0, 0] = 200  # with 1 and 2: more classes than the policy takes?
     w.labels.value.metadata["class_names"] = ["background", "kidney"]  # declares 0 and 1 only
-    w.use_button.native.click()
+    w.use_button.native.click()  # the labels hold 2 as well: refused in the writing thread
     qtbot.waitUntil(lambda: bool(notes.errors()), timeout=20000)
-    assert len(notes.errors()) == 1 and "lab" in notes.errors()[0]
+    assert len(notes.errors()) == 1, notes.errors()
+    assert notes.errors()[0].startswith(
+        "labels layer 'lab': label value(s) 2 are not among the declared classes 0, 1;")
     assert not (tskd_gui_env / "data").exists()
     qtbot.waitUntil(lambda: w.use_button.enabled, timeout=5000)
 
@@ -188,6 +189,7 @@ def test_resume_after_a_restart_continues_from_the_checkpoint_step(
     """Was: the viewer closed during training, reopened: Resume disabled, and training again
     started at step 1 although a checkpoint was kept. The real teacher stage, tiny."""
     from napari_tskd._run_state import read_checkpoint
+
     from tskd.config import save_config
     from tskd.data import phantoms
 
