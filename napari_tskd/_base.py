@@ -118,7 +118,11 @@ class StageWidget(QWidget, metaclass=_AfterInit):
             self.refresh_run_state()
 
     def refresh_run_state(self, *_: Any) -> None:
-        """Show each of ``stages`` as the run folder has it; Resume where a checkpoint is."""
+        """Show each of ``stages`` as the run folder has it; Resume where a checkpoint is.
+
+        Args:
+            *_: a finished ``Job`` when called by ``JobRunner.finished`` (ignored).
+        """
         from napari_tskd._run_state import stage_states
 
         if self.panel is None or self.context.runner.running:

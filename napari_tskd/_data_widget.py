@@ -76,7 +76,11 @@ class DataWidget(StageWidget):
         return [self.use_button, self.run_all_button]
 
     def set_busy(self, busy: bool) -> None:
-        """Buttons off while a job runs or the data is being written."""
+        """Buttons off while a job runs or the data is being written.
+
+        Args:
+            busy: a training job runs.
+        """
         super().set_busy(busy or self._writer is not None)
 
     def resume_steps(self, states: list[Any]) -> list[dict[str, Any]]:

@@ -53,7 +53,13 @@ class Job:
             self.origin = type(self.owner).__qualname__
 
     def add_point(self, stage: str, step: int, loss: float) -> None:
-        """Keep the loss curve for a panel that attaches later (the last ``HISTORY_LIMIT``)."""
+        """Keep the loss curve for a panel that attaches later (the last ``HISTORY_LIMIT``).
+
+        Args:
+            stage: ``Progress.stage`` of the report.
+            step: its optimiser step.
+            loss: its loss.
+        """
         self.history.append((stage, step, loss))
         if len(self.history) > HISTORY_LIMIT:
             del self.history[:HISTORY_LIMIT // 5]
