@@ -74,8 +74,11 @@ def run_job(job: dict[str, Any], queue: Any, cancel_event: Any) -> None:
     if job.get("nice") and hasattr(os, "nice"):
         # the viewer's thread wins a contended core: training loses little, the GUI stays smooth
         os.nice(int(job["nice"]))
-    note(queue, "importing torch and the tskd backend ...")
     try:
+        note(queue, "importing torch ...")
+        import torch  # noqa: F401  (seconds: named apart from the backend's own imports)
+
+        note(queue, "importing the tskd backend ...")
         from tskd.config import RunConfig, from_dict
         from tskd.engine import CancelToken
         from tskd.errors import Cancelled, TskdError, TskdWarning
@@ -97,7 +100,9 @@ def run_job(job: dict[str, Any], queue: Any, cancel_event: Any) -> None:
         cfg = from_dict(RunConfig, job["config"])
         ctx = StageContext(cfg)  # the job's stages share one read of the labelled set
         for step in job["steps"]:
-            note(queue, f"{step['target']}: loading data and model ...")
+            target = step["target"]
+            note(queue, "loading data and model for each stage ..." if target == PIPELINE
+                 else f"loading data and model for {target} ...")
             fn = resolve(step["target"])
             run = ctx if _is_stage(step["target"]) else cfg
             result = fn(run, progress=reporter, cancel=cancel, **step.get("kwargs", {}))

@@ -120,8 +120,8 @@ def test_the_start_up_wait_says_what_the_child_does(make_napari_viewer, qtbot) -
     qtbot.waitUntil(lambda: job.last_progress is not None, timeout=60000)
     main.context.runner.cancel()
     main.context.runner.wait(20)
-    assert seen == ["importing torch and the tskd backend ...",
-                    f"{__name__}:fake_train: loading data and model ..."]
+    assert seen == ["importing torch ...", "importing the tskd backend ...",
+                    f"loading data and model for {__name__}:fake_train ..."]
     assert shown == [f"fake: {text}" for text in seen]
 
 
