@@ -27,10 +27,25 @@ PREVIEW_IMAGE = "TS-KD preview image"
 PREVIEW_LABELS = "TS-KD preview"
 
 
-class StageWidget(QWidget):
-    """Base class: ``self.form`` holds the fields, ``self.panel`` the job display (optional)."""
+class _AfterInit(type(QWidget)):  # type: ignore[misc]
+    """Calls ``_after_init`` once the most derived ``__init__`` has returned."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        obj = super().__call__(*args, **kwargs)
+        obj._after_init()
+        return obj
+
+
+class StageWidget(QWidget, metaclass=_AfterInit):
+    """Base class: ``self.form`` holds the fields, ``self.panel`` the job display (optional).
+
+    The panel attaches to a job in progress and shows the run folder's state of ``stages`` only
+    once the subclass has built its fields and buttons (``_after_init``): a widget opened while
+    a job runs must find its buttons to disable.
+    """
 
     has_jobs = True
+    stages: tuple[str, ...] = ()  # Stage.name of the stages this widget trains (run state, Resume)
 
     def __init__(
         self, napari_viewer: napari.viewer.Viewer | None = None, context: RunContext | None = None
@@ -47,18 +62,30 @@ class StageWidget(QWidget):
         self._layout.addWidget(self.run_label)
         self._layout.addWidget(self.form.native)
         self.panel: JobPanel | None = None
+        self._ready = False
         if self.has_jobs:
             self.panel = JobPanel(
                 self.context.runner, self, on_finished=self.on_job_finished,
-                on_busy=self.set_busy, on_preview=self.show_preview,
+                on_busy=self.set_busy, on_preview=self.show_preview, auto_attach=False,
             )
+            self.panel.disk_job = self.resume_from_run
             self._layout.addWidget(self.panel)
         self._layout.addStretch(1)
-        self.context.run_dir_changed.connect(self._show_run_dir)
-        self._show_run_dir()
         self._connections: list[tuple[Any, Any]] = []
         connections = self._connections  # not self: the slot must not keep the widget alive
         self.destroyed.connect(lambda *_: _disconnect_all(connections))
+        # Qt signals: Qt drops the connection when this widget is destroyed (no _connections:
+        # disconnecting from an already deleted context at exit crashed the interpreter)
+        self.context.run_dir_changed.connect(self._show_run_dir)
+        self._show_run_dir()
+
+    def _after_init(self) -> None:
+        """The widget is complete: attach to a running job and show the run folder's state."""
+        self._ready = True
+        if self.panel is not None:
+            self.panel.attach()
+            self.context.runner.finished.connect(self.refresh_run_state)
+            self.refresh_run_state()
 
     def connect_event(self, emitter: Any, callback: Any) -> None:
         """Connect a napari event; disconnected when this widget is destroyed."""
@@ -84,7 +111,61 @@ class StageWidget(QWidget):
 
     def _show_run_dir(self, *_: Any) -> None:
         self.run_label.setText(f"Run folder: {self.context.run_dir}")
-        self.on_run_dir_changed()
+        if self._ready:
+            if self.panel is not None and not self.context.runner.running:
+                self.panel.last_job = None  # Resume continues this run's checkpoints, not another's
+            self.on_run_dir_changed()
+            self.refresh_run_state()
+
+    def refresh_run_state(self, *_: Any) -> None:
+        """Show each of ``stages`` as the run folder has it; Resume where a checkpoint is.
+
+        Args:
+            *_: a finished ``Job`` when called by ``JobRunner.finished`` (ignored).
+        """
+        from napari_tskd._run_state import stage_states
+
+        if self.panel is None or self.context.runner.running:
+            return
+        try:
+            states = stage_states(self.context.run_dir, self.stages)
+        except Exception:  # an unreadable run folder is reported when a stage starts
+            return
+        self.panel.show_run_state(states, self.resume_steps(states))
+
+    def resume_steps(self, states: list[Any]) -> list[dict[str, Any]]:
+        """The job steps Resume starts for a run reopened with checkpoints (see ``_run_state``).
+
+        Args:
+            states: ``StageState`` of ``stages``, in order.
+
+        Returns:
+            The steps; [] when nothing can be resumed.
+        """
+        from napari_tskd._run_state import resume_steps
+
+        return resume_steps(states)
+
+    def resume_from_run(self, steps: list[dict[str, Any]]) -> Job | None:
+        """Start ``steps`` (with ``resume``) on the open run's ``config.yaml``.
+
+        Args:
+            steps: job steps, e.g. ``[{"target": "teacher", "kwargs": {"resume": True}}]``.
+
+        Returns:
+            The job, or None when it could not start (a notification says why).
+        """
+        from tskd.errors import TskdError
+        from tskd.pipeline.registry import stage
+
+        try:
+            cfg = self.context.config()
+        except TskdError as exc:
+            _notify.user_error(exc)
+            return None
+        names = [s["target"] for s in steps]
+        titles = [stage(n).title if n != "pipeline" else "all stages" for n in names]
+        return self.start(" + ".join(titles), steps, cfg)
 
     def on_run_dir_changed(self) -> None:
         """Called when another run folder is opened."""

@@ -4,7 +4,8 @@ The parent sends a job (steps that name stages of ``tskd.pipeline.registry.STAGE
 ``Stage.name``, or ``"pipeline"`` for ``run_pipeline``; the run configuration as a plain dict;
 options) and two channels: a queue for messages back and an Event that cancels. Every message
 is a plain dict, so the GUI can read it without importing torch. Kinds:
-``progress`` (the fields of ``tskd.engine.Progress``), ``warning``, ``stage_done``, and exactly
+``note`` (what it does before training: importing torch, loading data), ``progress`` (the
+fields of ``tskd.engine.Progress``), ``warning``, ``stage_done``, and exactly
 one final ``done`` / ``cancelled`` / ``error``.
 """
 
@@ -74,6 +75,10 @@ def run_job(job: dict[str, Any], queue: Any, cancel_event: Any) -> None:
         # the viewer's thread wins a contended core: training loses little, the GUI stays smooth
         os.nice(int(job["nice"]))
     try:
+        note(queue, "importing torch ...")
+        import torch  # noqa: F401  (seconds: named apart from the backend's own imports)
+
+        note(queue, "importing the tskd backend ...")
         from tskd.config import RunConfig, from_dict
         from tskd.engine import CancelToken
         from tskd.errors import Cancelled, TskdError, TskdWarning
@@ -95,6 +100,9 @@ def run_job(job: dict[str, Any], queue: Any, cancel_event: Any) -> None:
         cfg = from_dict(RunConfig, job["config"])
         ctx = StageContext(cfg)  # the job's stages share one read of the labelled set
         for step in job["steps"]:
+            target = step["target"]
+            note(queue, "loading data and model for each stage ..." if target == PIPELINE
+                 else f"loading data and model for {target} ...")
             fn = resolve(step["target"])
             run = ctx if _is_stage(step["target"]) else cfg
             result = fn(run, progress=reporter, cancel=cancel, **step.get("kwargs", {}))
@@ -109,6 +117,16 @@ def run_job(job: dict[str, Any], queue: Any, cancel_event: Any) -> None:
     except BaseException as exc:  # a bug: keep the traceback for the terminal
         queue.put({"kind": "error", "message": f"{type(exc).__name__}: {exc}", "user": False,
                    "traceback": traceback.format_exc()})
+
+
+def note(queue: Any, message: str) -> None:
+    """Tell the GUI what the child does before training starts (a ``note`` message).
+
+    Args:
+        queue: the channel to the GUI.
+        message: one short line, e.g. ``"importing torch ..."``.
+    """
+    queue.put({"kind": "note", "message": message})
 
 
 def _plain(value: Any) -> Any:

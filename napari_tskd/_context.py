@@ -8,6 +8,7 @@ is open and keeps one training process at a time.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,13 +108,29 @@ class RunContext(QObject):
 
     # -- lifetime -------------------------------------------------------------------------
     def attach(self, widget: QObject) -> None:
-        """Count a widget; when the last one is destroyed, a running job is stopped."""
+        """Count a widget. Closing a widget (or the whole dock) leaves a job running: the
+        dock opened again re-attaches to it; only the viewer closing stops it (``watch``)."""
         self._widgets += 1
-        widget.destroyed.connect(self._detach)
 
-    def _detach(self, *_: Any) -> None:
-        self._widgets -= 1
-        if self._widgets <= 0:
+    def watch(self, viewer: Any) -> None:
+        """Cancel a running job, with a checkpoint, when ``viewer``'s window closes.
+
+        Args:
+            viewer: a napari viewer; its Qt main window is deleted when it closes (napari sets
+                ``WA_DeleteOnClose``), and the application quitting ends every viewer.
+        """
+        from qtpy.QtWidgets import QApplication
+
+        window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+        if window is not None:
+            window.destroyed.connect(lambda *_: self.stop())  # keeps this context to the end
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.stop)
+
+    def stop(self) -> None:
+        """Cancel the running job, if any, and wait for its checkpoint (viewer closing)."""
+        with contextlib.suppress(RuntimeError):  # Qt objects already deleted at exit
             self.runner.shutdown()
 
 
@@ -134,4 +151,5 @@ def context_for(viewer: Any) -> RunContext:
     ctx = _CONTEXTS.get(viewer)
     if ctx is None:
         ctx = _CONTEXTS[viewer] = RunContext()
+        ctx.watch(viewer)
     return ctx

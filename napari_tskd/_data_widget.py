@@ -7,6 +7,7 @@ Image layers and/or a folder; the widget shows counts, classes and the split.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from tskd.config import validation_count
 
 class DataWidget(StageWidget):
     """Choose the data and the run folder; "Use this data" writes them into the run folder."""
+
+    stages = ("teacher", "synthesize", "distill", "student")  # "Run all stages" runs them
 
     def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
         super().__init__(napari_viewer, context)
@@ -66,8 +69,9 @@ class DataWidget(StageWidget):
             w.changed.connect(self.update_summary)
         self.source.changed.connect(self._show_source)
         self.run_dir.changed.connect(self._open_run)
-        self.use_button.changed.connect(self.use_data)
-        self.run_all_button.changed.connect(self.run_all)
+        self._writer: Any = None  # the thread writing the data, while it runs
+        self.use_button.changed.connect(lambda *_: self.use_data(wait=False))
+        self.run_all_button.changed.connect(lambda *_: self.run_all(wait=False))
         self.context.edits.bind([Field("data.image_size", self.image_size, int),
                                  Field("data.val_fraction", self.val_fraction, float)], self)
         self.plan = TrainPlan(self)  # preset, time estimate and quality below Train
@@ -77,6 +81,28 @@ class DataWidget(StageWidget):
 
     def job_buttons(self) -> list[Any]:
         return [self.use_button, self.run_all_button]
+
+    def set_busy(self, busy: bool) -> None:
+        """Buttons off while a job runs or the data is being written.
+
+        Args:
+            busy: a training job runs.
+        """
+        super().set_busy(busy or self._writer is not None)
+
+    def resume_steps(self, states: list[Any]) -> list[dict[str, Any]]:
+        """Resume of *Run all stages*: the pipeline again, each stage from its checkpoint.
+
+        Args:
+            states: ``StageState`` of ``stages``.
+
+        Returns:
+            ``[{"target": "pipeline", "kwargs": {"resume": True}}]`` when a stage has a
+            checkpoint, else [].
+        """
+        if any(s.checkpoint is not None for s in states):
+            return [{"target": "pipeline", "kwargs": {"resume": True}}]
+        return []
 
     def reset_choices(self, *_: Any) -> None:
         super().reset_choices()
@@ -149,93 +175,93 @@ class DataWidget(StageWidget):
         return text + f"; {n_unl} unlabelled image(s)"
 
     # -- actions ----------------------------------------------------------------------------
-    def use_data(self, *_: Any) -> bool:
-        """Write the chosen data into the run folder and record it in ``config.yaml``."""
+    def use_data(self, *_: Any, wait: bool = True, then: Callable[[], Any] | None = None) -> bool:
+        """Write the chosen data into the run folder and record it in ``config.yaml``.
+
+        The layers are read here (milliseconds); the label checks and the writing (seconds on
+        a slow disk) run in a thread when ``wait`` is False, so the viewer stays responsive;
+        the *Use this data* button does that.
+
+        Args:
+            *_: the button's value (ignored).
+            wait: write before returning (scripts, tests); False: write in a thread.
+            then: called in the GUI thread once the data is written (not after an error).
+
+        Returns:
+            False when the input was refused (a notification says why); else True (with
+            ``wait`` False: the writing started).
+        """
         from tskd.errors import TskdError
 
         try:
-            self._use_data()
+            work = self._prepare_use()
         except TskdError as exc:
             _notify.user_error(exc)
             return False
-        except OSError as exc:
-            _notify.error(f"cannot write the data: {exc}")
-            return False
+        if wait:
+            return self._written(_run(work), then)
+        from napari.qt.threading import create_worker
+
+        self.set_busy(True)
+        self.summary.value = f"writing the data to {self.context.run_dir} ..."
+        worker = create_worker(_run, work, _start_thread=False)
+        worker.returned.connect(lambda outcome: self._written(outcome, then, busy=True))
+        self._writer = worker  # kept until it reports
+        worker.start()
         return True
 
-    def _use_data(self) -> None:
-        from napari_tskd._export import export_labelled, export_unlabelled
-        from tskd.data import folders
-        from tskd.errors import TskdInputError
-        from tskd.pipeline.lock import run_lock
-        from tskd.pipeline.run_folder import check_run_dir_inputs, prepare_run_dir
+    def _written(self, outcome: tuple[str, Any], then: Callable[[], Any] | None,
+                 busy: bool = False) -> bool:
+        """Report the outcome of ``_write_data`` (GUI thread)."""
+        self._writer = None
+        if busy:
+            self.set_busy(self.context.runner.running)
+        kind, value = outcome
+        if kind == "user":
+            _notify.user_error(value)
+            self.update_summary()
+            return False
+        if kind == "os":
+            _notify.error(f"cannot write the data: {value}")
+            self.update_summary()
+            return False
+        for text in value["warnings"]:
+            _notify.warning(text)
+        self.summary.value = value["summary"]
+        _notify.info(value["info"])
+        self.refresh_run_state()
+        if then is not None:
+            then()
+        return True
 
-        # read everything first, so a bad input changes nothing on disk
-        images, labels, names, class_names, ignore_label = self._read_labelled()
-        names, note = _layers.unique_names(names)  # one file per pair, never one for two
+    def _prepare_use(self) -> Callable[[], dict[str, Any]]:
+        """Read the layers and settings (GUI thread); return the writing, to run anywhere.
+
+        Raises:
+            TskdInputError: a layer or folder cannot be used (nothing is written).
+        """
+        from napari_tskd import _export  # noqa: F401  (first imports in the GUI thread)
+        from tskd.errors import TskdInputError
+        from tskd.pipeline import lock, run_folder  # noqa: F401
+
+        layered = None
+        if self.source.value == "layers":
+            images, labels, names = _layers.labelled_slices(self.image.value, self.labels.value)
+            layered = (images, labels, names, self.labels.value.metadata.get("class_names"),
+                       self.labels.value.name)
+        elif not self.labelled_folder.value:
+            raise TskdInputError("no labelled folder chosen; choose one in 'Labelled folder'")
         unl_images, unl_names = _layers.unlabelled_slices(list(self.unlabelled_layers.value or []))
-        unl_names, unl_note = _layers.unique_names(unl_names)
         unl_folder = self.unlabelled_folder.value
         if unl_folder and not Path(unl_folder).is_dir():
             raise TskdInputError(f"unlabelled folder not found: {unl_folder}")
-
         self.context.set_run_dir(self.run_dir.value)
-        run_dir, paths = self.context.run_dir, self.context.paths()
+        paths = self.context.paths()
         cfg = self._data_config(paths, bool(unl_images), unl_folder)
-        check_run_dir_inputs(cfg)  # a run folder inside a data folder: refused, nothing made
-        with run_lock(run_dir, "napari data widget"):  # no training process writes meanwhile
-            prepare_run_dir(cfg, overwrite=bool(self.overwrite.value))
-            export_labelled(images, labels, names, run_dir, class_names, ignore_label)
-            if unl_images:
-                extra = folders.unlabelled_files(unl_folder) if unl_folder else []
-                export_unlabelled(unl_images, unl_names, paths.unlabelled, extra)
-        for text, where in ((note, paths.data), (unl_note, paths.unlabelled)):
-            if text:
-                _notify.warning(f"{text[0].upper()}{text[1:]} (in {where}).")
-        n_val = validation_count(len(images), cfg.data.val_fraction)
-        self.summary.value = (
-            f"wrote {len(images)} labelled image(s) (train {len(images) - n_val} / validation "
-            f"{n_val}) and {len(unl_images)} unlabelled layer slice(s) to {run_dir}"
-        )
-        _notify.info(f"data of run {run_dir.name} ready: {len(images)} labelled image(s)")
-
-    def _read_labelled(self) -> tuple[list[Any], list[Any], list[str], Any, int | None]:
-        """The labelled set from the layers or the folder, read before anything is written.
-
-        Labels go through the backend's one label policy (tskd.data.label_policy), its notes
-        shown as warnings.
-
-        Returns:
-            ``(images, labels, names, class_names, ignore_label)``: labels in the user's
-            values; class names and the ignore label None unless declared.
-
-        Raises:
-            TskdInputError: No folder chosen, an empty folder, or labels the policy refuses.
-        """
-        from tskd.errors import TskdInputError
-
-        if self.source.value == "layers":
-            images, labels, names = _layers.labelled_slices(self.image.value, self.labels.value)
-            class_names = self.labels.value.metadata.get("class_names")
-            _check_layer_labels(labels, class_names, self.labels.value.name)
-            return images, labels, names, class_names, None
-        from tskd.data.samples import read_labelled_set
-
-        if not self.labelled_folder.value:
-            raise TskdInputError("no labelled folder chosen")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            samples, label_map = read_labelled_set(self.labelled_folder.value)
-        for w in caught:
-            _notify.warning(str(w.message))
-        if not samples:
-            raise TskdInputError(f"no labelled images in {self.labelled_folder.value}")
-        declared = label_map.declared
-        return ([s.image for s in samples],
-                [label_map.decode(s.label) for s in samples],  # the user's label values
-                [s.name for s in samples],
-                dict(zip(label_map.values, label_map.names)) if declared else None,
-                label_map.ignore_label if declared else None)
+        folder = None if layered else str(self.labelled_folder.value)
+        overwrite = bool(self.overwrite.value)
+        return lambda: _write_data(cfg, paths, layered, folder, (unl_images, unl_names),
+                                   unl_folder, overwrite)
 
     def _data_config(self, paths: Any, unl_from_layers: bool, unl_folder: Any) -> Any:
         """The run's config with this widget's data settings (not yet saved)."""
@@ -249,9 +275,17 @@ class DataWidget(StageWidget):
             cfg.data.unlabelled = str(unl_folder) if unl_folder else None
         return cfg
 
-    def run_all(self, *_: Any) -> None:
-        """Train: use the data, then every stage in one training process, with the run's
-        config as the tabs show it (a new run first takes the preset for this machine)."""
+    def run_all(self, *_: Any, wait: bool = True) -> None:
+        """Train: use the data, then every stage in one training process.
+
+        The run's config is the one the tabs show; a new run first takes the preset for this
+        machine. A tab's field that cannot be used stops it before anything is written.
+
+        Args:
+            *_: the button's value (ignored).
+            wait: write the data before returning; False (the button): in a thread, the job
+                starting when it is written.
+        """
         from tskd.errors import TskdError
 
         try:
@@ -260,18 +294,103 @@ class DataWidget(StageWidget):
             _notify.user_error(exc)
             return
         preset = self.plan.apply_preset()
-        if not self.use_data():
-            return
+        self.use_data(wait=wait, then=lambda: self._start_all(preset))
+
+    def _start_all(self, preset: str | None = None) -> None:
         if preset:
             _notify.info(f"preset for this machine: {preset} (Teacher tab)")
         self.start("Train (all stages)", [{"target": "pipeline"}], self.context.config())
 
 
-def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> None:
+def _run(work: Callable[[], dict[str, Any]]) -> tuple[str, Any]:
+    """Run ``work``; its user-fixable errors become an outcome, as threads cannot notify."""
+    from tskd.errors import TskdError
+
+    try:
+        return "ok", work()
+    except TskdError as exc:
+        return "user", exc
+    except OSError as exc:
+        return "os", exc
+
+
+def _read_folder(folder: str) -> tuple[list[Any], list[Any], list[str], Any, int | None,
+                                       list[str]]:
+    """The labelled set of a folder, through the backend's one label policy.
+
+    Returns:
+        ``(images, labels, names, class_names, ignore_label, warnings)``: labels in the user's
+        values; class names and the ignore label None unless declared.
+
+    Raises:
+        TskdInputError: an empty folder, or labels the policy refuses.
+    """
+    from tskd.data.samples import read_labelled_set
+    from tskd.errors import TskdInputError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples, label_map = read_labelled_set(folder)
+    if not samples:
+        raise TskdInputError(f"no labelled images in {folder}")
+    declared = label_map.declared
+    return ([s.image for s in samples],
+            [label_map.decode(s.label) for s in samples],  # the user's label values
+            [s.name for s in samples],
+            dict(zip(label_map.values, label_map.names)) if declared else None,
+            label_map.ignore_label if declared else None,
+            [str(w.message) for w in caught])
+
+
+def _write_data(cfg: Any, paths: Any, layered: tuple[Any, ...] | None, folder: str | None,
+                unlabelled: tuple[list[Any], list[str]], unl_folder: Any,
+                overwrite: bool) -> dict[str, Any]:
+    """Check the labels and write the data into the run folder (any thread; no Qt).
+
+    Returns:
+        ``{"warnings": [...], "summary": str, "info": str}`` for the GUI thread to show.
+
+    Raises:
+        TskdError: refused labels or run folder (nothing is written before the checks).
+        OSError: a file cannot be written.
+    """
+    from napari_tskd._export import export_labelled, export_unlabelled
+    from tskd.data import folders
+    from tskd.pipeline.lock import run_lock
+    from tskd.pipeline.run_folder import check_run_dir_inputs, prepare_run_dir
+
+    if layered is not None:
+        images, labels, names, class_names, layer = layered
+        notes, ignore_label = _check_layer_labels(labels, class_names, layer), None
+    else:
+        images, labels, names, class_names, ignore_label, notes = _read_folder(str(folder))
+    names, note = _layers.unique_names(names)  # one file per pair, never one for two
+    unl_images, unl_names = unlabelled
+    unl_names, unl_note = _layers.unique_names(unl_names)
+    run_dir = paths.root
+    check_run_dir_inputs(cfg)  # a run folder inside a data folder: refused, nothing made
+    with run_lock(run_dir, "napari data widget"):  # no training process writes meanwhile
+        prepare_run_dir(cfg, overwrite=overwrite)
+        export_labelled(images, labels, names, run_dir, class_names, ignore_label)
+        if unl_images:
+            extra = folders.unlabelled_files(unl_folder) if unl_folder else []
+            export_unlabelled(unl_images, unl_names, paths.unlabelled, extra)
+    for text, where in ((note, paths.data), (unl_note, paths.unlabelled)):
+        if text:
+            notes.append(f"{text[0].upper()}{text[1:]} (in {where}).")
+    n_val = validation_count(len(images), cfg.data.val_fraction)
+    return {"warnings": notes,
+            "summary": f"wrote {len(images)} labelled image(s) (train {len(images) - n_val} / "
+                       f"validation {n_val}) and {len(unl_images)} unlabelled layer slice(s) "
+                       f"to {run_dir}",
+            "info": f"data of run {run_dir.name} ready: {len(images)} labelled image(s)"}
+
+
+def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> list[str]:
     """Apply the label policy to a Labels layer's slices before anything is written.
 
     Refuses what training would refuse (too many values, huge ids, values outside declared
-    classes) and shows its notes (e.g. the map of ids with gaps) as warnings.
+    classes); returns its notes (e.g. the map of ids with gaps), to show as warnings.
     """
     from tskd.data import label_policy
     from tskd.data.declared import declared_from_config
@@ -288,8 +407,7 @@ def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> None
         [(f"labels layer '{layer}'", np.unique(np.concatenate(values)))], declared,
         where=f"labels layer '{layer}'")
     decision.raise_first()
-    for text in [*decision.warnings, *decision.notes]:
-        _notify.warning(text)
+    return [*decision.warnings, *decision.notes]
 
 
 def layer_classes_text(data: Any) -> str:

@@ -11,10 +11,12 @@ engine's per-epoch checkpoint still allows resuming).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue as queue_module
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,7 @@ class Job:
     steps: list[dict[str, Any]]  # {"target": stage name or "module:function", "kwargs": {...}}
     config: dict[str, Any]  # RunConfig as a plain dict (tskd.config.to_dict)
     owner: Any = None  # the widget that started it (panels show only their own jobs)
+    origin: str = ""  # the kind of widget that started it: a reopened one of that kind re-attaches
     env: dict[str, str] = field(default_factory=dict)
     nice: int = 10  # lower CPU priority of the training process (Unix), so napari stays smooth
     status: str = "pending"  # running | done | cancelled | error | crashed
@@ -42,6 +45,56 @@ class Job:
     cancel_requested_at: float | None = None
     stop_seconds: float | None = None  # cancel -> child stopped, for tests and benchmarks
     exitcode: int | None = None
+    note: str = ""  # what the child does before its first step ("importing torch ...")
+    history: list[tuple[str, int, float]] = field(default_factory=list)  # (stage, step, loss)
+
+    def __post_init__(self) -> None:
+        if not self.origin and self.owner is not None:
+            self.origin = type(self.owner).__qualname__
+
+    def add_point(self, stage: str, step: int, loss: float) -> None:
+        """Keep the loss curve for a panel that attaches later (the last ``HISTORY_LIMIT``).
+
+        Args:
+            stage: ``Progress.stage`` of the report.
+            step: its optimiser step.
+            loss: its loss.
+        """
+        self.history.append((stage, step, loss))
+        if len(self.history) > HISTORY_LIMIT:
+            del self.history[:HISTORY_LIMIT // 5]
+
+
+HISTORY_LIMIT = 5000  # progress points a job keeps for panels that attach later
+
+
+@contextlib.contextmanager
+def clean_main() -> Iterator[None]:
+    """Start a spawned child without re-running the user's ``__main__``.
+
+    multiprocessing's *spawn* makes the child import the parent's main script (or ``-m``
+    module) as ``__mp_main__``; a script without ``if __name__ == "__main__":`` then runs again
+    in the child (a second viewer opens, the first waits forever), and the re-import of
+    ``napari``'s own ``__main__`` costs seconds. The child runs ``napari_tskd._child.run_job``
+    and needs nothing from ``__main__``, so while it starts, ``__main__`` shows no file and no
+    module spec (the two things spawn looks at), then gets them back.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    missing = object()
+    saved = {name: main.__dict__.get(name, missing) for name in ("__file__", "__spec__")}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is missing:
+                main.__dict__.pop(name, None)
+            else:
+                main.__dict__[name] = value
 
 
 class JobRunner(QObject):
@@ -50,6 +103,7 @@ class JobRunner(QObject):
     started = Signal(object)  # Job
     progress = Signal(object, object)  # Job, progress dict
     stage_done = Signal(object, str, object)  # Job, stage target, result dict
+    note = Signal(object, str)  # Job, what the child does before training ("importing torch")
     finished = Signal(object)  # Job (status: done | cancelled | error | crashed)
 
     def __init__(
@@ -90,7 +144,9 @@ class JobRunner(QObject):
             name=f"tskd-{job.label}",
         )
         job.status, job.started_at = "running", time.monotonic()
-        self._proc.start()
+        job.note = "starting Python ..."
+        with clean_main():
+            self._proc.start()
         self._job = job
         self._timer.start()
         self.started.emit(job)
@@ -107,12 +163,14 @@ class JobRunner(QObject):
         """Stop the child now (viewer closing): cancel, then terminate after a short wait."""
         if self._job is None:
             return
+        label = self._job.label
         self.cancel()
-        self._proc.join(timeout=2.0)
+        self._proc.join(timeout=self.cancel_grace_s)  # the engine checkpoints on cancel
         if self._proc.is_alive():
             self._proc.terminate()
             self._proc.join(timeout=2.0)
-        self._finish("cancelled", "stopped because the viewer closed")
+        self._finish("cancelled", f"{label}: stopped because the viewer closed; open the run "
+                                  "folder again and press Resume to continue from its checkpoint")
 
     def wait(self, timeout: float = 60.0) -> Job | None:
         """Block (processing Qt events) until the job ends; for scripts and tests."""
@@ -184,8 +242,14 @@ class JobRunner(QObject):
         kind = msg.get("kind")
         if kind == "progress":
             job.last_progress = msg
+            loss = msg.get("loss")
+            if msg.get("preview") is None and isinstance(loss, int | float):
+                job.add_point(str(msg.get("stage", "")), int(msg.get("step") or 0), float(loss))
             self._update_pbar(msg)
             self.progress.emit(job, msg)
+        elif kind == "note":
+            job.note = str(msg.get("message", ""))
+            self.note.emit(job, job.note)
         elif kind == "warning":
             _notify.warning(msg["message"])
         elif kind == "stage_done":

@@ -29,6 +29,8 @@ ARCHITECTURES = {"CNN (MobileNetV3 + U-Net decoder)": "conv", "ViT-Tiny (the pap
 class StudentWidget(StageWidget):
     """Budgets and loss weights of distillation and fine-tuning."""
 
+    stages = ("distill", "student")
+
     def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
         super().__init__(napari_viewer, context)
         from tskd.config import DistillConfig, StudentConfig

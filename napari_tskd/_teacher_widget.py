@@ -20,6 +20,8 @@ MODEL_TYPES = ["mini", "vit_b", "vit_l", "vit_h"]
 class TeacherWidget(StageWidget):
     """Checkpoint, model type, input size, LoRA, budget, device; a preset from free memory."""
 
+    stages = ("teacher",)
+
     def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
         super().__init__(napari_viewer, context)
         from tskd.config import LoraSettings, TeacherConfig

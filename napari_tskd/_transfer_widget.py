@@ -23,6 +23,8 @@ LAYER_NAME = "TS-KD synthetic images"
 class TransferWidget(StageWidget):
     """Number of synthetic images and the diffusion budget; the result as a layer."""
 
+    stages = ("synthesize",)
+
     def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
         super().__init__(napari_viewer, context)
         from tskd.config import SynthConfig

@@ -37,7 +37,13 @@ def dock(make_napari_viewer):
     return main
 
 
-def test_train_runs_with_the_tabs_settings(dock) -> None:
+def _train(dock, qtbot, jobs: int = 1) -> None:
+    """Press Train and wait until the data is written and the job started (a thread writes)."""
+    dock.stages["Data"].run_all_button.native.click()
+    qtbot.waitUntil(lambda: len(dock.jobs) >= jobs, timeout=30000)
+
+
+def test_train_runs_with_the_tabs_settings(dock, qtbot) -> None:
     """Teacher tab: 20 steps, 1000 epochs, input size 128; Transfer set: 5 images; Student:
     7 fine-tune epochs; Data: 64 px. The Data tab's Train runs exactly that (before: the
     config's defaults, 30 epochs at 256 px)."""
@@ -49,7 +55,7 @@ def test_train_runs_with_the_tabs_settings(dock) -> None:
     transfer.n_images.value = 5
     student.finetune_epochs.value = 7
     dock.stages["Data"].image_size.value = 64
-    dock.stages["Data"].run_all_button.native.click()
+    _train(dock, qtbot)
     assert len(dock.jobs) == 1
     job = dock.jobs[0]
     assert job.steps == [{"target": "pipeline"}]
@@ -117,12 +123,12 @@ def test_another_run_folder_shows_its_own_config(dock, tmp_path) -> None:
     assert not dock.context.edits.edited("teacher.train.epochs")  # shown, not changed
 
 
-def test_a_new_run_takes_the_preset_for_this_machine(dock, notes) -> None:
+def test_a_new_run_takes_the_preset_for_this_machine(dock, notes, qtbot) -> None:
     """Settings device 'cpu': the CPU preset (built-in mini SAM at 128, batch 4) goes into the
     run's config and the Teacher tab when Train is pressed; a size the user chose is kept."""
     teacher = dock.stages["Teacher"]
     assert teacher.input_size.value == 256
-    dock.stages["Data"].run_all_button.native.click()
+    _train(dock, qtbot)
     assert (teacher.model_type.value, teacher.input_size.value, teacher.batch_size.value) == (
         "mini", 128, 4)
     t = dock.jobs[0].config["teacher"]
@@ -130,10 +136,10 @@ def test_a_new_run_takes_the_preset_for_this_machine(dock, notes) -> None:
     assert "preset for this machine: CPU: built-in mini SAM at 128" in notes.infos()[-1]
 
 
-def test_the_preset_never_replaces_what_the_user_chose(dock) -> None:
+def test_the_preset_never_replaces_what_the_user_chose(dock, qtbot) -> None:
     teacher = dock.stages["Teacher"]
     teacher.input_size.value = 192
-    dock.stages["Data"].run_all_button.native.click()
+    _train(dock, qtbot)
     assert dock.jobs[0].config["teacher"]["input_size"] == 192 and teacher.input_size.value == 192
 
 
