@@ -41,6 +41,7 @@ class Session:
         self.writing = False  # our own writes raise paint events too; they are not edits
         self.started = time.perf_counter()
         self.load_s = 0.0
+        self.failed = False  # the last press ended in an error (notified)
 
     def next_pending(self, generation: int) -> int | None:
         """The pending slice nearest to the displayed one (called from the worker thread);

@@ -130,6 +130,7 @@ class SegmentWidget(StageWidget):
         session.done.clear()
         session.undoable = bool(session.labels.data.any())
         session.model = None  # the worker loads it (cached; reloaded when retrained)
+        session.failed = False
         session.started = time.perf_counter()
         if not live:  # the user pressed Segment: the result is what they correct next
             image.visible = session.labels.visible = True
@@ -200,7 +201,7 @@ class SegmentWidget(StageWidget):
             colormap=DirectLabelColormap(color_dict=colors),
             scale=image.scale,
             translate=image.translate,
-            metadata={"tskd": "prediction", "model": str(folder)},
+            metadata={"tskd": "prediction", "model": str(folder), **_layers.provenance(image)},
         )
 
     def _start_worker(self, session: Session) -> None:
@@ -220,30 +221,35 @@ class SegmentWidget(StageWidget):
             from tskd.errors import TskdError
 
             self.status.value = "segmentation failed"
+            session.failed = True
             if isinstance(exc, TskdError):
                 _notify.user_error(exc)
             else:
                 _notify.error(f"segmentation failed: {type(exc).__name__}: {exc}")
 
         def on_done() -> None:
-            if self.session is session and session.pending and session.worker is None:
+            if self.session is not session or session.worker is not None:
+                return
+            if session.pending:
                 self._start_worker(session)  # slices asked for while it was finishing
+            elif not session.failed:
+                self._report(session, final=True)
 
         start_worker(session, self.context.models, on_model, on_slice, on_error, on_done)
 
-    def _report(self, session: Session) -> None:
-        """'run1/student: slice 4 in 28 ms; 3 of 8 slices' ... '8 slices in 1.3 s; done'."""
+    def _report(self, session: Session, final: bool = False) -> None:
+        """'run1/student: slice 4 in 28 ms; 3 of 8 slices', at the end '8 slice(s) in 1.3 s;
+        done' (the painted slices it kept named)."""
         name = session.model.name if session.model is not None else "model"
-        stack = _layers.is_stack(session.image)
-        first = f"slice {min(session.done)} in {self.last_ms or 0:.0f} ms" if stack else (
-            f"{self.last_ms or 0:.0f} ms")
-        with session.lock:
-            left = len(session.pending)
-        if left or session.worker is None and len(session.done) < session.asked:
+        first = f"{self.last_ms or 0:.0f} ms"
+        if _layers.is_stack(session.image) and session.done:
+            first = f"slice {min(session.done, key=lambda i: abs(i - session.current))} in {first}"
+        if not final:
             self.status.value = f"{name}: {first}; {len(session.done)} of {session.asked} slices"
             return
         took = time.perf_counter() - session.started
-        what = f"{len(session.done)} slices in {took:.1f} s" if session.asked > 1 else first
+        what = f"{len(session.done)} slice(s) in {took:.1f} s" if (
+            session.asked != 1 or _layers.is_stack(session.image)) else first
         kept = f"; {len(session.edited)} slice(s) you painted kept" if session.edited else ""
         self.status.value = f"{name}: {what}{kept}; done"
 

@@ -290,7 +290,7 @@ def test_segment_stack_displayed_slice_first_rest_in_background(make_napari_view
     assert w.session.done == set(range(6))
     assert model.segmenter.calls[0] != threading.current_thread().name  # never the GUI thread
     assert all(c != threading.current_thread().name for c in model.segmenter.calls)
-    assert w.status.value.endswith("; done") and "6 slices" in w.status.value
+    assert w.status.value.endswith("; done") and "6 slice(s)" in w.status.value
     np.testing.assert_array_equal(user_labels.data, lab)  # the user's layer is untouched
     np.testing.assert_array_equal(layer.data[2], img[2] > 500)
 
