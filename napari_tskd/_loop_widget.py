@@ -196,7 +196,7 @@ class LoopWidget(StageWidget):
         candidates = self._candidates()
         if not candidates:
             raise TskdInputError("every slice is already in the training set")
-        _models.import_backend()  # GUI thread, once; loading and ranking go to the worker
+        _models.import_backend(ranking=True)  # GUI thread, once; loading and ranking: worker
         _models.set_inference_threads(self.context.runner.running)
         views = [(_layers.snapshot(layer), z) for layer, z in candidates]
         device, cache = str(self.device.value), self.context.models

@@ -35,14 +35,20 @@ BACKEND_MODULES = ("torch", "safetensors.torch", "timm", "tskd.inference.predict
                    "tskd.inference.bundle", "tskd.models.student", "tskd.models.lora",
                    "tskd.models.meta_file", "tskd.models.meta_schema", "tskd.models.mini_sam",
                    "segment_anything.modeling")
+# monai.metrics (ranking by disagreement) is imported lazily by tskd.inference.dice; imported in a
+# worker it held the GIL (and so the event loop) for 0.45-0.94 s, measured
+RANKING_MODULES = ("tskd.inference.dice", "monai.metrics")
 
 
-def import_backend() -> bool:
+def import_backend(ranking: bool = False) -> bool:
     """Import the modules that loading and running a model needs, in the calling (GUI) thread.
 
     Importing timm first in a worker thread crashed napari (see ``_torch_guard``); once these
     are imported, a worker thread may build and run models. Returns True when this call
     imported anything (the one slow call: seconds), False when all were imported already.
+
+    Args:
+        ranking: also the modules of "Suggest next slice" (``RANKING_MODULES``).
     """
     import contextlib
     import importlib
@@ -50,7 +56,8 @@ def import_backend() -> bool:
 
     from napari_tskd._torch_guard import prepare_torch_import
 
-    missing = [name for name in BACKEND_MODULES if name not in sys.modules]
+    wanted = BACKEND_MODULES + (RANKING_MODULES if ranking else ())
+    missing = [name for name in wanted if name not in sys.modules]
     if not missing:
         return False
     prepare_torch_import()
@@ -173,15 +180,17 @@ class ModelCache:
             return self._get(folder, device)
 
     def meta(self, folder: str | Path) -> dict[str, Any]:
-        """A bundle's checked ``meta.json`` without loading the model (milliseconds: for the
-        GUI thread); raises ``TskdInputError`` when the folder holds no model.
+        """A bundle's ``meta.json``, parsed but not yet checked against the schema (that builds
+        the model to count parameters: the worker's ``get`` does it). Milliseconds: for the GUI
+        thread. Raises ``TskdInputError`` when the folder holds no model, ``ModelMetaError``
+        for an unreadable file.
 
         Args:
             folder: the bundle folder.
         """
-        from tskd.inference.bundle import read_bundle_meta
+        from tskd.models.meta_file import read_meta_file
 
-        return read_bundle_meta(check_bundle(folder))
+        return read_meta_file(check_bundle(folder) / "meta.json")
 
     def _get(self, folder: str | Path, device: str) -> LoadedModel:
         key = (str(Path(folder).resolve()), device)

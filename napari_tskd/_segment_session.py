@@ -42,6 +42,7 @@ class Session:
         self.started = time.perf_counter()
         self.load_s = 0.0
         self.failed = False  # the last press ended in an error (notified)
+        self.created = False  # this session made its layer (removed again if nothing came)
 
     def next_pending(self, generation: int) -> int | None:
         """The pending slice nearest to the displayed one (called from the worker thread);

@@ -152,10 +152,12 @@ class SegmentWidget(StageWidget):
             s.labels.metadata.update(_layers.provenance(image))
             return s
         labels = self._existing_layer(image, folder)
+        created = labels is None
         if labels is None:
             labels = self._new_layer(image, folder, meta)
         labels.metadata.update(_layers.provenance(image))
         session = self.session = Session(image, labels, folder, device)
+        session.created = created
         self.connect_event(labels.events.paint, self._on_paint)
         return session
 
@@ -222,6 +224,8 @@ class SegmentWidget(StageWidget):
 
             self.status.value = "segmentation failed"
             session.failed = True
+            if session.created and not session.done and session.labels in self.viewer.layers:
+                self.viewer.layers.remove(session.labels)  # no empty layer left behind
             if isinstance(exc, TskdError):
                 _notify.user_error(exc)
             else:
