@@ -196,7 +196,8 @@ class LoopWidget(StageWidget):
         candidates = self._candidates()
         if not candidates:
             raise TskdInputError("every slice is already in the training set")
-        _models.import_backend(ranking=True)  # GUI thread, once; loading and ranking: worker
+        # GUI thread, once; loading and ranking go to the worker
+        _models.import_backend(ranking=len(folders) > 1)
         _models.set_inference_threads(self.context.runner.running)
         views = [(_layers.snapshot(layer), z) for layer, z in candidates]
         device, cache = str(self.device.value), self.context.models
@@ -214,19 +215,6 @@ class LoopWidget(StageWidget):
         worker = rank()
         self._worker = worker
 
-        def on_returned(ranking: list[tuple[int, float]]) -> None:
-            index, score = ranking[0]
-            layer, z = candidates[int(index)]
-            if layer not in self.viewer.layers:
-                self.status.value = f"'{layer.name}' was closed while ranking; suggest again"
-                return
-            self.suggestion = (layer, z, float(score))
-            self._jump(layer, z)
-            where = f"slice {z} of '{layer.name}'" if _layers.is_stack(layer) else (
-                f"'{layer.name}'")
-            self.status.value = (f"next: {where} (score {float(score):.3g}, ranked in "
-                                 f"{time.perf_counter() - t0:.1f} s); done")
-
         def on_error(exc: Exception) -> None:
             from tskd.errors import TskdError
 
@@ -239,10 +227,23 @@ class LoopWidget(StageWidget):
         def on_finished() -> None:
             self._worker = None
 
-        worker.returned.connect(on_returned)
+        worker.returned.connect(lambda ranking: self._show_suggestion(candidates, ranking, t0))
         worker.errored.connect(on_error)
         worker.finished.connect(on_finished)
         worker.start()
+
+    def _show_suggestion(self, candidates: list[tuple[Any, int]],
+                         ranking: list[tuple[int, float]], t0: float) -> None:
+        index, score = ranking[0]
+        layer, z = candidates[int(index)]
+        if layer not in self.viewer.layers:
+            self.status.value = f"'{layer.name}' was closed while ranking; suggest again"
+            return
+        self.suggestion = (layer, z, float(score))
+        self._jump(layer, z)
+        where = f"slice {z} of '{layer.name}'" if _layers.is_stack(layer) else f"'{layer.name}'"
+        self.status.value = (f"next: {where} (score {float(score):.3g}, ranked in "
+                             f"{time.perf_counter() - t0:.1f} s); done")
 
     def _jump(self, layer: Any, z: int) -> None:
         if _layers.is_stack(layer):

@@ -310,7 +310,7 @@ def test_segment_and_suggest_never_block_the_event_loop(make_napari_viewer, fake
 
     import tskd.inference.predict
 
-    import_backend()  # the one allowed wait: the first import of torch/timm, once per session
+    import_backend(ranking=True)  # the one allowed wait: the first heavy imports, once
     viewer, seg, loop = _sample_loop(make_napari_viewer, fake)
     seg.segment()  # the prediction layer now exists
     assert seg.wait(10)
