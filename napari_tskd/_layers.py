@@ -287,17 +287,30 @@ def source_layer(viewer: Any, labels: Any) -> Any:
     return None
 
 
-def check_pair(image: Any, labels: Any, button: str) -> None:
+def named_owner(labels: Any, images: Sequence[Any]) -> Any:
+    """The Image layer a labels layer is named after ('<image> labels', as File > Open Sample
+    and most readers name them), among ``images``; None when no name matches."""
+    for suffix in (" labels", "_labels", " Labels"):
+        if labels.name.endswith(suffix):
+            base = labels.name[: -len(suffix)]
+            return next((ly for ly in images if ly.name == base), None)
+    return None
+
+
+def check_pair(image: Any, labels: Any, button: str, images: Sequence[Any] = ()) -> None:
     """Refuse an (Image, Labels) pair that is not one training pair, naming the layers.
 
     Args:
         image: the Image layer.
         labels: the Labels layer painted on it.
         button: the button's text, for the message.
+        images: the open Image layers; a labels layer without recorded provenance that is
+            named after another of them (``named_owner``, same shape) is refused.
 
     Raises:
-        TskdInputError: no layer chosen, a shape mismatch, or a labels layer that records
-            (``provenance``) another image than ``image`` or an image whose pixels changed.
+        TskdInputError: no layer chosen, a shape mismatch, a labels layer that records
+            (``provenance``) another image than ``image`` or an image whose pixels changed, or
+            one named after another image layer.
     """
     check_layer(image, "image")
     check_layer(labels, "labels")
@@ -312,6 +325,12 @@ def check_pair(image: Any, labels: Any, button: str) -> None:
             f"shape; choose the labels painted on '{image.name}' before pressing '{button}'")
     source = recorded_source(labels)
     if source is None:
+        owner = named_owner(labels, images or [])
+        if owner is not None and owner is not image and spatial_shape(owner) == a:
+            raise TskdInputError(
+                f"labels layer '{labels.name}' is named after image layer '{owner.name}', not "
+                f"'{image.name}'; choose '{owner.name}' as Image layer (or rename the labels "
+                f"layer) before pressing '{button}'")
         return
     if fingerprint(image) == labels.metadata["image_id"]:
         return

@@ -84,8 +84,12 @@ class LoopWidget(StageWidget):
             self.labels.value = layer
 
     def _follow_source(self, *_: Any) -> None:
-        """*Image layer* becomes the image the chosen labels were segmented from, if recorded."""
-        source = _layers.source_layer(self.viewer, self.labels.value)
+        """*Image layer* becomes the image the chosen labels were segmented from (recorded), or
+        the one they are named after ('<image> labels')."""
+        labels = self.labels.value
+        source = _layers.source_layer(self.viewer, labels)
+        if source is None and labels is not None and not _layers.recorded_source(labels):
+            source = _layers.named_owner(labels, _layers.layers_of(self.viewer, "image"))
         if source is not None and source in self.image.choices:
             self.image.value = source
 
@@ -107,7 +111,7 @@ class LoopWidget(StageWidget):
         from tskd.errors import TskdInputError
 
         image, labels = self.image.value, self.labels.value
-        _layers.check_pair(image, labels, ADD_TEXT)
+        _layers.check_pair(image, labels, ADD_TEXT, _layers.layers_of(self.viewer, "image"))
         cfg = self.context.config()
         run_dir = self.context.run_dir
         if cfg.data.labelled != str(self.context.paths().data):

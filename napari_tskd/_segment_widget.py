@@ -11,6 +11,7 @@ prediction is one undo step per slice; the layer records the image it was made f
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, PushButton
 from qtpy.QtCore import QTimer
 
-from napari_tskd import _layers, _notify
+from napari_tskd import _layers, _notify, _own_layers
 from napari_tskd._base import DEVICES, StageWidget, wrapped_label
 from napari_tskd._segment_session import Session, start_worker
 
@@ -117,7 +118,9 @@ class SegmentWidget(StageWidget):
             self.status.value = "loaded the model libraries (once per session)"
         meta = self.context.models.meta(folder)
         _models.set_inference_threads(self.context.runner.running)
-        session = self._session_for(image, folder, meta)
+        # a live update never takes the selection (a new layer would): the brush stays put
+        with _own_layers.keep_selection(self.viewer) if live else contextlib.nullcontext():
+            session = self._session_for(image, folder, meta)
         session.contrast = (None if image.data.dtype == np.uint8
                             else tuple(float(v) for v in image.contrast_limits))
         z = _layers.current_index(self.viewer, image)

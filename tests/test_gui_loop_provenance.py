@@ -162,8 +162,8 @@ def test_loop_follows_the_labels_layer_the_user_selects(make_napari_viewer, fake
     assert seg.wait(10)
     user = viewer.layers["kidney_us labels"]
     viewer.layers.selection.active = user
-    assert loop.labels.value is user
-    loop.image.value = viewer.layers["kidney_us"]
+    assert loop.labels.value is user  # the image follows the name: '<image> labels'
+    assert loop.image.value is viewer.layers["kidney_us"]
     viewer.layers.selection.active = pred
     assert loop.labels.value is pred and loop.image.value is viewer.layers["kidney_us unlabelled"]
     show_preview(viewer, {"image": np.zeros((16, 16, 3), np.uint8),
@@ -171,6 +171,40 @@ def test_loop_follows_the_labels_layer_the_user_selects(make_napari_viewer, fake
     loop.reset_choices()
     names = [ly.name for ly in loop.labels.choices] + [ly.name for ly in loop.image.choices]
     assert "TS-KD preview" not in names and "TS-KD preview image" not in names
+
+
+def test_user_labels_named_after_another_image_are_refused(make_napari_viewer, fake,
+                                                          tskd_gui_env, notes) -> None:
+    """Labels without recorded provenance, named '<image> labels' after another open image of
+    the same shape: refused (the sample's labels with its unlabelled stack)."""
+    viewer, _seg, loop = _sample_loop(make_napari_viewer, fake)
+    loop.reset_choices()
+    loop.labels.value = viewer.layers["kidney_us labels"]
+    loop.image.value = viewer.layers["kidney_us unlabelled"]
+    assert loop.add_slice() is None
+    assert notes.errors()[-1] == (
+        "labels layer 'kidney_us labels' is named after image layer 'kidney_us', not "
+        "'kidney_us unlabelled'; choose 'kidney_us' as Image layer (or rename the labels layer) "
+        f"before pressing '{ADD}'")
+    assert not (tskd_gui_env / "data" / "labels").exists()
+    loop.image.value = viewer.layers["kidney_us"]
+    assert loop.add_slice() is not None  # the right pair goes through
+
+
+def test_live_update_never_takes_the_selection(make_napari_viewer, fake, qtbot) -> None:
+    viewer, seg, _loop = _sample_loop(make_napari_viewer, fake)
+    unlabelled = viewer.layers["kidney_us unlabelled"]
+    pred = seg.segment()
+    assert seg.wait(10)
+    pred.paint((3, 5, 5), 1)  # a correction: a change of pixels now needs a new layer
+    mine = viewer.layers["kidney_us labels"]
+    viewer.layers.selection.active = mine
+    seg.live.value = True
+    unlabelled.data = unlabelled.data[:, ::-1].copy()
+    qtbot.waitUntil(lambda: len([ly for ly in viewer.layers
+                                 if ly.metadata.get("tskd") == "prediction"]) == 2, timeout=10000)
+    assert seg.wait(10)
+    assert viewer.layers.selection.active is mine and not pred.visible
 
 
 @pytest.mark.parametrize("fault", ["shape", "changed", "renamed"])
