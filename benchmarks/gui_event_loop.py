@@ -10,6 +10,12 @@ procedural kidney-ultrasound images through ``tskd.pipeline.stages.stage_finetun
 
     xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python benchmarks/gui_event_loop.py \
         --seconds 30 --json benchmarks/results/gui_event_loop.json
+
+``--modes widgets`` instead times what the Segment and Loop tabs and the training previews do
+to the event loop (longest delay while each runs, heavy modules imported first, as when the
+dock opens): the first *Segment* of a 20-slice stack (model loaded cold), *Segment* again,
+*Suggest* by teacher-student disagreement (the "teacher" a second, larger student bundle) and
+20 preview updates. Run it on another checkout (``PYTHONPATH=<checkout>``) for before/after.
 """
 
 from __future__ import annotations
@@ -199,6 +205,102 @@ def bench_startup(runs: int) -> dict[str, Any]:
     }
 
 
+def _longest_gap(app: Any, action: Any, done: Any, timeout: float = 300.0) -> dict[str, float]:
+    """Run ``action()`` and process events until ``done()``: the longest event-loop delay of a
+    10 ms timer (ms) and the wall time (s)."""
+    from qtpy.QtCore import QTimer
+
+    stamps: list[float] = []
+    timer = QTimer()
+    timer.setInterval(TICK_MS)
+    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    timer.start()
+    _wait_for(app, lambda: len(stamps) > 5, 5)
+    t0 = time.perf_counter()
+    action()
+    stamps.append(time.perf_counter())  # the action itself blocks the loop: counted
+    ok = _wait_for(app, done, timeout)
+    wall = time.perf_counter() - t0
+    timer.stop()
+    gaps = [max(0.0, (b - a) * 1000 - TICK_MS) for a, b in zip(stamps, stamps[1:])]
+    return {"max_delay_ms": round(max(gaps), 1), "wall_s": round(wall, 2), "finished": bool(ok)}
+
+
+def _bundles(run: Path, size: int) -> None:
+    """A run folder with an (untrained) default student and a larger ViT student as 'teacher'."""
+    from tskd.config import RunConfig, StudentConfig, save_config
+    from tskd.inference import bundle
+    from tskd.models.student import build_student
+
+    meta = {"class_names": ["background", "kidney"], "train_image_shape": [size, size]}
+    bundle.save_student(build_student(StudentConfig(), 2, 256), run / "student", meta)
+    big = StudentConfig(architecture="vit_tiny")
+    bundle.save_student(build_student(big, 2, 256), run / "teacher", meta)
+    cfg = RunConfig(run_dir=str(run))
+    cfg.data.labelled = str(run / "data")
+    save_config(cfg, run / "config.yaml")
+
+
+def bench_widgets(app: Any, viewer: Any, root: Path, size: int) -> dict[str, Any]:
+    """The Segment/Loop tabs and preview updates: the longest event-loop delay of each."""
+    import timm  # noqa: F401  (main thread, before any worker: the import trap)
+    try:  # what the dock imports once when it opens (this checkout's list, if it has one)
+        from napari_tskd._models import import_backend
+
+        import_backend(ranking=True)
+    except ImportError:
+        import monai.metrics  # noqa: F401
+    from napari_tskd._loop_widget import LoopWidget
+    from napari_tskd._segment_widget import SegmentWidget
+    from napari_tskd._student_widget import StudentWidget
+
+    import tskd.inference.predict  # noqa: F401
+    import tskd.models.student  # noqa: F401
+    from tskd.data import phantoms
+
+    run = root / "widgets_run"
+    _bundles(run, size)
+    stack = np.stack([img for img, _ in phantoms.generate("kidney_us", 20, size=size, seed=1)])
+    image = viewer.add_image(stack, name="unlabelled")
+    seg, loop = SegmentWidget(viewer), LoopWidget(viewer)
+    seg.context.settings.run_dir = str(run)  # not saved: the user's settings stay
+    seg.image.value = image
+    seg.device.value = loop.device.value = "cpu"
+    out: dict[str, Any] = {"stack": list(stack.shape)}
+    out["idle_3s"] = _stats(_measure(app, 3.0))  # the machine's own noise, for reference
+
+    def seg_done() -> bool:
+        s = seg.session
+        return s is not None and s.worker is None and not s.pending and (
+            s.done or not seg.status.value.endswith("..."))
+
+    out["segment_first"] = _longest_gap(app, seg.segment, seg_done)
+    out["segment_status"] = seg.status.value
+    seg.context.models._models.clear()  # as after Retrain: the model is loaded again
+    out["segment_again"] = _longest_gap(app, seg.segment, seg_done)
+    loop.reset_choices()
+    loop.image.value = image
+    loop.rank_by.value = "teacher-student disagreement"
+    out["suggest_disagreement"] = _longest_gap(app, loop.suggest,
+                                              lambda: loop.suggestion is not None)
+    student = StudentWidget(viewer)
+    rng = np.random.default_rng(0)
+
+    def preview(step: int = 0) -> None:
+        img = rng.integers(0, 255, (size, size, 3), np.uint8)
+        student.show_preview({"image": img, "labels": (img[..., 0] > 127 + step)
+                              .astype(np.uint8)}, "finetune-student")
+
+    def updates() -> None:
+        for step in range(1, 20):
+            preview(step)
+            app.processEvents()  # each update drawn, as when they arrive seconds apart
+
+    out["preview_first"] = _longest_gap(app, preview, lambda: True)  # creates the two layers
+    out["preview_19_updates"] = _longest_gap(app, updates, lambda: True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="measurement per mode")
@@ -226,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     _measure(app, 2.0)  # let the first paints and deferred start-up work pass
     with tempfile.TemporaryDirectory() as tmp:
         modes = args.modes.split(",")
-        cfg = _make_run(Path(tmp), args.size, 8, args.batch) if set(modes) - {"idle"} else None
+        cfg = (_make_run(Path(tmp), args.size, 8, args.batch)
+               if set(modes) - {"idle", "widgets"} else None)
         viewer.add_image(np.zeros((8, args.size, args.size), np.uint8), name="stack")
         results["modes"] = []
         for mode in modes:
@@ -236,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                 res = bench_process(app, viewer, cfg, args.seconds)
             elif mode == "thread":
                 res = bench_thread(app, viewer, cfg, args.seconds)
+            elif mode == "widgets":
+                res = {"mode": "widgets", **bench_widgets(app, viewer, Path(tmp), args.size)}
             else:
                 raise SystemExit(f"unknown mode {mode}")
             results["modes"].append(res)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import Container, Label, SpinBox
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from napari_tskd import _notify
+from napari_tskd import _notify, _own_layers
 from napari_tskd._context import RunContext, context_for
 from napari_tskd._job_panel import JobPanel
 from napari_tskd._jobs import Job
@@ -23,8 +23,7 @@ if TYPE_CHECKING:
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
-PREVIEW_IMAGE = "TS-KD preview image"
-PREVIEW_LABELS = "TS-KD preview"
+PREVIEW_IMAGE, PREVIEW_LABELS = _own_layers.PREVIEW_IMAGE, _own_layers.PREVIEW_LABELS
 
 
 class _AfterInit(type(QWidget)):  # type: ignore[misc]
@@ -171,36 +170,9 @@ class StageWidget(QWidget, metaclass=_AfterInit):
         """Called when another run folder is opened."""
 
     def show_preview(self, preview: dict[str, Any], stage: str) -> None:
-        """The training model's current prediction on its first training image, as two layers.
-
-        'TS-KD preview image' and 'TS-KD preview' are this plugin's own layers (updated in
-        place while a job runs); the user's layers are never touched.
-        """
-        if self.viewer is None:
-            return
-        image, labels = preview["image"], preview["labels"]
-        shown = {layer.name: layer for layer in self.viewer.layers
-                 if layer.metadata.get("tskd") == "preview"}
-        img_layer, lab_layer = shown.get(PREVIEW_IMAGE), shown.get(PREVIEW_LABELS)
-        # beside the user's data, not over it: the preview is another image at another size
-        others = [layer for layer in self.viewer.layers if layer.metadata.get("tskd") != "preview"]
-        right = max((float(layer.extent.world[1][-1]) for layer in others), default=0.0)
-        translate = (0.0, right + 16.0)
-        if img_layer is None or img_layer.data.shape != image.shape:
-            if img_layer is not None:
-                self.viewer.layers.remove(img_layer)
-            img_layer = self.viewer.add_image(image, name=PREVIEW_IMAGE, rgb=True,
-                                              translate=translate, metadata={"tskd": "preview"})
-        else:
-            img_layer.data = image
-        if lab_layer is None or lab_layer.data.shape != labels.shape:
-            if lab_layer is not None:
-                self.viewer.layers.remove(lab_layer)
-            lab_layer = self.viewer.add_labels(labels, name=PREVIEW_LABELS, translate=translate,
-                                               metadata={"tskd": "preview"})
-        else:
-            lab_layer.data = labels
-        lab_layer.metadata["stage"] = stage
+        """The training model's current prediction as the plugin's own two layers, beside the
+        user's data, never selected (``napari_tskd._own_layers.show_preview``)."""
+        _own_layers.show_preview(self.viewer, preview, stage)
 
     def start(self, label: str, steps: list[dict[str, Any]], cfg: Any) -> Job | None:
         """Start a training job; user-fixable problems become a notification, never a raise."""

@@ -32,11 +32,13 @@ def layers_of(viewer: Any, kind: str) -> list[Any]:
     return [layer for layer in viewer.layers if isinstance(layer, cls)]
 
 
-def choices(viewer_getter: Any, kind: str) -> Any:
-    """A magicgui choices callable listing (name, layer) of one kind."""
+def choices(viewer_getter: Any, kind: str, skip_previews: bool = False) -> Any:
+    """A magicgui choices callable listing (name, layer) of one kind (without the plugin's
+    training previews when ``skip_previews``)."""
 
     def _choices(_widget: Any = None) -> list[tuple[str, Any]]:
-        return [(layer.name, layer) for layer in layers_of(viewer_getter(), kind)]
+        return [(layer.name, layer) for layer in layers_of(viewer_getter(), kind)
+                if not (skip_previews and is_own_preview(layer))]
 
     return _choices
 
@@ -105,6 +107,16 @@ def to_uint8(image: np.ndarray, contrast_limits: Any = None) -> np.ndarray:
         lo, hi = (float(v) for v in contrast_limits)
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
     return np.clip((img - lo) * scale, 0, 255).round().astype(np.uint8)
+
+
+def snapshot(layer: Any) -> Any:
+    """What ``training_image`` reads of a layer (data, name, rgb, contrast limits), taken in
+    the GUI thread so that a worker thread converts slices without touching the layer."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(data=layer.data, name=layer.name, rgb=is_rgb(layer),
+                           contrast_limits=tuple(getattr(layer, "contrast_limits", ()) or ())
+                           or None, multiscale=False)
 
 
 def training_image(layer: Any, index: int = 0) -> np.ndarray:
@@ -216,3 +228,117 @@ def jump_to(viewer: Any, layer: Any, index: int) -> None:
     axis = viewer.dims.ndim - layer.ndim
     world = layer.data_to_world([index] + [0] * (layer.ndim - 1))[0]
     viewer.dims.set_point(axis, world)
+
+
+# -- provenance: which image a prediction layer was made from -----------------------------------
+PREVIEW_KINDS = ("preview",)  # plugin layers nobody trains on or corrects
+
+
+def is_own_preview(layer: Any) -> bool:
+    """A layer the plugin shows for itself (a training preview): never a training pair."""
+    return getattr(layer, "metadata", {}).get("tskd") in PREVIEW_KINDS
+
+
+def fingerprint(layer: Any) -> str:
+    """A short identity of an Image layer's pixels (16 hex digits).
+
+    The hash covers the data's shape and dtype and up to three slices (first, middle, last),
+    each subsampled to at most 256 values a side, so it takes about a millisecond on any layer.
+    It changes when the layer's data is replaced, not when its name or contrast changes.
+    """
+    import hashlib
+
+    data = layer.data
+    h = hashlib.blake2b(digest_size=8)
+    h.update(repr((tuple(int(s) for s in data.shape), str(data.dtype))).encode())
+    n = n_slices(layer)
+    for z in sorted({0, n // 2, n - 1}):
+        img = get_slice(layer, z)
+        step = max(1, -(-max(img.shape[:2]) // 256))
+        h.update(np.ascontiguousarray(img[::step, ::step]).tobytes())
+    return h.hexdigest()
+
+
+def provenance(image: Any) -> dict[str, Any]:
+    """Metadata a prediction layer keeps about its Image layer: name, shape and identity."""
+    return {"image": image.name, "image_shape": list(spatial_shape(image)),
+            "image_id": fingerprint(image)}
+
+
+def recorded_source(labels: Any) -> str | None:
+    """Name of the Image layer a labels layer was segmented from (None: not recorded)."""
+    meta = getattr(labels, "metadata", {}) or {}
+    return meta.get("image") if meta.get("image_id") else None
+
+
+def source_layer(viewer: Any, labels: Any) -> Any:
+    """The open Image layer a prediction layer was made from: by its recorded identity (also
+    after a rename), or None when nothing was recorded or no open layer has those pixels."""
+    meta = getattr(labels, "metadata", {}) or {}
+    wanted = meta.get("image_id")
+    if not wanted:
+        return None
+    images = layers_of(viewer, "image")
+    ordered = [ly for ly in images if ly.name == meta.get("image")] + images
+    for layer in ordered:
+        if list(spatial_shape(layer)) == list(meta.get("image_shape", [])) and \
+                fingerprint(layer) == wanted:
+            return layer
+    return None
+
+
+def named_owner(labels: Any, images: Sequence[Any]) -> Any:
+    """The Image layer a labels layer is named after ('<image> labels', as File > Open Sample
+    and most readers name them), among ``images``; None when no name matches."""
+    for suffix in (" labels", "_labels", " Labels"):
+        if labels.name.endswith(suffix):
+            base = labels.name[: -len(suffix)]
+            return next((ly for ly in images if ly.name == base), None)
+    return None
+
+
+def check_pair(image: Any, labels: Any, button: str, images: Sequence[Any] = ()) -> None:
+    """Refuse an (Image, Labels) pair that is not one training pair, naming the layers.
+
+    Args:
+        image: the Image layer.
+        labels: the Labels layer painted on it.
+        button: the button's text, for the message.
+        images: the open Image layers; a labels layer without recorded provenance that is
+            named after another of them (``named_owner``, same shape) is refused.
+
+    Raises:
+        TskdInputError: no layer chosen, a shape mismatch, a labels layer that records
+            (``provenance``) another image than ``image`` or an image whose pixels changed, or
+            one named after another image layer.
+    """
+    check_layer(image, "image")
+    check_layer(labels, "labels")
+    if is_own_preview(labels) or is_own_preview(image):
+        raise TskdInputError(
+            f"'{labels.name if is_own_preview(labels) else image.name}' is the training preview, "
+            f"not your data; choose your own layers before pressing '{button}'")
+    a, b = spatial_shape(image), spatial_shape(labels)
+    if a != b:
+        raise TskdInputError(
+            f"image layer '{image.name}' {a} and labels layer '{labels.name}' {b} differ in "
+            f"shape; choose the labels painted on '{image.name}' before pressing '{button}'")
+    source = recorded_source(labels)
+    if source is None:
+        owner = named_owner(labels, images or [])
+        if owner is not None and owner is not image and spatial_shape(owner) == a:
+            raise TskdInputError(
+                f"labels layer '{labels.name}' is named after image layer '{owner.name}', not "
+                f"'{image.name}'; choose '{owner.name}' as Image layer (or rename the labels "
+                f"layer) before pressing '{button}'")
+        return
+    if fingerprint(image) == labels.metadata["image_id"]:
+        return
+    if image.name == source:
+        raise TskdInputError(
+            f"image layer '{image.name}' has changed since labels layer '{labels.name}' was "
+            f"segmented from it; press 'Segment' again and correct the new prediction before "
+            f"pressing '{button}'")
+    raise TskdInputError(
+        f"labels layer '{labels.name}' was segmented from image layer '{source}', not from "
+        f"'{image.name}'; choose '{source}' as Image layer before pressing '{button}'")

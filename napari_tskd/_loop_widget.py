@@ -1,5 +1,10 @@
 """Loop widget: the annotate-train loop. Add a corrected slice to the run's labelled set,
-retrain the student from where it stopped, and jump to the slice the student is least sure of."""
+retrain the student from where it stopped, and jump to the slice the student is least sure of.
+
+*Corrected labels* follows the Labels layer the user selects (the one the brush paints in), and
+*Image layer* follows the image that labels layer was segmented from (``_layers.provenance``);
+*Add* refuses a pair whose shapes or recorded image do not match (``_layers.check_pair``).
+Ranking, model loading included, runs in a worker thread."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from napari_tskd._base import DEVICES, StageWidget, budget, steps_box, wrapped_l
 from tskd.data import samples
 
 RANKINGS = ["student uncertainty", "teacher-student disagreement"]
+ADD_TEXT = "Add displayed slice to training set"
 
 
 class LoopWidget(StageWidget):
@@ -21,10 +27,13 @@ class LoopWidget(StageWidget):
     def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
         super().__init__(napari_viewer, context)
         viewer = lambda: self.viewer  # noqa: E731
-        self.image = ComboBox(label="Image layer", choices=_layers.choices(viewer, "image"))
-        self.labels = ComboBox(label="Corrected labels", choices=_layers.choices(viewer, "labels"),
-                             tooltip="usually the prediction layer you edited")
-        self.add_button = PushButton(text="Add displayed slice to training set")
+        self.image = ComboBox(label="Image layer",
+                              choices=_layers.choices(viewer, "image", skip_previews=True),
+                              tooltip="follows the image the corrected labels were made from")
+        self.labels = ComboBox(label="Corrected labels",
+                               choices=_layers.choices(viewer, "labels", skip_previews=True),
+                               tooltip="follows the Labels layer you select to paint in")
+        self.add_button = PushButton(text=ADD_TEXT)
         self.epochs = SpinBox(label="Retrain epochs", min=1, max=10000, value=10)
         self.max_steps = steps_box("Retrain max steps")
         self.retrain_button = PushButton(text="Retrain student")
@@ -42,7 +51,11 @@ class LoopWidget(StageWidget):
         self.suggest_button.changed.connect(self.suggest)
         self._worker: Any = None
         self.suggestion: tuple[Any, int, float] | None = None  # (layer, slice, score)
+        self.labels.changed.connect(self._follow_source)
+        if self.viewer is not None:
+            self.connect_event(self.viewer.layers.selection.events.active, self._follow_active)
         self.reset_choices()
+        self._follow_active()
 
     def job_buttons(self) -> list[Any]:
         return [self.retrain_button]
@@ -53,10 +66,32 @@ class LoopWidget(StageWidget):
             self.image.value = self.image.choices[0]
         predictions = [layer for layer in _layers.layers_of(self.viewer, "labels")
                        if layer.metadata.get("tskd") == "prediction"]
-        if predictions and self.labels.value not in predictions:
+        if self.labels.value is None and predictions:
             self.labels.value = predictions[-1]  # the latest prediction is what one corrects
         elif self.labels.value is None and self.labels.choices:
             self.labels.value = self.labels.choices[0]
+
+    def _follow_active(self, *_: Any) -> None:
+        """The Labels layer the user selects (to paint in) becomes *Corrected labels*."""
+        import napari.layers
+
+        layer = self.viewer.layers.selection.active if self.viewer is not None else None
+        if not isinstance(layer, napari.layers.Labels) or _layers.is_own_preview(layer):
+            return
+        if layer not in self.labels.choices:
+            self.reset_choices()
+        if layer in self.labels.choices and self.labels.value is not layer:
+            self.labels.value = layer
+
+    def _follow_source(self, *_: Any) -> None:
+        """*Image layer* becomes the image the chosen labels were segmented from (recorded), or
+        the one they are named after ('<image> labels')."""
+        labels = self.labels.value
+        source = _layers.source_layer(self.viewer, labels)
+        if source is None and labels is not None and not _layers.recorded_source(labels):
+            source = _layers.named_owner(labels, _layers.layers_of(self.viewer, "image"))
+        if source is not None and source in self.image.choices:
+            self.image.value = source
 
     # -- add --------------------------------------------------------------------------------
     def add_slice(self, *_: Any) -> Any:
@@ -76,12 +111,7 @@ class LoopWidget(StageWidget):
         from tskd.errors import TskdInputError
 
         image, labels = self.image.value, self.labels.value
-        _layers.check_layer(image, "image")
-        _layers.check_layer(labels, "labels")
-        if _layers.spatial_shape(image) != _layers.spatial_shape(labels):
-            raise TskdInputError(
-                f"image layer '{image.name}' and labels layer '{labels.name}' differ in shape"
-            )
+        _layers.check_pair(image, labels, ADD_TEXT, _layers.layers_of(self.viewer, "image"))
         cfg = self.context.config()
         run_dir = self.context.run_dir
         if cfg.data.labelled != str(self.context.paths().data):
@@ -158,53 +188,66 @@ class LoopWidget(StageWidget):
     def _suggest(self) -> None:
         from napari.qt.threading import thread_worker
 
+        from napari_tskd import _models
         from tskd.errors import TskdInputError
-        from tskd.inference.predict import rank_for_annotation
 
         if self._worker is not None:
             return
-        from napari_tskd._models import set_inference_threads
-
-        model = self.context.models.get(self.context.paths().student, self.device.value)
-        teacher = None
-        if self.rank_by.value == RANKINGS[1]:
-            teacher = self.context.models.get(self.context.paths().teacher, self.device.value)
-        set_inference_threads(self.context.runner.running)
+        paths = self.context.paths()
+        folders = [paths.student] + ([paths.teacher] if self.rank_by.value == RANKINGS[1] else [])
+        for folder in folders:
+            self.context.models.meta(folder)  # no model: one sentence now, not from the worker
         candidates = self._candidates()
         if not candidates:
             raise TskdInputError("every slice is already in the training set")
-        images = [_layers.training_image(layer, z) for layer, z in candidates]
-        self.status.value = f"ranking {len(images)} image(s) ..."
+        # GUI thread, once; loading and ranking go to the worker
+        _models.import_backend(ranking=len(folders) > 1)
+        _models.set_inference_threads(self.context.runner.running)
+        views = [(_layers.snapshot(layer), z) for layer, z in candidates]
+        device, cache = str(self.device.value), self.context.models
+        self.status.value = f"ranking {len(views)} image(s) ..."
         t0 = time.perf_counter()
 
         @thread_worker
         def rank() -> list[tuple[int, float]]:
-            return rank_for_annotation(model.segmenter, images,
-                                       teacher.segmenter if teacher is not None else None)
+            from tskd.inference.predict import rank_for_annotation
+
+            models = [cache.get(folder, device).segmenter for folder in folders]
+            images = [_layers.training_image(view, z) for view, z in views]
+            return rank_for_annotation(models[0], images, models[1] if len(models) > 1 else None)
 
         worker = rank()
         self._worker = worker
 
-        def on_returned(ranking: list[tuple[int, float]]) -> None:
-            index, score = ranking[0]
-            layer, z = candidates[int(index)]
-            self.suggestion = (layer, z, float(score))
-            self._jump(layer, z)
-            where = f"slice {z} of '{layer.name}'" if _layers.is_stack(layer) else (
-                f"'{layer.name}'")
-            self.status.value = (f"next: {where} (score {float(score):.3g}, ranked in "
-                                 f"{time.perf_counter() - t0:.1f} s)")
-
         def on_error(exc: Exception) -> None:
-            _notify.error(f"ranking failed: {type(exc).__name__}: {exc}")
+            from tskd.errors import TskdError
+
+            self.status.value = "ranking failed"
+            if isinstance(exc, TskdError):
+                _notify.user_error(exc)
+            else:
+                _notify.error(f"ranking failed: {type(exc).__name__}: {exc}")
 
         def on_finished() -> None:
             self._worker = None
 
-        worker.returned.connect(on_returned)
+        worker.returned.connect(lambda ranking: self._show_suggestion(candidates, ranking, t0))
         worker.errored.connect(on_error)
         worker.finished.connect(on_finished)
         worker.start()
+
+    def _show_suggestion(self, candidates: list[tuple[Any, int]],
+                         ranking: list[tuple[int, float]], t0: float) -> None:
+        index, score = ranking[0]
+        layer, z = candidates[int(index)]
+        if layer not in self.viewer.layers:
+            self.status.value = f"'{layer.name}' was closed while ranking; suggest again"
+            return
+        self.suggestion = (layer, z, float(score))
+        self._jump(layer, z)
+        where = f"slice {z} of '{layer.name}'" if _layers.is_stack(layer) else f"'{layer.name}'"
+        self.status.value = (f"next: {where} (score {float(score):.3g}, ranked in "
+                             f"{time.perf_counter() - t0:.1f} s); done")
 
     def _jump(self, layer: Any, z: int) -> None:
         if _layers.is_stack(layer):

@@ -7,6 +7,7 @@ exists crashes on Mesa; see that module).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,17 +31,67 @@ def bundle_stamp(folder: Path) -> tuple[float, ...]:
     return tuple(sorted(p.stat().st_mtime for p in folder.iterdir() if p.is_file()))
 
 
+BACKEND_MODULES = ("torch", "safetensors.torch", "timm", "tskd.inference.predict",
+                   "tskd.inference.bundle", "tskd.models.student", "tskd.models.lora",
+                   "tskd.models.meta_file", "tskd.models.meta_schema", "tskd.models.mini_sam",
+                   "segment_anything.modeling")
+# monai.metrics (ranking by disagreement) is imported lazily by tskd.inference.dice; imported in a
+# worker it held the GIL (and so the event loop) for 0.45-0.94 s, measured
+RANKING_MODULES = ("tskd.inference.dice", "monai.metrics")
+
+
+def import_backend(ranking: bool = False) -> bool:
+    """Import the modules that loading and running a model needs, in the calling (GUI) thread.
+
+    Importing timm first in a worker thread crashed napari (see ``_torch_guard``); once these
+    are imported, a worker thread may build and run models. Returns True when this call
+    imported anything (the one slow call: seconds), False when all were imported already.
+
+    Args:
+        ranking: also the modules of "Suggest next slice" (``RANKING_MODULES``).
+    """
+    import contextlib
+    import importlib
+    import sys
+
+    from napari_tskd._torch_guard import prepare_torch_import
+
+    wanted = BACKEND_MODULES + (RANKING_MODULES if ranking else ())
+    missing = [name for name in wanted if name not in sys.modules]
+    if not missing:
+        return False
+    prepare_torch_import()
+    for name in missing:
+        with contextlib.suppress(ImportError):  # optional (segment_anything): its loader says
+            importlib.import_module(name)
+    return True
+
+
+def check_bundle(folder: str | Path) -> Path:
+    """The bundle folder, or ``TskdInputError`` when it holds no ``meta.json`` (a cheap check
+    in the GUI thread before a worker loads the model)."""
+    from tskd.errors import TskdInputError
+
+    folder = Path(folder)
+    if not (folder / "meta.json").is_file():
+        raise TskdInputError(f"no model in {folder} (meta.json missing); train it first")
+    return folder
+
+
+def bundle_name(folder: str | Path) -> str:
+    """'run1/student': the name of a model (and of its prediction layer) from its folder."""
+    folder = Path(folder)
+    return f"{folder.parent.name}/{folder.name}"
+
+
 def load(folder: str | Path, device: str = "auto") -> LoadedModel:
     """Load a bundle folder (``meta.json`` + safetensors); raises ``TskdError`` if unusable."""
     from napari_tskd._torch_guard import prepare_torch_import
 
     prepare_torch_import()
-    from tskd.errors import TskdInputError
     from tskd.inference.predict import segmenter_from_bundle
 
-    folder = Path(folder)
-    if not (folder / "meta.json").is_file():
-        raise TskdInputError(f"no model in {folder} (meta.json missing); train it first")
+    folder = check_bundle(folder)
     from tskd.data.label_map import LabelMap
 
     segmenter: Any
@@ -50,8 +101,7 @@ def load(folder: str | Path, device: str = "auto") -> LoadedModel:
     if not label_map.is_identity:  # label layers show (and corrections keep) the user's ids
         segmenter = ValueSegmenter(segmenter, label_map.values)
     segmenter.segment(np.zeros((size, size), np.uint8), is_stack=False)  # warm-up, off the clock
-    name = f"{folder.parent.name}/{folder.name}"
-    return LoadedModel(segmenter, meta, name, folder, bundle_stamp(folder))
+    return LoadedModel(segmenter, meta, bundle_name(folder), folder, bundle_stamp(folder))
 
 
 class ValueSegmenter:
@@ -110,14 +160,39 @@ class ModelCache:
     """The last ``size`` models used, per (folder, device), reloaded when their files change.
 
     Two by default: the student and the teacher, which "suggest next" by disagreement needs
-    together; older models are dropped so that memory stays bounded.
+    together; older models are dropped so that memory stays bounded. ``get`` may be called from
+    worker threads (one at a time; call ``import_backend`` in the GUI thread first).
     """
 
     def __init__(self, size: int = 2) -> None:
         self.size = size
         self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._lock = threading.Lock()
 
     def get(self, folder: str | Path, device: str = "auto") -> LoadedModel:
+        """The loaded model of a bundle folder (``load``; raises what it raises).
+
+        Args:
+            folder: the bundle folder.
+            device: "auto", "cpu", "cuda", "cuda:N" or "mps".
+        """
+        with self._lock:
+            return self._get(folder, device)
+
+    def meta(self, folder: str | Path) -> dict[str, Any]:
+        """A bundle's ``meta.json``, parsed but not yet checked against the schema (that builds
+        the model to count parameters: the worker's ``get`` does it). Milliseconds: for the GUI
+        thread. Raises ``TskdInputError`` when the folder holds no model, ``ModelMetaError``
+        for an unreadable file.
+
+        Args:
+            folder: the bundle folder.
+        """
+        from tskd.models.meta_file import read_meta_file
+
+        return read_meta_file(check_bundle(folder) / "meta.json")
+
+    def _get(self, folder: str | Path, device: str) -> LoadedModel:
         key = (str(Path(folder).resolve()), device)
         cached = self._models.pop(key, None)
         if cached is None or cached.stamp != bundle_stamp(Path(folder)):

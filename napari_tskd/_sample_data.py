@@ -1,5 +1,6 @@
 """File > Open Sample: the procedural tasks as a labelled stack, its labels and an unlabelled
-stack (images from ``tskd.data.phantoms``; nothing is downloaded)."""
+stack (images from ``tskd.data.phantoms``; nothing is downloaded). The unlabelled stack carries
+layer metadata ``tskd_sample: "unlabelled"``: the Segment tab preselects it."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def make_sample(task: str, n_labelled: int = N_LABELLED, n_unlabelled: int = N_U
     return [
         (images, {"name": task, **shown}, "image"),
         (labels, {"name": f"{task} labels", "metadata": {"class_names": names}}, "labels"),
-        (rest, {"name": f"{task} unlabelled", "visible": False, **shown}, "image"),
+        (rest, {"name": f"{task} unlabelled", "visible": False, **shown,
+               "metadata": {"tskd_sample": "unlabelled"}}, "image"),
     ]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinBox
 
-from napari_tskd import _layers, _notify
+from napari_tskd import _layers, _notify, _own_layers
 from napari_tskd._base import DEVICES, StageWidget, wrapped_label
 from napari_tskd._forms import hold_fields, layout_form
 from napari_tskd._run_config import Field, set_device
@@ -17,7 +17,7 @@ from tskd.config import SYNTH_EPOCH_STEPS
 from tskd.pipeline.registry import stage
 
 STAGE = stage("synthesize")  # tskd.pipeline.registry: its name, title and folders
-LAYER_NAME = "TS-KD synthetic images"
+LAYER_NAME = _own_layers.SYNTHETIC
 
 
 class TransferWidget(StageWidget):
@@ -140,12 +140,7 @@ class TransferWidget(StageWidget):
         rgb = _layers.stack_is_rgb(stack)
         if self.viewer is None:
             return None
-        for layer in list(self.viewer.layers):
-            if layer.name == LAYER_NAME and layer.metadata.get("tskd") == "synthetic":
-                layer.data = stack
-                return layer
-        return self.viewer.add_image(stack, name=LAYER_NAME, rgb=rgb,
-                                     metadata={"tskd": "synthetic"})
+        return _own_layers.show_synthetic(self.viewer, stack, rgb)  # beside, never selected
 
 
 def describe(result: dict[str, Any]) -> str:

@@ -58,6 +58,7 @@ def fake_model(monkeypatch):
 
     def install(widget):
         monkeypatch.setattr(widget.context.models, "get", lambda folder, device="auto": model)
+        monkeypatch.setattr(widget.context.models, "meta", lambda folder: model.meta)
         return model
 
     return install
@@ -285,11 +286,11 @@ def test_segment_stack_displayed_slice_first_rest_in_background(make_napari_view
     layer = w.segment()
     assert layer is not None and layer is not user_labels
     assert layer.name == "run1/student segmentation" and layer.metadata["tskd"] == "prediction"
-    assert model.segmenter.calls[0] == threading.current_thread().name  # slice 4 at once
-    assert layer.data[4].any() and 4 in w.session.done
     assert w.wait(30)
     assert w.session.done == set(range(6))
-    assert any(c != threading.current_thread().name for c in model.segmenter.calls[1:])
+    assert model.segmenter.calls[0] != threading.current_thread().name  # never the GUI thread
+    assert all(c != threading.current_thread().name for c in model.segmenter.calls)
+    assert w.status.value.endswith("; done") and "6 slice(s)" in w.status.value
     np.testing.assert_array_equal(user_labels.data, lab)  # the user's layer is untouched
     np.testing.assert_array_equal(layer.data[2], img[2] > 500)
 
@@ -305,23 +306,26 @@ def test_segment_follow_mode_and_edits_are_kept(make_napari_viewer, fake_model, 
     w.stack_mode.value = STACK_MODES[1]
     viewer.dims.set_point(0, 0)
     layer = w.segment()
-    assert w.session.done == {0}
+    assert w.wait(10) and w.session.done == {0}
     viewer.dims.set_point(0, 3)
     qtbot.waitUntil(lambda: 3 in w.session.done, timeout=10000)
     assert w.session.done == {0, 3}  # only what the user visited
-    # the user corrects slice 3; pressing Segment again must not overwrite it
+    # the user corrects slice 3 (napari's paint API); pressing Segment again must not
+    # overwrite it, and must update the same layer
+    layer.paint((3, 1, 1), 2)
     layer.data[3] = 2
-    w.session.edited.add(3)
-    w.segment()
+    assert w.session.edited == {3} and layer.metadata["edited"] == [3]
+    assert w.segment() is layer
     assert w.wait(10)
     assert (layer.data[3] == 2).all()
-    # live: the image changes -> an edited prediction layer gets a successor, never a rewrite
+    # live: the image's pixels change under a corrected layer -> a successor layer (the
+    # corrections belong to the old pixels), the older one hidden, never rewritten
     w.live.value = True
     image.data = img[:, :, ::-1].copy()
     qtbot.waitUntil(lambda: len([ly for ly in viewer.layers
                                  if ly.metadata.get("tskd") == "prediction"]) == 2,
                     timeout=10000)
-    assert (layer.data[3] == 2).all()
+    assert (layer.data[3] == 2).all() and not layer.visible
 
 
 def test_segment_2d_rgb(make_napari_viewer, fake_model) -> None:
@@ -334,6 +338,7 @@ def test_segment_2d_rgb(make_napari_viewer, fake_model) -> None:
     w = SegmentWidget(viewer)
     fake_model(w)
     layer = w.segment()
+    assert w.wait(10) and w.status.value.endswith("; done")
     assert layer.data.shape == (20, 30)
     assert layer.data[7, 7] == 1 and layer.data[0, 0] == 0
 
