@@ -33,7 +33,11 @@ def _settings_fp(section: Any) -> dict[str, Any]:
         train.pop("val_every", None)
     if train.get("max_seconds") is None:
         train.pop("max_seconds", None)
-    return to_dict(section) | {"train": train}
+    if train.get("grad_accum_steps") == 1:  # runs of versions before accumulation
+        train.pop("grad_accum_steps", None)
+    settings = to_dict(section)
+    settings.pop("gradient_checkpointing", None)  # the same result, with less memory
+    return settings | {"train": train}
 
 
 def _student_settings(student: dict[str, Any]) -> dict[str, Any]:
