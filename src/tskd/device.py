@@ -74,7 +74,7 @@ def make_accelerator(cfg: TrainConfig) -> Any:
     Raises:
         TskdError: the configured device is not available (see ``resolve_device``).
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState, GradientState
 
     from tskd import distributed
@@ -88,8 +88,11 @@ def make_accelerator(cfg: TrainConfig) -> Any:
     GradientState._reset_state()
     # a stage may leave parameters without a gradient in a step (frozen heads, unused outputs)
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    # split_batches: the engine's batches are already each rank's share of a global batch
+    # (tskd.distributed.ShardedBatches), so the schedule steps once per optimiser step
     return Accelerator(cpu=device.type == "cpu", mixed_precision=_mixed_precision(cfg, device),
-                       kwargs_handlers=[ddp])
+                       kwargs_handlers=[ddp],
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

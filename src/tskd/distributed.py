@@ -134,6 +134,25 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def mean(values: dict[str, float]) -> dict[str, float]:
+    """The mean of each value over the ranks (the logged losses of one global batch).
+
+    Args:
+        values: this rank's values; the same keys on every rank.
+
+    Returns:
+        ``{key: mean over ranks}``; ``values`` itself without a process group.
+    """
+    if not _group() or world_size() == 1 or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        t = t.cuda()
+    torch.distributed.all_reduce(t)
+    return {k: float(v) / world_size() for k, v in zip(keys, t.tolist(), strict=True)}
+
+
 def on_main(fn: Callable[[], T], what: str) -> T | None:
     """Run ``fn`` on the main process only, then wait for it on every rank.
 
@@ -205,3 +224,41 @@ class ShardedBatches:
             if len(chunk) < self.global_batch and self.ranks > 1:
                 chunk = (chunk + perm * math.ceil(self.global_batch / self.n))[:self.global_batch]
             yield chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """A dataset whose item ``i`` draws its randomness (augmentation) from its own seed.
+
+    Item ``i`` of an epoch runs with torch's, NumPy's and Python's global streams seeded from
+    ``(epoch_seed, i)``, and the streams are put back as they were after it. So an image gets
+    the same augmentation in an epoch whichever rank, batch or position it lands in, on any
+    number of processes and after any resume; the model's own draws (dropout) keep the
+    streams the engine seeds per epoch and rank.
+
+    Args:
+        dataset: the task's map-style dataset.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.epoch_seed = 0  # set by the engine at each epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        import random
+
+        import numpy as np
+
+        seed = (self.epoch_seed * 1_000_003 + int(i)) % (2**63 - 1)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+            try:
+                return self.dataset[i]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)

@@ -5,7 +5,8 @@ A stage describes *what* to train as a ``TrainingTask`` (model, data, loss); the
 flag checked every step, a checkpoint at every epoch (and on cancel) and resuming from it.
 
 A checkpoint is one atomic, sha256-verified unit (``tskd.checkpoint``). Randomness is re-seeded
-from ``seed + epoch`` at every epoch, and a mid-epoch checkpoint restores the random streams as
+from ``seed + epoch`` at every epoch, each image's augmentation from the epoch and the image
+(``tskd.distributed.SeededItems``), and a mid-epoch checkpoint restores the random streams as
 they were before its batch, so a resumed run takes the same data order, augmentations and
 dropout draws as an uninterrupted one and ends with the same weights, bit for bit on the CPU.
 What one stage needs beside the loop is a ``Callback`` (``tskd.callbacks``: the progress
@@ -146,7 +147,8 @@ def _prepare(task: TrainingTask, cfg: TrainConfig, checkpoint_dir: str | Path | 
     sampler = dist.ShardedBatches(len(dataset), cfg.batch_size, generator, dist.world_size(),
                                   dist.rank())
     # the loader draws its base seed from ``generator`` too, so the global streams stay untouched
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=0, generator=generator,
+    loader = DataLoader(dist.SeededItems(dataset), batch_sampler=sampler, num_workers=0,
+                        generator=generator,
                         collate_fn=collate_fn or torch.utils.data.default_collate)
     accum = max(1, min(cfg.grad_accum_steps, len(loader)))
     steps_per_epoch = len(loader) // accum
@@ -266,7 +268,7 @@ def _optimiser_step(run: _Run, batches: list[Any], sums: dict[str, float]) -> No
     state.step += 1
     state.steps_in_epoch += 1
     run.steps_this_run += 1
-    state.logs = logs
+    state.logs = dist.mean(logs)  # the global batch's losses, the same on every rank
     for k, v in state.logs.items():
         sums[k] = sums.get(k, 0.0) + v
     for callback in run.callbacks:
@@ -288,6 +290,7 @@ def _run_epoch(run: _Run, epoch: int) -> None:
     state.epoch, state.steps_in_epoch = epoch, 0
     seed_everything(cfg.seed + epoch + _RANK_SEED_STRIDE * dist.rank())
     run.generator.manual_seed(cfg.seed * 100_003 + epoch)  # one data order on every rank
+    run.loader.dataset.epoch_seed = cfg.seed * 100_003 + epoch  # each image's augmentation
     sums: dict[str, float] = {}
     first, run.sampler.skip = run.skip_batches, run.skip_batches * run.accum
     if run.resume_rng is not None:
