@@ -14,6 +14,7 @@ here is a no-op: rank 0 of 1, barriers return at once, broadcasts return their i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -76,6 +77,49 @@ def setup(cpu: bool) -> None:
     from accelerate import PartialState
 
     PartialState(cpu=cpu)
+
+
+class TrainingDone(Exception):  # noqa: N818 - a signal, not an error
+    """Raised on a non-main rank of a followed job when its training ends (``follow_main``).
+
+    The stage's writing (artefacts, reports) is the main process's; the stage wrapper
+    (``tskd.pipeline.context.writes``) catches it and waits for the main process.
+    """
+
+
+_FOLLOW = {"on": False}
+
+
+def follow_main() -> None:
+    """Make this process one rank of a CLI job: the main process writes, the others follow.
+
+    On every rank but the main one, ``tskd.atomic`` writes nothing (``atomic.set_writer``)
+    and ``tskd.engine.train`` raises ``TrainingDone`` once training ends, so the stage's
+    writing is left to the main process. A no-op in a single process.
+    """
+    from tskd import atomic
+
+    if world_size() > 1:
+        atomic.set_writer(is_main())
+        _FOLLOW["on"] = True
+
+
+def in_job() -> bool:
+    """Whether ``follow_main`` made this process one rank of a multi-process CLI job.
+
+    Returns:
+        True on every rank of such a job, the main one included.
+    """
+    return _FOLLOW["on"]
+
+
+def following() -> bool:
+    """Whether this is a non-main rank of a job that ``follow_main`` set up.
+
+    Returns:
+        False in a single process and on the main process.
+    """
+    return _FOLLOW["on"] and not is_main()
 
 
 def barrier() -> None:
@@ -183,6 +227,36 @@ def on_main(fn: Callable[[], T], what: str) -> T | None:
     if failed is not None:
         raise TskdError(f"the main process failed while {what} ({failed})")
     return result
+
+
+def as_rank(stage: Callable[[], dict[str, Any]], what: str,
+            trains: bool = True) -> dict[str, Any]:
+    """Run one pipeline stage on this rank of a CLI job; outside a job, just run it.
+
+    The main process runs the whole stage and writes its files; another rank runs it until its
+    training ends (``TrainingDone``; a stage that does not train, not at all), then waits for
+    the main one. An error on the main process is raised there at once (the launcher then
+    stops the other ranks); an error every rank meets (bad input) is raised on each.
+
+    Args:
+        stage: the stage, its arguments bound; returns its JSON-able result.
+        what: the stage for messages, e.g. "stage teacher".
+        trains: whether the stage trains (the other ranks take part only then).
+
+    Returns:
+        The stage's result on the main process; ``{}`` on the others.
+    """
+    if not in_job():
+        return stage()
+    if is_main():
+        result = stage()
+        broadcast(None)  # the others may go on
+        return result
+    if trains:
+        with contextlib.suppress(TrainingDone):
+            stage()
+    broadcast(None)
+    return {}
 
 
 class ShardedBatches:

@@ -389,4 +389,7 @@ def train(
         _run_epoch(run, epoch)
         if run.state.step >= run.state.total or run.state.stop:
             break
-    return _finish(run, control.keep_checkpoint)
+    result = _finish(run, control.keep_checkpoint)
+    if dist.following():  # a CLI job's other rank: the main process writes the stage's files
+        raise dist.TrainingDone(task.name)
+    return result
