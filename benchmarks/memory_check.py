@@ -8,7 +8,7 @@ for ``--steps`` optimiser steps on random images. The figure is the growth of th
 peak resident memory (``ru_maxrss``) from just before training to its end: the activations,
 gradients and optimiser state training adds to the loaded model. Settings: the batch as it is;
 half the batch with 2 accumulation steps (the same global batch); the batch with gradient
-checkpointing of the image encoder. Writes benchmarks/results/memory_check.json.
+checkpointing of the image encoder. Writes benchmarks/results/memory_check_<size>.json.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> None:
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(rows[-1])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory_check.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / f"memory_check_{args.size}.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
