@@ -154,3 +154,16 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path: Path) -> None:
     acc = train_linear(tmp_path, batch_size=2, accum=2)
     assert acc["steps"] == big["steps"] == 24
     assert _max_diff(acc["weights"], big["weights"]) < TOL
+
+
+def test_one_process_resumes_with_accumulation_giving_the_same_global_batch(
+        tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    first = train_linear(tmp_path, batch_size=4, ckpt=str(ckpt), cancel_at=5)
+    assert first["error"].startswith("Cancelled: linear: cancelled at step 5/24")
+    refused = train_linear(tmp_path, batch_size=2, ckpt=str(ckpt), resume=True)
+    assert "it has 4 images per step, this run 2" in refused["error"]
+    resumed = train_linear(tmp_path, batch_size=2, accum=2, ckpt=str(ckpt), resume=True)
+    assert resumed["reports"][0] == 6 and resumed["steps"] == 24
+    whole = train_linear(tmp_path, batch_size=4)
+    assert _max_diff(resumed["weights"], whole["weights"]) < TOL

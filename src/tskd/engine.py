@@ -179,7 +179,9 @@ def _same_settings(saved: dict, run: _Run) -> bool:
     split = ("batch_size", "grad_accum_steps")
     now = {k: v for k, v in asdict(run.cfg).items() if k not in split}
     then = {k: v for k, v in (saved.get("config") or {}).items() if k not in split}
-    return now == then and saved.get("global_batch", _global_batch(run)) == _global_batch(run)
+    # a checkpoint of an earlier version: one process, no accumulation
+    earlier = max(1, min(int((saved.get("config") or {}).get("batch_size", 1)), run.sampler.n))
+    return now == then and saved.get("global_batch", earlier) == _global_batch(run)
 
 
 def _resume(run: _Run) -> None:
