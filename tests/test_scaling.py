@@ -101,7 +101,10 @@ def test_new_settings_leave_fingerprints_of_earlier_runs_unchanged() -> None:
     cfg.teacher.gradient_checkpointing = True  # memory only: the same teacher
     assert _settings_fp(cfg.teacher) == before
     cfg.teacher.train.grad_accum_steps = 2  # another global batch: another teacher
-    assert _settings_fp(cfg.teacher)["train"]["grad_accum_steps"] == 2
+    assert _settings_fp(cfg.teacher)["train"]["batch_size"] == 2 * cfg.teacher.train.batch_size
+    # the same global batch split otherwise (half the batch, 2 accumulation steps): the same
+    cfg.teacher.train.batch_size //= 2
+    assert _settings_fp(cfg.teacher) == before
 
 
 def test_gpu_check_runs_tiny_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
