@@ -146,3 +146,17 @@ def test_largest_batch_search_finds_the_limit() -> None:
     assert tried == [1, 2, 4, 8, 16, 12, 10, 11]
     assert gpu_check.largest_batch(lambda b: True, 6) == 6
     assert gpu_check.largest_batch(lambda b: False, 64) == 0
+
+
+def test_fingerprint_is_that_of_the_global_batch_on_any_number_of_processes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tskd.pipeline.fingerprints import _settings_fp
+
+    one = RunConfig()
+    one.student.train.batch_size = 4
+    alone = _settings_fp(one.student)
+    two = RunConfig()
+    two.student.train.batch_size = 2
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: 2 x 2 = the same 4
+    assert _settings_fp(two.student) == alone
+    assert _settings_fp(one.student)["train"]["batch_size"] == 8  # 2 x 4: another run
