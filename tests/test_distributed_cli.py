@@ -78,3 +78,15 @@ def test_torchrun_two_processes_finetune_student(tmp_path: Path) -> None:
     assert not (run / ".tskd.lock.json").exists()
     leftovers = [p for p in run.rglob("*") if ".tmp" in p.name or p.name.startswith("ckpt")]
     assert leftovers == []
+
+
+def test_demo_under_a_launcher_is_refused_in_one_line(rank_1_of_2: None) -> None:
+    from tskd.apps import job
+    from tskd.errors import TskdError
+
+    ran: list[int] = []
+    with pytest.raises(TskdError) as err:
+        job.run("demo", lambda: ran.append(1) or 0, every_rank=False)
+    assert str(err.value) == ("tskd demo runs on one process; start it without torchrun or "
+                              "accelerate launch")
+    assert ran == [] and job.rank_note() == " (rank 1)"
