@@ -147,8 +147,7 @@ def _prepare(task: TrainingTask, cfg: TrainConfig, checkpoint_dir: str | Path | 
     sampler = dist.ShardedBatches(len(dataset), cfg.batch_size, generator, dist.world_size(),
                                   dist.rank())
     # the loader draws its base seed from ``generator`` too, so the global streams stay untouched
-    loader = DataLoader(dist.SeededItems(dataset), batch_sampler=sampler, num_workers=0,
-                        generator=generator,
+    loader = DataLoader(dist.SeededItems(dataset), batch_sampler=sampler, generator=generator,
                         collate_fn=collate_fn or torch.utils.data.default_collate)
     accum = max(1, min(cfg.grad_accum_steps, len(loader)))
     steps_per_epoch = len(loader) // accum
@@ -174,14 +173,18 @@ def _global_batch(run: _Run) -> int:
     return run.sampler.global_batch * run.accum
 
 
+def _saved_global_batch(saved: dict, run: _Run) -> int:
+    """A checkpoint's global batch (one of an earlier version: one process, no accumulation)."""
+    earlier = max(1, min(int((saved.get("config") or {}).get("batch_size", 1)), run.sampler.n))
+    return int(saved.get("global_batch", earlier))
+
+
 def _same_settings(saved: dict, run: _Run) -> bool:
     """Whether a checkpoint's settings are this run's, up to how the global batch is split."""
     split = ("batch_size", "grad_accum_steps")
     now = {k: v for k, v in asdict(run.cfg).items() if k not in split}
     then = {k: v for k, v in (saved.get("config") or {}).items() if k not in split}
-    # a checkpoint of an earlier version: one process, no accumulation
-    earlier = max(1, min(int((saved.get("config") or {}).get("batch_size", 1)), run.sampler.n))
-    return now == then and saved.get("global_batch", earlier) == _global_batch(run)
+    return now == then and _saved_global_batch(saved, run) == _global_batch(run)
 
 
 def _resume(run: _Run) -> None:
@@ -197,7 +200,7 @@ def _resume(run: _Run) -> None:
     if not _same_settings(saved, run):
         raise TskdError(
             f"cannot resume: the checkpoint in {run.ckpt.folder} was made with other training "
-            f"settings or another global batch (it has {saved.get('global_batch', '?')} images "
+            f"settings or another global batch (it has {_saved_global_batch(saved, run)} images "
             f"per step, this run {_global_batch(run)}); start again without --resume"
         )
     ranks = (rng or {}).get("ranks")
