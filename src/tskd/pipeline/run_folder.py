@@ -234,15 +234,15 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     root = Path(cfg.run_dir)
     paths = RunPaths(root)
 
-    def prepare() -> None:
+    if not distributed.following():  # a job's other ranks wait for the main process
         with run_lock(root, "prepare run folder"):
             manifest = claim_run_folder(root)
             if paths.config.is_file():
                 _replace_config(cfg, root, manifest, overwrite)
             save_config(cfg, paths.config)
             record_files(root, [paths.config])
-
-    distributed.on_main(prepare, f"preparing the run folder {root}")  # the others wait
+    if distributed.in_job():
+        distributed.broadcast(None)
     return root
 
 
