@@ -25,9 +25,10 @@ class LinearTask:
 
     name = "linear"
 
-    def __init__(self) -> None:
+    def __init__(self, nan_on_rank: int | None = None) -> None:
         torch.manual_seed(0)
         self.model = nn.Linear(4, 1)
+        self.nan_on_rank = nan_on_rank  # this rank's loss is NaN from step 3 on
 
     def dataset(self) -> torch.utils.data.Dataset:
         g = torch.Generator().manual_seed(1)
@@ -36,7 +37,12 @@ class LinearTask:
         return torch.utils.data.TensorDataset(x, y)
 
     def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        from tskd import distributed
+
         x, y = batch
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.nan_on_rank == distributed.rank() and self.calls >= 3:
+            y = y * float("nan")
         return {"loss": ((model(x) - y) ** 2).mean()}
 
 
@@ -47,7 +53,8 @@ def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def train_linear(out_dir: Path, batch_size: int, ckpt: str | None = None,
                  resume: bool = False, cancel_at: int | None = None,
                  kill_at: int | None = None, stop_at: int | None = None,
-                 accum: int = 1, epochs: int = 3) -> dict[str, Any]:
+                 accum: int = 1, epochs: int = 3,
+                 nan_on_rank: int | None = None) -> dict[str, Any]:
     """Train ``LinearTask``; optionally cancel, SIGKILL or early-stop on rank 0 at a step."""
     import signal
 
@@ -82,7 +89,7 @@ def train_linear(out_dir: Path, batch_size: int, ckpt: str | None = None,
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.05, device="cpu",
                       warmup_fraction=0.0, grad_accum_steps=accum)
-    task = LinearTask()
+    task = LinearTask(nan_on_rank)
     control = RunControl(progress, token, resume, Path(ckpt) if ckpt else None)
     try:
         result = train(task, cfg, control=control, callbacks=[StopOnMain()])

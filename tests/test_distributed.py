@@ -167,3 +167,9 @@ def test_one_process_resumes_with_accumulation_giving_the_same_global_batch(
     assert resumed["reports"][0] == 6 and resumed["steps"] == 24
     whole = train_linear(tmp_path, batch_size=4)
     assert _max_diff(resumed["weights"], whole["weights"]) < TOL
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
+    r0, r1 = launch(2, "linear", tmp_path, batch_size=2, nan_on_rank=1)
+    message = "TskdError: linear: the loss became nan at step 2; lower the learning rate"
+    assert r0["error"] == r1["error"] == message  # rank 0's loss was finite: no rank hangs

@@ -249,11 +249,10 @@ def _forward_backward(run: _Run, batch: Any, share: float, sync: bool) -> dict[s
         with accelerator.autocast():
             losses = run.task.step(run.model, batch)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise TskdError(
-                f"{run.task.name}: the loss became {loss.item()} at step {run.state.step}; "
-                "lower the learning rate"
-            )
+        value = dist.mean({"loss": float(loss.detach())})["loss"]  # every rank stops together
+        if not math.isfinite(value):
+            raise TskdError(f"{run.task.name}: the loss became {value} at step "
+                            f"{run.state.step}; lower the learning rate")
         accelerator.backward(loss * share if share != 1.0 else loss)
     return {k: float(v.detach()) * share for k, v in losses.items()}
 
