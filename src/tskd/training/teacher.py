@@ -139,10 +139,10 @@ def finetune_teacher(
     seed_everything(cfg.train.seed)
     sam = build_sam(cfg.model_type, cfg.checkpoint, cfg.input_size)
     model = apply_lora(SemanticSam(sam, num_classes), cfg.lora)
-    if cfg.gradient_checkpointing:
-        checkpoint_blocks(model.base.image_encoder.blocks)
     task = TeacherTask(model, train, cfg, augment)
     progress = control.progress if control is not None else None
+    if cfg.gradient_checkpointing:
+        checkpoint_blocks(model.base.image_encoder.blocks)
     result = engine_train(
         task, cfg.train, control=control,
         callbacks=_callbacks(model, val, cfg, num_classes, progress),
