@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,8 +86,9 @@ def test_demo_under_a_launcher_is_refused_in_one_line(rank_1_of_2: None) -> None
     from tskd.errors import TskdError
 
     ran: list[int] = []
+    args = types.SimpleNamespace(command="demo")
     with pytest.raises(TskdError) as err:
-        job.run("demo", lambda: ran.append(1) or 0, every_rank=False)
+        job.run(lambda *a: ran.append(1) or 0, args, None, None, every_rank=False)
     assert str(err.value) == ("tskd demo runs on one process; start it without torchrun or "
                               "accelerate launch")
     assert ran == [] and job.rank_note() == " (rank 1)"

@@ -368,10 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     warnings.showwarning = _show_warning
     try:
-        progress = job.join(progress)
         command = COMMANDS[args.command]
-        return job.run(args.command, lambda: command(args, progress, cancel),
-                       every_rank=command in (_cmd_stage, _cmd_run))
+        return job.run(command, args, progress, cancel, command in (_cmd_stage, _cmd_run))
     except Cancelled as exc:
         progress.close()
         print(f"tskd: {exc}", file=sys.stderr)

@@ -47,29 +47,33 @@ def join(progress: Any) -> Any:
     return progress if distributed.is_main() else _Silent()
 
 
-def run(name: str, command: Callable[[], int], every_rank: bool) -> int:
-    """Run one subcommand on this rank (see the module docstring).
+def run(command: Callable[[Any, Any, Any], int], args: Any, progress: Any, cancel: Any,
+        every_rank: bool) -> int:
+    """Run one subcommand on this rank, joining the job first (see the module docstring).
 
     Args:
-        name: the subcommand, e.g. ``predict``.
-        command: runs it and returns its exit code.
+        command: the subcommand's ``command(args, progress, cancel) -> exit code``.
+        args: its parsed arguments (``args.command`` names it, e.g. ``predict``).
+        progress: the CLI's progress bar (shown by the main process only: ``join``).
+        cancel: the run's ``CancelToken``.
         every_rank: the command handles a job itself (the stage commands and ``run``).
 
     Returns:
         The exit code (0 on a rank that only waited).
 
     Raises:
-        TskdError: ``demo`` in a job, or the command failed on the main process.
+        TskdError: ``demo`` in a job, or from the command.
     """
     from tskd import distributed
 
-    if not distributed.in_job() or every_rank:
-        return command()
-    if name == "demo":
+    if args.command == "demo" and distributed.world_size() > 1:
         raise TskdError("tskd demo runs on one process; start it without torchrun or "
                         "accelerate launch")
-    result = distributed.as_rank(lambda: {"code": command()}, f"tskd {name}",
-                                 name in TRAINS_ONCE)
+    progress = join(progress)
+    if not distributed.in_job() or every_rank:
+        return command(args, progress, cancel)
+    result = distributed.as_rank(lambda: {"code": command(args, progress, cancel)},
+                                 f"tskd {args.command}", args.command in TRAINS_ONCE)
     return int(result.get("code", 0))
 
 
