@@ -7,7 +7,8 @@ the layers below it, never one above. Sizes: no module over ``MAX_LINES``, no fu
 method (of the backend or the frontend) over ``MAX_FUNCTION_LINES``, argument-parser builders
 aside. The top-level modules are one layer each (``errors`` < ``temp_files`` < ``atomic`` <
 ``checkpoint`` < ``safe_regex`` < ``lora_targets`` < ``config_compat`` < ``config_io`` <
-``config`` < ``device`` < ``callbacks`` < ``stopping`` < ``engine``); each package is one layer.
+``config`` < ``distributed`` < ``device`` < ``callbacks`` < ``stopping`` < ``engine``); each
+package is one layer.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ LAYERS = (
     "tskd.config_compat",
     "tskd.config_io",
     "tskd.config",
+    "tskd.distributed",
     "tskd.device",
     "tskd.callbacks",
     "tskd.stopping",

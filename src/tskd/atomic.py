@@ -38,6 +38,35 @@ from typing import Any, BinaryIO
 from tskd.errors import CheckpointError, DiskFullError, TskdError
 from tskd.temp_files import fsync_dir, remove_stale_temps, temp_name
 
+# False on a process that is not the main one of a multi-process job (``tskd.distributed``):
+# its writes are left to the main process, except its own files (``own_files``)
+_WRITER = {"main": True, "own": 0}
+
+
+def set_writer(main: bool) -> None:
+    """Whether this process writes through this module (``tskd.distributed.follow_main``).
+
+    Args:
+        main: True (every process's default) to write; False: the writers write nothing.
+    """
+    _WRITER["main"] = bool(main)
+
+
+@contextmanager
+def own_files() -> Iterator[None]:
+    """Write in the body even on a process that is not the writer (its own shard of a cache)."""
+    _WRITER["own"] += 1
+    try:
+        yield
+    finally:
+        _WRITER["own"] -= 1
+
+
+def writes_files() -> bool:
+    """Whether the writers write here (``set_writer``, ``own_files``); True in one process."""
+    return _WRITER["main"] or _WRITER["own"] > 0
+
+
 _FULL = {errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
@@ -156,7 +185,8 @@ def write_files(files: Mapping[str | Path, bytes]) -> list[Path]:
         files: {target path: its complete new content}.
 
     Returns:
-        The target paths, in the order given (empty for no files).
+        The target paths, in the order given (empty for no files); on a process that does not
+        write (``set_writer``), nothing is written.
 
     Raises:
         DiskFullError: the disk or quota is full; the message names the first target's folder
@@ -164,8 +194,8 @@ def write_files(files: Mapping[str | Path, bytes]) -> list[Path]:
         TskdError: writing there is refused (permission, read-only file system).
     """
     targets = {Path(p): data for p, data in files.items()}
-    if not targets:
-        return []
+    if not targets or not writes_files():  # another rank of the job writes them
+        return list(targets)
     total = sum(len(d) for d in targets.values())
     folder = next(iter(targets)).parent
     temps: dict[Path, Path] = {}

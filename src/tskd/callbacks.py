@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -249,3 +249,47 @@ class RunControl:
     def __post_init__(self) -> None:
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, Path):
             object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
+
+
+class TrainingTask(Protocol):
+    """What a stage hands to the engine: a name, the model and its data and loss.
+
+    A task may also have ``lr_scales() -> dict[int, float]``: a factor on ``TrainConfig.lr``
+    per parameter (keyed by ``id(parameter)``; others 1), e.g. a lower rate for a distilled
+    encoder than for its decoder.
+    """
+
+    name: str  # the stage's name in progress reports and messages
+    model: nn.Module  # owns every trainable parameter (requires_grad=True)
+
+    def dataset(self) -> Dataset:
+        """The training set, built once per run; items are collated into the step's batches.
+
+        Returns:
+            A map-style ``torch.utils.data.Dataset``; the engine shuffles it with a
+            generator seeded from the seed and the epoch.
+        """
+        ...
+
+    def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """Forward one batch (already on the model's device); return scalar losses.
+
+        Args:
+            model: the task's model as the engine runs it (prepared by ``accelerate``).
+            batch: the collated items of ``dataset()``, on the model's device.
+
+        Returns:
+            Scalar tensors: the one to minimise under ``"loss"``; the others are logged.
+        """
+        ...
+
+
+@dataclass
+class TrainResult:
+    """What came out of a training run."""
+
+    history: list[dict[str, float]]  # one entry per finished epoch: mean of each logged loss
+    steps: int  # optimiser steps done, resumed ones included
+    seconds: float  # wall time of this call from the first step on (not of resumed runs)
+    resumed_from_epoch: int | None = None  # the epoch a checkpoint resumed at, or None
+    stopped: str | None = None  # why it ended before its epochs (``TrainState.stop``), or None

@@ -31,9 +31,9 @@ class TrainConfig:
     """Settings of the one training engine (``tskd.engine.train``), shared by every stage.
 
     Attributes:
-        epochs: Passes over the data (for stages counted in steps, epochs of a fixed number of
-            steps, see ``total_steps``).
-        batch_size: Samples per optimiser step, at least 1.
+        epochs: Passes over the data (stages counted in steps: see ``total_steps``).
+        batch_size: Samples per process and forward pass (>= 1, as in ``accelerate``); a step
+            sees ``batch_size x processes x grad_accum_steps`` (docs/scaling.md).
         lr: Peak learning rate of AdamW, reached after the warm-up, then cosine decay.
         weight_decay: AdamW's decoupled weight decay.
         warmup_fraction: Share of all steps spent in linear warm-up, in [0, 1).
@@ -47,12 +47,13 @@ class TrainConfig:
         max_steps: Stop after this many optimiser steps (budgets, tests); None for no limit.
         patience: Stop when the validation score (Dice on the validation images, which come
             from the labelled set) has not improved in this many evaluations, and keep the best
-            weights (``tskd.stopping.EarlyStopping``); None trains every epoch. Used
-            by stages that have validation images.
+            weights (``tskd.stopping.EarlyStopping``; stages with validation images); None:
+            every epoch.
         val_every: Evaluate the validation score every this many epochs (with ``patience``).
         max_seconds: Stop after this much wall-clock training time, in seconds
-            (``tskd.stopping.TimeLimit``), so methods can be compared at one cost;
-            None for no limit.
+            (``tskd.stopping.TimeLimit``; equal-cost comparisons); None for no limit.
+        grad_accum_steps: Forward passes whose gradients add up to one optimiser step (>= 1,
+            at most an epoch's batches): a larger global batch in one batch's memory.
     """
 
     epochs: int = 10
@@ -61,14 +62,14 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     seed: int = 0
-    # auto | cpu | cuda | cuda:N | mps; None: the run's (``RunConfig.device``; "auto" alone)
-    device: str | None = None
+    device: str | None = None  # auto | cpu | cuda | cuda:N | mps; None: RunConfig.device
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU
     grad_clip: float = 1.0
     max_steps: int | None = None  # stop early after this many optimiser steps (budgets, tests)
     patience: int | None = None  # early stopping on the validation score; None: every epoch
     val_every: int = 1
     max_seconds: float | None = None  # wall-clock budget (equal-cost comparisons)
+    grad_accum_steps: int = 1  # forward passes per optimiser step
 
     def total_steps(self, epoch_steps: int) -> int:
         """Optimiser steps of a stage counted in steps (the diffusion model, pretraining).
@@ -86,8 +87,7 @@ class TrainConfig:
     def set_steps(self, steps: int, epoch_steps: int) -> None:
         """Train exactly ``steps`` optimiser steps (``tskd synthesize --steps``), in place.
 
-        Sets ``epochs = ceil(steps / epoch_steps)``, and ``max_steps = steps`` unless that is a
-        whole number of epochs (then None).
+        Sets ``epochs = ceil(steps / epoch_steps)``, ``max_steps = steps`` (None if whole epochs).
 
         Args:
             steps: Optimiser steps to train, at least 1.
@@ -105,12 +105,11 @@ class TrainConfig:
 
         Returns:
             A copy whose ``epochs`` cover the whole budget (``total_steps``) and whose
-            ``max_steps`` is that budget, and the steps per engine epoch: ``epoch_steps``, fewer
-            when the whole budget is smaller.
+            ``max_steps`` is that budget, and the steps per engine epoch (``epoch_steps``, or
+            the whole budget if smaller).
 
         Raises:
-            TskdInputError: fewer than one step or a batch size below 1 (``where`` names the
-                section, e.g. ``synth.train``).
+            TskdInputError: fewer than one step or a batch size below 1 (naming ``where``).
         """
         total = self.total_steps(epoch_steps)
         if total < 1 or self.batch_size < 1:
@@ -236,6 +235,8 @@ class TeacherConfig:
     dice_weight: float = 0.8  # loss = dice_weight * Dice + (1 - dice_weight) * CE, as SAMed
     # Dice over foreground classes (False, as the student's) or over all classes (as SAMed)
     dice_include_background: bool = False
+    # recompute encoder blocks in the backward pass: less memory, ~1 more forward of time
+    gradient_checkpointing: bool = False
 
 
 @dataclass

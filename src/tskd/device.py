@@ -60,7 +60,10 @@ def make_accelerator(cfg: TrainConfig) -> Any:
 
     Mixed precision ``"auto"`` is bf16 on a CUDA GPU that supports it, else fp16 on CUDA and
     none elsewhere; the CPU never runs mixed precision. Build one per training run: the shared
-    accelerate state is reset first, so each run may use another device or precision.
+    accelerate state is reset first, so each run may use another device or precision; under
+    ``torchrun`` or ``accelerate launch`` the job's process group is joined once
+    (``tskd.distributed.setup``) and kept for every later stage. DDP looks for parameters a
+    step left unused (``find_unused_parameters``), so any stage runs on several processes.
 
     Args:
         cfg: the engine's settings (defaults from ``tskd.config.TrainConfig``).
@@ -71,13 +74,41 @@ def make_accelerator(cfg: TrainConfig) -> Any:
     Raises:
         TskdError: the configured device is not available (see ``resolve_device``).
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState, GradientState
 
+    from tskd import distributed
+
     device = resolve_device(cfg.device)
-    # each run may ask for another device or precision: start from a clean shared state
-    AcceleratorState._reset_state(reset_partial_state=True)
+    distributed.setup(cpu=device.type == "cpu")
+    # each run may ask for another device or precision: start from a clean shared state, but
+    # keep the job's process group (and accelerate's record of it) for all its stages
+    grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+    AcceleratorState._reset_state(reset_partial_state=not grouped)
     GradientState._reset_state()
-    return Accelerator(
-        cpu=device.type == "cpu", mixed_precision=_mixed_precision(cfg, device)
-    )
+    # a stage may leave parameters without a gradient in a step (frozen heads, unused outputs)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    # split_batches: the engine's batches are already each rank's share of a global batch
+    # (tskd.distributed.ShardedBatches), so the schedule steps once per optimiser step
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=_mixed_precision(cfg, device),
+                       kwargs_handlers=[ddp],
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move a batch's tensors to ``device``, through dicts, lists and tuples.
+
+    Args:
+        batch: a tensor, or dicts / lists / tuples of them; other values are kept as they are.
+        device: where the model runs.
+
+    Returns:
+        The same structure, its tensors on ``device``.
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch

@@ -5,7 +5,8 @@ A stage describes *what* to train as a ``TrainingTask`` (model, data, loss); the
 flag checked every step, a checkpoint at every epoch (and on cancel) and resuming from it.
 
 A checkpoint is one atomic, sha256-verified unit (``tskd.checkpoint``). Randomness is re-seeded
-from ``seed + epoch`` at every epoch, and a mid-epoch checkpoint restores the random streams as
+from ``seed + epoch`` at every epoch, each image's augmentation from the epoch and the image
+(``tskd.distributed.SeededItems``), and a mid-epoch checkpoint restores the random streams as
 they were before its batch, so a resumed run takes the same data order, augmentations and
 dropout draws as an uninterrupted one and ends with the same weights, bit for bit on the CPU.
 What one stage needs beside the loop is a ``Callback`` (``tskd.callbacks``: the progress
@@ -13,27 +14,39 @@ report, the cancel flag, the ``RunControl`` that carries them with the checkpoin
 the hooks); the device and mixed precision are chosen by
 ``tskd.device``. This module re-exports their public names and ``clear_checkpoint``
 (``__all__``), so a stage imports the engine's API from here alone.
+
+On several processes (``torchrun``, ``accelerate launch``; ``tskd.distributed``) the same
+code runs on every rank: each trains on its share of every global batch (``batch_size`` is
+per process; an optimiser step sees ``batch_size x processes x grad_accum_steps`` images),
+DDP averages the gradients, the main process alone writes the checkpoint and
+``history.json`` and reports progress, a cancel on any rank stops all of them at the same
+step, and a checkpoint resumes on any number of processes with the same global batch
+(bit-identical with the same number; see docs/scaling.md for the tolerance otherwise).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from tskd import distributed as dist
 from tskd.callbacks import (
     Callback,
     CancelToken,
     Progress,
     ProgressCallback,
     RunControl,
+    TrainingTask,
+    TrainResult,
     TrainState,
     checkpoint_extra,
 )
@@ -46,59 +59,16 @@ from tskd.checkpoint import (
     trainable_parameters,
 )
 from tskd.config import TrainConfig
-from tskd.device import make_accelerator, resolve_device
+from tskd.device import make_accelerator, resolve_device, to_device
 from tskd.errors import Cancelled, TskdError
 from tskd.stopping import TimeLimit
 
-__all__ = [
-    "Callback", "CancelToken", "CheckpointExtra", "Progress", "ProgressCallback", "RunControl",
-    "TrainResult", "TrainState", "TrainingTask", "clear_checkpoint", "make_accelerator",
-    "resolve_device", "seed_everything", "train",
-]
+__all__ = ["Callback", "CancelToken", "CheckpointExtra", "Progress", "ProgressCallback",
+           "RunControl", "TrainResult", "TrainState", "TrainingTask", "clear_checkpoint",
+           "make_accelerator", "resolve_device", "seed_everything", "train"]
 
 
-class TrainingTask(Protocol):
-    """What a stage hands to the engine: a name, the model and its data and loss.
-
-    A task may also have ``lr_scales() -> dict[int, float]``: a factor on ``TrainConfig.lr``
-    per parameter (keyed by ``id(parameter)``; others 1), e.g. a lower rate for a distilled
-    encoder than for its decoder.
-    """
-
-    name: str  # the stage's name in progress reports and messages
-    model: nn.Module  # owns every trainable parameter (requires_grad=True)
-
-    def dataset(self) -> Dataset:
-        """The training set, built once per run; items are collated into the step's batches.
-
-        Returns:
-            A map-style ``torch.utils.data.Dataset``; the engine shuffles it with a
-            generator seeded from the seed and the epoch.
-        """
-        ...
-
-    def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-        """Forward one batch (already on the model's device); return scalar losses.
-
-        Args:
-            model: the task's model as the engine runs it (prepared by ``accelerate``).
-            batch: the collated items of ``dataset()``, on the model's device.
-
-        Returns:
-            Scalar tensors: the one to minimise under ``"loss"``; the others are logged.
-        """
-        ...
-
-
-@dataclass
-class TrainResult:
-    """What came out of a training run."""
-
-    history: list[dict[str, float]]  # one entry per finished epoch: mean of each logged loss
-    steps: int  # optimiser steps done, resumed ones included
-    seconds: float  # wall time of this call from the first step on (not of resumed runs)
-    resumed_from_epoch: int | None = None  # the epoch a checkpoint resumed at, or None
-    stopped: str | None = None  # why it ended before its epochs (``TrainState.stop``), or None
+_RANK_SEED_STRIDE = 1_000_003  # rank r's streams start from seed + epoch + r x this
 
 
 def seed_everything(seed: int) -> None:
@@ -123,10 +93,6 @@ def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     return f
 
 
-def _collate_default(batch: list[Any]) -> Any:
-    return torch.utils.data.default_collate(batch)
-
-
 @dataclass
 class _Run:
     """What one call of ``train`` holds while it runs: the prepared objects and the counters."""
@@ -139,13 +105,16 @@ class _Run:
     optimizer: Any
     scheduler: Any
     loader: DataLoader
+    sampler: dist.ShardedBatches  # this rank's share of each global batch
+    steps_per_epoch: int
+    accum: int  # micro-batches per optimiser step (cfg.grad_accum_steps, at most per epoch)
     generator: torch.Generator  # the data order: seeded at every epoch
     state: TrainState
     ckpt: Checkpoint | None
     callbacks: list[Callback]
     progress: ProgressCallback | None
     cancel: CancelToken | None
-    skip_batches: int = 0  # batches of the first epoch a mid-epoch checkpoint had done
+    skip_batches: int = 0  # optimiser steps of the first epoch a mid-epoch checkpoint had done
     resume_rng: dict[str, Any] | None = None  # random streams before that checkpoint's batch
     resumed_from: int | None = None
     t0: float = 0.0
@@ -174,45 +143,70 @@ def _prepare(task: TrainingTask, cfg: TrainConfig, checkpoint_dir: str | Path | 
     dataset = task.dataset()
     if len(dataset) == 0:
         raise TskdError(f"{task.name}: no training data")
-    batch_size = max(1, min(cfg.batch_size, len(dataset)))
     generator = torch.Generator()
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= 2 * batch_size,
-        generator=generator,
-        collate_fn=collate_fn or _collate_default,
-        num_workers=0,
-    )
-    total = cfg.epochs * len(loader)
+    sampler = dist.ShardedBatches(len(dataset), cfg.batch_size, generator, dist.world_size(),
+                                  dist.rank())
+    # the loader draws its base seed from ``generator`` too, so the global streams stay untouched
+    loader = DataLoader(dist.SeededItems(dataset), batch_sampler=sampler, generator=generator,
+                        collate_fn=collate_fn or torch.utils.data.default_collate)
+    accum = max(1, min(cfg.grad_accum_steps, len(loader)))
+    steps_per_epoch = len(loader) // accum
+    total = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    epochs = math.ceil(total / len(loader)) if total else 0
+    epochs = math.ceil(total / steps_per_epoch) if total else 0
     optimizer = torch.optim.AdamW(_param_groups(task, cfg, params), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total, int(cfg.warmup_fraction * total))
     )
     model, optimizer, scheduler = accelerator.prepare(task.model, optimizer, scheduler)
-    state = TrainState(task.name, model, dataset, accelerator.device, total, epochs)
+    state = TrainState(task.name, accelerator.unwrap_model(model), dataset, accelerator.device,
+                       total, epochs)
     ckpt = Checkpoint(Path(checkpoint_dir)) if checkpoint_dir else None
-    return _Run(task, cfg, accelerator, model, params, optimizer, scheduler, loader, generator,
-                state, ckpt, [], None, None)
+    return _Run(task, cfg, accelerator, model, params, optimizer, scheduler, loader, sampler,
+                steps_per_epoch, accum, generator, state, ckpt, [], None, None)
+
+
+def _global_batch(run: _Run) -> int:
+    """Images per optimiser step over all processes: per process x processes x accumulation."""
+    return run.sampler.global_batch * run.accum
+
+
+def _saved_global_batch(saved: dict, run: _Run) -> int:
+    """A checkpoint's global batch (one of an earlier version: one process, no accumulation)."""
+    earlier = max(1, min(int((saved.get("config") or {}).get("batch_size", 1)), run.sampler.n))
+    return int(saved.get("global_batch", earlier))
+
+
+def _same_settings(saved: dict, run: _Run) -> bool:
+    """Whether a checkpoint's settings are this run's, up to how the global batch is split."""
+    split = ("batch_size", "grad_accum_steps")
+    now = {k: v for k, v in asdict(run.cfg).items() if k not in split}
+    then = {k: v for k, v in (saved.get("config") or {}).items() if k not in split}
+    return now == then and _saved_global_batch(saved, run) == _global_batch(run)
 
 
 def _resume(run: _Run) -> None:
     """Load the newest checkpoint that verifies, if any, and hand its extra state to callbacks."""
-    files = run.ckpt.read() if run.ckpt is not None else None
-    if run.ckpt is None or files is None:
+    if run.ckpt is None:
         return
-    saved, run.resume_rng, extra = run.ckpt.load(
+    # the main process reads and verifies; every rank resumes from those same bytes
+    files = dist.broadcast(run.ckpt.read() if dist.is_main() else None)
+    if files is None:
+        return
+    saved, rng, extra = run.ckpt.load(
         files, run.accelerator.unwrap_model(run.model), run.optimizer, run.scheduler)
-    if saved.get("config") != asdict(run.cfg):
+    if not _same_settings(saved, run):
         raise TskdError(
             f"cannot resume: the checkpoint in {run.ckpt.folder} was made with other training "
-            "settings; start again without --resume"
+            f"settings or another global batch (it has {_saved_global_batch(saved, run)} images "
+            f"per step, this run {_global_batch(run)}); start again without --resume"
         )
+    ranks = (rng or {}).get("ranks")
+    if ranks is not None:  # every rank's streams; with another number of ranks, rank 0's only
+        rng = ranks[dist.rank()] if len(ranks) == dist.world_size() else ranks[0]
+    run.resume_rng = rng if dist.is_main() or ranks is not None else None
     state = run.state
     state.epoch, run.skip_batches = saved["epoch"], saved["batch_in_epoch"]
     state.step, state.history = saved["step"], saved["history"]
@@ -226,34 +220,51 @@ def _save(run: _Run, epoch: int, batch_in_epoch: int, rng: dict[str, Any] | None
     """Write the checkpoint (if the run has a folder): training resumes at this batch."""
     if run.ckpt is None:
         return
-    state = run.state
+    state, ckpt = run.state, run.ckpt
     saved = {
         "task": run.task.name,
         "epoch": epoch,
-        "batch_in_epoch": batch_in_epoch,
+        "batch_in_epoch": batch_in_epoch,  # optimiser steps done in the epoch
         "step": state.step,
         "history": state.history,
         "config": asdict(run.cfg),
+        "global_batch": _global_batch(run),
+        "processes": dist.world_size(),
         "stop": state.stop,
     }
-    run.ckpt.save(run.accelerator.unwrap_model(run.model), run.optimizer, run.scheduler, saved,
-                  rng=rng, extra=checkpoint_extra(run.callbacks, run.state))
+    if rng is not None and dist.world_size() > 1:
+        rng = dict(rng, ranks=dist.gather(rng))
+    dist.on_main(lambda: ckpt.save(run.accelerator.unwrap_model(run.model), run.optimizer,
+                                   run.scheduler, saved, rng=rng,
+                                   extra=checkpoint_extra(run.callbacks, state)),
+                 f"writing the checkpoint in {ckpt.folder}")
 
 
-def _optimiser_step(run: _Run, batch: Any, sums: dict[str, float]) -> None:
-    """One forward, backward and optimiser step; then the callbacks and the progress report."""
+def _forward_backward(run: _Run, batch: Any, share: float, sync: bool) -> dict[str, Any]:
+    """One micro-batch: forward, and backward of ``share`` x its loss (gradients add up)."""
+    accelerator = run.accelerator
+    batch = to_device(batch, accelerator.device)
+    # DDP averages gradients over the ranks at the step's last micro-batch only
+    with contextlib.nullcontext() if sync else accelerator.no_sync(run.model):
+        with accelerator.autocast():
+            losses = run.task.step(run.model, batch)
+        loss = losses["loss"]
+        value = dist.mean({"loss": float(loss.detach())})["loss"]  # every rank stops together
+        if not math.isfinite(value):
+            raise TskdError(f"{run.task.name}: the loss became {value} at step "
+                            f"{run.state.step}; lower the learning rate")
+        accelerator.backward(loss * share if share != 1.0 else loss)
+    return {k: float(v.detach()) * share for k, v in losses.items()}
+
+
+def _optimiser_step(run: _Run, batches: list[Any], sums: dict[str, float]) -> None:
+    """Forward and backward of each micro-batch, one optimiser step; callbacks and progress."""
     state, accelerator = run.state, run.accelerator
-    batch = _to_device(batch, accelerator.device)
-    with accelerator.autocast():
-        losses = run.task.step(run.model, batch)
-    loss = losses["loss"]
-    if not torch.isfinite(loss):
-        raise TskdError(
-            f"{run.task.name}: the loss became {loss.item()} at step {state.step}; "
-            "lower the learning rate"
-        )
     run.optimizer.zero_grad(set_to_none=True)
-    accelerator.backward(loss)
+    logs: dict[str, float] = {}
+    for j, batch in enumerate(batches):
+        part = _forward_backward(run, batch, 1.0 / len(batches), j == len(batches) - 1)
+        logs = {k: logs.get(k, 0.0) + v for k, v in part.items()}
     if run.cfg.grad_clip:
         accelerator.clip_grad_norm_(run.params, run.cfg.grad_clip)
     run.optimizer.step()
@@ -261,11 +272,12 @@ def _optimiser_step(run: _Run, batch: Any, sums: dict[str, float]) -> None:
     state.step += 1
     state.steps_in_epoch += 1
     run.steps_this_run += 1
-    state.logs = {k: float(v.detach()) for k, v in losses.items()}
+    state.logs = dist.mean(logs)  # the global batch's losses, the same on every rank
     for k, v in state.logs.items():
         sums[k] = sums.get(k, 0.0) + v
     for callback in run.callbacks:
         callback.on_step_end(state)
+    state.stop = dist.broadcast(state.stop)  # the main process's decision holds for all
     if run.progress is not None:
         eta = (time.perf_counter() - run.t0) / run.steps_this_run * (state.total - state.step)
         run.progress(Progress(run.task.name, state.step, state.total, state.epoch, state.epochs,
@@ -273,31 +285,30 @@ def _optimiser_step(run: _Run, batch: Any, sums: dict[str, float]) -> None:
 
 
 def _run_epoch(run: _Run, epoch: int) -> None:
-    """Train one epoch (from a mid-epoch checkpoint's batch on resume); checkpoint at its end.
+    """Train one epoch (from a mid-epoch checkpoint's step on resume); checkpoint at its end.
 
-    Raises ``Cancelled`` (after a checkpoint of the streams before the batch) when cancelled.
+    Raises ``Cancelled`` (after a checkpoint of the streams before the step) when any rank
+    was cancelled.
     """
     state, cfg = run.state, run.cfg
     state.epoch, state.steps_in_epoch = epoch, 0
-    seed_everything(cfg.seed + epoch)
-    run.generator.manual_seed(cfg.seed * 100_003 + epoch)
+    seed_everything(cfg.seed + epoch + _RANK_SEED_STRIDE * dist.rank())
+    run.generator.manual_seed(cfg.seed * 100_003 + epoch)  # one data order on every rank
+    run.loader.dataset.epoch_seed = cfg.seed * 100_003 + epoch  # each image's augmentation
     sums: dict[str, float] = {}
+    first, run.sampler.skip = run.skip_batches, run.skip_batches * run.accum
+    if run.resume_rng is not None:
+        set_rng_state(run.resume_rng)  # the streams as they were before that step
     batches = iter(run.loader)
-    for i in range(len(run.loader)):
-        if i == run.skip_batches and run.resume_rng is not None:
-            set_rng_state(run.resume_rng)  # the streams as they were before this batch
-            run.resume_rng = None
+    for i in range(first, run.steps_per_epoch):
         rng = rng_state() if run.ckpt is not None else None
-        batch = next(batches)
-        if i < run.skip_batches:
-            continue  # drawn only to reach the batch where the cancelled run stopped
         if state.step >= state.total:
             break
-        if run.cancel is not None and run.cancel.cancelled:
+        if dist.any_rank(run.cancel is not None and run.cancel.cancelled):
             _save(run, epoch, i, rng)
             raise Cancelled(
                 f"{run.task.name}: cancelled at step {state.step}/{state.total}; resume to go on")
-        _optimiser_step(run, batch, sums)
+        _optimiser_step(run, [next(batches) for _ in range(run.accum)], sums)
         if state.stop:
             break
     run.skip_batches, run.resume_rng = 0, None
@@ -306,19 +317,24 @@ def _run_epoch(run: _Run, epoch: int) -> None:
         state.history.append({k: v / count for k, v in sums.items()} | {"epoch": epoch})
     for callback in run.callbacks:  # before the checkpoint, so it keeps what they decided
         callback.on_epoch_end(state)
+    state.stop = dist.broadcast(state.stop)
     _save(run, epoch + 1, 0)
 
 
 def _finish(run: _Run, keep_checkpoint: bool) -> TrainResult:
     """Write ``history.json``, drop the checkpoint unless kept, and end the callbacks."""
     run.model.eval()
-    if run.ckpt is not None:
+    ckpt = run.ckpt
+    if ckpt is not None:
         from tskd.atomic import write_json
 
-        # first: a full disk keeps the checkpoint
-        write_json(run.ckpt.folder / "history.json", run.state.history)
-        if not keep_checkpoint:
-            run.ckpt.clear()  # finished: the stage writes its own artefact; nothing left to resume
+        def write() -> None:
+            # first: a full disk keeps the checkpoint
+            write_json(ckpt.folder / "history.json", run.state.history)
+            if not keep_checkpoint:
+                ckpt.clear()  # finished: the stage writes its own artefact; nothing to resume
+
+        dist.on_main(write, f"writing {ckpt.folder / 'history.json'}")
     run.task.model = run.accelerator.unwrap_model(run.model)
     for callback in run.callbacks:
         callback.on_train_end(run.state)
@@ -361,7 +377,8 @@ def train(
     """
     control = control if control is not None else RunControl()
     run = _prepare(task, cfg, control.checkpoint_dir, collate_fn, extra_parameters)
-    run.callbacks, run.progress, run.cancel = list(callbacks), control.progress, control.cancel
+    run.callbacks, run.cancel = list(callbacks), control.cancel
+    run.progress = control.progress if dist.is_main() else None  # one report per step
     if cfg.max_seconds is not None:
         run.callbacks.append(TimeLimit(cfg.max_seconds))
     if control.resume:
@@ -376,14 +393,7 @@ def train(
         _run_epoch(run, epoch)
         if run.state.step >= run.state.total or run.state.stop:
             break
-    return _finish(run, control.keep_checkpoint)
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
+    result = _finish(run, control.keep_checkpoint)
+    if dist.following():  # a CLI job's other rank: the main process writes the stage's files
+        raise dist.TrainingDone(task.name)
+    return result

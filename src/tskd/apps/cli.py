@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tskd.apps import commands
-from tskd.apps.commands import print_json, set_if
+from tskd.apps import commands, job
+from tskd.apps.commands import set_if
 from tskd.errors import Cancelled, TskdError
 from tskd.pipeline.registry import STAGES, by_cli_name
 
@@ -304,7 +304,7 @@ def _cmd_stage(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
         if stage.name == "student" and cfg.data.test:
             result["evaluate"] = stage_evaluate(cfg)
     progress.close()
-    print_json(result)
+    job.print_result(result)
     return 0
 
 
@@ -316,7 +316,7 @@ def _cmd_run(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
         cfg, progress=progress, cancel=cancel, resume=args.resume, overwrite=args.overwrite
     )
     progress.close()
-    print_json(result)
+    job.print_result(result)
     return 0
 
 
@@ -372,14 +372,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     warnings.showwarning = _show_warning
     try:
-        return COMMANDS[args.command](args, progress, cancel)
+        command = COMMANDS[args.command]
+        return job.run(command, args, progress, cancel, command in (_cmd_stage, _cmd_run))
     except Cancelled as exc:
         progress.close()
         print(f"tskd: {exc}", file=sys.stderr)
         return 130
     except TskdError as exc:
         progress.close()
-        print(f"tskd: error: {exc}", file=sys.stderr)
+        print(f"tskd: error{job.rank_note()}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a writer outside tskd.atomic: still one line for a full disk
         from tskd.atomic import user_fixable_error

@@ -24,15 +24,8 @@ import numpy as np
 
 from tskd.config import RunConfig
 from tskd.errors import TskdInputError
-from tskd.pipeline.markers import (
-    checkpoint_inputs,
-    files_fingerprint,
-    fingerprint,
-    mark_done,
-    mark_started,
-    read_result,
-    stage_done,
-)
+from tskd.pipeline import markers
+from tskd.pipeline.markers import checkpoint_inputs, fingerprint, mark_done, stage_done
 from tskd.pipeline.run_folder import RunPaths, check_run_dir_inputs, writing
 from tskd.pipeline.settings_check import check_settings
 
@@ -148,7 +141,7 @@ def load_labelled_data(cfg: RunConfig) -> LabelledData:
         )
     train, val = dataset.split_train_val(samples, cfg.data.val_fraction, cfg.data.split_seed)
     parts: list[Any] = [
-        files_fingerprint(data_files(cfg.data.labelled, "labelled")),
+        markers.files_fingerprint(data_files(cfg.data.labelled, "labelled")),
         cfg.data.val_fraction,
         cfg.data.split_seed,
     ]
@@ -355,9 +348,9 @@ class StageContext:
         """
         run = StageRun(folder, fp, checkpoints, self.resume)
         if not redo and stage_done(folder, fp):
-            run.done = read_result(folder) | {"skipped": True}
+            run.done = markers.read_result(folder) | {"skipped": True}
             return run
-        mark_started(folder)
+        markers.mark_started(folder)
         if seed is not None:
             from tskd.engine import seed_everything
 
@@ -382,17 +375,20 @@ def writes(key: str, outputs: Callable[[RunPaths], list[Path]]) -> Callable[[Any
         The decorator; the stage it wraps takes a ``RunConfig`` or ``StageContext`` first and
         raises, besides its own errors, ``RunFolderError`` when the run folder is, holds or
         lies inside a data folder, is locked by another writer or holds files not a run's.
+        In a multi-process job every rank runs the stage (``tskd.distributed.as_rank``).
     """
 
     def decorate(fn: StageFunction) -> StageFunction:
         @functools.wraps(fn)
         def wrapper(run: RunConfig | StageContext, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            from tskd.distributed import as_rank  # every rank of a job runs the stage
+
             cfg = run.cfg if isinstance(run, StageContext) else run
             check_run_dir_inputs(cfg)  # before anything is created in the run folder
             check_settings(cfg)
-            paths = RunPaths(Path(cfg.run_dir))
-            with writing(paths.root, key, outputs(paths), what=f"stage {key}"):
-                return fn(run, *args, **kwargs)
+            with writing(Path(cfg.run_dir), key, outputs(RunPaths(Path(cfg.run_dir))),
+                         what=f"stage {key}"):
+                return as_rank(lambda: fn(run, *args, **kwargs), key, key != "evaluate")
 
         wrapper.outputs = outputs  # type: ignore[attr-defined]
         return wrapper

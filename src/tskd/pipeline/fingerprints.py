@@ -10,6 +10,7 @@ folders they wrote are still taken as done.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,14 @@ def _settings_fp(section: Any) -> dict[str, Any]:
         train.pop("val_every", None)
     if train.get("max_seconds") is None:
         train.pop("max_seconds", None)
-    return to_dict(section) | {"train": train}
+    # the global batch, however split: processes (WORLD_SIZE, set by torchrun / accelerate
+    # launch: tskd.distributed) x batch_size x accumulation; one process without accumulation
+    # keeps the fingerprints of earlier versions (read without importing torch)
+    processes = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    train["batch_size"] *= int(train.pop("grad_accum_steps", 1) or 1) * processes
+    settings = to_dict(section)
+    settings.pop("gradient_checkpointing", None)  # the same result, with less memory
+    return settings | {"train": train}
 
 
 def _student_settings(student: dict[str, Any]) -> dict[str, Any]:

@@ -38,29 +38,29 @@ def run_lock(root: str | Path, what: str = "", allow_foreign: bool = False) -> I
     """Hold the operating-system lock of run folder ``root`` (``root/.tskd.lock``) for the body.
 
     The lock (``filelock``, an ``flock`` on Unix) is released when the body ends or when the
-    process dies, however it dies. Re-entrant within one process. ``root/.tskd.lock.json`` names
-    the holder (pid, host, command, start time) while it is held. The folder is created when
-    missing. Waiting is never done: a held lock is refused at once (timeout 0).
+    process dies, however it dies. Re-entrant within one process; the other ranks of a
+    multi-process job leave it to the main one. ``root/.tskd.lock.json`` names the holder
+    (pid, host, command, start time) while held. A missing folder is created; a held lock is
+    refused at once (timeout 0).
 
     Args:
         root: the run folder.
         what: what the holder does (e.g. "stage teacher"), recorded in the lock file.
-        allow_foreign: accept a folder that holds other files (the demo's output folder,
-            which may hold other files next to its runs).
+        allow_foreign: accept a folder holding other files (the demo's output folder).
 
     Yields:
         ``root`` as a ``Path``, while the lock is held.
 
     Raises:
-        RunFolderError: another process holds the lock (the message names it); or, unless
-            ``allow_foreign``, ``root`` holds files that are not a run's (nothing is created in
-            it then) or is a file.
+        RunFolderError: another process holds the lock (named), or ``root`` is a file or
+            (unless ``allow_foreign``) holds files not a run's (nothing is created then).
     """
     from filelock import FileLock, Timeout
 
+    from tskd.distributed import following
     root = Path(root)
     key = str(root.resolve())
-    held = _HELD.get(key)
+    held = _HELD.get(key) or ([None, 0] if following() else None)  # main holds it for a job
     if held is not None:
         held[1] += 1
         try:

@@ -155,6 +155,11 @@ def writing(root: str | Path, key: str, outputs: Iterable[str | Path],
     Raises:
         RunFolderError: another process holds ``root``, or it holds files that are not a run's.
     """
+    from tskd import distributed
+
+    if distributed.following():  # a job's other rank: the main process claims and records
+        yield Path(root)
+        return
     with run_lock(root, what or key):
         claim_run_folder(root)
         with tracked(root, key, outputs):
@@ -223,15 +228,21 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     Raises:
         RunFolderError: for each refusal above, and when another process holds the folder.
     """
+    from tskd import distributed
+
     check_run_dir_inputs(cfg)
     root = Path(cfg.run_dir)
     paths = RunPaths(root)
-    with run_lock(root, "prepare run folder"):
-        manifest = claim_run_folder(root)
-        if paths.config.is_file():
-            _replace_config(cfg, root, manifest, overwrite)
-        save_config(cfg, paths.config)
-        record_files(root, [paths.config])
+
+    if not distributed.following():  # a job's other ranks wait for the main process
+        with run_lock(root, "prepare run folder"):
+            manifest = claim_run_folder(root)
+            if paths.config.is_file():
+                _replace_config(cfg, root, manifest, overwrite)
+            save_config(cfg, paths.config)
+            record_files(root, [paths.config])
+    if distributed.in_job():
+        distributed.broadcast(None)
     return root
 
 

@@ -23,6 +23,9 @@ def _check_train(train: TrainConfig, where: str) -> None:
     if not isinstance(train.val_every, int) or train.val_every < 1:
         raise TskdInputError(f"config: '{where}.val_every' must be 1 or more (epochs between "
                              f"validation scores); got {train.val_every}")
+    if not isinstance(train.grad_accum_steps, int) or train.grad_accum_steps < 1:
+        raise TskdInputError(f"config: '{where}.grad_accum_steps' must be 1 or more (forward "
+                             f"passes per optimiser step); got {train.grad_accum_steps}")
     if train.max_seconds is not None and not train.max_seconds > 0:
         raise TskdInputError(f"config: '{where}.max_seconds' must be more than 0 (a wall-clock "
                              f"budget in seconds), or null for none; got {train.max_seconds}")

@@ -141,6 +141,8 @@ def finetune_teacher(
     model = apply_lora(SemanticSam(sam, num_classes, cfg.refine_head), cfg.lora)
     task = TeacherTask(model, train, cfg, augment)
     progress = control.progress if control is not None else None
+    if cfg.gradient_checkpointing:
+        checkpoint_blocks(model.base.image_encoder.blocks)
     result = engine_train(
         task, cfg.train, control=control,
         callbacks=_callbacks(model, val, cfg, num_classes, progress),
@@ -150,6 +152,31 @@ def finetune_teacher(
     meta = _teacher_meta(cfg, metrics, result, class_names, label_meta, train_image_shape)
     save_teacher(model, out_dir, meta)
     return metrics
+
+
+def checkpoint_blocks(blocks: nn.ModuleList) -> None:
+    """Gradient checkpointing for the image encoder's blocks (``teacher.gradient_checkpointing``).
+
+    While training with gradients, each block keeps only its input and recomputes its
+    activations in the backward pass (``torch.utils.checkpoint``, non-reentrant, random
+    streams preserved), so the encoder's activation memory is that of about one block for
+    roughly one more forward pass of time; the gradients are the same. Inference is unchanged.
+    Only each block's ``forward`` is replaced: its weights, names and hooks stay.
+
+    Args:
+        blocks: the ViT blocks (``SemanticSam.base.image_encoder.blocks``), changed in place.
+    """
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    def run(block: nn.Module, forward: Any, x: torch.Tensor) -> torch.Tensor:
+        if block.training and torch.is_grad_enabled():
+            return checkpoint(forward, x, use_reentrant=False)
+        return forward(x)
+
+    for block in blocks:
+        block.forward = functools.partial(run, block, block.forward)
 
 
 def _callbacks(model: nn.Module, val: list[Any], cfg: TeacherConfig, num_classes: int,

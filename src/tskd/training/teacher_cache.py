@@ -137,7 +137,8 @@ class TeacherCache:
             name: t.detach().float().clamp(-_FP16_MAX, _FP16_MAX).half().cpu().contiguous()
             for name, t in tensors.items()
         }
-        atomic.save_safetensors(self.path(key), stored, {"teacher_id": self.teacher_id})
+        with atomic.own_files():  # each rank of a job writes the entries it computed
+            atomic.save_safetensors(self.path(key), stored, {"teacher_id": self.teacher_id})
         return stored
 
     def get_or_compute(

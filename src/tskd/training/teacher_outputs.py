@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tskd.engine import CancelToken, Progress, ProgressCallback
-from tskd.errors import Cancelled, TskdInputError
+from tskd.errors import Cancelled, TskdError, TskdInputError
 from tskd.training.teacher_cache import TeacherCache
 
 LOGITS = "logits"  # name of the teacher's segmentation output in the cache
@@ -105,43 +105,80 @@ class TeacherOutputs:
              progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
         """Run the teacher once over every image, in batches on ``device``, into the cache.
 
+        On several processes (``tskd.distributed``) batch ``j`` is computed by rank
+        ``j % processes`` (each writes its own entries: one file per image), every rank keys
+        every image, and all wait for each other at the end, so all then read every entry;
+        progress comes from the main process.
+
         Args:
-            device: Where the teacher runs.
+            device: Where the teacher runs (this rank's GPU under ``torchrun``).
             batch_size: Images per forward pass.
             num_classes: The student's classes; the teacher's logits must have as many.
             progress: Gets a "distill-cache" ``Progress`` after each batch, or None.
-            cancel: Checked before each batch, or None.
+            cancel: Checked before each batch (on any rank: all stop), or None.
 
         Raises:
             Cancelled: ``cancel`` was set.
             TskdInputError: The teacher predicts another number of classes.
+            TskdError: another rank failed while caching.
         """
-        teacher, cache, n = self.teacher, self.cache, len(self.images)
-        home = device_of(teacher)
-        t0 = time.perf_counter()
+        from tskd import distributed as dist
+
+        dist.setup(cpu=device.type == "cpu")
+        teacher, n = self.teacher, len(self.images)
+        home, t0 = device_of(teacher), time.perf_counter()
+        progress = progress if dist.is_main() else None
+        error: BaseException | None = None
         try:
             teacher.to(device)
-            for start in range(0, n, batch_size):
-                if cancel is not None and cancel.cancelled:
-                    raise Cancelled(
-                        f"distill: cancelled while caching teacher outputs ({start}/{n} images); "
-                        "resume to go on"
-                    )
-                batch = torch.stack([self.teacher_input(i)
-                                     for i in range(start, min(n, start + batch_size))])
-                batch_keys = [cache.key(img) for img in batch]
-                first = cache.get_or_compute(batch, self.compute, keys=batch_keys)
-                if start == 0 and self.with_logits and first[LOGITS].shape[1] != num_classes:
-                    raise TskdInputError(
-                        f"the teacher predicts {first[LOGITS].shape[1]} classes but the student "
-                        f"has {num_classes}; build the student for the teacher's classes"
-                    )
-                self.keys.extend(batch_keys)
+            for j, start in enumerate(range(0, n, batch_size)):
+                if dist.any_rank(error is not None or (cancel is not None and cancel.cancelled)):
+                    break
+                indices = range(start, min(n, start + batch_size))
+                if j % dist.world_size() == dist.rank():
+                    error = self._fill_batch(indices, num_classes)
+                else:
+                    self.keys.extend(self.cache.key(self.teacher_input(i)) for i in indices)
                 if progress is not None:
                     progress(self._cache_progress(n, time.perf_counter() - t0))
         finally:
             teacher.to(home)
             teacher.train(self.was_training)
+        self._raise_any(error, cancel, n)
+
+    def _fill_batch(self, indices: range, num_classes: int) -> BaseException | None:
+        """Key one batch, compute what the cache lacks; the error it raised, or None."""
+        try:
+            batch = torch.stack([self.teacher_input(i) for i in indices])
+            batch_keys = [self.cache.key(img) for img in batch]
+            first = self.cache.get_or_compute(batch, self.compute, keys=batch_keys)
+            if self.with_logits and first[LOGITS].shape[1] != num_classes:
+                raise TskdInputError(
+                    f"the teacher predicts {first[LOGITS].shape[1]} classes but the student "
+                    f"has {num_classes}; build the student for the teacher's classes"
+                )
+            self.keys.extend(batch_keys)
+        except Exception as exc:  # handed to every rank by ``_raise_any``
+            return exc
+        return None
+
+    def _raise_any(self, error: BaseException | None, cancel: CancelToken | None,
+                   n: int) -> None:
+        """After the loop, on every rank: the first rank's error, a cancel, or nothing."""
+        from tskd import distributed as dist
+
+        errors = dist.gather(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        failed = next((e for e in errors if e is not None), None)
+        if failed is not None:
+            raise TskdError(f"another process failed while caching teacher outputs ({failed})")
+        if len(self.keys) < n:  # stopped early: a cancel on some rank
+            raise Cancelled(
+                f"distill: cancelled while caching teacher outputs ({len(self.keys)}/{n} "
+                "images); resume to go on"
+            )
+        dist.barrier()  # every entry is on disk before any rank reads one
 
     def _cache_progress(self, n: int, elapsed: float) -> Progress:
         done, cache = len(self.keys), self.cache

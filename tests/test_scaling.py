@@ -1,0 +1,162 @@
+"""Scaling settings: gradient checkpointing, gradient accumulation, and the GPU check script."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tskd.config import RunConfig, TeacherConfig, TrainConfig
+from tskd.data.samples import Sample
+from tskd.errors import TskdInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _samples(n: int, size: int = 32) -> list[Sample]:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    out = []
+    for i in range(n):
+        label = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2).astype(np.int64)
+        image = np.clip(60 + 120 * label + rng.normal(0, 20, (size, size)), 0, 255)
+        out.append(Sample(f"s{i}", image.astype(np.uint8), label))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tskd.models.mini_sam import MiniSamConfig, build_mini_sam
+    from tskd.models.mini_sam_files import save_mini_sam
+
+    torch.manual_seed(0)
+    cfg = MiniSamConfig.tiny()
+    path = tmp_path_factory.mktemp("sam") / "tiny.safetensors"
+    return str(save_mini_sam(build_mini_sam(cfg), cfg, path, half=False))
+
+
+def _teacher(tiny_sam: str, out: Path, checkpointing: bool = False) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from tskd.training.teacher import finetune_teacher
+
+    train = TrainConfig(epochs=1, batch_size=2, max_steps=2, device="cpu", lr=3e-3)
+    cfg = TeacherConfig(model_type="mini", checkpoint=tiny_sam, input_size=32, train=train,
+                        gradient_checkpointing=checkpointing)
+    torch.set_num_threads(1)
+    finetune_teacher(cfg, _samples(4), [], 2, out, augment=False)
+    return load_file(str(out / "adapter.safetensors"))
+
+
+def test_gradient_checkpointing_trains_the_same_teacher(tiny_sam: str, tmp_path: Path) -> None:
+    plain = _teacher(tiny_sam, tmp_path / "plain")
+    ckpt = _teacher(tiny_sam, tmp_path / "ckpt", checkpointing=True)
+    assert plain.keys() == ckpt.keys()
+    # the same gradients, recomputed: equal up to float summation order
+    assert max(float((plain[k] - ckpt[k]).abs().max()) for k in plain) < 1e-5
+
+
+def test_checkpointed_block_keeps_its_weights_and_recomputes_in_training() -> None:
+    from tskd.training.teacher import checkpoint_blocks
+
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU())])
+    names = list(blocks.state_dict())
+    x = torch.randn(3, 4, requires_grad=True)
+    expected = blocks[0](x)
+    checkpoint_blocks(blocks)
+    assert list(blocks.state_dict()) == names  # weights and names unchanged
+    calls: list[int] = []
+    blocks[0][0].register_forward_hook(lambda *a: calls.append(1))
+    out = blocks[0](x)
+    out.sum().backward()
+    assert torch.equal(out, expected) and len(calls) == 2  # forward, then its recomputation
+    with torch.no_grad():
+        blocks[0](x)
+    assert len(calls) == 3  # no gradient: one plain forward
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5])
+def test_grad_accum_steps_below_one_is_refused(value: object) -> None:
+    from tskd.pipeline.settings_check import check_settings
+
+    cfg = RunConfig()
+    cfg.student.train.grad_accum_steps = value  # type: ignore[assignment]
+    with pytest.raises(TskdInputError) as err:
+        check_settings(cfg)
+    assert str(err.value) == ("config: 'student.train.grad_accum_steps' must be 1 or more "
+                              f"(forward passes per optimiser step); got {value}")
+
+
+def test_new_settings_leave_fingerprints_of_earlier_runs_unchanged() -> None:
+    from tskd.pipeline.fingerprints import _settings_fp
+
+    cfg = RunConfig()
+    before = _settings_fp(cfg.teacher)
+    assert "grad_accum_steps" not in before["train"] and "gradient_checkpointing" not in before
+    cfg.teacher.gradient_checkpointing = True  # memory only: the same teacher
+    assert _settings_fp(cfg.teacher) == before
+    cfg.teacher.train.grad_accum_steps = 2  # another global batch: another teacher
+    assert _settings_fp(cfg.teacher)["train"]["batch_size"] == 2 * cfg.teacher.train.batch_size
+    # the same global batch split otherwise (half the batch, 2 accumulation steps): the same
+    cfg.teacher.train.batch_size //= 2
+    assert _settings_fp(cfg.teacher) == before
+
+
+def test_gpu_check_runs_tiny_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("gpu_check", None)
+    import gpu_check
+
+    torch.set_num_threads(1)
+    report = gpu_check.main(["--tiny", "--max-batch", "2", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "gpu_check.json").read_text()) == report
+    assert report["device"] == "cpu" and report["model_type"] == "mini"
+    stages = {r["stage"]: r for r in report["stages"]}
+    assert sorted(stages) == ["distill", "predict", "student", "teacher"]
+    assert stages["teacher"]["size"] == 64 and stages["teacher"]["steps"] == 1
+    assert stages["teacher"]["largest_batch"] == 2  # the search's limit: all fit on the CPU
+    assert stages["student"]["steps"] == 1 and stages["distill"]["steps"] == 1
+    assert all(r["peak_gb"] > 0 for r in report["stages"])
+    assert stages["predict"]["images_per_s"] > 0 and stages["teacher"]["steps_per_s"] > 0
+    # the presets are listed, none measured on a CPU
+    assert len(report["presets"]) == 9
+    assert {p["verdict"] for p in report["presets"]} == {"not measured"}
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert md.startswith("# GPU check (") and "| teacher | 64 | 2 |" in md
+
+
+def test_largest_batch_search_finds_the_limit() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    tried: list[int] = []
+
+    def fits(b: int) -> bool:
+        tried.append(b)
+        return b <= 11
+
+    assert gpu_check.largest_batch(fits, 64) == 11
+    assert tried == [1, 2, 4, 8, 16, 12, 10, 11]
+    assert gpu_check.largest_batch(lambda b: True, 6) == 6
+    assert gpu_check.largest_batch(lambda b: False, 64) == 0
+
+
+def test_fingerprint_is_that_of_the_global_batch_on_any_number_of_processes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tskd.pipeline.fingerprints import _settings_fp
+
+    one = RunConfig()
+    one.student.train.batch_size = 4
+    alone = _settings_fp(one.student)
+    two = RunConfig()
+    two.student.train.batch_size = 2
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: 2 x 2 = the same 4
+    assert _settings_fp(two.student) == alone
+    assert _settings_fp(one.student)["train"]["batch_size"] == 8  # 2 x 4: another run
