@@ -34,11 +34,12 @@ class RefineHead(nn.Module):
     Shapes: image (B, 3, S, S) float in [0, 1]; decoder features (B, F, s, s) and low logits
     (B, M, s, s) for M masks (classes, or SAM's mask outputs) with s = S / 4 ** k, k >= 0 (SAM's
     ``output_upscaling`` output, 4x the token grid); returns (B, M, S, S). The head is
-    class-agnostic: each mask is corrected on its own with the same weights, from the image,
-    the features and its own logits, so a head pretrained on prompted masks serves any number
-    of classes. The correction is computed at S / 2, then at S with the image's full-resolution
-    features; its last 1x1 convolution is zero-initialised, so a new head returns the
-    bilinearly upsampled low logits unchanged.
+    class-agnostic: each mask is corrected with the same weights, from the image, the
+    features, its own logits and the strongest other mask's (what it competes with under a
+    softmax), so a head pretrained on prompted masks serves any number of classes. The
+    correction is computed at S / 2, then at S with the image's full-resolution features; its
+    last 1x1 convolution is zero-initialised, so a new head returns the bilinearly upsampled
+    low logits unchanged.
 
     Args:
         feature_channels: F, channels of the decoder's upscaled features (SAM: prompt_dim / 8).
@@ -50,7 +51,8 @@ class RefineHead(nn.Module):
         half = max(width // 2, 8)
         self.full = _conv(3, half)  # image features at S
         self.down = _conv(half, half, stride=2)  # ... and at S / 2
-        self.mid = nn.Sequential(_conv(half + feature_channels + 1, width), _conv(width, width))
+        # per mask: the shared features, its own logits and the strongest other mask's logits
+        self.mid = nn.Sequential(_conv(half + feature_channels + 2, width), _conv(width, width))
         self.fuse = _conv(width + half, half)
         self.out = nn.Conv2d(half, 1, 1)
         nn.init.zeros_(self.out.weight)
@@ -77,14 +79,30 @@ class RefineHead(nn.Module):
         feats = F.interpolate(features, size=half_size, mode="bilinear", align_corners=False)
         low_half = F.interpolate(low_logits, size=half_size, mode="bilinear", align_corners=False)
         shared = torch.cat([half, feats], dim=1)  # (B, half + F, S/2, S/2), the same per mask
+        own = low_half.unsqueeze(2)
         ctx = torch.cat([
-            shared.unsqueeze(1).expand(-1, m, -1, -1, -1), low_half.unsqueeze(2)
+            shared.unsqueeze(1).expand(-1, m, -1, -1, -1), own, _strongest_other(low_half)
         ], dim=2).flatten(0, 1)
         mid = F.interpolate(self.mid(ctx), size=size, mode="bilinear", align_corners=False)
         full_m = full.unsqueeze(1).expand(-1, m, -1, -1, -1).flatten(0, 1)
         delta = self.out(self.fuse(torch.cat([mid, full_m], dim=1))).reshape(b, m, *size)
         base = F.interpolate(low_logits, size=size, mode="bilinear", align_corners=False)
         return base + delta
+
+
+def _strongest_other(logits: torch.Tensor) -> torch.Tensor:
+    """(B, M, 1, H, W): for each mask, the largest logit of the other masks (0 when M is 1).
+
+    What a mask competes with under a softmax over classes; a per-mask head needs it to move a
+    boundary between two classes.
+    """
+    b, m, h, w = logits.shape
+    if m == 1:
+        return torch.zeros_like(logits).unsqueeze(2)
+    top = logits.topk(2, dim=1)
+    first, second = top.values[:, :1], top.values[:, 1:2]
+    is_top = torch.arange(m, device=logits.device).view(1, m, 1, 1) == top.indices[:, :1]
+    return torch.where(is_top, second, first).unsqueeze(2)
 
 
 def refine_param_count(feature_channels: int, width: int) -> int:
@@ -104,5 +122,5 @@ def refine_param_count(feature_channels: int, width: int) -> int:
     def conv(cin: int, cout: int) -> int:  # 3x3 without bias + GroupNorm's scale and shift
         return 9 * cin * cout + 2 * cout
 
-    return (conv(3, half) + conv(half, half) + conv(half + feature_channels + 1, width)
+    return (conv(3, half) + conv(half, half) + conv(half + feature_channels + 2, width)
             + conv(width, width) + conv(width + half, half) + half + 1)
