@@ -38,7 +38,7 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     from tskd.data import samples
 
     calls: dict[str, list] = {"read": [], "hash": []}
-    real_read, real_hash = samples.read_labelled_set, context.files_fingerprint
+    real_read, real_hash = samples.read_labelled_set, context.markers.files_fingerprint
 
     def read(*args: object, **kwargs: object) -> object:
         calls["read"].append(args[0])
@@ -50,7 +50,7 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
         return real_hash(paths)
 
     monkeypatch.setattr(samples, "read_labelled_set", read)
-    monkeypatch.setattr(context, "files_fingerprint", hashed)
+    monkeypatch.setattr(context.markers, "files_fingerprint", hashed)
     monkeypatch.setattr(fingerprints, "files_fingerprint", hashed)
     return calls
 
