@@ -140,7 +140,8 @@ class TrainPlan:
         self._counts: tuple[int, int] | None = None
         self.context.edits.on_change(self.refresh)
         data_widget.summary.changed.connect(self._data_changed)
-        self.context.runner.finished.connect(self._finished)
+        # no runner.finished connection: this plain object would outlive its labels when the
+        # dock closes; the Data tab's job panel (a QObject Qt disconnects) calls ``finished``
         self._data_changed()
 
     def pending_preset(self, allow_import: bool) -> Any:
@@ -221,8 +222,14 @@ class TrainPlan:
         parts = estimate_seconds(cfg, *counts)
         self.estimate.value = note + describe_estimate(parts, cfg.device)
 
-    def _finished(self, job: Any) -> None:
-        if job.owner is not self.widget or job.status != "done":
+    def finished(self, job: Any) -> None:
+        """Show the quality a finished *Train* job reached (also in a Data tab opened again
+        while it ran: the job panel calls this for every job of a Data tab).
+
+        Args:
+            job: The ended ``Job``; nothing changes unless its status is "done".
+        """
+        if job.status != "done":
             return
         text = quality_text(job.results)
         self.quality.value = f"Quality reached: {text}" if text else ""
