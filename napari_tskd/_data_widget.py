@@ -1,4 +1,4 @@
-"""Data widget: the labelled set, the unlabelled images and the run folder.
+"""Data tab: the labelled set, the unlabelled images and the run folder.
 
 The labelled set comes from Image + Labels layers or a folder, the unlabelled images from more
 Image layers and/or a folder; the widget shows counts, classes and the split.
@@ -33,7 +33,7 @@ from tskd.config import validation_count
 class DataWidget(StageWidget):
     """Choose the data and the run folder; "Use this data" writes them into the run folder."""
 
-    stages = ("teacher", "synthesize", "distill", "student")  # "Run all stages" runs them
+    stages = ("teacher", "synthesize", "distill", "student")  # "Train" runs them
 
     def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
         super().__init__(napari_viewer, context)
@@ -100,7 +100,7 @@ class DataWidget(StageWidget):
         super().set_busy(busy or self._writer is not None)
 
     def resume_steps(self, states: list[Any]) -> list[dict[str, Any]]:
-        """Resume of *Run all stages*: the pipeline again, each stage from its checkpoint.
+        """Resume of *Train*: the pipeline again, each stage from its checkpoint.
 
         Args:
             states: ``StageState`` of ``stages``.
@@ -168,6 +168,8 @@ class DataWidget(StageWidget):
             self.summary.value = self._summary_text()
         except Exception as exc:  # the summary is informative only; "Use" reports errors
             self.summary.value = f"cannot read the data: {exc}"
+        if getattr(self, "plan", None) is not None:
+            self.plan.data_changed()
 
     def _summary_text(self) -> str:
         if self.source.value == "layers":
@@ -180,24 +182,24 @@ class DataWidget(StageWidget):
             n, classes = _layers.labelled_summary(self.image.value, self.labels.value)
             classes_text = layer_classes_text(self.labels.value.data) if classes else ""
         else:
-            folder = self.labelled_folder.value
-            if not folder:
+            if not self.labelled_folder.value:
                 return "choose a labelled folder"
-            from tskd.data import files
-
-            n = len(files.list_images(Path(folder) / "images")) if (
-                Path(folder) / "images").is_dir() else len(files.list_images(folder))
-            classes_text = ""
-        n_unl = sum(_layers.n_slices(layer) for layer in self.unlabelled_layers.value or [])
-        if self.unlabelled_folder.value:
-            from tskd.data import folders
-
-            n_unl += len(folders.unlabelled_files(self.unlabelled_folder.value))
+            n, classes_text = folder_count(self.labelled_folder.value), ""
+        n_unl = self.unlabelled_count()
         n_val = validation_count(n, float(self.val_fraction.value))
         text = f"{n} labelled image(s): train {n - n_val} / validation {n_val}"
         if classes_text:
             text += f"; {classes_text}"
         return text + f"; {n_unl} unlabelled image(s)"
+
+    def unlabelled_count(self) -> int:
+        """Unlabelled images chosen: layer slices plus the unlabelled folder's images."""
+        n_unl = sum(_layers.n_slices(layer) for layer in self.unlabelled_layers.value or [])
+        if self.unlabelled_folder.value:
+            from tskd.data import folders
+
+            n_unl += len(folders.unlabelled_files(self.unlabelled_folder.value))
+        return n_unl
 
     # -- actions ----------------------------------------------------------------------------
     def use_data(self, *_: Any, wait: bool = True, then: Callable[[], Any] | None = None) -> bool:
@@ -326,6 +328,19 @@ class DataWidget(StageWidget):
         if preset:
             _notify.info(f"preset for this machine: {preset} (Teacher tab)")
         self.start("Train (all stages)", [{"target": "pipeline"}], self.context.config())
+
+
+def folder_count(folder: str | Path) -> int:
+    """Images of a labelled folder (its ``images/`` when it has one, else the folder's own).
+
+    Args:
+        folder: The labelled folder the Data tab shows.
+    """
+    from tskd.data import files
+
+    folder = Path(folder)
+    return len(files.list_images(folder / "images")) if (folder / "images").is_dir() \
+        else len(files.list_images(folder))
 
 
 def _run(work: Callable[[], dict[str, Any]]) -> tuple[str, Any]:

@@ -104,6 +104,7 @@ class LoopWidget(StageWidget):
             _notify.user_error(exc)
         except OSError as exc:
             _notify.error(f"cannot add the slice: {exc}")
+        self.status.value = "not added (the message says why)"  # not an earlier slice's line
         return None
 
     def _add_slice(self) -> Any:
