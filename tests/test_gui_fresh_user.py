@@ -7,6 +7,7 @@ them (``<stage folder>/stage.json``)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -55,8 +56,14 @@ def test_dock_closed_and_reopened_during_train_shows_the_quality(make_napari_vie
     viewer = make_napari_viewer()
     dock, main = _dock(viewer)
     job = Job("Train (all stages)", [{"target": "pipeline"}], {}, owner=main.stages["Data"])
+    old_label = main.stages["Data"].plan.quality.native
     viewer.window.remove_dock_widget(dock)
+    del dock, main
+    gc.collect()
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    from qtpy import sip
+
+    assert sip.isdeleted(old_label)  # the closed dock's widgets are gone
     _dock2, main2 = _dock(viewer)
     job.status, job.message = "done", "Train (all stages): finished"
     job.results = {"pipeline": {"teacher": {"val_dice": 0.9},
