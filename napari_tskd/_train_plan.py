@@ -184,9 +184,8 @@ class TrainPlan:
     def counts(self) -> tuple[int, int] | None:
         """(training images, unlabelled images) of what the Data tab shows, or None."""
         from napari_tskd import _layers
-        from tskd.config import validation_count
-
         from napari_tskd._data_widget import folder_count
+        from tskd.config import validation_count
 
         w = self.widget
         if w.source.value == "folder":

@@ -49,9 +49,8 @@ def test_dock_closed_and_reopened_during_train_shows_the_quality(make_napari_vie
                                                                   qtbot) -> None:
     """Before: the closed dock's TrainPlan slot hit its deleted QLabel ("wrapped C/C++ object
     of type QLabel has been deleted") and the reopened dock's quality line stayed empty."""
-    from qtpy.QtCore import QCoreApplication, QEvent
-
     from napari_tskd._jobs import Job
+    from qtpy.QtCore import QCoreApplication, QEvent
 
     viewer = make_napari_viewer()
     dock, main = _dock(viewer)
@@ -170,8 +169,8 @@ def test_add_after_the_source_was_renamed_and_changed_says_it_changed(make_napar
     """Before: "segmented from image layer 'old name' ... choose 'old name'" with no such
     layer open. An open layer of that name still gets "choose it"."""
     from napari.layers import Image, Labels
-
     from napari_tskd import _layers
+
     from tskd.errors import TskdInputError
 
     img, lab = _stack()
