@@ -411,7 +411,7 @@ def _write_data(cfg: Any, paths: Any, layered: tuple[Any, ...] | None, folder: s
     run_dir = paths.root
     check_run_dir_inputs(cfg)  # a run folder inside a data folder: refused, nothing made
     with run_lock(run_dir, "napari data widget"):  # no training process writes meanwhile
-        if layered is not None and _has_results(run_dir):
+        if _has_results(run_dir):  # layers or a folder: both are copied into data/
             _replace_trained_set(run_dir, images, labels, names, overwrite)
         prepare_run_dir(cfg, overwrite=overwrite)
         export_labelled(images, labels, names, run_dir, class_names, ignore_label)

@@ -137,6 +137,39 @@ def test_use_this_data_refuses_to_replace_a_trained_runs_labelled_set(
     assert {p: p.read_bytes() for p in sorted((run / "data").rglob("*")) if p.is_file()} != before
 
 
+def test_use_this_data_refuses_another_labelled_folder_for_a_trained_run(
+        make_napari_viewer, tskd_gui_env, tmp_path, notes) -> None:
+    """The same fault with the labelled set from a folder (it is copied into data/ too)."""
+    from tskd.data import files
+
+    folders = []
+    for name, value in (("first", 1), ("second", 2)):
+        folder = tmp_path / name
+        for sub in ("images", "labels"):
+            (folder / sub).mkdir(parents=True)
+        for k in range(3):
+            img = np.full((16, 16), 40 * k + value, np.uint8)
+            lab = np.zeros((16, 16), np.uint8)
+            lab[4:12, 4:12] = 1
+            files.write_image(folder / "images" / f"a{k}.tif", img)
+            files.write_image(folder / "labels" / f"a{k}.tif", lab)
+        folders.append(folder)
+    viewer = make_napari_viewer()
+    _d, main = _dock(viewer)
+    data, run = main.stages["Data"], tskd_gui_env
+    data.source.value = "folder"
+    data.labelled_folder.value = str(folders[0])
+    assert data.use_data(wait=True)
+    _stage_json(run, "student", {"val": {}})
+    before = {p: p.read_bytes() for p in sorted((run / "data").rglob("*")) if p.is_file()}
+    data.labelled_folder.value = str(folders[1])
+    assert not data.use_data(wait=True)
+    assert any("holds a different run" in e for e in notes.errors()), notes.all()
+    assert {p: p.read_bytes() for p in sorted((run / "data").rglob("*")) if p.is_file()} == before
+    data.labelled_folder.value = str(folders[0])
+    assert data.use_data(wait=True)
+
+
 def test_opening_another_run_folder_shows_its_data_settings(make_napari_viewer, tmp_path,
                                                             notes) -> None:
     """Before: typing another run folder kept the previous run's Validation share, input size
