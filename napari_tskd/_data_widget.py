@@ -282,12 +282,13 @@ class DataWidget(StageWidget):
         unl_folder = self.unlabelled_folder.value
         if unl_folder and not Path(unl_folder).is_dir():
             raise TskdInputError(f"unlabelled folder not found: {unl_folder}")
+        # what the tab shows now: opening the run folder below may show that run's settings
         shown = int(self.image_size.value), float(self.val_fraction.value)
-        self.context.set_run_dir(self.run_dir.value)  # may show that run's settings
-        paths = self.context.paths()
-        cfg = self._data_config(paths, bool(unl_images), unl_folder, shown)
         folder = None if layered else str(self.labelled_folder.value)
         overwrite = bool(self.overwrite.value)
+        self.context.set_run_dir(self.run_dir.value)
+        paths = self.context.paths()
+        cfg = self._data_config(paths, bool(unl_images), unl_folder, shown)
         return lambda: _write_data(cfg, paths, layered, folder, (unl_images, unl_names),
                                    unl_folder, overwrite)
 
