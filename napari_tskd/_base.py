@@ -131,6 +131,15 @@ class StageWidget(QWidget, metaclass=_AfterInit):
         except Exception:  # an unreadable run folder is reported when a stage starts
             return
         self.panel.show_run_state(states, self.resume_steps(states))
+        self.show_results(states)
+
+    def show_results(self, states: list[Any]) -> None:
+        """Show what the run folder records of ``stages`` (a tab's result line): after any job
+        and when a run is opened or reopened. Tabs without a result line ignore it.
+
+        Args:
+            states: ``StageState`` of ``stages``, in order.
+        """
 
     def resume_steps(self, states: list[Any]) -> list[dict[str, Any]]:
         """The job steps Resume starts for a run reopened with checkpoints (see ``_run_state``).
@@ -163,7 +172,7 @@ class StageWidget(QWidget, metaclass=_AfterInit):
             _notify.user_error(exc)
             return None
         names = [s["target"] for s in steps]
-        titles = [stage(n).title if n != "pipeline" else "all stages" for n in names]
+        titles = [stage(n).title if n != "pipeline" else "Train (all stages)" for n in names]
         return self.start(" + ".join(titles), steps, cfg)
 
     def on_run_dir_changed(self) -> None:

@@ -1,4 +1,4 @@
-"""Data widget: the labelled set, the unlabelled images and the run folder.
+"""Data tab: the labelled set, the unlabelled images and the run folder.
 
 The labelled set comes from Image + Labels layers or a folder, the unlabelled images from more
 Image layers and/or a folder; the widget shows counts, classes and the split.
@@ -33,7 +33,7 @@ from tskd.config import validation_count
 class DataWidget(StageWidget):
     """Choose the data and the run folder; "Use this data" writes them into the run folder."""
 
-    stages = ("teacher", "synthesize", "distill", "student")  # "Run all stages" runs them
+    stages = ("teacher", "synthesize", "distill", "student")  # "Train" runs them
 
     def __init__(self, napari_viewer: Any = None, context: Any = None) -> None:
         super().__init__(napari_viewer, context)
@@ -42,7 +42,8 @@ class DataWidget(StageWidget):
         self.source = RadioButtons(label="Labelled from", choices=["layers", "folder"],
                                    value="layers", orientation="horizontal")
         self.image = ComboBox(label="Image layer", choices=_layers.choices(viewer, "image"))
-        self.labels = ComboBox(label="Labels layer", choices=_layers.choices(viewer, "labels"))
+        self.labels = ComboBox(label="Labels layer", choices=_layers.choices(viewer, "labels",
+                                                                 skip_predictions=True))
         self.labelled_folder = FileEdit(label="Labelled folder", mode="d", nullable=True,
                                         tooltip="images/+labels/ or nnU-Net imagesTr/labelsTr")
         self.unlabelled_layers = Select(label="Unlabelled layers",
@@ -82,6 +83,14 @@ class DataWidget(StageWidget):
     def job_buttons(self) -> list[Any]:
         return [self.use_button, self.run_all_button]
 
+    def on_job_finished(self, job: Any) -> None:
+        """A job of a Data tab ended: the quality it reached below *Train*.
+
+        Args:
+            job: The ended ``Job``.
+        """
+        self.plan.finished(job)
+
     def set_busy(self, busy: bool) -> None:
         """Buttons off while a job runs or the data is being written.
 
@@ -91,7 +100,7 @@ class DataWidget(StageWidget):
         super().set_busy(busy or self._writer is not None)
 
     def resume_steps(self, states: list[Any]) -> list[dict[str, Any]]:
-        """Resume of *Run all stages*: the pipeline again, each stage from its checkpoint.
+        """Resume of *Train*: the pipeline again, each stage from its checkpoint.
 
         Args:
             states: ``StageState`` of ``stages``.
@@ -113,9 +122,12 @@ class DataWidget(StageWidget):
         self.update_summary()
 
     def on_run_dir_changed(self) -> None:
-        if hasattr(self, "run_dir") and Path(self.run_dir.value) != self.context.run_dir:
+        """Another run folder is open (typed here or chosen elsewhere): show its data settings."""
+        if not hasattr(self, "run_dir"):
+            return
+        if Path(self.run_dir.value) != self.context.run_dir:
             self.run_dir.value = str(self.context.run_dir)
-            self._load_from_run()
+        self._load_from_run()
 
     def _open_run(self, *_: Any) -> None:
         """Another run folder typed or picked: every widget shows that run."""
@@ -123,6 +135,10 @@ class DataWidget(StageWidget):
             self.context.set_run_dir(self.run_dir.value)
 
     def _load_from_run(self) -> None:
+        """Show the open run's data settings (``config.yaml``); a folder without one keeps
+        what the tab shows (a new run takes it)."""
+        if not self.context.paths().config.is_file():
+            return
         try:
             cfg = self.context.config()
         except Exception:
@@ -130,6 +146,15 @@ class DataWidget(StageWidget):
         with self.context.edits.loading():
             self.image_size.value = cfg.data.image_size
             self.val_fraction.value = cfg.data.val_fraction
+        paths = self.context.paths()
+        labelled, unlabelled = cfg.data.labelled, cfg.data.unlabelled
+        if labelled and Path(labelled) != paths.data:  # the run reads a folder of the user's
+            self.source.value = "folder"
+            self.labelled_folder.value = labelled
+        elif labelled:  # written from layers: choose them again
+            self.source.value = "layers"
+        own = not unlabelled or Path(unlabelled) == paths.unlabelled
+        self.unlabelled_folder.value = None if own else unlabelled
 
     def _show_source(self, *_: Any) -> None:
         layers = self.source.value == "layers"
@@ -143,6 +168,8 @@ class DataWidget(StageWidget):
             self.summary.value = self._summary_text()
         except Exception as exc:  # the summary is informative only; "Use" reports errors
             self.summary.value = f"cannot read the data: {exc}"
+        if getattr(self, "plan", None) is not None:
+            self.plan.data_changed()
 
     def _summary_text(self) -> str:
         if self.source.value == "layers":
@@ -155,24 +182,24 @@ class DataWidget(StageWidget):
             n, classes = _layers.labelled_summary(self.image.value, self.labels.value)
             classes_text = layer_classes_text(self.labels.value.data) if classes else ""
         else:
-            folder = self.labelled_folder.value
-            if not folder:
+            if not self.labelled_folder.value:
                 return "choose a labelled folder"
-            from tskd.data import files
-
-            n = len(files.list_images(Path(folder) / "images")) if (
-                Path(folder) / "images").is_dir() else len(files.list_images(folder))
-            classes_text = ""
-        n_unl = sum(_layers.n_slices(layer) for layer in self.unlabelled_layers.value or [])
-        if self.unlabelled_folder.value:
-            from tskd.data import folders
-
-            n_unl += len(folders.unlabelled_files(self.unlabelled_folder.value))
+            n, classes_text = folder_count(self.labelled_folder.value), ""
+        n_unl = self.unlabelled_count()
         n_val = validation_count(n, float(self.val_fraction.value))
         text = f"{n} labelled image(s): train {n - n_val} / validation {n_val}"
         if classes_text:
             text += f"; {classes_text}"
         return text + f"; {n_unl} unlabelled image(s)"
+
+    def unlabelled_count(self) -> int:
+        """Unlabelled images chosen: layer slices plus the unlabelled folder's images."""
+        n_unl = sum(_layers.n_slices(layer) for layer in self.unlabelled_layers.value or [])
+        if self.unlabelled_folder.value:
+            from tskd.data import folders
+
+            n_unl += len(folders.unlabelled_files(self.unlabelled_folder.value))
+        return n_unl
 
     # -- actions ----------------------------------------------------------------------------
     def use_data(self, *_: Any, wait: bool = True, then: Callable[[], Any] | None = None) -> bool:
@@ -255,20 +282,22 @@ class DataWidget(StageWidget):
         unl_folder = self.unlabelled_folder.value
         if unl_folder and not Path(unl_folder).is_dir():
             raise TskdInputError(f"unlabelled folder not found: {unl_folder}")
-        self.context.set_run_dir(self.run_dir.value)
-        paths = self.context.paths()
-        cfg = self._data_config(paths, bool(unl_images), unl_folder)
+        # what the tab shows now: opening the run folder below may show that run's settings
+        shown = int(self.image_size.value), float(self.val_fraction.value)
         folder = None if layered else str(self.labelled_folder.value)
         overwrite = bool(self.overwrite.value)
+        self.context.set_run_dir(self.run_dir.value)
+        paths = self.context.paths()
+        cfg = self._data_config(paths, bool(unl_images), unl_folder, shown)
         return lambda: _write_data(cfg, paths, layered, folder, (unl_images, unl_names),
                                    unl_folder, overwrite)
 
-    def _data_config(self, paths: Any, unl_from_layers: bool, unl_folder: Any) -> Any:
+    def _data_config(self, paths: Any, unl_from_layers: bool, unl_folder: Any,
+                     shown: tuple[int, float]) -> Any:
         """The run's config with this widget's data settings (not yet saved)."""
         cfg = self.context.config()
         cfg.data.labelled = str(paths.data)
-        cfg.data.image_size = int(self.image_size.value)
-        cfg.data.val_fraction = float(self.val_fraction.value)
+        cfg.data.image_size, cfg.data.val_fraction = shown
         if unl_from_layers:
             cfg.data.unlabelled = str(paths.unlabelled)
         else:
@@ -300,6 +329,19 @@ class DataWidget(StageWidget):
         if preset:
             _notify.info(f"preset for this machine: {preset} (Teacher tab)")
         self.start("Train (all stages)", [{"target": "pipeline"}], self.context.config())
+
+
+def folder_count(folder: str | Path) -> int:
+    """Images of a labelled folder (its ``images/`` when it has one, else the folder's own).
+
+    Args:
+        folder: The labelled folder the Data tab shows.
+    """
+    from tskd.data import files
+
+    folder = Path(folder)
+    return len(files.list_images(folder / "images")) if (folder / "images").is_dir() \
+        else len(files.list_images(folder))
 
 
 def _run(work: Callable[[], dict[str, Any]]) -> tuple[str, Any]:
@@ -370,6 +412,8 @@ def _write_data(cfg: Any, paths: Any, layered: tuple[Any, ...] | None, folder: s
     run_dir = paths.root
     check_run_dir_inputs(cfg)  # a run folder inside a data folder: refused, nothing made
     with run_lock(run_dir, "napari data widget"):  # no training process writes meanwhile
+        if _has_results(run_dir):  # layers or a folder: both are copied into data/
+            _replace_trained_set(run_dir, images, labels, names, overwrite)
         prepare_run_dir(cfg, overwrite=overwrite)
         export_labelled(images, labels, names, run_dir, class_names, ignore_label)
         if unl_images:
@@ -384,6 +428,37 @@ def _write_data(cfg: Any, paths: Any, layered: tuple[Any, ...] | None, folder: s
                        f"validation {n_val}) and {len(unl_images)} unlabelled layer slice(s) "
                        f"to {run_dir}",
             "info": f"data of run {run_dir.name} ready: {len(images)} labelled image(s)"}
+
+
+def _has_results(run_dir: Path) -> bool:
+    """Whether any stage of the run finished or left a checkpoint (``_run_state``)."""
+    from napari_tskd._run_state import stage_states
+
+    return any(s.done or s.checkpoint is not None
+               for s in stage_states(run_dir, DataWidget.stages))
+
+
+def _replace_trained_set(run_dir: Path, images: list[Any], labels: list[Any], names: list[str],
+                         overwrite: bool) -> None:
+    """Other layers for a run trained on its own labelled set (``run_dir/data``): refused unless
+    ``overwrite``, which then removes the files that run wrote (``remove_owned``; its config,
+    data and corrections stay until they are written over).
+
+    Raises:
+        RunFolderError: a different labelled set without ``overwrite`` (nothing changed).
+    """
+    from napari_tskd._export import labelled_set_differs
+    from tskd.errors import RunFolderError
+    from tskd.pipeline.manifest import remove_owned
+
+    if not labelled_set_differs(images, labels, names, run_dir):
+        return
+    if not overwrite:
+        raise RunFolderError(
+            f"run folder {run_dir} holds a different run (trained on other labelled data); "
+            "open a new run folder (Settings > New run folder, then Use this data) or tick "
+            "'replace a different run in this folder' in the Data tab")
+    remove_owned(run_dir, keep=("config.yaml",))
 
 
 def _check_layer_labels(labels: list[Any], class_names: Any, layer: str) -> list[str]:

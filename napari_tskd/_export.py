@@ -78,6 +78,42 @@ def export_labelled(
     return data
 
 
+def labelled_set_differs(images: list[np.ndarray], labels: list[np.ndarray], names: list[str],
+                         run_dir: Path) -> bool:
+    """Whether writing this labelled set would change ``run_dir/data`` (corrections aside).
+
+    The set is written to a temporary folder in ``run_dir`` (removed again) and compared file by
+    file with ``data/images`` and ``data/labels``; files the *Add* button wrote
+    (``CORRECTED_PREFIX``) are not compared, as writing keeps them.
+
+    Args:
+        images: The images, as ``export_labelled`` takes them.
+        labels: Their labels.
+        names: Their file names (without suffix).
+        run_dir: The run folder.
+
+    Returns:
+        True when a file would be added, changed or removed; False for the same set.
+    """
+    from tskd.data.folders import export_dataset
+
+    data = RunPaths(run_dir).data
+    tmp = run_dir / ".export_check"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        export_dataset(images, labels, tmp, names)
+        for sub in ("images", "labels"):
+            new = {f.name: f for f in (tmp / sub).iterdir() if f.is_file()}
+            old = {f.name: f for f in (data / sub).iterdir() if f.is_file()
+                   and not f.name.startswith(CORRECTED_PREFIX)} if (data / sub).is_dir() else {}
+            if set(new) != set(old) or not all(
+                    filecmp.cmp(new[n], old[n], shallow=False) for n in new):
+                return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return False
+
+
 def export_unlabelled(
     images: list[np.ndarray], names: list[str], folder: Path, extra_files: list[Path] = ()
 ) -> Path:

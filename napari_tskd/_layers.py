@@ -32,15 +32,36 @@ def layers_of(viewer: Any, kind: str) -> list[Any]:
     return [layer for layer in viewer.layers if isinstance(layer, cls)]
 
 
-def choices(viewer_getter: Any, kind: str, skip_previews: bool = False) -> Any:
-    """A magicgui choices callable listing (name, layer) of one kind (without the plugin's
-    training previews when ``skip_previews``)."""
+def choices(viewer_getter: Any, kind: str, skip_predictions: bool = False) -> Any:
+    """A magicgui choices callable listing (name, layer) of one kind.
+
+    Args:
+        viewer_getter: Returns the viewer (or None) when the choices are read.
+        kind: 'image' or 'labels'.
+        skip_predictions: Also leave out the plugin's prediction layers (metadata ``tskd``
+            "prediction"), which are never a labelled set as they are.
+
+    Returns:
+        The callable; it never lists the plugin's own layers (training previews, synthetic
+        images: ``user_layers``).
+    """
 
     def _choices(_widget: Any = None) -> list[tuple[str, Any]]:
-        return [(layer.name, layer) for layer in layers_of(viewer_getter(), kind)
-                if not (skip_previews and is_own_preview(layer))]
+        return [(layer.name, layer) for layer in user_layers(viewer_getter(), kind)
+                if not (skip_predictions and is_prediction(layer))]
 
     return _choices
+
+
+def user_layers(viewer: Any, kind: str) -> list[Any]:
+    """``layers_of`` without the plugin's own layers (``is_plugin_layer``): what a user may
+    train on, segment, correct or be offered by *Suggest*.
+
+    Args:
+        viewer: The napari viewer (None: no layers).
+        kind: 'image' or 'labels'.
+    """
+    return [layer for layer in layers_of(viewer, kind) if not is_plugin_layer(layer)]
 
 
 def is_rgb(layer: Any) -> bool:
@@ -231,12 +252,18 @@ def jump_to(viewer: Any, layer: Any, index: int) -> None:
 
 
 # -- provenance: which image a prediction layer was made from -----------------------------------
-PREVIEW_KINDS = ("preview",)  # plugin layers nobody trains on or corrects
+PLUGIN_KINDS = ("preview", "synthetic")  # napari_tskd._own_layers.OWN_KINDS
 
 
-def is_own_preview(layer: Any) -> bool:
-    """A layer the plugin shows for itself (a training preview): never a training pair."""
-    return getattr(layer, "metadata", {}).get("tskd") in PREVIEW_KINDS
+def is_plugin_layer(layer: Any) -> bool:
+    """A layer the plugin shows for itself (training preview, synthetic images): never a
+    choice in a tab nor a *Suggest* candidate."""
+    return getattr(layer, "metadata", {}).get("tskd") in PLUGIN_KINDS
+
+
+def is_prediction(layer: Any) -> bool:
+    """A labels layer the plugin predicted (metadata ``tskd`` "prediction")."""
+    return getattr(layer, "metadata", {}).get("tskd") == "prediction"
 
 
 def fingerprint(layer: Any) -> str:
@@ -314,9 +341,10 @@ def check_pair(image: Any, labels: Any, button: str, images: Sequence[Any] = ())
     """
     check_layer(image, "image")
     check_layer(labels, "labels")
-    if is_own_preview(labels) or is_own_preview(image):
+    if is_plugin_layer(labels) or is_plugin_layer(image):
         raise TskdInputError(
-            f"'{labels.name if is_own_preview(labels) else image.name}' is the training preview, "
+            f"'{labels.name if is_plugin_layer(labels) else image.name}' is the plugin's own "
+            "layer (training preview or synthetic images), "
             f"not your data; choose your own layers before pressing '{button}'")
     a, b = spatial_shape(image), spatial_shape(labels)
     if a != b:
@@ -334,7 +362,8 @@ def check_pair(image: Any, labels: Any, button: str, images: Sequence[Any] = ())
         return
     if fingerprint(image) == labels.metadata["image_id"]:
         return
-    if image.name == source:
+    if image.name == source or not any(ly.name == source for ly in images):
+        # the recorded image is not open under its name: renamed, and its pixels changed
         raise TskdInputError(
             f"image layer '{image.name}' has changed since labels layer '{labels.name}' was "
             f"segmented from it; press 'Segment' again and correct the new prediction before "

@@ -28,10 +28,10 @@ class LoopWidget(StageWidget):
         super().__init__(napari_viewer, context)
         viewer = lambda: self.viewer  # noqa: E731
         self.image = ComboBox(label="Image layer",
-                              choices=_layers.choices(viewer, "image", skip_previews=True),
+                              choices=_layers.choices(viewer, "image"),
                               tooltip="follows the image the corrected labels were made from")
         self.labels = ComboBox(label="Corrected labels",
-                               choices=_layers.choices(viewer, "labels", skip_previews=True),
+                               choices=_layers.choices(viewer, "labels"),
                                tooltip="follows the Labels layer you select to paint in")
         self.add_button = PushButton(text=ADD_TEXT)
         self.epochs = SpinBox(label="Retrain epochs", min=1, max=10000, value=10)
@@ -76,7 +76,7 @@ class LoopWidget(StageWidget):
         import napari.layers
 
         layer = self.viewer.layers.selection.active if self.viewer is not None else None
-        if not isinstance(layer, napari.layers.Labels) or _layers.is_own_preview(layer):
+        if not isinstance(layer, napari.layers.Labels) or _layers.is_plugin_layer(layer):
             return
         if layer not in self.labels.choices:
             self.reset_choices()
@@ -104,6 +104,7 @@ class LoopWidget(StageWidget):
             _notify.user_error(exc)
         except OSError as exc:
             _notify.error(f"cannot add the slice: {exc}")
+        self.status.value = "not added (the message says why)"  # not an earlier slice's line
         return None
 
     def _add_slice(self) -> Any:
@@ -117,7 +118,7 @@ class LoopWidget(StageWidget):
         if cfg.data.labelled != str(self.context.paths().data):
             raise TskdInputError(
                 f"run folder {run_dir} has no labelled set of its own; press 'Use this data' in "
-                "the Data widget first"
+                "the Data tab first"
             )
         z = _layers.current_index(self.viewer, image)
         base = _layers.safe_name(image.name)
@@ -167,6 +168,7 @@ class LoopWidget(StageWidget):
     def _candidates(self) -> list[tuple[Any, int]]:
         """Slices (or 2D layers) not yet in the run's labelled set, from layers or corrections."""
         from napari_tskd._export import correction_sources, labelled_names
+        from tskd.errors import TskdInputError
 
         done = labelled_names(self.context.run_dir)
         sources = correction_sources(self.context.run_dir)
@@ -177,11 +179,15 @@ class LoopWidget(StageWidget):
 
         image = self.image.value
         _layers.check_layer(image, "image")
+        if _layers.is_plugin_layer(image):
+            raise TskdInputError(
+                f"'{image.name}' is the plugin's own layer, not your data; choose your image "
+                "as 'Image layer' before pressing 'Suggest next slice'")
         if _layers.is_stack(image):
             base = _layers.safe_name(image.name)
             return [(image, z) for z in range(_layers.n_slices(image))
                     if not is_done(samples.slice_name(base, z), f"{image.name}#z{z}")]
-        return [(layer, 0) for layer in _layers.layers_of(self.viewer, "image")
+        return [(layer, 0) for layer in _layers.user_layers(self.viewer, "image")
                 if not _layers.is_stack(layer)
                 and not is_done(_layers.safe_name(layer.name), layer.name)]
 

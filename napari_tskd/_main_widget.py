@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from napari_tskd._context import context_for
 from napari_tskd._data_widget import DataWidget
@@ -49,11 +49,38 @@ class MainWidget(QWidget):
             self.tabs.addTab(scroll, title)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        self.loading = QLabel("")  # the backend's one import, once, when the dock opens
+        self.loading.setWordWrap(True)
+        layout.addWidget(self.loading)
         layout.addWidget(self.tabs)
+        self.backend_ready = False
+        if not _backend_imported():
+            self.loading.setText("loading the segmentation backend ... (once per session)")
+        QTimer.singleShot(50, self._import_backend)
+
+    def _import_backend(self) -> None:
+        """Import what Segment and Suggest need now (seconds, once per process), so that no
+        button press pays it; the note above the tabs says so meanwhile."""
+        from napari_tskd._models import import_backend
+
+        try:
+            import_backend(ranking=True)
+        finally:
+            self.backend_ready = True
+            self.loading.setText("")
+            self.loading.hide()
 
     def reset_choices(self, *_: Any) -> None:
         for widget in self.stages.values():
             widget.reset_choices()
+
+
+def _backend_imported() -> bool:
+    import sys
+
+    from napari_tskd._models import BACKEND_MODULES, RANKING_MODULES
+
+    return all(name in sys.modules for name in BACKEND_MODULES + RANKING_MODULES)
 
 
 def readable_tabs() -> QTabWidget:

@@ -42,7 +42,7 @@ class SegmentWidget(StageWidget):
         self.folder = FileEdit(label="Model folder", mode="d", nullable=True,
                                tooltip="a student or teacher folder (meta.json + safetensors)")
         self.image = ComboBox(label="Image layer",
-                              choices=_layers.choices(viewer, "image", skip_previews=True))
+                              choices=_layers.choices(viewer, "image"))
         self.stack_mode = ComboBox(label="On a stack", choices=STACK_MODES,
                                    value=STACK_MODES[0])
         self.live = CheckBox(text="live: re-segment when the image changes", value=False)

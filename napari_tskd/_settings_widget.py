@@ -50,4 +50,4 @@ class SettingsWidget(StageWidget):
         while (root / f"run{n}").exists():
             n += 1
         self.context.set_run_dir(root / f"run{n}")
-        _notify.info(f"new run folder: {root / f'run{n}'} (choose its data in the Data widget)")
+        _notify.info(f"new run folder: {root / f'run{n}'} (choose its data in the Data tab)")

@@ -163,13 +163,30 @@ class StudentWidget(StageWidget):
         self.start(label, [{"target": s} for s in stages], cfg)
 
     def on_job_finished(self, job: Any) -> None:
-        if job.status != "done":
-            return
-        parts = ["distilled"] if job.results.get("distill") else []
-        student = job.results.get("student")
-        if isinstance(student, dict):
-            parts.append(f"student ready; {stage_quality('student', student)}")
-        self.result.value = "; ".join(parts)
+        if job.status == "done":
+            self.result.value = _student_result(job.results.get("distill"),
+                                                job.results.get("student"))
+
+    def show_results(self, states: list[Any]) -> None:
+        """Distilled / the student's validation Dice as the run folder's ``stage.json`` files
+        record them ("" when neither stage ran).
+
+        Args:
+            states: ``StageState`` of ("distill", "student").
+        """
+        by_name = {s.name: s for s in states}
+        distill, student = by_name.get("distill"), by_name.get("student")
+        self.result.value = _student_result(
+            distill.result or True if distill and distill.done else None,
+            student.result if student and student.done else None)
+
+
+def _student_result(distill: Any, student: Any) -> str:
+    """'distilled; student ready; student: validation Dice 0.800 on 2 image(s)'."""
+    parts = ["distilled"] if distill else []
+    if isinstance(student, dict):
+        parts.append(f"student ready; {stage_quality('student', student)}")
+    return "; ".join(parts)
 
 
 def _arch_label(architecture: str) -> str:

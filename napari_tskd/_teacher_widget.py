@@ -141,6 +141,15 @@ class TeacherWidget(StageWidget):
         self.result.value = ""
         self.start(STAGE.title, [{"target": STAGE.name}], cfg)
 
+    def show_results(self, states: list[Any]) -> None:
+        """The teacher's validation Dice as its ``stage.json`` records it ("" when not trained).
+
+        Args:
+            states: ``StageState`` of ("teacher",).
+        """
+        done = states[0].done if states else False
+        self.result.value = (stage_quality(STAGE.name, states[0].result) or "") if done else ""
+
     def on_job_finished(self, job: Any) -> None:
         result = job.results.get(STAGE.name)
         if job.status == "done" and result:

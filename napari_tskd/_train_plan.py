@@ -139,9 +139,10 @@ class TrainPlan:
         form.insert(at + 1, self.quality)
         self._counts: tuple[int, int] | None = None
         self.context.edits.on_change(self.refresh)
-        data_widget.summary.changed.connect(self._data_changed)
-        self.context.runner.finished.connect(self._finished)
-        self._data_changed()
+        # the Data tab calls ``data_changed`` with its summary (a Label emits no ``changed``)
+        # no runner.finished connection: this plain object would outlive its labels when the
+        # dock closes; the Data tab's job panel (a QObject Qt disconnects) calls ``finished``
+        self.data_changed()
 
     def pending_preset(self, allow_import: bool) -> Any:
         """The preset *Train* will put into the run's config, or None.
@@ -183,16 +184,26 @@ class TrainPlan:
     def counts(self) -> tuple[int, int] | None:
         """(training images, unlabelled images) of what the Data tab shows, or None."""
         from napari_tskd import _layers
+        from napari_tskd._data_widget import folder_count
         from tskd.config import validation_count
 
         w = self.widget
-        if w.source.value != "layers" or w.image.value is None or w.labels.value is None:
+        if w.source.value == "folder":
+            if not w.labelled_folder.value:
+                return None
+            n = folder_count(w.labelled_folder.value)
+        elif w.image.value is None or w.labels.value is None:
             return None
-        n, _classes = _layers.labelled_summary(w.image.value, w.labels.value)
-        n_unl = sum(_layers.n_slices(layer) for layer in w.unlabelled_layers.value or [])
-        return n - validation_count(n, float(w.val_fraction.value)), n_unl
+        else:
+            n, _classes = _layers.labelled_summary(w.image.value, w.labels.value)
+        return n - validation_count(n, float(w.val_fraction.value)), w.unlabelled_count()
 
-    def _data_changed(self, *_: Any) -> None:
+    def data_changed(self, *_: Any) -> None:
+        """Count the chosen data again and refresh the estimate (the Data tab's data changed).
+
+        Args:
+            *_: A signal's value (ignored).
+        """
         try:
             self._counts = self.counts()
         except Exception:  # the summary line says what is wrong with the data
@@ -216,13 +227,19 @@ class TrainPlan:
             cfg.teacher.model_type, cfg.teacher.input_size = preset.model_type, preset.input_size
             cfg.teacher.train.batch_size = preset.batch_size
         if counts is None:
-            self.estimate.value = f"{note}Estimate: shown once the labelled layers are chosen"
+            self.estimate.value = f"{note}Estimate: shown once the labelled data is chosen"
             return
         parts = estimate_seconds(cfg, *counts)
         self.estimate.value = note + describe_estimate(parts, cfg.device)
 
-    def _finished(self, job: Any) -> None:
-        if job.owner is not self.widget or job.status != "done":
+    def finished(self, job: Any) -> None:
+        """Show the quality a finished *Train* job reached (also in a Data tab opened again
+        while it ran: the job panel calls this for every job of a Data tab).
+
+        Args:
+            job: The ended ``Job``; nothing changes unless its status is "done".
+        """
+        if job.status != "done":
             return
         text = quality_text(job.results)
         self.quality.value = f"Quality reached: {text}" if text else ""

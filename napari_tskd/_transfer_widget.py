@@ -114,6 +114,15 @@ class TransferWidget(StageWidget):
         self.result.value = ""
         self.start(STAGE.title, [{"target": STAGE.name}], cfg)
 
+    def show_results(self, states: list[Any]) -> None:
+        """The transfer set as the run folder's ``stage.json`` records it ("" when not built).
+
+        Args:
+            states: ``StageState`` of ("synthesize",).
+        """
+        done = bool(states) and states[0].done
+        self.result.value = describe(states[0].result) if done else ""
+
     def on_job_finished(self, job: Any) -> None:
         result = job.results.get(STAGE.name)
         if job.status != "done" or result is None:
