@@ -259,6 +259,24 @@ def as_rank(stage: Callable[[], dict[str, Any]], what: str,
     return {}
 
 
+def images_per_epoch(batch_size: int, grad_accum_steps: int, steps: int) -> int:
+    """Items a dataset needs for ``steps`` optimiser steps over all processes (stages in steps).
+
+    The diffusion model and pretraining count their budget in optimiser steps; each step takes
+    ``batch_size x processes x grad_accum_steps`` items (the global batch), so an epoch of
+    ``steps`` steps needs that many times ``steps`` items on any number of processes.
+
+    Args:
+        batch_size: images per process and micro-batch (``TrainConfig.batch_size``).
+        grad_accum_steps: micro-batches per optimiser step (``TrainConfig.grad_accum_steps``).
+        steps: optimiser steps in the epoch.
+
+    Returns:
+        ``batch_size x world_size() x grad_accum_steps x steps``.
+    """
+    return batch_size * world_size() * max(1, grad_accum_steps) * steps
+
+
 class ShardedBatches:
     """Per-rank index batches of one epoch; a ``torch`` batch sampler (see the module docstring).
 
