@@ -19,7 +19,18 @@ from tskd.config_compat import LEGACY_STUDENT, flat_synth
 from tskd.pipeline.context import StageContext, data_files
 from tskd.pipeline.markers import files_fingerprint, fingerprint
 
-__all__ = ["base_teacher_id", "of", "synth_fp", "synth_settings", "teacher_fp"]
+__all__ = ["base_teacher_id", "of", "processes", "synth_fp", "synth_settings", "teacher_fp"]
+
+
+def processes() -> int:
+    """The processes of the job: ``WORLD_SIZE`` (set by torchrun / accelerate launch), else 1.
+
+    Read from the environment, without importing torch (``tskd.distributed.world_size``).
+
+    Returns:
+        At least 1.
+    """
+    return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
 
 
 def _settings_fp(section: Any) -> dict[str, Any]:
@@ -37,8 +48,7 @@ def _settings_fp(section: Any) -> dict[str, Any]:
     # the global batch, however split: processes (WORLD_SIZE, set by torchrun / accelerate
     # launch: tskd.distributed) x batch_size x accumulation; one process without accumulation
     # keeps the fingerprints of earlier versions (read without importing torch)
-    processes = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
-    train["batch_size"] *= int(train.pop("grad_accum_steps", 1) or 1) * processes
+    train["batch_size"] *= int(train.pop("grad_accum_steps", 1) or 1) * processes()
     settings = to_dict(section)
     settings.pop("gradient_checkpointing", None)  # the same result, with less memory
     return settings | {"train": train}
@@ -80,10 +90,10 @@ def synth_settings(synth: SynthConfig) -> dict[str, Any]:
 
     Returns:
         The section in the flat shape it had before ``synth.train``
-        (``tskd.config_compat.flat_synth``; not the device), so runs of earlier versions keep
-        their fingerprints.
+        (``tskd.config_compat.flat_synth``; not the device; the global batch of this job's
+        processes), so single-process runs of earlier versions keep their fingerprints.
     """
-    return flat_synth(to_dict(synth), synth.train.total_steps(SYNTH_EPOCH_STEPS))
+    return flat_synth(to_dict(synth), synth.train.total_steps(SYNTH_EPOCH_STEPS), processes())
 
 
 def synth_fp(cfg: RunConfig, data_fp: str) -> str:
