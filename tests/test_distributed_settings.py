@@ -53,3 +53,49 @@ def test_settings_fingerprints_keep_the_global_batch_of_every_stage(
     for section in sections:
         section.train.batch_size = 4
     assert [_settings_fp(s) for s in sections] == two
+
+
+def test_refused_resume_names_the_stage_whose_global_batch_changed(
+        tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tskd.errors import RunFolderError
+    from tskd.pipeline.batches import stage_batches
+    from tskd.pipeline.markers import checkpoint_inputs
+
+    folder = tmp_path / "student"  # type: ignore[operator]
+    (folder / "ckpt").mkdir(parents=True)
+    cfg = RunConfig()
+    for section in (cfg.teacher, cfg.synth, cfg.distill, cfg.student):
+        section.train.batch_size = 2
+    cfg.teacher.train.batch_size = 1
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    checkpoint_inputs(folder, "a" * 16, False, stage_batches(cfg, "student"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    for section in (cfg.synth, cfg.distill, cfg.student):  # all scaled but the teacher's
+        section.train.batch_size = 4
+    with pytest.raises(RunFolderError) as err:
+        checkpoint_inputs(folder, "b" * 16, True, stage_batches(cfg, "student"))
+    assert str(err.value) == (
+        f"cannot resume the checkpoint in {folder}: teacher.train.batch_size: the run was made "
+        "with a global batch of 2 (1 x 2 processes), this one gives 1 (1 x 1 process); every "
+        "stage's global batch (batch_size x grad_accum_steps x processes) must stay the same, "
+        "so scale that stage's batch_size or grad_accum_steps, or run again without --resume "
+        "to start over")
+    cfg.teacher.train.grad_accum_steps = 2  # 1 x 2 accumulation steps: the same 2
+    assert checkpoint_inputs(folder, "a" * 16, True, stage_batches(cfg, "student")) == folder
+    # another difference than a global batch: the general message
+    with pytest.raises(RunFolderError, match=r"was made from other inputs \(data, teacher"):
+        checkpoint_inputs(folder, "c" * 16, True, stage_batches(cfg, "student"))
+
+
+def test_stage_batches_follow_what_each_stage_builds_on() -> None:
+    from tskd.pipeline.batches import stage_batches
+
+    cfg = RunConfig()
+    assert list(stage_batches(cfg, "teacher")) == ["teacher.train.batch_size"]
+    assert list(stage_batches(cfg, "synthesize")) == ["synth.train.batch_size"]
+    assert list(stage_batches(cfg, "distill")) == [
+        "distill.train.batch_size", "synth.train.batch_size", "teacher.train.batch_size"]
+    cfg.distill.task_agnostic = True
+    assert "teacher.train.batch_size" not in stage_batches(cfg, "student")
+    cfg.student.from_scratch = True
+    assert list(stage_batches(cfg, "student")) == ["student.train.batch_size"]

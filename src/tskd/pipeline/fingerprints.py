@@ -10,27 +10,16 @@ folders they wrote are still taken as done.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, SynthConfig, to_dict
 from tskd.config_compat import LEGACY_STUDENT, flat_synth
+from tskd.pipeline.batches import processes
 from tskd.pipeline.context import StageContext, data_files
 from tskd.pipeline.markers import files_fingerprint, fingerprint
 
-__all__ = ["base_teacher_id", "of", "processes", "synth_fp", "synth_settings", "teacher_fp"]
-
-
-def processes() -> int:
-    """The processes of the job: ``WORLD_SIZE`` (set by torchrun / accelerate launch), else 1.
-
-    Read from the environment, without importing torch (``tskd.distributed.world_size``).
-
-    Returns:
-        At least 1.
-    """
-    return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+__all__ = ["base_teacher_id", "of", "synth_fp", "synth_settings", "teacher_fp"]
 
 
 def _settings_fp(section: Any) -> dict[str, Any]:
