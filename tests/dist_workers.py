@@ -25,8 +25,9 @@ class LinearTask:
 
     name = "linear"
 
-    def __init__(self, nan_on_rank: int | None = None) -> None:
+    def __init__(self, nan_on_rank: int | None = None, n: int = 32) -> None:
         torch.manual_seed(0)
+        self.n = n  # points used: the first n of the 32
         self.model = nn.Linear(4, 1)
         self.nan_on_rank = nan_on_rank  # this rank's loss is NaN from step 3 on
 
@@ -34,7 +35,7 @@ class LinearTask:
         g = torch.Generator().manual_seed(1)
         x = torch.randn(32, 4, generator=g)
         y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
-        return torch.utils.data.TensorDataset(x, y)
+        return torch.utils.data.TensorDataset(x[:self.n], y[:self.n])
 
     def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         from tskd import distributed
@@ -54,7 +55,7 @@ def train_linear(out_dir: Path, batch_size: int, ckpt: str | None = None,
                  resume: bool = False, cancel_at: int | None = None,
                  kill_at: int | None = None, stop_at: int | None = None,
                  accum: int = 1, epochs: int = 3,
-                 nan_on_rank: int | None = None) -> dict[str, Any]:
+                 nan_on_rank: int | None = None, n: int = 32) -> dict[str, Any]:
     """Train ``LinearTask``; optionally cancel, SIGKILL or early-stop on rank 0 at a step."""
     import signal
 
@@ -89,7 +90,7 @@ def train_linear(out_dir: Path, batch_size: int, ckpt: str | None = None,
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.05, device="cpu",
                       warmup_fraction=0.0, grad_accum_steps=accum)
-    task = LinearTask(nan_on_rank)
+    task = LinearTask(nan_on_rank, n)
     control = RunControl(progress, token, resume, Path(ckpt) if ckpt else None)
     try:
         result = train(task, cfg, control=control, callbacks=[StopOnMain()])
