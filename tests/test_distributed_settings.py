@@ -99,3 +99,70 @@ def test_stage_batches_follow_what_each_stage_builds_on() -> None:
     assert "teacher.train.batch_size" not in stage_batches(cfg, "student")
     cfg.student.from_scratch = True
     assert list(stage_batches(cfg, "student")) == ["student.train.batch_size"]
+
+
+INT_FIELDS = ["epochs", "batch_size", "seed", "max_steps", "patience", "val_every",
+              "grad_accum_steps"]
+
+
+@pytest.mark.parametrize("name", INT_FIELDS)
+@pytest.mark.parametrize("value", [True, False])
+def test_a_bool_for_an_int_training_setting_is_refused(name: str, value: bool) -> None:
+    from tskd.config import from_dict
+    from tskd.errors import TskdInputError
+    from tskd.pipeline.settings_check import check_settings
+
+    with pytest.raises(TskdInputError) as err:  # as read from a YAML file
+        from_dict(RunConfig, {"teacher": {"train": {name: value}}})
+    assert str(err.value) == f"config: 'teacher.train.{name}' must be int, got {value}"
+    cfg = RunConfig()  # as built in code (the viewer's settings)
+    setattr(cfg.synth.train, name, value)
+    with pytest.raises(TskdInputError) as err:
+        check_settings(cfg)
+    assert str(err.value) == f"config: 'synth.train.{name}' must be int, got {value}"
+
+
+def test_int_fields_list_is_every_int_field_of_train_config() -> None:
+    import typing
+    from dataclasses import fields
+
+    from tskd.config import TrainConfig
+    from tskd.pipeline.settings_check import _INT_FIELDS
+
+    hints = typing.get_type_hints(TrainConfig)
+    ints = [f.name for f in fields(TrainConfig) if hints[f.name] in (int, int | None)]
+    assert sorted(ints) == sorted(_INT_FIELDS) == sorted(INT_FIELDS)
+
+
+@pytest.mark.parametrize(("section", "from_scratch"),
+                         [("student", False), ("distill", False), ("student", True)])
+def test_a_batch_norm_student_with_one_image_per_process_is_refused(
+        section: str, from_scratch: bool) -> None:
+    from tskd.errors import TskdInputError
+    from tskd.pipeline.settings_check import check_settings
+
+    cfg = RunConfig()
+    cfg.student.backbone = "mobilenetv3_small_050"  # timm's BatchNorm
+    cfg.student.from_scratch = from_scratch
+    getattr(cfg, section).train.batch_size = 1
+    with pytest.raises(TskdInputError) as err:
+        check_settings(cfg)
+    assert str(err.value) == (
+        f"config: '{section}.train.batch_size' is 1, but the CNN student ('student.backbone' "
+        "mobilenetv3_small_050) uses BatchNorm and needs at least 2 images per process batch; "
+        "set it to 2 or more (with fewer processes or grad_accum_steps to keep the global "
+        "batch)")
+
+
+def test_batch_of_one_passes_where_no_batch_norm_trains() -> None:
+    from tskd.pipeline.settings_check import check_settings
+
+    cfg = RunConfig()
+    cfg.student.backbone = "mobilenetv3_small_050"
+    cfg.student.from_scratch = True
+    cfg.distill.train.batch_size = 1  # distillation does not run from scratch
+    check_settings(cfg)
+    vit = RunConfig()
+    vit.student.architecture = "vit_tiny"  # LayerNorm only
+    vit.student.train.batch_size = vit.distill.train.batch_size = 1
+    check_settings(vit)
