@@ -30,13 +30,14 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-@pytest.mark.parametrize(("n", "steps"), [(6, 6), (10, 6), (7, 6)])
+@pytest.mark.parametrize(("n", "steps"), [(6, 6), (10, 6), (7, 6), (5, 3)])
 def test_accumulation_uses_every_micro_batch_as_the_larger_batch_does(
         tmp_path: Path, n: int, steps: int) -> None:
     from dist_workers import train_linear
 
     # 6 images: 3 micro-batches of 2 make 2 steps (2 + 1 micro-batches), as batch 4 does (4 + 2);
-    # 10: two whole steps of 4 (the last 2 dropped, as batch 4 drops them); 7: 4 + 3
+    # 10: two whole steps of 4 (the last 2 dropped, as batch 4 drops them); 7: 4 + 3;
+    # 5: one step of 2 + 3 (no micro-batch of 1), as batch 4 takes all 5 at once
     acc = train_linear(tmp_path, batch_size=2, accum=2, n=n)
     big = train_linear(tmp_path, batch_size=4, n=n)
     assert acc["steps"] == big["steps"] == steps  # 3 epochs
@@ -60,3 +61,20 @@ def test_accumulation_over_an_epoch_warns_in_one_line(tmp_path: Path) -> None:
     assert [str(w.message) for w in caught if "grad_accum" in str(w.message)] == [
         "linear: grad_accum_steps 5 is more than the 3 batch(es) of an epoch; each epoch is "
         "one optimiser step of 3"]
+
+
+def test_one_process_never_makes_a_micro_batch_of_one_image() -> None:
+    import torch
+
+    from tskd.distributed import ShardedBatches
+
+    def sizes(n: int, batch: int, accum: int = 1) -> list[int]:
+        return [len(b) for b in ShardedBatches(n, batch, torch.Generator().manual_seed(0),
+                                               accum=accum)]
+
+    # a BatchNorm student fails on a batch of 1: a last single image joins the batch before
+    assert sizes(5, 4) == [5] and sizes(3, 2) == [3] and sizes(7, 2, accum=2) == [2, 2, 3]
+    assert sizes(6, 4) == [4, 2] and sizes(10, 4) == [4, 4] and sizes(1, 4) == [1]
+    for n, batch, accum in [(5, 4, 1), (7, 2, 2), (9, 2, 3)]:
+        assert sorted(sum(ShardedBatches(n, batch, torch.Generator().manual_seed(0),
+                                         accum=accum), [])) == list(range(n))

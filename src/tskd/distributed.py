@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
 
-from tskd.errors import TskdError
+from tskd.errors import TskdError, TskdWarning
 
 T = TypeVar("T")
 
@@ -288,10 +289,6 @@ def accumulation(name: str, grad_accum_steps: int, micro_batches: int) -> int:
         TskdWarning: (main process) more steps asked than ``micro_batches``: one step an epoch.
     """
     if grad_accum_steps > micro_batches and is_main():
-        import warnings
-
-        from tskd.errors import TskdWarning
-
         warnings.warn(TskdWarning(
             f"{name}: grad_accum_steps {grad_accum_steps} is more than the {micro_batches} "
             f"batch(es) of an epoch; each epoch is one optimiser step of {micro_batches}"),
@@ -306,8 +303,9 @@ class ShardedBatches:
     shuffled ``DataLoader`` draws it, so one process gives the same batches as before.
     Global micro-batch ``j`` is ``perm[j*G:(j+1)*G]`` (``G = per_rank x ranks``), a step
     ``accum`` of them (``S = G x accum``). A set of two steps or more drops its last partial
-    step; a smaller one uses every image: partial at the end on one process, filled up from
-    the permutation's start on several. So a step's images are those of one batch of ``S``.
+    step; a smaller one uses every image: partial at the end on one process (a last
+    micro-batch of 1 joins the one before), filled up from the permutation's start on several.
+    So a step's images are those of one batch of ``S``.
 
     Args:
         n: images in the training set, at least 1.
@@ -324,15 +322,19 @@ class ShardedBatches:
         self.n, self.ranks, self.rank, self.generator = n, ranks, rank, generator
         self.batch_size = max(1, min(batch_size, math.ceil(n / ranks)))
         self.global_batch = self.batch_size * ranks
-        self.step_images = self.global_batch * max(1, accum)
-        self.drop_last = n >= 2 * self.step_images
+        g, step = self.global_batch, self.global_batch * max(1, accum)
+        self.drop_last = n >= 2 * step
+        if self.drop_last or ranks > 1:  # whole steps (the last filled up on several)
+            count = (n // step if self.drop_last else -(-n // step)) * max(1, accum)
+            self.bounds = [(j * g, (j + 1) * g) for j in range(count)]
+        else:  # every image; a last micro-batch of 1 joins the one before (BatchNorm needs 2)
+            self.bounds = [(j, min(n, j + g)) for j in range(0, n, g)]
+            if len(self.bounds) > 1 and self.bounds[-1][1] - self.bounds[-1][0] == 1:
+                self.bounds[-2:] = [(self.bounds[-2][0], n)]
         self.skip = 0  # micro-batches of the next epoch to leave out (a mid-epoch resume)
 
     def __len__(self) -> int:
-        steps = self.n // self.step_images if self.drop_last else -(-self.n // self.step_images)
-        if self.drop_last or self.ranks > 1:  # whole steps (the last filled up on several)
-            return steps * (self.step_images // self.global_batch)
-        return math.ceil(self.n / self.global_batch)
+        return len(self.bounds)
 
     def share(self, j: int, first: int, count: int) -> float:
         """Micro-batch ``j``'s images over its step's (``count`` from ``first``): its loss weight.
@@ -343,23 +345,21 @@ class ShardedBatches:
             count: the step's micro-batches.
 
         Returns:
-            In (0, 1]; ``1 / count`` unless one process's last micro-batch is partial.
+            In (0, 1]; ``1 / count`` unless the step's micro-batches differ in size.
         """
-        if self.ranks > 1 or self.drop_last:
-            return 1.0 / count
-        g = self.global_batch
-        sizes = [min(g, self.n - k * g) for k in range(first + count)]
-        return sizes[j] / sum(sizes[first:first + count])
+        sizes = [end - start for start, end in self.bounds[first:first + count]]
+        return sizes[j - first] / sum(sizes)
 
     def __iter__(self) -> Iterator[list[int]]:
         perm = torch.randperm(self.n, generator=self.generator).tolist()
         skip, self.skip = self.skip, 0
-        size = len(self) * self.global_batch
-        if size > self.n and self.ranks > 1:
+        size = self.bounds[-1][1]
+        if size > self.n:  # several processes: the last step filled up
             perm = (perm + perm * math.ceil(size / self.n))[:size]
-        for j in range(skip, len(self)):
-            chunk = perm[j * self.global_batch:(j + 1) * self.global_batch]
-            yield chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        for start, end in self.bounds[skip:]:
+            chunk = perm[start:end]
+            b, r = self.batch_size, self.rank
+            yield chunk if self.ranks == 1 else chunk[r * b:(r + 1) * b]
 
 
 class SeededItems(torch.utils.data.Dataset):
