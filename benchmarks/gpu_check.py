@@ -19,9 +19,12 @@ speed. Then, with mixed precision ``auto`` (bf16 where supported, else fp16; non
 - every preset of ``napari_tskd/_presets.py``: "fits" when the measured peak of its model,
   size and batch is below its ``min_free_gb``; "not measured" for another model or device.
 
-Writes ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (default benchmarks/results/).
-``--tiny``: the CPU, a tiny SAM (``MiniSamConfig.tiny()``) at 64 pixels, 1 step, batch search
-up to 4: it checks that the script runs (tests/test_scaling.py), not the figures.
+Writes ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (default benchmarks/results/, where
+the GPU figures go) and prints where, with one line per stage. Without a CUDA GPU it refuses
+(exit code 2) unless ``--tiny``: the CPU, a tiny SAM (``MiniSamConfig.tiny()``) at 64 pixels,
+1 step, batch search up to 4: it checks that the script runs (tests/test_scaling.py), not the
+figures, and writes into ``--out`` or else a new temporary folder, never into
+benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -202,7 +205,8 @@ def student_runs(teacher_dir: Path, size: int, steps: int, device: str, out: Pat
                          student, int(teacher.input_size), teacher_id(teacher_dir),
                          out / "cache")
     rows.append({"stage": "distill", "size": size, "batch_size": 2, "steps": result.steps,
-                 "peak_gb": round(m.peak_gb, 3), "seconds": round(m.seconds, 2)})
+                 "peak_gb": round(m.peak_gb, 3), "seconds": round(m.seconds, 2),
+                 "steps_per_s": round(result.steps / max(result.seconds, 1e-9), 3)})
     with Meter(device) as m:
         result, _ = finetune_student(student, samples, [], scfg, size)
     rows.append({"stage": "student", "size": size, "batch_size": 2, "steps": result.steps,
@@ -238,26 +242,48 @@ def check_presets(rows: list[dict[str, Any]], model_type: str, device: str) -> l
     return out
 
 
+def _speed(row: dict[str, Any]) -> str:
+    if "images_per_s" in row:
+        return f"{row['images_per_s']} images/s"
+    return f"{row['steps_per_s']} steps/s" if "steps_per_s" in row else "-"
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """The report as a markdown page."""
+    """The report as a markdown page: one unit per column, "-" where nothing was measured."""
     what = ("a tiny SAM (MiniSamConfig.tiny), random weights" if report["tiny"] else
             f"SAM {report['model_type']}, random weights in the official checkpoint format")
     lines = [f"# GPU check ({report['device_name']})", "",
              f"{what}; mixed precision auto; torch {report['torch']}. Memory: "
              f"{report['memory']}.", "",
-             "| stage | size | batch | steps/s or images/s | peak GB | largest batch |",
+             "| stage | size (px) | batch | speed | peak memory (GB) | largest batch |",
              "|---|---|---|---|---|---|"]
     for r in report["stages"]:
-        speed = r.get("steps_per_s", r.get("images_per_s", ""))
         name = r["stage"] + (" + checkpointing" if r.get("gradient_checkpointing") else "")
-        lines.append(f"| {name} | {r['size']} | {r.get('batch_size', '')} | {speed} | "
-                     f"{r['peak_gb']} | {r.get('largest_batch', '')} |")
-    lines += ["", "| preset | model | size | batch | min free GB | measured peak GB | verdict |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(f"| {name} | {r['size']} | {_or_dash(r.get('batch_size'))} | "
+                     f"{_speed(r)} | {r['peak_gb']:.3f} | {_or_dash(r.get('largest_batch'))} |")
+    lines += ["", "| preset | model | size (px) | batch | min free (GB) | measured peak (GB) | "
+              "verdict |", "|---|---|---|---|---|---|---|"]
     for p in report["presets"]:
         lines.append(f"| {p['preset']} | {p['model_type']} | {p['size']} | {p['batch_size']} | "
-                     f"{p['min_free_gb']} | {p['measured_peak_gb']} | {p['verdict']} |")
+                     f"{_or_dash(p['min_free_gb'])} | {_or_dash(p['measured_peak_gb'])} | "
+                     f"{p['verdict']} |")
     return "\n".join(lines) + "\n"
+
+
+def summary(report: dict[str, Any], out: Path) -> str:
+    """What ``main`` prints: where it wrote, then one line per stage."""
+    lines = [f"gpu_check: wrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'} "
+             f"({report['device_name']}{', tiny smoke test' if report['tiny'] else ''})"]
+    for r in report["stages"]:
+        name = r["stage"] + (" + checkpointing" if r.get("gradient_checkpointing") else "")
+        largest = f", largest batch {r['largest_batch']}" if "largest_batch" in r else ""
+        lines.append(f"  {name} {r['size']} px: {_speed(r)}, peak {r['peak_gb']:.3f} GB"
+                     f"{largest}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -268,6 +294,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     Returns:
         The report (also written as JSON and markdown).
+
+    Raises:
+        SystemExit: code 2 without ``--tiny`` on a machine without a CUDA GPU (one line).
     """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny SAM, 1 step (a smoke test)")
@@ -277,9 +306,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--student-size", type=int, help="the student's (and its teacher's) size")
     ap.add_argument("--checkpointing", action="store_true",
                     help="also the teacher with gradient checkpointing at each size")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, help="the folder written (default: benchmarks/results/; "
+                    "with --tiny a new temporary folder)")
     args = ap.parse_args(argv)
-    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    if not args.tiny and not torch.cuda.is_available():
+        print("gpu_check: no CUDA GPU found (torch.cuda.is_available() is False); run it on a "
+              "machine with one, or pass --tiny for a CPU smoke test", file=sys.stderr)
+        raise SystemExit(2)
+    device = "cpu" if args.tiny else "cuda"
+    out = args.out or (Path(tempfile.mkdtemp(prefix="gpu_check_tiny_")) if args.tiny
+                       else RESULTS)
     sizes = args.sizes or ([64] if args.tiny else [256, 512, 1024])
     steps = args.steps or (1 if args.tiny else 5)
     limit = args.max_batch or (4 if args.tiny else 64)
@@ -308,9 +344,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else "the process's peak resident memory (ru_maxrss)",
         "stages": rows, "presets": check_presets(rows, model_type, device),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
-    (args.out / "gpu_check.md").write_text(markdown(report))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+    (out / "gpu_check.md").write_text(markdown(report))
+    print(summary(report, out))
     return report
 
 

@@ -25,8 +25,9 @@ class LinearTask:
 
     name = "linear"
 
-    def __init__(self, nan_on_rank: int | None = None) -> None:
+    def __init__(self, nan_on_rank: int | None = None, n: int = 32) -> None:
         torch.manual_seed(0)
+        self.n = n  # points used: the first n of the 32
         self.model = nn.Linear(4, 1)
         self.nan_on_rank = nan_on_rank  # this rank's loss is NaN from step 3 on
 
@@ -34,7 +35,7 @@ class LinearTask:
         g = torch.Generator().manual_seed(1)
         x = torch.randn(32, 4, generator=g)
         y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
-        return torch.utils.data.TensorDataset(x, y)
+        return torch.utils.data.TensorDataset(x[:self.n], y[:self.n])
 
     def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         from tskd import distributed
@@ -54,7 +55,7 @@ def train_linear(out_dir: Path, batch_size: int, ckpt: str | None = None,
                  resume: bool = False, cancel_at: int | None = None,
                  kill_at: int | None = None, stop_at: int | None = None,
                  accum: int = 1, epochs: int = 3,
-                 nan_on_rank: int | None = None) -> dict[str, Any]:
+                 nan_on_rank: int | None = None, n: int = 32) -> dict[str, Any]:
     """Train ``LinearTask``; optionally cancel, SIGKILL or early-stop on rank 0 at a step."""
     import signal
 
@@ -89,7 +90,7 @@ def train_linear(out_dir: Path, batch_size: int, ckpt: str | None = None,
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.05, device="cpu",
                       warmup_fraction=0.0, grad_accum_steps=accum)
-    task = LinearTask(nan_on_rank)
+    task = LinearTask(nan_on_rank, n)
     control = RunControl(progress, token, resume, Path(ckpt) if ckpt else None)
     try:
         result = train(task, cfg, control=control, callbacks=[StopOnMain()])
@@ -137,7 +138,46 @@ def finetune(out_dir: Path, batch_size: int, epochs: int = 2,
     return {"weights": _weights(student), "history": result.history, "steps": result.steps}
 
 
-JOBS: dict[str, Callable[..., dict[str, Any]]] = {"linear": train_linear, "finetune": finetune}
+def ddpm(out_dir: Path, steps: int, batch_size: int, accum: int = 1) -> dict[str, Any]:
+    """Stage 2's diffusion model (``train_ddpm``), tiny: ``steps`` optimiser steps asked."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from tskd.config import SynthConfig
+    from tskd.models.diffusion import prepare_images
+    from tskd.training.diffusion import train_ddpm
+
+    cfg = SynthConfig(resolution=16, base_channels=8, n_images=2, sample_steps=2)
+    cfg.train = replace(cfg.train, epochs=steps, max_steps=steps, batch_size=batch_size,
+                        grad_accum_steps=accum, lr=2e-3, device="cpu")
+    rng = np.random.default_rng(0)
+    images = prepare_images([rng.integers(0, 255, (16, 16), dtype=np.uint8) for _ in range(3)],
+                            16)
+    _, _, result = train_ddpm(images, cfg)
+    return {"steps": result.steps}
+
+
+def pretrain(out_dir: Path, steps: int, batch_size: int, accum: int = 1) -> dict[str, Any]:
+    """``pretrain-mini`` (tiny architecture): ``steps`` optimiser steps asked."""
+    from dataclasses import replace
+
+    from tskd.models.mini_sam import MiniSamConfig
+    from tskd.training.pretrain import pretrain_mini
+    from tskd.training.pretrain_config import PretrainConfig
+
+    cfg = PretrainConfig(masks_per_image=2, image_size=64, steps_per_checkpoint=10)
+    cfg.train = replace(cfg.train, batch_size=batch_size, grad_accum_steps=accum, lr=2e-3,
+                        device="cpu")
+    cfg.train.set_steps(steps, cfg.steps_per_checkpoint)
+    from tskd import distributed as dist
+
+    report = pretrain_mini(cfg, out_dir / f"out{dist.rank()}", arch=MiniSamConfig.tiny())
+    return {"steps": report["steps"]}
+
+
+JOBS: dict[str, Callable[..., dict[str, Any]]] = {"linear": train_linear, "finetune": finetune,
+                                                  "ddpm": ddpm, "pretrain": pretrain}
 
 
 def _worker(index: int, world: int, port: int, job: str, out_dir: str,

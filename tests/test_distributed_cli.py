@@ -92,3 +92,15 @@ def test_demo_under_a_launcher_is_refused_in_one_line(rank_1_of_2: None) -> None
     assert str(err.value) == ("tskd demo runs on one process; start it without torchrun or "
                               "accelerate launch")
     assert ran == [] and job.rank_note() == " (rank 1)"
+
+
+def test_the_ctrl_c_line_names_the_rank_on_other_ranks(rank_1_of_2: None) -> None:
+    from tskd.apps.job import stop_note
+
+    assert stop_note() == "\ntskd (rank 1): stopping at the next step (Ctrl-C again to abort now)"
+
+
+def test_the_ctrl_c_line_of_one_process_is_unchanged() -> None:
+    from tskd.apps.job import stop_note
+
+    assert stop_note() == "\ntskd: stopping at the next step (Ctrl-C again to abort now)"

@@ -160,3 +160,72 @@ def test_fingerprint_is_that_of_the_global_batch_on_any_number_of_processes(
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: 2 x 2 = the same 4
     assert _settings_fp(two.student) == alone
     assert _settings_fp(one.student)["train"]["batch_size"] == 8  # 2 x 4: another run
+
+
+def _gpu_check(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202 - the script's module
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("gpu_check", None)
+    import gpu_check
+
+    return gpu_check
+
+
+def test_gpu_check_tiny_writes_into_a_temporary_folder_and_says_where(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import tempfile
+
+    gpu_check = _gpu_check(monkeypatch)
+    results = tmp_path / "results"  # stands for benchmarks/results/
+    monkeypatch.setattr(gpu_check, "RESULTS", results)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    torch.set_num_threads(1)
+    report = gpu_check.main(["--tiny", "--max-batch", "1"])
+    assert not results.exists()  # the GPU results are never replaced by a smoke test
+    (written,) = (tmp_path / "tmp").iterdir()
+    assert written.name.startswith("gpu_check_tiny_")
+    assert json.loads((written / "gpu_check.json").read_text()) == report
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"gpu_check: wrote {written / 'gpu_check.json'} and "
+                               f"{written / 'gpu_check.md'} (")
+    assert lines[0].endswith(", tiny smoke test)")
+    assert [ln.split(":")[0].strip() for ln in lines[1:]] == [
+        "teacher 64 px", "distill 64 px", "student 64 px", "predict 64 px"]
+    assert "steps/s, peak " in lines[1] and lines[1].endswith("largest batch 1")
+    assert "images/s, peak " in lines[4]
+
+
+def test_gpu_check_without_a_gpu_refuses_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    gpu_check = _gpu_check(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main(["--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "gpu_check: no CUDA GPU found (torch.cuda.is_available() is False); run it on a "
+        "machine with one, or pass --tiny for a CPU smoke test\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_markdown_has_one_unit_per_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu_check = _gpu_check(monkeypatch)
+    report = {"tiny": False, "model_type": "vit_b", "device_name": "H200", "torch": "2",
+              "memory": "torch.cuda.max_memory_allocated",
+              "stages": [{"stage": "teacher", "size": 256, "batch_size": 2, "steps": 5,
+                          "peak_gb": 3.5, "steps_per_s": 4.2, "largest_batch": 16},
+                         {"stage": "distill", "size": 256, "batch_size": 2, "steps": 5,
+                          "peak_gb": 1.25, "seconds": 2.0, "steps_per_s": 2.5},
+                         {"stage": "predict", "size": 256, "images": 32, "peak_gb": 0.5,
+                          "images_per_s": 40.0}],
+              "presets": [{"preset": "cpu", "model_type": "mini", "size": 256,
+                           "batch_size": 2, "min_free_gb": None, "measured_peak_gb": None,
+                           "verdict": "not measured"}]}
+    rows = [ln for ln in gpu_check.markdown(report).splitlines() if ln.startswith("| ")]
+    assert rows == [
+        "| stage | size (px) | batch | speed | peak memory (GB) | largest batch |",
+        "| teacher | 256 | 2 | 4.2 steps/s | 3.500 | 16 |",
+        "| distill | 256 | 2 | 2.5 steps/s | 1.250 | - |",
+        "| predict | 256 | - | 40.0 images/s | 0.500 | - |",
+        "| preset | model | size (px) | batch | min free (GB) | measured peak (GB) | verdict |",
+        "| cpu | mini | 256 | 2 | - | - | not measured |"]

@@ -78,7 +78,7 @@ def synth_config(data: dict[str, Any], where: str) -> dict[str, Any]:
     return data
 
 
-def flat_synth(synth: dict[str, Any], steps: int) -> dict[str, Any]:
+def flat_synth(synth: dict[str, Any], steps: int, processes: int = 1) -> dict[str, Any]:
     """A ``synth`` section in the flat shape it had before ``train``.
 
     The shape the transfer set's fingerprints read, so runs and diffusion models of earlier
@@ -87,15 +87,19 @@ def flat_synth(synth: dict[str, Any], steps: int) -> dict[str, Any]:
     Args:
         synth: the section as a dict (``tskd.config.to_dict``), with ``train``.
         steps: the optimiser steps it trains (``TrainConfig.total_steps``).
+        processes: the processes of the job (``tskd.distributed.world_size``; default 1).
 
     Returns:
-        The section with ``train_steps`` (= ``steps``), ``batch_size``, ``lr`` and ``seed`` at
-        the top (the device left out), and, under ``train``, those of ``SYNTH_FIXED`` that
-        differ from the values they had.
+        The section with ``train_steps`` (= ``steps``), ``batch_size`` (the global batch:
+        ``train.batch_size x train.grad_accum_steps x processes``, so one process without
+        accumulation gives the value of earlier versions), ``lr`` and ``seed`` at the top (the
+        device and the accumulation left out), and, under ``train``, those of ``SYNTH_FIXED``
+        that differ from the values they had.
     """
     flat = dict(synth)
     train = flat.pop("train")
     flat |= {"train_steps": steps, **{k: train[k] for k in ("batch_size", "lr", "seed")}}
+    flat["batch_size"] *= int(train.get("grad_accum_steps", 1) or 1) * max(1, processes)
     changed = {k: train[k] for k, v in SYNTH_FIXED.items() if train[k] != v}
     return flat | ({"train": changed} if changed else {})
 

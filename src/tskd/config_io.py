@@ -70,7 +70,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             with contextlib.suppress(ValueError):
                 return float(value)
         raise TskdInputError(f"config: '{where}' must be a number, got {value!r}")
-    if tp in (int, str, bool) and not isinstance(value, tp):
+    # YAML's true / false are Python bools, which are ints too: never taken as a number
+    if tp in (int, str, bool) and (not isinstance(value, tp) or
+                                   (tp is int and isinstance(value, bool))):
         raise TskdInputError(f"config: '{where}' must be {tp.__name__}, got {value!r}")
     return value
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
 
-from tskd.errors import TskdError
+from tskd.errors import TskdError, TskdWarning
 
 T = TypeVar("T")
 
@@ -259,14 +260,52 @@ def as_rank(stage: Callable[[], dict[str, Any]], what: str,
     return {}
 
 
+def images_per_epoch(batch_size: int, grad_accum_steps: int, steps: int) -> int:
+    """Items for ``steps`` optimiser steps of the global batch (stages counted in steps).
+
+    Args:
+        batch_size: images per process and micro-batch (``TrainConfig.batch_size``).
+        grad_accum_steps: micro-batches per optimiser step (``TrainConfig.grad_accum_steps``).
+        steps: optimiser steps in the epoch.
+
+    Returns:
+        ``batch_size x world_size() x grad_accum_steps x steps``.
+    """
+    return batch_size * world_size() * max(1, grad_accum_steps) * steps
+
+
+def accumulation(name: str, grad_accum_steps: int, micro_batches: int) -> int:
+    """Micro-batches per optimiser step: ``grad_accum_steps``, at most an epoch's.
+
+    Args:
+        name: the stage's name, for the warning.
+        grad_accum_steps: ``TrainConfig.grad_accum_steps`` (>= 1).
+        micro_batches: micro-batches in one epoch on this rank (``len(ShardedBatches)``).
+
+    Returns:
+        ``min(grad_accum_steps, micro_batches)``, at least 1.
+
+    Warns:
+        TskdWarning: (main process) more steps asked than ``micro_batches``: one step an epoch.
+    """
+    if grad_accum_steps > micro_batches and is_main():
+        warnings.warn(TskdWarning(
+            f"{name}: grad_accum_steps {grad_accum_steps} is more than the {micro_batches} "
+            f"batch(es) of an epoch; each epoch is one optimiser step of {micro_batches}"),
+            stacklevel=3)
+    return max(1, min(grad_accum_steps, micro_batches))
+
+
 class ShardedBatches:
     """Per-rank index batches of one epoch; a ``torch`` batch sampler (see the module docstring).
 
     The epoch's order is ``torch.randperm(n, generator=generator)`` at each ``iter``, as a
     shuffled ``DataLoader`` draws it, so one process gives the same batches as before.
-    Global micro-batch ``j`` is ``perm[j*G:(j+1)*G]`` with ``G = per_rank x ranks``; the last is
-    dropped when the set holds at least two global batches, else kept: partial on one process,
-    filled up from the start of the permutation on several (every rank must take as many steps).
+    Global micro-batch ``j`` is ``perm[j*G:(j+1)*G]`` (``G = per_rank x ranks``), a step
+    ``accum`` of them (``S = G x accum``). A set of two steps or more drops its last partial
+    step; a smaller one uses every image: partial at the end on one process (a last
+    micro-batch of 1 joins the one before), filled up from the permutation's start on several.
+    So a step's images are those of one batch of ``S``.
 
     Args:
         n: images in the training set, at least 1.
@@ -275,29 +314,52 @@ class ShardedBatches:
         generator: the engine's data-order generator, seeded per epoch (same on every rank).
         ranks: processes in the job (``world_size()``).
         rank: this process's rank.
+        accum: micro-batches per optimiser step (``TrainConfig.grad_accum_steps``; default 1).
     """
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator, ranks: int = 1,
-                 rank: int = 0) -> None:
+                 rank: int = 0, accum: int = 1) -> None:
         self.n, self.ranks, self.rank, self.generator = n, ranks, rank, generator
         self.batch_size = max(1, min(batch_size, math.ceil(n / ranks)))
         self.global_batch = self.batch_size * ranks
-        self.drop_last = n >= 2 * self.global_batch
+        g, step = self.global_batch, self.global_batch * max(1, accum)
+        self.drop_last = n >= 2 * step
+        if self.drop_last or ranks > 1:  # whole steps (the last filled up on several)
+            count = (n // step if self.drop_last else -(-n // step)) * max(1, accum)
+            self.bounds = [(j * g, (j + 1) * g) for j in range(count)]
+        else:  # every image; a last micro-batch of 1 joins the one before (BatchNorm needs 2)
+            self.bounds = [(j, min(n, j + g)) for j in range(0, n, g)]
+            if len(self.bounds) > 1 and self.bounds[-1][1] - self.bounds[-1][0] == 1:
+                self.bounds[-2:] = [(self.bounds[-2][0], n)]
         self.skip = 0  # micro-batches of the next epoch to leave out (a mid-epoch resume)
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.n // self.global_batch
-        return math.ceil(self.n / self.global_batch)
+        return len(self.bounds)
+
+    def share(self, j: int, first: int, count: int) -> float:
+        """Micro-batch ``j``'s images over its step's (``count`` from ``first``): its loss weight.
+
+        Args:
+            j: the micro-batch's index in the epoch.
+            first: the step's first micro-batch.
+            count: the step's micro-batches.
+
+        Returns:
+            In (0, 1]; ``1 / count`` unless the step's micro-batches differ in size.
+        """
+        sizes = [end - start for start, end in self.bounds[first:first + count]]
+        return sizes[j - first] / sum(sizes)
 
     def __iter__(self) -> Iterator[list[int]]:
         perm = torch.randperm(self.n, generator=self.generator).tolist()
         skip, self.skip = self.skip, 0
-        for j in range(skip, len(self)):
-            chunk = perm[j * self.global_batch:(j + 1) * self.global_batch]
-            if len(chunk) < self.global_batch and self.ranks > 1:
-                chunk = (chunk + perm * math.ceil(self.global_batch / self.n))[:self.global_batch]
-            yield chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        size = self.bounds[-1][1]
+        if size > self.n:  # several processes: the last step filled up
+            perm = (perm + perm * math.ceil(size / self.n))[:size]
+        for start, end in self.bounds[skip:]:
+            chunk = perm[start:end]
+            b, r = self.batch_size, self.rank
+            yield chunk if self.ranks == 1 else chunk[r * b:(r + 1) * b]
 
 
 class SeededItems(torch.utils.data.Dataset):

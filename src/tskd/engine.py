@@ -11,9 +11,8 @@ they were before its batch, so a resumed run takes the same data order, augmenta
 dropout draws as an uninterrupted one and ends with the same weights, bit for bit on the CPU.
 What one stage needs beside the loop is a ``Callback`` (``tskd.callbacks``: the progress
 report, the cancel flag, the ``RunControl`` that carries them with the checkpoint folder, and
-the hooks); the device and mixed precision are chosen by
-``tskd.device``. This module re-exports their public names and ``clear_checkpoint``
-(``__all__``), so a stage imports the engine's API from here alone.
+the hooks); ``tskd.device`` chooses the device and mixed precision. This module re-exports
+their public names and ``clear_checkpoint`` (``__all__``): a stage imports from here alone.
 
 On several processes (``torchrun``, ``accelerate launch``; ``tskd.distributed``) the same
 code runs on every rank: each trains on its share of every global batch (``batch_size`` is
@@ -107,7 +106,7 @@ class _Run:
     loader: DataLoader
     sampler: dist.ShardedBatches  # this rank's share of each global batch
     steps_per_epoch: int
-    accum: int  # micro-batches per optimiser step (cfg.grad_accum_steps, at most per epoch)
+    accum: int  # micro-batches per optimiser step (at most per epoch; the last: what is left)
     generator: torch.Generator  # the data order: seeded at every epoch
     state: TrainState
     ckpt: Checkpoint | None
@@ -145,12 +144,12 @@ def _prepare(task: TrainingTask, cfg: TrainConfig, checkpoint_dir: str | Path | 
         raise TskdError(f"{task.name}: no training data")
     generator = torch.Generator()
     sampler = dist.ShardedBatches(len(dataset), cfg.batch_size, generator, dist.world_size(),
-                                  dist.rank())
+                                  dist.rank(), cfg.grad_accum_steps)
     # the loader draws its base seed from ``generator`` too, so the global streams stay untouched
     loader = DataLoader(dist.SeededItems(dataset), batch_sampler=sampler, generator=generator,
                         collate_fn=collate_fn or torch.utils.data.default_collate)
-    accum = max(1, min(cfg.grad_accum_steps, len(loader)))
-    steps_per_epoch = len(loader) // accum
+    accum = dist.accumulation(task.name, cfg.grad_accum_steps, len(loader))
+    steps_per_epoch = math.ceil(len(loader) / accum)  # a last partial step still steps
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
@@ -257,13 +256,14 @@ def _forward_backward(run: _Run, batch: Any, share: float, sync: bool) -> dict[s
     return {k: float(v.detach()) * share for k, v in losses.items()}
 
 
-def _optimiser_step(run: _Run, batches: list[Any], sums: dict[str, float]) -> None:
+def _optimiser_step(run: _Run, batches: list[Any], sums: dict[str, float], first: int) -> None:
     """Forward and backward of each micro-batch, one optimiser step; callbacks and progress."""
     state, accelerator = run.state, run.accelerator
     run.optimizer.zero_grad(set_to_none=True)
     logs: dict[str, float] = {}
     for j, batch in enumerate(batches):
-        part = _forward_backward(run, batch, 1.0 / len(batches), j == len(batches) - 1)
+        part = _forward_backward(run, batch, run.sampler.share(first + j, first, len(batches)),
+                                 j == len(batches) - 1)  # weighted by images: as one batch
         logs = {k: logs.get(k, 0.0) + v for k, v in part.items()}
     if run.cfg.grad_clip:
         accelerator.clip_grad_norm_(run.params, run.cfg.grad_clip)
@@ -308,7 +308,8 @@ def _run_epoch(run: _Run, epoch: int) -> None:
             _save(run, epoch, i, rng)
             raise Cancelled(
                 f"{run.task.name}: cancelled at step {state.step}/{state.total}; resume to go on")
-        _optimiser_step(run, [next(batches) for _ in range(run.accum)], sums)
+        count = min(run.accum, len(run.loader) - i * run.accum)  # the last step: the rest
+        _optimiser_step(run, [next(batches) for _ in range(count)], sums, i * run.accum)
         if state.stop:
             break
     run.skip_batches, run.resume_rng = 0, None

@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_sigint(signum: int, frame: Any) -> None:
         if cancel.cancelled:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
-        print("\ntskd: stopping at the next step (Ctrl-C again to abort now)", file=sys.stderr)
+        print(job.stop_note(), file=sys.stderr)
         cancel.cancel()
 
     previous = signal.signal(signal.SIGINT, on_sigint)

@@ -99,3 +99,13 @@ def rank_note() -> str:
     from tskd import distributed
 
     return f" (rank {distributed.rank()})" if distributed.following() else ""
+
+
+def stop_note() -> str:
+    """The line a first Ctrl-C prints, tagged with the rank on a job's other ranks.
+
+    Returns:
+        A new line, then "tskd: stopping at the next step (Ctrl-C again to abort now)", with
+        " (rank N)" after "tskd" on rank N > 0 of a ``torchrun`` / ``accelerate launch`` job.
+    """
+    return f"\ntskd{rank_note()}: stopping at the next step (Ctrl-C again to abort now)"

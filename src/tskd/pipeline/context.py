@@ -25,6 +25,7 @@ import numpy as np
 from tskd.config import RunConfig
 from tskd.errors import TskdInputError
 from tskd.pipeline import markers
+from tskd.pipeline.batches import stage_batches
 from tskd.pipeline.markers import checkpoint_inputs, fingerprint, mark_done, stage_done
 from tskd.pipeline.run_folder import RunPaths, check_run_dir_inputs, writing
 from tskd.pipeline.settings_check import check_settings
@@ -163,6 +164,7 @@ class StageRun:
         done: the recorded result, with ``"skipped": True``, when the stage was already done
             with this fingerprint; None when it runs.
         started: ``time.perf_counter()`` at the start, seconds.
+        batches: how the global batches it depends on are split (``pipeline.batches``).
     """
 
     folder: Path
@@ -171,6 +173,7 @@ class StageRun:
     resume: bool
     done: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)
+    batches: dict[str, list[int]] | None = None
 
     def checkpoint_dir(self) -> Path:
         """Return the checkpoint folder, with this run's fingerprint recorded in it.
@@ -187,7 +190,7 @@ class StageRun:
         """
         if self.checkpoints is None:
             raise ValueError(f"the stage writing {self.folder} keeps no checkpoint")
-        return checkpoint_inputs(self.checkpoints, self.fingerprint, self.resume)
+        return checkpoint_inputs(self.checkpoints, self.fingerprint, self.resume, self.batches)
 
     def seconds(self) -> float:
         """Return the wall-clock seconds since the stage started (``time.perf_counter``)."""
@@ -346,7 +349,8 @@ class StageContext:
         Returns:
             The ``StageRun``; its ``done`` is set when the stage was skipped.
         """
-        run = StageRun(folder, fp, checkpoints, self.resume)
+        run = StageRun(folder, fp, checkpoints, self.resume,
+                       batches=stage_batches(self.cfg, checkpoints.name) if checkpoints else None)
         if not redo and stage_done(folder, fp):
             run.done = markers.read_result(folder) | {"skipped": True}
             return run

@@ -10,12 +10,12 @@ folders they wrote are still taken as done.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, SynthConfig, to_dict
 from tskd.config_compat import LEGACY_STUDENT, flat_synth
+from tskd.pipeline.batches import processes
 from tskd.pipeline.context import StageContext, data_files
 from tskd.pipeline.markers import files_fingerprint, fingerprint
 
@@ -37,8 +37,7 @@ def _settings_fp(section: Any) -> dict[str, Any]:
     # the global batch, however split: processes (WORLD_SIZE, set by torchrun / accelerate
     # launch: tskd.distributed) x batch_size x accumulation; one process without accumulation
     # keeps the fingerprints of earlier versions (read without importing torch)
-    processes = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
-    train["batch_size"] *= int(train.pop("grad_accum_steps", 1) or 1) * processes
+    train["batch_size"] *= int(train.pop("grad_accum_steps", 1) or 1) * processes()
     settings = to_dict(section)
     settings.pop("gradient_checkpointing", None)  # the same result, with less memory
     return settings | {"train": train}
@@ -80,10 +79,10 @@ def synth_settings(synth: SynthConfig) -> dict[str, Any]:
 
     Returns:
         The section in the flat shape it had before ``synth.train``
-        (``tskd.config_compat.flat_synth``; not the device), so runs of earlier versions keep
-        their fingerprints.
+        (``tskd.config_compat.flat_synth``; not the device; the global batch of this job's
+        processes), so single-process runs of earlier versions keep their fingerprints.
     """
-    return flat_synth(to_dict(synth), synth.train.total_steps(SYNTH_EPOCH_STEPS))
+    return flat_synth(to_dict(synth), synth.train.total_steps(SYNTH_EPOCH_STEPS), processes())
 
 
 def synth_fp(cfg: RunConfig, data_fp: str) -> str:

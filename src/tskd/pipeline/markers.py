@@ -92,7 +92,8 @@ def mark_started(folder: Path) -> None:
     (folder / MARKER).unlink(missing_ok=True)
 
 
-def checkpoint_inputs(folder: Path, fp: str, resume: bool) -> Path:
+def checkpoint_inputs(folder: Path, fp: str, resume: bool,
+                      batches: dict[str, list[int]] | None = None) -> Path:
     """Record ``fp`` beside a stage's checkpoint (``inputs.json``) and return ``folder``.
 
     ``resume`` refuses a checkpoint recorded for other inputs (other labelled data, another
@@ -103,27 +104,41 @@ def checkpoint_inputs(folder: Path, fp: str, resume: bool) -> Path:
         folder: the stage's checkpoint folder (``RunPaths.checkpoints``).
         fp: the fingerprint of the stage's inputs (16 hex digits).
         resume: the run continues from the checkpoint.
+        batches: how each stage's global batch is split in this job
+            (``tskd.pipeline.batches.stage_batches``), recorded so a refusal names the one
+            that changed; None records none.
 
     Returns:
-        ``folder``, holding ``inputs.json`` with ``fp``.
+        ``folder``, holding ``inputs.json`` with ``fp`` (and ``batches``).
 
     Raises:
         RunFolderError: ``resume``, the folder holds a checkpoint (``ckpt*``) and its
-            ``inputs.json`` records another fingerprint (or cannot be read).
+            ``inputs.json`` records another fingerprint (or cannot be read); the message
+            names the stage whose global batch changed when that is the difference.
         DiskFullError: the disk is full while ``inputs.json`` is written.
     """
     record = folder / "inputs.json"
     if resume and any(folder.glob("ckpt*")) and record.is_file():
         try:
-            recorded = json.loads(record.read_text()).get("fingerprint")
+            saved = json.loads(record.read_text())
+            recorded, then = saved.get("fingerprint"), saved.get("batches")
         except (OSError, ValueError, AttributeError):
-            recorded = None
+            recorded, then = None, None
         if recorded != fp:
+            from tskd.pipeline.batches import batch_difference
+
+            changed = batch_difference(then, batches or {})
+            if changed is not None:
+                raise RunFolderError(
+                    f"cannot resume the checkpoint in {folder}: {changed}; every stage's global "
+                    "batch (batch_size x grad_accum_steps x processes) must stay the same, so "
+                    "scale that stage's batch_size or grad_accum_steps, or run again without "
+                    "--resume to start over")
             raise RunFolderError(
                 f"cannot resume: the checkpoint in {folder} was made from other inputs (data, "
                 "teacher or settings changed since); run again without --resume to start over"
             )
-    atomic.write_json(record, {"fingerprint": fp})
+    atomic.write_json(record, {"fingerprint": fp} | ({"batches": batches} if batches else {}))
     return folder
 
 

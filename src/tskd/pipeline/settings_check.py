@@ -9,6 +9,7 @@ touched (``tskd.pipeline.context.writes`` calls ``check_settings``).
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 from tskd.config import RunConfig, TrainConfig
 from tskd.errors import TskdInputError, TskdWarning
@@ -16,7 +17,15 @@ from tskd.errors import TskdInputError, TskdWarning
 TRAINED_SECTIONS = ("teacher", "synth", "distill", "student")
 
 
+_INT_FIELDS = ("epochs", "batch_size", "seed", "max_steps", "patience", "val_every",
+               "grad_accum_steps")  # TrainConfig's int fields (None where optional)
+
+
 def _check_train(train: TrainConfig, where: str) -> None:
+    for name in _INT_FIELDS:  # a config built in code (the GUI) is not read by config_io
+        value = getattr(train, name)
+        if isinstance(value, bool):  # an int to Python, but no count
+            raise TskdInputError(f"config: '{where}.{name}' must be int, got {value!r}")
     if train.patience is not None and (not isinstance(train.patience, int) or train.patience < 1):
         raise TskdInputError(f"config: '{where}.patience' must be 1 or more (evaluations without "
                              f"a gain before stopping), or null for none; got {train.patience}")
@@ -45,11 +54,29 @@ def _check_student(cfg: RunConfig) -> None:
                              f"{s.encoder_lr_scale}")
     try:
         with torch.device("meta"):  # builds the architecture without allocating it
-            build_student(s, 2, cfg.data.image_size)
+            model = build_student(s, 2, cfg.data.image_size)
     except TskdInputError as exc:
         raise TskdInputError(f"config: the student ('student.architecture' "
                              f"{s.architecture}) does not fit: {exc} (set 'data.image_size' "
                              "or 'student.backbone')") from None
+    _check_batch_norm(cfg, model)
+
+
+def _check_batch_norm(cfg: RunConfig, model: Any) -> None:
+    # BatchNorm in training needs 2 values per channel: a batch of 1 fails at a pooled layer
+    import torch
+
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    trains = ["student"] + ([] if cfg.student.from_scratch else ["distill"])
+    for section in trains:
+        batch = getattr(cfg, section).train.batch_size
+        if isinstance(batch, int) and batch < 2:
+            raise TskdInputError(
+                f"config: '{section}.train.batch_size' is {batch}, but the CNN student "
+                f"('student.backbone' {cfg.student.backbone}) uses BatchNorm and needs at least "
+                "2 images per process batch; set it to 2 or more (with fewer processes or "
+                "grad_accum_steps to keep the global batch)")
 
 
 def check_settings(cfg: RunConfig) -> None:

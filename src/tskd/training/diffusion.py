@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tskd.config import SYNTH_EPOCH_STEPS, SynthConfig, TrainConfig
+from tskd.distributed import images_per_epoch
 from tskd.engine import (
     Callback,
     CheckpointExtra,
@@ -109,7 +110,9 @@ class DdpmTask:
     Attributes:
         model: the diffusers ``UNet2DModel`` being trained (``build_unet``).
         images: float32 (N, C, R, R) in [-1, 1], the prepared training images.
-        cfg: stage 2's settings (batch size, train steps).
+        batch_size: images per optimiser step over every process (the global batch:
+            ``tskd.distributed.images_per_epoch`` of one step).
+        steps_per_epoch: optimiser steps in one engine epoch.
         name: the stage's name in progress reports and checkpoints.
     """
 
@@ -281,7 +284,9 @@ def train_ddpm(
     seed_everything(cfg.train.seed)  # before the UNet's random initialisation: repeatable runs
     unet = build_unet(cfg.resolution, images.shape[1], cfg.base_channels)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=True)
-    task = DdpmTask(unet, images, train_cfg.batch_size, per_epoch)
+    # the items of one engine epoch over every process: per_epoch optimiser steps on any number
+    task = DdpmTask(unet, images, images_per_epoch(train_cfg.batch_size,
+                                                   train_cfg.grad_accum_steps, 1), per_epoch)
     control = control if control is not None else RunControl()
     checkpoint_dir = control.checkpoint_dir
     average = EmaCallback(ema, unet, data_fingerprint(images), checkpoint_dir)

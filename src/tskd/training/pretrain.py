@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tskd.config import TrainConfig
+from tskd.distributed import images_per_epoch
 from tskd.engine import RunControl, TrainResult, seed_everything, train
 from tskd.errors import TskdInputError
 from tskd.models.mini_sam import ASSETS, MiniSamConfig, build_mini_sam, count_parameters
@@ -249,7 +250,8 @@ class _PretrainTask:
 
     def __init__(self, model: PromptableSam, cfg: PretrainConfig, steps_per_epoch: int) -> None:
         self.model = model
-        self._data = PromptDataset(steps_per_epoch * cfg.train.batch_size, cfg.image_size,
+        items = images_per_epoch(cfg.train.batch_size, cfg.train.grad_accum_steps, steps_per_epoch)
+        self._data = PromptDataset(items, cfg.image_size,
                                    cfg.masks_per_image, cfg.train.seed, cfg.prompt_modes,
                                    cfg.scenes)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tskd import atomic
+from tskd import atomic, distributed
 from tskd.config import SYNTH_EPOCH_STEPS, SynthConfig, to_dict
 from tskd.config_compat import flat_synth
 from tskd.engine import CancelToken, ProgressCallback, RunControl, resolve_device
@@ -158,7 +158,9 @@ def _model_fingerprint(cfg: SynthConfig, data_fp: str) -> dict[str, Any]:
     # what a saved model depends on (not the device, nor how many images are sampled), with
     # the keys of the flat synth section of earlier versions (flat_synth), so their saved
     # models are still reused
-    flat = flat_synth(to_dict(cfg), cfg.train.total_steps(SYNTH_EPOCH_STEPS))
+    # the global batch: a model trained on 2 processes x 2 is one of 1 x 4
+    flat = flat_synth(to_dict(cfg), cfg.train.total_steps(SYNTH_EPOCH_STEPS),
+                      distributed.world_size())
     keys = ("resolution", "base_channels", "train_steps", "batch_size", "lr", "ema_decay", "seed",
             "train")
     return {k: flat[k] for k in keys if k in flat} | {"data": data_fp}
