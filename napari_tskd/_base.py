@@ -11,6 +11,7 @@ from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from napari_tskd import _notify, _own_layers
 from napari_tskd._context import RunContext, context_for
+from napari_tskd._forms import hold_fields
 from napari_tskd._job_panel import JobPanel
 from napari_tskd._jobs import Job
 from napari_tskd._layers import unwrap
@@ -105,8 +106,15 @@ class StageWidget(QWidget, metaclass=_AfterInit):
         self.form.reset_choices()
 
     def set_busy(self, busy: bool) -> None:
+        """Buttons off while a job runs; so are the fields a stage tab binds to the run's config
+        (``self.bound``), so its settings cannot change under the job (progress matches the form).
+
+        Args:
+            busy: a training job runs.
+        """
         for button in self.job_buttons():
             button.enabled = not busy
+        hold_fields(getattr(self, "bound", []), busy)  # called during __init__ too
 
     def _show_run_dir(self, *_: Any) -> None:
         self.run_label.setText(f"Run folder: {self.context.run_dir}")

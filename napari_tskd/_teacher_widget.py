@@ -65,11 +65,6 @@ class TeacherWidget(StageWidget):
     def job_buttons(self) -> list[Any]:
         return [self.train_button]
 
-    def set_busy(self, busy: bool) -> None:
-        """While a job runs, its settings cannot change under it (progress matches the form)."""
-        super().set_busy(busy)
-        hold_fields(getattr(self, "bound", []), busy)  # called during __init__ too
-
     def fields(self) -> list[Field]:
         """This form's fields and the settings of the run's config they edit."""
         w = self
