@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,14 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _samples(n: int, size: int = 32) -> list[Sample]:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size]
-    out = []
-    for i in range(n):
-        label = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2).astype(np.int64)
-        image = np.clip(60 + 120 * label + rng.normal(0, 20, (size, size)), 0, 255)
-        out.append(Sample(f"s{i}", image.astype(np.uint8), label))
-    return out
+    """A disc on noise per image: the GPU check's own test images (benchmarks/gpu_check.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_samples",
+                                                  ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module._samples(n, size)
 
 
 @pytest.fixture(scope="module")
