@@ -3,7 +3,7 @@
     tskd pretrain-mini --arch mini --snapshot-every 2 --steps 1600 --out runs/pt_mini
     tskd pretrain-mini --arch small --snapshot-every 2 --steps 1600 --out runs/pt_small
     python benchmarks/pretraining_curve.py --runs runs/pt_mini runs/pt_small \\
-        --tasks retina_vessels kidney_us --dev-seeds 100
+        --tasks retina_vessels kidney_us --dev-seeds 100 --steps 0 400 800 1600
 
 Each run's snapshots (``runs/*/snapshots/step_*.safetensors``, written by ``--snapshot-every``)
 and, as step 0, the same architecture from random initialisation (every parameter trained, the
@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", type=Path, required=True)
     parser.add_argument("--tasks", nargs="+", default=["retina_vessels", "kidney_us"])
     parser.add_argument("--dev-seeds", nargs="+", type=int, default=[100])
+    parser.add_argument("--steps", nargs="+", type=int, default=None,
+                        help="adapt only these pretraining steps (0: random init); default all")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if any(s < 100 for s in args.dev_seeds):
@@ -95,6 +97,8 @@ def main() -> None:
             snaps = snapshots(run)
             per_step = snaps[-1][2] if snaps else 0.0
             for step, weights in [(0, None), *((s, w) for s, w, _ in snaps)]:
+                if args.steps is not None and step not in args.steps:
+                    continue
                 row = {"run": str(run), "step": step, "task": task, "dev_seed": seed}
                 if _row_key(row) not in done:
                     row["pretrain_seconds"] = round(step * per_step, 1)

@@ -56,6 +56,16 @@ def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
     check = saved["pretraining_check"]["random_init_all_trained"]
     assert 0.0 <= check["dice_mean"] <= 1.0 and check["trainable_params"] > 0
     assert saved["teacher_input_size"] == TINY_SIZE
+    # which weights the teacher was: reports of different teachers are told apart
+    from tskd.models.mini_sam_files import read_mini_config
+    from tskd.models.sam_checkpoint import sha256_of
+
+    identity = saved["teacher_weights"]
+    assert identity["checkpoint"] == Path(sam).name
+    assert identity["sha256"] == sha256_of(sam)[:12]
+    assert identity["token_grid"] == TINY_SIZE // read_mini_config(sam).patch_size
+    assert f"{identity['token_grid']}x{identity['token_grid']} tokens" in (
+        tmp_path / "demo" / "report.md").read_text()
     md = (tmp_path / "demo" / "report.md").read_text()
     assert "Pretraining check" in md
     assert "examples.png" in md and (tmp_path / "demo" / "examples.png").is_file()

@@ -357,6 +357,7 @@ def _run_demo(
         "budget": budget,
         "teacher_model": teacher,
         "teacher_input_size": base.teacher.input_size,
+        "teacher_weights": demo_report.teacher_identity(base),
         "n_test": b.n_test,
         "methods": methods,
         "seconds": time.perf_counter() - t_start,

@@ -138,7 +138,7 @@ def write_markdown(out: Path, report: dict[str, Any], runs: dict[str, RunConfig]
         f"# TS-KD demo: {report['task']}, {report['n_labels']} labels, seed {report['seed']}",
         "",
         f"Budget `{report['budget']}`, teacher `{report['teacher_model']}` at "
-        f"{report['teacher_input_size']} px, "
+        f"{report['teacher_input_size']} px{_teacher_words(report.get('teacher_weights'))}, "
         f"{report['n_test']} held-out test images, {report['seconds'] / 60:.1f} min in all. "
         "Dice and HD95 over foreground classes, mean ± standard deviation over test images "
         "(MONAI; HD95 is the larger of the two directed 95th percentiles, in pixels).",
@@ -168,3 +168,37 @@ def write_markdown(out: Path, report: dict[str, Any], runs: dict[str, RunConfig]
             "",
         ]
     atomic.write_text(out / "report.md", "\n".join(lines))
+
+
+def teacher_identity(cfg: RunConfig) -> dict[str, Any]:
+    """Which teacher weights a run adapts, so reports of different teachers can be told apart.
+
+    Args:
+        cfg: the run's configuration.
+
+    Returns:
+        ``{"checkpoint": "builtin" or the file's name, "sha256": its first 12 hex digits,
+        "token_grid": tokens per side at the teacher's input size (None for official SAMs,
+        whose grid is input / 16), "refine_head": whether the adapted teacher has one}``.
+    """
+    from tskd.models.mini_sam import BUILTIN_WEIGHTS
+    from tskd.models.mini_sam_files import read_mini_config
+    from tskd.models.sam_checkpoint import sha256_of
+
+    path = Path(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else BUILTIN_WEIGHTS
+    arch = read_mini_config(path) if cfg.teacher.model_type == "mini" else None
+    return {"checkpoint": "builtin" if cfg.teacher.checkpoint is None else path.name,
+            "sha256": sha256_of(path)[:12] if path.is_file() else None,
+            "token_grid": cfg.teacher.input_size // arch.patch_size if arch else None,
+            "refine_head": bool(cfg.teacher.refine_head)}
+
+
+def _teacher_words(identity: dict[str, Any] | None) -> str:
+    """`` (weights ..., 16x16 tokens, refine head)`` for the report's first line."""
+    if not identity:
+        return ""
+    words = [f"weights {identity['checkpoint']} {identity['sha256'] or ''}".rstrip()]
+    if identity.get("token_grid"):
+        words.append(f"{identity['token_grid']}x{identity['token_grid']} tokens")
+    words.append("refine head" if identity.get("refine_head") else "no refine head")
+    return " (" + ", ".join(words) + ")"
