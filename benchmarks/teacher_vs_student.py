@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
-COLUMNS = ("teacher", "ts_kd", "vit_ts_kd", "scratch", "unet")
-HEADERS = ("adapted teacher", "CNN student, TS-KD", "ViT-Tiny, TS-KD", "CNN from scratch",
-           "U-Net")
+COLUMNS = ("teacher", "ts_kd", "vit_ts_kd", "unet16_ts_kd", "scratch", "unet")
+HEADERS = ("adapted teacher", "CNN student, TS-KD", "ViT-Tiny, TS-KD", "U-Net student, TS-KD",
+           "CNN from scratch", "U-Net")
 
 
 def collect(label: str, folder: Path) -> list[dict[str, Any]]:
@@ -73,7 +73,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     for r in rows:
         marker = markers[teachers.index(r["label"]) % len(markers)]
         colour = colours(tasks.index(r["task"]) % 10)
-        for m, fill in (("ts_kd", colour), ("vit_ts_kd", "none")):
+        for m, fill in (("ts_kd", colour), ("vit_ts_kd", "none"), ("unet16_ts_kd", "none")):
             # a method's values are per seed, in the same order as the teacher's
             if r[m] and r["teacher"] and len(r[m]["values"]) == len(r["teacher"]["values"]):
                 ax.scatter(r["teacher"]["values"], r[m]["values"], marker=marker,

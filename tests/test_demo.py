@@ -117,3 +117,22 @@ def test_converged_budget_scores_every_stage_every_50_steps(tmp_path: Path) -> N
     assert (cfg.teacher.train.max_seconds, cfg.distill.train.max_seconds) == (90.0, 120.0)
     small = demo.demo_config(tmp_path, tmp_path / "run", demo.BUDGETS["small"], 0)
     assert small.student.train.patience is None and small.data.val_fraction == 0.0
+
+
+def test_converged_budget_adds_the_lean_unet_student_from_scratch_and_distilled(
+        tmp_path: Path) -> None:
+    from tskd.apps.demo_methods import LEAN_UNET_WIDTH, SHARED, demo_runs
+
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    for i in range(10):
+        (tmp_path / "train" / "images" / f"{i}.png").touch()
+    base = demo.demo_config(tmp_path, Path("out/ts_kd"), demo.BUDGETS["converged"], 0)
+    runs = demo_runs(base, Path("out"), demo.BUDGETS["converged"].unet_students)
+    lean, scratch = runs["unet16_ts_kd"].student, runs["unet16_scratch"].student
+    assert lean.architecture == scratch.architecture == "unet"
+    assert lean.unet_width == scratch.unet_width == LEAN_UNET_WIDTH
+    assert not lean.from_scratch and scratch.from_scratch
+    assert runs["unet"].student.unet_width == 32  # the baseline keeps MONAI's default
+    assert SHARED["unet16_ts_kd"][0] == "ts_kd"  # the same teacher, transfer set and cache
+    # the small demo (make demo) stays at its eight methods
+    assert "unet16_ts_kd" not in demo_runs(base, Path("out"), demo.BUDGETS["small"].unet_students)

@@ -202,3 +202,31 @@ def test_full_disk_at_the_final_write_keeps_the_training(
     straight = load_file(Path(cfg2.run_dir) / "student" / "model.safetensors")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)  # bit for bit
+
+
+def test_a_unet_student_is_distilled_then_fine_tuned(tiny: dict, tmp_path: Path) -> None:
+    """TS-KD into MONAI's U-Net: its bottleneck matched to the teacher, then the labels."""
+    import copy
+
+    from tskd.inference.bundle import load_student
+
+    cfg = copy.deepcopy(tiny["cfg"])
+    cfg["run_dir"] = str(tmp_path / "run")
+    cfg["student"] |= {"architecture": "unet", "unet_width": 4}
+    assert main(["run", "--config", str(write_config(tmp_path / "run.yaml", cfg))]) == 0
+    student, meta = load_student(tmp_path / "run" / "student")
+    assert meta["student"]["architecture"] == "unet" and meta["student"]["unet_width"] == 4
+    distilled = json.loads((tmp_path / "run" / "distilled" / "meta.json").read_text())
+    assert distilled["student"]["architecture"] == "unet"
+    # the distilled weights are where fine-tuning started: not the random initialisation
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "run" / "distilled" / "model.safetensors")
+    torch.manual_seed(0)
+    from tskd.config import StudentConfig
+    from tskd.models.student import build_student
+
+    fresh = build_student(StudentConfig(architecture="unet", unet_width=4), 2, 64)
+    name = "net.down_4.convs.conv_0.conv.weight"
+    assert name in weights and not torch.equal(weights[name], fresh.state_dict()[name])
+    assert student.feature_dims["neck"] == 32

@@ -26,15 +26,15 @@ def _cfg(**student: object) -> RunConfig:
      "(set 'data.image_size' or 'student.backbone')"),
     (lambda c: (setattr(c.student, "architecture", "vit_tiny"), setattr(c.data, "image_size", 72)),
      "image size 72 is not a multiple of 16"),
-    (lambda c: setattr(c.student, "architecture", "unet"),
-     "unet is the U-Net baseline, trained from scratch only: set 'student.from_scratch: true'"),
+    (lambda c: (setattr(c.student, "architecture", "unet"), setattr(c.data, "image_size", 72)),
+     "image size 72 is not a multiple of 16"),
     (lambda c: setattr(c.student, "encoder_lr_scale", 0.0),
      "'student.encoder_lr_scale' must be more than 0, got 0.0"),
     (lambda c: setattr(c.student.train, "patience", 0), "'student.train.patience' must be 1"),
     (lambda c: setattr(c.teacher.train, "val_every", 0), "'teacher.train.val_every' must be 1"),
     (lambda c: setattr(c.distill.train, "max_seconds", -5.0),
      "'distill.train.max_seconds' must be more than 0"),
-], ids=["backbone", "conv-size", "vit-size", "unet-distilled", "encoder-lr", "patience-0",
+], ids=["backbone", "conv-size", "vit-size", "unet-size", "encoder-lr", "patience-0",
         "val-every-0", "max-seconds-negative"])
 def test_each_bad_setting_is_one_line(change, message: str) -> None:
     cfg = RunConfig()
@@ -47,6 +47,7 @@ def test_each_bad_setting_is_one_line(change, message: str) -> None:
 def test_good_settings_pass_and_patience_without_validation_warns() -> None:
     check_settings(RunConfig())  # the defaults
     check_settings(_cfg(architecture="unet", from_scratch=True))
+    check_settings(_cfg(architecture="unet"))  # a U-Net student can be distilled
     cfg = RunConfig()
     cfg.data.val_fraction = 0.0
     cfg.student.train.patience = 3

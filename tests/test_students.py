@@ -61,8 +61,29 @@ def test_bad_settings_are_refused_in_one_line() -> None:
         build_student(StudentConfig(backbone="no_such_net"), 2, 64)
     with pytest.raises(TskdInputError, match="must be conv, vit_tiny or unet"):
         build_student(StudentConfig(architecture="mlp"), 2, 64)  # type: ignore[arg-type]
-    with pytest.raises(TskdInputError, match="no features to distil"):
-        build_student(StudentConfig(architecture="unet"), 2, 64).check_layers(["neck"])
+    with pytest.raises(TskdInputError, match=r"U-Net student has no features \['stage0'\]"):
+        build_student(StudentConfig(architecture="unet"), 2, 64).check_layers(["stage0"])
+    with pytest.raises(TskdInputError, match="width .* at least 1, got 0"):
+        build_student(StudentConfig(architecture="unet", unet_width=0), 2, 64)
+
+
+def test_unet_student_features_and_logits_match_basic_unet() -> None:
+    """The distillable U-Net is MONAI's BasicUNet, its contracting path's maps its features."""
+    torch.manual_seed(0)
+    s = build_student(StudentConfig(architecture="unet", unet_width=8), 3, 64).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        logits, feats = s.forward_with_features(x, ["neck", "down_3", "down_1"])
+        # BasicUNet's own forward on the normalised input: the same logits
+        assert torch.allclose(logits, s.net((x - 0.5) / 0.5), atol=1e-6)
+        assert torch.equal(s(x), logits)
+        only = s.features(x, ["neck"])
+    assert logits.shape == (2, 3, 64, 64)
+    assert feats["neck"].shape == (2, 64, 4, 4) and s.feature_dims["neck"] == 64  # 8w, S/16
+    assert feats["down_3"].shape == (2, 32, 8, 8) and feats["down_1"].shape == (2, 8, 32, 32)
+    assert set(only) == {"neck"} and torch.allclose(only["neck"], feats["neck"])
+    # MONAI's default width: the bottleneck is 256 wide, SAM's embedding width
+    assert build_student(StudentConfig(architecture="unet"), 2, 64).feature_dims["neck"] == 256
 
 
 @pytest.mark.parametrize("cfg", [TINY_CONV, TINY_VIT, StudentConfig(architecture="unet")],

@@ -277,8 +277,9 @@ class StudentConfig:
 
     ``architecture``: "conv" (``tskd.models.conv_student``: a timm CNN ``backbone`` with a
     U-Net decoder), "vit_tiny" (``tskd.models.student``: the TS-KD paper's ViT-Tiny, which
-    ``embed_dim``, ``depth``, ``num_heads`` and ``patch_size`` describe) or "unet" (the plain
-    MONAI U-Net baseline, ``tskd.models.unet``, trained from scratch only). ``upsample`` is the
+    ``embed_dim``, ``depth``, ``num_heads`` and ``patch_size`` describe) or "unet" (MONAI's
+    ``BasicUNet``, ``tskd.models.unet``, of width ``unet_width``: the plain U-Net baseline when
+    trained from scratch, a student like the others when distilled). ``upsample`` is the
     ViT decoder's: "bilinear" (resize-convolution) or "transposed" (the 2x2 transposed
     convolutions and PixelShuffle head of students saved before it existed).
     """
@@ -292,6 +293,7 @@ class StudentConfig:
     patch_size: int = 16
     neck_dim: int = 256  # SAM's embedding width: the natural target for feature distillation
     decoder_channels: int = 64
+    unet_width: int = 32  # BasicUNet's first width (MONAI's default); widths w,w,2w,4w,8w,w
     from_scratch: bool = False  # baseline: ignore the distilled weights
     # fine-tuning: the encoder's learning rate is train.lr times this, the decoder's train.lr,
     # so fine-tuning keeps what distillation taught (as layer-wise decay does, Clark et al. 2020)

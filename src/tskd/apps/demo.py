@@ -2,7 +2,7 @@
 
 It writes a task's train/unlabelled/test folders, then runs every method through the same
 pipeline functions a user calls, sharing what can be shared (teacher, transfer set, teacher
-cache) so the comparison is fair and cheap (``demo_runs``, ``SHARED``):
+cache) so the comparison is fair and cheap (``demo_methods``):
 
 - the plain U-Net a user would train instead (MONAI ``BasicUNet``, from scratch on the labels),
   given the wall-clock the whole TS-KD pipeline took;
@@ -18,7 +18,6 @@ task-specific KD); what it measured is in docs/demo.md.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tskd.apps import demo_methods
 from tskd.atomic import write_json
 from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, TrainConfig
 from tskd.engine import CancelToken, ProgressCallback
@@ -61,6 +61,7 @@ class Budget:
     val_every: int = 1
     val_fraction: float = 0.0
     stage_seconds: tuple[float, float, float, float] | None = None
+    unet_students: bool = False  # demo_runs' lean U-Net student, from scratch and after TS-KD
 
 
 BUDGETS = {
@@ -70,7 +71,8 @@ BUDGETS = {
     "small": Budget(24, 30, 30, 24, 120, 32, 5, 50),
     # every stage until its validation Dice stops improving, within 8 minutes of TS-KD on 2 cores
     "converged": Budget(100, 60, 150, 100, 1500, 64, 40, 400, patience=4, val_every=50,
-                        val_fraction=0.2, stage_seconds=(90.0, 60.0, 120.0, 120.0)),
+                        val_fraction=0.2, stage_seconds=(90.0, 60.0, 120.0, 120.0),
+                        unet_students=True),
 }
 
 
@@ -149,56 +151,6 @@ def _validate_every(cfg: RunConfig, budget: Budget, data_root: Path) -> None:
         steps_per_epoch = max(1, n // train.batch_size)
         train.patience = budget.patience
         train.val_every = max(1, round(budget.val_every / steps_per_epoch))
-
-
-def _variant(base: RunConfig, run_dir: Path, architecture: str = "conv",
-             task_agnostic: bool = False, from_scratch: bool = False) -> RunConfig:
-    """``base`` for another method: its run folder, student architecture and flags."""
-    import copy
-
-    cfg = copy.deepcopy(base)
-    cfg.run_dir = str(run_dir)
-    cfg.student.architecture = architecture  # type: ignore[assignment]
-    cfg.distill.task_agnostic = task_agnostic
-    cfg.student.from_scratch = from_scratch
-    return cfg
-
-
-def demo_runs(base: RunConfig, out: Path) -> dict[str, RunConfig]:
-    """Every student method's run configuration, in the order they run (``ts_kd`` first).
-
-    Args:
-        base: The TS-KD run (``demo_config``) with the default student.
-        out: The demo folder; each method runs in ``out/<method>``.
-
-    Returns:
-        {method: configuration}; the U-Net (``unet``) gets its time budget later, from what
-        TS-KD took.
-    """
-    flags: dict[str, dict[str, Any]] = {
-        "ts_kd": {}, "vit_ts_kd": {"architecture": "vit_tiny"},
-        "task_agnostic_kd": {"task_agnostic": True},
-        "vit_task_agnostic_kd": {"architecture": "vit_tiny", "task_agnostic": True},
-        "scratch": {"from_scratch": True},
-        "vit_scratch": {"architecture": "vit_tiny", "from_scratch": True},
-        "unet": {"architecture": "unet", "from_scratch": True},
-    }
-    return {name: base if name == "ts_kd" else _variant(base, out / name, **f)
-            for name, f in flags.items()}
-
-
-# what each run copies from a finished one before it starts (same inputs, so the stages skip)
-SHARED = {
-    "vit_ts_kd": ("ts_kd", ("teacher", "transfer", "cache")),
-    "task_agnostic_kd": ("ts_kd", ("transfer",)),
-    "vit_task_agnostic_kd": ("task_agnostic_kd", ("transfer", "cache")),
-}
-
-
-def _share(src: Path, dst: Path) -> None:
-    """Copy a finished stage folder into another run so it is skipped there (same inputs)."""
-    if src.is_dir() and not dst.exists():
-        shutil.copytree(src, dst)
 
 
 def _check_teacher(teacher: str, checkpoint: str | None) -> None:
@@ -333,13 +285,13 @@ def _run_demo(
 
     base = demo_config(data_root, out / "ts_kd", b, seed, teacher, checkpoint, device,
                        teacher_size)
-    runs = demo_runs(base, out)
+    runs = demo_methods.demo_runs(base, out, b.unet_students)
     seconds: dict[str, dict[str, float]] = {}  # {method: {stage: wall-clock seconds}}
     for name, cfg in runs.items():
         if name == "unet":  # the same wall-clock as the TS-KD pipeline, to the end
             cfg.student.train.max_seconds = sum(seconds["ts_kd"].values())
             cfg.student.train.epochs *= 10  # the time budget, not the epochs, ends it
-        _share_from(out, name)
+        demo_methods.share_from(out, name)
         results = registry.run_pipeline(cfg, progress=progress, cancel=cancel, overwrite=True)
         seconds[name] = {k: float(r.get("seconds", 0.0)) for k, r in results.items()
                          if k != "evaluate" and isinstance(r, dict)}
@@ -373,18 +325,3 @@ def _run_demo(
     report["table"] = demo_report.markdown_table(methods)
     demo_report.write_markdown(out, report, runs)
     return report
-
-
-def _share_from(out: Path, name: str) -> None:
-    """Copy the finished stage folders ``SHARED`` names into run ``name`` (same inputs)."""
-    from tskd.pipeline import run_folder
-    from tskd.pipeline.run_folder import RunPaths
-
-    if name not in SHARED:
-        return
-    source, parts = SHARED[name]
-    src, dst = RunPaths(out / source), RunPaths(out / name)
-    targets = [getattr(dst, part) for part in parts]
-    with run_folder.writing(out / name, "share", targets):
-        for part, target in zip(parts, targets):
-            _share(getattr(src, part), target)

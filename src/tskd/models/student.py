@@ -304,15 +304,15 @@ class Student(nn.Module):
 
 
 
-# the students share one contract (methods, attributes); the U-Net is the baseline's
+# the students share one contract (methods, attributes); the U-Net is also the baseline
 AnyStudent = Student | ConvStudent | UNetBaseline
 
 
 def build_student(cfg: StudentConfig, num_classes: int, image_size: int) -> AnyStudent:
     """The student ``cfg.architecture`` names.
 
-    "conv": ``ConvStudent``; "vit_tiny": ``Student``; "unet": ``UNetBaseline`` (the plain
-    U-Net baseline, trained from scratch only).
+    "conv": ``ConvStudent``; "vit_tiny": ``Student``; "unet": ``UNetBaseline`` (MONAI's
+    ``BasicUNet``: the plain U-Net baseline from scratch, or a distilled student).
 
     Args:
         cfg: The architecture.

@@ -46,9 +46,6 @@ def _check_student(cfg: RunConfig) -> None:
     from tskd.models.student import build_student
 
     s = cfg.student
-    if s.architecture == "unet" and not s.from_scratch:
-        raise TskdInputError("config: 'student.architecture' unet is the U-Net baseline, trained "
-                             "from scratch only: set 'student.from_scratch: true'")
     if not s.encoder_lr_scale > 0:
         raise TskdInputError(f"config: 'student.encoder_lr_scale' must be more than 0, got "
                              f"{s.encoder_lr_scale}")
