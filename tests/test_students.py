@@ -61,7 +61,8 @@ def test_bad_settings_are_refused_in_one_line() -> None:
         build_student(StudentConfig(backbone="no_such_net"), 2, 64)
     with pytest.raises(TskdInputError, match="must be conv, vit_tiny or unet"):
         build_student(StudentConfig(architecture="mlp"), 2, 64)  # type: ignore[arg-type]
-    with pytest.raises(TskdInputError, match=r"U-Net student has no features \['stage0'\]"):
+    with pytest.raises(TskdInputError,
+                       match=r"unknown student layer\(s\) \['stage0'\]; choose from \['down_1'"):
         build_student(StudentConfig(architecture="unet"), 2, 64).check_layers(["stage0"])
     with pytest.raises(TskdInputError, match="width .* at least 1, got 0"):
         build_student(StudentConfig(architecture="unet", unet_width=0), 2, 64)

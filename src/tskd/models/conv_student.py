@@ -42,7 +42,8 @@ from torch import nn
 
 from tskd.config import StudentConfig
 from tskd.errors import TskdInputError
-from tskd.models.student_checks import check_build, check_input
+from tskd.models.student_base import EncoderDecoderStudent
+from tskd.models.student_checks import check_build
 
 STRIDE = 32  # the deepest encoder stride: the input side must be a multiple of it
 NECK_STRIDE = 16  # the features the neck turns into the distillation target
@@ -110,8 +111,10 @@ def _encoder(backbone: str) -> nn.Module:
                              f"features at several scales ({exc})") from None
 
 
-class ConvStudent(nn.Module):
+class ConvStudent(EncoderDecoderStudent):
     """CNN encoder + U-Net decoder with the student contract; see the module docstring.
+
+    Features: "neck" (B, neck_dim, S/16, S/16) and "stage{i}", the encoder's i-th map.
 
     Args:
         cfg: The architecture (``StudentConfig``: backbone, neck_dim, decoder_channels).
@@ -157,89 +160,24 @@ class ConvStudent(nn.Module):
         self.feature_dims: dict[str, int] = {"neck": cfg.neck_dim}
         self.feature_dims |= {f"stage{i}": c for i, c in enumerate(chans) if i != self._neck_index}
 
-    def check_layers(self, layers: Sequence[str]) -> None:
-        """Refuse feature names the encoder does not have.
-
-        Args:
-            layers: Names such as "neck" (stride 16, ``neck_dim`` channels) or "stage{i}".
-
-        Raises:
-            TskdInputError: An unknown name (a configured distillation layer).
-        """
-        bad = [name for name in layers if name not in self.feature_dims]
-        if bad:
-            raise TskdInputError(f"unknown student layer(s) {bad}; choose from "
-                                 f"{sorted(self.feature_dims)}")
-
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         xn = (x - self.pixel_mean) / self.pixel_std
         feats = list(self.encoder(xn))
         feats[self._neck_index] = self.neck(feats[self._neck_index])
         return xn, feats
 
-    def _named(self, feats: list[torch.Tensor], layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _named(self, state: tuple[torch.Tensor, list[torch.Tensor]],
+               layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        feats = state[1]
         names = [("neck" if i == self._neck_index else f"stage{i}") for i in range(len(feats))]
         return {n: f for n, f in zip(names, feats) if n in layers}
 
-    def _decode(self, xn: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+    def _decode(self, state: tuple[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:
+        xn, feats = state
         y = feats[-1]
         for block, skip in zip(self.decoder, feats[-2::-1]):
             y = block(y, skip)
         return self.head(self.final(y, self.stem(xn)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, S, S) for images (B, 3, S, S), float RGB in [0, 1].
-
-        Args:
-            x: The images.
-
-        Returns:
-            The logits, float32.
-
-        Raises:
-            TskdInputError: ``x`` is not (B, 3, S, S).
-        """
-        check_input(x, self.image_size)
-        xn, feats = self._encode(x)
-        return self._decode(xn, feats)
-
-    def forward_with_features(
-        self, x: torch.Tensor, layers: Sequence[str]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits and the named features from one forward pass.
-
-        Args:
-            x: Images (B, 3, S, S), float RGB in [0, 1].
-            layers: Feature names: "neck" -> (B, neck_dim, S/16, S/16); "stage{i}" -> the
-                encoder's i-th feature map (``feature_dims`` gives the channels).
-
-        Returns:
-            ``(logits (B, num_classes, S, S), {name: feature})``.
-
-        Raises:
-            TskdInputError: ``x`` is not (B, 3, S, S), or an unknown feature name.
-        """
-        check_input(x, self.image_size)
-        self.check_layers(layers)
-        xn, feats = self._encode(x)
-        return self._decode(xn, feats), self._named(feats, layers)
-
-    def features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Only the named features, skipping the decoder (feature-only distillation).
-
-        Args:
-            x: Images (B, 3, S, S), float RGB in [0, 1].
-            layers: Feature names, as ``forward_with_features``.
-
-        Returns:
-            ``{name: feature}``.
-
-        Raises:
-            TskdInputError: ``x`` is not (B, 3, S, S), or an unknown feature name.
-        """
-        check_input(x, self.image_size)
-        self.check_layers(layers)
-        return self._named(self._encode(x)[1], layers)
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         """Parameters that only the segmentation output uses (decoder, stem, final, head).

@@ -26,14 +26,18 @@ from torch import nn
 
 from tskd.config import StudentConfig
 from tskd.errors import TskdInputError
-from tskd.models.student_checks import check_build, check_input
+from tskd.models.student_base import EncoderDecoderStudent
+from tskd.models.student_checks import check_build
 
 STRIDE = 16  # four 2x poolings
 ENCODER = ("conv_0", "down_1", "down_2", "down_3", "down_4")  # BasicUNet's contracting path
 
 
-class UNetBaseline(nn.Module):
+class UNetBaseline(EncoderDecoderStudent):
     """MONAI ``BasicUNet`` (2D, 3 input channels) with the methods the pipeline calls.
+
+    Features: "neck" (B, 8w, S/16, S/16), "down_k" (B, c_k, S/2^k, S/2^k) for k = 1, 2, 3
+    (c = w, 2w, 4w).
 
     Args:
         cfg: The student settings (``architecture`` is recorded as "unet"; ``unet_width`` sets
@@ -79,77 +83,9 @@ class UNetBaseline(nn.Module):
         u = net.upcat_2(u, maps[1])
         return net.final_conv(net.upcat_1(u, maps[0]))
 
-    @staticmethod
-    def _named(maps: list[torch.Tensor], layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _named(self, maps: list[torch.Tensor], layers: Sequence[str]) -> dict[str, torch.Tensor]:
         names = ("down_1", "down_2", "down_3", "neck")
         return {n: f for n, f in zip(names, maps[1:]) if n in layers}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, S, S) for images (B, 3, S, S), float RGB in [0, 1].
-
-        Args:
-            x: The images.
-
-        Returns:
-            The logits.
-
-        Raises:
-            TskdInputError: ``x`` is not (B, 3, S, S).
-        """
-        check_input(x, self.image_size)
-        return self._decode(self._encode(x))
-
-    def forward_with_features(
-        self, x: torch.Tensor, layers: Sequence[str]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits and the named features from one forward pass.
-
-        Args:
-            x: Images (B, 3, S, S), float RGB in [0, 1].
-            layers: Feature names: "neck" -> (B, 8w, S/16, S/16); "down_k" -> (B, c, S/2^k,
-                S/2^k) (``feature_dims`` gives the channels).
-
-        Returns:
-            ``(logits (B, num_classes, S, S), {name: feature})``.
-
-        Raises:
-            TskdInputError: ``x`` is not (B, 3, S, S), or an unknown feature name.
-        """
-        check_input(x, self.image_size)
-        self.check_layers(layers)
-        maps = self._encode(x)
-        return self._decode(maps), self._named(maps, layers)
-
-    def features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Only the named features, skipping the expanding path (feature-only distillation).
-
-        Args:
-            x: Images (B, 3, S, S), float RGB in [0, 1].
-            layers: Feature names, as ``forward_with_features``.
-
-        Returns:
-            ``{name: feature}``.
-
-        Raises:
-            TskdInputError: ``x`` is not (B, 3, S, S), or an unknown feature name.
-        """
-        check_input(x, self.image_size)
-        self.check_layers(layers)
-        return self._named(self._encode(x), layers)
-
-    def check_layers(self, layers: Sequence[str]) -> None:
-        """Refuse feature names the U-Net does not have.
-
-        Args:
-            layers: Requested feature names.
-
-        Raises:
-            TskdInputError: A name not in ``feature_dims`` (the message lists them).
-        """
-        bad = [name for name in layers if name not in self.feature_dims]
-        if bad:
-            raise TskdInputError(f"the U-Net student has no features {bad}; choose from "
-                                 f"{sorted(self.feature_dims)}")
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         """Parameters of the expanding path and the classifier.
