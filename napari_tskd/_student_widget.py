@@ -22,8 +22,9 @@ from napari_tskd._run_config import Field, set_device
 from tskd.pipeline.registry import stage
 
 MODES = ["task-specific", "task-agnostic"]
-# the student architectures a user picks from ("unet" is the baseline, trained by the demo)
-ARCHITECTURES = {"CNN (MobileNetV3 + U-Net decoder)": "conv", "ViT-Tiny (the paper's)": "vit_tiny"}
+# the student architectures a user picks from (every one can be distilled)
+ARCHITECTURES = {"CNN (MobileNetV3 + U-Net decoder)": "conv", "ViT-Tiny (the paper's)": "vit_tiny",
+                 "U-Net (MONAI BasicUNet)": "unet"}
 
 
 class StudentWidget(StageWidget):

@@ -245,6 +245,11 @@ def test_student_form_chooses_the_architecture(make_napari_viewer, tskd_gui_env)
     save_config(cfg, w.context.paths().config)
     fresh = StudentWidget(viewer)
     assert ARCHITECTURES[fresh.architecture.value] == "vit_tiny"  # read back from the run
+    # a U-Net student's run reads back as the U-Net, not as the first choice (a new viewer:
+    # one viewer keeps the run config it loaded)
+    cfg.student.architecture = "unet"
+    save_config(cfg, w.context.paths().config)
+    assert ARCHITECTURES[StudentWidget(make_napari_viewer()).architecture.value] == "unet"
 
 
 def test_teacher_form_and_preset(make_napari_viewer) -> None:
