@@ -150,6 +150,18 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
     return files
 
 
+def _check_same_teacher(report: dict[str, Any], checkpoint: str | None, folder: Path) -> None:
+    """Refuse to reuse a finished run whose teacher weights are not the ones asked for."""
+    from tskd.models.mini_sam import BUILTIN_WEIGHTS
+    from tskd.models.sam_checkpoint import sha256_of
+
+    recorded = (report.get("teacher_weights") or {}).get("sha256")
+    wanted = sha256_of(checkpoint or BUILTIN_WEIGHTS)[:12]
+    if recorded is not None and recorded != wanted:
+        raise SystemExit(f"{folder} was run with teacher weights {recorded}, not {wanted}: "
+                         "give another --out, or delete that folder to run it again")
+
+
 def main() -> None:
     """Run the missing (task, seed) demos, then write the summary and the figures."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -158,6 +170,9 @@ def main() -> None:
     p.add_argument("--labels", type=int, default=10)
     p.add_argument("--budget", default="converged")
     p.add_argument("--device", default="auto")
+    p.add_argument("--checkpoint", default=None,
+                   help="mini SAM weights to adapt instead of the built-in ones (a "
+                        "`tskd pretrain-mini` output); use its own --out folder")
     p.add_argument("--out", type=Path, default=None,
                    help="results folder (default benchmarks/results/<budget>)")
     args = p.parse_args()
@@ -169,9 +184,11 @@ def main() -> None:
             done = folder / "report.json"
             if done.is_file():  # finished earlier: reuse (delete the folder to re-run)
                 report = json.loads(done.read_text())
+                _check_same_teacher(report, args.checkpoint, folder)
             else:
                 report = run_demo(task=task, n_labels=args.labels, seed=seed,
-                                  budget=args.budget, out=folder, device=args.device)
+                                  budget=args.budget, out=folder, device=args.device,
+                                  checkpoint=args.checkpoint)
                 print(report["table"], flush=True)
             reports.append(report)
             # run folders stay out of git; these copies do not
