@@ -499,3 +499,17 @@ def test_the_examples_are_of_the_new_shape_and_keep_their_fingerprints(name: str
     assert [fingerprints.of(ctx, s) for s in STAGES] == EXAMPLE_FPS[name]
     assert with_head[1] == EXAMPLE_FPS[name][1]  # the transfer set does not use the teacher
     assert with_head[0] != EXAMPLE_FPS[name][0]
+
+
+def test_the_unet_width_changes_only_what_a_unet_student_trains() -> None:
+    """32, the only width before ``student.unet_width``, keeps earlier U-Net runs' fingerprints."""
+    cfg, _ = _read_old(OLD)
+    cfg.student.architecture = "unet"
+    cfg.student.from_scratch = True
+    before = _fingerprints(cfg)
+    assert cfg.student.unet_width == 32
+    cfg.student.unet_width = 16
+    after = _fingerprints(cfg)
+    assert after["student"] != before["student"]  # another network: trained again
+    assert {s: after[s] for s in ("teacher", "synthesize")} == \
+        {s: before[s] for s in ("teacher", "synthesize")}

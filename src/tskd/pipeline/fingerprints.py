@@ -21,6 +21,8 @@ from tskd.pipeline.markers import files_fingerprint, fingerprint
 
 __all__ = ["base_teacher_id", "of", "synth_fp", "synth_settings", "teacher_fp"]
 
+UNET_WIDTH_BEFORE_THE_KEY = 32  # MONAI BasicUNet's default, the U-Net of earlier versions
+
 
 def _settings_fp(section: Any) -> dict[str, Any]:
     """A stage's config section with the training settings that change the result.
@@ -47,8 +49,10 @@ def _student_settings(student: dict[str, Any]) -> dict[str, Any]:
     """The student section without the keys of ``LEGACY_STUDENT`` when it is that student.
 
     Earlier versions had only that student and did not write the keys, so its runs keep their
-    fingerprints.
+    fingerprints; likewise ``unet_width`` at 32, the only U-Net width before the key existed.
     """
+    if student.get("unet_width") == UNET_WIDTH_BEFORE_THE_KEY:
+        student = {k: v for k, v in student.items() if k != "unet_width"}
     if all(student.get(k) == v for k, v in LEGACY_STUDENT.items()):
         return {k: v for k, v in student.items() if k not in (*LEGACY_STUDENT, "backbone")}
     return student
