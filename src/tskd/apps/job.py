@@ -70,11 +70,28 @@ def run(command: Callable[[Any, Any, Any], int], args: Any, progress: Any, cance
         raise TskdError("tskd demo runs on one process; start it without torchrun or "
                         "accelerate launch")
     progress = join(progress)
-    if not distributed.in_job() or every_rank:
-        return command(args, progress, cancel)
-    result = distributed.as_rank(lambda: {"code": command(args, progress, cancel)},
-                                 f"tskd {args.command}", args.command in TRAINS_ONCE)
-    return int(result.get("code", 0))
+    try:
+        if not distributed.in_job() or every_rank:
+            return command(args, progress, cancel)
+        result = distributed.as_rank(lambda: {"code": command(args, progress, cancel)},
+                                     f"tskd {args.command}", args.command in TRAINS_ONCE)
+        return int(result.get("code", 0))
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Destroy this process's torch.distributed group, if any, before the interpreter exits.
+
+    Left to the interpreter's exit, gloo's threads can abort the process ("terminate called
+    without an active exception", exit -6) after the work is done; torch's documentation asks
+    for ``destroy_process_group`` at the end of a job.
+    """
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # never imports torch for a command without it
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def print_result(result: Any) -> None:
