@@ -30,7 +30,8 @@ ALL_TASKS = ["kidney_us", "skin_lesion", "retina_vessels", "ct_abdomen", "brain_
 # (the method, what it is compared with) for the per-seed comparisons in summary.md
 COMPARISONS = [("ts_kd", "unet"), ("ts_kd", "scratch"), ("ts_kd", "task_agnostic_kd"),
                ("vit_ts_kd", "vit_scratch"), ("vit_ts_kd", "vit_task_agnostic_kd"),
-               ("unet16_ts_kd", "unet"), ("unet16_ts_kd", "unet16_scratch"), ("teacher", "unet")]
+               ("unet16_ts_kd", "unet"), ("unet16_ts_kd", "unet16_scratch"),
+               ("unet16_ts_kd", "unet16_task_agnostic_kd"), ("teacher", "unet")]
 
 
 def aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:

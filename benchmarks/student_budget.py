@@ -44,7 +44,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             report = run_demo(task=args.task, seed=args.dev_seed, budget=budget, out=Path(tmp),
                               device=args.device)
-        out[budget] = {m: report["methods"][m]["dice_mean"] for m in METHODS}
+        out[budget] = {m: report["methods"][m]["dice_mean"] for m in METHODS
+                       if m in report["methods"]}
         out[budget]["seconds"] = report["seconds"]
         print(budget, json.dumps(out[budget]), flush=True)
     path = RESULTS / f"student_budget_{args.task}_dev{args.dev_seed}.json"

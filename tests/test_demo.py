@@ -132,7 +132,11 @@ def test_converged_budget_adds_the_lean_unet_student_from_scratch_and_distilled(
     assert lean.architecture == scratch.architecture == "unet"
     assert lean.unet_width == scratch.unet_width == LEAN_UNET_WIDTH
     assert not lean.from_scratch and scratch.from_scratch
+    agnostic = runs["unet16_task_agnostic_kd"]
+    assert agnostic.student.unet_width == LEAN_UNET_WIDTH and agnostic.distill.task_agnostic
+    assert not lean.from_scratch and not agnostic.student.from_scratch
     assert runs["unet"].student.unet_width == 32  # the baseline keeps MONAI's default
     assert SHARED["unet16_ts_kd"][0] == "ts_kd"  # the same teacher, transfer set and cache
+    assert SHARED["unet16_task_agnostic_kd"][0] == "task_agnostic_kd"  # the same SAM cache
     # the small demo (make demo) stays at its eight methods
     assert "unet16_ts_kd" not in demo_runs(base, Path("out"), demo.BUDGETS["small"].unet_students)

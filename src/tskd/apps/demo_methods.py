@@ -38,7 +38,7 @@ def demo_runs(base: RunConfig, out: Path, unet_students: bool = False) -> dict[s
         base: The TS-KD run (``demo_config``) with the default student.
         out: The demo folder; each method runs in ``out/<method>``.
         unet_students: Also the U-Net of width ``LEAN_UNET_WIDTH`` as a student, from scratch
-            and after TS-KD (``Budget.unet_students``).
+            after task-agnostic KD and after TS-KD (``Budget.unet_students``).
 
     Returns:
         {method: configuration}; the U-Net (``unet``) gets its time budget later, from what
@@ -54,7 +54,8 @@ def demo_runs(base: RunConfig, out: Path, unet_students: bool = False) -> dict[s
     }
     if unet_students:
         lean = {"architecture": "unet", "unet_width": LEAN_UNET_WIDTH}
-        flags |= {"unet16_ts_kd": lean, "unet16_scratch": lean | {"from_scratch": True}}
+        flags |= {"unet16_ts_kd": lean, "unet16_scratch": lean | {"from_scratch": True},
+                  "unet16_task_agnostic_kd": lean | {"task_agnostic": True}}
     return {name: base if name == "ts_kd" else _variant(base, out / name, **f)
             for name, f in flags.items()}
 
@@ -65,6 +66,7 @@ SHARED = {
     "task_agnostic_kd": ("ts_kd", ("transfer",)),
     "vit_task_agnostic_kd": ("task_agnostic_kd", ("transfer", "cache")),
     "unet16_ts_kd": ("ts_kd", ("teacher", "transfer", "cache")),
+    "unet16_task_agnostic_kd": ("task_agnostic_kd", ("transfer", "cache")),
 }
 # the U-Net student's width: as fast as the CNN student (56 and 59 ms per 256x256 image on one
 # thread, 4.74 M and 0.50 M parameters; measured with build_student on the 2-core machine)

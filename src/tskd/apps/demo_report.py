@@ -18,7 +18,7 @@ from tskd.config import RunConfig
 # default (convolutional) student and the paper's ViT-Tiny, each from scratch, after
 # task-agnostic KD and after TS-KD, and the adapted teacher
 METHODS = ("unet", "scratch", "task_agnostic_kd", "ts_kd", "vit_scratch", "vit_task_agnostic_kd",
-           "vit_ts_kd", "unet16_scratch", "unet16_ts_kd", "teacher")
+           "vit_ts_kd", "unet16_scratch", "unet16_task_agnostic_kd", "unet16_ts_kd", "teacher")
 LABELS = {
     "unet": "U-Net from scratch (MONAI BasicUNet)",
     "scratch": "CNN student from scratch",
@@ -28,6 +28,7 @@ LABELS = {
     "vit_task_agnostic_kd": "ViT-Tiny student, task-agnostic KD",
     "vit_ts_kd": "ViT-Tiny student, TS-KD",
     "unet16_scratch": "U-Net student (width 16) from scratch",
+    "unet16_task_agnostic_kd": "U-Net student (width 16), task-agnostic KD",
     "unet16_ts_kd": "U-Net student (width 16), TS-KD",
     "teacher": "adapted teacher (LoRA)",
 }
