@@ -41,8 +41,8 @@ def aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
         reports: ``run_demo`` reports; a method is kept where every report of its task has it.
 
     Returns:
-        {task: {"seeds", "n_labels", method: {"dice", "hd95", "seconds": {"mean", "std",
-        "values"}, "params", "ms_per_image"}}}.
+        {task: {"seeds", "n_labels", method: {"dice", "hd95", "seconds", "speck_share":
+        {"mean", "std", "values"}, "params", "ms_per_image"}}}.
     """
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in reports:
@@ -54,7 +54,7 @@ def aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for m in METHODS:
             if not all(m in r["methods"] for r in runs):
                 continue
-            for key in ("dice_mean", "hd95_mean", "seconds"):
+            for key in ("dice_mean", "hd95_mean", "seconds", "speck_share"):
                 values = [r["methods"][m].get(key, 0.0) for r in runs]
                 entry.setdefault(m, {})[key.replace("_mean", "")] = {
                     "mean": statistics.fmean(values),
@@ -81,6 +81,45 @@ def _comparisons(e: dict[str, Any]) -> list[str]:
                      + ", ".join(f"{x:.3f} / {y:.3f}" for x, y in zip(va, vb, strict=True))
                      + ").")
     return lines
+
+
+# each student's methods: from scratch, after task-agnostic KD, after TS-KD
+STUDENTS = {"CNN": ("scratch", "task_agnostic_kd", "ts_kd"),
+            "ViT-Tiny": ("vit_scratch", "vit_task_agnostic_kd", "vit_ts_kd"),
+            "U-Net w16": ("unet16_scratch", "unet16_task_agnostic_kd", "unet16_ts_kd")}
+
+
+def _gap(e: dict[str, Any], a: str, b: str) -> str:
+    """``a``'s mean Dice minus ``b``'s, or a dash where either is missing."""
+    if a not in e or b not in e:
+        return "-"
+    return f"{e[a]['dice']['mean'] - e[b]['dice']['mean']:+.3f}"
+
+
+def goals(summary: dict[str, Any]) -> list[str]:
+    """The accuracy goals per task as mean-Dice gaps over the seeds run (positive: met).
+
+    Args:
+        summary: ``aggregate``'s result.
+
+    Returns:
+        Markdown lines: one table row per task; a student's gaps read "TS-KD minus U-Net",
+        "TS-KD minus from scratch", "TS-KD minus task-agnostic KD".
+    """
+    head = ["task", "seeds", "teacher - U-Net"]
+    for student in STUDENTS:
+        head += [f"{student} TS-KD - U-Net", "- scratch", "- task-agnostic"]
+    lines = ["### Goals: mean-Dice gaps (positive: met)", "",
+             "| " + " | ".join(head + ["largest specks %"]) + " |",
+             "|" + "---|" * (len(head) + 1)]
+    for task, e in summary.items():
+        cells = [task, str(len(e["seeds"])), _gap(e, "teacher", "unet")]
+        for scratch, agnostic, ts_kd in STUDENTS.values():
+            cells += [_gap(e, ts_kd, "unet"), _gap(e, ts_kd, scratch), _gap(e, ts_kd, agnostic)]
+        specks = [e[m]["speck_share"]["mean"] for m in METHODS if m in e]
+        cells.append(f"{100 * max(specks):.2f}" if specks else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def to_markdown(summary: dict[str, Any]) -> str:
@@ -110,7 +149,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
                 f"{h['std']:.1f} | {t['mean']:.0f} | {e[m]['params'] / 1e6:.2f} M "
                 f"| {e[m]['ms_per_image']:.1f} |")
         lines += ["", *_comparisons(e), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + goals(summary))
 
 
 def plot(summary: dict[str, Any], out: Path) -> list[Path]:
@@ -174,6 +213,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None,
                    help="mini SAM weights to adapt instead of the built-in ones (a "
                         "`tskd pretrain-mini` output); use its own --out folder")
+    p.add_argument("--finished-only", action="store_true",
+                   help="summarise the finished (task, seed) runs; start none")
     p.add_argument("--out", type=Path, default=None,
                    help="results folder (default benchmarks/results/<budget>)")
     args = p.parse_args()
@@ -186,6 +227,8 @@ def main() -> None:
             if done.is_file():  # finished earlier: reuse (delete the folder to re-run)
                 report = json.loads(done.read_text())
                 _check_same_teacher(report, args.checkpoint, folder)
+            elif args.finished_only:
+                continue
             else:
                 report = run_demo(task=task, n_labels=args.labels, seed=seed,
                                   budget=args.budget, out=folder, device=args.device,

@@ -1,0 +1,49 @@
+"""The benchmark's summary: means over seeds, the per-seed comparisons and the goals table."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("run_benchmark",
+                                                  ROOT / "benchmarks" / "run_benchmark.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _report(seed: int, dice: dict[str, float]) -> dict[str, Any]:
+    return {"task": "kidney_us", "seed": seed, "n_labels": 10, "methods": {
+        m: {"dice_mean": d, "hd95_mean": 10.0, "seconds": 100.0, "params": 1e6,
+            "ms_per_image": 20.0, "speck_share": 0.002 if m == "unet" else 0.0}
+        for m, d in dice.items()}}
+
+
+def test_goals_are_mean_gaps_over_seeds_and_dashes_where_a_method_is_missing(
+        bench: ModuleType) -> None:
+    reports = [
+        _report(0, {"unet": 0.70, "teacher": 0.60, "scratch": 0.50, "task_agnostic_kd": 0.65,
+                    "ts_kd": 0.72}),
+        _report(1, {"unet": 0.80, "teacher": 0.70, "scratch": 0.60, "task_agnostic_kd": 0.75,
+                    "ts_kd": 0.76}),
+    ]
+    summary = bench.aggregate(reports)
+    assert summary["kidney_us"]["ts_kd"]["dice"]["mean"] == pytest.approx(0.74)
+    assert summary["kidney_us"]["unet"]["speck_share"]["values"] == [0.002, 0.002]
+    row = [line for line in bench.goals(summary) if line.startswith("| kidney_us")][0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # task, seeds, teacher - U-Net, then the CNN's TS-KD minus U-Net / scratch / task-agnostic
+    assert cells[:6] == ["kidney_us", "2", "-0.100", "-0.010", "+0.190", "+0.040"]
+    assert cells[6:12] == ["-"] * 6  # no ViT-Tiny or U-Net student in these reports
+    assert cells[12] == "0.20"  # the largest speck share, in percent
+    text = bench.to_markdown(summary)
+    assert "at least as good on 1 of 2 seeds (0.720 / 0.700, 0.760 / 0.800)" in text
