@@ -12,20 +12,28 @@ from tskd.apps import demo
 from tskd.config import RunConfig, from_dict
 
 
-def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    sam = write_tiny_sam(tmp_path / "sam" / "tiny.safetensors")
+def _tiny_demo_config(monkeypatch: pytest.MonkeyPatch, sam: str) -> None:
+    """Make ``run_demo`` build tiny models (``tiny_setup``) with the demo's data folders."""
 
     def tiny_demo_config(data_root: Path, run_dir: Path, budget: demo.Budget, seed: int,
                          teacher: str = "mini", checkpoint: str | None = None,
-                         device: str = "auto", teacher_size: int | None = None) -> RunConfig:
+                         device: str = "auto", teacher_size: int | None = None,
+                         counts: tuple[int, int] | None = None) -> RunConfig:
         cfg = from_dict(RunConfig, tiny_config(data_root, sam, run_dir))
         assert teacher_size is None  # run_demo passes the default through
         cfg.data.test = None
+        if counts is not None and counts[1] == 0:  # a user's folder without unlabelled/
+            cfg.data.unlabelled = None
         cfg.synth.train.seed = seed
         return cfg
 
     monkeypatch.setattr(demo, "demo_config", tiny_demo_config)
+
+
+def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    sam = write_tiny_sam(tmp_path / "sam" / "tiny.safetensors")
+    _tiny_demo_config(monkeypatch, sam)
     report = demo.run_demo(task="kidney_us", n_labels=3, seed=1, budget="tiny",
                            out=tmp_path / "demo", device="cpu", check_pretraining=True)
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
@@ -140,3 +148,43 @@ def test_converged_budget_adds_the_lean_unet_student_from_scratch_and_distilled(
     assert SHARED["unet16_task_agnostic_kd"][0] == "task_agnostic_kd"  # the same SAM cache
     # the small demo (make demo) stays at its eight methods
     assert "unet16_ts_kd" not in demo_runs(base, Path("out"), demo.BUDGETS["small"].unet_students)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("with_unlabelled", [True, False])
+def test_demo_on_own_data_scores_its_test_images_and_never_writes_the_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_unlabelled: bool) -> None:
+    from tskd.data import phantoms
+
+    sam = write_tiny_sam(tmp_path / "sam" / "tiny.safetensors")
+    _tiny_demo_config(monkeypatch, sam)
+    mine = tmp_path / "my cells"
+    phantoms.write_task_folders("skin_lesion", mine, 4, 3 if with_unlabelled else 0, 5, 72, 3)
+    if not with_unlabelled:
+        import shutil
+
+        shutil.rmtree(mine / "unlabelled")
+    before = _tree(mine)
+    report = demo.run_demo(data=mine, budget="tiny", out=tmp_path / "out", device="cpu",
+                           task="not a task", n_labels=99)  # both unused with data
+    assert report["task"] == "my cells" and report["data"] == str(mine.resolve())
+    assert report["n_labels"] == 4 and report["n_test"] == 5
+    assert {"unet", "ts_kd", "scratch", "teacher"} <= set(report["methods"])
+    assert _tree(mine) == before  # read, never written
+    assert not (tmp_path / "out" / "data").exists()  # no sample task was drawn
+
+
+def test_demo_on_own_data_refuses_a_folder_without_test_and_an_output_inside_it(
+        tmp_path: Path) -> None:
+    from tskd.errors import TskdInputError
+
+    (tmp_path / "d" / "train" / "images").mkdir(parents=True)
+    with pytest.raises(TskdInputError, match="no test/ folder"):
+        demo.run_demo(data=tmp_path / "d", budget="tiny", out=tmp_path / "out")
+    (tmp_path / "d" / "test").mkdir()
+    with pytest.raises(TskdInputError, match="--data"):
+        demo.run_demo(data=tmp_path / "d", budget="tiny", out=tmp_path / "d" / "runs")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "d" / "runs").exists()

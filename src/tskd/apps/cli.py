@@ -195,8 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default="auto")
 
-    # the names of tskd.data.phantoms.TASKS, written out to keep the CLI's start-up light
-    # (tests/test_brain_task.py checks that they match)
+    # tskd.data.phantoms.TASKS, written out for a light start-up (tests/test_brain_task.py)
     tasks = ("kidney_us, skin_lesion, retina_vessels, ct_abdomen or brain_mri (needs the "
              "[brain] extra)")
     p = sub.add_parser("make-sample-data", help="write a sample task as folders")
@@ -212,13 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole method on a sample task, with baselines")
     p.add_argument("--task", default="kidney_us", help=tasks)
+    p.add_argument("--data", type=Path, help="your own data instead of --task: a folder of train/"
+                   " and test/ (labelled) and optionally unlabelled/, never written")
     p.add_argument("--labels", type=int, default=10, help="labelled training images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", choices=["tiny", "small", "converged"], default="small")
     p.add_argument("--teacher", default="mini", help="mini, vit_b, vit_l or vit_h")
     p.add_argument("--checkpoint", help="SAM checkpoint for --teacher vit_*")
-    p.add_argument("--teacher-size", type=int,
-                   help="teacher input size (default: 128 for mini, 512 for vit_*)")
+    p.add_argument("--teacher-size", type=int, help="teacher input px (128 mini, 512 vit_*)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--device", default="auto")
     p.add_argument("--check-pretraining", action="store_true",

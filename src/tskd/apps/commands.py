@@ -269,7 +269,7 @@ def sample_data(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 
 
 def demo(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    """Run the whole method on a procedural task, with baselines (``tskd demo``).
+    """Run the whole method on a procedural task or the user's data, with baselines (``tskd demo``).
 
     Prints the result table and the path of ``report.md`` (``tskd.apps.demo.run_demo``).
 
@@ -291,7 +291,7 @@ def demo(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
         task=args.task, n_labels=args.labels, seed=args.seed, budget=args.budget,
         teacher=args.teacher, checkpoint=args.checkpoint, out=args.out, device=args.device,
         progress=progress, cancel=cancel, check_pretraining=args.check_pretraining,
-        teacher_size=args.teacher_size,
+        teacher_size=args.teacher_size, data=args.data,
     )
     progress.close()
     print(result["table"])

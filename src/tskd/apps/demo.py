@@ -85,6 +85,7 @@ def demo_config(
     checkpoint: str | None = None,
     device: str = "auto",
     teacher_size: int | None = None,
+    counts: tuple[int, int] | None = None,
 ) -> RunConfig:
     """The TS-KD configuration the demo uses; the baselines are variants of it.
 
@@ -101,10 +102,13 @@ def demo_config(
         device: the run's device (every stage and prediction).
         teacher_size: the teacher's input size in pixels; None: 128 for the mini teacher (its
             pretraining size), 512 for official SAMs (as SAMed, Zhang & Liu 2023).
+        counts: (labelled, unlabelled) images of ``data_root`` (a user's folder, whose
+            ``unlabelled/`` may be missing: 0); None: a sample task's, as the budget writes it.
     """
     cfg = RunConfig(run_dir=str(run_dir), device=device)
     cfg.data.labelled = str(data_root / "train")
-    cfg.data.unlabelled = str(data_root / "unlabelled")
+    has_unlabelled = counts is None or counts[1] > 0
+    cfg.data.unlabelled = str(data_root / "unlabelled") if has_unlabelled else None
     cfg.data.val_fraction = budget.val_fraction  # validation images for early stopping only
     cfg.teacher.model_type = teacher
     cfg.teacher.checkpoint = checkpoint
@@ -130,11 +134,13 @@ def demo_config(
                            cfg.student.train), caps):
         train.max_seconds = cap
     if budget.patience is not None:
-        _validate_every(cfg, budget, data_root)
+        if counts is None:
+            counts = (len(list((data_root / "train" / "images").iterdir())), budget.n_unlabelled)
+        _validate_every(cfg, budget, *counts)
     return cfg
 
 
-def _validate_every(cfg: RunConfig, budget: Budget, data_root: Path) -> None:
+def _validate_every(cfg: RunConfig, budget: Budget, n_labelled: int, n_unlabelled: int) -> None:
     """Early stopping for the teacher, distillation and the student, scored every ~N steps.
 
     ``val_every`` is in epochs, and an epoch of 8 labelled images is 2 steps while one of the
@@ -143,9 +149,8 @@ def _validate_every(cfg: RunConfig, budget: Budget, data_root: Path) -> None:
     """
     from tskd.config import validation_count
 
-    n_labelled = len(list((data_root / "train" / "images").iterdir()))
     n_train = n_labelled - validation_count(n_labelled, budget.val_fraction)
-    n_transfer = budget.n_unlabelled + n_train + budget.synth_images
+    n_transfer = n_unlabelled + n_train + budget.synth_images
     for train, n in ((cfg.teacher.train, n_train), (cfg.distill.train, n_transfer),
                      (cfg.student.train, n_train)):
         steps_per_epoch = max(1, n // train.batch_size)
@@ -179,7 +184,7 @@ def _check_teacher(teacher: str, checkpoint: str | None) -> None:
 
 
 @contextmanager
-def _demo_folder(out: Path, task: str, n_labels: int, b: Budget) -> Iterator[None]:
+def _demo_folder(out: Path, task: str | None, n_labels: int, b: Budget) -> Iterator[None]:
     """Hold ``out``'s lock and record what the demo writes directly in it.
 
     Its data and reports go in ``out/.tskd-manifest.json``; the three run folders keep their
@@ -187,6 +192,7 @@ def _demo_folder(out: Path, task: str, n_labels: int, b: Budget) -> Iterator[Non
     reports of an earlier demo are removed only where the manifest lists them; any other file
     where the demo would write (a report, or an image in ``data/<split>/images|labels``, which
     would join the task) stops the demo before it writes anything (``TskdInputError``).
+    ``task`` None: the user's own data, read where it is; ``out/data`` is left alone.
     """
     from tskd.data import outputs
     from tskd.pipeline import lock, manifest
@@ -201,7 +207,7 @@ def _demo_folder(out: Path, task: str, n_labels: int, b: Budget) -> Iterator[Non
                     "or choose another --out."
                 )
         data_root = out / "data"
-        if data_root.exists():
+        if task is not None and data_root.exists():
             # check first, so a refused demo removes nothing; then an earlier demo's data goes,
             # as far as the manifest lists it
             outputs.check_task_folder(task, data_root, n_labels, b.n_unlabelled, b.n_test,
@@ -224,6 +230,7 @@ def run_demo(
     cancel: CancelToken | None = None,
     check_pretraining: bool = False,
     teacher_size: int | None = None,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the report dict (also written as report.json and report.md).
 
@@ -244,10 +251,15 @@ def run_demo(
             with the same budget (``report["pretraining_check"]``).
         teacher_size: the teacher's input size in pixels; None: 128 for the mini SAM (its
             native size), 512 for official SAMs.
+        data: instead of a sample task, a folder of the user's own: ``train/`` (labelled:
+            images/+labels/ or nnU-Net's layout), ``test/`` (labelled, scored only) and
+            optionally ``unlabelled/``; read, never written. ``task`` and ``n_labels`` are then
+            not used; the budget's synthetic images are still made.
 
     Raises:
-        TskdInputError: before writing anything: bad task, budget or label count, or files in
-            ``out`` the demo did not write where it would write.
+        TskdInputError: before writing anything: bad task, budget or label count, files in
+            ``out`` the demo did not write where it would write, a ``data`` folder without
+            ``train/`` or ``test/``, or ``out`` inside ``data`` (or the other way round).
         CheckpointError: before writing anything: unknown teacher, missing checkpoint.
         RunFolderError: another process holds ``out`` or one of its run folders.
         Cancelled: ``cancel`` was set.
@@ -255,6 +267,9 @@ def run_demo(
     """
     from tskd.data import phantoms
 
+    if data is not None:
+        return _run_on_own_data(Path(data), seed, budget, teacher, checkpoint, Path(out),
+                                device, progress, cancel, check_pretraining, teacher_size)
     if task not in phantoms.TASKS:
         raise TskdInputError(f"unknown task '{task}'; choose one of {', '.join(phantoms.TASKS)}")
     if budget not in BUDGETS:
@@ -269,22 +284,54 @@ def run_demo(
                          progress, cancel, check_pretraining, teacher_size)
 
 
+def _run_on_own_data(
+    data: Path, seed: int, budget: str, teacher: str, checkpoint: str | None, out: Path,
+    device: str, progress: ProgressCallback | None, cancel: CancelToken | None,
+    check_pretraining: bool, teacher_size: int | None,
+) -> dict[str, Any]:
+    """``run_demo`` on a user's folder: every method, scored on its ``test/`` images."""
+    from tskd.data import outputs, samples
+
+    if budget not in BUDGETS:
+        raise TskdInputError(f"unknown budget '{budget}'; choose one of {', '.join(BUDGETS)}")
+    for split in ("train", "test"):
+        if not (data / split).is_dir():
+            raise TskdInputError(
+                f"{data} has no {split}/ folder; the demo on your own data reads train/ and "
+                "test/ (labelled: images/ + labels/) and optionally unlabelled/.")
+    outputs.check_not_input(out, [data], what="demo output folder (--out)",
+                            input_what="data folder (--data)")
+    _check_teacher(teacher, checkpoint)
+    n_labels = len(samples.load_labelled(data / "train"))
+    n_test = len(samples.load_labelled(data / "test"))
+    unlabelled = data / "unlabelled"
+    n_unlabelled = len(samples.load_unlabelled(unlabelled)) if unlabelled.is_dir() else 0
+    with _demo_folder(out, None, n_labels, BUDGETS[budget]):
+        return _run_demo(None, n_labels, seed, budget, BUDGETS[budget], teacher, checkpoint,
+                         out, device, progress, cancel, check_pretraining, teacher_size,
+                         own=(data, n_test, n_unlabelled))
+
+
 def _run_demo(
-    task: str, n_labels: int, seed: int, budget: str, b: Budget, teacher: str,
+    task: str | None, n_labels: int, seed: int, budget: str, b: Budget, teacher: str,
     checkpoint: str | None, out: Path, device: str, progress: ProgressCallback | None,
     cancel: CancelToken | None, check_pretraining: bool, teacher_size: int | None,
+    own: tuple[Path, int, int] | None = None,
 ) -> dict[str, Any]:
     from tskd.apps import demo_report
     from tskd.data import phantoms
     from tskd.pipeline import registry
 
     t_start = time.perf_counter()
-    data_root = out / "data"
-    # the task's images depend on the seed too: every seed is a fresh draw of data
-    phantoms.write_task_folders(task, data_root, n_labels, b.n_unlabelled, b.n_test, 256, seed)
-
+    if own is None:
+        data_root, n_test, counts = out / "data", b.n_test, None
+        # the task's images depend on the seed too: every seed is a fresh draw of data
+        phantoms.write_task_folders(task, data_root, n_labels, b.n_unlabelled, n_test, 256, seed)
+    else:  # the user's folder (``_run_on_own_data``)
+        data_root, n_test, n_unlabelled = own
+        counts = (n_labels, n_unlabelled)
     base = demo_config(data_root, out / "ts_kd", b, seed, teacher, checkpoint, device,
-                       teacher_size)
+                       teacher_size, counts)
     runs = demo_methods.demo_runs(base, out, b.unet_students)
     seconds: dict[str, dict[str, float]] = {}  # {method: {stage: wall-clock seconds}}
     for name, cfg in runs.items():
@@ -303,14 +350,12 @@ def _run_demo(
     methods["teacher"] = demo_report.score(runs["ts_kd"], "teacher", test) | {
         "seconds": seconds["ts_kd"]["teacher"]}
     report = {
-        "task": task,
-        "n_labels": n_labels,
-        "seed": seed,
-        "budget": budget,
-        "teacher_model": teacher,
+        "task": task if own is None else data_root.name,
+        "data": None if own is None else str(data_root.resolve()),
+        "n_labels": n_labels, "seed": seed, "budget": budget, "teacher_model": teacher,
         "teacher_input_size": base.teacher.input_size,
         "teacher_weights": demo_report.teacher_identity(base),
-        "n_test": b.n_test,
+        "n_test": n_test,
         "methods": methods,
         "seconds": time.perf_counter() - t_start,
     }
