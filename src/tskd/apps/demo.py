@@ -107,8 +107,7 @@ def demo_config(
     """
     cfg = RunConfig(run_dir=str(run_dir), device=device)
     cfg.data.labelled = str(data_root / "train")
-    has_unlabelled = counts is None or counts[1] > 0
-    cfg.data.unlabelled = str(data_root / "unlabelled") if has_unlabelled else None
+    cfg.data.unlabelled = None if counts and not counts[1] else str(data_root / "unlabelled")
     cfg.data.val_fraction = budget.val_fraction  # validation images for early stopping only
     cfg.teacher.model_type = teacher
     cfg.teacher.checkpoint = checkpoint
@@ -134,13 +133,12 @@ def demo_config(
                            cfg.student.train), caps):
         train.max_seconds = cap
     if budget.patience is not None:
-        if counts is None:
-            counts = (len(list((data_root / "train" / "images").iterdir())), budget.n_unlabelled)
-        _validate_every(cfg, budget, *counts)
+        _validate_every(cfg, budget, data_root, counts)
     return cfg
 
 
-def _validate_every(cfg: RunConfig, budget: Budget, n_labelled: int, n_unlabelled: int) -> None:
+def _validate_every(cfg: RunConfig, budget: Budget, data_root: Path,
+                    counts: tuple[int, int] | None) -> None:
     """Early stopping for the teacher, distillation and the student, scored every ~N steps.
 
     ``val_every`` is in epochs, and an epoch of 8 labelled images is 2 steps while one of the
@@ -149,6 +147,8 @@ def _validate_every(cfg: RunConfig, budget: Budget, n_labelled: int, n_unlabelle
     """
     from tskd.config import validation_count
 
+    n_labelled, n_unlabelled = counts or (len(list((data_root / "train" / "images").iterdir())),
+                                          budget.n_unlabelled)
     n_train = n_labelled - validation_count(n_labelled, budget.val_fraction)
     n_transfer = n_unlabelled + n_train + budget.synth_images
     for train, n in ((cfg.teacher.train, n_train), (cfg.distill.train, n_transfer),
@@ -234,32 +234,27 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; returns the report dict (also written as report.json and report.md).
 
-    ``out`` may hold other files; the demo never removes or replaces them (``_demo_folder``).
-
     Args:
         task: a procedural task of ``tskd.data.phantoms.TASKS`` (e.g. ``kidney_us``).
         n_labels: labelled training images (at least 1).
         seed: draws the task's images and seeds every stage.
-        budget: a key of ``BUDGETS`` (``tiny``, ``small``, ``full``).
+        budget: a key of ``BUDGETS`` (``tiny``, ``small``, ``converged``).
         teacher: ``"mini"`` (built in) or an official SAM type (``vit_b`` ...).
         checkpoint: the SAM checkpoint file; required for official types.
-        out: the output folder.
+        out: the output folder; may hold other files, never removed or replaced.
         device: device of every stage and of scoring (``"auto"``, ``"cpu"``, ``"cuda"``).
         progress: called with ``tskd.engine.Progress`` reports.
         cancel: checked every training step.
         check_pretraining: also train the teacher's architecture from random initialisation
             with the same budget (``report["pretraining_check"]``).
-        teacher_size: the teacher's input size in pixels; None: 128 for the mini SAM (its
-            native size), 512 for official SAMs.
-        data: instead of a sample task, a folder of the user's own: ``train/`` (labelled:
-            images/+labels/ or nnU-Net's layout), ``test/`` (labelled, scored only) and
-            optionally ``unlabelled/``; read, never written. ``task`` and ``n_labels`` are then
-            not used; the budget's synthetic images are still made.
+        teacher_size: the teacher's input px; None: 128 for the mini SAM, 512 for SAMs.
+        data: instead of ``task`` and ``n_labels``, the user's folder: labelled ``train/``
+            and ``test/`` (scored only), optionally ``unlabelled/``; never written.
 
     Raises:
         TskdInputError: before writing anything: bad task, budget or label count, files in
-            ``out`` the demo did not write where it would write, a ``data`` folder without
-            ``train/`` or ``test/``, or ``out`` inside ``data`` (or the other way round).
+            ``out`` the demo did not write where it would write, ``data`` without ``train/``
+            or ``test/``, ``out`` inside ``data`` (or the other way round).
         CheckpointError: before writing anything: unknown teacher, missing checkpoint.
         RunFolderError: another process holds ``out`` or one of its run folders.
         Cancelled: ``cancel`` was set.
