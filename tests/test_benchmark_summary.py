@@ -47,3 +47,30 @@ def test_goals_are_mean_gaps_over_seeds_and_dashes_where_a_method_is_missing(
     assert cells[12] == "0.20"  # the largest speck share, in percent
     text = bench.to_markdown(summary)
     assert "at least as good on 1 of 2 seeds (0.720 / 0.700, 0.760 / 0.800)" in text
+
+
+def test_student_choice_reads_validation_dice_only_and_averages_complete_runs(
+        tmp_path: Path) -> None:
+    import json
+
+    spec = importlib.util.spec_from_file_location("student_choice",
+                                                  ROOT / "benchmarks" / "student_choice.py")
+    choice = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(choice)  # type: ignore[union-attr]
+    val = {"a_seed0": {"ts_kd": 0.6, "unet16_ts_kd": 0.8, "vit_ts_kd": 0.5},
+           "a_seed1": {"ts_kd": 0.7, "unet16_ts_kd": 0.6, "vit_ts_kd": 0.4},
+           "b_seed0": {"ts_kd": 0.9, "vit_ts_kd": 0.1}}  # no U-Net student: not in the mean
+    for run, dice in val.items():
+        methods = {}
+        for m, d in dice.items():
+            (tmp_path / run / m / "student").mkdir(parents=True)
+            (tmp_path / run / m / "student" / "meta.json").write_text(
+                json.dumps({"val": {"dice": d, "n_images": 2}}))
+            # the test Dice is never read: a choice made on it would differ
+            methods[m] = {"ms_per_image": 20.0, "dice_mean": 1.0 - d}
+        (tmp_path / run / "report.json").write_text(json.dumps({"methods": methods}))
+    result = choice.compare([tmp_path])
+    assert result["n_runs"] == 2
+    assert result["mean"] == pytest.approx({"ts_kd": 0.65, "unet16_ts_kd": 0.7, "vit_ts_kd": 0.45})
+    assert result["runs"][f"{tmp_path.name}/b_seed0"] == {"ts_kd": 0.9, "vit_ts_kd": 0.1}
+    assert "**0.700**" in choice.to_markdown(result)

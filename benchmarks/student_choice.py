@@ -1,0 +1,108 @@
+"""Which student should be the default: compared on validation images only, never the test set.
+
+    python benchmarks/student_choice.py benchmarks/results/converged
+
+Every benchmark run (``<folder>/<task>_seed<k>/``) holds each method's fine-tuned student with
+the Dice it reached on the run's validation images (``<method>/student/meta.json``: ``val``,
+the images ``data.val_fraction`` holds out of the labelled set to decide when a stage stops).
+This script compares the students after TS-KD on that Dice alone, beside their speed per image,
+so the default is chosen without looking at a test image; the test Dice of the same runs is
+what docs/benchmark.md reports. Writes ``<folder>/student_choice.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+# the students after TS-KD that may be the default, with the words the table uses
+CANDIDATES = {"ts_kd": "CNN student (MobileNetV3 + U-Net decoder)",
+              "unet16_ts_kd": "U-Net student (MONAI BasicUNet, width 16)",
+              "vit_ts_kd": "ViT-Tiny student (the paper's)"}
+
+
+def validation_dice(run: Path) -> dict[str, float]:
+    """Each candidate's validation Dice in one benchmark run.
+
+    Args:
+        run: A ``<task>_seed<k>`` folder of ``run_benchmark.py``.
+
+    Returns:
+        {method: Dice on the run's validation images}, for the candidates the run trained.
+    """
+    out = {}
+    for method in CANDIDATES:
+        meta = run / method / "student" / "meta.json"
+        if meta.is_file():
+            val = json.loads(meta.read_text()).get("val")
+            if val is not None:
+                out[method] = float(val["dice"])
+    return out
+
+
+def compare(folders: list[Path]) -> dict[str, Any]:
+    """Validation Dice per run and candidate, the mean per candidate over runs that have all.
+
+    Args:
+        folders: ``run_benchmark.py`` results folders.
+
+    Returns:
+        {"runs": {run: {method: Dice}}, "mean": {method: mean Dice over the runs holding every
+        candidate}, "ms_per_image": {method: median over runs}, "n_runs": that number of runs}.
+    """
+    runs: dict[str, dict[str, float]] = {}
+    speed: dict[str, list[float]] = {}
+    for folder in folders:
+        for run in sorted(p for p in folder.iterdir() if (p / "report.json").is_file()):
+            runs[f"{folder.name}/{run.name}"] = validation_dice(run)
+            report = json.loads((run / "report.json").read_text())
+            for m in CANDIDATES:
+                if m in report["methods"]:
+                    speed.setdefault(m, []).append(report["methods"][m]["ms_per_image"])
+    complete = [v for v in runs.values() if set(v) == set(CANDIDATES)]
+    mean = {m: statistics.fmean(v[m] for v in complete) for m in CANDIDATES} if complete else {}
+    return {"runs": runs, "mean": mean, "n_runs": len(complete),
+            "ms_per_image": {m: statistics.median(v) for m, v in speed.items()}}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The comparison as a Markdown table (one row per run) and the means.
+
+    Args:
+        result: ``compare``'s result.
+
+    Returns:
+        The Markdown text.
+    """
+    names = list(CANDIDATES)
+    lines = ["| run | " + " | ".join(CANDIDATES[m] for m in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for run, dice in result["runs"].items():
+        lines.append(f"| {run} | " + " | ".join(
+            f"{dice[m]:.3f}" if m in dice else "-" for m in names) + " |")
+    if result["mean"]:
+        lines.append(f"| mean over the {result['n_runs']} runs with all three | " + " | ".join(
+            f"**{result['mean'][m]:.3f}**" for m in names) + " |")
+    lines.append("| ms per 256² image (median) | " + " | ".join(
+        f"{result['ms_per_image'][m]:.1f}" if m in result["ms_per_image"] else "-"
+        for m in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Compare the candidates in the given results folders and write the files."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("folders", nargs="+", type=Path)
+    args = p.parse_args()
+    result = compare(args.folders)
+    out = args.folders[0]
+    (out / "student_choice.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "student_choice.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
