@@ -92,6 +92,9 @@ def _segmenters(runs: dict[str, Any]) -> dict[str, Any]:
         ("ViT scratch", "vit_scratch", "student"),
         ("ViT task-agn. KD", "vit_task_agnostic_kd", "student"),
         ("ViT TS-KD", "vit_ts_kd", "student"),
+        ("U-Net16 scratch", "unet16_scratch", "student"),
+        ("U-Net16 task-agn. KD", "unet16_task_agnostic_kd", "student"),
+        ("U-Net16 TS-KD", "unet16_ts_kd", "student"),
     ):
         if run not in runs:
             continue
