@@ -22,6 +22,10 @@ from tskd.pipeline.markers import files_fingerprint, fingerprint
 __all__ = ["base_teacher_id", "of", "synth_fp", "synth_settings", "teacher_fp"]
 
 UNET_WIDTH_BEFORE_THE_KEY = 32  # MONAI BasicUNet's default, the U-Net of earlier versions
+# the sha256 (first 16 hex digits) of the first packaged mini SAM weights: "builtin" in the
+# fingerprints of runs made with them, so those runs keep their fingerprints; other packaged
+# weights are named by their content like any checkpoint
+FIRST_BUILTIN_SHA = "d4daeaad8f390a84"
 
 
 def _settings_fp(section: Any) -> dict[str, Any]:
@@ -67,12 +71,37 @@ def teacher_fp(cfg: RunConfig, data_fp: str) -> str:
         data_fp: the labelled set's fingerprint (``LabelledData.fingerprint``).
 
     Returns:
-        16 hex digits over the teacher's settings and ``data_fp``.
+        16 hex digits over the teacher's settings and ``data_fp``; for the packaged mini SAM
+        also its weights' sha256 unless they are the first packaged ones, so a new version's
+        weights adapt anew instead of reusing a teacher adapted from the old ones.
     """
     settings = _settings_fp(cfg.teacher)
     if not settings.get("refine_head", True):  # earlier versions had no head and no key
         settings.pop("refine_head")
-    return fingerprint("teacher", settings, data_fp)
+    if cfg.teacher.checkpoint or cfg.teacher.model_type != "mini":
+        return fingerprint("teacher", settings, data_fp)  # the checkpoint's path is a setting
+    weights = _weights_id(cfg)  # the packaged weights, which a new version may replace
+    if weights == "builtin":  # the first packaged weights: the fingerprint of earlier versions
+        return fingerprint("teacher", settings, data_fp)
+    return fingerprint("teacher", settings, data_fp, weights)
+
+
+def _weights_id(cfg: RunConfig) -> str:
+    """The un-adapted SAM's weights by content: "builtin" for the first packaged mini SAM.
+
+    A checkpoint is named by its sha256 wherever it lies, so a moved copy is the same teacher
+    and a file replaced at the same path another.
+    """
+    from tskd.models import sam_checkpoint
+
+    if cfg.teacher.checkpoint:
+        return sam_checkpoint.sha256_of(cfg.teacher.checkpoint)
+    if cfg.teacher.model_type != "mini":
+        return "builtin"  # refused when the teacher loads: official SAMs need a checkpoint
+    from tskd.models.mini_sam import BUILTIN_WEIGHTS
+
+    sha = sam_checkpoint.sha256_of(BUILTIN_WEIGHTS)
+    return "builtin" if sha.startswith(FIRST_BUILTIN_SHA) else sha
 
 
 def synth_settings(synth: SynthConfig) -> dict[str, Any]:
@@ -112,10 +141,11 @@ def base_teacher_id(cfg: RunConfig) -> str:
     """Identify the un-adapted SAM (16 hex digits).
 
     The id is the teacher-cache key and the base teacher's part of the distillation
-    fingerprint. It is made from the model type, the checkpoint's content (sha256; "builtin"
-    for the packaged mini SAM, so a moved copy is the same teacher and a replaced file
-    another) and the input size. ``sam_checkpoint.sha256_of`` keeps the digest per (path,
-    size, mtime) within the process, so a checkpoint of gigabytes is read once.
+    fingerprint. It is made from the model type, the checkpoint's content (sha256, so a moved
+    copy is the same teacher and a replaced file another; "builtin" for the first packaged
+    mini SAM, ``FIRST_BUILTIN_SHA``) and the input size. ``sam_checkpoint.sha256_of`` keeps
+    the digest per (path, size, mtime) within the process, so a checkpoint of gigabytes is
+    read once.
 
     Args:
         cfg: the run configuration; ``teacher.model_type``, ``teacher.checkpoint`` and
@@ -127,11 +157,7 @@ def base_teacher_id(cfg: RunConfig) -> str:
     Raises:
         CheckpointError: ``teacher.checkpoint`` names no file.
     """
-    from tskd.models import sam_checkpoint
-
-    ckpt = cfg.teacher.checkpoint
-    ckpt_id = sam_checkpoint.sha256_of(ckpt) if ckpt else "builtin"
-    return fingerprint("base", cfg.teacher.model_type, ckpt_id, cfg.teacher.input_size)
+    return fingerprint("base", cfg.teacher.model_type, _weights_id(cfg), cfg.teacher.input_size)
 
 
 def of(ctx: StageContext, stage: str) -> str:
