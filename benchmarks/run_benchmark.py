@@ -23,29 +23,31 @@ from pathlib import Path
 from typing import Any
 
 from tskd.apps.demo import run_demo
-from tskd.apps.demo_report import LABELS, METHODS
+from tskd.apps.demo_report import LABELS, METHODS, as_current
 
 RESULTS = Path(__file__).parent / "results"
 ALL_TASKS = ["kidney_us", "skin_lesion", "retina_vessels", "ct_abdomen", "brain_mri"]
 # (the method, what it is compared with) for the per-seed comparisons in summary.md
 COMPARISONS = [("ts_kd", "unet"), ("ts_kd", "scratch"), ("ts_kd", "task_agnostic_kd"),
+               ("cnn_ts_kd", "unet"), ("cnn_ts_kd", "cnn_scratch"),
+               ("cnn_ts_kd", "cnn_task_agnostic_kd"),
                ("vit_ts_kd", "vit_scratch"), ("vit_ts_kd", "vit_task_agnostic_kd"),
-               ("unet16_ts_kd", "unet"), ("unet16_ts_kd", "unet16_scratch"),
-               ("unet16_ts_kd", "unet16_task_agnostic_kd"), ("teacher", "unet")]
+               ("teacher", "unet")]
 
 
 def aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and spread over seeds of each method's test-set means, per task.
 
     Args:
-        reports: ``run_demo`` reports; a method is kept where every report of its task has it.
+        reports: ``run_demo`` reports (of any version: ``as_current``); a method is kept
+            where every report of its task has it.
 
     Returns:
         {task: {"seeds", "n_labels", method: {"dice", "hd95", "seconds", "speck_share":
         {"mean", "std", "values"}, "params", "ms_per_image"}}}.
     """
     by_task: dict[str, list[dict[str, Any]]] = {}
-    for r in reports:
+    for r in map(as_current, reports):
         by_task.setdefault(r["task"], []).append(r)
     out: dict[str, Any] = {}
     for task, runs in by_task.items():
@@ -84,9 +86,9 @@ def _comparisons(e: dict[str, Any]) -> list[str]:
 
 
 # each student's methods: from scratch, after task-agnostic KD, after TS-KD
-STUDENTS = {"CNN": ("scratch", "task_agnostic_kd", "ts_kd"),
-            "ViT-Tiny": ("vit_scratch", "vit_task_agnostic_kd", "vit_ts_kd"),
-            "U-Net w16": ("unet16_scratch", "unet16_task_agnostic_kd", "unet16_ts_kd")}
+STUDENTS = {"U-Net w16 (default)": ("scratch", "task_agnostic_kd", "ts_kd"),
+            "CNN": ("cnn_scratch", "cnn_task_agnostic_kd", "cnn_ts_kd"),
+            "ViT-Tiny": ("vit_scratch", "vit_task_agnostic_kd", "vit_ts_kd")}
 
 
 def _gap(e: dict[str, Any], a: str, b: str) -> str:

@@ -18,9 +18,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-# the students after TS-KD that may be the default, with the words the table uses
-CANDIDATES = {"ts_kd": "CNN student (MobileNetV3 + U-Net decoder)",
-              "unet16_ts_kd": "U-Net student (MONAI BasicUNet, width 16)",
+from tskd.apps.demo_report import CNN_DEFAULT_KEYS, as_current
+
+# the students after TS-KD that may be the default (today's method keys: ``ts_kd`` is the
+# default student), with the words the table uses
+CANDIDATES = {"ts_kd": "U-Net student (MONAI BasicUNet, width 16)",
+              "cnn_ts_kd": "CNN student (MobileNetV3 + U-Net decoder)",
               "vit_ts_kd": "ViT-Tiny student (the paper's)"}
 
 
@@ -28,14 +31,21 @@ def validation_dice(run: Path) -> dict[str, float]:
     """Each candidate's validation Dice in one benchmark run.
 
     Args:
-        run: A ``<task>_seed<k>`` folder of ``run_benchmark.py``.
+        run: A ``<task>_seed<k>`` folder of ``run_benchmark.py``; one written while the CNN was
+            the default student (no ``default_student`` in its report) holds the CNN in
+            ``ts_kd/`` and the U-Net student in ``unet16_ts_kd/``.
 
     Returns:
-        {method: Dice on the run's validation images}, for the candidates the run trained.
+        {method (today's key): Dice on the run's validation images}, for the candidates the
+        run trained.
     """
+    report = json.loads((run / "report.json").read_text())
+    folder = {m: m for m in CANDIDATES}
+    if "default_student" not in report:
+        folder |= {new: old for old, new in CNN_DEFAULT_KEYS.items() if new in CANDIDATES}
     out = {}
     for method in CANDIDATES:
-        meta = run / method / "student" / "meta.json"
+        meta = run / folder[method] / "student" / "meta.json"
         if meta.is_file():
             val = json.loads(meta.read_text()).get("val")
             if val is not None:
@@ -58,7 +68,7 @@ def compare(folders: list[Path]) -> dict[str, Any]:
     for folder in folders:
         for run in sorted(p for p in folder.iterdir() if (p / "report.json").is_file()):
             runs[f"{folder.name}/{run.name}"] = validation_dice(run)
-            report = json.loads((run / "report.json").read_text())
+            report = as_current(json.loads((run / "report.json").read_text()))
             for m in CANDIDATES:
                 if m in report["methods"]:
                     speed.setdefault(m, []).append(report["methods"][m]["ms_per_image"])

@@ -7,7 +7,7 @@
 
 Each argument is ``label=folder``: a results folder of ``run_benchmark.py`` (its
 ``<task>_seed<k>.json`` reports), all of one teacher. For every teacher and task: the adapted
-teacher's test Dice and the students' after TS-KD (CNN and ViT-Tiny) and the U-Net's, as the mean
+teacher's test Dice and the students' after TS-KD and the U-Net baseline's, as the mean
 over the seeds that folder holds (the seeds are listed: compare rows of the same seeds). Writes
 benchmarks/results/teacher_vs_student.{md,json,png}; the figure puts each (teacher, task, seed)
 at (teacher Dice, student Dice) with the diagonal, so points above it are students that went past
@@ -22,17 +22,19 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from tskd.apps.demo_report import as_current
+
 RESULTS = Path(__file__).parent / "results"
-COLUMNS = ("teacher", "ts_kd", "vit_ts_kd", "unet16_ts_kd", "scratch", "unet")
-HEADERS = ("adapted teacher", "CNN student, TS-KD", "ViT-Tiny, TS-KD", "U-Net student, TS-KD",
-           "CNN from scratch", "U-Net")
+COLUMNS = ("teacher", "ts_kd", "cnn_ts_kd", "vit_ts_kd", "scratch", "unet")
+HEADERS = ("adapted teacher", "U-Net student (w16), TS-KD", "CNN student, TS-KD",
+           "ViT-Tiny, TS-KD", "U-Net student (w16) from scratch", "U-Net baseline (w32)")
 
 
 def collect(label: str, folder: Path) -> list[dict[str, Any]]:
     """One row per task of a results folder: seeds and each method's mean test Dice."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(folder.glob("*_seed*.json")):
-        report = json.loads(path.read_text())
+        report = as_current(json.loads(path.read_text()))
         by_task.setdefault(report["task"], []).append(report)
     rows = []
     for task, reports in sorted(by_task.items()):
@@ -58,7 +60,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
-    """Each seed's TS-KD student Dice (CNN: filled, ViT-Tiny: open) against its teacher's."""
+    """Each seed's TS-KD student Dice (U-Net w16 filled, CNN and ViT open) against the teacher's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +75,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     for r in rows:
         marker = markers[teachers.index(r["label"]) % len(markers)]
         colour = colours(tasks.index(r["task"]) % 10)
-        for m, fill in (("ts_kd", colour), ("vit_ts_kd", "none"), ("unet16_ts_kd", "none")):
+        for m, fill in (("ts_kd", colour), ("cnn_ts_kd", "none"), ("vit_ts_kd", "none")):
             # a method's values are per seed, in the same order as the teacher's
             if r[m] and r["teacher"] and len(r[m]["values"]) == len(r["teacher"]["values"]):
                 ax.scatter(r["teacher"]["values"], r[m]["values"], marker=marker,
@@ -83,7 +85,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     for i, task in enumerate(tasks):
         ax.scatter([], [], marker="s", color=colours(i % 10), label=task)
     ax.set_xlabel("adapted teacher test Dice")
-    ax.set_ylabel("student test Dice after TS-KD (filled CNN, open ViT-Tiny)")
+    ax.set_ylabel("student test Dice after TS-KD (filled: U-Net w16; open: CNN, ViT-Tiny)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="lower right")

@@ -23,8 +23,8 @@ from tskd.pipeline.registry import stage
 
 MODES = ["task-specific", "task-agnostic"]
 # the student architectures a user picks from (every one can be distilled)
-ARCHITECTURES = {"CNN (MobileNetV3 + U-Net decoder)": "conv", "ViT-Tiny (the paper's)": "vit_tiny",
-                 "U-Net (MONAI BasicUNet)": "unet"}
+ARCHITECTURES = {"U-Net (MONAI BasicUNet)": "unet", "CNN (MobileNetV3 + U-Net decoder)": "conv",
+                 "ViT-Tiny (the paper's)": "vit_tiny"}
 
 
 class StudentWidget(StageWidget):
@@ -39,8 +39,9 @@ class StudentWidget(StageWidget):
         dd, ds = DistillConfig(), StudentConfig()
         self.architecture = ComboBox(
             label="Student", choices=list(ARCHITECTURES), value=_arch_label(ds.architecture),
-            tooltip="CNN: the default, more accurate from a few labels at the same speed; "
-                    "ViT-Tiny: the TS-KD paper's student")
+            tooltip="U-Net: the default (width 16, 0.5 M parameters), the most accurate after "
+                    "distillation at the same speed; CNN: a MobileNetV3 encoder; ViT-Tiny: the "
+                    "TS-KD paper's student")
         self.mode = RadioButtons(label="Distillation", choices=MODES, value=MODES[0],
                                  orientation="horizontal",
                                  tooltip="task-agnostic: match the un-adapted SAM (baseline)")
@@ -186,6 +187,6 @@ def _student_result(distill: Any, student: Any) -> str:
 
 
 def _arch_label(architecture: str) -> str:
-    """The choice shown for a configured architecture (the CNN's for anything else)."""
+    """The choice shown for a configured architecture (the default's for anything else)."""
     return next((k for k, v in ARCHITECTURES.items() if v == architecture),
                 next(iter(ARCHITECTURES)))

@@ -22,7 +22,8 @@ def bench() -> ModuleType:
 
 
 def _report(seed: int, dice: dict[str, float]) -> dict[str, Any]:
-    return {"task": "kidney_us", "seed": seed, "n_labels": 10, "methods": {
+    return {"task": "kidney_us", "seed": seed, "n_labels": 10,
+            "default_student": {"architecture": "unet", "unet_width": 16}, "methods": {
         m: {"dice_mean": d, "hd95_mean": 10.0, "seconds": 100.0, "params": 1e6,
             "ms_per_image": 20.0, "speck_share": 0.002 if m == "unet" else 0.0}
         for m, d in dice.items()}}
@@ -41,9 +42,10 @@ def test_goals_are_mean_gaps_over_seeds_and_dashes_where_a_method_is_missing(
     assert summary["kidney_us"]["unet"]["speck_share"]["values"] == [0.002, 0.002]
     row = [line for line in bench.goals(summary) if line.startswith("| kidney_us")][0]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # task, seeds, teacher - U-Net, then the CNN's TS-KD minus U-Net / scratch / task-agnostic
+    # task, seeds, teacher - U-Net, then the default student's TS-KD minus U-Net / scratch /
+    # task-agnostic
     assert cells[:6] == ["kidney_us", "2", "-0.100", "-0.010", "+0.190", "+0.040"]
-    assert cells[6:12] == ["-"] * 6  # no ViT-Tiny or U-Net student in these reports
+    assert cells[6:12] == ["-"] * 6  # no CNN or ViT-Tiny student in these reports
     assert cells[12] == "0.20"  # the largest speck share, in percent
     text = bench.to_markdown(summary)
     assert "at least as good on 1 of 2 seeds (0.720 / 0.700, 0.760 / 0.800)" in text
@@ -57,10 +59,12 @@ def test_student_choice_reads_validation_dice_only_and_averages_complete_runs(
                                                   ROOT / "benchmarks" / "student_choice.py")
     choice = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(choice)  # type: ignore[union-attr]
-    val = {"a_seed0": {"ts_kd": 0.6, "unet16_ts_kd": 0.8, "vit_ts_kd": 0.5},
-           "a_seed1": {"ts_kd": 0.7, "unet16_ts_kd": 0.6, "vit_ts_kd": 0.4},
-           "b_seed0": {"ts_kd": 0.9, "vit_ts_kd": 0.1}}  # no U-Net student: not in the mean
-    for run, dice in val.items():
+    # {run: ({method folder: validation Dice}, written with the U-Net default?)}; the run of
+    # the CNN default holds the CNN in ts_kd/ and the U-Net student in unet16_ts_kd/
+    val = {"a_seed0": ({"ts_kd": 0.8, "cnn_ts_kd": 0.6, "vit_ts_kd": 0.5}, True),
+           "a_seed1": ({"ts_kd": 0.7, "unet16_ts_kd": 0.6, "vit_ts_kd": 0.4}, False),
+           "b_seed0": ({"cnn_ts_kd": 0.9, "vit_ts_kd": 0.1}, True)}  # no U-Net: not in the mean
+    for run, (dice, current) in val.items():
         methods = {}
         for m, d in dice.items():
             (tmp_path / run / m / "student").mkdir(parents=True)
@@ -68,9 +72,27 @@ def test_student_choice_reads_validation_dice_only_and_averages_complete_runs(
                 json.dumps({"val": {"dice": d, "n_images": 2}}))
             # the test Dice is never read: a choice made on it would differ
             methods[m] = {"ms_per_image": 20.0, "dice_mean": 1.0 - d}
-        (tmp_path / run / "report.json").write_text(json.dumps({"methods": methods}))
+        report = {"methods": methods} | ({"default_student": {}} if current else {})
+        (tmp_path / run / "report.json").write_text(json.dumps(report))
     result = choice.compare([tmp_path])
     assert result["n_runs"] == 2
-    assert result["mean"] == pytest.approx({"ts_kd": 0.65, "unet16_ts_kd": 0.7, "vit_ts_kd": 0.45})
-    assert result["runs"][f"{tmp_path.name}/b_seed0"] == {"ts_kd": 0.9, "vit_ts_kd": 0.1}
+    assert result["mean"] == pytest.approx({"ts_kd": 0.7, "cnn_ts_kd": 0.65, "vit_ts_kd": 0.45})
+    assert result["runs"][f"{tmp_path.name}/a_seed1"] == pytest.approx(
+        {"ts_kd": 0.6, "cnn_ts_kd": 0.7, "vit_ts_kd": 0.4})
+    assert result["runs"][f"{tmp_path.name}/b_seed0"] == {"cnn_ts_kd": 0.9, "vit_ts_kd": 0.1}
     assert "**0.700**" in choice.to_markdown(result)
+
+
+def test_reports_of_the_cnn_default_are_read_with_todays_keys(bench: ModuleType) -> None:
+    from tskd.apps.demo_report import as_current
+
+    old = {"task": "kidney_us", "seed": 0, "methods": {  # written while the CNN was the default
+        "ts_kd": {"dice_mean": 0.65}, "scratch": {"dice_mean": 0.59},
+        "unet16_ts_kd": {"dice_mean": 0.80}, "unet16_scratch": {"dice_mean": 0.69},
+        "vit_ts_kd": {"dice_mean": 0.69}, "unet": {"dice_mean": 0.67}}}
+    now = as_current(old)
+    assert {k: v["dice_mean"] for k, v in now["methods"].items()} == {
+        "cnn_ts_kd": 0.65, "cnn_scratch": 0.59, "ts_kd": 0.80, "scratch": 0.69,
+        "vit_ts_kd": 0.69, "unet": 0.67}
+    assert "unet16_ts_kd" in old["methods"]  # the report read is left as it was
+    assert as_current(now) is now

@@ -145,3 +145,20 @@ def test_export_onnx_matches_pytorch(saved: tuple[Student, Path], tmp_path: Path
         assert out.shape == (batch, 3, SIZE, SIZE)
         assert np.abs(out - ref).max() < 1e-4
     assert not s.training  # the caller's model is left as it was
+
+
+def test_the_default_unet_student_exports_to_onnx(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from tskd.config import StudentConfig
+    from tskd.models.student import build_student
+
+    torch.manual_seed(0)
+    s = build_student(StudentConfig(), 2, 64).eval()  # MONAI's BasicUNet, width 16
+    path = tmp_path / "student.onnx"
+    assert bundle.export_onnx(s, path, 64) < 1e-4
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    (out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x})
+    with torch.inference_mode():
+        assert np.abs(out - s(torch.from_numpy(x)).numpy()).max() < 1e-4

@@ -148,9 +148,9 @@ OLD = {
 }
 OLD_FPS = {"teacher": "0cec687ccdae8ef0", "synthesize": "7b023738776a73ab",
            "distill": "128854605268dd71", "student": "19d77bff9d4ffde9"}
-# that config leaves the student to its default, which is now the CNN student: its teacher and
-# transfer set are still taken as done, its distillation and student run again
-OLD_FPS_NOW = OLD_FPS | {"distill": "deae9c93e88af4ef", "student": "d957277cdbbb7269"}
+# that config leaves the student to its default, which is now the U-Net student of width 16:
+# its teacher and transfer set are still taken as done, its distillation and student run again
+OLD_FPS_NOW = OLD_FPS | {"distill": "a12874010ea98b95", "student": "c2deb050aabe64b0"}
 
 
 def _fingerprints(cfg: RunConfig) -> dict[str, str]:
@@ -183,8 +183,8 @@ def test_a_run_folder_config_of_the_earlier_shape_reads_as_the_same_config(tmp_p
         "write them there to silence this warning",
         "config: the student section lists the ViT-Tiny's embed_dim, depth, num_heads, "
         "patch_size but no architecture: read as the ViT-Tiny of earlier versions (transposed "
-        "convolutions); set 'student.architecture' (conv, the default, or vit_tiny) to choose, "
-        "and silence this warning"]
+        "convolutions); set 'student.architecture' (unet, the default, conv or vit_tiny) to "
+        "choose, and silence this warning"]
     # every value means what it meant ("auto": the run's device); its student section lists the
     # ViT's keys, so it stays the ViT-Tiny of that version (config_compat.LEGACY_STUDENT), and
     # its whole teacher section stays the teacher without the refine head
@@ -205,7 +205,7 @@ def test_old_keys_map_to_the_same_training_and_the_same_fingerprints() -> None:
     assert cfg.teacher.train.device == "cpu"  # a device other than "auto" stays the stage's
     assert cfg.student.train.device is None and cfg.predict.device is None  # "auto": the run's
     assert cfg.device_of("teacher") == "cpu" and cfg.device_of("student") == "auto"
-    assert cfg.student.architecture == "conv"
+    assert (cfg.student.architecture, cfg.student.unet_width) == ("unet", 16)
     # a partial teacher section takes the current default teacher, with the refine head: the
     # teacher and what depends on it run again, the transfer set does not
     assert cfg.teacher.refine_head is True
@@ -472,12 +472,13 @@ def test_the_cli_shows_an_old_key_as_one_warning_line(
 
 # the examples' fingerprints as their earlier shape (synth.train_steps ...) gave them, with the
 # labelled set's fingerprint "x" and no unlabelled folder: rewritten, they redo nothing but the
-# student's stages (distill, student: the last two), whose default is now the CNN student
+# student's stages (distill, student: the last two), whose default is now the U-Net student of
+# width 16 (tiny.yaml names the CNN student, and keeps all four)
 EXAMPLE_FPS = {
-    "kidney_us.yaml": ["a0e1b92b436b0e11", "73e7c8b04201f298", "bf06043eadc2f7fa",
-                       "ed3f2b9594d84b7d"],
-    "sam_vit_b_gpu.yaml": ["8d707b676ff0ceaa", "6eb8b370c78dc244", "454a8d9f73806af4",
-                           "eff0c95ad8d5421d"],
+    "kidney_us.yaml": ["a0e1b92b436b0e11", "73e7c8b04201f298", "c39e5588f3b22946",
+                       "e7ec5ed1a4080d7b"],
+    "sam_vit_b_gpu.yaml": ["8d707b676ff0ceaa", "6eb8b370c78dc244", "4221d6167e5ac82c",
+                           "14d7780728de8314"],
     "tiny.yaml": ["8b203eeae76c22a9", "07b16eb4d918fcea", "2494b2387f26e1e8",
                   "81f1533311980f0b"],
 }
@@ -502,10 +503,9 @@ def test_the_examples_are_of_the_new_shape_and_keep_their_fingerprints(name: str
 
 
 def test_the_unet_width_changes_only_what_a_unet_student_trains() -> None:
-    """32, the only width before ``student.unet_width``, keeps earlier U-Net runs' fingerprints."""
-    cfg, _ = _read_old(OLD)
-    cfg.student.architecture = "unet"
-    cfg.student.from_scratch = True
+    """A U-Net section without ``student.unet_width`` reads as 32, the only width before it."""
+    cfg, _ = _read_old(OLD | {"student": {"architecture": "unet", "from_scratch": True,
+                                          "train": {"epochs": 5}}})
     before = _fingerprints(cfg)
     assert cfg.student.unet_width == 32
     cfg.student.unet_width = 16
@@ -513,3 +513,41 @@ def test_the_unet_width_changes_only_what_a_unet_student_trains() -> None:
     assert after["student"] != before["student"]  # another network: trained again
     assert {s: after[s] for s in ("teacher", "synthesize")} == \
         {s: before[s] for s in ("teacher", "synthesize")}
+
+
+def test_sections_of_the_cnn_default_read_as_they_were_meant() -> None:
+    # a U-Net section without the width: 32, the only U-Net of the versions before the key
+    cfg, messages = _read_old({"student": {"architecture": "unet", "from_scratch": True}})
+    assert (cfg.student.architecture, cfg.student.unet_width, messages) == ("unet", 32, [])
+    # a section that picks a timm backbone but no architecture meant the CNN student
+    cfg, messages = _read_old({"student": {"backbone": "resnet10t"}})
+    assert cfg.student.architecture == "conv" and cfg.student.backbone == "resnet10t"
+    assert messages == [
+        "config: the student section sets a 'backbone' but no architecture: read as the CNN "
+        "student (architecture: conv), the default before the U-Net student; set "
+        "'student.architecture' (unet, the default, conv or vit_tiny) to choose, and silence "
+        "this warning"]
+    # a section naming neither gets today's default, the U-Net student of width 16
+    cfg, messages = _read_old({"student": {"train": {"epochs": 3}}})
+    assert (cfg.student.architecture, cfg.student.unet_width, messages) == ("unet", 16, [])
+
+
+def test_a_unet_student_saved_before_the_width_key_loads_at_width_32(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    from tskd.inference import bundle
+    from tskd.models.student import build_student
+
+    torch.manual_seed(0)
+    s = build_student(StudentConfig(architecture="unet", unet_width=32), 2, 64).eval()
+    bundle.save_student(s, tmp_path / "s", {})
+    meta_path = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["student"]["unet_width"]  # as versions before the key wrote it
+    meta_path.write_text(json.dumps(meta))
+    loaded, _ = bundle.load_student(tmp_path / "s")  # weights of width 32 fit
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x), s(x), atol=1e-6)

@@ -59,8 +59,9 @@ def test_demo_writes_report_of_the_documented_shape(tmp_path: Path,
     assert set(saved["methods"]["scratch"]["stage_seconds"]) == {"student"}
     # the U-Net had the TS-KD pipeline's wall-clock, and no more than one step beyond it
     assert saved["methods"]["unet"]["seconds"] <= saved["methods"]["ts_kd"]["seconds"] + 5.0
-    assert "| CNN student, TS-KD |" in report["table"]
-    assert "| U-Net from scratch (MONAI BasicUNet) |" in report["table"]
+    assert "| U-Net student (width 16), TS-KD |" in report["table"]
+    assert "| U-Net baseline (MONAI BasicUNet, width 32) |" in report["table"]
+    assert saved["default_student"]["architecture"] == "conv"  # tiny_config's student
     check = saved["pretraining_check"]["random_init_all_trained"]
     assert 0.0 <= check["dice_mean"] <= 1.0 and check["trainable_params"] > 0
     assert saved["teacher_input_size"] == TINY_SIZE
@@ -127,27 +128,34 @@ def test_converged_budget_scores_every_stage_every_50_steps(tmp_path: Path) -> N
     assert small.student.train.patience is None and small.data.val_fraction == 0.0
 
 
-def test_converged_budget_adds_the_lean_unet_student_from_scratch_and_distilled(
+def test_converged_budget_adds_the_cnn_student_beside_the_default_unet_student(
         tmp_path: Path) -> None:
-    from tskd.apps.demo_methods import LEAN_UNET_WIDTH, SHARED, demo_runs
+    from tskd.apps.demo_methods import BASELINE_UNET_WIDTH, SHARED, demo_runs
+    from tskd.config import StudentConfig
 
     (tmp_path / "train" / "images").mkdir(parents=True)
     for i in range(10):
         (tmp_path / "train" / "images" / f"{i}.png").touch()
     base = demo.demo_config(tmp_path, Path("out/ts_kd"), demo.BUDGETS["converged"], 0)
-    runs = demo_runs(base, Path("out"), demo.BUDGETS["converged"].unet_students)
-    lean, scratch = runs["unet16_ts_kd"].student, runs["unet16_scratch"].student
-    assert lean.architecture == scratch.architecture == "unet"
-    assert lean.unet_width == scratch.unet_width == LEAN_UNET_WIDTH
-    assert not lean.from_scratch and scratch.from_scratch
-    agnostic = runs["unet16_task_agnostic_kd"]
-    assert agnostic.student.unet_width == LEAN_UNET_WIDTH and agnostic.distill.task_agnostic
-    assert not lean.from_scratch and not agnostic.student.from_scratch
-    assert runs["unet"].student.unet_width == 32  # the baseline keeps MONAI's default
-    assert SHARED["unet16_ts_kd"][0] == "ts_kd"  # the same teacher, transfer set and cache
-    assert SHARED["unet16_task_agnostic_kd"][0] == "task_agnostic_kd"  # the same SAM cache
+    runs = demo_runs(base, Path("out"), demo.BUDGETS["converged"].cnn_students)
+    # the default student: the U-Net of width 16, from scratch, task-agnostic KD and TS-KD
+    default = StudentConfig()
+    assert (default.architecture, default.unet_width) == ("unet", 16)
+    for name in ("ts_kd", "scratch", "task_agnostic_kd"):
+        s = runs[name].student
+        assert (s.architecture, s.unet_width) == ("unet", 16), name
+    assert runs["scratch"].student.from_scratch and runs["task_agnostic_kd"].distill.task_agnostic
+    cnn, scratch = runs["cnn_ts_kd"].student, runs["cnn_scratch"].student
+    assert cnn.architecture == scratch.architecture == "conv"
+    assert not cnn.from_scratch and scratch.from_scratch
+    agnostic = runs["cnn_task_agnostic_kd"]
+    assert agnostic.student.architecture == "conv" and agnostic.distill.task_agnostic
+    assert (runs["unet"].student.unet_width == BASELINE_UNET_WIDTH == 32
+            and runs["unet"].student.from_scratch)  # the baseline keeps MONAI's default
+    assert SHARED["cnn_ts_kd"][0] == "ts_kd"  # the same teacher, transfer set and cache
+    assert SHARED["cnn_task_agnostic_kd"][0] == "task_agnostic_kd"  # the same SAM cache
     # the small demo (make demo) stays at its eight methods
-    assert "unet16_ts_kd" not in demo_runs(base, Path("out"), demo.BUDGETS["small"].unet_students)
+    assert "cnn_ts_kd" not in demo_runs(base, Path("out"), demo.BUDGETS["small"].cnn_students)
 
 
 def _tree(root: Path) -> dict[str, bytes]:

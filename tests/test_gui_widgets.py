@@ -236,7 +236,7 @@ def test_student_form_chooses_the_architecture(make_napari_viewer, tskd_gui_env)
 
     viewer = make_napari_viewer()
     w = StudentWidget(viewer)
-    assert ARCHITECTURES[w.architecture.value] == "conv"  # the default student
+    assert ARCHITECTURES[w.architecture.value] == "unet"  # the default student
     w.architecture.value = "ViT-Tiny (the paper's)"
     assert w.build_config().student.architecture == "vit_tiny"
     cfg = RunConfig(run_dir=str(tskd_gui_env))
@@ -245,11 +245,11 @@ def test_student_form_chooses_the_architecture(make_napari_viewer, tskd_gui_env)
     save_config(cfg, w.context.paths().config)
     fresh = StudentWidget(viewer)
     assert ARCHITECTURES[fresh.architecture.value] == "vit_tiny"  # read back from the run
-    # a U-Net student's run reads back as the U-Net, not as the first choice (a new viewer:
-    # one viewer keeps the run config it loaded)
-    cfg.student.architecture = "unet"
+    # a CNN student's run reads back as the CNN, not as the first choice (a new viewer: one
+    # viewer keeps the run config it loaded)
+    cfg.student.architecture = "conv"
     save_config(cfg, w.context.paths().config)
-    assert ARCHITECTURES[StudentWidget(make_napari_viewer()).architecture.value] == "unet"
+    assert ARCHITECTURES[StudentWidget(make_napari_viewer()).architecture.value] == "conv"
 
 
 def test_teacher_form_and_preset(make_napari_viewer) -> None:

@@ -410,15 +410,19 @@ def test_student_parameter_count_is_computed_exactly_before_building() -> None:
             cfg.upsample = upsample
             built = build_student(cfg, classes, size)
             assert student_param_count(cfg, classes, size) == built.param_count()
-    for cfg, classes in [(StudentConfig(backbone="resnet10t", neck_dim=32), 3),
-                         (StudentConfig(backbone="mobilenetv3_small_050", decoder_channels=16), 2)]:
+    conv = {"architecture": "conv"}
+    for cfg, classes in [(StudentConfig(**conv, backbone="resnet10t", neck_dim=32), 3),
+                         (StudentConfig(**conv, backbone="mobilenetv3_small_050",
+                                        decoder_channels=16), 2)]:
         built = build_student(cfg, classes, 64)
         assert student_param_count(cfg, classes, 64) == built.param_count()
     # the students saved before resize-convolution (and their meta.json) keep their count
     legacy = StudentConfig(architecture="vit_tiny", upsample="transposed")
     assert student_param_count(legacy, 2, 256) == 6_304_632
     assert student_param_count(StudentConfig(architecture="vit_tiny"), 2, 256) == 6_248_000
-    assert student_param_count(StudentConfig(), 2, 256) == 4_735_266  # the default (conv)
+    assert student_param_count(StudentConfig(**conv), 2, 256) == 4_735_266  # the CNN student
+    default = StudentConfig()  # the U-Net student of width 16
+    assert student_param_count(default, 2, 256) == build_student(default, 2, 256).param_count()
 
 
 def test_sam_parameter_count_is_computed_exactly_before_building() -> None:

@@ -19,14 +19,15 @@ def _cfg(**student: object) -> RunConfig:
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda c: setattr(c.student, "backbone", "resnet999"),
+    (lambda c: (setattr(c.student, "architecture", "conv"),
+                setattr(c.student, "backbone", "resnet999")),
      "student.backbone 'resnet999' is not a timm CNN"),
-    (lambda c: setattr(c.data, "image_size", 100),
+    (lambda c: (setattr(c.student, "architecture", "conv"), setattr(c.data, "image_size", 100)),
      "image size 100 is not a multiple of 32, which the convolutional student needs "
      "(set 'data.image_size' or 'student.backbone')"),
     (lambda c: (setattr(c.student, "architecture", "vit_tiny"), setattr(c.data, "image_size", 72)),
      "image size 72 is not a multiple of 16"),
-    (lambda c: (setattr(c.student, "architecture", "unet"), setattr(c.data, "image_size", 72)),
+    (lambda c: setattr(c.data, "image_size", 72),  # the default student, the U-Net
      "image size 72 is not a multiple of 16"),
     (lambda c: setattr(c.student, "encoder_lr_scale", 0.0),
      "'student.encoder_lr_scale' must be more than 0, got 0.0"),

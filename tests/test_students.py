@@ -20,7 +20,8 @@ from tskd.models.conv_student import ConvStudent
 from tskd.models.student import Student, build_student
 from tskd.models.unet import UNetBaseline
 
-TINY_CONV = StudentConfig(backbone="test_efficientnet_gn", decoder_channels=16)
+TINY_CONV = StudentConfig(architecture="conv", backbone="test_efficientnet_gn",
+                          decoder_channels=16)
 TINY_VIT = StudentConfig(architecture="vit_tiny", embed_dim=32, depth=2, num_heads=2,
                          decoder_channels=16)
 
@@ -58,7 +59,7 @@ def test_bad_settings_are_refused_in_one_line() -> None:
     with pytest.raises(TskdInputError, match="multiple of 16"):
         build_student(StudentConfig(architecture="unet"), 2, 40)
     with pytest.raises(TskdInputError, match="not a timm CNN"):
-        build_student(StudentConfig(backbone="no_such_net"), 2, 64)
+        build_student(StudentConfig(architecture="conv", backbone="no_such_net"), 2, 64)
     with pytest.raises(TskdInputError, match="must be conv, vit_tiny or unet"):
         build_student(StudentConfig(architecture="mlp"), 2, 64)  # type: ignore[arg-type]
     with pytest.raises(TskdInputError,
@@ -83,8 +84,11 @@ def test_unet_student_features_and_logits_match_basic_unet() -> None:
     assert feats["neck"].shape == (2, 64, 4, 4) and s.feature_dims["neck"] == 64  # 8w, S/16
     assert feats["down_3"].shape == (2, 32, 8, 8) and feats["down_1"].shape == (2, 8, 32, 32)
     assert set(only) == {"neck"} and torch.allclose(only["neck"], feats["neck"])
-    # MONAI's default width: the bottleneck is 256 wide, SAM's embedding width
-    assert build_student(StudentConfig(architecture="unet"), 2, 64).feature_dims["neck"] == 256
+    # MONAI's default width (the baseline's): the bottleneck is 256 wide, SAM's embedding
+    # width; the default student's (16): 128
+    wide = StudentConfig(architecture="unet", unet_width=32)
+    assert build_student(wide, 2, 64).feature_dims["neck"] == 256
+    assert build_student(StudentConfig(), 2, 64).feature_dims["neck"] == 128
 
 
 @pytest.mark.parametrize("cfg", [TINY_CONV, TINY_VIT, StudentConfig(architecture="unet")],

@@ -275,16 +275,18 @@ class DistillConfig:
 class StudentConfig:
     """Stage 4: the student's architecture and its fine-tuning on the labelled images.
 
-    ``architecture``: "conv" (``tskd.models.conv_student``: a timm CNN ``backbone`` with a
-    U-Net decoder), "vit_tiny" (``tskd.models.student``: the TS-KD paper's ViT-Tiny, which
-    ``embed_dim``, ``depth``, ``num_heads`` and ``patch_size`` describe) or "unet" (MONAI's
-    ``BasicUNet``, ``tskd.models.unet``, of width ``unet_width``: the plain U-Net baseline when
-    trained from scratch, a student like the others when distilled). ``upsample`` is the
+    ``architecture``: "unet" (the default: MONAI's ``BasicUNet``, ``tskd.models.unet``, of
+    width ``unet_width``; distilled like the others, and from scratch at width 32 the plain
+    U-Net baseline), "conv" (``tskd.models.conv_student``: a timm CNN ``backbone`` with a
+    U-Net decoder) or "vit_tiny" (``tskd.models.student``: the TS-KD paper's ViT-Tiny, which
+    ``embed_dim``, ``depth``, ``num_heads`` and ``patch_size`` describe). The default is the
+    student that was more accurate after TS-KD on the benchmark runs' validation images at the
+    same speed (benchmarks/student_choice.py, docs/benchmark.md). ``upsample`` is the
     ViT decoder's: "bilinear" (resize-convolution) or "transposed" (the 2x2 transposed
     convolutions and PixelShuffle head of students saved before it existed).
     """
 
-    architecture: Literal["conv", "vit_tiny", "unet"] = "conv"
+    architecture: Literal["conv", "vit_tiny", "unet"] = "unet"
     backbone: str = "mobilenetv3_large_100"
     upsample: Literal["bilinear", "transposed"] = "bilinear"
     embed_dim: int = 192
@@ -293,7 +295,9 @@ class StudentConfig:
     patch_size: int = 16
     neck_dim: int = 256  # SAM's embedding width: the natural target for feature distillation
     decoder_channels: int = 64
-    unet_width: int = 32  # BasicUNet's first width (MONAI's default); widths w,w,2w,4w,8w,w
+    # BasicUNet's first width (MONAI's default is 32); widths w,w,2w,4w,8w,w. 16: 0.50 M
+    # parameters, as fast per image as the CNN student (measured, docs/benchmark.md)
+    unet_width: int = 16
     from_scratch: bool = False  # baseline: ignore the distilled weights
     # fine-tuning: the encoder's learning rate is train.lr times this, the decoder's train.lr,
     # so fine-tuning keeps what distillation taught (as layer-wise decay does, Clark et al. 2020)

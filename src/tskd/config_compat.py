@@ -137,30 +137,46 @@ def run_config(data: dict[str, Any], where: str = "") -> dict[str, Any]:
 # transposed convolutions, fine-tuned at one learning rate
 LEGACY_STUDENT = {"architecture": "vit_tiny", "upsample": "transposed", "encoder_lr_scale": 1.0}
 VIT_KEYS = ("embed_dim", "depth", "num_heads", "patch_size")
+UNET_WIDTH_BEFORE_THE_KEY = 32  # MONAI BasicUNet's default, the U-Net of earlier versions
 
 
 def student_config(data: dict[str, Any], where: str) -> dict[str, Any]:
-    """A ``student`` section that describes a ViT but names no architecture, read as it was.
+    """A ``student`` section of an earlier version, read as it was meant.
 
-    Earlier versions had only the ViT-Tiny; their sections (run folders' ``config.yaml``
-    included) list its keys (``VIT_KEYS``). Such a section keeps meaning that student
-    (``LEGACY_STUDENT``), so an earlier run's stages are still taken as done, with one
-    ``TskdWarning`` saying so; a section with none of those keys gets the current default.
+    - It names the U-Net but no ``unet_width``: width 32, the only one before the key (run
+      folders' ``config.yaml`` and students' ``meta.json`` of those versions).
+    - It names no architecture but a timm ``backbone``, and none of the ViT's keys: the CNN
+      student, the default of the versions before the U-Net student (one ``TskdWarning``).
+    - Earlier still, there was only the ViT-Tiny; those sections list its keys (``VIT_KEYS``)
+      and keep meaning that student (``LEGACY_STUDENT``), so an earlier run's stages are still
+      taken as done, with one ``TskdWarning`` saying so.
+
+    A section with none of these gets the current default.
 
     Args:
         data: The section as read.
         where: The section's dotted key (unused).
 
     Returns:
-        ``data``, or a new dict with ``LEGACY_STUDENT``'s values filled in.
+        ``data``, or a new dict with the values it was read with filled in.
     """
-    if "architecture" in data or not any(k in data for k in VIT_KEYS):
+    if data.get("architecture") == "unet" and "unet_width" not in data:
+        return dict(data) | {"unet_width": UNET_WIDTH_BEFORE_THE_KEY}
+    if "architecture" in data:
+        return data
+    if "backbone" in data and not any(k in data for k in VIT_KEYS):
+        warnings.warn("config: the student section sets a 'backbone' but no architecture: "
+                      "read as the CNN student (architecture: conv), the default before the "
+                      "U-Net student; set 'student.architecture' (unet, the default, conv or "
+                      "vit_tiny) to choose, and silence this warning", TskdWarning, stacklevel=2)
+        return dict(data) | {"architecture": "conv"}
+    if not any(k in data for k in VIT_KEYS):
         return data
     keys = ", ".join(k for k in VIT_KEYS if k in data)
     warnings.warn(f"config: the student section lists the ViT-Tiny's {keys} but no "
                   "architecture: read as the ViT-Tiny of earlier versions (transposed "
-                  "convolutions); set 'student.architecture' (conv, the default, or vit_tiny) to "
-                  "choose, and silence this warning", TskdWarning, stacklevel=2)
+                  "convolutions); set 'student.architecture' (unet, the default, conv or "
+                  "vit_tiny) to choose, and silence this warning", TskdWarning, stacklevel=2)
     return LEGACY_STUDENT | dict(data)
 
 

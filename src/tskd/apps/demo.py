@@ -61,7 +61,7 @@ class Budget:
     val_every: int = 1
     val_fraction: float = 0.0
     stage_seconds: tuple[float, float, float, float] | None = None
-    unet_students: bool = False  # demo_runs' lean U-Net student, from scratch and after TS-KD
+    cnn_students: bool = False  # demo_runs' CNN student too, beside the default and the ViT
 
 
 BUDGETS = {
@@ -72,7 +72,7 @@ BUDGETS = {
     # every stage until its validation Dice stops improving, within 8 minutes of TS-KD on 2 cores
     "converged": Budget(100, 60, 150, 100, 1500, 64, 40, 400, patience=4, val_every=50,
                         val_fraction=0.2, stage_seconds=(90.0, 60.0, 120.0, 120.0),
-                        unet_students=True),
+                        cnn_students=True),
 }
 
 
@@ -327,7 +327,7 @@ def _run_demo(
         counts = (n_labels, n_unlabelled)
     base = demo_config(data_root, out / "ts_kd", b, seed, teacher, checkpoint, device,
                        teacher_size, counts)
-    runs = demo_methods.demo_runs(base, out, b.unet_students)
+    runs = demo_methods.demo_runs(base, out, b.cnn_students)
     seconds: dict[str, dict[str, float]] = {}  # {method: {stage: wall-clock seconds}}
     for name, cfg in runs.items():
         if name == "unet":  # the same wall-clock as the TS-KD pipeline, to the end
@@ -348,6 +348,8 @@ def _run_demo(
         "task": task if own is None else data_root.name,
         "data": None if own is None else str(data_root.resolve()),
         "n_labels": n_labels, "seed": seed, "budget": budget, "teacher_model": teacher,
+        "default_student": {"architecture": base.student.architecture,
+                            "unet_width": base.student.unet_width},
         "teacher_input_size": base.teacher.input_size,
         "teacher_weights": demo_report.teacher_identity(base),
         "n_test": n_test,

@@ -86,15 +86,15 @@ def _segmenters(runs: dict[str, Any]) -> dict[str, Any]:
     for title, run, which in (
         ("teacher (LoRA)", "ts_kd", "teacher"),
         ("U-Net", "unet", "student"),
-        ("CNN scratch", "scratch", "student"),
-        ("CNN task-agn. KD", "task_agnostic_kd", "student"),
-        ("CNN TS-KD", "ts_kd", "student"),
+        ("U-Net16 scratch", "scratch", "student"),
+        ("U-Net16 task-agn. KD", "task_agnostic_kd", "student"),
+        ("U-Net16 TS-KD", "ts_kd", "student"),
+        ("CNN scratch", "cnn_scratch", "student"),
+        ("CNN task-agn. KD", "cnn_task_agnostic_kd", "student"),
+        ("CNN TS-KD", "cnn_ts_kd", "student"),
         ("ViT scratch", "vit_scratch", "student"),
         ("ViT task-agn. KD", "vit_task_agnostic_kd", "student"),
         ("ViT TS-KD", "vit_ts_kd", "student"),
-        ("U-Net16 scratch", "unet16_scratch", "student"),
-        ("U-Net16 task-agn. KD", "unet16_task_agnostic_kd", "student"),
-        ("U-Net16 TS-KD", "unet16_ts_kd", "student"),
     ):
         if run not in runs:
             continue

@@ -15,7 +15,7 @@ from typing import Any
 from tskd.config import RunConfig
 
 
-def _variant(base: RunConfig, run_dir: Path, architecture: str = "conv",
+def _variant(base: RunConfig, run_dir: Path, architecture: str | None = None,
              task_agnostic: bool = False, from_scratch: bool = False,
              unet_width: int | None = None) -> RunConfig:
     """``base`` for another method: its run folder, student architecture and flags."""
@@ -23,7 +23,8 @@ def _variant(base: RunConfig, run_dir: Path, architecture: str = "conv",
 
     cfg = copy.deepcopy(base)
     cfg.run_dir = str(run_dir)
-    cfg.student.architecture = architecture  # type: ignore[assignment]
+    if architecture is not None:  # else the base's: the default student
+        cfg.student.architecture = architecture  # type: ignore[assignment]
     cfg.distill.task_agnostic = task_agnostic
     cfg.student.from_scratch = from_scratch
     if unet_width is not None:
@@ -31,14 +32,18 @@ def _variant(base: RunConfig, run_dir: Path, architecture: str = "conv",
     return cfg
 
 
-def demo_runs(base: RunConfig, out: Path, unet_students: bool = False) -> dict[str, RunConfig]:
+def demo_runs(base: RunConfig, out: Path, cnn_students: bool = False) -> dict[str, RunConfig]:
     """Every student method's run configuration, in the order they run (``ts_kd`` first).
+
+    ``ts_kd``, ``task_agnostic_kd`` and ``scratch`` are the base's (the default) student;
+    ``vit_*`` the paper's ViT-Tiny; ``cnn_*`` the CNN student; ``unet`` the plain U-Net
+    baseline at MONAI's default width.
 
     Args:
         base: The TS-KD run (``demo_config``) with the default student.
         out: The demo folder; each method runs in ``out/<method>``.
-        unet_students: Also the U-Net of width ``LEAN_UNET_WIDTH`` as a student, from scratch
-            after task-agnostic KD and after TS-KD (``Budget.unet_students``).
+        cnn_students: Also the CNN student, from scratch, after task-agnostic KD and after
+            TS-KD (``Budget.cnn_students``).
 
     Returns:
         {method: configuration}; the U-Net (``unet``) gets its time budget later, from what
@@ -50,12 +55,12 @@ def demo_runs(base: RunConfig, out: Path, unet_students: bool = False) -> dict[s
         "vit_task_agnostic_kd": {"architecture": "vit_tiny", "task_agnostic": True},
         "scratch": {"from_scratch": True},
         "vit_scratch": {"architecture": "vit_tiny", "from_scratch": True},
-        "unet": {"architecture": "unet", "from_scratch": True},
+        "unet": {"architecture": "unet", "from_scratch": True, "unet_width": BASELINE_UNET_WIDTH},
     }
-    if unet_students:
-        lean = {"architecture": "unet", "unet_width": LEAN_UNET_WIDTH}
-        flags |= {"unet16_ts_kd": lean, "unet16_scratch": lean | {"from_scratch": True},
-                  "unet16_task_agnostic_kd": lean | {"task_agnostic": True}}
+    if cnn_students:
+        cnn = {"architecture": "conv"}
+        flags |= {"cnn_ts_kd": cnn, "cnn_scratch": cnn | {"from_scratch": True},
+                  "cnn_task_agnostic_kd": cnn | {"task_agnostic": True}}
     return {name: base if name == "ts_kd" else _variant(base, out / name, **f)
             for name, f in flags.items()}
 
@@ -65,12 +70,10 @@ SHARED = {
     "vit_ts_kd": ("ts_kd", ("teacher", "transfer", "cache")),
     "task_agnostic_kd": ("ts_kd", ("transfer",)),
     "vit_task_agnostic_kd": ("task_agnostic_kd", ("transfer", "cache")),
-    "unet16_ts_kd": ("ts_kd", ("teacher", "transfer", "cache")),
-    "unet16_task_agnostic_kd": ("task_agnostic_kd", ("transfer", "cache")),
+    "cnn_ts_kd": ("ts_kd", ("teacher", "transfer", "cache")),
+    "cnn_task_agnostic_kd": ("task_agnostic_kd", ("transfer", "cache")),
 }
-# the U-Net student's width: as fast as the CNN student (56 and 59 ms per 256x256 image on one
-# thread, 4.74 M and 0.50 M parameters; measured with build_student on the 2-core machine)
-LEAN_UNET_WIDTH = 16
+BASELINE_UNET_WIDTH = 32  # the plain U-Net a user would train: MONAI BasicUNet's default
 
 
 def _share(src: Path, dst: Path) -> None:

@@ -15,23 +15,48 @@ from tskd import atomic
 from tskd.config import RunConfig
 
 # every method of the demo, in the report's order: the U-Net a user would train instead, the
-# default (convolutional) student and the paper's ViT-Tiny, each from scratch, after
-# task-agnostic KD and after TS-KD, and the adapted teacher
-METHODS = ("unet", "scratch", "task_agnostic_kd", "ts_kd", "vit_scratch", "vit_task_agnostic_kd",
-           "vit_ts_kd", "unet16_scratch", "unet16_task_agnostic_kd", "unet16_ts_kd", "teacher")
+# default student (the U-Net student of width 16), the CNN student (converged budget) and the
+# paper's ViT-Tiny, each from scratch, after task-agnostic KD and after TS-KD, and the adapted
+# teacher
+METHODS = ("unet", "scratch", "task_agnostic_kd", "ts_kd", "cnn_scratch", "cnn_task_agnostic_kd",
+           "cnn_ts_kd", "vit_scratch", "vit_task_agnostic_kd", "vit_ts_kd", "teacher")
 LABELS = {
-    "unet": "U-Net from scratch (MONAI BasicUNet)",
-    "scratch": "CNN student from scratch",
-    "task_agnostic_kd": "CNN student, task-agnostic KD",
-    "ts_kd": "CNN student, TS-KD",
+    "unet": "U-Net baseline (MONAI BasicUNet, width 32)",
+    "scratch": "U-Net student (width 16) from scratch",
+    "task_agnostic_kd": "U-Net student (width 16), task-agnostic KD",
+    "ts_kd": "U-Net student (width 16), TS-KD",
+    "cnn_scratch": "CNN student from scratch",
+    "cnn_task_agnostic_kd": "CNN student, task-agnostic KD",
+    "cnn_ts_kd": "CNN student, TS-KD",
     "vit_scratch": "ViT-Tiny student from scratch",
     "vit_task_agnostic_kd": "ViT-Tiny student, task-agnostic KD",
     "vit_ts_kd": "ViT-Tiny student, TS-KD",
-    "unet16_scratch": "U-Net student (width 16) from scratch",
-    "unet16_task_agnostic_kd": "U-Net student (width 16), task-agnostic KD",
-    "unet16_ts_kd": "U-Net student (width 16), TS-KD",
     "teacher": "adapted teacher (LoRA)",
 }
+# reports of versions whose default student was the CNN: their keys, read as today's
+CNN_DEFAULT_KEYS = {"scratch": "cnn_scratch", "task_agnostic_kd": "cnn_task_agnostic_kd",
+                     "ts_kd": "cnn_ts_kd", "unet16_scratch": "scratch",
+                     "unet16_task_agnostic_kd": "task_agnostic_kd", "unet16_ts_kd": "ts_kd"}
+
+
+def as_current(report: dict[str, Any]) -> dict[str, Any]:
+    """A demo report with today's method keys, whichever version wrote it.
+
+    Reports without ``default_student`` were written while the CNN was the default student:
+    their ``ts_kd``, ``task_agnostic_kd`` and ``scratch`` are the CNN's (``cnn_*`` today) and
+    their ``unet16_*`` the U-Net student's (today's default keys).
+
+    Args:
+        report: a ``report.json`` as read.
+
+    Returns:
+        ``report`` itself when current, else a copy with the methods renamed.
+    """
+    if "default_student" in report:
+        return report
+    methods = {CNN_DEFAULT_KEYS.get(k, k): v for k, v in report["methods"].items()}
+    return report | {"methods": methods,
+                     "default_student": {"architecture": "conv", "unet_width": None}}
 
 
 def score(cfg: RunConfig, model: str, test: Path) -> dict[str, float]:

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from tskd.config import SYNTH_EPOCH_STEPS, RunConfig, SynthConfig, to_dict
-from tskd.config_compat import LEGACY_STUDENT, flat_synth
+from tskd.config_compat import LEGACY_STUDENT, UNET_WIDTH_BEFORE_THE_KEY, flat_synth
 from tskd.pipeline.batches import processes
 from tskd.pipeline.context import StageContext, data_files
 from tskd.pipeline.markers import files_fingerprint, fingerprint
 
 __all__ = ["base_teacher_id", "of", "synth_fp", "synth_settings", "teacher_fp"]
 
-UNET_WIDTH_BEFORE_THE_KEY = 32  # MONAI BasicUNet's default, the U-Net of earlier versions
 # the sha256 (first 16 hex digits) of the first packaged mini SAM weights: "builtin" in the
 # fingerprints of runs made with them, so those runs keep their fingerprints; other packaged
 # weights are named by their content like any checkpoint
@@ -53,9 +52,11 @@ def _student_settings(student: dict[str, Any]) -> dict[str, Any]:
     """The student section without the keys of ``LEGACY_STUDENT`` when it is that student.
 
     Earlier versions had only that student and did not write the keys, so its runs keep their
-    fingerprints; likewise ``unet_width`` at 32, the only U-Net width before the key existed.
+    fingerprints; likewise ``unet_width`` at 32, the only U-Net width before the key existed,
+    and at any value for the other students, which do not use it.
     """
-    if student.get("unet_width") == UNET_WIDTH_BEFORE_THE_KEY:
+    width = student.get("unet_width")
+    if width == UNET_WIDTH_BEFORE_THE_KEY or student.get("architecture") != "unet":
         student = {k: v for k, v in student.items() if k != "unet_width"}
     if all(student.get(k) == v for k, v in LEGACY_STUDENT.items()):
         return {k: v for k, v in student.items() if k not in (*LEGACY_STUDENT, "backbone")}
