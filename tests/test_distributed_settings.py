@@ -142,6 +142,7 @@ def test_a_batch_norm_student_with_one_image_per_process_is_refused(
     from tskd.pipeline.settings_check import check_settings
 
     cfg = RunConfig()
+    cfg.student.architecture = "conv"
     cfg.student.backbone = "mobilenetv3_small_050"  # timm's BatchNorm
     cfg.student.from_scratch = from_scratch
     getattr(cfg, section).train.batch_size = 1
@@ -158,6 +159,7 @@ def test_batch_of_one_passes_where_no_batch_norm_trains() -> None:
     from tskd.pipeline.settings_check import check_settings
 
     cfg = RunConfig()
+    cfg.student.architecture = "conv"
     cfg.student.backbone = "mobilenetv3_small_050"
     cfg.student.from_scratch = True
     cfg.distill.train.batch_size = 1  # distillation does not run from scratch
@@ -166,3 +168,6 @@ def test_batch_of_one_passes_where_no_batch_norm_trains() -> None:
     vit.student.architecture = "vit_tiny"  # LayerNorm only
     vit.student.train.batch_size = vit.distill.train.batch_size = 1
     check_settings(vit)
+    unet = RunConfig()  # the default student: MONAI's BasicUNet, instance norm
+    unet.student.train.batch_size = unet.distill.train.batch_size = 1
+    check_settings(unet)

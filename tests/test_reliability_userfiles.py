@@ -486,7 +486,8 @@ def test_tiny_demo_keeps_the_users_files_also_when_run_again(
 
     def tiny_demo_config(data_root: Path, run_dir: Path, budget: demo.Budget, seed: int,
                          teacher: str = "mini", checkpoint: str | None = None,
-                         device: str = "auto", teacher_size: int | None = None) -> RunConfig:
+                         device: str = "auto", teacher_size: int | None = None,
+                         counts: tuple[int, int] | None = None) -> RunConfig:
         cfg = from_dict(RunConfig, tiny_config(data_root, sam, run_dir))
         cfg.data.test = None
         return cfg
