@@ -70,12 +70,14 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     models: list[tuple[str, torch.nn.Module, int]] = [
-        (f"student (CNN, {StudentConfig().backbone}) at 256",
+        ("student (default: U-Net, BasicUNet width 16) at 256",
          build_student(StudentConfig(), 2, 256).eval(), 256),
+        (f"student (CNN, {StudentConfig().backbone}) at 256",
+         build_student(StudentConfig(architecture="conv"), 2, 256).eval(), 256),
         ("student (ViT-Tiny) at 256",
          build_student(StudentConfig(architecture="vit_tiny"), 2, 256).eval(), 256),
-        ("U-Net (MONAI BasicUNet) at 256",
-         build_student(StudentConfig(architecture="unet"), 2, 256).eval(), 256),
+        ("U-Net baseline (MONAI BasicUNet, width 32) at 256",
+         build_student(StudentConfig(architecture="unet", unet_width=32), 2, 256).eval(), 256),
         ("mini SAM at 128", SemanticSam(build_sam("mini", None, 128, pretrained=False), 2), 128),
         ("mini SAM at 256", SemanticSam(build_sam("mini", None, 256, pretrained=False), 2), 256),
     ]
@@ -91,7 +93,7 @@ def main() -> None:
         rows[name] = {"params": int(sum(q.numel() for q in net.parameters())),
                       "ms_median": statistics.median(times), "ms_min": min(times),
                       "repeats": repeats}
-        print(f"{name:28s} {rows[name]['params'] / 1e6:6.2f} M  "
+        print(f"{name:52s} {rows[name]['params'] / 1e6:6.2f} M  "
               f"{rows[name]['ms_median']:8.1f} ms", flush=True)
     student = models[0][1]
     result = {
