@@ -180,6 +180,9 @@ def test_demo_on_own_data_scores_its_test_images_and_never_writes_the_folder(
                            task="not a task", n_labels=99)  # both unused with data
     assert report["task"] == "my cells" and report["data"] == str(mine.resolve())
     assert report["n_labels"] == 4 and report["n_test"] == 5
+    assert report["n_unlabelled"] == (3 if with_unlabelled else 0)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"{report['n_unlabelled']} unlabelled images" in md
     assert {"unet", "ts_kd", "scratch", "teacher"} <= set(report["methods"])
     assert _tree(mine) == before  # read, never written
     assert not (tmp_path / "out" / "data").exists()  # no sample task was drawn
@@ -189,6 +192,8 @@ def test_demo_on_own_data_refuses_a_folder_without_test_and_an_output_inside_it(
         tmp_path: Path) -> None:
     from tskd.errors import TskdInputError
 
+    with pytest.raises(TskdInputError, match="data folder not found"):
+        demo.run_demo(data=tmp_path / "d", budget="tiny", out=tmp_path / "out")
     (tmp_path / "d" / "train" / "images").mkdir(parents=True)
     with pytest.raises(TskdInputError, match="no test/ folder"):
         demo.run_demo(data=tmp_path / "d", budget="tiny", out=tmp_path / "out")
@@ -196,3 +201,27 @@ def test_demo_on_own_data_refuses_a_folder_without_test_and_an_output_inside_it(
     with pytest.raises(TskdInputError, match="--data"):
         demo.run_demo(data=tmp_path / "d", budget="tiny", out=tmp_path / "d" / "runs")
     assert not (tmp_path / "out").exists() and not (tmp_path / "d" / "runs").exists()
+
+
+def test_demo_on_own_data_counts_its_images_without_warning_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from tskd.data import phantoms
+
+    mine = tmp_path / "mine"
+    phantoms.write_task_folders("kidney_us", mine, 3, 0, 2, 64, 0)
+    next((mine / "train" / "labels").iterdir()).unlink()  # one image without its label
+    seen: list[dict] = []
+
+    def stop(*args: object, **kwargs: object) -> dict:
+        seen.append(kwargs)
+        return {}
+
+    monkeypatch.setattr(demo, "_run_demo", stop)  # the counting only: no training
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        demo.run_demo(data=mine, budget="tiny", out=tmp_path / "out")
+    assert seen[0]["own"][1:] == (2, 0)  # test images, unlabelled images
+    # the stages warn about the image without a label when they read the set; counting does not
+    assert not [w for w in caught if "no label file" in str(w.message)]

@@ -19,6 +19,7 @@ task-specific KD); what it measured is in docs/demo.md.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -289,6 +290,8 @@ def _run_on_own_data(
 
     if budget not in BUDGETS:
         raise TskdInputError(f"unknown budget '{budget}'; choose one of {', '.join(BUDGETS)}")
+    if not data.is_dir():
+        raise TskdInputError(f"data folder not found: {data} (--data)")
     for split in ("train", "test"):
         if not (data / split).is_dir():
             raise TskdInputError(
@@ -297,10 +300,12 @@ def _run_on_own_data(
     outputs.check_not_input(out, [data], what="demo output folder (--out)",
                             input_what="data folder (--data)")
     _check_teacher(teacher, checkpoint)
-    n_labels = len(samples.load_labelled(data / "train"))
-    n_test = len(samples.load_labelled(data / "test"))
-    unlabelled = data / "unlabelled"
-    n_unlabelled = len(samples.load_unlabelled(unlabelled)) if unlabelled.is_dir() else 0
+    with warnings.catch_warnings():  # counted here, read (and warned about) by the stages
+        warnings.simplefilter("ignore")
+        n_labels = len(samples.load_labelled(data / "train"))
+        n_test = len(samples.load_labelled(data / "test"))
+        unlabelled = data / "unlabelled"
+        n_unlabelled = len(samples.load_unlabelled(unlabelled)) if unlabelled.is_dir() else 0
     with _demo_folder(out, None, n_labels, BUDGETS[budget]):
         return _run_demo(None, n_labels, seed, budget, BUDGETS[budget], teacher, checkpoint,
                          out, device, progress, cancel, check_pretraining, teacher_size,
@@ -319,7 +324,7 @@ def _run_demo(
 
     t_start = time.perf_counter()
     if own is None:
-        data_root, n_test, counts = out / "data", b.n_test, None
+        data_root, n_test, counts, n_unlabelled = out / "data", b.n_test, None, b.n_unlabelled
         # the task's images depend on the seed too: every seed is a fresh draw of data
         phantoms.write_task_folders(task, data_root, n_labels, b.n_unlabelled, n_test, 256, seed)
     else:  # the user's folder (``_run_on_own_data``)
@@ -348,6 +353,7 @@ def _run_demo(
         "task": task if own is None else data_root.name,
         "data": None if own is None else str(data_root.resolve()),
         "n_labels": n_labels, "seed": seed, "budget": budget, "teacher_model": teacher,
+        "n_unlabelled": n_unlabelled,
         "default_student": {"architecture": base.student.architecture,
                             "unet_width": base.student.unet_width},
         "teacher_input_size": base.teacher.input_size,

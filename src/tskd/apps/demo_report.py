@@ -167,6 +167,7 @@ def write_markdown(out: Path, report: dict[str, Any], runs: dict[str, RunConfig]
         "",
         f"Budget `{report['budget']}`, teacher `{report['teacher_model']}` at "
         f"{report['teacher_input_size']} px{_teacher_words(report.get('teacher_weights'))}, "
+        f"{report.get('n_unlabelled', '?')} unlabelled images, "
         f"{report['n_test']} held-out test images, {report['seconds'] / 60:.1f} min in all. "
         "Dice and HD95 over foreground classes, mean ± standard deviation over test images "
         "(MONAI; HD95 is the larger of the two directed 95th percentiles, in pixels).",
