@@ -55,8 +55,8 @@ def _student_settings(student: dict[str, Any]) -> dict[str, Any]:
     fingerprints; likewise ``unet_width`` at 32, the only U-Net width before the key existed,
     and at any value for the other students, which do not use it.
     """
-    width = student.get("unet_width")
-    if width == UNET_WIDTH_BEFORE_THE_KEY or student.get("architecture") != "unet":
+    if (student.get("unet_width") == UNET_WIDTH_BEFORE_THE_KEY
+            or student.get("architecture") != "unet"):
         student = {k: v for k, v in student.items() if k != "unet_width"}
     if all(student.get(k) == v for k, v in LEGACY_STUDENT.items()):
         return {k: v for k, v in student.items() if k not in (*LEGACY_STUDENT, "backbone")}
