@@ -215,6 +215,9 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None,
                    help="mini SAM weights to adapt instead of the built-in ones (a "
                         "`tskd pretrain-mini` output); use its own --out folder")
+    p.add_argument("--cnn-students", action="store_true",
+                   help="also the CNN student (scratch, task-agnostic KD, TS-KD): ~10 min more "
+                        "per task and seed")
     p.add_argument("--finished-only", action="store_true",
                    help="summarise the finished (task, seed) runs; start none")
     p.add_argument("--out", type=Path, default=None,
@@ -234,7 +237,7 @@ def main() -> None:
             else:
                 report = run_demo(task=task, n_labels=args.labels, seed=seed,
                                   budget=args.budget, out=folder, device=args.device,
-                                  checkpoint=args.checkpoint)
+                                  checkpoint=args.checkpoint, cnn_students=args.cnn_students)
                 print(report["table"], flush=True)
             reports.append(report)
             # run folders stay out of git; these copies do not

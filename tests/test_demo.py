@@ -128,7 +128,7 @@ def test_converged_budget_scores_every_stage_every_50_steps(tmp_path: Path) -> N
     assert small.student.train.patience is None and small.data.val_fraction == 0.0
 
 
-def test_converged_budget_adds_the_cnn_student_beside_the_default_unet_student(
+def test_the_cnn_student_comes_on_request_beside_the_default_unet_student(
         tmp_path: Path) -> None:
     from tskd.apps.demo_methods import BASELINE_UNET_WIDTH, SHARED, demo_runs
     from tskd.config import StudentConfig
@@ -137,7 +137,8 @@ def test_converged_budget_adds_the_cnn_student_beside_the_default_unet_student(
     for i in range(10):
         (tmp_path / "train" / "images" / f"{i}.png").touch()
     base = demo.demo_config(tmp_path, Path("out/ts_kd"), demo.BUDGETS["converged"], 0)
-    runs = demo_runs(base, Path("out"), demo.BUDGETS["converged"].cnn_students)
+    assert not demo.BUDGETS["converged"].cnn_students  # ~10 min more per task and seed
+    runs = demo_runs(base, Path("out"), cnn_students=True)
     # the default student: the U-Net of width 16, from scratch, task-agnostic KD and TS-KD
     default = StudentConfig()
     assert (default.architecture, default.unet_width) == ("unet", 16)
