@@ -96,3 +96,35 @@ def test_reports_of_the_cnn_default_are_read_with_todays_keys(bench: ModuleType)
         "vit_ts_kd": 0.69, "unet": 0.67}
     assert "unet16_ts_kd" in old["methods"]  # the report read is left as it was
     assert as_current(now) is now
+
+
+def test_stage_log_says_which_stage_its_time_cap_ended_and_reads_old_keys(
+        tmp_path: Path) -> None:
+    import json
+
+    spec = importlib.util.spec_from_file_location("stage_log",
+                                                  ROOT / "benchmarks" / "stage_log.py")
+    log = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(log)  # type: ignore[union-attr]
+    run = tmp_path / "kidney_us_seed0"
+    stages = {
+        "teacher": {"steps": 250, "seconds": 64.0, "val_dice": 0.63,
+                    "stopped": "validation score 0.633 (epoch 25) not improved in 4 evaluations"},
+        "distill": {"steps": 132, "seconds": 121.0, "stopped": "time budget of 120 s reached",
+                    "final_losses": {"val_score": 0.6}},
+        "student": {"steps": 45, "seconds": 122.0, "val": {"dice": 0.85},
+                    "stopped": "time budget of 120 s reached"},
+    }
+    for method, pipeline in {"ts_kd": stages,
+                             "unet16_ts_kd": {"teacher": stages["teacher"] | {"skipped": True},
+                                              "student": stages["student"]}}.items():
+        (run / method / "reports").mkdir(parents=True)
+        (run / method / "reports" / "pipeline.json").write_text(json.dumps(pipeline))
+    (run / "report.json").write_text(json.dumps({"methods": {}}))  # the CNN default's keys
+    rows = log.stage_rows(run)
+    assert [(r["method"], r["stage"], r["steps"], r["capped"], r["val_dice"]) for r in rows] == [
+        ("cnn_ts_kd", "teacher", 250, False, 0.63), ("cnn_ts_kd", "distill", 132, True, 0.6),
+        ("cnn_ts_kd", "student", 45, True, 0.85), ("ts_kd", "student", 45, True, 0.85)]
+    text = log.to_markdown(rows)
+    assert "| kidney_us_seed0 | cnn_ts_kd | teacher | 250 | 64 | plateau | 0.630 |" in text
+    assert "student: 2 of 2 ended by the time cap" in text
