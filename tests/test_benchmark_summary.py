@@ -12,13 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("run_benchmark",
-                                                  ROOT / "benchmarks" / "run_benchmark.py")
+def _script(name: str) -> ModuleType:
+    """A benchmarks/ script, imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return _script("run_benchmark")
 
 
 def _report(seed: int, dice: dict[str, float]) -> dict[str, Any]:
@@ -55,10 +59,7 @@ def test_student_choice_reads_validation_dice_only_and_averages_complete_runs(
         tmp_path: Path) -> None:
     import json
 
-    spec = importlib.util.spec_from_file_location("student_choice",
-                                                  ROOT / "benchmarks" / "student_choice.py")
-    choice = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(choice)  # type: ignore[union-attr]
+    choice = _script("student_choice")
     # {run: ({method folder: validation Dice}, written with the U-Net default?)}; the run of
     # the CNN default holds the CNN in ts_kd/ and the U-Net student in unet16_ts_kd/
     val = {"a_seed0": ({"ts_kd": 0.8, "cnn_ts_kd": 0.6, "vit_ts_kd": 0.5}, True),
@@ -102,10 +103,7 @@ def test_stage_log_says_which_stage_its_time_cap_ended_and_reads_old_keys(
         tmp_path: Path) -> None:
     import json
 
-    spec = importlib.util.spec_from_file_location("stage_log",
-                                                  ROOT / "benchmarks" / "stage_log.py")
-    log = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(log)  # type: ignore[union-attr]
+    log = _script("stage_log")
     run = tmp_path / "kidney_us_seed0"
     stages = {
         "teacher": {"steps": 250, "seconds": 64.0, "val_dice": 0.63,
