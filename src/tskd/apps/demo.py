@@ -247,13 +247,11 @@ def run_demo(
         device: device of every stage and of scoring (``"auto"``, ``"cpu"``, ``"cuda"``).
         progress: called with ``tskd.engine.Progress`` reports.
         cancel: checked every training step.
-        check_pretraining: also train the teacher's architecture from random initialisation
-            with the same budget (``report["pretraining_check"]``).
+        check_pretraining: also the teacher's architecture from random init (same budget).
         teacher_size: the teacher's input px; None: 128 for the mini SAM, 512 for SAMs.
         data: instead of ``task`` and ``n_labels``, the user's folder: labelled ``train/``
             and ``test/`` (scored only), optionally ``unlabelled/``; never written.
-        cnn_students: also the CNN student from scratch, after task-agnostic KD and after
-            TS-KD (``cnn_*``; the benchmark's ``--cnn-students``).
+        cnn_students: also the CNN student's scratch, task-agnostic and TS-KD (``cnn_*``).
 
     Raises:
         TskdInputError: before writing anything: bad task, budget or label count, files in
@@ -277,10 +275,9 @@ def run_demo(
         raise TskdInputError("the demo needs at least one labelled image (--labels)")
     _check_teacher(teacher, checkpoint)
     b = replace(BUDGETS[budget], cnn_students=cnn_students or BUDGETS[budget].cnn_students)
-    out = Path(out)
-    with _demo_folder(out, task, n_labels, b):
-        return _run_demo(task, n_labels, seed, budget, b, teacher, checkpoint, out, device,
-                         progress, cancel, check_pretraining, teacher_size)
+    with _demo_folder(Path(out), task, n_labels, b):
+        return _run_demo(task, n_labels, seed, budget, b, teacher, checkpoint, Path(out),
+                         device, progress, cancel, check_pretraining, teacher_size)
 
 
 def _run_on_own_data(
