@@ -274,7 +274,7 @@ def run_demo(
     if n_labels < 1:
         raise TskdInputError("the demo needs at least one labelled image (--labels)")
     _check_teacher(teacher, checkpoint)
-    b = replace(BUDGETS[budget], cnn_students=cnn_students or BUDGETS[budget].cnn_students)
+    b = replace(BUDGETS[budget], cnn_students=cnn_students)
     with _demo_folder(Path(out), task, n_labels, b):
         return _run_demo(task, n_labels, seed, budget, b, teacher, checkpoint, Path(out),
                          device, progress, cancel, check_pretraining, teacher_size)
