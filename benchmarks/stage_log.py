@@ -83,9 +83,10 @@ def main() -> None:
     for folder in args.folders:
         runs = sorted(d for d in folder.iterdir() if (d / "report.json").is_file())
         rows = [row for run in runs for row in stage_rows(run)]
+        text = to_markdown(rows)
         (folder / "stages.json").write_text(json.dumps(rows, indent=1) + "\n")
-        (folder / "stages.md").write_text(to_markdown(rows))
-        print(to_markdown(rows))
+        (folder / "stages.md").write_text(text)
+        print(text)
 
 
 if __name__ == "__main__":
