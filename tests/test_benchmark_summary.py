@@ -126,3 +126,37 @@ def test_stage_log_says_which_stage_its_time_cap_ended_and_reads_old_keys(
     text = log.to_markdown(rows)
     assert "| kidney_us_seed0 | cnn_ts_kd | teacher | 250 | 64 | plateau | 0.630 |" in text
     assert "student: 2 of 2 ended by the time cap" in text
+
+
+def test_stage_log_refuses_a_folder_without_finished_runs_and_keeps_its_tables(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    log = _script("stage_log")
+    (tmp_path / "stages.md").write_text("the committed table\n")
+    (tmp_path / "kidney_us_seed2" / "ts_kd" / "reports").mkdir(parents=True)  # still running
+    (tmp_path / "kidney_us_seed2" / "ts_kd" / "reports" / "pipeline.json").write_text("{}")
+    for folder in (tmp_path, tmp_path / "missing", tmp_path / "stages.md"):
+        monkeypatch.setattr("sys.argv", ["stage_log.py", str(folder)])
+        with pytest.raises(SystemExit) as stop:
+            log.main()
+        assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "skipped kidney_us_seed2: no report.json yet" in err
+    assert "no finished run" in err and "is not a folder" in err
+    assert (tmp_path / "stages.md").read_text() == "the committed table\n"
+    assert not (tmp_path / "stages.json").exists()
+
+
+def test_stage_log_names_the_file_that_is_not_json_and_keeps_a_missing_stop_reason(
+        tmp_path: Path) -> None:
+    log = _script("stage_log")
+    run = tmp_path / "ct_abdomen_seed1"
+    (run / "scratch" / "reports").mkdir(parents=True)
+    (run / "report.json").write_text('{"default_student": {}}')
+    pipeline = run / "scratch" / "reports" / "pipeline.json"
+    pipeline.write_text('{"student": {"steps": 12, "seconds": 3.0}}')
+    rows = log.stage_rows(run)
+    assert [(r["steps"], r["stopped"], r["capped"]) for r in rows] == [(12, None, False)]
+    assert "| ct_abdomen_seed1 | scratch | student | 12 | 3 | - | - |" in log.to_markdown(rows)
+    pipeline.write_text('{"student": {"ste')
+    with pytest.raises(ValueError, match="pipeline.json is not valid JSON"):
+        log.stage_rows(run)
