@@ -160,3 +160,36 @@ def test_stage_log_names_the_file_that_is_not_json_and_keeps_a_missing_stop_reas
     pipeline.write_text('{"student": {"ste')
     with pytest.raises(ValueError, match="pipeline.json is not valid JSON"):
         log.stage_rows(run)
+
+
+def test_validation_gate_keeps_the_student_validation_prefers_and_scores_it_on_test(
+        tmp_path: Path) -> None:
+    import json
+
+    choice = _script("student_choice")
+    # {run: {method folder: (validation Dice, test Dice)}}; b_seed0 was written while the CNN
+    # was the default: its U-Net student is in unet16_*/ and its ts_kd/ is the CNN's
+    runs = {"a_seed0": {"ts_kd": (0.80, 0.70), "scratch": (0.90, 0.75), "unet": (None, 0.72)},
+            "a_seed1": {"ts_kd": (0.85, 0.60), "scratch": (0.85, 0.65), "unet": (None, 0.50)},
+            "b_seed0": {"unet16_ts_kd": (0.90, 0.80), "unet16_scratch": (0.70, 0.70),
+                        "ts_kd": (0.60, 0.66), "scratch": (0.50, 0.55), "unet": (None, 0.60)}}
+    for run, methods in runs.items():
+        for m, (val, _) in methods.items():
+            if val is not None:
+                (tmp_path / run / m / "student").mkdir(parents=True)
+                (tmp_path / run / m / "student" / "meta.json").write_text(
+                    json.dumps({"val": {"dice": val, "n_images": 2}}))
+        report = {"methods": {m: {"dice_mean": t, "ms_per_image": 20.0}
+                              for m, (_, t) in methods.items()}}
+        (tmp_path / run / "report.json").write_text(json.dumps(
+            report | ({} if run == "b_seed0" else {"default_student": {}})))
+    gates = choice.compare([tmp_path])["gate"]
+    a0, a1, b0 = (gates[f"{tmp_path.name}/{r}"] for r in runs)
+    assert (a0["ts_kd"]["kept"], a0["ts_kd"]["kept_test"], a0["ts_kd"]["right"]) == (
+        "scratch", 0.75, True)
+    assert (a1["ts_kd"]["kept"], a1["ts_kd"]["right"]) == ("ts_kd", False)  # a tie keeps TS-KD
+    assert (b0["ts_kd"]["kept_test"], b0["cnn_ts_kd"]["kept_test"]) == (0.80, 0.66)
+    text = "\n".join(choice.gate_markdown(gates))
+    assert "ts_kd: the gate kept the test-better student on 2 of 3 runs" in text
+    assert f"| {tmp_path.name}/a_seed0 | ts_kd | 0.800 / 0.900 | scratch | 0.700 / 0.750 / " \
+           "0.720 | +0.030 |" in text
