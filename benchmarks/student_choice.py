@@ -62,11 +62,12 @@ def validation_dice(run: Path, methods: tuple[str, ...] = tuple(CANDIDATES)
     return out
 
 
-def gate(run: Path) -> dict[str, dict[str, Any]]:
+def gate(run: Path, report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The validation gate between each student after TS-KD and from scratch, in one run.
 
     Args:
         run: A ``<task>_seed<k>`` folder of ``run_benchmark.py``.
+        report: Its ``report.json``, read with today's keys (``as_current``).
 
     Returns:
         {TS-KD method: {"val": {method: Dice}, "test": {method: Dice, "unet": Dice},
@@ -75,7 +76,7 @@ def gate(run: Path) -> dict[str, dict[str, Any]]:
         counts as right)}}, for the students the run trained both ways.
     """
     val = validation_dice(run, tuple(CANDIDATES) + tuple(SCRATCH.values()))
-    test = as_current(json.loads((run / "report.json").read_text()))["methods"]
+    test = report["methods"]
     out = {}
     for kd, scratch in SCRATCH.items():
         if not {kd, scratch} <= set(val) or not {kd, scratch, "unet"} <= set(test):
@@ -105,8 +106,8 @@ def compare(folders: list[Path]) -> dict[str, Any]:
     for folder in folders:
         for run in sorted(p for p in folder.iterdir() if (p / "report.json").is_file()):
             runs[f"{folder.name}/{run.name}"] = validation_dice(run)
-            gates[f"{folder.name}/{run.name}"] = gate(run)
             report = as_current(json.loads((run / "report.json").read_text()))
+            gates[f"{folder.name}/{run.name}"] = gate(run, report)
             for m in CANDIDATES:
                 if m in report["methods"]:
                     speed.setdefault(m, []).append(report["methods"][m]["ms_per_image"])
