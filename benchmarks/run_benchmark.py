@@ -7,9 +7,11 @@ the data), every method trained the same way (the U-Net with the TS-KD pipeline'
 scored on held-out test images that no stage looks at. Writes
 benchmarks/results/<budget>/<task>_seed<k>/ per run (its report.json is also copied to
 benchmarks/results/<budget>/<task>_seed<k>.json, which is kept in git). A finished (task, seed)
-is reused, so the grid can be filled in parts (delete its folder to run it again). Then
-summary.json + summary.md (mean and standard deviation over seeds of each method's mean test
-Dice and HD95, and the comparisons of docs/benchmark.md) and one figure per task,
+is reused, so the grid can be filled in parts: its run folder's report.json, or, where the run
+folder is not there (a clone: run folders stay out of git), its committed copy (delete both to
+run it again). Then summary.json + summary.md over every finished (task, seed) of the results
+folder, not only the ones asked for (mean and standard deviation over seeds of each method's
+mean test Dice and HD95, and the comparisons of docs/benchmark.md) and one figure per task,
 dice_vs_seconds_<task>.png: test Dice against each method's training wall-clock. Nothing is
 chosen on the test split.
 """
@@ -204,6 +206,46 @@ def _check_same_teacher(report: dict[str, Any], checkpoint: str | None, folder: 
                          "give another --out, or delete that folder to run it again")
 
 
+def finished_report(out: Path, task: str, seed: int) -> dict[str, Any] | None:
+    """A finished run's report: its folder's report.json, else its committed copy, else None.
+
+    Args:
+        out: The results folder.
+        task, seed: The run.
+
+    Returns:
+        The report as ``run_demo`` wrote it to report.json (without the Markdown "table").
+    """
+    for path in (out / f"{task}_seed{seed}" / "report.json", out / f"{task}_seed{seed}.json"):
+        if path.is_file():
+            report = json.loads(path.read_text())
+            report.pop("table", None)  # copies written before it was dropped carry it
+            return report
+    return None
+
+
+def all_finished(out: Path) -> list[dict[str, Any]]:
+    """Every finished (task, seed) of a results folder, in task order, then seed order.
+
+    Args:
+        out: The results folder: its ``<task>_seed<k>.json`` copies and ``<task>_seed<k>/``
+            run folders with a report.json.
+
+    Returns:
+        The reports (``finished_report``), one per (task, seed).
+    """
+    runs = {p.stem if p.is_file() else p.name for p in out.glob("*_seed*")
+            if p.suffix == ".json" or (p / "report.json").is_file()}
+    cells = []
+    for run in runs:
+        task, _, seed = run.rpartition("_seed")
+        if seed.isdigit():
+            cells.append((ALL_TASKS.index(task) if task in ALL_TASKS else len(ALL_TASKS),
+                          task, int(seed)))
+    return [r for _, task, seed in sorted(cells)
+            if (r := finished_report(out, task, seed)) is not None]
+
+
 def main() -> None:
     """Run the missing (task, seed) demos, then write the summary and the figures."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -224,26 +266,26 @@ def main() -> None:
                    help="results folder (default benchmarks/results/<budget>)")
     args = p.parse_args()
     out = args.out or RESULTS / args.budget
-    reports = []
     for task in args.tasks:
         for seed in args.seeds:
-            folder = out / f"{task}_seed{seed}"
-            done = folder / "report.json"
-            if done.is_file():  # finished earlier: reuse (delete the folder to re-run)
-                report = json.loads(done.read_text())
-                _check_same_teacher(report, args.checkpoint, folder)
-            elif args.finished_only:
+            report = finished_report(out, task, seed)
+            if report is not None:  # finished earlier: reused
+                _check_same_teacher(report, args.checkpoint, out / f"{task}_seed{seed}")
                 continue
-            else:
-                report = run_demo(task=task, n_labels=args.labels, seed=seed,
-                                  budget=args.budget, out=folder, device=args.device,
-                                  checkpoint=args.checkpoint, cnn_students=args.cnn_students)
-                print(report["table"], flush=True)
-            reports.append(report)
-            # run folders stay out of git; these copies do not
-            (out / f"{task}_seed{seed}.json").write_text(json.dumps(report, indent=1) + "\n")
+            if args.finished_only:
+                continue
+            report = run_demo(task=task, n_labels=args.labels, seed=seed,
+                              budget=args.budget, out=out / f"{task}_seed{seed}",
+                              device=args.device, checkpoint=args.checkpoint,
+                              cnn_students=args.cnn_students)
+            print(report["table"], flush=True)
+            # run folders stay out of git; this copy of its report.json does not
+            (out / f"{task}_seed{seed}.json").write_text(
+                json.dumps(finished_report(out, task, seed), indent=1) + "\n")
+    reports = all_finished(out)
+    if not reports:
+        raise SystemExit(f"{out}: no finished (task, seed) run to summarise")
     summary = aggregate(reports)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(to_markdown(summary))
     plot(summary, out)

@@ -193,3 +193,39 @@ def test_validation_gate_keeps_the_student_validation_prefers_and_scores_it_on_t
     assert "ts_kd: the gate kept the test-better student on 2 of 3 runs" in text
     assert f"| {tmp_path.name}/a_seed0 | ts_kd | 0.800 / 0.900 | scratch | 0.700 / 0.750 / " \
            "0.720 | +0.030 |" in text
+
+
+def test_summary_covers_every_finished_run_also_from_committed_copies_only(
+        bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    def report(task: str, seed: int, dice: float) -> dict[str, Any]:
+        return _report(seed, {"unet": 0.5, "ts_kd": dice}) | {"task": task}
+
+    (tmp_path / "kidney_us_seed0").mkdir()  # a run folder, as the machine that ran it keeps
+    (tmp_path / "kidney_us_seed0" / "report.json").write_text(
+        json.dumps(report("kidney_us", 0, 0.8)))
+    # committed copies only, as on a clone; one written with its Markdown table
+    (tmp_path / "kidney_us_seed1.json").write_text(json.dumps(report("kidney_us", 1, 0.6)))
+    (tmp_path / "skin_lesion_seed2.json").write_text(
+        json.dumps(report("skin_lesion", 2, 0.9) | {"table": "| ... |"}))
+    (tmp_path / "retina_vessels_seed0").mkdir()  # still running: no report.json yet
+    argv = ["run_benchmark.py", "--finished-only", "--tasks", "skin_lesion", "--seeds", "2",
+            "--out", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", argv)
+    bench.main()  # asked for one run, summarises all three
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary) == ["kidney_us", "skin_lesion"]
+    assert summary["kidney_us"]["seeds"] == [0, 1]
+    assert summary["kidney_us"]["ts_kd"]["dice"]["mean"] == pytest.approx(0.7)
+    assert (tmp_path / "dice_vs_seconds_skin_lesion.png").is_file()
+    assert bench.finished_report(tmp_path, "skin_lesion", 2)["seed"] == 2
+    assert "table" not in bench.finished_report(tmp_path, "skin_lesion", 2)
+    assert bench.finished_report(tmp_path, "retina_vessels", 0) is None
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr("sys.argv", ["run_benchmark.py", "--finished-only", "--out", str(empty)])
+    with pytest.raises(SystemExit, match="no finished"):
+        bench.main()
+    assert not (empty / "summary.json").exists()
