@@ -284,7 +284,9 @@ def main() -> None:
                 json.dumps(finished_report(out, task, seed), indent=1) + "\n")
     reports = all_finished(out)
     if not reports:
-        raise SystemExit(f"{out}: no finished (task, seed) run to summarise")
+        raise SystemExit(f"{out}: no finished (task, seed) run to summarise (neither a "
+                         "<task>_seed<k>/report.json nor a <task>_seed<k>.json copy)"
+                         + ("" if out.is_dir() else "; the folder does not exist"))
     summary = aggregate(reports)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(to_markdown(summary))
