@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +225,7 @@ def finished_report(out: Path, task: str, seed: int) -> dict[str, Any] | None:
     return None
 
 
-def all_finished(out: Path) -> list[dict[str, Any]]:
+def all_finished(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
     """Every finished (task, seed) of a results folder, in task order, then seed order.
 
     Args:
@@ -232,18 +233,21 @@ def all_finished(out: Path) -> list[dict[str, Any]]:
             run folders with a report.json.
 
     Returns:
-        The reports (``finished_report``), one per (task, seed).
+        {(task, seed): its report (``finished_report``)}.
     """
-    runs = {p.stem if p.is_file() else p.name for p in out.glob("*_seed*")
-            if p.suffix == ".json" or (p / "report.json").is_file()}
-    cells = []
-    for run in runs:
-        task, _, seed = run.rpartition("_seed")
+    cells = set()
+    for path in out.glob("*_seed*"):
+        task, _, seed = (path.stem if path.is_file() else path.name).rpartition("_seed")
         if seed.isdigit():
-            cells.append((ALL_TASKS.index(task) if task in ALL_TASKS else len(ALL_TASKS),
-                          task, int(seed)))
-    return [r for _, task, seed in sorted(cells)
-            if (r := finished_report(out, task, seed)) is not None]
+            cells.add((task, int(seed)))
+    reports = {cell: finished_report(out, *cell) for cell in in_task_order(cells)}
+    return {cell: r for cell, r in reports.items() if r is not None}
+
+
+def in_task_order(cells: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """(task, seed) pairs sorted in ``ALL_TASKS`` order (other tasks after), then by seed."""
+    return sorted(cells, key=lambda c: (ALL_TASKS.index(c[0]) if c[0] in ALL_TASKS
+                                        else len(ALL_TASKS), c[0], c[1]))
 
 
 def main() -> None:
@@ -266,23 +270,22 @@ def main() -> None:
                    help="results folder (default benchmarks/results/<budget>)")
     args = p.parse_args()
     out = args.out or RESULTS / args.budget
+    finished = all_finished(out)
     for task in args.tasks:
         for seed in args.seeds:
-            report = finished_report(out, task, seed)
-            if report is not None:  # finished earlier: reused
-                _check_same_teacher(report, args.checkpoint, out / f"{task}_seed{seed}")
-                continue
-            if args.finished_only:
-                continue
-            report = run_demo(task=task, n_labels=args.labels, seed=seed,
-                              budget=args.budget, out=out / f"{task}_seed{seed}",
-                              device=args.device, checkpoint=args.checkpoint,
-                              cnn_students=args.cnn_students)
-            print(report["table"], flush=True)
-            # run folders stay out of git; this copy of its report.json does not
-            (out / f"{task}_seed{seed}.json").write_text(
-                json.dumps(finished_report(out, task, seed), indent=1) + "\n")
-    reports = all_finished(out)
+            if (task, seed) in finished:  # finished earlier: reused
+                _check_same_teacher(finished[task, seed], args.checkpoint,
+                                    out / f"{task}_seed{seed}")
+            elif not args.finished_only:
+                report = run_demo(task=task, n_labels=args.labels, seed=seed,
+                                  budget=args.budget, out=out / f"{task}_seed{seed}",
+                                  device=args.device, checkpoint=args.checkpoint,
+                                  cnn_students=args.cnn_students)
+                print(report.pop("table"), flush=True)
+                # run folders stay out of git; this copy of its report.json does not
+                (out / f"{task}_seed{seed}.json").write_text(json.dumps(report, indent=1) + "\n")
+                finished[task, seed] = report
+    reports = [finished[cell] for cell in in_task_order(finished)]
     if not reports:
         raise SystemExit(f"{out}: no finished (task, seed) run to summarise (neither a "
                          "<task>_seed<k>/report.json nor a <task>_seed<k>.json copy)"

@@ -229,3 +229,28 @@ def test_summary_covers_every_finished_run_also_from_committed_copies_only(
     with pytest.raises(SystemExit, match="no finished"):
         bench.main()
     assert not (empty / "summary.json").exists()
+
+
+def test_a_new_run_is_copied_without_its_table_and_joins_the_finished_ones(
+        bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    (tmp_path / "kidney_us_seed0.json").write_text(json.dumps(_report(0, {"ts_kd": 0.8})))
+    calls = []
+
+    def fake_run_demo(task: str, seed: int, out: Path, **_: Any) -> dict[str, Any]:
+        calls.append((task, seed))
+        report = _report(seed, {"ts_kd": 0.6})
+        out.mkdir(parents=True)
+        (out / "report.json").write_text(json.dumps(report))
+        return report | {"table": "| ... |"}
+
+    monkeypatch.setattr(bench, "run_demo", fake_run_demo)
+    monkeypatch.setattr("sys.argv", ["run_benchmark.py", "--tasks", "kidney_us", "--seeds", "0",
+                                     "1", "--out", str(tmp_path)])
+    bench.main()
+    assert calls == [("kidney_us", 1)]  # seed 0 was finished: reused, not run again
+    assert json.loads((tmp_path / "kidney_us_seed1.json").read_text()) == _report(1, {"ts_kd": 0.6})
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["kidney_us"]["seeds"] == [0, 1]
+    assert summary["kidney_us"]["ts_kd"]["dice"]["mean"] == pytest.approx(0.7)
