@@ -151,7 +151,7 @@ def main() -> None:
     p.add_argument("--students", nargs="*", type=int, default=[0],
                    help="seeds on which the rest of TS-KD runs too")
     p.add_argument("--budget", default="converged", choices=sorted(BUDGETS))
-    p.add_argument("--baseline", type=Path, default=RESULTS,
+    p.add_argument("--baseline", type=Path, default=RESULTS / "converged",
                    help="folder of the grid's <task>_seed<k>.json reports (built-in teacher)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--finished-only", action="store_true", help="summarise; train nothing")

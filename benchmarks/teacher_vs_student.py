@@ -8,7 +8,8 @@
 Each argument is ``label=folder``: a results folder of ``run_benchmark.py`` (its
 ``<task>_seed<k>.json`` reports), all of one teacher. For every teacher and task: the adapted
 teacher's test Dice and the students' after TS-KD and the U-Net baseline's, as the mean
-over the seeds that folder holds (the seeds are listed: compare rows of the same seeds). Writes
+over the seeds that folder holds (the seeds are listed: compare rows of the same seeds; a
+column that covers fewer of them names its own). Writes
 benchmarks/results/teacher_vs_student.{md,json,png}; the figure puts each (teacher, task, seed)
 at (teacher Dice, student Dice) with the diagonal, so points above it are students that went past
 their teacher. Reads only finished reports; trains nothing.
@@ -42,10 +43,21 @@ def collect(label: str, folder: Path) -> list[dict[str, Any]]:
                                "seeds": sorted(r["seed"] for r in reports),
                                "teacher_weights": reports[0].get("teacher_weights")}
         for m in COLUMNS:
-            values = [r["methods"][m]["dice_mean"] for r in reports if m in r["methods"]]
-            row[m] = {"mean": statistics.fmean(values), "values": values} if values else None
+            has = [r for r in reports if m in r["methods"]]
+            values = [r["methods"][m]["dice_mean"] for r in has]
+            row[m] = {"mean": statistics.fmean(values), "values": values,
+                      "seeds": [r["seed"] for r in has]} if values else None
         rows.append(row)
     return rows
+
+
+def _cell(value: dict[str, Any] | None, seeds: list[int]) -> str:
+    """A column's mean; the seeds it covers when not all of the row's."""
+    if not value:
+        return "-"
+    if sorted(value["seeds"]) == seeds:
+        return f"{value['mean']:.3f}"
+    return f"{value['mean']:.3f} (seed {', '.join(map(str, sorted(value['seeds'])))})"
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -53,7 +65,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| teacher | task | seeds | " + " | ".join(HEADERS) + " |",
              "|---|---|---|" + "---|" * len(HEADERS)]
     for r in rows:
-        cells = [f"{r[m]['mean']:.3f}" if r[m] else "-" for m in COLUMNS]
+        cells = [_cell(r[m], r["seeds"]) for m in COLUMNS]
         lines.append(f"| {r['label']} | {r['task']} | {', '.join(map(str, r['seeds']))} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -76,10 +88,13 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
         marker = markers[teachers.index(r["label"]) % len(markers)]
         colour = colours(tasks.index(r["task"]) % 10)
         for m, fill in (("ts_kd", colour), ("cnn_ts_kd", "none"), ("vit_ts_kd", "none")):
-            # a method's values are per seed, in the same order as the teacher's
-            if r[m] and r["teacher"] and len(r[m]["values"]) == len(r["teacher"]["values"]):
-                ax.scatter(r["teacher"]["values"], r[m]["values"], marker=marker,
-                           facecolors=fill, edgecolors=colour, s=40)
+            if not (r[m] and r["teacher"]):
+                continue
+            teacher = dict(zip(r["teacher"]["seeds"], r["teacher"]["values"]))
+            pairs = [(teacher[s], v) for s, v in zip(r[m]["seeds"], r[m]["values"])
+                     if s in teacher]  # the same seed's teacher and student
+            ax.scatter([t for t, _ in pairs], [v for _, v in pairs], marker=marker,
+                       facecolors=fill, edgecolors=colour, s=40)
     for i, t in enumerate(teachers):
         ax.scatter([], [], marker=markers[i % len(markers)], color="black", label=t)
     for i, task in enumerate(tasks):

@@ -1,0 +1,65 @@
+"""Teacher reports: another teacher's grid beside the built-in one's, and student vs teacher."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str) -> ModuleType:
+    """A benchmarks/ script, imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _write(folder: Path, task: str, seed: int, dice: dict[str, float],
+           current: bool = True) -> None:
+    report: dict[str, Any] = {"task": task, "seed": seed, "teacher_weights": {"token_grid": 16},
+                              "methods": {m: {"dice_mean": d} for m, d in dice.items()}}
+    if current:
+        report["default_student"] = {"architecture": "unet", "unet_width": 16}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{task}_seed{seed}.json").write_text(json.dumps(report))
+
+
+def test_teacher_grid_means_pair_each_seed_with_the_builtin_run_of_the_same_draw(
+        tmp_path: Path) -> None:
+    grid = _script("teacher_grid")
+    new, old = tmp_path / "new", tmp_path / "old"
+    _write(new, "kidney_us", 0, {"teacher": 0.60, "teacher_random_init": 0.50, "ts_kd": 0.80})
+    _write(new, "kidney_us", 1, {"teacher": 0.70, "teacher_random_init": 0.40})
+    # seed 0 of the built-in grid written while the CNN was the default: unet16_ts_kd is today's
+    _write(old, "kidney_us", 0, {"teacher": 0.55, "unet": 0.65, "unet16_ts_kd": 0.75,
+                                 "ts_kd": 0.10}, current=False)
+    _write(old, "kidney_us", 1, {"teacher": 0.45, "unet": 0.75, "ts_kd": 0.85})
+    _write(old, "kidney_us", 2, {"teacher": 0.99, "unet": 0.99, "ts_kd": 0.99})  # not in new
+    (row,) = grid.summarise(new, old)
+    assert row["seeds"] == [0, 1] and row["student_seeds"] == [0]
+    assert abs(row["teacher"]["mean"] - 0.65) < 1e-9
+    assert abs(row["teacher_random_init"]["mean"] - 0.45) < 1e-9
+    assert abs(row["builtin_teacher"]["mean"] - 0.50) < 1e-9  # seeds 0, 1 only
+    assert abs(row["unet"]["mean"] - 0.70) < 1e-9
+    assert row["ts_kd"]["values"] == [0.80]
+    assert row["builtin_ts_kd"]["values"] == [0.75]  # seed 0's, read as today's key
+    table = grid.to_markdown([row])
+    assert "| kidney_us | 0, 1 | 0.650 | 0.450 | 0.500 | 0.800 | 0.750 | 0.700 |" in table
+    assert "kidney_us: 0" in table
+
+
+def test_student_vs_teacher_names_the_seeds_of_a_column_that_covers_fewer(
+        tmp_path: Path) -> None:
+    tvs = _script("teacher_vs_student")
+    _write(tmp_path, "skin_lesion", 0, {"teacher": 0.9, "ts_kd": 0.95, "unet": 0.93})
+    _write(tmp_path, "skin_lesion", 1, {"teacher": 0.8, "unet": 0.91})
+    (row,) = tvs.collect("new", tmp_path)
+    assert row["ts_kd"]["seeds"] == [0] and row["teacher"]["seeds"] == [0, 1]
+    line = tvs.to_markdown([row]).splitlines()[2]
+    assert line.startswith("| new | skin_lesion | 0, 1 | 0.850 | 0.950 (seed 0) | - |")
+    assert line.endswith("| 0.920 |")
