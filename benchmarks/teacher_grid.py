@@ -12,7 +12,9 @@ mini SAM weights of ``--checkpoint``:
 - trains the same architecture from random initialisation, every parameter, for the same
   time cap (``tskd.apps.pretraining_check.random_init_teacher``: ``teacher_random_init``);
 - on the seeds of ``--students`` also runs the rest of TS-KD (synthesis, distillation,
-  fine-tuning) and scores the default student (``ts_kd``).
+  fine-tuning) and scores the default student (``ts_kd``). Re-run on a finished cell, it keeps
+  the adapted teacher (the pipeline skips a stage done with the same inputs) and the random
+  initialisation's result (same teacher weights and budget), so students can be added later.
 
 The full ``run_benchmark.py`` cell also trains the six baselines (~31 min a cell on 2 cores);
 this costs ~4 min a cell (~9.5 min with the student), so a new teacher can be measured on every
@@ -75,20 +77,31 @@ def run_cell(task: str, seed: int, checkpoint: str | None, budget: str, with_stu
         phantoms.write_task_folders(task, data, 10, b.n_unlabelled, b.n_test, 256, seed)
     cfg = demo_config(data, cell / "ts_kd", b, seed, "mini", checkpoint)
     cfg.data.test = None  # scored below, once per model
-    seconds = _run_stages(cfg, with_student)
+    seconds = _run_stages(cfg, with_student)  # a teacher already adapted here is reused
     test = data / "test"
     methods: dict[str, Any] = {
         "teacher": score(cfg, "teacher", test) | {"seconds": seconds["teacher"]}}
     if with_student:
         methods["ts_kd"] = score(cfg, "student", test) | {
             "seconds": sum(seconds.values()), "stage_seconds": seconds}
-    methods["teacher_random_init"] = random_init_teacher(cfg, test)
+    earlier = _earlier_report(out / f"{task}_seed{seed}.json", teacher_identity(cfg), budget)
+    methods["teacher_random_init"] = (earlier or {}).get("teacher_random_init") or (
+        random_init_teacher(cfg, test))  # same draw, weights and budget: not trained again
     return {"task": task, "n_labels": 10, "seed": seed, "budget": budget,
             "teacher_model": "mini", "teacher_input_size": cfg.teacher.input_size,
             "teacher_weights": teacher_identity(cfg),
             "default_student": {"architecture": cfg.student.architecture,
                                 "unet_width": cfg.student.unet_width},
             "n_test": b.n_test, "methods": methods, "seconds": time.perf_counter() - t0}
+
+
+def _earlier_report(path: Path, weights: dict[str, Any], budget: str) -> dict[str, Any] | None:
+    """The methods of this cell's earlier report when it used the same teacher and budget."""
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    same = report.get("teacher_weights") == weights and report.get("budget") == budget
+    return report["methods"] if same else None
 
 
 def _mean(values: list[float]) -> dict[str, Any] | None:
