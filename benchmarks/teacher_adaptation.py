@@ -9,10 +9,13 @@ the teacher in several ways with the demo's `small` budget and scores each on th
 - ``lora``: LoRA (r=32 by default; ``lora:rank=4`` was the demo's first choice, SAMed's) on the
   encoder's qkv and the decoder's q/v, plus the class heads;
 - ``lora+decoder``: the same LoRA plus the whole mask decoder trained, as SAMed does;
+- ``full``: the pretrained weights (refine head included), every parameter trained at the
+  random initialisation's rate (full fine-tuning instead of LoRA);
 - ``random``: the same architecture from random initialisation, every parameter trained
   (the pretraining check's baseline), so each recipe's gain over no pretraining is visible.
 
-``--sizes`` repeats everything at other teacher input sizes; ``--budget`` picks the demo
+``--checkpoint`` adapts other mini SAM weights (a ``tskd pretrain-mini`` output) than the built-in
+ones; ``--sizes`` repeats everything at other teacher input sizes; ``--budget`` picks the demo
 budget (``small`` by default; ``converged`` stops on a validation split of the 10 labels). Writes
 benchmarks/results/teacher_adaptation.json (or ``--out``), appending to what is there.
 """
@@ -36,7 +39,7 @@ from tskd.inference.predict import evaluate_folder, segmenter_from_bundle
 from tskd.training.teacher import finetune_teacher
 
 RESULTS = Path(__file__).parent / "results" / "teacher_adaptation.json"
-RECIPES = ("lora", "lora+decoder", "random")
+RECIPES = ("lora", "lora+decoder", "full", "random")
 
 
 def parse_recipe(spec: str) -> tuple[str, dict[str, float]]:
@@ -80,8 +83,8 @@ def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, 
     if "rank" in opts:
         cfg.teacher.lora.rank = int(opts["rank"])
         cfg.teacher.lora.alpha = float(opts["rank"])
-    if recipe == "random":
-        result = random_init_teacher(cfg, dev)
+    if recipe in ("random", "full"):
+        result = random_init_teacher(cfg, dev, pretrained=recipe == "full")
         return {"dice": result["dice_mean"], "seconds": time.perf_counter() - t0}
     tcfg = copy.deepcopy(cfg.teacher)
     tcfg.lora.train_decoder = recipe == "lora+decoder"
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[128])
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON to append rows to")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="small")
+    parser.add_argument("--checkpoint", help="mini SAM weights; default: the built-in ones")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
                         help="name[:rank=R,lr=LR,epochs=E]; names: " + ", ".join(RECIPES))
     args = parser.parse_args()
@@ -130,11 +134,12 @@ def main() -> None:
     for task, seed, root in dev_draws(args.tasks, args.dev_seeds):
         for size in args.sizes:
             cfg = demo_config(root / "data", root / "run", budget, seed,
-                              teacher_size=size, device="cpu")
+                              checkpoint=args.checkpoint, teacher_size=size, device="cpu")
             for recipe in args.recipes:
                 r = run_recipe(recipe, cfg, root / "data" / "test", root / f"w{size}")
                 save_row({"task": task, "dev_seed": seed, "size": size, "recipe": recipe,
-                          "budget": args.budget, **r}, results, args.out)
+                          "budget": args.budget, "checkpoint": args.checkpoint or "builtin",
+                          **r}, results, args.out)
 
 if __name__ == "__main__":
     main()

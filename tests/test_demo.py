@@ -108,6 +108,31 @@ def test_random_init_baseline_is_drawn_from_the_run_seed(tmp_path: Path) -> None
     assert not all(torch.equal(first[k], third[k]) for k in first)
 
 
+def test_full_fine_tuning_starts_from_the_pretrained_weights_every_parameter_trainable(
+        tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from tskd.apps.pretraining_check import random_init_model
+
+    sam = write_tiny_sam(tmp_path / "sam.safetensors")
+    cfg = from_dict(RunConfig, tiny_config(tmp_path, sam, tmp_path / "run"))
+    saved = load_file(str(sam))
+    full = random_init_model(cfg, 2, pretrained=True)
+    weights = {f"sam.{k}": v for k, v in saved.items()}
+    state = full.state_dict()
+    assert set(weights) <= set(state)  # every pretrained tensor is in the model ...
+    # ... as saved (position tables are resampled to the run's input size)
+    same = [k for k in weights if state[k].shape == weights[k].shape]
+    assert len(same) >= len(weights) - 4
+    assert all(torch.equal(state[k], weights[k]) for k in same)
+    cfg.teacher.train.seed = 7  # the tiny SAM file was drawn from seed 0, as the run's is
+    scratch = random_init_model(cfg, 2).state_dict()
+    drawn = [k for k in same if k.endswith(("qkv.weight", "proj.weight"))]
+    assert drawn and not any(torch.equal(scratch[k], weights[k]) for k in drawn)
+    assert all(p.requires_grad for p in full.parameters())
+
+
 def test_converged_budget_scores_every_stage_every_50_steps(tmp_path: Path) -> None:
     images = tmp_path / "train" / "images"
     images.mkdir(parents=True)

@@ -19,7 +19,7 @@ from tskd.config import RunConfig
 SCRATCH_LR = 3e-4
 
 
-def random_init_model(cfg: RunConfig, num_classes: int) -> Any:
+def random_init_model(cfg: RunConfig, num_classes: int, pretrained: bool = False) -> Any:
     """Build the teacher's architecture, randomly initialised from the run's seed.
 
     Initialised under ``teacher.train.seed`` inside ``torch.random.fork_rng``, so re-runs
@@ -29,10 +29,11 @@ def random_init_model(cfg: RunConfig, num_classes: int) -> Any:
         cfg: the run configuration; ``teacher.model_type``, ``teacher.checkpoint``,
             ``teacher.input_size`` (pixels) and ``teacher.train.seed`` are read.
         num_classes: classes including the background.
+        pretrained: True loads the teacher's weights instead (its pretrained refine head
+            too; only new class heads are drawn at random).
 
     Returns:
-        A ``tskd.models.teacher.SemanticSam`` with random weights, every parameter
-        trainable.
+        A ``tskd.models.teacher.SemanticSam``, every parameter trainable.
     """
     import torch
 
@@ -41,11 +42,13 @@ def random_init_model(cfg: RunConfig, num_classes: int) -> Any:
     with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
         torch.manual_seed(cfg.teacher.train.seed)
         sam = build_sam(cfg.teacher.model_type, cfg.teacher.checkpoint, cfg.teacher.input_size,
-                        pretrained=False)
-        return SemanticSam(sam, num_classes, cfg.teacher.refine_head)
+                        pretrained=pretrained)
+        model = SemanticSam(sam, num_classes, cfg.teacher.refine_head)
+        return model.requires_grad_(True)
 
 
-def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, Any]:
+def random_init_teacher(cfg: RunConfig, test_folder: str | Path,
+                        pretrained: bool = False) -> dict[str, Any]:
     """Train the teacher's architecture from scratch and score it on ``test_folder``.
 
     Same labelled images, augmentation and epochs as the teacher stage, every parameter
@@ -54,6 +57,8 @@ def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, An
     Args:
         cfg: the demo's TS-KD configuration (``tskd.apps.demo.demo_config``).
         test_folder: the held-out test set (images/ and labels/).
+        pretrained: True starts from the teacher's pretrained weights instead: full
+            fine-tuning, the alternative to LoRA (``teacher_adaptation.py``'s ``full``).
 
     Returns:
         ``dice_mean``, ``dice_std``, ``hd95_mean``, ``hd95_std`` (pixels) over the test
@@ -71,7 +76,7 @@ def random_init_teacher(cfg: RunConfig, test_folder: str | Path) -> dict[str, An
     from tskd.training.teacher import TeacherTask
 
     data = load_labelled_data(cfg)
-    model = random_init_model(cfg, data.num_classes)
+    model = random_init_model(cfg, data.num_classes, pretrained)
     train_cfg = copy.deepcopy(cfg.teacher.train)
     train_cfg.lr = SCRATCH_LR
     train_cfg.device = cfg.device_of("teacher")
