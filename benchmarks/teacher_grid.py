@@ -48,6 +48,7 @@ COLUMNS = (("teacher", "new teacher, adapted"),
            ("builtin_teacher", "built-in teacher, adapted"),
            ("ts_kd", "U-Net student, TS-KD (new teacher)"),
            ("builtin_ts_kd", "U-Net student, TS-KD (built-in)"),
+           ("unet_student_seeds", "U-Net baseline, student seeds"),
            ("unet", "U-Net baseline"))
 
 
@@ -123,20 +124,20 @@ def summarise(out: Path, baseline: Path) -> list[dict[str, Any]]:
         def own(m: str, cells: list[dict[str, Any]] = cells) -> list[float]:
             return [c["methods"][m]["dice_mean"] for c in cells if m in c["methods"]]
 
-        def old(m: str, base: dict[int, Any] = base) -> list[float]:
-            return [base[s]["methods"][m]["dice_mean"] for s in sorted(base)]
+        def old(m: str, only: list[int] | None = None,
+                base: dict[int, Any] = base) -> list[float]:
+            return [base[s]["methods"][m]["dice_mean"] for s in sorted(base)
+                    if only is None or s in only]
 
-        rows.append({"task": task, "seeds": seeds, "student_seeds":
-                     [c["seed"] for c in cells if "ts_kd" in c["methods"]],
+        student_seeds = [c["seed"] for c in cells if "ts_kd" in c["methods"]]
+        rows.append({"task": task, "seeds": seeds, "student_seeds": student_seeds,
                      "teacher_weights": cells[0]["teacher_weights"],
                      "teacher": _mean(own("teacher")),
                      "teacher_random_init": _mean(own("teacher_random_init")),
                      "ts_kd": _mean(own("ts_kd")),
                      "builtin_teacher": _mean(old("teacher")), "unet": _mean(old("unet")),
-                     "builtin_ts_kd": _mean([base[s]["methods"]["ts_kd"]["dice_mean"]
-                                             for s in sorted(base) if any(
-                                                 c["seed"] == s and "ts_kd" in c["methods"]
-                                                 for c in cells)])})
+                     "builtin_ts_kd": _mean(old("ts_kd", student_seeds)),
+                     "unet_student_seeds": _mean(old("unet", student_seeds))})
     return rows
 
 
@@ -149,7 +150,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['task']} | {', '.join(map(str, r['seeds']))} | "
                      + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("TS-KD columns: mean over the student seeds only ("
+    lines.append("TS-KD columns and the U-Net baseline's on student seeds: mean over the "
+                 "seeds the students ran on ("
                  + "; ".join(f"{r['task']}: {', '.join(map(str, r['student_seeds']))}"
                              for r in rows) + ").")
     return "\n".join(lines) + "\n"

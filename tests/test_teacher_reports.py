@@ -48,8 +48,9 @@ def test_teacher_grid_means_pair_each_seed_with_the_builtin_run_of_the_same_draw
     assert abs(row["unet"]["mean"] - 0.70) < 1e-9
     assert row["ts_kd"]["values"] == [0.80]
     assert row["builtin_ts_kd"]["values"] == [0.75]  # seed 0's, read as today's key
+    assert row["unet_student_seeds"]["values"] == [0.65]
     table = grid.to_markdown([row])
-    assert "| kidney_us | 0, 1 | 0.650 | 0.450 | 0.500 | 0.800 | 0.750 | 0.700 |" in table
+    assert "| kidney_us | 0, 1 | 0.650 | 0.450 | 0.500 | 0.800 | 0.750 | 0.650 | 0.700 |" in table
     assert "kidney_us: 0" in table
 
 
