@@ -17,7 +17,7 @@ mini SAM weights of ``--checkpoint``:
   initialisation's result (same teacher weights and budget), so students can be added later.
 
 The full ``run_benchmark.py`` cell also trains the six baselines (~31 min a cell on 2 cores);
-this costs ~4 min a cell (~9.5 min with the student), so a new teacher can be measured on every
+this costs 3.3 min a cell (9 min with the student), so a new teacher can be measured on every
 task and seed. The teacher was chosen on development draws (``pretraining_curve.py``); this
 script only reports on the test images, it chooses nothing. Writes one
 ``<task>_seed<k>.json`` a cell (the format ``teacher_vs_student.py`` reads) and
