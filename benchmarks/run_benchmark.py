@@ -27,9 +27,10 @@ from typing import Any
 
 from tskd.apps.demo import run_demo
 from tskd.apps.demo_report import LABELS, METHODS, as_current
+from tskd.data import phantoms
 
 RESULTS = Path(__file__).parent / "results"
-ALL_TASKS = ["kidney_us", "skin_lesion", "retina_vessels", "ct_abdomen", "brain_mri"]
+ALL_TASKS = list(phantoms.TASKS)  # every sample task, in the order of the reports
 # (the method, what it is compared with) for the per-seed comparisons in summary.md
 COMPARISONS = [("ts_kd", "unet"), ("ts_kd", "scratch"), ("ts_kd", "task_agnostic_kd"),
                ("cnn_ts_kd", "unet"), ("cnn_ts_kd", "cnn_scratch"),

@@ -42,7 +42,7 @@ from tskd.config import RunConfig
 from tskd.data import phantoms
 
 RESULTS = Path(__file__).parent / "results"
-TASKS = ("kidney_us", "skin_lesion", "retina_vessels", "ct_abdomen", "brain_mri")
+TASKS = tuple(phantoms.TASKS)  # the benchmark's tasks, in its order
 COLUMNS = (("teacher", "new teacher, adapted"),
            ("teacher_random_init", "new architecture, random init"),
            ("builtin_teacher", "built-in teacher, adapted"),
@@ -55,14 +55,13 @@ COLUMNS = (("teacher", "new teacher, adapted"),
 def _run_stages(cfg: RunConfig, with_student: bool) -> dict[str, float]:
     """Run the teacher stage, or all of TS-KD; {stage: wall-clock seconds}."""
     from tskd.pipeline import registry
-    from tskd.pipeline.context import StageContext
     from tskd.pipeline.run_folder import prepare_run_dir
 
     if with_student:
         results = registry.run_pipeline(cfg, overwrite=True)
-    else:
+    else:  # as `tskd teacher` does: the run folder, then the one stage
         prepare_run_dir(cfg, overwrite=True)
-        results = {"teacher": registry.stage("teacher").function(StageContext(cfg))}
+        results = {"teacher": registry.stage("teacher").function(cfg)}
     return {k: float(r.get("seconds", 0.0)) for k, r in results.items()
             if k != "evaluate" and isinstance(r, dict)}
 
@@ -85,12 +84,13 @@ def run_cell(task: str, seed: int, checkpoint: str | None, budget: str, with_stu
     if with_student:
         methods["ts_kd"] = score(cfg, "student", test) | {
             "seconds": sum(seconds.values()), "stage_seconds": seconds}
-    earlier = _earlier_report(out / f"{task}_seed{seed}.json", teacher_identity(cfg), budget)
+    weights = teacher_identity(cfg)  # hashes the weights file: once
+    earlier = _earlier_report(out / f"{task}_seed{seed}.json", weights, budget)
     methods["teacher_random_init"] = (earlier or {}).get("teacher_random_init") or (
         random_init_teacher(cfg, test))  # same draw, weights and budget: not trained again
     return {"task": task, "n_labels": 10, "seed": seed, "budget": budget,
             "teacher_model": "mini", "teacher_input_size": cfg.teacher.input_size,
-            "teacher_weights": teacher_identity(cfg),
+            "teacher_weights": weights,
             "default_student": {"architecture": cfg.student.architecture,
                                 "unet_width": cfg.student.unet_width},
             "n_test": b.n_test, "methods": methods, "seconds": time.perf_counter() - t0}

@@ -18,13 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _samples(n: int, size: int = 32) -> list[Sample]:
     """A disc on noise per image: the GPU check's own test images (benchmarks/gpu_check.py)."""
-    import importlib.util
+    from bench_scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("gpu_check_samples",
-                                                  ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module._samples(n, size)
+    return load_script("gpu_check", "gpu_check_samples")._samples(n, size)
 
 
 @pytest.fixture(scope="module")
