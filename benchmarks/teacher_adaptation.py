@@ -18,6 +18,8 @@ the teacher in several ways with the demo's `small` budget and scores each on th
 ones; ``--sizes`` repeats everything at other teacher input sizes; ``--budget`` picks the demo
 budget (``small`` by default; ``converged`` stops on a validation split of the 10 labels). Writes
 benchmarks/results/teacher_adaptation.json (or ``--out``), appending to what is there.
+``--summary`` trains nothing: it prints the rows of ``--out`` as a table, one line a teacher
+and recipe, each task's mean Dice over the dev seeds it ran on, and the mean over the tasks.
 """
 
 from __future__ import annotations
@@ -46,13 +48,14 @@ def parse_recipe(spec: str) -> tuple[str, dict[str, float]]:
     """'lora+decoder:rank=16,lr=1e-3' -> ('lora+decoder', {'rank': 16.0, 'lr': 0.001}).
 
     Options: rank (alpha = rank), lr, epochs, bg (1 = background in the Dice term), refine
-    (1 = the full-resolution refine head, 0 = SAM's logits upsampled).
+    (1 = the full-resolution refine head, 0 = SAM's logits upsampled), cap (the teacher's
+    time cap in seconds, in place of the budget's; 0 = none).
     """
     name, _, opts = spec.partition(":")
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose {RECIPES}")
     values = dict(o.split("=") for o in opts.split(",") if o)
-    unknown = set(values) - {"rank", "lr", "epochs", "bg", "refine"}
+    unknown = set(values) - {"rank", "lr", "epochs", "bg", "refine", "cap"}
     if unknown:
         raise ValueError(f"unknown recipe option(s) {sorted(unknown)}")
     return name, {k: float(v) for k, v in values.items()}
@@ -78,6 +81,8 @@ def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, 
         cfg.teacher.train.epochs = int(opts["epochs"])
     if "bg" in opts:  # 1: the background class in the teacher's Dice term too
         cfg.teacher.dice_include_background = bool(opts["bg"])
+    if "cap" in opts:
+        cfg.teacher.train.max_seconds = opts["cap"] or None
     if "refine" in opts:
         cfg.teacher.refine_head = bool(opts["refine"])
     if "rank" in opts:
@@ -90,9 +95,9 @@ def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, 
     tcfg.lora.train_decoder = recipe == "lora+decoder"
     data = load_labelled_data(cfg)
     folder = work / "teacher"
-    finetune_teacher(tcfg, data.train, data.val, data.num_classes, folder)
+    record = finetune_teacher(tcfg, data.train, data.val, data.num_classes, folder)
     dice = _dev_dice(folder, dev)
-    return {"dice": dice, "seconds": time.perf_counter() - t0}
+    return {"dice": dice, "seconds": time.perf_counter() - t0, "steps": record["steps"]}
 
 
 def dev_draws(tasks: list[str], seeds: list[int]) -> Iterator[tuple[str, int, Path]]:
@@ -116,17 +121,46 @@ def save_row(row: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None
     out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def summary_table(rows: list[dict[str, Any]], seeds: list[int] | None = None) -> str:
+    """Markdown table of ``rows``: a line per (checkpoint, recipe, size), a column per task.
+
+    Each cell is the mean dev Dice over the dev seeds of ``seeds`` (all when None) that line
+    ran on for that task; ``mean`` averages the task cells of a line that has every task.
+    """
+    tasks = [t for t in phantoms.TASKS if any(r["task"] == t for r in rows)]
+    cells: dict[tuple[str, str, int], dict[str, list[float]]] = {}
+    for r in rows:
+        if seeds is None or r["dev_seed"] in seeds:
+            key = (r["checkpoint"], r["recipe"], r["size"])
+            cells.setdefault(key, {}).setdefault(r["task"], []).append(r["dice"])
+    lines = ["| teacher | recipe | size | " + " | ".join(tasks) + " | mean |",
+             "|---" * (len(tasks) + 4) + "|"]
+    for (ckpt, recipe, size), by_task in cells.items():
+        means = [sum(by_task[t]) / len(by_task[t]) if t in by_task else None for t in tasks]
+        mean = sum(means) / len(means) if None not in means else None  # type: ignore[arg-type]
+        shown = ["-" if m is None else f"{m:.3f}" for m in [*means, mean]]
+        lines.append(f"| {ckpt} | {recipe} | {size} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(phantoms.TASKS))
-    parser.add_argument("--dev-seeds", nargs="+", type=int, default=[100, 101])
+    parser.add_argument("--dev-seeds", nargs="+", type=int,
+                        help="default: 100 101 (training), every seed of --out (--summary)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[128])
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON to append rows to")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="small")
     parser.add_argument("--checkpoint", help="mini SAM weights; default: the built-in ones")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
                         help="name[:rank=R,lr=LR,epochs=E]; names: " + ", ".join(RECIPES))
+    parser.add_argument("--summary", action="store_true",
+                        help="print --out's rows on --dev-seeds as a table; train nothing")
     args = parser.parse_args()
+    if args.summary:
+        print(summary_table(json.loads(args.out.read_text()), args.dev_seeds))
+        return
+    args.dev_seeds = args.dev_seeds or [100, 101]
     if any(s < 100 for s in args.dev_seeds):
         parser.error("dev seeds must be >= 100: seeds 0-99 are the benchmark's")
     budget = BUDGETS[args.budget]

@@ -54,3 +54,20 @@ def test_student_vs_teacher_names_the_seeds_of_a_column_that_covers_fewer(
     line = tvs.to_markdown([row]).splitlines()[2]
     assert line.startswith("| new | skin_lesion | 0, 1 | 0.850 | 0.950 (seed 0) | - |")
     assert line.endswith("| 0.920 |")
+
+
+def test_dev_summary_averages_each_teacher_over_its_dev_seeds_and_leaves_gaps_blank() -> None:
+    adaptation = _script("teacher_adaptation")
+
+    def row(ckpt: str, task: str, seed: int, dice: float) -> dict[str, Any]:
+        return {"checkpoint": ckpt, "recipe": "lora", "size": 128, "task": task,
+                "dev_seed": seed, "dice": dice}
+
+    rows = [row("a", "kidney_us", 100, 0.5), row("a", "kidney_us", 101, 0.7),
+            row("a", "skin_lesion", 100, 0.9), row("b", "kidney_us", 101, 0.4)]
+    lines = adaptation.summary_table(rows).splitlines()
+    assert lines[0] == "| teacher | recipe | size | kidney_us | skin_lesion | mean |"
+    assert lines[2] == "| a | lora | 128 | 0.600 | 0.900 | 0.750 |"
+    assert lines[3] == "| b | lora | 128 | 0.400 | - | - |"  # no skin_lesion: no mean
+    only_101 = adaptation.summary_table(rows, [101]).splitlines()
+    assert only_101[2] == "| a | lora | 128 | 0.700 | - | - |"
