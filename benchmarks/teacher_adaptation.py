@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -136,8 +137,9 @@ def summary_table(rows: list[dict[str, Any]], seeds: list[int] | None = None) ->
     lines = ["| teacher | recipe | size | " + " | ".join(tasks) + " | mean |",
              "|---" * (len(tasks) + 4) + "|"]
     for (ckpt, recipe, size), by_task in cells.items():
-        means = [sum(by_task[t]) / len(by_task[t]) if t in by_task else None for t in tasks]
-        mean = sum(means) / len(means) if None not in means else None  # type: ignore[arg-type]
+        means = [statistics.fmean(by_task[t]) if t in by_task else None for t in tasks]
+        known = [m for m in means if m is not None]
+        mean = statistics.fmean(known) if len(known) == len(tasks) else None
         shown = ["-" if m is None else f"{m:.3f}" for m in [*means, mean]]
         lines.append(f"| {ckpt} | {recipe} | {size} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
@@ -153,7 +155,7 @@ def main() -> None:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="small")
     parser.add_argument("--checkpoint", help="mini SAM weights; default: the built-in ones")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
-                        help="name[:rank=R,lr=LR,epochs=E]; names: " + ", ".join(RECIPES))
+                        help="name[:rank=R,lr=LR,epochs=E,cap=S]; names: " + ", ".join(RECIPES))
     parser.add_argument("--summary", action="store_true",
                         help="print --out's rows on --dev-seeds as a table; train nothing")
     args = parser.parse_args()
