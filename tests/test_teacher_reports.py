@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench_scripts import load_script as _script
 
 
@@ -71,3 +73,11 @@ def test_dev_summary_averages_each_teacher_over_its_dev_seeds_and_leaves_gaps_bl
     assert lines[3] == "| b | lora | 128 | 0.400 | - | - |"  # no skin_lesion: no mean
     only_101 = adaptation.summary_table(rows, [101]).splitlines()
     assert only_101[2] == "| a | lora | 128 | 0.700 | - | - |"
+
+
+def test_recipe_options_parse_and_unknown_ones_are_refused() -> None:
+    adaptation = _script("teacher_adaptation")
+    assert adaptation.parse_recipe("lora:fit=1,cap=270") == ("lora", {"fit": 1.0, "cap": 270.0})
+    assert adaptation.parse_recipe("random") == ("random", {})
+    with pytest.raises(ValueError, match=r"unknown recipe option\(s\) \['fitt'\]"):
+        adaptation.parse_recipe("lora:fitt=1")

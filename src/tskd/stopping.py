@@ -80,7 +80,7 @@ class EarlyStopping(Callback):
             set_rng_state(saved)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        """Score the model (every ``every`` epochs and at the last), keep the best, maybe stop.
+        """Score the model (every ``every`` epochs, at the last and when stopped), keep the best.
 
         The score is added to the epoch's history entry as ``"val_score"``.
 
@@ -88,7 +88,8 @@ class EarlyStopping(Callback):
             state: The run at the end of an epoch.
         """
         epoch = state.epoch
-        if (epoch + 1) % self.every and not state.last_epoch:
+        # a run another callback stops (a time budget) is scored at its end too
+        if (epoch + 1) % self.every and not state.last_epoch and not state.stop:
             return
         value = self._evaluate(state.model)
         self.scores.append((epoch, value))
