@@ -50,14 +50,13 @@ def parse_recipe(spec: str) -> tuple[str, dict[str, float]]:
 
     Options: rank (alpha = rank), lr, epochs, bg (1 = background in the Dice term), refine
     (1 = the full-resolution refine head, 0 = SAM's logits upsampled), cap (the teacher's
-    time cap in seconds, in place of the budget's; 0 = none), fit (1 = the cosine schedule
-    ends where the time cap does, ``TrainConfig.fit_to_time``).
+    time cap in seconds, in place of the budget's; 0 = none).
     """
     name, _, opts = spec.partition(":")
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose {RECIPES}")
     values = dict(o.split("=") for o in opts.split(",") if o)
-    unknown = set(values) - {"rank", "lr", "epochs", "bg", "refine", "cap", "fit"}
+    unknown = set(values) - {"rank", "lr", "epochs", "bg", "refine", "cap"}
     if unknown:
         raise ValueError(f"unknown recipe option(s) {sorted(unknown)}")
     return name, {k: float(v) for k, v in values.items()}
@@ -85,8 +84,6 @@ def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, 
         cfg.teacher.dice_include_background = bool(opts["bg"])
     if "cap" in opts:
         cfg.teacher.train.max_seconds = opts["cap"] or None
-    if "fit" in opts:
-        cfg.teacher.train.fit_to_time = bool(opts["fit"])
     if "refine" in opts:
         cfg.teacher.refine_head = bool(opts["refine"])
     if "rank" in opts:
@@ -159,7 +156,7 @@ def main() -> None:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="small")
     parser.add_argument("--checkpoint", help="mini SAM weights; default: the built-in ones")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
-                        help="name[:rank=R,lr=LR,epochs=E,cap=S,fit=1]; names: "
+                        help="name[:rank=R,lr=LR,epochs=E,cap=S]; names: "
                         + ", ".join(RECIPES))
     parser.add_argument("--summary", action="store_true",
                         help="print --out's rows on --dev-seeds as a table; train nothing")

@@ -7,7 +7,7 @@ the layers below it, never one above. Sizes: no module over ``MAX_LINES``, no fu
 method (of the backend or the frontend) over ``MAX_FUNCTION_LINES``, argument-parser builders
 aside. The top-level modules are one layer each (``errors`` < ``temp_files`` < ``atomic`` <
 ``checkpoint`` < ``safe_regex`` < ``lora_targets`` < ``config_compat`` < ``config_io`` <
-``config`` < ``distributed`` < ``device`` < ``callbacks`` < ``stopping`` < ``schedule`` < ``engine``); each
+``config`` < ``distributed`` < ``device`` < ``callbacks`` < ``stopping`` < ``engine``); each
 package is one layer.
 """
 
@@ -38,7 +38,6 @@ LAYERS = (
     "tskd.device",
     "tskd.callbacks",
     "tskd.stopping",
-    "tskd.schedule",
     "tskd.engine",
     "tskd.data",
     "tskd.models",

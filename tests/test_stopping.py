@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,32 @@ def test_a_stopped_run_stays_stopped_on_resume(tmp_path: Path) -> None:
 def test_time_limit_stops_after_the_step_that_crosses_it() -> None:
     result = train(_Task(), CFG, callbacks=[TimeLimit(0.0)])
     assert result.steps == 1 and len(result.history) == 1
+
+
+class _SlowTask(_Task):
+    """The toy task whose every step moves a fake ``time.perf_counter`` by one second."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        self.clock[0] += 1.0
+        return super().step(model, batch)
+
+
+def test_a_run_stopped_by_its_time_budget_is_scored_at_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    stop = EarlyStopping(_Scripted([0.1, 0.2, 0.3]), patience=5, every=3)
+    cfg = TrainConfig(epochs=10, batch_size=4, lr=0.05, device="cpu", max_seconds=30.0)
+    result = train(_SlowTask(clock), cfg, callbacks=[stop])
+    # scored after epoch 2 (every 3) and after epoch 3, in which the clock stopped it (step 30):
+    # those 6 steps are not thrown away for the weights of epoch 2
+    assert result.steps == 30 and result.stopped == "time budget of 30 s reached"
+    assert [e for e, _ in stop.scores] == [2, 3] and stop.best_epoch == 3
 
 
 def test_bad_patience_is_refused() -> None:

@@ -77,7 +77,7 @@ def test_dev_summary_averages_each_teacher_over_its_dev_seeds_and_leaves_gaps_bl
 
 def test_recipe_options_parse_and_unknown_ones_are_refused() -> None:
     adaptation = _script("teacher_adaptation")
-    assert adaptation.parse_recipe("lora:fit=1,cap=270") == ("lora", {"fit": 1.0, "cap": 270.0})
+    assert adaptation.parse_recipe("lora:rank=8,cap=270") == ("lora", {"rank": 8.0, "cap": 270.0})
     assert adaptation.parse_recipe("random") == ("random", {})
-    with pytest.raises(ValueError, match=r"unknown recipe option\(s\) \['fitt'\]"):
-        adaptation.parse_recipe("lora:fitt=1")
+    with pytest.raises(ValueError, match=r"unknown recipe option\(s\) \['fit'\]"):
+        adaptation.parse_recipe("lora:fit=1")

@@ -52,10 +52,6 @@ class TrainConfig:
         val_every: Evaluate the validation score every this many epochs (with ``patience``).
         max_seconds: Stop after this much wall-clock training time, in seconds
             (``tskd.stopping.TimeLimit``; equal-cost comparisons); None for no limit.
-        fit_to_time: With ``max_seconds``, end the cosine schedule (and the run) at the step
-            that fits the budget, measured once the warm-up is over, instead of stopping it
-            part-way at its peak (``tskd.schedule.FitScheduleToTime``); False: the schedule
-            is planned over ``epochs`` and the clock cuts it.
         grad_accum_steps: Forward passes whose gradients add up to one optimiser step (>= 1,
             at most an epoch's batches): a larger global batch in one batch's memory.
     """
@@ -73,7 +69,6 @@ class TrainConfig:
     patience: int | None = None  # early stopping on the validation score; None: every epoch
     val_every: int = 1
     max_seconds: float | None = None  # wall-clock budget (equal-cost comparisons)
-    fit_to_time: bool = False  # with max_seconds: the schedule ends where the budget does
     grad_accum_steps: int = 1  # forward passes per optimiser step
 
     def total_steps(self, epoch_steps: int) -> int:

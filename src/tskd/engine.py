@@ -60,7 +60,6 @@ from tskd.checkpoint import (
 from tskd.config import TrainConfig
 from tskd.device import make_accelerator, resolve_device, to_device
 from tskd.errors import Cancelled, TskdError
-from tskd.schedule import CosineSchedule, FitScheduleToTime
 from tskd.stopping import TimeLimit
 
 __all__ = ["Callback", "CancelToken", "CheckpointExtra", "Progress", "ProgressCallback",
@@ -83,6 +82,16 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
+def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
 @dataclass
 class _Run:
     """What one call of ``train`` holds while it runs: the prepared objects and the counters."""
@@ -94,7 +103,6 @@ class _Run:
     params: list[nn.Parameter]
     optimizer: Any
     scheduler: Any
-    schedule: CosineSchedule  # the scheduler's factor on the peak rate
     loader: DataLoader
     sampler: dist.ShardedBatches  # this rank's share of each global batch
     steps_per_epoch: int
@@ -148,14 +156,15 @@ def _prepare(task: TrainingTask, cfg: TrainConfig, checkpoint_dir: str | Path | 
     epochs = math.ceil(total / steps_per_epoch) if total else 0
     optimizer = torch.optim.AdamW(_param_groups(task, cfg, params), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    schedule = CosineSchedule(total, int(cfg.warmup_fraction * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total, int(cfg.warmup_fraction * total))
+    )
     model, optimizer, scheduler = accelerator.prepare(task.model, optimizer, scheduler)
     state = TrainState(task.name, accelerator.unwrap_model(model), dataset, accelerator.device,
                        total, epochs)
     ckpt = Checkpoint(Path(checkpoint_dir)) if checkpoint_dir else None
-    return _Run(task, cfg, accelerator, model, params, optimizer, scheduler, schedule, loader,
-                sampler, steps_per_epoch, accum, generator, state, ckpt, [], None, None)
+    return _Run(task, cfg, accelerator, model, params, optimizer, scheduler, loader, sampler,
+                steps_per_epoch, accum, generator, state, ckpt, [], None, None)
 
 
 def _global_batch(run: _Run) -> int:
@@ -173,9 +182,7 @@ def _same_settings(saved: dict, run: _Run) -> bool:
     """Whether a checkpoint's settings are this run's, up to how the global batch is split."""
     split = ("batch_size", "grad_accum_steps")
     now = {k: v for k, v in asdict(run.cfg).items() if k not in split}
-    # a key an earlier version did not write has its default there
-    then = {k: v for k, v in (asdict(TrainConfig()) | (saved.get("config") or {})).items()
-            if k not in split}
+    then = {k: v for k, v in (saved.get("config") or {}).items() if k not in split}
     return now == then and _saved_global_batch(saved, run) == _global_batch(run)
 
 
@@ -375,8 +382,6 @@ def train(
     run.progress = control.progress if dist.is_main() else None  # one report per step
     if cfg.max_seconds is not None:
         run.callbacks.append(TimeLimit(cfg.max_seconds))
-        if cfg.fit_to_time:
-            run.callbacks.append(FitScheduleToTime(cfg.max_seconds, run.schedule))
     if control.resume:
         _resume(run)
     run.t0 = time.perf_counter()

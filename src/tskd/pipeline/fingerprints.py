@@ -39,8 +39,6 @@ def _settings_fp(section: Any) -> dict[str, Any]:
         train.pop("val_every", None)
     if train.get("max_seconds") is None:
         train.pop("max_seconds", None)
-    if not train.get("fit_to_time"):  # runs of versions before the key keep their values
-        train.pop("fit_to_time", None)
     # the global batch, however split: processes (WORLD_SIZE, set by torchrun / accelerate
     # launch: tskd.distributed) x batch_size x accumulation; one process without accumulation
     # keeps the fingerprints of earlier versions (read without importing torch)

@@ -38,9 +38,6 @@ def _check_train(train: TrainConfig, where: str) -> None:
     if train.max_seconds is not None and not train.max_seconds > 0:
         raise TskdInputError(f"config: '{where}.max_seconds' must be more than 0 (a wall-clock "
                              f"budget in seconds), or null for none; got {train.max_seconds}")
-    if not isinstance(train.fit_to_time, bool):
-        raise TskdInputError(f"config: '{where}.fit_to_time' must be true or false, got "
-                             f"{train.fit_to_time!r}")
 
 
 def _check_student(cfg: RunConfig) -> None:
