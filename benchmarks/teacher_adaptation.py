@@ -43,6 +43,7 @@ from tskd.training.teacher import finetune_teacher
 
 RESULTS = Path(__file__).parent / "results" / "teacher_adaptation.json"
 RECIPES = ("lora", "lora+decoder", "full", "random")
+MLP_TARGET = r"image_encoder\.blocks\.\d+\.mlp\.lin[12]"  # SAM's ViT blocks: MLPBlock lin1, lin2
 
 
 def parse_recipe(spec: str) -> tuple[str, dict[str, float]]:
@@ -50,13 +51,14 @@ def parse_recipe(spec: str) -> tuple[str, dict[str, float]]:
 
     Options: rank (alpha = rank), lr, epochs, bg (1 = background in the Dice term), refine
     (1 = the full-resolution refine head, 0 = SAM's logits upsampled), cap (the teacher's
-    time cap in seconds, in place of the budget's; 0 = none).
+    time cap in seconds, in place of the budget's; 0 = none), mlp (1 = LoRA on the encoder's
+    MLP layers too, ``MLP_TARGET``).
     """
     name, _, opts = spec.partition(":")
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose {RECIPES}")
     values = dict(o.split("=") for o in opts.split(",") if o)
-    unknown = set(values) - {"rank", "lr", "epochs", "bg", "refine", "cap"}
+    unknown = set(values) - {"rank", "lr", "epochs", "bg", "refine", "cap", "mlp"}
     if unknown:
         raise ValueError(f"unknown recipe option(s) {sorted(unknown)}")
     return name, {k: float(v) for k, v in values.items()}
@@ -86,6 +88,8 @@ def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, 
         cfg.teacher.train.max_seconds = opts["cap"] or None
     if "refine" in opts:
         cfg.teacher.refine_head = bool(opts["refine"])
+    if opts.get("mlp"):
+        cfg.teacher.lora.targets = [*cfg.teacher.lora.targets, MLP_TARGET]
     if "rank" in opts:
         cfg.teacher.lora.rank = int(opts["rank"])
         cfg.teacher.lora.alpha = float(opts["rank"])
@@ -156,7 +160,7 @@ def main() -> None:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="small")
     parser.add_argument("--checkpoint", help="mini SAM weights; default: the built-in ones")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
-                        help="name[:rank=R,lr=LR,epochs=E,cap=S]; names: "
+                        help="name[:rank=R,lr=LR,epochs=E,cap=S,mlp=1]; names: "
                         + ", ".join(RECIPES))
     parser.add_argument("--summary", action="store_true",
                         help="print --out's rows on --dev-seeds as a table; train nothing")
