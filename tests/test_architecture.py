@@ -275,11 +275,17 @@ def test_function_sizes_count_decorators_docstrings_and_methods() -> None:
 
 @pytest.mark.parametrize("section", ["packages"])
 def test_setup_cfg_ships_every_package(section: str) -> None:
-    """setup.cfg lists its packages by hand (tskd under src/, napari_tskd at the top): complete."""
+    """setup.cfg lists its packages by hand (tskd under src/, napari_tskd at the top): complete.
+
+    A folder of the backend without ``__init__.py`` (``tskd.assets``: the built-in teacher's
+    weights) is a data-only package, which setuptools also needs listed to ship its files.
+    """
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     listed = set(cfg["options"][section].split())
     on_disk = {module_name(p.parent / "__init__.py") for p in BACKEND.rglob("__init__.py")}
+    on_disk |= {".".join(p.relative_to(SRC).parts) for p in BACKEND.rglob("*")
+                if p.is_dir() and p.name != "__pycache__" and not (p / "__init__.py").exists()}
     on_disk |= {".".join(p.parent.relative_to(ROOT).parts)
                 for p in (ROOT / "napari_tskd").rglob("__init__.py")}
     assert listed == on_disk

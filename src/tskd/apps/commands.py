@@ -189,8 +189,8 @@ def export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
 def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     """Pretrain the built-in mini SAM teacher (``tskd pretrain-mini``).
 
-    Builds a ``PretrainConfig`` from the arguments (``--steps`` in epochs of
-    ``steps_per_checkpoint``) and runs ``tskd.training.pretrain.pretrain_mini``.
+    Builds a ``PretrainConfig`` from the arguments (``--steps`` optimiser steps in all, run in
+    pieces of ``steps_per_checkpoint``) and runs ``tskd.training.pretrain.pretrain_mini``.
 
     Args:
         args: The parsed arguments of the subcommand (``tskd.apps.cli.build_parser``).

@@ -170,7 +170,8 @@ def write_markdown(out: Path, report: dict[str, Any], runs: dict[str, RunConfig]
         f"{report.get('n_unlabelled', '?')} unlabelled images, "
         f"{report['n_test']} held-out test images, {report['seconds'] / 60:.1f} min in all. "
         "Dice and HD95 over foreground classes, mean ± standard deviation over test images "
-        "(MONAI; HD95 is the larger of the two directed 95th percentiles, in pixels).",
+        "(MONAI; HD95 is the larger of the two directed 95th percentiles, in pixels; a class "
+        "present in only one of prediction and ground truth counts as the image diagonal).",
         "",
         report["table"],
         "",
