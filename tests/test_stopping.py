@@ -121,13 +121,16 @@ def test_a_run_stopped_by_its_time_budget_is_scored_at_its_end(
 ) -> None:
     clock = [1000.0]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
-    stop = EarlyStopping(_Scripted([0.1, 0.2, 0.3]), patience=5, every=3)
+    score = _Scripted([0.1, 0.2, 0.3])
+    stop = EarlyStopping(score, patience=5, every=3)
     cfg = TrainConfig(epochs=10, batch_size=4, lr=0.05, device="cpu", max_seconds=30.0)
-    result = train(_SlowTask(clock), cfg, callbacks=[stop])
+    task = _SlowTask(clock)
+    result = train(task, cfg, callbacks=[stop])
     # scored after epoch 2 (every 3) and after epoch 3, in which the clock stopped it (step 30):
     # those 6 steps are not thrown away for the weights of epoch 2
     assert result.steps == 30 and result.stopped == "time budget of 30 s reached"
     assert [e for e, _ in stop.scores] == [2, 3] and stop.best_epoch == 3
+    assert torch.equal(task.model.weight, score.weights[1])  # the weights of step 30 are kept
 
 
 def test_bad_patience_is_refused() -> None:

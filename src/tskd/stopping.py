@@ -50,7 +50,8 @@ class EarlyStopping(Callback):
             the model's train/eval mode as it found it; the global random streams are saved
             before and restored after it, so scoring changes no training draw.
         patience: Evaluations without a gain of more than ``min_delta`` before stopping.
-        every: Evaluate at the end of every ``every``-th epoch (and of the last one).
+        every: Evaluate at the end of every ``every``-th epoch, of the last one and of the
+            one in which another callback (a time budget) stopped the run.
         min_delta: The smallest gain that counts as an improvement (score units).
         min_epochs: Never stop before this many epochs have run.
 
@@ -80,7 +81,7 @@ class EarlyStopping(Callback):
             set_rng_state(saved)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        """Score the model (every ``every`` epochs, at the last and when stopped), keep the best.
+        """Score the model (every ``every`` epochs, the last, a stopped one); keep the best; stop?
 
         The score is added to the epoch's history entry as ``"val_score"``.
 
