@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretraining resolution (the teacher adapts to others by interpolation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", default="mini", choices=("basic", "mini", "small"))
-    p.add_argument("--scenes", default="broad", choices=("basic", "broad"))
+    p.add_argument("--scenes", default="broad", choices=("basic", "broad", "broad-hdr"),
+                   help="scene families (broad-hdr: broad, 35 %% of them in a narrow "
+                        "intensity band as CT shows its organs)")
     p.add_argument("--snapshot-every", type=int, default=0, metavar="EPOCHS",
                    help="also keep the weights every EPOCHS epochs (of 100 steps) in snapshots/")
     p.add_argument("--out", type=Path,

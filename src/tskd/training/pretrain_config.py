@@ -24,8 +24,9 @@ class PretrainConfig:
     # plain mean is what the first full pretraining run used)
     balanced_bce: bool = False
     prompt_modes: tuple[float, float, float] = (0.4, 0.35, 0.25)  # box / points / box + points
-    # tskd.data.phantoms.pretraining.SCENES; "basic": what the first built-in mini SAM saw
-    scenes: Literal["basic", "broad"] = "broad"
+    # tskd.data.phantoms.pretraining.SCENES; "basic": what the first built-in mini SAM saw;
+    # "broad-hdr": "broad" with a share of narrow-band (CT-like) scenes
+    scenes: Literal["basic", "broad", "broad-hdr"] = "broad"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=12, batch_size=8, lr=3e-4, weight_decay=0.01))
     SECTION_DEFAULTS: ClassVar[tuple[str, ...]] = ("train",)

@@ -6,8 +6,10 @@ structures, rings/annuli and clusters of small objects; with ``scenes="broad"`` 
 trees, nested and multi-part objects (``pretraining_structures``) -- are painted over a random
 background with random fills (``broad``: some with weak, blurred boundaries), then imaged with
 random blur, noise (Gaussian, speckle, Poisson), contrast, gamma, inversion (``broad``: an
-intensity drift across the field), in colour or gray. None of this code is shared with the
-target tasks in ``tskd.data.phantoms.targets``: the pretrained teacher must not have seen them.
+intensity drift across the field), in colour or gray; ``scenes="broad-hdr"`` compresses 35 %
+of the broad scenes into a narrow band of the range, as CT and MR show their tissues
+(``pretraining_range``). None of this code is shared with the target tasks in
+``tskd.data.phantoms.targets``: the pretrained teacher must not have seen them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.draw import polygon2mask
 
+from . import pretraining_range as ranged
 from . import pretraining_structures as more
 
 Masks = list[np.ndarray]
@@ -212,7 +215,9 @@ FAMILIES: dict[str, Callable[..., Masks]] = {
 _WEIGHTS = np.array([0.35, 0.15, 0.17, 0.15, 0.18])
 # "basic": the families the built-in mini SAM of tskd 0.1 was pretrained on; "broad" adds
 # branching trees, nested and multi-part objects, weak boundaries and intensity drift
-SCENES = ("basic", "broad")
+# "broad-hdr" adds the narrow-band scenes of ``pretraining_range``
+SCENES = ("basic", "broad", "broad-hdr")
+HDR_CHANCE = 0.35  # share of "broad-hdr" scenes compressed into a narrow band
 BROAD_FAMILIES: dict[str, Callable[..., Masks]] = {**FAMILIES, **more.FAMILIES}
 _BROAD_WEIGHTS = np.array([0.2, 0.1, 0.12, 0.08, 0.12, 0.14, 0.14, 0.1])
 
@@ -269,7 +274,8 @@ def pretraining_sample(
     Args:
         rng: The only source of randomness: a scene is a pure function of it.
         size: Side, or (H, W), in pixels.
-        scenes: ``"basic"`` (the built-in mini SAM's first pretraining) or ``"broad"``.
+        scenes: ``"basic"`` (the built-in mini SAM's first pretraining), ``"broad"`` or
+            ``"broad-hdr"`` (``broad``, and ``HDR_CHANCE`` of the scenes in a narrow band).
 
     Returns:
         ``(image, masks)``: uint8 (H, W, 3); one bool (H, W) mask per visible object, at
@@ -280,7 +286,7 @@ def pretraining_sample(
     """
     if scenes not in SCENES:
         raise ValueError(f"scenes must be one of {SCENES}, got {scenes!r}")
-    broad = scenes == "broad"
+    broad = scenes != "basic"
     families, weights = (BROAD_FAMILIES, _BROAD_WEIGHTS) if broad else (FAMILIES, _WEIGHTS)
     h, w = (size, size) if isinstance(size, int | np.integer) else size
     h, w = int(h), int(w)
@@ -311,4 +317,7 @@ def pretraining_sample(
         img[m] = _colour(rng)
         masks = [m]
     img = _imaging(rng, img, broad)
+    if scenes == "broad-hdr" and rng.random() < HDR_CHANCE:
+        img, ranged_masks = ranged.narrow_band(rng, img, masks, yy, xx)
+        masks = [m for m in ranged_masks if m.sum() >= min_area] or ranged_masks[-1:]
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8), masks
