@@ -142,12 +142,16 @@ def test_pretraining_code_is_separate_from_targets() -> None:
     import ast
     import inspect
 
-    from tskd.data.phantoms import pretraining
+    from tskd.data.phantoms import pretraining, pretraining_range, pretraining_structures
 
-    tree = ast.parse(inspect.getsource(pretraining))
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert not any(m and m.startswith("tskd") for m in imported), imported
+    for module in (pretraining, pretraining_range, pretraining_structures):
+        tree = ast.parse(inspect.getsource(module))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(m and m.startswith("tskd") for m in imported), (module, imported)
+        relative = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level
+                    for a in n.names}
+        assert relative <= {"pretraining_range", "pretraining_structures"}, (module, relative)
 
 
 def test_contact_sheet(tmp_path: Path) -> None:
