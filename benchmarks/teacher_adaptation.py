@@ -44,6 +44,7 @@ from tskd.training.teacher import finetune_teacher
 RESULTS = Path(__file__).parent / "results" / "teacher_adaptation.json"
 RECIPES = ("lora", "lora+decoder", "full", "random")
 MLP_TARGET = r"image_encoder\.blocks\.\d+\.mlp\.lin[12]"  # SAM's ViT blocks: MLPBlock lin1, lin2
+EMBED_TARGET = "image_encoder.patch_embed.proj"  # SAM's patch embedding, a strided Conv2d
 
 
 def parse_recipe(spec: str) -> tuple[str, dict[str, float]]:
@@ -52,13 +53,15 @@ def parse_recipe(spec: str) -> tuple[str, dict[str, float]]:
     Options: rank (alpha = rank), lr, epochs, bg (1 = background in the Dice term), refine
     (1 = the full-resolution refine head, 0 = SAM's logits upsampled), cap (the teacher's
     time cap in seconds, in place of the budget's; 0 = none), mlp (1 = LoRA on the encoder's
-    MLP layers too, ``MLP_TARGET``).
+    MLP layers too, ``MLP_TARGET``), embed (1 = LoRA on the patch embedding too,
+    ``EMBED_TARGET``), pos (1 = the position embedding trained too, ``train_pos_embed``).
     """
     name, _, opts = spec.partition(":")
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose {RECIPES}")
     values = dict(o.split("=") for o in opts.split(",") if o)
-    unknown = set(values) - {"rank", "lr", "epochs", "bg", "refine", "cap", "mlp"}
+    unknown = set(values) - {"rank", "lr", "epochs", "bg", "refine", "cap", "mlp",
+                                  "embed", "pos"}
     if unknown:
         raise ValueError(f"unknown recipe option(s) {sorted(unknown)}")
     return name, {k: float(v) for k, v in values.items()}
@@ -90,6 +93,10 @@ def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, 
         cfg.teacher.refine_head = bool(opts["refine"])
     if opts.get("mlp"):
         cfg.teacher.lora.targets = [*cfg.teacher.lora.targets, MLP_TARGET]
+    if opts.get("embed"):
+        cfg.teacher.lora.targets = [*cfg.teacher.lora.targets, EMBED_TARGET]
+    if opts.get("pos"):
+        cfg.teacher.lora.train_pos_embed = True
     if "rank" in opts:
         cfg.teacher.lora.rank = int(opts["rank"])
         cfg.teacher.lora.alpha = float(opts["rank"])

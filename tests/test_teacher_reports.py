@@ -81,3 +81,18 @@ def test_recipe_options_parse_and_unknown_ones_are_refused() -> None:
     assert adaptation.parse_recipe("random") == ("random", {})
     with pytest.raises(ValueError, match=r"unknown recipe option\(s\) \['fit'\]"):
         adaptation.parse_recipe("lora:fit=1")
+
+
+def test_recipe_target_options_select_layers_of_the_mini_sam() -> None:
+    """``mlp`` and ``embed`` name layers that exist: neither option is a silent no-op."""
+    from tskd.config import LoraSettings
+    from tskd.models.lora import lora_modules
+    from tskd.models.mini_archs import mini_arch
+    from tskd.models.mini_sam import build_mini_sam
+
+    adaptation = _script("teacher_adaptation")
+    sam = build_mini_sam(mini_arch("small", 64), 64)
+    assert lora_modules(sam, LoraSettings(targets=[adaptation.EMBED_TARGET])) == [
+        "image_encoder.patch_embed.proj"]
+    mlp = lora_modules(sam, LoraSettings(targets=[adaptation.MLP_TARGET]))
+    assert len(mlp) == 2 * len(sam.image_encoder.blocks) and all(".mlp.lin" in n for n in mlp)

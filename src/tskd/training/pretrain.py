@@ -323,8 +323,8 @@ def _record(cfg: PretrainConfig, arch: MiniSamConfig, result: TrainResult, comma
         "wall_time_s": round(wall, 1),
         "train_seconds": round(result.seconds, 1),
         "resumed_from_epoch": result.resumed_from_epoch,
-        "data": "tskd.data.phantoms.pretraining_sample (shapes, textured regions, curves, rings, "
-                "clusters); no target task",
+        "data": f"tskd.data.phantoms.pretraining_sample, scenes {cfg.scenes!r} "
+                "(tskd.data.phantoms.pretraining.SCENES); no target task",
     }
 
 
