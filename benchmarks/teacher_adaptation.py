@@ -54,14 +54,14 @@ def parse_recipe(spec: str) -> tuple[str, dict[str, float]]:
     (1 = the full-resolution refine head, 0 = SAM's logits upsampled), cap (the teacher's
     time cap in seconds, in place of the budget's; 0 = none), mlp (1 = LoRA on the encoder's
     MLP layers too, ``MLP_TARGET``), embed (1 = LoRA on the patch embedding too,
-    ``EMBED_TARGET``), pos (1 = the position embedding trained too, ``train_pos_embed``).
+    ``EMBED_TARGET``).
     """
     name, _, opts = spec.partition(":")
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose {RECIPES}")
     values = dict(o.split("=") for o in opts.split(",") if o)
     unknown = set(values) - {"rank", "lr", "epochs", "bg", "refine", "cap", "mlp",
-                                  "embed", "pos"}
+                                  "embed"}
     if unknown:
         raise ValueError(f"unknown recipe option(s) {sorted(unknown)}")
     return name, {k: float(v) for k, v in values.items()}
@@ -95,8 +95,6 @@ def run_recipe(recipe: str, cfg: RunConfig, dev: Path, work: Path) -> dict[str, 
         cfg.teacher.lora.targets = [*cfg.teacher.lora.targets, MLP_TARGET]
     if opts.get("embed"):
         cfg.teacher.lora.targets = [*cfg.teacher.lora.targets, EMBED_TARGET]
-    if opts.get("pos"):
-        cfg.teacher.lora.train_pos_embed = True
     if "rank" in opts:
         cfg.teacher.lora.rank = int(opts["rank"])
         cfg.teacher.lora.alpha = float(opts["rank"])

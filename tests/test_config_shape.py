@@ -55,7 +55,6 @@ teacher:
     alpha: 32.0
     dropout: 0.0
     train_decoder: false
-    train_pos_embed: false
     targets:
     - image_encoder\.blocks\.\d+\.attn\.qkv
     - mask_decoder\.transformer\..*(q_proj|v_proj)

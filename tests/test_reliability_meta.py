@@ -226,7 +226,6 @@ TEACHER = [
     ("lora-alpha-inf", _set("lora.alpha", _INF)),
     ("lora-dropout-above-one", _set("lora.dropout", 1.5)),
     ("lora-train_decoder-string", _set("lora.train_decoder", "yes")),
-    ("lora-train_pos_embed-string", _set("lora.train_pos_embed", "yes")),
     ("lora-unknown-key", _set("lora.bogus", 1)),
     ("lora-targets-string", _set("lora.targets", "qkv")),
     ("lora-targets-empty", _set("lora.targets", [])),

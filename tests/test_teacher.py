@@ -177,25 +177,6 @@ def test_train_decoder_trains_the_whole_decoder_and_round_trips(tiny_ckpt: Path,
         assert torch.allclose(load_teacher(folder)(_x()), expected, atol=1e-5)
 
 
-def test_train_pos_embed_trains_the_position_embedding_and_round_trips(
-        tiny_ckpt: Path, tmp_path) -> None:
-    settings = LoraSettings(rank=2, alpha=4.0, train_pos_embed=True)
-    model = apply_lora(_semantic(tiny_ckpt), settings)
-    plain = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
-    assert [n for n in plain if ".image_encoder." in n] == [
-        "sam.base_model.model.image_encoder.pos_embed"]
-    before = model.base.image_encoder.pos_embed.detach().clone()
-    _train_steps(model, 2)
-    assert not torch.equal(model.base.image_encoder.pos_embed, before)
-    with torch.no_grad():
-        expected = model(_x())
-    folder = tmp_path / "teacher"
-    save_teacher(model, folder, {"lora": settings})
-    assert json.loads((folder / "meta.json").read_text())["lora"]["train_pos_embed"] is True
-    with torch.no_grad():
-        assert torch.allclose(load_teacher(folder)(_x()), expected, atol=1e-5)
-
-
 def test_save_load_teacher_and_id(tiny_ckpt: Path, tmp_path) -> None:
     model = apply_lora(_semantic(tiny_ckpt), LORA)
     _train_steps(model, 2)

@@ -178,10 +178,6 @@ class LoraSettings:
     # also train the whole mask decoder (SAMed does): more capacity where the task's classes
     # differ from anything SAM segments; the adapter then holds the decoder too (~4 M values)
     train_decoder: bool = False
-    # also train the image encoder's absolute position embedding (SAM's ``pos_embed``): where
-    # a class is told by where it lies (a liver beside a spleen of the same density), the
-    # pretrained embedding is what LoRA on the attention projections cannot move
-    train_pos_embed: bool = False
     # regexes over module names: the encoder's fused qkv and the decoder's attention projections
     # Names or patterns of the safe grammar in ``tskd.lora_targets`` (no nested quantifiers)
     targets: list[str] = field(
@@ -199,8 +195,8 @@ class LoraSettings:
 
         Raises:
             TskdInputError: rank is not an integer in 1..1024, alpha not finite and in (0, 1e6),
-                dropout not in [0, 1), ``train_decoder`` or ``train_pos_embed`` not a bool, or
-                a target neither a name nor a safe pattern (``tskd.lora_targets``).
+                dropout not in [0, 1), ``train_decoder`` not a bool, or a target neither a
+                name nor a safe pattern (``tskd.lora_targets``).
         """
         from tskd.lora_targets import check_targets
 
@@ -217,10 +213,9 @@ class LoraSettings:
                 bound = "greater than 0 and below 1e6" if name == "alpha" else "from 0 to below 1"
                 raise TskdInputError(f"config: '{where}.{name}' must be a number {bound}, "
                                      f"got {value!r}")
-        for name in ("train_decoder", "train_pos_embed"):
-            if not isinstance(getattr(self, name), bool):
-                raise TskdInputError(f"config: '{where}.{name}' must be true or false, "
-                                     f"got {getattr(self, name)!r}")
+        if not isinstance(self.train_decoder, bool):
+            raise TskdInputError(f"config: '{where}.train_decoder' must be true or false, "
+                                 f"got {self.train_decoder!r}")
         check_targets(self.targets, f"config: {where}.targets")
 
 

@@ -99,8 +99,7 @@ def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
     Args:
         model: The teacher, modified in place (its ``sam`` becomes peft's wrapper).
         settings: Rank, alpha, dropout, targets; ``train_decoder`` also leaves the whole mask
-            decoder trainable, ``train_pos_embed`` the encoder's absolute position embedding
-            (when it has one).
+            decoder trainable.
 
     Returns:
         ``model``.
@@ -131,10 +130,7 @@ def apply_lora(model: SemanticSam, settings: LoraSettings) -> SemanticSam:
     for p in model.parameters():
         p.requires_grad_(False)
     model.sam = get_peft_model(model.sam, config)
-    trained = list(model.base.mask_decoder.parameters()) if settings.train_decoder else []
-    pos_embed = getattr(model.base.image_encoder, "pos_embed", None)
-    if settings.train_pos_embed and pos_embed is not None:
-        trained.append(pos_embed)
+    trained = model.base.mask_decoder.parameters() if settings.train_decoder else []
     for p in [*head_parameters(model), *trained]:
         p.requires_grad_(True)
     return model

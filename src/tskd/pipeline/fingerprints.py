@@ -79,8 +79,6 @@ def teacher_fp(cfg: RunConfig, data_fp: str) -> str:
     settings = _settings_fp(cfg.teacher)
     if not settings.get("refine_head", True):  # earlier versions had no head and no key
         settings.pop("refine_head")
-    if not settings["lora"].get("train_pos_embed", False):  # nor this key
-        settings["lora"].pop("train_pos_embed", None)
     if cfg.teacher.checkpoint or cfg.teacher.model_type != "mini":
         return fingerprint("teacher", settings, data_fp)  # the checkpoint's path is a setting
     weights = _weights_id(cfg)  # the packaged weights, which a new version may replace
