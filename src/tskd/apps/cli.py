@@ -19,6 +19,9 @@ from tskd.apps.commands import set_if
 from tskd.errors import Cancelled, TskdError
 from tskd.pipeline.registry import STAGES, by_cli_name
 
+OVERWRITE_RUN_HELP = ("replace a different run in the run folder (only the files that run wrote "
+                      "are removed)")
+
 
 class _TqdmProgress:
     """Turns engine ``Progress`` reports into one tqdm bar per stage."""
@@ -58,9 +61,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int,
                    help="epochs of the training stage (synthesize: of 50 steps each)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a different run in the run folder (only the files that run "
-                        "wrote are removed)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN_HELP)
     p.add_argument("--max-pixels", type=int,
                    help="most pixels one image file may decode to (data.max_pixels; 2^28)")
 
@@ -164,9 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps: the run's device (config "
                    "'device'), for every stage")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a different run in the run folder (only the files that run "
-                        "wrote are removed)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN_HELP)
     p.add_argument("--max-pixels", type=int,
                    help="most pixels one image file may decode to (data.max_pixels; 2^28)")
 
@@ -183,8 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", default="mini", choices=("basic", "mini", "small"))
     p.add_argument("--scenes", default="broad", choices=("basic", "broad", "broad-hdr"),
-                   help="scene families (broad-hdr: broad, 35 %% of them in a narrow "
-                        "intensity band as CT shows its organs)")
+                   help="scene families (broad-hdr: 35 %% of broad in a CT-like narrow band)")
     p.add_argument("--snapshot-every", type=int, default=0, metavar="EPOCHS",
                    help="also keep the weights every EPOCHS epochs (of 100 steps) in snapshots/")
     p.add_argument("--out", type=Path,
