@@ -13,7 +13,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tskd"
 # command-line-only code: its messages never reach the viewer
-CLI_ONLY = ("apps/", "training/pretrain.py", "data/phantoms/", "__main__.py", "data/check.py")
+CLI_ONLY = ("apps/", "training/pretrain",  # pretrain*.py: no widget pretrains
+            "data/phantoms/", "__main__.py", "data/check.py")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 SUBCOMMAND = re.compile(r"\b(?:finetune-teacher|check-data|pretrain-mini|tskd (?:run|predict|"
                         r"distill|synthesize|finetune-student|evaluate))\b")

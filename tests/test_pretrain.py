@@ -138,3 +138,58 @@ def test_cancel_and_resume_match_an_unbroken_run(tmp_path: Path) -> None:
     b = load_file(str(tmp_path / "cut" / "mini_sam.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+
+
+def _cut_at_6(cfg: PretrainConfig, out: Path, ckpt: Path) -> None:
+    """Run ``cfg`` into ``out`` and cancel it at step 6 (a checkpoint at step 6 stays)."""
+    token = CancelToken()
+
+    def stop_at_6(p: object) -> None:
+        if p.step == 6:  # type: ignore[attr-defined]
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        _pretrain(cfg, out, control=RunControl(stop_at_6, token, checkpoint_dir=ckpt))
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"scenes": "basic"}, "scenes 'broad-hdr' (this run: 'basic')"),
+    ({"image_size": 32}, "image_size 64 (this run: 32)"),
+    ({"masks_per_image": 3}, "masks_per_image 2 (this run: 3)"),
+])
+def test_a_resume_with_other_pretraining_settings_is_refused(
+        tmp_path: Path, change: dict, named: str) -> None:
+    ckpt = tmp_path / "ckpt"
+    _cut_at_6(_cfg(steps=8, steps_per_checkpoint=4, scenes="broad-hdr"), tmp_path / "out", ckpt)
+    other = _cfg(steps=8, steps_per_checkpoint=4, **({"scenes": "broad-hdr"} | change))
+    with pytest.raises(TskdInputError, match="cannot resume") as err:
+        _pretrain(other, tmp_path / "out", control=RunControl(resume=True, checkpoint_dir=ckpt))
+    assert named in str(err.value)
+    assert not (tmp_path / "out" / "mini_sam.safetensors").exists()
+
+
+def test_a_resumed_pretraining_records_the_seconds_of_every_piece(tmp_path: Path) -> None:
+    from tskd.checkpoint import Checkpoint
+    from tskd.training.pretrain_resume import SECONDS_KEY
+
+    cfg, ckpt = _cfg(steps=8, steps_per_checkpoint=4), tmp_path / "ckpt"
+    _cut_at_6(cfg, tmp_path / "out", ckpt)
+    first = float(Checkpoint(ckpt).extra_metadata()[SECONDS_KEY])  # type: ignore[index]
+    assert first > 0
+    info = _pretrain(cfg, tmp_path / "out", control=RunControl(resume=True, checkpoint_dir=ckpt))
+    assert info["steps"] == 8 and info["resumed_from_epoch"] == 1
+    # the record adds the first piece (6 steps) to the second (2 steps)
+    assert info["train_seconds"] > round(first, 1)
+    saved = json.loads((tmp_path / "out" / "mini_sam.json").read_text())["info"]
+    assert saved["train_seconds"] == info["train_seconds"] and saved["torch_threads"] == 1
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_resuming_a_finished_pretraining_is_refused(tmp_path: Path, overwrite: bool) -> None:
+    cfg, ckpt, out = _cfg(steps=4, steps_per_checkpoint=4), tmp_path / "ckpt", tmp_path / "out"
+    _pretrain(cfg, out, control=RunControl(checkpoint_dir=ckpt))
+    before = (out / "mini_sam.safetensors").read_bytes()
+    with pytest.raises(TskdInputError, match="nothing to resume.*finished pretraining"):
+        _pretrain(cfg, out, control=RunControl(resume=True, checkpoint_dir=ckpt),
+                  overwrite=overwrite)
+    assert (out / "mini_sam.safetensors").read_bytes() == before

@@ -37,7 +37,8 @@ def test_narrow_band_compresses_the_scene_between_extremes(seed: int) -> None:
 
 
 def test_narrow_band_adds_dark_outside_and_bright_dense_instances() -> None:
-    """Across seeds both extremes appear, each as it is documented; masks never overlap."""
+    """Across seeds both extremes appear, each as it is documented; only the outline overlaps
+    other masks (it contains them), and a dense object overlaps none."""
     dark = bright = 0
     for seed in range(40):
         img, masks, yy, xx = _scene()

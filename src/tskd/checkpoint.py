@@ -317,6 +317,22 @@ class Checkpoint:
             ) from None
         return tensors, optim, state, extra
 
+    def extra_metadata(self) -> dict[str, str] | None:
+        """The string metadata callbacks kept in the newest checkpoint that verifies (``read``).
+
+        Returns:
+            That metadata ({} when the checkpoint keeps no callback state); None when there is
+            no checkpoint.
+
+        Raises:
+            TskdError: the verified files do not parse (see ``load``).
+        """
+        files = self.read()
+        if files is None:
+            return None
+        extra = self._decode(files)[3]
+        return dict(extra[1]) if extra is not None else {}
+
     def load(self, files: dict[str, bytes], model: nn.Module, optimizer: Any, scheduler: Any
              ) -> tuple[dict, dict[str, Any] | None, CheckpointExtra | None]:
         """Restore a verified checkpoint into the model, optimiser and scheduler.

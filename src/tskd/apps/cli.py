@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tskd.apps import commands, job
+from tskd.apps import commands, job, pretrain_command
 from tskd.apps.commands import set_if
 from tskd.errors import Cancelled, TskdError
 from tskd.pipeline.registry import STAGES, by_cli_name
@@ -174,26 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
-    p = sub.add_parser("pretrain-mini", help="pretrain the built-in miniature SAM teacher")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", type=int, default=128,
-                   help="pretraining resolution (the teacher adapts to others by interpolation)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arch", default="mini", choices=("basic", "mini", "small"))
-    p.add_argument("--scenes", default="broad", choices=("basic", "broad", "broad-hdr"),
-                   help="scene families (broad-hdr: 35 %% of broad in a CT-like narrow band)")
-    p.add_argument("--snapshot-every", type=int, default=0, metavar="EPOCHS",
-                   help="also keep the weights every EPOCHS epochs (of 100 steps) in snapshots/")
-    p.add_argument("--out", type=Path,
-                   help="output folder (default: $TSKD_DATA_DIR/pretrain-mini, else the user "
-                        "data folder's tskd/pretrain-mini)")
-    p.add_argument("--replace-packaged-weights", action="store_true",
-                   help="maintainers: write into the package's built-in teacher weights")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace mini_sam.safetensors/.json already in --out")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--device", default="auto")
+    pretrain_command.add_parser(sub)
 
     # tskd.data.phantoms.TASKS, written out for a light start-up (tests/test_brain_task.py)
     tasks = ("kidney_us, skin_lesion, retina_vessels, ct_abdomen or brain_mri (needs the "
@@ -328,7 +309,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any, Any], int]] = {
     "evaluate": commands.evaluate,
     "check-data": commands.check_data,
     "export-onnx": commands.export,
-    "pretrain-mini": commands.pretrain,
+    "pretrain-mini": pretrain_command.pretrain,
     "make-sample-data": commands.sample_data,
     "demo": commands.demo,
 }
@@ -376,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return job.run(command, args, progress, cancel, command in (_cmd_stage, _cmd_run))
     except Cancelled as exc:
         progress.close()
-        print(f"tskd: {exc}", file=sys.stderr)
+        print(f"tskd: {exc} (run the same command with --resume)", file=sys.stderr)
         return 130
     except TskdError as exc:
         progress.close()

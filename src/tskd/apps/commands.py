@@ -1,6 +1,7 @@
 """The ``tskd`` subcommands that run no training stage.
 
-They are predict, evaluate, check-data, export-onnx, pretrain-mini, make-sample-data and demo.
+They are predict, evaluate, check-data, export-onnx, make-sample-data and demo
+(``pretrain-mini`` is ``tskd.apps.pretrain_command``).
 Each is ``command(args, progress, cancel) -> exit code`` for ``tskd.apps.cli.main``, which
 parses the arguments and turns a ``TskdError`` into one line and exit code 2.
 """
@@ -183,55 +184,6 @@ def export(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     model, meta = bundle.load_bundle(args.model)
     diff = bundle.export_onnx(model, args.output, bundle.input_size(meta))
     print(f"wrote {args.output} (max |onnx - torch| = {diff:.2e})")
-    return 0
-
-
-def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
-    """Pretrain the built-in mini SAM teacher (``tskd pretrain-mini``).
-
-    Builds a ``PretrainConfig`` from the arguments (``--steps`` optimiser steps in all, run in
-    pieces of ``steps_per_checkpoint``) and runs ``tskd.training.pretrain.pretrain_mini``.
-
-    Args:
-        args: The parsed arguments of the subcommand (``tskd.apps.cli.build_parser``).
-        progress: Receives the engine's ``Progress`` reports (the CLI's tqdm bar).
-        cancel: The run's ``CancelToken`` (set by Ctrl-C).
-
-    Returns:
-        0; the result (output files, steps, losses) is printed as JSON.
-
-    Raises:
-        TskdInputError: both ``--out`` and ``--replace-packaged-weights`` are given, or the
-            output folder holds weights without ``--overwrite``.
-        Cancelled: training was stopped (Ctrl-C) after writing a checkpoint.
-    """
-    from tskd.engine import RunControl
-    from tskd.errors import TskdInputError
-    from tskd.models.mini_archs import mini_arch
-    from tskd.training import pretrain
-    from tskd.training.pretrain_config import PretrainConfig
-
-    if args.out and args.replace_packaged_weights:
-        raise TskdInputError("give either --out or --replace-packaged-weights, not both")
-
-    cfg = PretrainConfig(image_size=args.image_size, scenes=args.scenes)
-    if args.steps is not None:
-        cfg.train.set_steps(args.steps, cfg.steps_per_checkpoint)
-    set_if(cfg.train, "batch_size", args.batch_size)
-    cfg.train.seed = args.seed
-    cfg.train.device = args.device
-    packaged = bool(args.replace_packaged_weights)
-    out = pretrain.packaged_weights_dir() if packaged else (
-        args.out or pretrain.default_output_dir())
-    result = pretrain.pretrain_mini(
-        cfg, out, RunControl(progress, cancel, args.resume,
-                             pretrain.checkpoint_dir_for(out, packaged)),
-        command=" ".join(["tskd", *sys.argv[1:]]),
-        overwrite=args.overwrite, replace_packaged=packaged,
-        arch=mini_arch(args.arch, args.image_size), snapshot_every=args.snapshot_every,
-    )
-    progress.close()
-    print_json(result)
     return 0
 
 

@@ -35,6 +35,7 @@ from tskd.models.mini_sam import ASSETS, MiniSamConfig, build_mini_sam, count_pa
 from tskd.models.mini_sam_files import save_mini_sam
 from tskd.training.pretrain_config import PretrainConfig
 from tskd.training.pretrain_data import PromptDataset
+from tskd.training.pretrain_resume import PieceRecord, check_resume, run_settings
 from tskd.training.pretrain_snapshots import Snapshots
 
 WEIGHTS_NAME = "mini_sam.safetensors"
@@ -305,7 +306,7 @@ def build_model(cfg: PretrainConfig, arch: MiniSamConfig | None = None) -> Promp
 
 
 def _record(cfg: PretrainConfig, arch: MiniSamConfig, result: TrainResult, command: str | None,
-            commit: str | None, wall: float) -> dict[str, Any]:
+            commit: str | None, seconds: tuple[float, float]) -> dict[str, Any]:
     # what mini_sam.json records of a pretraining run (pretrain_mini's "info")
     import tskd
 
@@ -320,8 +321,9 @@ def _record(cfg: PretrainConfig, arch: MiniSamConfig, result: TrainResult, comma
         "final_loss": final.get("loss"),
         "final_logs": final,
         "history": result.history,
-        "wall_time_s": round(wall, 1),
-        "train_seconds": round(result.seconds, 1),
+        "wall_time_s": round(seconds[0], 1),  # this invocation, with building and saving
+        "train_seconds": round(seconds[1], 1),  # training, every resumed piece added up
+        "torch_threads": torch.get_num_threads(),
         "resumed_from_epoch": result.resumed_from_epoch,
         "data": f"tskd.data.phantoms.pretraining_sample, scenes {cfg.scenes!r} "
                 "(tskd.data.phantoms.pretraining.SCENES); no target task",
@@ -356,8 +358,9 @@ def pretrain_mini(
 
     Returns:
         The run's record (also stored under "info" in the JSON: settings, seed, version, git
-        commit, steps, losses, ``wall_time_s`` and ``train_seconds`` in seconds, parameter
-        count) with the paths ``weights`` (fp16 safetensors) and ``json``.
+        commit, steps, losses, ``wall_time_s`` (this call) and ``train_seconds`` (training, of
+        every resumed piece together) in seconds, ``torch_threads``, parameter count) with the
+        paths ``weights`` (fp16 safetensors) and ``json``.
 
     Raises:
         Cancelled: when cancelled (a checkpoint in ``control.checkpoint_dir`` lets a
@@ -366,21 +369,25 @@ def pretrain_mini(
             weights without ``replace_packaged`` or already holds the two files without
             ``overwrite`` (``check_output``), or a setting is out of range (no step, a batch
             size or masks per image below 1, an image size that is no multiple of the patch
-            size).
+            size), or ``control.resume`` finds a finished pretraining or a checkpoint of other
+            settings (``tskd.training.pretrain_resume.check_resume``).
     """
     arch = arch or MiniSamConfig()
     train_cfg, per_epoch = _check(cfg, arch)
+    settings = run_settings(cfg, arch)
+    check_resume(Path(out_dir) / WEIGHTS_NAME, control, settings)
     check_output(out_dir, overwrite, replace_packaged)
     commit = _git_commit()  # the code that runs, not what is checked out when it ends
     model = build_model(cfg, arch)
     task = _PretrainTask(model, cfg, per_epoch)
     t0 = time.perf_counter()
-    callbacks = [Snapshots(out_dir, arch, snapshot_every, command)] if snapshot_every else []
+    pieces = PieceRecord(settings)
+    callbacks = [pieces, *([Snapshots(out_dir, arch, snapshot_every, command)] * (
+        snapshot_every > 0))]
     result: TrainResult = train(task, train_cfg, control=control, callbacks=callbacks)
-    wall = time.perf_counter() - t0
     sam = task.model.sam
-    info = _record(cfg, arch, result, command, commit, wall) | {"parameters": count_parameters(sam)}
-    path = save_mini_sam(sam.cpu(), arch, Path(out_dir) / WEIGHTS_NAME, half=True,
-                         extra=info)
+    info = _record(cfg, arch, result, command, commit, (
+        time.perf_counter() - t0, pieces.seconds())) | {"parameters": count_parameters(sam)}
+    path = save_mini_sam(sam.cpu(), arch, Path(out_dir) / WEIGHTS_NAME, half=True, extra=info)
     return info | {"weights": str(path), "json": str(path.with_suffix(".json"))}
 

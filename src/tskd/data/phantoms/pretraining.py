@@ -268,8 +268,9 @@ def pretraining_sample(
 
     One to four times (``broad``: one to six), the objects of a family drawn from ``FAMILIES``
     (``broad``: ``BROAD_FAMILIES``) are painted; later occlude earlier ones (masks hold the
-    visible part only); objects left with fewer than a few pixels (6 at 256 px, scaled with the
-    area, at least 4) are dropped; a scene left empty gets a central ellipse.
+    visible part; none overlap but a narrow-band scene's outline, ``pretraining_range``);
+    objects left with fewer than a few pixels (6 at 256 px, scaled with the area, at least 4)
+    are dropped; a scene left empty gets a central ellipse.
 
     Args:
         rng: The only source of randomness: a scene is a pure function of it.
@@ -278,8 +279,7 @@ def pretraining_sample(
             ``"broad-hdr"`` (``broad``, and ``HDR_CHANCE`` of the scenes in a narrow band).
 
     Returns:
-        ``(image, masks)``: uint8 (H, W, 3); one bool (H, W) mask per visible object, at
-        least one.
+        ``(image, masks)``: uint8 (H, W, 3); one bool (H, W) mask per object, at least one.
 
     Raises:
         ValueError: ``scenes`` is not one of ``SCENES`` (a caller's mistake).

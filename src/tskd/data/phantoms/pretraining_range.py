@@ -57,10 +57,12 @@ def narrow_band(rng: np.random.Generator, img: np.ndarray, masks: Masks, yy: np.
     """Compress an imaged scene into a narrow intensity band, with dark and bright extremes.
 
     Gray (CT and MR are), the scene's 1-99 % percentiles are mapped onto a band of width
-    ``BAND`` (5-25 % of the range) centred at 0.3-0.7. Then, each with chance 0.6: outside a
-    smooth outline the image goes to 0-0.05 (air) and objects' masks are cut to the outline
-    (the outline itself becomes an instance); 1-4 small objects inside go to 0.85-1 (dense
-    tissue), each a new instance occluding what is below. Last, Gaussian noise of 0.1-1 % of the
+    ``BAND`` (5-25 % of the range) centred at 0.3-0.7. Then two extremes, each drawn
+    independently with chance 0.6 (so 36 % of these scenes have both and 16 % neither): outside
+    a smooth outline the image goes to 0-0.05 (air) and objects' masks are cut to the outline
+    (the outline itself becomes an instance that contains, so overlaps, the objects inside
+    it); 1-4 small objects inside go to 0.85-1 (dense tissue), each a new instance occluding
+    what is below, the outline included. Last, Gaussian noise of 0.1-1 % of the
     range dithers the band against the uint8 quantisation of the scenes.
 
     Args:
