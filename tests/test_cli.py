@@ -159,3 +159,17 @@ def test_progress_bar_restarts_for_each_model_of_one_stage(capsys) -> None:
     assert seen[0] is seen[1] is seen[2]
     assert seen[3] is not seen[2] and seen[3] is seen[4]
     assert capsys.readouterr().err.count("finetune-student") >= 2
+
+
+def test_a_second_ctrl_c_aborts_in_one_line_without_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tskd.apps import cli
+
+    def interrupted(*_: object) -> int:
+        raise KeyboardInterrupt  # what the Ctrl-C handler raises the second time
+
+    monkeypatch.setitem(cli.COMMANDS, "check-data", interrupted)
+    assert main(["check-data", "somewhere"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == ("tskd: aborted (a training's last complete checkpoint, one every "
+                           "epoch, still resumes with --resume)")

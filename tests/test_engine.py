@@ -1,5 +1,6 @@
 """The one training engine: progress, cancel, checkpoint, exact resume, seeds."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,31 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     token.cancel()
     with pytest.raises(Cancelled):
         train(_Task(), CFG, control=RunControl(cancel=token, checkpoint_dir=tmp_path))
-    other = TrainConfig(epochs=3, batch_size=4, lr=0.01, device="cpu")
-    with pytest.raises(TskdError, match="other training settings"):
+    other = TrainConfig(epochs=4, batch_size=4, lr=0.01, device="cpu", seed=1)
+    with pytest.raises(TskdError, match="other training settings") as err:
         train(_Task(), other, control=RunControl(resume=True, checkpoint_dir=tmp_path))
+    # each setting that differs is named, the checkpoint's value first
+    assert "epochs 3 (this run: 4); lr 0.05 (this run: 0.01); seed 0 (this run: 1)" in str(
+        err.value)
+    assert "images per step" not in str(err.value)  # the global batch is the same
+
+
+def test_resume_on_another_device_setting_goes_on(tmp_path: Path) -> None:
+    """A checkpoint moves between devices: ``device`` is not a setting a resume must share."""
+    token = CancelToken()
+
+    def stop_at_2(p: object) -> None:
+        if p.step == 2:  # type: ignore[attr-defined]
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train(_Task(), CFG, control=RunControl(stop_at_2, token, checkpoint_dir=tmp_path))
+    moved = _Task()
+    result = train(moved, replace(CFG, device="auto"),  # the CPU here, named otherwise
+                   control=RunControl(resume=True, checkpoint_dir=tmp_path))
+    ref = _Task()
+    assert result.steps == train(ref, CFG).steps
+    assert torch.equal(moved.model.weight, ref.model.weight)
 
 
 def test_max_steps_caps_training() -> None:

@@ -181,7 +181,9 @@ def test_a_resumed_pretraining_records_the_seconds_of_every_piece(tmp_path: Path
     # the record adds the first piece (6 steps) to the second (2 steps)
     assert info["train_seconds"] > round(first, 1)
     saved = json.loads((tmp_path / "out" / "mini_sam.json").read_text())["info"]
-    assert saved["train_seconds"] == info["train_seconds"] and saved["torch_threads"] == 1
+    assert saved["train_seconds"] == info["train_seconds"]
+    assert saved["machine"]["torch_threads"] == 1
+    assert isinstance(saved["machine"]["numpy_simd"], list) and saved["machine"]["cpu"]
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -193,3 +195,13 @@ def test_resuming_a_finished_pretraining_is_refused(tmp_path: Path, overwrite: b
         _pretrain(cfg, out, control=RunControl(resume=True, checkpoint_dir=ckpt),
                   overwrite=overwrite)
     assert (out / "mini_sam.safetensors").read_bytes() == before
+
+
+def test_resuming_where_there_is_no_checkpoint_says_it_starts_at_step_0(tmp_path: Path) -> None:
+    from tskd.errors import TskdWarning
+
+    cfg = _cfg(steps=2, steps_per_checkpoint=2)
+    with pytest.warns(TskdWarning, match="no checkpoint in .* training starts at step 0"):
+        info = _pretrain(cfg, tmp_path / "typo", control=RunControl(
+            resume=True, checkpoint_dir=tmp_path / "typo" / "checkpoints"))
+    assert info["steps"] == 2 and info["resumed_from_epoch"] is None

@@ -178,12 +178,13 @@ def _saved_global_batch(saved: dict, run: _Run) -> int:
     return int(saved.get("global_batch", earlier))
 
 
-def _same_settings(saved: dict, run: _Run) -> bool:
-    """Whether a checkpoint's settings are this run's, up to how the global batch is split."""
-    split = ("batch_size", "grad_accum_steps")
-    now = {k: v for k, v in asdict(run.cfg).items() if k not in split}
-    then = {k: v for k, v in (saved.get("config") or {}).items() if k not in split}
-    return now == then and _saved_global_batch(saved, run) == _global_batch(run)
+def _other_settings(saved: dict, run: _Run) -> list[str]:
+    """A checkpoint's settings unlike this run's (device, global batch split may change)."""
+    now, then = asdict(run.cfg), saved.get("config") or {}
+    out = [f"{k} {then.get(k)!r} (this run: {now.get(k)!r})" for k in sorted({*now, *then})
+           if k not in ("batch_size", "grad_accum_steps", "device") and now.get(k) != then.get(k)]
+    a, b = _saved_global_batch(saved, run), _global_batch(run)
+    return out + ([f"it has {a} images per step, this run {b}"] if a != b else [])
 
 
 def _resume(run: _Run) -> None:
@@ -196,12 +197,10 @@ def _resume(run: _Run) -> None:
         return
     saved, rng, extra = run.ckpt.load(
         files, run.accelerator.unwrap_model(run.model), run.optimizer, run.scheduler)
-    if not _same_settings(saved, run):
-        raise TskdError(
-            f"cannot resume: the checkpoint in {run.ckpt.folder} was made with other training "
-            f"settings or another global batch (it has {_saved_global_batch(saved, run)} images "
-            f"per step, this run {_global_batch(run)}); start again without --resume"
-        )
+    other = _other_settings(saved, run)
+    if other:
+        raise TskdError(f"cannot resume: the checkpoint in {run.ckpt.folder} was made with other "
+                        f"training settings: {'; '.join(other)}; start again without --resume")
     ranks = (rng or {}).get("ranks")
     if ranks is not None:  # every rank's streams; with another number of ranks, rank 0's only
         rng = ranks[dist.rank()] if len(ranks) == dist.world_size() else ranks[0]

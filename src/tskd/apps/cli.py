@@ -37,7 +37,9 @@ class _TqdmProgress:
         if self._bar is None or p.stage != self._stage or restarted:
             self.close()
             self._stage = p.stage
-            self._bar = tqdm(total=p.total, desc=p.stage, unit="step", dynamic_ncols=True)
+            # initial: a resumed run's steps before this one do not count in its rate
+            self._bar = tqdm(total=p.total, initial=p.step, desc=p.stage, unit="step",
+                             dynamic_ncols=True)
         self._bar.n = p.step
         if p.loss == p.loss:  # no loss (NaN) while sampling or caching: no "loss=nan"
             self._bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
@@ -332,11 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: 0 on success, 2 for a user-fixable error (and ``check-data`` finding
-        one), 130 when training was cancelled.
+        one), 130 when training was cancelled (Ctrl-C) or aborted (a second Ctrl-C).
 
     Raises:
         SystemExit: for ``--help`` and arguments the parser refuses (argparse, code 2).
-        KeyboardInterrupt: a second Ctrl-C.
     """
     args = build_parser().parse_args(argv)
     from tskd.engine import CancelToken
@@ -358,6 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Cancelled as exc:
         progress.close()
         print(f"tskd: {exc} (run the same command with --resume)", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # the second Ctrl-C: no traceback, the checkpoints are atomic
+        progress.close()
+        print(f"\ntskd{job.rank_note()}: aborted (a training's last complete checkpoint, one "
+              "every epoch, still resumes with --resume)", file=sys.stderr)
         return 130
     except TskdError as exc:
         progress.close()

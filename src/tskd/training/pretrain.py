@@ -16,9 +16,8 @@ through
 
 from __future__ import annotations
 
-import subprocess
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from tskd.models.mini_sam import ASSETS, MiniSamConfig, build_mini_sam, count_pa
 from tskd.models.mini_sam_files import save_mini_sam
 from tskd.training.pretrain_config import PretrainConfig
 from tskd.training.pretrain_data import PromptDataset
+from tskd.training.pretrain_record import git_commit, run_record
 from tskd.training.pretrain_resume import PieceRecord, check_resume, run_settings
 from tskd.training.pretrain_snapshots import Snapshots
 
@@ -264,17 +264,6 @@ class _PretrainTask:
 
 
 # ----------------------------------------------------------------------------- entry points
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-            text=True, timeout=5, check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def _check(cfg: PretrainConfig, arch: MiniSamConfig) -> tuple[TrainConfig, int]:
     # the engine's settings and steps per epoch (TrainConfig.in_steps), after checking cfg
     # against arch; TskdInputError names what is wrong
@@ -305,31 +294,6 @@ def build_model(cfg: PretrainConfig, arch: MiniSamConfig | None = None) -> Promp
     return PromptableSam(sam, cfg.iou_weight, cfg.balanced_bce)
 
 
-def _record(cfg: PretrainConfig, arch: MiniSamConfig, result: TrainResult, command: str | None,
-            commit: str | None, seconds: tuple[float, float]) -> dict[str, Any]:
-    # what mini_sam.json records of a pretraining run (pretrain_mini's "info")
-    import tskd
-
-    final = result.history[-1] if result.history else {}
-    return {
-        "pretrain_config": asdict(cfg) | {"model": arch.to_dict()},
-        "command": command,
-        "seed": cfg.train.seed,
-        "tskd_version": tskd.__version__,
-        "git_commit": commit,
-        "steps": result.steps,
-        "final_loss": final.get("loss"),
-        "final_logs": final,
-        "history": result.history,
-        "wall_time_s": round(seconds[0], 1),  # this invocation, with building and saving
-        "train_seconds": round(seconds[1], 1),  # training, every resumed piece added up
-        "torch_threads": torch.get_num_threads(),
-        "resumed_from_epoch": result.resumed_from_epoch,
-        "data": f"tskd.data.phantoms.pretraining_sample, scenes {cfg.scenes!r} "
-                "(tskd.data.phantoms.pretraining.SCENES); no target task",
-    }
-
-
 def pretrain_mini(
     cfg: PretrainConfig,
     out_dir: str | Path,
@@ -358,9 +322,8 @@ def pretrain_mini(
 
     Returns:
         The run's record (also stored under "info" in the JSON: settings, seed, version, git
-        commit, steps, losses, ``wall_time_s`` (this call) and ``train_seconds`` (training, of
-        every resumed piece together) in seconds, ``torch_threads``, parameter count) with the
-        paths ``weights`` (fp16 safetensors) and ``json``.
+        commit, steps, losses, times, the machine: ``tskd.training.pretrain_record.run_record``;
+        parameter count) with the paths ``weights`` (fp16 safetensors) and ``json``.
 
     Raises:
         Cancelled: when cancelled (a checkpoint in ``control.checkpoint_dir`` lets a
@@ -377,7 +340,7 @@ def pretrain_mini(
     settings = run_settings(cfg, arch)
     check_resume(Path(out_dir) / WEIGHTS_NAME, control, settings)
     check_output(out_dir, overwrite, replace_packaged)
-    commit = _git_commit()  # the code that runs, not what is checked out when it ends
+    commit = git_commit()  # the code that runs, not what is checked out when it ends
     model = build_model(cfg, arch)
     task = _PretrainTask(model, cfg, per_epoch)
     t0 = time.perf_counter()
@@ -386,7 +349,7 @@ def pretrain_mini(
         snapshot_every > 0))]
     result: TrainResult = train(task, train_cfg, control=control, callbacks=callbacks)
     sam = task.model.sam
-    info = _record(cfg, arch, result, command, commit, (
+    info = run_record(cfg, arch, result, command, commit, (
         time.perf_counter() - t0, pieces.seconds())) | {"parameters": count_parameters(sam)}
     path = save_mini_sam(sam.cpu(), arch, Path(out_dir) / WEIGHTS_NAME, half=True, extra=info)
     return info | {"weights": str(path), "json": str(path.with_suffix(".json"))}

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tskd.callbacks import Callback, RunControl, TrainState
 from tskd.checkpoint import Checkpoint, CheckpointExtra
-from tskd.errors import TskdInputError
+from tskd.errors import TskdInputError, TskdWarning
 from tskd.models.mini_sam import MiniSamConfig
 from tskd.training.pretrain_config import PretrainConfig
 
@@ -118,6 +119,10 @@ def check_resume(weights: Path, control: RunControl | None, settings: dict[str, 
             folder (``resume`` and ``checkpoint_dir``).
         settings: ``run_settings`` of the run that asks to resume.
 
+    Warns:
+        TskdWarning: there is no checkpoint and no finished run (a mistyped folder?):
+            training starts at step 0.
+
     Raises:
         TskdInputError: ``weights`` exist and ``checkpoint_dir`` holds no checkpoint, or the
             checkpoint was made with other settings (each is named). A checkpoint of an earlier
@@ -127,6 +132,9 @@ def check_resume(weights: Path, control: RunControl | None, settings: dict[str, 
         return
     checkpoint_dir = Path(control.checkpoint_dir)
     meta = Checkpoint(checkpoint_dir).extra_metadata()
+    if meta is None and not weights.is_file():
+        warnings.warn(f"no checkpoint in {checkpoint_dir} to resume: training starts at step 0",
+                      TskdWarning, stacklevel=3)
     if meta is None:
         if weights.is_file():
             raise TskdInputError(
