@@ -50,3 +50,14 @@ def test_the_first_piece_check_runs_the_records_command_into_its_own_folder(tmp_
     assert argv == ["pretrain-mini", "--arch", "small", "--out", str(tmp_path)] and env == {}
     with pytest.raises(ValueError, match="not a `tskd pretrain-mini`"):
         script.first_piece_command("tskd distill --config c.yaml", tmp_path)
+
+
+@pytest.mark.parametrize(("option", "value", "low"), [
+    ("--batch-size", "0", 1), ("--steps", "-5", 1), ("--image-size", "4", 8),
+    ("--snapshot-every", "-1", 0)])
+def test_out_of_range_options_are_refused_in_the_options_words(
+        option: str, value: str, low: int, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["pretrain-mini", option, value])
+    assert exit_.value.code == 2
+    assert f"argument {option}: must be at least {low}, got {value}" in capsys.readouterr().err

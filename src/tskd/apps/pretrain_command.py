@@ -21,6 +21,18 @@ ARCHS = ("basic", "mini", "small")
 SCENES = ("basic", "broad", "broad-hdr")
 
 
+def _at_least(low: int) -> Any:
+    """An argparse type: an integer of at least ``low`` (else argparse's one-line error)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in "invalid integer value"
+    return parse
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``pretrain-mini`` subcommand to ``tskd``'s subparsers.
 
@@ -33,10 +45,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pretrain-mini", help="pretrain a miniature SAM teacher on procedural scenes (into "
         "--out; the built-in one only with --replace-packaged-weights)")
-    p.add_argument("--steps", type=int, help=f"optimiser steps in all (default {DEFAULT_STEPS}, "
-                   "in resumable epochs of 100)")
-    p.add_argument("--batch-size", type=int, help=f"scenes per step (default {DEFAULT_BATCH})")
-    p.add_argument("--image-size", type=int, default=128,
+    p.add_argument("--steps", type=_at_least(1), help=f"optimiser steps in all (default "
+                   f"{DEFAULT_STEPS}, in resumable epochs of 100)")
+    p.add_argument("--batch-size", type=_at_least(1),
+                   help=f"scenes per step (default {DEFAULT_BATCH})")
+    p.add_argument("--image-size", type=_at_least(8), default=128,
                    help="pretraining resolution in pixels (default 128; the teacher adapts to "
                    "others by interpolation)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, scenes and prompts "
@@ -47,7 +60,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--scenes", default="broad", choices=SCENES,
                    help="scene families (default broad; broad-hdr: 35 %% of broad in a CT-like "
                    "narrow band; basic: the first teacher's)")
-    p.add_argument("--snapshot-every", type=int, default=0, metavar="EPOCHS",
+    p.add_argument("--snapshot-every", type=_at_least(0), default=0, metavar="EPOCHS",
                    help="also keep the weights every EPOCHS epochs (of 100 steps) in snapshots/")
     p.add_argument("--out", type=Path,
                    help="output folder (default: $TSKD_DATA_DIR/pretrain-mini, else the user "
