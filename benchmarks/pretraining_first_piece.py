@@ -93,18 +93,23 @@ def run_first_piece(argv: list[str], env: dict[str, str], out: Path,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("record", type=Path, help="a pretraining's mini_sam.json")
-    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS (default: the command's)")
-    p.add_argument("--tolerance", type=float, default=1e-3, help="largest loss difference")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for it")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS (default: the command's, else "
+                   "the record's info.machine.torch_threads, else the environment's)")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="largest loss difference that passes (default 1e-3; exit 1 above)")
+    p.add_argument("--timeout", type=float, default=1800,
+                   help="seconds to wait for the first checkpoint (default 1800)")
     p.add_argument("--out", type=Path, help="also write the report here (JSON)")
     args = p.parse_args()
     info = json.loads(args.record.read_text())["info"]
     with tempfile.TemporaryDirectory(prefix="tskd-first-piece-") as tmp:
         argv, env = first_piece_command(info["command"], Path(tmp) / "out")
-        if args.threads:
-            env["OMP_NUM_THREADS"] = str(args.threads)
+        threads = args.threads or (info.get("machine") or {}).get("torch_threads")
+        if threads and (args.threads or "OMP_NUM_THREADS" not in env):
+            env["OMP_NUM_THREADS"] = str(threads)
         got = run_first_piece(argv, env, Path(tmp) / "out", args.timeout)
     recorded = info["history"][0]["loss"]
     loss = got["first_epoch"]["loss"]

@@ -171,5 +171,5 @@ def test_a_second_ctrl_c_aborts_in_one_line_without_a_traceback(
     monkeypatch.setitem(cli.COMMANDS, "check-data", interrupted)
     assert main(["check-data", "somewhere"]) == 130
     err = capsys.readouterr().err
-    assert err.strip() == ("tskd: aborted (a training's last complete checkpoint, one every "
-                           "epoch, still resumes with --resume)")
+    assert err.strip() == ("tskd: aborted (a training goes on with --resume from its last "
+                           "complete checkpoint, if it wrote one)")

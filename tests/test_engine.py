@@ -105,6 +105,12 @@ def test_max_steps_caps_training() -> None:
     assert train(_Task(), cfg).steps == 5
 
 
+@pytest.mark.parametrize("device", ["bogus", "meta", "cuda:x"])
+def test_an_unknown_device_is_a_clear_error(device: str) -> None:
+    with pytest.raises(TskdError, match=f"unknown device '{device}'; choose auto, cpu, cuda"):
+        train(_Task(), TrainConfig(device=device))
+
+
 def test_unavailable_device_is_a_clear_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

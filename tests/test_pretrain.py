@@ -205,3 +205,17 @@ def test_resuming_where_there_is_no_checkpoint_says_it_starts_at_step_0(tmp_path
         info = _pretrain(cfg, tmp_path / "typo", control=RunControl(
             resume=True, checkpoint_dir=tmp_path / "typo" / "checkpoints"))
     assert info["steps"] == 2 and info["resumed_from_epoch"] is None
+
+
+def test_a_fresh_start_never_silently_replaces_an_interrupted_runs_checkpoint(
+        tmp_path: Path) -> None:
+    from tskd.checkpoint import Checkpoint
+
+    cfg, ckpt, out = _cfg(steps=8, steps_per_checkpoint=4), tmp_path / "ckpt", tmp_path / "out"
+    _cut_at_6(cfg, out, ckpt)
+    kept = Checkpoint(ckpt).read()
+    with pytest.raises(TskdInputError, match="interrupted pretraining: add --resume"):
+        _pretrain(cfg, out, control=RunControl(checkpoint_dir=ckpt))
+    assert Checkpoint(ckpt).read() == kept  # untouched
+    info = _pretrain(cfg, out, control=RunControl(checkpoint_dir=ckpt), overwrite=True)
+    assert info["steps"] == 8 and info["resumed_from_epoch"] is None

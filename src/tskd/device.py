@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from tskd.config import TrainConfig
-from tskd.errors import TskdError
+from tskd.errors import TskdError, TskdInputError
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -29,6 +29,7 @@ def resolve_device(device: str | None) -> torch.device:
         The device to train or predict on.
 
     Raises:
+        TskdInputError: ``device`` names no device of those (e.g. ``"bogus"``, ``"meta"``).
         TskdError: CUDA or MPS was asked for but is not available.
     """
     if device is None or device == "auto":
@@ -37,7 +38,12 @@ def resolve_device(device: str | None) -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's "Expected one of cpu, cuda, ... device type"
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise TskdInputError(f"unknown device '{device}'; choose auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TskdError(f"device '{device}' was asked for but no CUDA GPU is available")
     if dev.type == "mps" and not (

@@ -362,8 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except KeyboardInterrupt:  # the second Ctrl-C: no traceback, the checkpoints are atomic
         progress.close()
-        print(f"\ntskd{job.rank_note()}: aborted (a training's last complete checkpoint, one "
-              "every epoch, still resumes with --resume)", file=sys.stderr)
+        print(f"\ntskd{job.rank_note()}: aborted (a training goes on with --resume from its "
+              "last complete checkpoint, if it wrote one)", file=sys.stderr)
         return 130
     except TskdError as exc:
         progress.close()

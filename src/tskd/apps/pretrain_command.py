@@ -7,6 +7,7 @@ folder; the package's built-in teacher is replaced only with ``--replace-package
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="scene families (default broad; broad-hdr: 35 %% of broad in a CT-like "
                    "narrow band; basic: the first teacher's)")
     p.add_argument("--snapshot-every", type=_at_least(0), default=0, metavar="EPOCHS",
-                   help="also keep the weights every EPOCHS epochs (of 100 steps) in snapshots/")
+                   help="also keep the weights every EPOCHS epochs (of 100 steps) in snapshots/ "
+                   "(default 0: none)")
     p.add_argument("--out", type=Path,
                    help="output folder (default: $TSKD_DATA_DIR/pretrain-mini, else the user "
                         "data folder's tskd/pretrain-mini)")
@@ -118,7 +120,7 @@ def pretrain(args: argparse.Namespace, progress: Any, cancel: Any) -> int:
     result = pretrain.pretrain_mini(
         cfg, out, RunControl(progress, cancel, args.resume,
                              pretrain.checkpoint_dir_for(out, packaged)),
-        command=" ".join(["tskd", *sys.argv[1:]]),
+        command=shlex.join(["tskd", *sys.argv[1:]]),  # quoted: pasteable, parseable
         overwrite=args.overwrite, replace_packaged=packaged,
         arch=mini_arch(args.arch, args.image_size), snapshot_every=args.snapshot_every,
     )

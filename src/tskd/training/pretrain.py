@@ -332,13 +332,14 @@ def pretrain_mini(
             weights without ``replace_packaged`` or already holds the two files without
             ``overwrite`` (``check_output``), or a setting is out of range (no step, a batch
             size or masks per image below 1, an image size that is no multiple of the patch
-            size), or ``control.resume`` finds a finished pretraining or a checkpoint of other
-            settings (``tskd.training.pretrain_resume.check_resume``).
+            size), ``control.resume`` finds a finished pretraining or a checkpoint of other
+            settings, or a fresh start without ``overwrite`` finds an interrupted run's
+            checkpoint (``tskd.training.pretrain_resume.check_resume``).
     """
     arch = arch or MiniSamConfig()
     train_cfg, per_epoch = _check(cfg, arch)
     settings = run_settings(cfg, arch)
-    check_resume(Path(out_dir) / WEIGHTS_NAME, control, settings)
+    check_resume(Path(out_dir) / WEIGHTS_NAME, control, settings, overwrite or replace_packaged)
     check_output(out_dir, overwrite, replace_packaged)
     commit = git_commit()  # the code that runs, not what is checked out when it ends
     model = build_model(cfg, arch)

@@ -106,8 +106,11 @@ class PieceRecord(Callback):
         self._earlier = float((extra[1] if extra is not None else {}).get(SECONDS_KEY, 0.0))
 
 
-def check_resume(weights: Path, control: RunControl | None, settings: dict[str, Any]) -> None:
-    """Check, before any model is loaded, that a resume (``control.resume``) can go on.
+def check_resume(weights: Path, control: RunControl | None, settings: dict[str, Any],
+                 overwrite: bool = False) -> None:
+    """Check, before any model loads, that a resume can go on and a fresh start loses nothing.
+
+    A fresh start would replace an interrupted run's checkpoint at its first save.
 
     A pretraining removes its checkpoint once ``weights`` are written, so a resume into a
     finished folder would start again from step 0 (with ``--overwrite``) or fail on the
@@ -115,23 +118,30 @@ def check_resume(weights: Path, control: RunControl | None, settings: dict[str, 
 
     Args:
         weights: The finished weights' path in the output folder.
-        control: The run's control; nothing is checked unless it resumes from a checkpoint
-            folder (``resume`` and ``checkpoint_dir``).
+        control: The run's control; nothing is checked without a checkpoint folder
+            (``checkpoint_dir``).
         settings: ``run_settings`` of the run that asks to resume.
+        overwrite: A fresh start may replace an interrupted run's checkpoint.
 
     Warns:
         TskdWarning: there is no checkpoint and no finished run (a mistyped folder?):
             training starts at step 0.
 
     Raises:
-        TskdInputError: ``weights`` exist and ``checkpoint_dir`` holds no checkpoint, or the
-            checkpoint was made with other settings (each is named). A checkpoint of an earlier
-            version, which kept no settings, passes.
+        TskdInputError: a fresh start without ``overwrite`` finds a checkpoint; a resume finds
+            ``weights`` and no checkpoint, or a checkpoint made with other settings (each is
+            named; one of an earlier version, which kept no settings, passes).
     """
-    if control is None or not control.resume or control.checkpoint_dir is None:
+    if control is None or control.checkpoint_dir is None:
         return
     checkpoint_dir = Path(control.checkpoint_dir)
     meta = Checkpoint(checkpoint_dir).extra_metadata()
+    if not control.resume:
+        if meta is not None and not overwrite:
+            raise TskdInputError(
+                f"{checkpoint_dir} holds the checkpoint of an interrupted pretraining: add "
+                "--resume to go on from it, or --overwrite to start again and replace it")
+        return
     if meta is None and not weights.is_file():
         warnings.warn(f"no checkpoint in {checkpoint_dir} to resume: training starts at step 0",
                       TskdWarning, stacklevel=3)
