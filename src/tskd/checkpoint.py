@@ -100,6 +100,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _extra_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's bytes (8-byte header length, JSON header)."""
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    return dict(header.get("__metadata__") or {})
+
+
 class Checkpoint:
     """The resumable state of a stage in ``folder``, written and read as one unit.
 
@@ -305,9 +311,7 @@ class Checkpoint:
             extra = None
             if self.EXTRA in files:
                 data = files[self.EXTRA]
-                # safetensors layout: 8-byte little-endian header length, JSON header
-                header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-                extra = (load_safetensors(data), dict(header.get("__metadata__") or {}))
+                extra = (load_safetensors(data), _extra_metadata(data))
         except CheckpointError:  # already one sentence naming the file
             raise
         except Exception as exc:  # verified bytes that still do not parse: a foreign writer
@@ -321,17 +325,18 @@ class Checkpoint:
         """The string metadata callbacks kept in the newest checkpoint that verifies (``read``).
 
         Returns:
-            That metadata ({} when the checkpoint keeps no callback state); None when there is
-            no checkpoint.
+            That metadata ({}: no callback state); None when there is no checkpoint.
 
         Raises:
-            TskdError: the verified files do not parse (see ``load``).
+            TskdError: the verified extra file's header does not parse.
         """
-        files = self.read()
-        if files is None:
+        if (files := self.read()) is None:
             return None
-        extra = self._decode(files)[3]
-        return dict(extra[1]) if extra is not None else {}
+        try:
+            return _extra_metadata(files[self.EXTRA]) if self.EXTRA in files else {}
+        except ValueError as exc:  # verified bytes that do not parse: a foreign writer
+            raise TskdError(f"cannot resume: checkpoint in {self.current} is damaged ({exc}); "
+                            "start again without resume") from None
 
     def load(self, files: dict[str, bytes], model: nn.Module, optimizer: Any, scheduler: Any
              ) -> tuple[dict, dict[str, Any] | None, CheckpointExtra | None]:
